@@ -1,0 +1,84 @@
+"""The facts every part of DeepYeast shares, defined once.
+
+Class tables follow the published DeepYeast split lists (``HOwt_doc.txt`` and
+``HOwt_transfer_doc.txt``): a class index in a list file is a position in the
+tuples below.
+
+Image layout
+------------
+A cell crop is ``IMAGE_SIZE`` x ``IMAGE_SIZE`` pixels with ``N_CHANNELS``
+channels, stored as uint8.  Inside LMDB records, mean files and network blobs
+the layout is Caffe's C x H x W with channel 0 = ``CHANNELS[0]`` (red,
+cytosolic mCherry marker) and channel 1 = ``CHANNELS[1]`` (green, the
+GFP-tagged protein).  On disk as PNG the crop is RGB with the same two
+channels in R and G and an empty B channel, like the published archive.
+"""
+
+CLASS_NAMES = (
+    "cell periphery",
+    "cytoplasm",
+    "endosome",
+    "ER",
+    "Golgi",
+    "mitochondrion",
+    "nuclear periphery",
+    "nucleolus",
+    "nucleus",
+    "peroxisome",
+    "spindle pole",
+    "vacuole",
+)
+"""The 12 compartments of the main data set, indexed by class label."""
+
+TRANSFER_CLASS_NAMES = (
+    "actin",
+    "bud neck",
+    "lipid particle",
+    "microtubule",
+)
+"""The 4 compartments used only for transfer learning, indexed by label."""
+
+N_CLASSES = len(CLASS_NAMES)
+N_TRANSFER_CLASSES = len(TRANSFER_CLASS_NAMES)
+
+IMAGE_SIZE = 64
+"""Side of a square cell crop, pixels."""
+
+CHANNELS = ("red: cytosolic mCherry marker", "green: GFP-tagged protein")
+"""Channel order of a crop in C x H x W arrays (index 0 first)."""
+
+N_CHANNELS = len(CHANNELS)
+MARKER_CHANNEL = 0
+PROTEIN_CHANNEL = 1
+
+SPLITS = ("train", "val", "test")
+"""Split names; the list file of split ``s`` is ``HOwt_{s}.txt``."""
+
+TRANSFER_SPLITS = ("transfer_train", "transfer_val", "transfer_test")
+
+PAPER_SPLIT_SIZES = {"train": 65000, "val": 12500, "test": 12500}
+"""Cells per split in the published data set."""
+
+PAPER_RESULTS = {
+    "cell_accuracy": 0.87,
+    "cell_kappa": 0.85,
+    "cell_accuracy_filtered": 0.91,
+    "protein_accuracy": 279 / 282,
+    "protein_accuracy_min10": 222 / 222,
+    "rf_cell_accuracy": 0.75,
+    "rf_cell_accuracy_filtered": 0.79,
+    "rf_protein_accuracy": 0.95,
+}
+"""Headline numbers of Parnamaa & Parts (2017), for the report's comparison."""
+
+MIN_CELLS_PER_PROTEIN = 10
+"""Proteins with at least this many cells form the paper's 222-protein subset."""
+
+
+def class_names_for(n_classes):
+    """Return the class-name tuple with ``n_classes`` entries (12 or 4)."""
+    if n_classes == N_CLASSES:
+        return CLASS_NAMES
+    if n_classes == N_TRANSFER_CLASSES:
+        return TRANSFER_CLASS_NAMES
+    raise ValueError(f"no class table has {n_classes} classes (known: {N_CLASSES}, {N_TRANSFER_CLASSES})")

@@ -1,0 +1,121 @@
+"""Derive a run's net and solver files from the model zoo files in ``models/deepyeast/``.
+
+The model files point at ``data/deepyeast/...``; a run (the demo, a test, a
+user's own screen) keeps its data elsewhere.  These helpers copy the net and
+solver, change only the data paths, snapshot prefix and the schedule fields
+asked for, and write them beside the run, so the architecture is never
+retyped.
+"""
+
+import os
+
+from google.protobuf import text_format
+
+from . import caffe_pb2
+from .formats import read_prototxt
+from .io_utils import InputError, atomic_write_text
+
+MODEL_DIR = os.path.join("models", "deepyeast")
+
+# solver fields a run may override: the schedule, never the optimizer
+SCHEDULE_FIELDS = {
+    "base_lr": float, "lr_policy": str, "gamma": float, "power": float, "stepsize": int,
+    "max_iter": int, "test_iter": int, "test_interval": int, "test_initialization": bool,
+    "display": int, "average_loss": int, "snapshot": int, "random_seed": int, "iter_size": int,
+}
+
+
+def retarget_net(net, sources, mean_file=None, batch_sizes=None):
+    """Copy of ``net`` (NetParameter) with its Data layers pointed elsewhere.
+
+    Parameters
+    ----------
+    net : caffe_pb2.NetParameter
+    sources : dict
+        Phase name (``"TRAIN"``/``"TEST"``) -> LMDB folder for the Data layer
+        included in that phase.
+    mean_file : str, optional
+        New ``transform_param.mean_file`` for every Data layer.
+    batch_sizes : dict, optional
+        Phase name -> batch size (only for tests that need small batches).
+    """
+    out = caffe_pb2.NetParameter()
+    out.CopyFrom(net)
+    seen = set()
+    for layer in out.layer:
+        if layer.type != "Data":
+            continue
+        phases = {caffe_pb2.Phase.Name(rule.phase) for rule in layer.include if rule.HasField("phase")}
+        for phase in phases or {"TRAIN", "TEST"}:
+            if phase in sources:
+                layer.data_param.source = sources[phase]
+                seen.add(phase)
+            if batch_sizes and phase in batch_sizes:
+                layer.data_param.batch_size = int(batch_sizes[phase])
+        if mean_file is not None:
+            layer.transform_param.mean_file = mean_file
+    missing = set(sources) - seen
+    if missing:
+        raise InputError(f"net has no Data layer for phase(s) {sorted(missing)}")
+    return out
+
+
+def retarget_solver(solver, net_path, snapshot_prefix, **schedule):
+    """Copy of ``solver`` (SolverParameter) for a run: its net, snapshot prefix and schedule.
+
+    ``schedule`` holds fields of :data:`SCHEDULE_FIELDS` (``max_iter=300``,
+    ``test_iter=10``...); anything else raises :class:`InputError`.
+    """
+    out = caffe_pb2.SolverParameter()
+    out.CopyFrom(solver)
+    out.net = net_path
+    out.snapshot_prefix = snapshot_prefix
+    for key, value in schedule.items():
+        if key not in SCHEDULE_FIELDS:
+            raise InputError(f"solver field {key!r} is not a schedule field; allowed: {sorted(SCHEDULE_FIELDS)}")
+        value = SCHEDULE_FIELDS[key](value)
+        if key == "test_iter":
+            del out.test_iter[:]
+            out.test_iter.append(value)
+        else:
+            setattr(out, key, value)
+    return out
+
+
+def parse_overrides(pairs):
+    """``["max_iter=300", "base_lr=0.05"]`` -> dict with values converted by field type."""
+    result = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise InputError(f"override {pair!r} is not FIELD=VALUE")
+        key, value = pair.split("=", 1)
+        key = key.strip()
+        if key not in SCHEDULE_FIELDS:
+            raise InputError(f"solver field {key!r} is not a schedule field; allowed: {sorted(SCHEDULE_FIELDS)}")
+        kind = SCHEDULE_FIELDS[key]
+        result[key] = (value.strip().lower() in ("1", "true", "yes")) if kind is bool else kind(value)
+    return result
+
+
+def write_run_config(run_dir, lmdb_dir, solver_path=os.path.join(MODEL_DIR, "solver_cpu.prototxt"),
+                     overrides=None, net_path=None, batch_sizes=None):
+    """Write ``run_dir/train_val.prototxt`` and ``run_dir/solver.prototxt`` for data in ``lmdb_dir``.
+
+    ``lmdb_dir`` holds ``train_lmdb``, ``val_lmdb`` and ``mean.binaryproto``.
+    Snapshots go to ``run_dir/snapshots/deepyeast``.  Returns the solver path.
+    """
+    solver = read_prototxt(solver_path, caffe_pb2.SolverParameter)
+    net = read_prototxt(net_path or solver.net, caffe_pb2.NetParameter)
+    net = retarget_net(net, {"TRAIN": os.path.join(lmdb_dir, "train_lmdb"),
+                             "TEST": os.path.join(lmdb_dir, "val_lmdb")},
+                       mean_file=os.path.join(lmdb_dir, "mean.binaryproto"), batch_sizes=batch_sizes)
+    os.makedirs(os.path.join(run_dir, "snapshots"), exist_ok=True)
+    net_out = os.path.join(run_dir, "train_val.prototxt")
+    solver_out = os.path.join(run_dir, "solver.prototxt")
+    header = (f"# Generated from {net_path or solver.net} by deepyeast.runconfig: only the data paths differ.\n")
+    atomic_write_text(net_out, header + text_format.MessageToString(net))
+    solver = retarget_solver(solver, net_out, os.path.join(run_dir, "snapshots", "deepyeast"),
+                             **(overrides or {}))
+    header = (f"# Generated from {solver_path} by deepyeast.runconfig: net, snapshot prefix and schedule.\n")
+    atomic_write_text(solver_out, header + text_format.MessageToString(solver))
+    return solver_out
