@@ -7,6 +7,9 @@ Commands run inside it with ``chroot`` in a private mount namespace
 the working directory are bind-mounted at their own paths, so relative
 paths in prototxts resolve exactly as outside.  The mounts vanish with the
 command.  Needs root (or the capabilities for unshare/chroot).
+
+With ``DEEPYEAST_CAFFE_ROOT=/`` (set in the Docker image, where Caffe is
+installed on the system itself) commands run directly instead.
 """
 
 import os
@@ -23,11 +26,19 @@ def caffe_root_path():
     return os.environ.get("DEEPYEAST_CAFFE_ROOT", default)
 
 
+def is_native():
+    """True when the root is ``/``: Caffe is installed on this system itself (the Docker image).
+
+    Then commands run directly, without chroot, mounts or root privileges.
+    """
+    return os.path.realpath(caffe_root_path()) == os.sep
+
+
 def have_caffe_root():
     """True when the root exists, holds the caffe binary, and we may chroot into it."""
     root = caffe_root_path()
     return (os.path.isfile(os.path.join(root, "usr", "bin", "caffe"))
-            and hasattr(os, "geteuid") and os.geteuid() == 0)
+            and (is_native() or (hasattr(os, "geteuid") and os.geteuid() == 0)))
 
 
 def missing_reason():
@@ -35,7 +46,7 @@ def missing_reason():
     root = caffe_root_path()
     if not os.path.isfile(os.path.join(root, "usr", "bin", "caffe")):
         return f"no Caffe root at {root}: run `make caffe` (needs debootstrap and root)"
-    if os.geteuid() != 0:
+    if not is_native() and os.geteuid() != 0:
         return "running real Caffe needs root (chroot)"
     return ""
 
@@ -61,6 +72,14 @@ def run_in_root(argv, cwd=None, binds=(), env=None, check=True, capture=True, ti
         raise RuntimeError(missing_reason())
     root = caffe_root_path()
     cwd = os.path.abspath(cwd or os.getcwd())
+    run_env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": os.environ.get("HOME", "/root"),
+               "LANG": "C.UTF-8", "GLOG_logtostderr": "1",
+               "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    run_env.update(env or {})
+    if is_native():
+        return subprocess.run(list(argv), cwd=cwd, env=run_env, check=check, text=True, timeout=timeout,
+                              stdout=subprocess.PIPE if capture else None,
+                              stderr=subprocess.STDOUT if capture else None)
     mounts = []
     for d in _bind_dirs(list(binds) + [cwd]):
         target = root + d
@@ -73,9 +92,6 @@ def run_in_root(argv, cwd=None, binds=(), env=None, check=True, capture=True, ti
             mounts.append(f"mount --rbind /dev {shlex.quote(target)}")
     inner = f"cd {shlex.quote(cwd)} && exec " + " ".join(shlex.quote(a) for a in argv)
     script = " && ".join(mounts + [f"exec chroot {shlex.quote(root)} /bin/sh -c {shlex.quote(inner)}"])
-    run_env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8",
-               "GLOG_logtostderr": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-    run_env.update(env or {})
     return subprocess.run(["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", script],
                           env=run_env, check=check, text=True, timeout=timeout,
                           stdout=subprocess.PIPE if capture else None,

@@ -8,12 +8,13 @@ retyped.
 """
 
 import os
+import re
 
 from google.protobuf import text_format
 
 from . import caffe_pb2
 from .formats import read_prototxt
-from .io_utils import InputError, atomic_write_text
+from .io_utils import InputError, atomic_path, atomic_write_text
 
 MODEL_DIR = os.path.join("models", "deepyeast")
 
@@ -119,3 +120,75 @@ def write_run_config(run_dir, lmdb_dir, solver_path=os.path.join(MODEL_DIR, "sol
     header = (f"# Generated from {solver_path} by deepyeast.runconfig: net, snapshot prefix and schedule.\n")
     atomic_write_text(solver_out, header + text_format.MessageToString(solver))
     return solver_out
+
+
+def snapshot_path(solver_path, iteration):
+    """``{snapshot_prefix}_iter_{iteration}.caffemodel`` of a solver file."""
+    solver = read_prototxt(solver_path, caffe_pb2.SolverParameter)
+    return f"{solver.snapshot_prefix}_iter_{int(iteration)}.caffemodel"
+
+
+def validation_losses(log_text, output_name="loss"):
+    """Parse a Caffe-format training log: dict iteration -> TEST value of ``output_name``.
+
+    Reads the lines ``Iteration N, Testing net (#0)`` followed by
+    ``Test net output #k: loss = X`` that both real Caffe and our engine write.
+    """
+    losses = {}
+    current = None
+    for line in log_text.splitlines():
+        m = re.search(r"Iteration (\d+), Testing net \(#0\)", line)
+        if m:
+            current = int(m.group(1))
+            continue
+        m = re.search(r"Test net output #\d+: (\S+) = ([-+0-9.eEnainf]+)", line)
+        if m and current is not None and m.group(1) == output_name:
+            losses[current] = float(m.group(2))
+    return losses
+
+
+def choose_snapshot(solver_path, log_path=None, rule="final"):
+    """Path of the snapshot a run's analyses use.
+
+    ``rule="final"``: the snapshot after ``max_iter``.  ``rule="val_loss"``:
+    among the snapshots on disk, the one whose iteration had the lowest
+    validation loss in the training log (the paper's choice).
+    """
+    solver = read_prototxt(solver_path, caffe_pb2.SolverParameter)
+    final = snapshot_path(solver_path, solver.max_iter)
+    if rule == "final":
+        if not os.path.exists(final):
+            raise InputError(f"{final}: the final snapshot is missing; has training finished?")
+        return final
+    if rule != "val_loss":
+        raise InputError(f"unknown snapshot rule {rule!r} (final, val_loss)")
+    with open(log_path, encoding="utf-8", errors="replace") as f:
+        losses = validation_losses(f.read())
+    candidates = [(loss, it) for it, loss in losses.items() if os.path.exists(snapshot_path(solver_path, it))]
+    if not candidates:
+        raise InputError(f"{log_path}: no validation loss at any iteration with a snapshot on disk")
+    return snapshot_path(solver_path, min(candidates)[1])
+
+
+def _main(argv=None):
+    import argparse
+    import shutil
+    parser = argparse.ArgumentParser(
+        prog="python -m deepyeast.runconfig",
+        description="Copy the snapshot a run uses (final, or lowest validation loss) to OUT, atomically.")
+    parser.add_argument("solver", help="the run's solver.prototxt")
+    parser.add_argument("out", help="where to copy the chosen .caffemodel")
+    parser.add_argument("--rule", choices=["final", "val_loss"], default="final")
+    parser.add_argument("--log", help="training log (for --rule val_loss)")
+    args = parser.parse_args(argv)
+    try:
+        chosen = choose_snapshot(args.solver, args.log, args.rule)
+    except InputError as err:
+        parser.exit(2, f"error: {err}\n")
+    with atomic_path(args.out) as tmp:
+        shutil.copyfile(chosen, tmp)
+    print(f"{chosen} -> {args.out}")
+
+
+if __name__ == "__main__":
+    _main()

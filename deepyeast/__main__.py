@@ -1,0 +1,8 @@
+"""``python -m deepyeast ACTION ...``: the caffe-like command (see :mod:`deepyeast.cli`)."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

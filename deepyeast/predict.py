@@ -1,0 +1,245 @@
+"""Per-cell class probabilities and layer features from a trained ``.caffemodel``.
+
+Two engines run the same deploy prototxt and weights:
+
+* ``"ours"``  -- :class:`deepyeast.engine.Net` (PyTorch, Caffe semantics), in this process;
+* ``"caffe"`` -- real pycaffe inside the Caffe root (``make caffe``), through the stand-alone
+  script :mod:`deepyeast.pycaffe_forward` (files in, files out).
+
+Inputs are uint8 crops ``N x 2 x 64 x 64`` (channel 0 red marker, 1 green protein),
+read from an archive and a split list (``ROOT/HOwt_test.txt``) or from a Datum LMDB.
+The per-pixel training mean (``mean.binaryproto``, float32 ``2 x 64 x 64``) is
+subtracted in float32 before the net, as the ``Data`` layer's ``mean_file`` does
+in training.
+
+Outputs: the predictions table (:mod:`deepyeast.predictions`:
+``path,protein,split,label,pred,prob_0..prob_{K-1}``), and optionally features
+``DIR/<blob>.npy`` (float32 ``N x D``, each cell's blob flattened in C x H x W
+order, taken after the in-place BatchNorm/Scale/ReLU like Caffe's blob) with
+``DIR/paths.txt`` (one cell path per row, same order).
+"""
+
+import dataclasses
+import os
+import re
+import shutil
+import tempfile
+
+import numpy as np
+
+from . import caffe_pb2, formats, netshape
+from .archive import class_names_for_list, iter_archive, protein_of, read_split_list
+from .constants import class_names_for
+from .io_utils import InputError, atomic_path, atomic_write_text
+from .predictions import Predictions, validate_predictions, write_predictions
+
+ENGINES = ("ours", "caffe")
+PYCAFFE_FORWARD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pycaffe_forward.py")
+_KEY_PREFIX = re.compile(r"^\d{8}_")
+
+
+@dataclasses.dataclass
+class Cells:
+    """Cells to classify: ``images`` uint8 N x C x H x W, ``labels`` int64 N, ``paths`` list of N str."""
+    images: np.ndarray
+    labels: np.ndarray
+    paths: list
+    source: str
+
+    @property
+    def proteins(self):
+        return [protein_of(p) for p in self.paths]
+
+
+def split_from_name(path):
+    """Split name from a list file or LMDB folder name (``HOwt_test.txt`` -> ``test``), or None."""
+    base = os.path.basename(os.path.normpath(os.fspath(path)))
+    m = re.match(r"^(?:HOwt_)?((?:transfer_)?(?:train|val|test))(?:\.txt|_lmdb)$", base)
+    return m.group(1) if m else None
+
+
+def cells_from_list(archive, list_path, skip_bad=False):
+    """Read the crops a split list names: ``ROOT/<relpath>`` PNGs with their labels.
+
+    The class table (12 or 4 transfer classes) is chosen from the list's name.
+    A missing or corrupt crop raises :class:`InputError` naming the file
+    (with ``skip_bad`` it is left out instead).
+    """
+    entries, _ = read_split_list(list_path, class_names_for_list(os.fspath(list_path)), skip_bad=skip_bad)
+    if not entries:
+        raise InputError(f"{list_path}: the split list names no cells")
+    paths, labels, images = [], [], []
+    for rel, image, label in iter_archive(archive, entries, skip_bad=skip_bad):
+        paths.append(rel)
+        labels.append(label)
+        images.append(image)
+    if not images:
+        raise InputError(f"{list_path}: none of the listed crops under {archive} could be read")
+    return Cells(np.stack(images), np.asarray(labels, np.int64), paths, os.fspath(list_path))
+
+
+def cells_from_lmdb(lmdb_path):
+    """Read the cells of a Datum LMDB; a cell's path is its key without the ``%08d_`` prefix."""
+    images, labels, keys = formats.read_datum_lmdb(lmdb_path)
+    if images.dtype != np.uint8:
+        raise InputError(f"{lmdb_path}: records hold float data; expected uint8 crops")
+    paths = [_KEY_PREFIX.sub("", k) for k in keys]
+    return Cells(images, labels, paths, os.fspath(lmdb_path))
+
+
+def net_input_shape(model_path):
+    """(name, C x H x W) of the deploy net's ``Input`` blob."""
+    net = formats.read_prototxt(model_path, caffe_pb2.NetParameter)
+    for layer in net.layer:
+        if layer.type == "Input" and layer.input_param.shape:
+            return layer.top[0], tuple(int(d) for d in layer.input_param.shape[0].dim[1:])
+    if net.input and net.input_shape:
+        return net.input[0], tuple(int(d) for d in net.input_shape[0].dim[1:])
+    raise InputError(f"{model_path}: a deploy net needs an Input layer (the data blob); "
+                     "train_val.prototxt reads LMDBs itself, use deploy.prototxt")
+
+
+def load_mean(mean_path, image_shape):
+    """Read ``mean.binaryproto`` as float32 C x H x W and check it fits images of ``image_shape``."""
+    mean = formats.read_mean_binaryproto(mean_path)
+    formats.check_mean_shape(mean, image_shape, source=os.fspath(mean_path))
+    return mean
+
+
+def _check_blobs(model_path, blobs):
+    net = formats.read_prototxt(model_path, caffe_pb2.NetParameter)
+    known = []
+    for layer in net.layer:
+        if netshape.layer_in_phase(layer, caffe_pb2.TEST):
+            known.extend(t for t in layer.top if t not in known)
+    missing = [b for b in blobs if b not in known]
+    if missing:
+        raise InputError(f"{model_path}: no blob named {', '.join(missing)} (blobs: {', '.join(known)})")
+
+
+def forward_blobs(engine, model_path, weights_path, images, mean, blobs, out_dir, batch=100):
+    """Run ``images`` through the net and write ``out_dir/<blob>.npy`` (float32 N x D) per blob.
+
+    ``engine`` is ``"ours"`` or ``"caffe"``; ``images`` uint8 (or float) N x C x H x W;
+    ``mean`` float32 C x H x W or None; ``blobs`` names of the net's blobs.
+    """
+    if engine not in ENGINES:
+        raise InputError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    blobs = list(dict.fromkeys(blobs))
+    _check_blobs(model_path, blobs)
+    os.makedirs(out_dir, exist_ok=True)
+    if engine == "ours":
+        _forward_ours(model_path, weights_path, images, mean, blobs, out_dir, batch)
+    else:
+        _forward_caffe(model_path, weights_path, images, mean, blobs, out_dir, batch)
+
+
+def _forward_ours(model_path, weights_path, images, mean, blobs, out_dir, batch):
+    import torch
+
+    from .engine import Net
+
+    net = Net(model_path, phase="TEST", seed=0)
+    net.load_caffemodel(weights_path)
+    net.eval()
+    input_name, _ = net_input_shape(model_path)
+    n = images.shape[0]
+    outputs = {}
+    mean_t = torch.from_numpy(np.asarray(mean, np.float32)) if mean is not None else None
+    with torch.no_grad():
+        for start in range(0, n, batch):
+            x = torch.from_numpy(np.asarray(images[start:start + batch], dtype=np.float32))
+            if mean_t is not None:
+                x = x - mean_t
+            out = net.forward(**{input_name: x})
+            for b in blobs:
+                data = out[b].float().contiguous().reshape(x.shape[0], -1).cpu().numpy()
+                if b not in outputs:
+                    outputs[b] = np.lib.format.open_memmap(os.path.join(out_dir, b + ".npy"), mode="w+",
+                                                           dtype=np.float32, shape=(n, data.shape[1]))
+                outputs[b][start:start + x.shape[0]] = data
+    for arr in outputs.values():
+        arr.flush()
+
+
+def _forward_caffe(model_path, weights_path, images, mean, blobs, out_dir, batch):
+    from . import caffe_root
+
+    if not caffe_root.have_caffe_root():
+        raise InputError(f"engine 'caffe': {caffe_root.missing_reason()}")
+    with tempfile.TemporaryDirectory(prefix=".pycaffe-in-", dir=out_dir) as work:
+        np.save(os.path.join(work, "images.npy"), np.ascontiguousarray(images))
+        args = ["--model", os.path.abspath(model_path), "--weights", os.path.abspath(weights_path),
+                "--images", os.path.join(work, "images.npy"), "--out", os.path.abspath(out_dir),
+                "--blobs", ",".join(blobs), "--batch", str(batch)]
+        if mean is not None:
+            np.save(os.path.join(work, "mean.npy"), np.asarray(mean, np.float32))
+            args += ["--mean", os.path.join(work, "mean.npy")]
+        binds = {os.path.dirname(os.path.abspath(p)) for p in (model_path, weights_path, out_dir)}
+        proc = caffe_root.run_pycaffe(PYCAFFE_FORWARD, args, binds=sorted(binds), check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"pycaffe forward failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}")
+
+
+def predict_cells(cells, model_path, weights_path, mean_path, engine="ours", split=None,
+                  out_csv=None, features_out=None, feature_blobs=(), prob_blob="prob", batch=100):
+    """Classify ``cells`` (a :class:`Cells`) and write the predictions table and features.
+
+    Returns the validated :class:`deepyeast.predictions.Predictions`.  ``split``
+    labels every row (default: from the source's name, e.g. ``HOwt_test.txt``).
+    ``features_out``: folder that receives ``<blob>.npy`` for each of
+    ``feature_blobs`` and ``paths.txt``; it is replaced as a whole, atomically.
+    """
+    split = split or split_from_name(cells.source)
+    if not split:
+        raise InputError(f"{cells.source}: cannot tell the split from the name; give it (--split test)")
+    for path in (model_path, weights_path, mean_path):
+        if not os.path.isfile(path):
+            raise InputError(f"{path}: no such file")
+    _, input_shape = net_input_shape(model_path)
+    if tuple(cells.images.shape[1:]) != input_shape:
+        raise InputError(f"{cells.source}: crops have shape {tuple(cells.images.shape[1:])} (C x H x W) but "
+                         f"{model_path} expects {input_shape}")
+    mean = load_mean(mean_path, input_shape)
+    feature_blobs = [b for b in dict.fromkeys(feature_blobs) if b]
+    scratch_parent = os.path.dirname(os.path.abspath(features_out or out_csv or "."))
+    os.makedirs(scratch_parent, exist_ok=True)
+    work = tempfile.mkdtemp(prefix=".predict-", dir=scratch_parent)
+    try:
+        forward_blobs(engine, model_path, weights_path, cells.images, mean,
+                      [prob_blob] + feature_blobs, work, batch=batch)
+        probs = np.load(os.path.join(work, prob_blob + ".npy")).astype(np.float64)
+        try:
+            class_names = class_names_for(probs.shape[1])
+        except ValueError as err:
+            raise InputError(f"{model_path}: blob {prob_blob!r} has {probs.shape[1]} values per cell; {err}") from None
+        n = len(cells.paths)
+        table = Predictions(path=np.asarray(cells.paths, dtype=object),
+                            protein=np.asarray(cells.proteins, dtype=object),
+                            split=np.asarray([split] * n, dtype=object),
+                            label=np.asarray(cells.labels, np.int64), pred=probs.argmax(axis=1).astype(np.int64),
+                            probs=probs, class_names=class_names, source=cells.source)
+        # a subset of cells need not hold every class
+        validate_predictions(table, require_all_classes=False)
+        if features_out:
+            with atomic_path(features_out) as tmp:
+                os.makedirs(tmp)
+                for b in feature_blobs:
+                    src = os.path.join(work, b + ".npy")
+                    (shutil.copyfile if b == prob_blob else os.replace)(src, os.path.join(tmp, b + ".npy"))
+                atomic_write_text(os.path.join(tmp, "paths.txt"), "".join(p + "\n" for p in cells.paths))
+        if out_csv:
+            write_predictions(out_csv, table)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return table
+
+
+def read_features(features_dir, blob):
+    """Load ``DIR/<blob>.npy`` (float32 N x D) and ``DIR/paths.txt`` -> (array, list of paths)."""
+    arr = np.load(os.path.join(features_dir, blob + ".npy"))
+    with open(os.path.join(features_dir, "paths.txt"), encoding="utf-8") as f:
+        paths = [line.rstrip("\n") for line in f if line.strip()]
+    if len(paths) != arr.shape[0]:
+        raise InputError(f"{features_dir}: {blob}.npy has {arr.shape[0]} rows but paths.txt {len(paths)}")
+    return arr, paths

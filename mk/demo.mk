@@ -1,0 +1,21 @@
+# `make demo`: the whole paper on the built-in synthetic screen, on a 2-core CPU.
+# `make reproduce`: the paper's protocol on the real archive (fetch with md5
+# checks, the full 195,000-iteration solver on a GPU, the paper's forest grid).
+# Both run mk/pipeline.mk; re-running skips finished steps.
+
+# The demo's schedule: the CPU solver's optimizer with a schedule sized to the
+# time budget (see README: what it took and on what).
+DEMO_SCHEDULE ?= max_iter=300 stepsize=100 test_interval=100 test_iter=10 snapshot=50 display=10 average_loss=10
+REPRO_GPU ?= 0
+REPRO_GRID ?= paper
+
+.PHONY: demo reproduce
+demo: deps
+	@$(MAKE) --no-print-directory pipeline RUN=runs/demo SCREEN=synthetic SIZE=demo \
+		SOLVER=models/deepyeast/solver_cpu.prototxt SCHEDULE="$(DEMO_SCHEDULE)" GRID=small PRECISION=bf16
+
+# ENGINE=caffe trains with real Caffe instead (bin/caffe; CPU only in the Debian root).
+reproduce: deps
+	@$(MAKE) --no-print-directory pipeline RUN=$(or $(REPRO_RUN),runs/reproduce) SCREEN=archive \
+		SOLVER=models/deepyeast/solver.prototxt GPU="$(REPRO_GPU)" GRID=$(REPRO_GRID) \
+		SNAPSHOT_RULE=val_loss SCHEDULE="$(REPRO_SCHEDULE)" ARCHIVE_SRC="$(ARCHIVE_SRC)" ENGINE=$(ENGINE)

@@ -1,0 +1,17 @@
+# Engine targets (issue 3), included by the top-level Makefile.
+#   make train SOLVER=models/deepyeast/solver_cpu.prototxt   train with our engine; re-running resumes
+#                                                          from the newest {snapshot_prefix}_iter_N.solverstate
+#   make bench-engine                                      real `caffe time` vs `deepyeast time` -> bench/RESULTS.md
+#   make test-engine                                       the solver / CLI / resume / DDP / parity tests
+SOLVER ?= models/deepyeast/solver_cpu.prototxt
+
+.PHONY: train bench-engine test-engine
+train: deps
+	$(PY) -m deepyeast train -solver $(SOLVER) -snapshot auto
+
+bench-engine: deps
+	$(PY) bench/bench_engine.py
+
+test-engine: deps
+	$(VENV)/bin/pytest -q tests/test_lr_policy.py tests/test_solver.py tests/test_cli.py tests/test_resume.py \
+	  tests/test_ddp.py tests/test_solver_parity.py

@@ -1,0 +1,137 @@
+"""CellProfiler-style features: mask, values against independent sums, batch independence, CSV."""
+
+import os
+
+import numpy as np
+import pytest
+
+from deepyeast import cp_features as cf
+from deepyeast.io_utils import InputError
+
+from _cell_crops import cell_crop, write_archive
+
+ZERNIKE = "Zernike"  # see cp_features docstring: a boundary pixel may flip between batches
+
+
+def _disk(cy, cx, r, size=64):
+    yy, xx = np.mgrid[:size, :size]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r ** 2
+
+
+def test_cell_mask_keeps_the_central_object_not_a_brighter_neighbour():
+    marker = np.full((64, 64), 10, np.uint8)
+    centre = _disk(32, 32, 12)
+    marker[centre] = 120
+    marker[_disk(5, 5, 6)] = 250  # a brighter intruding neighbour in the corner
+    mask, fallback = cf.cell_mask(marker)
+    assert not fallback
+    assert mask[32, 32] and not mask[5, 5]
+    # the smoothed edge may shift the outline by a pixel, no more
+    assert abs(int(mask.sum()) - int(centre.sum())) < 0.15 * centre.sum()
+
+
+def test_cell_mask_uses_nearest_component_when_centre_is_background_and_falls_back_on_empty():
+    marker = np.full((64, 64), 10, np.uint8)
+    marker[_disk(20, 44, 9)] = 150
+    marker[_disk(58, 4, 4)] = 150
+    mask, fallback = cf.cell_mask(marker)
+    assert not fallback and mask[20, 44] and not mask[58, 4]
+    empty, fallback = cf.cell_mask(np.full((64, 64), 7, np.uint8))
+    assert fallback and empty[32, 32] and empty.sum() == cf.cell_mask(np.zeros((64, 64)))[0].sum()
+
+
+def test_feature_names_count_and_no_position_features():
+    names = cf.feature_names()
+    assert len(names) == len(set(names)) == 430  # documented in the module docstring
+    assert not [n for n in names if "Center_" in n or "Location_" in n or "BoundingBoxM" in n]
+    for family in ("AreaShape_Zernike_", "Protein_Texture_Contrast_3_", "Protein_Texture_Contrast_5_",
+                   "Marker_Texture_Gabor_", "Protein_Granularity_", "Protein_RadialDistribution_FracAtD_",
+                   "Protein_RadialDistribution_ZernikeMagnitude_", "Protein_Intensity_", "Correlation_Pearson"):
+        assert any(n.startswith(family) for n in names), family
+
+
+def test_values_match_independent_calculation():
+    rng = np.random.default_rng(3)
+    imgs = np.stack([cell_crop(rng, k) for k in range(4)])
+    masks = np.stack([cf.cell_mask(im[0])[0] for im in imgs])
+    names, values = cf.measure_crops(imgs, masks)
+    col = {n: i for i, n in enumerate(names)}
+    for k in range(4):
+        m = masks[k]
+        prot = imgs[k, 1][m] / 255.0
+        mark = imgs[k, 0][m] / 255.0
+        assert values[k, col["AreaShape_Area"]] == m.sum()
+        assert values[k, col["Protein_Intensity_MeanIntensity"]] == pytest.approx(prot.mean(), rel=1e-9)
+        assert values[k, col["Protein_Intensity_IntegratedIntensity"]] == pytest.approx(prot.sum(), rel=1e-9)
+        assert values[k, col["Marker_Intensity_MaxIntensity"]] == pytest.approx(mark.max(), rel=1e-9)
+        assert values[k, col["Correlation_Pearson"]] == pytest.approx(np.corrcoef(prot, mark)[0, 1], abs=1e-9)
+        fracs = [values[k, col[f"Protein_RadialDistribution_FracAtD_{i}of4"]] for i in range(1, 5)]
+        assert sum(fracs) == pytest.approx(1.0, abs=1e-9)
+
+
+def test_features_do_not_depend_on_the_batch():
+    rng = np.random.default_rng(5)
+    imgs = np.stack([cell_crop(rng, k % 4) for k in range(7)])
+    names, batch = cf.measure_crops(imgs)
+    zern = np.array([ZERNIKE in n for n in names])
+    for k in (0, 6):
+        _, alone = cf.measure_crops(imgs[k:k + 1])
+        np.testing.assert_allclose(alone[0, ~zern], batch[k, ~zern], rtol=1e-7, atol=1e-9)
+        np.testing.assert_allclose(alone[0, zern], batch[k, zern], atol=0.02)
+
+
+def test_classes_differ_in_their_features():
+    rng = np.random.default_rng(9)
+    imgs = np.stack([cell_crop(rng, k % 4) for k in range(16)])
+    names, v = cf.measure_crops(imgs)
+    ring = v[1::4, names.index("Protein_RadialDistribution_FracAtD_4of4")]
+    blob = v[3::4, names.index("Protein_RadialDistribution_FracAtD_4of4")]
+    assert ring.min() > blob.max()  # ring class has its protein at the rim, the blob class at the centre
+
+
+def test_extract_write_read_roundtrip_and_parallel_equals_serial(tmp_path):
+    lists = write_archive(str(tmp_path / "arch"), {"test": 3}, n_classes=4, seed=1)
+    paths = [rel for rel, _ in lists["test"]]
+    names, v1, fb = cf.extract_features(paths, root=str(tmp_path / "arch"), n_jobs=1, batch=5)
+    _, v2, _ = cf.extract_features(paths, root=str(tmp_path / "arch"), n_jobs=2, batch=5)
+    assert fb == 0 and v1.shape == (12, len(names))
+    np.testing.assert_array_equal(v1, v2)
+    out = tmp_path / "f.csv"
+    cf.write_feature_csv(out, paths, names, v1)
+    p, n, v = cf.read_feature_csv(out)
+    assert p == paths and n == names
+    np.testing.assert_array_equal(v, v1)
+
+
+def test_script_and_bad_inputs(tmp_path):
+    import subprocess
+    import sys
+
+    root = tmp_path / "arch"
+    write_archive(str(root), {"test": 1}, n_classes=4, seed=2)
+    out = tmp_path / "feats.csv"
+    repo = os.path.join(os.path.dirname(__file__), os.pardir)
+    r = subprocess.run([sys.executable, os.path.join(repo, "analysis", "cp_features.py"), "--archive", str(root),
+                        "--list", "HOwt_transfer_test.txt", "--out", str(out), "--jobs", "1"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    paths, names, values = cf.read_feature_csv(out)
+    assert len(paths) == 4 and len(names) == 430
+
+    with open(root / "HOwt_transfer_test.txt", "a") as f:
+        f.write("plate01/missing-0-0-0.png 1\n")
+    r = subprocess.run([sys.executable, os.path.join(repo, "analysis", "cp_features.py"), "--archive", str(root),
+                        "--list", "HOwt_transfer_test.txt", "--out", str(tmp_path / "x.csv"), "--jobs", "1"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "missing-0-0-0.png" in r.stderr and not (tmp_path / "x.csv").exists()
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,a,b\nx.png,1.0,2.0\ny.png,1.0,oops\n")
+    with pytest.raises(InputError, match=r"bad.csv:3: column 'b'"):
+        cf.read_feature_csv(bad)
+    bad.write_text("cell,a\nx.png,1\n")
+    with pytest.raises(InputError, match=r"bad.csv:1: header"):
+        cf.read_feature_csv(bad)
+    bad.write_text("path,a\nx.png,1,2\n")
+    with pytest.raises(InputError, match=r"bad.csv:2: 3 fields"):
+        cf.read_feature_csv(bad)

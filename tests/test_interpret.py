@@ -1,0 +1,273 @@
+"""Tests of deepyeast.interpret: layer geometry, MI, correlations, patches, the whole Figure 3 run."""
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from deepyeast import constants
+from deepyeast.interpret import (GEOMETRY, DEEPYEAST_LAYERS, class_entropy, cut_patch, layer_features, load_blob,
+                                 match_paths, mutual_information_per_neuron, neuron_outputs, quantile_bins,
+                                 read_label_lists, read_label_table, receptive_field_box, run_interpretation,
+                                 strongest_correlations, top_activating_units)
+from deepyeast.io_utils import InputError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ---------------------------------------------------------------- geometry
+
+def test_blob_shapes_follow_the_architecture():
+    assert (GEOMETRY["conv1"].channels, GEOMETRY["conv1"].height) == (64, 64)
+    assert GEOMETRY["conv1"].size == 64 * 64 * 64 == 262144
+    assert (GEOMETRY["conv3"].channels, GEOMETRY["conv3"].height) == (128, 32)
+    assert (GEOMETRY["conv8"].channels, GEOMETRY["conv8"].height) == (256, 16)
+    assert GEOMETRY["pool3"].height == 8
+    assert GEOMETRY["fc1"].size == 512 and GEOMETRY["fc3"].size == constants.N_CLASSES
+
+
+def test_layer_table_matches_the_deploy_prototxt():
+    from deepyeast.interpret import layers_from_prototxt
+    deploy = os.path.join(REPO, "models", "deepyeast", "deploy.prototxt")
+    if not os.path.exists(deploy):
+        pytest.skip("models/deepyeast/deploy.prototxt not present")
+    assert layers_from_prototxt(deploy) == DEEPYEAST_LAYERS
+
+
+def test_receptive_fields_by_hand():
+    # conv 3x3 adds 2*jump, pool 2x2 adds 1*jump and doubles the jump
+    expected = {"conv1": 3, "conv2": 5, "pool1": 6, "conv3": 10, "conv4": 14, "pool2": 16,
+                "conv5": 24, "conv6": 32, "conv7": 40, "conv8": 48, "pool3": 52}
+    assert {k: GEOMETRY[k].receptive_field for k in expected} == expected
+    assert receptive_field_box(GEOMETRY["conv1"], 0, 0) == (-1, -1, 3)
+    assert receptive_field_box(GEOMETRY["conv2"], 10, 20) == (8, 18, 5)
+    # conv4 unit 0 <- conv3 -1..1 <- pool1 -2..2 <- conv2 -4..5 <- input -6..7
+    assert receptive_field_box(GEOMETRY["conv4"], 0, 0) == (-6, -6, 14)
+    assert receptive_field_box(GEOMETRY["conv4"], 5, 7) == (-6 + 10, -6 + 14, 14)
+    assert receptive_field_box(GEOMETRY["fc3"], 0, 0) == (0, 0, 64)
+
+
+def test_receptive_fields_match_gradients_of_a_real_net():
+    """Input pixels that influence a unit (gradient support) == the computed box, clipped."""
+    torch = pytest.importorskip("torch")
+    layers, modules = [], []
+    for name, kind, k, stride, pad, _ in DEEPYEAST_LAYERS:
+        if kind == "conv":
+            conv = torch.nn.Conv2d(1, 1, k, stride, pad, bias=False)
+            torch.nn.init.ones_(conv.weight)
+            modules.append(conv)
+        elif kind == "pool":
+            modules.append(torch.nn.AvgPool2d(k, stride))  # same geometry as max pooling, dense gradient
+        else:
+            break
+        layers.append(name)
+    for blob, (row, col) in {"conv1": (0, 5), "conv2": (30, 63), "conv4": (0, 0), "conv4 ": (17, 9),
+                             "conv8": (3, 9), "conv8  ": (15, 15)}.items():
+        blob = blob.strip()
+        x = torch.ones(1, 1, 64, 64, requires_grad=True)
+        h = x
+        for name, module in zip(layers, modules):
+            h = module(h)
+            if name == blob:
+                break
+        h[0, 0, row, col].backward()
+        support = (x.grad[0, 0] != 0).numpy()
+        top, left, side = receptive_field_box(GEOMETRY[blob], row, col)
+        box = np.zeros((64, 64), dtype=bool)
+        box[max(top, 0):top + side, max(left, 0):left + side] = True
+        assert np.array_equal(support, box), (blob, row, col)
+
+
+def test_cut_patch_pads_with_zeros_outside_the_image():
+    image = np.arange(1, 2 * 8 * 8 + 1, dtype=np.uint8).reshape(2, 8, 8)
+    patch = cut_patch(image, -1, 6, 3)
+    assert patch.shape == (2, 3, 3)
+    assert np.all(patch[:, 0, :] == 0) and np.all(patch[:, :, 2] == 0)
+    assert np.array_equal(patch[:, 1:, :2], image[:, 0:2, 6:8])
+
+
+# ---------------------------------------------------------------- statistics
+
+def test_quantile_bins_equal_counts_and_ties_share_a_bin():
+    bins = quantile_bins(np.arange(100.0), 10)
+    assert np.array_equal(np.bincount(bins), np.full(10, 10))
+    tied = quantile_bins(np.array([0, 0, 0, 0, 1, 2, 3, 4]), 4)
+    assert len(set(tied[:4])) == 1 and tied[4] != tied[0]
+
+
+def test_neuron_equal_to_class_gets_maximal_mutual_information():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 50)
+    outputs = np.column_stack([labels * 2.5 - 1.0,              # equals the class (affine)
+                               rng.normal(size=200),            # noise
+                               (labels >= 2) + 0.0])            # half the information
+    mi = mutual_information_per_neuron(outputs, labels, n_bins=10)
+    assert mi[0] == pytest.approx(math.log(4), abs=1e-12) == pytest.approx(class_entropy(labels))
+    assert mi[2] == pytest.approx(math.log(2), abs=1e-12)
+    assert mi[1] < 0.2
+
+
+def test_strongest_correlation_finds_planted_features():
+    rng = np.random.default_rng(1)
+    outputs = rng.normal(size=(300, 3))
+    features = np.column_stack([rng.normal(size=300), 3 * outputs[:, 0] + 1, np.full(300, 7.0),
+                                -outputs[:, 2] + 0.01 * rng.normal(size=300)])
+    best, r = strongest_correlations(outputs, features)
+    assert best[0] == 1 and r[0] == pytest.approx(1.0)
+    assert best[2] == 3 and r[2] < -0.99
+    assert abs(r[1]) < 0.3 and np.all(np.isfinite(r))  # the constant column gives r = 0, not NaN
+    assert r[1] == pytest.approx(np.corrcoef(outputs[:, 1], features[:, best[1]])[0, 1])
+
+
+def test_top_activating_units_and_pooled_features():
+    act = np.zeros((5, 3, 4, 4), dtype=np.float32)
+    act[3, 1, 2, 1] = 9.0
+    act[0, 1, 0, 3] = 4.0
+    act[4, 1, 1, 1] = 1.0
+    top = top_activating_units(act, 1, k=2)
+    assert top == [(3, 2, 1, 9.0), (0, 0, 3, 4.0)]
+    pooled = layer_features(act, "pool", rows=np.array([4, 3]))
+    assert pooled.shape == (2, 6)
+    assert pooled[1, 3 + 1] == 9.0 and pooled[1, 1] == pytest.approx(9.0 / 16)
+    assert pooled[0, 3 + 1] == 1.0
+    assert np.array_equal(neuron_outputs(act, "max")[:, 1], [4, 0, 0, 9, 1])
+
+
+def test_match_paths_by_trailing_components_and_error():
+    known = ["plate01/1-2-3-4.png", "plate02/5-6-7-8.png"]
+    assert list(match_paths(["/data/x/plate02/5-6-7-8.png", "./plate01/1-2-3-4.png"], known, "t")) == [1, 0]
+    with pytest.raises(InputError, match="row 1: path 'plate09/x.png' not found"):
+        match_paths(["plate09/x.png"], known, "t")
+
+
+def test_label_readers_name_the_bad_line(tmp_path):
+    (tmp_path / "HOwt_test.txt").write_text("plate01/a.png 3\nplate01/b.png 12\n")
+    with pytest.raises(InputError, match=r"HOwt_test.txt:2: label 12 outside"):
+        read_label_lists(tmp_path, n_classes=12)
+    table = tmp_path / "t.csv"
+    table.write_text("path,split\nplate01/a.png,test\n")
+    with pytest.raises(InputError, match="missing column"):
+        read_label_table(table)
+
+
+# ---------------------------------------------------------------- the whole run
+
+def _synthetic_screen(root, n_per_class=12, seed=0):
+    """Feature dir + archive with PNGs whose pixels encode their coordinates.
+
+    fc1 neuron 7 equals the class; CellProfiler feature 'f_lin' = 3 * fc1 neuron 2 - 1,
+    'f_neg' = -fc1 neuron 4; conv8 channel 5 fires hardest in cell 11 at (3, 9).
+    """
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    classes = constants.TRANSFER_CLASS_NAMES
+    labels = np.repeat(np.arange(len(classes)), n_per_class)
+    n = len(labels)
+    paths = [f"plate01/{i}-1-1-1.png" for i in range(n)]
+    os.makedirs(root / "archive" / "plate01")
+    yy, xx = np.mgrid[0:64, 0:64]
+    rgb = np.stack([yy + 1, xx + 1, np.zeros_like(yy)], axis=2).astype(np.uint8)
+    for p in paths:
+        Image.fromarray(rgb).save(root / "archive" / p)
+    (root / "archive" / "HOwt_test.txt").write_text("".join(f"{p} {l}\n" for p, l in zip(paths, labels)))
+    feat = root / "features"
+    feat.mkdir()
+    (feat / "paths.txt").write_text("\n".join(paths) + "\n")
+    fc1 = rng.normal(size=(n, 512)).astype(np.float32)
+    fc1[:, 7] = labels
+    np.save(feat / "fc1.npy", fc1)
+    np.save(feat / "fc3.npy", rng.normal(size=(n, 12)).astype(np.float32))
+    conv8 = rng.uniform(0, 1, size=(n, 256, 16, 16)).astype(np.float32)
+    conv8[11, 5, 3, 9] = 50.0
+    np.save(feat / "conv8.npy", conv8.reshape(n, -1))
+    with open(root / "cp.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "f_noise", "f_lin", "f_neg"])
+        for i, p in enumerate(paths):
+            w.writerow([p, rng.normal(), 3 * fc1[i, 2] - 1, -fc1[i, 4]])
+    return feat, labels, paths
+
+
+def test_run_interpretation_end_to_end(tmp_path):
+    feat, labels, paths = _synthetic_screen(tmp_path)
+    lab = read_label_lists(tmp_path / "archive", n_classes=4)
+    out = tmp_path / "out"
+    summary = run_interpretation(str(feat), str(out), lab, constants.TRANSFER_CLASS_NAMES, cp_csv=tmp_path / "cp.csv",
+                                 archive_root=tmp_path / "archive", n_tsne=40, neurons={"conv8": [5]},
+                                 n_patches=3, log=lambda *_: None)
+    assert summary["blobs"] == ["conv8", "fc1", "fc3"]
+    for name in ("tsne.png", "tsne.pdf", "tsne.csv", "patches.png", "patches.pdf", "neurons.png", "neurons.pdf",
+                 "neurons_conv8.csv", "neurons_fc1.csv", "neurons_fc3.csv", "interpret.json"):
+        assert (out / name).stat().st_size > 0, name
+    with open(out / "neurons_fc1.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 512
+    best = max(rows, key=lambda r: float(r["mutual_information"]))
+    assert best["neuron"] == "7" and float(best["mi_fraction"]) == pytest.approx(1.0, abs=1e-5)
+    assert rows[2]["best_cellprofiler_feature"] == "f_lin" and float(rows[2]["pearson_r"]) == pytest.approx(1, abs=1e-5)
+    assert rows[4]["best_cellprofiler_feature"] == "f_neg" and float(rows[4]["pearson_r"]) == pytest.approx(-1, abs=1e-5)
+    assert summary["layers"]["fc1"]["top_neurons"][0] == 7
+    assert summary["layers"]["fc1"]["mi_shuffled_median"] < float(best["mutual_information"]) / 2
+    with open(out / "tsne.csv") as f:
+        assert len(list(csv.DictReader(f))) == 40
+    saved = json.loads((out / "interpret.json").read_text())
+    conv8 = next(p for p in saved["patches"] if p["blob"] == "conv8")
+    assert conv8["cells"][0] == paths[11] and conv8["positions"][0] == [3, 9]
+    fc3 = [p for p in saved["patches"] if p["blob"] == "fc3"]
+    assert [p["neuron"] for p in fc3] == list(range(constants.N_CLASSES))
+
+
+def test_conv8_patch_is_the_receptive_field_cut_from_the_image(tmp_path):
+    """Unit (3, 9) of conv8 sees rows -10..37 and columns 14..61 (worked out by hand)."""
+    from deepyeast.interpret import activating_patches, load_cell_images
+    feat, _, paths = _synthetic_screen(tmp_path, n_per_class=3)
+    images = load_cell_images(paths, archive_root=tmp_path / "archive")
+    assert images.shape == (12, 2, 64, 64) and images.dtype == np.uint8
+    act = load_blob(str(feat), "conv8")
+    (patch,) = activating_patches(act, GEOMETRY["conv8"], 5, images, k=1)
+    assert patch["cell"] == 11 and patch["patch"].shape == (2, 48, 48)
+    red, green = patch["patch"].astype(int)
+    assert np.all(red[:10] == 0)                                      # rows -10..-1: padding
+    assert np.array_equal(red[10:, 0], np.arange(0, 38) + 1)          # rows 0..37 (stored as y + 1)
+    assert np.array_equal(green[10, :], np.arange(14, 62) + 1)        # cols 14..61 (stored as x + 1)
+
+
+def test_blob_with_wrong_size_is_rejected(tmp_path):
+    (tmp_path / "paths.txt").write_text("a.png\nb.png\n")
+    np.save(tmp_path / "conv4.npy", np.zeros((2, 100), dtype=np.float32))
+    with pytest.raises(InputError, match=r"conv4.npy: 100 values per cell, but blob conv4 is 128x32x32"):
+        load_blob(str(tmp_path), "conv4")
+    np.save(tmp_path / "fc1.npy", np.zeros((3, 512), dtype=np.float32))
+    with pytest.raises(InputError, match="3 rows but paths.txt has 2"):
+        load_blob(str(tmp_path), "fc1")
+
+
+def test_script_runs_and_reports_bad_input(tmp_path):
+    feat, _, _ = _synthetic_screen(tmp_path, n_per_class=3)
+    out = tmp_path / "o"
+    cmd = [sys.executable, os.path.join(REPO, "analysis", "interpret.py"), "--features", str(feat),
+           "--lists", str(tmp_path / "archive"), "--classes", "transfer", "--blobs", "fc1,fc3", "--out", str(out),
+           "--n-tsne", "12"]
+    subprocess.run(cmd, check=True, capture_output=True)
+    assert (out / "neurons_fc1.csv").exists() and (out / "tsne.png").exists()
+    (tmp_path / "archive" / "HOwt_test.txt").write_text("plate01/0-1-1-1.png 0\n")
+    bad = subprocess.run(cmd, capture_output=True, text=True)
+    assert bad.returncode == 2 and "not found" in bad.stderr
+
+
+def test_cell_images_from_an_lmdb_match_the_pngs(tmp_path):
+    pytest.importorskip("lmdb")
+    from deepyeast import formats
+    from deepyeast.interpret import load_cell_images
+    _, labels, paths = _synthetic_screen(tmp_path, n_per_class=3)
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, size=(len(paths), 2, 64, 64), dtype=np.uint8)
+    formats.write_datum_lmdb(str(tmp_path / "cells_lmdb"), zip(paths, images, labels.tolist()), shuffle=True, seed=1)
+    wanted = [paths[5], paths[0], paths[7]]
+    got = load_cell_images(wanted, lmdb_path=str(tmp_path / "cells_lmdb"))
+    assert np.array_equal(got, images[[5, 0, 7]])

@@ -1,0 +1,185 @@
+"""Per-cell statistics against hand calculations and independent implementations."""
+
+import json
+import os
+import subprocess
+import sys
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from sklearn.metrics import cohen_kappa_score, precision_score, recall_score
+
+from _prediction_tables import simulated_table, write_table
+from deepyeast import metrics as m
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A 3-class confusion C[true, pred] small enough to work by hand.
+HAND = np.array([[20, 5, 0],
+                 [10, 15, 5],
+                 [0, 5, 40]])
+
+
+def _cells_from_confusion(conf):
+    labels, preds = [], []
+    for t in range(conf.shape[0]):
+        for p in range(conf.shape[1]):
+            labels += [t] * conf[t, p]
+            preds += [p] * conf[t, p]
+    order = np.random.default_rng(0).permutation(len(labels))
+    return np.array(labels)[order], np.array(preds)[order]
+
+
+def test_kappa_by_hand():
+    # N = 100; p_o = (20+15+40)/100 = 3/4.  Row totals 25, 30, 45; column totals 30, 25, 45:
+    # p_e = (25*30 + 30*25 + 45*45) / 100^2 = 3525/10000.  kappa = (7500-3525)/(10000-3525) = 3975/6475 = 159/259.
+    p_o = Fraction(75, 100)
+    p_e = Fraction(25 * 30 + 30 * 25 + 45 * 45, 100 * 100)
+    by_hand = (p_o - p_e) / (1 - p_e)
+    assert by_hand == Fraction(159, 259)
+    labels, preds = _cells_from_confusion(HAND)
+    assert m.cohen_kappa(labels, preds, 3) == pytest.approx(float(by_hand), abs=1e-12)
+    assert m.kappa_from_confusion(HAND) == pytest.approx(cohen_kappa_score(labels, preds), abs=1e-12)
+
+
+def test_accuracy_confusion_precision_recall_by_hand():
+    labels, preds = _cells_from_confusion(HAND)
+    assert m.accuracy(labels, preds) == {"value": 0.75, "correct": 75, "total": 100}
+    cm = m.confusion_counts(labels, preds, 3)
+    np.testing.assert_array_equal(cm, HAND)
+    rates = m.confusion_rates(cm)
+    np.testing.assert_allclose(rates[0], [20 / 25, 5 / 25, 0])
+    np.testing.assert_allclose(rates.sum(axis=1), 1)
+    precision, recall = m.precision_recall(cm)
+    np.testing.assert_allclose(precision, [20 / 30, 15 / 25, 40 / 45])
+    np.testing.assert_allclose(recall, [20 / 25, 15 / 30, 40 / 45])
+    np.testing.assert_allclose(precision, precision_score(labels, preds, average=None))
+    np.testing.assert_allclose(recall, recall_score(labels, preds, average=None))
+
+
+def test_kappa_undefined_and_perfect():
+    assert np.isnan(m.cohen_kappa([1, 1, 1], [1, 1, 1], 3))
+    assert m.cohen_kappa([0, 1, 2, 2], [0, 1, 2, 2], 3) == 1.0
+
+
+def test_resample_indices_keep_class_counts():
+    labels, _ = _cells_from_confusion(HAND)
+    idx = m.stratified_resample_indices(labels, 500, seed=4)
+    assert idx.shape == (500, labels.size)
+    want = np.bincount(labels)
+    for row in idx:
+        np.testing.assert_array_equal(np.bincount(labels[row], minlength=3), want)
+    assert len({tuple(r) for r in idx[:50]}) == 50  # they do differ
+
+
+@pytest.mark.parametrize("method", ["multinomial", "indices"])
+def test_bootstrap_confusions_keep_class_counts(method):
+    labels, preds = _cells_from_confusion(HAND)
+    boots = m.stratified_bootstrap_confusions(labels, preds, 3, n_resamples=2000, seed=1, method=method)
+    assert boots.shape == (2000, 3, 3)
+    np.testing.assert_array_equal(boots.sum(axis=2), np.broadcast_to(HAND.sum(axis=1), (2000, 3)))
+    # a class never predicted from true class 0 (column 2 of row 0 is 0) stays 0 in every resample
+    assert np.all(boots[:, 0, 2] == 0)
+    # the mean resample is the observed confusion
+    np.testing.assert_allclose(boots.mean(axis=0), HAND, atol=0.35)
+
+
+def test_bootstrap_index_method_matches_resampling_cells():
+    """The index method's confusions equal those of explicitly resampled cells with the same draws."""
+    labels, preds = _cells_from_confusion(HAND)
+    boots = m.stratified_bootstrap_confusions(labels, preds, 3, n_resamples=7, seed=5, method="indices",
+                                              chunk_size=3)
+    rng = np.random.default_rng(5)
+    explicit = np.zeros_like(boots)
+    for t in range(3):
+        preds_t = preds[labels == t]
+        for start in range(0, 7, 3):
+            b = min(3, 7 - start)
+            draws = rng.integers(0, preds_t.size, size=(b, preds_t.size))
+            for i in range(b):
+                explicit[start + i, t] = np.bincount(preds_t[draws[i]], minlength=3)
+    np.testing.assert_array_equal(boots, explicit)
+
+
+def test_bootstrap_intervals_methods_agree_and_match_binomial():
+    table = simulated_table(n_proteins=240, cells_range=(20, 21), accuracy=0.8, seed=2)
+    y, p = table.label, table.pred
+    a = m.bootstrap_precision_recall(y, p, 12, n_resamples=20000, seed=0, method="multinomial")
+    b = m.bootstrap_precision_recall(y, p, 12, n_resamples=4000, seed=1, method="indices")
+    for key in ("recall_lo", "recall_hi", "precision_lo", "precision_hi"):
+        np.testing.assert_allclose(a[key], b[key], atol=0.012)
+    # Within a class the recall is a binomial proportion: 95% interval ~ r +- 1.96 sqrt(r (1 - r) / n).
+    n = np.bincount(y, minlength=12)
+    r = a["recall"]
+    half = 1.96 * np.sqrt(r * (1 - r) / n)
+    np.testing.assert_allclose(a["recall_lo"], r - half, atol=0.012)
+    np.testing.assert_allclose(a["recall_hi"], r + half, atol=0.012)
+    assert np.all(a["recall_lo"] <= r) and np.all(r <= a["recall_hi"])
+    assert np.all(a["precision_lo"] <= a["precision"]) and np.all(a["precision"] <= a["precision_hi"])
+
+
+def test_bootstrap_perfect_and_never_predicted():
+    y = np.repeat(np.arange(3), 10)
+    res = m.bootstrap_precision_recall(y, y, 3, n_resamples=200)
+    np.testing.assert_array_equal(res["recall_lo"], 1.0)
+    np.testing.assert_array_equal(res["precision_hi"], 1.0)
+    p = y.copy()
+    p[p == 2] = 1  # class 2 never predicted
+    res = m.bootstrap_precision_recall(y, p, 3, n_resamples=200)
+    assert np.isnan(res["precision"][2]) and np.isnan(res["precision_lo"][2])
+    assert res["precision_undefined"][2] == 200
+    assert res["recall_hi"][2] == 0.0
+
+
+def test_bootstrap_full_size_12500_cells():
+    # The speed target (<= 10 s on 2 cores) is measured by bench/bench_stats.py, not here.
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 12, 12500)
+    p = np.where(rng.random(12500) < 0.87, y, rng.integers(0, 12, 12500))
+    res = m.bootstrap_precision_recall(y, p, 12, n_resamples=20000)
+    assert res["n_resamples"] == 20000 and np.all(np.isfinite(res["precision_lo"]))
+    assert np.all(res["recall_lo"] <= res["recall"]) and np.all(res["recall"] <= res["recall_hi"])
+
+
+def test_bad_labels_rejected():
+    with pytest.raises(ValueError, match="outside 0..2"):
+        m.confusion_counts([0, 3], [0, 1], 3)
+    with pytest.raises(ValueError, match="differ in length"):
+        m.confusion_counts([0, 1], [0], 3)
+
+
+def test_evaluate_cells_script(tmp_path):
+    net = write_table(tmp_path / "net.csv", simulated_table(n_proteins=48, cells_range=(5, 9), accuracy=0.85))
+    rf = write_table(tmp_path / "rf.csv", simulated_table(n_proteins=48, cells_range=(5, 9), accuracy=0.6))
+    out = tmp_path / "cells"
+    res = subprocess.run([sys.executable, os.path.join(REPO, "analysis", "evaluate_cells.py"), "--predictions", net,
+                          "--rf-predictions", rf, "--out", str(out), "--resamples", "500"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "network: accuracy" in res.stdout
+    js = json.loads((out / "cell_metrics.json").read_text())
+    table = simulated_table(n_proteins=48, cells_range=(5, 9), accuracy=0.85)
+    want = m.accuracy(table.label, table.pred)
+    assert js["cell_accuracy"]["correct"] == want["correct"] and js["cell_accuracy"]["total"] == want["total"]
+    assert js["cell_kappa"]["value"] == pytest.approx(cohen_kappa_score(table.label, table.pred))
+    assert js["rf_cell_accuracy"]["value"] < js["cell_accuracy"]["value"]
+    assert "evaluate_cells.py" in js["command"]
+    for name in ("fig2a_recall", "fig2b_precision", "fig2d_confusion", "fig2d_confusion_rf"):
+        assert (out / f"{name}.png").read_bytes().startswith(b"\x89PNG")
+        assert (out / f"{name}.pdf").read_bytes().startswith(b"%PDF")
+    lines = (out / "per_class.csv").read_text().splitlines()
+    assert len(lines) == 1 + 24 and lines[0].startswith("classifier,class,class_name")
+    rates = np.genfromtxt(out / "confusion_rates.csv", delimiter=",", skip_header=1)[:, 1:]
+    np.testing.assert_allclose(rates.sum(axis=1), 1, atol=1e-4)
+
+
+def test_evaluate_cells_script_bad_input_writes_nothing(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,protein,split,label,prob_0\n")
+    out = tmp_path / "cells"
+    res = subprocess.run([sys.executable, os.path.join(REPO, "analysis", "evaluate_cells.py"), "--predictions",
+                          str(bad), "--out", str(out)], capture_output=True, text=True)
+    assert res.returncode == 2
+    assert "bad.csv: missing column 'pred'" in res.stderr
+    assert not out.exists()

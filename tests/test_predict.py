@@ -1,0 +1,159 @@
+"""analysis/predict.py and deepyeast.predict: the predictions table and features from both engines.
+
+Weights are random but well scaled, with non-trivial BatchNorm statistics
+(netshape.random_params), so every blob of the caffemodel matters.  The
+engine agreement test needs the Caffe root (marked ``caffe``).
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from deepyeast import caffe_pb2, caffe_root, formats, netshape, predict
+from deepyeast.archive import encode_crop
+from deepyeast.io_utils import InputError
+from deepyeast.predictions import read_predictions
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEPLOY = os.path.join(REPO, "models", "deepyeast", "deploy.prototxt")
+SCRIPT = os.path.join(REPO, "analysis", "predict.py")
+N = 24
+BLOBS = ["conv1", "conv8", "fc1", "fc3"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("predict")
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[:64, :64]
+    images = np.empty((N, 2, 64, 64), np.uint8)
+    for i in range(N):
+        cy, cx = rng.integers(16, 48, 2)
+        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * rng.uniform(3, 12) ** 2))
+        images[i, 0] = np.clip(100 * blob + rng.normal(20, 6, (64, 64)), 0, 255)
+        images[i, 1] = np.clip(rng.uniform(50, 250) * blob + rng.normal(10, 6, (64, 64)), 0, 255)
+    labels = np.arange(N) % 12
+    root = d / "archive"
+    lines = []
+    for i in range(N):
+        rel = f"plate{1 + i % 2:02d}/{100 + i // 3}-{i}-1-1.png"
+        os.makedirs(root / os.path.dirname(rel), exist_ok=True)
+        (root / rel).write_bytes(encode_crop(images[i]))
+        lines.append(f"{rel} {labels[i]}\n")
+    (root / "HOwt_test.txt").write_text("".join(lines))
+    mean = formats.compute_mean(images)
+    formats.write_mean_binaryproto(d / "mean.binaryproto", mean)
+    net = formats.read_prototxt(DEPLOY, caffe_pb2.NetParameter)
+    x = images.astype(np.float32) - mean
+    params, types = netshape.random_params(net, seed=3, input_scale=float(x.std()))
+    formats.write_caffemodel(d / "w.caffemodel", params, layer_types=types)
+    formats.write_datum_lmdb(d / "test_lmdb", zip([ln.split()[0] for ln in lines], images, labels), seed=1)
+    return {"dir": d, "root": root, "images": images, "labels": labels, "lines": lines,
+            "mean": d / "mean.binaryproto", "weights": d / "w.caffemodel"}
+
+
+def run_script(setup, engine, out_name, extra=()):
+    d = setup["dir"]
+    cmd = [sys.executable, SCRIPT, "--engine", engine, "--model", DEPLOY, "--weights", str(setup["weights"]),
+           "--mean", str(setup["mean"]), "--out", str(d / f"{out_name}.csv"),
+           "--features-out", str(d / f"{out_name}_features"), "--blobs", ",".join(BLOBS), "--batch", "10"]
+    cmd += list(extra) or ["--archive", str(setup["root"]), "--list", "HOwt_test.txt"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return read_predictions(d / f"{out_name}.csv", require_all_classes=False), d / f"{out_name}_features"
+
+
+@pytest.fixture(scope="module")
+def ours(setup):
+    return run_script(setup, "ours", "ours")
+
+
+def test_ours_writes_the_predictions_table(setup, ours):
+    table, _ = ours
+    header = open(setup["dir"] / "ours.csv").readline().strip().split(",")
+    assert header == ["path", "protein", "split", "label", "pred"] + [f"prob_{k}" for k in range(12)]
+    assert list(table.path) == [ln.split()[0] for ln in setup["lines"]]
+    assert table.protein[0] == "plate01/100" and table.protein[4] == "plate01/101"
+    assert set(table.split) == {"test"}
+    np.testing.assert_array_equal(table.label, setup["labels"])
+    np.testing.assert_allclose(table.probs.sum(axis=1), 1, atol=1e-5)
+    np.testing.assert_array_equal(table.pred, table.probs.argmax(axis=1))
+    assert table.probs.max() < 0.99  # the random net makes a graded prediction
+
+
+def test_ours_writes_features(setup, ours):
+    table, fdir = ours
+    assert sorted(os.listdir(fdir)) == sorted([b + ".npy" for b in BLOBS] + ["paths.txt"])
+    feats = {b: predict.read_features(fdir, b) for b in BLOBS}
+    assert feats["conv1"][0].shape == (N, 64 * 64 * 64) and feats["conv1"][0].dtype == np.float32
+    assert feats["conv8"][0].shape == (N, 256 * 16 * 16)
+    assert feats["fc1"][0].shape == (N, 512) and feats["fc3"][0].shape == (N, 12)
+    assert feats["fc1"][1] == list(table.path)
+    # features are taken after the in-place BatchNorm/Scale/ReLU, as Caffe's blob holds them
+    assert feats["conv1"][0].min() >= 0 and feats["fc1"][0].min() >= 0
+    logits = feats["fc3"][0].astype(np.float64)
+    soft = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(soft / soft.sum(1, keepdims=True), table.probs, atol=1e-5)
+
+
+def test_lmdb_input_gives_the_same_table(setup, ours):
+    d = setup["dir"]
+    cells = predict.cells_from_lmdb(d / "test_lmdb")
+    table = predict.predict_cells(cells, DEPLOY, setup["weights"], setup["mean"], engine="ours",
+                                  out_csv=d / "lmdb.csv")
+    assert set(table.split) == {"test"}
+    ref, _ = ours
+    order = {p: i for i, p in enumerate(ref.path)}
+    idx = [order[p] for p in table.path]
+    np.testing.assert_allclose(table.probs, ref.probs[idx], atol=1e-6)
+    np.testing.assert_array_equal(table.label, ref.label[idx])
+
+
+def test_bad_inputs_are_named(setup, tmp_path):
+    cells = predict.cells_from_list(setup["root"], setup["root"] / "HOwt_test.txt")
+    formats.write_mean_binaryproto(tmp_path / "bad_mean.binaryproto", np.zeros((3, 64, 64), np.float32))
+    with pytest.raises(InputError, match=r"bad_mean.binaryproto.*\(3, 64, 64\).*\(2, 64, 64\)"):
+        predict.predict_cells(cells, DEPLOY, setup["weights"], tmp_path / "bad_mean.binaryproto",
+                              out_csv=tmp_path / "x.csv")
+    with pytest.raises(InputError, match="nosuchblob"):
+        predict.predict_cells(cells, DEPLOY, setup["weights"], setup["mean"], out_csv=tmp_path / "x.csv",
+                              features_out=tmp_path / "f", feature_blobs=["nosuchblob"])
+    assert not os.path.exists(tmp_path / "x.csv") and not os.path.exists(tmp_path / "f")
+    (tmp_path / "list.txt").write_text(setup["lines"][0] + "plate01/missing-1-1-1.png 3\n")
+    with pytest.raises(InputError, match="missing-1-1-1.png"):
+        predict.cells_from_list(setup["root"], tmp_path / "list.txt")
+    with pytest.raises(InputError, match="--split"):
+        predict.predict_cells(predict.Cells(cells.images, cells.labels, cells.paths, "cells.txt"),
+                              DEPLOY, setup["weights"], setup["mean"])
+    proc = subprocess.run([sys.executable, SCRIPT, "--model", DEPLOY, "--weights", str(setup["weights"]),
+                           "--mean", str(tmp_path / "bad_mean.binaryproto"), "--archive", str(setup["root"]),
+                           "--list", "HOwt_test.txt", "--out", str(tmp_path / "y.csv")],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "bad_mean.binaryproto" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_split_from_name():
+    assert predict.split_from_name("ROOT/HOwt_test.txt") == "test"
+    assert predict.split_from_name("ROOT/HOwt_transfer_val.txt") == "transfer_val"
+    assert predict.split_from_name("data/deepyeast/train_lmdb/") == "train"
+    assert predict.split_from_name("cells.txt") is None
+
+
+@pytest.mark.caffe
+def test_both_engines_agree_on_the_same_weights(setup, ours):
+    if not caffe_root.have_caffe_root():
+        pytest.skip(caffe_root.missing_reason())
+    table_c, fdir_c = run_script(setup, "caffe", "caffe")
+    table_o, fdir_o = ours
+    assert list(table_c.path) == list(table_o.path)
+    assert np.abs(table_c.probs - table_o.probs).max() <= 1e-4
+    np.testing.assert_array_equal(table_c.pred, table_o.pred)
+    for b in BLOBS:
+        fc, _ = predict.read_features(fdir_c, b)
+        fo, _ = predict.read_features(fdir_o, b)
+        assert fc.shape == fo.shape
+        scale = max(1.0, float(np.abs(fc).max()))
+        assert np.abs(fc - fo).max() <= 1e-4 * scale, b

@@ -1,0 +1,210 @@
+"""The report: every figure embedded, metrics.json complete with counts, missing inputs named,
+bad inputs refused without writing anything, and (when chromium is installed) the page renders."""
+
+import base64
+import html.parser
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+
+from _prediction_tables import simulated_table, write_table  # noqa: E402
+from deepyeast.constants import PAPER_RESULTS  # noqa: E402
+from deepyeast.io_utils import InputError  # noqa: E402
+from deepyeast.metrics import run_cell_evaluation  # noqa: E402
+from deepyeast.protein_level import run_protein_level  # noqa: E402
+from deepyeast.report import build_report  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REQUIRED_KEYS = ("cell_accuracy", "cell_kappa", "cell_accuracy_filtered", "protein_accuracy",
+                 "protein_accuracy_min10", "rf_cell_accuracy", "rf_protein_accuracy", "transfer_accuracy")
+
+
+class _Page(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images, self.figures, self.ids, self.text = [], [], set(), []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "img":
+            self.images.append(a.get("src", ""))
+        if tag == "figure":
+            self.figures.append(a.get("data-file"))
+        if "id" in a:
+            self.ids.add(a["id"])
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def _parse(path):
+    page = _Page()
+    page.feed(path.read_text(encoding="utf-8"))
+    page.close()
+    return page
+
+
+def _png(path, color):
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.plot([0, 1], [0, 1], color=color)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.savefig(path, format="png")
+    plt.close(fig)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A full run folder: cell evaluation, protein level (net + RF), mixtures, quality, transfer, interpret."""
+    tmp = tmp_path_factory.mktemp("run")
+    net_t = simulated_table(n_proteins=60, cells_range=(4, 16), accuracy=0.85, seed=7)
+    rf_t = simulated_table(n_proteins=60, cells_range=(4, 16), accuracy=0.6, seed=7)
+    net = write_table(tmp / "net.csv", net_t)
+    rf = write_table(tmp / "rf.csv", rf_t)
+    run = tmp / "run"
+    run_cell_evaluation(net, run / "cells", rf, n_resamples=300, seed=3, command="python analysis/evaluate_cells.py")
+    mix = tmp / "proteins.csv"
+    mix.write_text("protein,split,label,mixture_classes,mixture_fraction\n"
+                   f"{net_t.protein[0]},test,{net_t.label[0]},{net_t.label[0]};vacuole,0.7\n")
+    run_protein_level(net, run / "proteins.csv", str(mix), command="python analysis/protein_level.py ...")
+    run_protein_level(rf, run / "rf_proteins.csv")
+    (run / "quality").mkdir()
+    (run / "quality" / "quality_filter.json").write_text(json.dumps({
+        "cell_accuracy_filtered": {"value": 0.9, "correct": 450, "total": 500},
+        "rf_cell_accuracy_filtered": {"value": 0.7, "correct": 350, "total": 500},
+        "cv": {"mtry": 10, "seed": 11}}))
+    (run / "transfer").mkdir()
+    (run / "transfer" / "transfer.json").write_text(json.dumps({
+        "seed": 5, "best_layer": "fc2",
+        "transfer_accuracy": {
+            "fc2": {"1": {"accuracy": 0.4, "correct": 160, "total": 400, "lo": 0.35, "hi": 0.45},
+                    "10": {"accuracy": 0.7, "correct": 280, "total": 400, "lo": 0.65, "hi": 0.75}},
+            "cellprofiler": {"1": {"accuracy": 0.3, "correct": 120, "total": 400, "lo": 0.25, "hi": 0.35},
+                             "10": {"accuracy": 0.5, "correct": 200, "total": 400, "lo": 0.45, "hi": 0.55}}}}))
+    _png(run / "transfer" / "transfer_accuracy.png", "red")
+    (run / "interpret").mkdir()
+    (run / "interpret" / "interpret.json").write_text(json.dumps({"seed": 0, "n_cells": 100}))
+    _png(run / "interpret" / "tsne.png", "blue")
+    _png(run / "figures" / "gallery.png", "green")
+    (run / "commands.txt").write_text("# the demo\npython data_prep/make_synthetic.py --size demo\n")
+    return run
+
+
+def _all_pngs(run):
+    return sorted(os.path.relpath(os.path.join(d, f), run) for d, _, fs in os.walk(run) for f in fs
+                  if f.endswith(".png"))
+
+
+def test_report_complete(run_dir, tmp_path):
+    out, met = tmp_path / "report.html", tmp_path / "metrics.json"
+    m = build_report(run_dir, out, met, command="python analysis/make_report.py --run RUN")
+    page = _parse(out)
+    pngs = _all_pngs(run_dir)
+    assert len(pngs) == 7  # fig2a, fig2b, fig2d, fig2d_rf, transfer, tsne, gallery
+    assert sorted(page.figures) == pngs
+    assert len(page.images) == len(pngs)
+    for rel, src in zip(page.figures, page.images):
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1]) == (run_dir / rel).read_bytes()
+    assert "complete" in page.ids and "incomplete" not in page.ids
+    text = " ".join(page.text)
+    for needle in ("Headline results beside the paper", "cell periphery", "vacuole", "make_synthetic.py --size demo",
+                   "evaluate_cells.py", "make_report.py", "numpy", "fc2 (best layer on validation)"):
+        assert needle in text, needle
+    js = json.loads(met.read_text())
+    assert js == json.loads(json.dumps(m))
+    assert js["complete"] is True and js["missing"] == []
+    for key in REQUIRED_KEYS:
+        assert js[key] is not None, key
+    cells = json.loads((run_dir / "cells" / "cell_metrics.json").read_text())
+    assert js["cell_accuracy"]["correct"] == cells["cell_accuracy"]["correct"]
+    assert js["cell_accuracy_filtered"] == {"value": 0.9, "correct": 450, "total": 500}
+    assert js["transfer_accuracy"]["network"]["10"] == {"value": 0.7, "correct": 280, "total": 400, "lo": 0.65,
+                                                         "hi": 0.75}
+    assert js["transfer_accuracy"]["cellprofiler"]["1"]["correct"] == 120
+    assert js["mixed_proteins_top_two"]["total"] == 1
+    assert js["paper"] == PAPER_RESULTS
+    assert js["checks"]["network_beats_forest_per_cell"] is True
+    assert js["seeds"]["cells: seed"] == 3 and js["seeds"]["quality: cv.seed"] == 11
+    assert "numpy" in js["versions"]
+
+
+def test_report_names_missing_inputs(run_dir, tmp_path):
+    run = tmp_path / "partial"
+    shutil.copytree(run_dir, run)
+    shutil.rmtree(run / "transfer")
+    os.remove(run / "quality" / "quality_filter.json")
+    m = build_report(run, tmp_path / "r.html", tmp_path / "m.json")
+    page = _parse(tmp_path / "r.html")
+    assert "incomplete" in page.ids
+    text = " ".join(page.text)
+    assert "This report is incomplete." in text and "quality_filter.json" in text and "transfer.json" in text
+    assert m["complete"] is False
+    assert {x["input"] for x in m["missing"]} == {"quality", "transfer"}
+    assert m["not_provided"] == []
+    assert m["cell_accuracy_filtered"] is None and m["transfer_accuracy"] is None
+    assert m["checks"]["filtering_raises_network_accuracy"] is None
+
+
+def test_missing_required_input_writes_nothing(run_dir, tmp_path):
+    run = tmp_path / "norequired"
+    shutil.copytree(run_dir, run)
+    os.remove(run / "cells" / "cell_metrics.json")
+    with pytest.raises(InputError, match=r"cell_metrics.json: required report input 'cells' is missing"):
+        build_report(run, tmp_path / "r.html", tmp_path / "m.json")
+    assert not (tmp_path / "r.html").exists() and not (tmp_path / "m.json").exists()
+
+
+@pytest.mark.parametrize("bad", ["{not json", json.dumps({"transfer_accuracy": [1, 2]})])
+def test_malformed_input_writes_nothing(run_dir, tmp_path, bad):
+    run = tmp_path / "bad"
+    shutil.copytree(run_dir, run)
+    (run / "transfer" / "transfer.json").write_text(bad)
+    with pytest.raises(InputError, match=r"transfer.json"):
+        build_report(run, tmp_path / "r.html", tmp_path / "m.json")
+    assert sorted(os.listdir(tmp_path)) == ["bad"]
+
+
+def test_make_report_script(run_dir, tmp_path):
+    script = os.path.join(REPO, "analysis", "make_report.py")
+    res = subprocess.run([sys.executable, script, "--run", str(run_dir), "--out", str(tmp_path / "r.html"),
+                          "--metrics", str(tmp_path / "m.json")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "complete; 7 figures" in res.stdout
+    res = subprocess.run([sys.executable, script, "--run", str(tmp_path / "nowhere"), "--out",
+                          str(tmp_path / "x.html"), "--metrics", str(tmp_path / "x.json")],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "run folder does not exist" in res.stderr
+    assert not (tmp_path / "x.html").exists()
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed (apt-get install chromium)")
+def test_report_renders_in_headless_chromium(run_dir, tmp_path):
+    """Load the page in a real browser; count the figures that decoded to an image with a size."""
+    build_report(run_dir, tmp_path / "report.html", tmp_path / "m.json")
+    probe = tmp_path / "probe.html"
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    script = ("<script>window.addEventListener('load',()=>{document.body.setAttribute('data-loaded',"
+              "[...document.images].filter(i=>i.complete&&i.naturalWidth>0).length)});</script>")
+    probe.write_text(page.replace("</body>", script + "</body>"), encoding="utf-8")
+    res = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                          "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert 'data-loaded="7"' in res.stdout
+
+
+def test_extras_do_not_make_report_incomplete(run_dir, tmp_path):
+    run = tmp_path / "noextras"
+    shutil.copytree(run_dir, run)
+    os.remove(run / "proteins_mixtures.csv")
+    os.remove(run / "commands.txt")
+    m = build_report(run, tmp_path / "r.html", tmp_path / "m.json")
+    assert m["complete"] is True
+    assert {x["input"] for x in m["not_provided"]} == {"mixtures", "commands"}

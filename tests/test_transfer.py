@@ -1,0 +1,149 @@
+"""Tests of deepyeast.transfer: subsampling, intervals, the accuracy curve, the whole run."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from deepyeast.interpret import read_label_lists
+from deepyeast.io_utils import InputError
+from deepyeast.transfer import (CELLPROFILER, RESULT_COLUMNS, bootstrap_accuracy_interval, class_orders,
+                                run_transfer, subsample_per_class, transfer_curve)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _blobs(labels, dims, signal, rng):
+    """Features with class k shifted by ``signal`` on dimensions k, k + 4, k + 8; unit Gaussian noise."""
+    x = rng.normal(size=(len(labels), dims)).astype(np.float32)
+    for offset in (0, 4, 8):
+        x[np.arange(len(labels)), labels + offset] += signal
+    return x
+
+
+def test_subsamples_are_nested_capped_and_per_class():
+    labels = np.array([0] * 10 + [1] * 3 + [2] * 7)
+    orders = class_orders(labels, 3, seed=4)
+    small, large = subsample_per_class(orders, 2), subsample_per_class(orders, 5)
+    assert set(small) <= set(large)
+    assert list(np.bincount(labels[small])) == [2, 2, 2]
+    assert list(np.bincount(labels[large])) == [5, 3, 5]            # class 1 capped at its 3 cells
+    assert list(np.bincount(labels[subsample_per_class(orders, 500)])) == [10, 3, 7]
+
+
+def test_bootstrap_interval_matches_resampling_cells():
+    correct = np.zeros(200, dtype=bool)
+    correct[:150] = True
+    lo, hi = bootstrap_accuracy_interval(150, 200, n_boot=20000, seed=1)
+    rng = np.random.default_rng(2)
+    resampled = correct[rng.integers(0, 200, size=(20000, 200))].mean(axis=1)
+    ref_lo, ref_hi = np.percentile(resampled, [2.5, 97.5])
+    assert lo == pytest.approx(ref_lo, abs=0.011) and hi == pytest.approx(ref_hi, abs=0.011)
+    assert lo < 0.75 < hi
+    assert bootstrap_accuracy_interval(200, 200) == (1.0, 1.0)
+
+
+def test_accuracy_rises_with_examples_on_separable_data():
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 200)
+    split = np.array((["train"] * 120 + ["val"] * 30 + ["test"] * 50) * 4, dtype=object)
+    x = _blobs(y, 12, 1.2, rng)
+    rows = transfer_curve("layer", x, y, split, 4, n_per_class=(1, 5, 25, 100, 250, 500), n_trees=50, n_boot=500)
+    assert [r["n_per_class"] for r in rows] == [1, 5, 25, 100, 250]   # stops once every train cell is used
+    assert rows[-1]["n_train"] == 480 and rows[0]["n_train"] == 4
+    acc = [r["accuracy"] for r in rows]
+    assert acc[-1] > acc[0] + 0.15 and acc[-1] > 0.7
+    for r in rows:
+        assert r["total"] == 200 and r["correct"] == round(r["accuracy"] * 200)
+        assert r["lo"] <= r["accuracy"] <= r["hi"]
+
+
+def _transfer_screen(root, seed=0):
+    """Two feature dirs (train+val, test), list files, CellProfiler CSV for 4 classes.
+
+    fc2 is informative, fc1 is noise, CellProfiler is weakly informative."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(exist_ok=True)
+    counts = {"train": 30, "val": 10, "test": 25}
+    all_paths, dirs = [], {}
+    for split, n in counts.items():
+        y = np.repeat(np.arange(4), n)
+        paths = [f"plate0{1 + i % 3}/{split}{i}-1-1-1.png" for i in range(len(y))]
+        with open(root / f"HOwt_transfer_{split}.txt", "w") as f:
+            f.writelines(f"{p} {l}\n" for p, l in zip(paths, y))
+        dirs[split] = (paths, y)
+        all_paths += [(p, l) for p, l in zip(paths, y)]
+    feature_dirs = []
+    for name, splits in (("trainval", ("train", "val")), ("test", ("test",))):
+        d = root / f"features_{name}"
+        d.mkdir()
+        paths = sum((dirs[s][0] for s in splits), [])
+        y = np.concatenate([dirs[s][1] for s in splits])
+        (d / "paths.txt").write_text("\n".join(paths) + "\n")
+        np.save(d / "fc1.npy", rng.normal(size=(len(y), 512)).astype(np.float32))
+        np.save(d / "fc2.npy", _blobs(y, 512, 3.0, rng))
+        feature_dirs.append(str(d))
+    with open(root / "cp.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path"] + [f"f{i}" for i in range(6)])
+        for p, l in reversed(all_paths):
+            v = rng.normal(size=6)
+            v[l] += 1.0
+            w.writerow([p] + list(v))
+    return feature_dirs
+
+
+def test_run_transfer_end_to_end(tmp_path):
+    dirs = _transfer_screen(tmp_path / "screen")
+    labels = read_label_lists(tmp_path / "screen", "HOwt_transfer", n_classes=4)
+    out = tmp_path / "out"
+    result = run_transfer(dirs, labels, str(out), cp_csv=tmp_path / "screen" / "cp.csv", n_trees=25, n_boot=300,
+                          log=lambda *_: None)
+    assert result["cells"] == {"train": 120, "val": 40, "test": 100}
+    assert result["best_layer"] == "fc2"
+    for name in ("transfer.csv", "transfer.json", "transfer_layers.png", "transfer_layers.pdf",
+                 "transfer_accuracy.png", "transfer_accuracy.pdf"):
+        assert (out / name).stat().st_size > 0, name
+    with open(out / "transfer.csv") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == RESULT_COLUMNS
+        rows = list(reader)
+    sets = [r["feature_set"] for r in rows]
+    assert set(sets) == {"fc1", "fc2", CELLPROFILER}
+    assert [int(r["n_per_class"]) for r in rows if r["feature_set"] == "fc2"] == [1, 3, 5, 10, 25, 50]
+    acc = {(r["feature_set"], int(r["n_per_class"])): float(r["accuracy"]) for r in rows}
+    assert acc["fc2", 25] > 0.9 > acc["fc1", 25]
+    saved = json.loads((out / "transfer.json").read_text())
+    entry = saved["transfer_accuracy"]["fc2"]["10"]
+    assert entry["total"] == 100 and entry["accuracy"] == entry["correct"] / 100
+    assert saved["feature_dims"] == {"fc1": 512, "fc2": 512, CELLPROFILER: 6}
+
+
+def test_empty_class_and_unknown_cell_are_clear_errors(tmp_path):
+    dirs = _transfer_screen(tmp_path / "screen")
+    labels = read_label_lists(tmp_path / "screen", "HOwt_transfer", n_classes=4)
+    no_val_actin = {p: (s, l) for p, (s, l) in labels.items() if not (s == "val" and l == 0)}
+    no_val_actin.update({p: ("test", l) for p, (s, l) in labels.items() if s == "val" and l == 0})
+    with pytest.raises(InputError, match="no val cells of class.*actin"):
+        run_transfer(dirs, no_val_actin, str(tmp_path / "o"), blobs=["fc2"], log=lambda *_: None)
+    assert not (tmp_path / "o" / "transfer.csv").exists()
+    missing = dict(list(labels.items())[1:])
+    with pytest.raises(InputError, match="not found"):
+        run_transfer(dirs, missing, str(tmp_path / "o"), blobs=["fc2"], log=lambda *_: None)
+
+
+def test_script_writes_outputs_and_help(tmp_path):
+    dirs = _transfer_screen(tmp_path / "screen")
+    script = os.path.join(REPO, "analysis", "transfer.py")
+    help_text = subprocess.run([sys.executable, script, "--help"], check=True, capture_output=True, text=True).stdout
+    assert "transfer.csv" in help_text and "--cellprofiler" in help_text
+    out = tmp_path / "o"
+    subprocess.run([sys.executable, script, "--features", *dirs, "--lists", str(tmp_path / "screen"), "--blobs", "fc2",
+                    "--n-per-class", "1,5", "--trees", "10", "--boot", "100", "--out", str(out)],
+                   check=True, capture_output=True)
+    with open(out / "transfer.csv") as f:
+        assert [r["n_per_class"] for r in csv.DictReader(f)] == ["1", "5"]
