@@ -6,6 +6,7 @@ Caffe's action names and single-dash flags::
     deepyeast test -model M -weights W [-iterations 50]
     deepyeast time -model M [-iterations 50] [-phase TRAIN|TEST]
     deepyeast extract -model M -weights W -blobs fc1,fc2 -out DIR [-iterations N]
+    deepyeast bnstats -model M -weights W -out W2 [-iterations 50]   (precise BatchNorm statistics)
 
 Logs go to stderr in Caffe's format (``Iteration 100, loss = 0.5``,
 ``Iteration 100, lr = 0.1``, ``Test net output #0: accuracy = 0.9``), so
@@ -91,7 +92,26 @@ def build_parser():
     _add(ex, "gpu", default="", help="GPU id (default CPU)")
     _add(ex, "level", type=int, default=0)
     _add(ex, "stage", default="")
+
+    bn = sub.add_parser("bnstats", help="recompute BatchNorm statistics of trained weights (precise BN)",
+                        description="Re-collect every BatchNorm layer's statistics with the final weights: "
+                                    "equal-weight averages over N TRAIN-phase batches. Needed after short "
+                                    "schedules, where Caffe's running averages still hold early weights' "
+                                    "statistics (deepyeast/engine/bnstats.py explains).")
+    _add(bn, "model", required=True, help="train_val .prototxt whose TRAIN Data layer reads the training LMDB")
+    _add(bn, "weights", required=True, help=".caffemodel to start from")
+    _add(bn, "out", required=True, help=".caffemodel to write")
+    _add(bn, "iterations", type=int, default=50, help="TRAIN batches averaged (default 50)")
+    _add(bn, "gpu", default="", help="GPU id (default CPU)")
     return parser
+
+
+def bnstats(args):
+    """``bnstats``: precise BatchNorm statistics for a trained .caffemodel."""
+    from .engine.bnstats import recompute_bn_caffemodel
+    n = recompute_bn_caffemodel(args.model, args.weights, args.out, iterations=args.iterations,
+                                device=_device(args.gpu))
+    log.info("Recomputed the statistics of %d BatchNorm layers over %d batches: %s", n, args.iterations, args.out)
 
 
 def _device(gpu):
@@ -417,7 +437,7 @@ def main(argv=None):
 
     args = build_parser().parse_args(argv)
     setup_caffe_logging()
-    action = {"train": train, "test": test, "time": time_net, "extract": extract}[args.action]
+    action = {"train": train, "test": test, "time": time_net, "extract": extract, "bnstats": bnstats}[args.action]
     try:
         action(args)
     except InputError as err:

@@ -3,16 +3,17 @@
 # checks, the full 195,000-iteration solver on a GPU, the paper's forest grid).
 # Both run mk/pipeline.mk; re-running skips finished steps.
 
-# The demo's schedule: the CPU solver's optimizer with a schedule sized to the
-# time budget (see README: what it took and on what).
-DEMO_SCHEDULE ?= max_iter=300 stepsize=100 test_interval=100 test_iter=10 snapshot=50 display=10 average_loss=10
+# The demo trains with models/deepyeast/solver_cpu.prototxt as it is (its schedule is sized
+# to the time budget); DEMO_SCHEDULE can override fields of it (FIELD=VALUE ...).
+DEMO_SCHEDULE ?=
 REPRO_GPU ?= 0
+DEMO_BN_ITERS ?= 30
 REPRO_GRID ?= paper
 
 .PHONY: demo reproduce
 demo: deps
 	@$(MAKE) --no-print-directory pipeline RUN=runs/demo SCREEN=synthetic SIZE=demo \
-		SOLVER=models/deepyeast/solver_cpu.prototxt SCHEDULE="$(DEMO_SCHEDULE)" GRID=small PRECISION=bf16
+		SOLVER=models/deepyeast/solver_cpu.prototxt SCHEDULE="$(DEMO_SCHEDULE)" GRID=small PRECISION=bf16 BN_ITERS=$(DEMO_BN_ITERS)
 
 # ENGINE=caffe trains with real Caffe instead (bin/caffe; CPU only in the Debian root).
 reproduce: deps

@@ -13,6 +13,9 @@
 #   GPU        -gpu flag for training (empty: the solver's mode)
 #   GRID       random-forest grid: small | paper
 #   CP_LIMIT   CellProfiler features only for the first N train cells (0: all)
+#   PRECISION  training arithmetic: fp32 (Caffe parity) | bf16 (autocast, faster on CPU)
+#   BN_ITERS   batches for recomputing BatchNorm statistics after training (0: keep)
+#   SNAPSHOT_RULE  final | val_loss (the snapshot the analyses use)
 
 RUN ?= runs/demo
 SCREEN ?= synthetic
@@ -25,6 +28,7 @@ GPU ?=
 GRID ?= small
 SNAPSHOT_RULE ?= final
 PRECISION ?= fp32
+BN_ITERS ?= 0
 CP_LIMIT ?= 0
 JOBS ?= $(shell nproc)
 BLOBS := conv1,conv2,conv3,conv4,conv5,conv6,conv7,conv8,fc1,fc2,fc3
@@ -81,9 +85,18 @@ else
 TRAIN_CMD = $(VENV)/bin/deepyeast train -solver $(TRAIN)/solver.prototxt -snapshot auto $(if $(GPU),-gpu $(GPU)) -precision $(PRECISION)
 endif
 
-$(WEIGHTS): $(TRAIN)/solver.prototxt
-	$(call step,training ($(ENGINE) engine),$(TRAIN_CMD) 2> >(tee $(TRAIN)/train.log >&2))
+$(TRAIN)/chosen.caffemodel: $(TRAIN)/solver.prototxt
+	$(call step,training ($(ENGINE) engine),$(TRAIN_CMD) 2> >(tee -a $(TRAIN)/train.log >&2))
 	$(PY) -m deepyeast.runconfig $(TRAIN)/solver.prototxt $@ --rule $(SNAPSHOT_RULE) --log $(TRAIN)/train.log
+
+# BN_ITERS > 0: recompute BatchNorm statistics with the chosen weights (precise BN;
+# see deepyeast/engine/bnstats.py); 0 keeps the statistics training left.
+$(WEIGHTS): $(TRAIN)/chosen.caffemodel
+ifeq ($(BN_ITERS),0)
+	cp $< $@.partial && mv $@.partial $@
+else
+	$(call step,BatchNorm statistics ($(BN_ITERS) batches),$(VENV)/bin/deepyeast bnstats -model $(TRAIN)/train_val.prototxt -weights $< -out $@ -iterations $(BN_ITERS))
+endif
 
 # ---------------------------------------------------------------- network predictions and features
 $(RUN)/cells_test.csv: $(WEIGHTS)
