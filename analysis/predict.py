@@ -20,7 +20,7 @@ Outputs
 
 Example
   python analysis/predict.py --engine ours --model models/deepyeast/deploy.prototxt \\
-      --weights runs/deepyeast/snapshots/deepyeast_cpu_iter_400.caffemodel \\
+      --weights runs/deepyeast/snapshots/deepyeast_cpu_iter_450.caffemodel \\
       --mean data/deepyeast/mean.binaryproto --archive ROOT --list ROOT/HOwt_test.txt \\
       --out runs/deepyeast/cells_test.csv --features-out runs/deepyeast/features_test \\
       --blobs conv1,conv2,conv3,conv4,conv5,conv6,conv7,conv8,fc1,fc2,fc3
