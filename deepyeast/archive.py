@@ -305,13 +305,18 @@ def iter_archive(root, entries, skip_bad=False, rejects=None):
 
 # --------------------------------------------------------------------------- fetching
 
-def md5_of(path, chunk=1 << 20):
-    """Hex md5 of a file."""
-    h = hashlib.md5()
+def file_digest(path, algorithm="md5", chunk=1 << 20):
+    """Hex digest of a file with ``hashlib`` algorithm ``algorithm`` (read in chunks)."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def md5_of(path, chunk=1 << 20):
+    """Hex md5 of a file."""
+    return file_digest(path, "md5", chunk)
 
 
 def download(url, dest, md5=None, timeout=60, chunk=1 << 20, progress=None):

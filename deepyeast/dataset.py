@@ -22,7 +22,7 @@ import sys
 
 import numpy as np
 
-from .archive import check_splits, protein_of, read_crop, read_split_list
+from .archive import check_splits, file_digest, protein_of, read_crop, read_split_list
 from .constants import CLASS_NAMES, IMAGE_SIZE, N_CHANNELS, SPLITS, TRANSFER_CLASS_NAMES
 from .io_utils import InputError, atomic_write_text
 
@@ -31,13 +31,6 @@ def list_path(root, split, prefix="HOwt_"):
     """Path of a split list: ``root/<prefix><split>.txt``."""
     return os.path.join(root, f"{prefix}{split}.txt")
 
-
-def _sha256_file(path, chunk=1 << 20):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _progress(iterable, total, desc, enabled):
@@ -111,7 +104,7 @@ def write_split_lmdb(root, entries, lmdb_path, split="train", class_names=CLASS_
         "split": split,
         "lmdb": os.path.basename(lmdb_path),
         "list_file": os.path.basename(list_file) if list_file else None,
-        "list_sha256": _sha256_file(list_file) if list_file else None,
+        "list_sha256": file_digest(list_file, "sha256") if list_file else None,
         "n_records": n,
         "n_rejected": len(rejects),
         "image_shape": [N_CHANNELS, IMAGE_SIZE, IMAGE_SIZE],
@@ -121,7 +114,7 @@ def write_split_lmdb(root, entries, lmdb_path, split="train", class_names=CLASS_
         "n_proteins": len(per_protein),
         "cells_per_protein": dict(sorted(per_protein.items())),
         "content_sha256": content.hexdigest(),
-        "data_mdb_sha256": _sha256_file(os.path.join(lmdb_path, "data.mdb")),
+        "data_mdb_sha256": file_digest(os.path.join(lmdb_path, "data.mdb"), "sha256"),
         "rejects": [{"path": p, "reason": r} for p, r in rejects],
     }
     return manifest

@@ -122,9 +122,8 @@ def write_run_config(run_dir, lmdb_dir, solver_path=os.path.join(MODEL_DIR, "sol
     return solver_out
 
 
-def snapshot_path(solver_path, iteration):
-    """``{snapshot_prefix}_iter_{iteration}.caffemodel`` of a solver file."""
-    solver = read_prototxt(solver_path, caffe_pb2.SolverParameter)
+def snapshot_path(solver, iteration):
+    """``{snapshot_prefix}_iter_{iteration}.caffemodel`` of a SolverParameter."""
     return f"{solver.snapshot_prefix}_iter_{int(iteration)}.caffemodel"
 
 
@@ -155,7 +154,7 @@ def choose_snapshot(solver_path, log_path=None, rule="final"):
     validation loss in the training log (the paper's choice).
     """
     solver = read_prototxt(solver_path, caffe_pb2.SolverParameter)
-    final = snapshot_path(solver_path, solver.max_iter)
+    final = snapshot_path(solver, solver.max_iter)
     if rule == "final":
         if not os.path.exists(final):
             raise InputError(f"{final}: the final snapshot is missing; has training finished?")
@@ -164,10 +163,10 @@ def choose_snapshot(solver_path, log_path=None, rule="final"):
         raise InputError(f"unknown snapshot rule {rule!r} (final, val_loss)")
     with open(log_path, encoding="utf-8", errors="replace") as f:
         losses = validation_losses(f.read())
-    candidates = [(loss, it) for it, loss in losses.items() if os.path.exists(snapshot_path(solver_path, it))]
+    candidates = [(loss, it) for it, loss in losses.items() if os.path.exists(snapshot_path(solver, it))]
     if not candidates:
         raise InputError(f"{log_path}: no validation loss at any iteration with a snapshot on disk")
-    return snapshot_path(solver_path, min(candidates)[1])
+    return snapshot_path(solver, min(candidates)[1])
 
 
 def _main(argv=None):
