@@ -8,6 +8,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)
 export DEEPYEAST_CAFFE_ROOT ?= $(HOME)/.cache/deepyeast/caffe-root
+# the model-zoo solvers: the paper's schedule and the short CPU schedule (the demo's, and the default)
+PAPER_SOLVER := models/deepyeast/solver.prototxt
+CPU_SOLVER := models/deepyeast/solver_cpu.prototxt
+SOLVER ?= $(CPU_SOLVER)
 
 .PHONY: all deps test test-fast demo reproduce caffe proto clean-demo help
 all: help

@@ -14,6 +14,8 @@ import os
 import sys
 import time
 
+import numpy as np
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
 from deepyeast.archive import class_names_for_list, read_split_list  # noqa: E402
@@ -30,11 +32,19 @@ def main(argv=None):
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes (default: all CPUs)")
     ap.add_argument("--batch", type=int, default=64, help="crops measured together in one mosaic (default 64)")
     ap.add_argument("--limit", type=int, default=None, help="only the first N cells of the list (for a quick look)")
+    ap.add_argument("--sample", type=int, default=None, metavar="N",
+                    help="a seeded random sample of N cells of the list, kept in list order (all if N >= cells)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of --sample (default 0)")
     args = ap.parse_args(argv)
     list_path = args.list if os.path.exists(args.list) else os.path.join(args.archive, args.list)
     try:
         entries, _ = read_split_list(list_path, class_names_for_list(list_path))
         paths = [rel for rel, _ in entries][: args.limit]
+        if args.sample is not None and args.sample < len(paths):
+            if args.sample < 1:
+                raise InputError(f"--sample must be at least 1, got {args.sample}")
+            keep = np.sort(np.random.default_rng(args.seed).choice(len(paths), args.sample, replace=False))
+            paths = [paths[i] for i in keep]
         t0 = time.perf_counter()
         names, values, n_fallback = extract_features(paths, root=args.archive, n_jobs=args.jobs, batch=args.batch,
                                                      progress=sys.stderr.isatty())

@@ -17,6 +17,9 @@ Outputs
   --features-out DIR          DIR/<blob>.npy (float32 N x D, the blob flattened per cell) for each
                               of --blobs, and DIR/paths.txt (cell paths, same row order);
                               DIR is replaced as a whole
+  --features-reduce pool      write blobs with a spatial map (conv1..conv8) as DIR/<blob>.pool.npy
+                              instead: float32 N x 2C, per-channel spatial mean then max (what
+                              analysis/transfer.py uses; default full)
 
 Example
   python analysis/predict.py --engine ours --model models/deepyeast/deploy.prototxt \\
@@ -52,6 +55,8 @@ def main(argv=None):
     ap.add_argument("--out", required=True, help="predictions CSV to write")
     ap.add_argument("--features-out", help="folder for <blob>.npy features and paths.txt")
     ap.add_argument("--blobs", default="", help="comma-separated blobs to save, e.g. conv1,...,fc3")
+    ap.add_argument("--features-reduce", choices=("full", "pool"), default="full",
+                    help="conv blobs as whole maps (full) or per-channel mean and max (pool)")
     ap.add_argument("--prob-blob", default="prob", help="blob holding the class probabilities (default prob)")
     ap.add_argument("--batch", type=int, default=100, help="cells per forward pass (default 100)")
     ap.add_argument("--skip-bad", action="store_true", help="leave out unreadable crops instead of stopping")
@@ -79,12 +84,18 @@ def main(argv=None):
             cells = predict.cells_from_list(args.archive, list_path, skip_bad=args.skip_bad)
         table = predict.predict_cells(cells, args.model, args.weights, args.mean, engine=args.engine,
                                       split=args.split, out_csv=args.out, features_out=args.features_out,
-                                      feature_blobs=blobs, prob_blob=args.prob_blob, batch=args.batch)
+                                      feature_blobs=blobs, prob_blob=args.prob_blob, batch=args.batch,
+                                      feature_reduce=args.features_reduce)
     except InputError as err:
         sys.exit(f"error: {err}")
-    acc = float((table.pred == table.label).mean())
-    print(f"{table.n_cells} cells ({args.engine} engine, {time.time() - t0:.1f} s): "
-          f"accuracy {int((table.pred == table.label).sum())}/{table.n_cells} = {acc:.3f}; wrote {args.out}"
+    from deepyeast.archive import class_names_for_list
+    scored = ""
+    if args.lmdb or len(class_names_for_list(list_path)) == table.probs.shape[1]:
+        acc = float((table.pred == table.label).mean())
+        scored = f"accuracy {int((table.pred == table.label).sum())}/{table.n_cells} = {acc:.3f}; "
+    else:  # e.g. the 12-class net on transfer cells, whose labels index the 4 transfer classes
+        scored = f"labels and the net's {table.probs.shape[1]} classes are different tables, no accuracy; "
+    print(f"{table.n_cells} cells ({args.engine} engine, {time.time() - t0:.1f} s): {scored}wrote {args.out}"
           + (f" and {len(blobs)} feature blobs in {args.features_out}" if blobs else ""))
 
 

@@ -61,7 +61,8 @@ def main(argv=None):
     parser.add_argument("--trees", type=int, default=100, help="trees per forest (default %(default)s)")
     parser.add_argument("--boot", type=int, default=2000, help="bootstrap resamples (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of subsampling, forests, bootstrap")
-    parser.add_argument("--jobs", type=int, default=-1, help="parallel jobs per forest (default -1: all cores)")
+    parser.add_argument("--jobs", type=int, default=-1,
+                        help="worker processes, one feature set each (default -1: all cores)")
     args = parser.parse_args(argv)
     n_classes = constants.N_TRANSFER_CLASSES
     try:

@@ -11,7 +11,7 @@ crop step, and writes two archive roots in the published layout:
   OUT/transfer/  plateNN/*.png, HOwt_transfer_{train,val,test}.txt, ...
   OUT/screen.json  sizes, seed and counts
 
-Sizes: tiny (~600 cells, tests), small (~3,200), demo (~9,000: 6,000/1,000/1,000
+Sizes: tiny (~600 cells, tests), small (~3,200), demo (~21,000: 18,000/1,000/1,000
 + transfer 400/200/400), paper (90,000 + transfer 10,000).  Same seed and
 size -> identical output.  Example:
 

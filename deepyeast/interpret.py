@@ -54,6 +54,7 @@ import numpy as np
 
 from deepyeast import constants
 from deepyeast.io_utils import InputError, atomic_path, atomic_write_text
+from deepyeast.predict import POOLED_SUFFIX
 
 # --------------------------------------------------------------------------
 # Layer geometry and receptive fields
@@ -234,24 +235,72 @@ def load_blob(feature_dir, blob, geometry=None):
     return array.reshape(array.shape[0], geometry.channels, geometry.height, geometry.width)
 
 
+def has_blob(feature_dir, blob):
+    """Whether ``feature_dir`` holds ``blob`` as a whole (``<blob>.npy``) or pooled (``<blob>.pool.npy``)."""
+    return any(os.path.exists(os.path.join(feature_dir, blob + suffix)) for suffix in (".npy", POOLED_SUFFIX))
+
+
+def blob_features(feature_dir, blob, reduce="pool"):
+    """:func:`layer_features` of a saved blob: float32 N x F.
+
+    Reads ``<blob>.pool.npy`` (written by ``analysis/predict.py --features-reduce
+    pool``: N x 2C, per-channel mean then max) when the whole blob was not
+    saved; that file serves ``reduce="pool"`` only.
+    """
+    whole = os.path.join(feature_dir, f"{blob}.npy")
+    pooled = os.path.join(feature_dir, blob + POOLED_SUFFIX)
+    if os.path.exists(whole) or not os.path.exists(pooled):
+        return layer_features(load_blob(feature_dir, blob), reduce)
+    if reduce != "pool":
+        raise InputError(f"{pooled}: blob {blob!r} was saved pooled (per-channel mean and max); "
+                         f"reduce={reduce!r} needs the whole blob (predict.py --features-reduce full)")
+    array = np.load(pooled, mmap_mode="r")
+    n_paths = len(read_paths(os.path.join(feature_dir, "paths.txt")))
+    geometry = GEOMETRY.get(blob)
+    if array.ndim != 2 or array.shape[0] != n_paths or (geometry and array.shape[1] != 2 * geometry.channels):
+        want = f"{n_paths} x {2 * geometry.channels}" if geometry else f"{n_paths} x 2C"
+        raise InputError(f"{pooled}: shape {array.shape}, expected {want} (rows of paths.txt x 2 x channels)")
+    out = np.asarray(array, dtype=np.float32)
+    _check_finite(out, pooled)
+    return out
+
+
+def channel_mean_max(activations, rows=None, chunk=256):
+    """Each channel's spatial mean and maximum per cell, in one pass over the blob.
+
+    ``activations``: N x C x H x W (a memory map is fine: it is read in chunks
+    of ``chunk`` cells, so a conv1 blob of 256 KiB per cell is never loaded
+    whole).  ``rows``: optional index array selecting cells (output in that
+    order).  Returns ``(mean, max)``, each float32 len(rows) x C.
+    """
+    every = rows is None
+    rows = np.arange(activations.shape[0]) if every else np.asarray(rows)
+    means = np.empty((len(rows), activations.shape[1]), dtype=np.float32)
+    maxima = np.empty_like(means)
+    for i in range(0, len(rows), chunk):
+        if every:  # a contiguous slice of the memory map: no fancy-indexing copy
+            block = np.asarray(activations[i:i + chunk], dtype=np.float32)
+        else:
+            block = np.asarray(activations[np.sort(rows[i:i + chunk])], dtype=np.float32)
+            block = block[np.argsort(np.argsort(rows[i:i + chunk]))]
+        block = block.reshape(block.shape[0], block.shape[1], -1)
+        means[i:i + chunk] = block.mean(axis=2)
+        maxima[i:i + chunk] = block.max(axis=2)
+    _check_finite(maxima, "max of blob")
+    _check_finite(means, "mean of blob")
+    return means, maxima
+
+
 def neuron_outputs(activations, summary="max", rows=None, chunk=256):
     """Per-neuron scalar per cell: float32 N x C from an N x C x H x W blob.
 
     ``summary``: ``"max"`` or ``"mean"`` over the spatial map (identical for fc
-    blobs).  ``rows``: optional index array selecting cells.  Works in chunks so
-    that a memory-mapped conv1 blob (256 KiB per cell) is never fully loaded.
+    blobs).  ``rows``: optional index array selecting cells.
     """
     if summary not in ("max", "mean"):
         raise ValueError(f"summary must be 'max' or 'mean', not {summary!r}")
-    rows = np.arange(activations.shape[0]) if rows is None else np.asarray(rows)
-    out = np.empty((len(rows), activations.shape[1]), dtype=np.float32)
-    for i in range(0, len(rows), chunk):
-        block = np.asarray(activations[np.sort(rows[i:i + chunk])], dtype=np.float32)
-        order = np.argsort(np.argsort(rows[i:i + chunk]))
-        block = block[order].reshape(block.shape[0], block.shape[1], -1)
-        out[i:i + chunk] = block.max(axis=2) if summary == "max" else block.mean(axis=2)
-    _check_finite(out, f"{summary} of blob")
-    return out
+    means, maxima = channel_mean_max(activations, rows, chunk)
+    return maxima if summary == "max" else means
 
 
 def layer_features(activations, reduce="pool", rows=None, chunk=256):
@@ -269,8 +318,7 @@ def layer_features(activations, reduce="pool", rows=None, chunk=256):
         return out
     if reduce != "pool":
         raise ValueError(f"reduce must be 'pool' or 'full', not {reduce!r}")
-    return np.concatenate([neuron_outputs(activations, "mean", rows, chunk),
-                           neuron_outputs(activations, "max", rows, chunk)], axis=1)
+    return np.concatenate(channel_mean_max(activations, rows, chunk), axis=1)
 
 
 def _check_finite(array, what):
@@ -466,13 +514,26 @@ def mutual_information_per_neuron(outputs, labels, n_bins=10):
 
     ``outputs``: float N x M (one column per neuron); ``labels``: int N.
     Returns float64 M.  The maximum possible value is the class entropy
-    (``class_entropy(labels)``).
+    (``class_entropy(labels)``).  Same value as scikit-learn's
+    ``mutual_info_score(labels, quantile_bins(column))`` per column, computed
+    for all columns at once from one contingency table per neuron.
     """
-    from sklearn.metrics import mutual_info_score
+    from scipy.stats import rankdata
     outputs = np.asarray(outputs)
     labels = np.asarray(labels)
-    return np.array([mutual_info_score(labels, quantile_bins(outputs[:, m], n_bins))
-                     for m in range(outputs.shape[1])], dtype=np.float64)
+    n, m = outputs.shape
+    if m == 0:
+        return np.zeros(0)
+    _, y = np.unique(labels, return_inverse=True)
+    n_classes = int(y.max()) + 1
+    bins = ((rankdata(outputs, method="min", axis=0) - 1) * n_bins // n).astype(np.int64)  # N x M
+    cells = (np.arange(m)[None, :] * n_bins + bins) * n_classes + y[:, None]
+    joint = np.bincount(cells.ravel(), minlength=m * n_bins * n_classes).reshape(m, n_bins, n_classes) / n
+    p_bin = joint.sum(axis=2, keepdims=True)
+    p_class = np.bincount(y, minlength=n_classes)[None, None, :] / n
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(joint > 0, joint * np.log(joint / (p_bin * p_class)), 0.0)
+    return np.maximum(terms.sum(axis=(1, 2)), 0.0)
 
 
 def class_entropy(labels):
@@ -584,7 +645,10 @@ def run_interpretation(feature_dir, out_dir, labels, class_names, blobs=None, cp
     embeddings, mi_by_blob, r_by_blob, chance_by_blob = {}, {}, {}, {}
     for blob in blobs:
         act = load_blob(feature_dir, blob)
-        outputs = neuron_outputs(act, summary)
+        # one pass over the (memory-mapped) blob: per-channel mean and max of every cell
+        spatial = act.shape[2] * act.shape[3] > 1
+        means, maxima = channel_mean_max(act)
+        outputs = maxima if summary == "max" else means
         mi = mutual_information_per_neuron(outputs, y, n_bins)
         mi_by_blob[blob] = mi
         rows = [dict(neuron=m, mutual_information=mi[m], mi_fraction=mi[m] / h_class if h_class else 0.0)
@@ -604,7 +668,11 @@ def run_interpretation(feature_dir, out_dir, labels, class_names, blobs=None, cp
             layer["abs_r_median"] = float(np.median(np.abs(r_by_blob[blob])))
         summary_out["layers"][blob] = layer
         log(f"[interpret] {blob}: {len(mi)} neurons, median MI {layer['mi_median']:.3f} nats")
-        embeddings[blob] = tsne_embedding(layer_features(act, tsne_reduce, tsne_rows), seed)
+        if tsne_reduce == "pool":  # layer_features' pooling, from the summaries already taken
+            tsne_x = np.concatenate([means, maxima], 1)[tsne_rows] if spatial else means[tsne_rows]
+        else:
+            tsne_x = layer_features(act, tsne_reduce, tsne_rows)
+        embeddings[blob] = tsne_embedding(tsne_x, seed)
     tsne_table = [dict(path=paths[i], label=int(y[i]), **{f"{b}_{a}": embeddings[b][j, a_i]
                        for b in blobs for a_i, a in enumerate("xy")}) for j, i in enumerate(tsne_rows)]
     _write_csv(os.path.join(out_dir, "tsne.csv"), tsne_table)

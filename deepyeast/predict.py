@@ -16,7 +16,12 @@ Outputs: the predictions table (:mod:`deepyeast.predictions`:
 ``path,protein,split,label,pred,prob_0..prob_{K-1}``), and optionally features
 ``DIR/<blob>.npy`` (float32 ``N x D``, each cell's blob flattened in C x H x W
 order, taken after the in-place BatchNorm/Scale/ReLU like Caffe's blob) with
-``DIR/paths.txt`` (one cell path per row, same order).
+``DIR/paths.txt`` (one cell path per row, same order).  With
+``feature_reduce="pool"`` every blob with a spatial map (the conv blobs) is
+written instead as ``DIR/<blob>.pool.npy``: float32 ``N x 2C``, each channel's
+spatial mean followed by each channel's spatial max -- the reduction the
+transfer analysis uses (:func:`deepyeast.interpret.layer_features`), at a few
+KiB per cell instead of up to 1 MiB (conv1, conv2).
 """
 
 import dataclasses
@@ -36,6 +41,8 @@ from .predictions import Predictions, validate_predictions, write_predictions
 ENGINES = ("ours", "caffe")
 PYCAFFE_FORWARD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pycaffe_forward.py")
 _KEY_PREFIX = re.compile(r"^\d{8}_")
+POOLED_SUFFIX = ".pool.npy"
+"""File suffix of a blob saved as per-channel spatial mean and max (N x 2C)."""
 
 
 @dataclasses.dataclass
@@ -117,24 +124,38 @@ def _check_blobs(model_path, blobs):
         raise InputError(f"{model_path}: no blob named {', '.join(missing)} (blobs: {', '.join(known)})")
 
 
-def forward_blobs(engine, model_path, weights_path, images, mean, blobs, out_dir, batch=100):
+def spatial_blobs(model_path):
+    """Names of the deploy net's blobs that have a spatial map (4-D with H x W > 1)."""
+    net = formats.read_prototxt(model_path, caffe_pb2.NetParameter)
+    names = []
+    for layer in netshape.infer_shapes(net, "TEST"):
+        for top, shape in zip(layer.tops, layer.top_shapes):
+            if len(shape) == 4 and shape[2] * shape[3] > 1 and top not in names:
+                names.append(top)
+    return names
+
+
+def forward_blobs(engine, model_path, weights_path, images, mean, blobs, out_dir, batch=100, pool=()):
     """Run ``images`` through the net and write ``out_dir/<blob>.npy`` (float32 N x D) per blob.
 
     ``engine`` is ``"ours"`` or ``"caffe"``; ``images`` uint8 (or float) N x C x H x W;
     ``mean`` float32 C x H x W or None; ``blobs`` names of the net's blobs.
+    Blobs also named in ``pool`` (4-D blobs) are written as
+    ``out_dir/<blob>.pool.npy``: float32 N x 2C, per-channel spatial mean then max.
     """
     if engine not in ENGINES:
         raise InputError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     blobs = list(dict.fromkeys(blobs))
     _check_blobs(model_path, blobs)
+    pool = [b for b in pool if b in blobs]
     os.makedirs(out_dir, exist_ok=True)
     if engine == "ours":
-        _forward_ours(model_path, weights_path, images, mean, blobs, out_dir, batch)
+        _forward_ours(model_path, weights_path, images, mean, blobs, out_dir, batch, pool)
     else:
-        _forward_caffe(model_path, weights_path, images, mean, blobs, out_dir, batch)
+        _forward_caffe(model_path, weights_path, images, mean, blobs, out_dir, batch, pool)
 
 
-def _forward_ours(model_path, weights_path, images, mean, blobs, out_dir, batch):
+def _forward_ours(model_path, weights_path, images, mean, blobs, out_dir, batch, pool=()):
     import torch
 
     from .engine import Net
@@ -153,16 +174,21 @@ def _forward_ours(model_path, weights_path, images, mean, blobs, out_dir, batch)
                 x = x - mean_t
             out = net.forward(**{input_name: x})
             for b in blobs:
-                data = out[b].float().contiguous().reshape(x.shape[0], -1).cpu().numpy()
+                data = out[b].float()
+                if b in pool:
+                    maps = data.reshape(data.shape[0], data.shape[1], -1)
+                    data = torch.cat([maps.mean(dim=2), maps.amax(dim=2)], dim=1)
+                data = data.contiguous().reshape(x.shape[0], -1).cpu().numpy()
                 if b not in outputs:
-                    outputs[b] = np.lib.format.open_memmap(os.path.join(out_dir, b + ".npy"), mode="w+",
+                    name = b + (POOLED_SUFFIX if b in pool else ".npy")
+                    outputs[b] = np.lib.format.open_memmap(os.path.join(out_dir, name), mode="w+",
                                                            dtype=np.float32, shape=(n, data.shape[1]))
                 outputs[b][start:start + x.shape[0]] = data
     for arr in outputs.values():
         arr.flush()
 
 
-def _forward_caffe(model_path, weights_path, images, mean, blobs, out_dir, batch):
+def _forward_caffe(model_path, weights_path, images, mean, blobs, out_dir, batch, pool=()):
     from . import caffe_root
 
     if not caffe_root.have_caffe_root():
@@ -171,7 +197,7 @@ def _forward_caffe(model_path, weights_path, images, mean, blobs, out_dir, batch
         np.save(os.path.join(work, "images.npy"), np.ascontiguousarray(images))
         args = ["--model", os.path.abspath(model_path), "--weights", os.path.abspath(weights_path),
                 "--images", os.path.join(work, "images.npy"), "--out", os.path.abspath(out_dir),
-                "--blobs", ",".join(blobs), "--batch", str(batch)]
+                "--blobs", ",".join(blobs), "--pool", ",".join(pool), "--batch", str(batch)]
         if mean is not None:
             np.save(os.path.join(work, "mean.npy"), np.asarray(mean, np.float32))
             args += ["--mean", os.path.join(work, "mean.npy")]
@@ -182,14 +208,19 @@ def _forward_caffe(model_path, weights_path, images, mean, blobs, out_dir, batch
 
 
 def predict_cells(cells, model_path, weights_path, mean_path, engine="ours", split=None,
-                  out_csv=None, features_out=None, feature_blobs=(), prob_blob="prob", batch=100):
+                  out_csv=None, features_out=None, feature_blobs=(), prob_blob="prob", batch=100,
+                  feature_reduce="full"):
     """Classify ``cells`` (a :class:`Cells`) and write the predictions table and features.
 
     Returns the validated :class:`deepyeast.predictions.Predictions`.  ``split``
     labels every row (default: from the source's name, e.g. ``HOwt_test.txt``).
     ``features_out``: folder that receives ``<blob>.npy`` for each of
     ``feature_blobs`` and ``paths.txt``; it is replaced as a whole, atomically.
+    ``feature_reduce``: ``"full"`` (whole blobs) or ``"pool"`` (blobs with a
+    spatial map as ``<blob>.pool.npy``, N x 2C per-channel mean and max).
     """
+    if feature_reduce not in ("full", "pool"):
+        raise ValueError(f"feature_reduce must be 'full' or 'pool', not {feature_reduce!r}")
     split = split or split_from_name(cells.source)
     if not split:
         raise InputError(f"{cells.source}: cannot tell the split from the name; give it (--split test)")
@@ -206,8 +237,10 @@ def predict_cells(cells, model_path, weights_path, mean_path, engine="ours", spl
     os.makedirs(scratch_parent, exist_ok=True)
     work = tempfile.mkdtemp(prefix=".predict-", dir=scratch_parent)
     try:
+        pool = [b for b in spatial_blobs(model_path) if b in feature_blobs and b != prob_blob] \
+            if feature_reduce == "pool" else []
         forward_blobs(engine, model_path, weights_path, cells.images, mean,
-                      [prob_blob] + feature_blobs, work, batch=batch)
+                      [prob_blob] + feature_blobs, work, batch=batch, pool=pool)
         probs = np.load(os.path.join(work, prob_blob + ".npy")).astype(np.float64)
         try:
             class_names = class_names_for(probs.shape[1])
@@ -225,8 +258,9 @@ def predict_cells(cells, model_path, weights_path, mean_path, engine="ours", spl
             with atomic_path(features_out) as tmp:
                 os.makedirs(tmp)
                 for b in feature_blobs:
-                    src = os.path.join(work, b + ".npy")
-                    (shutil.copyfile if b == prob_blob else os.replace)(src, os.path.join(tmp, b + ".npy"))
+                    name = b + (POOLED_SUFFIX if b in pool else ".npy")
+                    src = os.path.join(work, name)
+                    (shutil.copyfile if b == prob_blob else os.replace)(src, os.path.join(tmp, name))
                 atomic_write_text(os.path.join(tmp, "paths.txt"), "".join(p + "\n" for p in cells.paths))
         if out_csv:
             write_predictions(out_csv, table)

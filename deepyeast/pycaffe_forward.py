@@ -12,6 +12,8 @@ everything is passed by files.  :mod:`deepyeast.predict` runs it through
 --images   uint8 (or float32) N x C x H x W crops, channel order of the data
 --mean     float32 C x H x W mean image subtracted from every crop (optional)
 --out      DIR/<blob>.npy gets float32 N x D (blob flattened per cell), one per --blobs
+--pool     blobs (of --blobs) written instead as DIR/<blob>.pool.npy, float32 N x 2C: each
+           channel's spatial mean, then each channel's spatial max
 --dump-params  npz with every parameter blob as "<layer>/<index>" (float32, Caffe shapes)
 --save-weights write the loaded net with pycaffe's Net.save (a caffemodel written by real Caffe)
 """
@@ -29,6 +31,7 @@ def main(argv=None):
     ap.add_argument("--mean")
     ap.add_argument("--out")
     ap.add_argument("--blobs", default="prob")
+    ap.add_argument("--pool", default="")
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--dump-params")
     ap.add_argument("--save-weights")
@@ -58,6 +61,7 @@ def main(argv=None):
         images = np.load(args.images, mmap_mode="r")
         mean = np.load(args.mean).astype(np.float32) if args.mean else None
         names = [b for b in args.blobs.split(",") if b]
+        pooled = {b for b in args.pool.split(",") if b}
         missing = [b for b in names if b not in net.blobs]
         if missing:
             sys.exit(f"{args.model}: no blob named {', '.join(missing)} (blobs: {', '.join(net.blobs)})")
@@ -73,9 +77,14 @@ def main(argv=None):
             net.blobs[input_name].data[...] = batch
             net.forward()
             for b in names:
-                data = net.blobs[b].data.reshape(batch.shape[0], -1)
+                data = net.blobs[b].data
+                if b in pooled:
+                    maps = data.reshape(data.shape[0], data.shape[1], -1)
+                    data = np.concatenate([maps.mean(axis=2), maps.max(axis=2)], axis=1)
+                data = data.reshape(batch.shape[0], -1)
                 if b not in outputs:
-                    outputs[b] = np.lib.format.open_memmap(os.path.join(args.out, b + ".npy"), mode="w+",
+                    name = b + (".pool.npy" if b in pooled else ".npy")
+                    outputs[b] = np.lib.format.open_memmap(os.path.join(args.out, name), mode="w+",
                                                            dtype=np.float32, shape=(n, data.shape[1]))
                 outputs[b][start:start + batch.shape[0]] = data
         for arr in outputs.values():

@@ -309,6 +309,7 @@ def assemble_metrics(data, missing):
             "cellprofiler": by_set.get("cellprofiler"),
             "by_feature_set": by_set,
         }
+    m["network_minus_forest_per_cell"] = cells.get("network_minus_forest")
     m["checks"] = demo_checks(m)
     strip = [{k: v for k, v in x.items() if k != "kind"} for x in missing]
     m["missing"] = [s for s, x in zip(strip, missing) if x["kind"] != EXTRA] + notes
@@ -486,6 +487,13 @@ def render_html(run_dir, data, metrics, figures, other_json, versions, command, 
                           if v is None else _Raw(f'<span class="{"ok" if v else "bad"}">{"yes" if v else "NO"}</span>')]
                          for k, v in checks.items()]))
 
+    lead = metrics.get("network_minus_forest_per_cell")
+    if lead:
+        parts.append(f"<p>Network minus forest, per cell: {lead['value']:+.3f}; paired bootstrap 95% interval "
+                     f"[{lead['cells_ci'][0]:+.3f}, {lead['cells_ci'][1]:+.3f}] resampling cells, "
+                     f"[{lead['proteins_ci'][0]:+.3f}, {lead['proteins_ci'][1]:+.3f}] resampling whole proteins "
+                     f"({_e(lead['n_proteins'])} proteins; their cells are not independent).</p>")
+
     # Per cell.
     parts.append("<h2>2. Per-cell evaluation</h2>")
     cells = data["cells"]
@@ -581,7 +589,8 @@ def build_report(run_dir, out_html, out_metrics, overrides=None, command=None,
     ``rf_cell_accuracy``, ``rf_cell_accuracy_filtered``, ``rf_protein_accuracy``,
     ``rf_protein_accuracy_min10``, ``mixed_proteins_top_two`` (null when absent),
     ``transfer_accuracy`` ({best_layer, network, cellprofiler, by_feature_set}: n -> count),
-    ``checks`` (issue 6 demo conditions), ``complete``, ``missing``, ``paper``, ``seeds``,
+    ``network_minus_forest_per_cell`` (value, cells_ci, proteins_ci: paired bootstrap; null
+    without a forest on the same cells), ``checks`` (issue 6 demo conditions), ``complete``, ``missing``, ``paper``, ``seeds``,
     ``versions``, ``figures``.  Everything is read and rendered before either file is
     written; both are written atomically.  Returns the metrics dict.
     """

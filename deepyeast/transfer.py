@@ -41,7 +41,7 @@ import os
 import numpy as np
 
 from deepyeast import constants
-from deepyeast.interpret import (NETWORK_BLOBS, _pyplot, labels_for_paths, layer_features, load_blob,
+from deepyeast.interpret import (NETWORK_BLOBS, _pyplot, blob_features, has_blob, labels_for_paths,
                                  match_paths, read_cellprofiler_csv, read_paths, save_figure)
 from deepyeast.io_utils import InputError, atomic_path, atomic_write_text
 
@@ -133,6 +133,10 @@ def transfer_curve(name, x, y, split, n_classes, n_per_class=N_PER_CLASS, grid=M
     return rows
 
 
+def _transfer_curve_args(args):
+    return transfer_curve(*args)
+
+
 def check_splits(y, split, n_classes, class_names, what):
     """Every split must hold cells of every class; raise InputError naming the gap."""
     for s in ("train", "val", "test"):
@@ -160,11 +164,10 @@ def load_feature_sets(feature_dirs, labels, blobs=None, cp_csv=None, reduce="poo
     if len(set(paths)) != len(paths):
         raise InputError(f"{', '.join(map(str, feature_dirs))}: a cell path occurs twice in paths.txt")
     if blobs is None:
-        blobs = [b for b in NETWORK_BLOBS
-                 if all(os.path.exists(os.path.join(d, f"{b}.npy")) for d in feature_dirs)]
+        blobs = [b for b in NETWORK_BLOBS if all(has_blob(d, b) for d in feature_dirs)]
     sets = {}
     for blob in blobs:
-        sets[blob] = np.concatenate([layer_features(load_blob(d, blob), reduce) for d in feature_dirs])
+        sets[blob] = np.concatenate([blob_features(d, blob, reduce) for d in feature_dirs])
     if cp_csv is not None:
         csvs = [cp_csv] if isinstance(cp_csv, (str, os.PathLike)) else list(cp_csv)
         parts = [read_cellprofiler_csv(c) for c in csvs]
@@ -190,6 +193,7 @@ def run_transfer(feature_dirs, labels, out_dir, class_names=constants.TRANSFER_C
     with counts and interval, the best network layer chosen on validation),
     ``transfer_layers.{png,pdf}`` (every feature set) and
     ``transfer_accuracy.{png,pdf}`` (Figure 4C: best layer vs CellProfiler).
+    ``n_jobs``: worker processes (one feature set each; None or -1: every core).
     Returns the JSON dict.
     """
     n_classes = len(class_names)
@@ -198,8 +202,19 @@ def run_transfer(feature_dirs, labels, out_dir, class_names=constants.TRANSFER_C
         raise InputError(f"label {int(y.max())} outside the {n_classes}-class table")
     check_splits(y, split, n_classes, class_names, ", ".join(map(str, np.atleast_1d(feature_dirs))))
     rows = []
-    for name, x in sets.items():
-        curve = transfer_curve(name, x, y, split, n_classes, n_per_class, grid, n_trees, n_boot, seed, n_jobs)
+    # one process per feature set, each forest single-threaded: the forests are small (4 to
+    # 2,000 cells), so per-tree overhead, not arithmetic, dominates and threads would mostly wait
+    # on each other.  Results do not depend on the worker count (every forest has random_state).
+    workers = min(os.cpu_count() if n_jobs in (None, -1) else max(1, int(n_jobs)), len(sets))
+    args = [(name, x, y, split, n_classes, n_per_class, grid, n_trees, n_boot, seed, 1) for name, x in sets.items()]
+    if workers <= 1:
+        curves = [transfer_curve(*a) for a in args]
+    else:
+        import concurrent.futures
+        import multiprocessing
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            curves = list(pool.map(_transfer_curve_args, args))
+    for (name, x), curve in zip(sets.items(), curves):
         rows += curve
         log(f"[transfer] {name} ({x.shape[1]} features): " +
             ", ".join(f"n={r['n_per_class']}: {r['accuracy']:.3f}" for r in curve))

@@ -3,8 +3,6 @@
 #                                                          from the newest {snapshot_prefix}_iter_N.solverstate
 #   make bench-engine                                      real `caffe time` vs `deepyeast time` -> bench/RESULTS.md
 #   make test-engine                                       the solver / CLI / resume / DDP / parity tests
-SOLVER ?= models/deepyeast/solver_cpu.prototxt
-
 .PHONY: train bench-engine test-engine
 train: deps
 	$(PY) -m deepyeast train -solver $(SOLVER) -snapshot auto

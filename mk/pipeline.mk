@@ -7,12 +7,13 @@
 #   RUN        run folder (all outputs under it)
 #   SCREEN     how the data come: synthetic | archive
 #   SIZE       synthetic screen size (tiny, small, demo, paper)
-#   SOLVER     model-zoo solver the run's schedule starts from
+#   SOLVER     model-zoo solver the run's schedule starts from (default: Makefile's CPU_SOLVER)
 #   SCHEDULE   schedule overrides, e.g. "max_iter=300 stepsize=100"
 #   ENGINE     ours | caffe (real Caffe 1.0 in the Caffe root)
 #   GPU        -gpu flag for training (empty: the solver's mode)
 #   GRID       random-forest grid: small | paper
-#   CP_LIMIT   CellProfiler features only for the first N train cells (0: all)
+#   CP_TRAIN_CELLS  CellProfiler features (so the forest and the quality filter) for a seeded
+#              random sample of N training cells (0: all of them)
 #   PRECISION  training arithmetic: fp32 (Caffe parity) | bf16 (autocast, faster on CPU)
 #   BN_ITERS   batches for recomputing BatchNorm statistics after training (0: keep)
 #   SNAPSHOT_RULE  final | val_loss (the snapshot the analyses use)
@@ -21,7 +22,6 @@ RUN ?= runs/demo
 SCREEN ?= synthetic
 SIZE ?= demo
 SEED ?= 0
-SOLVER ?= models/deepyeast/solver_cpu.prototxt
 SCHEDULE ?=
 ENGINE ?= ours
 GPU ?=
@@ -29,7 +29,7 @@ GRID ?= small
 SNAPSHOT_RULE ?= final
 PRECISION ?= fp32
 BN_ITERS ?= 0
-CP_LIMIT ?= 0
+CP_TRAIN_CELLS ?= 0
 JOBS ?= $(shell nproc)
 BLOBS := conv1,conv2,conv3,conv4,conv5,conv6,conv7,conv8,fc1,fc2,fc3
 DEPLOY := models/deepyeast/deploy.prototxt
@@ -102,12 +102,13 @@ endif
 $(RUN)/cells_test.csv: $(WEIGHTS)
 	$(call step,network predictions (test),$(PY) analysis/predict.py --engine $(ENGINE) --model $(DEPLOY) --weights $(WEIGHTS) --mean $(MEAN) --archive $(MAIN) --list $(MAIN)/HOwt_test.txt --split test --out $@ --features-out $(FEAT)/test --blobs $(BLOBS))
 
+# the transfer analysis needs conv blobs only as per-channel mean and max (pooled at extraction)
 $(FEAT)/transfer_%/paths.txt: $(WEIGHTS) $(DATA)/screen.json
-	$(call step,network features (transfer $*),$(PY) analysis/predict.py --engine $(ENGINE) --model $(DEPLOY) --weights $(WEIGHTS) --mean $(MEAN) --archive $(TRANSFER) --list $(TRANSFER)/HOwt_transfer_$*.txt --split transfer_$* --out $(FEAT)/transfer_$*/cells.csv --features-out $(FEAT)/transfer_$* --blobs $(BLOBS))
+	$(call step,network features (transfer $*),$(PY) analysis/predict.py --engine $(ENGINE) --model $(DEPLOY) --weights $(WEIGHTS) --mean $(MEAN) --archive $(TRANSFER) --list $(TRANSFER)/HOwt_transfer_$*.txt --split transfer_$* --out $(FEAT)/transfer_$*/cells.csv --features-out $(FEAT)/transfer_$* --blobs $(BLOBS) --features-reduce pool)
 
 # ---------------------------------------------------------------- CellProfiler features, random forest
 $(CP)/%.csv: $(DATA)/screen.json
-	$(call step,CellProfiler features ($*),$(PY) analysis/cp_features.py --archive $(MAIN) --list $(MAIN)/HOwt_$*.txt --out $@ --jobs $(JOBS) $(if $(filter train,$*),$(if $(filter-out 0,$(CP_LIMIT)),--limit $(CP_LIMIT))))
+	$(call step,CellProfiler features ($*),$(PY) analysis/cp_features.py --archive $(MAIN) --list $(MAIN)/HOwt_$*.txt --out $@ --jobs $(JOBS) $(if $(filter train,$*),$(if $(filter-out 0,$(CP_TRAIN_CELLS)),--sample $(CP_TRAIN_CELLS) --seed $(SEED))))
 
 $(CP)/transfer_%.csv: $(DATA)/screen.json
 	$(call step,CellProfiler features (transfer $*),$(PY) analysis/cp_features.py --archive $(TRANSFER) --list $(TRANSFER)/HOwt_transfer_$*.txt --out $@ --jobs $(JOBS))

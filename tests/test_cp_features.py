@@ -117,6 +117,20 @@ def test_script_and_bad_inputs(tmp_path):
     assert r.returncode == 0, r.stderr
     paths, names, values = cf.read_feature_csv(out)
     assert len(paths) == 4 and len(names) == 430
+    # --sample: a seeded random subset, in list order, with the values of the full run (up to the
+    # summation order inside a mosaic of other crops)
+    samples = []
+    for k in (1, 2):
+        r = subprocess.run([sys.executable, os.path.join(repo, "analysis", "cp_features.py"), "--archive", str(root),
+                            "--list", "HOwt_transfer_test.txt", "--out", str(tmp_path / f"s{k}.csv"), "--jobs", "1",
+                            "--sample", "2", "--seed", "3"], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        samples.append(cf.read_feature_csv(tmp_path / f"s{k}.csv"))
+    sub_paths, _, sub_values = samples[0]
+    assert samples[1][0] == sub_paths and len(sub_paths) == 2
+    rows = [paths.index(p) for p in sub_paths]
+    assert rows == sorted(rows)
+    np.testing.assert_allclose(sub_values, values[rows], rtol=1e-9, atol=1e-12)
 
     with open(root / "HOwt_transfer_test.txt", "a") as f:
         f.write("plate01/missing-0-0-0.png 1\n")

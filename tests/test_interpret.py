@@ -112,6 +112,20 @@ def test_neuron_equal_to_class_gets_maximal_mutual_information():
     assert mi[1] < 0.2
 
 
+def test_mutual_information_equals_scikit_learn_per_column():
+    """The vectorized estimate is scikit-learn's plug-in MI of (class, quantile bin), column by column,
+    for continuous, tied, constant and non-contiguous-label columns."""
+    from sklearn.metrics import mutual_info_score
+    rng = np.random.default_rng(2)
+    labels = rng.choice([0, 3, 7, 11], size=317)
+    outputs = np.column_stack([labels + rng.normal(size=317), np.round(rng.normal(size=317)),
+                               np.zeros(317), rng.exponential(size=317), (labels == 3) * 1.0])
+    ours = mutual_information_per_neuron(outputs, labels, n_bins=7)
+    ref = [mutual_info_score(labels, quantile_bins(outputs[:, m], 7)) for m in range(outputs.shape[1])]
+    np.testing.assert_allclose(ours, ref, rtol=1e-10, atol=1e-12)
+    assert ours[0] > 0.5 and ours[2] == pytest.approx(0.0, abs=1e-12)
+
+
 def test_strongest_correlation_finds_planted_features():
     rng = np.random.default_rng(1)
     outputs = rng.normal(size=(300, 3))

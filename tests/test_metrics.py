@@ -150,8 +150,16 @@ def test_bad_labels_rejected():
 
 
 def test_evaluate_cells_script(tmp_path):
-    net = write_table(tmp_path / "net.csv", simulated_table(n_proteins=48, cells_range=(5, 9), accuracy=0.85))
-    rf = write_table(tmp_path / "rf.csv", simulated_table(n_proteins=48, cells_range=(5, 9), accuracy=0.6))
+    from deepyeast.predictions import make_predictions
+    base = simulated_table(n_proteins=48, cells_range=(5, 9), accuracy=0.85)
+    net = write_table(tmp_path / "net.csv", base)
+    # the forest: the same cells, with a third of the network's probability rows shuffled among cells
+    rng = np.random.default_rng(9)
+    probs = base.probs.copy()
+    rows = rng.choice(base.n_cells, base.n_cells // 3, replace=False)
+    probs[rows] = probs[rng.permutation(rows)]
+    rf = write_table(tmp_path / "rf.csv", make_predictions(base.path, base.protein, base.split, base.label, probs,
+                                                           require_all_classes=False))
     out = tmp_path / "cells"
     res = subprocess.run([sys.executable, os.path.join(REPO, "analysis", "evaluate_cells.py"), "--predictions", net,
                           "--rf-predictions", rf, "--out", str(out), "--resamples", "500"],
@@ -164,6 +172,11 @@ def test_evaluate_cells_script(tmp_path):
     assert js["cell_accuracy"]["correct"] == want["correct"] and js["cell_accuracy"]["total"] == want["total"]
     assert js["cell_kappa"]["value"] == pytest.approx(cohen_kappa_score(table.label, table.pred))
     assert js["rf_cell_accuracy"]["value"] < js["cell_accuracy"]["value"]
+    lead = js["network_minus_forest"]
+    assert lead["value"] == pytest.approx(js["cell_accuracy"]["value"] - js["rf_cell_accuracy"]["value"])
+    assert lead["n_proteins"] == 48 and lead["n_cells"] == js["cell_accuracy"]["total"]
+    assert lead["cells_ci"][0] < lead["value"] < lead["cells_ci"][1]
+    assert lead["proteins_ci"][0] < lead["value"] < lead["proteins_ci"][1]
     assert "evaluate_cells.py" in js["command"]
     for name in ("fig2a_recall", "fig2b_precision", "fig2d_confusion", "fig2d_confusion_rf"):
         assert (out / f"{name}.png").read_bytes().startswith(b"\x89PNG")
@@ -183,3 +196,33 @@ def test_evaluate_cells_script_bad_input_writes_nothing(tmp_path):
     assert res.returncode == 2
     assert "bad.csv: missing column 'pred'" in res.stderr
     assert not out.exists()
+
+
+def test_paired_accuracy_difference_matches_literal_resampling():
+    """The multinomial / cluster shortcuts give the same intervals as resampling cell and
+    protein indices literally (up to Monte Carlo error), and the paired interval is narrower
+    than what two independent accuracies would suggest when the classifiers share errors."""
+    from deepyeast.metrics import paired_accuracy_difference
+    rng = np.random.default_rng(4)
+    n = 600
+    groups = rng.integers(0, 30, n)
+    hard = rng.random(30)[groups]                        # per-protein difficulty: clustered errors
+    a = rng.random(n) > hard * 0.6
+    b = a & (rng.random(n) > 0.15)                       # B errs wherever A does, and on 15% more
+    got = paired_accuracy_difference(a, b, groups=groups, n_resamples=20000, seed=1)
+    d = a.astype(int) - b.astype(int)
+    assert got["value"] == pytest.approx(d.mean()) and got["n_groups"] == 30
+    idx = rng.integers(0, n, (20000, n))
+    ref_cells = np.percentile(d[idx].mean(axis=1), (2.5, 97.5))
+    np.testing.assert_allclose(got["cells"], ref_cells, atol=0.004)
+    members = [np.flatnonzero(groups == g) for g in range(30)]
+    picks = rng.integers(0, 30, (20000, 30))
+    sums = np.array([d[m].sum() for m in members])
+    sizes = np.array([len(m) for m in members])
+    ref_groups = np.percentile(sums[picks].sum(1) / sizes[picks].sum(1), (2.5, 97.5))
+    np.testing.assert_allclose(got["groups"], ref_groups, atol=0.006)
+    assert got["cells"][0] > 0 and got["groups"][1] - got["groups"][0] > got["cells"][1] - got["cells"][0]
+    same = paired_accuracy_difference(a, a)
+    assert same["value"] == 0 and same["cells"] == [0.0, 0.0] and "groups" not in same
+    with pytest.raises(ValueError, match="equally long"):
+        paired_accuracy_difference(a, b[:-1])

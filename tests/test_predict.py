@@ -157,3 +157,41 @@ def test_both_engines_agree_on_the_same_weights(setup, ours):
         assert fc.shape == fo.shape
         scale = max(1.0, float(np.abs(fc).max()))
         assert np.abs(fc - fo).max() <= 1e-4 * scale, b
+
+
+def test_pooled_features_equal_the_pooled_whole_blobs(setup, ours):
+    """--features-reduce pool writes conv blobs as per-channel mean then max (N x 2C), the same
+    numbers the transfer analysis computes from the whole blob; fc blobs stay whole."""
+    from deepyeast.interpret import blob_features, has_blob, layer_features, load_blob
+    _, fdir_full = ours
+    table, fdir = run_script(setup, "ours", "pooled", extra=["--archive", str(setup["root"]), "--list",
+                                                              "HOwt_test.txt", "--features-reduce", "pool"])
+    assert sorted(os.listdir(fdir)) == sorted(["conv1.pool.npy", "conv8.pool.npy", "fc1.npy", "fc3.npy",
+                                               "paths.txt"])
+    assert np.load(fdir / "conv1.pool.npy").shape == (N, 128) and np.load(fdir / "conv8.pool.npy").shape == (N, 512)
+    for b in BLOBS:
+        assert has_blob(fdir, b)
+        np.testing.assert_allclose(blob_features(fdir, b), layer_features(load_blob(fdir_full, b)),
+                                   rtol=1e-5, atol=1e-6, err_msg=b)
+    with pytest.raises(InputError, match=r"conv1.pool.npy.*saved pooled"):
+        blob_features(fdir, "conv1", reduce="full")
+    np.save(fdir / "conv8.pool.npy", np.zeros((N, 7), np.float32))
+    with pytest.raises(InputError, match=r"conv8.pool.npy: shape \(24, 7\), expected 24 x 512"):
+        blob_features(fdir, "conv8")
+
+
+@pytest.mark.caffe
+def test_pycaffe_pools_like_our_engine(setup, tmp_path):
+    if not caffe_root.have_caffe_root():
+        pytest.skip(caffe_root.missing_reason())
+    cells = predict.cells_from_list(setup["root"], setup["root"] / "HOwt_test.txt")
+    got = {}
+    for engine in ("ours", "caffe"):
+        predict.predict_cells(cells, DEPLOY, setup["weights"], setup["mean"], engine=engine,
+                              features_out=tmp_path / engine, feature_blobs=["conv2", "fc2"],
+                              feature_reduce="pool")
+        got[engine] = np.load(tmp_path / engine / "conv2.pool.npy")
+        assert sorted(os.listdir(tmp_path / engine)) == ["conv2.pool.npy", "fc2.npy", "paths.txt"]
+    assert got["ours"].shape == (N, 128)
+    scale = max(1.0, float(np.abs(got["caffe"]).max()))
+    assert np.abs(got["caffe"] - got["ours"]).max() <= 1e-4 * scale
