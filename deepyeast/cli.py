@@ -306,8 +306,8 @@ def time_net(args):
 
     log.info("Performing Forward")
     run_once()
-    log.info("Initial loss: %s", format_float(float(net.loss) if net.loss is not None else 0.0))
-    initial_loss = float(net.loss) if net.loss is not None else 0.0
+    initial_loss = float(net.loss.detach()) if net.loss is not None else 0.0
+    log.info("Initial loss: %s", format_float(initial_loss))
     log.info("*** Benchmark begins ***")
     log.info("Testing for %d iterations.", args.iterations)
     fwd = bwd = 0.0

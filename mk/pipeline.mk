@@ -52,7 +52,8 @@ pipeline: $(RUN)/report.html
 
 # ---------------------------------------------------------------- data
 ifeq ($(SCREEN),synthetic)
-$(DATA)/screen.json: | deps
+# the screen is the generator's output: a changed generator (sizes, rules) makes a new one
+$(DATA)/screen.json: deepyeast/synthetic.py | deps
 	$(call step,synthetic screen ($(SIZE)),$(PY) data_prep/make_synthetic.py $(DATA) --size $(SIZE) --seed $(SEED) --gallery $(RUN)/figures/gallery.png)
 else
 # The published archive: lists at DATA/, images unpacked into DATA/main and
