@@ -32,7 +32,7 @@ import zlib
 import numpy as np
 
 from .constants import CLASS_NAMES, IMAGE_SIZE, MIN_CELLS_PER_PROTEIN, N_CHANNELS, TRANSFER_CLASS_NAMES
-from .io_utils import InputError, atomic_write_text
+from .io_utils import InputError, atomic_write_text, open_input
 
 # --------------------------------------------------------------------------- sources
 
@@ -97,11 +97,7 @@ def parse_split_list(path, class_names=CLASS_NAMES):
     """
     entries, problems, seen = [], [], {}
     n = len(class_names)
-    try:
-        f = open(path, encoding="utf-8")
-    except OSError as e:
-        raise InputError(f"{path}: cannot read split list ({e.strerror})") from None
-    with f:
+    with open_input(path, "split list") as f:
         for lineno, line in enumerate(f, 1):
             fields = line.split()
             if not fields:

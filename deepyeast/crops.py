@@ -30,7 +30,7 @@ import numpy as np
 
 from .archive import encode_crop, write_class_doc, write_split_list
 from .constants import CLASS_NAMES, IMAGE_SIZE, SPLITS
-from .io_utils import InputError, atomic_path, atomic_write_text
+from .io_utils import InputError, atomic_path, atomic_write_text, open_input
 
 BORDER_MODES = ("pad", "skip")
 
@@ -220,11 +220,7 @@ def assign_splits(protein_cells, protein_labels, fractions=(0.72, 0.14, 0.14), s
 # --------------------------------------------------------------------------- whole screens
 
 def _read_csv(path, required):
-    try:
-        f = open(path, newline="", encoding="utf-8")
-    except OSError as e:
-        raise InputError(f"{path}: cannot read ({e.strerror})") from None
-    with f:
+    with open_input(path, "table", newline="") as f:
         reader = csv.DictReader(f)
         missing = [c for c in required if c not in (reader.fieldnames or [])]
         if missing:

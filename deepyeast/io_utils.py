@@ -58,3 +58,15 @@ def atomic_write_bytes(path, data):
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
+
+
+def open_input(path, what, **kwargs):
+    """Open a text input (``open(path, encoding="utf-8", **kwargs)``) for reading.
+
+    An unreadable file becomes an :class:`InputError` naming the file, the
+    ``what`` it was meant to be (e.g. ``"predictions table"``) and the reason.
+    """
+    try:
+        return open(path, encoding="utf-8", **kwargs)
+    except OSError as e:
+        raise InputError(f"{path}: cannot open {what}: {e.strerror}") from None

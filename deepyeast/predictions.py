@@ -27,7 +27,7 @@ import re
 import numpy as np
 
 from deepyeast.constants import class_names_for
-from deepyeast.io_utils import InputError, atomic_path
+from deepyeast.io_utils import InputError, atomic_path, open_input
 
 BASE_COLUMNS = ("path", "protein", "split", "label", "pred")
 """The columns before the probabilities, in order."""
@@ -201,11 +201,7 @@ def read_predictions(path, split=None, prob_tol=PROB_SUM_TOL, require_all_classe
     Predictions
     """
     path = os.fspath(path)
-    try:
-        f = open(path, newline="", encoding="utf-8")
-    except OSError as e:
-        raise InputError(f"{path}: cannot open predictions table: {e.strerror}") from None
-    with f:
+    with open_input(path, "predictions table", newline="") as f:
         reader = csv.reader(f)
         try:
             header = next(reader)

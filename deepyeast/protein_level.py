@@ -23,7 +23,7 @@ import re
 import numpy as np
 
 from deepyeast.constants import MIN_CELLS_PER_PROTEIN
-from deepyeast.io_utils import InputError, atomic_path, atomic_write_text
+from deepyeast.io_utils import InputError, atomic_path, atomic_write_text, open_input
 from deepyeast.metrics import count
 
 
@@ -157,11 +157,7 @@ def read_mixtures(path, class_names):
             raise InputError(f"{path}: row {row}, column '{col}': class {c} is outside 0..{len(class_names) - 1}")
         return c
 
-    try:
-        f = open(path, newline="", encoding="utf-8")
-    except OSError as e:
-        raise InputError(f"{path}: cannot open proteins table: {e.strerror}") from None
-    with f:
+    with open_input(path, "proteins table", newline="") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
         if "protein" not in header:

@@ -14,15 +14,19 @@ BATCH = 8
 IMAGE_SHAPE = (2, 4, 4)
 N_CLASSES = 3
 
-CONVEX_NET = """
-name: "convex"
+# TRAIN and TEST Data layers reading the same LMDB (the nets below start with them)
+_DATA_LAYERS = """
 layer {{ name: "data" type: "Data" top: "data" top: "label" include {{ phase: TRAIN }}
   transform_param {{ scale: 0.00390625 }}
   data_param {{ source: "{lmdb}" batch_size: {batch} backend: LMDB }} }}
 layer {{ name: "data" type: "Data" top: "data" top: "label" include {{ phase: TEST }}
   transform_param {{ scale: 0.00390625 }}
   data_param {{ source: "{lmdb}" batch_size: {batch} backend: LMDB }} }}
-layer {{ name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+"""
+
+CONVEX_NET = """
+name: "convex"
+""" + _DATA_LAYERS + """layer {{ name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
   param {{ lr_mult: 1 decay_mult: 1 }} param {{ lr_mult: 2 decay_mult: 0.5 }}
   inner_product_param {{ num_output: {classes}
     weight_filler {{ type: "gaussian" std: 0.1 }} bias_filler {{ type: "constant" value: 0.1 }} }} }}
@@ -33,13 +37,7 @@ layer {{ name: "acc" type: "Accuracy" bottom: "ip" bottom: "label" top: "accurac
 # A small conv net with BatchNorm, Scale, ReLU and Dropout: exercises RNG and running statistics on resume.
 SMALL_CONV_NET = """
 name: "small_conv"
-layer {{ name: "data" type: "Data" top: "data" top: "label" include {{ phase: TRAIN }}
-  transform_param {{ scale: 0.00390625 }}
-  data_param {{ source: "{lmdb}" batch_size: {batch} backend: LMDB }} }}
-layer {{ name: "data" type: "Data" top: "data" top: "label" include {{ phase: TEST }}
-  transform_param {{ scale: 0.00390625 }}
-  data_param {{ source: "{lmdb}" batch_size: {batch} backend: LMDB }} }}
-layer {{ name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+""" + _DATA_LAYERS + """layer {{ name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
   convolution_param {{ num_output: 4 kernel_size: 3 pad: 1 weight_filler {{ type: "gaussian" std: 0.2 }} }} }}
 layer {{ name: "conv1_bn" type: "BatchNorm" bottom: "conv1" top: "conv1"
   param {{ lr_mult: 0 decay_mult: 0 }} param {{ lr_mult: 0 decay_mult: 0 }} param {{ lr_mult: 0 decay_mult: 0 }} }}
