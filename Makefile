@@ -45,10 +45,10 @@ $(PY_STAMP): requirements.txt pyproject.toml $(SYSTEM_STAMP)
 
 deps: $(PY_STAMP)
 
-proto: deepyeast/caffe_pb2.py
-deepyeast/caffe_pb2.py: deepyeast/proto/caffe.proto
+proto: deepyeast/caffe/caffe_pb2.py
+deepyeast/caffe/caffe_pb2.py: deepyeast/caffe/proto/caffe.proto
 	$(PY) -m pip install -q grpcio-tools==1.85.1
-	$(PY) -m grpc_tools.protoc -Ideepyeast/proto --python_out=deepyeast deepyeast/proto/caffe.proto
+	$(PY) -m grpc_tools.protoc -Ideepyeast/caffe/proto --python_out=deepyeast/caffe deepyeast/caffe/proto/caffe.proto
 
 # ---------------------------------------------------------------- tests
 # Real-Caffe tests need the Caffe root; `caffe` builds it when debootstrap can run

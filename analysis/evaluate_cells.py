@@ -26,8 +26,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from deepyeast.io_utils import InputError  # noqa: E402
-from deepyeast.metrics import DEFAULT_RESAMPLES, command_line, run_cell_evaluation  # noqa: E402
+from deepyeast.utils.io import InputError  # noqa: E402
+from deepyeast.analysis.cell_metrics import DEFAULT_RESAMPLES, command_line, run_cell_evaluation  # noqa: E402
 
 
 def main(argv=None):

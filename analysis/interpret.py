@@ -30,9 +30,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from deepyeast import constants  # noqa: E402
-from deepyeast.interpret import (PATCH_LAYERS, read_label_lists, read_label_table,  # noqa: E402
-                                 run_interpretation)
-from deepyeast.io_utils import InputError  # noqa: E402
+from deepyeast.analysis.interpret import PATCH_LAYERS, read_label_lists, read_label_table, run_interpretation
+from deepyeast.utils.io import InputError  # noqa: E402
 
 
 def _neurons(text):

@@ -26,9 +26,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from deepyeast.io_utils import InputError  # noqa: E402
-from deepyeast.metrics import command_line  # noqa: E402
-from deepyeast.report import REPORT_INPUTS, build_report  # noqa: E402
+from deepyeast.utils.io import InputError  # noqa: E402
+from deepyeast.analysis.cell_metrics import command_line  # noqa: E402
+from deepyeast.report.html import REPORT_INPUTS, build_report  # noqa: E402
 
 
 def main(argv=None):

@@ -36,7 +36,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from deepyeast.io_utils import InputError  # noqa: E402
+from deepyeast.utils.io import InputError  # noqa: E402
 
 
 def main(argv=None):
@@ -62,7 +62,7 @@ def main(argv=None):
     ap.add_argument("--skip-bad", action="store_true", help="leave out unreadable crops instead of stopping")
     args = ap.parse_args(argv)
 
-    from deepyeast import predict
+    from deepyeast.analysis import predict
 
     if bool(args.lmdb) == bool(args.list):
         ap.error("give either --lmdb or --archive with --list")
@@ -88,7 +88,7 @@ def main(argv=None):
                                       feature_reduce=args.features_reduce)
     except InputError as err:
         sys.exit(f"error: {err}")
-    from deepyeast.archive import class_names_for_list
+    from deepyeast.data.lists import class_names_for_list
     scored = ""
     if args.lmdb or len(class_names_for_list(list_path)) == table.probs.shape[1]:
         acc = float((table.pred == table.label).mean())

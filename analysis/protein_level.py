@@ -31,9 +31,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from deepyeast.constants import MIN_CELLS_PER_PROTEIN  # noqa: E402
-from deepyeast.io_utils import InputError  # noqa: E402
-from deepyeast.metrics import command_line  # noqa: E402
-from deepyeast.protein_level import run_protein_level  # noqa: E402
+from deepyeast.utils.io import InputError  # noqa: E402
+from deepyeast.analysis.cell_metrics import command_line  # noqa: E402
+from deepyeast.analysis.protein_level import run_protein_level  # noqa: E402
 
 
 def main(argv=None):

@@ -25,7 +25,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
-from deepyeast.io_utils import InputError  # noqa: E402
+from deepyeast.utils.io import InputError  # noqa: E402
 
 
 def main(argv=None):
@@ -50,7 +50,7 @@ def main(argv=None):
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="forests fitted in parallel")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args(argv)
-    from deepyeast.quality_filter import run_quality_filter
+    from deepyeast.analysis.quality_filter import run_quality_filter
 
     preds = {}
     if args.predictions:
@@ -65,7 +65,7 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.figure and summary["classifiers"]:
-        from deepyeast.quality_filter import plot_filter_accuracy
+        from deepyeast.analysis.quality_filter import plot_filter_accuracy
 
         plot_filter_accuracy(summary, args.figure)
     return 0

@@ -22,7 +22,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
-from deepyeast.io_utils import InputError  # noqa: E402
+from deepyeast.utils.io import InputError  # noqa: E402
 
 
 def main(argv=None):
@@ -39,7 +39,7 @@ def main(argv=None):
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="grid points fitted in parallel")
     ap.add_argument("--seed", type=int, default=1, help="random seed (grid point i uses seed+i)")
     args = ap.parse_args(argv)
-    from deepyeast.rforest import run_baseline
+    from deepyeast.analysis.rforest import run_baseline
 
     try:
         s = run_baseline(args.train, args.val, args.test, args.labels_from, args.out, grid=args.grid,

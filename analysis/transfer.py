@@ -28,9 +28,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from deepyeast import constants  # noqa: E402
-from deepyeast.interpret import read_label_lists, read_label_table  # noqa: E402
-from deepyeast.io_utils import InputError  # noqa: E402
-from deepyeast.transfer import MAX_FEATURES_GRID, N_PER_CLASS, run_transfer  # noqa: E402
+from deepyeast.analysis.interpret import read_label_lists, read_label_table  # noqa: E402
+from deepyeast.utils.io import InputError  # noqa: E402
+from deepyeast.analysis.transfer import MAX_FEATURES_GRID, N_PER_CLASS, run_transfer  # noqa: E402
 
 
 def _ints(text):

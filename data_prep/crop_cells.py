@@ -25,8 +25,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from deepyeast.constants import CLASS_NAMES, TRANSFER_CLASS_NAMES  # noqa: E402
-from deepyeast.crops import crop_screen  # noqa: E402
-from deepyeast.io_utils import InputError  # noqa: E402
+from deepyeast.data.micrographs import crop_screen  # noqa: E402
+from deepyeast.utils.io import InputError  # noqa: E402
 
 
 def main(argv=None):

@@ -19,7 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from deepyeast.archive import ARCHIVE_BASE_URL, FetchError, fetch_archive  # noqa: E402
+from deepyeast.data.lists import ARCHIVE_BASE_URL, FetchError, fetch_archive  # noqa: E402
 
 
 def main(argv=None):

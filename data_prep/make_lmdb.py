@@ -19,8 +19,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from deepyeast.dataset import build_lmdb_bundle  # noqa: E402
-from deepyeast.io_utils import InputError  # noqa: E402
+from deepyeast.data.lmdb_bundle import build_lmdb_bundle  # noqa: E402
+from deepyeast.utils.io import InputError  # noqa: E402
 
 
 def main(argv=None):

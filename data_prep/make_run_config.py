@@ -15,8 +15,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from deepyeast.io_utils import InputError  # noqa: E402
-from deepyeast.runconfig import parse_overrides, write_run_config  # noqa: E402
+from deepyeast.utils.io import InputError  # noqa: E402
+from deepyeast.engine.runconfig import parse_overrides, write_run_config  # noqa: E402
 
 
 def main(argv=None):

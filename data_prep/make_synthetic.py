@@ -26,7 +26,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from deepyeast.synthetic import FIELD_SIZE, SIZES, make_gallery, make_screen  # noqa: E402
+from deepyeast.data.synthetic import FIELD_SIZE, SIZES, make_gallery, make_screen  # noqa: E402
 
 
 def main(argv=None):

@@ -11,8 +11,8 @@ Only the layer types of the DeepYeast nets and a few simple ones are known.
 import dataclasses
 import math
 
-from . import caffe_pb2
-from .io_utils import InputError
+from deepyeast.caffe import caffe_pb2
+from deepyeast.utils.io import InputError
 
 _PHASES = {"TRAIN": caffe_pb2.TRAIN, "TEST": caffe_pb2.TEST}
 

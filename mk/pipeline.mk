@@ -53,7 +53,7 @@ pipeline: $(RUN)/report.html
 # ---------------------------------------------------------------- data
 ifeq ($(SCREEN),synthetic)
 # the screen is the generator's output: a changed generator (sizes, rules) makes a new one
-$(DATA)/screen.json: deepyeast/synthetic.py | deps
+$(DATA)/screen.json: $(wildcard deepyeast/data/synthetic/*.py) | deps
 	$(call step,synthetic screen ($(SIZE)),$(PY) data_prep/make_synthetic.py $(DATA) --size $(SIZE) --seed $(SEED) --gallery $(RUN)/figures/gallery.png)
 else
 # The published archive: lists at DATA/, images unpacked into DATA/main and
@@ -88,7 +88,7 @@ endif
 
 $(TRAIN)/chosen.caffemodel: $(TRAIN)/solver.prototxt
 	$(call step,training ($(ENGINE) engine),$(TRAIN_CMD) 2> >(tee -a $(TRAIN)/train.log >&2))
-	$(PY) -m deepyeast.runconfig $(TRAIN)/solver.prototxt $@ --rule $(SNAPSHOT_RULE) --log $(TRAIN)/train.log
+	$(PY) -m deepyeast.engine.runconfig $(TRAIN)/solver.prototxt $@ --rule $(SNAPSHOT_RULE) --log $(TRAIN)/train.log
 
 # BN_ITERS > 0: recompute BatchNorm statistics with the chosen weights (precise BN;
 # see deepyeast/engine/bnstats.py); 0 keeps the statistics training left.

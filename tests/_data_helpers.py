@@ -8,7 +8,7 @@ SHARED_SPLITS = os.path.join(REPO_ROOT, "..", "shared", "deepyeast-splits")
 
 def tiny_screen(tmp_path_factory, seed=0):
     """Path of a tiny synthetic screen, generated once per test session (and seed)."""
-    from deepyeast.synthetic import make_screen
+    from deepyeast.data.synthetic import make_screen
     base = tmp_path_factory.getbasetemp() / f"tiny_screen_{seed}"
     if not (base / "screen.json").exists():
         make_screen(str(base), "tiny", seed=seed, workers=2, save_fields=3, progress=False)

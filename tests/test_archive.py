@@ -15,9 +15,9 @@ import cv2
 import numpy as np
 import pytest
 
-from deepyeast import archive
+from deepyeast.data import lists as archive
 from deepyeast.constants import CLASS_NAMES, TRANSFER_CLASS_NAMES
-from deepyeast.io_utils import InputError
+from deepyeast.utils.io import InputError
 
 from _data_helpers import REPO_ROOT, SHARED_SPLITS
 

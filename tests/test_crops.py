@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from deepyeast import crops
-from deepyeast.archive import check_splits, protein_of, read_crop, read_split_list
-from deepyeast.io_utils import InputError
+from deepyeast.data import micrographs as crops
+from deepyeast.data.lists import check_splits, protein_of, read_crop, read_split_list
+from deepyeast.utils.io import InputError
 
 from _data_helpers import REPO_ROOT
 

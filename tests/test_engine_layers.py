@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from deepyeast import caffe_pb2, formats
+from deepyeast.caffe import caffe_pb2, formats
 from deepyeast.engine import Net
 from deepyeast.engine.fillers import caffe_fans, fill
-from deepyeast.io_utils import InputError
+from deepyeast.utils.io import InputError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = os.path.join(REPO, "models", "deepyeast")

@@ -6,9 +6,10 @@ import os
 import numpy as np
 import pytest
 
-from deepyeast import caffe_pb2, formats, netshape
+from deepyeast.caffe import caffe_pb2, formats
+from deepyeast import netshape
 from deepyeast.constants import IMAGE_SIZE, N_CHANNELS
-from deepyeast.io_utils import InputError
+from deepyeast.utils.io import InputError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = os.path.join(REPO, "models", "deepyeast")

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 from deepyeast import constants
-from deepyeast.interpret import (GEOMETRY, DEEPYEAST_LAYERS, class_entropy, cut_patch, layer_features, load_blob,
-                                 match_paths, mutual_information_per_neuron, neuron_outputs, quantile_bins,
-                                 read_label_lists, read_label_table, receptive_field_box, run_interpretation,
-                                 strongest_correlations, top_activating_units)
-from deepyeast.io_utils import InputError
+from deepyeast.analysis.interpret import (GEOMETRY, DEEPYEAST_LAYERS, class_entropy, cut_patch, layer_features,
+                                          load_blob, match_paths, mutual_information_per_neuron, neuron_outputs,
+                                          quantile_bins, read_label_lists, read_label_table,
+                                          receptive_field_box, run_interpretation, strongest_correlations,
+                                          top_activating_units)
+from deepyeast.utils.io import InputError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,7 +33,7 @@ def test_blob_shapes_follow_the_architecture():
 
 
 def test_layer_table_matches_the_deploy_prototxt():
-    from deepyeast.interpret import layers_from_prototxt
+    from deepyeast.analysis.interpret import layers_from_prototxt
     deploy = os.path.join(REPO, "models", "deepyeast", "deploy.prototxt")
     if not os.path.exists(deploy):
         pytest.skip("models/deepyeast/deploy.prototxt not present")
@@ -238,7 +239,7 @@ def test_run_interpretation_end_to_end(tmp_path):
 
 def test_conv8_patch_is_the_receptive_field_cut_from_the_image(tmp_path):
     """Unit (3, 9) of conv8 sees rows -10..37 and columns 14..61 (worked out by hand)."""
-    from deepyeast.interpret import activating_patches, load_cell_images
+    from deepyeast.analysis.interpret import activating_patches, load_cell_images
     feat, _, paths = _synthetic_screen(tmp_path, n_per_class=3)
     images = load_cell_images(paths, archive_root=tmp_path / "archive")
     assert images.shape == (12, 2, 64, 64) and images.dtype == np.uint8
@@ -276,8 +277,8 @@ def test_script_runs_and_reports_bad_input(tmp_path):
 
 def test_cell_images_from_an_lmdb_match_the_pngs(tmp_path):
     pytest.importorskip("lmdb")
-    from deepyeast import formats
-    from deepyeast.interpret import load_cell_images
+    from deepyeast.caffe import formats
+    from deepyeast.analysis.interpret import load_cell_images
     _, labels, paths = _synthetic_screen(tmp_path, n_per_class=3)
     rng = np.random.default_rng(3)
     images = rng.integers(0, 256, size=(len(paths), 2, 64, 64), dtype=np.uint8)

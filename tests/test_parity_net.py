@@ -20,7 +20,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from deepyeast import caffe_pb2, caffe_root, formats
+from deepyeast.caffe import caffe_pb2, root as caffe_root, formats
 
 pytestmark = [pytest.mark.caffe,
               pytest.mark.skipif(not caffe_root.have_caffe_root(), reason=caffe_root.missing_reason() or "no Caffe")]

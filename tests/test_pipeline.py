@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from deepyeast.caffe_root import REPO_ROOT
+from _data_helpers import REPO_ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.r]
 
@@ -22,7 +22,7 @@ TINY_SCHEDULE = ("max_iter=6 stepsize=3 test_interval=3 test_iter=1 snapshot=3 d
 
 def _have_r():
     try:
-        from deepyeast.rforest import have_r
+        from deepyeast.analysis.rforest import have_r
         return have_r()
     except Exception:  # noqa: BLE001 - any import failure means no R here
         return False

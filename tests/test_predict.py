@@ -12,10 +12,12 @@ import sys
 import numpy as np
 import pytest
 
-from deepyeast import caffe_pb2, caffe_root, formats, netshape, predict
-from deepyeast.archive import encode_crop
-from deepyeast.io_utils import InputError
-from deepyeast.predictions import read_predictions
+from deepyeast.caffe import caffe_pb2, root as caffe_root, formats
+from deepyeast import netshape
+from deepyeast.analysis import predict
+from deepyeast.data.lists import encode_crop
+from deepyeast.utils.io import InputError
+from deepyeast.analysis.predictions import read_predictions
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEPLOY = os.path.join(REPO, "models", "deepyeast", "deploy.prototxt")
@@ -162,7 +164,7 @@ def test_both_engines_agree_on_the_same_weights(setup, ours):
 def test_pooled_features_equal_the_pooled_whole_blobs(setup, ours):
     """--features-reduce pool writes conv blobs as per-channel mean then max (N x 2C), the same
     numbers the transfer analysis computes from the whole blob; fc blobs stay whole."""
-    from deepyeast.interpret import blob_features, has_blob, layer_features, load_blob
+    from deepyeast.analysis.interpret import blob_features, has_blob, layer_features, load_blob
     _, fdir_full = ours
     table, fdir = run_script(setup, "ours", "pooled", extra=["--archive", str(setup["root"]), "--list",
                                                               "HOwt_test.txt", "--features-reduce", "pool"])

@@ -11,10 +11,10 @@ import pytest
 
 from _prediction_tables import simulated_table, write_table
 from deepyeast.constants import CLASS_NAMES, MIN_CELLS_PER_PROTEIN
-from deepyeast.io_utils import InputError
-from deepyeast.predictions import make_predictions
-from deepyeast.protein_level import (dirichlet_map, protein_accuracy, protein_calls, read_mixtures,
-                                     run_protein_level)
+from deepyeast.utils.io import InputError
+from deepyeast.analysis.predictions import make_predictions
+from deepyeast.analysis.protein_level import (dirichlet_map, protein_accuracy, protein_calls, read_mixtures,
+                                              run_protein_level)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THREE_CELLS = np.array([[0.6, 0.3, 0.1],
@@ -185,7 +185,7 @@ def test_protein_level_script(tmp_path):
 
 def test_synthetic_screen_proteins_table(tmp_path):
     """The generator's proteins.csv (nucleus+cytoplasm mixtures) works as --mixtures."""
-    synthetic = pytest.importorskip("deepyeast.synthetic")
+    synthetic = pytest.importorskip("deepyeast.data.synthetic")
     synthetic.make_screen(tmp_path / "screen", size="tiny", seed=0, workers=2, progress=False)
     root = tmp_path / "screen" / "main"
     nuc, cyt = CLASS_NAMES.index("nucleus"), CLASS_NAMES.index("cytoplasm")

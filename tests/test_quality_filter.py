@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from deepyeast.cp_features import write_feature_csv
-from deepyeast.io_utils import InputError
-from deepyeast.quality_filter import filter_accuracy, read_quality_labels, stratified_subset
+from deepyeast.analysis.cp_features import write_feature_csv
+from deepyeast.utils.io import InputError
+from deepyeast.analysis.quality_filter import filter_accuracy, read_quality_labels, stratified_subset
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
 
@@ -25,7 +25,7 @@ def test_stratified_subset_keeps_class_shares():
 
 
 def test_filter_accuracy_counts():
-    from deepyeast.predictions import Predictions
+    from deepyeast.analysis.predictions import Predictions
 
     probs = np.eye(4)[[0, 1, 2, 3, 0, 1]]
     t = Predictions(path=np.array(list("abcdef"), dtype=object), protein=np.array(["p/1"] * 6, dtype=object),
@@ -80,7 +80,7 @@ def _screen(tmp_path, seed=0):
 
 @pytest.mark.r
 def test_quality_filter_script_removes_noncells_and_reports_accuracy(tmp_path):
-    from deepyeast import rforest
+    from deepyeast.analysis import rforest
 
     if not rforest.have_r():
         pytest.skip("R with randomForest and rpy2 are not available")

@@ -15,14 +15,15 @@ import subprocess
 import numpy as np
 import pytest
 
-from deepyeast import caffe_pb2, caffe_root, formats, netshape
-from deepyeast.archive import encode_crop
+from deepyeast.caffe import caffe_pb2, root as caffe_root, formats
+from deepyeast import netshape
+from deepyeast.data.lists import encode_crop
 
 pytestmark = pytest.mark.caffe
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = os.path.join(REPO, "models", "deepyeast")
-FORWARD = os.path.join(REPO, "deepyeast", "pycaffe_forward.py")
+FORWARD = os.path.join(REPO, "deepyeast", "caffe", "pycaffe_forward.py")
 N_CLASSES_USED = 4
 TRAIN_ITERS = 20
 BATCH = 8

@@ -17,10 +17,10 @@ import pytest  # noqa: E402
 
 from _prediction_tables import simulated_table, write_table  # noqa: E402
 from deepyeast.constants import PAPER_RESULTS  # noqa: E402
-from deepyeast.io_utils import InputError  # noqa: E402
-from deepyeast.metrics import run_cell_evaluation  # noqa: E402
-from deepyeast.protein_level import run_protein_level  # noqa: E402
-from deepyeast.report import build_report  # noqa: E402
+from deepyeast.utils.io import InputError  # noqa: E402
+from deepyeast.analysis.cell_metrics import run_cell_evaluation  # noqa: E402
+from deepyeast.analysis.protein_level import run_protein_level  # noqa: E402
+from deepyeast.report.html import build_report  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRED_KEYS = ("cell_accuracy", "cell_kappa", "cell_accuracy_filtered", "protein_accuracy",

@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from deepyeast import synthetic
-from deepyeast.archive import check_splits, protein_of, read_crop, read_split_list
+from deepyeast.data import synthetic
+from deepyeast.data.lists import check_splits, protein_of, read_crop, read_split_list
 from deepyeast.constants import CLASS_NAMES, MIN_CELLS_PER_PROTEIN, TRANSFER_CLASS_NAMES
 
 from _data_helpers import REPO_ROOT, tiny_screen

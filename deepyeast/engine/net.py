@@ -24,10 +24,10 @@ from collections import OrderedDict, namedtuple
 import numpy as np
 import torch
 
-from .. import caffe_pb2, formats
-from ..io_utils import InputError
-from . import data as _data  # noqa: F401  (registers the Data layer)
-from .layers import LAYER_TYPES, BatchNormLayer, InputLayer, ReLULayer, ScaleLayer
+from deepyeast.caffe import caffe_pb2, formats
+from deepyeast.utils.io import InputError
+from deepyeast.engine.layers import data as _data  # noqa: F401  (registers the Data layer)
+from deepyeast.engine.layers import LAYER_TYPES, BatchNormLayer, InputLayer, ReLULayer, ScaleLayer
 
 __all__ = ["Net", "ParamInfo", "state_meets_rule", "filter_layers"]
 

@@ -40,10 +40,10 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from .. import caffe_pb2
-from ..formats import read_prototxt, read_solverstate, write_solverstate
-from ..io_utils import InputError, atomic_path
-from .lr_policy import format_float, learning_rate
+from deepyeast.caffe import caffe_pb2
+from deepyeast.caffe.formats import read_prototxt, read_solverstate, write_solverstate
+from deepyeast.utils.io import InputError, atomic_path
+from deepyeast.engine.lr_policy import format_float, learning_rate
 
 __all__ = ["Solver", "TrainingDiverged", "setup_caffe_logging", "read_solver_param", "log"]
 
@@ -140,7 +140,7 @@ class Solver:
 
     def __init__(self, solver, device=None, precision="fp32", channels_last=None, progress=None,
                  snapshot_prefix=None, solver_path=None):
-        from . import Net  # late import: the net module loads torch layers
+        from deepyeast.engine import Net  # late import: the net module loads torch layers
 
         self.solver_path = solver_path or (os.fspath(solver) if not isinstance(solver, caffe_pb2.SolverParameter)
                                            else None)

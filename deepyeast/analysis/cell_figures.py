@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from deepyeast.io_utils import atomic_path  # noqa: E402
+from deepyeast.utils.io import atomic_path  # noqa: E402
 
 NETWORK_COLOR = "#1f5fa8"
 FOREST_COLOR = "#d9731a"

@@ -53,8 +53,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from deepyeast import constants
-from deepyeast.io_utils import InputError, atomic_path, atomic_write_text
-from deepyeast.predict import POOLED_SUFFIX
+from deepyeast.utils.io import InputError, atomic_path, atomic_write_text
+from deepyeast.analysis.predict import POOLED_SUFFIX
 
 # --------------------------------------------------------------------------
 # Layer geometry and receptive fields
@@ -91,8 +91,8 @@ def layers_from_prototxt(path):
     ReLU, Dropout act in place and keep the geometry).  A test checks that
     ``models/deepyeast/deploy.prototxt`` gives ``DEEPYEAST_LAYERS``.
     """
-    from deepyeast import caffe_pb2
-    from deepyeast.formats import read_prototxt
+    from deepyeast.caffe import caffe_pb2
+    from deepyeast.caffe.formats import read_prototxt
     net = read_prototxt(path, caffe_pb2.NetParameter)
     out = []
     for layer in net.layer:
@@ -432,7 +432,7 @@ def read_cellprofiler_csv(path):
     the column median (0 for an all-NaN column) so that forests and
     correlations see every cell; infinities are an error naming row and column.
     """
-    from deepyeast.cp_features import read_feature_csv
+    from deepyeast.analysis.cp_features import read_feature_csv
     paths, names, values = read_feature_csv(path)
     if not paths:
         raise InputError(f"{path}: no rows")
@@ -458,7 +458,7 @@ def load_cell_images(paths, archive_root=None, lmdb_path=None):
     LMDB whose keys are ``NNNNNNNN_<path>``.
     """
     if lmdb_path is not None:
-        from deepyeast import formats
+        from deepyeast.caffe import formats
         names, images = [], []
         for key, image, _label in formats.iter_datum_lmdb(lmdb_path):
             names.append(key.split("_", 1)[1] if "_" in key else key)

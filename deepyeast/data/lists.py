@@ -31,8 +31,8 @@ import zlib
 
 import numpy as np
 
-from .constants import CLASS_NAMES, IMAGE_SIZE, MIN_CELLS_PER_PROTEIN, N_CHANNELS, TRANSFER_CLASS_NAMES
-from .io_utils import InputError, atomic_write_text, open_input
+from deepyeast.constants import CLASS_NAMES, IMAGE_SIZE, MIN_CELLS_PER_PROTEIN, N_CHANNELS, TRANSFER_CLASS_NAMES
+from deepyeast.utils.io import InputError, atomic_write_text, open_input
 
 # --------------------------------------------------------------------------- sources
 

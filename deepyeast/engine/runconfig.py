@@ -12,9 +12,9 @@ import re
 
 from google.protobuf import text_format
 
-from . import caffe_pb2
-from .formats import read_prototxt
-from .io_utils import InputError, atomic_path, atomic_write_text
+from deepyeast.caffe import caffe_pb2
+from deepyeast.caffe.formats import read_prototxt
+from deepyeast.utils.io import InputError, atomic_path, atomic_write_text
 
 MODEL_DIR = os.path.join("models", "deepyeast")
 
@@ -173,7 +173,7 @@ def _main(argv=None):
     import argparse
     import shutil
     parser = argparse.ArgumentParser(
-        prog="python -m deepyeast.runconfig",
+        prog="python -m deepyeast.engine.runconfig",
         description="Copy the snapshot a run uses (final, or lowest validation loss) to OUT, atomically.")
     parser.add_argument("solver", help="the run's solver.prototxt")
     parser.add_argument("out", help="where to copy the chosen .caffemodel")

@@ -27,7 +27,7 @@ import re
 import numpy as np
 
 from deepyeast.constants import class_names_for
-from deepyeast.io_utils import InputError, atomic_path, open_input
+from deepyeast.utils.io import InputError, atomic_path, open_input
 
 BASE_COLUMNS = ("path", "protein", "split", "label", "pred")
 """The columns before the probabilities, in order."""

@@ -17,7 +17,9 @@ import shlex
 import subprocess
 import tempfile
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE_HOME = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+"""The folder holding the ``deepyeast`` package (the checkout, for an editable install): bound into
+the root so that the package's own scripts (``pycaffe_forward.py``) are visible there."""
 
 
 def caffe_root_path():
@@ -52,7 +54,7 @@ def missing_reason():
 
 
 def _bind_dirs(extra):
-    dirs = [REPO_ROOT, tempfile.gettempdir(), os.getcwd()] + [os.path.abspath(d) for d in extra]
+    dirs = [PACKAGE_HOME, tempfile.gettempdir(), os.getcwd()] + [os.path.abspath(d) for d in extra]
     out = []
     for d in dirs:
         d = os.path.realpath(d)

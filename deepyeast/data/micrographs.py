@@ -28,9 +28,9 @@ import random
 
 import numpy as np
 
-from .archive import encode_crop, write_class_doc, write_split_list
-from .constants import CLASS_NAMES, IMAGE_SIZE, SPLITS
-from .io_utils import InputError, atomic_path, atomic_write_text, open_input
+from deepyeast.data.lists import encode_crop, write_class_doc, write_split_list
+from deepyeast.constants import CLASS_NAMES, IMAGE_SIZE, SPLITS
+from deepyeast.utils.io import InputError, atomic_path, atomic_write_text, open_input
 
 BORDER_MODES = ("pad", "skip")
 
@@ -80,7 +80,7 @@ def read_image_array(path):
             return tifffile.imread(path)
         except Exception as e:  # tifffile raises many types for a bad file
             raise InputError(f"{path}: corrupt or truncated TIFF ({type(e).__name__}: {e})") from None
-    from .archive import _quiet_cv2
+    from deepyeast.data.lists import _quiet_cv2
     cv2 = _quiet_cv2()
     with open(path, "rb") as f:
         data = f.read()

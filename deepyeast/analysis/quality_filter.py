@@ -20,8 +20,8 @@ import os
 
 import numpy as np
 
-from deepyeast.cp_features import read_feature_csv
-from deepyeast.io_utils import InputError, atomic_path, atomic_write_text
+from deepyeast.analysis.cp_features import read_feature_csv
+from deepyeast.utils.io import InputError, atomic_path, atomic_write_text
 
 DEFAULT_MTRY = (10, 25, 50)
 DEFAULT_SAMPLING = ("none", "balanced")
@@ -117,8 +117,8 @@ def run_quality_filter(train_features, quality_csv, test_features, predictions=N
     every row of which must be a test cell.  Writes ``out_json`` (summary) and
     ``out_cells`` (``path,p_cell,is_cell_pred`` per test cell) atomically; returns the summary.
     """
-    from deepyeast import rforest
-    from deepyeast.predictions import read_predictions
+    from deepyeast.analysis import rforest
+    from deepyeast.analysis.predictions import read_predictions
 
     quality = read_quality_labels(quality_csv)
     te_paths, te_names, x_te = read_feature_csv(test_features)

@@ -40,7 +40,7 @@ import subprocess
 
 from deepyeast import __version__
 from deepyeast.constants import MIN_CELLS_PER_PROTEIN, PAPER_RESULTS
-from deepyeast.io_utils import InputError, atomic_write_text
+from deepyeast.utils.io import InputError, atomic_write_text
 
 REQUIRED, RESULT, EXTRA = "required", "result", "extra"
 

@@ -41,9 +41,9 @@ import os
 import numpy as np
 
 from deepyeast import constants
-from deepyeast.interpret import (NETWORK_BLOBS, _pyplot, blob_features, has_blob, labels_for_paths,
-                                 match_paths, read_cellprofiler_csv, read_paths, save_figure)
-from deepyeast.io_utils import InputError, atomic_path, atomic_write_text
+from deepyeast.analysis.interpret import (NETWORK_BLOBS, _pyplot, blob_features, has_blob, labels_for_paths,
+                                          match_paths, read_cellprofiler_csv, read_paths, save_figure)
+from deepyeast.utils.io import InputError, atomic_path, atomic_write_text
 
 N_PER_CLASS = (1, 3, 5, 10, 25, 50, 100, 250, 500)
 """Training examples per class on the curve (paper Figure 4C)."""

@@ -23,8 +23,8 @@ import re
 import numpy as np
 
 from deepyeast.constants import MIN_CELLS_PER_PROTEIN
-from deepyeast.io_utils import InputError, atomic_path, atomic_write_text, open_input
-from deepyeast.metrics import count
+from deepyeast.utils.io import InputError, atomic_path, atomic_write_text, open_input
+from deepyeast.analysis.cell_metrics import count
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,7 +248,7 @@ def run_protein_level(predictions_path, out_path, mixtures_path=None, split="aut
     with mixtures, ``<out stem>_mixtures.csv``.  The proteins CSV is written last (and an old
     one removed first), so it marks a finished step.  Returns the summary dict.
     """
-    from deepyeast.predictions import read_predictions
+    from deepyeast.analysis.predictions import read_predictions
 
     table = read_predictions(predictions_path, split=split, require_all_classes=False)
     calls = protein_calls(table, prior=prior, allow_mixed_labels=allow_mixed_labels)

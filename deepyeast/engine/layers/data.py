@@ -22,9 +22,9 @@ import os
 import numpy as np
 import torch
 
-from .. import formats
-from ..io_utils import InputError
-from .layers import Layer, register_layer
+from deepyeast.caffe import formats
+from deepyeast.utils.io import InputError
+from deepyeast.engine.layers import Layer, register_layer
 
 __all__ = ["DataLayer", "load_lmdb_tensor"]
 

@@ -32,14 +32,15 @@ import tempfile
 
 import numpy as np
 
-from . import caffe_pb2, formats, netshape
-from .archive import class_names_for_list, iter_archive, protein_of, read_split_list
-from .constants import class_names_for
-from .io_utils import InputError, atomic_path, atomic_write_text
-from .predictions import Predictions, validate_predictions, write_predictions
+from deepyeast.caffe import caffe_pb2, formats
+from deepyeast import netshape
+from deepyeast.data.lists import class_names_for_list, iter_archive, protein_of, read_split_list
+from deepyeast.constants import class_names_for
+from deepyeast.utils.io import InputError, atomic_path, atomic_write_text
+from deepyeast.analysis.predictions import Predictions, validate_predictions, write_predictions
 
 ENGINES = ("ours", "caffe")
-PYCAFFE_FORWARD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pycaffe_forward.py")
+PYCAFFE_FORWARD = os.path.join(os.path.dirname(os.path.abspath(caffe_pb2.__file__)), "pycaffe_forward.py")
 _KEY_PREFIX = re.compile(r"^\d{8}_")
 POOLED_SUFFIX = ".pool.npy"
 """File suffix of a blob saved as per-channel spatial mean and max (N x 2C)."""
@@ -158,7 +159,7 @@ def forward_blobs(engine, model_path, weights_path, images, mean, blobs, out_dir
 def _forward_ours(model_path, weights_path, images, mean, blobs, out_dir, batch, pool=()):
     import torch
 
-    from .engine import Net
+    from deepyeast.engine import Net
 
     net = Net(model_path, phase="TEST", seed=0)
     net.load_caffemodel(weights_path)
@@ -189,7 +190,7 @@ def _forward_ours(model_path, weights_path, images, mean, blobs, out_dir, batch,
 
 
 def _forward_caffe(model_path, weights_path, images, mean, blobs, out_dir, batch, pool=()):
-    from . import caffe_root
+    from deepyeast.caffe import root as caffe_root
 
     if not caffe_root.have_caffe_root():
         raise InputError(f"engine 'caffe': {caffe_root.missing_reason()}")

@@ -108,7 +108,7 @@ def build_parser():
 
 def bnstats(args):
     """``bnstats``: precise BatchNorm statistics for a trained .caffemodel."""
-    from .engine.bnstats import recompute_bn_caffemodel
+    from deepyeast.engine.bnstats import recompute_bn_caffemodel
     n = recompute_bn_caffemodel(args.model, args.weights, args.out, iterations=args.iterations,
                                 device=_device(args.gpu))
     log.info("Recomputed the statistics of %d BatchNorm layers over %d batches: %s", n, args.iterations, args.out)
@@ -122,7 +122,7 @@ def _device(gpu):
         return "cuda:0" if torch.cuda.is_available() else "cpu"
     first = str(gpu).split(",")[0]
     if not torch.cuda.is_available():
-        from .io_utils import InputError
+        from deepyeast.utils.io import InputError
         raise InputError(f"-gpu {gpu}: CUDA is not available on this machine")
     return f"cuda:{int(first)}"
 
@@ -142,8 +142,8 @@ def _sync(device):
 def train(args):
     """``train``: returns the finished :class:`~deepyeast.engine.solver.Solver`."""
     import torch
-    from .engine.solver import Solver, read_solver_param
-    from .io_utils import InputError
+    from deepyeast.engine.solver import Solver, read_solver_param
+    from deepyeast.utils.io import InputError
 
     param = read_solver_param(args.solver)
     if args.snapshot == "auto":
@@ -223,8 +223,8 @@ def _sync_start(solver):
 def test(args):
     """``test``: returns {output name: mean score} over ``-iterations`` batches (Caffe's messages)."""
     import torch
-    from .engine import Net
-    from .engine.lr_policy import format_float
+    from deepyeast.engine import Net
+    from deepyeast.engine.lr_policy import format_float
 
     device = _device(args.gpu)
     net = Net(args.model, phase=args.phase, device=device, level=args.level, stages=_stages(args.stage))
@@ -265,8 +265,8 @@ def test(args):
 def time_net(args):
     """``time``: returns dict(forward_ms, backward_ms, forward_backward_ms, total_ms, iterations, initial_loss)."""
     import torch
-    from .engine import Net
-    from .engine.lr_policy import format_float
+    from deepyeast.engine import Net
+    from deepyeast.engine.lr_policy import format_float
 
     device = _device(args.gpu)
     net = Net(args.model, phase=args.phase, device=device, level=args.level, stages=_stages(args.stage))
@@ -343,9 +343,9 @@ def extract(args):
     """``extract``: writes OUT/<blob>.npy (float32 N x D) and OUT/paths.txt; returns N."""
     import numpy as np
     import torch
-    from .engine import Net
-    from .formats import count_datum_lmdb
-    from .io_utils import InputError, atomic_path, atomic_write_text
+    from deepyeast.engine import Net
+    from deepyeast.caffe.formats import count_datum_lmdb
+    from deepyeast.utils.io import InputError, atomic_path, atomic_write_text
 
     device = _device(args.gpu)
     net = Net(args.model, phase="TEST", device=device, level=args.level, stages=_stages(args.stage))
@@ -432,8 +432,8 @@ def _batch_keys(net):
 
 def main(argv=None):
     """Entry point; returns the process exit code."""
-    from .engine.solver import TrainingDiverged, setup_caffe_logging
-    from .io_utils import InputError
+    from deepyeast.engine.solver import TrainingDiverged, setup_caffe_logging
+    from deepyeast.utils.io import InputError
 
     args = build_parser().parse_args(argv)
     setup_caffe_logging()

@@ -21,8 +21,8 @@ from collections import OrderedDict
 import numpy as np
 from google.protobuf import text_format
 
-from . import caffe_pb2
-from .io_utils import InputError, atomic_path, atomic_write_bytes, atomic_write_text
+from deepyeast.caffe import caffe_pb2
+from deepyeast.utils.io import InputError, atomic_path, atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "read_prototxt", "parse_prototxt", "write_prototxt",

@@ -30,7 +30,7 @@ import sys
 
 import numpy as np
 
-from deepyeast.io_utils import InputError, atomic_path, atomic_write_text
+from deepyeast.utils.io import InputError, atomic_path, atomic_write_text
 
 DEFAULT_RESAMPLES = 20000
 DEFAULT_CI = (2.5, 97.5)
@@ -353,7 +353,7 @@ def run_cell_evaluation(predictions_path, out_dir, rf_predictions_path=None, spl
     last, so its presence marks a finished evaluation.  A class without cells is an error
     unless ``require_all_classes`` is False (its recall is then undefined).  Returns the JSON dict.
     """
-    from deepyeast.predictions import read_predictions
+    from deepyeast.analysis.predictions import read_predictions
 
     net = read_predictions(predictions_path, split=split, require_all_classes=require_all_classes)
     rf = (read_predictions(rf_predictions_path, split=split, require_all_classes=require_all_classes)
@@ -379,7 +379,7 @@ def run_cell_evaluation(predictions_path, out_dir, rf_predictions_path=None, spl
                             res_rf["confusion_counts"], names)
     figures = {}
     if make_figures:
-        from deepyeast import figures as figs
+        from deepyeast.analysis import cell_figures as figs
 
         figures["fig2a"] = figs.plot_per_class(res_net, res_rf, "recall",
                                                os.path.join(out_dir, CELL_EVAL_FILES["fig2a"]))

@@ -69,10 +69,10 @@ from multiprocessing import get_context
 
 import numpy as np
 
-from .constants import CLASS_NAMES, IMAGE_SIZE, SPLITS, TRANSFER_CLASS_NAMES
-from .crops import crop_cells, crop_name, write_crop
-from .archive import write_class_doc, write_split_list
-from .io_utils import atomic_path, atomic_write_text
+from deepyeast.constants import CLASS_NAMES, IMAGE_SIZE, SPLITS, TRANSFER_CLASS_NAMES
+from deepyeast.data.micrographs import crop_cells, crop_name, write_crop
+from deepyeast.data.lists import write_class_doc, write_split_list
+from deepyeast.utils.io import atomic_path, atomic_write_text
 
 REAL_TRAIN_CLASS_CELLS = (6924, 6935, 2692, 6195, 2770, 6547, 6661, 7014, 6440, 1683, 4713, 6426)
 """Cells per class in the published train list; the synthetic class mix follows it."""

@@ -72,7 +72,7 @@ import warnings
 import numpy as np
 
 from deepyeast.constants import IMAGE_SIZE, MARKER_CHANNEL, N_CHANNELS, PROTEIN_CHANNEL
-from deepyeast.io_utils import InputError, atomic_path
+from deepyeast.utils.io import InputError, atomic_path
 
 TEXTURE_SCALES = (3, 5)
 """Haralick / Gabor texture scales, pixels."""
@@ -306,7 +306,7 @@ def feature_names():
 
 
 def _measure_files(paths):
-    from deepyeast.archive import read_crop
+    from deepyeast.data.lists import read_crop
 
     images = np.stack([read_crop(p) for p in paths])
     masks = []

@@ -18,9 +18,9 @@ import os
 
 import numpy as np
 
-from deepyeast.io_utils import InputError, atomic_write_text
+from deepyeast.utils.io import InputError, atomic_write_text
 
-R_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "r", "random_forest.R")
+R_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "random_forest.R")
 """The R source defining rf_grid_search, rf_fit, rf_predict_proba, rf_quality_cv, ..."""
 
 GRIDS = {"small": "RF_SMALL_GRID", "paper": "RF_PAPER_GRID"}
@@ -199,7 +199,7 @@ def fit(x, y, params):
 
 def labels_from_lists(list_paths):
     """Map cell path -> (label, class-table size) from split list files."""
-    from deepyeast.archive import class_names_for_list, read_split_list
+    from deepyeast.data.lists import class_names_for_list, read_split_list
 
     labels, sizes = {}, set()
     for lp in list_paths:
@@ -216,7 +216,7 @@ def labels_from_lists(list_paths):
 
 
 def _labelled(csv_path, labels):
-    from deepyeast.cp_features import read_feature_csv
+    from deepyeast.analysis.cp_features import read_feature_csv
 
     paths, names, values = read_feature_csv(csv_path)
     missing = [p for p in paths if p not in labels]
@@ -234,9 +234,9 @@ def run_baseline(train_csv, val_csv, test_csv, list_paths, out_csv, grid="small"
     prob_0..``) to ``out_csv``; ``summary_json`` gets the grid table and choice.
     Returns the summary dict.
     """
-    from deepyeast.archive import protein_of
+    from deepyeast.data.lists import protein_of
     from deepyeast.constants import class_names_for
-    from deepyeast.predictions import Predictions, write_predictions
+    from deepyeast.analysis.predictions import Predictions, write_predictions
 
     labels, n_classes = labels_from_lists(list_paths)
     tr_p, tr_names, x_tr, y_tr = _labelled(train_csv, labels)

@@ -22,9 +22,9 @@ import sys
 
 import numpy as np
 
-from .archive import check_splits, file_digest, protein_of, read_crop, read_split_list
-from .constants import CLASS_NAMES, IMAGE_SIZE, N_CHANNELS, SPLITS, TRANSFER_CLASS_NAMES
-from .io_utils import InputError, atomic_write_text
+from deepyeast.data.lists import check_splits, file_digest, protein_of, read_crop, read_split_list
+from deepyeast.constants import CLASS_NAMES, IMAGE_SIZE, N_CHANNELS, SPLITS, TRANSFER_CLASS_NAMES
+from deepyeast.utils.io import InputError, atomic_write_text
 
 
 def list_path(root, split, prefix="HOwt_"):
@@ -77,7 +77,7 @@ def write_split_lmdb(root, entries, lmdb_path, split="train", class_names=CLASS_
     corrupt, wrong size, single-channel, 16-bit) raises ``InputError``, or with
     ``skip_bad`` is left out and listed in the manifest's ``rejects``.
     """
-    from .formats import write_datum_lmdb
+    from deepyeast.caffe.formats import write_datum_lmdb
 
     order = list(entries)
     random.Random(seed).shuffle(order)
@@ -133,7 +133,7 @@ def build_lmdb_bundle(root, out_dir, splits=SPLITS, prefix="HOwt_", class_names=
     cells in the later split) are rejected instead.  Returns a summary dict
     (per split: records, rejects; the mean file).
     """
-    from .formats import compute_mean, iter_datum_lmdb, write_mean_binaryproto
+    from deepyeast.caffe.formats import compute_mean, iter_datum_lmdb, write_mean_binaryproto
 
     list_dir = list_dir or root
     if class_names is None:
@@ -183,5 +183,5 @@ def read_manifest(out_dir, split):
 
 def mean_image(out_dir):
     """The bundle's per-pixel mean, float32 C x H x W."""
-    from .formats import read_mean_binaryproto
+    from deepyeast.caffe.formats import read_mean_binaryproto
     return np.asarray(read_mean_binaryproto(os.path.join(out_dir, "mean.binaryproto")), np.float32)

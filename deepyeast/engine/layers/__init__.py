@@ -20,8 +20,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..io_utils import InputError
-from .fillers import fill
+from deepyeast.utils.io import InputError
+from deepyeast.engine.fillers import fill
 
 __all__ = ["Layer", "LAYER_TYPES", "register_layer", "FLT_MIN", "FLT_MAX"]
 
@@ -235,7 +235,7 @@ class DummyDataLayer(Layer):
             raise self.error(f"{len(shapes)} shapes for {n} tops; give one shape or one per top")
         fillers = list(p.data_filler)
         if not fillers:
-            from .. import caffe_pb2
+            from deepyeast.caffe import caffe_pb2
             fillers = [caffe_pb2.FillerParameter()]
         if len(fillers) == 1:
             fillers = fillers * n
@@ -572,7 +572,7 @@ class ScaleLayer(Layer):
     n_bottoms = (1, 2)
 
     def setup(self, bottom_shapes):
-        from .. import caffe_pb2
+        from deepyeast.caffe import caffe_pb2
         p = self.lp.scale_param
         shape = bottom_shapes[0]
         if len(bottom_shapes) == 2:
