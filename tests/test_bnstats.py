@@ -8,7 +8,8 @@ from deepyeast.caffe import caffe_pb2
 from deepyeast.engine.cli import main
 from deepyeast.engine import Net
 from deepyeast.engine.bnstats import recompute_bn_statistics
-from deepyeast.caffe.formats import parse_prototxt, read_caffemodel
+from deepyeast.caffe.blobs import read_caffemodel
+from deepyeast.caffe.prototxt import parse_prototxt
 
 
 def _net_text(tmp_path):

@@ -12,7 +12,8 @@ import pytest
 from deepyeast.data import lmdb_bundle as dataset
 from deepyeast.data.lists import read_crop, read_split_list
 from deepyeast.constants import CLASS_NAMES
-from deepyeast.caffe.formats import iter_datum_lmdb, read_datum_lmdb, read_mean_binaryproto
+from deepyeast.caffe.blobs import read_mean_binaryproto
+from deepyeast.caffe.lmdb import iter_datum_lmdb, read_datum_lmdb
 from deepyeast.utils.io import InputError
 
 from _data_helpers import REPO_ROOT, tiny_screen

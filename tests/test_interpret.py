@@ -277,12 +277,12 @@ def test_script_runs_and_reports_bad_input(tmp_path):
 
 def test_cell_images_from_an_lmdb_match_the_pngs(tmp_path):
     pytest.importorskip("lmdb")
-    from deepyeast.caffe import formats
+    from deepyeast.caffe.lmdb import write_datum_lmdb
     from deepyeast.analysis.interpret import load_cell_images
     _, labels, paths = _synthetic_screen(tmp_path, n_per_class=3)
     rng = np.random.default_rng(3)
     images = rng.integers(0, 256, size=(len(paths), 2, 64, 64), dtype=np.uint8)
-    formats.write_datum_lmdb(str(tmp_path / "cells_lmdb"), zip(paths, images, labels.tolist()), shuffle=True, seed=1)
+    write_datum_lmdb(str(tmp_path / "cells_lmdb"), zip(paths, images, labels.tolist()), shuffle=True, seed=1)
     wanted = [paths[5], paths[0], paths[7]]
     got = load_cell_images(wanted, lmdb_path=str(tmp_path / "cells_lmdb"))
     assert np.array_equal(got, images[[5, 0, 7]])

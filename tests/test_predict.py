@@ -12,7 +12,10 @@ import sys
 import numpy as np
 import pytest
 
-from deepyeast.caffe import caffe_pb2, root as caffe_root, formats
+from deepyeast.caffe import caffe_pb2, root as caffe_root
+from deepyeast.caffe.blobs import compute_mean, write_caffemodel, write_mean_binaryproto
+from deepyeast.caffe.lmdb import write_datum_lmdb
+from deepyeast.caffe.prototxt import read_prototxt
 from deepyeast import netshape
 from deepyeast.analysis import predict
 from deepyeast.data.lists import encode_crop
@@ -46,13 +49,13 @@ def setup(tmp_path_factory):
         (root / rel).write_bytes(encode_crop(images[i]))
         lines.append(f"{rel} {labels[i]}\n")
     (root / "HOwt_test.txt").write_text("".join(lines))
-    mean = formats.compute_mean(images)
-    formats.write_mean_binaryproto(d / "mean.binaryproto", mean)
-    net = formats.read_prototxt(DEPLOY, caffe_pb2.NetParameter)
+    mean = compute_mean(images)
+    write_mean_binaryproto(d / "mean.binaryproto", mean)
+    net = read_prototxt(DEPLOY, caffe_pb2.NetParameter)
     x = images.astype(np.float32) - mean
     params, types = netshape.random_params(net, seed=3, input_scale=float(x.std()))
-    formats.write_caffemodel(d / "w.caffemodel", params, layer_types=types)
-    formats.write_datum_lmdb(d / "test_lmdb", zip([ln.split()[0] for ln in lines], images, labels), seed=1)
+    write_caffemodel(d / "w.caffemodel", params, layer_types=types)
+    write_datum_lmdb(d / "test_lmdb", zip([ln.split()[0] for ln in lines], images, labels), seed=1)
     return {"dir": d, "root": root, "images": images, "labels": labels, "lines": lines,
             "mean": d / "mean.binaryproto", "weights": d / "w.caffemodel"}
 
@@ -116,7 +119,7 @@ def test_lmdb_input_gives_the_same_table(setup, ours):
 
 def test_bad_inputs_are_named(setup, tmp_path):
     cells = predict.cells_from_list(setup["root"], setup["root"] / "HOwt_test.txt")
-    formats.write_mean_binaryproto(tmp_path / "bad_mean.binaryproto", np.zeros((3, 64, 64), np.float32))
+    write_mean_binaryproto(tmp_path / "bad_mean.binaryproto", np.zeros((3, 64, 64), np.float32))
     with pytest.raises(InputError, match=r"bad_mean.binaryproto.*\(3, 64, 64\).*\(2, 64, 64\)"):
         predict.predict_cells(cells, DEPLOY, setup["weights"], tmp_path / "bad_mean.binaryproto",
                               out_csv=tmp_path / "x.csv")

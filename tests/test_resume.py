@@ -15,7 +15,8 @@ import time
 import numpy as np
 import pytest
 
-from deepyeast.caffe.formats import read_caffemodel, write_datum_lmdb
+from deepyeast.caffe.blobs import read_caffemodel
+from deepyeast.caffe.lmdb import write_datum_lmdb
 
 from _solver_nets import SMALL_CONV_NET, solver_param, write_net, write_solver
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from deepyeast.caffe import root as caffe_root
-from deepyeast.caffe.formats import read_solverstate
+from deepyeast.caffe.blobs import read_solverstate
 
 from _solver_nets import (CONVEX_NET, LogCapture, make_init_weights, make_lmdb, max_rel_diff, solver_param,
                           write_net, write_solver)
@@ -164,8 +164,10 @@ def _easy_cells(n, seed):
 def test_deepyeast_small_run_matches_real_caffe(tmp_path):
     from deepyeast.caffe import caffe_pb2
     from deepyeast.engine import Net
-    from deepyeast.caffe.formats import compute_mean, read_prototxt, write_datum_lmdb, write_mean_binaryproto
-    from deepyeast.caffe.formats import write_prototxt
+    from deepyeast.caffe.blobs import compute_mean, write_mean_binaryproto
+    from deepyeast.caffe.lmdb import write_datum_lmdb
+    from deepyeast.caffe.prototxt import read_prototxt
+    from deepyeast.caffe.prototxt import write_prototxt
 
     train = _easy_cells(400, 1)
     val = _easy_cells(80, 2)

@@ -32,7 +32,10 @@ import tempfile
 
 import numpy as np
 
-from deepyeast.caffe import caffe_pb2, formats
+from deepyeast.caffe import caffe_pb2
+from deepyeast.caffe.blobs import check_mean_shape, read_mean_binaryproto
+from deepyeast.caffe.lmdb import path_of_key, read_datum_lmdb
+from deepyeast.caffe.prototxt import read_prototxt
 from deepyeast import netshape
 from deepyeast.data.lists import class_names_for_list, iter_archive, protein_of, read_split_list
 from deepyeast.constants import class_names_for
@@ -41,7 +44,6 @@ from deepyeast.analysis.predictions import Predictions, validate_predictions, wr
 
 ENGINES = ("ours", "caffe")
 PYCAFFE_FORWARD = os.path.join(os.path.dirname(os.path.abspath(caffe_pb2.__file__)), "pycaffe_forward.py")
-_KEY_PREFIX = re.compile(r"^\d{8}_")
 POOLED_SUFFIX = ".pool.npy"
 """File suffix of a blob saved as per-channel spatial mean and max (N x 2C)."""
 
@@ -88,16 +90,16 @@ def cells_from_list(archive, list_path, skip_bad=False):
 
 def cells_from_lmdb(lmdb_path):
     """Read the cells of a Datum LMDB; a cell's path is its key without the ``%08d_`` prefix."""
-    images, labels, keys = formats.read_datum_lmdb(lmdb_path)
+    images, labels, keys = read_datum_lmdb(lmdb_path)
     if images.dtype != np.uint8:
         raise InputError(f"{lmdb_path}: records hold float data; expected uint8 crops")
-    paths = [_KEY_PREFIX.sub("", k) for k in keys]
+    paths = [path_of_key(k) for k in keys]
     return Cells(images, labels, paths, os.fspath(lmdb_path))
 
 
 def net_input_shape(model_path):
     """(name, C x H x W) of the deploy net's ``Input`` blob."""
-    net = formats.read_prototxt(model_path, caffe_pb2.NetParameter)
+    net = read_prototxt(model_path, caffe_pb2.NetParameter)
     for layer in net.layer:
         if layer.type == "Input" and layer.input_param.shape:
             return layer.top[0], tuple(int(d) for d in layer.input_param.shape[0].dim[1:])
@@ -109,13 +111,13 @@ def net_input_shape(model_path):
 
 def load_mean(mean_path, image_shape):
     """Read ``mean.binaryproto`` as float32 C x H x W and check it fits images of ``image_shape``."""
-    mean = formats.read_mean_binaryproto(mean_path)
-    formats.check_mean_shape(mean, image_shape, source=os.fspath(mean_path))
+    mean = read_mean_binaryproto(mean_path)
+    check_mean_shape(mean, image_shape, source=os.fspath(mean_path))
     return mean
 
 
 def _check_blobs(model_path, blobs):
-    net = formats.read_prototxt(model_path, caffe_pb2.NetParameter)
+    net = read_prototxt(model_path, caffe_pb2.NetParameter)
     known = []
     for layer in net.layer:
         if netshape.layer_in_phase(layer, caffe_pb2.TEST):
@@ -127,7 +129,7 @@ def _check_blobs(model_path, blobs):
 
 def spatial_blobs(model_path):
     """Names of the deploy net's blobs that have a spatial map (4-D with H x W > 1)."""
-    net = formats.read_prototxt(model_path, caffe_pb2.NetParameter)
+    net = read_prototxt(model_path, caffe_pb2.NetParameter)
     names = []
     for layer in netshape.infer_shapes(net, "TEST"):
         for top, shape in zip(layer.tops, layer.top_shapes):

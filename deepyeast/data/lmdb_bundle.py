@@ -7,7 +7,7 @@ Bundle layout (``OUT``)::
     OUT/<split>_manifest.json                        counts per class / protein, checksums
     OUT/<split>_rejects.txt                          only with skip_bad and rejects
 
-Records are written in a seeded shuffled order with keys ``f"{i:08d}_{relpath}"``
+Records are written in a seeded shuffled order with keys ``KEY_FORMAT`` of :mod:`deepyeast.caffe.lmdb`
 (what ``convert_imageset -shuffle`` does), images streamed one at a time from
 the archive, so memory does not grow with the number of cells.  The mean is
 computed from the written train LMDB, as Caffe's ``compute_image_mean`` does.
@@ -77,7 +77,7 @@ def write_split_lmdb(root, entries, lmdb_path, split="train", class_names=CLASS_
     corrupt, wrong size, single-channel, 16-bit) raises ``InputError``, or with
     ``skip_bad`` is left out and listed in the manifest's ``rejects``.
     """
-    from deepyeast.caffe.formats import write_datum_lmdb
+    from deepyeast.caffe.lmdb import KEY_FORMAT, write_datum_lmdb
 
     order = list(entries)
     random.Random(seed).shuffle(order)
@@ -108,7 +108,7 @@ def write_split_lmdb(root, entries, lmdb_path, split="train", class_names=CLASS_
         "n_records": n,
         "n_rejected": len(rejects),
         "image_shape": [N_CHANNELS, IMAGE_SIZE, IMAGE_SIZE],
-        "key_format": "{index:08d}_{relpath}",
+        "key_format": KEY_FORMAT,
         "shuffle_seed": seed,
         "cells_per_class": {name: per_class.get(i, 0) for i, name in enumerate(class_names)},
         "n_proteins": len(per_protein),
@@ -133,7 +133,8 @@ def build_lmdb_bundle(root, out_dir, splits=SPLITS, prefix="HOwt_", class_names=
     cells in the later split) are rejected instead.  Returns a summary dict
     (per split: records, rejects; the mean file).
     """
-    from deepyeast.caffe.formats import compute_mean, iter_datum_lmdb, write_mean_binaryproto
+    from deepyeast.caffe.blobs import compute_mean, write_mean_binaryproto
+    from deepyeast.caffe.lmdb import iter_datum_lmdb
 
     list_dir = list_dir or root
     if class_names is None:
@@ -183,5 +184,5 @@ def read_manifest(out_dir, split):
 
 def mean_image(out_dir):
     """The bundle's per-pixel mean, float32 C x H x W."""
-    from deepyeast.caffe.formats import read_mean_binaryproto
+    from deepyeast.caffe.blobs import read_mean_binaryproto
     return np.asarray(read_mean_binaryproto(os.path.join(out_dir, "mean.binaryproto")), np.float32)

@@ -30,7 +30,7 @@ import re
 import sys
 import time
 
-__all__ = ["main", "build_parser", "train", "test", "time_net", "extract", "latest_solverstate", "key_to_path"]
+__all__ = ["main", "build_parser", "train", "test", "time_net", "extract", "latest_solverstate"]
 
 log = logging.getLogger("deepyeast.cli")
 
@@ -331,20 +331,12 @@ def time_net(args):
 
 # --------------------------------------------------------------------------- extract
 
-_KEY_PREFIX = re.compile(r"^\d{8}_")
-
-
-def key_to_path(key):
-    """Cell path of an LMDB key written by ``write_datum_lmdb`` (``00000012_plate01/x.png`` -> ``plate01/x.png``)."""
-    return _KEY_PREFIX.sub("", key, count=1)
-
-
 def extract(args):
     """``extract``: writes OUT/<blob>.npy (float32 N x D) and OUT/paths.txt; returns N."""
     import numpy as np
     import torch
     from deepyeast.engine import Net
-    from deepyeast.caffe.formats import count_datum_lmdb
+    from deepyeast.caffe.lmdb import count_datum_lmdb, path_of_key, read_keys
     from deepyeast.utils.io import InputError, atomic_path, atomic_write_text
 
     device = _device(args.gpu)
@@ -362,7 +354,7 @@ def extract(args):
         iterations = -(-n_records // batch)
     feats = {b: [] for b in blobs}
     keys = []
-    all_keys = _lmdb_keys(source) if source else None
+    all_keys = read_keys(source) if source else None
     data_layer = next((l for l in net.layers if getattr(l, "caffe_type", "") == "Data"), None)
     with torch.no_grad():
         for i in range(iterations):
@@ -388,7 +380,7 @@ def extract(args):
         log.info("Extracted %s: %d x %d -> %s", b, arr.shape[0], arr.shape[1], os.path.join(args.out, f"{b}.npy"))
     if keys:
         atomic_write_text(os.path.join(args.out, "paths.txt"),
-                          "".join(key_to_path(k) + "\n" for k in keys[:n]))
+                          "".join(path_of_key(k) + "\n" for k in keys[:n]))
     return n
 
 
@@ -405,17 +397,6 @@ def _data_source(net):
                 src = os.path.join(root, src)
             return src, layer.data_param.batch_size
     return None, 0
-
-
-def _lmdb_keys(path):
-    """Keys of an LMDB in the Data layer's (sorted) read order."""
-    import lmdb
-    env = lmdb.open(path, readonly=True, lock=False, subdir=True)
-    try:
-        with env.begin() as txn:
-            return [k.decode("utf-8", "replace") for k in txn.cursor().iternext(keys=True, values=False)]
-    finally:
-        env.close()
 
 
 def _batch_keys(net):

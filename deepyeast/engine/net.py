@@ -24,7 +24,9 @@ from collections import OrderedDict, namedtuple
 import numpy as np
 import torch
 
-from deepyeast.caffe import caffe_pb2, formats
+from deepyeast.caffe import caffe_pb2
+from deepyeast.caffe.blobs import blob_to_array, read_caffemodel, write_caffemodel
+from deepyeast.caffe.prototxt import read_prototxt
 from deepyeast.utils.io import InputError
 from deepyeast.engine.layers import data as _data  # noqa: F401  (registers the Data layer)
 from deepyeast.engine.layers import LAYER_TYPES, BatchNormLayer, InputLayer, ReLULayer, ScaleLayer
@@ -189,7 +191,7 @@ class Net(torch.nn.Module):
             raise InputError(f"phase must be TRAIN or TEST, got {phase!r}")
         if isinstance(net, (str, os.PathLike)):
             self.source = os.fspath(net)
-            net = formats.read_prototxt(net, caffe_pb2.NetParameter)
+            net = read_prototxt(net, caffe_pb2.NetParameter)
         elif isinstance(net, caffe_pb2.NetParameter):
             self.source = "<NetParameter>"
         else:
@@ -247,7 +249,7 @@ class Net(torch.nn.Module):
                     raise layer.error(f'in-place top "{t}" would change shape {self.blob_shapes[t]} -> {s}')
             self._setup_params(layer, lp, param_names)
             if lp.blobs:
-                self._load_layer_blobs(layer, [formats.blob_to_array(b, source=f'layer "{lp.name}" blob {j}')
+                self._load_layer_blobs(layer, [blob_to_array(b, source=f'layer "{lp.name}" blob {j}')
                                                for j, b in enumerate(lp.blobs)], where="prototxt blobs")
             for t, s in zip(lp.top, layer.top_shapes):
                 self.blob_shapes[t] = tuple(s)
@@ -466,7 +468,7 @@ class Net(torch.nn.Module):
         Returns the names of the layers loaded.  A layer whose blob count or
         shapes differ raises InputError naming the layer and both shapes.
         """
-        params = formats.read_caffemodel(path)
+        params = read_caffemodel(path)
         loaded = []
         for name, arrays in params.items():
             layer = self._by_name.get(name)
@@ -490,7 +492,7 @@ class Net(torch.nn.Module):
         for name, blobs in self.layer_params().items():
             params[name] = [t.detach().float().cpu().numpy() for t in blobs]
             types[name] = self._by_name[name].caffe_type
-        formats.write_caffemodel(path, params, net_name=self.name, layer_types=types)
+        write_caffemodel(path, params, net_name=self.name, layer_types=types)
 
     def share_params_from(self, other):
         """Use ``other``'s parameter tensors for same-named layers (Caffe's ShareTrainedLayersWith)."""

@@ -13,7 +13,7 @@ import re
 from google.protobuf import text_format
 
 from deepyeast.caffe import caffe_pb2
-from deepyeast.caffe.formats import read_prototxt
+from deepyeast.caffe.prototxt import read_prototxt
 from deepyeast.utils.io import InputError, atomic_path, atomic_write_text
 
 MODEL_DIR = os.path.join("models", "deepyeast")

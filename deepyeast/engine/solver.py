@@ -41,7 +41,8 @@ import numpy as np
 import torch
 
 from deepyeast.caffe import caffe_pb2
-from deepyeast.caffe.formats import read_prototxt, read_solverstate, write_solverstate
+from deepyeast.caffe.blobs import read_solverstate, write_solverstate
+from deepyeast.caffe.prototxt import read_prototxt
 from deepyeast.utils.io import InputError, atomic_path
 from deepyeast.engine.lr_policy import format_float, learning_rate
 

@@ -92,7 +92,7 @@ def layers_from_prototxt(path):
     ``models/deepyeast/deploy.prototxt`` gives ``DEEPYEAST_LAYERS``.
     """
     from deepyeast.caffe import caffe_pb2
-    from deepyeast.caffe.formats import read_prototxt
+    from deepyeast.caffe.prototxt import read_prototxt
     net = read_prototxt(path, caffe_pb2.NetParameter)
     out = []
     for layer in net.layer:
@@ -458,10 +458,10 @@ def load_cell_images(paths, archive_root=None, lmdb_path=None):
     LMDB whose keys are ``NNNNNNNN_<path>``.
     """
     if lmdb_path is not None:
-        from deepyeast.caffe import formats
+        from deepyeast.caffe.lmdb import iter_datum_lmdb, path_of_key
         names, images = [], []
-        for key, image, _label in formats.iter_datum_lmdb(lmdb_path):
-            names.append(key.split("_", 1)[1] if "_" in key else key)
+        for key, image, _label in iter_datum_lmdb(lmdb_path):
+            names.append(path_of_key(key))
             images.append(image)
         idx = match_paths(paths, names, f"{lmdb_path} (LMDB keys)")
         return np.stack([images[i] for i in idx]).astype(np.uint8)

@@ -22,7 +22,8 @@ import os
 import numpy as np
 import torch
 
-from deepyeast.caffe import formats
+from deepyeast.caffe.blobs import read_mean_binaryproto
+from deepyeast.caffe.lmdb import read_datum_lmdb
 from deepyeast.utils.io import InputError
 from deepyeast.engine.layers import Layer, register_layer
 
@@ -40,7 +41,7 @@ def load_lmdb_tensor(path):
         raise InputError(f"{path}: no LMDB here (data.mdb missing)") from None
     key = (path, stamp)
     if key not in _CACHE:
-        images, labels, _ = formats.read_datum_lmdb(path)
+        images, labels, _ = read_datum_lmdb(path)
         if images.dtype != np.uint8:
             raise InputError(f"{path}: Data layer records must hold uint8 pixels, got {images.dtype}")
         _CACHE.clear()  # keep only the latest database to bound memory
@@ -93,7 +94,7 @@ class DataLayer(Layer):
         mean = None
         if tp.HasField("mean_file"):
             mean_path = os.path.join(self.ctx.root_dir, tp.mean_file)
-            mean = formats.read_mean_binaryproto(mean_path)
+            mean = read_mean_binaryproto(mean_path)
             if mean.shape != (c, h, w):
                 raise self.error(f"mean image {mean_path} has shape {mean.shape}, the records of "
                                  f"{self.source} are {(c, h, w)}")
