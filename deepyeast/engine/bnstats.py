@@ -18,7 +18,7 @@ result like any other snapshot.
 
 import torch
 
-from deepyeast.engine.layers import BatchNormLayer
+from deepyeast.engine.layers.normalization import BatchNormLayer
 from deepyeast.engine.net import Net
 
 

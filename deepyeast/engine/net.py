@@ -28,8 +28,10 @@ from deepyeast.caffe import caffe_pb2
 from deepyeast.caffe.blobs import blob_to_array, read_caffemodel, write_caffemodel
 from deepyeast.caffe.prototxt import read_prototxt
 from deepyeast.utils.io import InputError
-from deepyeast.engine.layers import data as _data  # noqa: F401  (registers the Data layer)
-from deepyeast.engine.layers import LAYER_TYPES, BatchNormLayer, InputLayer, ReLULayer, ScaleLayer
+from deepyeast.engine.layers import LAYER_TYPES
+from deepyeast.engine.layers.data import InputLayer
+from deepyeast.engine.layers.neuron import ReLULayer
+from deepyeast.engine.layers.normalization import BatchNormLayer, ScaleLayer
 
 __all__ = ["Net", "ParamInfo", "state_meets_rule", "filter_layers"]
 

@@ -1,4 +1,5 @@
-"""Caffe's ``Data`` layer: batches from an LMDB of ``Datum`` records, with ``transform_param``.
+"""Data layers: ``Input`` (tops fed by the caller), ``DummyData`` (tops from fillers) and
+Caffe's ``Data`` layer: batches from an LMDB of ``Datum`` records, with ``transform_param``.
 
 The whole database is read once into memory as uint8 N x C x H x W (on the
 net's device when it fits; the DeepYeast training set is ~532 MB), so a batch
@@ -25,9 +26,106 @@ import torch
 from deepyeast.caffe.blobs import read_mean_binaryproto
 from deepyeast.caffe.lmdb import read_datum_lmdb
 from deepyeast.utils.io import InputError
-from deepyeast.engine.layers import Layer, register_layer
+from deepyeast.caffe import caffe_pb2
+from deepyeast.engine.fillers import fill
+from deepyeast.engine.layers.base import Layer, register_layer, shape_str
 
-__all__ = ["DataLayer", "load_lmdb_tensor"]
+__all__ = ["InputLayer", "DummyDataLayer", "DataLayer", "load_lmdb_tensor"]
+
+
+def _blob_shape_list(shape_msg):
+    return tuple(int(d) for d in shape_msg.dim)
+
+
+@register_layer
+class InputLayer(Layer):
+    """``Input``: tops are fed by the caller (``Net.forward(name=array)``), zeros until then."""
+
+    caffe_type = "Input"
+    param_fields = {"input_param": {"shape"}}
+    n_bottoms = (0, 0)
+    n_tops = (1, None)
+    has_data_source = True
+
+    def setup(self, bottom_shapes):
+        shapes = [_blob_shape_list(s) for s in self.lp.input_param.shape]
+        n = len(self.top_names)
+        if len(shapes) == 1:
+            shapes = shapes * n
+        if len(shapes) != n:
+            raise self.error(f"input_param has {len(shapes)} shapes for {n} tops; give one shape or one per top")
+        self.values = [None] * n
+        return shapes
+
+    def set_input(self, index, value):
+        """Store the value of top ``index`` (array-like, shape checked beyond axis 0)."""
+        name = self.top_names[index]
+        want = self.top_shapes[index]
+        t = torch.as_tensor(value)
+        if t.dim() != len(want) or tuple(t.shape[1:]) != tuple(want[1:]):
+            raise InputError(f'input "{name}": got shape {shape_str(t.shape)}, the net expects '
+                             f"{shape_str(want)} (axis 0, the batch size, may differ)")
+        self.values[index] = t.to(device=self.ctx.device, dtype=torch.float32)
+
+    def forward(self, bottoms):
+        out = []
+        for i, v in enumerate(self.values):
+            if v is None:
+                v = torch.zeros(self.top_shapes[i], device=self.ctx.device)
+                self.values[i] = v
+            out.append(v)
+        return out
+
+
+@register_layer
+class DummyDataLayer(Layer):
+    """``DummyData``: tops filled by fillers; constant fillers once, others at every forward."""
+
+    caffe_type = "DummyData"
+    param_fields = {"dummy_data_param": {"data_filler", "shape", "num", "channels", "height", "width"}}
+    n_bottoms = (0, 0)
+    n_tops = (1, None)
+    has_data_source = True
+
+    def setup(self, bottom_shapes):
+        p = self.lp.dummy_data_param
+        n = len(self.top_names)
+        legacy = len(p.num) + len(p.channels) + len(p.height) + len(p.width)
+        if p.shape and legacy:
+            raise self.error("give dummy_data_param.shape or num/channels/height/width, not both")
+        if p.shape:
+            shapes = [_blob_shape_list(s) for s in p.shape]
+        else:
+            lens = {len(p.num), len(p.channels), len(p.height), len(p.width)}
+            if len(lens) != 1:
+                raise self.error("num, channels, height and width must be given equally often")
+            shapes = [(a, b, c, d) for a, b, c, d in zip(p.num, p.channels, p.height, p.width)]
+        if len(shapes) == 1:
+            shapes = shapes * n
+        if len(shapes) != n:
+            raise self.error(f"{len(shapes)} shapes for {n} tops; give one shape or one per top")
+        fillers = list(p.data_filler)
+        if not fillers:
+            fillers = [caffe_pb2.FillerParameter()]
+        if len(fillers) == 1:
+            fillers = fillers * n
+        if len(fillers) != n:
+            raise self.error(f"{len(fillers)} data_fillers for {n} tops; give 0, 1 or one per top")
+        self.fillers = fillers
+        self.values = [None] * n
+        return shapes
+
+    def forward(self, bottoms):
+        out = []
+        for i, f in enumerate(self.fillers):
+            if self.values[i] is None or f.type != "constant":
+                t = fill(self.top_shapes[i], f, self.ctx.filler_generator, where=f"{self.where()} top {i}")
+                self.values[i] = t.to(self.ctx.device)
+            out.append(self.values[i])
+        return out
+
+
+# ====================================================================== LMDB
 
 _CACHE = {}
 
