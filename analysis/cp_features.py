@@ -18,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
-from deepyeast.data.lists import class_names_for_list, read_split_list  # noqa: E402
+from deepyeast.data.lists import class_names_for_list, read_split_list
 from deepyeast.analysis.cp_features import extract_features, write_feature_csv  # noqa: E402
 from deepyeast.utils.io import InputError  # noqa: E402
 

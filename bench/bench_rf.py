@@ -19,7 +19,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench._results import update_section  # noqa: E402
-from deepyeast.data.lists import read_split_list  # noqa: E402
+from deepyeast.data.lists import read_split_list
 from deepyeast.analysis.cp_features import extract_features, feature_names, write_feature_csv  # noqa: E402
 
 

@@ -18,7 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from deepyeast.data.lists import check_splits  # noqa: E402
+from deepyeast.data.lists import check_splits
 from deepyeast.constants import CLASS_NAMES, TRANSFER_CLASS_NAMES  # noqa: E402
 from deepyeast.utils.io import InputError  # noqa: E402
 

@@ -19,7 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from deepyeast.data.lists import ARCHIVE_BASE_URL, FetchError, fetch_archive  # noqa: E402
+from deepyeast.data.download import ARCHIVE_BASE_URL, FetchError, fetch_archive
 
 
 def main(argv=None):

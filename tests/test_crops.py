@@ -11,7 +11,8 @@ import pytest
 import tifffile
 
 from deepyeast.data import micrographs as crops
-from deepyeast.data.lists import check_splits, protein_of, read_crop, read_split_list
+from deepyeast.data.crop_png import read_crop
+from deepyeast.data.lists import check_splits, protein_of, read_split_list
 from deepyeast.utils.io import InputError
 
 from _data_helpers import REPO_ROOT

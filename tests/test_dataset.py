@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from deepyeast.data import lmdb_bundle as dataset
-from deepyeast.data.lists import read_crop, read_split_list
+from deepyeast.data.crop_png import read_crop
+from deepyeast.data.lists import read_split_list
 from deepyeast.constants import CLASS_NAMES
 from deepyeast.caffe.blobs import read_mean_binaryproto
 from deepyeast.caffe.lmdb import iter_datum_lmdb, read_datum_lmdb

@@ -18,7 +18,7 @@ from deepyeast.caffe.lmdb import write_datum_lmdb
 from deepyeast.caffe.prototxt import read_prototxt
 from deepyeast import netshape
 from deepyeast.analysis import predict
-from deepyeast.data.lists import encode_crop
+from deepyeast.data.crop_png import encode_crop
 from deepyeast.utils.io import InputError
 from deepyeast.analysis.predictions import read_predictions
 

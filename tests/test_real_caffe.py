@@ -21,7 +21,7 @@ from deepyeast.caffe.blobs import (compute_mean, read_caffemodel, read_mean_bina
 from deepyeast.caffe.lmdb import read_datum_lmdb, write_datum_lmdb
 from deepyeast.caffe.prototxt import CAFFE_LAYER_TYPES, read_prototxt, write_prototxt
 from deepyeast import netshape
-from deepyeast.data.lists import encode_crop
+from deepyeast.data.crop_png import encode_crop
 
 pytestmark = pytest.mark.caffe
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from deepyeast.data import synthetic
-from deepyeast.data.lists import check_splits, protein_of, read_crop, read_split_list
+from deepyeast.data.crop_png import read_crop
+from deepyeast.data.lists import check_splits, protein_of, read_split_list
 from deepyeast.constants import CLASS_NAMES, MIN_CELLS_PER_PROTEIN, TRANSFER_CLASS_NAMES
 
 from _data_helpers import REPO_ROOT, tiny_screen

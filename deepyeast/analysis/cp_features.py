@@ -306,7 +306,7 @@ def feature_names():
 
 
 def _measure_files(paths):
-    from deepyeast.data.lists import read_crop
+    from deepyeast.data.crop_png import read_crop
 
     images = np.stack([read_crop(p) for p in paths])
     masks = []

@@ -37,7 +37,8 @@ from deepyeast.caffe.blobs import check_mean_shape, read_mean_binaryproto
 from deepyeast.caffe.lmdb import path_of_key, read_datum_lmdb
 from deepyeast.caffe.prototxt import read_prototxt
 from deepyeast import netshape
-from deepyeast.data.lists import class_names_for_list, iter_archive, protein_of, read_split_list
+from deepyeast.data.crop_png import iter_crops
+from deepyeast.data.lists import class_names_for_list, protein_of, read_split_list
 from deepyeast.constants import class_names_for
 from deepyeast.utils.io import InputError, atomic_path, atomic_write_text
 from deepyeast.analysis.predictions import Predictions, validate_predictions, write_predictions
@@ -79,7 +80,7 @@ def cells_from_list(archive, list_path, skip_bad=False):
     if not entries:
         raise InputError(f"{list_path}: the split list names no cells")
     paths, labels, images = [], [], []
-    for rel, image, label in iter_archive(archive, entries, skip_bad=skip_bad):
+    for rel, image, label in iter_crops(archive, entries, skip_bad=skip_bad):
         paths.append(rel)
         labels.append(label)
         images.append(image)

@@ -22,7 +22,9 @@ import sys
 
 import numpy as np
 
-from deepyeast.data.lists import check_splits, file_digest, protein_of, read_crop, read_split_list
+from deepyeast.data.crop_png import read_crop
+from deepyeast.data.lists import check_splits, protein_of, read_split_list
+from deepyeast.utils.io import file_digest
 from deepyeast.constants import CLASS_NAMES, IMAGE_SIZE, N_CHANNELS, SPLITS, TRANSFER_CLASS_NAMES
 from deepyeast.utils.io import InputError, atomic_write_text
 

@@ -28,7 +28,8 @@ import random
 
 import numpy as np
 
-from deepyeast.data.lists import encode_crop, write_class_doc, write_split_list
+from deepyeast.data.crop_png import write_crop
+from deepyeast.data.lists import write_class_doc, write_split_list
 from deepyeast.constants import CLASS_NAMES, IMAGE_SIZE, SPLITS
 from deepyeast.utils.io import InputError, atomic_path, atomic_write_text, open_input
 
@@ -80,8 +81,8 @@ def read_image_array(path):
             return tifffile.imread(path)
         except Exception as e:  # tifffile raises many types for a bad file
             raise InputError(f"{path}: corrupt or truncated TIFF ({type(e).__name__}: {e})") from None
-    from deepyeast.data.lists import _quiet_cv2
-    cv2 = _quiet_cv2()
+    from deepyeast.data.crop_png import quiet_cv2
+    cv2 = quiet_cv2()
     with open(path, "rb") as f:
         data = f.read()
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
@@ -176,16 +177,6 @@ def crop_cells(image, centres, size=IMAGE_SIZE, border="pad"):
 def crop_name(plate, protein, field, cell, k):
     """Archive-relative crop path ``plateNN/<protein>-<field>-<cell>-<k>.png``."""
     return f"plate{int(plate):02d}/{protein}-{int(field)}-{int(cell)}-{int(k)}.png"
-
-
-def write_crop(root, relpath, crop):
-    """Write one crop as RGB PNG under ``root`` (the folder is created)."""
-    path = os.path.join(root, relpath)
-    d = os.path.dirname(path)
-    if not os.path.isdir(d):
-        os.makedirs(d, exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(encode_crop(crop))
 
 
 # --------------------------------------------------------------------------- splits by protein

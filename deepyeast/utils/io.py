@@ -1,6 +1,7 @@
 """Small file helpers shared by every step: atomic writes and clear errors."""
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -70,3 +71,12 @@ def open_input(path, what, **kwargs):
         return open(path, encoding="utf-8", **kwargs)
     except OSError as e:
         raise InputError(f"{path}: cannot open {what}: {e.strerror}") from None
+
+
+def file_digest(path, algorithm="md5", chunk=1 << 20):
+    """Hex digest of a file with ``hashlib`` algorithm ``algorithm`` (read in chunks)."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -70,7 +70,8 @@ from multiprocessing import get_context
 import numpy as np
 
 from deepyeast.constants import CLASS_NAMES, IMAGE_SIZE, SPLITS, TRANSFER_CLASS_NAMES
-from deepyeast.data.micrographs import crop_cells, crop_name, write_crop
+from deepyeast.data.crop_png import write_crop
+from deepyeast.data.micrographs import crop_cells, crop_name
 from deepyeast.data.lists import write_class_doc, write_split_list
 from deepyeast.utils.io import atomic_path, atomic_write_text
 
