@@ -1,34 +1,12 @@
-"""Figures of the per-cell evaluation (paper Fig. 2A, 2B, 2D), matplotlib Agg, PNG + PDF.
+"""Figures of the per-cell evaluation (paper Fig. 2A, 2B, 2D), PNG + PDF.
 
 Every ``plot_*`` function takes an output base path without extension, writes
 ``BASE.png`` (150 dpi) and ``BASE.pdf`` atomically and returns the two paths.
 """
 
-import os
+import numpy as np
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from deepyeast.utils.io import atomic_path  # noqa: E402
-
-NETWORK_COLOR = "#1f5fa8"
-FOREST_COLOR = "#d9731a"
-
-
-def save_figure(fig, out_base, dpi=150):
-    """Save ``fig`` as ``out_base.png`` and ``out_base.pdf`` (atomically); close it; return paths."""
-    out_base = os.fspath(out_base)
-    paths = []
-    for fmt in ("png", "pdf"):
-        path = f"{out_base}.{fmt}"
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
-        paths.append(path)
-    plt.close(fig)
-    return paths
+from deepyeast.utils.plotting import FOREST_COLOR, NETWORK_COLOR, plt, save_figure
 
 
 def plot_per_class(result_net, result_rf, metric, out_base):

@@ -16,7 +16,6 @@ Labelled cells whose path is also a test cell are never used for training.
 
 import csv
 import json
-import os
 
 import numpy as np
 
@@ -195,10 +194,7 @@ def run_quality_filter(train_features, quality_csv, test_features, predictions=N
 
 def plot_filter_accuracy(summary, out_png):
     """Bar chart of each classifier's per-cell accuracy before/after the filter (PNG + PDF beside it)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from deepyeast.utils.plotting import plt, save_figure
 
     names = list(summary["classifiers"])
     if not names:
@@ -219,8 +215,4 @@ def plot_filter_accuracy(summary, out_png):
     ax.set_title(f"Removing non-cells: {t['n_removed']} of {t['n_cells']} test cells", fontsize=9)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    base = os.path.splitext(os.fspath(out_png))[0]
-    for ext in (".png", ".pdf"):
-        with atomic_path(base + ext, suffix=ext) as tmp:
-            fig.savefig(tmp, dpi=150, format=ext[1:])
-    plt.close(fig)
+    save_figure(fig, out_png)

@@ -15,7 +15,7 @@ import tempfile
 import urllib.error
 import urllib.request
 
-from deepyeast.utils.io import atomic_write_text, file_digest
+from deepyeast.utils.io import StepFailed, atomic_write_text, file_digest
 
 # --------------------------------------------------------------------------- sources
 
@@ -43,7 +43,7 @@ TARBALLS = {
 LIST_URL_DIR = "code/image_prep/data"
 
 
-class FetchError(RuntimeError):
+class FetchError(StepFailed):
     """A download or extraction failed; the message says what to do."""
 
 

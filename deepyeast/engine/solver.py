@@ -43,7 +43,7 @@ import torch
 from deepyeast.caffe import caffe_pb2
 from deepyeast.caffe.blobs import read_solverstate, write_solverstate
 from deepyeast.caffe.prototxt import read_prototxt
-from deepyeast.utils.io import InputError, atomic_path
+from deepyeast.utils.io import InputError, StepFailed, atomic_path
 from deepyeast.engine.lr_policy import format_float, learning_rate
 
 __all__ = ["Solver", "TrainingDiverged", "setup_caffe_logging", "read_solver_param", "log"]
@@ -53,7 +53,7 @@ log = logging.getLogger("deepyeast.solver")
 DYSTATE_VERSION = 1
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(StepFailed):
     """The loss became NaN or infinite; the message names the iteration and the last good snapshot."""
 
 

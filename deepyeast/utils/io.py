@@ -1,4 +1,9 @@
-"""Small file helpers shared by every step: atomic writes and clear errors."""
+"""Small file helpers shared by every step: atomic writes and clear errors.
+
+Two exception classes carry a step's failure to :mod:`deepyeast.launcher`, which turns each
+into one line on stderr and an exit code: :class:`InputError` (bad input, exit 2) and
+:class:`StepFailed` (the step could not finish for a reason outside its input, exit 3).
+"""
 
 import contextlib
 import hashlib
@@ -9,6 +14,11 @@ import tempfile
 
 class InputError(ValueError):
     """Bad user input; the message names the file, line, field or row at fault."""
+
+
+class StepFailed(RuntimeError):
+    """A step could not finish for a reason outside its input (network, diverged training, a tool
+    that failed); the message says what happened and what to do."""
 
 
 @contextlib.contextmanager
@@ -38,6 +48,18 @@ def atomic_path(path, suffix=""):
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_folder(path):
+    """Yield a fresh, empty folder that replaces the folder ``path`` as a whole on success.
+
+    A multi-file output (features, an LMDB bundle, an archive root) is written into it and
+    appears under ``path`` all at once; on an exception nothing at ``path`` changes.
+    """
+    with atomic_path(path) as tmp:
+        os.makedirs(tmp)
+        yield tmp
 
 
 def _remove(path):

@@ -786,9 +786,7 @@ def example_crops(set_name, label, n=2, seed=0, dim=False):
 
 def make_gallery(out_png, seed=0, per_class=2):
     """Figure with ``per_class`` example crops per class (12 main + 4 transfer), like the paper's Fig. 1B."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from deepyeast.utils.plotting import crop_rgb, plt, save_figure
     classes = [("main", i, n) for i, n in enumerate(CLASS_NAMES)] + \
               [("transfer", i, n) for i, n in enumerate(TRANSFER_CLASS_NAMES)]
     ncol = 4
@@ -800,16 +798,11 @@ def make_gallery(out_png, seed=0, per_class=2):
         crops = example_crops(set_name, label, per_class, seed)
         r, c0 = divmod(k, ncol)
         for j, crop in enumerate(crops):
-            rgb = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), np.float32)
-            rgb[..., 0] = crop[0] / max(float(crop[0].max()), 1.0) * 0.8
-            rgb[..., 1] = crop[1] / max(float(crop[1].max()), 1.0)
             ax = axes[r, c0 * per_class + j]
-            ax.imshow(rgb, interpolation="nearest")
+            ax.imshow(crop_rgb(crop, marker_gain=0.8), interpolation="nearest")
             if j == 0:
                 ax.set_title(name + (" (transfer)" if set_name == "transfer" else ""), fontsize=7, loc="left")
     fig.suptitle("Synthetic screen: two example cells per class (red: cytosolic marker, green: protein)", fontsize=9)
     fig.tight_layout()
-    with atomic_path(out_png, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out_png, dpi=110, formats=("png",))
     return out_png
