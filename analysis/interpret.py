@@ -30,7 +30,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from deepyeast import constants  # noqa: E402
-from deepyeast.analysis.interpret import PATCH_LAYERS, read_label_lists, read_label_table, run_interpretation
+from deepyeast.analysis.features import read_label_lists, read_label_table  # noqa: E402
+from deepyeast.analysis.interpret import PATCH_LAYERS, run_interpretation  # noqa: E402
 from deepyeast.utils.io import InputError  # noqa: E402
 
 

@@ -28,7 +28,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from deepyeast import constants  # noqa: E402
-from deepyeast.analysis.interpret import read_label_lists, read_label_table  # noqa: E402
+from deepyeast.analysis.features import read_label_lists, read_label_table  # noqa: E402
 from deepyeast.utils.io import InputError  # noqa: E402
 from deepyeast.analysis.transfer import MAX_FEATURES_GRID, N_PER_CLASS, run_transfer  # noqa: E402
 

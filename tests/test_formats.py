@@ -12,7 +12,7 @@ from deepyeast.caffe.blobs import (check_mean_shape, compute_mean, read_caffemod
                                    write_solverstate)
 from deepyeast.caffe.lmdb import count_datum_lmdb, read_datum_lmdb, write_datum_lmdb
 from deepyeast.caffe.prototxt import read_prototxt, write_prototxt
-from deepyeast import netshape
+from deepyeast.engine import Net
 from deepyeast.constants import IMAGE_SIZE, N_CHANNELS
 from deepyeast.utils.io import InputError
 
@@ -218,7 +218,7 @@ def _hand_count():
 def test_model_prototxts_have_10_99_million_learnable_parameters(name):
     net = read_prototxt(os.path.join(MODELS, f"{name}.prototxt"), caffe_pb2.NetParameter)
     for phase in ("TRAIN", "TEST"):
-        n = netshape.count_learnable(net, phase, DATA_SHAPE)
+        n = Net.for_shapes(net, phase, data_shape=DATA_SHAPE).count_learnable()
         assert n == _hand_count()
         assert round(n / 1e6, 2) == 10.99
 
@@ -226,14 +226,14 @@ def test_model_prototxts_have_10_99_million_learnable_parameters(name):
 def test_deploy_and_train_val_share_parameter_shapes():
     tv = read_prototxt(os.path.join(MODELS, "train_val.prototxt"), caffe_pb2.NetParameter)
     dp = read_prototxt(os.path.join(MODELS, "deploy.prototxt"), caffe_pb2.NetParameter)
-    shapes = lambda net: {s.name: s.param_shapes for s in netshape.infer_shapes(net, "TEST", DATA_SHAPE)
-                          if s.param_shapes}
+    shapes = lambda net: {name: shapes for name, shapes in
+                          Net.for_shapes(net, "TEST", data_shape=DATA_SHAPE).param_shapes().items() if shapes}
     assert shapes(tv) == shapes(dp)
     names = list(shapes(dp))
     for i in range(1, 9):
         assert {f"conv{i}", f"conv{i}_bn", f"conv{i}_scale"} <= set(names)
     assert {"fc1", "fc1_bn", "fc1_scale", "fc2", "fc2_bn", "fc2_scale", "fc3"} <= set(names)
-    last = netshape.infer_shapes(dp, "TEST")[-1]
+    last = Net.for_shapes(dp, "TEST").layers[-1]
     assert last.name == "prob" and last.top_shapes[0][1] == 12
 
 

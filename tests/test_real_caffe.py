@@ -20,7 +20,7 @@ from deepyeast.caffe.blobs import (compute_mean, read_caffemodel, read_mean_bina
                                    write_caffemodel, write_mean_binaryproto)
 from deepyeast.caffe.lmdb import read_datum_lmdb, write_datum_lmdb
 from deepyeast.caffe.prototxt import CAFFE_LAYER_TYPES, read_prototxt, write_prototxt
-from deepyeast import netshape
+from deepyeast.engine import Net
 from deepyeast.data.crop_png import encode_crop
 
 pytestmark = pytest.mark.caffe
@@ -213,7 +213,7 @@ def random_model(tmp_path_factory, data):
     d = tmp_path_factory.mktemp("random_model")
     net = read_prototxt(os.path.join(MODELS, "deploy.prototxt"), caffe_pb2.NetParameter)
     x = data["train_x"][:8].astype(np.float32) - data["mean"]
-    params, types = netshape.random_params(net, seed=7, bn_factor=0.8, input_scale=float(x.std()))
+    params, types = Net.for_shapes(net).random_weights(seed=7, bn_factor=0.8, input_scale=float(x.std()))
     write_caffemodel(d / "random.caffemodel", params, net_name="DeepYeast", layer_types=types)
     np.save(d / "x.npy", x)
     pycaffe(["--model", os.path.join(MODELS, "deploy.prototxt"), "--weights", d / "random.caffemodel",

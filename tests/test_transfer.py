@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from deepyeast.analysis.interpret import read_label_lists
+from deepyeast.analysis.features import read_label_lists
 from deepyeast.utils.io import InputError
 from deepyeast.analysis.transfer import (CELLPROFILER, RESULT_COLUMNS, bootstrap_accuracy_interval,
                                          class_orders, run_transfer, subsample_per_class, transfer_curve)

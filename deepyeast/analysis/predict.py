@@ -4,7 +4,7 @@ Two engines run the same deploy prototxt and weights:
 
 * ``"ours"``  -- :class:`deepyeast.engine.Net` (PyTorch, Caffe semantics), in this process;
 * ``"caffe"`` -- real pycaffe inside the Caffe root (``make caffe``), through the stand-alone
-  script :mod:`deepyeast.pycaffe_forward` (files in, files out).
+  script :mod:`deepyeast.caffe.pycaffe_forward` (files in, files out).
 
 Inputs are uint8 crops ``N x 2 x 64 x 64`` (channel 0 red marker, 1 green protein),
 read from an archive and a split list (``ROOT/HOwt_test.txt``) or from a Datum LMDB.
@@ -12,7 +12,7 @@ The per-pixel training mean (``mean.binaryproto``, float32 ``2 x 64 x 64``) is
 subtracted in float32 before the net, as the ``Data`` layer's ``mean_file`` does
 in training.
 
-Outputs: the predictions table (:mod:`deepyeast.predictions`:
+Outputs: the predictions table (:mod:`deepyeast.analysis.predictions`:
 ``path,protein,split,label,pred,prob_0..prob_{K-1}``), and optionally features
 ``DIR/<blob>.npy`` (float32 ``N x D``, each cell's blob flattened in C x H x W
 order, taken after the in-place BatchNorm/Scale/ReLU like Caffe's blob) with
@@ -20,7 +20,7 @@ order, taken after the in-place BatchNorm/Scale/ReLU like Caffe's blob) with
 ``feature_reduce="pool"`` every blob with a spatial map (the conv blobs) is
 written instead as ``DIR/<blob>.pool.npy``: float32 ``N x 2C``, each channel's
 spatial mean followed by each channel's spatial max -- the reduction the
-transfer analysis uses (:func:`deepyeast.interpret.layer_features`), at a few
+transfer analysis uses (:func:`deepyeast.analysis.features.layer_features`), at a few
 KiB per cell instead of up to 1 MiB (conv1, conv2).
 """
 
@@ -36,17 +36,16 @@ from deepyeast.caffe import caffe_pb2
 from deepyeast.caffe.blobs import check_mean_shape, read_mean_binaryproto
 from deepyeast.caffe.lmdb import path_of_key, read_datum_lmdb
 from deepyeast.caffe.prototxt import read_prototxt
-from deepyeast import netshape
 from deepyeast.data.crop_png import iter_crops
 from deepyeast.data.lists import class_names_for_list, protein_of, read_split_list
 from deepyeast.constants import class_names_for
-from deepyeast.utils.io import InputError, atomic_path, atomic_write_text
+from deepyeast.utils.io import InputError
+from deepyeast.analysis.features import feature_file, feature_folder
+from deepyeast.utils.progress import progress
 from deepyeast.analysis.predictions import Predictions, validate_predictions, write_predictions
 
 ENGINES = ("ours", "caffe")
 PYCAFFE_FORWARD = os.path.join(os.path.dirname(os.path.abspath(caffe_pb2.__file__)), "pycaffe_forward.py")
-POOLED_SUFFIX = ".pool.npy"
-"""File suffix of a blob saved as per-channel spatial mean and max (N x 2C)."""
 
 
 @dataclasses.dataclass
@@ -98,6 +97,13 @@ def cells_from_lmdb(lmdb_path):
     return Cells(images, labels, paths, os.fspath(lmdb_path))
 
 
+def shape_net(model_path):
+    """The deploy net's :meth:`deepyeast.engine.Net.for_shapes` (TEST phase): blob shapes, geometry."""
+    from deepyeast.engine import Net
+
+    return Net.for_shapes(model_path, "TEST")
+
+
 def net_input_shape(model_path):
     """(name, C x H x W) of the deploy net's ``Input`` blob."""
     net = read_prototxt(model_path, caffe_pb2.NetParameter)
@@ -118,11 +124,7 @@ def load_mean(mean_path, image_shape):
 
 
 def _check_blobs(model_path, blobs):
-    net = read_prototxt(model_path, caffe_pb2.NetParameter)
-    known = []
-    for layer in net.layer:
-        if netshape.layer_in_phase(layer, caffe_pb2.TEST):
-            known.extend(t for t in layer.top if t not in known)
+    known = list(shape_net(model_path).blob_shapes)
     missing = [b for b in blobs if b not in known]
     if missing:
         raise InputError(f"{model_path}: no blob named {', '.join(missing)} (blobs: {', '.join(known)})")
@@ -130,13 +132,8 @@ def _check_blobs(model_path, blobs):
 
 def spatial_blobs(model_path):
     """Names of the deploy net's blobs that have a spatial map (4-D with H x W > 1)."""
-    net = read_prototxt(model_path, caffe_pb2.NetParameter)
-    names = []
-    for layer in netshape.infer_shapes(net, "TEST"):
-        for top, shape in zip(layer.tops, layer.top_shapes):
-            if len(shape) == 4 and shape[2] * shape[3] > 1 and top not in names:
-                names.append(top)
-    return names
+    return [name for name, shape in shape_net(model_path).blob_shapes.items()
+            if len(shape) == 4 and shape[2] * shape[3] > 1]
 
 
 def forward_blobs(engine, model_path, weights_path, images, mean, blobs, out_dir, batch=100, pool=()):
@@ -172,7 +169,7 @@ def _forward_ours(model_path, weights_path, images, mean, blobs, out_dir, batch,
     outputs = {}
     mean_t = torch.from_numpy(np.asarray(mean, np.float32)) if mean is not None else None
     with torch.no_grad():
-        for start in range(0, n, batch):
+        for start in progress(range(0, n, batch), desc="predict", unit="batch"):
             x = torch.from_numpy(np.asarray(images[start:start + batch], dtype=np.float32))
             if mean_t is not None:
                 x = x - mean_t
@@ -184,7 +181,7 @@ def _forward_ours(model_path, weights_path, images, mean, blobs, out_dir, batch,
                     data = torch.cat([maps.mean(dim=2), maps.amax(dim=2)], dim=1)
                 data = data.contiguous().reshape(x.shape[0], -1).cpu().numpy()
                 if b not in outputs:
-                    name = b + (POOLED_SUFFIX if b in pool else ".npy")
+                    name = feature_file(b, pooled=b in pool)
                     outputs[b] = np.lib.format.open_memmap(os.path.join(out_dir, name), mode="w+",
                                                            dtype=np.float32, shape=(n, data.shape[1]))
                 outputs[b][start:start + x.shape[0]] = data
@@ -245,7 +242,7 @@ def predict_cells(cells, model_path, weights_path, mean_path, engine="ours", spl
             if feature_reduce == "pool" else []
         forward_blobs(engine, model_path, weights_path, cells.images, mean,
                       [prob_blob] + feature_blobs, work, batch=batch, pool=pool)
-        probs = np.load(os.path.join(work, prob_blob + ".npy")).astype(np.float64)
+        probs = np.load(os.path.join(work, feature_file(prob_blob))).astype(np.float64)
         try:
             class_names = class_names_for(probs.shape[1])
         except ValueError as err:
@@ -259,25 +256,14 @@ def predict_cells(cells, model_path, weights_path, mean_path, engine="ours", spl
         # a subset of cells need not hold every class
         validate_predictions(table, require_all_classes=False)
         if features_out:
-            with atomic_path(features_out) as tmp:
-                os.makedirs(tmp)
+            with feature_folder(features_out, cells.paths) as tmp:
                 for b in feature_blobs:
-                    name = b + (POOLED_SUFFIX if b in pool else ".npy")
+                    name = feature_file(b, pooled=b in pool)
                     src = os.path.join(work, name)
                     (shutil.copyfile if b == prob_blob else os.replace)(src, os.path.join(tmp, name))
-                atomic_write_text(os.path.join(tmp, "paths.txt"), "".join(p + "\n" for p in cells.paths))
         if out_csv:
             write_predictions(out_csv, table)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return table
 
-
-def read_features(features_dir, blob):
-    """Load ``DIR/<blob>.npy`` (float32 N x D) and ``DIR/paths.txt`` -> (array, list of paths)."""
-    arr = np.load(os.path.join(features_dir, blob + ".npy"))
-    with open(os.path.join(features_dir, "paths.txt"), encoding="utf-8") as f:
-        paths = [line.rstrip("\n") for line in f if line.strip()]
-    if len(paths) != arr.shape[0]:
-        raise InputError(f"{features_dir}: {blob}.npy has {arr.shape[0]} rows but paths.txt {len(paths)}")
-    return arr, paths

@@ -34,16 +34,16 @@ Binomial(N, accuracy); the interval draws ``n_boot`` such resamples exactly
 that way and takes the 2.5 and 97.5 percentiles.
 """
 
-import csv
 import json
 import os
 
 import numpy as np
 
 from deepyeast import constants
-from deepyeast.analysis.interpret import (NETWORK_BLOBS, _pyplot, blob_features, has_blob, labels_for_paths,
-                                          match_paths, read_cellprofiler_csv, read_paths, save_figure)
-from deepyeast.utils.io import InputError, atomic_path, atomic_write_text
+from deepyeast.analysis.features import (PATHS_FILE, blob_features, has_blob, labels_for_paths, match_paths,
+                                         network_blobs, read_cellprofiler_csv, read_paths)
+from deepyeast.utils.plotting import plt, save_figure
+from deepyeast.utils.io import InputError, atomic_write_text, write_csv
 
 N_PER_CLASS = (1, 3, 5, 10, 25, 50, 100, 250, 500)
 """Training examples per class on the curve (paper Figure 4C)."""
@@ -148,7 +148,7 @@ def check_splits(y, split, n_classes, class_names, what):
             raise InputError(f"{what}: no {s} cells of class(es) {', '.join(empty)}")
 
 
-def load_feature_sets(feature_dirs, labels, blobs=None, cp_csv=None, reduce="pool"):
+def load_feature_sets(feature_dirs, labels, blobs=None, cp_csv=None, reduce="pool", model=None):
     """Gather every feature set for the cells of ``feature_dirs``.
 
     ``labels``: dict path -> (split, label).  Returns ``(sets, y, split,
@@ -159,12 +159,12 @@ def load_feature_sets(feature_dirs, labels, blobs=None, cp_csv=None, reduce="poo
         feature_dirs = [feature_dirs]
     paths = []
     for d in feature_dirs:
-        paths += read_paths(os.path.join(d, "paths.txt"))
+        paths += read_paths(os.path.join(d, PATHS_FILE))
     split, y = labels_for_paths(paths, labels, "paths.txt of " + ", ".join(map(str, feature_dirs)))
     if len(set(paths)) != len(paths):
         raise InputError(f"{', '.join(map(str, feature_dirs))}: a cell path occurs twice in paths.txt")
     if blobs is None:
-        blobs = [b for b in NETWORK_BLOBS if all(has_blob(d, b) for d in feature_dirs)]
+        blobs = [b for b in network_blobs(model) if all(has_blob(d, b) for d in feature_dirs)]
     sets = {}
     for blob in blobs:
         sets[blob] = np.concatenate([blob_features(d, blob, reduce) for d in feature_dirs])
@@ -185,7 +185,7 @@ def load_feature_sets(feature_dirs, labels, blobs=None, cp_csv=None, reduce="poo
 
 def run_transfer(feature_dirs, labels, out_dir, class_names=constants.TRANSFER_CLASS_NAMES, blobs=None,
                  cp_csv=None, reduce="pool", n_per_class=N_PER_CLASS, grid=MAX_FEATURES_GRID, n_trees=100,
-                 n_boot=2000, seed=0, n_jobs=None, log=print):
+                 n_boot=2000, seed=0, n_jobs=None, log=print, model=None):
     """Run the transfer-learning curves and write the outputs to ``out_dir``.
 
     Writes ``transfer.csv`` (``RESULT_COLUMNS``, accuracies as fractions),
@@ -197,7 +197,7 @@ def run_transfer(feature_dirs, labels, out_dir, class_names=constants.TRANSFER_C
     Returns the JSON dict.
     """
     n_classes = len(class_names)
-    sets, y, split, paths = load_feature_sets(feature_dirs, labels, blobs, cp_csv, reduce)
+    sets, y, split, paths = load_feature_sets(feature_dirs, labels, blobs, cp_csv, reduce, model)
     if y.max() >= n_classes:
         raise InputError(f"label {int(y.max())} outside the {n_classes}-class table")
     check_splits(y, split, n_classes, class_names, ", ".join(map(str, np.atleast_1d(feature_dirs))))
@@ -243,17 +243,11 @@ def run_transfer(feature_dirs, labels, out_dir, class_names=constants.TRANSFER_C
 
 def write_results_csv(path, rows):
     """Write result rows with ``RESULT_COLUMNS`` atomically."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS)
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    write_csv(path, rows, RESULT_COLUMNS)
 
 
 def plot_transfer(rows, feature_sets, stem, title):
     """Accuracy (with 95% interval band) vs examples per class, one line per feature set, log x."""
-    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.2, 4.4))
     cmap = plt.get_cmap("tab20")
     for i, name in enumerate(feature_sets):

@@ -15,6 +15,7 @@ import tempfile
 import urllib.error
 import urllib.request
 
+from deepyeast.constants import list_file
 from deepyeast.utils.io import StepFailed, atomic_write_text, file_digest
 
 # --------------------------------------------------------------------------- sources
@@ -23,14 +24,14 @@ ARCHIVE_BASE_URL = "http://kodu.ut.ee/~leopoldp/2016_DeepYeast"
 """Official home of the published data set (Parnamaa & Parts 2017)."""
 
 LIST_MD5 = {
-    "HOwt_doc.txt": "33b7780020972e2da4f884c6b5a63b25",
-    "HOwt_train.txt": "b71eb4ff50f955adfa72048c6d8c0233",
-    "HOwt_val.txt": "2ac1d1874b89d6a1ad3d948d36c1e229",
-    "HOwt_test.txt": "c7958faa20232ff52fb196e754645bd1",
-    "HOwt_transfer_doc.txt": "699e4f5e390b8af78bbddae39f217745",
-    "HOwt_transfer_train.txt": "9dcbe909a81e3bdab6fa72504c4205a7",
-    "HOwt_transfer_val.txt": "32177364beaeabf54c4b4e589e2cb998",
-    "HOwt_transfer_test.txt": "3d5ff91995abfed6c0dd3b6e1727b6d2",
+    list_file("doc"): "33b7780020972e2da4f884c6b5a63b25",
+    list_file("train"): "b71eb4ff50f955adfa72048c6d8c0233",
+    list_file("val"): "2ac1d1874b89d6a1ad3d948d36c1e229",
+    list_file("test"): "c7958faa20232ff52fb196e754645bd1",
+    list_file("doc", "transfer"): "699e4f5e390b8af78bbddae39f217745",
+    list_file("train", "transfer"): "9dcbe909a81e3bdab6fa72504c4205a7",
+    list_file("val", "transfer"): "32177364beaeabf54c4b4e589e2cb998",
+    list_file("test", "transfer"): "3d5ff91995abfed6c0dd3b6e1727b6d2",
 }
 """md5 of each published split list; the URL is ``ARCHIVE_BASE_URL/code/image_prep/data/<name>``."""
 

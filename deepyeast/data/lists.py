@@ -22,7 +22,7 @@ dash-separated field of its file name (``plate01/007013000-2-626-38.png`` ->
 import collections
 import os
 
-from deepyeast.constants import CLASS_NAMES, MIN_CELLS_PER_PROTEIN, TRANSFER_CLASS_NAMES
+from deepyeast.constants import CLASS_NAMES, CLASS_SETS, MIN_CELLS_PER_PROTEIN, class_set_of
 from deepyeast.utils.io import InputError, atomic_write_text, open_input
 
 
@@ -42,8 +42,9 @@ def protein_of(relpath):
 
 
 def class_names_for_list(path):
-    """The class table a split list uses, guessed from its name (``*transfer*`` -> transfer)."""
-    return TRANSFER_CLASS_NAMES if "transfer" in os.path.basename(path) else CLASS_NAMES
+    """The class table a split list uses, by its name (``HOwt_transfer_*``: transfer; see
+    :func:`deepyeast.constants.class_set_of`)."""
+    return CLASS_SETS[class_set_of(path)]
 
 
 # --------------------------------------------------------------------------- split lists

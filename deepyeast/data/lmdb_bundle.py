@@ -25,11 +25,11 @@ import numpy as np
 from deepyeast.data.crop_png import read_crop
 from deepyeast.data.lists import check_splits, protein_of, read_split_list
 from deepyeast.utils.io import file_digest
-from deepyeast.constants import CLASS_NAMES, IMAGE_SIZE, N_CHANNELS, SPLITS, TRANSFER_CLASS_NAMES
+from deepyeast.constants import CLASS_NAMES, CLASS_SETS, IMAGE_SIZE, LIST_PREFIX, N_CHANNELS, SPLITS, class_set_of
 from deepyeast.utils.io import InputError, atomic_write_text
 
 
-def list_path(root, split, prefix="HOwt_"):
+def list_path(root, split, prefix=LIST_PREFIX):
     """Path of a split list: ``root/<prefix><split>.txt``."""
     return os.path.join(root, f"{prefix}{split}.txt")
 
@@ -122,7 +122,7 @@ def write_split_lmdb(root, entries, lmdb_path, split="train", class_names=CLASS_
     return manifest
 
 
-def build_lmdb_bundle(root, out_dir, splits=SPLITS, prefix="HOwt_", class_names=None, list_dir=None, seed=0,
+def build_lmdb_bundle(root, out_dir, splits=SPLITS, prefix=LIST_PREFIX, class_names=None, list_dir=None, seed=0,
                       skip_bad=False, progress=True):
     """Convert an archive root's split lists into an LMDB bundle in ``out_dir``.
 
@@ -140,7 +140,7 @@ def build_lmdb_bundle(root, out_dir, splits=SPLITS, prefix="HOwt_", class_names=
 
     list_dir = list_dir or root
     if class_names is None:
-        class_names = TRANSFER_CLASS_NAMES if "transfer" in prefix else CLASS_NAMES
+        class_names = CLASS_SETS[class_set_of(prefix)]
     paths = {s: list_path(list_dir, s, prefix) for s in splits}
     for s, p in paths.items():
         if not os.path.exists(p):

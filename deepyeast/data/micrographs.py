@@ -30,7 +30,7 @@ import numpy as np
 
 from deepyeast.data.crop_png import write_crop
 from deepyeast.data.lists import write_class_doc, write_split_list
-from deepyeast.constants import CLASS_NAMES, IMAGE_SIZE, SPLITS
+from deepyeast.constants import CLASS_NAMES, IMAGE_SIZE, LIST_PREFIX, SPLIT_FRACTIONS, SPLITS
 from deepyeast.utils.io import InputError, atomic_path, atomic_write_text, open_input
 
 BORDER_MODES = ("pad", "skip")
@@ -181,7 +181,7 @@ def crop_name(plate, protein, field, cell, k):
 
 # --------------------------------------------------------------------------- splits by protein
 
-def assign_splits(protein_cells, protein_labels, fractions=(0.72, 0.14, 0.14), seed=0, splits=SPLITS):
+def assign_splits(protein_cells, protein_labels, fractions=SPLIT_FRACTIONS, seed=0, splits=SPLITS):
     """Assign whole proteins to splits so each class's cells follow ``fractions``.
 
     ``protein_cells``: dict protein -> number of cells; ``protein_labels``:
@@ -234,7 +234,7 @@ def _parse_label(value, class_names, where):
 
 
 def crop_screen(images_csv, out_root, centres_csv=None, channels=(0, 1), bits=None, border="pad",
-                class_names=CLASS_NAMES, prefix="HOwt_", fractions=(0.72, 0.14, 0.14), seed=0,
+                class_names=CLASS_NAMES, prefix=LIST_PREFIX, fractions=SPLIT_FRACTIONS, seed=0,
                 skip_bad=False, size=IMAGE_SIZE):
     """Turn micrographs + masks (or centres) into an archive root; returns a summary dict.
 

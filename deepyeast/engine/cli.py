@@ -337,7 +337,8 @@ def extract(args):
     import torch
     from deepyeast.engine import Net
     from deepyeast.caffe.lmdb import count_datum_lmdb, path_of_key, read_keys
-    from deepyeast.utils.io import InputError, atomic_path, atomic_write_text
+    from deepyeast.analysis.features import feature_file, feature_folder
+    from deepyeast.utils.io import InputError
 
     device = _device(args.gpu)
     net = Net(args.model, phase="TEST", device=device, level=args.level, stages=_stages(args.stage))
@@ -372,15 +373,13 @@ def extract(args):
     n = sum(len(x) for x in feats[blobs[0]])
     if args.iterations <= 0 and n_records is not None:
         n = min(n, n_records)
-    os.makedirs(args.out, exist_ok=True)
-    for b in blobs:
-        arr = np.concatenate(feats[b])[:n].astype(np.float32)
-        with atomic_path(os.path.join(args.out, f"{b}.npy"), suffix=".npy") as tmp:
-            np.save(tmp, arr)
-        log.info("Extracted %s: %d x %d -> %s", b, arr.shape[0], arr.shape[1], os.path.join(args.out, f"{b}.npy"))
-    if keys:
-        atomic_write_text(os.path.join(args.out, "paths.txt"),
-                          "".join(path_of_key(k) + "\n" for k in keys[:n]))
+    if not keys:
+        raise InputError(f"{args.model}: the net's Data layer gives no record keys, so the rows cannot be named")
+    with feature_folder(args.out, [path_of_key(k) for k in keys[:n]]) as tmp:
+        for b in blobs:
+            arr = np.concatenate(feats[b])[:n].astype(np.float32)
+            np.save(os.path.join(tmp, feature_file(b)), arr)
+            log.info("Extracted %s: %d x %d -> %s", b, arr.shape[0], arr.shape[1], os.path.join(args.out, feature_file(b)))
     return n
 
 

@@ -20,6 +20,7 @@ import os
 import random
 import zlib
 from collections import OrderedDict, namedtuple
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -33,7 +34,33 @@ from deepyeast.engine.layers.data import InputLayer
 from deepyeast.engine.layers.neuron import ReLULayer
 from deepyeast.engine.layers.normalization import BatchNormLayer, ScaleLayer
 
-__all__ = ["Net", "ParamInfo", "state_meets_rule", "filter_layers"]
+__all__ = ["Net", "ParamInfo", "BlobGeometry", "state_meets_rule", "filter_layers"]
+
+@dataclass(frozen=True)
+class BlobGeometry:
+    """Per-cell shape and receptive field of one blob (see :meth:`Net.geometry`).
+
+    ``channels, height, width``: the blob per cell (1 x 1 for an inner product's).
+    ``receptive_field``: side, in input pixels, of the square one unit sees (the whole input
+    for ``kind == "fc"``).  ``jump``: input pixels between neighbouring units.  ``start``:
+    input-pixel coordinate of the centre of unit (0, 0) (x.5 for an even receptive field).
+    ``kind``: "input", "conv", "pool", "fc" or "map" (another spatial layer).
+    """
+
+    name: str
+    kind: str
+    channels: int
+    height: int
+    width: int
+    receptive_field: int
+    jump: int
+    start: float
+
+    @property
+    def size(self):
+        """Values per cell (C * H * W)."""
+        return self.channels * self.height * self.width
+
 
 ParamInfo = namedtuple("ParamInfo", ["layer_name", "index", "tensor", "lr_mult", "decay_mult"])
 ParamInfo.__doc__ = """One parameter blob: layer name, blob index in the layer, the tensor
@@ -99,11 +126,12 @@ def _legacy_inputs(net_param):
 class _Context:
     """What layers need from their net: phase, device, root folder and random streams."""
 
-    def __init__(self, phase, device, root_dir, seed):
+    def __init__(self, phase, device, root_dir, seed, data_shape=None):
         self.phase = phase
         self.device = device
         self.root_dir = root_dir
         self.seed = seed
+        self.data_shape = data_shape  # C x H x W for Data layers when only shapes are asked for
         self.filler_generator = torch.Generator().manual_seed(seed)
         self._generators = {}
 
@@ -181,10 +209,18 @@ class Net(torch.nn.Module):
     fuse : bool
         Fuse in-place BatchNorm -> Scale -> ReLU chains into one batch_norm call
         (same results up to float rounding).
+    data_shape : tuple or None
+        C x H x W of the records Data layers would read: with it, Data layers read no LMDB
+        (for shape questions, see :meth:`for_shapes`).
+
+    Shape questions (no data, no values needed): :meth:`for_shapes` builds the net on torch's
+    ``meta`` device; ``blob_shapes``, :meth:`param_shapes`, :meth:`count_learnable`,
+    :meth:`geometry` (receptive fields) and :attr:`learned_blobs` answer from the layers' own
+    ``setup``, so every layer type the engine runs is also understood here.
     """
 
     def __init__(self, net, phase="TRAIN", device="cpu", level=0, stages=(), seed=None, root_dir=None,
-                 channels_last=None, autocast=None, fuse=True):
+                 channels_last=None, autocast=None, fuse=True, data_shape=None):
         super().__init__()
         if isinstance(phase, int) and not isinstance(phase, bool):
             phase = {caffe_pb2.TRAIN: "TRAIN", caffe_pb2.TEST: "TEST"}.get(phase, phase)
@@ -206,7 +242,7 @@ class Net(torch.nn.Module):
         self.root_dir = os.path.abspath(root_dir) if root_dir is not None else os.getcwd()
         self.channels_last = True if channels_last is None else bool(channels_last)
         self.autocast, self.tf32 = _autocast_mode(autocast)
-        self._ctx = _Context(phase, self.device, self.root_dir, self.seed)
+        self._ctx = _Context(phase, self.device, self.root_dir, self.seed, data_shape)
 
         layer_params = filter_layers(net, phase, level, stages)
         legacy = _legacy_inputs(net)
@@ -288,6 +324,15 @@ class Net(torch.nn.Module):
             # float32 parity needs true float32 math; TF32 only when asked for (global torch flags)
             torch.backends.cuda.matmul.allow_tf32 = self.tf32
             torch.backends.cudnn.allow_tf32 = self.tf32
+
+    @classmethod
+    def for_shapes(cls, net, phase="TEST", level=0, stages=(), data_shape=None):
+        """The net on torch's ``meta`` device, for shape questions only (no values, no data read).
+
+        ``data_shape``: C x H x W of the records of any ``Data`` layer (needed only when the net has one).
+        """
+        return cls(net, phase=phase, device="meta", level=level, stages=stages, seed=0, fuse=False,
+                   data_shape=data_shape)
 
     # ------------------------------------------------------------------ construction helpers
     def _setup_params(self, layer, lp, param_names):
@@ -463,6 +508,97 @@ class Net(torch.nn.Module):
     def layer_params(self):
         """OrderedDict layer name -> list of parameter tensors (Caffe's blob order and shapes)."""
         return OrderedDict((layer.name, list(layer.blobs)) for layer in self.layers if layer.blobs)
+
+    def param_shapes(self):
+        """OrderedDict layer name -> list of parameter-blob shapes (Caffe's order), layers with blobs only."""
+        return OrderedDict((name, [tuple(t.shape) for t in blobs]) for name, blobs in self.layer_params().items())
+
+    def count_learnable(self):
+        """Number of learnable parameter values (blobs with a non-zero lr_mult; BatchNorm statistics are not)."""
+        return sum(int(info.tensor.numel()) for info in self.learnable_params if info.lr_mult != 0)
+
+    @property
+    def learned_blobs(self):
+        """Blobs produced (not in place) by layers with learnable parameters, input side first:
+        for DeepYeast conv1 .. conv8, fc1, fc2, fc3 -- the features the analyses use."""
+        out = []
+        for layer in self.layers:
+            specs = self._param_specs[layer.name]
+            if any(lr != 0 for lr, _ in specs):
+                for i, t in enumerate(layer.top_names):
+                    if not (i < len(layer.bottom_names) and layer.bottom_names[i] == t) and t not in out:
+                        out.append(t)
+        return out
+
+    def geometry(self):
+        """OrderedDict blob name -> :class:`BlobGeometry` (per-cell shape and receptive field in input pixels).
+
+        Follows every layer's :meth:`~deepyeast.engine.layers.base.Layer.spatial_window` from the
+        input blobs (receptive field 1, jump 1, centre 0) with the usual recurrences, on the H axis
+        (square inputs): ``r_out = r_in + (k - 1) * j_in``, ``s_out = s_in + ((k - 1) / 2 - pad) * j_in``,
+        ``j_out = j_in * stride``.  A blob without spatial axes (an inner product's) sees the whole input.
+        In-place layers keep their blob's geometry.
+        """
+        geo = OrderedDict()
+        image = None
+        for layer in self.layers:
+            window = layer.spatial_window() if layer.bottom_names else None
+            for i, (top, shape) in enumerate(zip(layer.top_names, layer.top_shapes)):
+                if i < len(layer.bottom_names) and layer.bottom_names[i] == top and top in geo:
+                    continue  # in place: same blob, same geometry
+                shape = tuple(shape)
+                channels = int(shape[1]) if len(shape) > 1 else 1
+                height = int(shape[2]) if len(shape) > 2 else 1
+                width = int(shape[3]) if len(shape) > 3 else 1
+                kind = {"Convolution": "conv", "Pooling": "pool"}.get(layer.caffe_type)
+                if not layer.bottom_names:  # an input blob
+                    if image is None and len(shape) == 4:
+                        image = height
+                    geo[top] = BlobGeometry(top, "input", channels, height, width, 1, 1, 0.0)
+                    continue
+                src = geo.get(layer.bottom_names[0])
+                if len(shape) < 4 or window is None or src is None or src.kind == "fc":
+                    side = image or height
+                    geo[top] = BlobGeometry(top, "fc" if len(shape) < 4 else (kind or "map"), channels, height,
+                                            width, side, side, (side - 1) / 2)
+                    continue
+                k, s, pad = window
+                kind = kind or (src.kind if src.kind != "input" else "map")
+                geo[top] = BlobGeometry(top, kind, channels, height, width, src.receptive_field + (k - 1) * src.jump,
+                                        src.jump * s, src.start + ((k - 1) / 2 - pad) * src.jump)
+        return geo
+
+    def random_weights(self, seed=0, bn_factor=0.8, input_scale=1.0):
+        """Random but well-scaled values for every parameter blob, in Caffe's shapes.
+
+        Returns ``(params, types)``: an ordered dict layer name -> list of float32 arrays and
+        layer name -> type, ready for :func:`deepyeast.caffe.blobs.write_caffemodel`.  Weights are
+        He-normal (the first layer's divided by ``input_scale``), biases small; ``BatchNorm`` gets
+        non-trivial running statistics (mean around 0, variance in [0.5, 2], both multiplied by
+        ``bn_factor``, the moving-average factor Caffe divides by), ``Scale`` gammas around 1 and
+        betas around 0.  For tests that engines agree on weights whose every blob matters.
+        """
+        import math
+
+        rng = np.random.default_rng(seed)
+        params, types = OrderedDict(), {}
+        first = True
+        for name, shapes in self.param_shapes().items():
+            caffe_type = self._by_name[name].caffe_type
+            if caffe_type == "BatchNorm":
+                c = shapes[0][0]
+                blobs = [rng.normal(0.0, 0.3, c) * bn_factor, rng.uniform(0.5, 2.0, c) * bn_factor,
+                         np.array([bn_factor])]
+            elif caffe_type == "Scale":
+                blobs = [rng.normal(1.0, 0.1, shapes[0])] + [rng.normal(0.0, 0.1, s) for s in shapes[1:]]
+            else:
+                fan_in = math.prod(shapes[0][1:])
+                std = math.sqrt(2.0 / fan_in) / (input_scale if first else 1.0)
+                first = False
+                blobs = [rng.normal(0.0, std, shapes[0])] + [rng.normal(0.0, 0.05, s) for s in shapes[1:]]
+            params[name] = [np.asarray(b, dtype=np.float32) for b in blobs]
+            types[name] = caffe_type
+        return params, types
 
     def load_caffemodel(self, path):
         """Copy weights from a ``.caffemodel`` by layer name (others keep their values).

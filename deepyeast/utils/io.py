@@ -102,3 +102,33 @@ def file_digest(path, algorithm="md5", chunk=1 << 20):
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def write_csv(path, rows, columns=None, float_format=".6g"):
+    """Write a table as CSV, atomically.
+
+    ``rows``: dicts (keyed by ``columns``; default: the first row's keys) or sequences (then
+    ``columns`` is the header).  Floats are written with ``float_format``, None as an empty field.
+    """
+    import csv
+
+    rows = list(rows)
+    if columns is None:
+        if not rows or not isinstance(rows[0], dict):
+            raise ValueError("write_csv needs columns for rows that are not dicts")
+        columns = list(rows[0])
+
+    def cell(v):
+        if v is None:
+            return ""
+        if isinstance(v, float) or type(v).__name__ in ("float32", "float64"):
+            return format(float(v), float_format)
+        return v
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(columns)
+            for row in rows:
+                values = [row.get(c) for c in columns] if isinstance(row, dict) else list(row)
+                writer.writerow([cell(v) for v in values])

@@ -69,7 +69,8 @@ from multiprocessing import get_context
 
 import numpy as np
 
-from deepyeast.constants import CLASS_NAMES, IMAGE_SIZE, SPLITS, TRANSFER_CLASS_NAMES
+from deepyeast.constants import (CLASS_NAMES, CLASS_SETS, IMAGE_SIZE, PAPER_SPLIT_SIZES, SPLITS, TRANSFER_CLASS_NAMES,
+                                 list_prefix)
 from deepyeast.data.crop_png import write_crop
 from deepyeast.data.micrographs import crop_cells, crop_name
 from deepyeast.data.lists import write_class_doc, write_split_list
@@ -86,7 +87,7 @@ SIZES = {
     # few: after 450 iterations at batch 100, 1,000 validation cells scored 0.586 with 6,000
     # training cells (7.5 passes) and 0.801 with 18,000 (2.5 passes); generating them costs seconds
     "demo": dict(main=(18000, 1000, 1000), transfer=(400, 200, 400), cells=(24, 1.15), transfer_cells=(100, 0.5)),
-    "paper": dict(main=(65000, 12500, 12500), transfer=(4000, 2000, 4000), cells=(24, 1.15),
+    "paper": dict(main=tuple(PAPER_SPLIT_SIZES[s] for s in SPLITS), transfer=(4000, 2000, 4000), cells=(24, 1.15),
                   transfer_cells=(120, 0.55)),
 }
 """Screen sizes: cells per split of the main and transfer sets, and the per-protein
@@ -677,8 +678,8 @@ def _render_protein(job):
 
 
 def _write_screen_root(root, proteins, set_name, field_size, workers, save_fields, progress):
-    names = CLASS_NAMES if set_name == "main" else TRANSFER_CLASS_NAMES
-    prefix = "HOwt_" if set_name == "main" else "HOwt_transfer_"
+    names = CLASS_SETS[set_name]
+    prefix = list_prefix(set_name)
     mine = [p for p in proteins if p["set"] == set_name]
     save_dir = None
     if save_fields:
@@ -775,7 +776,7 @@ def make_screen(out_dir, size="tiny", seed=0, workers=None, field_size=FIELD_SIZ
 def example_crops(set_name, label, n=2, seed=0, dim=False):
     """``n`` in-focus-ish cell crops (uint8 n x 2 x 64 x 64) of one class, freshly rendered."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, 11, label, set_name == "main"]))
-    names = CLASS_NAMES if set_name == "main" else TRANSFER_CLASS_NAMES
+    names = CLASS_SETS[set_name]
     protein = dict(set=set_name, label=label, expression=15.0 if dim else 120.0, mixture_fraction=None,
                    noncell_share=0.0, _style=_protein_style(names[label], rng))
     image, centres, _ = render_field(rng, protein, 8, 256)

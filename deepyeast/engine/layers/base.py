@@ -149,6 +149,20 @@ class Layer(torch.nn.Module):
     def blob_is_parameter(self, index):
         return self._blob_learnable[index]
 
+    def spatial_window(self):
+        """How a unit of top 0 sees bottom 0, for receptive fields: ``(kernel, stride, pad)`` along H.
+
+        ``None`` means a unit sees its whole input (an inner product).  The default: a top of
+        bottom 0's spatial size is element-wise, ``(1, 1, 0)``; a top without spatial axes sees
+        everything.  Convolution and pooling override it with their windows.
+        """
+        if not self.bottom_shapes or not self.top_shapes:
+            return None
+        bottom, top = self.bottom_shapes[0], self.top_shapes[0]
+        if len(bottom) == 4 and len(top) == 4 and tuple(top[2:]) == tuple(bottom[2:]):
+            return (1, 1, 0)
+        return None
+
     # ------------------------------------------------------------------ interface
     def setup(self, bottom_shapes):  # pragma: no cover - abstract
         raise NotImplementedError

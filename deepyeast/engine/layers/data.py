@@ -171,6 +171,8 @@ class DataLayer(Layer):
             raise self.error("data_param.batch_size must be > 0")
         self.batch_size = int(dp.batch_size)
         self.source = os.path.join(self.ctx.root_dir, dp.source)
+        if self.ctx.data_shape is not None:  # shape questions only (Net.for_shapes): no record is read
+            return self._shapes_only(tuple(int(d) for d in self.ctx.data_shape))
         images, labels = load_lmdb_tensor(self.source)
         self.n_records = int(images.shape[0])
         c, h, w = (int(s) for s in images.shape[1:])
@@ -220,6 +222,14 @@ class DataLayer(Layer):
         if len(self.top_names) == 2:
             shapes.append((self.batch_size,))
         return shapes
+
+    def _shapes_only(self, item_shape):
+        c, h, w = item_shape
+        self.crop = int(self.lp.transform_param.crop_size)
+        oh, ow = (self.crop, self.crop) if self.crop else (h, w)
+        self.item_shape = (c, h, w)
+        self.n_records = 0
+        return [(self.batch_size, c, oh, ow)] + ([(self.batch_size,)] if len(self.top_names) == 2 else [])
 
     # -- state for exact resume
     def state(self):

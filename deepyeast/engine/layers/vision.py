@@ -87,6 +87,10 @@ class ConvolutionLayer(Layer):
             self.filled_blob((p.num_output,), p.bias_filler, 1)
         return [(n, int(p.num_output), out[0], out[1])]
 
+    def spatial_window(self):
+        """(dilated kernel extent, stride, pad) along H."""
+        return (self.dilation[0] * (self.kernel[0] - 1) + 1, self.stride[0], self.pad[0])
+
     def forward(self, bottoms):
         b = self.blob1 if self.bias_term else None
         return [F.conv2d(bottoms[0], self.blob0, b, self.stride, self.pad, self.dilation, self.group)]
@@ -147,6 +151,10 @@ class PoolingLayer(Layer):
         if self.method == "ave":
             self.register_buffer("divisor", self._ave_divisor(h, w), persistent=False)
         return [(n, c) + self.out_hw]
+
+    def spatial_window(self):
+        """(kernel, stride, pad) along H."""
+        return (self.kernel[0], self.stride[0], self.pad[0])
 
     def _ave_divisor(self, h, w):
         """Caffe's AVE pool size per output: the window clipped to the padded image (H + pad)."""

@@ -1,0 +1,1 @@
+"""The trained model as a thing to hand on: the model-zoo folder, run bundles, exports."""
