@@ -7,7 +7,8 @@ PYTHON_BOOT ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)
-export DEEPYEAST_CAFFE_ROOT ?= $(HOME)/.cache/deepyeast/caffe-root
+# the Caffe root's location: $DEEPYEAST_CAFFE_ROOT, else deepyeast/caffe/root.py's default
+export DEEPYEAST_CAFFE_ROOT := $(shell $(PYTHON_BOOT) deepyeast/caffe/root.py)
 # the model-zoo solvers: the paper's schedule and the short CPU schedule (the demo's, and the default)
 PAPER_SOLVER := models/deepyeast/solver.prototxt
 CPU_SOLVER := models/deepyeast/solver_cpu.prototxt

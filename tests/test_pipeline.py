@@ -62,7 +62,7 @@ def test_demo_pipeline_tiny_and_rerun_skips(tmp_path):
                   f"SCHEDULE={TINY_SCHEDULE}", "GRID=small", "PRECISION=bf16")
     assert again.returncode == 0, "make -q says a finished pipeline is out of date:\n" + again.stdout[-2000:]
     # removing one analysis output re-runs that step alone
-    os.remove(os.path.join(REPO_ROOT, run, "proteins.csv"))
+    os.remove(os.path.join(REPO_ROOT, run, "proteins", "result.json"))
     dry = _make("-n", "pipeline", f"RUN={run}", "SCREEN=synthetic", "SIZE=tiny",
                 f"SCHEDULE={TINY_SCHEDULE}", "GRID=small", "PRECISION=bf16")
     assert "protein_level.py" in dry.stdout and "deepyeast train" not in dry.stdout, dry.stdout

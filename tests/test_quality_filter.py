@@ -85,7 +85,7 @@ def test_quality_filter_script_removes_noncells_and_reports_accuracy(tmp_path):
     if not rforest.have_r():
         pytest.skip("R with randomForest and rpy2 are not available")
     te, labels, pred = _screen(tmp_path)
-    out, cells = tmp_path / "qf.json", tmp_path / "qf_cells.csv"
+    out, cells = tmp_path / "qf", tmp_path / "qf_cells.csv"
     r = subprocess.run([sys.executable, os.path.join(REPO, "analysis", "quality_filter.py"),
                         "--train", str(tmp_path / "train.csv"), "--quality", str(tmp_path / "quality.csv"),
                         "--test", str(tmp_path / "test.csv"), "--predictions", str(tmp_path / "net.csv"),
@@ -93,7 +93,7 @@ def test_quality_filter_script_removes_noncells_and_reports_accuracy(tmp_path):
                         "--mtry", "2", "4", "--ntree", "50",
                         "--jobs", "2"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    s = json.loads(out.read_text())
+    s = json.loads((out / "quality_filter.json").read_text())
     # CV grid: 2 mtry x 2 samplings, every fold's cells counted once
     assert len(s["cv_table"]) == 4
     assert {(row["mtry"], row["sampling"]) for row in s["cv_table"]} == {(2, "none"), (4, "none"), (2, "balanced"),
@@ -123,7 +123,7 @@ def test_quality_filter_script_removes_noncells_and_reports_accuracy(tmp_path):
     # a predictions row that is not a test cell: clear error, no JSON written
     with open(tmp_path / "net.csv", "a", newline="") as f:
         csv.writer(f).writerow(["plate09/zzz-0-0-0.png", "plate09/zzz", "test", 0, 0, 1.0, 0, 0, 0])
-    out2 = tmp_path / "qf2.json"
+    out2 = tmp_path / "qf2"
     r = subprocess.run([sys.executable, os.path.join(REPO, "analysis", "quality_filter.py"),
                         "--train", str(tmp_path / "train.csv"), "--quality", str(tmp_path / "quality.csv"),
                         "--test", str(tmp_path / "test.csv"), "--predictions", str(tmp_path / "net.csv"),

@@ -23,14 +23,14 @@ resample in which no cell is predicted as class ``k`` has undefined precision fo
 and is left out of that class's percentiles (``precision_undefined`` counts them).
 """
 
-import csv
 import json
 import os
-import sys
 
 import numpy as np
 
-from deepyeast.utils.io import InputError, atomic_path, atomic_write_text
+from deepyeast.constants import PAPER_RESULTS
+from deepyeast.report.manifest import clear_result, figure, headline, table, write_result
+from deepyeast.utils.io import InputError, atomic_write_text, write_csv
 
 DEFAULT_RESAMPLES = 20000
 DEFAULT_CI = (2.5, 97.5)
@@ -297,21 +297,12 @@ def _num(x):
     return None if np.isnan(x) else x
 
 
-def _write_csv(path, header, rows):
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f, lineterminator="\n")
-            w.writerow(header)
-            for r in rows:
-                w.writerow(["" if v is None else (f"{v:.6g}" if isinstance(v, float) else v) for v in r])
-
-
 def write_confusion_csv(path, matrix, class_names):
     """Write a K x K confusion (counts or rates) with true classes as rows, names as header."""
     rows = []
     for k, name in enumerate(class_names):
         rows.append([name] + [(_num(v) if isinstance(v, (float, np.floating)) else int(v)) for v in matrix[k]])
-    _write_csv(path, ["true \\ predicted"] + list(class_names), rows)
+    write_csv(path, rows, ["true \\ predicted"] + list(class_names))
 
 
 def summary_json(result):
@@ -342,7 +333,7 @@ CELL_EVAL_FILES = {
 
 def run_cell_evaluation(predictions_path, out_dir, rf_predictions_path=None, split="auto",
                         n_resamples=DEFAULT_RESAMPLES, seed=0, command=None, make_figures=True,
-                        require_all_classes=True):
+                        require_all_classes=True, name="cells"):
     """Evaluate network (and optional random-forest) predictions; write tables, figures, JSON.
 
     Writes into ``out_dir`` the files of :data:`CELL_EVAL_FILES`; the JSON
@@ -364,12 +355,12 @@ def run_cell_evaluation(predictions_path, out_dir, rf_predictions_path=None, spl
     stale = os.path.join(out_dir, CELL_EVAL_FILES["metrics"])
     if os.path.exists(stale):  # a run killed midway must not leave an old "finished" marker
         os.remove(stale)
+    clear_result(out_dir)
     res_net = evaluate_cells(net, n_resamples, seed)
     res_rf = evaluate_cells(rf, n_resamples, seed) if rf is not None else None
     names = net.class_names
     rows = per_class_rows(res_net, "network") + (per_class_rows(res_rf, "random_forest") if res_rf else [])
-    _write_csv(os.path.join(out_dir, CELL_EVAL_FILES["per_class"]), PER_CLASS_COLUMNS,
-               [[r[c] for c in PER_CLASS_COLUMNS] for r in rows])
+    write_csv(os.path.join(out_dir, CELL_EVAL_FILES["per_class"]), rows, PER_CLASS_COLUMNS)
     write_confusion_csv(os.path.join(out_dir, CELL_EVAL_FILES["confusion_rates"]), res_net["confusion_rates"], names)
     write_confusion_csv(os.path.join(out_dir, CELL_EVAL_FILES["confusion_counts"]), res_net["confusion_counts"], names)
     if res_rf:
@@ -419,12 +410,74 @@ def run_cell_evaluation(predictions_path, out_dir, rf_predictions_path=None, spl
                 "method": "paired bootstrap: the same resampled cells (cells_ci) or whole proteins "
                           "(proteins_ci) for both classifiers; 95% percentile intervals"}
     atomic_write_text(os.path.join(out_dir, CELL_EVAL_FILES["metrics"]), json.dumps(out, indent=2) + "\n")
+    write_cells_result(out_dir, out, res_net, res_rf, net, figures, name=name)
     return out
 
 
-def command_line(argv=None):
-    """The exact command that ran, as one shell-quoted string (for reports)."""
-    import shlex
+FIGURE_CAPTIONS = {
+    "fig2a": "Figure 2A: recall per compartment (the share of each compartment's test cells called right), "
+             "network vs random forest; bars: 95% stratified bootstrap intervals, dashed: medians.",
+    "fig2b": "Figure 2B: precision per compartment (the share of cells called a compartment that belong to it), "
+             "network vs random forest; bars: 95% stratified bootstrap intervals, dashed: medians.",
+    "fig2d": "Figure 2D: the network's confusion matrix: of the test cells of each true compartment (rows), "
+             "the percentage called each compartment (columns).",
+    "fig2d_rf": "The random forest's confusion matrix, as Figure 2D.",
+}
 
-    argv = sys.argv if argv is None else argv
-    return " ".join(shlex.quote(a) for a in [os.path.basename(sys.executable)] + list(argv))
+
+def write_cells_result(out_dir, out, res_net, res_rf, net, figures, name="cells"):
+    """The result manifest of the per-cell evaluation (see :mod:`deepyeast.report.manifest`)."""
+    acc = out["cell_accuracy"]
+    text = (f"The network classified {acc['total']:,} test cells of {len(set(net.protein.tolist())):,} proteins; "
+            f"{acc['correct']:,} were called right (accuracy {acc['value']:.3f}, 95% interval "
+            f"[{acc['lo']:.3f}, {acc['hi']:.3f}] from {res_net['per_class']['n_resamples']:,} stratified "
+            f"bootstrap resamples).")
+    if res_rf:
+        rf = out["rf_cell_accuracy"]
+        text += (f" The random forest on CellProfiler features called {rf['correct']:,} of {rf['total']:,} right "
+                 f"(accuracy {rf['value']:.3f}).")
+    lead = out.get("network_minus_forest")
+    if lead:
+        text += (f" The network's lead over the forest, {lead['value']:+.3f}, has paired 95% intervals "
+                 f"[{lead['cells_ci'][0]:+.3f}, {lead['cells_ci'][1]:+.3f}] resampling cells and "
+                 f"[{lead['proteins_ci'][0]:+.3f}, {lead['proteins_ci'][1]:+.3f}] resampling whole proteins "
+                 f"({lead['n_proteins']} proteins; cells of one protein are not independent).")
+    metrics = {"cell_accuracy": acc, "cell_kappa": out["cell_kappa"]}
+    rows = [headline("cell_accuracy", "Network accuracy per cell", "cells", PAPER_RESULTS["cell_accuracy"]),
+            headline("cell_kappa", "Network Cohen's kappa per cell", "cells", PAPER_RESULTS["cell_kappa"])]
+    if res_rf:
+        metrics["rf_cell_accuracy"] = out["rf_cell_accuracy"]
+        metrics["rf_cell_kappa"] = out["rf_cell_kappa"]
+        rows.append(headline("rf_cell_accuracy", "Random forest accuracy per cell", "cells",
+                             PAPER_RESULTS["rf_cell_accuracy"]))
+    if lead:
+        metrics["network_minus_forest_per_cell"] = lead
+    names = res_net["class_names"]
+    pn = res_net["per_class"]
+    columns = ["compartment", "test cells", "network recall [95% interval]"]
+    if res_rf:
+        columns.append("forest recall [95% interval]")
+    table_rows = []
+    for k, cname in enumerate(names):
+        row = [cname, int(res_net["class_counts"][k]),
+               _ci_text(pn["recall"][k], pn["recall_lo"][k], pn["recall_hi"][k])]
+        if res_rf:
+            pr = res_rf["per_class"]
+            row.append(_ci_text(pr["recall"][k], pr["recall_lo"][k], pr["recall_hi"][k]))
+        table_rows.append(row)
+    figs = [figure(os.path.basename(paths[0]), FIGURE_CAPTIONS[key]) for key, paths in figures.items()]
+    return write_result(
+        out_dir, name, "Per-cell accuracy (paper Figure 2)", text, metrics=metrics, headline=rows, figures=figs,
+        tables=[table("Recall per compartment", columns, table_rows,
+                      "Recall: of the test cells of a compartment, the share called that compartment, with its "
+                      "95% stratified bootstrap interval. Precision is in per_class.csv.",
+                      file=CELL_EVAL_FILES["per_class"])],
+        details={k: v for k, v in out.items() if k not in metrics and k not in ("command", "network_minus_forest")},
+        seeds={"seed": out["seed"]}, command=out["command"], order=10)
+
+
+def _ci_text(value, lo, hi):
+    value, lo, hi = (_num(v) for v in (value, lo, hi))
+    if value is None:
+        return "undefined (no cells)"
+    return f"{value:.2f} [{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else f"{value:.2f}"

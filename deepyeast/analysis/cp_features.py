@@ -319,10 +319,11 @@ def _measure_files(paths):
     return names, values, fallbacks
 
 
-def extract_features(paths, root=".", n_jobs=2, batch=DEFAULT_BATCH, progress=False):
+def extract_features(paths, root=".", n_jobs=2, batch=DEFAULT_BATCH, progress=None):
     """Features of the crops at ``root/path`` for each path (in order).
 
-    Runs ``n_jobs`` worker processes, each measuring batches of ``batch`` crops.
+    Runs ``n_jobs`` worker processes, each measuring batches of ``batch`` crops.  ``progress``:
+    None (a report on stderr, :mod:`deepyeast.utils.progress`), False (none).
     Returns ``(names list[str], values float64 N x F, n_fallback_masks int)``.
     """
     paths = list(paths)
@@ -333,25 +334,20 @@ def extract_features(paths, root=".", n_jobs=2, batch=DEFAULT_BATCH, progress=Fa
     chunks = [files[i:i + batch] for i in range(0, len(files), batch)]
     names = feature_names()
     results = []
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    from deepyeast.utils.progress import Progress
 
-        bar = tqdm(total=len(files), unit="cell", desc="cp features")
+    bar = Progress(total=len(files), desc="cp features", unit="cell", enabled=None if progress is not False else False)
     if n_jobs <= 1 or len(chunks) <= 1:
         for ch in chunks:
             results.append(_measure_files(ch))
-            if bar:
-                bar.update(len(ch))
+            bar.update(len(ch))
     else:
         ctx = multiprocessing.get_context("fork")
         with concurrent.futures.ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx) as pool:
             for res, ch in zip(pool.map(_measure_files, chunks), chunks):
                 results.append(res)
-                if bar:
-                    bar.update(len(ch))
-    if bar:
-        bar.close()
+                bar.update(len(ch))
+    bar.close()
     for got, _, _ in results:
         if got != names:
             raise RuntimeError("feature names differ between batches (internal error)")

@@ -22,7 +22,8 @@ import re
 
 import numpy as np
 
-from deepyeast.constants import MIN_CELLS_PER_PROTEIN
+from deepyeast.constants import MIN_CELLS_PER_PROTEIN, PAPER_RESULTS
+from deepyeast.report.manifest import clear_result, headline, missing_part, table, write_result
 from deepyeast.utils.io import InputError, atomic_path, atomic_write_text, open_input
 from deepyeast.analysis.cell_metrics import count
 
@@ -239,14 +240,16 @@ MIXTURE_TABLE_COLUMNS = ("protein", "n_cells", "class_a", "class_b", "fraction",
 
 
 def run_protein_level(predictions_path, out_path, mixtures_path=None, split="auto", prior=1.0,
-                      min_cells=MIN_CELLS_PER_PROTEIN, allow_mixed_labels=False, summary_path=None, command=None):
-    """Write the proteins table, a summary JSON and (with mixtures) a mixed-protein table.
+                      min_cells=MIN_CELLS_PER_PROTEIN, allow_mixed_labels=False, summary_path=None, command=None,
+                      classifier="network"):
+    """Write the proteins table, a summary JSON, (with mixtures) a mixed-protein table and the result manifest.
 
     Outputs: ``out_path`` (proteins CSV); ``summary_path`` (default: ``out_path`` with
     ``.json``) holding ``protein_accuracy``, ``protein_accuracy_min10`` (count dicts),
     ``min_cells``, ``n_proteins``, ``mixtures`` (count dict or null), inputs, command;
-    with mixtures, ``<out stem>_mixtures.csv``.  The proteins CSV is written last (and an old
-    one removed first), so it marks a finished step.  Returns the summary dict.
+    with mixtures, ``<out stem>_mixtures.csv``; last, ``result.json`` in the proteins table's
+    folder (:func:`write_protein_result`; ``classifier`` "network" or "random_forest" names it).
+    Returns the summary dict.
     """
     from deepyeast.analysis.predictions import read_predictions
 
@@ -261,6 +264,8 @@ def run_protein_level(predictions_path, out_path, mixtures_path=None, split="aut
                                              splits=set(table.split.tolist()), all_proteins=everything)
     if os.path.exists(out_path):  # written last below: its presence marks a finished step
         os.remove(out_path)
+    result_dir = os.path.dirname(os.path.abspath(out_path))
+    clear_result(result_dir)
     mix_path = None
     if mix_rows is not None:
         mix_path = stem + "_mixtures.csv"
@@ -286,4 +291,56 @@ def run_protein_level(predictions_path, out_path, mixtures_path=None, split="aut
     }
     atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
     write_protein_table(out_path, calls)
+    write_protein_result(result_dir, summary, mix_rows, classifier, os.path.basename(out_path))
     return summary
+
+
+CLASSIFIERS = {"network": ("", "proteins", "Network"), "random_forest": ("rf_", "rf_proteins", "Random forest")}
+"""classifier -> (metric prefix, result name, label)."""
+
+
+def write_protein_result(out_dir, summary, mix_rows=None, classifier="network", table_file="proteins.csv"):
+    """The result manifest of protein-level calls (see :mod:`deepyeast.report.manifest`)."""
+    if classifier not in CLASSIFIERS:
+        raise ValueError(f"classifier must be one of {', '.join(CLASSIFIERS)}, not {classifier!r}")
+    prefix, name, who = CLASSIFIERS[classifier]
+    a, b = summary["protein_accuracy"], summary["protein_accuracy_min10"]
+    n_min = summary["min_cells"]
+    text = (f"Each protein's compartment is the most probable one under a Dirichlet posterior (uniform prior) "
+            f"that takes its cells' predicted probabilities as soft counts. {who}: {a['correct']} of "
+            f"{a['total']} test proteins called right ({summary['n_cells']:,} cells)")
+    text += (f"; {b['correct']} of {b['total']} among proteins with at least {n_min} cells." if b["total"]
+             else f"; no protein has {n_min} or more cells.")
+    metrics = {prefix + "protein_accuracy": a, prefix + "protein_accuracy_min10": b}
+    paper_key = {"": ("protein_accuracy", "protein_accuracy_min10"), "rf_": ("rf_protein_accuracy", None)}[prefix]
+    rows = [headline(prefix + "protein_accuracy", f"{who} accuracy per protein", "proteins",
+                     PAPER_RESULTS.get(paper_key[0])),
+            headline(prefix + "protein_accuracy_min10", f"{who} accuracy per protein (>= {n_min} cells)", "proteins",
+                     PAPER_RESULTS.get(paper_key[1]) if paper_key[1] else None)]
+    table_rows = [["all test proteins", a["correct"], a["total"]],
+                  [f"proteins with >= {n_min} cells", b["correct"], b["total"]]]
+    tables = []
+    missing = []
+    if summary.get("mixtures") is not None:
+        m = summary["mixtures"]
+        metrics["mixed_proteins_top_two" if not prefix else prefix + "mixed_proteins_top_two"] = m
+        table_rows.append(["mixed proteins: both true compartments are the top two", m["correct"], m["total"]])
+        if mix_rows:
+            tables.append(table(
+                "Mixed proteins", ["protein", "cells", "true compartments (share)", "top two called", "match"],
+                [[r["protein"], r["n_cells"], f"{r['class_a']} + {r['class_b']} ({r['fraction']:.2f})",
+                  f"{r['top1']}, {r['top2']}", "yes" if r["top_two_match"] else "no"] for r in mix_rows[:15]],
+                "Proteins the screen marks as localized to two compartments; 'match': the two most probable "
+                "compartments are the true two." + (f" First 15 of {len(mix_rows)}." if len(mix_rows) > 15 else ""),
+                file=summary.get("mixtures_table")))
+    elif classifier == "network":  # the paper checks mixed proteins on the network's calls
+        missing.append(missing_part("mixed proteins (both true compartments among the top two calls)",
+                                    "no table of mixed proteins was given", "--mixtures proteins.csv"))
+    tables.insert(0, table(f"{who}: protein-level accuracy", ["proteins", "called right", "of"], table_rows,
+                           "Counts are proteins; a protein is called right when its most probable compartment "
+                           "is its label.", file=table_file))
+    return write_result(out_dir, name, f"Protein-level calls: {who.lower()} (paper: 99% per protein)", text,
+                        metrics=metrics, headline=rows, tables=tables, missing=missing,
+                        details={k: v for k, v in summary.items() if k not in ("protein_accuracy",
+                                                                                 "protein_accuracy_min10", "command")},
+                        command=summary.get("command"), order=30 if classifier == "network" else 31)

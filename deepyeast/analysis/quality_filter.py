@@ -16,11 +16,14 @@ Labelled cells whose path is also a test cell are never used for training.
 
 import csv
 import json
+import logging
 
 import numpy as np
 
 from deepyeast.analysis.cp_features import read_feature_csv
 from deepyeast.utils.io import InputError, atomic_path, atomic_write_text
+
+_log = logging.getLogger(__name__)
 
 DEFAULT_MTRY = (10, 25, 50)
 DEFAULT_SAMPLING = ("none", "balanced")
@@ -106,7 +109,7 @@ def filter_accuracy(table, keep_paths):
 
 def run_quality_filter(train_features, quality_csv, test_features, predictions=None, out_json=None,
                        out_cells=None, mtry=DEFAULT_MTRY, sampling=DEFAULT_SAMPLING, folds=10, ntree=DEFAULT_NTREE,
-                       threshold=0.5, max_labelled=DEFAULT_MAX_LABELLED, n_jobs=2, seed=1, log=print):
+                       threshold=0.5, max_labelled=DEFAULT_MAX_LABELLED, n_jobs=2, seed=1, log=None):
     """Train the filter, apply it to the test cells, compare classifiers before/after.
 
     train_features: list of feature CSVs with the labelled cells (e.g. train and val);
@@ -116,6 +119,7 @@ def run_quality_filter(train_features, quality_csv, test_features, predictions=N
     every row of which must be a test cell.  Writes ``out_json`` (summary) and
     ``out_cells`` (``path,p_cell,is_cell_pred`` per test cell) atomically; returns the summary.
     """
+    log = log or _log.info
     from deepyeast.analysis import rforest
     from deepyeast.analysis.predictions import read_predictions
 
@@ -216,3 +220,50 @@ def plot_filter_accuracy(summary, out_png):
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     save_figure(fig, out_png)
+
+
+def write_quality_result(out_dir, summary, figure_file=None, command=None):
+    """The result manifest of the non-cell filter (see :mod:`deepyeast.report.manifest`).
+
+    The full summary (cross-validation table, the filter against the test cells' labels) goes to
+    ``details``; the report shows the accuracies before and after removing non-cells.
+    """
+    from deepyeast.constants import PAPER_RESULTS
+    from deepyeast.report.manifest import figure, headline, missing_part, table, write_result
+
+    t = summary["test"]
+    lab = summary["n_labelled"]
+    best = summary["best"]
+    best = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in best.items()) \
+        if isinstance(best, dict) else str(best)
+    text = (f"A random forest on CellProfiler features, trained on {lab['cells']:,} crops labelled as cells and "
+            f"{lab['noncells']:,} as non-cells (chosen by {summary['folds']}-fold cross-validation: "
+            f"{best}), removed {t['n_removed']:,} of the {t['n_cells']:,} test crops as non-cells.")
+    metrics, rows, table_rows, missing = {}, [], [], []
+    labels = {"network": "Network", "random_forest": "Random forest"}
+    for name, prefix in (("network", ""), ("random_forest", "rf_")):
+        acc = summary["classifiers"].get(name)
+        if acc is None:
+            missing.append(missing_part(f"{labels[name].lower()} accuracy after removing non-cells",
+                                        f"no {labels[name].lower()} predictions were given",
+                                        "--predictions CSV" if name == "network" else "--rf-predictions CSV"))
+            continue
+        metrics[prefix + "cell_accuracy_filtered"] = acc["after"]
+        rows.append(headline(prefix + "cell_accuracy_filtered", f"{labels[name]} accuracy per cell, non-cells removed",
+                             "cells", PAPER_RESULTS.get(prefix + "cell_accuracy_filtered")))
+        b, a = acc["before"], acc["after"]
+        table_rows.append([labels[name], f"{b['value']:.3f} ({b['correct']:,}/{b['total']:,})",
+                           f"{a['value']:.3f} ({a['correct']:,}/{a['total']:,})", acc["removed"]])
+    tables = [table("Accuracy per cell before and after removing non-cells",
+                    ["classifier", "before (right/cells)", "after (right/cells kept)", "cells removed"], table_rows,
+                    "Counts are test cells; 'after' counts only the cells the filter kept.")] if table_rows else []
+    if "filter_vs_labels" in t:
+        f = t["filter_vs_labels"]
+        text += (f" On the test crops with a cell/non-cell label it removed {f['noncells_removed']['correct']} of "
+                 f"{f['noncells_removed']['total']} non-cells and kept {f['cells_kept']['correct']:,} of "
+                 f"{f['cells_kept']['total']:,} cells.")
+    figs = [figure(figure_file, "Accuracy per cell of each classifier before and after the filter removed "
+                                "non-cells (test cells).")] if figure_file else []
+    return write_result(out_dir, "quality", "Removing non-cells (paper: 91% per cell after filtering)", text,
+                        metrics=metrics, headline=rows, figures=figs, tables=tables, missing=missing,
+                        details=summary, seeds={"seed": summary.get("seed")}, command=command, order=20)

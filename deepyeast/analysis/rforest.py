@@ -14,11 +14,14 @@ Requires R with the ``randomForest`` package (Debian: ``r-base-core``,
 """
 
 import json
+import logging
 import os
 
 import numpy as np
 
 from deepyeast.utils.io import InputError, atomic_write_text
+
+_log = logging.getLogger(__name__)
 
 R_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "random_forest.R")
 """The R source defining rf_grid_search, rf_fit, rf_predict_proba, rf_quality_cv, ..."""
@@ -226,7 +229,7 @@ def _labelled(csv_path, labels):
 
 
 def run_baseline(train_csv, val_csv, test_csv, list_paths, out_csv, grid="small", n_jobs=2, seed=1,
-                 summary_json=None, split_name="test", log=print):
+                 summary_json=None, split_name="test", log=None):
     """The random-forest baseline from feature CSVs to a predictions table.
 
     Chooses (ntree, mtry, nodesize) on the validation set and writes, from the
@@ -234,6 +237,7 @@ def run_baseline(train_csv, val_csv, test_csv, list_paths, out_csv, grid="small"
     prob_0..``) to ``out_csv``; ``summary_json`` gets the grid table and choice.
     Returns the summary dict.
     """
+    log = log or _log.info
     from deepyeast.data.lists import protein_of
     from deepyeast.constants import class_names_for
     from deepyeast.analysis.predictions import Predictions, write_predictions

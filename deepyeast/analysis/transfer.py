@@ -35,6 +35,7 @@ that way and takes the 2.5 and 97.5 percentiles.
 """
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -43,7 +44,11 @@ from deepyeast import constants
 from deepyeast.analysis.features import (PATHS_FILE, blob_features, has_blob, labels_for_paths, match_paths,
                                          network_blobs, read_cellprofiler_csv, read_paths)
 from deepyeast.utils.plotting import plt, save_figure
+from deepyeast.report.manifest import clear_result, count_metric, figure, headline, table, write_result
 from deepyeast.utils.io import InputError, atomic_write_text, write_csv
+from deepyeast.utils.progress import progress
+
+_log = logging.getLogger(__name__)
 
 N_PER_CLASS = (1, 3, 5, 10, 25, 50, 100, 250, 500)
 """Training examples per class on the curve (paper Figure 4C)."""
@@ -185,7 +190,7 @@ def load_feature_sets(feature_dirs, labels, blobs=None, cp_csv=None, reduce="poo
 
 def run_transfer(feature_dirs, labels, out_dir, class_names=constants.TRANSFER_CLASS_NAMES, blobs=None,
                  cp_csv=None, reduce="pool", n_per_class=N_PER_CLASS, grid=MAX_FEATURES_GRID, n_trees=100,
-                 n_boot=2000, seed=0, n_jobs=None, log=print, model=None):
+                 n_boot=2000, seed=0, n_jobs=None, log=None, model=None, command=None):
     """Run the transfer-learning curves and write the outputs to ``out_dir``.
 
     Writes ``transfer.csv`` (``RESULT_COLUMNS``, accuracies as fractions),
@@ -196,6 +201,7 @@ def run_transfer(feature_dirs, labels, out_dir, class_names=constants.TRANSFER_C
     ``n_jobs``: worker processes (one feature set each; None or -1: every core).
     Returns the JSON dict.
     """
+    log = log or _log.info
     n_classes = len(class_names)
     sets, y, split, paths = load_feature_sets(feature_dirs, labels, blobs, cp_csv, reduce, model)
     if y.max() >= n_classes:
@@ -207,13 +213,15 @@ def run_transfer(feature_dirs, labels, out_dir, class_names=constants.TRANSFER_C
     # on each other.  Results do not depend on the worker count (every forest has random_state).
     workers = min(os.cpu_count() if n_jobs in (None, -1) else max(1, int(n_jobs)), len(sets))
     args = [(name, x, y, split, n_classes, n_per_class, grid, n_trees, n_boot, seed, 1) for name, x in sets.items()]
+    clear_result(out_dir)
     if workers <= 1:
-        curves = [transfer_curve(*a) for a in args]
+        curves = [transfer_curve(*a) for a in progress(args, desc="transfer", unit="feature set")]
     else:
         import concurrent.futures
         import multiprocessing
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            curves = list(pool.map(_transfer_curve_args, args))
+            curves = list(progress(pool.map(_transfer_curve_args, args), total=len(args), desc="transfer",
+                                   unit="feature set"))
     for (name, x), curve in zip(sets.items(), curves):
         rows += curve
         log(f"[transfer] {name} ({x.shape[1]} features): " +
@@ -236,9 +244,61 @@ def run_transfer(feature_dirs, labels, out_dir, class_names=constants.TRANSFER_C
     plot_transfer(rows, main_sets, os.path.join(out_dir, "transfer_accuracy"),
                   "Transfer to new compartments (best layer on validation vs CellProfiler)")
     write_results_csv(os.path.join(out_dir, "transfer.csv"), rows)
-    # written last: its presence marks a finished run (the make target)
     atomic_write_text(os.path.join(out_dir, "transfer.json"), json.dumps(result, indent=2) + "\n")
+    write_transfer_result(out_dir, result, command=command)  # last: marks a finished step
     return result
+
+
+def transfer_metrics(result):
+    """The ``transfer_accuracy`` metric of ``metrics.json``: {best_layer, network, cellprofiler,
+    by_feature_set}, each curve n -> count {value, correct, total, lo, hi}."""
+    by_set = {fs: {n: count_metric(c["correct"], c["total"], c["lo"], c["hi"]) for n, c in curve.items()}
+              for fs, curve in result["transfer_accuracy"].items()}
+    best = result["best_layer"]
+    return {"best_layer": best, "network": by_set.get(best) if best else None,
+            "cellprofiler": by_set.get(CELLPROFILER), "by_feature_set": by_set}
+
+
+def write_transfer_result(out_dir, result, command=None):
+    """The result manifest of transfer learning (see :mod:`deepyeast.report.manifest`)."""
+    ta = transfer_metrics(result)
+    best = ta["best_layer"]
+    metrics = {"transfer_accuracy": ta}
+    rows, headlines = [], []
+    sizes = sorted({int(n) for curve in ta["by_feature_set"].values() for n in curve})
+    for fs, key, label in ((best, "transfer_network_accuracy", f"Transfer, network features ({best})"),
+                           (CELLPROFILER, "transfer_cellprofiler_accuracy", "Transfer, CellProfiler features")):
+        curve = ta["by_feature_set"].get(fs)
+        if curve:
+            largest = max(curve, key=int)
+            metrics[key] = curve[largest]
+            headlines.append(headline(key, f"{label}, {largest} cells per class", "cells"))
+    for n in sizes:
+        row = [n]
+        for fs in (best, CELLPROFILER):
+            c = (ta["by_feature_set"].get(fs) or {}).get(str(n))
+            row.append("—" if c is None else f"{c['value']:.3f} [{c['lo']:.3f}, {c['hi']:.3f}]")
+        rows.append(row)
+    cells = result["cells"]
+    text = (f"The trained network is a fixed feature extractor for cells of {len(result['classes'])} compartments it "
+            f"never saw ({', '.join(result['classes'])}). For each feature set a random forest learns from 1 to "
+            f"{sizes[-1] if sizes else 0} cells per class ({cells['train']:,} training cells in all), is chosen on "
+            f"{cells['val']:,} validation cells and scored on {cells['test']:,} test cells. The best network layer "
+            f"on validation is {best}.")
+    tables = [table("Test accuracy by training cells per class",
+                    ["cells per class", f"{best} (best layer on validation) [95% interval]",
+                     "CellProfiler [95% interval]"], rows,
+                    "Accuracy: share of the test cells called right; intervals from bootstrap resamples of the test "
+                    "cells. Every layer's curve is in transfer.csv.", file="transfer.csv")]
+    figures = [f for f in [figure("transfer_accuracy.png", "Figure 4C: transfer accuracy against training cells per class, best "
+                                               "network layer (chosen on validation) vs CellProfiler features; bands: "
+                                               "95% bootstrap intervals."),
+               figure("transfer_layers.png", "Transfer accuracy against training cells per class for every layer's "
+                                             "features.")] if os.path.exists(os.path.join(out_dir, f["file"]))]
+    return write_result(out_dir, "transfer", "Transfer learning to new compartments (paper Figure 4C)", text,
+                        metrics=metrics, headline=headlines, figures=figures, tables=tables,
+                        details={k: v for k, v in result.items() if k not in ("rows", "transfer_accuracy")},
+                        seeds={"seed": result["seed"]}, command=command, order=40)
 
 
 def write_results_csv(path, rows):

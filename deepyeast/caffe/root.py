@@ -108,3 +108,7 @@ def run_caffe(args, **kwargs):
 def run_pycaffe(script_path, args=(), **kwargs):
     """Run a Python script with the root's python3 (3.9) where ``import caffe`` works."""
     return run_in_root(["python3", os.path.abspath(script_path)] + list(args), **kwargs)
+
+
+if __name__ == "__main__":  # the one default of the root's location, for Make and shell scripts
+    print(caffe_root_path())

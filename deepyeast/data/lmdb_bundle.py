@@ -18,12 +18,12 @@ import hashlib
 import json
 import os
 import random
-import sys
 
 import numpy as np
 
 from deepyeast.data.crop_png import read_crop
 from deepyeast.data.lists import check_splits, protein_of, read_split_list
+from deepyeast.utils.progress import progress as progress_report
 from deepyeast.utils.io import file_digest
 from deepyeast.constants import CLASS_NAMES, CLASS_SETS, IMAGE_SIZE, LIST_PREFIX, N_CHANNELS, SPLITS, class_set_of
 from deepyeast.utils.io import InputError, atomic_write_text
@@ -33,13 +33,6 @@ def list_path(root, split, prefix=LIST_PREFIX):
     """Path of a split list: ``root/<prefix><split>.txt``."""
     return os.path.join(root, f"{prefix}{split}.txt")
 
-
-
-def _progress(iterable, total, desc, enabled):
-    if enabled and sys.stderr.isatty():
-        from tqdm import tqdm
-        return tqdm(iterable, total=total, desc=desc, unit="crop")
-    return iterable
 
 
 def _try_read(root, entry):
@@ -89,7 +82,8 @@ def write_split_lmdb(root, entries, lmdb_path, split="train", class_names=CLASS_
     content = hashlib.sha256()
 
     def records():
-        for rel, label, result in _read_ahead(root, _progress(order, len(order), f"{split} -> lmdb", progress)):
+        bar = progress_report(order, len(order), f"{split} -> lmdb", "crop", None if progress else False)
+        for rel, label, result in _read_ahead(root, bar):
             if isinstance(result, InputError):
                 if not skip_bad:
                     raise result

@@ -411,23 +411,19 @@ def _batch_keys(net):
 # --------------------------------------------------------------------------- main
 
 def main(argv=None):
-    """Entry point; returns the process exit code."""
-    from deepyeast.engine.solver import TrainingDiverged, setup_caffe_logging
-    from deepyeast.utils.io import InputError
+    """Entry point; returns the process exit code (:data:`deepyeast.launcher.EXIT_CODES`: bad input 2,
+    diverged training 3), each error printed once on stderr as ``deepyeast ACTION: error: ...``."""
+    from deepyeast import launcher
+    from deepyeast.engine.solver import setup_caffe_logging
 
     args = build_parser().parse_args(argv)
     setup_caffe_logging()
     action = {"train": train, "test": test, "time": time_net, "extract": extract, "bnstats": bnstats}[args.action]
-    try:
-        action(args)
-    except InputError as err:
-        log.error("%s", err)
-        print(f"deepyeast {args.action}: error: {err}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as err:
-        print(f"deepyeast {args.action}: {err}", file=sys.stderr)
-        return 3
-    return 0
+
+    def run(a):
+        action(a)  # its return value is for callers in Python, not an exit code
+
+    return launcher.run_guarded(run, args, f"deepyeast {args.action}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from deepyeast.caffe import caffe_pb2
 from deepyeast.caffe.prototxt import read_prototxt
 from deepyeast.utils.io import InputError, atomic_path, atomic_write_text
 
-MODEL_DIR = os.path.join("models", "deepyeast")
 
 # solver fields a run may override: the schedule, never the optimizer
 SCHEDULE_FIELDS = {
@@ -98,26 +97,42 @@ def parse_overrides(pairs):
     return result
 
 
-def write_run_config(run_dir, lmdb_dir, solver_path=os.path.join(MODEL_DIR, "solver_cpu.prototxt"),
-                     overrides=None, net_path=None, batch_sizes=None):
+def _net_of(solver, solver_path):
+    """The solver's ``net`` path: as given when it exists (Caffe resolves it from the working folder),
+    else, for a model-zoo solver (``net: "models/deepyeast/..."``), under the zoo's parent folder."""
+    if os.path.isabs(solver.net) or os.path.exists(solver.net):
+        return solver.net
+    from deepyeast.model.zoo import zoo_dir
+
+    candidate = os.path.join(os.path.dirname(zoo_dir()), solver.net)
+    return candidate if os.path.exists(candidate) else solver.net
+
+
+def write_run_config(run_dir, lmdb_dir, solver_path=None, overrides=None, net_path=None, batch_sizes=None):
     """Write ``run_dir/train_val.prototxt`` and ``run_dir/solver.prototxt`` for data in ``lmdb_dir``.
 
+    ``solver_path``: the solver to start from (default the model zoo's ``solver_cpu.prototxt``).
     ``lmdb_dir`` holds ``train_lmdb``, ``val_lmdb`` and ``mean.binaryproto``.
     Snapshots go to ``run_dir/snapshots/deepyeast``.  Returns the solver path.
     """
+    if solver_path is None:
+        from deepyeast.model.zoo import zoo_file
+
+        solver_path = zoo_file("solver_cpu.prototxt")
     solver = read_prototxt(solver_path, caffe_pb2.SolverParameter)
-    net = read_prototxt(net_path or solver.net, caffe_pb2.NetParameter)
+    net_path = net_path or _net_of(solver, solver_path)
+    net = read_prototxt(net_path, caffe_pb2.NetParameter)
     net = retarget_net(net, {"TRAIN": os.path.join(lmdb_dir, "train_lmdb"),
                              "TEST": os.path.join(lmdb_dir, "val_lmdb")},
                        mean_file=os.path.join(lmdb_dir, "mean.binaryproto"), batch_sizes=batch_sizes)
     os.makedirs(os.path.join(run_dir, "snapshots"), exist_ok=True)
     net_out = os.path.join(run_dir, "train_val.prototxt")
     solver_out = os.path.join(run_dir, "solver.prototxt")
-    header = (f"# Generated from {net_path or solver.net} by deepyeast.runconfig: only the data paths differ.\n")
+    header = (f"# Generated from {net_path} by deepyeast.engine.runconfig: only the data paths differ.\n")
     atomic_write_text(net_out, header + text_format.MessageToString(net))
     solver = retarget_solver(solver, net_out, os.path.join(run_dir, "snapshots", "deepyeast"),
                              **(overrides or {}))
-    header = (f"# Generated from {solver_path} by deepyeast.runconfig: net, snapshot prefix and schedule.\n")
+    header = (f"# Generated from {solver_path} by deepyeast.engine.runconfig: net, snapshot prefix and schedule.\n")
     atomic_write_text(solver_out, header + text_format.MessageToString(solver))
     return solver_out
 
@@ -169,24 +184,36 @@ def choose_snapshot(solver_path, log_path=None, rule="final"):
     return snapshot_path(solver, min(candidates)[1])
 
 
-def _main(argv=None):
-    import argparse
+_CHOOSE_DOC = """Copy the snapshot a run uses (final, or lowest validation loss) to OUT, atomically.
+
+Example:
+  python -m deepyeast.engine.runconfig RUN/train/solver.prototxt RUN/train/chosen.caffemodel --rule val_loss \\
+      --log RUN/train/train.log
+"""
+
+
+def _choose_options(p):
+    from deepyeast import launcher
+
+    p.add_argument("solver", type=launcher.existing_file, help="the run's solver.prototxt")
+    p.add_argument("out", help="where to copy the chosen .caffemodel")
+    p.add_argument("--rule", choices=["final", "val_loss"], default="final")
+    p.add_argument("--log", help="training log (for --rule val_loss)")
+
+
+def _choose(args):
     import shutil
-    parser = argparse.ArgumentParser(
-        prog="python -m deepyeast.engine.runconfig",
-        description="Copy the snapshot a run uses (final, or lowest validation loss) to OUT, atomically.")
-    parser.add_argument("solver", help="the run's solver.prototxt")
-    parser.add_argument("out", help="where to copy the chosen .caffemodel")
-    parser.add_argument("--rule", choices=["final", "val_loss"], default="final")
-    parser.add_argument("--log", help="training log (for --rule val_loss)")
-    args = parser.parse_args(argv)
-    try:
-        chosen = choose_snapshot(args.solver, args.log, args.rule)
-    except InputError as err:
-        parser.exit(2, f"error: {err}\n")
+
+    chosen = choose_snapshot(args.solver, args.log, args.rule)
     with atomic_path(args.out) as tmp:
         shutil.copyfile(chosen, tmp)
     print(f"{chosen} -> {args.out}")
+
+
+def _main(argv=None):
+    from deepyeast import launcher
+
+    return launcher.main(_CHOOSE_DOC, _choose_options, _choose, argv=argv, prog="python -m deepyeast.engine.runconfig")
 
 
 if __name__ == "__main__":

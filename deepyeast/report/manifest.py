@@ -12,13 +12,12 @@ Schema (``"schema": "deepyeast.result/1"``; only ``name`` and ``title`` are requ
       "title":    "Protein-level calls",      # the report section's heading
       "order":    30,                          # sections sorted by it (then by folder)
       "summary":  "One paragraph for a biologist: what was done, on what, the result in words.",
-      "metrics":  {                            # headline numbers, copied to metrics.json top level
-          "protein_accuracy": {"value": 0.99, "correct": 279, "total": 282,
-                               "label": "network accuracy per protein (test)", "unit": "proteins",
-                               "paper": 0.989}
-      },                                       # a metric is a count {value, correct, total[, lo, hi]}
-                                               # or a number; label/unit/paper are optional
-      "headline": ["protein_accuracy"],        # metrics shown in the report's first table, in order
+      "metrics":  {                            # its numbers, copied to metrics.json's top level
+          "protein_accuracy": {"value": 0.99, "correct": 279, "total": 282}
+      },                                       # a count {value, correct, total[, lo, hi]}, a number,
+                                               # or an object of those (names unique in a run)
+      "headline": [{"metric": "protein_accuracy", "label": "Network accuracy per protein (test)",
+                    "unit": "proteins", "paper": 0.989}],   # rows of the report's first table
       "figures":  [{"file": "fig.png", "caption": "Figure 2A: ..."}],   # relative to the folder
       "tables":   [{"title": "...", "caption": "what each number counts",
                     "columns": ["class", "cells", "recall"], "rows": [["ER", 812, 0.91]],
@@ -40,8 +39,8 @@ import os
 
 from deepyeast.utils.io import InputError, atomic_write_text
 
-__all__ = ["MANIFEST_NAME", "SCHEMA", "write_result", "read_result", "find_results", "count_metric", "figure",
-           "table", "missing_part"]
+__all__ = ["MANIFEST_NAME", "SCHEMA", "write_result", "read_result", "find_results", "count_metric", "headline",
+           "figure", "table", "missing_part", "clear_result"]
 
 MANIFEST_NAME = "result.json"
 SCHEMA = "deepyeast.result/1"
@@ -50,14 +49,19 @@ _KEYS = ("schema", "name", "title", "order", "summary", "metrics", "headline", "
          "details", "seeds", "command")
 
 
-def count_metric(correct, total, label=None, unit=None, lo=None, hi=None, paper=None):
-    """A count metric ``{"value": correct / total, "correct", "total", ...}`` (value None when total is 0)."""
+def count_metric(correct, total, lo=None, hi=None):
+    """A count metric ``{"value": correct / total, "correct", "total"[, "lo", "hi"]}`` (value None when total is 0)."""
     correct, total = int(correct), int(total)
     out = {"value": correct / total if total else None, "correct": correct, "total": total}
-    for key, v in (("lo", lo), ("hi", hi), ("label", label), ("unit", unit), ("paper", paper)):
-        if v is not None:
-            out[key] = v
+    if lo is not None and hi is not None:
+        out["lo"], out["hi"] = float(lo), float(hi)
     return out
+
+
+def headline(metric, label, unit, paper=None):
+    """A row of the report's first table: ``metric`` (a key of the manifest's metrics), ``label``
+    (what it is), ``unit`` (what its counts count: "cells", "proteins"), ``paper`` (the paper's value)."""
+    return {"metric": metric, "label": label, "unit": unit, "paper": paper}
 
 
 def figure(file, caption):
@@ -103,9 +107,9 @@ def write_result(out_dir, name, title, summary="", metrics=None, headline=(), fi
     """
     out_dir = os.fspath(out_dir)
     metrics = dict(metrics or {})
-    for key in headline:
-        if key not in metrics:
-            raise ValueError(f"headline metric {key!r} is not in metrics ({', '.join(metrics)})")
+    for row in headline:
+        if row["metric"] not in metrics:
+            raise ValueError(f"headline metric {row['metric']!r} is not in metrics ({', '.join(metrics)})")
     for f in figures:
         if not os.path.isfile(os.path.join(out_dir, f["file"])):
             raise ValueError(f"{out_dir}: figure {f['file']} was not written")
@@ -117,6 +121,14 @@ def write_result(out_dir, name, title, summary="", metrics=None, headline=(), fi
     os.makedirs(out_dir, exist_ok=True)
     atomic_write_text(os.path.join(out_dir, MANIFEST_NAME), json.dumps(result, indent=1) + "\n")
     return result
+
+
+def clear_result(out_dir):
+    """Remove a stale ``out_dir/result.json`` at a step's start: a run killed midway must not leave
+    the old manifest that marks a finished step."""
+    path = os.path.join(os.fspath(out_dir), MANIFEST_NAME)
+    if os.path.exists(path):
+        os.remove(path)
 
 
 def _check(result, path):
@@ -142,9 +154,9 @@ def _check(result, path):
                 raise InputError(f"{path}: metric '{name}': 'value' is {v!r}, not a number")
         elif m is not None and (isinstance(m, bool) or not isinstance(m, (int, float))):
             raise InputError(f"{path}: metric '{name}' is {m!r}: a number or a count object")
-    for key in result.get("headline", []):
-        if key not in result.get("metrics", {}):
-            raise InputError(f"{path}: headline metric '{key}' is not in 'metrics'")
+    for row in result.get("headline", []):
+        if not isinstance(row, dict) or row.get("metric") not in result.get("metrics", {}):
+            raise InputError(f"{path}: a headline row needs 'metric', one of 'metrics' ({row!r})")
     for f in result.get("figures", []):
         if not isinstance(f, dict) or "file" not in f:
             raise InputError(f"{path}: a figure entry needs 'file' (and 'caption')")

@@ -14,6 +14,7 @@ prototxt): conv1 3 x 3 input pixels, conv2 5, conv3 10, conv4 14, conv5 .. conv8
 """
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -25,13 +26,17 @@ from deepyeast.analysis.interpret.neurons import (class_entropy, mutual_informat
                                                   plot_neuron_summary, strongest_correlations)
 from deepyeast.analysis.interpret.patches import PATCH_LAYERS, activating_patches, load_cell_images, plot_patches
 from deepyeast.analysis.interpret.tsne import plot_tsne_grid, tsne_embedding
+from deepyeast.report.manifest import clear_result, figure, missing_part, table, write_result
 from deepyeast.utils.io import InputError, atomic_write_text, write_csv
+from deepyeast.utils.progress import progress
+
+_log = logging.getLogger(__name__)
 
 
 def run_interpretation(feature_dir, out_dir, labels, class_names, blobs=None, cp_csv=None,
                        archive_root=None, lmdb_path=None, n_tsne=1000, n_bins=10,
                        patch_layers=PATCH_LAYERS, neurons=None, n_neurons=4, n_patches=8,
-                       summary="max", tsne_reduce="pool", seed=0, log=print, model=None):
+                       summary="max", tsne_reduce="pool", seed=0, log=None, model=None, command=None):
     """Write the Figure 3 analyses for the cells in ``feature_dir`` to ``out_dir``.
 
     ``labels``: dict path -> (split, label) (``read_label_lists`` /
@@ -46,6 +51,7 @@ def run_interpretation(feature_dir, out_dir, labels, class_names, blobs=None, cp
     ``patches.{png,pdf}`` (3A), ``neurons_<blob>.csv`` and
     ``neurons.{png,pdf}`` (3D), ``interpret.json``.  Returns the summary dict.
     """
+    log = log or _log.info
     paths = read_paths(os.path.join(feature_dir, PATHS_FILE))
     _splits, y = labels_for_paths(paths, labels, os.path.join(feature_dir, PATHS_FILE))
     if blobs is None:
@@ -65,7 +71,8 @@ def run_interpretation(feature_dir, out_dir, labels, class_names, blobs=None, cp
                        n_bins=n_bins, neuron_summary=summary, class_entropy_nats=h_class,
                        tsne_cells=int(len(tsne_rows)), tsne_reduce=tsne_reduce, layers={})
     embeddings, mi_by_blob, r_by_blob, chance_by_blob = {}, {}, {}, {}
-    for blob in blobs:
+    clear_result(out_dir)
+    for blob in progress(blobs, desc="interpret", unit="layer"):
         act = load_blob(feature_dir, blob, geometry.get(blob))
         # one pass over the (memory-mapped) blob: per-channel mean and max of every cell
         spatial = act.shape[2] * act.shape[3] > 1
@@ -118,7 +125,47 @@ def run_interpretation(feature_dir, out_dir, labels, class_names, blobs=None, cp
                                        values=[p["value"] for p in ps]) for b, c, ps in panels]
         plot_patches(panels, os.path.join(out_dir, "patches"))
     atomic_write_text(os.path.join(out_dir, "interpret.json"), json.dumps(summary_out, indent=2) + "\n")
+    write_interpret_result(out_dir, summary_out, command=command)  # last: marks a finished step
     return summary_out
+
+
+def write_interpret_result(out_dir, summary, command=None):
+    """The result manifest of the interpretation (see :mod:`deepyeast.report.manifest`)."""
+    layers = summary["layers"]
+    has_r = any("abs_r_median" in v for v in layers.values())
+    columns = ["layer", "neurons", "median MI (nats)", "median MI, labels shuffled"]
+    if has_r:
+        columns.append("median |r| to CellProfiler")
+    rows = []
+    for blob, v in layers.items():
+        row = [blob, v["n_neurons"], f"{v['mi_median']:.3f}", f"{v['mi_shuffled_median']:.3f}"]
+        if has_r:
+            row.append(f"{v['abs_r_median']:.2f}" if "abs_r_median" in v else "—")
+        rows.append(row)
+    text = (f"Features of {summary['n_cells']:,} cells at {len(layers)} layers. A neuron's output per cell (spatial "
+            f"{summary['neuron_summary']} of its map for a convolution channel) is compared with the cell's "
+            f"compartment by mutual information on {summary['n_bins']} quantile bins; the class entropy, the most "
+            f"any neuron can reach, is {summary['class_entropy_nats']:.2f} nats.")
+    figures = [figure("tsne.png", f"Figure 3B: t-SNE of {summary['tsne_cells']:,} cells at each layer, coloured by "
+                                  "compartment."),
+               figure("neurons.png", "Figure 3D: per layer, the distribution of neurons' mutual information with the "
+                                     "compartment (grey x: median with shuffled labels)" +
+                      (" and of each neuron's strongest correlation to a CellProfiler feature." if has_r else "."))]
+    if os.path.exists(os.path.join(out_dir, "patches.png")):
+        figures.insert(1, figure("patches.png", "Figure 3A: input patches (each unit's receptive field) that most "
+                                                "activate chosen neurons; red: marker, green: protein."))
+    missing = [] if "patches" in summary else [missing_part(
+        "input patches that most activate neurons (Figure 3A)", "no cell images were given",
+        "--archive ROOT or --lmdb DIR")]
+    if not has_r:
+        missing.append(missing_part("correlation of neurons to CellProfiler features",
+                                    "no CellProfiler features were given", "--cellprofiler CSV"))
+    return write_result(out_dir, "interpret", "What the layers encode (paper Figure 3)", text, figures=figures,
+                        tables=[table("Neurons per layer", columns, rows,
+                                      "Mutual information between a neuron's binned output and the compartment, "
+                                      "median over the layer's neurons, in nats; per neuron in neurons_<layer>.csv.")],
+                        missing=missing, details={k: v for k, v in summary.items() if k != "patches"},
+                        seeds={"seed": summary["seed"]}, command=command, order=50)
 
 
 

@@ -64,7 +64,6 @@ intensity statistics separate classes only partly.
 import json
 import math
 import os
-import sys
 from multiprocessing import get_context
 
 import numpy as np
@@ -74,6 +73,7 @@ from deepyeast.constants import (CLASS_NAMES, CLASS_SETS, IMAGE_SIZE, PAPER_SPLI
 from deepyeast.data.crop_png import write_crop
 from deepyeast.data.micrographs import crop_cells, crop_name
 from deepyeast.data.lists import write_class_doc, write_split_list
+from deepyeast.utils.progress import progress
 from deepyeast.utils.io import atomic_path, atomic_write_text
 
 REAL_TRAIN_CLASS_CELLS = (6924, 6935, 2692, 6195, 2770, 6547, 6661, 7014, 6440, 1683, 4713, 6426)
@@ -736,10 +736,7 @@ def _write_field_tables(save_dir, saved, proteins, names):
 
 
 def _progress(iterable, total, enabled, desc):
-    if enabled and sys.stderr.isatty():
-        from tqdm import tqdm
-        return tqdm(iterable, total=total, desc=f"synthetic {desc}", unit="protein")
-    return iterable
+    return progress(iterable, total=total, desc=f"synthetic {desc}", unit="protein", enabled=None if enabled else False)
 
 
 def make_screen(out_dir, size="tiny", seed=0, workers=None, field_size=FIELD_SIZE, save_fields=0, progress=True,
