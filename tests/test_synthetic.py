@@ -157,8 +157,8 @@ def test_make_synthetic_cli_and_gallery(tmp_path):
 
 
 def test_every_class_has_a_rendering_rule():
-    assert {n for s, n in synthetic._PATTERNS if s == "main"} == set(CLASS_NAMES)
-    assert {n for s, n in synthetic._PATTERNS if s == "transfer"} == set(TRANSFER_CLASS_NAMES)
+    assert {n for s, n in synthetic.patterns._PATTERNS if s == "main"} == set(CLASS_NAMES)
+    assert {n for s, n in synthetic.patterns._PATTERNS if s == "transfer"} == set(TRANSFER_CLASS_NAMES)
     for set_name, names in (("main", CLASS_NAMES), ("transfer", TRANSFER_CLASS_NAMES)):
         for label in range(len(names)):
             crops = synthetic.example_crops(set_name, label, 2, seed=1)
