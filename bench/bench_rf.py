@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Time the CellProfiler features, the random-forest baseline and the quality filter.
 
-Generates a synthetic screen (deepyeast.synthetic, --size), then times:
+Generates a synthetic screen (deepyeast.data.synthetic, --size), then times:
 feature extraction of its main set (1 and --jobs worker processes; CPU seconds
 per cell from the single-process run), the random forest with the small grid,
 and the quality filter with its defaults.  Writes the "CellProfiler features

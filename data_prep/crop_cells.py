@@ -24,18 +24,14 @@ from deepyeast import constants, launcher
 
 def options(p):
     p.add_argument("images", type=launcher.existing_file, help="images table (CSV)")
-    p.add_argument("out_positional", nargs="?", metavar="OUT", help="same as --out (older form)")
-    launcher.add(p, "out", metavar="DIR", help="archive root to write (replaced atomically)")
+    launcher.add_output_folder(p, "archive root to write (replaced atomically)")
     p.add_argument("--centres", type=launcher.existing_file, help="cell centres table (CSV) instead of masks")
     p.add_argument("--channels", type=int, nargs=2, default=(0, 1), metavar=("MARKER", "PROTEIN"),
                    help="channel indices of the marker and the protein in the micrographs (default: 0 1)")
     p.add_argument("--bits", type=int, help="bit depth of 16-bit micrographs (e.g. 12); rescaled to 8 bits")
     p.add_argument("--border", choices=("pad", "skip"), default="pad",
                    help="cells closer than 32 px to the edge: zero-pad or skip (default: %(default)s)")
-    p.add_argument("--classes", choices=sorted(constants.CLASS_SETS), default="main",
-                   help="class table and list names: main (HOwt_*) or transfer (HOwt_transfer_*)")
-    p.add_argument("--transfer", dest="classes", action="store_const", const="transfer",
-                   help="same as --classes transfer")
+    launcher.add_class_set(p)
     p.add_argument("--fractions", type=float, nargs=3, default=constants.SPLIT_FRACTIONS,
                    metavar=("TRAIN", "VAL", "TEST"),
                    help="cell shares of the splits when assigned by protein (default: %(default)s)")
@@ -45,11 +41,8 @@ def options(p):
 
 def run(args):
     from deepyeast.data.micrographs import crop_screen
-    from deepyeast.utils.io import InputError
 
-    out = args.out or args.out_positional
-    if not out:
-        raise InputError("give the archive root to write (--out DIR)")
+    out = launcher.output_folder(args)
     summary = crop_screen(args.images, out, centres_csv=args.centres, channels=tuple(args.channels),
                           bits=args.bits, border=args.border, class_names=constants.CLASS_SETS[args.classes],
                           prefix=constants.list_prefix(args.classes), fractions=args.fractions,

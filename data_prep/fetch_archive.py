@@ -19,8 +19,7 @@ from deepyeast.data.download import ARCHIVE_BASE_URL
 
 
 def options(p):
-    p.add_argument("out_positional", nargs="?", metavar="DEST", help="same as --out (older form)")
-    launcher.add(p, "out", metavar="DIR", help="folder to download into")
+    launcher.add_output_folder(p, "folder to download into")
     p.add_argument("--only", nargs="+", choices=("lists", "main", "transfer"),
                    default=("lists", "main", "transfer"), help="parts to fetch (default: all)")
     p.add_argument("--base-url", default=ARCHIVE_BASE_URL, help="mirror of the data (default: %(default)s)")
@@ -30,11 +29,8 @@ def options(p):
 
 def run(args):
     from deepyeast.data.download import fetch_archive
-    from deepyeast.utils.io import InputError
 
-    out = args.out or args.out_positional
-    if not out:
-        raise InputError("give the folder to download into (--out DIR)")
+    out = launcher.output_folder(args)
     print(json.dumps(fetch_archive(out, args.only, args.base_url, not args.remove_tarballs, args.timeout), indent=1))
 
 

@@ -19,24 +19,17 @@ from deepyeast import constants, launcher
 
 def options(p):
     p.add_argument("root", type=launcher.existing_dir, help="archive root (plateNN/ folders)")
-    p.add_argument("out_positional", nargs="?", metavar="OUT", help="same as --out (older form)")
-    launcher.add(p, "out", metavar="DIR", help="bundle folder to write")
+    launcher.add_output_folder(p, "bundle folder to write")
     p.add_argument("--lists", type=launcher.existing_dir, help="folder with the split lists (default: ROOT)")
-    p.add_argument("--classes", choices=sorted(constants.CLASS_SETS), default="main",
-                   help="class table and list names: main (HOwt_*) or transfer (HOwt_transfer_*)")
-    p.add_argument("--transfer", dest="classes", action="store_const", const="transfer",
-                   help="same as --classes transfer")
+    launcher.add_class_set(p)
     launcher.add(p, "seed", help="shuffle seed (default %(default)s)")
     p.add_argument("--skip-bad", action="store_true", help="leave out bad crops/lines and list them")
 
 
 def run(args):
     from deepyeast.data.lmdb_bundle import build_lmdb_bundle
-    from deepyeast.utils.io import InputError
 
-    out = args.out or args.out_positional
-    if not out:
-        raise InputError("give the bundle folder to write (--out DIR)")
+    out = launcher.output_folder(args)
     summary = build_lmdb_bundle(args.root, out, prefix=constants.list_prefix(args.classes), list_dir=args.lists,
                                 seed=args.seed, skip_bad=args.skip_bad)
     print(json.dumps(summary, indent=1))

@@ -27,8 +27,7 @@ from deepyeast import launcher
 def options(p):
     from deepyeast.data.synthetic import FIELD_SIZE, SIZES
 
-    p.add_argument("out_positional", nargs="?", metavar="OUT", help="same as --out (older form)")
-    launcher.add(p, "out", metavar="DIR", help="output folder (main/ and transfer/ are written inside)")
+    launcher.add_output_folder(p, "output folder (main/ and transfer/ are written inside)")
     p.add_argument("--size", choices=sorted(SIZES), default="tiny", help="screen size (default: %(default)s)")
     launcher.add(p, "seed")
     launcher.add(p, "jobs")

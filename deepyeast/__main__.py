@@ -1,4 +1,4 @@
-"""``python -m deepyeast ACTION ...``: the caffe-like command (see :mod:`deepyeast.cli`)."""
+"""``python -m deepyeast ACTION ...``: the caffe-like command (see :mod:`deepyeast.engine.cli`)."""
 
 import sys
 

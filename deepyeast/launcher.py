@@ -46,7 +46,8 @@ import sys
 
 from deepyeast.utils.io import InputError, StepFailed
 
-__all__ = ["main", "run_guarded", "build_parser", "add", "SHARED", "EXIT_CODES",
+__all__ = ["main", "run_guarded", "build_parser", "add", "add_output_folder", "output_folder", "add_class_set",
+           "SHARED", "EXIT_CODES",
            "EXIT_OK", "EXIT_CHECK_FAILED", "EXIT_INPUT", "EXIT_FAILED", "EXIT_INTERRUPTED",
            "existing_file", "existing_dir", "positive_int", "command_line"]
 
@@ -69,18 +70,19 @@ EXIT_CODES = {
 
 # ----------------------------------------------------------------------------- argument types
 
-def existing_file(path):
-    """argparse type: a path that must be an existing file (else a usage error, exit 2)."""
-    if not os.path.isfile(path):
-        raise argparse.ArgumentTypeError(f"{path}: no such file")
-    return path
+def _existing(check, what):
+    def parse(path):
+        if not check(path):
+            raise argparse.ArgumentTypeError(f"{path}: no such {what}")
+        return path
+    parse.__name__ = f"existing {what}"
+    return parse
 
 
-def existing_dir(path):
-    """argparse type: a path that must be an existing folder (else a usage error, exit 2)."""
-    if not os.path.isdir(path):
-        raise argparse.ArgumentTypeError(f"{path}: no such folder")
-    return path
+existing_file = _existing(os.path.isfile, "file")
+existing_file.__doc__ = "argparse type: a path that must be an existing file (else a usage error, exit 2)."
+existing_dir = _existing(os.path.isdir, "folder")
+existing_dir.__doc__ = "argparse type: a path that must be an existing folder (else a usage error, exit 2)."
 
 
 def positive_int(text):
@@ -141,6 +143,31 @@ def add(parser, key, **overrides):
     kwargs = dict(kwargs, **overrides)
     kwargs.setdefault("dest", key)
     return parser.add_argument(*flags, **kwargs)
+
+
+def add_output_folder(parser, help="output folder"):
+    """``--out DIR`` plus the older positional form (``script.py INPUT OUT``) of the data steps;
+    :func:`output_folder` resolves them."""
+    parser.add_argument("out_positional", nargs="?", metavar="OUT", help="same as --out (older form)")
+    add(parser, "out", metavar="DIR", help=help)
+
+
+def output_folder(args):
+    """The folder given by ``--out`` or positionally (:func:`add_output_folder`); InputError when neither."""
+    out = args.out or args.out_positional
+    if not out:
+        raise InputError("give the output folder (--out DIR)")
+    return out
+
+
+def add_class_set(parser):
+    """``--classes main|transfer`` (the class table and list names; ``--transfer`` is the older form)."""
+    from deepyeast.constants import CLASS_SETS
+
+    parser.add_argument("--classes", choices=sorted(CLASS_SETS), default="main",
+                        help="class table and list names: main (HOwt_*) or transfer (HOwt_transfer_*)")
+    parser.add_argument("--transfer", dest="classes", action="store_const", const="transfer",
+                        help="same as --classes transfer")
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):

@@ -1,4 +1,4 @@
-"""analysis/predict.py and deepyeast.predict: the predictions table and features from both engines.
+"""analysis/predict.py and deepyeast.analysis.predict: the predictions table and features from both engines.
 
 Weights are random but well scaled, with non-trivial BatchNorm statistics
 (Net.random_weights), so every blob of the caffemodel matters.  The

@@ -1,4 +1,4 @@
-"""Tests of deepyeast.transfer: subsampling, intervals, the accuracy curve, the whole run."""
+"""Tests of deepyeast.analysis.transfer: subsampling, intervals, the accuracy curve, the whole run."""
 
 import csv
 import json

@@ -251,7 +251,7 @@ def bootstrap_precision_recall(labels, preds, n_classes, n_resamples=DEFAULT_RES
 
 
 def evaluate_cells(table, n_resamples=DEFAULT_RESAMPLES, seed=0, method="multinomial"):
-    """All per-cell statistics of a :class:`~deepyeast.predictions.Predictions`.
+    """All per-cell statistics of a :class:`~deepyeast.analysis.predictions.Predictions`.
 
     Returns a dict: ``accuracy`` (count dict + ``lo``/``hi``), ``kappa`` (float),
     ``confusion_counts`` (K x K int64), ``confusion_rates`` (K x K float64),

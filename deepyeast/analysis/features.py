@@ -323,7 +323,7 @@ def labels_for_paths(paths, labels, what):
 def read_cellprofiler_csv(path):
     """Read CellProfiler features: ``(paths list[str], names list[str], values float64 N x F)``.
 
-    Parsing and its errors are ``deepyeast.cp_features.read_feature_csv``'s.
+    Parsing and its errors are ``deepyeast.analysis.cp_features.read_feature_csv``'s.
     Missing values (NaN, e.g. a texture on a degenerate mask) are replaced by
     the column median (0 for an all-NaN column) so that forests and
     correlations see every cell; infinities are an error naming row and column.

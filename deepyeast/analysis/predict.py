@@ -213,7 +213,7 @@ def predict_cells(cells, model_path, weights_path, mean_path, engine="ours", spl
                   feature_reduce="full"):
     """Classify ``cells`` (a :class:`Cells`) and write the predictions table and features.
 
-    Returns the validated :class:`deepyeast.predictions.Predictions`.  ``split``
+    Returns the validated :class:`deepyeast.analysis.predictions.Predictions`.  ``split``
     labels every row (default: from the source's name, e.g. ``HOwt_test.txt``).
     ``features_out``: folder that receives ``<blob>.npy`` for each of
     ``feature_blobs`` and ``paths.txt``; it is replaced as a whole, atomically.

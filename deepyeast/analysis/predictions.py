@@ -15,7 +15,7 @@ Schema (CSV, header required, one row per cell)::
                  within :data:`PROB_SUM_TOL`.
 
 K is taken from the number of ``prob_`` columns, which must be ``prob_0`` .. ``prob_{K-1}``
-with K a known class-table size.  Anything else is an :class:`~deepyeast.io_utils.InputError`
+with K a known class-table size.  Anything else is an :class:`~deepyeast.utils.io.InputError`
 naming the file and the row (1-based data row, with the file line) or column at fault.
 """
 

@@ -80,7 +80,7 @@ def dirichlet_map(probs, proteins, prior=1.0):
 
 
 def protein_calls(table, prior=1.0, allow_mixed_labels=False):
-    """Protein calls for a :class:`~deepyeast.predictions.Predictions`.
+    """Protein calls for a :class:`~deepyeast.analysis.predictions.Predictions`.
 
     A protein's true label is its cells' label; cells of one protein with different labels
     are an :class:`InputError` naming the rows, unless ``allow_mixed_labels`` (then the most

@@ -2,7 +2,7 @@
 
 Some crops of a screen are not cells (empty background, debris, a crop centred
 between two cells).  Following the paper, a random forest on the same
-CellProfiler features (:mod:`deepyeast.cp_features`) is trained on cells
+CellProfiler features (:mod:`deepyeast.analysis.cp_features`) is trained on cells
 labelled ``is_cell`` = 1 / 0 (``cell_quality.csv``: ``path,is_cell[,...]``),
 with 10-fold cross-validation over ``mtry`` and over down-sampling (every tree
 sees either a bootstrap of all rows, or per class as many rows as the rarer
@@ -95,7 +95,7 @@ def _accuracy(correct, total):
 def filter_accuracy(table, keep_paths):
     """Accuracy of a predictions table before/after keeping only ``keep_paths``.
 
-    table: :class:`deepyeast.predictions.Predictions`; keep_paths: set of str.
+    table: :class:`deepyeast.analysis.predictions.Predictions`; keep_paths: set of str.
     Returns ``{"before": {...}, "after": {...}, "removed": int}`` with value/correct/total.
     """
     ok = table.pred == table.label
@@ -179,7 +179,7 @@ def run_quality_filter(train_features, quality_csv, test_features, predictions=N
         acc = summary["classifiers"][name]
         log(f"quality filter: {name} accuracy {acc['before']['value']:.4f} -> {acc['after']['value']:.4f} "
             f"({acc['removed']} cells removed)")
-    # flat keys the report reads (deepyeast/report.py: quality/quality_filter.json)
+    # flat keys the report reads (kept for readers of quality_filter.json)
     for name, prefix in (("network", ""), ("random_forest", "rf_")):
         if name in summary["classifiers"]:
             summary[prefix + "cell_accuracy"] = summary["classifiers"][name]["before"]

@@ -1,7 +1,7 @@
 # Random-forest baseline and cell-quality filter of DeepYeast (Parnamaa & Parts 2017).
 #
 # Usable from R directly:
-#   source("r/random_forest.R")
+#   source("deepyeast/analysis/random_forest.R")
 #   search <- rf_grid_search(x_train, y_train, x_val, y_val, grid = RF_SMALL_GRID, cores = 2)
 #   model  <- rf_fit(x_train, y_train, search$best)
 #   prob   <- rf_predict_proba(model, x_test)          # N x K, columns = class levels

@@ -1,6 +1,6 @@
 """The paper's random-forest baseline: R's ``randomForest`` through rpy2.
 
-The forest code lives in ``r/random_forest.R`` (usable from R directly); this
+The forest code lives in ``random_forest.R`` (package data beside this module) (usable from R directly); this
 module moves numpy arrays into R and back, and builds the predictions table.
 
 Arrays: features are float64 ``N x F`` (NaN allowed on input, imputed by
@@ -27,7 +27,7 @@ R_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "random_fore
 """The R source defining rf_grid_search, rf_fit, rf_predict_proba, rf_quality_cv, ..."""
 
 GRIDS = {"small": "RF_SMALL_GRID", "paper": "RF_PAPER_GRID"}
-"""Named grids (R variables in ``r/random_forest.R``)."""
+"""Named grids (R variables in ``random_forest.R`` (package data beside this module))."""
 
 _R = None
 
@@ -42,7 +42,7 @@ def have_r():
 
 
 def _r():
-    """The embedded R session with ``r/random_forest.R`` sourced (once)."""
+    """The embedded R session with ``random_forest.R`` (package data beside this module) sourced (once)."""
     global _R
     if _R is None:
         try:

@@ -7,6 +7,7 @@ archive root), so the database's sorted key order -- the order Caffe's ``Data`` 
 the written order, and :func:`path_of_key` recovers the cell.
 """
 
+import contextlib
 import os
 import random
 import re
@@ -39,8 +40,9 @@ def path_of_key(key):
     return _KEY_PREFIX.sub("", key, count=1)
 
 
-def read_keys(path):
-    """Keys of an LMDB (str) in the Data layer's (sorted) read order."""
+@contextlib.contextmanager
+def _read_txn(path):
+    """A read transaction on the LMDB folder ``path`` (InputError when it is not one)."""
     lmdb = _lmdb()
     path = os.fspath(path)
     if not os.path.isdir(path):
@@ -48,9 +50,15 @@ def read_keys(path):
     env = lmdb.open(path, readonly=True, lock=False, subdir=True)
     try:
         with env.begin() as txn:
-            return [k.decode("utf-8", "replace") for k in txn.cursor().iternext(keys=True, values=False)]
+            yield txn
     finally:
         env.close()
+
+
+def read_keys(path):
+    """Keys of an LMDB (str) in the Data layer's (sorted) read order."""
+    with _read_txn(path) as txn:
+        return [k.decode("utf-8", "replace") for k in txn.cursor().iternext(keys=True, values=False)]
 
 
 def array_to_datum(image, label):
@@ -160,21 +168,13 @@ def iter_datum_lmdb(path):
 
     ``image`` is uint8 C x H x W (float32 when the records hold float_data).
     """
-    lmdb = _lmdb()
-    path = os.fspath(path)
-    if not os.path.isdir(path):
-        raise InputError(f"{path}: no LMDB folder here")
-    env = lmdb.open(path, readonly=True, lock=False, subdir=True)
-    try:
-        with env.begin() as txn:
-            for key, value in txn.cursor():
-                datum = caffe_pb2.Datum()
-                datum.ParseFromString(value)
-                k = key.decode("utf-8", "replace")
-                image, label = datum_to_array(datum, source=f"{path}[{k}]")
-                yield k, image, label
-    finally:
-        env.close()
+    with _read_txn(path) as txn:
+        for key, value in txn.cursor():
+            datum = caffe_pb2.Datum()
+            datum.ParseFromString(value)
+            k = key.decode("utf-8", "replace")
+            image, label = datum_to_array(datum, source=f"{os.fspath(path)}[{k}]")
+            yield k, image, label
 
 
 def count_datum_lmdb(path):

@@ -3,7 +3,7 @@
 This file is a stand-alone script for Debian bullseye's Python 3.9 with
 pycaffe and numpy 1.19: it imports nothing from the deepyeast package, and
 everything is passed by files.  :mod:`deepyeast.predict` runs it through
-:func:`deepyeast.caffe_root.run_pycaffe`; the tests use it too.
+:func:`deepyeast.caffe.root.run_pycaffe`; the tests use it too.
 
     python3 pycaffe_forward.py --model deploy.prototxt [--weights W.caffemodel]
         [--images X.npy] [--mean M.npy] [--out DIR] [--blobs prob,fc1,...]

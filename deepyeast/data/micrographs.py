@@ -14,7 +14,7 @@ Input of :func:`crop_screen` (a user's own screen, or the synthetic one):
   optionally ``cell`` (an integer id) and ``is_cell`` (1/0, copied to
   ``cell_quality.csv``).
 
-Output: the archive layout of :mod:`deepyeast.archive`:
+Output: the archive layout of :mod:`deepyeast.data.lists`:
 ``OUT/plateNN/<protein>-<field>-<cell>-<k>.png`` and ``OUT/HOwt_<split>.txt``
 (``HOwt_transfer_<split>.txt`` with ``prefix="HOwt_transfer_"``), the class
 doc, ``crops.csv`` (where each crop came from) and, when rejects occurred,
