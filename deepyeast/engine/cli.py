@@ -60,7 +60,8 @@ def build_parser():
     _add(t, "gpu", default="", help="GPU id, or 'all' for every GPU (DistributedDataParallel via torchrun); "
                                     "default: the solver's solver_mode")
     _add(t, "precision", **common_prec)
-    _add(t, "progress", choices=["auto", "on", "off"], default="auto", help="progress bar (auto: on a TTY)")
+    _add(t, "progress", choices=["auto", "on", "off"], default="auto",
+         help="progress on stderr (auto: a bar on a terminal, a line with the time left every 30 s in a log)")
 
     te = sub.add_parser("test", help="score a model over N batches (like caffe test)")
     _add(te, "model", required=True, help="net .prototxt (its TEST phase)")

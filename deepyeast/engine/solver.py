@@ -134,7 +134,8 @@ class Solver:
     channels_last : bool or None
         Run 4-D activations channels-last (Net option; default on).
     progress : bool or None
-        tqdm progress bar on stderr (default: only when stderr is a TTY).
+        Progress on stderr (:mod:`deepyeast.utils.progress`): None (default) a bar on a terminal
+        and a line with the time left every 30 s in a log; False none.
     snapshot_prefix : str or None
         Overrides the solver's ``snapshot_prefix``.
     """
@@ -173,7 +174,7 @@ class Solver:
             torch.backends.cudnn.allow_tf32 = tf32
             torch.backends.cudnn.benchmark = True
         self.channels_last = True if channels_last is None else bool(channels_last)
-        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.progress = progress
         self.seed = int(p.random_seed) if p.random_seed >= 0 else None
         if self.seed is not None:
             torch.manual_seed(self.seed)
@@ -293,9 +294,9 @@ class Solver:
         self._loss_start = start_iter
         timer_start, iters_last = time.perf_counter(), self.iter
         bar = None
-        if self.progress and self.rank == 0 and iters > 0:
-            from tqdm import tqdm
-            bar = tqdm(total=int(iters), desc="train", unit="it", file=sys.stderr, leave=False)
+        if self.progress is not False and self.rank == 0 and iters > 0:
+            from deepyeast.utils.progress import Progress
+            bar = Progress(total=int(iters), desc="train", unit="iteration", enabled=self.progress)
         check_every_iter = self.device.type == "cpu"
         try:
             while self.iter < stop_iter:
