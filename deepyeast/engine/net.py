@@ -20,7 +20,6 @@ import os
 import random
 import zlib
 from collections import OrderedDict, namedtuple
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -34,33 +33,7 @@ from deepyeast.engine.layers.data import InputLayer
 from deepyeast.engine.layers.neuron import ReLULayer
 from deepyeast.engine.layers.normalization import BatchNormLayer, ScaleLayer
 
-__all__ = ["Net", "ParamInfo", "BlobGeometry", "state_meets_rule", "filter_layers"]
-
-@dataclass(frozen=True)
-class BlobGeometry:
-    """Per-cell shape and receptive field of one blob (see :meth:`Net.geometry`).
-
-    ``channels, height, width``: the blob per cell (1 x 1 for an inner product's).
-    ``receptive_field``: side, in input pixels, of the square one unit sees (the whole input
-    for ``kind == "fc"``).  ``jump``: input pixels between neighbouring units.  ``start``:
-    input-pixel coordinate of the centre of unit (0, 0) (x.5 for an even receptive field).
-    ``kind``: "input", "conv", "pool", "fc" or "map" (another spatial layer).
-    """
-
-    name: str
-    kind: str
-    channels: int
-    height: int
-    width: int
-    receptive_field: int
-    jump: int
-    start: float
-
-    @property
-    def size(self):
-        """Values per cell (C * H * W)."""
-        return self.channels * self.height * self.width
-
+__all__ = ["Net", "ParamInfo", "state_meets_rule", "filter_layers"]
 
 ParamInfo = namedtuple("ParamInfo", ["layer_name", "index", "tensor", "lr_mult", "decay_mult"])
 ParamInfo.__doc__ = """One parameter blob: layer name, blob index in the layer, the tensor
@@ -521,84 +494,22 @@ class Net(torch.nn.Module):
     def learned_blobs(self):
         """Blobs produced (not in place) by layers with learnable parameters, input side first:
         for DeepYeast conv1 .. conv8, fc1, fc2, fc3 -- the features the analyses use."""
-        out = []
-        for layer in self.layers:
-            specs = self._param_specs[layer.name]
-            if any(lr != 0 for lr, _ in specs):
-                for i, t in enumerate(layer.top_names):
-                    if not (i < len(layer.bottom_names) and layer.bottom_names[i] == t) and t not in out:
-                        out.append(t)
-        return out
+        from deepyeast.engine.shapes import learned_blobs
+
+        return learned_blobs(self)
 
     def geometry(self):
-        """OrderedDict blob name -> :class:`BlobGeometry` (per-cell shape and receptive field in input pixels).
+        """OrderedDict blob name -> BlobGeometry (per-cell shape, receptive field); see
+        :func:`deepyeast.engine.shapes.blob_geometry`."""
+        from deepyeast.engine.shapes import blob_geometry
 
-        Follows every layer's :meth:`~deepyeast.engine.layers.base.Layer.spatial_window` from the
-        input blobs (receptive field 1, jump 1, centre 0) with the usual recurrences, on the H axis
-        (square inputs): ``r_out = r_in + (k - 1) * j_in``, ``s_out = s_in + ((k - 1) / 2 - pad) * j_in``,
-        ``j_out = j_in * stride``.  A blob without spatial axes (an inner product's) sees the whole input.
-        In-place layers keep their blob's geometry.
-        """
-        geo = OrderedDict()
-        image = None
-        for layer in self.layers:
-            window = layer.spatial_window() if layer.bottom_names else None
-            for i, (top, shape) in enumerate(zip(layer.top_names, layer.top_shapes)):
-                if i < len(layer.bottom_names) and layer.bottom_names[i] == top and top in geo:
-                    continue  # in place: same blob, same geometry
-                shape = tuple(shape)
-                channels = int(shape[1]) if len(shape) > 1 else 1
-                height = int(shape[2]) if len(shape) > 2 else 1
-                width = int(shape[3]) if len(shape) > 3 else 1
-                kind = {"Convolution": "conv", "Pooling": "pool"}.get(layer.caffe_type)
-                if not layer.bottom_names:  # an input blob
-                    if image is None and len(shape) == 4:
-                        image = height
-                    geo[top] = BlobGeometry(top, "input", channels, height, width, 1, 1, 0.0)
-                    continue
-                src = geo.get(layer.bottom_names[0])
-                if len(shape) < 4 or window is None or src is None or src.kind == "fc":
-                    side = image or height
-                    geo[top] = BlobGeometry(top, "fc" if len(shape) < 4 else (kind or "map"), channels, height,
-                                            width, side, side, (side - 1) / 2)
-                    continue
-                k, s, pad = window
-                kind = kind or (src.kind if src.kind != "input" else "map")
-                geo[top] = BlobGeometry(top, kind, channels, height, width, src.receptive_field + (k - 1) * src.jump,
-                                        src.jump * s, src.start + ((k - 1) / 2 - pad) * src.jump)
-        return geo
+        return blob_geometry(self)
 
     def random_weights(self, seed=0, bn_factor=0.8, input_scale=1.0):
-        """Random but well-scaled values for every parameter blob, in Caffe's shapes.
+        """Random, well-scaled values for every parameter blob; see :func:`deepyeast.engine.shapes.random_weights`."""
+        from deepyeast.engine.shapes import random_weights
 
-        Returns ``(params, types)``: an ordered dict layer name -> list of float32 arrays and
-        layer name -> type, ready for :func:`deepyeast.caffe.blobs.write_caffemodel`.  Weights are
-        He-normal (the first layer's divided by ``input_scale``), biases small; ``BatchNorm`` gets
-        non-trivial running statistics (mean around 0, variance in [0.5, 2], both multiplied by
-        ``bn_factor``, the moving-average factor Caffe divides by), ``Scale`` gammas around 1 and
-        betas around 0.  For tests that engines agree on weights whose every blob matters.
-        """
-        import math
-
-        rng = np.random.default_rng(seed)
-        params, types = OrderedDict(), {}
-        first = True
-        for name, shapes in self.param_shapes().items():
-            caffe_type = self._by_name[name].caffe_type
-            if caffe_type == "BatchNorm":
-                c = shapes[0][0]
-                blobs = [rng.normal(0.0, 0.3, c) * bn_factor, rng.uniform(0.5, 2.0, c) * bn_factor,
-                         np.array([bn_factor])]
-            elif caffe_type == "Scale":
-                blobs = [rng.normal(1.0, 0.1, shapes[0])] + [rng.normal(0.0, 0.1, s) for s in shapes[1:]]
-            else:
-                fan_in = math.prod(shapes[0][1:])
-                std = math.sqrt(2.0 / fan_in) / (input_scale if first else 1.0)
-                first = False
-                blobs = [rng.normal(0.0, std, shapes[0])] + [rng.normal(0.0, 0.05, s) for s in shapes[1:]]
-            params[name] = [np.asarray(b, dtype=np.float32) for b in blobs]
-            types[name] = caffe_type
-        return params, types
+        return random_weights(self, seed, bn_factor, input_scale)
 
     def load_caffemodel(self, path):
         """Copy weights from a ``.caffemodel`` by layer name (others keep their values).

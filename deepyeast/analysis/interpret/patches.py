@@ -1,7 +1,7 @@
 """Input patches that most activate a neuron (paper Figure 3A).
 
 A conv unit sees a square of the input, its receptive field: :func:`receptive_field_box`
-places it from the blob's :class:`~deepyeast.engine.net.BlobGeometry` (the engine's
+places it from the blob's :class:`~deepyeast.engine.shapes.BlobGeometry` (the engine's
 :meth:`~deepyeast.engine.Net.geometry`); the patch is cut around each of the top cells'
 strongest position, zero-padded where it leaves the crop.  An fc unit sees the whole crop.
 """
