@@ -15,10 +15,14 @@ Sizes: tiny (~600 cells, tests), small (~3,200), demo (~21,000: 18,000/1,000/1,0
 + transfer 400/200/400), paper (90,000 + transfer 10,000).  Same seed and
 size -> identical output.  Example:
 
-  python data_prep/make_synthetic.py --out runs/demo/data --size demo --gallery runs/demo/gallery.png
+  python data_prep/make_synthetic.py --out runs/demo/data --size demo --gallery runs/demo/figures/gallery.png
+
+With both --out and --gallery, the gallery's folder also gets a result.json describing the screen
+(the report's first section).
 """
 
 import json
+import os
 import time
 
 from deepyeast import launcher
@@ -44,6 +48,7 @@ def options(p):
 
 def run(args):
     from deepyeast.data.synthetic import make_gallery, make_screen
+    from deepyeast.data.synthetic.screen import write_screen_result
     from deepyeast.utils.io import InputError
 
     out = args.out or args.out_positional
@@ -58,6 +63,9 @@ def run(args):
     if args.gallery:
         make_gallery(args.gallery, args.seed)
         print(f"gallery: {args.gallery}")
+        if out:  # the gallery's folder gets the screen's result manifest (the report's first section)
+            write_screen_result(os.path.dirname(os.path.abspath(args.gallery)), summary,
+                                os.path.basename(args.gallery), command=args.command)
 
 
 if __name__ == "__main__":

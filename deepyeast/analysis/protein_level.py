@@ -339,7 +339,9 @@ def write_protein_result(out_dir, summary, mix_rows=None, classifier="network", 
     tables.insert(0, table(f"{who}: protein-level accuracy", ["proteins", "called right", "of"], table_rows,
                            "Counts are proteins; a protein is called right when its most probable compartment "
                            "is its label.", file=table_file))
-    return write_result(out_dir, name, f"Protein-level calls: {who.lower()} (paper: 99% per protein)", text,
+    paper = PAPER_RESULTS.get(paper_key[0])
+    title = f"Protein-level calls: {who.lower()}" + (f" (paper: {100 * paper:.0f}% per protein)" if paper else "")
+    return write_result(out_dir, name, title, text,
                         metrics=metrics, headline=rows, tables=tables, missing=missing,
                         details={k: v for k, v in summary.items() if k not in ("protein_accuracy",
                                                                                  "protein_accuracy_min10", "command")},

@@ -234,8 +234,10 @@ def write_quality_result(out_dir, summary, figure_file=None, command=None):
     t = summary["test"]
     lab = summary["n_labelled"]
     best = summary["best"]
-    best = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in best.items()) \
-        if isinstance(best, dict) else str(best)
+    if isinstance(best, dict):
+        score = best.get("cv_balanced_accuracy")
+        best = f"mtry {best.get('mtry')}, down-sampling {best.get('sampling')}" + (
+            f", balanced accuracy {score:.3f}" if isinstance(score, float) else "")
     text = (f"A random forest on CellProfiler features, trained on {lab['cells']:,} crops labelled as cells and "
             f"{lab['noncells']:,} as non-cells (chosen by {summary['folds']}-fold cross-validation: "
             f"{best}), removed {t['n_removed']:,} of the {t['n_cells']:,} test crops as non-cells.")

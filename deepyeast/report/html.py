@@ -45,7 +45,7 @@ text-align:left;vertical-align:top}th{background:#eef2f7}td.num{text-align:right
 .missing{background:#fff3cd;border:1px solid #e0b84c;padding:.6em 1em;margin:1em 0}
 .note{background:#f3f6fa;border-left:3px solid #8aa4c8;padding:.4em .8em}
 .ok{color:#1a7f37}.bad{color:#b42318}.caption{font-size:.9em;color:#444;margin-top:-.3em}
-figure{margin:1.2em 0}figure img{max-width:100%;border:1px solid #ddd}figcaption{font-size:.9em;color:#444}
+figure{margin:1.2em 0}figure img{max-width:min(100%,860px);border:1px solid #ddd}figcaption{font-size:.9em;color:#444}
 .wide{overflow-x:auto}pre{background:#f6f8fa;padding:.6em;overflow-x:auto;font-size:.85em}
 details{margin:.8em 0}summary{cursor:pointer;color:#335}
 """

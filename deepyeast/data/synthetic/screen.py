@@ -181,3 +181,27 @@ def make_gallery(out_png, seed=0, per_class=2):
     fig.tight_layout()
     save_figure(fig, out_png, dpi=110, formats=("png",))
     return out_png
+
+
+def write_screen_result(out_dir, summary, gallery_file, command=None):
+    """A result manifest describing the synthetic screen, with its gallery, for the report's first section."""
+    from deepyeast.report.manifest import figure, table, write_result
+
+    rows = []
+    for set_name, label in (("main", "12 compartments"), ("transfer", "4 transfer compartments")):
+        s = summary.get(set_name)
+        if s:
+            per = s["per_split"]
+            rows.append([label, s["n_proteins"], *(per.get(k, 0) for k in SPLITS), s["n_noncells"]])
+    text = (f"A synthetic screen (size {summary['size']}, seed {summary['seed']}): whole {summary['field_size']} x "
+            f"{summary['field_size']} two-channel micrographs of budding yeast rendered per protein (red: cytosolic "
+            f"marker, green: the protein's compartment pattern), cropped {summary['image_size']} x "
+            f"{summary['image_size']} around each cell as real micrographs are.  Proteins are split whole between "
+            "train, val and test.")
+    return write_result(out_dir, "screen", "The cells: a synthetic screen", text,
+                        figures=[figure(gallery_file, "Two example cells of each compartment (red: cytosolic marker, "
+                                                      "green: the tagged protein).")],
+                        tables=[table("Cells per split", ["set", "proteins", *SPLITS, "non-cells among them"], rows,
+                                      "Counts are crops; non-cells (empty fields, debris, bad segmentations) carry "
+                                      "their protein's label, as in the real data.")],
+                        details=summary, seeds={"seed": summary["seed"]}, command=command, order=5)
