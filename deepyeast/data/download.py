@@ -9,7 +9,6 @@ are refused by ``tarfile``'s ``data`` extraction filter before anything is writt
 import os
 import shutil
 import socket
-import sys
 import tarfile
 import tempfile
 import urllib.error
@@ -162,15 +161,18 @@ def safe_extract(tar_path, dest):
 
 
 def _print_progress(label):
-    if not sys.stderr.isatty():
-        return None
+    """A ``download`` progress callback reporting MiB on stderr (:mod:`deepyeast.utils.progress`)."""
+    from deepyeast.utils.progress import Progress
+
+    state = {}
 
     def show(done, total):
-        if total:
-            sys.stderr.write(f"\r{label}: {done / 2**20:8.1f} / {total / 2**20:.1f} MiB")
-        else:
-            sys.stderr.write(f"\r{label}: {done / 2**20:8.1f} MiB")
-        sys.stderr.flush()
+        if "bar" not in state:
+            state["bar"] = Progress(total=total // 2**20 if total else None, desc=label, unit="MiB")
+        bar = state["bar"]
+        bar.update(done // 2**20 - bar.n)
+        if total and done >= total:
+            bar.close()
     return show
 
 
