@@ -101,10 +101,11 @@ class Progress:
     def _line(self, final=False):
         elapsed = time.monotonic() - self.start
         done = f"{self.n:,}"
+        units = self.unit if self.unit.endswith(("s", "B")) else self.unit + "s"
         if self.total:
-            done += f"/{self.total:,} {self.unit}s ({100.0 * self.n / self.total:.0f}%)"
+            done += f"/{self.total:,} {units} ({100.0 * self.n / self.total:.0f}%)"
         else:
-            done += f" {self.unit}s"
+            done += f" {units}"
         text = f"[{self.desc}] {done}, {format_duration(elapsed)} elapsed"
         if final:
             text += ", done"
