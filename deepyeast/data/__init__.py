@@ -1,0 +1,1 @@
+"""Data in and out: micrographs, segmentation, crops (see the package layout in the README)."""
