@@ -197,6 +197,12 @@ def test_segment_screen_formats_given_masks_and_bad_rows(tmp_path):
                                          rf"{peak.bit_length()} or more\); pass --bits N"):
         segment.segment_screen(str(table), str(tmp_path / "out"), progress=False)
     assert not (tmp_path / "out").exists()
+    # the script: one line naming row and file, exit 2; --bits 8 on 12-bit data refused, not saturated
+    for extra, why in (([], "16-bit image"), (["--bits", "8"], f"values up to {peak} do not fit --bits 8")):
+        r = subprocess.run([sys.executable, "data_prep/segment_cells.py", str(table), str(tmp_path / "out"),
+                            "--no-progress"] + extra, cwd=REPO_ROOT, capture_output=True, text=True)
+        assert r.returncode == 2 and r.stderr.startswith(f"error: {table}:4: ") and why in r.stderr, r.stderr
+        assert r.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
     s = segment.segment_screen(str(table), str(tmp_path / "out"), bits=12, skip_bad=True, progress=False)
     assert s["n_images"] == 5 and s["n_rejected"] == 2 and s["n_given_masks"] == 1
     assert s["images_without_cells"] == [f"{table}:5"]
