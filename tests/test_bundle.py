@@ -90,6 +90,14 @@ def test_predictions_equal_the_pipeline_prediction_step(made, tmp_path):
     np.testing.assert_allclose(predict_crops(made["path"], made["crops"][:3]), ours[:3], atol=1e-6)
 
 
+def test_bf16_predictions_stay_close(made):
+    b = read_bundle(made["path"])
+    fp32 = b.predictor()(made["crops"])
+    bf16 = b.predictor(precision="bf16")(made["crops"])
+    assert bf16.dtype == np.float32 and np.abs(bf16 - fp32).max() < 0.05
+    assert not np.array_equal(bf16, fp32)  # it did run in another precision
+
+
 def test_input_scale_is_applied_like_caffe(tmp_path):
     path, crops, _ = _bundles.make_bundle(str(tmp_path / "m"), str(tmp_path), seed=1, input_scale=0.25)
     b = read_bundle(path)

@@ -376,11 +376,14 @@ def convert_keras_weights(h5_path, out_dir, published_md5=KERAS_WEIGHTS_MD5, url
         training = {"data": "the published DeepYeast archive: 65,000 training / 12,500 validation cells, "
                             "12 compartments (test: 12,500 cells)",
                     "framework": "Keras 2 (>= 2.0.8)",
-                    "optimizer": "Adam (Keras defaults), categorical cross-entropy, batch 64",
+                    "optimizer": "Adam (Keras defaults), categorical cross-entropy, batch 64 (the "
+                                 "repository's example training scripts)",
                     "schedule": "up to 300 epochs; learning rate x0.1 when validation accuracy stalls "
                                 "5 epochs (min 1e-5); the checkpoint with the best validation accuracy",
                     "checkpoint": "epoch 22, validation accuracy 0.902",
-                    "preprocessing": "x / 127.5 - 1 per pixel, no augmentation"}
+                    "preprocessing": "x / 127.5 - 1 per pixel",
+                    "augmentation": "not stated (the repository has example scripts with and without "
+                                    "shifts of up to 10 pixels and horizontal flips)"}
     else:
         description = (
             f"Weights converted from the Keras HDF5 file {os.path.basename(h5_path)} (md5 {md5}), which is NOT "
