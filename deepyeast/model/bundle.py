@@ -34,7 +34,6 @@ the new folder before it appears, atomically, under its final name.
 
 import dataclasses
 import datetime
-import hashlib
 import json
 import math
 import os
@@ -44,6 +43,7 @@ import numpy as np
 
 from .. import caffe_pb2, formats
 from ..constants import CHANNELS
+from ..archive import file_digest
 from ..io_utils import InputError, atomic_path
 
 __all__ = ["Bundle", "BundlePredictor", "BUNDLE_FORMAT", "BUNDLE_FILES", "read_bundle", "write_bundle",
@@ -85,14 +85,6 @@ def read_class_table(path):
 
 
 # --------------------------------------------------------------------------- helpers
-
-def _digest(path, algorithm="sha256"):
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def _plain(value, where):
     """A JSON-able copy of ``value`` (numbers, strings, lists, dicts); InputError naming ``where`` otherwise."""
@@ -346,7 +338,7 @@ def read_bundle(path, verify=True, check_net=True):
             want = info.get("sha256") if isinstance(info, dict) else None
             if not isinstance(want, str):
                 raise InputError(f"{meta_path}: files.{name} has no sha256")
-            got = _digest(fpath)
+            got = file_digest(fpath, "sha256")
             if got != want:
                 raise InputError(f"{fpath}: sha256 {got} does not match {want} in {BUNDLE_JSON}; "
                                  "the file was changed or damaged")
@@ -518,9 +510,9 @@ def render_readme(meta):
 
 
 def _describe_file(path, sha1=False):
-    info = {"bytes": os.path.getsize(path), "sha256": _digest(path)}
+    info = {"bytes": os.path.getsize(path), "sha256": file_digest(path, "sha256")}
     if sha1:
-        info["sha1"] = _digest(path, "sha1")  # what Caffe's download_model_binary.py checks
+        info["sha1"] = file_digest(path, "sha1")  # what Caffe's download_model_binary.py checks
     return info
 
 
