@@ -17,13 +17,18 @@ Outputs: the predictions table (:mod:`deepyeast.analysis.predictions`:
 ``DIR/<blob>.npy`` (float32 ``N x D``, each cell's blob flattened in C x H x W
 order, taken after the in-place BatchNorm/Scale/ReLU like Caffe's blob) with
 ``DIR/paths.txt`` (one cell path per row, same order).  With
-``feature_reduce="pool"`` every blob with a spatial map (the conv blobs) is
+``feature_reduce="pool"`` (the default) every blob with a spatial map (the conv blobs) is
 written instead as ``DIR/<blob>.pool.npy``: float32 ``N x 2C``, each channel's
 spatial mean followed by each channel's spatial max -- the reduction the
 transfer analysis uses (:func:`deepyeast.analysis.features.layer_features`), at a few
-KiB per cell instead of up to 1 MiB (conv1, conv2).
+KiB per cell instead of up to 1 MiB (conv1, conv2) -- plus ``DIR/<blob>.top.npz``, each
+channel's 16 most activated cells with the position of their strongest unit (what the
+activating-patch search needs; :mod:`deepyeast.caffe.feature_stream`).  Files are written
+batch by batch: memory does not grow with the number of cells (the crops themselves are
+held, 8 KiB per cell).
 """
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -34,6 +39,7 @@ import numpy as np
 
 from deepyeast.caffe import caffe_pb2
 from deepyeast.caffe.blobs import check_mean_shape, read_mean_binaryproto
+from deepyeast.caffe.feature_stream import TOP_SUFFIX, NpyWriter, TopActivations
 from deepyeast.caffe.lmdb import path_of_key, read_datum_lmdb
 from deepyeast.caffe.prototxt import read_prototxt
 from deepyeast.data.crop_png import iter_crops
@@ -167,8 +173,9 @@ def _forward_ours(model_path, weights_path, images, mean, blobs, out_dir, batch,
     input_name, _ = net_input_shape(model_path)
     n = images.shape[0]
     outputs = {}
+    tops = {b: TopActivations() for b in pool}
     mean_t = torch.from_numpy(np.asarray(mean, np.float32)) if mean is not None else None
-    with torch.no_grad():
+    with torch.no_grad(), contextlib.ExitStack() as files:
         for start in progress(range(0, n, batch), desc="predict", unit="batch"):
             x = torch.from_numpy(np.asarray(images[start:start + batch], dtype=np.float32))
             if mean_t is not None:
@@ -177,16 +184,16 @@ def _forward_ours(model_path, weights_path, images, mean, blobs, out_dir, batch,
             for b in blobs:
                 data = out[b].float()
                 if b in pool:
+                    tops[b].update(data.cpu().numpy())
                     maps = data.reshape(data.shape[0], data.shape[1], -1)
                     data = torch.cat([maps.mean(dim=2), maps.amax(dim=2)], dim=1)
                 data = data.contiguous().reshape(x.shape[0], -1).cpu().numpy()
-                if b not in outputs:
+                if b not in outputs:  # written batch by batch: memory does not grow with the cells
                     name = feature_file(b, pooled=b in pool)
-                    outputs[b] = np.lib.format.open_memmap(os.path.join(out_dir, name), mode="w+",
-                                                           dtype=np.float32, shape=(n, data.shape[1]))
-                outputs[b][start:start + x.shape[0]] = data
-    for arr in outputs.values():
-        arr.flush()
+                    outputs[b] = files.enter_context(NpyWriter(os.path.join(out_dir, name), n, data.shape[1]))
+                outputs[b].write(data)
+    for b, top in tops.items():
+        top.save(os.path.join(out_dir, b + TOP_SUFFIX))
 
 
 def _forward_caffe(model_path, weights_path, images, mean, blobs, out_dir, batch, pool=()):
@@ -198,7 +205,7 @@ def _forward_caffe(model_path, weights_path, images, mean, blobs, out_dir, batch
         np.save(os.path.join(work, "images.npy"), np.ascontiguousarray(images))
         args = ["--model", os.path.abspath(model_path), "--weights", os.path.abspath(weights_path),
                 "--images", os.path.join(work, "images.npy"), "--out", os.path.abspath(out_dir),
-                "--blobs", ",".join(blobs), "--pool", ",".join(pool), "--batch", str(batch)]
+                "--blobs", ",".join(blobs), "--pool", ",".join(pool), "--top", ",".join(pool), "--batch", str(batch)]
         if mean is not None:
             np.save(os.path.join(work, "mean.npy"), np.asarray(mean, np.float32))
             args += ["--mean", os.path.join(work, "mean.npy")]
@@ -210,15 +217,16 @@ def _forward_caffe(model_path, weights_path, images, mean, blobs, out_dir, batch
 
 def predict_cells(cells, model_path, weights_path, mean_path, engine="ours", split=None,
                   out_csv=None, features_out=None, feature_blobs=(), prob_blob="prob", batch=100,
-                  feature_reduce="full"):
+                  feature_reduce="pool"):
     """Classify ``cells`` (a :class:`Cells`) and write the predictions table and features.
 
     Returns the validated :class:`deepyeast.analysis.predictions.Predictions`.  ``split``
     labels every row (default: from the source's name, e.g. ``HOwt_test.txt``).
     ``features_out``: folder that receives ``<blob>.npy`` for each of
     ``feature_blobs`` and ``paths.txt``; it is replaced as a whole, atomically.
-    ``feature_reduce``: ``"full"`` (whole blobs) or ``"pool"`` (blobs with a
-    spatial map as ``<blob>.pool.npy``, N x 2C per-channel mean and max).
+    ``feature_reduce``: ``"pool"`` (blobs with a spatial map as ``<blob>.pool.npy``, N x 2C
+    per-channel mean and max, and ``<blob>.top.npz``, per-channel top activations) or
+    ``"full"`` (whole blobs: 1 MiB per cell for conv1 alone).
     """
     if feature_reduce not in ("full", "pool"):
         raise ValueError(f"feature_reduce must be 'full' or 'pool', not {feature_reduce!r}")
@@ -258,9 +266,9 @@ def predict_cells(cells, model_path, weights_path, mean_path, engine="ours", spl
         if features_out:
             with feature_folder(features_out, cells.paths) as tmp:
                 for b in feature_blobs:
-                    name = feature_file(b, pooled=b in pool)
-                    src = os.path.join(work, name)
-                    (shutil.copyfile if b == prob_blob else os.replace)(src, os.path.join(tmp, name))
+                    for name in [feature_file(b, pooled=b in pool)] + ([b + TOP_SUFFIX] if b in pool else []):
+                        src = os.path.join(work, name)
+                        (shutil.copyfile if b == prob_blob else os.replace)(src, os.path.join(tmp, name))
         if out_csv:
             write_predictions(out_csv, table)
     finally:
