@@ -59,8 +59,8 @@ RUN apt-get update \
 # installs both at once).
 COPY --from=caffe-root / /opt/caffe-root/
 
-# Python packages: the lock, hash-checked.
-COPY requirements.txt pyproject.toml ./
+# Python packages: the lock, hash-checked (this layer depends on the lock alone).
+COPY requirements.txt ./
 COPY scripts/pip_sources.sh scripts/
 RUN --mount=type=bind,from=wheelhouse,target=/wheelhouse --mount=type=secret,id=ca \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
