@@ -19,17 +19,15 @@ import textwrap
 
 import numpy as np
 import pytest
+import torch
 
 from deepyeast.caffe import caffe_pb2, root as caffe_root
 from deepyeast.caffe.blobs import compute_mean, write_mean_binaryproto
 from deepyeast.caffe.lmdb import write_datum_lmdb
 from deepyeast.caffe.prototxt import parse_prototxt, read_prototxt, write_prototxt
+from deepyeast.engine import Net
 
-pytestmark = [pytest.mark.caffe,
-              pytest.mark.skipif(not caffe_root.have_caffe_root(), reason=caffe_root.missing_reason() or "no Caffe")]
-
-torch = pytest.importorskip("torch")
-from deepyeast.engine import Net  # noqa: E402
+pytestmark = [pytest.mark.caffe, pytest.mark.usefixtures("caffe_root_present")]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = os.path.join(REPO, "models", "deepyeast")

@@ -15,17 +15,9 @@ import pytest
 
 from _data_helpers import REPO_ROOT
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.r]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.r, pytest.mark.usefixtures("r_present")]
 
 TINY_SCHEDULE = ("max_iter=6 stepsize=3 test_interval=3 test_iter=1 snapshot=3 display=1 average_loss=1")
-
-
-def _have_r():
-    try:
-        from deepyeast.analysis.rforest import have_r
-        return have_r()
-    except Exception:  # noqa: BLE001 - any import failure means no R here
-        return False
 
 
 def _make(*args, timeout=900):
@@ -49,7 +41,6 @@ def _check_report(run):
     return metrics
 
 
-@pytest.mark.skipif(not _have_r(), reason="needs R with randomForest and rpy2")
 def test_demo_pipeline_tiny_and_rerun_skips(tmp_path):
     run = os.path.relpath(tmp_path / "demo", REPO_ROOT)
     proc = _make("pipeline", f"RUN={run}", "SCREEN=synthetic", "SIZE=tiny", f"SCHEDULE={TINY_SCHEDULE}",
@@ -68,7 +59,6 @@ def test_demo_pipeline_tiny_and_rerun_skips(tmp_path):
     assert "protein_level.py" in dry.stdout and "deepyeast train" not in dry.stdout, dry.stdout
 
 
-@pytest.mark.skipif(not _have_r(), reason="needs R with randomForest and rpy2")
 def test_reproduce_pipeline_on_small_archive_in_real_layout(tmp_path, tmp_path_factory):
     from _data_helpers import tiny_screen
     screen = tiny_screen(tmp_path_factory)

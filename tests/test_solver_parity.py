@@ -18,8 +18,7 @@ from deepyeast.caffe.blobs import read_solverstate
 from _solver_nets import (CONVEX_NET, LogCapture, make_init_weights, make_lmdb, max_rel_diff, solver_param,
                           write_net, write_solver)
 
-pytestmark = [pytest.mark.caffe,
-              pytest.mark.skipif(not caffe_root.have_caffe_root(), reason=caffe_root.missing_reason() or "no caffe")]
+pytestmark = [pytest.mark.caffe, pytest.mark.usefixtures("caffe_root_present")]
 
 TOL = 1e-5
 
