@@ -244,16 +244,22 @@ def write_datum_lmdb(path, items, shuffle=True, seed=0, map_size=1 << 28, lock=T
 
 
 def _lmdb_write_error(path, err):
-    """LMDB's write errors carry the system's message only: a full disk (or file-size limit) is
-    :class:`StepFailed`, one line naming ``path``; anything else stays LMDB's error."""
+    """LMDB's write errors carry the system's message only: a full disk or a file-size limit is
+    :class:`StepFailed`, one line naming ``path``; anything else stays LMDB's error.  LMDB reports
+    a short write (the disk filled up, or the size limit was reached, in the middle of a page)
+    as an I/O error, so that counts too."""
     import errno
 
-    from deepyeast.utils.io import write_error
+    from deepyeast.utils.io import StepFailed, write_error
 
     text = str(err)
     for code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
         if os.strerror(code) in text:
             return write_error(os.fspath(path), OSError(code, os.strerror(code)))
+    if os.strerror(errno.EIO) in text:
+        return StepFailed(f"{os.fspath(path)}: cannot write: {os.strerror(errno.EIO)} (disk full, over the "
+                          "file-size limit, or a failing disk); nothing was written under this name and earlier "
+                          "outputs are intact")
     return err
 
 

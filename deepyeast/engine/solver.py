@@ -32,7 +32,8 @@ written by Caffe) the data cursors restart at the first record, as in Caffe.
 Reliability: the solver's numbers are checked before any work (a negative ``base_lr`` or
 ``max_iter`` is refused), the snapshot location is checked to be writable at the start (as
 Caffe does), and a NaN or infinite TRAIN or TEST loss stops training with
-:class:`TrainingDiverged` (exit 3) naming the last snapshot written before it.
+:class:`TrainingDiverged` (exit 3) naming the last snapshot written before it; the snapshots
+whose weights gave it are renamed ``*.diverged``, so no rule or ``-snapshot auto`` picks them.
 """
 
 import logging
@@ -50,11 +51,14 @@ from deepyeast.caffe.blobs import read_solverstate, write_solverstate
 from deepyeast.caffe.prototxt import read_prototxt
 from deepyeast.utils.io import InputError, StepFailed, check_writable
 from deepyeast.engine import resume
-from deepyeast.engine.lr_policy import format_float, learning_rate
+from deepyeast.engine.lr_policy import check_solver_numbers, format_float, learning_rate
 
 __all__ = ["Solver", "TrainingDiverged", "setup_caffe_logging", "read_solver_param", "log"]
 
 log = logging.getLogger("deepyeast.solver")
+
+DIVERGED_SUFFIX = ".diverged"
+"""Suffix given to the files of snapshots whose weights gave a non-finite loss."""
 
 
 class TrainingDiverged(StepFailed):
@@ -107,29 +111,6 @@ def _solver_type(param):
     if param.HasField("solver_type") and param.solver_type != caffe_pb2.SolverParameter.SGD:
         return caffe_pb2.SolverParameter.SolverType.Name(param.solver_type)
     return param.type or "SGD"
-
-
-def _check_numbers(p):
-    """Refuse solver numbers that make no sense before any work (Caffe accepts some and misbehaves)."""
-    def bad(field, value, rule):
-        raise InputError(f"solver: {field} is {format_float(value)}; it must be {rule}")
-
-    for field in ("base_lr", "momentum", "weight_decay", "gamma", "power", "delta", "clip_gradients"):
-        value = getattr(p, field)
-        if not math.isfinite(value):
-            bad(field, value, "a finite number")
-    if p.base_lr < 0:
-        bad("base_lr", p.base_lr, ">= 0")
-    if p.momentum < 0:
-        bad("momentum", p.momentum, ">= 0")
-    if p.weight_decay < 0:
-        bad("weight_decay", p.weight_decay, ">= 0")
-    for field in ("max_iter", "display", "snapshot", "test_interval", "stepsize"):
-        if getattr(p, field) < 0:
-            raise InputError(f"solver: {field} is {getattr(p, field)}; it must be >= 0")
-    for k, n in enumerate(p.test_iter):
-        if n < 1:
-            raise InputError(f"solver: test_iter #{k} is {n}; it must be >= 1")
 
 
 def _dist():
@@ -185,7 +166,7 @@ class Solver:
             raise InputError(f"solver: iter_size must be >= 1, got {p.iter_size}")
         if p.average_loss < 1:
             raise InputError(f"solver: average_loss must be >= 1, got {p.average_loss}")
-        _check_numbers(p)
+        check_solver_numbers(p)
         learning_rate(p, 0, 0)  # validates lr_policy and its fields before any work
 
         self.rank, self.world_size = _dist()
@@ -245,6 +226,7 @@ class Solver:
         self._bad_iter = None  # device tensor: first iteration with a non-finite loss (-1 if none)
         self._groups = None
         self.snapshots = []  # (iteration, solverstate path) written or resumed from in this run
+        self._resumed_from = None
         self._fingerprints = None
         if self.rank == 0 and (p.snapshot or p.snapshot_after_train):
             check_writable(self.snapshot_filename(".caffemodel"), "snapshot (snapshot_prefix)")
@@ -422,10 +404,27 @@ class Solver:
 
     def _diverged(self, value, iteration, what="TRAIN loss"):
         last = self.last_good_snapshot(iteration) or "none (no snapshot was written before it in this run)"
+        moved = self._quarantine(iteration)
         msg = (f"{what} is {format_float(value)} at iteration {iteration}: training stopped (diverged). "
                f"Last snapshot with finite losses: {last}")
+        if moved:
+            msg += f"; the {len(moved)} snapshot(s) from iteration {iteration} on were renamed *{DIVERGED_SUFFIX}"
         log.error(msg)
         raise TrainingDiverged(msg)
+
+    def _quarantine(self, iteration):
+        """Rename this run's snapshots taken at or after ``iteration`` (their weights gave a non-finite
+        loss) to ``*.diverged``, so neither ``-snapshot auto`` nor a snapshot rule can pick them."""
+        moved = []
+        for it, state in list(self.snapshots):
+            if it < iteration or (it, state) == self._resumed_from:
+                continue
+            for path in (state, os.path.splitext(state)[0] + ".caffemodel", resume.state_path(state)):
+                if os.path.exists(path):
+                    os.replace(path, path + DIVERGED_SUFFIX)
+            self.snapshots.remove((it, state))
+            moved.append(state)
+        return moved
 
     def _log_outputs(self, net, kind):
         if self.rank != 0:
@@ -651,7 +650,8 @@ class Solver:
                 h.copy_(torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).reshape(h.shape))
                 if not self._history_live[i] and bool(torch.any(h != 0)):
                     self._history_live[i] = True
-        self.snapshots.append((self.iter, state_file))
+        self._resumed_from = (self.iter, state_file)
+        self.snapshots.append(self._resumed_from)
         dy = resume.state_path(state_file)
         if os.path.isfile(dy):
             extra = resume.read_engine_state(dy)

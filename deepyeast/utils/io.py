@@ -9,6 +9,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 
@@ -25,17 +26,20 @@ class StepFailed(RuntimeError):
 # errno values that mean "the disk (or the file-size limit) is full", and "this location cannot be written"
 _FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 _UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")  # numpy's tofile() when the disk fills up
 
 
 def write_error(path, err):
     """The one-line error for an ``OSError`` met while writing the output ``path``.
 
-    Disk full / file too large / quota -> :class:`StepFailed` (exit 3); a location that cannot be
+    Disk full / file too large / quota / a short write -> :class:`StepFailed` (exit 3); a location that cannot be
     written (read-only, a component that is a file, no permission) -> :class:`InputError` (exit 2);
     anything else is returned as None (the caller re-raises the original).
     """
     reason = err.strerror or str(err)
-    if err.errno in _FULL:
+    if err.errno is None and _SHORT_WRITE.search(str(err)):
+        reason = f"a short write ({err})"
+    if err.errno in _FULL or reason.startswith("a short write"):
         return StepFailed(f"{path}: cannot write: {reason} (disk full or over the file-size limit); "
                           "nothing was written under this name and earlier outputs are intact")
     if err.errno in _UNWRITABLE:
