@@ -250,6 +250,7 @@ def _rewrite_lmdb(path, seed):
     make_lmdb(path, seed=seed)
 
 
+@pytest.mark.slow
 def test_snapshot_auto_refuses_a_run_whose_data_or_net_changed(convex):
     d, lmdb, net, init = convex
     solver = _solver(d, net)
@@ -366,6 +367,7 @@ def test_truncated_lmdb_is_an_error_not_sigbus(extract_setup):
         one_error_line(res, f"deepyeast {action[0]}", 2, str(data), "truncated")
 
 
+@pytest.mark.slow
 def test_random_bytes_and_empty_files_are_named(extract_setup):
     d, lmdb, net, init = extract_setup
     rng = np.random.default_rng(2)
@@ -559,6 +561,7 @@ def test_kill_9_during_tar_extraction_leftover_is_removed_by_the_next_run(tmp_pa
 
 # ============================================================================ item 8: degenerate arguments
 
+@pytest.mark.slow
 def test_degenerate_iterations_and_solver_numbers_are_refused(convex):
     d, lmdb, net, init = convex
     res = deepyeast("bnstats", "-model", net, "-weights", init, "-out", d / "bn.caffemodel", "-iterations", "0")
