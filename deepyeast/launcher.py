@@ -201,6 +201,9 @@ def build_parser(doc, options, prog=None):
 
 _DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
+OUTPUT_OPTIONS = ("out", "out_positional", "features_out")
+"""Options (argparse dests) naming where a step writes: checked writable before the step runs."""
+
 def _setup_logging():
     root = logging.getLogger("deepyeast")
     if not any(getattr(h, "_deepyeast_launcher", False) for h in root.handlers):
@@ -220,12 +223,12 @@ def run_guarded(func, args, prog):
     A disk that fills up (or a file-size limit) wherever it happens is one line naming the file,
     exit 3.  Any other exception is a bug and keeps its traceback.
 
-    Before ``func`` runs, the output ``args.out`` (when the step has one) is checked to be
+    Before ``func`` runs, the outputs (:data:`OUTPUT_OPTIONS`, when the step has them) are checked to be
     writable (:func:`deepyeast.utils.io.check_writable`), so a bad output location is found
     before any work.
     """
     try:
-        for key in ("out", "out_positional"):
+        for key in OUTPUT_OPTIONS:
             if getattr(args, key, None):
                 check_writable(getattr(args, key))
         code = func(args)
