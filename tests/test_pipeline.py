@@ -79,6 +79,10 @@ def test_demo_pipeline_tiny_and_rerun_skips(tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:]
     _check_report(os.path.join(REPO_ROOT, run))
     assert "==> [" in proc.stdout  # one step line per stage
+    # snapshots pruned after the choice: the final one (chosen, and the resume point) alone stays
+    snaps = os.listdir(os.path.join(REPO_ROOT, run, "train", "snapshots"))
+    assert sorted(snaps) == ["deepyeast_iter_6.caffemodel", "deepyeast_iter_6.dystate.npz",
+                             "deepyeast_iter_6.solverstate"], snaps
     # every step is a file target: nothing is left to do on a re-run
     again = _make("-q", "pipeline", f"RUN={run}", "SCREEN=synthetic", "SIZE=tiny",
                   f"SCHEDULE={TINY_SCHEDULE}", "GRID=small", "PRECISION=bf16")
@@ -101,8 +105,9 @@ def test_reproduce_pipeline_on_small_archive_in_real_layout(tmp_path, tmp_path_f
             if name.startswith("HOwt_") and name.endswith(".txt"):
                 os.replace(archive / part / name, archive / name)
     run = os.path.relpath(tmp_path / "reproduce", REPO_ROOT)
+    # every snapshot kept, so that the check below sees the choice among all of them
     proc = _make("reproduce", f"REPRO_RUN={run}", f"ARCHIVE_SRC={archive}", "REPRO_GPU=", "REPRO_GRID=small",
-                 f"REPRO_SCHEDULE={TINY_SCHEDULE}")
+                 f"REPRO_SCHEDULE={TINY_SCHEDULE}", "KEEP_SNAPSHOTS=1")
     assert proc.returncode == 0, proc.stdout[-4000:]
     run_dir = os.path.join(REPO_ROOT, run)
     _check_report(run_dir)

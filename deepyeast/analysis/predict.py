@@ -40,7 +40,7 @@ import numpy as np
 from deepyeast.caffe import caffe_pb2
 from deepyeast.caffe.blobs import check_mean_shape, read_mean_binaryproto
 from deepyeast.caffe.feature_stream import TOP_SUFFIX, NpyWriter, TopActivations
-from deepyeast.caffe.lmdb import path_of_key, read_datum_lmdb
+from deepyeast.caffe.lmdb import iter_datum_lmdb, path_of_key
 from deepyeast.caffe.prototxt import read_prototxt
 from deepyeast.data.crop_png import iter_crops
 from deepyeast.data.lists import class_names_for_list, protein_of, read_split_list
@@ -54,10 +54,77 @@ ENGINES = ("ours", "caffe")
 PYCAFFE_FORWARD = os.path.join(os.path.dirname(os.path.abspath(caffe_pb2.__file__)), "pycaffe_forward.py")
 
 
+class CropFile:
+    """Crops kept on disk, read back batch by batch: uint8 ``N x C x H x W`` with ndarray-like
+    ``shape``, ``dtype``, ``len`` and slicing (``crops[a:b]`` is an ndarray).
+
+    The rows live in an anonymous temporary file (deleted when closed or collected; 8 KiB per
+    DeepYeast crop, in ``$TMPDIR``), read with plain reads rather than a memory map, so a step's
+    resident memory does not grow with the number of cells.  Built by :meth:`from_iter`.
+    """
+
+    def __init__(self, file, shape, dtype=np.uint8):
+        self._file = file
+        self.dtype = np.dtype(dtype)
+        self.shape = tuple(int(d) for d in shape)
+        self._row = int(np.prod(self.shape[1:])) * self.dtype.itemsize
+
+    @classmethod
+    def from_iter(cls, arrays, source, dir=None):
+        """Write each C x H x W array of ``arrays`` as the next row; all must share one shape and
+        dtype (else :class:`InputError` naming ``source`` and the row)."""
+        f = tempfile.TemporaryFile(prefix=".crops-", dir=dir)
+        first, n = None, 0
+        try:
+            for a in arrays:
+                a = np.ascontiguousarray(a)
+                if first is None:
+                    first = (a.shape, a.dtype)
+                elif (a.shape, a.dtype) != first:
+                    raise InputError(f"{source}: crop {n} is {a.dtype} {a.shape}, crop 0 is {first[1]} {first[0]}")
+                f.write(a.tobytes())
+                n += 1
+        except BaseException:
+            f.close()
+            raise
+        if first is None:
+            f.close()
+            return None
+        f.flush()
+        return cls(f, (n,) + first[0], first[1])
+
+    def __len__(self):
+        return self.shape[0]
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+    def __getitem__(self, index):
+        if isinstance(index, (int, np.integer)):
+            return self[index:index + 1 if index != -1 else None][0]
+        if not isinstance(index, slice) or index.step not in (None, 1):
+            raise TypeError("CropFile supports integers and contiguous slices")
+        start, stop, _ = index.indices(self.shape[0])
+        count = max(0, stop - start)
+        data = os.pread(self._file.fileno(), count * self._row, start * self._row)
+        if len(data) != count * self._row:
+            raise OSError(f"crop file: short read at row {start}")
+        return np.frombuffer(data, dtype=self.dtype).reshape((count,) + self.shape[1:]).copy()
+
+    def __array__(self, dtype=None, copy=None):
+        whole = self[:]
+        return whole if dtype is None else whole.astype(dtype)
+
+    def close(self):
+        self._file.close()
+
+
 @dataclasses.dataclass
 class Cells:
-    """Cells to classify: ``images`` uint8 N x C x H x W, ``labels`` int64 N, ``paths`` list of N str."""
-    images: np.ndarray
+    """Cells to classify: ``images`` uint8 N x C x H x W (an ndarray or a :class:`CropFile`),
+    ``labels`` int64 N, ``paths`` list of N str."""
+    images: object
     labels: np.ndarray
     paths: list
     source: str
@@ -74,33 +141,41 @@ def split_from_name(path):
     return m.group(1) if m else None
 
 
+def _crops_and_labels(records, paths, labels):
+    """Yield the images of ``(path, image, label)`` records, collecting paths and labels."""
+    for rel, image, label in records:
+        paths.append(rel)
+        labels.append(label)
+        yield image
+
+
 def cells_from_list(archive, list_path, skip_bad=False):
     """Read the crops a split list names: ``ROOT/<relpath>`` PNGs with their labels.
 
     The class table (12 or 4 transfer classes) is chosen from the list's name.
     A missing or corrupt crop raises :class:`InputError` naming the file
-    (with ``skip_bad`` it is left out instead).
+    (with ``skip_bad`` it is left out instead).  The crops go to a :class:`CropFile`.
     """
     entries, _ = read_split_list(list_path, class_names_for_list(os.fspath(list_path)), skip_bad=skip_bad)
     if not entries:
         raise InputError(f"{list_path}: the split list names no cells")
-    paths, labels, images = [], [], []
-    for rel, image, label in iter_crops(archive, entries, skip_bad=skip_bad):
-        paths.append(rel)
-        labels.append(label)
-        images.append(image)
-    if not images:
+    paths, labels = [], []
+    images = CropFile.from_iter(_crops_and_labels(iter_crops(archive, entries, skip_bad=skip_bad), paths, labels),
+                                os.fspath(list_path))
+    if images is None:
         raise InputError(f"{list_path}: none of the listed crops under {archive} could be read")
-    return Cells(np.stack(images), np.asarray(labels, np.int64), paths, os.fspath(list_path))
+    return Cells(images, np.asarray(labels, np.int64), paths, os.fspath(list_path))
 
 
 def cells_from_lmdb(lmdb_path):
     """Read the cells of a Datum LMDB; a cell's path is its key without the ``%08d_`` prefix."""
-    images, labels, keys = read_datum_lmdb(lmdb_path)
+    keys, labels = [], []
+    images = CropFile.from_iter(_crops_and_labels(iter_datum_lmdb(lmdb_path), keys, labels), os.fspath(lmdb_path))
+    if images is None:
+        raise InputError(f"{lmdb_path}: the LMDB is empty")
     if images.dtype != np.uint8:
         raise InputError(f"{lmdb_path}: records hold float data; expected uint8 crops")
-    paths = [path_of_key(k) for k in keys]
-    return Cells(images, labels, paths, os.fspath(lmdb_path))
+    return Cells(images, np.asarray(labels, np.int64), [path_of_key(k) for k in keys], os.fspath(lmdb_path))
 
 
 def shape_net(model_path):
@@ -202,7 +277,9 @@ def _forward_caffe(model_path, weights_path, images, mean, blobs, out_dir, batch
     if not caffe_root.have_caffe_root():
         raise InputError(f"engine 'caffe': {caffe_root.missing_reason()}")
     with tempfile.TemporaryDirectory(prefix=".pycaffe-in-", dir=out_dir) as work:
-        np.save(os.path.join(work, "images.npy"), np.ascontiguousarray(images))
+        with NpyWriter(os.path.join(work, "images.npy"), images.shape[0], images.shape[1:], images.dtype) as w:
+            for start in range(0, images.shape[0], 1000):  # the crops stay on disk (CropFile)
+                w.write(images[start:start + 1000])
         args = ["--model", os.path.abspath(model_path), "--weights", os.path.abspath(weights_path),
                 "--images", os.path.join(work, "images.npy"), "--out", os.path.abspath(out_dir),
                 "--blobs", ",".join(blobs), "--pool", ",".join(pool), "--top", ",".join(pool), "--batch", str(batch)]
