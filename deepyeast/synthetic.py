@@ -740,11 +740,42 @@ def _progress(iterable, total, enabled, desc):
     return iterable
 
 
+# ---- non-cell list (issue 12.2; self-contained: port as one piece) --------------------------
+NONCELL_LIST = "noncells.txt"
+"""The synthetic screen's stand-in for the paper's hand-picked non-cells (main root)."""
+PAPER_N_NONCELLS = 118
+"""Non-cells the paper picked by eye from its validation set."""
+
+
+def write_noncell_list(root, seed=0, n_max=PAPER_N_NONCELLS):
+    """Write ``root/noncells.txt``: known non-cells of the validation split, one path per line.
+
+    The paper's quality filter learns from 118 non-cells picked by eye in the
+    validation set; the published archive has no such list.  Here the generator's
+    own non-cells (``cell_quality.csv``, ``is_cell=0``) of ``HOwt_val.txt`` play
+    that part: all of them, or a seeded sample of ``n_max`` (in list order) when
+    there are more.  Returns the number of paths written.
+    """
+    with open(os.path.join(root, "HOwt_val.txt"), encoding="utf-8") as f:
+        val = [line.split()[0] for line in f if line.strip()]
+    with open(os.path.join(root, "cell_quality.csv"), encoding="utf-8") as f:
+        next(f)
+        non = {row.split(",")[0] for row in f if row.split(",")[1] == "0"}
+    picked = [p for p in val if p in non]
+    if len(picked) > n_max:
+        keep = np.sort(np.random.default_rng([seed, n_max]).choice(len(picked), n_max, replace=False))
+        picked = [picked[i] for i in keep]
+    atomic_write_text(os.path.join(root, NONCELL_LIST), "".join(p + "\n" for p in picked))
+    return len(picked)
+# ---- end of the non-cell list --------------------------------------------------------------
+
+
 def make_screen(out_dir, size="tiny", seed=0, workers=None, field_size=FIELD_SIZE, save_fields=0, progress=True,
                 difficulty=1.0):
     """Generate a synthetic screen under ``out_dir``.
 
-    Writes ``out_dir/main`` (``HOwt_{train,val,test}.txt``, ``HOwt_doc.txt``) and
+    Writes ``out_dir/main`` (``HOwt_{train,val,test}.txt``, ``HOwt_doc.txt``,
+    ``noncells.txt``: see :func:`write_noncell_list`) and
     ``out_dir/transfer`` (``HOwt_transfer_*.txt``, ``HOwt_transfer_doc.txt``),
     each with ``plateNN/*.png`` crops, ``proteins.csv`` and ``cell_quality.csv``,
     plus ``out_dir/screen.json`` (parameters and counts).  Each root is written
@@ -765,6 +796,8 @@ def make_screen(out_dir, size="tiny", seed=0, workers=None, field_size=FIELD_SIZ
         with atomic_path(os.path.join(out_dir, set_name)) as tmp:
             os.makedirs(tmp)
             summary[set_name] = _write_screen_root(tmp, proteins, set_name, field_size, workers, save_fields, progress)
+            if set_name == "main":
+                summary[set_name]["n_listed_noncells"] = write_noncell_list(tmp, seed)  # issue 12.2
     atomic_write_text(os.path.join(out_dir, "screen.json"), json.dumps(summary, indent=2) + "\n")
     return summary
 

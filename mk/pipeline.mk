@@ -17,6 +17,11 @@
 #   PRECISION  training arithmetic: fp32 (Caffe parity) | bf16 (autocast, faster on CPU)
 #   BN_ITERS   batches for recomputing BatchNorm statistics after training (0: keep)
 #   SNAPSHOT_RULE  final | val_loss (the snapshot the analyses use)
+#   SCHEDULER  where the forests and the CellProfiler chunks run: local (a Dask LocalCluster of
+#              JOBS processes) | tcp://HOST:PORT (a running Dask cluster) | none (one process);
+#              empty: the DASK_SCHEDULER environment variable if set, else local
+#   NONCELLS   the quality filter's non-cell list (validation cells, one path per line; default
+#              MAIN/noncells.txt, which the synthetic screen writes; the published archive has none)
 
 RUN ?= runs/demo
 SCREEN ?= synthetic
@@ -31,6 +36,9 @@ PRECISION ?= fp32
 BN_ITERS ?= 0
 CP_TRAIN_CELLS ?= 0
 JOBS ?= $(shell nproc)
+SCHEDULER ?=
+CLUSTER = --jobs $(JOBS) $(if $(SCHEDULER),--scheduler $(SCHEDULER))
+NONCELLS ?= $(MAIN)/noncells.txt
 BLOBS := conv1,conv2,conv3,conv4,conv5,conv6,conv7,conv8,fc1,fc2,fc3
 DEPLOY := models/deepyeast/deploy.prototxt
 
@@ -103,22 +111,27 @@ endif
 $(RUN)/cells_test.csv: $(WEIGHTS)
 	$(call step,network predictions (test),$(PY) analysis/predict.py --engine $(ENGINE) --model $(DEPLOY) --weights $(WEIGHTS) --mean $(MEAN) --archive $(MAIN) --list $(MAIN)/HOwt_test.txt --split test --out $@ --features-out $(FEAT)/test --blobs $(BLOBS))
 
+$(RUN)/cells_val.csv: $(WEIGHTS)
+	$(call step,network predictions (val),$(PY) analysis/predict.py --engine $(ENGINE) --model $(DEPLOY) --weights $(WEIGHTS) --mean $(MEAN) --archive $(MAIN) --list $(MAIN)/HOwt_val.txt --split val --out $@)
+
 # the transfer analysis needs conv blobs only as per-channel mean and max (pooled at extraction)
 $(FEAT)/transfer_%/paths.txt: $(WEIGHTS) $(DATA)/screen.json
 	$(call step,network features (transfer $*),$(PY) analysis/predict.py --engine $(ENGINE) --model $(DEPLOY) --weights $(WEIGHTS) --mean $(MEAN) --archive $(TRANSFER) --list $(TRANSFER)/HOwt_transfer_$*.txt --split transfer_$* --out $(FEAT)/transfer_$*/cells.csv --features-out $(FEAT)/transfer_$* --blobs $(BLOBS) --features-reduce pool)
 
 # ---------------------------------------------------------------- CellProfiler features, random forest
 $(CP)/%.csv: $(DATA)/screen.json
-	$(call step,CellProfiler features ($*),$(PY) analysis/cp_features.py --archive $(MAIN) --list $(MAIN)/HOwt_$*.txt --out $@ --jobs $(JOBS) $(if $(filter train,$*),$(if $(filter-out 0,$(CP_TRAIN_CELLS)),--sample $(CP_TRAIN_CELLS) --seed $(SEED))))
+	$(call step,CellProfiler features ($*),$(PY) analysis/cp_features.py --archive $(MAIN) --list $(MAIN)/HOwt_$*.txt --out $@ $(CLUSTER) $(if $(filter train,$*),$(if $(filter-out 0,$(CP_TRAIN_CELLS)),--sample $(CP_TRAIN_CELLS) --seed $(SEED))))
 
 $(CP)/transfer_%.csv: $(DATA)/screen.json
-	$(call step,CellProfiler features (transfer $*),$(PY) analysis/cp_features.py --archive $(TRANSFER) --list $(TRANSFER)/HOwt_transfer_$*.txt --out $@ --jobs $(JOBS))
+	$(call step,CellProfiler features (transfer $*),$(PY) analysis/cp_features.py --archive $(TRANSFER) --list $(TRANSFER)/HOwt_transfer_$*.txt --out $@ $(CLUSTER))
 
 $(RUN)/rf/cells_test.csv: $(CP)/train.csv $(CP)/val.csv $(CP)/test.csv
-	$(call step,random forest ($(GRID) grid),$(PY) analysis/random_forest.py --train $(CP)/train.csv --val $(CP)/val.csv --test $(CP)/test.csv --labels-from $(MAIN)/HOwt_train.txt $(MAIN)/HOwt_val.txt $(MAIN)/HOwt_test.txt --grid $(GRID) --jobs $(JOBS) --out $@ --summary $(RUN)/rf/rf_grid.json)
+	$(call step,random forest ($(GRID) grid),$(PY) analysis/random_forest.py --train $(CP)/train.csv --val $(CP)/val.csv --test $(CP)/test.csv --labels-from $(MAIN)/HOwt_train.txt $(MAIN)/HOwt_val.txt $(MAIN)/HOwt_test.txt --grid $(GRID) $(CLUSTER) --val-out $(RUN)/rf/cells_val.csv --out $@ --summary $(RUN)/rf/rf_grid.json)
 
-$(RUN)/quality/quality_filter.json: $(CP)/train.csv $(CP)/test.csv $(RUN)/cells_test.csv $(RUN)/rf/cells_test.csv
-	$(call step,quality filter,$(PY) analysis/quality_filter.py --train $(CP)/train.csv --quality $(MAIN)/cell_quality.csv --test $(CP)/test.csv --predictions $(RUN)/cells_test.csv --rf-predictions $(RUN)/rf/cells_test.csv --out $@ --cells $(RUN)/quality/cells.csv --figure $(RUN)/quality/quality_filter.png --jobs $(JOBS))
+# the paper's procedure: cells correct by both classifiers on the validation split + the listed
+# non-cells (rf/cells_val.csv is written with rf/cells_test.csv)
+$(RUN)/quality/quality_filter.json: $(CP)/val.csv $(CP)/test.csv $(RUN)/cells_val.csv $(RUN)/cells_test.csv $(RUN)/rf/cells_test.csv
+	$(call step,quality filter,$(PY) analysis/quality_filter.py --val $(CP)/val.csv --net-val $(RUN)/cells_val.csv --rf-val $(RUN)/rf/cells_val.csv --noncells $(NONCELLS) --test $(CP)/test.csv --predictions $(RUN)/cells_test.csv --rf-predictions $(RUN)/rf/cells_test.csv $(if $(wildcard $(MAIN)/cell_quality.csv),--truth $(MAIN)/cell_quality.csv) --out $@ --cells $(RUN)/quality/cells.csv --training $(RUN)/quality/training_set.csv --figure $(RUN)/quality/quality_filter.png $(CLUSTER))
 
 # ---------------------------------------------------------------- analyses
 $(RUN)/cells/cell_metrics.json: $(RUN)/cells_test.csv $(RUN)/rf/cells_test.csv
