@@ -3,6 +3,16 @@
 The forest code lives in ``r/random_forest.R`` (usable from R directly); this
 module moves numpy arrays into R and back, and builds the predictions table.
 
+The grid search runs each (mtry, nodesize) forest as one task (:func:`grid_point_task`:
+grown to the largest ntree, every smaller ntree scored as its first trees), and the
+quality filter's cross-validation each (point, fold) forest (:func:`quality_fold_task`),
+on a Dask cluster or in this process (:mod:`deepyeast.analysis.cluster`).  Every task
+seeds R's generator itself, so the numbers do not depend on where it runs.  A cell's
+class is randomForest's ``predict()`` class: ties between classes are broken at random
+(R's generator, seeded with the grid point's seed), exactly as randomForest's C code
+does it (``rf_vote_class`` in the R file; of two tied classes the later wins with
+probability 1/3).
+
 Arrays: features are float64 ``N x F`` (NaN allowed on input, imputed by
 :func:`impute_features` with the training medians, since R's randomForest
 refuses missing values); labels are int class indices; probabilities come back
@@ -88,11 +98,6 @@ def _session():
         yield ro
 
 
-def _r():
-    """The embedded R session (rpy2.robjects); calls into it must hold :func:`_session`."""
-    return init_r()
-
-
 def _matrix(x):
     """float64 numpy N x F -> R numeric matrix (copied)."""
     from rpy2.robjects import default_converter, numpy2ri
@@ -106,7 +111,7 @@ def _matrix(x):
 
 
 def _ints(y):
-    return _r().IntVector([int(v) for v in np.asarray(y).ravel()])
+    return init_r().IntVector([int(v) for v in np.asarray(y).ravel()])
 
 
 def _array(r_obj, dtype):

@@ -75,13 +75,13 @@ rf_vote_class <- function(counts, seed) {
   ntie <- rep(1L, n)
   for (j in seq_len(ncol(counts))) {
     s <- strict[, j]
-    c <- cond[, j]
+    eq <- cond[, j]
     jet[s] <- j
     ntie[s] <- 1L
-    ntie[c] <- ntie[c] + 1L
-    used[c] <- used[c] + 1
-    take <- c
-    take[c] <- u[used[c]] < 1 / ntie[c]
+    ntie[eq] <- ntie[eq] + 1L
+    used[eq] <- used[eq] + 1
+    take <- eq
+    take[eq] <- u[used[eq]] < 1 / ntie[eq]
     jet[take] <- j
   }
   jet
