@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Cell-quality filter as in the paper: a random forest separating cells from non-cells.
+"""Non-cell filter as in the paper: a random forest separating cells from non-cells.
 
 Training set (validation split): for each class, --per-class (100) cells picked at
 random (seeded, without replacement) among those both the network (--net-val) and
@@ -8,94 +8,119 @@ the non-cell list (--noncells: one archive-relative path per line, all validatio
 cells; the paper picked 118 by eye).  10-fold cross-validation over mtry
 {2,110,218,326,435} (capped at the feature count) x down-sampling of cells
 {none, balanced} with 100 trees, chosen by CV accuracy (balanced accuracy reported
-beside it); the folds run as tasks on Dask (--scheduler).  The refitted forest
+beside it); the forests run as tasks on Dask (--scheduler).  The refitted forest
 classifies the test cells; each classifier's per-cell accuracy is reported before
 and after removing the cells it calls non-cells.
 
-The published archive has no non-cell list: supply one (NONCELLS=FILE in make).
-The synthetic screen writes main/noncells.txt.
+The published archive has no non-cell list: supply one (--noncells FILE; NONCELLS=FILE
+in make).  The synthetic screen writes main/noncells.txt.  Without a list, or with
+fewer than --folds cells or non-cells in the training set, nothing is fitted and
+result.json says so (a `missing` entry, metrics null); the step still succeeds.
 
-Writes --out (JSON: training set per class, CV table, choice, removed counts, and
-per classifier {"before": {"value","correct","total"}, "after": {...}, "removed": n};
-also the flat keys cell_accuracy, cell_accuracy_filtered, rf_cell_accuracy and
-rf_cell_accuracy_filtered that the report reads), with --cells path,p_cell,is_cell_pred
-per test cell, --training path,label,is_cell of the training set, --figure a bar chart.
+Outputs (in --out DIR)
+  quality_filter.json   training set per class, CV table, choice, removed counts, and per
+                        classifier {"before": {"value", "correct", "total"}, "after": {...}, "removed": n}
+  training_set.csv      path,label,is_cell of the filter's training set (or --training PATH)
+  cells.csv             path,p_cell,is_cell_pred per test cell (or --cells PATH)
+  quality_filter.png/pdf  accuracy before/after per classifier (or --figure PATH; needs predictions)
+  result.json           the result manifest the report reads (written last)
 
 Example:
-  python analysis/quality_filter.py --val cp/val.csv --net-val cells_val.csv --rf-val rf/cells_val.csv \\
-      --noncells ROOT/noncells.txt --test cp/test.csv --predictions cells_test.csv \\
-      --rf-predictions rf/cells_test.csv --out RUN/quality/quality_filter.json --cells RUN/quality/cells.csv \\
-      --figure RUN/quality/quality_filter.png
+  python analysis/quality_filter.py --noncells ROOT/noncells.txt --val cp/val.csv --net-val cells_val.csv \\
+      --rf-val rf/cells_val.csv --test cp/test.csv --predictions cells_test.csv \\
+      --rf-predictions rf/cells_test.csv --out RUN/quality
 """
 
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+from deepyeast import launcher
 
-from deepyeast.analysis.cluster import add_cluster_arguments, resolve_scheduler  # noqa: E402
-from deepyeast.io_utils import InputError  # noqa: E402
-from deepyeast.quality_filter import (  # noqa: E402
-    PAPER_CELLS_PER_CLASS,
-    PAPER_FOLDS,
-    PAPER_MTRY,
-    PAPER_NTREE,
-    PAPER_SAMPLING,
-)
+NEEDED_WITH_LIST = ("val", "net_val", "rf_val", "test")
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--val", required=True, help="features CSV of the validation cells (the training pool)")
-    ap.add_argument("--net-val", required=True, help="the network's predictions table of the validation cells")
-    ap.add_argument("--rf-val", required=True, help="the random forest's predictions table of the validation cells")
-    ap.add_argument("--noncells", required=True, metavar="FILE",
-                    help="non-cell list: one archive-relative path per line, all in the validation split")
-    ap.add_argument("--test", required=True, help="features CSV of the test cells to filter")
-    ap.add_argument("--predictions", default=None, help="the network's predictions table (test cells)")
-    ap.add_argument("--rf-predictions", default=None, help="the random forest's predictions table (test cells)")
-    ap.add_argument("--truth", default=None,
-                    help="optional path,is_cell table of known non-cells (a synthetic screen's cell_quality.csv) "
-                         "to score the filter on the test cells")
-    ap.add_argument("--out", required=True, help="summary JSON")
-    ap.add_argument("--cells", default=None, help="per-test-cell CSV path,p_cell,is_cell_pred")
-    ap.add_argument("--training", default=None, help="the training set, CSV path,label,is_cell")
-    ap.add_argument("--figure", default=None,
-                    help="bar chart of accuracy before/after (PNG, and a PDF beside it); needs predictions")
-    ap.add_argument("--per-class", type=int, default=PAPER_CELLS_PER_CLASS,
-                    help=f"cells per class in the training set (default {PAPER_CELLS_PER_CLASS})")
-    ap.add_argument("--mtry", type=int, nargs="+", default=list(PAPER_MTRY),
-                    help="mtry values, capped at the feature count (default %(default)s)")
-    ap.add_argument("--sampling", nargs="+", default=list(PAPER_SAMPLING), choices=list(PAPER_SAMPLING),
-                    help="down-sampling options compared (default both)")
-    ap.add_argument("--folds", type=int, default=PAPER_FOLDS, help=f"cross-validation folds (default {PAPER_FOLDS})")
-    ap.add_argument("--ntree", type=int, default=PAPER_NTREE, help=f"trees per forest (default {PAPER_NTREE})")
-    ap.add_argument("--seed", type=int, default=1)
-    add_cluster_arguments(ap, "cross-validation forests")
-    args = ap.parse_args(argv)
-    from deepyeast.quality_filter import plot_filter_accuracy, run_quality_filter
+def options(p):
+    from deepyeast.analysis.quality_filter import (
+        PAPER_CELLS_PER_CLASS,
+        PAPER_FOLDS,
+        PAPER_MTRY,
+        PAPER_NTREE,
+        PAPER_SAMPLING,
+    )
 
+    p.add_argument("--noncells", type=launcher.existing_file, metavar="FILE",
+                   help="non-cell list: one archive-relative path per line, all in the validation split "
+                        "(without it the filter is reported as not run)")
+    p.add_argument("--val", type=launcher.existing_file, metavar="CSV",
+                   help="features CSV of the validation cells (the training pool; needed with --noncells)")
+    p.add_argument("--net-val", type=launcher.existing_file, metavar="CSV",
+                   help="the network's predictions table of the validation cells (needed with --noncells)")
+    p.add_argument("--rf-val", type=launcher.existing_file, metavar="CSV",
+                   help="the random forest's predictions table of the validation cells (needed with --noncells)")
+    p.add_argument("--test", type=launcher.existing_file, metavar="CSV",
+                   help="features CSV of the test cells to filter (needed with --noncells)")
+    p.add_argument("--predictions", type=launcher.existing_file, help="the network's predictions table (test cells)")
+    p.add_argument("--rf-predictions", type=launcher.existing_file,
+                   help="the random forest's predictions table (test cells)")
+    p.add_argument("--truth", type=launcher.existing_file, metavar="CSV",
+                   help="optional path,is_cell table of known non-cells (a synthetic screen's cell_quality.csv) "
+                        "to score the filter on the test cells")
+    launcher.add(p, "out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--cells", default=None, help="per-test-cell CSV path,p_cell,is_cell_pred (default: OUT/cells.csv)")
+    p.add_argument("--training", default=None,
+                   help="the training set, CSV path,label,is_cell (default: OUT/training_set.csv)")
+    p.add_argument("--figure", default=None,
+                   help="bar chart of accuracy before/after, PNG and a PDF beside it (default: OUT/quality_filter.png)")
+    p.add_argument("--per-class", type=launcher.positive_int, default=PAPER_CELLS_PER_CLASS,
+                   help="cells per class in the training set (default %(default)s)")
+    p.add_argument("--mtry", type=launcher.positive_int, nargs="+", default=list(PAPER_MTRY),
+                   help="mtry values, capped at the feature count (default %(default)s)")
+    p.add_argument("--sampling", nargs="+", default=list(PAPER_SAMPLING), choices=list(PAPER_SAMPLING),
+                   help="down-sampling options compared (default both)")
+    p.add_argument("--folds", type=_folds, default=PAPER_FOLDS, help="cross-validation folds (default %(default)s)")
+    launcher.add(p, "ntree", default=PAPER_NTREE)
+    launcher.add_cluster(p, "cross-validation forests (one task per grid point and fold)")
+    launcher.add(p, "seed")
+
+
+def _folds(text):
+    value = launcher.positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"{value}: cross-validation needs at least 2 folds")
+    return value
+
+
+def run(args):
+    from deepyeast.analysis.cluster import resolve_scheduler
+    from deepyeast.analysis.quality_filter import plot_filter_accuracy, run_quality_filter, write_quality_result
+    from deepyeast.report.manifest import clear_result
+    from deepyeast.utils.io import InputError
+
+    scheduler = resolve_scheduler(args.scheduler)
+    if args.noncells:
+        absent = [name for name in NEEDED_WITH_LIST if getattr(args, name) is None]
+        if absent:
+            raise InputError(f"with --noncells give also {', '.join('--' + a.replace('_', '-') for a in absent)}")
+    clear_result(args.out)
     preds = {}
     if args.predictions:
         preds["network"] = args.predictions
     if args.rf_predictions:
         preds["random_forest"] = args.rf_predictions
-    try:
-        if args.per_class < 1 or args.folds < 2 or args.ntree < 1:
-            raise InputError("--per-class and --ntree must be at least 1, --folds at least 2")
-        summary = run_quality_filter(
-            args.val, args.net_val, args.rf_val, args.noncells, args.test, preds, truth=args.truth, out_json=args.out,
-            out_cells=args.cells, out_training=args.training, per_class=args.per_class, mtry=args.mtry,
-            sampling=args.sampling, folds=args.folds, ntree=args.ntree, seed=args.seed,
-            scheduler=resolve_scheduler(args.scheduler), jobs=args.jobs, log=lambda m: print(m, file=sys.stderr))
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args.figure and summary.get("classifiers"):
-        plot_filter_accuracy(summary, args.figure)
-    return 0
+    summary = run_quality_filter(
+        args.val, args.net_val, args.rf_val, args.noncells, args.test, preds, truth=args.truth,
+        out_json=os.path.join(args.out, "quality_filter.json"),
+        out_cells=args.cells or os.path.join(args.out, "cells.csv"),
+        out_training=args.training or os.path.join(args.out, "training_set.csv"), per_class=args.per_class,
+        mtry=args.mtry, sampling=args.sampling, folds=args.folds, ntree=args.ntree, seed=args.seed,
+        scheduler=scheduler, jobs=args.jobs)
+    figure = None
+    if summary.get("classifiers"):
+        figure = args.figure or os.path.join(args.out, "quality_filter.png")
+        plot_filter_accuracy(summary, figure)
+    in_out = figure is not None and os.path.dirname(os.path.abspath(figure)) == os.path.abspath(args.out)
+    write_quality_result(args.out, summary, os.path.basename(figure) if in_out else None, command=args.command)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    launcher.main(__doc__, options, run)

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Time R randomForest forests at the paper's size and project the paper grid's wall time.
 
-The paper's grid (r/random_forest.R RF_PAPER_GRID: ntree 50..1000 x 11 mtry x 5
+The paper's grid (deepyeast/analysis/random_forest.R RF_PAPER_GRID: ntree 50..1000 x 11 mtry x 5
 nodesize) is 55 tasks, each one (mtry, nodesize) forest of 1,000 trees whose
-prefixes give the smaller ntree (deepyeast/rforest.py).  This script measures, on
+prefixes give the smaller ntree (deepyeast/analysis/rforest.py).  This script measures, on
 the training cells' CellProfiler features (paper size: 65,000 cells x 430
 features) and the validation and test cells:
 
@@ -61,7 +61,7 @@ def load_inputs(features, lists, cache=None):
     if cache and os.path.exists(cache):
         z = np.load(cache)
         return {k: z[k] for k in z.files}
-    from deepyeast.rforest import _labelled, impute_features, labels_from_lists
+    from deepyeast.analysis.rforest import _labelled, impute_features, labels_from_lists
 
     labels, _ = labels_from_lists([os.path.join(lists, f"HOwt_{s}.txt") for s in ("train", "val", "test")])
     out = {}
@@ -94,7 +94,7 @@ def one_forest(cache, mtry, nodesize, ntree, seed=1):
     in a Dask worker); ``forest_peak_mib`` the peak while growing and scoring the forest
     (the peak-RSS counter is reset just before it, /proc/self/clear_refs).
     """
-    from deepyeast import rforest
+    from deepyeast.analysis import rforest
 
     d = load_inputs(None, None, cache)
     rforest.init_r()
@@ -212,7 +212,7 @@ def main(argv=None):
         return 0
     if not args.features:
         ap.error("--features is required")
-    from deepyeast.rforest import grid_pairs, resolve_grid
+    from deepyeast.analysis.rforest import grid_pairs, resolve_grid
 
     work = args.work or args.features
     cache = os.path.join(work, "rf_bench_inputs.npz")
@@ -257,7 +257,7 @@ def main(argv=None):
 
     check = None
     if args.grid_check:
-        from deepyeast import rforest
+        from deepyeast.analysis import rforest
 
         d = load_inputs(None, None, cache)
         small = {"ntree": [max(1, args.ntree // 2), args.ntree], "mtry": [min(args.mtry), NODESIZE_MTRY],

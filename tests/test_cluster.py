@@ -15,7 +15,7 @@ import pytest
 
 from _dask_cluster import CountingPayload, dask_cluster, payload_task, unpickled
 from deepyeast.analysis.cluster import SCHEDULER_ENV, TaskRunner, resolve_scheduler
-from deepyeast.io_utils import InputError
+from deepyeast.utils.io import InputError
 
 pytestmark = [pytest.mark.slow]
 
@@ -29,7 +29,7 @@ def cluster():
 
 
 def _need_r():
-    from deepyeast import rforest
+    from deepyeast.analysis import rforest
 
     if not rforest.have_r():
         pytest.skip("R with randomForest and rpy2 are not available")
@@ -70,7 +70,7 @@ def test_unreachable_scheduler_is_an_input_error():
 
 def _feature_files(tmp_path, n_features=60, seed=0):
     """Feature CSVs and split lists of 4 classes (train/val/test), class signal in 3 features."""
-    from deepyeast.cp_features import write_feature_csv
+    from deepyeast.analysis.cp_features import write_feature_csv
 
     rng = np.random.default_rng(seed)
     centres = rng.normal(scale=1.2, size=(4, 3))
@@ -126,7 +126,7 @@ def test_forest_grid_identical_whatever_the_scheduler(tmp_path, cluster):
 def test_grid_and_quality_cv_api_identical_on_the_cluster(cluster):
     """A larger grid (4 forests, 3 prefixes) and the quality CV (4 points x 5 folds) as tasks."""
     _need_r()
-    from deepyeast import rforest
+    from deepyeast.analysis import rforest
 
     rng = np.random.default_rng(3)
     y = np.repeat(np.arange(3), 25)

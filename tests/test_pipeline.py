@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from deepyeast.caffe_root import REPO_ROOT
+from _data_helpers import REPO_ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.r]
 
@@ -22,7 +22,7 @@ TINY_SCHEDULE = ("max_iter=6 stepsize=3 test_interval=3 test_iter=1 snapshot=3 d
 
 def _have_r():
     try:
-        from deepyeast.rforest import have_r
+        from deepyeast.analysis.rforest import have_r
         return have_r()
     except Exception:  # noqa: BLE001 - any import failure means no R here
         return False
@@ -55,14 +55,23 @@ def test_demo_pipeline_tiny_and_rerun_skips(tmp_path):
     proc = _make("pipeline", f"RUN={run}", "SCREEN=synthetic", "SIZE=tiny", f"SCHEDULE={TINY_SCHEDULE}",
                  "GRID=small", "PRECISION=bf16")
     assert proc.returncode == 0, proc.stdout[-4000:]
-    _check_report(os.path.join(REPO_ROOT, run))
+    metrics = _check_report(os.path.join(REPO_ROOT, run))
     assert "==> [" in proc.stdout  # one step line per stage
+    # the paper's non-cell filter ran on the screen's list (or says why it could not: a tiny
+    # screen and a 6-iteration network may leave too few cells correct by both classifiers)
+    quality = metrics["results"]["quality"]
+    commands = open(os.path.join(REPO_ROOT, run, "commands.txt")).read()
+    assert "--noncells" in commands and "--net-val" in commands and "--val-out" in commands
+    if quality["missing"]:
+        assert quality["missing"][0]["what"] == "non-cell filter" and "needs at least" in quality["missing"][0]["reason"]
+    else:
+        assert metrics["cell_accuracy_filtered"]["total"] > 0
     # every step is a file target: nothing is left to do on a re-run
     again = _make("-q", "pipeline", f"RUN={run}", "SCREEN=synthetic", "SIZE=tiny",
                   f"SCHEDULE={TINY_SCHEDULE}", "GRID=small", "PRECISION=bf16")
     assert again.returncode == 0, "make -q says a finished pipeline is out of date:\n" + again.stdout[-2000:]
     # removing one analysis output re-runs that step alone
-    os.remove(os.path.join(REPO_ROOT, run, "proteins.csv"))
+    os.remove(os.path.join(REPO_ROOT, run, "proteins", "result.json"))
     dry = _make("-n", "pipeline", f"RUN={run}", "SCREEN=synthetic", "SIZE=tiny",
                 f"SCHEDULE={TINY_SCHEDULE}", "GRID=small", "PRECISION=bf16")
     assert "protein_level.py" in dry.stdout and "deepyeast train" not in dry.stdout, dry.stdout
@@ -79,12 +88,17 @@ def test_reproduce_pipeline_on_small_archive_in_real_layout(tmp_path, tmp_path_f
         for name in os.listdir(archive / part):
             if name.startswith("HOwt_") and name.endswith(".txt"):
                 os.replace(archive / part / name, archive / name)
+    os.remove(archive / "main" / "noncells.txt")  # the published archive has no list of non-cells
     run = os.path.relpath(tmp_path / "reproduce", REPO_ROOT)
     proc = _make("reproduce", f"REPRO_RUN={run}", f"ARCHIVE_SRC={archive}", "REPRO_GPU=", "REPRO_GRID=small",
                  f"REPRO_SCHEDULE={TINY_SCHEDULE}")
     assert proc.returncode == 0, proc.stdout[-4000:]
     run_dir = os.path.join(REPO_ROOT, run)
-    _check_report(run_dir)
+    metrics = _check_report(run_dir)
+    # without a non-cell list the filter is reported as not run, with the option that runs it
+    assert metrics["cell_accuracy_filtered"] is None and metrics["rf_cell_accuracy_filtered"] is None
+    missing = metrics["results"]["quality"]["missing"]
+    assert [m["what"] for m in missing] == ["non-cell filter"] and "NONCELLS=FILE" in missing[0]["option"]
     # the paper's solver with only the schedule changed, and the snapshot chosen by validation loss
     solver = open(os.path.join(run_dir, "train", "solver.prototxt")).read()
     assert "base_lr: 0.1" in solver and "momentum: 0.9" in solver and "max_iter: 6" in solver

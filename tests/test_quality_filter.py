@@ -9,16 +9,22 @@ import sys
 import numpy as np
 import pytest
 
-from deepyeast.cp_features import write_feature_csv
-from deepyeast.io_utils import InputError
-from deepyeast.quality_filter import filter_accuracy, pick_training_cells, read_noncell_list, read_quality_labels
-from deepyeast.rforest import quality_best
+from deepyeast.analysis.cp_features import write_feature_csv
+from deepyeast.analysis.quality_filter import (
+    filter_accuracy,
+    pick_training_cells,
+    read_noncell_list,
+    read_quality_labels,
+)
+from deepyeast.analysis.rforest import quality_best
+from deepyeast.report.manifest import read_result
+from deepyeast.utils.io import InputError
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
 
 
 def _need_r():
-    from deepyeast import rforest
+    from deepyeast.analysis import rforest
 
     if not rforest.have_r():
         pytest.skip("R with randomForest and rpy2 are not available")
@@ -106,7 +112,7 @@ def test_choice_by_cv_accuracy_then_balanced_accuracy():
 @pytest.mark.r
 def test_cv_grid_capped_at_feature_count_and_r_choice_agrees():
     _need_r()
-    from deepyeast import rforest
+    from deepyeast.analysis import rforest
 
     paper = (2, 110, 218, 326, 435)
     pts = rforest.quality_points(paper, ("none", "balanced"), 8)
@@ -127,7 +133,7 @@ def test_cv_grid_capped_at_feature_count_and_r_choice_agrees():
 def test_quality_cv_tasks_equal_r_rf_quality_cv():
     """One task per (point, fold) gives the numbers of R's rf_quality_cv (same folds and seeds)."""
     _need_r()
-    from deepyeast import rforest
+    from deepyeast.analysis import rforest
 
     rng = np.random.default_rng(4)
     is_cell = np.array([1] * 60 + [0] * 20)
@@ -153,7 +159,7 @@ def test_quality_cv_tasks_equal_r_rf_quality_cv():
 
 
 def test_filter_accuracy_counts():
-    from deepyeast.predictions import Predictions
+    from deepyeast.analysis.predictions import Predictions
 
     probs = np.eye(4)[[0, 1, 2, 3, 0, 1]]
     t = Predictions(path=np.array(list("abcdef"), dtype=object), protein=np.array(["p/1"] * 6, dtype=object),
@@ -215,11 +221,16 @@ def _screen(tmp_path, seed=0):
     return va, te
 
 
-def _run(tmp_path, *extra, out="qf.json"):
+def _summary(tmp_path, out="qf"):
+    return json.loads((tmp_path / out / "quality_filter.json").read_text())
+
+
+def _run(tmp_path, *extra, out="qf"):
     args = [sys.executable, os.path.join(REPO, "analysis", "quality_filter.py"),
             "--val", str(tmp_path / "val.csv"), "--net-val", str(tmp_path / "net_val.csv"),
             "--rf-val", str(tmp_path / "rf_val.csv"), "--noncells", str(tmp_path / "noncells.txt"),
-            "--test", str(tmp_path / "test.csv"), "--out", str(tmp_path / out), "--scheduler", "none", *extra]
+            "--test", str(tmp_path / "test.csv"), "--out", str(tmp_path / out), "--scheduler", "none", "--seed", "1",
+            *extra]
     return subprocess.run(args, capture_output=True, text=True)
 
 
@@ -231,7 +242,7 @@ def test_quality_filter_script_paper_procedure(tmp_path):
              "--cells", str(tmp_path / "cells.csv"), "--training", str(tmp_path / "training.csv"),
              "--figure", str(tmp_path / "qf.png"), "--per-class", "20", "--ntree", "50")
     assert r.returncode == 0, r.stderr
-    s = json.loads((tmp_path / "qf.json").read_text())
+    s = _summary(tmp_path)
     # the training set: the rule applied to the validation tables, plus all 30 listed non-cells
     both = (va[3] == va[4]) & (va[3] == va[5]) & (va[2] == 1)
     expect, info = pick_training_cells(va[3], va[4], va[5], va[2] == 0, per_class=20, seed=1)
@@ -267,17 +278,25 @@ def test_quality_filter_script_paper_procedure(tmp_path):
     assert fl["noncells_removed"]["total"] == 12 and fl["cells_kept"]["total"] == 50
     assert fl["noncells_removed"]["correct"] == int(((te[2] == 0) & ~kept).sum())
     assert (tmp_path / "qf.png").stat().st_size > 1000 and (tmp_path / "qf.pdf").exists()
+    # the manifest the report reads: the network's accuracy after filtering; the forest's named as missing
+    m = read_result(tmp_path / "qf" / "result.json")
+    assert m["name"] == "quality" and m["metrics"]["cell_accuracy_filtered"] == net["after"]
+    assert m["metrics"]["rf_cell_accuracy_filtered"] is None
+    assert [x["option"] for x in m["missing"]] == ["--rf-predictions CSV"]
+    assert f"{ts['noncells']} non-cells of noncells.txt" in m["summary"]
+    cv = next(t for t in m["tables"] if t["title"] == "Cross-validation of the filter")
+    assert [r[:2] for r in cv["rows"]] == [[2, "none"], [8, "none"], [2, "balanced"], [8, "balanced"]]
 
     # same seed, same everything (Dask LocalCluster of 2 processes)
     r = _run(tmp_path, "--predictions", str(tmp_path / "net_test.csv"), "--per-class", "20", "--ntree", "50",
-             "--cells", str(tmp_path / "cells2.csv"), out="qf2.json")
+             "--cells", str(tmp_path / "cells2.csv"), out="qf2")
     assert r.returncode == 0, r.stderr
     r = _run(tmp_path, "--predictions", str(tmp_path / "net_test.csv"), "--per-class", "20", "--ntree", "50",
-             "--cells", str(tmp_path / "cells3.csv"), "--scheduler", "local", "--jobs", "2", out="qf3.json")
+             "--cells", str(tmp_path / "cells3.csv"), "--scheduler", "local", "--jobs", "2", out="qf3")
     assert r.returncode == 0, r.stderr
-    assert (tmp_path / "qf2.json").read_text() == (tmp_path / "qf3.json").read_text()
+    assert (tmp_path / "qf2" / "quality_filter.json").read_text() == (tmp_path / "qf3" / "quality_filter.json").read_text()
     assert (tmp_path / "cells2.csv").read_text() == (tmp_path / "cells3.csv").read_text()
-    assert json.loads((tmp_path / "qf2.json").read_text())["cv_table"] == s["cv_table"]
+    assert _summary(tmp_path, "qf2")["cv_table"] == s["cv_table"]
 
 
 @pytest.mark.r
@@ -290,17 +309,49 @@ def test_quality_filter_bad_lists_and_too_small_training_set(tmp_path):
     r = _run(tmp_path)
     n_lines = len((tmp_path / "noncells.txt").read_text().splitlines())
     assert r.returncode == 2 and f"noncells.txt:{n_lines}: '{te[0][0]}' is not a cell of the validation" in r.stderr
-    assert not (tmp_path / "qf.json").exists()
+    assert not (tmp_path / "qf").exists()
     # the validation tables disagree on a label
     (tmp_path / "noncells.txt").write_text("".join(p + "\n" for p, c in zip(va[0], va[2]) if c == 0))
     _write_table(tmp_path / "rf_bad.csv", va[0], (va[3] + np.eye(len(va[3]), dtype=int)[5]) % 4, va[5])
     r = _run(tmp_path, "--rf-val", str(tmp_path / "rf_bad.csv"))
-    assert r.returncode == 2 and va[0][5] in r.stderr and not (tmp_path / "qf.json").exists()
+    assert r.returncode == 2 and va[0][5] in r.stderr and not (tmp_path / "qf").exists()
+    # a test predictions row that is not a test cell: clear error, nothing written
+    (tmp_path / "noncells.txt").write_text("".join(p + "\n" for p, c in zip(va[0], va[2]) if c == 0))
+    with open(tmp_path / "net_test.csv", "a", newline="") as f:
+        csv.writer(f).writerow(["plate09/zzz-0-0-0.png", "plate09/zzz", "test", 0, 0, 1.0, 0, 0, 0])
+    r = _run(tmp_path, "--predictions", str(tmp_path / "net_test.csv"), "--mtry", "2", "--sampling", "none",
+             "--ntree", "20")
+    assert r.returncode == 2 and "plate09/zzz-0-0-0.png" in r.stderr and not (tmp_path / "qf").exists()
     # 5 non-cells cannot feed 10-fold CV: reported as not run, with the reason, no crash
     (tmp_path / "noncells.txt").write_text("".join(p + "\n" for p, c in list(zip(va[0], va[2]))[-5:]))
     r = _run(tmp_path, "--figure", str(tmp_path / "qf.png"))
     assert r.returncode == 0, r.stderr
-    s = json.loads((tmp_path / "qf.json").read_text())
+    s = _summary(tmp_path)
     assert "needs at least 10 of each" in s["not_run"]["reason"] and "NONCELLS" in s["not_run"]["option"]
     assert s["training_set"]["noncells"] == 5 and "cell_accuracy_filtered" not in s
     assert not (tmp_path / "qf.png").exists()
+    m = read_result(tmp_path / "qf" / "result.json")
+    assert m["metrics"] == {"cell_accuracy_filtered": None, "rf_cell_accuracy_filtered": None}
+    assert [(x["what"], x["reason"]) for x in m["missing"]] == [("non-cell filter", s["not_run"]["reason"])]
+
+
+def test_quality_filter_without_a_noncell_list_is_reported_as_not_run(tmp_path):
+    """The published archive has no non-cell list: the step succeeds with a result naming the
+    filter as not run (null metrics, the option that would run it); half a set of inputs is an error."""
+    out = tmp_path / "quality"
+    script = os.path.join(REPO, "analysis", "quality_filter.py")
+    r = subprocess.run([sys.executable, script, "--out", str(out), "--scheduler", "none"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    m = read_result(out / "result.json")
+    assert m["metrics"] == {"cell_accuracy_filtered": None, "rf_cell_accuracy_filtered": None}
+    assert len(m["missing"]) == 1 and m["missing"][0]["what"] == "non-cell filter"
+    assert "NONCELLS=FILE" in m["missing"][0]["option"] and "--noncells" in m["missing"][0]["option"]
+    assert "not run" in m["summary"] and {h["metric"] for h in m["headline"]} == set(m["metrics"])
+    assert json.loads((out / "quality_filter.json").read_text())["not_run"]["what"] == "non-cell filter"
+    # a list without the tables it needs: one line naming them, exit 2, nothing already written lost
+    (tmp_path / "noncells.txt").write_text("plate01/a-0-0-1.png\n")
+    r = subprocess.run([sys.executable, script, "--out", str(out), "--noncells", str(tmp_path / "noncells.txt"),
+                        "--test", str(tmp_path / "noncells.txt")], capture_output=True, text=True)
+    assert r.returncode == 2 and "--val, --net-val, --rf-val" in r.stderr and len(r.stderr.splitlines()) == 1
+    assert read_result(out / "result.json") == m

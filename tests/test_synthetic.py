@@ -11,8 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-from deepyeast import synthetic
-from deepyeast.archive import check_splits, protein_of, read_crop, read_split_list
+from deepyeast.data import synthetic
+from deepyeast.data.crop_png import read_crop
+from deepyeast.data.lists import check_splits, protein_of, read_split_list
 from deepyeast.constants import CLASS_NAMES, MIN_CELLS_PER_PROTEIN, TRANSFER_CLASS_NAMES
 
 from _data_helpers import REPO_ROOT, tiny_screen
@@ -64,6 +65,28 @@ def test_tiny_screen_layout_and_counts(screen):
     assert any(r["mixture_classes"] == "nucleus+cytoplasm" for r in proteins)
     assert any(r["dim"] == "1" for r in proteins)
     assert all(r["protein"].startswith("plate") for r in proteins)
+
+
+def test_noncell_list_is_the_known_noncells_of_the_validation_split(screen, tmp_path):
+    """main/noncells.txt (the stand-in for the paper's hand-picked list): every known non-cell of
+    HOwt_val.txt in list order, or a seeded sample of at most n_max of them."""
+    root = screen / "main"
+    val = [rel for rel, _ in read_split_list(str(root / "HOwt_val.txt"), CLASS_NAMES)[0]]
+    non = {r["path"] for r in _csv(root / "cell_quality.csv") if r["is_cell"] == "0"}
+    expect = [p for p in val if p in non]
+    listed = (root / "noncells.txt").read_text().splitlines()
+    assert len(expect) >= 3 and listed == expect
+    assert json.loads((screen / "screen.json").read_text())["main"]["n_listed_noncells"] == len(expect)
+    copy = tmp_path / "main"
+    copy.mkdir()
+    for name in ("HOwt_val.txt", "cell_quality.csv"):
+        (copy / name).write_bytes((root / name).read_bytes())
+    n = synthetic.write_noncell_list(str(copy), seed=0, n_max=2)
+    sample = (copy / "noncells.txt").read_text().splitlines()
+    assert n == 2 and len(set(sample)) == 2 and set(sample) <= set(expect)
+    assert sample == sorted(sample, key=expect.index)  # list order kept
+    synthetic.write_noncell_list(str(copy), seed=0, n_max=2)
+    assert (copy / "noncells.txt").read_text().splitlines() == sample  # seeded
 
 
 def test_deterministic_per_seed_and_worker_count(screen, tmp_path):
@@ -156,8 +179,8 @@ def test_make_synthetic_cli_and_gallery(tmp_path):
 
 
 def test_every_class_has_a_rendering_rule():
-    assert {n for s, n in synthetic._PATTERNS if s == "main"} == set(CLASS_NAMES)
-    assert {n for s, n in synthetic._PATTERNS if s == "transfer"} == set(TRANSFER_CLASS_NAMES)
+    assert {n for s, n in synthetic.patterns._PATTERNS if s == "main"} == set(CLASS_NAMES)
+    assert {n for s, n in synthetic.patterns._PATTERNS if s == "transfer"} == set(TRANSFER_CLASS_NAMES)
     for set_name, names in (("main", CLASS_NAMES), ("transfer", TRANSFER_CLASS_NAMES)):
         for label in range(len(names)):
             crops = synthetic.example_crops(set_name, label, 2, seed=1)

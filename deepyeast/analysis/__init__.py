@@ -1,1 +1,2 @@
-"""Analyses of the paper (issue 11 layout); cluster.py runs their independent tasks on Dask."""
+"""The paper's analyses; each reads the predictions table or features and writes a result folder.
+cluster.py runs their independent tasks (forest grid points, CV folds, feature chunks) on Dask."""

@@ -34,7 +34,7 @@ import os
 import re
 import uuid
 
-from deepyeast.io_utils import InputError
+from deepyeast.utils.io import InputError
 
 SCHEDULER_ENV = "DASK_SCHEDULER"
 """Environment variable naming a running scheduler (used when ``--scheduler`` is not given)."""
@@ -43,11 +43,20 @@ SCHEDULERS = ("none", "local")
 _ADDRESS_RE = re.compile(r"^(tcp|tls|ucx|inproc)://\S+$")
 
 
+def check_scheduler(value):
+    """``value`` stripped if it is ``"none"``, ``"local"`` or a scheduler address
+    (``tcp://HOST:PORT``, ``tls://``, ``ucx://``, ``inproc://``); else ValueError saying what is allowed."""
+    value = value.strip()
+    if value in SCHEDULERS or _ADDRESS_RE.match(value):
+        return value
+    raise ValueError(f"{value!r} is neither 'none', 'local' nor a scheduler address such as tcp://HOST:8786")
+
+
 def resolve_scheduler(value=None, environ=None):
     """``--scheduler`` value (or ``$DASK_SCHEDULER``, or ``"local"``) -> a checked scheduler string.
 
     Returns ``"none"``, ``"local"`` or an address such as ``"tcp://10.0.0.5:8786"``;
-    anything else is an :class:`InputError`.
+    anything else is an :class:`InputError` naming where it came from.
     """
     environ = os.environ if environ is None else environ
     source = "--scheduler"
@@ -55,21 +64,10 @@ def resolve_scheduler(value=None, environ=None):
         value, source = environ.get(SCHEDULER_ENV, ""), SCHEDULER_ENV
     if not value:
         return "local"
-    value = value.strip()
-    if value in SCHEDULERS or _ADDRESS_RE.match(value):
-        return value
-    raise InputError(f"{source}: {value!r} is neither 'none', 'local' nor a scheduler address "
-                     "such as tcp://HOST:8786")
-
-
-def add_cluster_arguments(parser, what="tasks"):
-    """Add the shared ``--scheduler`` and ``--jobs`` options to an argparse parser."""
-    parser.add_argument("--scheduler", default=None, metavar="none|local|tcp://HOST:PORT",
-                        help=f"where the {what} run: 'local' (default) = a Dask LocalCluster of --jobs worker "
-                             "processes; tcp://HOST:PORT = a running Dask cluster (default: $DASK_SCHEDULER if "
-                             "set); 'none' = in this process, one after the other, without Dask")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
-                        help="worker processes of --scheduler local (default: all CPUs)")
+    try:
+        return check_scheduler(value)
+    except ValueError as err:
+        raise InputError(f"{source}: {err}") from None
 
 
 class TaskRunner:
