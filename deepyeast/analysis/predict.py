@@ -88,6 +88,24 @@ def cells_from_list(archive, list_path, skip_bad=False):
     return Cells(np.stack(images), np.asarray(labels, np.int64), paths, os.fspath(list_path))
 
 
+def cells_from_mixed(table_path, not_in=(), skip_bad=False):
+    """Read the crops of the proteins of a mixed-protein table (:func:`deepyeast.data.lists.mixed_protein_cells`:
+    ``plateNN/<f1>-*.png`` next to the table).  A cell's label is the protein's first compartment; the
+    protein-level analysis reads both from the table.  ``not_in``: split lists they must be absent from."""
+    from deepyeast.data.lists import MIXED_SPLIT, mixed_protein_cells
+
+    entries = mixed_protein_cells(table_path, not_in=not_in)
+    root = os.path.dirname(os.path.abspath(table_path))
+    paths, labels, images = [], [], []
+    for rel, image, label in iter_crops(root, entries, skip_bad=skip_bad):
+        paths.append(rel)
+        labels.append(label)
+        images.append(image)
+    if not images:
+        raise InputError(f"{table_path}: none of its proteins' crops under {root} could be read")
+    return Cells(np.stack(images), np.asarray(labels, np.int64), paths, f"{MIXED_SPLIT}: {os.fspath(table_path)}")
+
+
 def cells_from_lmdb(lmdb_path):
     """Read the cells of a Datum LMDB; a cell's path is its key without the ``%08d_`` prefix."""
     images, labels, keys = read_datum_lmdb(lmdb_path)
