@@ -52,7 +52,7 @@ from deepyeast import constants
 from deepyeast.analysis.features import (PATHS_FILE, blob_features, has_blob, labels_for_paths, match_paths,
                                          network_blobs, read_cellprofiler_csv, read_paths)
 from deepyeast.utils.plotting import plt, save_figure
-from deepyeast.report.manifest import clear_result, count_metric, figure, headline, table, write_result
+from deepyeast.report.manifest import clear_result, count_metric, figure, headline, missing_part, table, write_result
 from deepyeast.utils.io import InputError, atomic_write_text, write_csv
 from deepyeast.utils.progress import progress
 
@@ -306,8 +306,7 @@ def write_transfer_result(out_dir, result, command=None):
     headlines = []
     cp_note = result.get("cellprofiler_features") or {}
     for fs, key, label in ((head, "transfer_network_accuracy", f"Transfer, network features ({head})"),
-                           (CELLPROFILER, "transfer_cellprofiler_accuracy",
-                            f"Transfer, {cp_note.get('short', 'CellProfiler features')}")):
+                           (CELLPROFILER, "transfer_cellprofiler_accuracy", "Transfer, CellProfiler features")):
         curve = ta["by_feature_set"].get(fs)
         if curve:
             largest = max(curve, key=int)
@@ -356,8 +355,11 @@ def write_transfer_result(out_dir, result, command=None):
         figure("transfer_layers.png", f"Figure S6: transfer accuracy against training cells per class for every "
                                       f"layer's features ({best}: best on validation).")]
         if os.path.exists(os.path.join(out_dir, f["file"]))]
+    missing = [] if CELLPROFILER in ta["by_feature_set"] else [missing_part(
+        "the CellProfiler curve of Figure 4C", "no CellProfiler features of the transfer cells were given",
+        "--cellprofiler CSV; CP_FEATURES=DIR with transfer_{train,val,test}.csv or transfer.csv")]
     return write_result(out_dir, "transfer", "Transfer learning to new compartments (paper Figures 4B, 4C, S6)", text,
-                        metrics=metrics, headline=headlines, figures=figures, tables=tables,
+                        metrics=metrics, headline=headlines, figures=figures, tables=tables, missing=missing,
                         details={k: v for k, v in result.items() if k not in ("rows", "transfer_accuracy")},
                         seeds={"seed": result["seed"]}, command=command, order=40)
 

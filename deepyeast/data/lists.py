@@ -303,3 +303,37 @@ def mixed_protein_cells(table_path, class_names=CLASS_NAMES, not_in=()):
                              f"{os.path.join(root, r['protein'].split('/')[0])}/ (expected "
                              f"{r['protein']}-*.png next to the table)")
     return cells
+
+
+# --------------------------------------------------------------------------- the archive, for the report
+
+ARCHIVE_LACKS = (
+    ("non-cell labels", "the non-cell filter learns from crops picked by eye as non-cells", "NONCELLS=FILE"),
+    ("proteins with two compartments", "the paper holds them out of the splits and checks their top two calls",
+     "MIXED=FILE"),
+    ("CellProfiler features of Chong et al. (2015)", "the paper's forest learned from 435 whole-image features; "
+     "ours are 430 computed per crop with cp-measure", "CP_FEATURES=DIR"),
+)
+"""What the published archive (split lists, two class tables, PNG crops) does not hold, why the paper
+needs it, and the make option that supplies it."""
+
+
+def write_archive_result(out_dir, report, command=None):
+    """The report's first section for a run on an archive: cells and proteins per split (``report``:
+    :func:`check_splits`'s) and what the archive does not hold (:data:`ARCHIVE_LACKS`)."""
+    from deepyeast.report.manifest import table, write_result
+
+    rows = [[split, s["n_cells"], s["n_proteins"], s["n_proteins_min10"]] for split, s in report["splits"].items()]
+    total = sum(s["n_cells"] for s in report["splits"].values())
+    text = (f"The image archive: {total:,} crops in {len(rows)} split lists, split by protein (no protein is in two "
+            "splits). Like the published DeepYeast archive it holds split lists, two class tables and 64x64 PNG "
+            "crops only; what the paper used beyond them is listed below with the option that supplies it.")
+    return write_result(
+        out_dir, "screen", "The cells: the image archive", text,
+        tables=[table("Cells per split", ["split", "cells", "proteins", f"proteins with >= {MIN_CELLS_PER_PROTEIN} "
+                                                                        "cells"], rows,
+                      "Counts of the split lists (data_prep/check_splits.py)."),
+                table("Not in the archive", ["what", "what the paper does with it", "supply it with"],
+                      [list(x) for x in ARCHIVE_LACKS],
+                      "Without them the analyses that need them are reported as not run.")],
+        details=report, command=command, order=5)
