@@ -3,15 +3,26 @@
 
 Inputs:
   IMAGES  CSV with columns image,plate,protein,label[,split][,mask]
-          image: micrograph (TIFF or PNG), relative to the CSV; plate: integer;
-          protein: id without '-' or '/' (e.g. the well 001002000); label: class
-          index or name; split: train/val/test (else assigned by protein);
-          mask: label image (0 background, k = cell k), same size as the image.
+          image: micrograph (TIFF, OME-TIFF, PNG), relative to the CSV; or
+          marker_image,protein_image: two single-channel files instead;
+          plate: integer; protein: id without '-' or '/' (e.g. the well
+          001002000); label: class index or name; split: train/val/test (else
+          assigned by protein); mask: label image (0 background, k = cell k),
+          same size as the image (from segment_cells.py, CellProfiler,
+          cellpose, YeaZ...).  segment_cells.py writes this table with masks.
   --centres CSV with columns image,x,y[,cell][,is_cell] instead of masks
-          (x = column, y = row, pixels).
+          (x = column, y = row, pixels from 0); CellProfiler's
+          ImageNumber,ObjectNumber,Location_Center_X,Location_Center_Y (also
+          with an object prefix, e.g. Cells_Location_Center_X) work too,
+          ImageNumber counting the rows of IMAGES.
 Output (--out DIR): plateNN/<protein>-<field>-<cell>-<k>.png (RGB, R = marker, G = protein),
-HOwt_{train,val,test}.txt (split by protein), HOwt_doc.txt, crops.csv, and with
---skip-bad rejects.txt.  Prints a JSON summary (crops, padded, skipped, rejected).
+HOwt_{train,val,test}.txt (split by protein), HOwt_doc.txt, crops.csv (with
+label and class name), and with --skip-bad rejects.txt.  Prints a JSON summary
+(crops, padded, skipped, rejected, images without cells).  Bad input (file,
+row and reason on one line; exit 2): unreadable or truncated file,
+single-channel file where two are needed, channels of different sizes,
+16-bit data without --bits or beyond it, a stack with several Z planes or
+time points, a centre outside its image, a protein left without cells.
 
 Example:
   python data_prep/crop_cells.py myscreen/images.csv --out runs/mine/archive --channels 1 0 --border skip
@@ -26,9 +37,7 @@ def options(p):
     p.add_argument("images", type=launcher.existing_file, help="images table (CSV)")
     launcher.add_output_folder(p, "archive root to write (replaced atomically)")
     p.add_argument("--centres", type=launcher.existing_file, help="cell centres table (CSV) instead of masks")
-    p.add_argument("--channels", type=int, nargs=2, default=(0, 1), metavar=("MARKER", "PROTEIN"),
-                   help="channel indices of the marker and the protein in the micrographs (default: 0 1)")
-    p.add_argument("--bits", type=int, help="bit depth of 16-bit micrographs (e.g. 12); rescaled to 8 bits")
+    launcher.add_micrograph_channels(p)
     p.add_argument("--border", choices=("pad", "skip"), default="pad",
                    help="cells closer than 32 px to the edge: zero-pad or skip (default: %(default)s)")
     launcher.add_class_set(p)

@@ -41,7 +41,8 @@ def options(p):
                    help="micrograph side, pixels (default: %(default)s)")
     p.add_argument("--save-fields", type=int, default=0, metavar="N",
                    help="also keep the micrographs of the first N proteins per set (TIFF + images.csv + "
-                        "centres.csv in <root>/fields, input for crop_cells.py)")
+                        "centres.csv in <root>/fields, input for crop_cells.py; with their true label masks "
+                        "listed in truth.csv, for bench/bench_segment.py)")
     p.add_argument("--difficulty", type=float, default=1.0,
                    help="scale of the shares of dim proteins, defocused cells, non-cells and cytosolic haze "
                         "(default: %(default)s; 0 = none)")

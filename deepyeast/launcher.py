@@ -47,7 +47,7 @@ import sys
 from deepyeast.utils.io import InputError, StepFailed
 
 __all__ = ["main", "run_guarded", "build_parser", "add", "add_output_folder", "output_folder", "add_class_set",
-           "SHARED", "EXIT_CODES",
+           "add_micrograph_channels", "SHARED", "EXIT_CODES",
            "EXIT_OK", "EXIT_CHECK_FAILED", "EXIT_INPUT", "EXIT_FAILED", "EXIT_INTERRUPTED",
            "existing_file", "existing_dir", "positive_int", "command_line"]
 
@@ -168,6 +168,17 @@ def add_class_set(parser):
                         help="class table and list names: main (HOwt_*) or transfer (HOwt_transfer_*)")
     parser.add_argument("--transfer", dest="classes", action="store_const", const="transfer",
                         help="same as --classes transfer")
+
+
+def add_micrograph_channels(parser):
+    """``--channels MARKER PROTEIN`` and ``--bits N``: how the micrograph steps (``crop_cells.py``,
+    ``segment_cells.py``) read multi-channel and 16-bit micrographs."""
+    parser.add_argument("--channels", type=int, nargs=2, default=(0, 1), metavar=("MARKER", "PROTEIN"),
+                        help="channel indices of the marker and the protein in multi-channel micrographs "
+                             "(default: 0 1)")
+    parser.add_argument("--bits", type=int, metavar="N",
+                        help="bit depth of 16-bit micrographs (e.g. 12); rescaled to 8 bits (refused when values "
+                             "exceed it)")
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):

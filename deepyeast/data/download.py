@@ -160,7 +160,7 @@ def safe_extract(tar_path, dest):
     return tops
 
 
-def _print_progress(label):
+def download_progress(label):
     """A ``download`` progress callback reporting MiB on stderr (:mod:`deepyeast.utils.progress`)."""
     from deepyeast.utils.progress import Progress
 
@@ -194,7 +194,7 @@ def fetch_archive(dest, parts=("lists", "main", "transfer"), base_url=ARCHIVE_BA
         elif part in TARBALLS:
             rel, md5 = TARBALLS[part]
             tgz = os.path.join(dest, os.path.basename(rel))
-            download(f"{base_url}/{rel}", tgz, md5, timeout, progress=_print_progress(os.path.basename(rel)))
+            download(f"{base_url}/{rel}", tgz, md5, timeout, progress=download_progress(os.path.basename(rel)))
             marker = os.path.join(dest, part, ".extracted")
             if not os.path.exists(marker):
                 safe_extract(tgz, os.path.join(dest, part))

@@ -105,9 +105,19 @@ def write_split_list(path, entries):
     atomic_write_text(path, "".join(f"{rel} {int(lab)}\n" for rel, lab in entries))
 
 
-def write_class_doc(path, class_names):
-    """Write a ``label;label_idx`` class table like ``HOwt_doc.txt`` (lower-case names)."""
-    atomic_write_text(path, "label;label_idx\n" + "".join(f"{n.lower()};{i}\n" for i, n in enumerate(class_names)))
+def write_class_doc(path, class_names, lower=True):
+    """Write a ``label;label_idx`` class table like ``HOwt_doc.txt``, atomically.
+
+    ``lower``: lower-case names, as the published doc files have them (a model bundle's
+    ``classes.txt`` keeps DeepYeast's spelling: ER, Golgi).  A blank name, or one with
+    surrounding spaces or a newline, raises InputError.
+    """
+    names = []
+    for i, name in enumerate(class_names):
+        if not name or name != name.strip() or "\n" in name:
+            raise InputError(f"{path}: class {i} has an unusable name {name!r}")
+        names.append(name.lower() if lower else name)
+    atomic_write_text(path, "label;label_idx\n" + "".join(f"{n};{i}\n" for i, n in enumerate(names)))
 
 
 def read_class_doc(path):

@@ -49,6 +49,9 @@ def _render_protein(job):
             base = f"plate{protein['plate']:02d}_{protein['well']}_f{field}"
             import tifffile
             tifffile.imwrite(os.path.join(save_dir, base + ".tif"), image, photometric="minisblack")
+            # the true label mask (cell k = k-th rendered cell, as in centres.csv), for segmentation benchmarks
+            tifffile.imwrite(os.path.join(save_dir, base + "_truth.tif"), mask, photometric="minisblack",
+                             compression="zlib")
             fields.append((base + ".tif", [(i + 1, y, x, q) for i, (y, x, q, _) in enumerate(centres)],
                            rows[rows_before:]))
     return protein["protein"], rows, fields
@@ -70,6 +73,10 @@ def _write_screen_root(root, proteins, set_name, field_size, workers, save_field
     by_protein = {}
     saved = []
     if workers > 1 and len(jobs) > 1:
+        # fork, not forkserver/spawn: after rpy2 is imported (the tests) the environment carries R's
+        # LD_LIBRARY_PATH, under which a freshly started python may load the system's libpython
+        # instead of its own.  A fork of a process whose OpenCV/scipy thread pools hold locks can
+        # hang, hence workers=1 from such a process.
         with get_context("fork").Pool(workers) as pool:
             for pid, rows, fields in _progress(pool.imap(_render_protein, jobs, chunksize=2), len(jobs), progress,
                                                set_name):
@@ -113,15 +120,22 @@ def _write_screen_root(root, proteins, set_name, field_size, workers, save_field
 
 
 def _write_field_tables(save_dir, saved, proteins, names):
-    """images.csv + centres.csv for saved fields, so crop_cells.py can redo the crops."""
+    """images.csv + centres.csv for saved fields, so crop_cells.py can redo the crops.
+
+    ``truth.csv`` (``image,true_mask``) names each field's true label mask (16-bit TIFF; cells
+    only, non-cells are not in it), for segmentation benchmarks.
+    """
     img_lines = ["image,plate,protein,label,split"]
     cen_lines = ["image,x,y,cell,is_cell"]
+    truth_lines = ["image,true_mask"]
     for pid, (tif, centres, _rows) in saved:
         p = proteins[pid]
         img_lines.append(f"{tif},{p['plate']},{p['well']},{p['label']},{p['split']}")
+        truth_lines.append(f"{tif},{tif[:-4]}_truth.tif")
         cen_lines.extend(f"{tif},{x},{y},{cell},{q}" for cell, y, x, q in centres)
     atomic_write_text(os.path.join(save_dir, "images.csv"), "\n".join(img_lines) + "\n")
     atomic_write_text(os.path.join(save_dir, "centres.csv"), "\n".join(cen_lines) + "\n")
+    atomic_write_text(os.path.join(save_dir, "truth.csv"), "\n".join(truth_lines) + "\n")
 
 
 def _progress(iterable, total, enabled, desc):
@@ -139,7 +153,8 @@ def make_screen(out_dir, size="tiny", seed=0, workers=None, field_size=FIELD_SIZ
     published archive does not have),
     plus ``out_dir/screen.json`` (parameters and counts).  Each root is written
     atomically.  ``save_fields`` > 0 also keeps the micrographs of the first
-    that many proteins of each set as TIFF in ``<root>/fields`` with
+    that many proteins of each set as TIFF in ``<root>/fields`` with their true
+    label masks (``*_truth.tif``, listed in ``truth.csv``) and
     ``images.csv``/``centres.csv`` for ``data_prep/crop_cells.py``.
     ``workers``: processes (default: all CPUs).  Deterministic per
     ``(size, seed, field_size, difficulty)`` whatever the number of workers.
