@@ -14,7 +14,7 @@ PAPER_SOLVER := models/deepyeast/solver.prototxt
 CPU_SOLVER := models/deepyeast/solver_cpu.prototxt
 SOLVER ?= $(CPU_SOLVER)
 
-.PHONY: all deps test test-fast demo reproduce caffe proto clean-demo help
+.PHONY: all deps test test-fast demo reproduce classify caffe proto clean-demo help
 all: help
 
 help:
@@ -22,6 +22,7 @@ help:
 	@echo "make test       install what is needed and run the test suite"
 	@echo "make caffe      build the Debian bullseye root with real Caffe 1.0 (~1.5 min, ~1 GB)"
 	@echo "make reproduce  the paper's protocol on the real archive (needs internet and a GPU)"
+	@echo "make classify MODEL=RUN/model IMAGES=images.csv OUT=DIR   per-protein calls for a new screen"
 
 # ---------------------------------------------------------------- installation
 SYSTEM_STAMP := $(VENV)/.system-packages

@@ -22,6 +22,7 @@
 #   SNAPSHOT_RULE  final | val_loss (the snapshot the analyses use)
 #   SEED       seed of every step (--seed)
 #   JOBS       worker processes of the parallel steps (--jobs)
+#   TRAINED_ON one line on the training data for the model bundle's readme
 
 RUN ?= runs/demo
 SCREEN ?= synthetic
@@ -36,6 +37,9 @@ PRECISION ?= fp32
 BN_ITERS ?= 0
 CP_TRAIN_CELLS ?= 0
 JOBS ?= $(shell nproc)
+comma := ,
+TRAINED_ON ?= $(if $(filter synthetic,$(SCREEN)),the synthetic screen (size $(SIZE)$(comma) seed $(SEED)),the published \
+	DeepYeast archive (HOwt_train.txt))
 DEPLOY := models/deepyeast/deploy.prototxt
 
 DATA := $(RUN)/data
@@ -62,7 +66,7 @@ PAR_OPTS := --jobs $(JOBS) --seed $(SEED)
 NET_OPTS = --engine $(ENGINE) --model $(DEPLOY) --weights $(WEIGHTS) --mean $(MEAN)
 
 .PHONY: pipeline
-pipeline: $(RUN)/report.html
+pipeline: $(RUN)/report.html $(RUN)/model/bundle.json
 
 # ---------------------------------------------------------------- data
 ifeq ($(SCREEN),synthetic)
@@ -185,3 +189,15 @@ $(RUN)/report.html: $(foreach r,$(RESULTS),$(RUN)/$(r)/result.json)
 	$(call step,report,$(PY) analysis/make_report.py --run $(RUN) --out $(RUN))
 	@echo "report: $@"
 	@echo "metrics: $(RUN)/metrics.json"
+
+# ---------------------------------------------------------------- the trained model as a bundle (RUN/model/)
+# deploy net, weights, mean, class table, model-zoo readme with the run's metrics, bundle.json
+# (analysis/make_bundle.py); analysis/classify_screen.py --model RUN/model classifies a new screen.
+# metrics.json is written with the report, after report.html.
+$(RUN)/metrics.json: $(RUN)/report.html
+	@test -f $@ || { echo "$@ is missing: remove $< and run again"; exit 1; }
+
+$(RUN)/model/bundle.json: $(WEIGHTS) $(MEAN) $(RUN)/metrics.json $(TRAIN)/solver.prototxt $(DEPLOY)
+	$(call step,model bundle,$(PY) analysis/make_bundle.py --model $(DEPLOY) --weights $(WEIGHTS) --mean $(MEAN) \
+		--classes $(MAIN)/HOwt_doc.txt --solver $(TRAIN)/solver.prototxt --metrics $(RUN)/metrics.json \
+		--examples $(call LIST,test) --trained-on "$(TRAINED_ON)" --out $(@D))

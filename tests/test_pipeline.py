@@ -49,14 +49,41 @@ def _check_report(run):
     return metrics
 
 
+def _check_bundle_and_classify(run, tmp_path, tmp_path_factory):
+    """RUN/model/ is a valid bundle of the run's weights and metrics, and `make classify` takes it alone."""
+    from _data_helpers import tiny_screen
+    from deepyeast.model import read_bundle
+    from deepyeast.utils.io import file_digest
+
+    bundle = read_bundle(os.path.join(run, "model"))
+    assert file_digest(bundle.weights_path) == file_digest(os.path.join(run, "train", "final.caffemodel"))
+    assert file_digest(bundle.mean_path) == file_digest(os.path.join(run, "lmdb", "mean.binaryproto"))
+    metrics = json.load(open(os.path.join(run, "metrics.json")))
+    assert bundle.metadata["metrics"]["cell_accuracy"]["correct"] == metrics["cell_accuracy"]["correct"]
+    assert bundle.metadata["training"]["max_iter"] == 6 and "synthetic screen (size tiny" in \
+        bundle.metadata["training"]["data"]
+    assert bundle.examples().shape[1:] == (2, 64, 64)
+    fields = tiny_screen(tmp_path_factory) / "main" / "fields"
+    table = tmp_path / "screen.csv"  # the fields without their labels
+    rows = [r.split(",") for r in (fields / "images.csv").read_text().splitlines()[1:]]
+    table.write_text("image,plate,protein\n" + "".join(f"{fields / r[0]},{r[1]},{r[2]}\n" for r in rows))
+    out = tmp_path / "classified"
+    proc = _make("classify", f"MODEL={os.path.join(run, 'model')}", f"IMAGES={table}", f"OUT={out}")
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    summary = json.load(open(out / "summary.json"))
+    assert summary["n_proteins"] == len(rows) and summary["n_cells"] > 10 and summary["accuracy"] is None
+    assert (out / "proteins.csv").read_text().count("\n") == len(rows) + 1
+
+
 @pytest.mark.skipif(not _have_r(), reason="needs R with randomForest and rpy2")
-def test_demo_pipeline_tiny_and_rerun_skips(tmp_path):
+def test_demo_pipeline_tiny_and_rerun_skips(tmp_path, tmp_path_factory):
     run = os.path.relpath(tmp_path / "demo", REPO_ROOT)
     proc = _make("pipeline", f"RUN={run}", "SCREEN=synthetic", "SIZE=tiny", f"SCHEDULE={TINY_SCHEDULE}",
                  "GRID=small", "PRECISION=bf16")
     assert proc.returncode == 0, proc.stdout[-4000:]
     _check_report(os.path.join(REPO_ROOT, run))
     assert "==> [" in proc.stdout  # one step line per stage
+    _check_bundle_and_classify(os.path.join(REPO_ROOT, run), tmp_path, tmp_path_factory)
     # every step is a file target: nothing is left to do on a re-run
     again = _make("-q", "pipeline", f"RUN={run}", "SCREEN=synthetic", "SIZE=tiny",
                   f"SCHEDULE={TINY_SCHEDULE}", "GRID=small", "PRECISION=bf16")
@@ -91,3 +118,6 @@ def test_reproduce_pipeline_on_small_archive_in_real_layout(tmp_path, tmp_path_f
     assert "lowest validation loss" in proc.stdout or "_iter_" in proc.stdout
     splits = json.load(open(os.path.join(run_dir, "data", "screen.json")))
     assert splits  # check_splits' report of the archive
+    from deepyeast.model import read_bundle
+    bundle = read_bundle(os.path.join(run_dir, "model"))
+    assert "DeepYeast archive" in bundle.metadata["training"]["data"] and bundle.metadata["training"]["base_lr"] == 0.1
