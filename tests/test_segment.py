@@ -99,7 +99,7 @@ def test_match_objects_by_hand():
 
 @pytest.fixture(scope="module")
 def screen(tmp_path_factory):
-    return tiny_screen(tmp_path_factory)
+    return tiny_screen(tmp_path_factory, workers=1)
 
 
 def test_f1_on_synthetic_fields_with_true_masks(screen):

@@ -69,9 +69,11 @@ def _write_screen_root(root, proteins, set_name, field_size, workers, save_field
     by_protein = {}
     saved = []
     if workers > 1 and len(jobs) > 1:
-        # forkserver: workers start from a clean process, not a fork of this one, whose OpenCV/scipy
-        # thread pools may hold locks at the fork (a forked pool hung once after such work)
-        with get_context("forkserver").Pool(workers) as pool:
+        # fork, not forkserver/spawn: after rpy2 is imported (the tests) the environment carries R's
+        # LD_LIBRARY_PATH, under which a freshly started python may load the system's libpython
+        # instead of its own.  A fork of a process whose OpenCV/scipy thread pools hold locks can
+        # hang, hence workers=1 from such a process.
+        with get_context("fork").Pool(workers) as pool:
             for pid, rows, fields in _progress(pool.imap(_render_protein, jobs, chunksize=2), len(jobs), progress,
                                                set_name):
                 by_protein[pid] = rows
