@@ -51,12 +51,13 @@ def main(argv=None):
     p.add_argument("--no-write", action="store_true", help="print, do not update bench/RESULTS.md")
     args = p.parse_args(argv)
 
-    bundle = read_bundle(args.model)
     if os.path.exists(args.work):
         shutil.rmtree(args.work)
     os.makedirs(args.work)
     screen = os.path.join(args.work, "screen")
+    # first: its worker pool forks, safe only before this process runs threads (OpenCV, scipy, torch)
     make_screen(screen, args.size, seed=args.seed, workers=2, save_fields=args.proteins, progress=False)
+    bundle = read_bundle(args.model)
     fields = os.path.join(screen, "main", "fields")
     with open(os.path.join(fields, "images.csv"), newline="") as f:
         rows = list(csv.DictReader(f))

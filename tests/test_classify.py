@@ -46,7 +46,7 @@ def bundle(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fields(tmp_path_factory):
     """The tiny screen's saved main fields, plus an empty field: (folder, rows of fields/images.csv)."""
-    d = tiny_screen(tmp_path_factory) / "main" / "fields"
+    d = tiny_screen(tmp_path_factory, workers=1) / "main" / "fields"
     rows = _csv(d / "images.csv")
     empty = d / "empty_field.tif"
     if not empty.exists():

@@ -48,13 +48,14 @@ def _csv(path):
 
 
 def test_classify_screen_recovers_compartments_like_the_labelled_pipeline(tmp_path):
-    from deepyeast.data.synthetic import make_screen
     from deepyeast.engine.runconfig import write_run_config
 
     py = sys.executable
     deepyeast = os.path.join(os.path.dirname(py), "deepyeast")
     screen = tmp_path / "screen"
-    make_screen(str(screen), SIZE, seed=0, workers=2, save_fields=10_000, progress=False, difficulty=DIFFICULTY)
+    # in its own process: its worker pool forks, which is safe only from a process without OpenCV/scipy threads
+    _run(py, "data_prep/make_synthetic.py", "--out", screen, "--size", SIZE, "--seed", 0, "--jobs", 2,
+         "--save-fields", 10_000, "--difficulty", DIFFICULTY)
     main = screen / "main"
     lmdb, train, model = tmp_path / "lmdb", tmp_path / "train", tmp_path / "model"
     _run(py, "data_prep/make_lmdb.py", main, "--out", lmdb)
