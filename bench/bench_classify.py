@@ -47,7 +47,8 @@ def main(argv=None):
     p.add_argument("--work", required=True, help="scratch folder (replaced)")
     p.add_argument("--size", default="small", help="synthetic screen size (default %(default)s)")
     p.add_argument("--seed", type=int, default=1, help="screen seed; not the model's (default %(default)s)")
-    p.add_argument("--proteins", type=int, default=60, help="proteins whose fields are classified (default %(default)s)")
+    p.add_argument("--proteins", type=int, default=60,
+                   help="proteins whose fields are classified (default %(default)s)")
     p.add_argument("--no-write", action="store_true", help="print, do not update bench/RESULTS.md")
     args = p.parse_args(argv)
 
@@ -100,8 +101,8 @@ def main(argv=None):
     lines = [f"Model `{args.model}` ({bundle.metadata.get('training', {}).get('data', 'training data not stated')}); "
              f"a synthetic screen of seed {args.seed} (`{args.size}`), the fields of its first {args.proteins} main "
              f"proteins: {n_img} micrographs, {n_cells} cells found, {n_prot} proteins, labels withheld. "
-             f"`python bench/bench_classify.py --model {args.model} --work DIR --proteins {args.proteins} "
-             f"--seed {args.seed}`.", "",
+             f"`python bench/bench_classify.py --model {args.model} --work DIR --size {args.size} "
+             f"--proteins {args.proteins} --seed {args.seed}`.", "",
              "| step | wall s | CPU s | per micrograph, wall ms | per cell, wall ms | cells right | proteins right |",
              "|---|---|---|---|---|---|---|",
              f"| segmentation + crops | {seg_wall:.1f} | {seg_cpu:.1f} | {1000 * seg_wall / n_img:.0f} | "

@@ -63,7 +63,7 @@ from deepyeast.utils.io import InputError, atomic_path, atomic_write_text, write
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ScreenCalls", "classify_screen", "collect_cells", "call_proteins", "protein_flags", "p_call",
+__all__ = ["ScreenCells", "ScreenCalls", "classify_screen", "collect_cells", "call_proteins", "protein_flags", "p_call",
            "DUAL_SHARE", "CONFIDENCE", "GALLERY_CELLS", "PRECISIONS"]
 
 DUAL_SHARE = 0.25
