@@ -33,6 +33,7 @@
 #              path), used instead of our cp-measure features by the forest, the non-cell filter,
 #              transfer and interpretation
 #   TSNE       t-SNE settings: fast (standardised, 50 PCs, 500 iterations) | paper (scikit-learn's defaults)
+#   TRAINED_ON one line on the training data for the model bundle's readme
 
 RUN ?= runs/demo
 SCREEN ?= synthetic
@@ -50,6 +51,9 @@ JOBS ?= $(shell nproc)
 NONCELLS ?=
 CP_FEATURES ?=
 TSNE ?= fast
+comma := ,
+TRAINED_ON ?= $(if $(filter synthetic,$(SCREEN)),the synthetic screen (size $(SIZE)$(comma) seed $(SEED)),the published \
+	DeepYeast archive (HOwt_train.txt))
 DEPLOY := models/deepyeast/deploy.prototxt
 
 DATA := $(RUN)/data
@@ -76,7 +80,7 @@ PAR_OPTS := --jobs $(JOBS) --seed $(SEED)
 NET_OPTS = --engine $(ENGINE) --model $(DEPLOY) --weights $(WEIGHTS) --mean $(MEAN)
 
 .PHONY: pipeline
-pipeline: $(RUN)/report.html
+pipeline: $(RUN)/report.html $(RUN)/model/bundle.json
 
 # ---------------------------------------------------------------- data
 ifeq ($(SCREEN),synthetic)
@@ -241,3 +245,15 @@ $(RUN)/report.html: $(foreach r,$(RESULTS),$(RUN)/$(r)/result.json)
 	$(call step,report,$(PY) analysis/make_report.py --run $(RUN) --out $(RUN))
 	@echo "report: $@"
 	@echo "metrics: $(RUN)/metrics.json"
+
+# ---------------------------------------------------------------- the trained model as a bundle (RUN/model/)
+# deploy net, weights, mean, class table, model-zoo readme with the run's metrics, bundle.json
+# (analysis/make_bundle.py); analysis/classify_screen.py --model RUN/model classifies a new screen.
+# metrics.json is written with the report, after report.html.
+$(RUN)/metrics.json: $(RUN)/report.html
+	@test -f $@ || { echo "$@ is missing: remove $< and run again"; exit 1; }
+
+$(RUN)/model/bundle.json: $(WEIGHTS) $(MEAN) $(RUN)/metrics.json $(TRAIN)/solver.prototxt $(DEPLOY)
+	$(call step,model bundle,$(PY) analysis/make_bundle.py --model $(DEPLOY) --weights $(WEIGHTS) --mean $(MEAN) \
+		--classes $(MAIN)/HOwt_doc.txt --solver $(TRAIN)/solver.prototxt --metrics $(RUN)/metrics.json \
+		--examples $(call LIST,test) --trained-on "$(TRAINED_ON)" --out $(@D))

@@ -75,7 +75,33 @@ def _check_report(run):
     return metrics
 
 
-def test_demo_pipeline_tiny_and_rerun_skips(tmp_path):
+def _check_bundle_and_classify(run, tmp_path, tmp_path_factory):
+    """RUN/model/ is a valid bundle of the run's weights and metrics, and `make classify` takes it alone."""
+    from _data_helpers import tiny_screen
+    from deepyeast.model import read_bundle
+    from deepyeast.utils.io import file_digest
+
+    bundle = read_bundle(os.path.join(run, "model"))
+    assert file_digest(bundle.weights_path) == file_digest(os.path.join(run, "train", "final.caffemodel"))
+    assert file_digest(bundle.mean_path) == file_digest(os.path.join(run, "lmdb", "mean.binaryproto"))
+    metrics = json.load(open(os.path.join(run, "metrics.json")))
+    assert bundle.metadata["metrics"]["cell_accuracy"]["correct"] == metrics["cell_accuracy"]["correct"]
+    assert bundle.metadata["training"]["max_iter"] == 6 and "synthetic screen (size tiny" in \
+        bundle.metadata["training"]["data"]
+    assert bundle.examples().shape[1:] == (2, 64, 64)
+    fields = tiny_screen(tmp_path_factory, workers=1) / "main" / "fields"
+    table = tmp_path / "screen.csv"  # the fields without their labels
+    rows = [r.split(",") for r in (fields / "images.csv").read_text().splitlines()[1:]]
+    table.write_text("image,plate,protein\n" + "".join(f"{fields / r[0]},{r[1]},{r[2]}\n" for r in rows))
+    out = tmp_path / "classified"
+    proc = _make("classify", f"MODEL={os.path.join(run, 'model')}", f"IMAGES={table}", f"OUT={out}")
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    summary = json.load(open(out / "summary.json"))
+    assert summary["n_proteins"] == len(rows) and summary["n_cells"] > 10 and summary["accuracy"] is None
+    assert (out / "proteins.csv").read_text().count("\n") == len(rows) + 1
+
+
+def test_demo_pipeline_tiny_and_rerun_skips(tmp_path, tmp_path_factory):
     run = os.path.relpath(tmp_path / "demo", REPO_ROOT)
     proc = _make("pipeline", f"RUN={run}", "SCREEN=synthetic", "SIZE=tiny", f"SCHEDULE={TINY_SCHEDULE}",
                  "GRID=small", "PRECISION=bf16")
@@ -92,6 +118,7 @@ def test_demo_pipeline_tiny_and_rerun_skips(tmp_path):
     assert metrics["transfer_accuracy"]["headline_layer"] == "fc1"
     assert metrics["results"]["forest"]["details"]["cellprofiler_features"]["source"] == "cp-measure"
     assert [x["input"] for x in metrics["not_provided"]] == []
+    _check_bundle_and_classify(os.path.join(REPO_ROOT, run), tmp_path, tmp_path_factory)
     # every step is a file target: nothing is left to do on a re-run
     again = _make("-q", "pipeline", f"RUN={run}", "SCREEN=synthetic", "SIZE=tiny",
                   f"SCHEDULE={TINY_SCHEDULE}", "GRID=small", "PRECISION=bf16")
@@ -215,3 +242,6 @@ def test_reproduce_on_an_archive_shaped_like_the_published_one(tmp_path, tmp_pat
     assert metrics["mixed_proteins_top_two"]["total"] == n_mixed
     assert metrics["mixed_proteins_top_three_rest"]["total"] == n_mixed - metrics["mixed_proteins_top_two"]["correct"]
     assert not any(x["input"] == "proteins" for x in metrics["not_provided"])
+    from deepyeast.model import read_bundle
+    bundle = read_bundle(os.path.join(run_dir, "model"))
+    assert "DeepYeast archive" in bundle.metadata["training"]["data"] and bundle.metadata["training"]["base_lr"] == 0.1

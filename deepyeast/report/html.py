@@ -31,7 +31,7 @@ from deepyeast import __version__
 from deepyeast.report.metrics_json import CHECK_LABELS, assemble_metrics, collect_results, versions
 from deepyeast.utils.io import InputError, atomic_write_json, atomic_write_text
 
-__all__ = ["build_report", "render_html", "OTHER_FIGURE_DIRS"]
+__all__ = ["build_report", "render_html", "OTHER_FIGURE_DIRS", "CSS", "escape", "html_table", "format_count", "Raw"]
 
 OTHER_FIGURE_DIRS = (".", "figures")
 """Folders of the run whose PNGs not named by any manifest are shown under "Other figures"."""
@@ -100,6 +100,11 @@ def _table(header, rows):
         out.append("<tr>" + "".join(cells) + "</tr>")
     out.append("</table>")
     return '<div class="wide">' + "\n".join(out) + "</div>"
+
+
+
+# the page's pieces, shared with the screen-classification report (deepyeast/report/screen_html.py)
+CSS, escape, html_table, format_count, Raw = _CSS, _e, _table, _fmt_count, _Raw
 
 
 def _embed_png(path):
