@@ -11,8 +11,14 @@ Chunks of --batch cells are tasks on Dask (--scheduler local: a LocalCluster of
 workers receive the crops with their task and need not see the archive) or in
 this process (--scheduler none); the file is identical whatever the scheduler.
 
+With --from TABLE the features are not computed but taken from an external per-cell table
+(path,<feature>,... keyed by archive-relative crop path, e.g. Chong et al.'s CellProfiler
+features mapped to the archive's crops): the rows of the listed cells are written to --out,
+and a listed cell without a row is an error.
+
 Example:
   python analysis/cp_features.py --archive ROOT --list HOwt_test.txt --out feats_test.csv --jobs 2
+  python analysis/cp_features.py --from chong/test.csv --archive ROOT --list HOwt_test.txt --out feats_test.csv
 """
 
 import os
@@ -32,6 +38,8 @@ def options(p):
     launcher.add_cluster(p, "chunks of --batch cells")
     p.add_argument("--batch", type=int, default=64, help="crops measured together in one mosaic (default 64)")
     p.add_argument("--limit", type=int, default=None, help="only the first N cells of the list (for a quick look)")
+    p.add_argument("--from", dest="from_table", metavar="TABLE", type=launcher.existing_file,
+                   help="take the features from this external per-cell table instead of computing them")
     p.add_argument("--sample", type=int, default=None, metavar="N",
                    help="a seeded random sample of N cells of the list, kept in list order (all if N >= cells)")
     launcher.add(p, "seed", help="seed of --sample (default %(default)s)")
@@ -51,6 +59,12 @@ def run(args):
             raise InputError(f"--sample must be at least 1, got {args.sample}")
         keep = np.sort(np.random.default_rng(args.seed).choice(len(paths), args.sample, replace=False))
         paths = [paths[i] for i in keep]
+    if args.from_table:
+        from deepyeast.analysis.cp_features import import_feature_table
+
+        names, n = import_feature_table(args.from_table, paths, args.out, list_path)
+        print(f"cp_features: {n} cells x {len(names)} features of {args.from_table} -> {args.out}")
+        return
     t0 = time.perf_counter()
     _, n_features, n_fallback = extract_features_to_csv(args.out, paths, root=args.archive, scheduler=scheduler,
                                                         jobs=args.jobs, batch=args.batch)

@@ -18,7 +18,8 @@ Grids: ``small`` (demo: ntree 50,150 x mtry 20,50 x nodesize 1) or ``paper``
 (ntree 50..1000 x mtry 10..300 x nodesize 1..50: 55 forests of 1,000 trees; see
 bench/RESULTS.md for the time at the paper's size).
 
---out is the predictions table itself (the forest's product is one table other steps read).
+--out is the predictions table itself (the forest's product is one table other steps read);
+result.json beside it describes the forest and its features for the report.
 
 Example:
   python analysis/random_forest.py --train feats_train.csv --val feats_val.csv --test feats_test.csv \\
@@ -49,12 +50,19 @@ def options(p):
 
 
 def run(args):
-    from deepyeast.analysis.cluster import resolve_scheduler
-    from deepyeast.analysis.rforest import run_baseline
+    import os
 
+    from deepyeast.analysis.cluster import resolve_scheduler
+    from deepyeast.analysis.cp_features import describe_feature_csv
+    from deepyeast.analysis.rforest import run_baseline, write_forest_result
+    from deepyeast.report.manifest import clear_result
+
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    clear_result(out_dir)
     s = run_baseline(args.train, args.val, args.test, args.labels_from, args.out, grid=args.grid, seed=args.seed,
                      summary_json=args.summary, split_name=args.split_name, val_out=args.val_out,
                      scheduler=resolve_scheduler(args.scheduler), jobs=args.jobs)
+    write_forest_result(out_dir, s, describe_feature_csv(args.train), command=args.command)
     a = s["test_accuracy"]
     print(f"random forest: test accuracy {a['value']:.4f} ({a['correct']}/{a['total']} cells) -> {args.out}")
 

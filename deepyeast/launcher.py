@@ -40,14 +40,15 @@ functions read and validate every input before their first write (outputs are at
 """
 
 import argparse
+import errno
 import logging
 import os
 import sys
 
-from deepyeast.utils.io import InputError, StepFailed
+from deepyeast.utils.io import InputError, StepFailed, check_writable, write_error
 
 __all__ = ["main", "run_guarded", "build_parser", "add", "add_output_folder", "output_folder", "add_class_set",
-           "add_micrograph_channels", "add_cluster", "SHARED", "EXIT_CODES",
+           "add_micrograph_channels", "add_segment_params", "segment_params", "add_cluster", "SHARED", "EXIT_CODES",
            "EXIT_OK", "EXIT_CHECK_FAILED", "EXIT_INPUT", "EXIT_FAILED", "EXIT_INTERRUPTED",
            "existing_file", "existing_dir", "positive_int", "command_line"]
 
@@ -205,6 +206,30 @@ def add_micrograph_channels(parser):
                              "exceed it)")
 
 
+
+def add_segment_params(parser):
+    """The segmentation parameters (:class:`deepyeast.data.segment.SegmentParams`) as options,
+    ``--background-radius`` ... ``--border-margin``, each with its default, in their own group;
+    :func:`segment_params` builds the parameters from the parsed arguments."""
+    from deepyeast.data.segment import PARAM_HELP, THRESHOLD_METHODS, SegmentParams
+
+    defaults = SegmentParams()
+    group = parser.add_argument_group("segmentation parameters")
+    for name, help_text in PARAM_HELP.items():
+        value = getattr(defaults, name)
+        kw = dict(choices=THRESHOLD_METHODS) if name == "threshold_method" else dict(type=type(value))
+        group.add_argument("--" + name.replace("_", "-"), default=value, help=f"{help_text} (default: %(default)s)",
+                           **kw)
+    return group
+
+
+def segment_params(args):
+    """The :class:`deepyeast.data.segment.SegmentParams` of arguments parsed with :func:`add_segment_params`
+    (InputError for values out of range)."""
+    from deepyeast.data.segment import PARAM_HELP, SegmentParams
+
+    return SegmentParams(**{name: getattr(args, name) for name in PARAM_HELP})
+
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     pass
 
@@ -222,6 +247,11 @@ def build_parser(doc, options, prog=None):
 
 # ----------------------------------------------------------------------------- running
 
+_DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+OUTPUT_OPTIONS = ("out", "out_positional", "features_out")
+"""Options (argparse dests) naming where a step writes: checked writable before the step runs."""
+
 def _setup_logging():
     root = logging.getLogger("deepyeast")
     if not any(getattr(h, "_deepyeast_launcher", False) for h in root.handlers):
@@ -238,15 +268,28 @@ def run_guarded(func, args, prog):
 
     :class:`InputError` -> exit 2, :class:`StepFailed` -> exit 3 (one line each on stderr,
     ``prog: error: message``), ``KeyboardInterrupt`` -> 130; a return value of None -> 0.
-    Any other exception is a bug and keeps its traceback.
+    A disk that fills up (or a file-size limit) wherever it happens is one line naming the file,
+    exit 3.  Any other exception is a bug and keeps its traceback.
+
+    Before ``func`` runs, the outputs (:data:`OUTPUT_OPTIONS`, when the step has them) are checked to be
+    writable (:func:`deepyeast.utils.io.check_writable`), so a bad output location is found
+    before any work.
     """
     try:
+        for key in OUTPUT_OPTIONS:
+            if getattr(args, key, None):
+                check_writable(getattr(args, key))
         code = func(args)
     except InputError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return EXIT_INPUT
     except StepFailed as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as err:
+        if err.errno not in _DISK_FULL:
+            raise
+        print(f"{prog}: error: {write_error(err.filename or 'an output', err)}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

@@ -25,10 +25,19 @@
 #   SCHEDULER  where the forests, the filter's CV folds and the CellProfiler chunks run (--scheduler):
 #              local (a Dask LocalCluster of JOBS processes) | tcp://HOST:PORT (a running Dask
 #              cluster) | none (in one process, no Dask); empty: $DASK_SCHEDULER if set, else local
-#   NONCELLS   the non-cell filter's list of non-cells (validation cells, archive-relative paths, one
-#              a line; default MAIN/noncells.txt, which the synthetic screen writes). The published
-#              archive has none: without the file the filter is reported as not run (null metrics,
-#              a `missing` entry naming NONCELLS=FILE)
+#   NONCELLS   the non-cell filter's list of non-cells (validation crops, archive-relative paths, one
+#              a line; the paper picked 118 by eye). Synthetic default: the screen's main/noncells.txt
+#              (its known non-cells of the validation split). The published archive has none: without
+#              it the filter is reported as not run (null metrics, a `missing` entry naming NONCELLS=FILE).
+#   MIXED      table of proteins with two compartments (protein,compartment_a,compartment_b; their
+#              crops as plateNN/<f1>-*.png next to the table, in no split list). Synthetic default:
+#              the screen's main/mixed_proteins.csv; the published archive has none (reported as not run).
+#   CP_FEATURES  folder of external per-cell feature tables ({train,val,test}.csv and
+#              transfer_{train,val,test}.csv or transfer.csv; path,<feature>,... keyed by archive
+#              path), used instead of our cp-measure features by the forest, the non-cell filter,
+#              transfer and interpretation
+#   TSNE       t-SNE settings: fast (standardised, 50 PCs, 500 iterations) | paper (scikit-learn's defaults)
+#   TRAINED_ON one line on the training data for the model bundle's readme
 
 RUN ?= runs/demo
 SCREEN ?= synthetic
@@ -44,7 +53,11 @@ BN_ITERS ?= 0
 CP_TRAIN_CELLS ?= 0
 JOBS ?= $(shell nproc)
 SCHEDULER ?=
-NONCELLS ?= $(MAIN)/noncells.txt
+CP_FEATURES ?=
+TSNE ?= fast
+comma := ,
+TRAINED_ON ?= $(if $(filter synthetic,$(SCREEN)),the synthetic screen (size $(SIZE)$(comma) seed $(SEED)),the published \
+	DeepYeast archive (HOwt_train.txt))
 DEPLOY := models/deepyeast/deploy.prototxt
 
 DATA := $(RUN)/data
@@ -73,7 +86,7 @@ CLUSTER_OPTS := $(PAR_OPTS) $(if $(SCHEDULER),--scheduler $(SCHEDULER))
 NET_OPTS = --engine $(ENGINE) --model $(DEPLOY) --weights $(WEIGHTS) --mean $(MEAN)
 
 .PHONY: pipeline
-pipeline: $(RUN)/report.html
+pipeline: $(RUN)/report.html $(RUN)/model/bundle.json
 
 # ---------------------------------------------------------------- data
 ifeq ($(SCREEN),synthetic)
@@ -95,8 +108,18 @@ else
 endif
 	cp $(DATA)/HOwt_doc.txt $(foreach s,$(SPLITS),$(DATA)/HOwt_$(s).txt) $(MAIN)/
 	cp $(DATA)/HOwt_transfer_*.txt $(TRANSFER)/
-	$(PY) data_prep/check_splits.py $(foreach s,$(SPLITS),$(call LIST,$(s))) > $(DATA)/.splits.json
+	$(PY) data_prep/check_splits.py $(foreach s,$(SPLITS),$(call LIST,$(s))) --result $(RUN)/figures \
+		> $(DATA)/.splits.json
 	mv $(DATA)/.splits.json $@
+endif
+
+# proteins with two compartments and the non-cell list: the synthetic screen writes its own; an archive has none
+ifeq ($(SCREEN),synthetic)
+MIXED ?= $(MAIN)/mixed_proteins.csv
+NONCELLS ?= $(MAIN)/noncells.txt
+else
+MIXED ?=
+NONCELLS ?=
 endif
 
 $(MEAN): $(DATA)/screen.json
@@ -149,6 +172,7 @@ $(FEAT)/transfer_%/paths.txt: $(WEIGHTS) $(DATA)/screen.json
 # ---------------------------------------------------------------- CellProfiler features, random forest
 CP_SAMPLE = $(if $(filter train,$(1)),$(if $(filter-out 0,$(CP_TRAIN_CELLS)),--sample $(CP_TRAIN_CELLS)))
 
+ifeq ($(CP_FEATURES),)
 $(CP)/%.csv: $(DATA)/screen.json
 	$(call step,CellProfiler features ($*),$(PY) analysis/cp_features.py --archive $(MAIN) \
 		--list $(call LIST,$*) --out $@ $(CLUSTER_OPTS) $(call CP_SAMPLE,$*))
@@ -156,6 +180,20 @@ $(CP)/%.csv: $(DATA)/screen.json
 $(CP)/transfer_%.csv: $(DATA)/screen.json
 	$(call step,CellProfiler features (transfer $*),$(PY) analysis/cp_features.py --archive $(TRANSFER) \
 		--list $(call TLIST,$*) --out $@ $(CLUSTER_OPTS))
+TRANSFER_CP = $(foreach s,$(SPLITS),$(CP)/transfer_$(s).csv)
+else
+# an external table per split: the rows of the listed cells are taken (a listed cell without one is an error)
+$(CP)/%.csv: $(DATA)/screen.json $(CP_FEATURES)/%.csv
+	$(call step,external features ($*),$(PY) analysis/cp_features.py --from $(CP_FEATURES)/$*.csv \
+		--archive $(MAIN) --list $(call LIST,$*) --out $@ $(STEP_OPTS) $(call CP_SAMPLE,$*))
+
+CP_TRANSFER_TABLE = $(firstword $(wildcard $(CP_FEATURES)/transfer_$(1).csv) $(wildcard $(CP_FEATURES)/transfer.csv))
+$(CP)/transfer_%.csv: $(DATA)/screen.json
+	$(call step,external features (transfer $*),$(PY) analysis/cp_features.py --from $(call CP_TRANSFER_TABLE,$*) \
+		--archive $(TRANSFER) --list $(call TLIST,$*) --out $@ $(STEP_OPTS))
+# without a transfer table the transfer analysis runs on network features alone (and says so)
+TRANSFER_CP = $(if $(call CP_TRANSFER_TABLE,train),$(foreach s,$(SPLITS),$(CP)/transfer_$(s).csv))
+endif
 
 $(RUN)/rf/cells_test.csv: $(foreach s,$(SPLITS),$(CP)/$(s).csv)
 	$(call step,random forest ($(GRID) grid),$(PY) analysis/random_forest.py \
@@ -167,38 +205,49 @@ $(RUN)/rf/cells_test.csv: $(foreach s,$(SPLITS),$(CP)/$(s).csv)
 PREDICTIONS := $(RUN)/cells_test.csv $(RUN)/rf/cells_test.csv
 
 # The non-cell filter, the paper's way: validation cells both classifiers get right (rf/cells_val.csv
-# is written with rf/cells_test.csv) against the non-cells of NONCELLS.  Without that file (the
-# published archive has none) the step writes a result naming the filter as not run.
+# is written with rf/cells_test.csv) against the non-cells of NONCELLS (the synthetic screen writes
+# its own list, main/noncells.txt).  An archive without a list gets a result naming the filter as not run.
+ifneq ($(NONCELLS),)
 QUALITY_INPUTS = $(CP)/val.csv $(CP)/test.csv $(RUN)/cells_val.csv $(PREDICTIONS)
-QUALITY_OPTS = --noncells $(NONCELLS) --val $(CP)/val.csv --net-val $(RUN)/cells_val.csv \
-	--rf-val $(RUN)/rf/cells_val.csv --test $(CP)/test.csv --predictions $(RUN)/cells_test.csv \
-	--rf-predictions $(RUN)/rf/cells_test.csv $(if $(wildcard $(MAIN)/cell_quality.csv),--truth $(MAIN)/cell_quality.csv)
-$(RUN)/quality/result.json: $(if $(NONCELLS),$(QUALITY_INPUTS) $(filter-out $(MAIN)/%,$(NONCELLS)),$(DATA)/screen.json)
-	$(call step,quality filter,$(PY) analysis/quality_filter.py $(if $(wildcard $(NONCELLS)),$(QUALITY_OPTS)) \
-		--out $(@D) $(CLUSTER_OPTS))
+$(RUN)/quality/result.json: $(QUALITY_INPUTS) $(filter-out $(MAIN)/%,$(NONCELLS))
+	$(call step,quality filter,$(PY) analysis/quality_filter.py --noncells $(NONCELLS) --val $(CP)/val.csv \
+		--net-val $(RUN)/cells_val.csv --rf-val $(RUN)/rf/cells_val.csv --test $(CP)/test.csv \
+		--predictions $(RUN)/cells_test.csv --rf-predictions $(RUN)/rf/cells_test.csv \
+		$(if $(filter synthetic,$(SCREEN)),--truth $(MAIN)/cell_quality.csv) --out $(@D) $(CLUSTER_OPTS))
+else
+$(RUN)/quality/result.json: $(DATA)/screen.json
+	$(call step,quality filter (not run: no non-cell list; NONCELLS=FILE),$(PY) analysis/quality_filter.py \
+		--out $(@D))
+endif
 
 $(RUN)/cells/result.json: $(PREDICTIONS)
 	$(call step,per-cell evaluation,$(PY) analysis/evaluate_cells.py --predictions $(RUN)/cells_test.csv \
 		--rf-predictions $(RUN)/rf/cells_test.csv --out $(@D) $(STEP_OPTS) $(EVAL_FLAGS))
 
-MIXTURES = $(if $(wildcard $(MAIN)/proteins.csv),--mixtures $(MAIN)/proteins.csv)
-$(RUN)/proteins/result.json: $(RUN)/cells_test.csv
+# proteins with two compartments: the network's predictions of their cells, checked top two / top three
+$(RUN)/mixed/cells.csv: $(WEIGHTS) $(DATA)/screen.json $(filter-out $(MAIN)/%,$(MIXED))
+	$(call step,network predictions (proteins with two compartments),$(PY) analysis/predict.py $(NET_OPTS) \
+		--mixed $(MIXED) --not-in $(foreach s,$(SPLITS),$(call LIST,$(s))) --out $@)
+
+PROTEIN_MIXED = $(if $(MIXED),--mixed $(MIXED) --mixed-predictions $(RUN)/mixed/cells.csv)
+$(RUN)/proteins/result.json: $(RUN)/cells_test.csv $(if $(MIXED),$(RUN)/mixed/cells.csv)
 	$(call step,protein-level calls (network),$(PY) analysis/protein_level.py --predictions $< \
-		--out $(@D) $(MIXTURES))
+		--out $(@D) $(PROTEIN_MIXED))
 
 $(RUN)/rf_proteins/result.json: $(RUN)/rf/cells_test.csv
 	$(call step,protein-level calls (random forest),$(PY) analysis/protein_level.py --predictions $< \
 		--classifier random_forest --out $(@D))
 
 TRANSFER_FEATS := $(foreach s,$(SPLITS),$(FEAT)/transfer_$(s))
-TRANSFER_CP := $(foreach s,$(SPLITS),$(CP)/transfer_$(s).csv)
 $(RUN)/transfer/result.json: $(addsuffix /paths.txt,$(TRANSFER_FEATS)) $(TRANSFER_CP)
 	$(call step,transfer learning,$(PY) analysis/transfer.py --features $(TRANSFER_FEATS) \
-		--lists $(TRANSFER) --cellprofiler $(TRANSFER_CP) --out $(@D) $(PAR_OPTS))
+		--lists $(TRANSFER) $(if $(TRANSFER_CP),--cellprofiler $(TRANSFER_CP)) --tsne $(TSNE) --out $(@D) \
+		$(PAR_OPTS))
 
 $(RUN)/interpret/result.json: $(RUN)/cells_test.csv $(CP)/test.csv
 	$(call step,t-SNE and neurons,$(PY) analysis/interpret.py --features $(FEAT)/test \
-		--labels $(RUN)/cells_test.csv --cellprofiler $(CP)/test.csv --archive $(MAIN) --out $(@D) $(STEP_OPTS))
+		--labels $(RUN)/cells_test.csv --cellprofiler $(CP)/test.csv --archive $(MAIN) --tsne $(TSNE) \
+		--out $(@D) $(STEP_OPTS))
 
 # ---------------------------------------------------------------- report
 RESULTS := cells quality proteins rf_proteins transfer interpret
@@ -206,3 +255,15 @@ $(RUN)/report.html: $(foreach r,$(RESULTS),$(RUN)/$(r)/result.json)
 	$(call step,report,$(PY) analysis/make_report.py --run $(RUN) --out $(RUN))
 	@echo "report: $@"
 	@echo "metrics: $(RUN)/metrics.json"
+
+# ---------------------------------------------------------------- the trained model as a bundle (RUN/model/)
+# deploy net, weights, mean, class table, model-zoo readme with the run's metrics, bundle.json
+# (analysis/make_bundle.py); analysis/classify_screen.py --model RUN/model classifies a new screen.
+# metrics.json is written with the report, after report.html.
+$(RUN)/metrics.json: $(RUN)/report.html
+	@test -f $@ || { echo "$@ is missing: remove $< and run again"; exit 1; }
+
+$(RUN)/model/bundle.json: $(WEIGHTS) $(MEAN) $(RUN)/metrics.json $(TRAIN)/solver.prototxt $(DEPLOY)
+	$(call step,model bundle,$(PY) analysis/make_bundle.py --model $(DEPLOY) --weights $(WEIGHTS) --mean $(MEAN) \
+		--classes $(MAIN)/HOwt_doc.txt --solver $(TRAIN)/solver.prototxt --metrics $(RUN)/metrics.json \
+		--examples $(call LIST,test) --trained-on "$(TRAINED_ON)" --out $(@D))

@@ -28,13 +28,6 @@ def cluster():
         yield address
 
 
-def _need_r():
-    from deepyeast.analysis import rforest
-
-    if not rforest.have_r():
-        pytest.skip("R with randomForest and rpy2 are not available")
-
-
 def test_resolve_scheduler():
     assert resolve_scheduler("none", {}) == "none"
     assert resolve_scheduler(None, {}) == "local"
@@ -100,10 +93,9 @@ def _random_forest(tmp_path, lists, tag, *cluster_args):
 
 
 @pytest.mark.r
-def test_forest_grid_identical_whatever_the_scheduler(tmp_path, cluster):
+def test_forest_grid_identical_whatever_the_scheduler(tmp_path, cluster, r_present):
     """The CLI with --scheduler none, local (LocalCluster, 2 processes) and the tcp cluster:
     the same chosen grid point and byte-identical test/val predictions and summary."""
-    _need_r()
     lists = _feature_files(tmp_path)
     none = _random_forest(tmp_path, lists, "none", "--scheduler", "none")
     local = _random_forest(tmp_path, lists, "local", "--scheduler", "local", "--jobs", "2")
@@ -123,9 +115,8 @@ def test_forest_grid_identical_whatever_the_scheduler(tmp_path, cluster):
 
 
 @pytest.mark.r
-def test_grid_and_quality_cv_api_identical_on_the_cluster(cluster):
+def test_grid_and_quality_cv_api_identical_on_the_cluster(cluster, r_present):
     """A larger grid (4 forests, 3 prefixes) and the quality CV (4 points x 5 folds) as tasks."""
-    _need_r()
     from deepyeast.analysis import rforest
 
     rng = np.random.default_rng(3)

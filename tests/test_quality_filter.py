@@ -23,13 +23,6 @@ from deepyeast.utils.io import InputError
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
 
 
-def _need_r():
-    from deepyeast.analysis import rforest
-
-    if not rforest.have_r():
-        pytest.skip("R with randomForest and rpy2 are not available")
-
-
 # --------------------------------------------------------------------------- training-set rule, by hand
 
 LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2, 2])
@@ -80,17 +73,34 @@ def test_noncell_list_must_name_validation_cells(tmp_path):
     with pytest.raises(InputError, match=r"noncells.txt:2: 'plate09/test-0-0-9.png' is not a cell of the validation"):
         read_noncell_list(f, val)
     f.write_text("plate01/b-0-0-2.png\nplate01/b-0-0-2.png\n")
-    with pytest.raises(InputError, match=r"noncells.txt:2: .* listed twice"):
+    with pytest.raises(InputError, match=r"noncells.txt:2: plate01/b-0-0-2.png is also on line 1"):
         read_noncell_list(f, val)
     f.write_text("plate01/b-0-0-2.png 0\n")
-    with pytest.raises(InputError, match=r"noncells.txt:1: expected one archive-relative path"):
+    with pytest.raises(InputError, match=r"noncells.txt:1: expected one crop path"):
         read_noncell_list(f, val)
     f.write_text("# nothing\n")
-    with pytest.raises(InputError, match="empty"):
+    with pytest.raises(InputError, match="names no crop"):
         read_noncell_list(f, val)
     with pytest.raises(InputError, match="cannot open non-cell list"):
         read_noncell_list(tmp_path / "absent.txt", val)
 
+
+
+def test_noncell_list_errors_name_the_line(tmp_path):
+    """Without the validation cells to check against (the list's format alone): comments after a path,
+    a path twice, more than a path on a line, a list naming no crop."""
+    lst = tmp_path / "noncells.txt"
+    lst.write_text("# picked by eye\nplate01/1-1-1-1.png\n\nplate01/2-1-1-1.png  # debris\nplate01/1-1-1-1.png\n")
+    with pytest.raises(InputError, match=r"noncells.txt:5: plate01/1-1-1-1.png is also on line 2"):
+        read_noncell_list(lst)
+    lst.write_text("plate01/1-1-1-1.png 0\n")
+    with pytest.raises(InputError, match=r"noncells.txt:1: expected one crop path"):
+        read_noncell_list(lst)
+    lst.write_text("# none\n")
+    with pytest.raises(InputError, match="names no crop"):
+        read_noncell_list(lst)
+    lst.write_text("plate01/1-1-1-1.png\nplate01/2-1-1-1.png # debris\n")
+    assert read_noncell_list(lst) == ["plate01/1-1-1-1.png", "plate01/2-1-1-1.png"]
 
 # --------------------------------------------------------------------------- CV grid and choice
 
@@ -110,8 +120,7 @@ def test_choice_by_cv_accuracy_then_balanced_accuracy():
 
 
 @pytest.mark.r
-def test_cv_grid_capped_at_feature_count_and_r_choice_agrees():
-    _need_r()
+def test_cv_grid_capped_at_feature_count_and_r_choice_agrees(r_present):
     from deepyeast.analysis import rforest
 
     paper = (2, 110, 218, 326, 435)
@@ -130,9 +139,8 @@ def test_cv_grid_capped_at_feature_count_and_r_choice_agrees():
 
 
 @pytest.mark.r
-def test_quality_cv_tasks_equal_r_rf_quality_cv():
+def test_quality_cv_tasks_equal_r_rf_quality_cv(r_present):
     """One task per (point, fold) gives the numbers of R's rf_quality_cv (same folds and seeds)."""
-    _need_r()
     from deepyeast.analysis import rforest
 
     rng = np.random.default_rng(4)
@@ -235,8 +243,7 @@ def _run(tmp_path, *extra, out="qf"):
 
 
 @pytest.mark.r
-def test_quality_filter_script_paper_procedure(tmp_path):
-    _need_r()
+def test_quality_filter_script_paper_procedure(tmp_path, r_present):
     va, te = _screen(tmp_path)
     r = _run(tmp_path, "--predictions", str(tmp_path / "net_test.csv"), "--truth", str(tmp_path / "truth.csv"),
              "--cells", str(tmp_path / "cells.csv"), "--training", str(tmp_path / "training.csv"),
@@ -300,8 +307,7 @@ def test_quality_filter_script_paper_procedure(tmp_path):
 
 
 @pytest.mark.r
-def test_quality_filter_bad_lists_and_too_small_training_set(tmp_path):
-    _need_r()
+def test_quality_filter_bad_lists_and_too_small_training_set(tmp_path, r_present):
     va, te = _screen(tmp_path, seed=1)
     # a listed non-cell that is a test cell: one clear line, exit 2, nothing written
     with open(tmp_path / "noncells.txt", "a") as f:
@@ -347,8 +353,10 @@ def test_quality_filter_without_a_noncell_list_is_reported_as_not_run(tmp_path):
     assert m["metrics"] == {"cell_accuracy_filtered": None, "rf_cell_accuracy_filtered": None}
     assert len(m["missing"]) == 1 and m["missing"][0]["what"] == "non-cell filter"
     assert "NONCELLS=FILE" in m["missing"][0]["option"] and "--noncells" in m["missing"][0]["option"]
+    assert m["missing"] == [{"what": "non-cell filter", "reason": "the published archive has no non-cell labels",
+                             "option": "NONCELLS=FILE (make), --noncells FILE (analysis/quality_filter.py)"}]
     assert "not run" in m["summary"] and {h["metric"] for h in m["headline"]} == set(m["metrics"])
-    assert json.loads((out / "quality_filter.json").read_text())["not_run"]["what"] == "non-cell filter"
+    assert os.listdir(out) == ["result.json"]  # nothing else: the manifest says it all
     # a list without the tables it needs: one line naming them, exit 2, nothing already written lost
     (tmp_path / "noncells.txt").write_text("plate01/a-0-0-1.png\n")
     r = subprocess.run([sys.executable, script, "--out", str(out), "--noncells", str(tmp_path / "noncells.txt"),

@@ -44,8 +44,10 @@ PAPER_SAMPLING = ("none", "balanced")
 """Down-sampling of cells: none, or as many cells as non-cells in every tree."""
 PAPER_NTREE = 100
 PAPER_FOLDS = 10
-NONCELL_OPTION = "--noncells FILE (make: NONCELLS=FILE)"
-"""How a user supplies the non-cell list (the published archive has none)."""
+NONCELL_OPTION = "NONCELLS=FILE (make), --noncells FILE (analysis/quality_filter.py)"
+"""How a user supplies the non-cell list (the published archive has none; a ``missing`` entry's option)."""
+NO_LIST_REASON = "the published archive has no non-cell labels"
+"""Why the filter is not run when no non-cell list is given (a ``missing`` entry's reason)."""
 
 
 def read_quality_labels(path):
@@ -72,30 +74,31 @@ def read_quality_labels(path):
     return labels
 
 
-def read_noncell_list(path, val_paths, val_source="the validation split"):
+def read_noncell_list(path, val_paths=None, val_source="the validation split"):
     """Read a non-cell list: one archive-relative crop path per line -> list of str (file order).
 
-    Blank lines and lines starting with ``#`` are skipped.  Every path must be a cell of
-    the validation split (``val_paths``, a set); one that is not, a duplicate, or an
-    empty list is an :class:`InputError` naming the file and line.
+    Blank lines and ``#`` comments (whole lines or after the path) are skipped.  With
+    ``val_paths`` (a set) every path must be a cell of the validation split.  A line with
+    more than a path, a path twice, a path outside ``val_paths`` or a list naming no crop
+    is an :class:`InputError` naming the file and line.
     """
     out, seen = [], {}
     with open_input(path, "non-cell list") as f:
         for lineno, line in enumerate(f, 1):
-            rel = line.strip()
-            if not rel or rel.startswith("#"):
+            rel = line.split("#", 1)[0].strip()
+            if not rel:
                 continue
             if len(rel.split()) != 1:
-                raise InputError(f"{path}:{lineno}: expected one archive-relative path per line, got {rel!r}")
+                raise InputError(f"{path}:{lineno}: expected one crop path (archive-relative), got {line.strip()!r}")
             if rel in seen:
-                raise InputError(f"{path}:{lineno}: {rel!r} is listed twice (first on line {seen[rel]})")
-            if rel not in val_paths:
+                raise InputError(f"{path}:{lineno}: {rel} is also on line {seen[rel]}")
+            if val_paths is not None and rel not in val_paths:
                 raise InputError(f"{path}:{lineno}: {rel!r} is not a cell of {val_source}; the non-cells must be "
                                  "validation cells (archive-relative paths as in HOwt_val.txt)")
             seen[rel] = lineno
             out.append(rel)
     if not out:
-        raise InputError(f"{path}: the non-cell list is empty")
+        raise InputError(f"{path}: the non-cell list names no crop")
     return out
 
 
@@ -200,16 +203,13 @@ def run_quality_filter(val_features, net_val, rf_val, noncells, test_features, p
 
     Without a non-cell list (``noncells`` None), or with fewer than ``folds`` cells or
     non-cells in the training set, nothing is fitted: the summary is
-    :func:`not_run_summary`'s (reason and the option that would run it), never an error.
+    :func:`not_run_summary`'s (reason and the option that would run it), never an error
+    (without a list no file is written: :func:`write_quality_result` records it).
     """
     log = log or _log.info
     if noncells is None:
-        reason = "no list of non-cells was given (the published archive has none)"
-        log(f"quality filter: not run: {reason}; give one with {NONCELL_OPTION}")
-        summary = not_run_summary(reason)
-        if out_json:
-            atomic_write_text(out_json, json.dumps(summary, indent=1) + "\n")
-        return summary
+        log(f"quality filter: not run: {NO_LIST_REASON}; give a non-cell list with {NONCELL_OPTION}")
+        return not_run_summary(NO_LIST_REASON)
     from deepyeast.analysis import rforest
     from deepyeast.analysis.predictions import read_predictions
     from deepyeast.constants import class_names_for
@@ -401,3 +401,10 @@ def write_quality_result(out_dir, summary, figure_file=None, command=None):
     return write_result(out_dir, "quality", title, text, metrics=metrics, headline=rows, figures=figs, tables=tables,
                         missing=missing, details=summary, seeds={"seed": summary.get("seed")}, command=command,
                         order=20)
+
+
+def write_quality_not_run(out_dir, reason=NO_LIST_REASON, command=None):
+    """The quality filter's manifest when it cannot run (by default: no non-cell list was given):
+    the step is named as not done (``missing``, with the option that supplies the list) and its
+    metrics are null."""
+    return write_quality_result(out_dir, not_run_summary(reason), command=command)

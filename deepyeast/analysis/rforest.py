@@ -50,11 +50,19 @@ _R_LOCK = threading.RLock()
 
 
 def have_r():
-    """True when rpy2, R and the randomForest package are all usable."""
-    try:
-        init_r()
-    except Exception:  # noqa: BLE001 - any failure means "no R here"
+    """True when R and rpy2 are installed (and then ``random_forest.R`` loads); False only when
+    one of them is truly absent: no ``R`` program on the PATH, or rpy2 not importable.
+
+    Anything else -- an error in ``random_forest.R``, the randomForest package missing, rpy2
+    failing to start R -- is raised, so that a broken installation or script fails the tests that
+    need R instead of turning them into skips.
+    """
+    import importlib.util
+    import shutil
+
+    if shutil.which("R") is None or importlib.util.find_spec("rpy2") is None:
         return False
+    init_r()
     return True
 
 
@@ -545,3 +553,33 @@ def quality_predict(model, x, seed=1):
     with _session() as ro:
         res = ro.r["rf_quality_predict"](model, _matrix(x), int(seed))
         return (np.asarray(res.rx2("p_cell"), dtype=np.float64), np.asarray(res.rx2("is_cell"), dtype=np.int64))
+
+
+# --------------------------------------------------------------------------- the baseline's result manifest
+
+
+def write_forest_result(out_dir, summary, features, command=None):
+    """The result manifest of the random-forest baseline (see :mod:`deepyeast.report.manifest`):
+    the features it learned from (``features``: :func:`deepyeast.analysis.cp_features.describe_features`,
+    named next to every forest number of the report), the grid, the choice on validation."""
+    from deepyeast.report.manifest import table, write_result
+
+    best = summary["best"]
+    grid = summary["grid"]
+    acc = summary["test_accuracy"]
+    text = (f"R randomForest on {features['text']} Trained on {summary['n_train']:,} cells; ntree, mtry and nodesize "
+            f"were chosen on {summary['n_val']:,} validation cells over the {summary['grid_name']} grid "
+            f"(ntree {grid['ntree']}, mtry {grid['mtry']}, nodesize {grid['nodesize']}): ntree {best.get('ntree')}, "
+            f"mtry {best.get('mtry')}, nodesize {best.get('nodesize')}. It called {acc['correct']:,} of "
+            f"{acc['total']:,} test cells right; its per-cell and per-protein results are in the sections below.")
+    rows = sorted(summary["table"], key=lambda r: -float(r.get("val_accuracy") or 0))[:10]
+    return write_result(
+        out_dir, "forest", "The random-forest baseline and its features", text,
+        tables=[table("Grid points, best on validation first",
+                      ["ntree", "mtry", "nodesize", "validation accuracy"],
+                      [[r.get("ntree"), r.get("mtry"), r.get("nodesize"), f"{float(r.get('val_accuracy')):.3f}"]
+                       for r in rows],
+                      "Validation accuracy: share of the validation cells called right." +
+                      (f" First 10 of {len(summary['table'])}." if len(summary["table"]) > 10 else ""))],
+        details={"cellprofiler_features": features, **{k: v for k, v in summary.items() if k != "table"}},
+        seeds={"seed": summary.get("seed")}, command=command, order=15)
