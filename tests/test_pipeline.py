@@ -246,8 +246,9 @@ def test_reproduce_on_an_archive_shaped_like_the_published_one(tmp_path, tmp_pat
     again = _make(*args, f"MIXED={mixed_dir / 'mixed_proteins.csv'}")
     assert again.returncode == 0, again.stdout[-4000:]
     steps = [line.split("] ", 1)[1] for line in again.stdout.splitlines() if line.startswith("==> [")]
+    # the report and the model bundle (which carries the run's metrics) follow the new protein calls
     assert steps == ["network predictions (proteins with two compartments)", "protein-level calls (network)",
-                     "report"], again.stdout[-3000:]
+                     "report", "model bundle"], again.stdout[-3000:]
     metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
     n_mixed = len(read_mixed_table(str(mixed_dir / "mixed_proteins.csv")))
     assert metrics["mixed_proteins_top_two"]["total"] == n_mixed
