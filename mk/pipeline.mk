@@ -24,6 +24,22 @@
 #              (the resume point) stay (84 MiB each for DeepYeast)
 #   SEED       seed of every step (--seed)
 #   JOBS       worker processes of the parallel steps (--jobs)
+#   SCHEDULER  where the forests, the filter's CV folds and the CellProfiler chunks run (--scheduler):
+#              local (a Dask LocalCluster of JOBS processes) | tcp://HOST:PORT (a running Dask
+#              cluster) | none (in one process, no Dask); empty: $DASK_SCHEDULER if set, else local
+#   NONCELLS   the non-cell filter's list of non-cells (validation crops, archive-relative paths, one
+#              a line; the paper picked 118 by eye). Synthetic default: the screen's main/noncells.txt
+#              (its known non-cells of the validation split). The published archive has none: without
+#              it the filter is reported as not run (null metrics, a `missing` entry naming NONCELLS=FILE).
+#   MIXED      table of proteins with two compartments (protein,compartment_a,compartment_b; their
+#              crops as plateNN/<f1>-*.png next to the table, in no split list). Synthetic default:
+#              the screen's main/mixed_proteins.csv; the published archive has none (reported as not run).
+#   CP_FEATURES  folder of external per-cell feature tables ({train,val,test}.csv and
+#              transfer_{train,val,test}.csv or transfer.csv; path,<feature>,... keyed by archive
+#              path), used instead of our cp-measure features by the forest, the non-cell filter,
+#              transfer and interpretation
+#   TSNE       t-SNE settings: fast (standardised, 50 PCs, 500 iterations) | paper (scikit-learn's defaults)
+#   TRAINED_ON one line on the training data for the model bundle's readme
 
 RUN ?= runs/demo
 SCREEN ?= synthetic
@@ -39,6 +55,12 @@ PRECISION ?= fp32
 BN_ITERS ?= 0
 CP_TRAIN_CELLS ?= 0
 JOBS ?= $(shell nproc)
+SCHEDULER ?=
+CP_FEATURES ?=
+TSNE ?= fast
+comma := ,
+TRAINED_ON ?= $(if $(filter synthetic,$(SCREEN)),the synthetic screen (size $(SIZE)$(comma) seed $(SEED)),the published \
+	DeepYeast archive (HOwt_train.txt))
 DEPLOY := models/deepyeast/deploy.prototxt
 
 DATA := $(RUN)/data
@@ -61,11 +83,13 @@ step = @mkdir -p $(RUN) && echo "==> [$$(date +%H:%M:%S)] $(1)" && echo '$(2)' >
 # the options every step shares (deepyeast/launcher.py)
 STEP_OPTS := --seed $(SEED)
 PAR_OPTS := --jobs $(JOBS) --seed $(SEED)
+# ... and of the steps whose tasks run on Dask (forests, CV folds, chunks of cells)
+CLUSTER_OPTS := $(PAR_OPTS) $(if $(SCHEDULER),--scheduler $(SCHEDULER))
 # the trained net, for predictions and features
 NET_OPTS = --engine $(ENGINE) --model $(DEPLOY) --weights $(WEIGHTS) --mean $(MEAN)
 
 .PHONY: pipeline
-pipeline: $(RUN)/report.html
+pipeline: $(RUN)/report.html $(RUN)/model/bundle.json
 
 # ---------------------------------------------------------------- data
 ifeq ($(SCREEN),synthetic)
@@ -87,8 +111,18 @@ else
 endif
 	cp $(DATA)/HOwt_doc.txt $(foreach s,$(SPLITS),$(DATA)/HOwt_$(s).txt) $(MAIN)/
 	cp $(DATA)/HOwt_transfer_*.txt $(TRANSFER)/
-	$(PY) data_prep/check_splits.py $(foreach s,$(SPLITS),$(call LIST,$(s))) > $(DATA)/.splits.json
+	$(PY) data_prep/check_splits.py $(foreach s,$(SPLITS),$(call LIST,$(s))) --result $(RUN)/figures \
+		> $(DATA)/.splits.json
 	mv $(DATA)/.splits.json $@
+endif
+
+# proteins with two compartments and the non-cell list: the synthetic screen writes its own; an archive has none
+ifeq ($(SCREEN),synthetic)
+MIXED ?= $(MAIN)/mixed_proteins.csv
+NONCELLS ?= $(MAIN)/noncells.txt
+else
+MIXED ?=
+NONCELLS ?=
 endif
 
 $(MEAN): $(DATA)/screen.json
@@ -127,6 +161,11 @@ $(RUN)/cells_test.csv: $(WEIGHTS)
 	$(call step,network predictions (test),$(PY) analysis/predict.py $(NET_OPTS) \
 		--archive $(MAIN) --list $(call LIST,test) --split test --out $@ --features-out $(FEAT)/test)
 
+# the validation cells' predictions: the non-cell filter's training cells are those both classifiers get right
+$(RUN)/cells_val.csv: $(WEIGHTS)
+	$(call step,network predictions (val),$(PY) analysis/predict.py $(NET_OPTS) \
+		--archive $(MAIN) --list $(call LIST,val) --split val --out $@)
+
 # the transfer analysis needs conv blobs only as per-channel mean and max (pooled at extraction)
 $(FEAT)/transfer_%/paths.txt: $(WEIGHTS) $(DATA)/screen.json
 	$(call step,network features (transfer $*),$(PY) analysis/predict.py $(NET_OPTS) \
@@ -136,51 +175,82 @@ $(FEAT)/transfer_%/paths.txt: $(WEIGHTS) $(DATA)/screen.json
 # ---------------------------------------------------------------- CellProfiler features, random forest
 CP_SAMPLE = $(if $(filter train,$(1)),$(if $(filter-out 0,$(CP_TRAIN_CELLS)),--sample $(CP_TRAIN_CELLS)))
 
+ifeq ($(CP_FEATURES),)
 $(CP)/%.csv: $(DATA)/screen.json
 	$(call step,CellProfiler features ($*),$(PY) analysis/cp_features.py --archive $(MAIN) \
-		--list $(call LIST,$*) --out $@ $(PAR_OPTS) $(call CP_SAMPLE,$*))
+		--list $(call LIST,$*) --out $@ $(CLUSTER_OPTS) $(call CP_SAMPLE,$*))
 
 $(CP)/transfer_%.csv: $(DATA)/screen.json
 	$(call step,CellProfiler features (transfer $*),$(PY) analysis/cp_features.py --archive $(TRANSFER) \
-		--list $(call TLIST,$*) --out $@ $(PAR_OPTS))
+		--list $(call TLIST,$*) --out $@ $(CLUSTER_OPTS))
+TRANSFER_CP = $(foreach s,$(SPLITS),$(CP)/transfer_$(s).csv)
+else
+# an external table per split: the rows of the listed cells are taken (a listed cell without one is an error)
+$(CP)/%.csv: $(DATA)/screen.json $(CP_FEATURES)/%.csv
+	$(call step,external features ($*),$(PY) analysis/cp_features.py --from $(CP_FEATURES)/$*.csv \
+		--archive $(MAIN) --list $(call LIST,$*) --out $@ $(STEP_OPTS) $(call CP_SAMPLE,$*))
+
+CP_TRANSFER_TABLE = $(firstword $(wildcard $(CP_FEATURES)/transfer_$(1).csv) $(wildcard $(CP_FEATURES)/transfer.csv))
+$(CP)/transfer_%.csv: $(DATA)/screen.json
+	$(call step,external features (transfer $*),$(PY) analysis/cp_features.py --from $(call CP_TRANSFER_TABLE,$*) \
+		--archive $(TRANSFER) --list $(call TLIST,$*) --out $@ $(STEP_OPTS))
+# without a transfer table the transfer analysis runs on network features alone (and says so)
+TRANSFER_CP = $(if $(call CP_TRANSFER_TABLE,train),$(foreach s,$(SPLITS),$(CP)/transfer_$(s).csv))
+endif
 
 $(RUN)/rf/cells_test.csv: $(foreach s,$(SPLITS),$(CP)/$(s).csv)
 	$(call step,random forest ($(GRID) grid),$(PY) analysis/random_forest.py \
 		--train $(CP)/train.csv --val $(CP)/val.csv --test $(CP)/test.csv \
-		--labels-from $(foreach s,$(SPLITS),$(call LIST,$(s))) --grid $(GRID) $(PAR_OPTS) \
-		--out $@ --summary $(RUN)/rf/rf_grid.json)
+		--labels-from $(foreach s,$(SPLITS),$(call LIST,$(s))) --grid $(GRID) $(CLUSTER_OPTS) \
+		--out $@ --val-out $(RUN)/rf/cells_val.csv --summary $(RUN)/rf/rf_grid.json)
 
 # ---------------------------------------------------------------- analyses (each writes <folder>/result.json)
 PREDICTIONS := $(RUN)/cells_test.csv $(RUN)/rf/cells_test.csv
 
-$(RUN)/quality/result.json: $(CP)/train.csv $(CP)/test.csv $(PREDICTIONS)
-	$(call step,quality filter,$(PY) analysis/quality_filter.py --train $(CP)/train.csv \
-		--quality $(MAIN)/cell_quality.csv --test $(CP)/test.csv \
+# The non-cell filter, the paper's way: validation cells both classifiers get right (rf/cells_val.csv
+# is written with rf/cells_test.csv) against the non-cells of NONCELLS (the synthetic screen writes
+# its own list, main/noncells.txt).  An archive without a list gets a result naming the filter as not run.
+ifneq ($(NONCELLS),)
+QUALITY_INPUTS = $(CP)/val.csv $(CP)/test.csv $(RUN)/cells_val.csv $(PREDICTIONS)
+$(RUN)/quality/result.json: $(QUALITY_INPUTS) $(filter-out $(MAIN)/%,$(NONCELLS))
+	$(call step,quality filter,$(PY) analysis/quality_filter.py --noncells $(NONCELLS) --val $(CP)/val.csv \
+		--net-val $(RUN)/cells_val.csv --rf-val $(RUN)/rf/cells_val.csv --test $(CP)/test.csv \
 		--predictions $(RUN)/cells_test.csv --rf-predictions $(RUN)/rf/cells_test.csv \
-		--out $(@D) $(PAR_OPTS))
+		$(if $(filter synthetic,$(SCREEN)),--truth $(MAIN)/cell_quality.csv) --out $(@D) $(CLUSTER_OPTS))
+else
+$(RUN)/quality/result.json: $(DATA)/screen.json
+	$(call step,quality filter (not run: no non-cell list; NONCELLS=FILE),$(PY) analysis/quality_filter.py \
+		--out $(@D))
+endif
 
 $(RUN)/cells/result.json: $(PREDICTIONS)
 	$(call step,per-cell evaluation,$(PY) analysis/evaluate_cells.py --predictions $(RUN)/cells_test.csv \
 		--rf-predictions $(RUN)/rf/cells_test.csv --out $(@D) $(STEP_OPTS) $(EVAL_FLAGS))
 
-MIXTURES = $(if $(wildcard $(MAIN)/proteins.csv),--mixtures $(MAIN)/proteins.csv)
-$(RUN)/proteins/result.json: $(RUN)/cells_test.csv
+# proteins with two compartments: the network's predictions of their cells, checked top two / top three
+$(RUN)/mixed/cells.csv: $(WEIGHTS) $(DATA)/screen.json $(filter-out $(MAIN)/%,$(MIXED))
+	$(call step,network predictions (proteins with two compartments),$(PY) analysis/predict.py $(NET_OPTS) \
+		--mixed $(MIXED) --not-in $(foreach s,$(SPLITS),$(call LIST,$(s))) --out $@)
+
+PROTEIN_MIXED = $(if $(MIXED),--mixed $(MIXED) --mixed-predictions $(RUN)/mixed/cells.csv)
+$(RUN)/proteins/result.json: $(RUN)/cells_test.csv $(if $(MIXED),$(RUN)/mixed/cells.csv)
 	$(call step,protein-level calls (network),$(PY) analysis/protein_level.py --predictions $< \
-		--out $(@D) $(MIXTURES))
+		--out $(@D) $(PROTEIN_MIXED))
 
 $(RUN)/rf_proteins/result.json: $(RUN)/rf/cells_test.csv
 	$(call step,protein-level calls (random forest),$(PY) analysis/protein_level.py --predictions $< \
 		--classifier random_forest --out $(@D))
 
 TRANSFER_FEATS := $(foreach s,$(SPLITS),$(FEAT)/transfer_$(s))
-TRANSFER_CP := $(foreach s,$(SPLITS),$(CP)/transfer_$(s).csv)
 $(RUN)/transfer/result.json: $(addsuffix /paths.txt,$(TRANSFER_FEATS)) $(TRANSFER_CP)
 	$(call step,transfer learning,$(PY) analysis/transfer.py --features $(TRANSFER_FEATS) \
-		--lists $(TRANSFER) --cellprofiler $(TRANSFER_CP) --out $(@D) $(PAR_OPTS))
+		--lists $(TRANSFER) $(if $(TRANSFER_CP),--cellprofiler $(TRANSFER_CP)) --tsne $(TSNE) --out $(@D) \
+		$(PAR_OPTS))
 
 $(RUN)/interpret/result.json: $(RUN)/cells_test.csv $(CP)/test.csv
 	$(call step,t-SNE and neurons,$(PY) analysis/interpret.py --features $(FEAT)/test \
-		--labels $(RUN)/cells_test.csv --cellprofiler $(CP)/test.csv --archive $(MAIN) --out $(@D) $(STEP_OPTS))
+		--labels $(RUN)/cells_test.csv --cellprofiler $(CP)/test.csv --archive $(MAIN) --tsne $(TSNE) \
+		--out $(@D) $(STEP_OPTS))
 
 # ---------------------------------------------------------------- report
 RESULTS := cells quality proteins rf_proteins transfer interpret
@@ -188,3 +258,15 @@ $(RUN)/report.html: $(foreach r,$(RESULTS),$(RUN)/$(r)/result.json)
 	$(call step,report,$(PY) analysis/make_report.py --run $(RUN) --out $(RUN))
 	@echo "report: $@"
 	@echo "metrics: $(RUN)/metrics.json"
+
+# ---------------------------------------------------------------- the trained model as a bundle (RUN/model/)
+# deploy net, weights, mean, class table, model-zoo readme with the run's metrics, bundle.json
+# (analysis/make_bundle.py); analysis/classify_screen.py --model RUN/model classifies a new screen.
+# metrics.json is written with the report, after report.html.
+$(RUN)/metrics.json: $(RUN)/report.html
+	@test -f $@ || { echo "$@ is missing: remove $< and run again"; exit 1; }
+
+$(RUN)/model/bundle.json: $(WEIGHTS) $(MEAN) $(RUN)/metrics.json $(TRAIN)/solver.prototxt $(DEPLOY)
+	$(call step,model bundle,$(PY) analysis/make_bundle.py --model $(DEPLOY) --weights $(WEIGHTS) --mean $(MEAN) \
+		--classes $(MAIN)/HOwt_doc.txt --solver $(TRAIN)/solver.prototxt --metrics $(RUN)/metrics.json \
+		--examples $(call LIST,test) --trained-on "$(TRAINED_ON)" --out $(@D))

@@ -25,7 +25,13 @@ Correlation                marker vs protein (Pearson, slope,     6
                            Manders, RWC)
 =========================  =====================================  ==========
 
-``len(feature_names()) == 430`` (the paper: 435).  Features that only give
+``len(feature_names()) == 430``.  These are not the features the paper's forest
+used: Chong et al. (2015) ran CellProfiler on whole micrographs and measured 435
+features per segmented cell; we measure each 64 x 64 crop on its own with
+cp-measure, because the published archive holds crops only.  Every report line
+with a forest number says so (:func:`describe_features`); a user holding
+per-cell tables of other features (Chong et al.'s, say) can use them instead
+(:func:`import_feature_table`, ``CP_FEATURES=DIR`` in the pipeline).  Features that only give
 the cell's position inside the crop (centres, bounding boxes, raw spatial
 moments, intensity locations) and ones that are constant by construction
 (order-0/1 normalized moments, zero first central moments) are left out.
@@ -56,16 +62,16 @@ subsampling interpolates with a ratio that depends on the image size, so it
 would mix neighbouring tiles); the CellProfiler default subsampling of 0.25
 would shrink a yeast cell to ~10 px and erase the 1-3 px puncta the classes
 differ by.  Measured on a 2-core CPU: about 30 ms per cell per core, i.e.
-8,000 cells in ~2 minutes with ``n_jobs=2``.
+8,000 cells in ~2 minutes with 2 workers.  Chunks of cells run as tasks on a
+Dask cluster or in this process (:func:`iter_features`), with identical output.
 
 Intensities are the uint8 crop scaled to [0, 1] (``value / 255``), as
 CellProfiler loads 8-bit images.
 """
 
-import concurrent.futures
 import csv
+import logging
 import math
-import multiprocessing
 import os
 import warnings
 
@@ -73,6 +79,8 @@ import numpy as np
 
 from deepyeast.constants import IMAGE_SIZE, MARKER_CHANNEL, N_CHANNELS, PROTEIN_CHANNEL
 from deepyeast.utils.io import InputError, atomic_path
+
+_log = logging.getLogger(__name__)
 
 TEXTURE_SCALES = (3, 5)
 """Haralick / Gabor texture scales, pixels."""
@@ -305,10 +313,16 @@ def feature_names():
     return list(_NAMES)
 
 
-def _measure_files(paths):
-    from deepyeast.data.crop_png import read_crop
+def measure_chunk_task(chunk, shared=None):
+    """One task of :func:`iter_features`: measure a chunk of crops given as PNG bytes.
 
-    images = np.stack([read_crop(p) for p in paths])
+    chunk: list of ``(name, png bytes)`` (name only for error messages).  Returns
+    ``(names list[str], values float64 n x F, n_fallback_masks int)``.  Runs in a
+    Dask worker or here; it reads no file, so workers need not see the archive.
+    """
+    from deepyeast.data.crop_png import decode_crop
+
+    images = np.stack([decode_crop(data, name) for name, data in chunk])
     masks = []
     fallbacks = 0
     for img in images:
@@ -319,40 +333,78 @@ def _measure_files(paths):
     return names, values, fallbacks
 
 
-def extract_features(paths, root=".", n_jobs=2, batch=DEFAULT_BATCH, progress=None):
-    """Features of the crops at ``root/path`` for each path (in order).
+def _read_chunk(files):
+    from deepyeast.data.crop_png import read_crop_bytes
 
-    Runs ``n_jobs`` worker processes, each measuring batches of ``batch`` crops.  ``progress``:
-    None (a report on stderr, :mod:`deepyeast.utils.progress`), False (none).
-    Returns ``(names list[str], values float64 N x F, n_fallback_masks int)``.
+    return [(f, read_crop_bytes(f)) for f in files]
+
+
+def iter_features(paths, root=".", scheduler="none", jobs=1, batch=DEFAULT_BATCH, progress=None, log=None):
+    """Features of the crops at ``root/path``, chunk by chunk in input order.
+
+    Each chunk of ``batch`` crops is one task (:func:`measure_chunk_task`) on
+    ``scheduler`` (see :class:`deepyeast.analysis.cluster.TaskRunner`; "none": here).
+    The chunks are fixed by the input order, so the values are identical whatever
+    the scheduler and the number of workers.  Crops are read here and sent with
+    their task; at most 4 chunks per worker are in flight, so memory stays flat.
+    Yields ``(chunk paths list[str], values float64 n x F, n_fallback_masks)``.
     """
+    from deepyeast.analysis.cluster import TaskRunner
+    from deepyeast.utils.progress import Progress
+
     paths = list(paths)
     files = [os.path.join(root, p) for p in paths]
     missing = [f for f in files if not os.path.isfile(f)]
     if missing:
         raise InputError(f"{missing[0]}: no such crop ({len(missing)} of {len(files)} missing)")
-    chunks = [files[i:i + batch] for i in range(0, len(files), batch)]
+    starts = range(0, len(files), batch)
     names = feature_names()
-    results = []
-    from deepyeast.utils.progress import Progress
-
     bar = Progress(total=len(files), desc="cp features", unit="cell", enabled=None if progress is not False else False)
-    if n_jobs <= 1 or len(chunks) <= 1:
-        for ch in chunks:
-            results.append(_measure_files(ch))
-            bar.update(len(ch))
-    else:
-        ctx = multiprocessing.get_context("fork")
-        with concurrent.futures.ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx) as pool:
-            for res, ch in zip(pool.map(_measure_files, chunks), chunks):
-                results.append(res)
-                bar.update(len(ch))
-    bar.close()
-    for got, _, _ in results:
-        if got != names:
-            raise RuntimeError("feature names differ between batches (internal error)")
-    values = np.concatenate([r[1] for r in results]) if results else np.zeros((0, len(names)))
-    return names, values, int(sum(r[2] for r in results))
+    try:
+        with TaskRunner(scheduler, jobs, log=log or _log.info) as runner:
+            chunks = (_read_chunk(files[i:i + batch]) for i in starts)
+            for i, (got, values, fallbacks) in zip(starts, runner.imap(measure_chunk_task, chunks,
+                                                                          window=runner.default_window())):
+                if got != names:
+                    raise RuntimeError("feature names differ between batches (internal error)")
+                bar.update(len(values))
+                yield paths[i:i + batch], values, fallbacks
+    finally:
+        bar.close()
+
+
+def extract_features(paths, root=".", scheduler="none", jobs=1, batch=DEFAULT_BATCH, progress=None):
+    """Features of the crops at ``root/path`` for each path (in order); see :func:`iter_features`.
+
+    Returns ``(names list[str], values float64 N x F, n_fallback_masks int)``.
+    """
+    names = feature_names()
+    parts, fallbacks = [], 0
+    for _, values, fb in iter_features(paths, root, scheduler, jobs, batch, progress):
+        parts.append(values)
+        fallbacks += fb
+    values = np.concatenate(parts) if parts else np.zeros((0, len(names)))
+    return names, values, int(fallbacks)
+
+
+def extract_features_to_csv(out_csv, paths, root=".", scheduler="none", jobs=1, batch=DEFAULT_BATCH,
+                            progress=None, log=None):
+    """Write the features CSV of the crops at ``root/path`` chunk by chunk (atomically, flat memory).
+
+    The file is the one :func:`write_feature_csv` writes for :func:`extract_features`'
+    output.  Returns ``(n_cells, n_features, n_fallback_masks)``.
+    """
+    names = feature_names()
+    n, fallbacks = 0, 0
+    with atomic_path(out_csv) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["path"] + list(names))
+            for chunk_paths, values, fb in iter_features(paths, root, scheduler, jobs, batch, progress, log):
+                _write_rows(w, chunk_paths, values)
+                n += len(chunk_paths)
+                fallbacks += fb
+    return n, len(names), int(fallbacks)
 
 
 # --------------------------------------------------------------------------- CSV
@@ -367,8 +419,12 @@ def write_feature_csv(path, cell_paths, names, values):
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(["path"] + list(names))
-            for p, row in zip(cell_paths, values):
-                w.writerow([p] + [repr(float(v)) for v in row])
+            _write_rows(w, cell_paths, values)
+
+
+def _write_rows(writer, cell_paths, values):
+    for p, row in zip(cell_paths, np.asarray(values, dtype=np.float64).tolist()):
+        writer.writerow([p] + [repr(v) for v in row])
 
 
 def read_feature_csv(path):
@@ -413,3 +469,59 @@ def _is_float(v):
         return True
     except ValueError:
         return False
+
+
+# --------------------------------------------------------------------------- provenance, external tables
+
+PAPER_N_FEATURES = 435
+"""CellProfiler features per cell in the paper's forest (Chong et al. 2015, whole micrographs)."""
+
+
+def describe_features(names):
+    """What a feature table holds, for the report next to every forest number.
+
+    ``names``: its feature columns.  Returns ``{source, n_features, short, text}``: ``source``
+    "cp-measure" when the columns are exactly ours (:func:`feature_names`), else "external".
+    """
+    names = list(names)
+    n = len(names)
+    if names == feature_names():
+        return {"source": "cp-measure", "n_features": n,
+                "short": f"CellProfiler-style features ({n} per crop, cp-measure)",
+                "text": f"our {n} CellProfiler-style features, measured on each 64x64 crop with cp-measure; the "
+                        f"paper's forest used the {PAPER_N_FEATURES} CellProfiler features Chong et al. (2015) "
+                        "measured per cell on whole micrographs, which the published archive does not hold "
+                        "(CP_FEATURES=DIR uses such a table)."}
+    return {"source": "external", "n_features": n,
+            "short": f"external per-cell features ({n})",
+            "text": f"{n} per-cell features from an external table (CP_FEATURES), in place of our {len(feature_names())} "
+                    f"per-crop cp-measure features; the paper's forest used the {PAPER_N_FEATURES} CellProfiler "
+                    "features of Chong et al. (2015)."}
+
+
+def describe_feature_csv(path):
+    """:func:`describe_features` of a features CSV's header."""
+    with open(path, newline="", encoding="utf-8") as f:
+        header = next(csv.reader(f), None)
+    if not header or header[0] != "path":
+        raise InputError(f"{path}:1: header must start with 'path' followed by feature names")
+    return describe_features(header[1:])
+
+
+def import_feature_table(table_csv, cell_paths, out_csv, list_name="the list"):
+    """Write the rows of an external per-cell feature table for ``cell_paths`` to ``out_csv``.
+
+    ``table_csv``: ``path,<feature>,...`` keyed by archive-relative crop path (other cells' rows
+    are ignored, so one table may serve every split).  Every cell of ``cell_paths`` needs a row
+    (an :class:`InputError` names the first missing one and the count); rows are written in
+    ``cell_paths`` order, atomically.  Returns ``(names, n_rows)``.
+    """
+    paths, names, values = read_feature_csv(table_csv)
+    index = {p: i for i, p in enumerate(paths)}
+    missing = [p for p in cell_paths if p not in index]
+    if missing:
+        raise InputError(f"{table_csv}: no row for cell {missing[0]} of {list_name} ({len(missing)} of "
+                         f"{len(cell_paths)} cells have none; rows are keyed by the archive-relative path)")
+    rows = np.array([index[p] for p in cell_paths], dtype=np.int64)
+    write_feature_csv(out_csv, list(cell_paths), names, values[rows] if len(rows) else np.zeros((0, len(names))))
+    return names, len(rows)
