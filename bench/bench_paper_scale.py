@@ -14,8 +14,10 @@ lowest validation loss, our engine), one make target at a time, each step measur
 
 The forest runs the small grid (``GRID=small``; the paper grid is issue 15 item 2) and
 training a short schedule.  ``--cache DIR`` reuses a screen (``DIR/screen``) and its
-CellProfiler features (``DIR/cellprofiler/{train,val,test,transfer_*}.csv``, which must have
-been computed from that screen) instead of making them: those steps then show as cached.
+CellProfiler features (``DIR/cellprofiler/{train,val,test,transfer_*}.csv``, computed from that
+screen), given to the pipeline as external tables (``CP_FEATURES``: the step then only takes the
+listed cells' rows).  What the published archive lacks is supplied as a user would: the screen's
+``main/noncells.txt`` as ``NONCELLS`` and ``main/mixed_proteins.csv`` as ``MIXED`` where it has them.
 
 Then the flatness check: ``analysis/predict.py`` (streamed crops, streamed pooled features and
 top activations) on ``--flat-cells`` cells (default 10,000 and 100,000: the main and transfer
@@ -131,28 +133,35 @@ def du_bytes(path):
 
 # ---------------------------------------------------------------- the screen and the archive
 def published_archive(screen, archive):
-    """``archive``: the published layout of a synthetic screen root (lists at the top, images under
-    main/ and transfer/), hard-linked where the file system allows (else copied)."""
+    """``archive``: a synthetic screen root holding exactly what the published archive holds (as
+    tests/test_pipeline.py's ``published_shape_archive``): the eight list and class-table files at
+    the top, the listed PNGs under main/ and transfer/, nothing else; hard-linked where the file
+    system allows (else copied)."""
     if os.path.exists(os.path.join(archive, "HOwt_train.txt")):
         return archive
     tmp = archive + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    for part in ("main", "transfer"):
-        try:
-            subprocess.run(["cp", "-al", os.path.join(screen, part), os.path.join(tmp, part)], check=True,
-                           stderr=subprocess.DEVNULL)
-        except subprocess.CalledProcessError:
-            shutil.rmtree(os.path.join(tmp, part), ignore_errors=True)
-            shutil.copytree(os.path.join(screen, part), os.path.join(tmp, part))
-        for name in os.listdir(os.path.join(tmp, part)):
-            if name.startswith("HOwt_") and name.endswith(".txt"):
-                os.replace(os.path.join(tmp, part, name), os.path.join(tmp, name))
+    for part, prefix in (("main", "HOwt_"), ("transfer", "HOwt_transfer_")):
+        for name in ("doc",) + SPLITS:
+            shutil.copy(os.path.join(screen, part, f"{prefix}{name}.txt"), os.path.join(tmp, f"{prefix}{name}.txt"))
+        for s in SPLITS:
+            with open(os.path.join(screen, part, f"{prefix}{s}.txt")) as f:
+                for line in f:
+                    if not line.strip():
+                        continue
+                    rel = line.split()[0]
+                    src, dst = os.path.join(screen, part, rel), os.path.join(tmp, part, rel)
+                    os.makedirs(os.path.dirname(dst), exist_ok=True)
+                    try:
+                        os.link(src, dst)
+                    except OSError:
+                        shutil.copy(src, dst)
     os.replace(tmp, archive)
     return archive
 
 
-def pipeline_steps(run, cached_cp):
+def pipeline_steps(run, external_cp, noncells, mixed):
     """(label, make target) of `make reproduce` in order (mk/pipeline.mk)."""
     steps = [("archive copy + split check", f"{run}/data/screen.json"),
              ("LMDBs + training mean", f"{run}/lmdb/mean.binaryproto"),
@@ -160,22 +169,25 @@ def pipeline_steps(run, cached_cp):
              ("training (short schedule) + snapshot choice + pruning", f"{run}/train/chosen.caffemodel"),
              ("weights", f"{run}/train/final.caffemodel"),
              ("network predictions + features (test)", f"{run}/cells_test.csv")]
+    if noncells:
+        steps += [("network predictions (val, for the non-cell filter)", f"{run}/cells_val.csv")]
     steps += [(f"network features (transfer {s})", f"{run}/features/transfer_{s}/paths.txt") for s in SPLITS]
-    if not cached_cp:
-        steps += [(f"CellProfiler features ({s})", f"{run}/cellprofiler/{s}.csv") for s in SPLITS]
-        steps += [(f"CellProfiler features (transfer {s})", f"{run}/cellprofiler/transfer_{s}.csv") for s in SPLITS]
+    what = "CellProfiler features, rows taken from CP_FEATURES" if external_cp else "CellProfiler features"
+    steps += [(f"{what} ({s})", f"{run}/cellprofiler/{s}.csv") for s in SPLITS]
+    steps += [(f"{what} (transfer {s})", f"{run}/cellprofiler/transfer_{s}.csv") for s in SPLITS]
     steps += [("random forest (small grid)", f"{run}/rf/cells_test.csv"),
-              ("quality filter", f"{run}/quality/result.json"),
-              ("per-cell evaluation", f"{run}/cells/result.json"),
-              ("protein-level calls (network)", f"{run}/proteins/result.json"),
+              ("quality filter" if noncells else "quality filter (not run: no non-cell list)",
+               f"{run}/quality/result.json"),
+              ("per-cell evaluation", f"{run}/cells/result.json")]
+    if mixed:
+        steps += [("network predictions (proteins with two compartments)", f"{run}/mixed/cells.csv")]
+    steps += [("protein-level calls (network)", f"{run}/proteins/result.json"),
               ("protein-level calls (forest)", f"{run}/rf_proteins/result.json"),
               ("transfer learning", f"{run}/transfer/result.json"),
               ("t-SNE and neurons", f"{run}/interpret/result.json"),
-              ("report", f"{run}/report.html")]
+              ("report", f"{run}/report.html"),
+              ("model bundle", f"{run}/model/bundle.json")]
     return steps
-
-
-CP_FILES = [f"{s}.csv" for s in SPLITS] + [f"transfer_{s}.csv" for s in SPLITS]
 
 
 # ---------------------------------------------------------------- the flatness check
@@ -274,7 +286,9 @@ def main(argv=None):
     rows = []
     t_start = time.time()
 
-    cached_cp = bool(args.cache and os.path.isdir(os.path.join(args.cache, "cellprofiler")))
+    external_cp = os.path.join(os.path.abspath(args.cache), "cellprofiler") if args.cache else None
+    if external_cp and not os.path.isdir(external_cp):
+        external_cp = None
     if args.cache:
         screen = os.path.join(os.path.abspath(args.cache), "screen")
         with open(os.path.join(screen, "screen.json")) as f:
@@ -296,11 +310,17 @@ def main(argv=None):
     if not args.resume and not args.skip_pipeline:
         shutil.rmtree(run, ignore_errors=True)  # every step measured from scratch
     schedule = args.schedule or SMALL_SCHEDULES[args.size]
+    # what the published archive lacks, supplied as a user would: the screen's non-cell list and
+    # mixed-protein table where it has them; CellProfiler features from the cache as external tables
+    noncells = os.path.join(screen, "main", "noncells.txt")
+    noncells = noncells if os.path.exists(noncells) else ""
+    mixed = os.path.join(screen, "main", "mixed_proteins.csv")
+    mixed = mixed if os.path.exists(mixed) else ""
     make_vars = [f"RUN={run}", "SCREEN=archive", f"ARCHIVE_SRC={archive}", "SOLVER=models/deepyeast/solver.prototxt",
                  "GPU=", "GRID=small", "SNAPSHOT_RULE=val_loss", f"SCHEDULE={schedule}", "ENGINE=ours",
-                 f"JOBS={args.jobs}"]
+                 f"JOBS={args.jobs}", f"NONCELLS={noncells}", f"MIXED={mixed}", f"CP_FEATURES={external_cp or ''}"]
     if not args.skip_pipeline:
-        for label, target in pipeline_steps(run, cached_cp):
+        for label, target in pipeline_steps(run, external_cp, noncells, mixed):
             m = measure(["make", "--no-print-directory", target] + make_vars, log, env=env)
             if m["rc"] != 0:
                 raise SystemExit(f"step {label!r} failed (rc {m['rc']}); see {log}")
@@ -310,13 +330,6 @@ def main(argv=None):
                 f.write(json.dumps(m) + "\n")
             print(f"{label}: {m['wall_s']:.0f} s, peak {m['peak_rss_mib']:.0f} MiB (sum {m['peak_sum_mib']:.0f}), "
                   f"run folder {m['disk_mib']:.0f} MiB", flush=True)
-            if label.startswith("archive copy") and cached_cp:
-                cp_dir = os.path.join(run, "cellprofiler")
-                os.makedirs(cp_dir, exist_ok=True)
-                for name in CP_FILES:  # copied after the data step, so make takes them for up to date
-                    shutil.copyfile(os.path.join(args.cache, "cellprofiler", name), os.path.join(cp_dir, name))
-                rows.append(dict(step="CellProfiler features (all six lists)", cached=True,
-                                 disk_mib=du_bytes(cp_dir) / 2**20))
     counts = [int(c) for c in args.flat_cells.split(",") if c]
     flat = flatness(screen, work, counts, log) if counts else []
     for m in flat:
@@ -331,8 +344,10 @@ def main(argv=None):
              f"--work WORK --jobs {args.jobs}`: the synthetic `{args.size}` screen ({n_main:,} main + "
              f"{n_transfer:,} transfer crops) as the published archive through the steps of `make reproduce` "
              f"(our engine; training schedule `{schedule}`; forest grid `small`), {time.time() - t_start:.0f} s in "
-             "all.  Peak RSS: the step's largest process (wait4); sum: all its processes together, sampled every "
-             "0.5 s.  Disk: the run folder after the step.  Load average (1, 5, 15 min) at the end: "
+             + ("all; CellProfiler features taken from precomputed tables (`CP_FEATURES`, cached)" if external_cp
+                else "all") + ("; non-cell list given (`NONCELLS`)" if noncells else "")
+             + ("; mixed-protein table given (`MIXED`)" if mixed else "")
+             + ".  Peak RSS: the step's largest process (wait4); sum: all its processes together, sampled every 0.5 s.  Disk: the run folder after the step.  Load average (1, 5, 15 min) at the end: "
              + ", ".join(f"{x:.1f}" for x in os.getloadavg()) + f" on {os.cpu_count()} cores.", "",
              "| step | wall s | peak RSS MiB | sum MiB | run folder MiB |", "|---|---:|---:|---:|---:|"]
     for r in rows:
