@@ -49,7 +49,7 @@ from _results import update_section  # noqa: E402
 PY = os.path.join(REPO, ".venv", "bin", "python")
 SPLITS = ("train", "val", "test")
 SMALL_SCHEDULES = {
-    "paper": "max_iter=60 stepsize=30 test_interval=30 test_iter=25 snapshot=30 display=10 average_loss=10",
+    "paper": "max_iter=40 stepsize=20 test_interval=20 test_iter=25 snapshot=20 display=10 average_loss=10",
     "demo": "max_iter=40 stepsize=20 test_interval=20 test_iter=30 snapshot=20 display=10 average_loss=10",
     "small": "max_iter=20 stepsize=10 test_interval=10 test_iter=4 snapshot=10 display=5 average_loss=5",
     "tiny": "max_iter=6 stepsize=3 test_interval=3 test_iter=1 snapshot=3 display=1 average_loss=1",
