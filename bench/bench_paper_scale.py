@@ -347,7 +347,9 @@ def main(argv=None):
              + ("all; CellProfiler features taken from precomputed tables (`CP_FEATURES`, cached)" if external_cp
                 else "all") + ("; non-cell list given (`NONCELLS`)" if noncells else "")
              + ("; mixed-protein table given (`MIXED`)" if mixed else "")
-             + ".  Peak RSS: the step's largest process (wait4); sum: all its processes together, sampled every 0.5 s.  Disk: the run folder after the step.  Load average (1, 5, 15 min) at the end: "
+             + ".  Peak RSS: the step's largest process (wait4); sum: all its processes together, sampled every 0.5 s; "
+             "both count the file pages a process has mapped (the LMDB steps map their databases).  Disk: the run "
+             "folder after the step.  Load average (1, 5, 15 min) at the end: "
              + ", ".join(f"{x:.1f}" for x in os.getloadavg()) + f" on {os.cpu_count()} cores.", "",
              "| step | wall s | peak RSS MiB | sum MiB | run folder MiB |", "|---|---:|---:|---:|---:|"]
     for r in rows:
