@@ -419,8 +419,8 @@ class PoolingLayer(Layer):
         (lh, rh), (lw, rw) = self.pads
         if lh or rh or lw or rw:
             x = F.pad(x, (lw, rw, lh, rh), value=0.0)
-        k = self.kernel[0] * self.kernel[1]
-        s = F.avg_pool2d(x, self.kernel, self.stride) * k
+        # the window sums themselves (divisor 1), then Caffe's divisor: one rounding, not avg * k / divisor
+        s = F.avg_pool2d(x, self.kernel, self.stride, divisor_override=1)
         return [s / self.divisor]
 
 
@@ -508,8 +508,9 @@ class BatchNormLayer(Layer):
     def tmp_stats(self, x):
         """Fresh (C,) buffers that torch's batch_norm fills with the batch mean and the
         m/(m-1)-corrected batch variance (momentum 1), m = count / channels."""
-        return (torch.zeros(self.channels, device=x.device, dtype=torch.float32),
-                torch.zeros(self.channels, device=x.device, dtype=torch.float32))
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32  # float64: reference runs in tests
+        return (torch.zeros(self.channels, device=x.device, dtype=dtype),
+                torch.zeros(self.channels, device=x.device, dtype=dtype))
 
     @torch.no_grad()
     def update_running(self, batch_mean, batch_var_corrected):
@@ -773,9 +774,7 @@ class SoftmaxWithLossLayer(Layer):
         n_classes = x.shape[self.axis]
         outer = _count(x.shape, 0, self.axis)
         inner = _count(x.shape, self.axis + 1)
-        logp = F.log_softmax(x, dim=self.axis)
         lab = _labels_view(self, labels, outer, inner)
-        logp3 = logp.reshape(outer, n_classes, inner)
         if self.ignore_label is not None:
             valid = lab != self.ignore_label
             safe = torch.where(valid, lab, torch.zeros_like(lab))
@@ -786,17 +785,15 @@ class SoftmaxWithLossLayer(Layer):
             bad = (safe < 0) | (safe >= n_classes)
             if bool(bad.any()):
                 raise self.error(f"label value {int(lab[bad][0])} is outside 0..{n_classes - 1}")
-        picked = torch.gather(logp3, 1, safe.unsqueeze(1)).squeeze(1)
-        # value of Caffe's clamp at FLT_MIN, gradient of the unclamped log-softmax (Caffe's backward)
-        floor = math.log(FLT_MIN)
-        picked = picked + (torch.clamp(picked, min=floor) - picked).detach()
+        x3 = (x if x.dtype == torch.float64 else x.float()).reshape(outer, n_classes, inner)
+        picked, prob = _ClampedLogProb.apply(x3, safe)
         if valid is not None:
-            picked = picked * valid.to(picked.dtype)
+            picked = torch.where(valid, picked, torch.zeros_like(picked))
         total = -picked.sum()
         if self.normalization == 0:
             norm = float(outer * inner)
         elif self.normalization == 1:
-            norm = valid.sum().to(x.dtype) if valid is not None else float(outer * inner)
+            norm = valid.sum().to(total.dtype) if valid is not None else float(outer * inner)
         elif self.normalization == 2:
             norm = float(outer)
         else:
@@ -807,8 +804,39 @@ class SoftmaxWithLossLayer(Layer):
             norm = max(1.0, norm)
         tops = [total / norm]
         if len(self.top_names) == 2:
-            tops.append(torch.exp(logp))
+            # Caffe's backward ignores the gradient of this top
+            tops.append(prob.detach().reshape(x.shape))
         return tops
+
+
+class _ClampedLogProb(torch.autograd.Function):
+    """Caffe's picked log-probability ``log(max(softmax(x)[label], FLT_MIN))`` and its gradient.
+
+    Forward: x (outer, C, inner) float32, labels (outer, inner) int64 ->
+    (picked (outer, inner), softmax (outer, C, inner)).  The value is Caffe's
+    expression itself (softmax, then the clamp, then the log), so a clamped
+    entry is exactly log(FLT_MIN) whatever the logits.  Backward gives Caffe's
+    gradient ``(onehot - softmax) * g`` also where the clamp binds (Caffe's
+    backward does not see the clamp).  Written as a Function rather than as
+    ``v + (clamp(v) - v).detach()``, which cancels in float32 when v is large.
+    """
+
+    @staticmethod
+    def forward(ctx, x, labels):
+        prob = torch.softmax(x, dim=1)
+        p = torch.gather(prob, 1, labels.unsqueeze(1)).squeeze(1)
+        picked = torch.log(torch.clamp(p, min=FLT_MIN))
+        ctx.save_for_backward(prob, labels)
+        ctx.mark_non_differentiable(prob)
+        return picked, prob
+
+    @staticmethod
+    def backward(ctx, grad_picked, grad_prob):
+        prob, labels = ctx.saved_tensors
+        g = grad_picked.unsqueeze(1)
+        grad = -prob * g
+        grad.scatter_add_(1, labels.unsqueeze(1), g)
+        return grad, None
 
 
 @register_layer
