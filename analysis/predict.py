@@ -10,6 +10,10 @@ Inputs
   --lmdb DIR                  a Datum LMDB (cell path = key without its 8-digit prefix)
   --split NAME                split written in every row (default: from the list/LMDB name)
   --engine ours|caffe         our PyTorch engine, or real pycaffe in the Caffe root (make caffe)
+  --precision fp32|bf16       our engine's arithmetic: fp32 (default) or bf16 convolutions (about
+                              2x faster on CPUs with AVX512-BF16; a few calls near a tie change)
+  --no-fold                   run BatchNorm/Scale as separate layers (default: folded into the
+                              convolution before them, equal within float32 rounding, ~1e-6)
 
 Outputs
   --out CELLS.csv             path,protein,split,label,pred,prob_0,...,prob_{K-1} (one row per
@@ -59,6 +63,10 @@ def main(argv=None):
                     help="conv blobs as whole maps (full) or per-channel mean and max (pool)")
     ap.add_argument("--prob-blob", default="prob", help="blob holding the class probabilities (default prob)")
     ap.add_argument("--batch", type=int, default=100, help="cells per forward pass (default 100)")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                    help="our engine's arithmetic (default fp32; bf16 convolutions are ~2x faster on CPU)")
+    ap.add_argument("--no-fold", action="store_true",
+                    help="keep BatchNorm/Scale as layers (default: folded into the convolution before them)")
     ap.add_argument("--skip-bad", action="store_true", help="leave out unreadable crops instead of stopping")
     args = ap.parse_args(argv)
 
@@ -71,6 +79,8 @@ def main(argv=None):
         ap.error("--blobs needs --features-out")
     if args.features_out and not blobs:
         ap.error("--features-out needs --blobs")
+    if args.engine == "caffe" and args.precision != "fp32":
+        ap.error("--precision bf16 needs --engine ours (real Caffe computes in float32)")
     t0 = time.time()
     try:
         if args.lmdb:
@@ -85,7 +95,8 @@ def main(argv=None):
         table = predict.predict_cells(cells, args.model, args.weights, args.mean, engine=args.engine,
                                       split=args.split, out_csv=args.out, features_out=args.features_out,
                                       feature_blobs=blobs, prob_blob=args.prob_blob, batch=args.batch,
-                                      feature_reduce=args.features_reduce)
+                                      feature_reduce=args.features_reduce, precision=args.precision,
+                                      fold=not args.no_fold)
     except InputError as err:
         sys.exit(f"error: {err}")
     from deepyeast.archive import class_names_for_list

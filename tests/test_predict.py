@@ -195,3 +195,24 @@ def test_pycaffe_pools_like_our_engine(setup, tmp_path):
     assert got["ours"].shape == (N, 128)
     scale = max(1.0, float(np.abs(got["caffe"]).max()))
     assert np.abs(got["caffe"] - got["ours"]).max() <= 1e-4 * scale
+
+
+def test_folding_and_bf16_options(setup, ours):
+    """Folding (the default) equals --no-fold within 1e-5; --precision bf16 stays close; real Caffe
+    has no bf16, so --engine caffe --precision bf16 is refused before any work."""
+    ref, fdir_ref = ours
+    archive = ["--archive", str(setup["root"]), "--list", "HOwt_test.txt"]
+    table, fdir = run_script(setup, "ours", "nofold", extra=archive + ["--no-fold"])
+    np.testing.assert_allclose(table.probs, ref.probs, rtol=0, atol=1e-5)
+    for b in BLOBS:
+        a, _ = predict.read_features(fdir, b)
+        r, _ = predict.read_features(fdir_ref, b)
+        assert np.abs(a - r).max() <= 1e-5 * np.abs(r).max(), b
+    table, _ = run_script(setup, "ours", "bf16", extra=archive + ["--precision", "bf16"])
+    assert np.abs(table.probs - ref.probs).max() < 0.05
+    np.testing.assert_allclose(table.probs.sum(axis=1), 1, atol=1e-5)
+    proc = subprocess.run([sys.executable, SCRIPT, "--engine", "caffe", "--precision", "bf16", "--model", DEPLOY,
+                           "--weights", str(setup["weights"]), "--mean", str(setup["mean"]), "--out",
+                           str(setup["dir"] / "x.csv")] + archive, capture_output=True, text=True)
+    assert proc.returncode == 2 and "needs --engine ours" in proc.stderr
+    assert not os.path.exists(setup["dir"] / "x.csv")

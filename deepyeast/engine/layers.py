@@ -338,7 +338,10 @@ class ConvolutionLayer(Layer):
 
     def forward(self, bottoms):
         b = self.blob1 if self.bias_term else None
-        return [F.conv2d(bottoms[0], self.blob0, b, self.stride, self.pad, self.dilation, self.group)]
+        x = bottoms[0]
+        if x.dtype != self.blob0.dtype:  # weights cast for inference (engine/fold.py deploy_net)
+            x = x.to(self.blob0.dtype)
+        return [F.conv2d(x, self.blob0, b, self.stride, self.pad, self.dilation, self.group)]
 
 
 @register_layer
@@ -457,6 +460,8 @@ class InnerProductLayer(Layer):
                              f"the weights expect {self.in_features}")
         w = self.blob0.t() if self.transpose else self.blob0
         b = self.blob1 if self.bias_term else None
+        if x.dtype != w.dtype:  # weights cast for inference (engine/fold.py deploy_net)
+            x = x.to(w.dtype)
         return [F.linear(x, w, b)]
 
 

@@ -27,7 +27,8 @@ import torch
 from .. import caffe_pb2, formats
 from ..io_utils import InputError
 from . import data as _data  # noqa: F401  (registers the Data layer)
-from .layers import LAYER_TYPES, BatchNormLayer, InputLayer, ReLULayer, ScaleLayer
+from .layers import (LAYER_TYPES, BatchNormLayer, ConvolutionLayer, InnerProductLayer, InputLayer, ReLULayer,
+                     ScaleLayer)
 
 __all__ = ["Net", "ParamInfo", "state_meets_rule", "filter_layers"]
 
@@ -92,6 +93,13 @@ def _legacy_inputs(net_param):
     return lp
 
 
+def _count(shape, start=0, end=None):
+    n = 1
+    for s in tuple(shape)[start:end]:
+        n *= int(s)
+    return n
+
+
 class _Context:
     """What layers need from their net: phase, device, root folder and random streams."""
 
@@ -142,6 +150,14 @@ def _fused_bn_runner(bn, scale, relu):
         if relu is not None:
             y = torch.relu_(y)
         return [y]
+    return run
+
+
+def _fused_relu_runner(layer):
+    def run(bottoms):
+        # in place is safe: Convolution / InnerProduct outputs are new tensors, and their
+        # backward needs their inputs and weights, not their outputs
+        return [torch.relu_(layer.forward(bottoms)[0])]
     return run
 
 
@@ -364,6 +380,20 @@ class Net(torch.nn.Module):
                     out.append(s)
                     i = j
                     continue
+            if (isinstance(layer, (ConvolutionLayer, InnerProductLayer)) and not s.losses
+                    and i + 1 < len(steps)):
+                nxt = steps[i + 1]
+                relu = nxt.layers[0]
+                if (isinstance(relu, ReLULayer) and relu.slope == 0.0 and nxt.propagate is None
+                        and relu.bottom_names == layer.top_names and relu.top_names == layer.top_names):
+                    # a product followed by an in-place ReLU (a folded net): rectify its fresh output in place
+                    s = _Step(layer, s.propagate, nxt.losses)
+                    s.layers = [layer, relu]
+                    s.fused = True
+                    s.run = _fused_relu_runner(layer)
+                    out.append(s)
+                    i += 2
+                    continue
             out.append(s)
             i += 1
         return out
@@ -528,6 +558,44 @@ class Net(torch.nn.Module):
             layer.set_state(s)
         for key, s in state.get("generators", {}).items():
             self._ctx.generator(torch.device(key)).set_state(s)
+
+    # ------------------------------------------------------------------ cost
+    def flop_counts(self):
+        """Arithmetic of every Convolution and InnerProduct at this net's blob shapes.
+
+        Returns an OrderedDict layer name -> (forward, weight gradient, input
+        gradient) in FLOPs, a multiply-add counting 2.  Each of the three is
+        one product of the same size (forward ``y = W x``, ``dW = dy x^T``,
+        ``dx = W^T dy``), so a training iteration is up to 3x the forward.  The
+        input gradient is 0 where Caffe computes no bottom diff: the bottom
+        needs no backward (it comes from data through layers without learned
+        parameters, like ``conv1``'s) or ``propagate_down`` is false.  The
+        weight gradient is 0 for lr_mult 0.  Bias additions, BatchNorm, Scale,
+        ReLU, pooling and softmax (elementwise, well under 1% here) are not
+        counted.
+        """
+        out = OrderedDict()
+        needs_backward = set()
+        for step in self._steps:
+            for k, layer in enumerate(step.layers):
+                learned = any(lr != 0.0 and layer.blob_is_parameter(i)
+                              for i, (lr, _) in enumerate(self._param_specs[layer.name]))
+                propagate = step.propagate if k == 0 and step.propagate is not None else [True] * len(
+                    layer.bottom_names)
+                into = [b in needs_backward and p for b, p in zip(layer.bottom_names, propagate)]
+                if layer.caffe_type in ("Convolution", "InnerProduct"):
+                    if layer.caffe_type == "Convolution":
+                        n, c_out, h, w = layer.top_shapes[0]
+                        per_output = _count(layer.blob0.shape, 1)  # (in / group) x kh x kw
+                        fwd = 2 * n * c_out * h * w * per_output
+                    else:
+                        rows = _count(layer.bottom_shapes[0], 0, layer.axis)
+                        fwd = 2 * rows * layer.in_features * layer.top_shapes[0][-1]
+                    wlr = self._param_specs[layer.name][0][0]
+                    out[layer.name] = (fwd, fwd if wlr != 0.0 else 0, fwd if any(into) else 0)
+                if learned or any(into):
+                    needs_backward.update(layer.top_names)
+        return out
 
     def extra_repr(self):
         return f"name={self.name!r}, phase={self.phase}, device={self.device}, layers={len(self.layers)}"
