@@ -285,6 +285,14 @@ def _spatial_pair(layer, msg, name, default, allow_repeated=True):
     raise layer.error(f"{name} has {len(values)} values; 2-D layers take 1 or 2")
 
 
+def _in_weight_dtype(x, weight):
+    """``x`` in the dtype of ``weight``: a net whose weights were cast (bf16 inference,
+    engine/fold.py deploy_net) computes in that dtype.  Under autocast, autocast decides."""
+    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        return x.to(weight.dtype)
+    return x
+
+
 @register_layer
 class ConvolutionLayer(Layer):
     """``Convolution`` (2-D): blobs weight (out, in/group, kh, kw) and bias (out,)."""
@@ -338,9 +346,7 @@ class ConvolutionLayer(Layer):
 
     def forward(self, bottoms):
         b = self.blob1 if self.bias_term else None
-        x = bottoms[0]
-        if x.dtype != self.blob0.dtype:  # weights cast for inference (engine/fold.py deploy_net)
-            x = x.to(self.blob0.dtype)
+        x = _in_weight_dtype(bottoms[0], self.blob0)
         return [F.conv2d(x, self.blob0, b, self.stride, self.pad, self.dilation, self.group)]
 
 
@@ -460,9 +466,7 @@ class InnerProductLayer(Layer):
                              f"the weights expect {self.in_features}")
         w = self.blob0.t() if self.transpose else self.blob0
         b = self.blob1 if self.bias_term else None
-        if x.dtype != w.dtype:  # weights cast for inference (engine/fold.py deploy_net)
-            x = x.to(w.dtype)
-        return [F.linear(x, w, b)]
+        return [F.linear(_in_weight_dtype(x, w), w, b)]
 
 
 # ====================================================================== normalisation
