@@ -200,3 +200,30 @@ def test_flop_count_follows_caffes_backward_rules():
     a, b, c = 2 * 2 * 4 * 6 * 6 * 3 * 9, 2 * 2 * 6 * 3 * 3 * 4, 2 * 2 * (6 * 3 * 3) * 5
     d = 2 * 2 * 5 * 2
     assert net.flop_counts() == {"a": (a, 0, 0), "b": (b, b, 0), "c": (c, c, 0), "d": (d, d, d)}
+
+
+def test_product_and_in_place_relu_run_as_one_step_with_the_same_gradients():
+    """A Convolution / InnerProduct followed by an in-place ReLU (what a folded net is made of) is one
+    step that rectifies the product's fresh output in place; values and gradients are unchanged."""
+    param = formats.parse_prototxt("""
+        layer { name: "in" type: "Input" top: "x" top: "label"
+                input_param { shape { dim: 4 dim: 3 dim: 6 dim: 6 } shape { dim: 4 } } }
+        layer { name: "c" type: "Convolution" bottom: "x" top: "c"
+                convolution_param { num_output: 5 kernel_size: 3 weight_filler { type: "xavier" } } }
+        layer { name: "r" type: "ReLU" bottom: "c" top: "c" }
+        layer { name: "ip" type: "InnerProduct" bottom: "c" top: "ip"
+                inner_product_param { num_output: 3 weight_filler { type: "xavier" } } }
+        layer { name: "r2" type: "ReLU" bottom: "ip" top: "ip" }
+        layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+    """, caffe_pb2.NetParameter)
+    x = np.random.default_rng(0).normal(size=(4, 3, 6, 6)).astype(np.float32)
+    label = np.array([0, 1, 2, 1], np.float32)
+    out = []
+    for fuse in (True, False):
+        net = Net(param, phase="TRAIN", seed=2, fuse=fuse)
+        assert sum(len(s.layers) == 2 for s in net._steps) == (2 if fuse else 0)
+        blobs = net(x=x, label=label)
+        net.loss.backward()
+        out.append([blobs["c"].detach(), blobs["ip"].detach()] + [p.tensor.grad for p in net.learnable_params])
+    for a, b in zip(*out):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
