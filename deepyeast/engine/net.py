@@ -100,6 +100,35 @@ def _count(shape, start=0, end=None):
     return n
 
 
+_HEAP_KEPT = False
+
+
+def _retain_freed_memory():
+    """Keep freed memory in the heap for reuse instead of giving it back to the OS (glibc only).
+
+    This net's activations are tens to hundreds of MB.  glibc serves blocks that large
+    with mmap and unmaps them when freed, so every pass page-faults them in again:
+    measured 0.1 s of kernel time per inference batch of 100 and ~0.5 s per fp32
+    training iteration on 2 cores (12-20% of the time).  With mmap off for the heap
+    (M_MMAP_MAX 0) and trimming only above 1 GiB, a freed activation is reused by the
+    next pass.  Process-wide and done once; the process keeps its peak heap until it
+    exits.  Does nothing where the C library has no mallopt.
+    """
+    global _HEAP_KEPT
+    if _HEAP_KEPT:
+        return
+    _HEAP_KEPT = True
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_max = -1, -4  # glibc's malloc.h
+    mallopt(m_mmap_max, 0)
+    mallopt(m_trim_threshold, 1 << 30)
+
+
 class _Context:
     """What layers need from their net: phase, device, root folder and random streams."""
 
@@ -217,6 +246,8 @@ class Net(torch.nn.Module):
         self.seed = int(seed) if seed is not None else random.SystemRandom().randrange(2 ** 31)
         self.root_dir = os.path.abspath(root_dir) if root_dir is not None else os.getcwd()
         self.channels_last = True if channels_last is None else bool(channels_last)
+        if self.device.type == "cpu":
+            _retain_freed_memory()
         self.autocast, self.tf32 = _autocast_mode(autocast)
         self._ctx = _Context(phase, self.device, self.root_dir, self.seed)
 
