@@ -3,7 +3,7 @@
 Usage (from the repository root)::
 
     python bench/bench_engine.py [--iterations 5] [--caffe-iterations 3] [--infer-batches 6]
-                                 [--trained RUN | --train-iterations 120] [--no-write]
+                                 [--trained RUN | --train-iterations 240] [--no-write]
 
 Measures in one run, on this machine, with the same thread count for everything of ours
 (``torch.get_num_threads()``, i.e. ``OMP_NUM_THREADS``):
@@ -265,7 +265,7 @@ def main(argv=None):
     ap.add_argument("--batches", default="50,100", help="deploy batch sizes timed (default 50,100)")
     ap.add_argument("--trained", help="pipeline run folder (RUN/train/final.caffemodel, RUN/lmdb/) whose "
                                       "test and validation cells measure the bf16 call changes")
-    ap.add_argument("--train-iterations", type=int, default=120,
+    ap.add_argument("--train-iterations", type=int, default=240,
                     help="without --trained: train this many iterations here for the bf16 check (0: skip it)")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "deepyeast_bench_engine"))
     ap.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")

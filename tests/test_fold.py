@@ -245,3 +245,17 @@ def test_cpu_nets_reuse_freed_activation_memory(weights):
             faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     # conv1 and conv2 alone write 2 x 50 MiB (50 x 64 x 64 x 64 float32): 25,600 fresh 4 KiB pages a pass
     assert min(faults[2:]) < 3000, faults
+
+
+def test_fold_reads_legacy_4d_inner_product_blobs():
+    """Old .caffemodels store an InnerProduct weight as (1, 1, out, in) and vectors as (1, 1, 1, n)."""
+    param = _chain_net()
+    ref, weights = _random_weights(param)
+    legacy = dict(weights)
+    legacy["ip"] = [weights["ip"][0][None, None], weights["ip"][1][None, None, None]]
+    legacy["bn2"] = [a.reshape(1, 1, 1, -1) for a in weights["bn2"]]
+    _, fw, chains = fold_batchnorm(param, legacy)
+    _, want, _ = fold_batchnorm(param, weights)
+    assert ("ip", "bn2") in chains
+    for a, b in zip(fw["ip"], want["ip"]):
+        np.testing.assert_array_equal(a, b)

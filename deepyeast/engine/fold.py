@@ -147,6 +147,8 @@ def fold_batchnorm(net_param, weights, keep=()):
             n_out = int(lp.inner_product_param.num_output)
             has_bias = lp.inner_product_param.bias_term
         transpose = lp.type == "InnerProduct" and lp.inner_product_param.transpose
+        while lp.type == "InnerProduct" and w.ndim > 2 and w.shape[0] == 1:
+            w = w[0]  # a legacy 4-D blob (1, 1, out, in)
         out_axis = 1 if transpose else 0
         if w.ndim < 2 or w.shape[out_axis] != n_out:
             raise InputError(f'layer "{lp.name}" ({lp.type}): weight blob of shape {w.shape} does not have '
@@ -172,7 +174,7 @@ def fold_batchnorm(net_param, weights, keep=()):
         view[out_axis] = n_out
         folded = lp.__class__()
         folded.CopyFrom(lp)
-        folded.top[0] = (sc or bn).top[0]
+        folded.top[0] = (sc if sc is not None else bn).top[0]
         if lp.type == "Convolution":
             folded.convolution_param.bias_term = True
         else:
