@@ -390,8 +390,9 @@ def main(argv=None):
     load1 = os.getloadavg()[0]
     if max(load0, load1) > (os.cpu_count() or 1) * 1.2:
         notes.append(f"the machine was busy (1-minute load average {load0:.1f} at the start, {load1:.1f} at the end, "
-                     f"on {os.cpu_count()} cores): absolute times are inflated and GFLOP/s deflated; ratios compare "
-                     "runs made under similar load")
+                     f"on {os.cpu_count()} cores): absolute times are inflated and GFLOP/s deflated, and each "
+                     "measurement got a different share of the CPU, so above about twice the core count even the "
+                     "ratios are not representative; rerun on an idle machine")
     notes.append(f"whole benchmark: {(time.time() - t_start) / 60:.1f} min")
     md += [""] + [f"- {n}" for n in notes]
     text = "\n".join(md)

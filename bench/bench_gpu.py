@@ -266,14 +266,14 @@ def train_stage(args, device, folder, precision, report, rows):
     projected = per_iter * PAPER_ITERS + test_s * (PAPER_ITERS // test_every)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     rows.append((precision, done, per_iter * 1e3, host_ms, device_ms, test_s, projected / 60, peak, loss))
-    report.set("training", *training_table(rows))
+    report.set("training", *training_table(rows, args.batch))
     del s
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
 
-def training_table(rows):
-    out = ["Training: `models/deepyeast/solver.prototxt` (batch 100, SGD momentum 0.9, step lr), synthetic "
+def training_table(rows, batch):
+    out = [f"Training: `models/deepyeast/solver.prototxt` (batch {batch}, SGD momentum 0.9, step lr), synthetic "
            "cells. Host ms = time to enqueue one iteration; device ms = its GPU time (host >= device: launch-bound). "
            "Projection: 195,000 iterations + 300 validation passes of 125 batches. Target <= 15 min on one H100.",
            "", "| precision | iterations timed | ms / iteration | host ms | device ms | validation pass (125 batches) "
