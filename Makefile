@@ -7,7 +7,8 @@ PYTHON_BOOT ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)
-export DEEPYEAST_CAFFE_ROOT ?= $(HOME)/.cache/deepyeast/caffe-root
+# the Caffe root's location: $DEEPYEAST_CAFFE_ROOT, else deepyeast/caffe/root.py's default
+export DEEPYEAST_CAFFE_ROOT := $(shell $(PYTHON_BOOT) deepyeast/caffe/root.py)
 # the model-zoo solvers: the paper's schedule and the short CPU schedule (the demo's, and the default)
 PAPER_SOLVER := models/deepyeast/solver.prototxt
 CPU_SOLVER := models/deepyeast/solver_cpu.prototxt
@@ -45,10 +46,10 @@ $(PY_STAMP): requirements.txt pyproject.toml $(SYSTEM_STAMP)
 
 deps: $(PY_STAMP)
 
-proto: deepyeast/caffe_pb2.py
-deepyeast/caffe_pb2.py: deepyeast/proto/caffe.proto
+proto: deepyeast/caffe/caffe_pb2.py
+deepyeast/caffe/caffe_pb2.py: deepyeast/caffe/proto/caffe.proto
 	$(PY) -m pip install -q grpcio-tools==1.85.1
-	$(PY) -m grpc_tools.protoc -Ideepyeast/proto --python_out=deepyeast deepyeast/proto/caffe.proto
+	$(PY) -m grpc_tools.protoc -Ideepyeast/caffe/proto --python_out=deepyeast/caffe deepyeast/caffe/proto/caffe.proto
 
 # ---------------------------------------------------------------- tests
 # Real-Caffe tests need the Caffe root; `caffe` builds it when debootstrap can run

@@ -17,9 +17,11 @@ Inputs
 
 Outputs
   --out CELLS.csv             path,protein,split,label,pred,prob_0,...,prob_{K-1} (one row per
-                              cell; label/pred index the class table; K = 12, or 4 for transfer)
+                              cell; label/pred index the class table; K = 12, or 4 for transfer);
+                              --out is the table itself (the step's product other steps read)
   --features-out DIR          DIR/<blob>.npy (float32 N x D, the blob flattened per cell) for each
-                              of --blobs, and DIR/paths.txt (cell paths, same row order);
+                              of --blobs (default: every layer with learned weights, conv1 ..
+                              fc3 for DeepYeast), and DIR/paths.txt (cell paths, same row order);
                               DIR is replaced as a whole
   --features-reduce pool      write blobs with a spatial map (conv1..conv8) as DIR/<blob>.pool.npy
                               instead: float32 N x 2C, per-channel spatial mean then max (what
@@ -29,81 +31,75 @@ Example
   python analysis/predict.py --engine ours --model models/deepyeast/deploy.prototxt \\
       --weights runs/deepyeast/snapshots/deepyeast_cpu_iter_450.caffemodel \\
       --mean data/deepyeast/mean.binaryproto --archive ROOT --list ROOT/HOwt_test.txt \\
-      --out runs/deepyeast/cells_test.csv --features-out runs/deepyeast/features_test \\
-      --blobs conv1,conv2,conv3,conv4,conv5,conv6,conv7,conv8,fc1,fc2,fc3
+      --out runs/deepyeast/cells_test.csv --features-out runs/deepyeast/features_test
 """
 
-import argparse
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from deepyeast import launcher
+from deepyeast.utils.io import InputError
 
-from deepyeast.io_utils import InputError  # noqa: E402
 
-
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 epilog=__doc__.split("\n", 2)[2],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--engine", choices=("ours", "caffe"), default="ours")
-    ap.add_argument("--model", required=True, help="deploy prototxt")
-    ap.add_argument("--weights", required=True, help=".caffemodel")
-    ap.add_argument("--mean", required=True, help="mean.binaryproto of the training set")
-    src = ap.add_argument_group("input (one of)")
-    src.add_argument("--archive", help="archive root holding plateNN/*.png")
+def options(p):
+    p.add_argument("--engine", choices=("ours", "caffe"), default="ours",
+                   help="our PyTorch engine or real pycaffe in the Caffe root (default %(default)s)")
+    launcher.add(p, "model", required=True, help="deploy prototxt")
+    launcher.add(p, "weights", required=True)
+    launcher.add(p, "mean", required=True)
+    src = p.add_argument_group("input (one of)")
+    launcher.add(src, "archive")
     src.add_argument("--list", help="split list (relpath label); relative names are taken under --archive")
-    src.add_argument("--lmdb", help="Datum LMDB folder instead of --archive/--list")
-    ap.add_argument("--split", help="split name for the table (default: from the list/LMDB name)")
-    ap.add_argument("--out", required=True, help="predictions CSV to write")
-    ap.add_argument("--features-out", help="folder for <blob>.npy features and paths.txt")
-    ap.add_argument("--blobs", default="", help="comma-separated blobs to save, e.g. conv1,...,fc3")
-    ap.add_argument("--features-reduce", choices=("full", "pool"), default="full",
-                    help="conv blobs as whole maps (full) or per-channel mean and max (pool)")
-    ap.add_argument("--prob-blob", default="prob", help="blob holding the class probabilities (default prob)")
-    ap.add_argument("--batch", type=int, default=100, help="cells per forward pass (default 100)")
-    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                    help="our engine's arithmetic (default fp32; bf16 convolutions are ~2x faster on CPU)")
-    ap.add_argument("--no-fold", action="store_true",
-                    help="keep BatchNorm/Scale as layers (default: folded into the convolution before them)")
-    ap.add_argument("--skip-bad", action="store_true", help="leave out unreadable crops instead of stopping")
-    args = ap.parse_args(argv)
+    launcher.add(src, "lmdb", help="Datum LMDB folder instead of --archive/--list")
+    p.add_argument("--split", help="split name for the table (default: from the list/LMDB name)")
+    launcher.add(p, "out", required=True, metavar="CSV", help="predictions CSV to write")
+    p.add_argument("--features-out", metavar="DIR", help="folder for <blob>.npy features and paths.txt")
+    p.add_argument("--blobs", default=None,
+                   help="comma-separated blobs to save (default with --features-out: every learned layer's blob)")
+    p.add_argument("--features-reduce", choices=("full", "pool"), default="full",
+                   help="conv blobs as whole maps (full) or per-channel mean and max (pool)")
+    p.add_argument("--prob-blob", default="prob", help="blob holding the class probabilities (default prob)")
+    p.add_argument("--batch", type=int, default=100, help="cells per forward pass (default 100)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="our engine's arithmetic (default fp32; bf16 convolutions are ~2x faster on CPU)")
+    p.add_argument("--no-fold", action="store_true",
+                   help="keep BatchNorm/Scale as layers (default: folded into the convolution before them)")
+    p.add_argument("--skip-bad", action="store_true", help="leave out unreadable crops instead of stopping")
 
-    from deepyeast import predict
+
+def run(args):
+    from deepyeast.analysis import predict
+    from deepyeast.analysis.features import network_blobs
+    from deepyeast.data.lists import class_names_for_list
 
     if bool(args.lmdb) == bool(args.list):
-        ap.error("give either --lmdb or --archive with --list")
-    blobs = [b for b in args.blobs.split(",") if b]
+        raise InputError("give either --lmdb or --archive with --list")
+    if args.list and not args.archive:
+        raise InputError("--list needs --archive")
+    blobs = [b for b in (args.blobs or "").split(",") if b]
     if blobs and not args.features_out:
-        ap.error("--blobs needs --features-out")
+        raise InputError("--blobs needs --features-out")
     if args.features_out and not blobs:
-        ap.error("--features-out needs --blobs")
+        blobs = network_blobs(args.model)
     if args.engine == "caffe" and args.precision != "fp32":
-        ap.error("--precision bf16 needs --engine ours (real Caffe computes in float32)")
+        raise InputError("--precision bf16 needs --engine ours (real Caffe computes in float32)")
     t0 = time.time()
-    try:
-        if args.lmdb:
-            cells = predict.cells_from_lmdb(args.lmdb)
-        else:
-            if not args.archive:
-                ap.error("--list needs --archive")
-            list_path = args.list
-            if not os.path.isabs(list_path) and not os.path.exists(list_path):
-                list_path = os.path.join(args.archive, list_path)
-            cells = predict.cells_from_list(args.archive, list_path, skip_bad=args.skip_bad)
-        table = predict.predict_cells(cells, args.model, args.weights, args.mean, engine=args.engine,
-                                      split=args.split, out_csv=args.out, features_out=args.features_out,
-                                      feature_blobs=blobs, prob_blob=args.prob_blob, batch=args.batch,
-                                      feature_reduce=args.features_reduce, precision=args.precision,
-                                      fold=not args.no_fold)
-    except InputError as err:
-        sys.exit(f"error: {err}")
-    from deepyeast.archive import class_names_for_list
-    scored = ""
-    if args.lmdb or len(class_names_for_list(list_path)) == table.probs.shape[1]:
+    list_path = None
+    if args.lmdb:
+        cells = predict.cells_from_lmdb(args.lmdb)
+    else:
+        list_path = args.list
+        if not os.path.isabs(list_path) and not os.path.exists(list_path):
+            list_path = os.path.join(args.archive, list_path)
+        cells = predict.cells_from_list(args.archive, list_path, skip_bad=args.skip_bad)
+    table = predict.predict_cells(cells, args.model, args.weights, args.mean, engine=args.engine,
+                                  split=args.split, out_csv=args.out, features_out=args.features_out,
+                                  feature_blobs=blobs, prob_blob=args.prob_blob, batch=args.batch,
+                                  feature_reduce=args.features_reduce, precision=args.precision,
+                                  fold=not args.no_fold)
+    if list_path is None or len(class_names_for_list(list_path)) == table.probs.shape[1]:
         acc = float((table.pred == table.label).mean())
-        scored = f"accuracy {int((table.pred == table.label).sum())}/{table.n_cells} = {acc:.3f}; "
+        scored = f"accuracy {int((table.pred == table.label).sum())}/{table.n_cells} cells = {acc:.3f}; "
     else:  # e.g. the 12-class net on transfer cells, whose labels index the 4 transfer classes
         scored = f"labels and the net's {table.probs.shape[1]} classes are different tables, no accuracy; "
     print(f"{table.n_cells} cells ({args.engine} engine, {time.time() - t0:.1f} s): {scored}wrote {args.out}"
@@ -111,4 +107,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    launcher.main(__doc__, options, run)

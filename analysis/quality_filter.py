@@ -7,69 +7,71 @@ over down-sampling (none / balanced classes), chosen by balanced accuracy; appli
 it to the test cells and reports each classifier's per-cell accuracy before and
 after removing the predicted non-cells.
 
-Writes ``--out`` (JSON: CV table, choice, removed counts, and per classifier
-``{"before": {"value", "correct", "total"}, "after": {...}, "removed": n}``; also the
-flat keys cell_accuracy, cell_accuracy_filtered, rf_cell_accuracy and
-rf_cell_accuracy_filtered that the report reads), with ``--cells``
-``path,p_cell,is_cell_pred`` per test cell, and with ``--figure`` a bar chart.
+Outputs (in --out DIR)
+  quality_filter.json   CV table, choice, removed counts, and per classifier
+                        {"before": {"value", "correct", "total"}, "after": {...}, "removed": n}
+  cells.csv             path,p_cell,is_cell_pred per test cell (or --cells PATH)
+  quality_filter.png/pdf  accuracy before/after per classifier (or --figure PATH; needs predictions)
+  result.json           the result manifest the report reads (written last)
 
 Example:
   python analysis/quality_filter.py --train feats_train.csv feats_val.csv --quality ROOT/cell_quality.csv \\
-      --test feats_test.csv --predictions cnn_predictions.csv --rf-predictions rf_predictions.csv \\
-      --out RUN/quality/quality_filter.json --cells RUN/quality/cells.csv --figure RUN/quality/quality_filter.png
+      --test feats_test.csv --predictions cnn_predictions.csv --rf-predictions rf_predictions.csv --out RUN/quality
 """
 
-import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
-
-from deepyeast.io_utils import InputError  # noqa: E402
+from deepyeast import launcher
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--train", nargs="+", required=True, help="features CSV(s) holding the labelled cells")
-    ap.add_argument("--quality", required=True, help="CSV path,is_cell (1 = real cell, 0 = non-cell)")
-    ap.add_argument("--test", required=True, help="features CSV of the test cells to filter")
-    ap.add_argument("--predictions", default=None, help="the network's predictions table (test cells)")
-    ap.add_argument("--rf-predictions", default=None, help="the random forest's predictions table (test cells)")
-    ap.add_argument("--out", required=True, help="summary JSON")
-    ap.add_argument("--cells", default=None, help="per-test-cell CSV path,p_cell,is_cell_pred")
-    ap.add_argument("--figure", default=None,
-                    help="bar chart of accuracy before/after (PNG, and a PDF beside it); needs predictions")
-    ap.add_argument("--mtry", type=int, nargs="+", default=[10, 25, 50], help="mtry values (default 10 25 50)")
-    ap.add_argument("--sampling", nargs="+", default=["none", "balanced"], choices=["none", "balanced"],
-                    help="down-sampling options compared (default both)")
-    ap.add_argument("--folds", type=int, default=10, help="cross-validation folds (default 10)")
-    ap.add_argument("--ntree", type=int, default=100, help="trees per forest (default 100)")
-    ap.add_argument("--max-labelled", type=int, default=1500,
-                    help="train on at most this many labelled crops, a stratified subset (default 1500; 0 = all)")
-    ap.add_argument("--threshold", type=float, default=0.5, help="remove cells with P(cell) below this (default 0.5)")
-    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="forests fitted in parallel")
-    ap.add_argument("--seed", type=int, default=1)
-    args = ap.parse_args(argv)
-    from deepyeast.quality_filter import run_quality_filter
+def options(p):
+    p.add_argument("--train", nargs="+", required=True, type=launcher.existing_file,
+                   help="features CSV(s) holding the labelled cells")
+    p.add_argument("--quality", required=True, type=launcher.existing_file,
+                   help="CSV path,is_cell (1 = real cell, 0 = non-cell)")
+    p.add_argument("--test", required=True, type=launcher.existing_file, help="features CSV of the test cells to filter")
+    p.add_argument("--predictions", type=launcher.existing_file, help="the network's predictions table (test cells)")
+    p.add_argument("--rf-predictions", type=launcher.existing_file,
+                   help="the random forest's predictions table (test cells)")
+    launcher.add(p, "out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--cells", default=None, help="per-test-cell CSV path,p_cell,is_cell_pred (default: OUT/cells.csv)")
+    p.add_argument("--figure", default=None,
+                   help="bar chart of accuracy before/after, PNG and a PDF beside it (default: OUT/quality_filter.png)")
+    p.add_argument("--mtry", type=int, nargs="+", default=[10, 25, 50], help="mtry values (default 10 25 50)")
+    p.add_argument("--sampling", nargs="+", default=["none", "balanced"], choices=["none", "balanced"],
+                   help="down-sampling options compared (default both)")
+    p.add_argument("--folds", type=int, default=10, help="cross-validation folds (default 10)")
+    launcher.add(p, "ntree")
+    p.add_argument("--max-labelled", type=int, default=1500,
+                   help="train on at most this many labelled crops, a stratified subset (default 1500; 0 = all)")
+    p.add_argument("--threshold", type=float, default=0.5, help="remove cells with P(cell) below this (default 0.5)")
+    launcher.add(p, "jobs", help="forests fitted in parallel (default: every CPU)")
+    launcher.add(p, "seed")
 
+
+def run(args):
+    from deepyeast.analysis.quality_filter import plot_filter_accuracy, run_quality_filter, write_quality_result
+    from deepyeast.report.manifest import clear_result
+
+    clear_result(args.out)
     preds = {}
     if args.predictions:
         preds["network"] = args.predictions
     if args.rf_predictions:
         preds["random_forest"] = args.rf_predictions
-    try:
-        summary = run_quality_filter(args.train, args.quality, args.test, preds, out_json=args.out, out_cells=args.cells,
-                           mtry=args.mtry, sampling=args.sampling, folds=args.folds, ntree=args.ntree,
-                           threshold=args.threshold, max_labelled=args.max_labelled, n_jobs=args.jobs, seed=args.seed)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args.figure and summary["classifiers"]:
-        from deepyeast.quality_filter import plot_filter_accuracy
-
-        plot_filter_accuracy(summary, args.figure)
-    return 0
+    summary = run_quality_filter(args.train, args.quality, args.test, preds,
+                                 out_json=os.path.join(args.out, "quality_filter.json"),
+                                 out_cells=args.cells or os.path.join(args.out, "cells.csv"),
+                                 mtry=args.mtry, sampling=args.sampling, folds=args.folds, ntree=args.ntree,
+                                 threshold=args.threshold, max_labelled=args.max_labelled, n_jobs=args.jobs,
+                                 seed=args.seed)
+    figure = None
+    if summary["classifiers"]:
+        figure = args.figure or os.path.join(args.out, "quality_filter.png")
+        plot_filter_accuracy(summary, figure)
+    in_out = figure is not None and os.path.dirname(os.path.abspath(figure)) == os.path.abspath(args.out)
+    write_quality_result(args.out, summary, os.path.basename(figure) if in_out else None, command=args.command)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    launcher.main(__doc__, options, run)

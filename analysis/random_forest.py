@@ -10,47 +10,42 @@ replaced by the training medians.
 Grids: ``small`` (demo: ntree 50,150 x mtry 20,50 x nodesize 1) or ``paper``
 (ntree 50..1000 x mtry 10..300 x nodesize 1..50; hours on large data).
 
+--out is the predictions table itself (the forest's product is one table other steps read).
+
 Example:
   python analysis/random_forest.py --train feats_train.csv --val feats_val.csv --test feats_test.csv \\
       --labels-from ROOT/HOwt_train.txt ROOT/HOwt_val.txt ROOT/HOwt_test.txt --grid small \\
       --out rf_predictions.csv --summary rf_grid.json
 """
 
-import argparse
-import os
-import sys
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
-
-from deepyeast.io_utils import InputError  # noqa: E402
+from deepyeast import launcher
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--train", required=True, help="features CSV of the training cells")
-    ap.add_argument("--val", required=True, help="features CSV of the validation cells (chooses the grid point)")
-    ap.add_argument("--test", required=True, help="features CSV of the test cells (predicted)")
-    ap.add_argument("--labels-from", nargs="+", required=True, metavar="LIST",
-                    help="split list files giving each cell's label (e.g. HOwt_train.txt HOwt_val.txt HOwt_test.txt)")
-    ap.add_argument("--grid", default="small", choices=["small", "paper"], help="parameter grid (default small)")
-    ap.add_argument("--out", required=True, help="predictions table CSV for the test cells")
-    ap.add_argument("--summary", default=None, help="JSON with every grid point's validation accuracy and the choice")
-    ap.add_argument("--split-name", default="test", help="value of the 'split' column (default test)")
-    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="grid points fitted in parallel")
-    ap.add_argument("--seed", type=int, default=1, help="random seed (grid point i uses seed+i)")
-    args = ap.parse_args(argv)
-    from deepyeast.rforest import run_baseline
+def options(p):
+    p.add_argument("--train", required=True, type=launcher.existing_file, help="features CSV of the training cells")
+    p.add_argument("--val", required=True, type=launcher.existing_file,
+                   help="features CSV of the validation cells (chooses the grid point)")
+    p.add_argument("--test", required=True, type=launcher.existing_file,
+                   help="features CSV of the test cells (predicted)")
+    p.add_argument("--labels-from", nargs="+", required=True, metavar="LIST", type=launcher.existing_file,
+                   help="split list files giving each cell's label (e.g. HOwt_train.txt HOwt_val.txt HOwt_test.txt)")
+    p.add_argument("--grid", default="small", choices=["small", "paper"], help="parameter grid (default small)")
+    launcher.add(p, "out", required=True, metavar="CSV", help="predictions table CSV for the test cells")
+    p.add_argument("--summary", default=None, metavar="JSON",
+                   help="JSON with every grid point's validation accuracy and the choice")
+    p.add_argument("--split-name", default="test", help="value of the 'split' column (default test)")
+    launcher.add(p, "jobs", help="grid points fitted in parallel (default: every CPU)")
+    launcher.add(p, "seed", help="random seed; grid point i uses seed+i (default %(default)s)")
 
-    try:
-        s = run_baseline(args.train, args.val, args.test, args.labels_from, args.out, grid=args.grid,
-                         n_jobs=args.jobs, seed=args.seed, summary_json=args.summary, split_name=args.split_name)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+
+def run(args):
+    from deepyeast.analysis.rforest import run_baseline
+
+    s = run_baseline(args.train, args.val, args.test, args.labels_from, args.out, grid=args.grid,
+                     n_jobs=args.jobs, seed=args.seed, summary_json=args.summary, split_name=args.split_name)
     a = s["test_accuracy"]
-    print(f"random forest: test accuracy {a['value']:.4f} ({a['correct']}/{a['total']}) -> {args.out}")
-    return 0
+    print(f"random forest: test accuracy {a['value']:.4f} ({a['correct']}/{a['total']} cells) -> {args.out}")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    launcher.main(__doc__, options, run)

@@ -5,7 +5,7 @@ import os
 import platform
 import re
 
-from deepyeast.io_utils import atomic_write_text
+from deepyeast.utils.io import atomic_write_text
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
 HEADER = "# Benchmark results\n\nEach section is rewritten by the script named in it; figures are measured, never typed in.\n"

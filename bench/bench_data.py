@@ -23,8 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _CHILD = r"""
 import json, resource, sys, time
 stage, args = sys.argv[1], json.loads(sys.argv[2])
-from deepyeast.synthetic import make_screen
-from deepyeast.dataset import build_lmdb_bundle
+from deepyeast.data.synthetic import make_screen
+from deepyeast.data.lmdb_bundle import build_lmdb_bundle
 import cv2, lmdb, threading
 peak_anon = [0.0]
 def sample():  # peak anonymous memory (excludes LMDB/file pages mapped into the process)

@@ -47,9 +47,10 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from deepyeast import caffe_pb2, caffe_root  # noqa: E402
-from deepyeast.formats import (compute_mean, read_prototxt, write_datum_lmdb,  # noqa: E402
-                               write_mean_binaryproto, write_prototxt)
+from deepyeast.caffe import caffe_pb2, root as caffe_root  # noqa: E402
+from deepyeast.caffe.blobs import compute_mean, write_mean_binaryproto
+from deepyeast.caffe.lmdb import write_datum_lmdb
+from deepyeast.caffe.prototxt import read_prototxt, write_prototxt
 
 AVG = {"forward_ms": r"Average Forward pass: (\S+) ms", "backward_ms": r"Average Backward pass: (\S+) ms",
        "forward_backward_ms": r"Average Forward-Backward: (\S+) ms"}
@@ -71,7 +72,7 @@ def synthetic_bundle(folder, n_train, n_val, seed=0):
         write_datum_lmdb(path, items, shuffle=False, map_size=max(1 << 28, n * 9000))
     mean_path = os.path.join(folder, "mean.binaryproto")
     if not os.path.exists(mean_path):
-        from deepyeast.formats import iter_datum_lmdb
+        from deepyeast.caffe.lmdb import iter_datum_lmdb
         write_mean_binaryproto(mean_path, compute_mean(img for _, img, _ in iter_datum_lmdb(
             os.path.join(folder, "train_lmdb"))))
     return folder
@@ -230,7 +231,8 @@ def call_changes(weights, mean_path, lmdbs, batch=100):
     import numpy as np
     import torch
     from deepyeast.engine.fold import deploy_net
-    from deepyeast.formats import read_datum_lmdb, read_mean_binaryproto
+    from deepyeast.caffe.blobs import read_mean_binaryproto
+    from deepyeast.caffe.lmdb import read_datum_lmdb
     mean = read_mean_binaryproto(mean_path)
     images, labels = [], []
     for path in lmdbs:

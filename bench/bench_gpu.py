@@ -172,7 +172,7 @@ def data_stage(args, device, folder, made_s, report):
     import torch
     from bench_engine import bench_net
     from deepyeast.engine import Net
-    from deepyeast.engine.data import _CACHE, load_lmdb_tensor
+    from deepyeast.engine.layers.data import _CACHE, load_lmdb_tensor
     _CACHE.clear()
     path = os.path.join(folder, "train_lmdb")
     t0 = time.time()
@@ -209,8 +209,8 @@ def data_stage(args, device, folder, made_s, report):
 
 def solver_param(args, folder):
     from bench_engine import bench_net
-    from deepyeast import caffe_pb2
-    from deepyeast.formats import read_prototxt
+    from deepyeast.caffe import caffe_pb2
+    from deepyeast.caffe.prototxt import read_prototxt
     p = read_prototxt(os.path.join(REPO, "models", "deepyeast", "solver.prototxt"), caffe_pb2.SolverParameter)
     p.net = bench_net(folder, args.batch)
     p.snapshot = 0

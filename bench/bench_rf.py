@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Time the CellProfiler features, the random-forest baseline and the quality filter.
 
-Generates a synthetic screen (deepyeast.synthetic, --size), then times:
+Generates a synthetic screen (deepyeast.data.synthetic, --size), then times:
 feature extraction of its main set (1 and --jobs worker processes; CPU seconds
 per cell from the single-process run), the random forest with the small grid,
 and the quality filter with its defaults.  Writes the "CellProfiler features
@@ -19,8 +19,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench._results import update_section  # noqa: E402
-from deepyeast.archive import read_split_list  # noqa: E402
-from deepyeast.cp_features import extract_features, feature_names, write_feature_csv  # noqa: E402
+from deepyeast.data.lists import read_split_list
+from deepyeast.analysis.cp_features import extract_features, feature_names, write_feature_csv  # noqa: E402
 
 
 def main(argv=None):
@@ -30,7 +30,7 @@ def main(argv=None):
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--no-write", action="store_true", help="print only, leave bench/RESULTS.md alone")
     args = ap.parse_args(argv)
-    from deepyeast.synthetic import make_screen
+    from deepyeast.data.synthetic import make_screen
 
     screen = os.path.join(args.work, f"screen_{args.size}")
     if not os.path.exists(os.path.join(screen, "screen.json")):
@@ -55,8 +55,8 @@ def main(argv=None):
     wall2 = time.perf_counter() - t0
     rows.append((f"features, {n} cells, {args.jobs} processes", wall2, None))
 
-    from deepyeast.quality_filter import run_quality_filter
-    from deepyeast.rforest import run_baseline
+    from deepyeast.analysis.quality_filter import run_quality_filter
+    from deepyeast.analysis.rforest import run_baseline
 
     t0 = time.perf_counter()
     s = run_baseline(feats["train"], feats["val"], feats["test"],

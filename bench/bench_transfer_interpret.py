@@ -23,8 +23,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from deepyeast import constants  # noqa: E402
-from deepyeast.interpret import GEOMETRY, NETWORK_BLOBS, read_label_lists, run_interpretation  # noqa: E402
-from deepyeast.transfer import run_transfer  # noqa: E402
+from deepyeast.analysis.features import GEOMETRY, NETWORK_BLOBS, read_label_lists  # noqa: E402
+from deepyeast.analysis.interpret import run_interpretation  # noqa: E402
+from deepyeast.analysis.transfer import run_transfer  # noqa: E402
 
 
 def make_screen(work, counts, seed=0):

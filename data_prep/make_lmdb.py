@@ -1,46 +1,39 @@
 #!/usr/bin/env python3
 """Convert an archive's split lists into Caffe LMDBs, the training mean and manifests.
 
-Reads ROOT/HOwt_{train,val,test}.txt (or HOwt_transfer_* with --transfer) and the
-crops they list, and writes OUT/{train,val,test}_lmdb (Caffe Datum, shuffled like
-`convert_imageset -shuffle`), OUT/mean.binaryproto (per-pixel mean of train_lmdb,
-like `compute_image_mean`) and OUT/<split>_manifest.json (counts per class and per
-protein, checksums).  Bad crops or lines stop it with the file and reason; with
---skip-bad they are left out and listed in OUT/<split>_rejects.txt.
+Reads ROOT/HOwt_{train,val,test}.txt (or HOwt_transfer_* with --classes transfer) and the
+crops they list, and writes into --out: {train,val,test}_lmdb (Caffe Datum, shuffled like
+`convert_imageset -shuffle`), mean.binaryproto (per-pixel mean of train_lmdb, like
+`compute_image_mean`) and <split>_manifest.json (counts per class and per protein,
+checksums).  Bad crops or lines stop it with the file and reason; with --skip-bad they are
+left out and listed in <split>_rejects.txt.
 
 Example:
-  python data_prep/make_lmdb.py runs/demo/data/main runs/demo/lmdb
+  python data_prep/make_lmdb.py runs/demo/data/main --out runs/demo/lmdb
 """
 
-import argparse
 import json
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from deepyeast.dataset import build_lmdb_bundle  # noqa: E402
-from deepyeast.io_utils import InputError  # noqa: E402
+from deepyeast import constants, launcher
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("root", help="archive root (plateNN/ folders)")
-    parser.add_argument("out", help="bundle folder to write")
-    parser.add_argument("--lists", help="folder with the split lists (default: ROOT)")
-    parser.add_argument("--transfer", action="store_true", help="use HOwt_transfer_* lists and the 4 transfer classes")
-    parser.add_argument("--seed", type=int, default=0, help="shuffle seed (default: %(default)s)")
-    parser.add_argument("--skip-bad", action="store_true", help="leave out bad crops/lines and list them")
-    args = parser.parse_args(argv)
-    try:
-        summary = build_lmdb_bundle(args.root, args.out, prefix="HOwt_transfer_" if args.transfer else "HOwt_",
-                                    list_dir=args.lists, seed=args.seed, skip_bad=args.skip_bad)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def options(p):
+    p.add_argument("root", type=launcher.existing_dir, help="archive root (plateNN/ folders)")
+    launcher.add_output_folder(p, "bundle folder to write")
+    p.add_argument("--lists", type=launcher.existing_dir, help="folder with the split lists (default: ROOT)")
+    launcher.add_class_set(p)
+    launcher.add(p, "seed", help="shuffle seed (default %(default)s)")
+    p.add_argument("--skip-bad", action="store_true", help="leave out bad crops/lines and list them")
+
+
+def run(args):
+    from deepyeast.data.lmdb_bundle import build_lmdb_bundle
+
+    out = launcher.output_folder(args)
+    summary = build_lmdb_bundle(args.root, out, prefix=constants.list_prefix(args.classes), list_dir=args.lists,
+                                seed=args.seed, skip_bad=args.skip_bad)
     print(json.dumps(summary, indent=1))
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    launcher.main(__doc__, options, run)

@@ -2,38 +2,34 @@
 """Write a run folder's train_val.prototxt and solver.prototxt from models/deepyeast/.
 
 Inputs: an LMDB folder with train_lmdb/, val_lmdb/ and mean.binaryproto (from
-data_prep/make_lmdb.py) and a model-zoo solver.  Outputs: RUN/train_val.prototxt
-(the model's net with the data paths changed) and RUN/solver.prototxt (the
-solver with the net, RUN/snapshots/deepyeast as snapshot prefix, and any
-schedule overrides).  Train with `deepyeast train -solver RUN/solver.prototxt`
-or `bin/caffe train -solver RUN/solver.prototxt` from the repository root.
+data_prep/make_lmdb.py) and a model-zoo solver.  Outputs (in --out DIR): train_val.prototxt
+(the model's net with the data paths changed) and solver.prototxt (the solver with the net,
+DIR/snapshots/deepyeast as snapshot prefix, and any schedule overrides).  Train with
+`deepyeast train -solver DIR/solver.prototxt` or `bin/caffe train -solver DIR/solver.prototxt`.
+
+Example:
+  python data_prep/make_run_config.py --lmdb runs/mine/lmdb --out runs/mine/train \\
+      --solver models/deepyeast/solver.prototxt --set max_iter=300
 """
 
-import argparse
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from deepyeast.io_utils import InputError  # noqa: E402
-from deepyeast.runconfig import parse_overrides, write_run_config  # noqa: E402
+from deepyeast import launcher
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lmdb-dir", required=True, help="folder with train_lmdb, val_lmdb, mean.binaryproto")
-    parser.add_argument("--out", required=True, help="run folder to write the prototxts into")
-    parser.add_argument("--solver", default="models/deepyeast/solver_cpu.prototxt",
-                        help="model-zoo solver to start from (default: %(default)s)")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="schedule override, e.g. --set max_iter=300 --set test_iter=10")
-    args = parser.parse_args(argv)
-    try:
-        path = write_run_config(args.out, args.lmdb_dir, args.solver, parse_overrides(args.set))
-    except InputError as err:
-        parser.exit(2, f"error: {err}\n")
-    print(path)
+def options(p):
+    launcher.add(p, "lmdb", required=True, type=launcher.existing_dir,
+                 help="folder with train_lmdb, val_lmdb, mean.binaryproto")
+    launcher.add(p, "out", required=True, metavar="DIR", help="run folder to write the prototxts into")
+    p.add_argument("--solver", type=launcher.existing_file, default=None,
+                   help="model-zoo solver to start from (default: models/deepyeast/solver_cpu.prototxt)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="schedule override, e.g. --set max_iter=300 --set test_iter=10")
+
+
+def run(args):
+    from deepyeast.engine.runconfig import parse_overrides, write_run_config
+
+    print(write_run_config(args.out, args.lmdb, args.solver, parse_overrides(args.set)))
 
 
 if __name__ == "__main__":
-    main()
+    launcher.main(__doc__, options, run)

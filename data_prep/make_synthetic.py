@@ -15,48 +15,59 @@ Sizes: tiny (~600 cells, tests), small (~3,200), demo (~21,000: 18,000/1,000/1,0
 + transfer 400/200/400), paper (90,000 + transfer 10,000).  Same seed and
 size -> identical output.  Example:
 
-  python data_prep/make_synthetic.py runs/demo/data --size demo --gallery runs/demo/gallery.png
+  python data_prep/make_synthetic.py --out runs/demo/data --size demo --gallery runs/demo/figures/gallery.png
+
+With both --out and --gallery, the gallery's folder also gets a result.json describing the screen
+(the report's first section).
 """
 
-import argparse
 import json
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from deepyeast.synthetic import FIELD_SIZE, SIZES, make_gallery, make_screen  # noqa: E402
+from deepyeast import launcher
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("out", nargs="?", help="output folder (main/ and transfer/ are written inside)")
-    parser.add_argument("--size", choices=sorted(SIZES), default="tiny", help="screen size (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: all CPUs)")
-    parser.add_argument("--field-size", type=int, default=FIELD_SIZE, help="micrograph side, pixels (default: %(default)s)")
-    parser.add_argument("--save-fields", type=int, default=0, metavar="N",
-                        help="also keep the micrographs of the first N proteins per set (TIFF + images.csv + "
-                             "centres.csv in <root>/fields, input for crop_cells.py)")
-    parser.add_argument("--difficulty", type=float, default=1.0,
-                        help="scale of the shares of dim proteins, defocused cells, non-cells and cytosolic haze "
-                             "(default: %(default)s; 0 = none)")
-    parser.add_argument("--gallery", metavar="PNG", help="write a figure with two example cells per class")
-    args = parser.parse_args(argv)
-    if not args.out and not args.gallery:
-        parser.error("give an output folder, --gallery PNG, or both")
-    if args.out:
+def options(p):
+    from deepyeast.data.synthetic import FIELD_SIZE, SIZES
+
+    launcher.add_output_folder(p, "output folder (main/ and transfer/ are written inside)")
+    p.add_argument("--size", choices=sorted(SIZES), default="tiny", help="screen size (default: %(default)s)")
+    launcher.add(p, "seed")
+    launcher.add(p, "jobs")
+    p.add_argument("--field-size", type=int, default=FIELD_SIZE,
+                   help="micrograph side, pixels (default: %(default)s)")
+    p.add_argument("--save-fields", type=int, default=0, metavar="N",
+                   help="also keep the micrographs of the first N proteins per set (TIFF + images.csv + "
+                        "centres.csv in <root>/fields, input for crop_cells.py; with their true label masks "
+                        "listed in truth.csv, for bench/bench_segment.py)")
+    p.add_argument("--difficulty", type=float, default=1.0,
+                   help="scale of the shares of dim proteins, defocused cells, non-cells and cytosolic haze "
+                        "(default: %(default)s; 0 = none)")
+    p.add_argument("--gallery", metavar="PNG", help="write a figure with two example cells per class")
+
+
+def run(args):
+    from deepyeast.data.synthetic import make_gallery, make_screen
+    from deepyeast.data.synthetic.screen import write_screen_result
+    from deepyeast.utils.io import InputError
+
+    out = args.out or args.out_positional
+    if not out and not args.gallery:
+        raise InputError("give an output folder (--out DIR), --gallery PNG, or both")
+    if out:
         t0 = time.time()
-        summary = make_screen(args.out, args.size, args.seed, args.workers, args.field_size, args.save_fields,
+        summary = make_screen(out, args.size, args.seed, args.jobs, args.field_size, args.save_fields,
                               difficulty=args.difficulty)
         summary["seconds"] = round(time.time() - t0, 1)
         print(json.dumps(summary, indent=1))
     if args.gallery:
         make_gallery(args.gallery, args.seed)
         print(f"gallery: {args.gallery}")
-    return 0
+        if out:  # the gallery's folder gets the screen's result manifest (the report's first section)
+            write_screen_result(os.path.dirname(os.path.abspath(args.gallery)), summary,
+                                os.path.basename(args.gallery), command=args.command)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    launcher.main(__doc__, options, run)

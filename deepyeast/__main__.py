@@ -1,8 +1,8 @@
-"""``python -m deepyeast ACTION ...``: the caffe-like command (see :mod:`deepyeast.cli`)."""
+"""``python -m deepyeast ACTION ...``: the caffe-like command (see :mod:`deepyeast.engine.cli`)."""
 
 import sys
 
-from .cli import main
+from deepyeast.engine.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

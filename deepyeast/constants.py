@@ -52,12 +52,44 @@ MARKER_CHANNEL = 0
 PROTEIN_CHANNEL = 1
 
 SPLITS = ("train", "val", "test")
-"""Split names; the list file of split ``s`` is ``HOwt_{s}.txt``."""
+"""Split names; the list file of split ``s`` is :func:`list_file` ``(s)`` = ``HOwt_{s}.txt``."""
 
 TRANSFER_SPLITS = ("transfer_train", "transfer_val", "transfer_test")
 
+SPLIT_FRACTIONS = (0.72, 0.14, 0.14)
+"""Shares of the cells in train, val and test (65,000 / 12,500 / 12,500 of 90,000), used when
+proteins are assigned to splits."""
+
 PAPER_SPLIT_SIZES = {"train": 65000, "val": 12500, "test": 12500}
 """Cells per split in the published data set."""
+
+CLASS_SETS = {"main": CLASS_NAMES, "transfer": TRANSFER_CLASS_NAMES}
+"""The two class tables by name: the 12 compartments ("main") and the 4 transfer ones."""
+
+LIST_PREFIX = "HOwt_"
+"""Prefix of the published list files (``HOwt_{split}.txt``, the class table ``HOwt_doc.txt``);
+the transfer set's carry ``HOwt_transfer_`` (:func:`list_prefix`)."""
+
+
+def list_prefix(class_set="main"):
+    """``"HOwt_"`` for the main set, ``"HOwt_transfer_"`` for the transfer set."""
+    if class_set not in CLASS_SETS:
+        raise ValueError(f"class set must be one of {', '.join(CLASS_SETS)}, not {class_set!r}")
+    return LIST_PREFIX if class_set == "main" else f"{LIST_PREFIX}transfer_"
+
+
+def list_file(split, class_set="main"):
+    """Name of a split list (``HOwt_test.txt``, ``HOwt_transfer_test.txt``); ``split="doc"``: the class table."""
+    return f"{list_prefix(class_set)}{split}.txt"
+
+
+def class_set_of(name):
+    """The class set a list file, list prefix or split name belongs to: "transfer" when its base
+    name starts with ``HOwt_transfer_`` or ``transfer_``, else "main"."""
+    import os
+
+    base = os.path.basename(os.fspath(name))
+    return "transfer" if base.startswith((list_prefix("transfer"), "transfer_")) else "main"
 
 PAPER_RESULTS = {
     "cell_accuracy": 0.87,

@@ -6,8 +6,7 @@
 #                        it (not root, no debootstrap): the real-Caffe tests then skip
 #   make caffe-clean     remove it
 # bin/caffe and bin/caffe-python run inside it.
-DEEPYEAST_CAFFE_ROOT ?= $(HOME)/.cache/deepyeast/caffe-root
-export DEEPYEAST_CAFFE_ROOT
+# DEEPYEAST_CAFFE_ROOT: set (and exported) by the top-level Makefile
 
 .PHONY: caffe caffe-optional caffe-clean caffe-debootstrap
 

@@ -15,7 +15,7 @@
 set -eu
 
 here=$(cd "$(dirname "$0")/.." && pwd)
-root=${DEEPYEAST_CAFFE_ROOT:-$HOME/.cache/deepyeast/caffe-root}
+root=${DEEPYEAST_CAFFE_ROOT:-$(python3 "$here/deepyeast/caffe/root.py")}
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 list="$here/caffe-packages.txt"
 marker=.deepyeast-caffe-packages.txt   # copy of the list the root was built from

@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from deepyeast.archive import encode_crop
+from deepyeast.data.crop_png import encode_crop
 from deepyeast.constants import IMAGE_SIZE
 
 YY, XX = np.mgrid[:IMAGE_SIZE, :IMAGE_SIZE].astype(float)

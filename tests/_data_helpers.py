@@ -6,10 +6,14 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_SPLITS = os.path.join(REPO_ROOT, "..", "shared", "deepyeast-splits")
 
 
-def tiny_screen(tmp_path_factory, seed=0):
-    """Path of a tiny synthetic screen, generated once per test session (and seed)."""
-    from deepyeast.synthetic import make_screen
+def tiny_screen(tmp_path_factory, seed=0, workers=2):
+    """Path of a tiny synthetic screen, generated once per test session (and seed).
+
+    ``workers=1`` from a module that has run OpenCV/scipy threads already: a forked
+    worker pool can hang on locks those threads held (same screen whatever the workers).
+    """
+    from deepyeast.data.synthetic import make_screen
     base = tmp_path_factory.getbasetemp() / f"tiny_screen_{seed}"
     if not (base / "screen.json").exists():
-        make_screen(str(base), "tiny", seed=seed, workers=2, save_fields=3, progress=False)
+        make_screen(str(base), "tiny", seed=seed, workers=workers, save_fields=3, progress=False)
     return base

@@ -5,7 +5,8 @@ import os
 import numpy as np
 import torch
 
-from deepyeast import caffe_pb2, formats
+from deepyeast.caffe import caffe_pb2
+from deepyeast.caffe.prototxt import read_prototxt
 from deepyeast.engine import Net
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,7 +48,7 @@ def rel_err(a, ref):
 
 def input_train_val(batch, drop_dropout=True):
     """train_val.prototxt with its Data layers replaced by an Input layer (data, label)."""
-    src = formats.read_prototxt(os.path.join(MODELS, "train_val.prototxt"), caffe_pb2.NetParameter)
+    src = read_prototxt(os.path.join(MODELS, "train_val.prototxt"), caffe_pb2.NetParameter)
     net = caffe_pb2.NetParameter(name=src.name)
     inp = net.layer.add(name="data", type="Input")
     inp.top.extend(["data", "label"])

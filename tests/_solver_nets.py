@@ -6,8 +6,9 @@ import os
 import numpy as np
 from google.protobuf import text_format
 
-from deepyeast import caffe_pb2
-from deepyeast.formats import read_caffemodel, write_caffemodel, write_datum_lmdb
+from deepyeast.caffe import caffe_pb2
+from deepyeast.caffe.blobs import read_caffemodel, write_caffemodel
+from deepyeast.caffe.lmdb import write_datum_lmdb
 
 N_RECORDS = 40
 BATCH = 8

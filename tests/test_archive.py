@@ -15,9 +15,12 @@ import cv2
 import numpy as np
 import pytest
 
-from deepyeast import archive
+from deepyeast.data.crop_png import decode_crop, encode_crop, read_crop
+from deepyeast.data.download import (FetchError, LIST_MD5, LIST_URL_DIR, TARBALLS, download, fetch_archive,
+                                     md5_of, safe_extract)
+from deepyeast.data.lists import check_splits, protein_of, read_class_doc, read_split_list
 from deepyeast.constants import CLASS_NAMES, TRANSFER_CLASS_NAMES
-from deepyeast.io_utils import InputError
+from deepyeast.utils.io import InputError
 
 from _data_helpers import REPO_ROOT, SHARED_SPLITS
 
@@ -30,24 +33,24 @@ def _real(name):
 
 
 def test_protein_of():
-    assert archive.protein_of("plate01/007013000-2-626-38.png") == "plate01/007013000"
-    assert archive.protein_of("plate10/015005000-6-15188-94.png") == "plate10/015005000"
+    assert protein_of("plate01/007013000-2-626-38.png") == "plate01/007013000"
+    assert protein_of("plate10/015005000-6-15188-94.png") == "plate10/015005000"
     with pytest.raises(InputError, match="plate folder"):
-        archive.protein_of("007013000-2-626-38.png")
+        protein_of("007013000-2-626-38.png")
 
 
 # ---------------------------------------------------------------- real lists
 
 @needs_real_lists
 def test_real_lists_match_published_md5():
-    for name, md5 in archive.LIST_MD5.items():
-        assert archive.md5_of(_real(name)) == md5, name
+    for name, md5 in LIST_MD5.items():
+        assert md5_of(_real(name)) == md5, name
 
 
 @needs_real_lists
 def test_real_main_splits_integrity_and_counts():
     paths = {s: _real(f"HOwt_{s}.txt") for s in ("train", "val", "test")}
-    report, ok = archive.check_splits(paths)
+    report, ok = check_splits(paths)
     assert ok, report["errors"]
     sp = report["splits"]
     assert [sp[s]["n_cells"] for s in ("train", "val", "test")] == [65000, 12500, 12500]
@@ -59,16 +62,16 @@ def test_real_main_splits_integrity_and_counts():
         assert set(sp[s]["cells_per_class"]) == set(CLASS_NAMES)
         assert min(sp[s]["cells_per_class"].values()) > 0
     assert all(v == [] for v in report["shared_proteins"].values())
-    assert archive.read_class_doc(_real("HOwt_doc.txt")) == [n.lower() for n in CLASS_NAMES]
+    assert read_class_doc(_real("HOwt_doc.txt")) == [n.lower() for n in CLASS_NAMES]
 
 
 @needs_real_lists
 def test_real_transfer_splits():
     paths = {s: _real(f"HOwt_transfer_{s}.txt") for s in ("train", "val", "test")}
-    report, ok = archive.check_splits(paths)
+    report, ok = check_splits(paths)
     assert ok, report["errors"]
     assert report["splits"]["train"]["cells_per_class"] == {n: 1000 for n in TRANSFER_CLASS_NAMES}
-    assert archive.read_class_doc(_real("HOwt_transfer_doc.txt")) == list(TRANSFER_CLASS_NAMES)
+    assert read_class_doc(_real("HOwt_transfer_doc.txt")) == list(TRANSFER_CLASS_NAMES)
 
 
 @needs_real_lists
@@ -99,11 +102,11 @@ def test_split_list_bad_lines(tmp_path):
     p = tmp_path / "HOwt_train.txt"
     p.write_text("plate01/a-0-1-0.png 1\nplate01/a-0-1-0.png 1\n")
     with pytest.raises(InputError, match=r"HOwt_train.txt:2: duplicate entry \(first on line 1\)"):
-        archive.read_split_list(str(p))
+        read_split_list(str(p))
     p.write_text("plate01/a-0-1-0.png 1\nplate01/b-0-1-0.png 99\nbroken line here\n")
     with pytest.raises(InputError, match=r":2: label 99 outside the class table \(0..11\)"):
-        archive.read_split_list(str(p))
-    entries, rejects = archive.read_split_list(str(p), skip_bad=True)
+        read_split_list(str(p))
+    entries, rejects = read_split_list(str(p), skip_bad=True)
     assert entries == [("plate01/a-0-1-0.png", 1)]
     assert len(rejects) == 2 and "expected 'relpath label'" in rejects[1][1]
 
@@ -120,8 +123,8 @@ def test_encode_decode_roundtrip_and_pil_reads_it():
     from PIL import Image
     rng = np.random.default_rng(0)
     crop = rng.integers(0, 256, (2, 64, 64), dtype=np.uint8)
-    data = archive.encode_crop(crop)
-    assert np.array_equal(archive.decode_crop(data), crop)
+    data = encode_crop(crop)
+    assert np.array_equal(decode_crop(data), crop)
     rgb = np.asarray(Image.open(io.BytesIO(data)))
     assert rgb.shape == (64, 64, 3) and np.array_equal(rgb[..., 0], crop[0]) and not rgb[..., 2].any()
 
@@ -139,10 +142,10 @@ def test_bad_crops_are_named_with_reason(tmp_path):
     for name, (data, reason) in cases.items():
         (tmp_path / name).write_bytes(data)
         with pytest.raises(InputError) as e:
-            archive.read_crop(str(tmp_path / name))
+            read_crop(str(tmp_path / name))
         assert name in str(e.value) and reason in str(e.value)
     with pytest.raises(InputError, match="missing.png: listed file is missing"):
-        archive.read_crop(str(tmp_path / "missing.png"))
+        read_crop(str(tmp_path / "missing.png"))
 
 
 # ---------------------------------------------------------------- fetching
@@ -195,16 +198,16 @@ def test_download_resumes_with_range_and_checks_md5(server, tmp_path):
     md5 = hashlib.md5(data).hexdigest()
     dest = tmp_path / "f.bin"
     (tmp_path / "f.bin.part").write_bytes(data[:100_000])  # an interrupted earlier run
-    archive.download(url + "/f.bin", str(dest), md5)
+    download(url + "/f.bin", str(dest), md5)
     assert dest.read_bytes() == data and not (tmp_path / "f.bin.part").exists()
     assert _RangeHandler.log[-1] == ("/f.bin", "bytes=100000-")
     # present and verified: not downloaded again
     n = len(_RangeHandler.log)
-    archive.download(url + "/f.bin", str(dest), md5)
+    download(url + "/f.bin", str(dest), md5)
     assert len(_RangeHandler.log) == n
     # wrong md5: refused, nothing left under the final name
-    with pytest.raises(archive.FetchError, match="does not match the published"):
-        archive.download(url + "/f.bin", str(tmp_path / "g.bin"), "0" * 32)
+    with pytest.raises(FetchError, match="does not match the published"):
+        download(url + "/f.bin", str(tmp_path / "g.bin"), "0" * 32)
     assert not (tmp_path / "g.bin").exists() and not (tmp_path / "g.bin.part").exists()
 
 
@@ -213,8 +216,8 @@ def test_download_offline_message(tmp_path):
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()  # nothing listens here now
-    with pytest.raises(archive.FetchError, match="offline.*run the command again"):
-        archive.download(f"http://127.0.0.1:{port}/main.tar.gz", str(tmp_path / "main.tar.gz"), timeout=5)
+    with pytest.raises(FetchError, match="offline.*run the command again"):
+        download(f"http://127.0.0.1:{port}/main.tar.gz", str(tmp_path / "main.tar.gz"), timeout=5)
     assert not (tmp_path / "main.tar.gz").exists()
 
 
@@ -238,8 +241,8 @@ def test_safe_extract_refuses_escaping_members(tmp_path, bad):
     tgz = tmp_path / "a.tar.gz"
     tgz.write_bytes(_tar([("plate01/ok-0-0-0.png", b"data", "file"), bad]))
     dest = tmp_path / "dest"
-    with pytest.raises(archive.FetchError, match="outside"):
-        archive.safe_extract(str(tgz), str(dest))
+    with pytest.raises(FetchError, match="outside"):
+        safe_extract(str(tgz), str(dest))
     assert not (dest / "plate01").exists() and not (tmp_path / "evil.txt").exists()
 
 
@@ -248,26 +251,26 @@ def test_safe_extract_and_fetch_lists(server, tmp_path):
     tgz = _tar([("plate01/ok-0-0-0.png", b"data", "file"), ("HOwt_doc.txt", b"label;label_idx\n", "file")])
     _RangeHandler.files["/data/main.tar.gz"] = tgz
     md5 = hashlib.md5(tgz).hexdigest()
-    orig = dict(archive.TARBALLS)
-    archive.TARBALLS["main"] = ("data/main.tar.gz", md5)
+    orig = dict(TARBALLS)
+    TARBALLS["main"] = ("data/main.tar.gz", md5)
     try:
-        out = archive.fetch_archive(str(tmp_path / "dl"), parts=("main",), base_url=url)
+        out = fetch_archive(str(tmp_path / "dl"), parts=("main",), base_url=url)
     finally:
-        archive.TARBALLS.clear()
-        archive.TARBALLS.update(orig)
+        TARBALLS.clear()
+        TARBALLS.update(orig)
     assert (tmp_path / "dl" / "main" / "plate01" / "ok-0-0-0.png").read_bytes() == b"data"
     assert out["main"].endswith("main")
     with pytest.raises(ValueError, match="unknown part"):
-        archive.fetch_archive(str(tmp_path / "dl"), parts=("everything",), base_url=url)
+        fetch_archive(str(tmp_path / "dl"), parts=("everything",), base_url=url)
 
 
 @needs_real_lists
 def test_fetch_lists_from_a_mirror(server, tmp_path):
     _, url = server
-    for name in archive.LIST_MD5:
+    for name in LIST_MD5:
         with open(_real(name), "rb") as f:
-            _RangeHandler.files[f"/{archive.LIST_URL_DIR}/{name}"] = f.read()
+            _RangeHandler.files[f"/{LIST_URL_DIR}/{name}"] = f.read()
     out = subprocess.run([sys.executable, "data_prep/fetch_archive.py", str(tmp_path / "lists"), "--only", "lists",
                           "--base-url", url], cwd=REPO_ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert archive.md5_of(str(tmp_path / "lists" / "HOwt_test.txt")) == archive.LIST_MD5["HOwt_test.txt"]
+    assert md5_of(str(tmp_path / "lists" / "HOwt_test.txt")) == LIST_MD5["HOwt_test.txt"]

@@ -4,11 +4,12 @@ import numpy as np
 import torch
 
 from _solver_nets import BATCH, SMALL_CONV_NET, make_lmdb
-from deepyeast import caffe_pb2
-from deepyeast.cli import main
+from deepyeast.caffe import caffe_pb2
+from deepyeast.engine.cli import main
 from deepyeast.engine import Net
 from deepyeast.engine.bnstats import recompute_bn_statistics
-from deepyeast.formats import parse_prototxt, read_caffemodel
+from deepyeast.caffe.blobs import read_caffemodel
+from deepyeast.caffe.prototxt import parse_prototxt
 
 
 def _net_text(tmp_path):

@@ -8,8 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-from deepyeast.cli import key_to_path, main
-from deepyeast.formats import read_caffemodel, read_datum_lmdb
+from deepyeast.caffe.lmdb import path_of_key as key_to_path
+from deepyeast.engine.cli import main
+from deepyeast.caffe.blobs import read_caffemodel
+from deepyeast.caffe.lmdb import read_datum_lmdb
 
 from _solver_nets import CONVEX_NET, N_RECORDS, LogCapture, make_init_weights, make_lmdb, solver_param, \
     write_net, write_solver

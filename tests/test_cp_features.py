@@ -5,8 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from deepyeast import cp_features as cf
-from deepyeast.io_utils import InputError
+from deepyeast.analysis import cp_features as cf
+from deepyeast.utils.io import InputError
 
 from _cell_crops import cell_crop, write_archive
 

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from deepyeast import crops
-from deepyeast.archive import check_splits, protein_of, read_crop, read_split_list
-from deepyeast.io_utils import InputError
+from deepyeast.data import micrographs as crops
+from deepyeast.data.crop_png import read_crop
+from deepyeast.data.lists import check_splits, protein_of, read_split_list
+from deepyeast.utils.io import InputError
 
 from _data_helpers import REPO_ROOT
 
@@ -180,3 +181,150 @@ def test_assign_splits_by_protein_follows_fractions():
     assert a == crops.assign_splits(cells, labels, (0.7, 0.15, 0.15), seed=1)
     tot = {s: sum(n for p, n in cells.items() if a[p] == s) for s in ("train", "val", "test")}
     assert abs(tot["train"] / sum(cells.values()) - 0.7) < 0.03
+
+
+# --------------------------------------------------------------------------- formats labs use (issue 13)
+
+def _marker_protein(rng, centres, shape=(120, 150)):
+    img = _micrograph(rng, shape, centres)
+    return img[0], img[1]
+
+
+def test_micrograph_formats_give_the_same_two_channels(tmp_path):
+    rng = np.random.default_rng(5)
+    marker, protein = _marker_protein(rng, [(60, 70)])
+    want = np.stack([marker, protein])
+    # OME-TIFF with singleton T and Z (as microscope software writes it)
+    tifffile.imwrite(tmp_path / "a.ome.tif", want[None, :, None], ome=True, metadata={"axes": "TCZYX"})
+    # ImageJ hyperstack, 12-bit data in 16 bits, channels swapped
+    tifffile.imwrite(tmp_path / "b.tif", (want[::-1].astype(np.uint16) << 4)[None, None], imagej=True,
+                     metadata={"axes": "TZCYX"})
+    # RGB TIFF (samples axis) and a plain 2-page stack
+    tifffile.imwrite(tmp_path / "c.tif", np.dstack([marker, protein, np.zeros_like(marker)]), photometric="rgb")
+    tifffile.imwrite(tmp_path / "d.tif", want, photometric="minisblack")
+    # two single-channel files: TIFF written by PIL, 16-bit PNG
+    from PIL import Image
+    Image.fromarray(marker).save(tmp_path / "m.tif")
+    cv2.imwrite(str(tmp_path / "p.png"), protein.astype(np.uint16) << 4)
+    with tifffile.TiffFile(tmp_path / "a.ome.tif") as t:
+        assert t.is_ome and t.series[0].get_axes(False).startswith("TCZ")
+    assert np.array_equal(crops.read_micrograph(str(tmp_path / "a.ome.tif")), want)
+    assert np.array_equal(crops.read_micrograph(str(tmp_path / "b.tif"), (1, 0), bits=12), want)
+    assert np.array_equal(crops.read_micrograph(str(tmp_path / "c.tif")), want)
+    assert np.array_equal(crops.read_micrograph(str(tmp_path / "d.tif")), want)
+    assert np.array_equal(crops.read_micrograph_pair(str(tmp_path / "m.tif"), str(tmp_path / "p.png"), bits=12), want)
+
+
+def test_stacks_that_are_not_one_plane_are_refused(tmp_path):
+    rng = np.random.default_rng(6)
+    z = rng.integers(0, 255, (3, 2, 50, 60), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "z.ome.tif", z, ome=True, metadata={"axes": "ZCYX"})
+    with pytest.raises(InputError, match=r"z\.ome\.tif: TIFF has 3 Z planes .*maximum projection"):
+        crops.read_micrograph(str(tmp_path / "z.ome.tif"))
+    tifffile.imwrite(tmp_path / "t.tif", z[:, None], imagej=True, metadata={"axes": "TZCYX"})
+    with pytest.raises(InputError, match=r"t\.tif: TIFF has 3 time points"):
+        crops.read_micrograph(str(tmp_path / "t.tif"))
+    with tifffile.TiffWriter(tmp_path / "two.ome.tif", ome=True) as w:  # two positions in one file
+        w.write(z[0], metadata={"axes": "CYX"})
+        w.write(z[1], metadata={"axes": "CYX"})
+    with pytest.raises(InputError, match=r"two\.ome\.tif: TIFF holds 2 image series"):
+        crops.read_micrograph(str(tmp_path / "two.ome.tif"))
+    tifffile.imwrite(tmp_path / "one.tif", z[0, 0])
+    with pytest.raises(InputError, match=r"one\.tif: single-channel image; need two channels"):
+        crops.read_micrograph(str(tmp_path / "one.tif"))
+    with pytest.raises(InputError, match=r"z\.ome\.tif.*marker image must be a single-channel image"):
+        tifffile.imwrite(tmp_path / "z.ome.tif", z[0], ome=True, metadata={"axes": "CYX"})
+        crops.read_micrograph_pair(str(tmp_path / "z.ome.tif"), str(tmp_path / "one.tif"))
+
+
+def test_bits_never_saturate_silently():
+    twelve = np.array([[[0, 4095]], [[16, 100]]], np.uint16)
+    with pytest.raises(InputError, match=r"x: 16-bit image \(max value 4095, so --bits 12 or more\)"):
+        crops.to_two_channel(twelve, "x")
+    with pytest.raises(InputError, match=r"x: values up to 4095 do not fit --bits 8 \(max 255\).*pass --bits 12"):
+        crops.to_two_channel(twelve, "x", bits=8)
+    with pytest.raises(InputError, match=r"--bits 10 \(max 1023\)"):
+        crops.to_two_channel(twelve, "x", bits=10)
+    assert crops.to_two_channel(twelve, "x", bits=12).tolist() == [[[0, 255]], [[1, 6]]]
+    assert crops.to_two_channel(twelve, "x", bits=16).tolist() == [[[0, 15]], [[0, 0]]]
+    eight = twelve.astype(np.uint8)
+    assert np.array_equal(crops.to_two_channel(eight, "x", bits=12), eight)  # bits apply to 16-bit data only
+
+
+def test_crop_centre_outside_the_image_is_refused():
+    img = np.zeros((2, 100, 80), np.uint8)
+    with pytest.raises(InputError, match=r"centre 1 \(x=80, y=10\) lies outside the 80x100 image"):
+        crops.crop_cells(img, np.array([[50, 40], [10, 80]], float))
+    with pytest.raises(InputError, match="outside"):
+        crops.crop_cells(img, np.array([[-0.6, 40]]))
+    out, kept, padded = crops.crop_cells(img, np.array([[-0.4, 79.4]]))  # rounds onto the corner pixel
+    assert list(kept) == [0] and list(padded) == [True]
+
+
+def _pair_screen(tmp_path, rng):
+    """Two proteins, 3 micrographs as marker/protein file pairs; centres in CellProfiler's layout."""
+    cs = [(40, 50), (80, 100)]
+    names = []
+    for i in range(3):
+        m, p = _marker_protein(rng, cs)
+        tifffile.imwrite(tmp_path / f"f{i}_mcherry.tif", m)
+        tifffile.imwrite(tmp_path / f"f{i}_gfp.tif", p)
+        names.append((f"f{i}_mcherry.tif", f"f{i}_gfp.tif"))
+    (tmp_path / "images.csv").write_text(
+        "marker_image,protein_image,plate,protein,label\n"
+        f"{names[0][0]},{names[0][1]},1,001001000,nucleus\n"
+        f"{names[1][0]},{names[1][1]},1,001001000,Nucleus\n"
+        f"{names[2][0]},{names[2][1]},1,001002000,ER\n")
+    # CellProfiler ExportToSpreadsheet, per-object table: ImageNumber = row of the images table
+    lines = ["ImageNumber,ObjectNumber,Cells_Location_Center_X,Cells_Location_Center_Y,Cells_AreaShape_Area"]
+    lines += [f"{i + 1},{k + 1},{x},{y},300" for i in range(3) for k, (y, x) in enumerate(cs)]
+    (tmp_path / "Cells.csv").write_text("\n".join(lines) + "\n")
+    return cs
+
+
+def test_pair_files_cellprofiler_centres_and_class_names(tmp_path):
+    rng = np.random.default_rng(7)
+    _pair_screen(tmp_path, rng)
+    s = crops.crop_screen(str(tmp_path / "images.csv"), str(tmp_path / "out"), centres_csv=str(tmp_path / "Cells.csv"))
+    assert s["n_crops"] == 6 and s["n_rejected"] == 0 and s["images_without_cells"] == []
+    with open(tmp_path / "out" / "crops.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["label"], r["class"]) for r in rows] == [("8", "nucleus")] * 4 + [("3", "ER")] * 2
+    assert [r["image"] for r in rows[::2]] == ["f0_mcherry.tif", "f1_mcherry.tif", "f2_mcherry.tif"]
+    assert [int(r["cell"]) for r in rows] == [1, 2] * 3
+    for r in rows:
+        c = read_crop(str(tmp_path / "out" / r["path"]))
+        assert c[0, 32, 32] >= 200 and c[1, 32, 32] >= 254
+    # the same centres with our column names give the same crops
+    lines = (tmp_path / "Cells.csv").read_text().splitlines()
+    ours = ["image,cell,x,y"] + [f"f{int(l.split(',')[0]) - 1}_mcherry.tif,{','.join(l.split(',')[1:4])}"
+                                 for l in lines[1:]]
+    (tmp_path / "xy.csv").write_text("\n".join(ours) + "\n")
+    crops.crop_screen(str(tmp_path / "images.csv"), str(tmp_path / "out2"), centres_csv=str(tmp_path / "xy.csv"))
+    assert (tmp_path / "out2" / "crops.csv").read_text() == (tmp_path / "out" / "crops.csv").read_text()
+
+
+def test_screen_bad_input_named_by_file_and_row(tmp_path):
+    rng = np.random.default_rng(8)
+    _pair_screen(tmp_path, rng)
+    images, centres = tmp_path / "images.csv", tmp_path / "Cells.csv"
+    # channels of different sizes; a centre outside its image; a protein whose only image has no cells
+    tifffile.imwrite(tmp_path / "f1_gfp.tif", np.zeros((60, 150), np.uint8))
+    text = centres.read_text().replace("1,2,100,80,", "1,2,100,180,")
+    text = "\n".join(l for l in text.splitlines() if not l.startswith("3,")) + "\n"
+    centres.write_text(text)
+    cmd = [sys.executable, "data_prep/crop_cells.py", str(images), str(tmp_path / "out"), "--centres", str(centres)]
+    r = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "Cells.csv:3: centre x=100, y=180 lies outside" in r.stderr and "f0_mcherry.tif (150x120)" in r.stderr
+    r = subprocess.run(cmd + ["--skip-bad"], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    import json
+    s = json.loads(r.stdout)
+    assert s["n_crops"] == 1 and s["n_rejected"] == 3
+    assert s["images_without_cells"] == [f"{images}:4"]
+    rejects = (tmp_path / "out" / "rejects.txt").read_text().splitlines()
+    assert rejects[0].startswith(f"{centres}:3\t") and "lies outside" in rejects[0]
+    assert rejects[1].startswith(f"{images}:3\t") and "f1_gfp.tif: protein image is 150x60 but marker image" \
+        in rejects[1]
+    assert rejects[2].startswith(f"{images}:4\t") and "protein plate01/001002000 has no cells" in rejects[2]

@@ -9,11 +9,13 @@ import sys
 import numpy as np
 import pytest
 
-from deepyeast import dataset
-from deepyeast.archive import read_crop, read_split_list
+from deepyeast.data import lmdb_bundle as dataset
+from deepyeast.data.crop_png import read_crop
+from deepyeast.data.lists import read_split_list
 from deepyeast.constants import CLASS_NAMES
-from deepyeast.formats import iter_datum_lmdb, read_datum_lmdb, read_mean_binaryproto
-from deepyeast.io_utils import InputError
+from deepyeast.caffe.blobs import read_mean_binaryproto
+from deepyeast.caffe.lmdb import iter_datum_lmdb, read_datum_lmdb
+from deepyeast.utils.io import InputError
 
 from _data_helpers import REPO_ROOT, tiny_screen
 

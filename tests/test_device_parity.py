@@ -15,7 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from deepyeast import caffe_pb2, formats
+from deepyeast.caffe import caffe_pb2
+from deepyeast.caffe.blobs import compute_mean, write_mean_binaryproto
+from deepyeast.caffe.lmdb import write_datum_lmdb
+from deepyeast.caffe.prototxt import read_prototxt, write_prototxt
 from deepyeast.engine import Net
 from deepyeast.engine.fold import deploy_net
 from deepyeast.engine.solver import Solver
@@ -118,23 +121,23 @@ def lmdb_bundle(tmp_path_factory):
     rng = np.random.default_rng(2)
     images = rng.integers(0, 256, size=(40, 2, 64, 64), dtype=np.uint8)
     for split in ("train", "val"):
-        formats.write_datum_lmdb(d / f"{split}_lmdb", [(f"c{i:03d}", images[i], i % 12) for i in range(40)],
+        write_datum_lmdb(d / f"{split}_lmdb", [(f"c{i:03d}", images[i], i % 12) for i in range(40)],
                                  shuffle=False)
-    formats.write_mean_binaryproto(d / "mean.binaryproto", formats.compute_mean(images))
-    proto = formats.read_prototxt(os.path.join(MODELS, "train_val.prototxt"), caffe_pb2.NetParameter)
+    write_mean_binaryproto(d / "mean.binaryproto", compute_mean(images))
+    proto = read_prototxt(os.path.join(MODELS, "train_val.prototxt"), caffe_pb2.NetParameter)
     for lp in proto.layer:
         if lp.type == "Data":
             train = lp.include[0].phase == caffe_pb2.TRAIN
             lp.data_param.source = str(d / ("train_lmdb" if train else "val_lmdb"))
             lp.data_param.batch_size = 8
             lp.transform_param.mean_file = str(d / "mean.binaryproto")
-    formats.write_prototxt(d / "train_val.prototxt", proto)
+    write_prototxt(d / "train_val.prototxt", proto)
     return d
 
 
 def test_data_layer_batches_are_identical(lmdb_bundle):
     """The whole LMDB on the device, mean subtracted there: the same batches, bit for bit."""
-    proto = formats.read_prototxt(lmdb_bundle / "train_val.prototxt", caffe_pb2.NetParameter)
+    proto = read_prototxt(lmdb_bundle / "train_val.prototxt", caffe_pb2.NetParameter)
     for phase in ("TRAIN", "TEST"):
         ref, net = plain(proto, phase, seed=0), fast(proto, phase, seed=0)
         assert net.layers[0].images.device.type == torch.device(DEVICE).type  # resident on the device
@@ -148,7 +151,7 @@ def test_solver_iterations_match_the_plain_path(lmdb_bundle):
     """The paper's solver (lr 0.1, momentum 0.9, weight decay) on the device: the same first loss, the
     same first update up to the gradients' float32 error (direction and size of every blob's change),
     and finite losses for the next iterations (the two float32 trajectories then drift apart)."""
-    param = formats.read_prototxt(os.path.join(MODELS, "solver.prototxt"), caffe_pb2.SolverParameter)
+    param = read_prototxt(os.path.join(MODELS, "solver.prototxt"), caffe_pb2.SolverParameter)
     param.net = str(lmdb_bundle / "train_val.prototxt")
     param.test_interval = 0
     param.display = 0

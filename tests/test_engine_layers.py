@@ -10,17 +10,20 @@ import numpy as np
 import pytest
 import torch
 
-from deepyeast import caffe_pb2, formats
+from deepyeast.caffe import caffe_pb2
+from deepyeast.caffe.blobs import compute_mean, read_caffemodel, write_mean_binaryproto
+from deepyeast.caffe.lmdb import write_datum_lmdb
+from deepyeast.caffe.prototxt import parse_prototxt, read_prototxt
 from deepyeast.engine import Net
 from deepyeast.engine.fillers import caffe_fans, fill
-from deepyeast.io_utils import InputError
+from deepyeast.utils.io import InputError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = os.path.join(REPO, "models", "deepyeast")
 
 
 def net_from(text):
-    return formats.parse_prototxt(text, caffe_pb2.NetParameter)
+    return parse_prototxt(text, caffe_pb2.NetParameter)
 
 
 def input_layer(shapes, tops):
@@ -368,10 +371,10 @@ def make_lmdb(tmp_path, n=7, shape=(2, 6, 5)):
     rng = np.random.default_rng(5)
     images = rng.integers(0, 256, size=(n,) + shape, dtype=np.uint8)
     labels = np.arange(n) % 4
-    formats.write_datum_lmdb(tmp_path / "db", [(f"r{i}", images[i], int(labels[i])) for i in range(n)],
+    write_datum_lmdb(tmp_path / "db", [(f"r{i}", images[i], int(labels[i])) for i in range(n)],
                              shuffle=False)
-    mean = formats.compute_mean(images)
-    formats.write_mean_binaryproto(tmp_path / "mean.binaryproto", mean)
+    mean = compute_mean(images)
+    write_mean_binaryproto(tmp_path / "mean.binaryproto", mean)
     return images, labels, mean
 
 
@@ -440,7 +443,7 @@ def test_caffemodel_roundtrip_and_weight_sharing(tmp_path):
     x = torch.randn(2, 2, 8, 8)
     a(x=x)  # updates BatchNorm statistics
     a.save_caffemodel(tmp_path / "a.caffemodel")
-    saved = formats.read_caffemodel(tmp_path / "a.caffemodel")
+    saved = read_caffemodel(tmp_path / "a.caffemodel")
     assert list(saved) == ["c", "bn", "fc"] and saved["c"][0].shape == (3, 2, 3, 3)
     b = Net(net_from(text), phase="TEST", seed=99)
     assert b.load_caffemodel(tmp_path / "a.caffemodel") == ["c", "bn", "fc"]
@@ -457,10 +460,10 @@ def test_deepyeast_train_val_builds_and_trains_one_step(tmp_path):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(6, 2, 64, 64), dtype=np.uint8)
     for split in ("train", "val"):
-        formats.write_datum_lmdb(tmp_path / f"data/deepyeast/{split}_lmdb",
+        write_datum_lmdb(tmp_path / f"data/deepyeast/{split}_lmdb",
                                  [(f"c{i}", images[i], i % 12) for i in range(6)], shuffle=False)
-    formats.write_mean_binaryproto(tmp_path / "data/deepyeast/mean.binaryproto", formats.compute_mean(images))
-    proto = formats.read_prototxt(os.path.join(MODELS, "train_val.prototxt"), caffe_pb2.NetParameter)
+    write_mean_binaryproto(tmp_path / "data/deepyeast/mean.binaryproto", compute_mean(images))
+    proto = read_prototxt(os.path.join(MODELS, "train_val.prototxt"), caffe_pb2.NetParameter)
     for lp in proto.layer:
         if lp.type == "Data":
             lp.data_param.batch_size = 4

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from deepyeast import caffe_pb2, caffe_root, formats
+from deepyeast.caffe import caffe_pb2, root as caffe_root
+from deepyeast.caffe.prototxt import parse_prototxt
 from deepyeast.engine import Net
-from deepyeast.engine.layers import FLT_MIN
+from deepyeast.engine.layers.base import FLT_MIN
 
 FLOOR = -math.log(FLT_MIN)  # 87.33654...
 
@@ -77,7 +78,7 @@ def _inputs(n=4, seed=0):
 
 
 def _ours(proto_text, x, label, weight, scale):
-    net = Net(formats.parse_prototxt(proto_text, caffe_pb2.NetParameter), phase="TRAIN", seed=0)
+    net = Net(parse_prototxt(proto_text, caffe_pb2.NetParameter), phase="TRAIN", seed=0)
     layer = net.layer("score")
     with torch.no_grad():
         layer.blobs[0].copy_(torch.from_numpy(weight) * np.float32(scale))
@@ -116,7 +117,7 @@ def test_loss_is_finite_and_caffes_when_probabilities_are_exactly_one():
 
 def test_probability_top_gets_no_gradient_as_in_caffe():
     text = NET.format(n=2, loss_param="").replace('top: "loss"', 'top: "loss" top: "prob"')
-    net = Net(formats.parse_prototxt(text, caffe_pb2.NetParameter), phase="TRAIN", seed=0)
+    net = Net(parse_prototxt(text, caffe_pb2.NetParameter), phase="TRAIN", seed=0)
     x, label, _ = _inputs(2)
     net.forward(x=x, label=label)
     assert not net.blobs["prob"].requires_grad

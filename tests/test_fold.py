@@ -11,14 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from deepyeast import caffe_pb2, caffe_root, formats
+from deepyeast.caffe import caffe_pb2, root as caffe_root
+from deepyeast.caffe.blobs import write_caffemodel
+from deepyeast.caffe.prototxt import parse_prototxt, read_prototxt
 from deepyeast.engine import Net
 from deepyeast.engine.fold import deploy_net, fold_batchnorm, fold_files
-from deepyeast.io_utils import InputError
+from deepyeast.utils.io import InputError
 
 from _deploy import DEPLOY, MODELS, REPO, cells, deploy_weights, rel_err
 
-FORWARD = os.path.join(REPO, "deepyeast", "pycaffe_forward.py")
+FORWARD = os.path.join(REPO, "deepyeast", "caffe", "pycaffe_forward.py")
 BLOBS = ["conv1", "conv2", "pool1", "conv4", "conv8", "pool3", "fc1", "fc2", "fc3", "prob"]
 
 
@@ -34,7 +36,7 @@ def weights():
 
 
 def test_folded_deploy_net_equals_unfolded_within_1e5(weights):
-    param = formats.read_prototxt(DEPLOY, caffe_pb2.NetParameter)
+    param = read_prototxt(DEPLOY, caffe_pb2.NetParameter)
     folded, fw, chains = fold_batchnorm(param, weights)
     assert len(chains) == 10 and all(len(c) == 3 for c in chains)
     types = [lp.type for lp in folded.layer]
@@ -70,7 +72,7 @@ def test_bf16_inference_keeps_float32_probabilities_and_close_values(weights):
 
 
 def _chain_net(extra=""):
-    return formats.parse_prototxt("""
+    return parse_prototxt("""
         layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 3 dim: 2 dim: 5 dim: 5 } } }
         layer { name: "c" type: "Convolution" bottom: "x" top: "c"
                 convolution_param { num_output: 4 kernel_size: 3 bias_term: false weight_filler { type: "xavier" } } }
@@ -162,7 +164,7 @@ def test_real_caffe_runs_the_folded_files_and_agrees(tmp_path, weights):
     """fold_files writes a prototxt + .caffemodel that pycaffe loads; its blobs equal the unfolded
     net's (real Caffe on the original files) within 1e-5."""
     w = tmp_path / "w.caffemodel"
-    formats.write_caffemodel(w, weights, layer_types={})
+    write_caffemodel(w, weights, layer_types={})
     chains = fold_files(DEPLOY, w, tmp_path / "folded.prototxt", tmp_path / "folded.caffemodel")
     assert len(chains) == 10
     x = cells(4)
@@ -187,7 +189,7 @@ def test_real_caffe_runs_the_folded_files_and_agrees(tmp_path, weights):
 def test_flop_count_follows_caffes_backward_rules():
     """lr_mult 0 -> no weight gradient; a bottom that needs no backward (data through frozen layers)
     or propagate_down false -> no input gradient."""
-    net = Net(formats.parse_prototxt("""
+    net = Net(parse_prototxt("""
         layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 8 dim: 8 } } }
         layer { name: "a" type: "Convolution" bottom: "x" top: "a" param { lr_mult: 0 } param { lr_mult: 0 }
                 convolution_param { num_output: 4 kernel_size: 3 group: 1 } }
@@ -205,7 +207,7 @@ def test_flop_count_follows_caffes_backward_rules():
 def test_product_and_in_place_relu_run_as_one_step_with_the_same_gradients():
     """A Convolution / InnerProduct followed by an in-place ReLU (what a folded net is made of) is one
     step that rectifies the product's fresh output in place; values and gradients are unchanged."""
-    param = formats.parse_prototxt("""
+    param = parse_prototxt("""
         layer { name: "in" type: "Input" top: "x" top: "label"
                 input_param { shape { dim: 4 dim: 3 dim: 6 dim: 6 } shape { dim: 4 } } }
         layer { name: "c" type: "Convolution" bottom: "x" top: "c"

@@ -6,9 +6,15 @@ import os
 import numpy as np
 import pytest
 
-from deepyeast import caffe_pb2, formats, netshape
+from deepyeast.caffe import caffe_pb2
+from deepyeast.caffe.blobs import (check_mean_shape, compute_mean, read_caffemodel, read_mean_binaryproto,
+                                   read_solverstate, write_caffemodel, write_mean_binaryproto,
+                                   write_solverstate)
+from deepyeast.caffe.lmdb import count_datum_lmdb, read_datum_lmdb, write_datum_lmdb
+from deepyeast.caffe.prototxt import read_prototxt, write_prototxt
+from deepyeast.engine import Net
 from deepyeast.constants import IMAGE_SIZE, N_CHANNELS
-from deepyeast.io_utils import InputError
+from deepyeast.utils.io import InputError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = os.path.join(REPO, "models", "deepyeast")
@@ -43,7 +49,7 @@ def test_unknown_field_names_file_line_column_and_layer(tmp_path):
     path = tmp_path / "typo.prototxt"
     path.write_text(NET_WITH_TYPO)
     with pytest.raises(InputError) as err:
-        formats.read_prototxt(path, caffe_pb2.NetParameter)
+        read_prototxt(path, caffe_pb2.NetParameter)
     msg = str(err.value)
     col = NET_WITH_TYPO.splitlines()[12].index("num_ouptut") + 1
     assert msg.startswith(f"{path}:13:{col}:"), msg
@@ -54,7 +60,7 @@ def test_syntax_error_names_file_line_column(tmp_path):
     path = tmp_path / "broken.prototxt"
     path.write_text('name: "n"\nlayer {\n  name: "a"\n  type: "ReLU"\n  bottom: "x" top: "x"\n  relu_param { negative_slope: oops }\n}\n')
     with pytest.raises(InputError) as err:
-        formats.read_prototxt(path, caffe_pb2.NetParameter)
+        read_prototxt(path, caffe_pb2.NetParameter)
     msg = str(err.value)
     assert msg.startswith(f"{path}:6:"), msg
     assert 'layer "a"' in msg
@@ -64,30 +70,30 @@ def test_unknown_layer_type_names_the_layer(tmp_path):
     path = tmp_path / "badtype.prototxt"
     path.write_text(NET_WITH_TYPO.replace("num_ouptut", "num_output").replace('"Convolution"', '"Convolutoin"'))
     with pytest.raises(InputError) as err:
-        formats.read_prototxt(path, caffe_pb2.NetParameter)
+        read_prototxt(path, caffe_pb2.NetParameter)
     msg = str(err.value)
     assert str(path) in msg and 'layer "conv1"' in msg and "Convolutoin" in msg
 
 
 def test_missing_prototxt_names_file(tmp_path):
     with pytest.raises(InputError, match="nope.prototxt"):
-        formats.read_prototxt(tmp_path / "nope.prototxt", caffe_pb2.SolverParameter)
+        read_prototxt(tmp_path / "nope.prototxt", caffe_pb2.SolverParameter)
 
 
 def test_prototxt_round_trip(tmp_path):
-    net = formats.read_prototxt(os.path.join(MODELS, "train_val.prototxt"), caffe_pb2.NetParameter)
+    net = read_prototxt(os.path.join(MODELS, "train_val.prototxt"), caffe_pb2.NetParameter)
     out = tmp_path / "copy.prototxt"
-    formats.write_prototxt(out, net)
-    assert formats.read_prototxt(out, caffe_pb2.NetParameter) == net
+    write_prototxt(out, net)
+    assert read_prototxt(out, caffe_pb2.NetParameter) == net
 
 
 # ---------------------------------------------------------------- LMDB
 
 def test_lmdb_round_trip_shuffled_like_convert_imageset(tmp_path):
     items = _images(25)
-    n = formats.write_datum_lmdb(tmp_path / "db", items, shuffle=True, seed=3)
+    n = write_datum_lmdb(tmp_path / "db", items, shuffle=True, seed=3)
     assert n == 25
-    images, labels, keys = formats.read_datum_lmdb(tmp_path / "db")
+    images, labels, keys = read_datum_lmdb(tmp_path / "db")
     assert images.dtype == np.uint8 and images.shape == (25, 2, 8, 8)
     assert keys == sorted(keys)
     assert [k[:9] for k in keys] == [f"{i:08d}_" for i in range(25)]
@@ -98,20 +104,20 @@ def test_lmdb_round_trip_shuffled_like_convert_imageset(tmp_path):
         np.testing.assert_array_equal(img, by_name[key][0])
         assert lab == by_name[key][1]
     # same seed, same order
-    formats.write_datum_lmdb(tmp_path / "db2", items, shuffle=True, seed=3)
-    assert formats.read_datum_lmdb(tmp_path / "db2")[2] == keys
+    write_datum_lmdb(tmp_path / "db2", items, shuffle=True, seed=3)
+    assert read_datum_lmdb(tmp_path / "db2")[2] == keys
 
 
 def test_lmdb_grows_map_size(tmp_path):
     items = _images(40, shape=(2, 64, 64))
-    formats.write_datum_lmdb(tmp_path / "db", items, shuffle=False, map_size=1 << 16)
-    assert formats.count_datum_lmdb(tmp_path / "db") == 40
+    write_datum_lmdb(tmp_path / "db", items, shuffle=False, map_size=1 << 16)
+    assert count_datum_lmdb(tmp_path / "db") == 40
 
 
 def test_lmdb_shape_mismatch_names_both_shapes(tmp_path):
     items = _images(3) + [("plate01/odd-1-1-1.png", np.zeros((2, 9, 8), np.uint8), 0)]
     with pytest.raises(InputError) as err:
-        formats.write_datum_lmdb(tmp_path / "db", items, shuffle=False)
+        write_datum_lmdb(tmp_path / "db", items, shuffle=False)
     msg = str(err.value)
     assert "(2, 9, 8)" in msg and "(2, 8, 8)" in msg and "odd-1-1-1.png" in msg
     assert not os.path.exists(tmp_path / "db")
@@ -123,33 +129,33 @@ def test_interrupted_lmdb_write_leaves_nothing_at_final_path(tmp_path):
         raise KeyboardInterrupt  # like Ctrl-C in the middle of a long write
 
     with pytest.raises(KeyboardInterrupt):
-        formats.write_datum_lmdb(tmp_path / "db", items(), shuffle=False)
+        write_datum_lmdb(tmp_path / "db", items(), shuffle=False)
     assert os.listdir(tmp_path) == []
 
 
 def test_interrupted_lmdb_rewrite_keeps_the_old_database(tmp_path):
-    formats.write_datum_lmdb(tmp_path / "db", _images(4), shuffle=False)
+    write_datum_lmdb(tmp_path / "db", _images(4), shuffle=False)
 
     def items():
         yield from _images(2, seed=9)
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError):
-        formats.write_datum_lmdb(tmp_path / "db", items(), shuffle=False)
+        write_datum_lmdb(tmp_path / "db", items(), shuffle=False)
     assert os.listdir(tmp_path) == ["db"]
-    assert formats.count_datum_lmdb(tmp_path / "db") == 4
+    assert count_datum_lmdb(tmp_path / "db") == 4
 
 
 # ---------------------------------------------------------------- mean image
 
 def test_mean_round_trip_and_value(tmp_path):
     items = _images(7, shape=DATA_SHAPE)
-    mean = formats.compute_mean(img for _, img, _ in items)
+    mean = compute_mean(img for _, img, _ in items)
     expected = np.mean([img.astype(np.float64) for _, img, _ in items], axis=0)
     np.testing.assert_allclose(mean, expected, rtol=1e-6)
     assert mean.dtype == np.float32 and mean.shape == DATA_SHAPE
-    formats.write_mean_binaryproto(tmp_path / "mean.binaryproto", mean)
-    back = formats.read_mean_binaryproto(tmp_path / "mean.binaryproto")
+    write_mean_binaryproto(tmp_path / "mean.binaryproto", mean)
+    back = read_mean_binaryproto(tmp_path / "mean.binaryproto")
     np.testing.assert_array_equal(back, mean)
     blob = caffe_pb2.BlobProto.FromString((tmp_path / "mean.binaryproto").read_bytes())
     assert (blob.num, blob.channels, blob.height, blob.width) == (1,) + DATA_SHAPE
@@ -157,17 +163,17 @@ def test_mean_round_trip_and_value(tmp_path):
 
 def test_mean_shape_mismatch_names_both_shapes():
     with pytest.raises(InputError) as err:
-        formats.check_mean_shape(np.zeros((3, 64, 64), np.float32), (2, 64, 64), source="mean.binaryproto")
+        check_mean_shape(np.zeros((3, 64, 64), np.float32), (2, 64, 64), source="mean.binaryproto")
     msg = str(err.value)
     assert "mean.binaryproto" in msg and "(3, 64, 64)" in msg and "(2, 64, 64)" in msg
-    formats.check_mean_shape(np.zeros((2, 64, 64), np.float32), (2, 64, 64))
+    check_mean_shape(np.zeros((2, 64, 64), np.float32), (2, 64, 64))
 
 
 def test_bad_mean_file_is_named(tmp_path):
     bad = tmp_path / "mean.binaryproto"
     bad.write_bytes(b"\xff\xff\xff not a blob")
     with pytest.raises(InputError, match="mean.binaryproto"):
-        formats.read_mean_binaryproto(bad)
+        read_mean_binaryproto(bad)
 
 
 # ---------------------------------------------------------------- caffemodel, solverstate
@@ -177,9 +183,9 @@ def test_caffemodel_round_trip(tmp_path):
     params = {"conv1": [rng.normal(size=(4, 2, 3, 3)).astype(np.float32), rng.normal(size=4).astype(np.float32)],
               "conv1_bn": [rng.normal(size=4).astype(np.float32), rng.random(4).astype(np.float32),
                            np.array([0.9], np.float32)]}
-    formats.write_caffemodel(tmp_path / "w.caffemodel", params, net_name="t",
+    write_caffemodel(tmp_path / "w.caffemodel", params, net_name="t",
                              layer_types={"conv1": "Convolution", "conv1_bn": "BatchNorm"})
-    back, types = formats.read_caffemodel(tmp_path / "w.caffemodel", with_types=True)
+    back, types = read_caffemodel(tmp_path / "w.caffemodel", with_types=True)
     assert list(back) == ["conv1", "conv1_bn"] and types == {"conv1": "Convolution", "conv1_bn": "BatchNorm"}
     for name in params:
         for a, b in zip(params[name], back[name]):
@@ -189,8 +195,8 @@ def test_caffemodel_round_trip(tmp_path):
 
 def test_solverstate_round_trip(tmp_path):
     hist = [np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(3, np.float32)]
-    formats.write_solverstate(tmp_path / "s.solverstate", 42, hist, learned_net="x.caffemodel", current_step=2)
-    st = formats.read_solverstate(tmp_path / "s.solverstate")
+    write_solverstate(tmp_path / "s.solverstate", 42, hist, learned_net="x.caffemodel", current_step=2)
+    st = read_solverstate(tmp_path / "s.solverstate")
     assert st["iter"] == 42 and st["current_step"] == 2 and st["learned_net"] == "x.caffemodel"
     for a, b in zip(hist, st["history"]):
         np.testing.assert_array_equal(a, b)
@@ -210,30 +216,30 @@ def _hand_count():
 
 @pytest.mark.parametrize("name", ["train_val", "deploy"])
 def test_model_prototxts_have_10_99_million_learnable_parameters(name):
-    net = formats.read_prototxt(os.path.join(MODELS, f"{name}.prototxt"), caffe_pb2.NetParameter)
+    net = read_prototxt(os.path.join(MODELS, f"{name}.prototxt"), caffe_pb2.NetParameter)
     for phase in ("TRAIN", "TEST"):
-        n = netshape.count_learnable(net, phase, DATA_SHAPE)
+        n = Net.for_shapes(net, phase, data_shape=DATA_SHAPE).count_learnable()
         assert n == _hand_count()
         assert round(n / 1e6, 2) == 10.99
 
 
 def test_deploy_and_train_val_share_parameter_shapes():
-    tv = formats.read_prototxt(os.path.join(MODELS, "train_val.prototxt"), caffe_pb2.NetParameter)
-    dp = formats.read_prototxt(os.path.join(MODELS, "deploy.prototxt"), caffe_pb2.NetParameter)
-    shapes = lambda net: {s.name: s.param_shapes for s in netshape.infer_shapes(net, "TEST", DATA_SHAPE)
-                          if s.param_shapes}
+    tv = read_prototxt(os.path.join(MODELS, "train_val.prototxt"), caffe_pb2.NetParameter)
+    dp = read_prototxt(os.path.join(MODELS, "deploy.prototxt"), caffe_pb2.NetParameter)
+    shapes = lambda net: {name: shapes for name, shapes in
+                          Net.for_shapes(net, "TEST", data_shape=DATA_SHAPE).param_shapes().items() if shapes}
     assert shapes(tv) == shapes(dp)
     names = list(shapes(dp))
     for i in range(1, 9):
         assert {f"conv{i}", f"conv{i}_bn", f"conv{i}_scale"} <= set(names)
     assert {"fc1", "fc1_bn", "fc1_scale", "fc2", "fc2_bn", "fc2_scale", "fc3"} <= set(names)
-    last = netshape.infer_shapes(dp, "TEST")[-1]
+    last = Net.for_shapes(dp, "TEST").layers[-1]
     assert last.name == "prob" and last.top_shapes[0][1] == 12
 
 
 def test_solvers_parse_and_point_at_train_val():
     for name in ("solver", "solver_cpu"):
-        s = formats.read_prototxt(os.path.join(MODELS, f"{name}.prototxt"), caffe_pb2.SolverParameter)
+        s = read_prototxt(os.path.join(MODELS, f"{name}.prototxt"), caffe_pb2.SolverParameter)
         assert s.net == "models/deepyeast/train_val.prototxt"
         assert os.path.isfile(os.path.join(REPO, s.net))
         assert s.momentum == pytest.approx(0.9) and s.weight_decay == pytest.approx(5e-4)

@@ -1,4 +1,4 @@
-"""Tests of deepyeast.interpret: layer geometry, MI, correlations, patches, the whole Figure 3 run."""
+"""Tests of deepyeast.analysis.interpret and features: layer geometry, MI, correlations, patches, the whole Figure 3 run."""
 
 import csv
 import json
@@ -11,11 +11,14 @@ import numpy as np
 import pytest
 
 from deepyeast import constants
-from deepyeast.interpret import (GEOMETRY, DEEPYEAST_LAYERS, class_entropy, cut_patch, layer_features, load_blob,
-                                 match_paths, mutual_information_per_neuron, neuron_outputs, quantile_bins,
-                                 read_label_lists, read_label_table, receptive_field_box, run_interpretation,
-                                 strongest_correlations, top_activating_units)
-from deepyeast.io_utils import InputError
+from deepyeast.analysis.features import (GEOMETRY, layer_features, load_blob, match_paths, read_label_lists,
+                                         read_label_table)
+from deepyeast.analysis.interpret import run_interpretation
+from deepyeast.analysis.interpret.neurons import (class_entropy, mutual_information_per_neuron, neuron_outputs,
+                                                  quantile_bins, strongest_correlations)
+from deepyeast.analysis.interpret.patches import cut_patch, receptive_field_box, top_activating_units
+from deepyeast.engine import Net
+from deepyeast.utils.io import InputError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,12 +34,34 @@ def test_blob_shapes_follow_the_architecture():
     assert GEOMETRY["fc1"].size == 512 and GEOMETRY["fc3"].size == constants.N_CLASSES
 
 
+def _spatial_layers(deploy=os.path.join(REPO, "models", "deepyeast", "deploy.prototxt")):
+    """(name, kind, kernel, stride, pad) of the deploy net's spatial layers, from the engine's layers."""
+    out = []
+    for layer in Net.for_shapes(deploy).layers:
+        if layer.caffe_type in ("Convolution", "Pooling"):
+            out.append((layer.name, "conv" if layer.caffe_type == "Convolution" else "pool", layer.kernel[0],
+                        layer.stride[0], layer.pad[0]))
+        elif layer.caffe_type == "InnerProduct":
+            break
+    return out
+
+
 def test_layer_table_matches_the_deploy_prototxt():
-    from deepyeast.interpret import layers_from_prototxt
+    from deepyeast.caffe import caffe_pb2
+    from deepyeast.caffe.prototxt import read_prototxt
     deploy = os.path.join(REPO, "models", "deepyeast", "deploy.prototxt")
     if not os.path.exists(deploy):
         pytest.skip("models/deepyeast/deploy.prototxt not present")
-    assert layers_from_prototxt(deploy) == DEEPYEAST_LAYERS
+    table = []
+    for layer in read_prototxt(deploy, caffe_pb2.NetParameter).layer:
+        if layer.type == "Convolution":
+            p = layer.convolution_param
+            table.append((layer.name, "conv", p.kernel_size[0], p.stride[0] if p.stride else 1, p.pad[0] if p.pad else 0))
+        elif layer.type == "Pooling":
+            p = layer.pooling_param
+            table.append((layer.name, "pool", p.kernel_size, p.stride, p.pad))
+    assert _spatial_layers(deploy) == table
+    assert {b: GEOMETRY[b].kind for b, *_ in table} == {b: k for b, k, *_ in table}
 
 
 def test_receptive_fields_by_hand():
@@ -56,15 +81,13 @@ def test_receptive_fields_match_gradients_of_a_real_net():
     """Input pixels that influence a unit (gradient support) == the computed box, clipped."""
     torch = pytest.importorskip("torch")
     layers, modules = [], []
-    for name, kind, k, stride, pad, _ in DEEPYEAST_LAYERS:
+    for name, kind, k, stride, pad in _spatial_layers():
         if kind == "conv":
             conv = torch.nn.Conv2d(1, 1, k, stride, pad, bias=False)
             torch.nn.init.ones_(conv.weight)
             modules.append(conv)
         elif kind == "pool":
             modules.append(torch.nn.AvgPool2d(k, stride))  # same geometry as max pooling, dense gradient
-        else:
-            break
         layers.append(name)
     for blob, (row, col) in {"conv1": (0, 5), "conv2": (30, 63), "conv4": (0, 0), "conv4 ": (17, 9),
                              "conv8": (3, 9), "conv8  ": (15, 15)}.items():
@@ -238,7 +261,7 @@ def test_run_interpretation_end_to_end(tmp_path):
 
 def test_conv8_patch_is_the_receptive_field_cut_from_the_image(tmp_path):
     """Unit (3, 9) of conv8 sees rows -10..37 and columns 14..61 (worked out by hand)."""
-    from deepyeast.interpret import activating_patches, load_cell_images
+    from deepyeast.analysis.interpret.patches import activating_patches, load_cell_images
     feat, _, paths = _synthetic_screen(tmp_path, n_per_class=3)
     images = load_cell_images(paths, archive_root=tmp_path / "archive")
     assert images.shape == (12, 2, 64, 64) and images.dtype == np.uint8
@@ -276,12 +299,12 @@ def test_script_runs_and_reports_bad_input(tmp_path):
 
 def test_cell_images_from_an_lmdb_match_the_pngs(tmp_path):
     pytest.importorskip("lmdb")
-    from deepyeast import formats
-    from deepyeast.interpret import load_cell_images
+    from deepyeast.caffe.lmdb import write_datum_lmdb
+    from deepyeast.analysis.interpret.patches import load_cell_images
     _, labels, paths = _synthetic_screen(tmp_path, n_per_class=3)
     rng = np.random.default_rng(3)
     images = rng.integers(0, 256, size=(len(paths), 2, 64, 64), dtype=np.uint8)
-    formats.write_datum_lmdb(str(tmp_path / "cells_lmdb"), zip(paths, images, labels.tolist()), shuffle=True, seed=1)
+    write_datum_lmdb(str(tmp_path / "cells_lmdb"), zip(paths, images, labels.tolist()), shuffle=True, seed=1)
     wanted = [paths[5], paths[0], paths[7]]
     got = load_cell_images(wanted, lmdb_path=str(tmp_path / "cells_lmdb"))
     assert np.array_equal(got, images[[5, 0, 7]])

@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from deepyeast import caffe_pb2
+from deepyeast.caffe import caffe_pb2
 from deepyeast.engine.lr_policy import format_float, learning_rate
-from deepyeast.io_utils import InputError
+from deepyeast.utils.io import InputError
 
 
 def solver(**fields):

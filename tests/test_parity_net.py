@@ -20,7 +20,10 @@ import textwrap
 import numpy as np
 import pytest
 
-from deepyeast import caffe_pb2, caffe_root, formats
+from deepyeast.caffe import caffe_pb2, root as caffe_root
+from deepyeast.caffe.blobs import compute_mean, write_mean_binaryproto
+from deepyeast.caffe.lmdb import write_datum_lmdb
+from deepyeast.caffe.prototxt import parse_prototxt, read_prototxt, write_prototxt
 
 pytestmark = [pytest.mark.caffe,
               pytest.mark.skipif(not caffe_root.have_caffe_root(), reason=caffe_root.missing_reason() or "no Caffe")]
@@ -154,14 +157,14 @@ def test_train_val_test_phase_matches_caffe(tmp_path, deepyeast_weights):
     root = tmp_path / "root"
     images = rng.integers(0, 256, size=(10, 2, 64, 64), dtype=np.uint8)
     labels = rng.integers(0, 12, size=10)
-    formats.write_datum_lmdb(root / "data/deepyeast/val_lmdb",
+    write_datum_lmdb(root / "data/deepyeast/val_lmdb",
                              [(f"c{i}", images[i], int(labels[i])) for i in range(10)], shuffle=False)
-    formats.write_mean_binaryproto(root / "data/deepyeast/mean.binaryproto", formats.compute_mean(images))
-    proto = formats.read_prototxt(os.path.join(MODELS, "train_val.prototxt"), caffe_pb2.NetParameter)
+    write_mean_binaryproto(root / "data/deepyeast/mean.binaryproto", compute_mean(images))
+    proto = read_prototxt(os.path.join(MODELS, "train_val.prototxt"), caffe_pb2.NetParameter)
     for lp in proto.layer:
         if lp.type == "Data":
             lp.data_param.batch_size = 4
-    formats.write_prototxt(root / "tv.prototxt", proto)
+    write_prototxt(root / "tv.prototxt", proto)
     ref = run_caffe(tmp_path, root / "tv.prototxt", deepyeast_weights, "TEST", forwards=3, cwd=root)
     net = Net(proto, phase="TEST", seed=0, root_dir=str(root))
     net.load_caffemodel(deepyeast_weights)
@@ -191,7 +194,7 @@ def test_train_backward_and_batchnorm_stats_match_caffe(tmp_path, deepyeast_weig
     """
     batch = 4
     proto = input_train_val(batch)
-    formats.write_prototxt(tmp_path / "tv_input.prototxt", proto)
+    write_prototxt(tmp_path / "tv_input.prototxt", proto)
     rng = np.random.default_rng(2)
     x = rng.normal(0, 40, size=(batch, 2, 64, 64)).astype(np.float32)
     y = rng.integers(0, 12, size=batch).astype(np.float32)
@@ -275,8 +278,8 @@ layer { name: "acc" type: "Accuracy" bottom: "scores" bottom: "label" top: "acc"
 
 
 def test_layer_zoo_forward_backward_match_caffe(tmp_path):
-    proto = formats.parse_prototxt(ZOO, caffe_pb2.NetParameter)
-    formats.write_prototxt(tmp_path / "zoo.prototxt", proto)
+    proto = parse_prototxt(ZOO, caffe_pb2.NetParameter)
+    write_prototxt(tmp_path / "zoo.prototxt", proto)
     net = Net(proto, phase="TRAIN", seed=5)
     randomize(net, 11)
     net.save_caffemodel(tmp_path / "zoo.caffemodel")
@@ -306,15 +309,15 @@ def test_data_layer_transform_matches_caffe(tmp_path):
     """TEST-phase Data layer: centre crop, mean_value per channel, scale; label top."""
     rng = np.random.default_rng(4)
     images = rng.integers(0, 256, size=(5, 2, 12, 10), dtype=np.uint8)
-    formats.write_datum_lmdb(tmp_path / "db", [(f"k{i}", images[i], i) for i in range(5)], shuffle=False)
-    proto = formats.parse_prototxt(f"""
+    write_datum_lmdb(tmp_path / "db", [(f"k{i}", images[i], i) for i in range(5)], shuffle=False)
+    proto = parse_prototxt(f"""
         layer {{ name: "d" type: "Data" top: "data" top: "label"
           transform_param {{ crop_size: 7 mean_value: 100 mean_value: 20 scale: 0.25 }}
           data_param {{ source: "{tmp_path / 'db'}" batch_size: 3 backend: LMDB }} }}
         layer {{ name: "w" type: "InnerProduct" bottom: "data" top: "ip"
           inner_product_param {{ num_output: 2 }} }}
     """, caffe_pb2.NetParameter)
-    formats.write_prototxt(tmp_path / "d.prototxt", proto)
+    write_prototxt(tmp_path / "d.prototxt", proto)
     net = Net(proto, phase="TEST", seed=0)
     net.save_caffemodel(tmp_path / "d.caffemodel")
     ref = run_caffe(tmp_path, tmp_path / "d.prototxt", tmp_path / "d.caffemodel", "TEST", forwards=2)
@@ -329,7 +332,7 @@ def test_loss_clamp_and_accuracy_ties_match_caffe(tmp_path):
 
     The scores pass an identity InnerProduct, so Caffe's weight gradient carries the score gradient.
     """
-    proto = formats.parse_prototxt("""
+    proto = parse_prototxt("""
         layer { name: "in" type: "Input" top: "x" top: "label"
           input_param { shape { dim: 5 dim: 3 } shape { dim: 5 } } }
         layer { name: "ident" type: "InnerProduct" bottom: "x" top: "s" inner_product_param { num_output: 3 } }
@@ -337,7 +340,7 @@ def test_loss_clamp_and_accuracy_ties_match_caffe(tmp_path):
         layer { name: "acc1" type: "Accuracy" bottom: "s" bottom: "label" top: "acc1" }
         layer { name: "acc2" type: "Accuracy" bottom: "s" bottom: "label" top: "acc2" accuracy_param { top_k: 2 } }
     """, caffe_pb2.NetParameter)
-    formats.write_prototxt(tmp_path / "edge.prototxt", proto)
+    write_prototxt(tmp_path / "edge.prototxt", proto)
     net = Net(proto, phase="TEST")
     with torch.no_grad():
         net.layer("ident").blobs[0].copy_(torch.eye(3))

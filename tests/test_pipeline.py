@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from deepyeast.caffe_root import REPO_ROOT
+from _data_helpers import REPO_ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.r]
 
@@ -22,7 +22,7 @@ TINY_SCHEDULE = ("max_iter=6 stepsize=3 test_interval=3 test_iter=1 snapshot=3 d
 
 def _have_r():
     try:
-        from deepyeast.rforest import have_r
+        from deepyeast.analysis.rforest import have_r
         return have_r()
     except Exception:  # noqa: BLE001 - any import failure means no R here
         return False
@@ -62,7 +62,7 @@ def test_demo_pipeline_tiny_and_rerun_skips(tmp_path):
                   f"SCHEDULE={TINY_SCHEDULE}", "GRID=small", "PRECISION=bf16")
     assert again.returncode == 0, "make -q says a finished pipeline is out of date:\n" + again.stdout[-2000:]
     # removing one analysis output re-runs that step alone
-    os.remove(os.path.join(REPO_ROOT, run, "proteins.csv"))
+    os.remove(os.path.join(REPO_ROOT, run, "proteins", "result.json"))
     dry = _make("-n", "pipeline", f"RUN={run}", "SCREEN=synthetic", "SIZE=tiny",
                 f"SCHEDULE={TINY_SCHEDULE}", "GRID=small", "PRECISION=bf16")
     assert "protein_level.py" in dry.stdout and "deepyeast train" not in dry.stdout, dry.stdout

@@ -1,7 +1,7 @@
-"""analysis/predict.py and deepyeast.predict: the predictions table and features from both engines.
+"""analysis/predict.py and deepyeast.analysis.predict: the predictions table and features from both engines.
 
 Weights are random but well scaled, with non-trivial BatchNorm statistics
-(netshape.random_params), so every blob of the caffemodel matters.  The
+(Net.random_weights), so every blob of the caffemodel matters.  The
 engine agreement test needs the Caffe root (marked ``caffe``).
 """
 
@@ -12,10 +12,16 @@ import sys
 import numpy as np
 import pytest
 
-from deepyeast import caffe_pb2, caffe_root, formats, netshape, predict
-from deepyeast.archive import encode_crop
-from deepyeast.io_utils import InputError
-from deepyeast.predictions import read_predictions
+from deepyeast.caffe import caffe_pb2, root as caffe_root
+from deepyeast.caffe.blobs import compute_mean, write_caffemodel, write_mean_binaryproto
+from deepyeast.caffe.lmdb import write_datum_lmdb
+from deepyeast.caffe.prototxt import read_prototxt
+from deepyeast.engine import Net
+from deepyeast.analysis import predict
+from deepyeast.analysis.features import read_features
+from deepyeast.data.crop_png import encode_crop
+from deepyeast.utils.io import InputError
+from deepyeast.analysis.predictions import read_predictions
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEPLOY = os.path.join(REPO, "models", "deepyeast", "deploy.prototxt")
@@ -44,13 +50,13 @@ def setup(tmp_path_factory):
         (root / rel).write_bytes(encode_crop(images[i]))
         lines.append(f"{rel} {labels[i]}\n")
     (root / "HOwt_test.txt").write_text("".join(lines))
-    mean = formats.compute_mean(images)
-    formats.write_mean_binaryproto(d / "mean.binaryproto", mean)
-    net = formats.read_prototxt(DEPLOY, caffe_pb2.NetParameter)
+    mean = compute_mean(images)
+    write_mean_binaryproto(d / "mean.binaryproto", mean)
+    net = read_prototxt(DEPLOY, caffe_pb2.NetParameter)
     x = images.astype(np.float32) - mean
-    params, types = netshape.random_params(net, seed=3, input_scale=float(x.std()))
-    formats.write_caffemodel(d / "w.caffemodel", params, layer_types=types)
-    formats.write_datum_lmdb(d / "test_lmdb", zip([ln.split()[0] for ln in lines], images, labels), seed=1)
+    params, types = Net.for_shapes(net).random_weights(seed=3, input_scale=float(x.std()))
+    write_caffemodel(d / "w.caffemodel", params, layer_types=types)
+    write_datum_lmdb(d / "test_lmdb", zip([ln.split()[0] for ln in lines], images, labels), seed=1)
     return {"dir": d, "root": root, "images": images, "labels": labels, "lines": lines,
             "mean": d / "mean.binaryproto", "weights": d / "w.caffemodel"}
 
@@ -87,7 +93,7 @@ def test_ours_writes_the_predictions_table(setup, ours):
 def test_ours_writes_features(setup, ours):
     table, fdir = ours
     assert sorted(os.listdir(fdir)) == sorted([b + ".npy" for b in BLOBS] + ["paths.txt"])
-    feats = {b: predict.read_features(fdir, b) for b in BLOBS}
+    feats = {b: read_features(fdir, b) for b in BLOBS}
     assert feats["conv1"][0].shape == (N, 64 * 64 * 64) and feats["conv1"][0].dtype == np.float32
     assert feats["conv8"][0].shape == (N, 256 * 16 * 16)
     assert feats["fc1"][0].shape == (N, 512) and feats["fc3"][0].shape == (N, 12)
@@ -114,7 +120,7 @@ def test_lmdb_input_gives_the_same_table(setup, ours):
 
 def test_bad_inputs_are_named(setup, tmp_path):
     cells = predict.cells_from_list(setup["root"], setup["root"] / "HOwt_test.txt")
-    formats.write_mean_binaryproto(tmp_path / "bad_mean.binaryproto", np.zeros((3, 64, 64), np.float32))
+    write_mean_binaryproto(tmp_path / "bad_mean.binaryproto", np.zeros((3, 64, 64), np.float32))
     with pytest.raises(InputError, match=r"bad_mean.binaryproto.*\(3, 64, 64\).*\(2, 64, 64\)"):
         predict.predict_cells(cells, DEPLOY, setup["weights"], tmp_path / "bad_mean.binaryproto",
                               out_csv=tmp_path / "x.csv")
@@ -152,8 +158,8 @@ def test_both_engines_agree_on_the_same_weights(setup, ours):
     assert np.abs(table_c.probs - table_o.probs).max() <= 1e-4
     np.testing.assert_array_equal(table_c.pred, table_o.pred)
     for b in BLOBS:
-        fc, _ = predict.read_features(fdir_c, b)
-        fo, _ = predict.read_features(fdir_o, b)
+        fc, _ = read_features(fdir_c, b)
+        fo, _ = read_features(fdir_o, b)
         assert fc.shape == fo.shape
         scale = max(1.0, float(np.abs(fc).max()))
         assert np.abs(fc - fo).max() <= 1e-4 * scale, b
@@ -162,7 +168,7 @@ def test_both_engines_agree_on_the_same_weights(setup, ours):
 def test_pooled_features_equal_the_pooled_whole_blobs(setup, ours):
     """--features-reduce pool writes conv blobs as per-channel mean then max (N x 2C), the same
     numbers the transfer analysis computes from the whole blob; fc blobs stay whole."""
-    from deepyeast.interpret import blob_features, has_blob, layer_features, load_blob
+    from deepyeast.analysis.features import blob_features, has_blob, layer_features, load_blob
     _, fdir_full = ours
     table, fdir = run_script(setup, "ours", "pooled", extra=["--archive", str(setup["root"]), "--list",
                                                               "HOwt_test.txt", "--features-reduce", "pool"])
@@ -205,8 +211,8 @@ def test_folding_and_bf16_options(setup, ours):
     table, fdir = run_script(setup, "ours", "nofold", extra=archive + ["--no-fold"])
     np.testing.assert_allclose(table.probs, ref.probs, rtol=0, atol=1e-5)
     for b in BLOBS:
-        a, _ = predict.read_features(fdir, b)
-        r, _ = predict.read_features(fdir_ref, b)
+        a, _ = read_features(fdir, b)
+        r, _ = read_features(fdir_ref, b)
         assert np.abs(a - r).max() <= 1e-5 * np.abs(r).max(), b
     table, _ = run_script(setup, "ours", "bf16", extra=archive + ["--precision", "bf16"])
     assert np.abs(table.probs - ref.probs).max() < 0.05

@@ -7,8 +7,8 @@ import pytest
 
 from _prediction_tables import simulated_table, write_table
 from deepyeast.constants import CLASS_NAMES, TRANSFER_CLASS_NAMES
-from deepyeast.io_utils import InputError
-from deepyeast.predictions import BASE_COLUMNS, prob_columns, read_predictions, select_split
+from deepyeast.utils.io import InputError
+from deepyeast.analysis.predictions import BASE_COLUMNS, prob_columns, read_predictions, select_split
 
 
 def _rows(path):

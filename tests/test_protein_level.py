@@ -11,10 +11,10 @@ import pytest
 
 from _prediction_tables import simulated_table, write_table
 from deepyeast.constants import CLASS_NAMES, MIN_CELLS_PER_PROTEIN
-from deepyeast.io_utils import InputError
-from deepyeast.predictions import make_predictions
-from deepyeast.protein_level import (dirichlet_map, protein_accuracy, protein_calls, read_mixtures,
-                                     run_protein_level)
+from deepyeast.utils.io import InputError
+from deepyeast.analysis.predictions import make_predictions
+from deepyeast.analysis.protein_level import (dirichlet_map, protein_accuracy, protein_calls, read_mixtures,
+                                              run_protein_level)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THREE_CELLS = np.array([[0.6, 0.3, 0.1],
@@ -158,9 +158,9 @@ def test_bad_mixture_table(tmp_path):
 def test_protein_level_script(tmp_path):
     table = simulated_table(n_proteins=40, cells_range=(2, 25), accuracy=0.7, seed=5)
     pred_csv = write_table(tmp_path / "cells.csv", table)
-    out = tmp_path / "proteins.csv"
+    out = tmp_path / "proteins" / "proteins.csv"
     res = subprocess.run([sys.executable, os.path.join(REPO, "analysis", "protein_level.py"), "--predictions",
-                          pred_csv, "--out", str(out)], capture_output=True, text=True)
+                          pred_csv, "--out", str(out.parent)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     with open(out) as f:
         rows = list(csv.DictReader(f))
@@ -172,7 +172,7 @@ def test_protein_level_script(tmp_path):
         mean = table.probs[mask].mean(axis=0)
         np.testing.assert_allclose([float(r[f"post_{k}"]) for k in range(12)], mean, atol=1e-7)
         assert int(r["pred"]) == int(mean.argmax())
-    s = json.loads((tmp_path / "proteins.json").read_text())
+    s = json.loads((tmp_path / "proteins" / "proteins.json").read_text())
     big = [r for r in rows if int(r["n_cells"]) >= MIN_CELLS_PER_PROTEIN]
     assert s["protein_accuracy_min10"]["total"] == len(big)
     assert s["protein_accuracy_min10"]["correct"] == sum(r["pred"] == r["label"] for r in big)
@@ -185,7 +185,7 @@ def test_protein_level_script(tmp_path):
 
 def test_synthetic_screen_proteins_table(tmp_path):
     """The generator's proteins.csv (nucleus+cytoplasm mixtures) works as --mixtures."""
-    synthetic = pytest.importorskip("deepyeast.synthetic")
+    synthetic = pytest.importorskip("deepyeast.data.synthetic")
     synthetic.make_screen(tmp_path / "screen", size="tiny", seed=0, workers=2, progress=False)
     root = tmp_path / "screen" / "main"
     nuc, cyt = CLASS_NAMES.index("nucleus"), CLASS_NAMES.index("cytoplasm")

@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from deepyeast import caffe_pb2, caffe_root
+from deepyeast.caffe import caffe_pb2, root as caffe_root
 
 pytestmark = pytest.mark.caffe
 

@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from deepyeast.cp_features import write_feature_csv
-from deepyeast.io_utils import InputError
-from deepyeast.quality_filter import filter_accuracy, read_quality_labels, stratified_subset
+from deepyeast.analysis.cp_features import write_feature_csv
+from deepyeast.utils.io import InputError
+from deepyeast.analysis.quality_filter import filter_accuracy, read_quality_labels, stratified_subset
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
 
@@ -25,7 +25,7 @@ def test_stratified_subset_keeps_class_shares():
 
 
 def test_filter_accuracy_counts():
-    from deepyeast.predictions import Predictions
+    from deepyeast.analysis.predictions import Predictions
 
     probs = np.eye(4)[[0, 1, 2, 3, 0, 1]]
     t = Predictions(path=np.array(list("abcdef"), dtype=object), protein=np.array(["p/1"] * 6, dtype=object),
@@ -80,12 +80,12 @@ def _screen(tmp_path, seed=0):
 
 @pytest.mark.r
 def test_quality_filter_script_removes_noncells_and_reports_accuracy(tmp_path):
-    from deepyeast import rforest
+    from deepyeast.analysis import rforest
 
     if not rforest.have_r():
         pytest.skip("R with randomForest and rpy2 are not available")
     te, labels, pred = _screen(tmp_path)
-    out, cells = tmp_path / "qf.json", tmp_path / "qf_cells.csv"
+    out, cells = tmp_path / "qf", tmp_path / "qf_cells.csv"
     r = subprocess.run([sys.executable, os.path.join(REPO, "analysis", "quality_filter.py"),
                         "--train", str(tmp_path / "train.csv"), "--quality", str(tmp_path / "quality.csv"),
                         "--test", str(tmp_path / "test.csv"), "--predictions", str(tmp_path / "net.csv"),
@@ -93,7 +93,7 @@ def test_quality_filter_script_removes_noncells_and_reports_accuracy(tmp_path):
                         "--mtry", "2", "4", "--ntree", "50",
                         "--jobs", "2"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    s = json.loads(out.read_text())
+    s = json.loads((out / "quality_filter.json").read_text())
     # CV grid: 2 mtry x 2 samplings, every fold's cells counted once
     assert len(s["cv_table"]) == 4
     assert {(row["mtry"], row["sampling"]) for row in s["cv_table"]} == {(2, "none"), (4, "none"), (2, "balanced"),
@@ -123,7 +123,7 @@ def test_quality_filter_script_removes_noncells_and_reports_accuracy(tmp_path):
     # a predictions row that is not a test cell: clear error, no JSON written
     with open(tmp_path / "net.csv", "a", newline="") as f:
         csv.writer(f).writerow(["plate09/zzz-0-0-0.png", "plate09/zzz", "test", 0, 0, 1.0, 0, 0, 0])
-    out2 = tmp_path / "qf2.json"
+    out2 = tmp_path / "qf2"
     r = subprocess.run([sys.executable, os.path.join(REPO, "analysis", "quality_filter.py"),
                         "--train", str(tmp_path / "train.csv"), "--quality", str(tmp_path / "quality.csv"),
                         "--test", str(tmp_path / "test.csv"), "--predictions", str(tmp_path / "net.csv"),

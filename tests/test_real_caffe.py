@@ -15,14 +15,19 @@ import subprocess
 import numpy as np
 import pytest
 
-from deepyeast import caffe_pb2, caffe_root, formats, netshape
-from deepyeast.archive import encode_crop
+from deepyeast.caffe import caffe_pb2, root as caffe_root
+from deepyeast.caffe.blobs import (compute_mean, read_caffemodel, read_mean_binaryproto, read_solverstate,
+                                   write_caffemodel, write_mean_binaryproto)
+from deepyeast.caffe.lmdb import read_datum_lmdb, write_datum_lmdb
+from deepyeast.caffe.prototxt import CAFFE_LAYER_TYPES, read_prototxt, write_prototxt
+from deepyeast.engine import Net
+from deepyeast.data.crop_png import encode_crop
 
 pytestmark = pytest.mark.caffe
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = os.path.join(REPO, "models", "deepyeast")
-FORWARD = os.path.join(REPO, "deepyeast", "pycaffe_forward.py")
+FORWARD = os.path.join(REPO, "deepyeast", "caffe", "pycaffe_forward.py")
 N_CLASSES_USED = 4
 TRAIN_ITERS = 20
 BATCH = 8
@@ -55,16 +60,16 @@ def data(tmp_path_factory):
     train_x, train_y = synthetic_cells(80, seed=1)
     val_x, val_y = synthetic_cells(20, seed=2)
     names = [f"plate01/{i}-1-1-1.png" for i in range(len(train_x))]
-    formats.write_datum_lmdb(d / "train_lmdb", zip(names, train_x, train_y), shuffle=True, seed=0)
-    formats.write_datum_lmdb(d / "val_lmdb", zip(names, val_x, val_y), shuffle=False)
-    mean = formats.compute_mean(train_x)
-    formats.write_mean_binaryproto(d / "mean.binaryproto", mean)
+    write_datum_lmdb(d / "train_lmdb", zip(names, train_x, train_y), shuffle=True, seed=0)
+    write_datum_lmdb(d / "val_lmdb", zip(names, val_x, val_y), shuffle=False)
+    mean = compute_mean(train_x)
+    write_mean_binaryproto(d / "mean.binaryproto", mean)
     return {"dir": d, "train_x": train_x, "train_y": train_y, "mean": mean}
 
 
 def small_train_val(data_dir, batch_size=BATCH):
     """Our train_val.prototxt with batch size ``batch_size`` and data paths moved to ``data_dir``."""
-    net = formats.read_prototxt(os.path.join(MODELS, "train_val.prototxt"), caffe_pb2.NetParameter)
+    net = read_prototxt(os.path.join(MODELS, "train_val.prototxt"), caffe_pb2.NetParameter)
     n_data = 0
     for layer in net.layer:
         if layer.type == "Data":
@@ -80,8 +85,8 @@ def small_train_val(data_dir, batch_size=BATCH):
 @pytest.fixture(scope="module")
 def trained(data):
     d = data["dir"]
-    formats.write_prototxt(d / "train_val.prototxt", small_train_val(d))
-    solver = formats.read_prototxt(os.path.join(MODELS, "solver_cpu.prototxt"), caffe_pb2.SolverParameter)
+    write_prototxt(d / "train_val.prototxt", small_train_val(d))
+    solver = read_prototxt(os.path.join(MODELS, "solver_cpu.prototxt"), caffe_pb2.SolverParameter)
     solver.net = str(d / "train_val.prototxt")
     solver.base_lr = 0.01
     solver.lr_policy = "fixed"
@@ -95,7 +100,7 @@ def trained(data):
     solver.snapshot_prefix = str(d / "snap" / "small")
     solver.solver_mode = caffe_pb2.SolverParameter.CPU
     os.makedirs(d / "snap")
-    formats.write_prototxt(d / "solver.prototxt", solver)
+    write_prototxt(d / "solver.prototxt", solver)
     # through bin/caffe, as a user would run it
     proc = subprocess.run([os.path.join(REPO, "bin", "caffe"), "train", "-solver", str(d / "solver.prototxt")],
                           cwd=d, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
@@ -125,7 +130,7 @@ def test_real_caffe_trains_our_net_on_our_lmdb_and_loss_falls(trained):
 
 
 def test_our_reader_loads_caffemodel_and_solverstate_written_by_real_caffe(trained, data, tmp_path):
-    ours, types = formats.read_caffemodel(trained["caffemodel"], with_types=True)
+    ours, types = read_caffemodel(trained["caffemodel"], with_types=True)
     pycaffe(["--model", os.path.join(MODELS, "deploy.prototxt"), "--weights", trained["caffemodel"],
              "--dump-params", tmp_path / "p.npz"])
     real = np.load(tmp_path / "p.npz")
@@ -140,7 +145,7 @@ def test_our_reader_loads_caffemodel_and_solverstate_written_by_real_caffe(train
     # training moved the BN statistics away from their zero start
     assert ours["conv1_bn"][2][0] > 0 and np.abs(ours["conv1_bn"][0]).max() > 0
 
-    state = formats.read_solverstate(trained["solverstate"])
+    state = read_solverstate(trained["solverstate"])
     assert state["iter"] == TRAIN_ITERS
     assert os.path.basename(state["learned_net"]) == os.path.basename(str(trained["caffemodel"]))
     shapes = [a.shape for blobs in ours.values() for a in blobs]
@@ -153,8 +158,8 @@ def test_compute_image_mean_equals_our_mean(data):
     d = data["dir"]
     caffe_root.run_in_root(["compute_image_mean", "-backend", "lmdb", str(d / "train_lmdb"),
                             str(d / "real_mean.binaryproto")])
-    real = formats.read_mean_binaryproto(d / "real_mean.binaryproto")
-    ours = formats.read_mean_binaryproto(d / "mean.binaryproto")
+    real = read_mean_binaryproto(d / "real_mean.binaryproto")
+    ours = read_mean_binaryproto(d / "mean.binaryproto")
     assert real.shape == ours.shape == (2, 64, 64)
     np.testing.assert_allclose(ours, real, rtol=1e-6, atol=1e-5)
 
@@ -171,7 +176,7 @@ def test_convert_imageset_lmdb_is_read_by_our_reader(data, tmp_path):
     (root / "list.txt").write_text("".join(lines))
     caffe_root.run_in_root(["convert_imageset", "-backend", "lmdb", "-shuffle", str(root) + "/",
                             str(root / "list.txt"), str(tmp_path / "db")])
-    got, got_labels, keys = formats.read_datum_lmdb(tmp_path / "db")
+    got, got_labels, keys = read_datum_lmdb(tmp_path / "db")
     assert len(keys) == 12
     assert all(re.fullmatch(r"\d{8}_plate01/\d+-2-3-4\.png", k) for k in keys)
     for img, lab, key in zip(got, got_labels, keys):
@@ -188,7 +193,7 @@ def test_our_layer_type_table_is_real_caffes():
     out = caffe_root.run_in_root(["python3", "-c", "import caffe; print(','.join(sorted(caffe.layer_type_list())))"],
                                  env={"GLOG_minloglevel": "2"})
     real = set(out.stdout.strip().splitlines()[-1].split(","))
-    assert real == set(formats.CAFFE_LAYER_TYPES)
+    assert real == set(CAFFE_LAYER_TYPES)
 
 
 def test_bin_caffe_runs_system_caffe_directly_when_root_is_slash():
@@ -206,10 +211,10 @@ def test_bin_caffe_runs_system_caffe_directly_when_root_is_slash():
 @pytest.fixture(scope="module")
 def random_model(tmp_path_factory, data):
     d = tmp_path_factory.mktemp("random_model")
-    net = formats.read_prototxt(os.path.join(MODELS, "deploy.prototxt"), caffe_pb2.NetParameter)
+    net = read_prototxt(os.path.join(MODELS, "deploy.prototxt"), caffe_pb2.NetParameter)
     x = data["train_x"][:8].astype(np.float32) - data["mean"]
-    params, types = netshape.random_params(net, seed=7, bn_factor=0.8, input_scale=float(x.std()))
-    formats.write_caffemodel(d / "random.caffemodel", params, net_name="DeepYeast", layer_types=types)
+    params, types = Net.for_shapes(net).random_weights(seed=7, bn_factor=0.8, input_scale=float(x.std()))
+    write_caffemodel(d / "random.caffemodel", params, net_name="DeepYeast", layer_types=types)
     np.save(d / "x.npy", x)
     pycaffe(["--model", os.path.join(MODELS, "deploy.prototxt"), "--weights", d / "random.caffemodel",
              "--images", d / "x.npy", "--out", d / "out", "--blobs", "prob,fc3,conv1", "--batch", "5",
@@ -230,7 +235,7 @@ def test_pycaffe_loads_our_caffemodel_blob_for_blob(random_model):
 
 
 def test_our_reader_loads_caffemodel_saved_by_pycaffe(random_model):
-    back = formats.read_caffemodel(random_model["dir"] / "saved_by_caffe.caffemodel")
+    back = read_caffemodel(random_model["dir"] / "saved_by_caffe.caffemodel")
     params = random_model["params"]
     assert list(back) == list(params)
     for layer in params:

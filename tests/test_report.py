@@ -17,10 +17,12 @@ import pytest  # noqa: E402
 
 from _prediction_tables import simulated_table, write_table  # noqa: E402
 from deepyeast.constants import PAPER_RESULTS  # noqa: E402
-from deepyeast.io_utils import InputError  # noqa: E402
-from deepyeast.metrics import run_cell_evaluation  # noqa: E402
-from deepyeast.protein_level import run_protein_level  # noqa: E402
-from deepyeast.report import build_report  # noqa: E402
+from deepyeast.utils.io import InputError  # noqa: E402
+from deepyeast.analysis.cell_metrics import run_cell_evaluation  # noqa: E402
+from deepyeast.analysis.protein_level import run_protein_level  # noqa: E402
+from deepyeast.analysis.transfer import write_transfer_result  # noqa: E402
+from deepyeast.report.html import build_report  # noqa: E402
+from deepyeast.report.manifest import figure, write_result  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRED_KEYS = ("cell_accuracy", "cell_kappa", "cell_accuracy_filtered", "protein_accuracy",
@@ -73,25 +75,24 @@ def run_dir(tmp_path_factory):
     mix = tmp / "proteins.csv"
     mix.write_text("protein,split,label,mixture_classes,mixture_fraction\n"
                    f"{net_t.protein[0]},test,{net_t.label[0]},{net_t.label[0]};vacuole,0.7\n")
-    run_protein_level(net, run / "proteins.csv", str(mix), command="python analysis/protein_level.py ...")
-    run_protein_level(rf, run / "rf_proteins.csv")
-    (run / "quality").mkdir()
-    (run / "quality" / "quality_filter.json").write_text(json.dumps({
+    run_protein_level(net, run / "proteins" / "proteins.csv", str(mix), command="python analysis/protein_level.py ...")
+    run_protein_level(rf, run / "rf_proteins" / "proteins.csv", classifier="random_forest")
+    write_result(run / "quality", "quality", "Removing non-cells", metrics={
         "cell_accuracy_filtered": {"value": 0.9, "correct": 450, "total": 500},
-        "rf_cell_accuracy_filtered": {"value": 0.7, "correct": 350, "total": 500},
-        "cv": {"mtry": 10, "seed": 11}}))
-    (run / "transfer").mkdir()
-    (run / "transfer" / "transfer.json").write_text(json.dumps({
-        "seed": 5, "best_layer": "fc2",
+        "rf_cell_accuracy_filtered": {"value": 0.7, "correct": 350, "total": 500}},
+        details={"cv": {"mtry": 10, "seed": 11}})
+    _png(run / "transfer" / "transfer_accuracy.png", "red")
+    write_transfer_result(run / "transfer", {
+        "seed": 5, "best_layer": "fc2", "classes": ["actin", "bud neck", "lipid particle", "microtubule"],
+        "cells": {"train": 40, "val": 20, "test": 400},
         "transfer_accuracy": {
             "fc2": {"1": {"accuracy": 0.4, "correct": 160, "total": 400, "lo": 0.35, "hi": 0.45},
                     "10": {"accuracy": 0.7, "correct": 280, "total": 400, "lo": 0.65, "hi": 0.75}},
             "cellprofiler": {"1": {"accuracy": 0.3, "correct": 120, "total": 400, "lo": 0.25, "hi": 0.35},
-                             "10": {"accuracy": 0.5, "correct": 200, "total": 400, "lo": 0.45, "hi": 0.55}}}}))
-    _png(run / "transfer" / "transfer_accuracy.png", "red")
-    (run / "interpret").mkdir()
-    (run / "interpret" / "interpret.json").write_text(json.dumps({"seed": 0, "n_cells": 100}))
+                             "10": {"accuracy": 0.5, "correct": 200, "total": 400, "lo": 0.45, "hi": 0.55}}}})
     _png(run / "interpret" / "tsne.png", "blue")
+    write_result(run / "interpret", "interpret", "What the layers encode", figures=[figure("tsne.png", "t-SNE")],
+                 seeds={"seed": 0}, details={"n_cells": 100})
     _png(run / "figures" / "gallery.png", "green")
     (run / "commands.txt").write_text("# the demo\npython data_prep/make_synthetic.py --size demo\n")
     return run
@@ -140,12 +141,13 @@ def test_report_names_missing_inputs(run_dir, tmp_path):
     run = tmp_path / "partial"
     shutil.copytree(run_dir, run)
     shutil.rmtree(run / "transfer")
-    os.remove(run / "quality" / "quality_filter.json")
+    os.remove(run / "quality" / "result.json")
     m = build_report(run, tmp_path / "r.html", tmp_path / "m.json")
     page = _parse(tmp_path / "r.html")
     assert "incomplete" in page.ids
     text = " ".join(page.text)
-    assert "This report is incomplete." in text and "quality_filter.json" in text and "transfer.json" in text
+    assert ("This report is incomplete." in text and os.path.join("quality", "result.json") in text
+            and os.path.join("transfer", "result.json") in text)
     assert m["complete"] is False
     assert {x["input"] for x in m["missing"]} == {"quality", "transfer"}
     assert m["not_provided"] == []
@@ -156,8 +158,8 @@ def test_report_names_missing_inputs(run_dir, tmp_path):
 def test_missing_required_input_writes_nothing(run_dir, tmp_path):
     run = tmp_path / "norequired"
     shutil.copytree(run_dir, run)
-    os.remove(run / "cells" / "cell_metrics.json")
-    with pytest.raises(InputError, match=r"cell_metrics.json: required report input 'cells' is missing"):
+    os.remove(run / "cells" / "result.json")
+    with pytest.raises(InputError, match=r"result.json: required report input 'cells' is missing"):
         build_report(run, tmp_path / "r.html", tmp_path / "m.json")
     assert not (tmp_path / "r.html").exists() and not (tmp_path / "m.json").exists()
 
@@ -166,23 +168,22 @@ def test_missing_required_input_writes_nothing(run_dir, tmp_path):
 def test_malformed_input_writes_nothing(run_dir, tmp_path, bad):
     run = tmp_path / "bad"
     shutil.copytree(run_dir, run)
-    (run / "transfer" / "transfer.json").write_text(bad)
-    with pytest.raises(InputError, match=r"transfer.json"):
+    (run / "transfer" / "result.json").write_text(bad)
+    with pytest.raises(InputError, match=r"transfer.result.json"):
         build_report(run, tmp_path / "r.html", tmp_path / "m.json")
     assert sorted(os.listdir(tmp_path)) == ["bad"]
 
 
 def test_make_report_script(run_dir, tmp_path):
     script = os.path.join(REPO, "analysis", "make_report.py")
-    res = subprocess.run([sys.executable, script, "--run", str(run_dir), "--out", str(tmp_path / "r.html"),
-                          "--metrics", str(tmp_path / "m.json")], capture_output=True, text=True)
+    res = subprocess.run([sys.executable, script, "--run", str(run_dir), "--out", str(tmp_path / "r")],
+                         capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "complete; 7 figures" in res.stdout
-    res = subprocess.run([sys.executable, script, "--run", str(tmp_path / "nowhere"), "--out",
-                          str(tmp_path / "x.html"), "--metrics", str(tmp_path / "x.json")],
+    res = subprocess.run([sys.executable, script, "--run", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")],
                          capture_output=True, text=True)
     assert res.returncode == 2 and "run folder does not exist" in res.stderr
-    assert not (tmp_path / "x.html").exists()
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed (apt-get install chromium)")
@@ -203,8 +204,8 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
 def test_extras_do_not_make_report_incomplete(run_dir, tmp_path):
     run = tmp_path / "noextras"
     shutil.copytree(run_dir, run)
-    os.remove(run / "proteins_mixtures.csv")
+    run_protein_level(run_dir.parent / "net.csv", run / "proteins" / "proteins.csv")  # no mixtures table this time
     os.remove(run / "commands.txt")
     m = build_report(run, tmp_path / "r.html", tmp_path / "m.json")
     assert m["complete"] is True
-    assert {x["input"] for x in m["not_provided"]} == {"mixtures", "commands"}
+    assert {x["input"] for x in m["not_provided"]} == {"proteins", "commands"}

@@ -15,7 +15,8 @@ import time
 import numpy as np
 import pytest
 
-from deepyeast.formats import read_caffemodel, write_datum_lmdb
+from deepyeast.caffe.blobs import read_caffemodel
+from deepyeast.caffe.lmdb import write_datum_lmdb
 
 from _solver_nets import SMALL_CONV_NET, solver_param, write_net, write_solver
 
@@ -93,7 +94,7 @@ def test_sigkill_and_resume_matches_unbroken_run(tmp_path):
 
 
 def test_auto_snapshot_picks_latest(tmp_path):
-    from deepyeast.cli import latest_solverstate
+    from deepyeast.engine.cli import latest_solverstate
     prefix = str(tmp_path / "snap" / "m")
     os.makedirs(os.path.dirname(prefix))
     assert latest_solverstate(prefix) is None

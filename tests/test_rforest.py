@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from deepyeast import rforest
+from deepyeast.analysis import rforest
 
 pytestmark = pytest.mark.r
 
@@ -98,7 +98,7 @@ def test_named_grids():
 def test_r_code_is_usable_from_r_directly(tmp_path):
     script = tmp_path / "use.R"
     script.write_text(
-        f'source("{os.path.join(REPO, "r", "random_forest.R")}")\n'
+        f'source("{os.path.join(REPO, "deepyeast", "analysis", "random_forest.R")}")\n'
         "set.seed(3); x <- matrix(rnorm(300 * 5), 300); y <- factor(rep(0:2, 100)); x[, 1] <- x[, 1] + 3 * as.integer(y)\n"
         "s <- rf_grid_search(x[1:200, ], y[1:200], x[201:300, ], y[201:300], grid = list(ntree = c(20, 40), mtry = 2, nodesize = 1), cores = 2)\n"
         "m <- rf_fit(x[1:200, ], y[1:200], s$best)\n"
@@ -113,7 +113,7 @@ def test_r_code_is_usable_from_r_directly(tmp_path):
 def test_baseline_script_from_crops_to_predictions_table(tmp_path):
     """Crops -> features (analysis/cp_features.py) -> forest (analysis/random_forest.py) -> table."""
     from _cell_crops import write_archive
-    from deepyeast.predictions import read_predictions
+    from deepyeast.analysis.predictions import read_predictions
 
     root = tmp_path / "arch"
     lists = write_archive(str(root), {"train": 12, "val": 6, "test": 6}, n_classes=4, seed=0)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from deepyeast.engine.solver import Solver, TrainingDiverged
-from deepyeast.formats import read_caffemodel, read_solverstate
-from deepyeast.io_utils import InputError
+from deepyeast.caffe.blobs import read_caffemodel, read_solverstate
+from deepyeast.utils.io import InputError
 
 from _solver_nets import (CONVEX_NET, SMALL_CONV_NET, LogCapture, make_init_weights, make_lmdb, solver_param,
                           write_net)

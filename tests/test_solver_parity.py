@@ -12,8 +12,8 @@ import re
 import numpy as np
 import pytest
 
-from deepyeast import caffe_root
-from deepyeast.formats import read_solverstate
+from deepyeast.caffe import root as caffe_root
+from deepyeast.caffe.blobs import read_solverstate
 
 from _solver_nets import (CONVEX_NET, LogCapture, make_init_weights, make_lmdb, max_rel_diff, solver_param,
                           write_net, write_solver)
@@ -162,17 +162,19 @@ def _easy_cells(n, seed):
 
 @pytest.mark.slow
 def test_deepyeast_small_run_matches_real_caffe(tmp_path):
-    from deepyeast import caffe_pb2
+    from deepyeast.caffe import caffe_pb2
     from deepyeast.engine import Net
-    from deepyeast.formats import compute_mean, read_prototxt, write_datum_lmdb, write_mean_binaryproto
-    from deepyeast.formats import write_prototxt
+    from deepyeast.caffe.blobs import compute_mean, write_mean_binaryproto
+    from deepyeast.caffe.lmdb import write_datum_lmdb
+    from deepyeast.caffe.prototxt import read_prototxt
+    from deepyeast.caffe.prototxt import write_prototxt
 
     train = _easy_cells(400, 1)
     val = _easy_cells(80, 2)
     write_datum_lmdb(str(tmp_path / "train_lmdb"), train, shuffle=True, seed=0)
     write_datum_lmdb(str(tmp_path / "val_lmdb"), val, shuffle=False)
     write_mean_binaryproto(str(tmp_path / "mean.binaryproto"), compute_mean(img for _, img, _ in train))
-    net = read_prototxt(os.path.join(os.path.dirname(caffe_root.__file__), "..", "models", "deepyeast",
+    net = read_prototxt(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "deepyeast",
                                      "train_val.prototxt"), caffe_pb2.NetParameter)
     for layer in net.layer:
         if layer.type == "Data":

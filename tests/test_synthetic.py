@@ -11,8 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-from deepyeast import synthetic
-from deepyeast.archive import check_splits, protein_of, read_crop, read_split_list
+from deepyeast.data import synthetic
+from deepyeast.data.crop_png import read_crop
+from deepyeast.data.lists import check_splits, protein_of, read_split_list
 from deepyeast.constants import CLASS_NAMES, MIN_CELLS_PER_PROTEIN, TRANSFER_CLASS_NAMES
 
 from _data_helpers import REPO_ROOT, tiny_screen
@@ -156,8 +157,8 @@ def test_make_synthetic_cli_and_gallery(tmp_path):
 
 
 def test_every_class_has_a_rendering_rule():
-    assert {n for s, n in synthetic._PATTERNS if s == "main"} == set(CLASS_NAMES)
-    assert {n for s, n in synthetic._PATTERNS if s == "transfer"} == set(TRANSFER_CLASS_NAMES)
+    assert {n for s, n in synthetic.patterns._PATTERNS if s == "main"} == set(CLASS_NAMES)
+    assert {n for s, n in synthetic.patterns._PATTERNS if s == "transfer"} == set(TRANSFER_CLASS_NAMES)
     for set_name, names in (("main", CLASS_NAMES), ("transfer", TRANSFER_CLASS_NAMES)):
         for label in range(len(names)):
             crops = synthetic.example_crops(set_name, label, 2, seed=1)

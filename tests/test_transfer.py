@@ -1,4 +1,4 @@
-"""Tests of deepyeast.transfer: subsampling, intervals, the accuracy curve, the whole run."""
+"""Tests of deepyeast.analysis.transfer: subsampling, intervals, the accuracy curve, the whole run."""
 
 import csv
 import json
@@ -9,10 +9,10 @@ import sys
 import numpy as np
 import pytest
 
-from deepyeast.interpret import read_label_lists
-from deepyeast.io_utils import InputError
-from deepyeast.transfer import (CELLPROFILER, RESULT_COLUMNS, bootstrap_accuracy_interval, class_orders,
-                                run_transfer, subsample_per_class, transfer_curve)
+from deepyeast.analysis.features import read_label_lists
+from deepyeast.utils.io import InputError
+from deepyeast.analysis.transfer import (CELLPROFILER, RESULT_COLUMNS, bootstrap_accuracy_interval,
+                                         class_orders, run_transfer, subsample_per_class, transfer_curve)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

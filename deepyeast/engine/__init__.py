@@ -5,8 +5,8 @@
 rules.  Both read and write Caffe's files.
 """
 
-from .layers import LAYER_TYPES
-from .net import Net, ParamInfo
+from deepyeast.engine.layers import LAYER_TYPES
+from deepyeast.engine.net import Net, ParamInfo
 
 __all__ = ["Net", "ParamInfo", "Solver", "LAYER_TYPES"]
 
@@ -14,6 +14,6 @@ __all__ = ["Net", "ParamInfo", "Solver", "LAYER_TYPES"]
 def __getattr__(name):
     # the solver lives in its own module; import it lazily so Net works without it
     if name == "Solver":
-        from .solver import Solver
+        from deepyeast.engine.solver import Solver
         return Solver
     raise AttributeError(f"module 'deepyeast.engine' has no attribute {name!r}")

@@ -18,8 +18,8 @@ result like any other snapshot.
 
 import torch
 
-from .layers import BatchNormLayer
-from .net import Net
+from deepyeast.engine.layers.normalization import BatchNormLayer
+from deepyeast.engine.net import Net
 
 
 def batchnorm_layers(net):

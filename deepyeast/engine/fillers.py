@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from ..io_utils import InputError
+from deepyeast.utils.io import InputError
 
 __all__ = ["fill", "FILLER_TYPES", "caffe_fans"]
 

@@ -33,9 +33,11 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .. import caffe_pb2, formats
-from ..io_utils import InputError
-from .net import filter_layers
+from deepyeast.caffe import caffe_pb2
+from deepyeast.caffe.blobs import blob_to_array, read_caffemodel, write_caffemodel
+from deepyeast.caffe.prototxt import read_prototxt, write_prototxt
+from deepyeast.engine.net import filter_layers
+from deepyeast.utils.io import InputError
 
 __all__ = ["fold_batchnorm", "fold_files", "write_folded", "deploy_net", "PRECISIONS"]
 
@@ -63,7 +65,7 @@ def _readers(layers, blob, start):
 def _weights_of(lp, weights, n_blobs=None):
     arrays = weights.get(lp.name)
     if arrays is None and lp.blobs:
-        arrays = [formats.blob_to_array(b, source=f'layer "{lp.name}" blob {j}') for j, b in enumerate(lp.blobs)]
+        arrays = [blob_to_array(b, source=f'layer "{lp.name}" blob {j}') for j, b in enumerate(lp.blobs)]
     if arrays is None:
         raise InputError(f'layer "{lp.name}" ({lp.type}): no weights given for it; cannot fold')
     if n_blobs is not None and len(arrays) != n_blobs:
@@ -107,7 +109,7 @@ def fold_batchnorm(net_param, weights, keep=()):
     net_param : caffe_pb2.NetParameter
         The net (deploy or train_val); only its TEST-phase layers are kept.
     weights : dict
-        Layer name -> list of float32 arrays (what :func:`deepyeast.formats.read_caffemodel`
+        Layer name -> list of float32 arrays (what :func:`deepyeast.caffe.blobs.read_caffemodel`
         returns); blobs inside the prototxt (``layer.blobs``) are used for layers it lacks.
     keep : iterable of str
         Blob names that must stay readable with their unfolded values (feature
@@ -190,8 +192,8 @@ def fold_batchnorm(net_param, weights, keep=()):
 def write_folded(model_out, weights_out, net_param, weights):
     """Write a folded net as ``model_out`` (prototxt) and ``weights_out`` (.caffemodel), each atomically."""
     types = {lp.name: lp.type for lp in net_param.layer}
-    formats.write_caffemodel(weights_out, weights, net_name=net_param.name, layer_types=types)
-    formats.write_prototxt(model_out, net_param)
+    write_caffemodel(weights_out, weights, net_name=net_param.name, layer_types=types)
+    write_prototxt(model_out, net_param)
 
 
 def fold_files(model, weights, model_out, weights_out, keep=()):
@@ -199,8 +201,8 @@ def fold_files(model, weights, model_out, weights_out, keep=()):
 
     Returns the list of folded chains (see :func:`fold_batchnorm`).
     """
-    net_param = formats.read_prototxt(model, caffe_pb2.NetParameter)
-    folded, new_weights, chains = fold_batchnorm(net_param, formats.read_caffemodel(weights), keep=keep)
+    net_param = read_prototxt(model, caffe_pb2.NetParameter)
+    folded, new_weights, chains = fold_batchnorm(net_param, read_caffemodel(weights), keep=keep)
     write_folded(model_out, weights_out, folded, new_weights)
     return chains
 
@@ -231,13 +233,13 @@ def deploy_net(model, weights, precision="fp32", fold=True, keep=(), device="cpu
     Parameters do not require gradients; run it under ``torch.inference_mode()``.
     """
     import torch
-    from .net import Net
+    from deepyeast.engine.net import Net
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if not isinstance(model, caffe_pb2.NetParameter):
-        model = formats.read_prototxt(model, caffe_pb2.NetParameter)
+        model = read_prototxt(model, caffe_pb2.NetParameter)
     if not isinstance(weights, dict):
-        weights = formats.read_caffemodel(weights)
+        weights = read_caffemodel(weights)
     if fold:
         model, weights, _ = fold_batchnorm(model, weights, keep=keep)
     net = Net(model, phase="TEST", device=device, seed=seed)

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from ..io_utils import InputError
+from deepyeast.utils.io import InputError
 
 __all__ = ["POLICIES", "learning_rate", "format_float"]
 

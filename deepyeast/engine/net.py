@@ -24,11 +24,16 @@ from collections import OrderedDict, namedtuple
 import numpy as np
 import torch
 
-from .. import caffe_pb2, formats
-from ..io_utils import InputError
-from . import data as _data  # noqa: F401  (registers the Data layer)
-from .layers import (LAYER_TYPES, BatchNormLayer, ConvolutionLayer, InnerProductLayer, InputLayer, ReLULayer,
-                     ScaleLayer)
+from deepyeast.caffe import caffe_pb2
+from deepyeast.caffe.blobs import blob_to_array, read_caffemodel, write_caffemodel
+from deepyeast.caffe.prototxt import read_prototxt
+from deepyeast.utils.io import InputError
+from deepyeast.engine.layers import LAYER_TYPES
+from deepyeast.engine.layers.common import InnerProductLayer
+from deepyeast.engine.layers.data import InputLayer
+from deepyeast.engine.layers.neuron import ReLULayer
+from deepyeast.engine.layers.normalization import BatchNormLayer, ScaleLayer
+from deepyeast.engine.layers.vision import ConvolutionLayer
 
 __all__ = ["Net", "ParamInfo", "state_meets_rule", "filter_layers"]
 
@@ -93,13 +98,6 @@ def _legacy_inputs(net_param):
     return lp
 
 
-def _count(shape, start=0, end=None):
-    n = 1
-    for s in tuple(shape)[start:end]:
-        n *= int(s)
-    return n
-
-
 _HEAP_KEPT = False
 
 
@@ -132,11 +130,12 @@ def _retain_freed_memory():
 class _Context:
     """What layers need from their net: phase, device, root folder and random streams."""
 
-    def __init__(self, phase, device, root_dir, seed):
+    def __init__(self, phase, device, root_dir, seed, data_shape=None):
         self.phase = phase
         self.device = device
         self.root_dir = root_dir
         self.seed = seed
+        self.data_shape = data_shape  # C x H x W for Data layers when only shapes are asked for
         self.filler_generator = torch.Generator().manual_seed(seed)
         self._generators = {}
 
@@ -222,10 +221,18 @@ class Net(torch.nn.Module):
     fuse : bool
         Fuse in-place BatchNorm -> Scale -> ReLU chains into one batch_norm call
         (same results up to float rounding).
+    data_shape : tuple or None
+        C x H x W of the records Data layers would read: with it, Data layers read no LMDB
+        (for shape questions, see :meth:`for_shapes`).
+
+    Shape questions (no data, no values needed): :meth:`for_shapes` builds the net on torch's
+    ``meta`` device; ``blob_shapes``, :meth:`param_shapes`, :meth:`count_learnable`,
+    :meth:`geometry` (receptive fields) and :attr:`learned_blobs` answer from the layers' own
+    ``setup``, so every layer type the engine runs is also understood here.
     """
 
     def __init__(self, net, phase="TRAIN", device="cpu", level=0, stages=(), seed=None, root_dir=None,
-                 channels_last=None, autocast=None, fuse=True):
+                 channels_last=None, autocast=None, fuse=True, data_shape=None):
         super().__init__()
         if isinstance(phase, int) and not isinstance(phase, bool):
             phase = {caffe_pb2.TRAIN: "TRAIN", caffe_pb2.TEST: "TEST"}.get(phase, phase)
@@ -234,7 +241,7 @@ class Net(torch.nn.Module):
             raise InputError(f"phase must be TRAIN or TEST, got {phase!r}")
         if isinstance(net, (str, os.PathLike)):
             self.source = os.fspath(net)
-            net = formats.read_prototxt(net, caffe_pb2.NetParameter)
+            net = read_prototxt(net, caffe_pb2.NetParameter)
         elif isinstance(net, caffe_pb2.NetParameter):
             self.source = "<NetParameter>"
         else:
@@ -249,7 +256,7 @@ class Net(torch.nn.Module):
         if self.device.type == "cpu":
             _retain_freed_memory()
         self.autocast, self.tf32 = _autocast_mode(autocast)
-        self._ctx = _Context(phase, self.device, self.root_dir, self.seed)
+        self._ctx = _Context(phase, self.device, self.root_dir, self.seed, data_shape)
 
         layer_params = filter_layers(net, phase, level, stages)
         legacy = _legacy_inputs(net)
@@ -294,7 +301,7 @@ class Net(torch.nn.Module):
                     raise layer.error(f'in-place top "{t}" would change shape {self.blob_shapes[t]} -> {s}')
             self._setup_params(layer, lp, param_names)
             if lp.blobs:
-                self._load_layer_blobs(layer, [formats.blob_to_array(b, source=f'layer "{lp.name}" blob {j}')
+                self._load_layer_blobs(layer, [blob_to_array(b, source=f'layer "{lp.name}" blob {j}')
                                                for j, b in enumerate(lp.blobs)], where="prototxt blobs")
             for t, s in zip(lp.top, layer.top_shapes):
                 self.blob_shapes[t] = tuple(s)
@@ -331,6 +338,15 @@ class Net(torch.nn.Module):
             # float32 parity needs true float32 math; TF32 only when asked for (global torch flags)
             torch.backends.cuda.matmul.allow_tf32 = self.tf32
             torch.backends.cudnn.allow_tf32 = self.tf32
+
+    @classmethod
+    def for_shapes(cls, net, phase="TEST", level=0, stages=(), data_shape=None):
+        """The net on torch's ``meta`` device, for shape questions only (no values, no data read).
+
+        ``data_shape``: C x H x W of the records of any ``Data`` layer (needed only when the net has one).
+        """
+        return cls(net, phase=phase, device="meta", level=level, stages=stages, seed=0, fuse=False,
+                   data_shape=data_shape)
 
     # ------------------------------------------------------------------ construction helpers
     def _setup_params(self, layer, lp, param_names):
@@ -521,13 +537,42 @@ class Net(torch.nn.Module):
         """OrderedDict layer name -> list of parameter tensors (Caffe's blob order and shapes)."""
         return OrderedDict((layer.name, list(layer.blobs)) for layer in self.layers if layer.blobs)
 
+    def param_shapes(self):
+        """OrderedDict layer name -> list of parameter-blob shapes (Caffe's order), layers with blobs only."""
+        return OrderedDict((name, [tuple(t.shape) for t in blobs]) for name, blobs in self.layer_params().items())
+
+    def count_learnable(self):
+        """Number of learnable parameter values (blobs with a non-zero lr_mult; BatchNorm statistics are not)."""
+        return sum(int(info.tensor.numel()) for info in self.learnable_params if info.lr_mult != 0)
+
+    @property
+    def learned_blobs(self):
+        """Blobs produced (not in place) by layers with learnable parameters, input side first:
+        for DeepYeast conv1 .. conv8, fc1, fc2, fc3 -- the features the analyses use."""
+        from deepyeast.engine.shapes import learned_blobs
+
+        return learned_blobs(self)
+
+    def geometry(self):
+        """OrderedDict blob name -> BlobGeometry (per-cell shape, receptive field); see
+        :func:`deepyeast.engine.shapes.blob_geometry`."""
+        from deepyeast.engine.shapes import blob_geometry
+
+        return blob_geometry(self)
+
+    def random_weights(self, seed=0, bn_factor=0.8, input_scale=1.0):
+        """Random, well-scaled values for every parameter blob; see :func:`deepyeast.engine.shapes.random_weights`."""
+        from deepyeast.engine.shapes import random_weights
+
+        return random_weights(self, seed, bn_factor, input_scale)
+
     def load_caffemodel(self, path):
         """Copy weights from a ``.caffemodel`` by layer name (others keep their values).
 
         Returns the names of the layers loaded.  A layer whose blob count or
         shapes differ raises InputError naming the layer and both shapes.
         """
-        params = formats.read_caffemodel(path)
+        params = read_caffemodel(path)
         loaded = []
         for name, arrays in params.items():
             layer = self._by_name.get(name)
@@ -551,7 +596,7 @@ class Net(torch.nn.Module):
         for name, blobs in self.layer_params().items():
             params[name] = [t.detach().float().cpu().numpy() for t in blobs]
             types[name] = self._by_name[name].caffe_type
-        formats.write_caffemodel(path, params, net_name=self.name, layer_types=types)
+        write_caffemodel(path, params, net_name=self.name, layer_types=types)
 
     def share_params_from(self, other):
         """Use ``other``'s parameter tensors for same-named layers (Caffe's ShareTrainedLayersWith)."""
@@ -592,41 +637,11 @@ class Net(torch.nn.Module):
 
     # ------------------------------------------------------------------ cost
     def flop_counts(self):
-        """Arithmetic of every Convolution and InnerProduct at this net's blob shapes.
+        """OrderedDict layer name -> (forward, weight gradient, input gradient) FLOPs of every
+        Convolution and InnerProduct; see :func:`deepyeast.engine.shapes.flop_counts`."""
+        from deepyeast.engine.shapes import flop_counts
 
-        Returns an OrderedDict layer name -> (forward, weight gradient, input
-        gradient) in FLOPs, a multiply-add counting 2.  Each of the three is
-        one product of the same size (forward ``y = W x``, ``dW = dy x^T``,
-        ``dx = W^T dy``), so a training iteration is up to 3x the forward.  The
-        input gradient is 0 where Caffe computes no bottom diff: the bottom
-        needs no backward (it comes from data through layers without learned
-        parameters, like ``conv1``'s) or ``propagate_down`` is false.  The
-        weight gradient is 0 for lr_mult 0.  Bias additions, BatchNorm, Scale,
-        ReLU, pooling and softmax (elementwise, well under 1% here) are not
-        counted.
-        """
-        out = OrderedDict()
-        needs_backward = set()
-        for step in self._steps:
-            for k, layer in enumerate(step.layers):
-                learned = any(lr != 0.0 and layer.blob_is_parameter(i)
-                              for i, (lr, _) in enumerate(self._param_specs[layer.name]))
-                propagate = step.propagate if k == 0 and step.propagate is not None else [True] * len(
-                    layer.bottom_names)
-                into = [b in needs_backward and p for b, p in zip(layer.bottom_names, propagate)]
-                if layer.caffe_type in ("Convolution", "InnerProduct"):
-                    if layer.caffe_type == "Convolution":
-                        n, c_out, h, w = layer.top_shapes[0]
-                        per_output = _count(layer.blob0.shape, 1)  # (in / group) x kh x kw
-                        fwd = 2 * n * c_out * h * w * per_output
-                    else:
-                        rows = _count(layer.bottom_shapes[0], 0, layer.axis)
-                        fwd = 2 * rows * layer.in_features * layer.top_shapes[0][-1]
-                    wlr = self._param_specs[layer.name][0][0]
-                    out[layer.name] = (fwd, fwd if wlr != 0.0 else 0, fwd if any(into) else 0)
-                if learned or any(into):
-                    needs_backward.update(layer.top_names)
-        return out
+        return flop_counts(self)
 
     def extra_repr(self):
         return f"name={self.name!r}, phase={self.phase}, device={self.device}, layers={len(self.layers)}"

@@ -40,10 +40,11 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from .. import caffe_pb2
-from ..formats import read_prototxt, read_solverstate, write_solverstate
-from ..io_utils import InputError, atomic_path
-from .lr_policy import format_float, learning_rate
+from deepyeast.caffe import caffe_pb2
+from deepyeast.caffe.blobs import read_solverstate, write_solverstate
+from deepyeast.caffe.prototxt import read_prototxt
+from deepyeast.utils.io import InputError, StepFailed, atomic_path
+from deepyeast.engine.lr_policy import format_float, learning_rate
 
 __all__ = ["Solver", "TrainingDiverged", "setup_caffe_logging", "read_solver_param", "log"]
 
@@ -52,7 +53,7 @@ log = logging.getLogger("deepyeast.solver")
 DYSTATE_VERSION = 1
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(StepFailed):
     """The loss became NaN or infinite; the message names the iteration and the last good snapshot."""
 
 
@@ -133,14 +134,15 @@ class Solver:
     channels_last : bool or None
         Run 4-D activations channels-last (Net option; default on).
     progress : bool or None
-        tqdm progress bar on stderr (default: only when stderr is a TTY).
+        Progress on stderr (:mod:`deepyeast.utils.progress`): None (default) a bar on a terminal
+        and a line with the time left every 30 s in a log; False none.
     snapshot_prefix : str or None
         Overrides the solver's ``snapshot_prefix``.
     """
 
     def __init__(self, solver, device=None, precision="fp32", channels_last=None, progress=None,
                  snapshot_prefix=None, solver_path=None):
-        from . import Net  # late import: the net module loads torch layers
+        from deepyeast.engine import Net  # late import: the net module loads torch layers
 
         self.solver_path = solver_path or (os.fspath(solver) if not isinstance(solver, caffe_pb2.SolverParameter)
                                            else None)
@@ -172,7 +174,7 @@ class Solver:
             torch.backends.cudnn.allow_tf32 = tf32
             torch.backends.cudnn.benchmark = True
         self.channels_last = True if channels_last is None else bool(channels_last)
-        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.progress = progress
         self.seed = int(p.random_seed) if p.random_seed >= 0 else None
         if self.seed is not None:
             torch.manual_seed(self.seed)
@@ -292,9 +294,9 @@ class Solver:
         self._loss_start = start_iter
         timer_start, iters_last = time.perf_counter(), self.iter
         bar = None
-        if self.progress and self.rank == 0 and iters > 0:
-            from tqdm import tqdm
-            bar = tqdm(total=int(iters), desc="train", unit="it", file=sys.stderr, leave=False)
+        if self.progress is not False and self.rank == 0 and iters > 0:
+            from deepyeast.utils.progress import Progress
+            bar = Progress(total=int(iters), desc="train", unit="iteration", enabled=self.progress)
         check_every_iter = self.device.type == "cpu"
         try:
             while self.iter < stop_iter:

@@ -1,0 +1,171 @@
+"""What the DeepYeast layers encode (paper Figure 3): t-SNE of the cells at every layer
+(:mod:`.tsne`), what single neurons encode (:mod:`.neurons`) and the input patches that most
+activate chosen neurons (:mod:`.patches`), run together by :func:`run_interpretation`.
+
+Inputs
+------
+* Network features (:mod:`deepyeast.analysis.features`): ``DIR/<blob>.npy`` and ``DIR/paths.txt``.
+* Cell labels: the archive's split lists or any CSV with ``path,label`` (e.g. a predictions table).
+* CellProfiler features: CSV ``path,<feature_1>,...``, one row per cell (optional).
+* Cell images for the patches: the PNGs under the archive root, or a Datum LMDB (optional).
+
+Receptive fields come from the engine (:meth:`deepyeast.engine.Net.geometry` of the deploy
+prototxt): conv1 3 x 3 input pixels, conv2 5, conv3 10, conv4 14, conv5 .. conv8 24, 32, 40, 48.
+"""
+
+import json
+import logging
+import os
+
+import numpy as np
+
+from deepyeast.analysis.features import (PATHS_FILE, channel_mean_max, feature_file, labels_for_paths,
+                                         layer_features, load_blob, match_paths, network_blobs, network_geometry,
+                                         read_cellprofiler_csv, read_paths)
+from deepyeast.analysis.interpret.neurons import (class_entropy, mutual_information_per_neuron,
+                                                  plot_neuron_summary, strongest_correlations)
+from deepyeast.analysis.interpret.patches import PATCH_LAYERS, activating_patches, load_cell_images, plot_patches
+from deepyeast.analysis.interpret.tsne import plot_tsne_grid, tsne_embedding
+from deepyeast.report.manifest import clear_result, figure, missing_part, table, write_result
+from deepyeast.utils.io import InputError, atomic_write_text, write_csv
+from deepyeast.utils.progress import progress
+
+_log = logging.getLogger(__name__)
+
+
+def run_interpretation(feature_dir, out_dir, labels, class_names, blobs=None, cp_csv=None,
+                       archive_root=None, lmdb_path=None, n_tsne=1000, n_bins=10,
+                       patch_layers=PATCH_LAYERS, neurons=None, n_neurons=4, n_patches=8,
+                       summary="max", tsne_reduce="pool", seed=0, log=None, model=None, command=None):
+    """Write the Figure 3 analyses for the cells in ``feature_dir`` to ``out_dir``.
+
+    ``labels``: dict path -> (split, label) (``read_label_lists`` /
+    ``read_label_table``).  ``blobs``: blob names to analyse (default: every one of
+    :func:`~deepyeast.analysis.features.network_blobs` present).  ``model``: the deploy
+    prototxt whose blobs the features are (default: DeepYeast's, from the model zoo).  ``neurons``: optional dict layer -> list of
+    channels for the patch figure (default: the ``n_neurons`` channels with the
+    highest mutual information).  Images for patches come from
+    ``archive_root`` or ``lmdb_path``; without either, patches are skipped.
+
+    Outputs: ``tsne.{png,pdf}`` and ``tsne.csv`` (Figure 3B),
+    ``patches.{png,pdf}`` (3A), ``neurons_<blob>.csv`` and
+    ``neurons.{png,pdf}`` (3D), ``interpret.json``.  Returns the summary dict.
+    """
+    log = log or _log.info
+    paths = read_paths(os.path.join(feature_dir, PATHS_FILE))
+    _splits, y = labels_for_paths(paths, labels, os.path.join(feature_dir, PATHS_FILE))
+    if blobs is None:
+        blobs = [b for b in network_blobs(model) if os.path.exists(os.path.join(feature_dir, feature_file(b)))]
+    if not blobs:
+        raise InputError(f"{feature_dir}: no feature files for blobs {', '.join(network_blobs(model))}")
+    geometry = network_geometry(model)
+    cp = None
+    if cp_csv is not None:
+        cp_paths, cp_names, cp_values = read_cellprofiler_csv(cp_csv)
+        cp = (cp_names, cp_values[match_paths(paths, cp_paths, f"{cp_csv} (for {feature_dir}/paths.txt)")])
+    os.makedirs(out_dir, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    tsne_rows = np.sort(rng.choice(len(paths), size=min(n_tsne, len(paths)), replace=False))
+    h_class = class_entropy(y)
+    summary_out = dict(feature_dir=feature_dir, n_cells=len(paths), blobs=list(blobs), seed=seed,
+                       n_bins=n_bins, neuron_summary=summary, class_entropy_nats=h_class,
+                       tsne_cells=int(len(tsne_rows)), tsne_reduce=tsne_reduce, layers={})
+    embeddings, mi_by_blob, r_by_blob, chance_by_blob = {}, {}, {}, {}
+    clear_result(out_dir)
+    for blob in progress(blobs, desc="interpret", unit="layer"):
+        act = load_blob(feature_dir, blob, geometry.get(blob))
+        # one pass over the (memory-mapped) blob: per-channel mean and max of every cell
+        spatial = act.shape[2] * act.shape[3] > 1
+        means, maxima = channel_mean_max(act)
+        outputs = maxima if summary == "max" else means
+        mi = mutual_information_per_neuron(outputs, y, n_bins)
+        mi_by_blob[blob] = mi
+        rows = [dict(neuron=m, mutual_information=mi[m], mi_fraction=mi[m] / h_class if h_class else 0.0)
+                for m in range(len(mi))]
+        if cp is not None:
+            best, r = strongest_correlations(outputs, cp[1])
+            r_by_blob[blob] = r
+            for m, row in enumerate(rows):
+                row.update(best_cellprofiler_feature=cp[0][best[m]], pearson_r=r[m])
+        write_csv(os.path.join(out_dir, f"neurons_{blob}.csv"), rows)
+        chance = mutual_information_per_neuron(outputs, rng.permutation(y), n_bins)
+        chance_by_blob[blob] = float(np.median(chance))
+        layer = dict(n_neurons=len(mi), mi_median=float(np.median(mi)), mi_max=float(mi.max()),
+                     mi_shuffled_median=chance_by_blob[blob],
+                     top_neurons=[int(i) for i in np.argsort(-mi)[:n_neurons]])
+        if cp is not None:
+            layer["abs_r_median"] = float(np.median(np.abs(r_by_blob[blob])))
+        summary_out["layers"][blob] = layer
+        log(f"[interpret] {blob}: {len(mi)} neurons, median MI {layer['mi_median']:.3f} nats")
+        if tsne_reduce == "pool":  # layer_features' pooling, from the summaries already taken
+            tsne_x = np.concatenate([means, maxima], 1)[tsne_rows] if spatial else means[tsne_rows]
+        else:
+            tsne_x = layer_features(act, tsne_reduce, tsne_rows)
+        embeddings[blob] = tsne_embedding(tsne_x, seed)
+    tsne_table = [dict(path=paths[i], label=int(y[i]), **{f"{b}_{a}": embeddings[b][j, a_i]
+                       for b in blobs for a_i, a in enumerate("xy")}) for j, i in enumerate(tsne_rows)]
+    write_csv(os.path.join(out_dir, "tsne.csv"), tsne_table)
+    plot_tsne_grid(embeddings, y[tsne_rows], class_names, os.path.join(out_dir, "tsne"))
+    plot_neuron_summary(mi_by_blob, r_by_blob, h_class, os.path.join(out_dir, "neurons"), chance_by_blob)
+    if archive_root is not None or lmdb_path is not None:
+        layers = [b for b in patch_layers if b in blobs]
+        images = load_cell_images(paths, archive_root, lmdb_path)
+        panels = []
+        for blob in layers:
+            act = load_blob(feature_dir, blob, geometry.get(blob))
+            chosen = (neurons or {}).get(blob) or summary_out["layers"][blob]["top_neurons"]
+            if blob == "fc3" and not (neurons or {}).get(blob):
+                chosen = list(range(act.shape[1]))  # every class score of the trained net
+            for channel in chosen:
+                if not 0 <= channel < act.shape[1]:
+                    raise InputError(f"neuron {channel} of {blob}: blob has {act.shape[1]} neurons")
+                panels.append((blob, channel, activating_patches(act, geometry[blob], channel, images, n_patches)))
+        summary_out["patches"] = [dict(blob=b, neuron=c, cells=[paths[p["cell"]] for p in ps],
+                                       positions=[[p["row"], p["col"]] for p in ps],
+                                       values=[p["value"] for p in ps]) for b, c, ps in panels]
+        plot_patches(panels, os.path.join(out_dir, "patches"))
+    atomic_write_text(os.path.join(out_dir, "interpret.json"), json.dumps(summary_out, indent=2) + "\n")
+    write_interpret_result(out_dir, summary_out, command=command)  # last: marks a finished step
+    return summary_out
+
+
+def write_interpret_result(out_dir, summary, command=None):
+    """The result manifest of the interpretation (see :mod:`deepyeast.report.manifest`)."""
+    layers = summary["layers"]
+    has_r = any("abs_r_median" in v for v in layers.values())
+    columns = ["layer", "neurons", "median MI (nats)", "median MI, labels shuffled"]
+    if has_r:
+        columns.append("median |r| to CellProfiler")
+    rows = []
+    for blob, v in layers.items():
+        row = [blob, v["n_neurons"], f"{v['mi_median']:.3f}", f"{v['mi_shuffled_median']:.3f}"]
+        if has_r:
+            row.append(f"{v['abs_r_median']:.2f}" if "abs_r_median" in v else "—")
+        rows.append(row)
+    text = (f"Features of {summary['n_cells']:,} cells at {len(layers)} layers. A neuron's output per cell (spatial "
+            f"{summary['neuron_summary']} of its map for a convolution channel) is compared with the cell's "
+            f"compartment by mutual information on {summary['n_bins']} quantile bins; the class entropy, the most "
+            f"any neuron can reach, is {summary['class_entropy_nats']:.2f} nats.")
+    figures = [figure("tsne.png", f"Figure 3B: t-SNE of {summary['tsne_cells']:,} cells at each layer, coloured by "
+                                  "compartment."),
+               figure("neurons.png", "Figure 3D: per layer, the distribution of neurons' mutual information with the "
+                                     "compartment (grey x: median with shuffled labels)" +
+                      (" and of each neuron's strongest correlation to a CellProfiler feature." if has_r else "."))]
+    if os.path.exists(os.path.join(out_dir, "patches.png")):
+        figures.insert(1, figure("patches.png", "Figure 3A: input patches (each unit's receptive field) that most "
+                                                "activate chosen neurons; red: marker, green: protein."))
+    missing = [] if "patches" in summary else [missing_part(
+        "input patches that most activate neurons (Figure 3A)", "no cell images were given",
+        "--archive ROOT or --lmdb DIR")]
+    if not has_r:
+        missing.append(missing_part("correlation of neurons to CellProfiler features",
+                                    "no CellProfiler features were given", "--cellprofiler CSV"))
+    return write_result(out_dir, "interpret", "What the layers encode (paper Figure 3)", text, figures=figures,
+                        tables=[table("Neurons per layer", columns, rows,
+                                      "Mutual information between a neuron's binned output and the compartment, "
+                                      "median over the layer's neurons, in nats; per neuron in neurons_<layer>.csv.")],
+                        missing=missing, details={k: v for k, v in summary.items() if k != "patches"},
+                        seeds={"seed": summary["seed"]}, command=command, order=50)
+
+
+

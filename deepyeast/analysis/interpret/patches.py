@@ -1,0 +1,123 @@
+"""Input patches that most activate a neuron (paper Figure 3A).
+
+A conv unit sees a square of the input, its receptive field: :func:`receptive_field_box`
+places it from the blob's :class:`~deepyeast.engine.shapes.BlobGeometry` (the engine's
+:meth:`~deepyeast.engine.Net.geometry`); the patch is cut around each of the top cells'
+strongest position, zero-padded where it leaves the crop.  An fc unit sees the whole crop.
+"""
+
+import os
+
+import numpy as np
+
+from deepyeast.analysis.features import match_paths
+from deepyeast.constants import CLASS_NAMES, N_CLASSES
+from deepyeast.data.crop_png import read_crop
+from deepyeast.utils.plotting import crop_rgb, plt, save_figure
+
+PATCH_LAYERS = ("conv1", "conv2", "conv4", "conv8", "fc3")
+"""Layers 1, 2, 4, 8 and 11 of the net, shown in Figure 3A."""
+
+
+def receptive_field_box(geometry, row, col):
+    """Input-pixel box ``(top, left, side)`` seen by unit (row, col) of a blob.
+
+    ``top``/``left`` may be negative or the box may reach past the image: the
+    net pads with zeros there.  For an fc layer the box is the whole image.
+    """
+    half = (geometry.receptive_field - 1) / 2
+    top = geometry.start + row * geometry.jump - half
+    left = geometry.start + col * geometry.jump - half
+    return int(round(top)), int(round(left)), geometry.receptive_field
+
+
+def cut_patch(image, top, left, side):
+    """Cut a ``side`` x ``side`` patch from ``image`` (C x H x W), zero-padded
+    where the box leaves the image.  Returns an array of ``image.dtype``."""
+    c, h, w = image.shape
+    patch = np.zeros((c, side, side), dtype=image.dtype)
+    y0, x0 = max(top, 0), max(left, 0)
+    y1, x1 = min(top + side, h), min(left + side, w)
+    if y1 > y0 and x1 > x0:
+        patch[:, y0 - top:y1 - top, x0 - left:x1 - left] = image[:, y0:y1, x0:x1]
+    return patch
+
+
+def load_cell_images(paths, archive_root=None, lmdb_path=None):
+    """Cell crops for ``paths``: uint8 N x C x 64 x 64 (C = 2: marker, protein).
+
+    From the PNGs under ``archive_root`` (:func:`deepyeast.data.crop_png.read_crop`) or from a
+    Datum LMDB (cells found by :func:`deepyeast.caffe.lmdb.path_of_key`).
+    """
+    if lmdb_path is not None:
+        from deepyeast.caffe.lmdb import iter_datum_lmdb, path_of_key
+        names, images = [], []
+        for key, image, _label in iter_datum_lmdb(lmdb_path):
+            names.append(path_of_key(key))
+            images.append(image)
+        idx = match_paths(paths, names, f"{lmdb_path} (LMDB keys)")
+        return np.stack([images[i] for i in idx]).astype(np.uint8)
+    if archive_root is None:
+        raise ValueError("give archive_root or lmdb_path to read cell images")
+    return np.stack([read_crop(p if os.path.isabs(p) else os.path.join(archive_root, p)) for p in paths])
+
+
+def top_activating_units(activations, channel, k=8, chunk=256):
+    """The ``k`` cells where neuron ``channel`` fires most, one position per cell.
+
+    ``activations``: N x C x H x W.  Returns a list of ``(cell, row, col,
+    value)`` sorted by value, highest first; (row, col) is the cell's
+    argmax position in the channel's map.
+    """
+    n, _, h, w = activations.shape
+    best_value = np.empty(n, dtype=np.float64)
+    best_pos = np.empty(n, dtype=np.int64)
+    for i in range(0, n, chunk):
+        block = np.asarray(activations[i:i + chunk, channel], dtype=np.float64).reshape(-1, h * w)
+        best_pos[i:i + chunk] = block.argmax(axis=1)
+        best_value[i:i + chunk] = block.max(axis=1)
+    order = np.argsort(-best_value, kind="stable")[:k]
+    return [(int(c), int(best_pos[c] // w), int(best_pos[c] % w), float(best_value[c])) for c in order]
+
+
+def activating_patches(activations, geometry, channel, images, k=8):
+    """Input patches (C x rf x rf each) that most activate one neuron.
+
+    For a conv blob: the receptive-field patch around each of the top-``k``
+    cells' maximal position.  For an fc blob: the whole crops with the
+    highest outputs.  ``images``: N x C x H x W aligned with ``activations``.
+    Returns a list of dicts ``cell, row, col, value, patch``.
+    """
+    out = []
+    for cell, row, col, value in top_activating_units(activations, channel, k):
+        if geometry.kind == "fc":
+            patch = images[cell]
+        else:
+            patch = cut_patch(images[cell], *receptive_field_box(geometry, row, col))
+        out.append(dict(cell=cell, row=row, col=col, value=value, patch=patch))
+    return out
+
+
+def plot_patches(panels, stem):
+    """Figure 3A: one row per (layer, neuron), the top-activating input patches across.
+
+    fc3 neurons are named by the trained net's classes (``deepyeast.constants.CLASS_NAMES``)."""
+    n_cols = max(len(p) for _, _, p in panels)
+    fig, axes = plt.subplots(len(panels), n_cols, figsize=(1.0 * n_cols + 1.4, 1.0 * len(panels) + 0.5),
+                             squeeze=False)
+    for r, (blob, channel, patches) in enumerate(panels):
+        for c in range(n_cols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(patches):
+                ax.imshow(crop_rgb(patches[c]["patch"]), interpolation="nearest")
+            else:
+                ax.axis("off")
+        name = CLASS_NAMES[channel] if blob == "fc3" and channel < N_CLASSES else f"#{channel}"
+        side = patches[0]["patch"].shape[-1] if patches else 0
+        axes[r, 0].set_ylabel(f"{blob} {name}\n{side}x{side} px", fontsize=7, rotation=0, ha="right", va="center")
+    fig.suptitle("Input patches that most activate chosen neurons (red: marker, green: protein)", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
+    save_figure(fig, stem)
+

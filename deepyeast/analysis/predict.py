@@ -1,0 +1,275 @@
+"""Per-cell class probabilities and layer features from a trained ``.caffemodel``.
+
+Two engines run the same deploy prototxt and weights:
+
+* ``"ours"``  -- :class:`deepyeast.engine.Net` (PyTorch, Caffe semantics), in this process;
+* ``"caffe"`` -- real pycaffe inside the Caffe root (``make caffe``), through the stand-alone
+  script :mod:`deepyeast.caffe.pycaffe_forward` (files in, files out).
+
+Inputs are uint8 crops ``N x 2 x 64 x 64`` (channel 0 red marker, 1 green protein),
+read from an archive and a split list (``ROOT/HOwt_test.txt``) or from a Datum LMDB.
+The per-pixel training mean (``mean.binaryproto``, float32 ``2 x 64 x 64``) is
+subtracted in float32 before the net, as the ``Data`` layer's ``mean_file`` does
+in training.
+
+Outputs: the predictions table (:mod:`deepyeast.analysis.predictions`:
+``path,protein,split,label,pred,prob_0..prob_{K-1}``), and optionally features
+``DIR/<blob>.npy`` (float32 ``N x D``, each cell's blob flattened in C x H x W
+order, taken after the in-place BatchNorm/Scale/ReLU like Caffe's blob) with
+``DIR/paths.txt`` (one cell path per row, same order).  With
+``feature_reduce="pool"`` every blob with a spatial map (the conv blobs) is
+written instead as ``DIR/<blob>.pool.npy``: float32 ``N x 2C``, each channel's
+spatial mean followed by each channel's spatial max -- the reduction the
+transfer analysis uses (:func:`deepyeast.analysis.features.layer_features`), at a few
+KiB per cell instead of up to 1 MiB (conv1, conv2).
+"""
+
+import dataclasses
+import os
+import re
+import shutil
+import tempfile
+
+import numpy as np
+
+from deepyeast.caffe import caffe_pb2
+from deepyeast.caffe.blobs import check_mean_shape, read_mean_binaryproto
+from deepyeast.caffe.lmdb import path_of_key, read_datum_lmdb
+from deepyeast.caffe.prototxt import read_prototxt
+from deepyeast.data.crop_png import iter_crops
+from deepyeast.data.lists import class_names_for_list, protein_of, read_split_list
+from deepyeast.constants import class_names_for
+from deepyeast.utils.io import InputError
+from deepyeast.analysis.features import feature_file, feature_folder
+from deepyeast.utils.progress import progress
+from deepyeast.analysis.predictions import Predictions, validate_predictions, write_predictions
+
+ENGINES = ("ours", "caffe")
+PYCAFFE_FORWARD = os.path.join(os.path.dirname(os.path.abspath(caffe_pb2.__file__)), "pycaffe_forward.py")
+
+
+@dataclasses.dataclass
+class Cells:
+    """Cells to classify: ``images`` uint8 N x C x H x W, ``labels`` int64 N, ``paths`` list of N str."""
+    images: np.ndarray
+    labels: np.ndarray
+    paths: list
+    source: str
+
+    @property
+    def proteins(self):
+        return [protein_of(p) for p in self.paths]
+
+
+def split_from_name(path):
+    """Split name from a list file or LMDB folder name (``HOwt_test.txt`` -> ``test``), or None."""
+    base = os.path.basename(os.path.normpath(os.fspath(path)))
+    m = re.match(r"^(?:HOwt_)?((?:transfer_)?(?:train|val|test))(?:\.txt|_lmdb)$", base)
+    return m.group(1) if m else None
+
+
+def cells_from_list(archive, list_path, skip_bad=False):
+    """Read the crops a split list names: ``ROOT/<relpath>`` PNGs with their labels.
+
+    The class table (12 or 4 transfer classes) is chosen from the list's name.
+    A missing or corrupt crop raises :class:`InputError` naming the file
+    (with ``skip_bad`` it is left out instead).
+    """
+    entries, _ = read_split_list(list_path, class_names_for_list(os.fspath(list_path)), skip_bad=skip_bad)
+    if not entries:
+        raise InputError(f"{list_path}: the split list names no cells")
+    paths, labels, images = [], [], []
+    for rel, image, label in iter_crops(archive, entries, skip_bad=skip_bad):
+        paths.append(rel)
+        labels.append(label)
+        images.append(image)
+    if not images:
+        raise InputError(f"{list_path}: none of the listed crops under {archive} could be read")
+    return Cells(np.stack(images), np.asarray(labels, np.int64), paths, os.fspath(list_path))
+
+
+def cells_from_lmdb(lmdb_path):
+    """Read the cells of a Datum LMDB; a cell's path is its key without the ``%08d_`` prefix."""
+    images, labels, keys = read_datum_lmdb(lmdb_path)
+    if images.dtype != np.uint8:
+        raise InputError(f"{lmdb_path}: records hold float data; expected uint8 crops")
+    paths = [path_of_key(k) for k in keys]
+    return Cells(images, labels, paths, os.fspath(lmdb_path))
+
+
+def shape_net(model_path):
+    """The deploy net's :meth:`deepyeast.engine.Net.for_shapes` (TEST phase): blob shapes, geometry."""
+    from deepyeast.engine import Net
+
+    return Net.for_shapes(model_path, "TEST")
+
+
+def net_input_shape(model_path):
+    """(name, C x H x W) of the deploy net's ``Input`` blob."""
+    net = read_prototxt(model_path, caffe_pb2.NetParameter)
+    for layer in net.layer:
+        if layer.type == "Input" and layer.input_param.shape:
+            return layer.top[0], tuple(int(d) for d in layer.input_param.shape[0].dim[1:])
+    if net.input and net.input_shape:
+        return net.input[0], tuple(int(d) for d in net.input_shape[0].dim[1:])
+    raise InputError(f"{model_path}: a deploy net needs an Input layer (the data blob); "
+                     "train_val.prototxt reads LMDBs itself, use deploy.prototxt")
+
+
+def load_mean(mean_path, image_shape):
+    """Read ``mean.binaryproto`` as float32 C x H x W and check it fits images of ``image_shape``."""
+    mean = read_mean_binaryproto(mean_path)
+    check_mean_shape(mean, image_shape, source=os.fspath(mean_path))
+    return mean
+
+
+def _check_blobs(model_path, blobs):
+    known = list(shape_net(model_path).blob_shapes)
+    missing = [b for b in blobs if b not in known]
+    if missing:
+        raise InputError(f"{model_path}: no blob named {', '.join(missing)} (blobs: {', '.join(known)})")
+
+
+def spatial_blobs(model_path):
+    """Names of the deploy net's blobs that have a spatial map (4-D with H x W > 1)."""
+    return [name for name, shape in shape_net(model_path).blob_shapes.items()
+            if len(shape) == 4 and shape[2] * shape[3] > 1]
+
+
+def forward_blobs(engine, model_path, weights_path, images, mean, blobs, out_dir, batch=100, pool=(),
+                  precision="fp32", fold=True):
+    """Run ``images`` through the net and write ``out_dir/<blob>.npy`` (float32 N x D) per blob.
+
+    ``engine`` is ``"ours"`` or ``"caffe"``; ``images`` uint8 (or float) N x C x H x W;
+    ``mean`` float32 C x H x W or None; ``blobs`` names of the net's blobs.
+    Blobs also named in ``pool`` (4-D blobs) are written as
+    ``out_dir/<blob>.pool.npy``: float32 N x 2C, per-channel spatial mean then max.
+    Our engine only: ``precision`` ``"fp32"`` or ``"bf16"`` and ``fold`` (BatchNorm
+    folded into the layer before it; see :func:`deepyeast.engine.fold.deploy_net`).
+    """
+    if engine not in ENGINES:
+        raise InputError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "caffe" and precision != "fp32":
+        raise InputError(f"precision {precision}: real Caffe computes in float32; use the engine 'ours'")
+    blobs = list(dict.fromkeys(blobs))
+    _check_blobs(model_path, blobs)
+    pool = [b for b in pool if b in blobs]
+    os.makedirs(out_dir, exist_ok=True)
+    if engine == "ours":
+        _forward_ours(model_path, weights_path, images, mean, blobs, out_dir, batch, pool, precision, fold)
+    else:
+        _forward_caffe(model_path, weights_path, images, mean, blobs, out_dir, batch, pool)
+
+
+def _forward_ours(model_path, weights_path, images, mean, blobs, out_dir, batch, pool=(), precision="fp32",
+                  fold=True):
+    import torch
+
+    from deepyeast.engine.fold import deploy_net
+
+    net = deploy_net(model_path, weights_path, precision=precision, fold=fold, keep=blobs)
+    input_name, _ = net_input_shape(model_path)
+    n = images.shape[0]
+    outputs = {}
+    mean_t = torch.from_numpy(np.asarray(mean, np.float32)) if mean is not None else None
+    with torch.inference_mode():
+        for start in progress(range(0, n, batch), desc="predict", unit="batch"):
+            x = torch.from_numpy(np.asarray(images[start:start + batch], dtype=np.float32))
+            if mean_t is not None:
+                x = x - mean_t
+            out = net.forward(**{input_name: x})
+            for b in blobs:
+                data = out[b].float()
+                if b in pool:
+                    maps = data.reshape(data.shape[0], data.shape[1], -1)
+                    data = torch.cat([maps.mean(dim=2), maps.amax(dim=2)], dim=1)
+                data = data.contiguous().reshape(x.shape[0], -1).cpu().numpy()
+                if b not in outputs:
+                    name = feature_file(b, pooled=b in pool)
+                    outputs[b] = np.lib.format.open_memmap(os.path.join(out_dir, name), mode="w+",
+                                                           dtype=np.float32, shape=(n, data.shape[1]))
+                outputs[b][start:start + x.shape[0]] = data
+    for arr in outputs.values():
+        arr.flush()
+
+
+def _forward_caffe(model_path, weights_path, images, mean, blobs, out_dir, batch, pool=()):
+    from deepyeast.caffe import root as caffe_root
+
+    if not caffe_root.have_caffe_root():
+        raise InputError(f"engine 'caffe': {caffe_root.missing_reason()}")
+    with tempfile.TemporaryDirectory(prefix=".pycaffe-in-", dir=out_dir) as work:
+        np.save(os.path.join(work, "images.npy"), np.ascontiguousarray(images))
+        args = ["--model", os.path.abspath(model_path), "--weights", os.path.abspath(weights_path),
+                "--images", os.path.join(work, "images.npy"), "--out", os.path.abspath(out_dir),
+                "--blobs", ",".join(blobs), "--pool", ",".join(pool), "--batch", str(batch)]
+        if mean is not None:
+            np.save(os.path.join(work, "mean.npy"), np.asarray(mean, np.float32))
+            args += ["--mean", os.path.join(work, "mean.npy")]
+        binds = {os.path.dirname(os.path.abspath(p)) for p in (model_path, weights_path, out_dir)}
+        proc = caffe_root.run_pycaffe(PYCAFFE_FORWARD, args, binds=sorted(binds), check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"pycaffe forward failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}")
+
+
+def predict_cells(cells, model_path, weights_path, mean_path, engine="ours", split=None,
+                  out_csv=None, features_out=None, feature_blobs=(), prob_blob="prob", batch=100,
+                  feature_reduce="full", precision="fp32", fold=True):
+    """Classify ``cells`` (a :class:`Cells`) and write the predictions table and features.
+
+    Returns the validated :class:`deepyeast.analysis.predictions.Predictions`.  ``split``
+    labels every row (default: from the source's name, e.g. ``HOwt_test.txt``).
+    ``features_out``: folder that receives ``<blob>.npy`` for each of
+    ``feature_blobs`` and ``paths.txt``; it is replaced as a whole, atomically.
+    ``feature_reduce``: ``"full"`` (whole blobs) or ``"pool"`` (blobs with a
+    spatial map as ``<blob>.pool.npy``, N x 2C per-channel mean and max).
+    ``precision`` / ``fold``: see :func:`forward_blobs` (our engine only).
+    """
+    if feature_reduce not in ("full", "pool"):
+        raise ValueError(f"feature_reduce must be 'full' or 'pool', not {feature_reduce!r}")
+    split = split or split_from_name(cells.source)
+    if not split:
+        raise InputError(f"{cells.source}: cannot tell the split from the name; give it (--split test)")
+    for path in (model_path, weights_path, mean_path):
+        if not os.path.isfile(path):
+            raise InputError(f"{path}: no such file")
+    _, input_shape = net_input_shape(model_path)
+    if tuple(cells.images.shape[1:]) != input_shape:
+        raise InputError(f"{cells.source}: crops have shape {tuple(cells.images.shape[1:])} (C x H x W) but "
+                         f"{model_path} expects {input_shape}")
+    mean = load_mean(mean_path, input_shape)
+    feature_blobs = [b for b in dict.fromkeys(feature_blobs) if b]
+    scratch_parent = os.path.dirname(os.path.abspath(features_out or out_csv or "."))
+    os.makedirs(scratch_parent, exist_ok=True)
+    work = tempfile.mkdtemp(prefix=".predict-", dir=scratch_parent)
+    try:
+        pool = [b for b in spatial_blobs(model_path) if b in feature_blobs and b != prob_blob] \
+            if feature_reduce == "pool" else []
+        forward_blobs(engine, model_path, weights_path, cells.images, mean,
+                      [prob_blob] + feature_blobs, work, batch=batch, pool=pool, precision=precision,
+                      fold=fold)
+        probs = np.load(os.path.join(work, feature_file(prob_blob))).astype(np.float64)
+        try:
+            class_names = class_names_for(probs.shape[1])
+        except ValueError as err:
+            raise InputError(f"{model_path}: blob {prob_blob!r} has {probs.shape[1]} values per cell; {err}") from None
+        n = len(cells.paths)
+        table = Predictions(path=np.asarray(cells.paths, dtype=object),
+                            protein=np.asarray(cells.proteins, dtype=object),
+                            split=np.asarray([split] * n, dtype=object),
+                            label=np.asarray(cells.labels, np.int64), pred=probs.argmax(axis=1).astype(np.int64),
+                            probs=probs, class_names=class_names, source=cells.source)
+        # a subset of cells need not hold every class
+        validate_predictions(table, require_all_classes=False)
+        if features_out:
+            with feature_folder(features_out, cells.paths) as tmp:
+                for b in feature_blobs:
+                    name = feature_file(b, pooled=b in pool)
+                    src = os.path.join(work, name)
+                    (shutil.copyfile if b == prob_blob else os.replace)(src, os.path.join(tmp, name))
+        if out_csv:
+            write_predictions(out_csv, table)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return table
+

@@ -1,0 +1,329 @@
+"""Transfer learning to unseen compartments with few examples (paper Figure 4C).
+
+The trained DeepYeast net is used as a fixed feature extractor on cells of the
+4 transfer compartments (``constants.TRANSFER_CLASS_NAMES``).  For every
+feature set (each layer's activations, and CellProfiler features of the same
+cells) a scikit-learn random forest is trained on 1, 3, 5, ..., 500 examples
+per class, its ``max_features`` chosen on the validation cells, and its
+accuracy measured on all test cells with a bootstrap 95% interval.
+
+Layer features
+--------------
+Fully connected blobs (fc1, fc2: 512 values, fc3: 12) are used as they are.
+Conv blobs are reduced to per-channel spatial mean and max (2 x channels
+values: conv1 -> 128 instead of 64 x 64 x 64 = 262,144).  The paper used the
+layer activations themselves; we pool because (a) a random forest given a
+handful of cells in 262,144 dimensions mostly samples irrelevant border
+pixels, (b) the crops are centred on the cell but its orientation and
+position vary, so the channel-wise statistics carry the texture/shape signal
+in a translation-invariant form, and (c) it keeps the whole curve to seconds
+on 2 cores and the features to kilobytes per cell.  ``reduce="full"`` uses the
+flattened blob instead.
+
+Subsampling
+-----------
+Each class's training cells are put in one seeded random order and the first
+n are taken, so the n = 3 set contains the n = 1 set and so on; n is capped
+at the cells a class has (``n_train`` says how many were used), and the curve
+stops at the first size that takes every training cell of every class.
+
+Intervals
+---------
+Resampling the N test cells with replacement makes the number correct
+Binomial(N, accuracy); the interval draws ``n_boot`` such resamples exactly
+that way and takes the 2.5 and 97.5 percentiles.
+"""
+
+import json
+import logging
+import os
+
+import numpy as np
+
+from deepyeast import constants
+from deepyeast.analysis.features import (PATHS_FILE, blob_features, has_blob, labels_for_paths, match_paths,
+                                         network_blobs, read_cellprofiler_csv, read_paths)
+from deepyeast.utils.plotting import plt, save_figure
+from deepyeast.report.manifest import clear_result, count_metric, figure, headline, table, write_result
+from deepyeast.utils.io import InputError, atomic_write_text, write_csv
+from deepyeast.utils.progress import progress
+
+_log = logging.getLogger(__name__)
+
+N_PER_CLASS = (1, 3, 5, 10, 25, 50, 100, 250, 500)
+"""Training examples per class on the curve (paper Figure 4C)."""
+
+MAX_FEATURES_GRID = ("sqrt", "log2", 0.1)
+"""Random-forest ``max_features`` values tried; the best on validation is kept.
+
+For 512 features that is 22, 9 and 51 features per split; larger fractions
+(0.3) cost 3x the time for no gain seen on the demo screen."""
+
+CELLPROFILER = "cellprofiler"
+"""Feature-set name of the CellProfiler features."""
+
+RESULT_COLUMNS = ("feature_set", "n_per_class", "n_train", "accuracy", "lo", "hi", "correct", "total",
+                  "max_features", "val_accuracy")
+
+
+def bootstrap_accuracy_interval(correct, total, n_boot=2000, level=0.95, seed=0):
+    """Percentile bootstrap interval of an accuracy ``correct / total``.
+
+    Resampling ``total`` cells with replacement gives Binomial(total, acc)
+    correct cells, so the resamples are drawn from that directly.  Returns
+    ``(lo, hi)`` as fractions.
+    """
+    if total <= 0:
+        raise ValueError("no test cells")
+    rng = np.random.default_rng(seed)
+    draws = rng.binomial(total, correct / total, size=n_boot) / total
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(draws, [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
+def class_orders(labels, n_classes, seed=0):
+    """One seeded random order of each class's row indices: list of int64 arrays."""
+    rng = np.random.default_rng(seed)
+    return [rng.permutation(np.flatnonzero(labels == k)) for k in range(n_classes)]
+
+
+def subsample_per_class(orders, n):
+    """Rows of the first ``n`` cells of each class order (capped at its size), sorted."""
+    return np.sort(np.concatenate([order[:n] for order in orders]))
+
+
+def fit_forest_on_validation(x_train, y_train, x_val, y_val, grid=MAX_FEATURES_GRID, n_trees=100,
+                             seed=0, n_jobs=None):
+    """Fit one forest per ``max_features`` in ``grid``; keep the best on validation.
+
+    Returns ``(model, max_features, val_accuracy)``; ties go to the earlier
+    grid value.
+    """
+    from sklearn.ensemble import RandomForestClassifier
+    best = None
+    for max_features in grid:
+        model = RandomForestClassifier(n_estimators=n_trees, max_features=max_features, random_state=seed,
+                                       n_jobs=n_jobs)
+        model.fit(x_train, y_train)
+        val_accuracy = float(np.mean(model.predict(x_val) == y_val))
+        if best is None or val_accuracy > best[2]:
+            best = (model, max_features, val_accuracy)
+    return best
+
+
+def transfer_curve(name, x, y, split, n_classes, n_per_class=N_PER_CLASS, grid=MAX_FEATURES_GRID,
+                   n_trees=100, n_boot=2000, seed=0, n_jobs=None):
+    """Accuracy vs training examples per class for one feature set.
+
+    ``x``: float N x F features of all cells; ``y``: int N labels; ``split``:
+    array of "train"/"val"/"test" per row.  Returns a list of result dicts
+    (``RESULT_COLUMNS``), one per size that the training data allow.
+    """
+    train, val, test = (np.flatnonzero(split == s) for s in ("train", "val", "test"))
+    orders = class_orders(y[train], n_classes, seed)
+    largest = max(len(o) for o in orders)
+    rows = []
+    for n in n_per_class:
+        rows_n = train[subsample_per_class(orders, n)]
+        model, max_features, val_accuracy = fit_forest_on_validation(
+            x[rows_n], y[rows_n], x[val], y[val], grid, n_trees, seed, n_jobs)
+        correct = int(np.sum(model.predict(x[test]) == y[test]))
+        lo, hi = bootstrap_accuracy_interval(correct, len(test), n_boot, seed=seed)
+        rows.append(dict(feature_set=name, n_per_class=n, n_train=len(rows_n), accuracy=correct / len(test),
+                         lo=lo, hi=hi, correct=correct, total=len(test), max_features=max_features,
+                         val_accuracy=val_accuracy))
+        if n >= largest:
+            break
+    return rows
+
+
+def _transfer_curve_args(args):
+    return transfer_curve(*args)
+
+
+def check_splits(y, split, n_classes, class_names, what):
+    """Every split must hold cells of every class; raise InputError naming the gap."""
+    for s in ("train", "val", "test"):
+        counts = np.bincount(y[split == s], minlength=n_classes)
+        if counts.sum() == 0:
+            raise InputError(f"{what}: no {s} cells")
+        empty = [class_names[k] for k in range(n_classes) if counts[k] == 0]
+        if empty:
+            raise InputError(f"{what}: no {s} cells of class(es) {', '.join(empty)}")
+
+
+def load_feature_sets(feature_dirs, labels, blobs=None, cp_csv=None, reduce="pool", model=None):
+    """Gather every feature set for the cells of ``feature_dirs``.
+
+    ``labels``: dict path -> (split, label).  Returns ``(sets, y, split,
+    paths)`` with ``sets`` an ordered dict name -> float32 N x F (blobs first,
+    then ``"cellprofiler"``), rows in the order of the dirs' ``paths.txt``.
+    """
+    if isinstance(feature_dirs, (str, os.PathLike)):
+        feature_dirs = [feature_dirs]
+    paths = []
+    for d in feature_dirs:
+        paths += read_paths(os.path.join(d, PATHS_FILE))
+    split, y = labels_for_paths(paths, labels, "paths.txt of " + ", ".join(map(str, feature_dirs)))
+    if len(set(paths)) != len(paths):
+        raise InputError(f"{', '.join(map(str, feature_dirs))}: a cell path occurs twice in paths.txt")
+    if blobs is None:
+        blobs = [b for b in network_blobs(model) if all(has_blob(d, b) for d in feature_dirs)]
+    sets = {}
+    for blob in blobs:
+        sets[blob] = np.concatenate([blob_features(d, blob, reduce) for d in feature_dirs])
+    if cp_csv is not None:
+        csvs = [cp_csv] if isinstance(cp_csv, (str, os.PathLike)) else list(cp_csv)
+        parts = [read_cellprofiler_csv(c) for c in csvs]
+        names = parts[0][1]
+        for c, (_p, other, _v) in zip(csvs, parts):
+            if list(other) != list(names):
+                raise InputError(f"{c}: its feature columns differ from those of {csvs[0]}")
+        cp_paths = [q for part in parts for q in part[0]]
+        values = np.concatenate([part[2] for part in parts])
+        sets[CELLPROFILER] = values[match_paths(paths, cp_paths, f"{', '.join(map(str, csvs))} (for the feature dirs' cells)")]
+    if not sets:
+        raise InputError(f"{', '.join(map(str, feature_dirs))}: no feature files and no CellProfiler CSV")
+    return sets, y, np.asarray(split, dtype=object), paths
+
+
+def run_transfer(feature_dirs, labels, out_dir, class_names=constants.TRANSFER_CLASS_NAMES, blobs=None,
+                 cp_csv=None, reduce="pool", n_per_class=N_PER_CLASS, grid=MAX_FEATURES_GRID, n_trees=100,
+                 n_boot=2000, seed=0, n_jobs=None, log=None, model=None, command=None):
+    """Run the transfer-learning curves and write the outputs to ``out_dir``.
+
+    Writes ``transfer.csv`` (``RESULT_COLUMNS``, accuracies as fractions),
+    ``transfer.json`` (settings, rows, ``transfer_accuracy[feature_set][n]``
+    with counts and interval, the best network layer chosen on validation),
+    ``transfer_layers.{png,pdf}`` (every feature set) and
+    ``transfer_accuracy.{png,pdf}`` (Figure 4C: best layer vs CellProfiler).
+    ``n_jobs``: worker processes (one feature set each; None or -1: every core).
+    Returns the JSON dict.
+    """
+    log = log or _log.info
+    n_classes = len(class_names)
+    sets, y, split, paths = load_feature_sets(feature_dirs, labels, blobs, cp_csv, reduce, model)
+    if y.max() >= n_classes:
+        raise InputError(f"label {int(y.max())} outside the {n_classes}-class table")
+    check_splits(y, split, n_classes, class_names, ", ".join(map(str, np.atleast_1d(feature_dirs))))
+    rows = []
+    # one process per feature set, each forest single-threaded: the forests are small (4 to
+    # 2,000 cells), so per-tree overhead, not arithmetic, dominates and threads would mostly wait
+    # on each other.  Results do not depend on the worker count (every forest has random_state).
+    workers = min(os.cpu_count() if n_jobs in (None, -1) else max(1, int(n_jobs)), len(sets))
+    args = [(name, x, y, split, n_classes, n_per_class, grid, n_trees, n_boot, seed, 1) for name, x in sets.items()]
+    clear_result(out_dir)
+    if workers <= 1:
+        curves = [transfer_curve(*a) for a in progress(args, desc="transfer", unit="feature set")]
+    else:
+        import concurrent.futures
+        import multiprocessing
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            curves = list(progress(pool.map(_transfer_curve_args, args), total=len(args), desc="transfer",
+                                   unit="feature set"))
+    for (name, x), curve in zip(sets.items(), curves):
+        rows += curve
+        log(f"[transfer] {name} ({x.shape[1]} features): " +
+            ", ".join(f"n={r['n_per_class']}: {r['accuracy']:.3f}" for r in curve))
+    network = [n for n in sets if n != CELLPROFILER]
+    best_layer = max(network, key=lambda n: np.mean([r["val_accuracy"] for r in rows if r["feature_set"] == n]),
+                     default=None)
+    counts = {s: int(np.sum(split == s)) for s in ("train", "val", "test")}
+    result = dict(
+        classes=list(class_names), cells=counts, seed=seed, n_trees=n_trees, max_features_grid=list(grid),
+        n_boot=n_boot, conv_reduction=reduce, feature_dims={n: int(x.shape[1]) for n, x in sets.items()},
+        n_per_class_requested=list(n_per_class), best_layer=best_layer, rows=rows,
+        transfer_accuracy={name: {str(r["n_per_class"]): dict(accuracy=r["accuracy"], correct=r["correct"],
+                                                              total=r["total"], lo=r["lo"], hi=r["hi"])
+                                  for r in rows if r["feature_set"] == name} for name in sets})
+    os.makedirs(out_dir, exist_ok=True)
+    plot_transfer(rows, list(sets), os.path.join(out_dir, "transfer_layers"),
+                  "Transfer to new compartments: every feature set")
+    main_sets = [s for s in (best_layer, CELLPROFILER) if s in sets]
+    plot_transfer(rows, main_sets, os.path.join(out_dir, "transfer_accuracy"),
+                  "Transfer to new compartments (best layer on validation vs CellProfiler)")
+    write_results_csv(os.path.join(out_dir, "transfer.csv"), rows)
+    atomic_write_text(os.path.join(out_dir, "transfer.json"), json.dumps(result, indent=2) + "\n")
+    write_transfer_result(out_dir, result, command=command)  # last: marks a finished step
+    return result
+
+
+def transfer_metrics(result):
+    """The ``transfer_accuracy`` metric of ``metrics.json``: {best_layer, network, cellprofiler,
+    by_feature_set}, each curve n -> count {value, correct, total, lo, hi}."""
+    by_set = {fs: {n: count_metric(c["correct"], c["total"], c["lo"], c["hi"]) for n, c in curve.items()}
+              for fs, curve in result["transfer_accuracy"].items()}
+    best = result["best_layer"]
+    return {"best_layer": best, "network": by_set.get(best) if best else None,
+            "cellprofiler": by_set.get(CELLPROFILER), "by_feature_set": by_set}
+
+
+def write_transfer_result(out_dir, result, command=None):
+    """The result manifest of transfer learning (see :mod:`deepyeast.report.manifest`)."""
+    ta = transfer_metrics(result)
+    best = ta["best_layer"]
+    metrics = {"transfer_accuracy": ta}
+    rows, headlines = [], []
+    sizes = sorted({int(n) for curve in ta["by_feature_set"].values() for n in curve})
+    for fs, key, label in ((best, "transfer_network_accuracy", f"Transfer, network features ({best})"),
+                           (CELLPROFILER, "transfer_cellprofiler_accuracy", "Transfer, CellProfiler features")):
+        curve = ta["by_feature_set"].get(fs)
+        if curve:
+            largest = max(curve, key=int)
+            metrics[key] = curve[largest]
+            headlines.append(headline(key, f"{label}, {largest} cells per class", "cells"))
+    for n in sizes:
+        row = [n]
+        for fs in (best, CELLPROFILER):
+            c = (ta["by_feature_set"].get(fs) or {}).get(str(n))
+            row.append("—" if c is None else f"{c['value']:.3f} [{c['lo']:.3f}, {c['hi']:.3f}]")
+        rows.append(row)
+    cells = result["cells"]
+    text = (f"The trained network is a fixed feature extractor for cells of {len(result['classes'])} compartments it "
+            f"never saw ({', '.join(result['classes'])}). For each feature set a random forest learns from 1 to "
+            f"{sizes[-1] if sizes else 0} cells per class ({cells['train']:,} training cells in all), is chosen on "
+            f"{cells['val']:,} validation cells and scored on {cells['test']:,} test cells. The best network layer "
+            f"on validation is {best}.")
+    tables = [table("Test accuracy by training cells per class",
+                    ["cells per class", f"{best} (best layer on validation) [95% interval]",
+                     "CellProfiler [95% interval]"], rows,
+                    "Accuracy: share of the test cells called right; intervals from bootstrap resamples of the test "
+                    "cells. Every layer's curve is in transfer.csv.", file="transfer.csv")]
+    figures = [f for f in [figure("transfer_accuracy.png", "Figure 4C: transfer accuracy against training cells per class, best "
+                                               "network layer (chosen on validation) vs CellProfiler features; bands: "
+                                               "95% bootstrap intervals."),
+               figure("transfer_layers.png", "Transfer accuracy against training cells per class for every layer's "
+                                             "features.")] if os.path.exists(os.path.join(out_dir, f["file"]))]
+    return write_result(out_dir, "transfer", "Transfer learning to new compartments (paper Figure 4C)", text,
+                        metrics=metrics, headline=headlines, figures=figures, tables=tables,
+                        details={k: v for k, v in result.items() if k not in ("rows", "transfer_accuracy")},
+                        seeds={"seed": result["seed"]}, command=command, order=40)
+
+
+def write_results_csv(path, rows):
+    """Write result rows with ``RESULT_COLUMNS`` atomically."""
+    write_csv(path, rows, RESULT_COLUMNS)
+
+
+def plot_transfer(rows, feature_sets, stem, title):
+    """Accuracy (with 95% interval band) vs examples per class, one line per feature set, log x."""
+    fig, ax = plt.subplots(figsize=(7.2, 4.4))
+    cmap = plt.get_cmap("tab20")
+    for i, name in enumerate(feature_sets):
+        curve = [r for r in rows if r["feature_set"] == name]
+        n = [r["n_per_class"] for r in curve]
+        style = dict(color="black", ls="--", lw=2) if name == CELLPROFILER else dict(color=cmap(i % 20), lw=1.5)
+        ax.plot(n, [r["accuracy"] for r in curve], marker="o", ms=3, label=name, **style)
+        ax.fill_between(n, [r["lo"] for r in curve], [r["hi"] for r in curve], color=style["color"], alpha=0.12)
+    ax.set_xscale("log")
+    sizes = sorted({r["n_per_class"] for r in rows if r["feature_set"] in feature_sets})
+    ax.set_xticks(sizes, [str(n) for n in sizes])
+    ax.minorticks_off()
+    ax.set_xlabel("training examples per class")
+    ax.set_ylabel("test accuracy (95% bootstrap interval)")
+    ax.set_ylim(0, 1)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    save_figure(fig, stem)

@@ -1,0 +1,220 @@
+"""Derive a run's net and solver files from the model zoo files in ``models/deepyeast/``.
+
+The model files point at ``data/deepyeast/...``; a run (the demo, a test, a
+user's own screen) keeps its data elsewhere.  These helpers copy the net and
+solver, change only the data paths, snapshot prefix and the schedule fields
+asked for, and write them beside the run, so the architecture is never
+retyped.
+"""
+
+import os
+import re
+
+from google.protobuf import text_format
+
+from deepyeast.caffe import caffe_pb2
+from deepyeast.caffe.prototxt import read_prototxt
+from deepyeast.utils.io import InputError, atomic_path, atomic_write_text
+
+
+# solver fields a run may override: the schedule, never the optimizer
+SCHEDULE_FIELDS = {
+    "base_lr": float, "lr_policy": str, "gamma": float, "power": float, "stepsize": int,
+    "max_iter": int, "test_iter": int, "test_interval": int, "test_initialization": bool,
+    "display": int, "average_loss": int, "snapshot": int, "random_seed": int, "iter_size": int,
+}
+
+
+def retarget_net(net, sources, mean_file=None, batch_sizes=None):
+    """Copy of ``net`` (NetParameter) with its Data layers pointed elsewhere.
+
+    Parameters
+    ----------
+    net : caffe_pb2.NetParameter
+    sources : dict
+        Phase name (``"TRAIN"``/``"TEST"``) -> LMDB folder for the Data layer
+        included in that phase.
+    mean_file : str, optional
+        New ``transform_param.mean_file`` for every Data layer.
+    batch_sizes : dict, optional
+        Phase name -> batch size (only for tests that need small batches).
+    """
+    out = caffe_pb2.NetParameter()
+    out.CopyFrom(net)
+    seen = set()
+    for layer in out.layer:
+        if layer.type != "Data":
+            continue
+        phases = {caffe_pb2.Phase.Name(rule.phase) for rule in layer.include if rule.HasField("phase")}
+        for phase in phases or {"TRAIN", "TEST"}:
+            if phase in sources:
+                layer.data_param.source = sources[phase]
+                seen.add(phase)
+            if batch_sizes and phase in batch_sizes:
+                layer.data_param.batch_size = int(batch_sizes[phase])
+        if mean_file is not None:
+            layer.transform_param.mean_file = mean_file
+    missing = set(sources) - seen
+    if missing:
+        raise InputError(f"net has no Data layer for phase(s) {sorted(missing)}")
+    return out
+
+
+def retarget_solver(solver, net_path, snapshot_prefix, **schedule):
+    """Copy of ``solver`` (SolverParameter) for a run: its net, snapshot prefix and schedule.
+
+    ``schedule`` holds fields of :data:`SCHEDULE_FIELDS` (``max_iter=300``,
+    ``test_iter=10``...); anything else raises :class:`InputError`.
+    """
+    out = caffe_pb2.SolverParameter()
+    out.CopyFrom(solver)
+    out.net = net_path
+    out.snapshot_prefix = snapshot_prefix
+    for key, value in schedule.items():
+        if key not in SCHEDULE_FIELDS:
+            raise InputError(f"solver field {key!r} is not a schedule field; allowed: {sorted(SCHEDULE_FIELDS)}")
+        value = SCHEDULE_FIELDS[key](value)
+        if key == "test_iter":
+            del out.test_iter[:]
+            out.test_iter.append(value)
+        else:
+            setattr(out, key, value)
+    return out
+
+
+def parse_overrides(pairs):
+    """``["max_iter=300", "base_lr=0.05"]`` -> dict with values converted by field type."""
+    result = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise InputError(f"override {pair!r} is not FIELD=VALUE")
+        key, value = pair.split("=", 1)
+        key = key.strip()
+        if key not in SCHEDULE_FIELDS:
+            raise InputError(f"solver field {key!r} is not a schedule field; allowed: {sorted(SCHEDULE_FIELDS)}")
+        kind = SCHEDULE_FIELDS[key]
+        result[key] = (value.strip().lower() in ("1", "true", "yes")) if kind is bool else kind(value)
+    return result
+
+
+def _net_of(solver, solver_path):
+    """The solver's ``net`` path: as given when it exists (Caffe resolves it from the working folder),
+    else, for a model-zoo solver (``net: "models/deepyeast/..."``), under the zoo's parent folder."""
+    if os.path.isabs(solver.net) or os.path.exists(solver.net):
+        return solver.net
+    from deepyeast.model.zoo import zoo_dir
+
+    candidate = os.path.join(os.path.dirname(zoo_dir()), solver.net)
+    return candidate if os.path.exists(candidate) else solver.net
+
+
+def write_run_config(run_dir, lmdb_dir, solver_path=None, overrides=None, net_path=None, batch_sizes=None):
+    """Write ``run_dir/train_val.prototxt`` and ``run_dir/solver.prototxt`` for data in ``lmdb_dir``.
+
+    ``solver_path``: the solver to start from (default the model zoo's ``solver_cpu.prototxt``).
+    ``lmdb_dir`` holds ``train_lmdb``, ``val_lmdb`` and ``mean.binaryproto``.
+    Snapshots go to ``run_dir/snapshots/deepyeast``.  Returns the solver path.
+    """
+    if solver_path is None:
+        from deepyeast.model.zoo import zoo_file
+
+        solver_path = zoo_file("solver_cpu.prototxt")
+    solver = read_prototxt(solver_path, caffe_pb2.SolverParameter)
+    net_path = net_path or _net_of(solver, solver_path)
+    net = read_prototxt(net_path, caffe_pb2.NetParameter)
+    net = retarget_net(net, {"TRAIN": os.path.join(lmdb_dir, "train_lmdb"),
+                             "TEST": os.path.join(lmdb_dir, "val_lmdb")},
+                       mean_file=os.path.join(lmdb_dir, "mean.binaryproto"), batch_sizes=batch_sizes)
+    os.makedirs(os.path.join(run_dir, "snapshots"), exist_ok=True)
+    net_out = os.path.join(run_dir, "train_val.prototxt")
+    solver_out = os.path.join(run_dir, "solver.prototxt")
+    header = (f"# Generated from {net_path} by deepyeast.engine.runconfig: only the data paths differ.\n")
+    atomic_write_text(net_out, header + text_format.MessageToString(net))
+    solver = retarget_solver(solver, net_out, os.path.join(run_dir, "snapshots", "deepyeast"),
+                             **(overrides or {}))
+    header = (f"# Generated from {solver_path} by deepyeast.engine.runconfig: net, snapshot prefix and schedule.\n")
+    atomic_write_text(solver_out, header + text_format.MessageToString(solver))
+    return solver_out
+
+
+def snapshot_path(solver, iteration):
+    """``{snapshot_prefix}_iter_{iteration}.caffemodel`` of a SolverParameter."""
+    return f"{solver.snapshot_prefix}_iter_{int(iteration)}.caffemodel"
+
+
+def validation_losses(log_text, output_name="loss"):
+    """Parse a Caffe-format training log: dict iteration -> TEST value of ``output_name``.
+
+    Reads the lines ``Iteration N, Testing net (#0)`` followed by
+    ``Test net output #k: loss = X`` that both real Caffe and our engine write.
+    """
+    losses = {}
+    current = None
+    for line in log_text.splitlines():
+        m = re.search(r"Iteration (\d+), Testing net \(#0\)", line)
+        if m:
+            current = int(m.group(1))
+            continue
+        m = re.search(r"Test net output #\d+: (\S+) = ([-+0-9.eEnainf]+)", line)
+        if m and current is not None and m.group(1) == output_name:
+            losses[current] = float(m.group(2))
+    return losses
+
+
+def choose_snapshot(solver_path, log_path=None, rule="final"):
+    """Path of the snapshot a run's analyses use.
+
+    ``rule="final"``: the snapshot after ``max_iter``.  ``rule="val_loss"``:
+    among the snapshots on disk, the one whose iteration had the lowest
+    validation loss in the training log (the paper's choice).
+    """
+    solver = read_prototxt(solver_path, caffe_pb2.SolverParameter)
+    final = snapshot_path(solver, solver.max_iter)
+    if rule == "final":
+        if not os.path.exists(final):
+            raise InputError(f"{final}: the final snapshot is missing; has training finished?")
+        return final
+    if rule != "val_loss":
+        raise InputError(f"unknown snapshot rule {rule!r} (final, val_loss)")
+    with open(log_path, encoding="utf-8", errors="replace") as f:
+        losses = validation_losses(f.read())
+    candidates = [(loss, it) for it, loss in losses.items() if os.path.exists(snapshot_path(solver, it))]
+    if not candidates:
+        raise InputError(f"{log_path}: no validation loss at any iteration with a snapshot on disk")
+    return snapshot_path(solver, min(candidates)[1])
+
+
+_CHOOSE_DOC = """Copy the snapshot a run uses (final, or lowest validation loss) to OUT, atomically.
+
+Example:
+  python -m deepyeast.engine.runconfig RUN/train/solver.prototxt RUN/train/chosen.caffemodel --rule val_loss \\
+      --log RUN/train/train.log
+"""
+
+
+def _choose_options(p):
+    from deepyeast import launcher
+
+    p.add_argument("solver", type=launcher.existing_file, help="the run's solver.prototxt")
+    p.add_argument("out", help="where to copy the chosen .caffemodel")
+    p.add_argument("--rule", choices=["final", "val_loss"], default="final")
+    p.add_argument("--log", help="training log (for --rule val_loss)")
+
+
+def _choose(args):
+    import shutil
+
+    chosen = choose_snapshot(args.solver, args.log, args.rule)
+    with atomic_path(args.out) as tmp:
+        shutil.copyfile(chosen, tmp)
+    print(f"{chosen} -> {args.out}")
+
+
+def _main(argv=None):
+    from deepyeast import launcher
+
+    return launcher.main(_CHOOSE_DOC, _choose_options, _choose, argv=argv, prog="python -m deepyeast.engine.runconfig")
+
+
+if __name__ == "__main__":
+    _main()

@@ -1,0 +1,256 @@
+"""The one launcher of every step script (``data_prep/*.py``, ``analysis/*.py``, the ``deepyeast`` command).
+
+A step script is a docstring, a function that adds the step's own options, and a function
+that runs it::
+
+    \"\"\"Protein-level calls from a predictions table (paper: 99% per protein).
+
+    Example:
+      python analysis/protein_level.py --predictions cells.csv --out runs/x/proteins
+    \"\"\"
+    from deepyeast import launcher
+
+    def options(p):
+        p.add_argument("--predictions", required=True, type=launcher.existing_file, help="...")
+        launcher.add(p, "out", help="output folder")     # a shared option: same name, same meaning
+        launcher.add(p, "seed")
+
+    def run(args):
+        ...                                              # raise InputError for bad input
+        return 0                                         # or None; 1 when a check failed
+
+    if __name__ == "__main__":
+        launcher.main(__doc__, options, run)
+
+What every step gets from :func:`main`:
+
+* ``-h`` shows the docstring (first paragraph as description, the rest as epilog);
+* the shared options of :data:`SHARED`, when the script adds them, with one name, one meaning
+  and one type everywhere, and their old names as aliases (``--workers`` = ``--jobs``,
+  ``--boot`` = ``--resamples``, ``--trees`` = ``--ntree``, ``--lmdb-dir`` = ``--lmdb``);
+* ``INFO`` logging on stderr (``logging.getLogger(__name__)`` in the library; stdout is kept
+  for the step's result line or JSON), and :mod:`deepyeast.utils.progress` bars on stderr;
+* errors as one line on stderr, ``<script>: error: <message>``, and the documented exit code
+  (:data:`EXIT_CODES`); no traceback for bad input.
+
+Inputs are checked before anything is written: argument types (:func:`existing_file`,
+:func:`existing_dir`) reject a missing input at parse time (exit 2), and the library
+functions read and validate every input before their first write (outputs are atomic, see
+:mod:`deepyeast.utils.io`).
+"""
+
+import argparse
+import logging
+import os
+import sys
+
+from deepyeast.utils.io import InputError, StepFailed
+
+__all__ = ["main", "run_guarded", "build_parser", "add", "add_output_folder", "output_folder", "add_class_set",
+           "add_micrograph_channels", "SHARED", "EXIT_CODES",
+           "EXIT_OK", "EXIT_CHECK_FAILED", "EXIT_INPUT", "EXIT_FAILED", "EXIT_INTERRUPTED",
+           "existing_file", "existing_dir", "positive_int", "command_line"]
+
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1
+EXIT_INPUT = 2
+EXIT_FAILED = 3
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES = {
+    EXIT_OK: "success",
+    EXIT_CHECK_FAILED: "the step ran and a check it makes failed (e.g. a protein in two splits)",
+    EXIT_INPUT: "bad input or usage: a missing or malformed file, a bad option (one line names it)",
+    EXIT_FAILED: "the step could not finish for a reason outside its input: network, diverged "
+                 "training, a failing external tool (one line says what to do)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C); nothing half-written is left under a final name",
+}
+"""Exit codes of every step script and of the ``deepyeast`` command."""
+
+
+# ----------------------------------------------------------------------------- argument types
+
+def _existing(check, what):
+    def parse(path):
+        if not check(path):
+            raise argparse.ArgumentTypeError(f"{path}: no such {what}")
+        return path
+    parse.__name__ = f"existing {what}"
+    return parse
+
+
+existing_file = _existing(os.path.isfile, "file")
+existing_file.__doc__ = "argparse type: a path that must be an existing file (else a usage error, exit 2)."
+existing_dir = _existing(os.path.isdir, "folder")
+existing_dir.__doc__ = "argparse type: a path that must be an existing folder (else a usage error, exit 2)."
+
+
+def positive_int(text):
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _jobs(text):
+    """--jobs: N worker processes, or 0 / -1 for every CPU."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    return (os.cpu_count() or 1) if value <= 0 else value
+
+
+# ----------------------------------------------------------------------------- shared options
+
+SHARED = {
+    # key: (flags (canonical first, then old names kept as aliases), argparse keywords)
+    "out": (("--out",), dict(metavar="PATH", help="where the step writes its output")),
+    "jobs": (("--jobs", "--workers"),
+             dict(type=_jobs, default=os.cpu_count() or 1, metavar="N",
+                  help="worker processes (default: every CPU, %(default)s here; 0 also means every CPU)")),
+    "seed": (("--seed",), dict(type=int, default=0, metavar="N",
+                               help="seed of every random choice the step makes (default %(default)s)")),
+    "resamples": (("--resamples", "--boot"),
+                  dict(type=positive_int, default=2000, metavar="N",
+                       help="bootstrap resamples for confidence intervals (default %(default)s)")),
+    "ntree": (("--ntree", "--trees"),
+              dict(type=positive_int, default=100, metavar="N", help="trees per random forest (default %(default)s)")),
+    "lmdb": (("--lmdb", "--lmdb-dir"), dict(metavar="DIR", help="LMDB folder")),
+    "model": (("--model",), dict(metavar="PROTOTXT", type=existing_file, help="deploy .prototxt of the net")),
+    "weights": (("--weights",), dict(metavar="CAFFEMODEL", type=existing_file, help="trained .caffemodel")),
+    "mean": (("--mean",), dict(metavar="BINARYPROTO", type=existing_file,
+                               help="mean.binaryproto of the training set")),
+    "archive": (("--archive",), dict(metavar="ROOT", type=existing_dir,
+                                     help="archive root holding plateNN/*.png and the split lists")),
+}
+"""The options every step that has them shares: key -> (flags, argparse keywords).
+
+``--out`` is where the step writes: a folder for every step with several outputs (data
+preparation, the analyses, each with its ``result.json``), and the table itself for the three
+steps whose product is one table other steps read (``predict.py``, ``cp_features.py``,
+``random_forest.py``)."""
+
+
+def add(parser, key, **overrides):
+    """Add the shared option ``key`` of :data:`SHARED` to ``parser`` (keywords override the defaults:
+    ``help``, ``default``, ``required``, ``metavar``, ...).  Returns the argparse action."""
+    flags, kwargs = SHARED[key]
+    kwargs = dict(kwargs, **overrides)
+    kwargs.setdefault("dest", key)
+    return parser.add_argument(*flags, **kwargs)
+
+
+def add_output_folder(parser, help="output folder"):
+    """``--out DIR`` plus the older positional form (``script.py INPUT OUT``) of the data steps;
+    :func:`output_folder` resolves them."""
+    parser.add_argument("out_positional", nargs="?", metavar="OUT", help="same as --out (older form)")
+    add(parser, "out", metavar="DIR", help=help)
+
+
+def output_folder(args):
+    """The folder given by ``--out`` or positionally (:func:`add_output_folder`); InputError when neither."""
+    out = args.out or args.out_positional
+    if not out:
+        raise InputError("give the output folder (--out DIR)")
+    return out
+
+
+def add_class_set(parser):
+    """``--classes main|transfer`` (the class table and list names; ``--transfer`` is the older form)."""
+    from deepyeast.constants import CLASS_SETS
+
+    parser.add_argument("--classes", choices=sorted(CLASS_SETS), default="main",
+                        help="class table and list names: main (HOwt_*) or transfer (HOwt_transfer_*)")
+    parser.add_argument("--transfer", dest="classes", action="store_const", const="transfer",
+                        help="same as --classes transfer")
+
+
+def add_micrograph_channels(parser):
+    """``--channels MARKER PROTEIN`` and ``--bits N``: how the micrograph steps (``crop_cells.py``,
+    ``segment_cells.py``) read multi-channel and 16-bit micrographs."""
+    parser.add_argument("--channels", type=int, nargs=2, default=(0, 1), metavar=("MARKER", "PROTEIN"),
+                        help="channel indices of the marker and the protein in multi-channel micrographs "
+                             "(default: 0 1)")
+    parser.add_argument("--bits", type=int, metavar="N",
+                        help="bit depth of 16-bit micrographs (e.g. 12); rescaled to 8 bits (refused when values "
+                             "exceed it)")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def build_parser(doc, options, prog=None):
+    """The parser of a step: description from ``doc``'s first paragraph, epilog the rest."""
+    doc = (doc or "").strip("\n")
+    head, _, rest = doc.partition("\n\n")
+    parser = argparse.ArgumentParser(prog=prog, description=head, epilog=rest or None,
+                                     formatter_class=_Formatter)
+    if options is not None:
+        options(parser)
+    return parser
+
+
+# ----------------------------------------------------------------------------- running
+
+def _setup_logging():
+    root = logging.getLogger("deepyeast")
+    if not any(getattr(h, "_deepyeast_launcher", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._deepyeast_launcher = True
+        root.addHandler(handler)
+    if root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+
+
+def run_guarded(func, args, prog):
+    """Call ``func(args)`` and turn its outcome into an exit code, printing each error once.
+
+    :class:`InputError` -> exit 2, :class:`StepFailed` -> exit 3 (one line each on stderr,
+    ``prog: error: message``), ``KeyboardInterrupt`` -> 130; a return value of None -> 0.
+    Any other exception is a bug and keeps its traceback.
+    """
+    try:
+        code = func(args)
+    except InputError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return EXIT_INPUT
+    except StepFailed as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_OK if code is None else int(code)
+
+
+def main(doc, options, run, argv=None, prog=None, exit=True):
+    """Parse ``argv`` with the step's options and run it; exits with its code (see :data:`EXIT_CODES`).
+
+    ``options(parser)`` adds the step's options, ``run(args)`` runs it and returns an exit code
+    or None.  ``args.command`` holds the command line as one shell-quoted string (for the
+    step's result manifest).  With ``exit=False`` the code is returned instead (tests).
+    """
+    prog = prog or os.path.basename(sys.argv[0]) or "deepyeast"
+    parser = build_parser(doc, options, prog)
+    args = parser.parse_args(argv)
+    args.command = command_line(argv)
+    _setup_logging()
+    code = run_guarded(run, args, prog)
+    if exit:
+        sys.exit(code)
+    return code
+
+
+def command_line(argv=None):
+    """The command that ran, as one shell-quoted string (``python script.py --flag value``)."""
+    import shlex
+
+    argv = sys.argv if argv is None else [sys.argv[0]] + list(argv)
+    return " ".join(shlex.quote(a) for a in [os.path.basename(sys.executable)] + list(argv))
