@@ -14,37 +14,53 @@ PAPER_SOLVER := models/deepyeast/solver.prototxt
 CPU_SOLVER := models/deepyeast/solver_cpu.prototxt
 SOLVER ?= $(CPU_SOLVER)
 
-.PHONY: all deps test test-fast demo reproduce caffe proto clean-demo help
+.PHONY: all deps lock test test-fast test-system demo reproduce caffe proto clean-demo help
 all: help
 
 help:
 	@echo "make demo       run the whole analysis on the synthetic screen (runs/demo/report.html)"
 	@echo "make test       install what is needed and run the test suite"
 	@echo "make caffe      build the Debian bullseye root with real Caffe 1.0 (~1.5 min, ~1 GB)"
+	@echo "make docker     build the Docker image (docker, else podman/buildah; see mk/docker.mk)"
 	@echo "make reproduce  the paper's protocol on the real archive (needs internet and a GPU)"
 
 # ---------------------------------------------------------------- installation
+# `make deps` makes sure what the pipeline needs is here, installing only what is missing:
+#   system  R with randomForest, R's headers, python3-venv (system-packages.txt, group demo),
+#           each looked for by what it does (R from conda or a module system counts); what is
+#           missing is installed with apt-get where that can be done (root on Debian), else
+#           named.  SKIP_SYSTEM=1 skips the step.  (scripts/system_deps.sh)
+#   python  $(VENV) from requirements.txt, the hash-checked lock (scripts/install_python_deps.sh:
+#           PIP_INSTALL=lock|ranges|none; scripts/pip_sources.sh: WHEELHOUSE=DIR of wheels, TORCH_INDEX
+#           for PyTorch's CPU wheels).
+# Another environment: VENV=DIR, e.g. `make demo VENV=$$CONDA_PREFIX PIP_INSTALL=none SKIP_SYSTEM=1`.
+# `make lock` regenerates requirements.txt from pyproject.toml's ranges (pip-compile, with hashes;
+# versions already in the lock are kept unless LOCK_FLAGS=--upgrade).
+SKIP_SYSTEM ?= 0
+export SKIP_SYSTEM PYTHON_BOOT
 SYSTEM_STAMP := $(VENV)/.system-packages
 PY_STAMP := $(VENV)/.requirements
+PIP_TOOLS := pip-tools==7.6.2
+LOCK_VENV := .venv-lock
+LOCK_FLAGS ?=
 
 $(SYSTEM_STAMP): system-packages.txt
-	@pkgs=$$(grep -v '^#' system-packages.txt | tr '\n' ' '); \
-	missing=$$(for p in $$pkgs; do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing Debian packages: $$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	  else echo "missing Debian packages (run as root or install them): $$missing"; exit 1; fi; \
-	fi
+	@scripts/system_deps.sh demo
 	@mkdir -p $(VENV) && touch $@
 
-$(PY_STAMP): requirements.txt pyproject.toml $(SYSTEM_STAMP)
+$(PY_STAMP): requirements.txt pyproject.toml $(if $(filter 1,$(SKIP_SYSTEM)),,$(SYSTEM_STAMP))
 	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
-	$(PY) -m pip install -q -r requirements.txt
-	$(PY) -m pip install -q --no-deps -e .
+	@scripts/install_python_deps.sh $(PY)
 	@touch $@
 
 deps: $(PY_STAMP)
+
+lock:
+	@test -x $(LOCK_VENV)/bin/pip-compile || { $(PYTHON_BOOT) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install -q $(PIP_TOOLS); }
+	CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/pip-compile -q --generate-hashes --allow-unsafe --extra tests --extra r --strip-extras \
+		--no-emit-find-links --no-emit-index-url \
+		$$(scripts/pip_sources.sh $(LOCK_VENV)/bin/python) \
+		$(LOCK_FLAGS) --output-file requirements.txt pyproject.toml
 
 proto: deepyeast/caffe/caffe_pb2.py
 deepyeast/caffe/caffe_pb2.py: deepyeast/caffe/proto/caffe.proto
@@ -54,8 +70,13 @@ deepyeast/caffe/caffe_pb2.py: deepyeast/caffe/proto/caffe.proto
 # ---------------------------------------------------------------- tests
 # Real-Caffe tests need the Caffe root; `caffe` builds it when debootstrap can run
 # and is a no-op when the root is already there.
-test: deps caffe-optional
+# The browser test and the image build test need more system packages (system-packages.txt,
+# groups test and docker): installed here when root on Debian, else their tests skip.
+test: deps test-system caffe-optional
 	$(VENV)/bin/pytest -q
+
+test-system:
+	@scripts/system_deps.sh --optional test docker
 
 test-fast: deps
 	$(VENV)/bin/pytest -q -m "not slow and not caffe"

@@ -40,11 +40,12 @@ functions read and validate every input before their first write (outputs are at
 """
 
 import argparse
+import errno
 import logging
 import os
 import sys
 
-from deepyeast.utils.io import InputError, StepFailed
+from deepyeast.utils.io import InputError, StepFailed, check_writable, write_error
 
 __all__ = ["main", "run_guarded", "build_parser", "add", "add_output_folder", "output_folder", "add_class_set",
            "add_micrograph_channels", "SHARED", "EXIT_CODES",
@@ -198,6 +199,11 @@ def build_parser(doc, options, prog=None):
 
 # ----------------------------------------------------------------------------- running
 
+_DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+OUTPUT_OPTIONS = ("out", "out_positional", "features_out")
+"""Options (argparse dests) naming where a step writes: checked writable before the step runs."""
+
 def _setup_logging():
     root = logging.getLogger("deepyeast")
     if not any(getattr(h, "_deepyeast_launcher", False) for h in root.handlers):
@@ -214,15 +220,28 @@ def run_guarded(func, args, prog):
 
     :class:`InputError` -> exit 2, :class:`StepFailed` -> exit 3 (one line each on stderr,
     ``prog: error: message``), ``KeyboardInterrupt`` -> 130; a return value of None -> 0.
-    Any other exception is a bug and keeps its traceback.
+    A disk that fills up (or a file-size limit) wherever it happens is one line naming the file,
+    exit 3.  Any other exception is a bug and keeps its traceback.
+
+    Before ``func`` runs, the outputs (:data:`OUTPUT_OPTIONS`, when the step has them) are checked to be
+    writable (:func:`deepyeast.utils.io.check_writable`), so a bad output location is found
+    before any work.
     """
     try:
+        for key in OUTPUT_OPTIONS:
+            if getattr(args, key, None):
+                check_writable(getattr(args, key))
         code = func(args)
     except InputError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return EXIT_INPUT
     except StepFailed as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as err:
+        if err.errno not in _DISK_FULL:
+            raise
+        print(f"{prog}: error: {write_error(err.filename or 'an output', err)}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

@@ -38,7 +38,7 @@ def test_two_process_training_matches_one_process_double_batch(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     # only rank 0 logs and snapshots
     assert res.stderr.count("Optimization Done.") == 1
-    assert sorted(os.listdir(tmp_path / "two")) == ["m_iter_20.caffemodel", "m_iter_20.dystate",
+    assert sorted(os.listdir(tmp_path / "two")) == ["m_iter_20.caffemodel", "m_iter_20.dystate.npz",
                                                      "m_iter_20.solverstate"]
     assert max_rel_diff(str(tmp_path / "two" / "m_iter_20.caffemodel"),
                         str(tmp_path / "one" / "m_iter_20.caffemodel")) <= 1e-5

@@ -125,7 +125,7 @@ def test_probability_top_gets_no_gradient_as_in_caffe():
 
 
 @pytest.mark.caffe
-@pytest.mark.skipif(not caffe_root.have_caffe_root(), reason=caffe_root.missing_reason() or "no Caffe")
+@pytest.mark.usefixtures("caffe_root_present")
 def test_softmax_loss_and_gradient_match_real_caffe_for_huge_logits(tmp_path):
     """Loss, weight gradient and input gradient against pycaffe, logits from 0.5 to 1e30,
     four normalization / ignore_label settings, a spatial softmax (inner = 4)."""

@@ -159,7 +159,7 @@ def test_flop_count_reproduces_the_paper_nets_arithmetic():
 
 
 @pytest.mark.caffe
-@pytest.mark.skipif(not caffe_root.have_caffe_root(), reason=caffe_root.missing_reason() or "no Caffe")
+@pytest.mark.usefixtures("caffe_root_present")
 def test_real_caffe_runs_the_folded_files_and_agrees(tmp_path, weights):
     """fold_files writes a prototxt + .caffemodel that pycaffe loads; its blobs equal the unfolded
     net's (real Caffe on the original files) within 1e-5."""

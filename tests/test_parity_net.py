@@ -1,10 +1,15 @@
 """Parity of deepyeast.engine.Net with real Caffe 1.0 (pycaffe in the Caffe root).
 
 Same .caffemodel and inputs on both sides; compared:
-* every named blob of deploy.prototxt and of train_val.prototxt's TEST phase
-  (LMDB Data layer, mean file, wrap-around), max|diff| / max|caffe| <= 1e-4;
-* every parameter gradient of train_val's TRAIN phase with dropout removed
-  (relative L2 <= 1e-2, median <= 1e-4; biases feeding BatchNorm excluded);
+
+* every named blob of deploy.prototxt and of train_val.prototxt's TEST phase (LMDB Data layer,
+  mean file, wrap-around), **element-wise**: ``|ours - caffe| <= 1e-5 |caffe| + 1e-5 max|caffe|``
+  (:data:`FWD_RTOL`, :data:`FWD_ATOL`; the atol part is relative to the blob's largest value),
+  and the class probabilities with no absolute part at all (``<= 1e-5 |caffe|``: a probability of
+  1e-6 is checked to 1e-11);
+* every parameter gradient of train_val's TRAIN phase (dropout removed) over 12 data draws, away
+  from float32 ties (:func:`test_train_gradients_match_caffe_over_seeds_away_from_float32_ties`
+  explains the comparison and derives its tolerance from the measured float error);
 * BatchNorm's three blobs after one TRAIN forward;
 * a small net of the other layer types (grouped dilated convolution, padded
   MAX/AVE pooling with Caffe's rounding, Eltwise, Concat, Bias, Scale with two
@@ -19,17 +24,15 @@ import textwrap
 
 import numpy as np
 import pytest
+import torch
 
 from deepyeast.caffe import caffe_pb2, root as caffe_root
 from deepyeast.caffe.blobs import compute_mean, write_mean_binaryproto
 from deepyeast.caffe.lmdb import write_datum_lmdb
 from deepyeast.caffe.prototxt import parse_prototxt, read_prototxt, write_prototxt
+from deepyeast.engine import Net
 
-pytestmark = [pytest.mark.caffe,
-              pytest.mark.skipif(not caffe_root.have_caffe_root(), reason=caffe_root.missing_reason() or "no Caffe")]
-
-torch = pytest.importorskip("torch")
-from deepyeast.engine import Net  # noqa: E402
+pytestmark = [pytest.mark.caffe, pytest.mark.usefixtures("caffe_root_present")]
 
 from _deploy import input_train_val  # noqa: E402
 
@@ -84,6 +87,28 @@ def run_caffe(tmp_path, proto, weights, phase, inputs=None, forwards=1, backward
                                check=False, timeout=300)
     assert r.returncode == 0, r.stdout[-4000:]
     return dict(np.load(tmp_path / "caffe_out.npz"))
+
+
+FWD_RTOL = 1e-5
+FWD_ATOL = 1e-5
+"""Forward parity: ``|ours - caffe| <= FWD_RTOL |caffe| + FWD_ATOL max|caffe|`` for every element of
+every blob (measured here: the largest absolute part needed is ~2e-6 of a blob's maximum)."""
+
+
+def assert_blobs_match(ours, ref, names, prefix="fwd0/", prob_blobs=("prob",)):
+    """Element-wise forward parity (:data:`FWD_RTOL`, :data:`FWD_ATOL`); probabilities relative only.
+    The failure message lists, per failing blob, the worst element's values."""
+    bad = {}
+    for n in names:
+        o = np.asarray(ours[n], dtype=np.float64)
+        c = np.asarray(ref[prefix + n], dtype=np.float64)
+        assert o.shape == c.shape, (n, o.shape, c.shape)
+        atol = 0.0 if n in prob_blobs else FWD_ATOL * np.abs(c).max()
+        excess = np.abs(o - c) - (FWD_RTOL * np.abs(c) + atol)
+        if (excess > 0).any():
+            i = np.unravel_index(int(np.argmax(excess)), c.shape)
+            bad[n] = f"{int((excess > 0).sum())} elements; worst at {i}: ours {o[i]:.9g}, caffe {c[i]:.9g}"
+    assert not bad, bad
 
 
 def rel_max(ours, ref):
@@ -147,8 +172,9 @@ def test_deploy_forward_matches_caffe(tmp_path, deepyeast_weights):
         blobs = net(data=x)
     names = [k.split("/", 1)[1] for k in ref if k.startswith("fwd0/")]
     assert set(names) == set(blobs), (sorted(names), sorted(blobs))
-    worst = {n: rel_max(blobs[n].numpy(), ref["fwd0/" + n]) for n in names}
-    assert max(worst.values()) <= 1e-4, worst
+    assert_blobs_match({n: b.numpy() for n, b in blobs.items()}, ref, names)
+    # the test input spreads the probabilities: small ones are really checked
+    assert float(ref["fwd0/prob"].min()) < 1e-2
 
 
 def test_train_val_test_phase_matches_caffe(tmp_path, deepyeast_weights):
@@ -168,64 +194,245 @@ def test_train_val_test_phase_matches_caffe(tmp_path, deepyeast_weights):
     ref = run_caffe(tmp_path, root / "tv.prototxt", deepyeast_weights, "TEST", forwards=3, cwd=root)
     net = Net(proto, phase="TEST", seed=0, root_dir=str(root))
     net.load_caffemodel(deepyeast_weights)
-    worst = {}
     for it in range(3):
         with torch.no_grad():
             blobs = net()
         names = [k.split("/", 1)[1] for k in ref if k.startswith(f"fwd{it}/")]
         assert set(names) == set(blobs)
-        for n in names:
-            worst[f"{it}/{n}"] = rel_max(blobs[n].numpy(), ref[f"fwd{it}/{n}"])
-    assert max(worst.values()) <= 1e-4, worst
+        assert_blobs_match({n: b.numpy() for n, b in blobs.items()}, ref, names, prefix=f"fwd{it}/",
+                           prob_blobs=())
     # the label blob follows key order with wrap-around: batch 3 = records 8, 9, 0, 1
     np.testing.assert_array_equal(ref["fwd2/label"], labels[[8, 9, 0, 1]])
 
 
-def test_train_backward_and_batchnorm_stats_match_caffe(tmp_path, deepyeast_weights):
-    """Gradients of train_val (TRAIN, dropout removed) against pycaffe backward().
+GRAD_SEEDS = tuple(range(12))
+"""Data draws of the gradient comparison (the old single-draw test passed for 9 of draws 0-13)."""
 
-    Caveat on the median criterion: in float32 this net's gradient is discontinuous
-    at the scale of rounding (a ReLU input or a max-pool pair within rounding of a tie
-    flips).  Measured here: input noise of 1e-7 relative changes our own gradients by
-    a median of ~3e-3 for most draws, and two float32 implementations agree to the
-    1e-4 median only for draws where no flip happens above conv5.  The batch below
-    (4 items, data seed 2) is such a draw on this machine; the failure message lists
-    every parameter's error so a flip is easy to recognise (a step between layers).
+MARGIN = 4.0
+"""A unit counts as tied when it is within MARGIN x the measured float error of its boundary."""
+
+GRAD_FACTOR = 4.0
+"""Gradient tolerance: GRAD_FACTOR x the draw's forward float error (see the test's docstring)."""
+
+PYCAFFE_SEEDS = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import caffe
+    caffe.set_mode_cpu()
+    cfg = json.load(open(sys.argv[1]))
+    net = caffe.Net(cfg["proto"], caffe.TRAIN)
+    inputs = np.load(cfg["inputs"])
+    out = {}
+    for k in cfg["seeds"]:
+        net.copy_from(cfg["weights"])          # fresh weights and BatchNorm sums for every draw
+        for blobs in net.params.values():
+            for b in blobs:
+                b.diff[...] = 0                # pycaffe's backward() accumulates into param diffs
+        for name in cfg["tops"]:
+            net.blobs[name].data[...] = inputs["%d/%s" % (k, name)]
+        net.forward()
+        net.backward()
+        for name in cfg["record"]:
+            out["%d/fwd/%s" % (k, name)] = net.blobs[name].data.copy()
+        for lname, blobs in net.params.items():
+            for i, b in enumerate(blobs):
+                out["%d/param/%s/%d" % (k, lname, i)] = b.data.copy()
+                out["%d/diff/%s/%d" % (k, lname, i)] = b.diff.copy()
+    np.savez(cfg["out"], **out)
+""")
+
+
+def gated_net(proto, shapes):
+    """``proto`` with a gate after every ReLU and max pool: the ReLU (or pool) writes ``X_relu`` (``X_raw``),
+    an ``Eltwise PROD`` with a 0/1 input ``<that>_gate`` of the same shape gives ``<that>_gated``, which
+    the next layer reads.  The ReLU is out of place, so the blob ``X`` keeps the pre-activation.
+
+    Returns (net, gate names, ReLU input blobs, pools as (input blob, raw output, kernel, stride)).
+    """
+    net = caffe_pb2.NetParameter(name=proto.name)
+    body, gates, relu_inputs, pools, current = [], [], [], [], {}
+    for lp in proto.layer:
+        layer = caffe_pb2.LayerParameter()
+        layer.CopyFrom(lp)
+        del layer.bottom[:]
+        layer.bottom.extend(current.get(b, b) for b in lp.bottom)
+        if lp.type in ("ReLU", "Pooling"):
+            assert lp.type == "ReLU" or lp.pooling_param.pool == caffe_pb2.PoolingParameter.MAX
+            raw = lp.top[0] + ("_relu" if lp.type == "ReLU" else "_raw")
+            del layer.top[:]
+            layer.top.append(raw)
+            gate = caffe_pb2.LayerParameter(name=lp.name + "_gate", type="Eltwise")
+            gate.bottom.extend([raw, raw + "_gate"])
+            gate.top.append(raw + "_gated")
+            gate.eltwise_param.operation = caffe_pb2.EltwiseParameter.PROD
+            body += [layer, gate]
+            gates.append((raw, shapes[lp.top[0]]))
+            if lp.type == "ReLU":
+                relu_inputs.append(layer.bottom[0])
+            else:
+                pp = lp.pooling_param
+                pools.append((layer.bottom[0], raw, pp.kernel_size, pp.stride))
+            current[lp.top[0]] = raw + "_gated"
+        else:
+            body.append(layer)
+    for layer in body:
+        net.layer.add().CopyFrom(layer)
+        if layer.type == "Input":
+            gi = net.layer.add(name="gates", type="Input")
+            for raw, shape in gates:
+                gi.top.append(raw + "_gate")
+                gi.input_param.shape.add().dim.extend(shape)
+    return net, [g for g, _ in gates], relu_inputs, pools
+
+
+def tied_units(blobs, eps, gates, relu_inputs, pools):
+    """Gates with every tied unit closed (0): a ReLU input within MARGIN x eps of 0, or a max-pool
+    window whose two largest inputs are within MARGIN x eps of each other.  ``eps``: blob -> the
+    measured float error of that blob between the two implementations."""
+    out = {n: g.copy() for n, g in gates.items()}
+    for z in relu_inputs:
+        out[z + "_relu_gate"] *= np.abs(blobs[z]) > MARGIN * eps[z]
+    for src, raw, k, stride in pools:
+        x = blobs[src]
+        n, c = x.shape[:2]
+        oh, ow = out[raw + "_gate"].shape[2:]
+        assert k == stride and oh * k <= x.shape[2] and ow * k <= x.shape[3]  # DeepYeast's 2x2/2 pools
+        win = x[:, :, :oh * k, :ow * k].reshape(n, c, oh, k, ow, k).transpose(0, 1, 2, 4, 3, 5).reshape(n, c, oh, ow, -1)
+        top2 = np.sort(win, axis=-1)[..., -2:]
+        out[raw + "_gate"] *= ~(((top2[..., 1] - top2[..., 0]) <= MARGIN * eps[src]) & (top2[..., 1] > 0))
+    return out
+
+
+@pytest.mark.slow
+def test_train_gradients_match_caffe_over_seeds_away_from_float32_ties(tmp_path, deepyeast_weights):
+    """Every parameter gradient of train_val (TRAIN, dropout removed) against pycaffe, over 12 draws.
+
+    Why not compare the nets as they are: in float32 this net's gradient is discontinuous at the
+    scale of rounding.  A ReLU input within rounding of 0, or a max-pool window whose two largest
+    inputs are within rounding of each other, can fall on different sides in the two
+    implementations, and then a whole gradient path switches (measured: such flips in 1-4 units
+    per draw give gradient differences of 1e-3 to 7e-3 in most draws; the earlier single-draw test
+    passed only because its draw had none above conv5).  So ties must not decide the comparison:
+
+    1. Both engines run the net with a *gate* (an element-wise product with a 0/1 input) after
+       every ReLU and max pool.  All gates open, the forward passes give each pre-activation blob's
+       float error ``eps`` = max |ours - caffe| (forward values are continuous, so this is pure
+       rounding).
+    2. A unit is tied when its ReLU input is within ``MARGIN x eps`` of 0, or its pool window's two
+       largest inputs are within ``MARGIN x eps``; its gate is closed, in both engines, which cuts
+       its gradient path exactly (a closed ReLU gate also zeroes a value within rounding of 0; a
+       closed pool gate zeroes an output whose routing is in doubt).  Closing gates moves the
+       values downstream, so the search repeats on our forward pass until no new tie appears.
+    3. Both engines run forward and backward with those gates.  Asserted: no open unit falls on
+       different sides of its ReLU in the two engines (so no tie decides anything), the tied units
+       are a tiny share of all units (reported per draw), and every gradient agrees within a
+       tolerance derived from the float error: with ``e`` = the draw's largest relative forward
+       error over the pre-activation blobs (max |ours - caffe| / max |caffe|, measured with the
+       gates), each parameter's relative L2 error is at most ``GRAD_FACTOR x e`` and each element's
+       error at most ``GRAD_FACTOR x e x (|caffe| + max |caffe|)``.  (Measured: the relative L2
+       error is 0.7-1.5 x ``e``; ``e`` itself is ~1e-4, BatchNorm with batch statistics of 4 items
+       being where the two implementations' rounding differs most.)
+
+    Biases that feed a BatchNorm are left out: their true gradient is 0 (BatchNorm removes any
+    constant), so both engines hold rounding noise there.
     """
     batch = 4
     proto = input_train_val(batch)
-    write_prototxt(tmp_path / "tv_input.prototxt", proto)
-    rng = np.random.default_rng(2)
-    x = rng.normal(0, 40, size=(batch, 2, 64, 64)).astype(np.float32)
-    y = rng.integers(0, 12, size=batch).astype(np.float32)
-    ref = run_caffe(tmp_path, tmp_path / "tv_input.prototxt", deepyeast_weights, "TRAIN",
-                    inputs={"data": x, "label": y}, backward=True)
-    net = Net(proto, phase="TRAIN", seed=0)
-    net.load_caffemodel(deepyeast_weights)
-    blobs = net(data=x, label=y)
-    net.loss.backward()
-    # forward blobs in TRAIN (batch statistics)
-    fwd = {n: rel_max(blobs[n].detach().numpy(), ref["fwd0/" + n]) for n in blobs}
-    assert max(fwd.values()) <= 1e-4, fwd
-    # BatchNorm blobs after one TRAIN forward
-    bn = {}
-    for p in net.learnable_params:
-        if p.layer_name.endswith("_bn"):
-            bn[f"{p.layer_name}/{p.index}"] = rel_max(p.tensor.detach().numpy(),
-                                                      ref[f"param/{p.layer_name}/{p.index}"])
-    assert len(bn) == 30 and max(bn.values()) <= 1e-4, bn
-    # gradients
+    shapes = Net(proto, phase="TRAIN", seed=0).blob_shapes
+    net_param, gate_names, relu_inputs, pools = gated_net(proto, shapes)
+    write_prototxt(tmp_path / "gated.prototxt", net_param)
+    ours = Net(net_param, phase="TRAIN", seed=0)
+    all_open = {g + "_gate": np.ones(shapes[g[:-len("_relu")]] if g.endswith("_relu") else shapes[g[:-len("_raw")]],
+                                     np.float32) for g in gate_names}
+    draws = {}
+    for k in GRAD_SEEDS:
+        rng = np.random.default_rng(1000 + k)
+        draws[k] = {"data": rng.normal(0, 40, size=(batch, 2, 64, 64)).astype(np.float32),
+                    "label": rng.integers(0, 12, size=batch).astype(np.float32)}
+    record = sorted(set(relu_inputs) | {src for src, *_ in pools})
+
+    def caffe(gates, tag):
+        script = tmp_path / "seeds.py"
+        script.write_text(PYCAFFE_SEEDS)
+        np.savez(tmp_path / f"in_{tag}.npz", **{f"{k}/{n}": v for k in GRAD_SEEDS for n, v in
+                                                 {**draws[k], **gates[k]}.items()})
+        cfg = {"proto": str(tmp_path / "gated.prototxt"), "weights": str(deepyeast_weights), "seeds": list(GRAD_SEEDS),
+               "inputs": str(tmp_path / f"in_{tag}.npz"), "tops": ["data", "label"] + sorted(all_open),
+               "record": record, "out": str(tmp_path / f"out_{tag}.npz")}
+        (tmp_path / f"{tag}.json").write_text(json.dumps(cfg))
+        r = caffe_root.run_pycaffe(str(script), [str(tmp_path / f"{tag}.json")], cwd=str(tmp_path), check=False,
+                                   timeout=1200)
+        assert r.returncode == 0, r.stdout[-4000:]
+        return dict(np.load(tmp_path / f"out_{tag}.npz"))
+
+    def run_ours(feed, backward=False):
+        ours.load_caffemodel(deepyeast_weights)
+        for p in ours.learnable_params:
+            p.tensor.grad = None
+        with torch.set_grad_enabled(backward):
+            blobs = ours(**feed)
+        if backward:
+            ours.loss.backward()
+        return {n: b.detach().numpy().copy() for n, b in blobs.items()}
+
+    # 1-2: float error with all gates open, then the tied units
+    open_ref = caffe({k: all_open for k in GRAD_SEEDS}, "open")
+    gates = {}
+    for k in GRAD_SEEDS:
+        fwd = run_ours({**draws[k], **all_open})
+        eps = {b: float(np.abs(open_ref[f"{k}/fwd/{b}"] - fwd[b]).max()) for b in record}
+        g = tied_units(fwd, eps, all_open, relu_inputs, pools)
+        for _ in range(10):
+            fwd = run_ours({**draws[k], **g})
+            g2 = tied_units(fwd, eps, g, relu_inputs, pools)
+            if all((g2[n] == g[n]).all() for n in g):
+                break
+            g = g2
+        else:
+            pytest.fail(f"draw {k}: the tied units did not settle")
+        gates[k] = g
+
+    # 3: the gated comparison
+    ref = caffe(gates, "gated")
     skip = bias_into_batchnorm(proto)
-    errs = {}
-    for p in net.learnable_params:
-        if p.lr_mult == 0 or (p.layer_name, p.index) in skip:
-            continue
-        g = p.tensor.grad.detach().numpy().astype(np.float64)
-        r = ref[f"diff/{p.layer_name}/{p.index}"].astype(np.float64)
-        errs[f"{p.layer_name}/{p.index}"] = float(np.linalg.norm(g - r) / np.linalg.norm(r))
-    assert len(errs) == 32, sorted(errs)
-    assert max(errs.values()) <= 1e-2, errs
-    assert float(np.median(list(errs.values()))) <= 1e-4, errs
+    n_units = sum(int(np.prod(v.shape)) for v in all_open.values())
+    report, failures = [], []
+    for k in GRAD_SEEDS:
+        fwd = run_ours({**draws[k], **gates[k]}, backward=True)
+        closed = {n: int((g == 0).sum()) for n, g in gates[k].items()}
+        flips = sum(int((((ref[f"{k}/fwd/{z}"] > 0) != (fwd[z] > 0)) & (gates[k][z + "_relu_gate"] > 0)).sum())
+                    for z in relu_inputs)
+        e = max(float(np.abs(ref[f"{k}/fwd/{z}"] - fwd[z]).max() / np.abs(ref[f"{k}/fwd/{z}"]).max())
+                for z in relu_inputs)
+        errs, elem = {}, {}
+        for p in ours.learnable_params:
+            if p.lr_mult == 0 or (p.layer_name, p.index) in skip:
+                continue
+            g = p.tensor.grad.detach().numpy().astype(np.float64)
+            r = ref[f"{k}/diff/{p.layer_name}/{p.index}"].astype(np.float64)
+            errs[f"{p.layer_name}/{p.index}"] = float(np.linalg.norm(g - r) / np.linalg.norm(r))
+            elem[f"{p.layer_name}/{p.index}"] = float((np.abs(g - r) / (np.abs(r) + np.abs(r).max())).max())
+        bn = {f"{p.layer_name}/{p.index}": rel_max(p.tensor.detach().numpy(), ref[f"{k}/param/{p.layer_name}/{p.index}"])
+              for p in ours.learnable_params if p.layer_name.endswith("_bn")}
+        worst = max(errs, key=errs.get)
+        report.append(f"draw {k:2d}: {sum(closed.values()):4d} of {n_units} units tied and excluded "
+                      f"({', '.join(f'{n[:-5]} {c}' for n, c in closed.items() if c)}); forward error e {e:.1e}; "
+                      f"gradient rel. L2 median {np.median(list(errs.values())):.1e}, max {errs[worst]:.1e} ({worst})")
+        if len(errs) != 32 or len(bn) != 30:
+            failures.append(f"draw {k}: compared {len(errs)} gradients and {len(bn)} BatchNorm blobs, expected 32 and 30")
+        if flips:
+            failures.append(f"draw {k}: {flips} open units on different sides of their ReLU (margin too small)")
+        if sum(closed.values()) > 1e-3 * n_units:
+            failures.append(f"draw {k}: {sum(closed.values())} tied units, more than 0.1% of {n_units}")
+        if e > 1e-3:
+            failures.append(f"draw {k}: forward error {e:.1e} exceeds 1e-3")
+        bad = {n: v for n, v in errs.items() if v > GRAD_FACTOR * e}
+        bad.update({f"{n} (element)": v for n, v in elem.items() if v > GRAD_FACTOR * e})
+        bad.update({f"{n} (BatchNorm blob)": v for n, v in bn.items() if v > GRAD_FACTOR * e})
+        if bad:
+            failures.append(f"draw {k}: beyond {GRAD_FACTOR} x e = {GRAD_FACTOR * e:.1e}: {bad}")
+    print("\n".join(report))
+    assert not failures, "\n".join(failures + report)
 
 
 ZOO = """
@@ -291,8 +498,7 @@ def test_layer_zoo_forward_backward_match_caffe(tmp_path):
                     inputs=inputs, backward=True)
     blobs = net(**inputs)
     net.loss.backward()
-    fwd = {n: rel_max(blobs[n].detach().numpy(), ref["fwd0/" + n]) for n in blobs}
-    assert max(fwd.values()) <= 1e-4, fwd
+    assert_blobs_match({n: b.detach().numpy() for n, b in blobs.items()}, ref, list(blobs), prob_blobs=())
     errs = {}
     for p in net.learnable_params:
         r = ref[f"param/{p.layer_name}/{p.index}"]

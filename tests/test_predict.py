@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from deepyeast.caffe import caffe_pb2, root as caffe_root
+from deepyeast.caffe import caffe_pb2
 from deepyeast.caffe.blobs import compute_mean, write_caffemodel, write_mean_binaryproto
 from deepyeast.caffe.lmdb import write_datum_lmdb
 from deepyeast.caffe.prototxt import read_prototxt
@@ -149,9 +149,7 @@ def test_split_from_name():
 
 
 @pytest.mark.caffe
-def test_both_engines_agree_on_the_same_weights(setup, ours):
-    if not caffe_root.have_caffe_root():
-        pytest.skip(caffe_root.missing_reason())
+def test_both_engines_agree_on_the_same_weights(setup, ours, caffe_root_present):
     table_c, fdir_c = run_script(setup, "caffe", "caffe")
     table_o, fdir_o = ours
     assert list(table_c.path) == list(table_o.path)
@@ -187,9 +185,7 @@ def test_pooled_features_equal_the_pooled_whole_blobs(setup, ours):
 
 
 @pytest.mark.caffe
-def test_pycaffe_pools_like_our_engine(setup, tmp_path):
-    if not caffe_root.have_caffe_root():
-        pytest.skip(caffe_root.missing_reason())
+def test_pycaffe_pools_like_our_engine(setup, tmp_path, caffe_root_present):
     cells = predict.cells_from_list(setup["root"], setup["root"] / "HOwt_test.txt")
     got = {}
     for engine in ("ours", "caffe"):

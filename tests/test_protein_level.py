@@ -185,7 +185,7 @@ def test_protein_level_script(tmp_path):
 
 def test_synthetic_screen_proteins_table(tmp_path):
     """The generator's proteins.csv (nucleus+cytoplasm mixtures) works as --mixtures."""
-    synthetic = pytest.importorskip("deepyeast.data.synthetic")
+    from deepyeast.data import synthetic
     synthetic.make_screen(tmp_path / "screen", size="tiny", seed=0, workers=2, progress=False)
     root = tmp_path / "screen" / "main"
     nuc, cyt = CLASS_NAMES.index("nucleus"), CLASS_NAMES.index("cytoplasm")

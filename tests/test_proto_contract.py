@@ -19,9 +19,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 @pytest.fixture(scope="module")
-def real_descriptor(tmp_path_factory):
-    if not caffe_root.have_caffe_root():
-        pytest.skip(caffe_root.missing_reason())
+def real_descriptor(tmp_path_factory, caffe_root_present):
     out = tmp_path_factory.mktemp("descriptor") / "caffe_descriptor.json"
     caffe_root.run_pycaffe(os.path.join(HERE, "pycaffe", "dump_descriptor.py"), [str(out)])
     with open(out) as f:

@@ -79,11 +79,7 @@ def _screen(tmp_path, seed=0):
 
 
 @pytest.mark.r
-def test_quality_filter_script_removes_noncells_and_reports_accuracy(tmp_path):
-    from deepyeast.analysis import rforest
-
-    if not rforest.have_r():
-        pytest.skip("R with randomForest and rpy2 are not available")
+def test_quality_filter_script_removes_noncells_and_reports_accuracy(tmp_path, r_present):
     te, labels, pred = _screen(tmp_path)
     out, cells = tmp_path / "qf", tmp_path / "qf_cells.csv"
     r = subprocess.run([sys.executable, os.path.join(REPO, "analysis", "quality_filter.py"),

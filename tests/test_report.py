@@ -186,8 +186,7 @@ def test_make_report_script(run_dir, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed (apt-get install chromium)")
-def test_report_renders_in_headless_chromium(run_dir, tmp_path):
+def test_report_renders_in_headless_chromium(run_dir, tmp_path, chromium_path):
     """Load the page in a real browser; count the figures that decoded to an image with a size."""
     build_report(run_dir, tmp_path / "report.html", tmp_path / "m.json")
     probe = tmp_path / "probe.html"
@@ -195,7 +194,7 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     script = ("<script>window.addEventListener('load',()=>{document.body.setAttribute('data-loaded',"
               "[...document.images].filter(i=>i.complete&&i.naturalWidth>0).length)});</script>")
     probe.write_text(page.replace("</body>", script + "</body>"), encoding="utf-8")
-    res = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+    res = subprocess.run([chromium_path, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
                           "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     assert 'data-loaded="7"' in res.stdout

@@ -16,9 +16,8 @@ REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _need_r():
-    if not rforest.have_r():
-        pytest.skip("R with randomForest and rpy2 are not available")
+def _need_r(r_present):
+    pass
 
 
 def _blobs(n_per_class, n_classes, n_features=12, seed=0):

@@ -60,7 +60,7 @@ def test_snapshots_test_schedule_and_logs(nets):
         s.solve()
     names = sorted(os.listdir(os.path.dirname(prefix)))
     for it in (8, 16, 20):  # every `snapshot` iterations, plus the final one after max_iter
-        for ext in (".caffemodel", ".solverstate", ".dystate"):
+        for ext in (".caffemodel", ".solverstate", ".dystate.npz"):
             assert f"convex_iter_{it}{ext}" in names
     assert not any(n.endswith(".partial") for n in names)
     st = read_solverstate(prefix + "_iter_16.solverstate")
@@ -77,7 +77,7 @@ def test_snapshots_test_schedule_and_logs(nets):
 
 
 def test_exact_resume_from_own_snapshot(nets):
-    """Conv net with BatchNorm and Dropout: resuming our snapshot (with .dystate) continues bit-exactly."""
+    """Conv net with BatchNorm and Dropout: resuming our snapshot (with .dystate.npz) continues bit-exactly."""
     d, _, conv, _ = nets
     common = dict(max_iter=24, snapshot=12, test_interval=8, base_lr=0.05, random_seed=11)
     full = Solver(solver_param(conv, str(d / "res_full" / "m"), **common), progress=False)
@@ -102,8 +102,9 @@ def test_nan_loss_stops_with_iteration_and_last_snapshot(nets):
     s.step(3)  # three good iterations, a snapshot after each
     with torch.no_grad():
         s.params[0].tensor[0, 0] = float("nan")  # a blown-up weight poisons the next loss
-    with pytest.raises(TrainingDiverged, match=r"loss is nan at iteration 3: training stopped\. "
-                                               r"Last good snapshot: .*m_iter_3\.solverstate"):
+    # the snapshot at iteration 3 holds the weights whose loss is NaN: the last good one is iteration 2's
+    with pytest.raises(TrainingDiverged, match=r"TRAIN loss is nan at iteration 3: training stopped \(diverged\)\. "
+                                               r"Last snapshot with finite losses: .*m_iter_2\.solverstate"):
         s.step(5)
     assert s.iter == 3 and not os.path.exists(prefix + "_iter_4.solverstate")
 

@@ -6,8 +6,10 @@ snapshot 15.  15 iterations consume a whole number of epochs, so a resumed run (
 restarts at the first record in Caffe) sees the same batches as the unbroken run.
 """
 
+import json
 import os
 import re
+import textwrap
 
 import numpy as np
 import pytest
@@ -18,8 +20,7 @@ from deepyeast.caffe.blobs import read_solverstate
 from _solver_nets import (CONVEX_NET, LogCapture, make_init_weights, make_lmdb, max_rel_diff, solver_param,
                           write_net, write_solver)
 
-pytestmark = [pytest.mark.caffe,
-              pytest.mark.skipif(not caffe_root.have_caffe_root(), reason=caffe_root.missing_reason() or "no caffe")]
+pytestmark = [pytest.mark.caffe, pytest.mark.usefixtures("caffe_root_present")]
 
 TOL = 1e-5
 
@@ -160,50 +161,156 @@ def _easy_cells(n, seed):
     return items
 
 
+PYCAFFE_STEPS = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import caffe
+    caffe.set_mode_cpu()
+    cfg = json.load(open(sys.argv[1]))
+    solver = caffe.SGDSolver(cfg["solver"])
+    solver.net.copy_from(cfg["init"])
+    out = {}
+    for t in range(1, cfg["iters"] + 1):
+        solver.step(1)
+        out["loss/%d" % t] = np.array(float(solver.net.blobs["loss"].data))
+        for lname, blobs in solver.net.params.items():
+            for i, b in enumerate(blobs):
+                out["%d/%s/%d" % (t, lname, i)] = b.data.copy()
+    np.savez(cfg["out"], **out)
+""")
+
+TRAJECTORY_ITERS = 4
+ULP = 2.0 ** -23
+"""Relative size of the perturbation of our own reference trajectory: one float32 rounding step."""
+
+
 @pytest.mark.slow
 def test_deepyeast_small_run_matches_real_caffe(tmp_path):
+    """The whole DeepYeast train_val (LMDB, mean file, BatchNorm, momentum, weight decay) trained by
+    both engines from the same weights: the first updates agree; later ones drift no more than
+    float32 rounding alone makes them drift.
+
+    Made comparable: ``random_seed`` is set and the Dropout layers are removed (real Caffe draws
+    its masks from its own generator, which ours cannot reproduce, so with dropout two runs of the
+    same engine differ from the first iteration; the earlier version of this test compared final
+    accuracies within 0.05 and failed whenever Caffe's unseeded dropout drew an unlucky run).
+
+    Where the comparison stops being meaningful: training amplifies any difference.  One float32
+    rounding step (2^-23 relative) on the initial weights of *our own* engine changes the updates
+    by ~1e-4 after 1 iteration, ~1e-2 after 2 and ~1e-1 after 3-4 (measured); the two engines
+    differ by ~1e-5 after iteration 1 (rounding in the gradient sums and BatchNorm) and that
+    grows the same way.  So: iteration 1's update is compared to a fixed tolerance, and each later
+    iteration against that perturbed run of ours: Caffe must stay at least as close to our run as
+    our own run started one rounding step away.  Beyond a few iterations weights can no longer
+    be compared one by one at all; only statistics of training (loss curves, accuracy over many
+    runs) could be, and those need far more than a test's minute.
+    """
+    import torch
+
     from deepyeast.caffe import caffe_pb2
     from deepyeast.engine import Net
+    from deepyeast.engine.solver import Solver
     from deepyeast.caffe.blobs import compute_mean, write_mean_binaryproto
     from deepyeast.caffe.lmdb import write_datum_lmdb
-    from deepyeast.caffe.prototxt import read_prototxt
-    from deepyeast.caffe.prototxt import write_prototxt
+    from deepyeast.caffe.prototxt import read_prototxt, write_prototxt
 
     train = _easy_cells(400, 1)
-    val = _easy_cells(80, 2)
     write_datum_lmdb(str(tmp_path / "train_lmdb"), train, shuffle=True, seed=0)
-    write_datum_lmdb(str(tmp_path / "val_lmdb"), val, shuffle=False)
+    write_datum_lmdb(str(tmp_path / "val_lmdb"), _easy_cells(80, 2), shuffle=False)
     write_mean_binaryproto(str(tmp_path / "mean.binaryproto"), compute_mean(img for _, img, _ in train))
-    net = read_prototxt(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "deepyeast",
-                                     "train_val.prototxt"), caffe_pb2.NetParameter)
-    for layer in net.layer:
+    src = read_prototxt(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models",
+                                     "deepyeast", "train_val.prototxt"), caffe_pb2.NetParameter)
+    net = caffe_pb2.NetParameter(name=src.name)
+    for layer in src.layer:
+        if layer.type == "Dropout":
+            continue
+        copy = net.layer.add()
+        copy.CopyFrom(layer)
         if layer.type == "Data":
             train_phase = layer.include[0].phase == caffe_pb2.TRAIN
-            layer.data_param.source = str(tmp_path / ("train_lmdb" if train_phase else "val_lmdb"))
-            layer.data_param.batch_size = 8
-            layer.transform_param.mean_file = str(tmp_path / "mean.binaryproto")
+            copy.data_param.source = str(tmp_path / ("train_lmdb" if train_phase else "val_lmdb"))
+            copy.data_param.batch_size = 8
+            copy.transform_param.mean_file = str(tmp_path / "mean.binaryproto")
+    assert len(net.layer) == len(src.layer) - 2  # fc1_drop, fc2_drop
     net_path = str(tmp_path / "train_val_small.prototxt")
     write_prototxt(net_path, net)
     init = str(tmp_path / "init.caffemodel")
     Net(net_path, phase="TRAIN", seed=3).save_caffemodel(init)
+    p = solver_param(net_path, str(tmp_path / "snap" / "dy"), base_lr=0.02, lr_policy="fixed", momentum=0.9,
+                     weight_decay=0.0005, max_iter=TRAJECTORY_ITERS, display=1, test_interval=0, snapshot=0,
+                     random_seed=5, snapshot_after_train=False)
+    del p.test_iter[:]
+    solver_path = write_solver(str(tmp_path / "solver.prototxt"), p)
 
-    iters = int(os.environ.get("DEEPYEAST_PARITY_ITERS", "100"))
-    cfg = dict(base_lr=0.02, lr_policy="fixed", momentum=0.9, weight_decay=0.0005, max_iter=iters,
-               display=50, test_iter=[], test_interval=iters, test_initialization=False, snapshot=0)
-    results = {}
-    for engine in ("ours", "caffe"):
-        p = solver_param(net_path, str(tmp_path / engine / "dy"), **{k: v for k, v in cfg.items()
-                                                                      if k != "test_iter"})
-        del p.test_iter[:]
-        p.test_iter.append(10)
-        if engine == "caffe":
-            out = run_real_caffe(tmp_path, p, "dy_caffe", ["-weights", init], timeout=1200)
-        else:
-            _, out = run_ours(p, init=init)
-        acc = [float(v) for v in re.findall(r"Test net output #\d+: accuracy = (\S+)", out)]
-        assert len(acc) == 1, out[-2000:]
-        results[engine] = acc[-1]
-        print(f"{engine}: TEST accuracy {acc[-1]:.3f}", flush=True)
-    print(f"DeepYeast small run ({iters} iterations, batch 8), TEST accuracy:", results)
-    assert results["caffe"] >= 0.6 and results["ours"] >= 0.6  # chance is 0.25
-    assert abs(results["caffe"] - results["ours"]) <= 0.05
+    script = tmp_path / "steps.py"
+    script.write_text(PYCAFFE_STEPS)
+    (tmp_path / "steps.json").write_text(json.dumps({"solver": solver_path, "init": init, "iters": TRAJECTORY_ITERS,
+                                                     "out": str(tmp_path / "caffe.npz")}))
+    r = caffe_root.run_pycaffe(str(script), [str(tmp_path / "steps.json")], cwd=str(tmp_path), check=False,
+                               timeout=1200)
+    assert r.returncode == 0, r.stdout[-3000:]
+    caffe = dict(np.load(tmp_path / "caffe.npz"))
+
+    skip = {f"{a}/{b}" for a, b in _bias_into_batchnorm(net)}  # true gradient 0: rounding noise only
+
+    def trajectory(perturb=0.0):
+        s = Solver(p, progress=False)
+        s.copy_trained_layers(init)
+        if perturb:
+            g = torch.Generator().manual_seed(0)
+            with torch.no_grad():
+                for q in s.params:
+                    if q.lr_mult != 0:
+                        q.tensor.mul_(1 + perturb * torch.randn(q.tensor.shape, generator=g))
+        out = []
+        for _ in range(TRAJECTORY_ITERS):
+            s.step(1)
+            out.append({f"{q.layer_name}/{q.index}": q.tensor.detach().numpy().astype(np.float64).copy()
+                        for q in s.params})
+        return s, out
+
+    start = {name: arrays for name, arrays in _read_params(init).items()}
+    solver, ours = trajectory()
+    _, shaken = trajectory(ULP)
+    rows, failures = [], []
+    for t in range(1, TRAJECTORY_ITERS + 1):
+        vs_caffe, vs_shaken, bn = [], [], []
+        for key, w in ours[t - 1].items():
+            layer, i = key.rsplit("/", 1)
+            w0 = start[layer][int(i)].astype(np.float64)
+            c = caffe[f"{t}/{key}"].astype(np.float64)
+            if layer.endswith("_bn"):  # running statistics: forward quantities of each batch
+                bn.append(float(np.abs(w - c).max() / max(np.abs(c).max(), 1e-30)))
+                continue
+            if key in skip:
+                continue
+            update = c - w0
+            vs_caffe.append(np.linalg.norm((w - w0) - update) / np.linalg.norm(update))
+            vs_shaken.append(np.linalg.norm((w - w0) - (shaken[t - 1][key] - w0)) / np.linalg.norm(w - w0))
+        rows.append(f"iteration {t}: update vs Caffe's: median {np.median(vs_caffe):.1e}, max {max(vs_caffe):.1e}; "
+                    f"vs ours from weights one rounding away: median {np.median(vs_shaken):.1e}, "
+                    f"max {max(vs_shaken):.1e}; BatchNorm statistics max {max(bn):.1e}")
+        assert len(vs_caffe) == 32 and len(bn) == 30, (len(vs_caffe), len(bn))
+        if t == 1:
+            if max(vs_caffe) > 2e-4 or max(bn) > 1e-4:
+                failures.append(f"iteration 1: updates differ by up to {max(vs_caffe):.1e} (tolerance 2e-4), "
+                                f"BatchNorm statistics by {max(bn):.1e} (1e-4)")
+        elif np.median(vs_caffe) > np.median(vs_shaken):
+            failures.append(f"iteration {t}: Caffe's updates are farther from ours (median {np.median(vs_caffe):.1e}) "
+                            f"than ours from one rounding step away ({np.median(vs_shaken):.1e})")
+    losses = [float(caffe[f"loss/{t}"]) for t in range(1, TRAJECTORY_ITERS + 1)]
+    print("\n".join(rows + [f"Caffe's losses: {losses}"]))
+    assert not failures, "\n".join(failures + rows)
+    assert solver.iter == TRAJECTORY_ITERS and all(np.isfinite(losses))
+
+
+def _read_params(path):
+    from deepyeast.caffe.blobs import read_caffemodel
+    return read_caffemodel(path)
+
+
+def _bias_into_batchnorm(net_param):
+    """(layer, 1) for Convolution/InnerProduct biases whose top goes straight into a BatchNorm."""
+    layers = list(net_param.layer)
+    return {(lp.name, 1) for lp, nxt in zip(layers, layers[1:])
+            if lp.type in ("Convolution", "InnerProduct") and nxt.type == "BatchNorm" and list(nxt.bottom) == [lp.top[0]]}

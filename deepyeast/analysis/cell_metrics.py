@@ -23,14 +23,13 @@ resample in which no cell is predicted as class ``k`` has undefined precision fo
 and is left out of that class's percentiles (``precision_undefined`` counts them).
 """
 
-import json
 import os
 
 import numpy as np
 
 from deepyeast.constants import PAPER_RESULTS
 from deepyeast.report.manifest import clear_result, figure, headline, table, write_result
-from deepyeast.utils.io import InputError, atomic_write_text, write_csv
+from deepyeast.utils.io import InputError, atomic_write_json, write_csv
 
 DEFAULT_RESAMPLES = 20000
 DEFAULT_CI = (2.5, 97.5)
@@ -409,7 +408,7 @@ def run_cell_evaluation(predictions_path, out_dir, rf_predictions_path=None, spl
                 "n_cells": int(net.n_cells), "n_proteins": diff["n_groups"],
                 "method": "paired bootstrap: the same resampled cells (cells_ci) or whole proteins "
                           "(proteins_ci) for both classifiers; 95% percentile intervals"}
-    atomic_write_text(os.path.join(out_dir, CELL_EVAL_FILES["metrics"]), json.dumps(out, indent=2) + "\n")
+    atomic_write_json(os.path.join(out_dir, CELL_EVAL_FILES["metrics"]), out, indent=2)
     write_cells_result(out_dir, out, res_net, res_rf, net, figures, name=name)
     return out
 

@@ -10,7 +10,10 @@ Schema (CSV, header required, one row per cell)::
 * ``split``   -- ``train``/``val``/``test`` (or ``transfer_*``); never empty.
 * ``label``   -- true class, an index into :data:`deepyeast.constants.CLASS_NAMES`
                  (K = 12) or :data:`~deepyeast.constants.TRANSFER_CLASS_NAMES` (K = 4).
-* ``pred``    -- predicted class index, same table.
+* ``pred``    -- predicted class index, same table: a class of the largest probability
+                 (ties within :data:`PRED_TIE_TOL` may pick any of them), so that cell-level
+                 results (which read ``pred``) and protein-level ones (which read the
+                 probabilities) describe the same predictions.
 * ``prob_k``  -- predicted probability of class ``k``; finite, in [0, 1], each row sums to 1
                  within :data:`PROB_SUM_TOL`.
 
@@ -34,6 +37,9 @@ BASE_COLUMNS = ("path", "protein", "split", "label", "pred")
 
 PROB_SUM_TOL = 1e-3
 """Largest accepted |sum_k prob_k - 1| of one row."""
+
+PRED_TIE_TOL = 1e-6
+"""``pred``'s probability may fall this far below the row's largest (ties written at 9 digits)."""
 
 _PROB_RE = re.compile(r"^prob_(\d+)$")
 
@@ -124,6 +130,7 @@ def validate_predictions(table, prob_tol=PROB_SUM_TOL, require_all_classes=True)
 
     Checks: equal lengths, non-empty ``path``/``protein``/``split``, unique paths,
     label/pred in [0, K), probabilities finite in [0, 1] summing to 1 within ``prob_tol``,
+    ``pred`` a most probable class (within :data:`PRED_TIE_TOL`),
     and (if ``require_all_classes``) every class of the table has at least one cell by label.
     Rows are reported 1-based, counting data rows (file line = row + 1).
     """
@@ -174,6 +181,17 @@ def validate_predictions(table, prob_tol=PROB_SUM_TOL, require_all_classes=True)
         raise InputError(
             f"{src}: row {i + 1} (line {i + 2}), columns prob_0..prob_{k - 1}: probabilities sum to "
             f"{sums[i]:.6g}, not 1 (tolerance {prob_tol:g}); {bad.size} row(s) affected"
+        )
+    picked = probs[np.arange(n), table.pred]
+    top = probs.argmax(axis=1)
+    bad = np.flatnonzero(picked < probs[np.arange(n), top] - PRED_TIE_TOL)
+    if bad.size:
+        i = int(bad[0])
+        p, t = int(table.pred[i]), int(top[i])
+        raise InputError(
+            f"{src}: row {i + 1} (line {i + 2}), column 'pred': class {p} is not the most probable class "
+            f"(prob_{t} = {probs[i, t]:.6g} > prob_{p} = {probs[i, p]:.6g}); cell-level results (from pred) "
+            f"and protein-level ones (from the probabilities) would disagree; {bad.size} row(s) affected"
         )
     if require_all_classes:
         counts = np.bincount(table.label, minlength=k)

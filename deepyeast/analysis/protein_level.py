@@ -16,7 +16,6 @@ Proteins table (CSV): ``protein,n_cells,label,pred,post_0,...,post_{K-1}``.
 
 import csv
 import dataclasses
-import json
 import os
 import re
 
@@ -24,7 +23,7 @@ import numpy as np
 
 from deepyeast.constants import MIN_CELLS_PER_PROTEIN, PAPER_RESULTS
 from deepyeast.report.manifest import clear_result, headline, missing_part, table, write_result
-from deepyeast.utils.io import InputError, atomic_path, atomic_write_text, open_input
+from deepyeast.utils.io import InputError, atomic_path, atomic_write_json, open_input
 from deepyeast.analysis.cell_metrics import count
 
 
@@ -289,7 +288,7 @@ def run_protein_level(predictions_path, out_path, mixtures_path=None, split="aut
                    "split": sorted(set(table.split.tolist()))},
         "command": command,
     }
-    atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(summary_path, summary, indent=2)
     write_protein_table(out_path, calls)
     write_protein_result(result_dir, summary, mix_rows, classifier, os.path.basename(out_path))
     return summary

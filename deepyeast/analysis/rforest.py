@@ -33,11 +33,19 @@ _R = None
 
 
 def have_r():
-    """True when rpy2, R and the randomForest package are all usable."""
-    try:
-        _r()
-    except Exception:  # noqa: BLE001 - any failure means "no R here"
+    """True when R and rpy2 are installed (and then ``random_forest.R`` loads); False only when
+    one of them is truly absent: no ``R`` program on the PATH, or rpy2 not importable.
+
+    Anything else -- an error in ``random_forest.R``, the randomForest package missing, rpy2
+    failing to start R -- is raised, so that a broken installation or script fails the tests that
+    need R instead of turning them into skips.
+    """
+    import importlib.util
+    import shutil
+
+    if shutil.which("R") is None or importlib.util.find_spec("rpy2") is None:
         return False
+    _r()
     return True
 
 

@@ -34,7 +34,6 @@ Binomial(N, accuracy); the interval draws ``n_boot`` such resamples exactly
 that way and takes the 2.5 and 97.5 percentiles.
 """
 
-import json
 import logging
 import os
 
@@ -45,7 +44,7 @@ from deepyeast.analysis.features import (PATHS_FILE, blob_features, has_blob, la
                                          network_blobs, read_cellprofiler_csv, read_paths)
 from deepyeast.utils.plotting import plt, save_figure
 from deepyeast.report.manifest import clear_result, count_metric, figure, headline, table, write_result
-from deepyeast.utils.io import InputError, atomic_write_text, write_csv
+from deepyeast.utils.io import InputError, atomic_write_json, write_csv
 from deepyeast.utils.progress import progress
 
 _log = logging.getLogger(__name__)
@@ -244,7 +243,7 @@ def run_transfer(feature_dirs, labels, out_dir, class_names=constants.TRANSFER_C
     plot_transfer(rows, main_sets, os.path.join(out_dir, "transfer_accuracy"),
                   "Transfer to new compartments (best layer on validation vs CellProfiler)")
     write_results_csv(os.path.join(out_dir, "transfer.csv"), rows)
-    atomic_write_text(os.path.join(out_dir, "transfer.json"), json.dumps(result, indent=2) + "\n")
+    atomic_write_json(os.path.join(out_dir, "transfer.json"), result, indent=2)
     write_transfer_result(out_dir, result, command=command)  # last: marks a finished step
     return result
 

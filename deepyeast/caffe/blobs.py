@@ -93,15 +93,10 @@ def write_mean_binaryproto(path, mean):
 def read_mean_binaryproto(path):
     """Read a mean ``.binaryproto`` as float32 C x H x W."""
     path = os.fspath(path)
-    blob = caffe_pb2.BlobProto()
-    try:
-        with open(path, "rb") as f:
-            blob.ParseFromString(f.read())
-    except OSError as err:
-        raise InputError(f"{path}: cannot read: {err.strerror}") from None
-    except Exception as err:  # protobuf DecodeError
-        raise InputError(f"{path}: not a BlobProto ({err})") from None
+    blob = _read_message(path, caffe_pb2.BlobProto, "mean image (.binaryproto)")
     arr = blob_to_array(blob, source=path)
+    if arr.size == 0:
+        raise InputError(f"{path}: holds no values; not a mean image")
     if arr.ndim == 4:
         if arr.shape[0] != 1:
             raise InputError(f"{path}: a mean image has num 1, got shape {arr.shape}")
@@ -111,16 +106,22 @@ def read_mean_binaryproto(path):
 
 # --------------------------------------------------------------------------- caffemodel
 
-def _read_message(path, message_cls):
+def _read_message(path, message_cls, what):
+    """Parse the binary protobuf file ``path`` as ``message_cls``; InputError naming the file when it
+    cannot be read, is empty (an empty file parses as an empty message), or does not parse."""
     path = os.fspath(path)
     msg = message_cls()
     try:
         with open(path, "rb") as f:
-            msg.ParseFromString(f.read())
+            data = f.read()
     except OSError as err:
         raise InputError(f"{path}: cannot read: {err.strerror}") from None
-    except Exception as err:
-        raise InputError(f"{path}: not a binary {message_cls.__name__} ({err})") from None
+    if not data:
+        raise InputError(f"{path}: empty file (0 bytes), not a {what}")
+    try:
+        msg.ParseFromString(data)
+    except Exception as err:  # protobuf DecodeError, or a RuntimeWarning-style error of the C parser
+        raise InputError(f"{path}: not a {what} (binary {message_cls.__name__}: {err})") from None
     return msg
 
 
@@ -130,12 +131,14 @@ def read_caffemodel(path, with_types=False):
     Layers without blobs are left out.  With ``with_types`` also return a
     dict layer name -> layer type.
     """
-    net = _read_message(path, caffe_pb2.NetParameter)
+    net = _read_message(path, caffe_pb2.NetParameter, "Caffe weights file (.caffemodel)")
     params, types = OrderedDict(), {}
     for layer in net.layer:
         if layer.blobs:
             params[layer.name] = [blob_to_array(b, source=f"{path} layer {layer.name}") for b in layer.blobs]
             types[layer.name] = layer.type
+    if not params:
+        raise InputError(f"{path}: holds no weights (no layer with blobs); not a trained .caffemodel")
     return (params, types) if with_types else params
 
 
@@ -167,7 +170,7 @@ def read_solverstate(path):
     (str, the .caffemodel it was written with) and ``history`` (list of float32
     arrays, one per learnable parameter in the net's parameter order).
     """
-    state = _read_message(path, caffe_pb2.SolverState)
+    state = _read_message(path, caffe_pb2.SolverState, "Caffe solver state (.solverstate)")
     return {
         "iter": int(state.iter),
         "current_step": int(state.current_step),

@@ -99,10 +99,21 @@ def read_prototxt(path, message_cls):
     """Read a prototxt file into a ``message_cls`` (e.g. ``caffe_pb2.NetParameter``)."""
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError as err:
         raise InputError(f"{path}: cannot read: {err.strerror}") from None
+    what = "solver" if message_cls is caffe_pb2.SolverParameter else "net" \
+        if message_cls is caffe_pb2.NetParameter else message_cls.__name__
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path}: not a text {what} prototxt (byte {err.start} is not UTF-8 text; "
+                         "a binary file?)") from None
+    if "\x00" in text:
+        raise InputError(f"{path}: not a text {what} prototxt (it holds NUL bytes; a binary file?)")
+    if not text.strip() and message_cls is caffe_pb2.SolverParameter:
+        raise InputError(f"{path}: empty file, not a solver prototxt")
     return parse_prototxt(text, message_cls, source=path)
 
 

@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 
 from deepyeast.constants import list_file
-from deepyeast.utils.io import StepFailed, atomic_write_text, file_digest
+from deepyeast.utils.io import StepFailed, atomic_write_text, file_digest, output_lock
 
 # --------------------------------------------------------------------------- sources
 
@@ -122,8 +122,9 @@ def safe_extract(tar_path, dest):
     that filter would silently make relative): one such member makes the whole archive be
     refused with ``FetchError`` naming the member.  Extraction (with the same filter) goes to a
     temporary folder inside ``dest`` whose entries are then moved into place, so an
-    interrupted run leaves no half-extracted tree under the final names.  Returns the list of
-    top-level names extracted.
+    interrupted run leaves no half-extracted tree under the final names.  The extraction holds a
+    lock on ``dest`` (a second concurrent extraction into it is refused) and first removes the
+    temporary folders that killed runs left behind.  Returns the list of top-level names extracted.
     """
     if not hasattr(tarfile, "data_filter"):
         raise FetchError("safe extraction needs a Python whose tarfile has extraction filters "
@@ -146,18 +147,26 @@ def safe_extract(tar_path, dest):
             if reason is not None:
                 raise FetchError(f"{tar_path}: member {m.name!r} would be written outside {dest} ({reason}); "
                                  "archive refused")
-        tmp = tempfile.mkdtemp(prefix=".extracting.", dir=dest)
-        try:
-            tar.extractall(tmp, members=members, filter="data")
-            tops = sorted(os.listdir(tmp))
-            for name in tops:
-                final = os.path.join(dest, name)
-                if os.path.isdir(final) and not os.path.islink(final):
-                    shutil.rmtree(final)
-                os.replace(os.path.join(tmp, name), final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        with output_lock(dest):
+            for name in os.listdir(dest):
+                if name.startswith(EXTRACTING_PREFIX):  # left by a killed run (we hold the lock)
+                    shutil.rmtree(os.path.join(dest, name), ignore_errors=True)
+            tmp = tempfile.mkdtemp(prefix=EXTRACTING_PREFIX, dir=dest)
+            try:
+                tar.extractall(tmp, members=members, filter="data")
+                tops = sorted(os.listdir(tmp))
+                for name in tops:
+                    final = os.path.join(dest, name)
+                    if os.path.isdir(final) and not os.path.islink(final):
+                        shutil.rmtree(final)
+                    os.replace(os.path.join(tmp, name), final)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
     return tops
+
+
+EXTRACTING_PREFIX = ".extracting."
+"""Name prefix of :func:`safe_extract`'s temporary folder inside the destination."""
 
 
 def download_progress(label):

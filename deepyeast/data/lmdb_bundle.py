@@ -11,6 +11,12 @@ Records are written in a seeded shuffled order with keys ``KEY_FORMAT`` of :mod:
 (what ``convert_imageset -shuffle`` does), images streamed one at a time from
 the archive, so memory does not grow with the number of cells.  The mean is
 computed from the written train LMDB, as Caffe's ``compute_image_mean`` does.
+
+The bundle is one output: it is written into a fresh hidden folder beside ``OUT`` and swapped
+in as a whole when every file is written (:func:`deepyeast.utils.io.atomic_folder`), under a
+lock that refuses a second concurrent writer of ``OUT``.  An interrupted or killed run leaves
+the previous bundle as it was (never a new LMDB beside an old mean), and the next run removes
+what the killed one left.
 """
 
 import collections
@@ -26,7 +32,7 @@ from deepyeast.data.lists import check_splits, protein_of, read_split_list
 from deepyeast.utils.progress import progress as progress_report
 from deepyeast.utils.io import file_digest
 from deepyeast.constants import CLASS_NAMES, CLASS_SETS, IMAGE_SIZE, LIST_PREFIX, N_CHANNELS, SPLITS, class_set_of
-from deepyeast.utils.io import InputError, atomic_write_text
+from deepyeast.utils.io import InputError, atomic_folder, atomic_write_json, atomic_write_text
 
 
 def list_path(root, split, prefix=LIST_PREFIX):
@@ -64,7 +70,7 @@ def _read_ahead(root, entries, threads=2, block=256):
 
 
 def write_split_lmdb(root, entries, lmdb_path, split="train", class_names=CLASS_NAMES, seed=0, skip_bad=False,
-                     progress=True, extra_rejects=(), list_file=None):
+                     progress=True, extra_rejects=(), list_file=None, lock=True):
     """Write one split's crops to an LMDB and return its manifest dict.
 
     ``entries``: list of ``(relpath, label)`` under ``root``.  The order is
@@ -95,7 +101,7 @@ def write_split_lmdb(root, entries, lmdb_path, split="train", class_names=CLASS_
             content.update(result.tobytes())
             yield rel, result, label
 
-    n = write_datum_lmdb(lmdb_path, records(), shuffle=False)
+    n = write_datum_lmdb(lmdb_path, records(), shuffle=False, lock=lock)
     manifest = {
         "split": split,
         "lmdb": os.path.basename(lmdb_path),
@@ -127,11 +133,9 @@ def build_lmdb_bundle(root, out_dir, splits=SPLITS, prefix=LIST_PREFIX, class_na
     (label outside the table, duplicate) or a protein in two splits raises
     ``InputError``; with ``skip_bad`` those lines (for a shared protein: its
     cells in the later split) are rejected instead.  Returns a summary dict
-    (per split: records, rejects; the mean file).
+    (per split: records, rejects; the mean file).  The bundle replaces ``out_dir`` as a whole
+    (see the module docstring); an ``out_dir`` holding anything else is refused.
     """
-    from deepyeast.caffe.blobs import compute_mean, write_mean_binaryproto
-    from deepyeast.caffe.lmdb import iter_datum_lmdb
-
     list_dir = list_dir or root
     if class_names is None:
         class_names = CLASS_SETS[class_set_of(prefix)]
@@ -142,7 +146,32 @@ def build_lmdb_bundle(root, out_dir, splits=SPLITS, prefix=LIST_PREFIX, class_na
     report, ok = check_splits(paths, class_names)
     if not ok and not skip_bad:
         raise InputError("split lists are inconsistent: " + "; ".join(report["errors"][:5]))
-    os.makedirs(out_dir, exist_ok=True)
+    _check_bundle_folder(out_dir)
+    with atomic_folder(out_dir) as tmp:
+        return _write_bundle(root, tmp, splits, paths, class_names, seed, skip_bad, progress)
+
+
+BUNDLE_FILES = ("mean.binaryproto",)
+BUNDLE_SUFFIXES = ("_lmdb", "_manifest.json", "_rejects.txt")
+
+
+def _check_bundle_folder(out_dir):
+    """An existing ``out_dir`` is replaced as a whole: refuse one that holds anything but a bundle."""
+    if not os.path.exists(out_dir):
+        return
+    if not os.path.isdir(out_dir):
+        raise InputError(f"{out_dir}: is a file; give a folder for the LMDB bundle")
+    for name in sorted(os.listdir(out_dir)):
+        if name.startswith(".") or name in BUNDLE_FILES or name.endswith(BUNDLE_SUFFIXES):
+            continue
+        raise InputError(f"{out_dir}: not an LMDB bundle folder (it holds {name}), and a bundle replaces its "
+                         "folder as a whole: choose a new folder")
+
+
+def _write_bundle(root, out_dir, splits, paths, class_names, seed, skip_bad, progress):
+    from deepyeast.caffe.blobs import compute_mean, write_mean_binaryproto
+    from deepyeast.caffe.lmdb import iter_datum_lmdb
+
     seen_in = {}
     summary = {"splits": {}}
     for k, s in enumerate(splits):
@@ -156,8 +185,8 @@ def build_lmdb_bundle(root, out_dir, splits=SPLITS, prefix=LIST_PREFIX, class_na
                 continue
             kept.append((rel, label))
         manifest = write_split_lmdb(root, kept, os.path.join(out_dir, f"{s}_lmdb"), s, class_names, seed + k,
-                                    skip_bad, progress, rejects, paths[s])
-        atomic_write_text(os.path.join(out_dir, f"{s}_manifest.json"), json.dumps(manifest, indent=1) + "\n")
+                                    skip_bad, progress, rejects, paths[s], lock=False)
+        atomic_write_json(os.path.join(out_dir, f"{s}_manifest.json"), manifest)
         if manifest["rejects"]:
             atomic_write_text(os.path.join(out_dir, f"{s}_rejects.txt"),
                               "".join(f"{r['path']}\t{r['reason']}\n" for r in manifest["rejects"]))

@@ -39,7 +39,7 @@ import numpy as np
 from deepyeast.data.crop_png import write_crop
 from deepyeast.data.lists import write_class_doc, write_split_list
 from deepyeast.constants import CLASS_NAMES, IMAGE_SIZE, LIST_PREFIX, SPLIT_FRACTIONS, SPLITS
-from deepyeast.utils.io import InputError, atomic_path, atomic_write_text, open_input, write_csv
+from deepyeast.utils.io import InputError, atomic_folder, atomic_write_text, open_input, write_csv
 from deepyeast.utils.progress import progress
 
 BORDER_MODES = ("pad", "skip")
@@ -597,8 +597,7 @@ def crop_screen(images_csv, out_root, centres_csv=None, channels=(0, 1), bits=No
     records = []  # (relpath, label, protein_key, split_or_None, image, cell, y, x, padded, is_cell)
     read_ok = collections.defaultdict(list)  # protein key -> rows whose micrograph was read
     empty = []
-    with atomic_path(out_root) as tmp:
-        os.makedirs(tmp)
+    with atomic_folder(out_root) as tmp:
         field_of = collections.Counter()
         for im in progress(images, desc="crop", unit="image"):
             key = f"plate{im['plate']:02d}/{im['protein']}"

@@ -48,7 +48,7 @@ from deepyeast.constants import CLASS_NAMES, IMAGE_SIZE
 from deepyeast.data.crop_png import quiet_cv2
 from deepyeast.data.micrographs import (Rejects, crop_cells, measure_cells, read_images_table,  # noqa: F401
                                         read_mask, read_row_micrograph)
-from deepyeast.utils.io import InputError, atomic_path, atomic_write_text, open_input, write_csv
+from deepyeast.utils.io import InputError, atomic_folder, atomic_write_text, open_input, write_csv
 from deepyeast.utils.progress import progress as progress_report
 
 log = logging.getLogger(__name__)
@@ -409,8 +409,7 @@ def segment_screen(images_csv, out_dir, params=SegmentParams(), channels=(0, 1),
             header.append(col)
     has_labels = any(r["label"] is not None for r in rows)
     img_rows, cell_rows, seg_rows, empty, used = [], [], [], [], set()
-    with atomic_path(out_dir) as tmp:
-        os.makedirs(tmp)
+    with atomic_folder(out_dir) as tmp:
         for rec in progress_report(rows, desc="segment", unit="image", enabled=None if progress else False):
             try:
                 micro, mask, info = row_cells(rec, params, channels, bits, resegment)

@@ -20,6 +20,7 @@ import torch
 
 from deepyeast.engine.layers.normalization import BatchNormLayer
 from deepyeast.engine.net import Net
+from deepyeast.utils.io import InputError
 
 
 def batchnorm_layers(net):
@@ -34,6 +35,9 @@ def recompute_bn_statistics(net, iterations):
 
     Returns the number of BatchNorm layers updated.
     """
+    if int(iterations) < 1:
+        raise InputError(f"BatchNorm statistics need at least 1 batch, got iterations={iterations} "
+                         "(0 would write all-zero statistics)")
     layers = batchnorm_layers(net)
     if not layers:
         return 0

@@ -55,8 +55,12 @@ def build_parser():
     t = sub.add_parser("train", help="train a net from a solver prototxt (like caffe train)")
     _add(t, "solver", required=True, help="solver .prototxt")
     _add(t, "weights", default="", help="comma-separated .caffemodel files to start from (finetuning)")
-    _add(t, "snapshot", default="", help=".solverstate to resume from (ours or real Caffe's); 'auto': the "
-                                         "newest {snapshot_prefix}_iter_N.solverstate if any (else start fresh)")
+    _add(t, "snapshot", default="", help=".solverstate to resume from (ours or real Caffe's), as in Caffe; 'auto': "
+                                         "the newest {snapshot_prefix}_iter_N.solverstate if any (else start "
+                                         "fresh), refused when it was trained on another net, solver or data")
+    _add(t, "allow_changed", action="store_true",
+         help="with -snapshot auto: resume the newest snapshot even when the net, the solver's optimisation "
+              "settings or the data changed since it was written (or it has no record of them)")
     _add(t, "gpu", default="", help="GPU id, or 'all' for every GPU (DistributedDataParallel via torchrun); "
                                     "default: the solver's solver_mode")
     _add(t, "precision", **common_prec)
@@ -66,7 +70,7 @@ def build_parser():
     te = sub.add_parser("test", help="score a model over N batches (like caffe test)")
     _add(te, "model", required=True, help="net .prototxt (its TEST phase)")
     _add(te, "weights", required=True, help=".caffemodel")
-    _add(te, "iterations", type=int, default=50, help="number of batches (default 50)")
+    _add(te, "iterations", type=_at_least(1), default=50, help="number of batches (default 50)")
     _add(te, "gpu", default="", help="GPU id (default CPU)")
     _add(te, "phase", choices=["TRAIN", "TEST"], default="TEST")
     _add(te, "level", type=int, default=0)
@@ -76,7 +80,7 @@ def build_parser():
     ti = sub.add_parser("time", help="average forward/backward time per iteration (like caffe time)")
     _add(ti, "model", required=True, help="net .prototxt")
     _add(ti, "weights", default="", help="optional .caffemodel")
-    _add(ti, "iterations", type=int, default=50, help="timed iterations (default 50)")
+    _add(ti, "iterations", type=_at_least(1), default=50, help="timed iterations (default 50)")
     _add(ti, "gpu", default="", help="GPU id (default CPU)")
     _add(ti, "phase", choices=["TRAIN", "TEST"], default="TRAIN")
     _add(ti, "level", type=int, default=0)
@@ -89,7 +93,7 @@ def build_parser():
     _add(ex, "weights", required=True, help=".caffemodel")
     _add(ex, "blobs", required=True, help="comma-separated blob names, e.g. conv8,fc1,fc2,fc3")
     _add(ex, "out", required=True, help="output folder: <blob>.npy (float32 N x D) and paths.txt")
-    _add(ex, "iterations", type=int, default=0, help="batches to run (default: the whole LMDB once)")
+    _add(ex, "iterations", type=_at_least(0), default=0, help="batches to run (default 0: the whole LMDB once)")
     _add(ex, "gpu", default="", help="GPU id (default CPU)")
     _add(ex, "level", type=int, default=0)
     _add(ex, "stage", default="")
@@ -102,9 +106,23 @@ def build_parser():
     _add(bn, "model", required=True, help="train_val .prototxt whose TRAIN Data layer reads the training LMDB")
     _add(bn, "weights", required=True, help=".caffemodel to start from")
     _add(bn, "out", required=True, help=".caffemodel to write")
-    _add(bn, "iterations", type=int, default=50, help="TRAIN batches averaged (default 50)")
+    _add(bn, "iterations", type=_at_least(1), default=50, help="TRAIN batches averaged (default 50)")
     _add(bn, "gpu", default="", help="GPU id (default CPU)")
     return parser
+
+
+def _at_least(minimum):
+    """argparse type: an integer >= ``minimum`` (``-iterations 0`` would average nothing)."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} must be at least {minimum}")
+        return value
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
 
 
 def bnstats(args):
@@ -147,7 +165,8 @@ def train(args):
     from deepyeast.utils.io import InputError
 
     param = read_solver_param(args.solver)
-    if args.snapshot == "auto":
+    auto = args.snapshot == "auto"
+    if auto:
         prefix = param.snapshot_prefix or os.path.splitext(args.solver)[0]
         args.snapshot = latest_solverstate(prefix) or ""
         if args.snapshot:
@@ -181,6 +200,8 @@ def train(args):
     solver = Solver(param, device=device, precision=args.precision, progress=prog, solver_path=args.solver)
     if world > 1:
         _sync_start(solver)
+    if auto and args.snapshot and not getattr(args, "allow_changed", False):
+        _check_same_inputs(solver, args.snapshot)
     if args.snapshot:
         solver.solve(resume_file=args.snapshot)
     else:
@@ -193,6 +214,24 @@ def train(args):
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return solver
+
+
+def _check_same_inputs(solver, snapshot):
+    """``-snapshot auto``: refuse a snapshot trained on another net, solver or data (or with no
+    record of it), so a changed run never silently continues (or "finishes") a stale one."""
+    from deepyeast.engine import resume
+    from deepyeast.utils.io import InputError
+
+    how = (f"start afresh (another snapshot_prefix, or remove {os.path.basename(snapshot)} and the other "
+           f"snapshots of that run), resume it anyway with -snapshot {snapshot}, or add -allow_changed")
+    recorded = resume.recorded_fingerprints(snapshot)
+    if recorded is None:
+        raise InputError(f"-snapshot auto: {snapshot} has no record of the net, solver and data it was trained "
+                         f"on (written by real Caffe or an older deepyeast), so it cannot be checked: {how}")
+    changes = resume.fingerprint_changes(recorded, solver.fingerprints())
+    if changes:
+        raise InputError(f"-snapshot auto: the newest snapshot {snapshot} was trained on other inputs: "
+                         f"{'; '.join(changes)} changed since. To go on: {how}")
 
 
 def latest_solverstate(prefix):

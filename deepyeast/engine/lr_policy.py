@@ -15,7 +15,7 @@ import numpy as np
 
 from deepyeast.utils.io import InputError
 
-__all__ = ["POLICIES", "learning_rate", "format_float"]
+__all__ = ["POLICIES", "learning_rate", "format_float", "check_solver_numbers"]
 
 POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
 
@@ -110,3 +110,27 @@ def _expf(x):
 def _check_gamma(param):
     if param.gamma < 0:
         raise InputError(f"solver: lr_policy \"{param.lr_policy}\" needs gamma >= 0, got {param.gamma}")
+
+
+def check_solver_numbers(p):
+    """Refuse solver numbers that make no sense (a negative ``base_lr`` or ``max_iter``, a NaN
+    momentum, ...) with :class:`InputError`, before any work; Caffe accepts some and misbehaves."""
+    def bad(field, value, rule):
+        raise InputError(f"solver: {field} is {format_float(value)}; it must be {rule}")
+
+    for field in ("base_lr", "momentum", "weight_decay", "gamma", "power", "delta", "clip_gradients"):
+        value = getattr(p, field)
+        if not math.isfinite(value):
+            bad(field, value, "a finite number")
+    if p.base_lr < 0:
+        bad("base_lr", p.base_lr, ">= 0")
+    if p.momentum < 0:
+        bad("momentum", p.momentum, ">= 0")
+    if p.weight_decay < 0:
+        bad("weight_decay", p.weight_decay, ">= 0")
+    for field in ("max_iter", "display", "snapshot", "test_interval", "stepsize"):
+        if getattr(p, field) < 0:
+            raise InputError(f"solver: {field} is {getattr(p, field)}; it must be >= 0")
+    for k, n in enumerate(p.test_iter):
+        if n < 1:
+            raise InputError(f"solver: test_iter #{k} is {n}; it must be >= 1")

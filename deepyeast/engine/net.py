@@ -580,6 +580,10 @@ class Net(torch.nn.Module):
                 continue  # Caffe ignores layers the net does not have
             self._load_layer_blobs(layer, arrays, where=os.fspath(path))
             loaded.append(name)
+        if not loaded and any(layer.blobs for layer in self.layers):
+            raise InputError(f"{os.fspath(path)}: none of its layers ({', '.join(list(params)[:5])}"
+                             f"{', ...' if len(params) > 5 else ''}) is a layer of this net with weights; "
+                             "the net would run on its initial weights")
         return loaded
 
     def load_weights(self, params):

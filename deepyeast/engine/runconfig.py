@@ -7,6 +7,7 @@ asked for, and write them beside the run, so the architecture is never
 retyped.
 """
 
+import math
 import os
 import re
 
@@ -14,7 +15,8 @@ from google.protobuf import text_format
 
 from deepyeast.caffe import caffe_pb2
 from deepyeast.caffe.prototxt import read_prototxt
-from deepyeast.utils.io import InputError, atomic_path, atomic_write_text
+from deepyeast.engine.lr_policy import check_solver_numbers
+from deepyeast.utils.io import InputError, StepFailed, atomic_path, atomic_write_text
 
 
 # solver fields a run may override: the schedule, never the optimizer
@@ -79,6 +81,7 @@ def retarget_solver(solver, net_path, snapshot_prefix, **schedule):
             out.test_iter.append(value)
         else:
             setattr(out, key, value)
+    check_solver_numbers(out)
     return out
 
 
@@ -125,13 +128,13 @@ def write_run_config(run_dir, lmdb_dir, solver_path=None, overrides=None, net_pa
     net = retarget_net(net, {"TRAIN": os.path.join(lmdb_dir, "train_lmdb"),
                              "TEST": os.path.join(lmdb_dir, "val_lmdb")},
                        mean_file=os.path.join(lmdb_dir, "mean.binaryproto"), batch_sizes=batch_sizes)
-    os.makedirs(os.path.join(run_dir, "snapshots"), exist_ok=True)
     net_out = os.path.join(run_dir, "train_val.prototxt")
     solver_out = os.path.join(run_dir, "solver.prototxt")
-    header = (f"# Generated from {net_path} by deepyeast.engine.runconfig: only the data paths differ.\n")
-    atomic_write_text(net_out, header + text_format.MessageToString(net))
     solver = retarget_solver(solver, net_out, os.path.join(run_dir, "snapshots", "deepyeast"),
                              **(overrides or {}))
+    os.makedirs(os.path.join(run_dir, "snapshots"), exist_ok=True)
+    header = (f"# Generated from {net_path} by deepyeast.engine.runconfig: only the data paths differ.\n")
+    atomic_write_text(net_out, header + text_format.MessageToString(net))
     header = (f"# Generated from {solver_path} by deepyeast.engine.runconfig: net, snapshot prefix and schedule.\n")
     atomic_write_text(solver_out, header + text_format.MessageToString(solver))
     return solver_out
@@ -142,45 +145,99 @@ def snapshot_path(solver, iteration):
     return f"{solver.snapshot_prefix}_iter_{int(iteration)}.caffemodel"
 
 
-def validation_losses(log_text, output_name="loss"):
-    """Parse a Caffe-format training log: dict iteration -> TEST value of ``output_name``.
+def parse_training_log(log_text, output_name="loss"):
+    """Read a Caffe-format training log (real Caffe's or ours; several runs appended, as the
+    pipeline's ``tee -a`` leaves them): ``(losses, first_bad)``.
 
-    Reads the lines ``Iteration N, Testing net (#0)`` followed by
-    ``Test net output #k: loss = X`` that both real Caffe and our engine write.
+    ``losses``: iteration -> TEST value of ``output_name`` (``Iteration N, Testing net (#0)``
+    followed by ``Test net output #k: loss = X``).  ``first_bad``: the first iteration whose TRAIN
+    loss (``Iteration N (...), loss = X``) or TEST output was NaN or infinite, or None.  A run
+    that starts (``Solving ...``) at iteration S -- 0, or the iteration of the snapshot it
+    restores -- replaces what earlier runs logged from S on.
     """
-    losses = {}
+    losses, bad = {}, None
     current = None
+    start = None  # a run began: the iteration it starts from, applied at its first iteration line
     for line in log_text.splitlines():
-        m = re.search(r"Iteration (\d+), Testing net \(#0\)", line)
-        if m:
-            current = int(m.group(1))
+        if re.search(r"\] Solving ", line):
+            start, current = 0, None
             continue
-        m = re.search(r"Test net output #\d+: (\S+) = ([-+0-9.eEnainf]+)", line)
-        if m and current is not None and m.group(1) == output_name:
-            losses[current] = float(m.group(2))
-    return losses
+        restoring = re.search(r"Restoring previous solver status from .*_iter_(\d+)\.solverstate", line)
+        if restoring:
+            start = int(restoring.group(1))
+            continue
+        if start is not None and re.search(r"Iteration \d+", line):
+            losses = {it: v for it, v in losses.items() if it < start}
+            bad = bad if bad is not None and bad < start else None
+            start = None
+        m = re.search(r"Iteration (\d+), Testing net \(#(\d+)\)", line)
+        if m:
+            current = int(m.group(1)) if m.group(2) == "0" else None
+            continue
+        m = re.search(r"Iteration (\d+)(?: \([^)]*\))?, loss = (\S+)", line)
+        if m:
+            if not math.isfinite(_number(m.group(2))) and bad is None:
+                bad = int(m.group(1))
+            continue
+        m = re.search(r"Test net output #\d+: (\S+) = (\S+)", line)
+        if m and current is not None:
+            value = _number(m.group(2))
+            if not math.isfinite(value) and bad is None:
+                bad = current
+            if m.group(1) == output_name:
+                losses[current] = value
+    return losses, bad
+
+
+def validation_losses(log_text, output_name="loss"):
+    """iteration -> TEST value of ``output_name`` in a Caffe-format training log
+    (:func:`parse_training_log`)."""
+    return parse_training_log(log_text, output_name)[0]
+
+
+def _number(text):
+    try:
+        return float(text)
+    except ValueError:
+        return float("nan")
 
 
 def choose_snapshot(solver_path, log_path=None, rule="final"):
-    """Path of the snapshot a run's analyses use.
+    """Path of the snapshot a run's analyses use; never one whose losses were not finite.
 
     ``rule="final"``: the snapshot after ``max_iter``.  ``rule="val_loss"``:
     among the snapshots on disk, the one whose iteration had the lowest
-    validation loss in the training log (the paper's choice).
+    validation loss in the training log (the paper's choice).  With a log, snapshots at or after
+    the first iteration whose TRAIN or TEST loss was NaN or infinite are never chosen (and a
+    non-finite validation loss is never the lowest).
     """
     solver = read_prototxt(solver_path, caffe_pb2.SolverParameter)
     final = snapshot_path(solver, solver.max_iter)
+    if rule not in ("final", "val_loss"):
+        raise InputError(f"unknown snapshot rule {rule!r} (final, val_loss)")
+    text = None
+    if log_path:
+        try:
+            with open(log_path, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        except OSError as err:
+            raise InputError(f"{log_path}: cannot read the training log: {err.strerror}") from None
+    elif rule == "val_loss":
+        raise InputError("rule val_loss needs the training log (--log)")
+    losses, bad = parse_training_log(text) if text is not None else ({}, None)
     if rule == "final":
         if not os.path.exists(final):
             raise InputError(f"{final}: the final snapshot is missing; has training finished?")
+        if bad is not None and bad <= solver.max_iter:
+            raise StepFailed(f"{log_path}: training diverged (a non-finite loss at iteration {bad}); the final "
+                             "snapshot is not usable: train again with a smaller base_lr, or choose an earlier "
+                             "snapshot by hand")
         return final
-    if rule != "val_loss":
-        raise InputError(f"unknown snapshot rule {rule!r} (final, val_loss)")
-    with open(log_path, encoding="utf-8", errors="replace") as f:
-        losses = validation_losses(f.read())
-    candidates = [(loss, it) for it, loss in losses.items() if os.path.exists(snapshot_path(solver, it))]
+    candidates = [(loss, it) for it, loss in losses.items()
+                  if math.isfinite(loss) and (bad is None or it < bad) and os.path.exists(snapshot_path(solver, it))]
     if not candidates:
-        raise InputError(f"{log_path}: no validation loss at any iteration with a snapshot on disk")
+        raise InputError(f"{log_path}: no finite validation loss at any iteration with a snapshot on disk"
+                         + (f" before the divergence at iteration {bad}" if bad is not None else ""))
     return snapshot_path(solver, min(candidates)[1])
 
 

@@ -23,16 +23,22 @@ iteration N holds the weights after N updates; a final snapshot after
 Caffe log parsers work.
 
 Beside each ``{prefix}_iter_{N}.solverstate`` we write
-``{prefix}_iter_{N}.dystate`` (data cursors and random-number states of our
-engine), so resuming one of our runs continues it exactly; without it (a
-solverstate written by Caffe) the data cursors restart at the first record,
-as in Caffe.
+``{prefix}_iter_{N}.dystate.npz`` (data cursors and random-number states of our
+engine, and fingerprints of the net, solver and data it was trained on;
+:mod:`deepyeast.engine.resume`, plain arrays and JSON, nothing that can run code), so
+resuming one of our runs continues it exactly; without it (a solverstate
+written by Caffe) the data cursors restart at the first record, as in Caffe.
+
+Reliability: the solver's numbers are checked before any work (a negative ``base_lr`` or
+``max_iter`` is refused), the snapshot location is checked to be writable at the start (as
+Caffe does), and a NaN or infinite TRAIN or TEST loss stops training with
+:class:`TrainingDiverged` (exit 3) naming the last snapshot written before it; the snapshots
+whose weights gave it are renamed ``*.diverged``, so no rule or ``-snapshot auto`` picks them.
 """
 
 import logging
 import math
 import os
-import pickle
 import sys
 import time
 from collections import defaultdict
@@ -43,14 +49,16 @@ import torch
 from deepyeast.caffe import caffe_pb2
 from deepyeast.caffe.blobs import read_solverstate, write_solverstate
 from deepyeast.caffe.prototxt import read_prototxt
-from deepyeast.utils.io import InputError, StepFailed, atomic_path
-from deepyeast.engine.lr_policy import format_float, learning_rate
+from deepyeast.utils.io import InputError, StepFailed, check_writable
+from deepyeast.engine import resume
+from deepyeast.engine.lr_policy import check_solver_numbers, format_float, learning_rate
 
 __all__ = ["Solver", "TrainingDiverged", "setup_caffe_logging", "read_solver_param", "log"]
 
 log = logging.getLogger("deepyeast.solver")
 
-DYSTATE_VERSION = 1
+DIVERGED_SUFFIX = ".diverged"
+"""Suffix given to the files of snapshots whose weights gave a non-finite loss."""
 
 
 class TrainingDiverged(StepFailed):
@@ -158,6 +166,7 @@ class Solver:
             raise InputError(f"solver: iter_size must be >= 1, got {p.iter_size}")
         if p.average_loss < 1:
             raise InputError(f"solver: average_loss must be >= 1, got {p.average_loss}")
+        check_solver_numbers(p)
         learning_rate(p, 0, 0)  # validates lr_policy and its fields before any work
 
         self.rank, self.world_size = _dist()
@@ -216,6 +225,11 @@ class Solver:
         self._losses = []
         self._bad_iter = None  # device tensor: first iteration with a non-finite loss (-1 if none)
         self._groups = None
+        self.snapshots = []  # (iteration, solverstate path) written or resumed from in this run
+        self._resumed_from = None
+        self._fingerprints = None
+        if self.rank == 0 and (p.snapshot or p.snapshot_after_train):
+            check_writable(self.snapshot_filename(".caffemodel"), "snapshot (snapshot_prefix)")
 
     # ------------------------------------------------------------------ setup helpers
 
@@ -382,12 +396,35 @@ class Solver:
             if bad >= 0:
                 self._diverged(float("nan"), bad)
 
-    def _diverged(self, value, iteration):
-        last = self.last_snapshot or "none (no snapshot was written in this run)"
-        msg = (f"loss is {format_float(value)} at iteration {iteration}: training stopped. "
-               f"Last good snapshot: {last}")
+    def last_good_snapshot(self, bad_iteration):
+        """The newest snapshot of this run taken before ``bad_iteration`` (its weights gave finite
+        losses), or None."""
+        good = [path for it, path in self.snapshots if it < bad_iteration]
+        return good[-1] if good else None
+
+    def _diverged(self, value, iteration, what="TRAIN loss"):
+        last = self.last_good_snapshot(iteration) or "none (no snapshot was written before it in this run)"
+        moved = self._quarantine(iteration)
+        msg = (f"{what} is {format_float(value)} at iteration {iteration}: training stopped (diverged). "
+               f"Last snapshot with finite losses: {last}")
+        if moved:
+            msg += f"; the {len(moved)} snapshot(s) from iteration {iteration} on were renamed *{DIVERGED_SUFFIX}"
         log.error(msg)
         raise TrainingDiverged(msg)
+
+    def _quarantine(self, iteration):
+        """Rename this run's snapshots taken at or after ``iteration`` (their weights gave a non-finite
+        loss) to ``*.diverged``, so neither ``-snapshot auto`` nor a snapshot rule can pick them."""
+        moved = []
+        for it, state in list(self.snapshots):
+            if it < iteration or (it, state) == self._resumed_from:
+                continue
+            for path in (state, os.path.splitext(state)[0] + ".caffemodel", resume.state_path(state)):
+                if os.path.exists(path):
+                    os.replace(path, path + DIVERGED_SUFFIX)
+            self.snapshots.remove((it, state))
+            moved.append(state)
+        return moved
 
     def _log_outputs(self, net, kind):
         if self.rank != 0:
@@ -523,6 +560,7 @@ class Solver:
         if loss_sum is not None:
             self._log("Test loss: %s", format_float(float(loss_sum) / n))
         result = {}
+        bad = None
         k = 0
         for name, total in (sums or {}).items():
             weight = self._loss_weight(net, name)
@@ -531,8 +569,14 @@ class Solver:
                 extra = f" (* {format_float(weight)} = {format_float(weight * v)} loss)" if weight else ""
                 self._log("    Test net output #%d: %s = %s%s", k, name, format_float(v), extra)
                 k += 1
+                if bad is None and not math.isfinite(v):
+                    bad = (name, v)
             result[name] = vals[0] if len(vals) == 1 else vals
         self.test_results.append((self.iter, test_net_id, result))
+        if bad is None and loss_sum is not None and not math.isfinite(float(loss_sum)):
+            bad = ("loss", float(loss_sum))
+        if bad is not None:
+            self._diverged(bad[1], self.iter, f"TEST net #{test_net_id} output {bad[0]}")
         return result
 
     # ------------------------------------------------------------------ snapshots
@@ -548,8 +592,14 @@ class Solver:
     def snapshot_filename(self, extension):
         return f"{self.snapshot_prefix()}_iter_{self.iter}{extension}"
 
+    def fingerprints(self):
+        """What this run trains on (:func:`deepyeast.engine.resume.fingerprints`), computed once."""
+        if self._fingerprints is None:
+            self._fingerprints = resume.fingerprints(self)
+        return self._fingerprints
+
     def snapshot(self):
-        """Write ``{prefix}_iter_{N}.caffemodel``, ``.dystate`` and ``.solverstate`` (in that order)."""
+        """Write ``{prefix}_iter_{N}.caffemodel``, ``.dystate.npz`` and ``.solverstate`` (in that order)."""
         if self.rank != 0:
             return None
         model = self.snapshot_filename(".caffemodel")
@@ -557,29 +607,23 @@ class Solver:
         os.makedirs(os.path.dirname(os.path.abspath(model)), exist_ok=True)
         self._log("Snapshotting to binary proto file %s", model)
         self.net.save_caffemodel(model)
-        self._write_dystate(self.snapshot_filename(".dystate"))
+        resume.write_engine_state(resume.state_path(state), self, self.fingerprints())
         self._log("Snapshotting solver state to binary proto file %s", state)
         history = [h.detach().contiguous().float().cpu().numpy() for h in self.history]
         write_solverstate(state, self.iter, history, learned_net=model, current_step=self.current_step)
         self.last_snapshot = state
+        self.snapshots.append((self.iter, state))
         return state
 
-    def _write_dystate(self, path):
-        state = {
-            "version": DYSTATE_VERSION,
-            "iter": self.iter,
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "numpy_rng": np.random.get_state(),
-            "train_data": self.net.data_state(),
-            "test_data": [n.data_state() for n in self.test_nets],
-        }
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                pickle.dump(state, f, protocol=4)
-
     def restore(self, state_file):
-        """Resume from a ``.solverstate`` (Caffe's or ours) and its ``.dystate`` when present."""
+        """Resume from a ``.solverstate`` (Caffe's or ours) and its ``.dystate.npz`` when present.
+
+        An old pickled ``.dystate`` beside it is never loaded (a pickle can run code): the run
+        resumes from the ``.solverstate`` alone, with a warning that the data order restarts.
+        A ``.dystate.npz`` whose fingerprints differ from this run's is used with a warning (an
+        explicit ``-snapshot FILE`` resumes as in Caffe; ``-snapshot auto`` refuses first, see
+        :mod:`deepyeast.engine.cli`).
+        """
         state = read_solverstate(state_file)
         if len(state["history"]) != len(self.history):
             raise InputError(f"{state_file}: holds {len(state['history'])} history blobs but the net has "
@@ -606,29 +650,35 @@ class Solver:
                 h.copy_(torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).reshape(h.shape))
                 if not self._history_live[i] and bool(torch.any(h != 0)):
                     self._history_live[i] = True
-        dy = os.path.splitext(state_file)[0] + ".dystate"
+        self._resumed_from = (self.iter, state_file)
+        self.snapshots.append(self._resumed_from)
+        dy = resume.state_path(state_file)
         if os.path.isfile(dy):
-            with open(dy, "rb") as f:
-                try:
-                    extra = pickle.load(f)
-                except Exception as err:
-                    raise InputError(f"{dy}: unreadable engine state ({err}); delete it to resume "
-                                     "with the data cursors at the start, as Caffe does") from None
+            extra = resume.read_engine_state(dy)
             if extra.get("iter") != self.iter:
-                log.warning("%s is for iteration %s, the solverstate for %d: ignored", dy, extra.get("iter"),
-                            self.iter)
-            else:
-                torch.set_rng_state(extra["torch_rng"])
-                if extra.get("cuda_rng") is not None and torch.cuda.is_available():
-                    torch.cuda.set_rng_state_all(extra["cuda_rng"])
-                if extra.get("numpy_rng") is not None:
-                    np.random.set_state(extra["numpy_rng"])
-                self.net.set_data_state(extra["train_data"])
-                if self.world_size > 1:
-                    self.shard_data()
-                for n, s in zip(self.test_nets, extra.get("test_data", [])):
-                    n.set_data_state(s)
-                self._log("Restored data cursors and random state from %s", dy)
+                log.warning("%s is for iteration %s, the solverstate for %d: ignored; the data order restarts "
+                            "at the first record", dy, extra.get("iter"), self.iter)
+                return
+            changes = resume.fingerprint_changes(extra.get("fingerprints") or {}, self.fingerprints())
+            if changes:
+                log.warning("%s was trained on other inputs than this run: %s changed; resuming as asked",
+                            state_file, ", ".join(changes))
+            torch.set_rng_state(extra["torch_rng"])
+            if extra.get("cuda_rng") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(extra["cuda_rng"])
+            if extra.get("numpy_rng") is not None:
+                np.random.set_state(extra["numpy_rng"])
+            self.net.set_data_state(extra["train_data"])
+            if self.world_size > 1:
+                self.shard_data()
+            for n, s in zip(self.test_nets, extra.get("test_data", [])):
+                n.set_data_state(s)
+            self._log("Restored data cursors and random state from %s", dy)
+        elif os.path.isfile(resume.old_pickle_path(state_file)):
+            log.warning("%s is an engine state in the old pickle format, which is never loaded (a pickle can "
+                        "run code): resuming from %s alone, so the data order restarts at the first record "
+                        "(as in Caffe) and random streams restart from the seed",
+                        resume.old_pickle_path(state_file), os.path.basename(state_file))
         else:
             self._log("No %s: data cursors restart at the first record (as in Caffe)", os.path.basename(dy))
 

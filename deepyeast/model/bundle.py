@@ -46,7 +46,7 @@ from deepyeast.caffe.blobs import check_mean_shape, read_mean_binaryproto, write
 from deepyeast.caffe.prototxt import read_prototxt, write_prototxt
 from deepyeast.constants import CHANNELS
 from deepyeast.data.lists import read_class_doc, write_class_doc
-from deepyeast.utils.io import InputError, atomic_path, file_digest
+from deepyeast.utils.io import InputError, atomic_folder, file_digest
 
 __all__ = ["Bundle", "BundlePredictor", "BUNDLE_FORMAT", "BUNDLE_FILES", "read_bundle", "write_bundle",
            "predict_crops", "write_class_table", "read_class_table"]
@@ -563,8 +563,7 @@ def write_bundle(out_dir, deploy, weights, mean, classes, *, name="DeepYeast", i
     weights = os.fspath(weights)
     if not os.path.isfile(weights):
         raise InputError(f"{weights}: no such weights file")
-    with atomic_path(out_dir) as tmp:
-        os.makedirs(tmp)
+    with atomic_folder(out_dir) as tmp:
         if isinstance(deploy, caffe_pb2.NetParameter):
             write_prototxt(os.path.join(tmp, DEPLOY), deploy)
             net_param = deploy

@@ -26,7 +26,7 @@ import os
 
 from deepyeast import __version__
 from deepyeast.report.metrics_json import CHECK_LABELS, assemble_metrics, collect_results, versions
-from deepyeast.utils.io import InputError, atomic_write_text
+from deepyeast.utils.io import InputError, atomic_write_json, atomic_write_text
 
 __all__ = ["build_report", "render_html", "OTHER_FIGURE_DIRS"]
 
@@ -253,5 +253,5 @@ def build_report(run_dir, out_html, out_metrics, command=None, title="DeepYeast 
     if os.path.exists(out_metrics):  # written last: its presence marks a finished report
         os.remove(out_metrics)
     atomic_write_text(out_html, page)
-    atomic_write_text(out_metrics, json.dumps(metrics, indent=2) + "\n")
+    atomic_write_json(out_metrics, metrics, indent=2)
     return metrics

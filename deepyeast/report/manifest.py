@@ -37,7 +37,7 @@ import json
 import math
 import os
 
-from deepyeast.utils.io import InputError, atomic_write_text
+from deepyeast.utils.io import NON_FINITE_KEY, InputError, atomic_write_text, json_safe
 
 __all__ = ["MANIFEST_NAME", "SCHEMA", "write_result", "read_result", "find_results", "count_metric", "headline",
            "figure", "table", "missing_part", "clear_result"]
@@ -103,7 +103,8 @@ def write_result(out_dir, name, title, summary="", metrics=None, headline=(), fi
     """Write ``out_dir/result.json`` (atomically) and return its dict; see the module docstring.
 
     Call it after every other output of the step is written: its presence marks a finished step.
-    Figure and table files are checked to exist (relative to ``out_dir``).
+    Figure and table files are checked to exist (relative to ``out_dir``).  The file is strict
+    JSON: a NaN or infinite value is written as null and listed in ``details["non_finite"]``.
     """
     out_dir = os.fspath(out_dir)
     metrics = dict(metrics or {})
@@ -117,9 +118,12 @@ def write_result(out_dir, name, title, summary="", metrics=None, headline=(), fi
               "metrics": metrics, "headline": list(headline), "figures": list(figures), "tables": list(tables),
               "missing": [dict(m) for m in missing], "details": details or {}, "seeds": seeds or {},
               "command": command}
+    _, replaced = json_safe(result)
     result = _clean(result)
+    if replaced:  # a NaN metric is written as null, with a note saying so
+        result["details"][NON_FINITE_KEY] = replaced
     os.makedirs(out_dir, exist_ok=True)
-    atomic_write_text(os.path.join(out_dir, MANIFEST_NAME), json.dumps(result, indent=1) + "\n")
+    atomic_write_text(os.path.join(out_dir, MANIFEST_NAME), json.dumps(result, indent=1, allow_nan=False) + "\n")
     return result
 
 

@@ -6,8 +6,10 @@ into one line on stderr and an exit code: :class:`InputError` (bad input, exit 2
 """
 
 import contextlib
+import errno
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 
@@ -21,43 +23,217 @@ class StepFailed(RuntimeError):
     that failed); the message says what happened and what to do."""
 
 
+# errno values that mean "the disk (or the file-size limit) is full", and "this location cannot be written"
+_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+_UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")  # numpy's tofile() when the disk fills up
+
+
+def write_error(path, err):
+    """The one-line error for an ``OSError`` met while writing the output ``path``.
+
+    Disk full / file too large / quota / a short write -> :class:`StepFailed` (exit 3); a location that cannot be
+    written (read-only, a component that is a file, no permission) -> :class:`InputError` (exit 2);
+    anything else is returned as None (the caller re-raises the original).
+    """
+    reason = err.strerror or str(err)
+    if err.errno is None and _SHORT_WRITE.search(str(err)):
+        reason = f"a short write ({err})"
+    if err.errno in _FULL or reason.startswith("a short write"):
+        return StepFailed(f"{path}: cannot write: {reason} (disk full or over the file-size limit); "
+                          "nothing was written under this name and earlier outputs are intact")
+    if err.errno in _UNWRITABLE:
+        return InputError(f"{path}: cannot write here: {reason}")
+    return None
+
+
+def check_writable(path, what="output"):
+    """Raise :class:`InputError` unless ``path`` (a file or folder to be written) can be created.
+
+    Run at a step's start, so an unwritable output is found before any work (Caffe checks its
+    ``snapshot_prefix`` the same way): walks up to the nearest existing ancestor, which must be a
+    folder in which a file can really be created (a probe file is made and removed).
+    """
+    path = os.path.abspath(os.fspath(path))
+    probe_dir = path if os.path.isdir(path) else os.path.dirname(path)
+    anc = probe_dir
+    while not os.path.lexists(anc):
+        anc = os.path.dirname(anc)
+    if not os.path.isdir(anc):
+        raise InputError(f"{path}: cannot write the {what}: {anc} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".deepyeast-write-test.", dir=anc)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise InputError(f"{path}: cannot write the {what}: {anc}: {err.strerror}") from None
+
+
+def _makedirs(directory, final):
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as err:
+        raise (write_error(final, err) or err) from None
+
+
 @contextlib.contextmanager
-def atomic_path(path, suffix=""):
+def output_lock(path):
+    """Hold an exclusive lock on the output ``path`` (a hidden ``.NAME.lock`` file beside it).
+
+    A second writer of the same output fails at once with :class:`StepFailed` naming the holder's
+    process id, instead of interleaving its files with the first's.  The lock is the kernel's
+    (``flock``): it is released when the holder exits, even by ``kill -9`` (which leaves the empty
+    lock file behind; the next writer takes it over and removes it on release).
+    """
+    import fcntl
+
+    path = os.path.abspath(os.fspath(path))
+    directory = os.path.dirname(path)
+    _makedirs(directory, path)
+    lock_path = os.path.join(directory, f".{os.path.basename(path)}.lock")
+    while True:
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise (write_error(path, err) or err) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise StepFailed(f"{path}: another process (pid {holder}) is writing it now; wait for it to "
+                             "finish (or stop it) and run again") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the holder before us removed this file on release: lock the new one
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield lock_path
+    finally:
+        try:
+            os.unlink(lock_path)  # while still holding it: a waiting writer then retries on a new file
+        except OSError:
+            pass
+        os.close(fd)
+
+
+def _partial_prefix(path):
+    return f".{os.path.basename(path)}."
+
+
+def remove_stale_partials(path):
+    """Remove what killed writers of ``path`` left beside it (``.NAME.*.partial*``); call it holding
+    :func:`output_lock` of ``path``, so no live writer's temporary is touched.  Returns their names."""
+    path = os.path.abspath(os.fspath(path))
+    directory, prefix = os.path.dirname(path), _partial_prefix(path)
+    removed = []
+    if os.path.isdir(directory):
+        for name in os.listdir(directory):
+            if name.startswith(prefix) and ".partial" in name[len(prefix):]:
+                _remove(os.path.join(directory, name))
+                removed.append(name)
+    return removed
+
+
+def _exchange(a, b):
+    """Swap the names ``a`` and ``b`` in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where
+    the system cannot."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), b)
+
+
+@contextlib.contextmanager
+def atomic_path(path, suffix="", lock=False):
     """Yield a temporary path next to ``path``; move it onto ``path`` on success.
 
     Works for files and directories (an LMDB folder, say).  On an exception the
     temporary is removed and ``path`` is left untouched, so a failed or
-    interrupted step never leaves a half-written output under the final name.
+    interrupted step never leaves a half-written output under the final name.  A folder
+    replaces an existing folder in one step (an atomic exchange where Linux offers it).
+    Errors writing the temporary become one line naming ``path`` (:func:`write_error`).
+    With ``lock``, a second writer of ``path`` is refused (:func:`output_lock`) and what killed
+    writers left beside it is removed first.
     """
     path = os.fspath(path)
+    if lock:
+        with output_lock(path):
+            remove_stale_partials(path)
+            with atomic_path(path, suffix) as tmp:
+                yield tmp
+        return
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
+    _makedirs(directory, path)
     base = os.path.basename(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".partial" + suffix, dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".partial" + suffix, dir=directory)
+    except OSError as err:
+        raise (write_error(path, err) or err) from None
     os.close(fd)
     os.unlink(tmp)
     try:
         yield tmp
+    except OSError as err:
+        _remove(tmp)
+        converted = write_error(path, err) if _about(err, tmp) else None
+        if converted is None:
+            raise
+        raise converted from None
     except BaseException:
         _remove(tmp)
         raise
-    if os.path.isdir(path) and not os.path.islink(path):
-        old = tmp + ".old"
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            if _exchange(tmp, path):
+                _remove(tmp)  # now the old folder
+            else:
+                old = tmp + ".old"
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except OSError as err:
+        _remove(tmp)
+        raise (write_error(path, err) or err) from None
+
+
+def _about(err, tmp):
+    """Whether ``err`` concerns the temporary ``tmp`` (or a file inside it), or names no file at all."""
+    names = [n for n in (err.filename, getattr(err, "filename2", None)) if n]
+    if not names:
+        return True
+    tmp = os.path.abspath(tmp)
+    return any(os.path.abspath(os.fsdecode(n)) == tmp or os.path.abspath(os.fsdecode(n)).startswith(tmp + os.sep)
+               for n in names)
 
 
 @contextlib.contextmanager
-def atomic_folder(path):
+def atomic_folder(path, lock=True):
     """Yield a fresh, empty folder that replaces the folder ``path`` as a whole on success.
 
     A multi-file output (features, an LMDB bundle, an archive root) is written into it and
-    appears under ``path`` all at once; on an exception nothing at ``path`` changes.
+    appears under ``path`` all at once; on an exception (or ``kill -9``) nothing at ``path``
+    changes.  With ``lock`` (default) a concurrent writer of ``path`` is refused and the
+    temporaries of killed writers are removed first (:func:`atomic_path`).
     """
-    with atomic_path(path) as tmp:
+    with atomic_path(path, lock=lock) as tmp:
         os.makedirs(tmp)
         yield tmp
 
@@ -65,7 +241,7 @@ def atomic_folder(path):
 def _remove(path):
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path, ignore_errors=True)
-    elif os.path.exists(path):
+    elif os.path.lexists(path):
         os.unlink(path)
 
 
@@ -81,6 +257,49 @@ def atomic_write_bytes(path, data):
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
+
+
+def json_safe(obj, _where="", _found=None):
+    """``(copy, replaced)``: ``obj`` with numpy scalars/arrays as Python values and every NaN or
+    infinity replaced by None; ``replaced`` maps each replaced value's place (``a.b[2]``) to its text."""
+    import math
+
+    found = {} if _found is None else _found
+    if isinstance(obj, dict):
+        out = {str(k): json_safe(v, f"{_where}.{k}" if _where else str(k), found)[0] for k, v in obj.items()}
+    elif isinstance(obj, (list, tuple)):
+        out = [json_safe(v, f"{_where}[{i}]", found)[0] for i, v in enumerate(obj)]
+    elif hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
+        out = json_safe(obj.tolist(), _where, found)[0]
+    elif isinstance(obj, float) and not math.isfinite(obj):
+        found[_where or "(value)"] = repr(obj)
+        out = None
+    else:
+        out = obj
+    return out, found
+
+
+NON_FINITE_KEY = "non_finite"
+"""Key under which :func:`json_text` lists the values it wrote as null (place -> "nan"/"inf")."""
+
+
+def json_text(obj, indent=1):
+    """Strict JSON text of ``obj`` (always valid JSON: NaN and infinities are written as ``null``).
+
+    When ``obj`` is a dict and a value was replaced, the dict also gets :data:`NON_FINITE_KEY`:
+    each replaced value's place and what it was, so a reader sees that a null was a NaN.
+    """
+    import json
+
+    clean, replaced = json_safe(obj)
+    if replaced and isinstance(clean, dict):
+        clean[NON_FINITE_KEY] = dict(clean.get(NON_FINITE_KEY) or {}, **replaced)
+    return json.dumps(clean, indent=indent, allow_nan=False, default=str) + "\n"
+
+
+def atomic_write_json(path, obj, indent=1):
+    """Write ``obj`` as strict JSON (:func:`json_text`) to ``path`` atomically."""
+    atomic_write_text(path, json_text(obj, indent))
 
 
 def open_input(path, what, **kwargs):

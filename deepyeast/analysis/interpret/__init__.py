@@ -13,7 +13,6 @@ Receptive fields come from the engine (:meth:`deepyeast.engine.Net.geometry` of 
 prototxt): conv1 3 x 3 input pixels, conv2 5, conv3 10, conv4 14, conv5 .. conv8 24, 32, 40, 48.
 """
 
-import json
 import logging
 import os
 
@@ -27,7 +26,7 @@ from deepyeast.analysis.interpret.neurons import (class_entropy, mutual_informat
 from deepyeast.analysis.interpret.patches import PATCH_LAYERS, activating_patches, load_cell_images, plot_patches
 from deepyeast.analysis.interpret.tsne import plot_tsne_grid, tsne_embedding
 from deepyeast.report.manifest import clear_result, figure, missing_part, table, write_result
-from deepyeast.utils.io import InputError, atomic_write_text, write_csv
+from deepyeast.utils.io import InputError, atomic_write_json, write_csv
 from deepyeast.utils.progress import progress
 
 _log = logging.getLogger(__name__)
@@ -124,7 +123,7 @@ def run_interpretation(feature_dir, out_dir, labels, class_names, blobs=None, cp
                                        positions=[[p["row"], p["col"]] for p in ps],
                                        values=[p["value"] for p in ps]) for b, c, ps in panels]
         plot_patches(panels, os.path.join(out_dir, "patches"))
-    atomic_write_text(os.path.join(out_dir, "interpret.json"), json.dumps(summary_out, indent=2) + "\n")
+    atomic_write_json(os.path.join(out_dir, "interpret.json"), summary_out, indent=2)
     write_interpret_result(out_dir, summary_out, command=command)  # last: marks a finished step
     return summary_out
 

@@ -2,7 +2,6 @@
 (:func:`deepyeast.data.micrographs.crop_cells`), write two archive roots in the published layout.
 """
 
-import json
 import math
 import os
 from multiprocessing import get_context
@@ -16,7 +15,7 @@ from deepyeast.data.micrographs import crop_cells, crop_name
 from deepyeast.data.synthetic.patterns import _protein_style
 from deepyeast.data.synthetic.plan import CELLS_PER_FULL_FIELD, FIELD_SIZE, plan_screen
 from deepyeast.data.synthetic.render import field_size_for, render_field
-from deepyeast.utils.io import atomic_path, atomic_write_text
+from deepyeast.utils.io import atomic_folder, atomic_write_json, atomic_write_text
 from deepyeast.utils.progress import progress
 
 
@@ -153,10 +152,9 @@ def make_screen(out_dir, size="tiny", seed=0, workers=None, field_size=FIELD_SIZ
                "image_size": IMAGE_SIZE}
     os.makedirs(out_dir, exist_ok=True)
     for set_name in ("main", "transfer"):
-        with atomic_path(os.path.join(out_dir, set_name)) as tmp:
-            os.makedirs(tmp)
+        with atomic_folder(os.path.join(out_dir, set_name)) as tmp:
             summary[set_name] = _write_screen_root(tmp, proteins, set_name, field_size, workers, save_fields, progress)
-    atomic_write_text(os.path.join(out_dir, "screen.json"), json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(os.path.join(out_dir, "screen.json"), summary, indent=2)
     return summary
 
 

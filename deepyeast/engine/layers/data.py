@@ -18,6 +18,7 @@ Caffe's rules, reproduced:
 * tops: data float32 N x C x h x w, label float32 (N,).
 """
 
+import hashlib
 import os
 
 import numpy as np
@@ -30,7 +31,7 @@ from deepyeast.caffe import caffe_pb2
 from deepyeast.engine.fillers import fill
 from deepyeast.engine.layers.base import Layer, register_layer, shape_str
 
-__all__ = ["InputLayer", "DummyDataLayer", "DataLayer", "load_lmdb_tensor"]
+__all__ = ["InputLayer", "DummyDataLayer", "DataLayer", "load_lmdb_tensor", "lmdb_content_digest"]
 
 
 def _blob_shape_list(shape_msg):
@@ -128,6 +129,7 @@ class DummyDataLayer(Layer):
 # ====================================================================== LMDB
 
 _CACHE = {}
+_DIGESTS = {}  # (path, mtime) -> sha256 of the records, for snapshots' fingerprints
 
 
 def load_lmdb_tensor(path):
@@ -142,9 +144,23 @@ def load_lmdb_tensor(path):
         images, labels, _ = read_datum_lmdb(path)
         if images.dtype != np.uint8:
             raise InputError(f"{path}: Data layer records must hold uint8 pixels, got {images.dtype}")
+        images = np.ascontiguousarray(images)
+        digest = hashlib.sha256(memoryview(images).cast("B"))
+        digest.update(np.ascontiguousarray(labels, dtype="<i8").tobytes())
         _CACHE.clear()  # keep only the latest database to bound memory
-        _CACHE[key] = (torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels))
+        _CACHE[key] = (torch.from_numpy(images), torch.from_numpy(labels))
+        _DIGESTS[key] = digest.hexdigest()
     return _CACHE[key]
+
+
+def lmdb_content_digest(path):
+    """sha256 of what a Data layer reads from the LMDB ``path`` (pixels in read order, then labels),
+    computed when :func:`load_lmdb_tensor` loaded it: what a snapshot records it was trained on."""
+    path = os.path.abspath(path)
+    key = (path, os.path.getmtime(os.path.join(path, "data.mdb")))
+    if key not in _DIGESTS:
+        load_lmdb_tensor(path)
+    return _DIGESTS[key]
 
 
 @register_layer
@@ -174,6 +190,7 @@ class DataLayer(Layer):
         if self.ctx.data_shape is not None:  # shape questions only (Net.for_shapes): no record is read
             return self._shapes_only(tuple(int(d) for d in self.ctx.data_shape))
         images, labels = load_lmdb_tensor(self.source)
+        self.records_digest = lmdb_content_digest(self.source)
         self.n_records = int(images.shape[0])
         c, h, w = (int(s) for s in images.shape[1:])
         device = self.ctx.device
@@ -208,6 +225,8 @@ class DataLayer(Layer):
                 values = values * c
             mean = torch.tensor(values, dtype=torch.float32).view(c, 1, 1).expand(c, h, w).contiguous()
         self.mean = mean.to(device) if mean is not None else None
+        self.mean_digest = (hashlib.sha256(mean.numpy().astype("<f4").tobytes()).hexdigest()
+                            if mean is not None else None)
         self.cursor = 0
         self.train = self.ctx.phase == "TRAIN"
         self.rng = torch.Generator(device=device)
@@ -230,6 +249,12 @@ class DataLayer(Layer):
         self.item_shape = (c, h, w)
         self.n_records = 0
         return [(self.batch_size, c, oh, ow)] + ([(self.batch_size,)] if len(self.top_names) == 2 else [])
+
+    def fingerprint(self):
+        """What this layer feeds the net, as digests: the records (pixels and labels in read order)
+        and the mean; with the transform settings in the net's own fingerprint, a changed data set
+        (or mean) changes it wherever its files are."""
+        return {"records_sha256": self.records_digest, "mean_sha256": self.mean_digest}
 
     # -- state for exact resume
     def state(self):

@@ -1,0 +1,40 @@
+"""Shared fixtures for components that may be missing here (real Caffe, R, a browser).
+
+A test that needs one takes the fixture (``caffe_root_present``, ``r_present``,
+``chromium_path``); without the component it is skipped for a user and fails in CI
+(``tests/_requirements.py``).
+"""
+
+import shutil
+
+import pytest
+
+from _requirements import need, pytest_runtest_makereport, pytest_terminal_summary  # noqa: F401 (hooks)
+
+
+@pytest.fixture(scope="session")
+def caffe_root_present():
+    """Real Caffe can run here (the Caffe root exists and we may enter it)."""
+    from deepyeast.caffe import root as caffe_root
+
+    if not caffe_root.have_caffe_root():
+        need("caffe", caffe_root.missing_reason())
+
+
+@pytest.fixture(scope="session")
+def r_present():
+    """R and rpy2 are installed.  Any other failure (an error in random_forest.R, the randomForest
+    package missing) is raised by ``have_r`` and fails the tests instead of skipping them."""
+    from deepyeast.analysis import rforest
+
+    if not rforest.have_r():
+        need("R")
+
+
+@pytest.fixture(scope="session")
+def chromium_path():
+    """Path of a headless-capable chromium."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        need("browser")
+    return path
