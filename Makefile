@@ -14,7 +14,7 @@ PAPER_SOLVER := models/deepyeast/solver.prototxt
 CPU_SOLVER := models/deepyeast/solver_cpu.prototxt
 SOLVER ?= $(CPU_SOLVER)
 
-.PHONY: all deps lock test test-fast test-system demo reproduce caffe proto clean-demo help
+.PHONY: all deps lock test test-fast test-system demo reproduce classify caffe proto clean-demo help
 all: help
 
 help:
@@ -23,6 +23,7 @@ help:
 	@echo "make caffe      build the Debian bullseye root with real Caffe 1.0 (~1.5 min, ~1 GB)"
 	@echo "make docker     build the Docker image (docker, else podman/buildah; see mk/docker.mk)"
 	@echo "make reproduce  the paper's protocol on the real archive (needs internet and a GPU)"
+	@echo "make classify MODEL=RUN/model IMAGES=images.csv OUT=DIR   per-protein calls for a new screen"
 
 # ---------------------------------------------------------------- installation
 # `make deps` makes sure what the pipeline needs is here, installing only what is missing:

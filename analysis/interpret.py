@@ -18,7 +18,9 @@ Outputs (in --out DIR)
   neurons_<blob>.csv            per neuron: mutual information (nats) of its quantile-binned output
                                 with the class, fraction of the class entropy, strongest
                                 CellProfiler feature and its Pearson r
-  neurons.png/pdf               Figure 3D: those per layer
+  neurons.png/pdf               Figure 3D: those per layer, and a box of the CellProfiler features'
+                                mutual information with the class (same quantile bins)
+  cellprofiler_mi.csv           per CellProfiler feature: its mutual information with the class
   interpret.json                summary (settings, per-layer medians, chosen neurons, patch cells)
   result.json                   the result manifest the report reads (written last)
 
@@ -32,6 +34,7 @@ Example:
 from deepyeast import constants, launcher
 from deepyeast.analysis.features import read_label_lists, read_label_table
 from deepyeast.analysis.interpret import PATCH_LAYERS, run_interpretation
+from deepyeast.analysis.interpret.tsne import TSNE_MODES
 
 
 def _neurons(text):
@@ -70,7 +73,11 @@ def options(p):
     p.add_argument("--n-tsne", type=int, default=1000, help="random cells in the t-SNE (default 1000)")
     p.add_argument("--tsne-reduce", choices=("pool", "full"), default="pool",
                    help="t-SNE input for conv blobs: per-channel mean+max (default) or all activations")
-    p.add_argument("--bins", type=int, default=10, help="quantile bins for mutual information")
+    p.add_argument("--tsne", choices=TSNE_MODES, default="fast",
+                   help="t-SNE settings: fast (standardised, 50 principal components, 500 iterations; default) or "
+                        "paper (scikit-learn's defaults on the raw features, as the paper)")
+    p.add_argument("--bins", type=int, default=10, help="quantile bins for mutual information (neurons and "
+                                                        "CellProfiler features alike)")
     p.add_argument("--neuron-summary", choices=("max", "mean"), default="max",
                    help="conv neuron output per cell: spatial max (default) or mean")
     launcher.add(p, "seed")
@@ -87,7 +94,8 @@ def run(args):
                        archive_root=args.archive, lmdb_path=args.lmdb, n_tsne=args.n_tsne, n_bins=args.bins,
                        patch_layers=tuple(args.patch_layers.split(",")), neurons=args.neurons,
                        n_neurons=args.n_neurons, n_patches=args.n_patches, summary=args.neuron_summary,
-                       tsne_reduce=args.tsne_reduce, seed=args.seed, model=args.model, command=args.command)
+                       tsne_reduce=args.tsne_reduce, seed=args.seed, model=args.model, command=args.command,
+                       tsne=args.tsne)
 
 
 if __name__ == "__main__":

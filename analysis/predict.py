@@ -7,7 +7,12 @@ Inputs
   --mean mean.binaryproto     per-pixel training mean, subtracted from every crop
   --archive ROOT --list L     crops ROOT/<relpath> named by a split list (relpath label lines),
                               e.g. --list ROOT/HOwt_test.txt; or
-  --lmdb DIR                  a Datum LMDB (cell path = key without its 8-digit prefix)
+  --lmdb DIR                  a Datum LMDB (cell path = key without its 8-digit prefix); or
+  --mixed TABLE               the crops of the proteins with two compartments a mixed-protein table
+                              names (protein,compartment_a,compartment_b), found as
+                              plateNN/<f1>-*.png next to the table; --not-in LIST... checks that
+                              none of them is in a split list; rows have split "mixed" and the
+                              first compartment as label
   --split NAME                split written in every row (default: from the list/LMDB name)
   --engine ours|caffe         our PyTorch engine, or real pycaffe in the Caffe root (make caffe)
   --precision fp32|bf16       our engine's arithmetic: fp32 (default) or bf16 convolutions (about
@@ -51,6 +56,10 @@ def options(p):
     launcher.add(src, "archive")
     src.add_argument("--list", help="split list (relpath label); relative names are taken under --archive")
     launcher.add(src, "lmdb", help="Datum LMDB folder instead of --archive/--list")
+    src.add_argument("--mixed", metavar="TABLE", type=launcher.existing_file,
+                     help="mixed-protein table: predict its proteins' crops (next to the table)")
+    src.add_argument("--not-in", nargs="+", default=(), metavar="LIST", type=launcher.existing_file,
+                     help="with --mixed: split lists the mixed proteins must not be in")
     p.add_argument("--split", help="split name for the table (default: from the list/LMDB name)")
     launcher.add(p, "out", required=True, metavar="CSV", help="predictions CSV to write")
     p.add_argument("--features-out", metavar="DIR", help="folder for <blob>.npy features and paths.txt")
@@ -72,8 +81,8 @@ def run(args):
     from deepyeast.analysis.features import network_blobs
     from deepyeast.data.lists import class_names_for_list
 
-    if bool(args.lmdb) == bool(args.list):
-        raise InputError("give either --lmdb or --archive with --list")
+    if sum(map(bool, (args.lmdb, args.list, args.mixed))) != 1:
+        raise InputError("give one of --lmdb, --archive with --list, or --mixed")
     if args.list and not args.archive:
         raise InputError("--list needs --archive")
     blobs = [b for b in (args.blobs or "").split(",") if b]
@@ -87,6 +96,10 @@ def run(args):
     list_path = None
     if args.lmdb:
         cells = predict.cells_from_lmdb(args.lmdb)
+    elif args.mixed:
+        from deepyeast.data.lists import MIXED_SPLIT
+        cells = predict.cells_from_mixed(args.mixed, args.not_in, skip_bad=args.skip_bad)
+        args.split = args.split or MIXED_SPLIT
     else:
         list_path = args.list
         if not os.path.isabs(list_path) and not os.path.exists(list_path):

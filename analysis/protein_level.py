@@ -9,18 +9,19 @@ with at least --min-cells cells (paper: 10).
 Inputs
   --predictions CSV   a predictions table (path,protein,split,label,pred,prob_0..; the
                       network's or the random forest's: say which with --classifier)
-  --mixtures CSV      optional proteins table (e.g. the synthetic screen's proteins.csv):
-                      column protein, one of mixture_classes|mixture|classes holding two
-                      classes ("nucleus;cytoplasm" or "8;1"), optional split, label,
-                      mixture_fraction|fraction.  Checks whether each mixed protein's two
-                      true classes are its posterior's top two.
+  --mixed TABLE       optional table of proteins localised to two compartments, kept out of
+                      train/val/test as in the paper (protein,compartment_a,compartment_b;
+                      names or indices; the synthetic screen writes main/mixed_proteins.csv),
+  --mixed-predictions CSV   with the predictions of their cells (analysis/predict.py --mixed):
+                      is each protein's posterior top two its two compartments, else are both
+                      within its top three?
 
 Outputs (in --out DIR)
   proteins.csv              protein,n_cells,label,pred,post_0..post_{K-1} (post = MAP proportions)
   proteins.json             protein_accuracy, protein_accuracy_min10 ({value,correct,total}),
-                            mixtures (count or null), inputs, command
-  proteins_mixtures.csv     with --mixtures: protein,n_cells,class_a,class_b,fraction,top1,top2,
-                            post_top1,post_top2,top_two_match
+                            mixed ({top_two, top_three_rest, top_three} counts or null), inputs
+  proteins_mixed.csv        with --mixed: protein,n_cells,class_a,class_b,fraction,top1,top2,top3,
+                            post_top1,post_top2,post_top3,top_two,top_three
   result.json               the result manifest the report reads (written last)
 
 Example:
@@ -40,8 +41,10 @@ def options(p):
     launcher.add(p, "out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--classifier", choices=sorted(CLASSIFIERS), default="network",
                    help="whose predictions these are: names the metrics (rf_ for the forest) (default %(default)s)")
-    p.add_argument("--mixtures", metavar="CSV", type=launcher.existing_file,
-                   help="proteins table naming mixed proteins (optional)")
+    p.add_argument("--mixed", metavar="TABLE", type=launcher.existing_file,
+                   help="proteins with two compartments: protein,compartment_a,compartment_b (optional)")
+    p.add_argument("--mixed-predictions", metavar="CSV", type=launcher.existing_file,
+                   help="predictions table of the --mixed proteins' cells")
     p.add_argument("--split", default="auto",
                    help="split to use (default auto: the only split in the table, else 'test')")
     p.add_argument("--min-cells", type=int, default=MIN_CELLS_PER_PROTEIN,
@@ -51,15 +54,17 @@ def options(p):
 
 
 def run(args):
-    s = run_protein_level(args.predictions, os.path.join(args.out, "proteins.csv"), args.mixtures, split=args.split,
+    s = run_protein_level(args.predictions, os.path.join(args.out, "proteins.csv"), args.mixed,
+                          args.mixed_predictions, split=args.split,
                           min_cells=args.min_cells, allow_mixed_labels=args.allow_mixed_labels,
                           command=args.command, classifier=args.classifier)
     a, b = s["protein_accuracy"], s["protein_accuracy_min10"]
     line = (f"proteins: accuracy {a['value']:.4f} ({a['correct']}/{a['total']} proteins); with >= {s['min_cells']} "
             "cells: " + (f"{b['value']:.4f} ({b['correct']}/{b['total']})" if b["total"] else "no proteins"))
-    if s["mixtures"]:
-        m = s["mixtures"]
-        line += f"; mixed proteins with both classes on top: {m['correct']}/{m['total']}"
+    if s["mixed"]:
+        t2, t3 = s["mixed"]["top_two"], s["mixed"]["top_three_rest"]
+        line += (f"; proteins with two compartments: both the top two {t2['correct']}/{t2['total']}, "
+                 f"the others within the top three {t3['correct']}/{t3['total']}")
     print(line)
 
 

@@ -7,6 +7,10 @@ over down-sampling (none / balanced classes), chosen by balanced accuracy; appli
 it to the test cells and reports each classifier's per-cell accuracy before and
 after removing the predicted non-cells.
 
+Without labels (neither --noncells nor --quality: the published archive has none) the step
+writes only result.json, naming the filter as not done and how to supply the list
+(NONCELLS=FILE in make), with its metrics null.
+
 Outputs (in --out DIR)
   quality_filter.json   CV table, choice, removed counts, and per classifier
                         {"before": {"value", "correct", "total"}, "after": {...}, "removed": n}
@@ -25,11 +29,15 @@ from deepyeast import launcher
 
 
 def options(p):
-    p.add_argument("--train", nargs="+", required=True, type=launcher.existing_file,
+    p.add_argument("--train", nargs="+", type=launcher.existing_file,
                    help="features CSV(s) holding the labelled cells")
-    p.add_argument("--quality", required=True, type=launcher.existing_file,
-                   help="CSV path,is_cell (1 = real cell, 0 = non-cell)")
-    p.add_argument("--test", required=True, type=launcher.existing_file, help="features CSV of the test cells to filter")
+    labels = p.add_mutually_exclusive_group()
+    labels.add_argument("--noncells", metavar="FILE", type=launcher.existing_file,
+                        help="non-cell list: one archive-relative crop path per line; every other cell of --train "
+                             "counts as a cell")
+    labels.add_argument("--quality", type=launcher.existing_file,
+                        help="CSV path,is_cell (1 = real cell, 0 = non-cell)")
+    p.add_argument("--test", type=launcher.existing_file, help="features CSV of the test cells to filter")
     p.add_argument("--predictions", type=launcher.existing_file, help="the network's predictions table (test cells)")
     p.add_argument("--rf-predictions", type=launcher.existing_file,
                    help="the random forest's predictions table (test cells)")
@@ -50,16 +58,35 @@ def options(p):
 
 
 def run(args):
-    from deepyeast.analysis.quality_filter import plot_filter_accuracy, run_quality_filter, write_quality_result
+    from deepyeast.analysis.quality_filter import (plot_filter_accuracy, read_noncell_list, run_quality_filter,
+                                                   write_quality_not_run, write_quality_result)
     from deepyeast.report.manifest import clear_result
+    from deepyeast.utils.io import InputError, atomic_write_text
 
     clear_result(args.out)
+    if not (args.noncells or args.quality):
+        write_quality_not_run(args.out, command=args.command)
+        return
+    if not (args.train and args.test):
+        raise InputError("the filter needs --train and --test feature CSVs")
+    quality = args.quality
+    if args.noncells:  # every cell of the training features is a cell unless listed
+        from deepyeast.analysis.cp_features import read_feature_csv
+
+        noncells = set(read_noncell_list(args.noncells))
+        cells = [q for t in args.train for q in read_feature_csv(t)[0]]
+        unknown = sorted(noncells - set(cells))
+        if unknown:
+            raise InputError(f"{args.noncells}: {unknown[0]} has no features in {', '.join(args.train)} "
+                             f"({len(unknown)} such)")
+        quality = os.path.join(args.out, "labels.csv")
+        atomic_write_text(quality, "path,is_cell\n" + "".join(f"{q},{int(q not in noncells)}\n" for q in cells))
     preds = {}
     if args.predictions:
         preds["network"] = args.predictions
     if args.rf_predictions:
         preds["random_forest"] = args.rf_predictions
-    summary = run_quality_filter(args.train, args.quality, args.test, preds,
+    summary = run_quality_filter(args.train, quality, args.test, preds,
                                  out_json=os.path.join(args.out, "quality_filter.json"),
                                  out_cells=args.cells or os.path.join(args.out, "cells.csv"),
                                  mtry=args.mtry, sampling=args.sampling, folds=args.folds, ntree=args.ntree,

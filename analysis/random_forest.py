@@ -10,7 +10,8 @@ replaced by the training medians.
 Grids: ``small`` (demo: ntree 50,150 x mtry 20,50 x nodesize 1) or ``paper``
 (ntree 50..1000 x mtry 10..300 x nodesize 1..50; hours on large data).
 
---out is the predictions table itself (the forest's product is one table other steps read).
+--out is the predictions table itself (the forest's product is one table other steps read);
+result.json beside it describes the forest and its features for the report.
 
 Example:
   python analysis/random_forest.py --train feats_train.csv --val feats_val.csv --test feats_test.csv \\
@@ -39,10 +40,17 @@ def options(p):
 
 
 def run(args):
-    from deepyeast.analysis.rforest import run_baseline
+    import os
 
+    from deepyeast.analysis.cp_features import describe_feature_csv
+    from deepyeast.analysis.rforest import run_baseline, write_forest_result
+    from deepyeast.report.manifest import clear_result
+
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    clear_result(out_dir)
     s = run_baseline(args.train, args.val, args.test, args.labels_from, args.out, grid=args.grid,
                      n_jobs=args.jobs, seed=args.seed, summary_json=args.summary, split_name=args.split_name)
+    write_forest_result(out_dir, s, describe_feature_csv(args.train), command=args.command)
     a = s["test_accuracy"]
     print(f"random forest: test accuracy {a['value']:.4f} ({a['correct']}/{a['total']} cells) -> {args.out}")
 

@@ -5,7 +5,9 @@ Writes a feature dir with every DeepYeast blob (conv1..fc3, float32, flattened a
 `deepyeast extract` writes them) for --train/--val/--test cells of the 4 transfer
 classes (class signal planted in a few channels so curves are not flat), list files
 and a CellProfiler-like CSV, then runs analysis/transfer.py's and
-analysis/interpret.py's logic and prints the wall time of each.
+analysis/interpret.py's logic and prints the wall time of each; then times t-SNE with our
+faster settings (the demo's) against scikit-learn's defaults (the paper's, --tsne paper) on the
+same cells, and writes its section of bench/RESULTS.md.
 
     python bench/bench_transfer_interpret.py --work /tmp/bench_ti [--train 400 --val 200 --test 400]
 
@@ -90,10 +92,40 @@ def main():
     t = time.perf_counter()
     run_transfer([feat], labels, os.path.join(args.work, "transfer"), cp_csv=cp, n_jobs=args.jobs)
     print(flush=True, *[f"transfer: {time.perf_counter() - t:.1f} s"])
+    t_transfer = time.perf_counter() - t
     t = time.perf_counter()
     run_interpretation(feat, os.path.join(args.work, "interpret"), labels, constants.TRANSFER_CLASS_NAMES, cp_csv=cp,
                        archive_root=os.path.join(args.work, "archive"))
-    print(flush=True, *[f"interpret: {time.perf_counter() - t:.1f} s"])
+    t_interpret = time.perf_counter() - t
+    print(flush=True, *[f"interpret: {t_interpret:.1f} s"])
+    # t-SNE: our faster settings (the demo's) against scikit-learn's defaults (the paper's, --tsne paper),
+    # on the same cells: fc1 (512 values) and conv4 pooled (256 values), as transfer and interpret embed them
+    from deepyeast.analysis.features import blob_features
+    from deepyeast.analysis.interpret.tsne import tsne_embedding
+    n_tsne = min(1000, len(labels))
+    rows = []
+    for blob in ("fc1", "conv4"):
+        x = blob_features(feat, blob, "pool")[:n_tsne]
+        times = {}
+        for mode in ("fast", "paper"):
+            t = time.perf_counter()
+            tsne_embedding(x, seed=0, mode=mode)
+            times[mode] = time.perf_counter() - t
+        rows.append(f"| {blob} ({x.shape[1]} values) | {n_tsne:,} | {times['fast']:.1f} s | {times['paper']:.1f} s | "
+                    f"{times['paper'] / times['fast']:.1f}x |")
+        print(flush=True, *[f"t-SNE {blob}: fast {times['fast']:.1f} s, paper {times['paper']:.1f} s"])
+    from _results import update_section
+    update_section("Transfer, interpretation and t-SNE settings (bench/bench_transfer_interpret.py)", "\n".join([
+        f"`python bench/bench_transfer_interpret.py --work DIR --train {args.train} --val {args.val} --test "
+        f"{args.test}` (synthetic features of every layer, a 435-column CellProfiler-like table).",
+        "",
+        f"Transfer (every layer + CellProfiler, Figures 4B/4C/S6): {t_transfer:.1f} s; interpretation (Figure 3): "
+        f"{t_interpret:.1f} s.",
+        "",
+        "| t-SNE input | cells | fast (standardised, 50 PCs, 500 iterations) | paper (scikit-learn defaults) | "
+        "paper / fast |",
+        "|---|---|---|---|---|",
+        *rows]))
 
 
 if __name__ == "__main__":

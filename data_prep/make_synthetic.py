@@ -6,8 +6,10 @@ cytosolic marker, green: the protein's compartment pattern, for the 12 classes
 of the paper and the 4 transfer classes), crops every cell 64x64 through the
 crop step, and writes two archive roots in the published layout:
 
-  OUT/main/      plateNN/*.png, HOwt_{train,val,test}.txt, HOwt_doc.txt,
-                 proteins.csv, cell_quality.csv (is_cell 1/0)
+  OUT/main/      plateNN/*.png, HOwt_{train,val,test}.txt, HOwt_doc.txt, and the truth the
+                 published archive lacks: proteins.csv, cell_quality.csv (is_cell 1/0),
+                 mixed_proteins.csv (proteins with two compartments, held out of every
+                 split list; their crops are under plateNN/ too)
   OUT/transfer/  plateNN/*.png, HOwt_transfer_{train,val,test}.txt, ...
   OUT/screen.json  sizes, seed and counts
 

@@ -34,44 +34,22 @@ import json
 
 from deepyeast import constants, launcher
 
-_HELP = {
-    "background_radius": "half-width (px) of the grey opening that estimates the background; above the largest "
-                         "cell radius",
-    "smooth_sigma": "Gaussian denoising (px) before thresholding",
-    "threshold_method": "automatic threshold on the corrected marker",
-    "threshold_factor": "multiplies the automatic threshold (< 1 takes in dim, blurred cell edges)",
-    "min_contrast": "threshold at least this many noise SDs above the background (empty fields stay empty)",
-    "max_hole_area": "fill holes (vacuoles) up to this area (px)",
-    "split_depth": "h (px) of the distance-transform maxima seeding the watershed; larger splits fewer cells",
-    "min_area": "drop objects smaller than this (px): debris, specks",
-    "max_area": "drop objects larger than this (px): unsplit clumps",
-    "border_margin": "drop cells within this many px of the image edge (0 keeps them)",
-}
-
 
 def options(p):
-    from deepyeast.data.segment import THRESHOLD_METHODS, SegmentParams
-
     p.add_argument("images", type=launcher.existing_file, help="images table (CSV)")
     launcher.add_output_folder(p, "output folder (replaced atomically)")
     launcher.add_micrograph_channels(p)
-    defaults = SegmentParams()
-    group = p.add_argument_group("segmentation parameters")
-    for name, help_text in _HELP.items():
-        value = getattr(defaults, name)
-        kw = dict(choices=THRESHOLD_METHODS) if name == "threshold_method" else dict(type=type(value))
-        group.add_argument("--" + name.replace("_", "-"), default=value, help=f"{help_text} (default: %(default)s)",
-                           **kw)
+    launcher.add_segment_params(p)
     p.add_argument("--resegment", action="store_true", help="segment rows that already name a mask too")
     launcher.add_class_set(p)
     p.add_argument("--skip-bad", action="store_true", help="skip bad rows, list them in OUT/rejects.txt")
 
 
 def run(args):
-    from deepyeast.data.segment import SegmentParams, segment_screen
+    from deepyeast.data.segment import segment_screen
 
     out = launcher.output_folder(args)
-    params = SegmentParams(**{name: getattr(args, name) for name in _HELP})
+    params = launcher.segment_params(args)
     summary = segment_screen(args.images, out, params, channels=tuple(args.channels), bits=args.bits,
                              skip_bad=args.skip_bad, resegment=args.resegment,
                              class_names=constants.CLASS_SETS[args.classes])

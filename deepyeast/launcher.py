@@ -48,7 +48,7 @@ import sys
 from deepyeast.utils.io import InputError, StepFailed, check_writable, write_error
 
 __all__ = ["main", "run_guarded", "build_parser", "add", "add_output_folder", "output_folder", "add_class_set",
-           "add_micrograph_channels", "SHARED", "EXIT_CODES",
+           "add_micrograph_channels", "add_segment_params", "segment_params", "SHARED", "EXIT_CODES",
            "EXIT_OK", "EXIT_CHECK_FAILED", "EXIT_INPUT", "EXIT_FAILED", "EXIT_INTERRUPTED",
            "existing_file", "existing_dir", "positive_int", "command_line"]
 
@@ -181,6 +181,30 @@ def add_micrograph_channels(parser):
                         help="bit depth of 16-bit micrographs (e.g. 12); rescaled to 8 bits (refused when values "
                              "exceed it)")
 
+
+
+def add_segment_params(parser):
+    """The segmentation parameters (:class:`deepyeast.data.segment.SegmentParams`) as options,
+    ``--background-radius`` ... ``--border-margin``, each with its default, in their own group;
+    :func:`segment_params` builds the parameters from the parsed arguments."""
+    from deepyeast.data.segment import PARAM_HELP, THRESHOLD_METHODS, SegmentParams
+
+    defaults = SegmentParams()
+    group = parser.add_argument_group("segmentation parameters")
+    for name, help_text in PARAM_HELP.items():
+        value = getattr(defaults, name)
+        kw = dict(choices=THRESHOLD_METHODS) if name == "threshold_method" else dict(type=type(value))
+        group.add_argument("--" + name.replace("_", "-"), default=value, help=f"{help_text} (default: %(default)s)",
+                           **kw)
+    return group
+
+
+def segment_params(args):
+    """The :class:`deepyeast.data.segment.SegmentParams` of arguments parsed with :func:`add_segment_params`
+    (InputError for values out of range)."""
+    from deepyeast.data.segment import PARAM_HELP, SegmentParams
+
+    return SegmentParams(**{name: getattr(args, name) for name in PARAM_HELP})
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     pass

@@ -22,6 +22,18 @@
 #   SNAPSHOT_RULE  final | val_loss (the snapshot the analyses use)
 #   SEED       seed of every step (--seed)
 #   JOBS       worker processes of the parallel steps (--jobs)
+#   NONCELLS   the non-cell filter's list of non-cells (archive-relative crop paths, one a line). The
+#              published archive has none: without it the filter is reported as not run (null
+#              metrics, a `missing` entry naming NONCELLS=FILE). The synthetic screen uses its truth.
+#   MIXED      table of proteins with two compartments (protein,compartment_a,compartment_b; their
+#              crops as plateNN/<f1>-*.png next to the table, in no split list). Synthetic default:
+#              the screen's main/mixed_proteins.csv; the published archive has none (reported as not run).
+#   CP_FEATURES  folder of external per-cell feature tables ({train,val,test}.csv and
+#              transfer_{train,val,test}.csv or transfer.csv; path,<feature>,... keyed by archive
+#              path), used instead of our cp-measure features by the forest, the non-cell filter,
+#              transfer and interpretation
+#   TSNE       t-SNE settings: fast (standardised, 50 PCs, 500 iterations) | paper (scikit-learn's defaults)
+#   TRAINED_ON one line on the training data for the model bundle's readme
 
 RUN ?= runs/demo
 SCREEN ?= synthetic
@@ -36,6 +48,12 @@ PRECISION ?= fp32
 BN_ITERS ?= 0
 CP_TRAIN_CELLS ?= 0
 JOBS ?= $(shell nproc)
+NONCELLS ?=
+CP_FEATURES ?=
+TSNE ?= fast
+comma := ,
+TRAINED_ON ?= $(if $(filter synthetic,$(SCREEN)),the synthetic screen (size $(SIZE)$(comma) seed $(SEED)),the published \
+	DeepYeast archive (HOwt_train.txt))
 DEPLOY := models/deepyeast/deploy.prototxt
 
 DATA := $(RUN)/data
@@ -62,7 +80,7 @@ PAR_OPTS := --jobs $(JOBS) --seed $(SEED)
 NET_OPTS = --engine $(ENGINE) --model $(DEPLOY) --weights $(WEIGHTS) --mean $(MEAN)
 
 .PHONY: pipeline
-pipeline: $(RUN)/report.html
+pipeline: $(RUN)/report.html $(RUN)/model/bundle.json
 
 # ---------------------------------------------------------------- data
 ifeq ($(SCREEN),synthetic)
@@ -84,8 +102,16 @@ else
 endif
 	cp $(DATA)/HOwt_doc.txt $(foreach s,$(SPLITS),$(DATA)/HOwt_$(s).txt) $(MAIN)/
 	cp $(DATA)/HOwt_transfer_*.txt $(TRANSFER)/
-	$(PY) data_prep/check_splits.py $(foreach s,$(SPLITS),$(call LIST,$(s))) > $(DATA)/.splits.json
+	$(PY) data_prep/check_splits.py $(foreach s,$(SPLITS),$(call LIST,$(s))) --result $(RUN)/figures \
+		> $(DATA)/.splits.json
 	mv $(DATA)/.splits.json $@
+endif
+
+# proteins with two compartments: the synthetic screen writes its own table; an archive has none
+ifeq ($(SCREEN),synthetic)
+MIXED ?= $(MAIN)/mixed_proteins.csv
+else
+MIXED ?=
 endif
 
 $(MEAN): $(DATA)/screen.json
@@ -133,6 +159,7 @@ $(FEAT)/transfer_%/paths.txt: $(WEIGHTS) $(DATA)/screen.json
 # ---------------------------------------------------------------- CellProfiler features, random forest
 CP_SAMPLE = $(if $(filter train,$(1)),$(if $(filter-out 0,$(CP_TRAIN_CELLS)),--sample $(CP_TRAIN_CELLS)))
 
+ifeq ($(CP_FEATURES),)
 $(CP)/%.csv: $(DATA)/screen.json
 	$(call step,CellProfiler features ($*),$(PY) analysis/cp_features.py --archive $(MAIN) \
 		--list $(call LIST,$*) --out $@ $(PAR_OPTS) $(call CP_SAMPLE,$*))
@@ -140,6 +167,20 @@ $(CP)/%.csv: $(DATA)/screen.json
 $(CP)/transfer_%.csv: $(DATA)/screen.json
 	$(call step,CellProfiler features (transfer $*),$(PY) analysis/cp_features.py --archive $(TRANSFER) \
 		--list $(call TLIST,$*) --out $@ $(PAR_OPTS))
+TRANSFER_CP = $(foreach s,$(SPLITS),$(CP)/transfer_$(s).csv)
+else
+# an external table per split: the rows of the listed cells are taken (a listed cell without one is an error)
+$(CP)/%.csv: $(DATA)/screen.json $(CP_FEATURES)/%.csv
+	$(call step,external features ($*),$(PY) analysis/cp_features.py --from $(CP_FEATURES)/$*.csv \
+		--archive $(MAIN) --list $(call LIST,$*) --out $@ $(STEP_OPTS) $(call CP_SAMPLE,$*))
+
+CP_TRANSFER_TABLE = $(firstword $(wildcard $(CP_FEATURES)/transfer_$(1).csv) $(wildcard $(CP_FEATURES)/transfer.csv))
+$(CP)/transfer_%.csv: $(DATA)/screen.json
+	$(call step,external features (transfer $*),$(PY) analysis/cp_features.py --from $(call CP_TRANSFER_TABLE,$*) \
+		--archive $(TRANSFER) --list $(call TLIST,$*) --out $@ $(STEP_OPTS))
+# without a transfer table the transfer analysis runs on network features alone (and says so)
+TRANSFER_CP = $(if $(call CP_TRANSFER_TABLE,train),$(foreach s,$(SPLITS),$(CP)/transfer_$(s).csv))
+endif
 
 $(RUN)/rf/cells_test.csv: $(foreach s,$(SPLITS),$(CP)/$(s).csv)
 	$(call step,random forest ($(GRID) grid),$(PY) analysis/random_forest.py \
@@ -150,34 +191,53 @@ $(RUN)/rf/cells_test.csv: $(foreach s,$(SPLITS),$(CP)/$(s).csv)
 # ---------------------------------------------------------------- analyses (each writes <folder>/result.json)
 PREDICTIONS := $(RUN)/cells_test.csv $(RUN)/rf/cells_test.csv
 
-$(RUN)/quality/result.json: $(CP)/train.csv $(CP)/test.csv $(PREDICTIONS)
+# the non-cell filter learns from labelled crops: NONCELLS (a list of non-cells), else the synthetic
+# screen's truth table; an archive without a list gets a result naming the filter as not run
+ifneq ($(NONCELLS),)
+QUALITY_LABELS = --noncells $(NONCELLS)
+else ifeq ($(SCREEN),synthetic)
+QUALITY_LABELS = --quality $(MAIN)/cell_quality.csv
+endif
+ifneq ($(QUALITY_LABELS),)
+$(RUN)/quality/result.json: $(CP)/train.csv $(CP)/test.csv $(PREDICTIONS) $(NONCELLS)
 	$(call step,quality filter,$(PY) analysis/quality_filter.py --train $(CP)/train.csv \
-		--quality $(MAIN)/cell_quality.csv --test $(CP)/test.csv \
+		$(QUALITY_LABELS) --test $(CP)/test.csv \
 		--predictions $(RUN)/cells_test.csv --rf-predictions $(RUN)/rf/cells_test.csv \
 		--out $(@D) $(PAR_OPTS))
+else
+$(RUN)/quality/result.json: $(DATA)/screen.json
+	$(call step,quality filter (not run: no non-cell list; NONCELLS=FILE),$(PY) analysis/quality_filter.py \
+		--out $(@D))
+endif
 
 $(RUN)/cells/result.json: $(PREDICTIONS)
 	$(call step,per-cell evaluation,$(PY) analysis/evaluate_cells.py --predictions $(RUN)/cells_test.csv \
 		--rf-predictions $(RUN)/rf/cells_test.csv --out $(@D) $(STEP_OPTS) $(EVAL_FLAGS))
 
-MIXTURES = $(if $(wildcard $(MAIN)/proteins.csv),--mixtures $(MAIN)/proteins.csv)
-$(RUN)/proteins/result.json: $(RUN)/cells_test.csv
+# proteins with two compartments: the network's predictions of their cells, checked top two / top three
+$(RUN)/mixed/cells.csv: $(WEIGHTS) $(DATA)/screen.json $(filter-out $(MAIN)/%,$(MIXED))
+	$(call step,network predictions (proteins with two compartments),$(PY) analysis/predict.py $(NET_OPTS) \
+		--mixed $(MIXED) --not-in $(foreach s,$(SPLITS),$(call LIST,$(s))) --out $@)
+
+PROTEIN_MIXED = $(if $(MIXED),--mixed $(MIXED) --mixed-predictions $(RUN)/mixed/cells.csv)
+$(RUN)/proteins/result.json: $(RUN)/cells_test.csv $(if $(MIXED),$(RUN)/mixed/cells.csv)
 	$(call step,protein-level calls (network),$(PY) analysis/protein_level.py --predictions $< \
-		--out $(@D) $(MIXTURES))
+		--out $(@D) $(PROTEIN_MIXED))
 
 $(RUN)/rf_proteins/result.json: $(RUN)/rf/cells_test.csv
 	$(call step,protein-level calls (random forest),$(PY) analysis/protein_level.py --predictions $< \
 		--classifier random_forest --out $(@D))
 
 TRANSFER_FEATS := $(foreach s,$(SPLITS),$(FEAT)/transfer_$(s))
-TRANSFER_CP := $(foreach s,$(SPLITS),$(CP)/transfer_$(s).csv)
 $(RUN)/transfer/result.json: $(addsuffix /paths.txt,$(TRANSFER_FEATS)) $(TRANSFER_CP)
 	$(call step,transfer learning,$(PY) analysis/transfer.py --features $(TRANSFER_FEATS) \
-		--lists $(TRANSFER) --cellprofiler $(TRANSFER_CP) --out $(@D) $(PAR_OPTS))
+		--lists $(TRANSFER) $(if $(TRANSFER_CP),--cellprofiler $(TRANSFER_CP)) --tsne $(TSNE) --out $(@D) \
+		$(PAR_OPTS))
 
 $(RUN)/interpret/result.json: $(RUN)/cells_test.csv $(CP)/test.csv
 	$(call step,t-SNE and neurons,$(PY) analysis/interpret.py --features $(FEAT)/test \
-		--labels $(RUN)/cells_test.csv --cellprofiler $(CP)/test.csv --archive $(MAIN) --out $(@D) $(STEP_OPTS))
+		--labels $(RUN)/cells_test.csv --cellprofiler $(CP)/test.csv --archive $(MAIN) --tsne $(TSNE) \
+		--out $(@D) $(STEP_OPTS))
 
 # ---------------------------------------------------------------- report
 RESULTS := cells quality proteins rf_proteins transfer interpret
@@ -185,3 +245,15 @@ $(RUN)/report.html: $(foreach r,$(RESULTS),$(RUN)/$(r)/result.json)
 	$(call step,report,$(PY) analysis/make_report.py --run $(RUN) --out $(RUN))
 	@echo "report: $@"
 	@echo "metrics: $(RUN)/metrics.json"
+
+# ---------------------------------------------------------------- the trained model as a bundle (RUN/model/)
+# deploy net, weights, mean, class table, model-zoo readme with the run's metrics, bundle.json
+# (analysis/make_bundle.py); analysis/classify_screen.py --model RUN/model classifies a new screen.
+# metrics.json is written with the report, after report.html.
+$(RUN)/metrics.json: $(RUN)/report.html
+	@test -f $@ || { echo "$@ is missing: remove $< and run again"; exit 1; }
+
+$(RUN)/model/bundle.json: $(WEIGHTS) $(MEAN) $(RUN)/metrics.json $(TRAIN)/solver.prototxt $(DEPLOY)
+	$(call step,model bundle,$(PY) analysis/make_bundle.py --model $(DEPLOY) --weights $(WEIGHTS) --mean $(MEAN) \
+		--classes $(MAIN)/HOwt_doc.txt --solver $(TRAIN)/solver.prototxt --metrics $(RUN)/metrics.json \
+		--examples $(call LIST,test) --trained-on "$(TRAINED_ON)" --out $(@D))

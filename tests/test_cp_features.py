@@ -149,3 +149,37 @@ def test_script_and_bad_inputs(tmp_path):
     bad.write_text("path,a\nx.png,1,2\n")
     with pytest.raises(InputError, match=r"bad.csv:2: 3 fields"):
         cf.read_feature_csv(bad)
+
+
+def test_external_feature_table_replaces_ours_row_for_row(tmp_path):
+    """--from: an external per-cell table (e.g. Chong et al.'s, keyed by archive path) gives the listed
+    cells' rows in list order; other cells' rows are ignored; a listed cell without one is an error
+    naming it, and nothing is written."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "arch"
+    write_archive(str(root), {"test": 2}, n_classes=4, seed=2)
+    listed = [line.split()[0] for line in (root / "HOwt_transfer_test.txt").read_text().splitlines()]
+    table = tmp_path / "chong.csv"
+    rows = [(p, float(i), 10.0 * i) for i, p in enumerate(listed)] + [("plate99/other-1-1-1.png", 1.0, 2.0)]
+    table.write_text("path,AreaShape_Area,Intensity_Mean\n" + "".join(f"{p},{a},{b}\n" for p, a, b in rows[::-1]))
+    out = tmp_path / "feats.csv"
+    script = os.path.join(os.path.dirname(__file__), os.pardir, "analysis", "cp_features.py")
+    r = subprocess.run([sys.executable, script, "--from", str(table), "--archive", str(root),
+                        "--list", "HOwt_transfer_test.txt", "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    paths, names, values = cf.read_feature_csv(out)
+    assert paths == listed and names == ["AreaShape_Area", "Intensity_Mean"]
+    np.testing.assert_array_equal(values, [[i, 10.0 * i] for i in range(len(listed))])
+    described = cf.describe_feature_csv(out)
+    assert described["source"] == "external" and described["n_features"] == 2
+    assert "external table (CP_FEATURES)" in described["text"] and "435" in described["text"]
+    ours = cf.describe_features(cf.feature_names())
+    assert ours["source"] == "cp-measure" and "430" in ours["text"] and "Chong et al. (2015)" in ours["text"]
+    table.write_text("path,AreaShape_Area,Intensity_Mean\n" + "".join(f"{p},{a},{b}\n" for p, a, b in rows[1:]))
+    r = subprocess.run([sys.executable, script, "--from", str(table), "--archive", str(root),
+                        "--list", "HOwt_transfer_test.txt", "--out", str(tmp_path / "x.csv")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and not (tmp_path / "x.csv").exists()
+    assert f"chong.csv: no row for cell {listed[0]} of" in r.stderr and f"(1 of {len(listed)} cells" in r.stderr

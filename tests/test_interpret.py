@@ -222,9 +222,9 @@ def _synthetic_screen(root, n_per_class=12, seed=0):
     np.save(feat / "conv8.npy", conv8.reshape(n, -1))
     with open(root / "cp.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["path", "f_noise", "f_lin", "f_neg"])
+        w.writerow(["path", "f_noise", "f_lin", "f_neg", "f_class"])
         for i, p in enumerate(paths):
-            w.writerow([p, rng.normal(), 3 * fc1[i, 2] - 1, -fc1[i, 4]])
+            w.writerow([p, rng.normal(), 3 * fc1[i, 2] - 1, -fc1[i, 4], labels[i] * 2.5])
     return feat, labels, paths
 
 
@@ -255,6 +255,34 @@ def test_run_interpretation_end_to_end(tmp_path):
     assert conv8["cells"][0] == paths[11] and conv8["positions"][0] == [3, 9]
     fc3 = [p for p in saved["patches"] if p["blob"] == "fc3"]
     assert [p["neuron"] for p in fc3] == list(range(constants.N_CLASSES))
+    # Figure 3D's CellProfiler box: each feature's MI with the class on the neurons' quantile bins;
+    # f_class (2.5 x the class) carries the whole class entropy, as neuron 7 of fc1 does
+    with open(out / "cellprofiler_mi.csv") as f:
+        cp_rows = {r["feature"]: r for r in csv.DictReader(f)}
+    assert list(cp_rows) == ["f_noise", "f_lin", "f_neg", "f_class"]
+    assert float(cp_rows["f_class"]["mi_fraction"]) == pytest.approx(1.0, abs=1e-5)
+    assert float(cp_rows["f_class"]["mutual_information"]) == pytest.approx(float(best["mutual_information"]))
+    from deepyeast.analysis.interpret.neurons import mutual_information_per_neuron
+    cp_vals = np.loadtxt(tmp_path / "cp.csv", delimiter=",", skiprows=1, usecols=(1, 2, 3, 4))
+    np.testing.assert_allclose([float(r["mutual_information"]) for r in cp_rows.values()],
+                               mutual_information_per_neuron(cp_vals, labels, 10), rtol=1e-5)
+    assert saved["cellprofiler"]["n_features"] == 4 and saved["cellprofiler"]["features"]["source"] == "external"
+    manifest = json.loads((out / "result.json").read_text())
+    assert manifest["tables"][0]["rows"][-1][0] == "CellProfiler features"
+    assert "CellProfiler features (last box)" in manifest["figures"][-1]["caption"]
+
+
+def test_tsne_paper_mode_is_scikit_learns_defaults_on_the_raw_features():
+    from sklearn.manifold import TSNE
+    from deepyeast.analysis.interpret.tsne import tsne_embedding
+    x = np.random.default_rng(0).normal(size=(120, 60)) * np.arange(1, 61)  # unequal scales: no standardising
+    ours = tsne_embedding(x, seed=4, mode="paper")
+    ref = TSNE(random_state=4).fit_transform(x).astype(np.float32)
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-4)
+    fast = tsne_embedding(x, seed=4, mode="fast")
+    assert fast.shape == (120, 2) and not np.allclose(fast, ref, atol=1e-2)
+    with pytest.raises(ValueError, match="t-SNE mode"):
+        tsne_embedding(x, mode="quick")
 
 
 def test_conv8_patch_is_the_receptive_field_cut_from_the_image(tmp_path):

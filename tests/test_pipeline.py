@@ -8,12 +8,15 @@ sizes and the schedule made small.
 
 import json
 import os
+import re
 import shutil
 import subprocess
 
 import pytest
 
 from _data_helpers import REPO_ROOT
+from deepyeast.constants import SPLITS, list_file
+from deepyeast.data.lists import mixed_protein_cells, read_mixed_table
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.r, pytest.mark.usefixtures("r_present")]
 
@@ -72,13 +75,50 @@ def _check_report(run):
     return metrics
 
 
-def test_demo_pipeline_tiny_and_rerun_skips(tmp_path):
+def _check_bundle_and_classify(run, tmp_path, tmp_path_factory):
+    """RUN/model/ is a valid bundle of the run's weights and metrics, and `make classify` takes it alone."""
+    from _data_helpers import tiny_screen
+    from deepyeast.model import read_bundle
+    from deepyeast.utils.io import file_digest
+
+    bundle = read_bundle(os.path.join(run, "model"))
+    assert file_digest(bundle.weights_path) == file_digest(os.path.join(run, "train", "final.caffemodel"))
+    assert file_digest(bundle.mean_path) == file_digest(os.path.join(run, "lmdb", "mean.binaryproto"))
+    metrics = json.load(open(os.path.join(run, "metrics.json")))
+    assert bundle.metadata["metrics"]["cell_accuracy"]["correct"] == metrics["cell_accuracy"]["correct"]
+    assert bundle.metadata["training"]["max_iter"] == 6 and "synthetic screen (size tiny" in \
+        bundle.metadata["training"]["data"]
+    assert bundle.examples().shape[1:] == (2, 64, 64)
+    fields = tiny_screen(tmp_path_factory, workers=1) / "main" / "fields"
+    table = tmp_path / "screen.csv"  # the fields without their labels
+    rows = [r.split(",") for r in (fields / "images.csv").read_text().splitlines()[1:]]
+    table.write_text("image,plate,protein\n" + "".join(f"{fields / r[0]},{r[1]},{r[2]}\n" for r in rows))
+    out = tmp_path / "classified"
+    proc = _make("classify", f"MODEL={os.path.join(run, 'model')}", f"IMAGES={table}", f"OUT={out}")
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    summary = json.load(open(out / "summary.json"))
+    assert summary["n_proteins"] == len(rows) and summary["n_cells"] > 10 and summary["accuracy"] is None
+    assert (out / "proteins.csv").read_text().count("\n") == len(rows) + 1
+
+
+def test_demo_pipeline_tiny_and_rerun_skips(tmp_path, tmp_path_factory):
     run = os.path.relpath(tmp_path / "demo", REPO_ROOT)
     proc = _make("pipeline", f"RUN={run}", "SCREEN=synthetic", "SIZE=tiny", f"SCHEDULE={TINY_SCHEDULE}",
                  "GRID=small", "PRECISION=bf16")
     assert proc.returncode == 0, proc.stdout[-4000:]
-    _check_report(os.path.join(REPO_ROOT, run))
+    metrics = _check_report(os.path.join(REPO_ROOT, run))
     assert "==> [" in proc.stdout  # one step line per stage
+    # the paper's procedures run on the synthetic screen: its proteins with two compartments (held out of
+    # the splits) checked top two / top three, the non-cell filter, the transfer headline on fc1
+    from deepyeast.data.synthetic import SIZES
+    assert metrics["mixed_proteins_top_two"]["total"] == SIZES["tiny"]["mixed"]
+    assert metrics["mixed_proteins_top_three_rest"]["total"] == \
+        SIZES["tiny"]["mixed"] - metrics["mixed_proteins_top_two"]["correct"]
+    assert metrics["cell_accuracy_filtered"] is not None and metrics["rf_cell_accuracy_filtered"] is not None
+    assert metrics["transfer_accuracy"]["headline_layer"] == "fc1"
+    assert metrics["results"]["forest"]["details"]["cellprofiler_features"]["source"] == "cp-measure"
+    assert [x["input"] for x in metrics["not_provided"]] == []
+    _check_bundle_and_classify(os.path.join(REPO_ROOT, run), tmp_path, tmp_path_factory)
     # every step is a file target: nothing is left to do on a re-run
     again = _make("-q", "pipeline", f"RUN={run}", "SCREEN=synthetic", "SIZE=tiny",
                   f"SCHEDULE={TINY_SCHEDULE}", "GRID=small", "PRECISION=bf16")
@@ -90,25 +130,118 @@ def test_demo_pipeline_tiny_and_rerun_skips(tmp_path):
     assert "protein_level.py" in dry.stdout and "deepyeast train" not in dry.stdout, dry.stdout
 
 
-def test_reproduce_pipeline_on_small_archive_in_real_layout(tmp_path, tmp_path_factory):
+PUBLISHED_LISTS = tuple(list_file(s) for s in ("doc",) + SPLITS) + tuple(list_file(s, "transfer")
+                                                                       for s in ("doc",) + SPLITS)
+"""The eight text files of the published archive: six split lists and two class tables."""
+REAL_CROP_NAME = re.compile(r"^plate\d{2}/\d+-\d+-\d+-\d+\.png$")
+"""A crop as the published lists name it: plateNN/<f1>-<f2>-<f3>-<f4>.png."""
+
+
+def published_shape_archive(screen, dest):
+    """Copy of a synthetic screen holding exactly what the published archive holds: the eight list
+    and class-table files at the top, the listed PNGs under main/plateNN/ and transfer/plateNN/, and
+    nothing else (no truth tables, no unlisted crops, no fields)."""
+    os.makedirs(dest)
+    for part, prefix in (("main", "HOwt_"), ("transfer", "HOwt_transfer_")):
+        for name in os.listdir(screen / part):
+            if name.startswith(prefix) and name.endswith(".txt") and name in PUBLISHED_LISTS:
+                shutil.copy(screen / part / name, dest / name)
+        for s in SPLITS:
+            for line in (screen / part / f"{prefix}{s}.txt").read_text().splitlines():
+                rel = line.split()[0]
+                os.makedirs(dest / part / os.path.dirname(rel), exist_ok=True)
+                shutil.copy(screen / part / rel, dest / part / rel)
+    return dest
+
+
+def _archive_files(root):
+    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
+
+
+def test_published_shape_archive_holds_only_what_the_published_one_holds(tmp_path, tmp_path_factory):
+    from _data_helpers import SHARED_SPLITS, tiny_screen
+    archive = published_shape_archive(tiny_screen(tmp_path_factory), tmp_path / "archive")
+    files = _archive_files(archive)
+    top = sorted(f for f in files if os.sep not in f)
+    assert top == sorted(PUBLISHED_LISTS)
+    if os.path.isdir(SHARED_SPLITS):  # the real published files, where this checkout has them
+        assert top == sorted(f for f in os.listdir(SHARED_SPLITS) if f.endswith(".txt"))
+    listed = set()
+    for part, prefix in (("main", "HOwt_"), ("transfer", "HOwt_transfer_")):
+        for s in SPLITS:
+            for line in (archive / f"{prefix}{s}.txt").read_text().splitlines():
+                rel, label = line.split()
+                assert REAL_CROP_NAME.match(rel) and label.isdigit(), line
+                listed.add(os.path.join(part, rel))
+        doc = (archive / f"{prefix}doc.txt").read_text().splitlines()
+        assert doc[0] == "label;label_idx"
+    assert set(files) - set(top) == listed  # every other file is a listed PNG, and every listed PNG is there
+
+
+def test_reproduce_on_an_archive_shaped_like_the_published_one(tmp_path, tmp_path_factory):
+    """`make reproduce` on lists, class tables and PNGs only: it finishes with report.html and
+    metrics.json; what needs data the archive lacks (non-cell labels, proteins with two
+    compartments) is reported as not run, with its reason and option, and its metrics are null.
+    Given MIXED=FILE afterwards, the mixed-protein check runs alone."""
     from _data_helpers import tiny_screen
     screen = tiny_screen(tmp_path_factory)
-    # the published layout: lists at the top, images under main/ and transfer/
-    archive = tmp_path / "archive"
-    for part in ("main", "transfer"):
-        shutil.copytree(screen / part, archive / part)
-        for name in os.listdir(archive / part):
-            if name.startswith("HOwt_") and name.endswith(".txt"):
-                os.replace(archive / part / name, archive / name)
+    archive = published_shape_archive(screen, tmp_path / "archive")
+    before = _archive_files(archive)
     run = os.path.relpath(tmp_path / "reproduce", REPO_ROOT)
-    proc = _make("reproduce", f"REPRO_RUN={run}", f"ARCHIVE_SRC={archive}", "REPRO_GPU=", "REPRO_GRID=small",
-                 f"REPRO_SCHEDULE={TINY_SCHEDULE}")
+    args = ("reproduce", f"REPRO_RUN={run}", f"ARCHIVE_SRC={archive}", "REPRO_GPU=", "REPRO_GRID=small",
+            f"REPRO_SCHEDULE={TINY_SCHEDULE}")
+    proc = _make(*args)
     assert proc.returncode == 0, proc.stdout[-4000:]
+    assert _archive_files(archive) == before  # the source archive is read, never written
     run_dir = os.path.join(REPO_ROOT, run)
-    _check_report(run_dir)
+    metrics = _check_report(run_dir)
     # the paper's solver with only the schedule changed, and the snapshot chosen by validation loss
     solver = open(os.path.join(run_dir, "train", "solver.prototxt")).read()
     assert "base_lr: 0.1" in solver and "momentum: 0.9" in solver and "max_iter: 6" in solver
     _check_lowest_validation_loss_was_chosen(os.path.join(run_dir, "train"))
     splits = json.load(open(os.path.join(run_dir, "data", "screen.json")))
-    assert splits  # check_splits' report of the archive
+    assert splits["ok"] and set(splits["splits"]) == set(SPLITS)
+    # no step read a truth table only the generator writes
+    commands = open(os.path.join(run_dir, "commands.txt")).read()
+    for truth in ("cell_quality.csv", "proteins.csv", "mixed_proteins.csv", "noncells"):
+        assert truth not in commands, truth
+    # not run for want of data: null metrics, a not_provided entry with reason and option
+    for key in ("cell_accuracy_filtered", "rf_cell_accuracy_filtered", "mixed_proteins_top_two",
+                "mixed_proteins_top_three_rest"):
+        assert metrics[key] is None, key
+    options = {(x["input"], x["what"]): (x["reason"], x["option"]) for x in metrics["not_provided"]}
+    assert options[("quality", "non-cell filter")] == ("the published archive has no non-cell labels",
+                                                       options[("quality", "non-cell filter")][1])
+    assert options[("quality", "non-cell filter")][1].startswith("NONCELLS=FILE")
+    assert any(i == "proteins" and o.startswith("MIXED=FILE") for (i, _), (_, o) in options.items())
+    assert metrics["complete"] is True and metrics["cell_accuracy"]["total"] == 100
+    assert metrics["results"]["screen"]["title"] == "The cells: the image archive"
+    html = open(os.path.join(run_dir, "report.html"), encoding="utf-8").read()
+    assert "Not done in this run" in html and "NONCELLS=FILE" in html and "MIXED=FILE" in html
+    assert "not run: see" in html
+    # the transfer headline is the forest on fc1 (Figure 4C), with Figure 4B's t-SNE (paper settings)
+    transfer = json.load(open(os.path.join(run_dir, "transfer", "result.json")))
+    assert transfer["details"]["headline_layer"] == "fc1" and transfer["details"]["tsne"] == "paper"
+    assert metrics["transfer_accuracy"]["headline_layer"] == "fc1"
+
+    # the user supplies the proteins with two compartments (table + crops outside the archive)
+    mixed_dir = tmp_path / "mixed"
+    mixed_dir.mkdir()
+    shutil.copy(screen / "main" / "mixed_proteins.csv", mixed_dir)
+    for rel, _ in mixed_protein_cells(str(screen / "main" / "mixed_proteins.csv")):
+        os.makedirs(mixed_dir / os.path.dirname(rel), exist_ok=True)
+        shutil.copy(screen / "main" / rel, mixed_dir / rel)
+    os.remove(os.path.join(run_dir, "proteins", "result.json"))
+    again = _make(*args, f"MIXED={mixed_dir / 'mixed_proteins.csv'}")
+    assert again.returncode == 0, again.stdout[-4000:]
+    steps = [line.split("] ", 1)[1] for line in again.stdout.splitlines() if line.startswith("==> [")]
+    assert steps == ["network predictions (proteins with two compartments)", "protein-level calls (network)",
+                     "report"], again.stdout[-3000:]
+    metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
+    n_mixed = len(read_mixed_table(str(mixed_dir / "mixed_proteins.csv")))
+    assert metrics["mixed_proteins_top_two"]["total"] == n_mixed
+    assert metrics["mixed_proteins_top_three_rest"]["total"] == n_mixed - metrics["mixed_proteins_top_two"]["correct"]
+    assert not any(x["input"] == "proteins" for x in metrics["not_provided"])
+    from deepyeast.model import read_bundle
+    bundle = read_bundle(os.path.join(run_dir, "model"))
+    assert "DeepYeast archive" in bundle.metadata["training"]["data"] and bundle.metadata["training"]["base_lr"] == 0.1

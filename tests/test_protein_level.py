@@ -13,8 +13,8 @@ from _prediction_tables import simulated_table, write_table
 from deepyeast.constants import CLASS_NAMES, MIN_CELLS_PER_PROTEIN
 from deepyeast.utils.io import InputError
 from deepyeast.analysis.predictions import make_predictions
-from deepyeast.analysis.protein_level import (dirichlet_map, protein_accuracy, protein_calls, read_mixtures,
-                                              run_protein_level)
+from deepyeast.analysis.protein_level import dirichlet_map, protein_accuracy, protein_calls, run_protein_level
+from deepyeast.data.lists import mixed_protein_cells, protein_of, read_mixed_table
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THREE_CELLS = np.array([[0.6, 0.3, 0.1],
@@ -88,71 +88,87 @@ def test_protein_with_cells_of_different_labels():
     assert protein_calls(table, allow_mixed_labels=True).label[0] == 2
 
 
-def _mixture_case(tmp_path, mixture_field="nucleus;cytoplasm"):
-    nuc, cyt, er = (CLASS_NAMES.index(c) for c in ("nucleus", "cytoplasm", "ER"))
-    rng = np.random.default_rng(1)
-    rows, probs, proteins, labels = [], [], [], []
-    # M1: 60/40 nucleus/cytoplasm mixture -> top two are nucleus and cytoplasm.
-    for i in range(10):
-        target = nuc if i < 6 else cyt
-        p = np.full(12, 0.02)
-        p[target] = 0.78
-        probs.append(p)
-        proteins.append("plate01/M1")
-        labels.append(nuc)
-    # M2: labelled a mixture, but its cells look like nucleus and ER -> check fails.
-    for i in range(10):
-        p = np.full(12, 0.02)
-        p[nuc if i < 6 else er] = 0.78
-        probs.append(p)
-        proteins.append("plate01/M2")
-        labels.append(nuc)
-    # P3: a plain ER protein.
-    for i in range(5):
-        probs.append(rng.dirichlet(np.ones(12) + 8 * (np.arange(12) == er)))
-        proteins.append("plate02/P3")
-        labels.append(er)
-    table = make_predictions([f"{p}-{i}-1-1.png" for i, p in enumerate(proteins)], proteins, ["test"] * 25,
-                             labels, np.array(probs), source="cells.csv", require_all_classes=False)
-    pred_csv = write_table(tmp_path / "cells.csv", table)
-    mix = tmp_path / "proteins.csv"
-    mix.write_text("protein,split,label,mixture_classes,mixture_fraction,expression,n_cells\n"
-                   f"plate01/M1,test,{nuc},{mixture_field},0.6,1.0,10\n"
-                   f"plate01/M2,test,{nuc},{mixture_field},0.6,1.0,10\n"
-                   f"plate02/P3,test,{er},,,1.0,5\n"
-                   f"plate09/T1,train,{er},,,1.0,40\n")
-    return pred_csv, str(mix)
+def _mixed_case(tmp_path, compartments=("nucleus", "cytoplasm")):
+    """Three proteins with two compartments, each 10 cells, probabilities chosen so the posterior
+    (the mean of its cells' probabilities) is known by hand:
+
+    M1: 6 cells nucleus 0.78, 4 cells cytoplasm 0.78 (0.02 elsewhere) -> nucleus 0.476, cytoplasm
+        0.324, the rest 0.02: top two = {nucleus, cytoplasm} -> top two yes.
+    M2: 5 cells nucleus, 3 ER, 2 cytoplasm (0.78 each) -> nucleus 0.4, ER 0.246, cytoplasm 0.168:
+        top two = {nucleus, ER} -> no; top three holds both -> yes.
+    M3: 5 nucleus, 3 ER, 2 Golgi -> cytoplasm 0.02, outside the top three -> no, no.
+    """
+    a, b = compartments
+    nuc, cyt, er, golgi = (CLASS_NAMES.index(c) for c in ("nucleus", "cytoplasm", "ER", "Golgi"))
+    plan = {"plate01/M1": [nuc] * 6 + [cyt] * 4, "plate01/M2": [nuc] * 5 + [er] * 3 + [cyt] * 2,
+            "plate02/M3": [nuc] * 5 + [er] * 3 + [golgi] * 2}
+    paths, proteins, probs = [], [], []
+    for protein, targets in plan.items():
+        for i, t in enumerate(targets):
+            p = np.full(12, 0.02)
+            p[t] = 0.78
+            probs.append(p)
+            proteins.append(protein)
+            paths.append(f"{protein}-0-{i}-{i}.png")
+    table = make_predictions(paths, proteins, ["mixed"] * len(paths), [nuc] * len(paths), np.array(probs),
+                             source="mixed.csv", require_all_classes=False)
+    mixed_csv = write_table(tmp_path / "mixed_cells.csv", table)
+    mix = tmp_path / "mixed_proteins.csv"
+    mix.write_text("protein,compartment_a,compartment_b\n" + "".join(f"{p},{a},{b}\n" for p in plan))
+    test_csv = write_table(tmp_path / "cells.csv", simulated_table(n_proteins=6, seed=2))
+    return test_csv, str(mix), mixed_csv
 
 
-@pytest.mark.parametrize("field", ["nucleus;cytoplasm", "8|1", "Cytoplasm"])
-def test_mixtures_top_two(tmp_path, field):
-    pred_csv, mix = _mixture_case(tmp_path, field)
-    s = run_protein_level(pred_csv, tmp_path / "proteins_out.csv", mix)
-    assert s["mixtures"] == {"value": 0.5, "correct": 1, "total": 2}
-    with open(tmp_path / "proteins_out_mixtures.csv") as f:
+@pytest.mark.parametrize("compartments", [("nucleus", "cytoplasm"), ("8", "1"), ("Cytoplasm", "NUCLEUS")])
+def test_mixed_proteins_top_two_then_top_three(tmp_path, compartments):
+    test_csv, mix, mixed_csv = _mixed_case(tmp_path, compartments)
+    s = run_protein_level(test_csv, tmp_path / "out" / "proteins.csv", mix, mixed_csv)
+    assert s["mixed"]["top_two"] == {"value": 1 / 3, "correct": 1, "total": 3}
+    assert s["mixed"]["top_three_rest"] == {"value": 0.5, "correct": 1, "total": 2}
+    assert s["mixed"]["top_three"] == {"value": 2 / 3, "correct": 2, "total": 3}
+    with open(tmp_path / "out" / "proteins_mixed.csv") as f:
         rows = {r["protein"]: r for r in csv.DictReader(f)}
-    assert rows["plate01/M1"]["top_two_match"] == "True"
-    assert {rows["plate01/M1"]["top1"], rows["plate01/M1"]["top2"]} == {"nucleus", "cytoplasm"}
-    assert rows["plate01/M2"]["top_two_match"] == "False"
+    assert [rows[p]["top_two"] for p in ("plate01/M1", "plate01/M2", "plate02/M3")] == ["True", "False", "False"]
+    assert [rows[p]["top_three"] for p in ("plate01/M1", "plate01/M2", "plate02/M3")] == ["True", "True", "False"]
+    assert (rows["plate01/M2"]["top1"], rows["plate01/M2"]["top2"], rows["plate01/M2"]["top3"]) == \
+        ("nucleus", "ER", "cytoplasm")
     assert float(rows["plate01/M1"]["post_top1"]) == pytest.approx((6 * 0.78 + 4 * 0.02) / 10)
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["metrics"]["mixed_proteins_top_two"]["correct"] == 1
+    assert result["missing"] == []
 
 
-def test_mixture_protein_without_cells_is_an_error(tmp_path):
-    pred_csv, mix = _mixture_case(tmp_path)
+def test_without_mixed_table_the_check_is_named_missing_and_null(tmp_path):
+    test_csv, _, _ = _mixed_case(tmp_path)
+    run_protein_level(test_csv, tmp_path / "out" / "proteins.csv")
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["metrics"]["mixed_proteins_top_two"] is None
+    assert result["metrics"]["mixed_proteins_top_three_rest"] is None
+    (entry,) = result["missing"]
+    assert "two compartments" in entry["what"] and "MIXED=FILE" in entry["option"]
+    assert "archive has none" in entry["reason"]
+
+
+def test_mixed_protein_without_cells_is_an_error(tmp_path):
+    test_csv, mix, mixed_csv = _mixed_case(tmp_path)
     with open(mix, "a") as f:
-        f.write("plate03/GONE,test,8,nucleus;cytoplasm,0.5,1.0,12\n")
-    with pytest.raises(InputError, match=r"proteins.csv: row 5: protein 'plate03/GONE' of split 'test' has no cells"):
-        run_protein_level(pred_csv, tmp_path / "p.csv", mix)
+        f.write("plate03/GONE,nucleus,cytoplasm\n")
+    with pytest.raises(InputError, match=r"mixed_proteins.csv: row 4: protein plate03/GONE has no cells"):
+        run_protein_level(test_csv, tmp_path / "p.csv", mix, mixed_csv)
     assert not (tmp_path / "p.csv").exists()
 
 
-def test_bad_mixture_table(tmp_path):
-    (tmp_path / "m.csv").write_text("protein,mixture_classes\nA,nucleus;golgi apparatus\n")
-    with pytest.raises(InputError, match=r"m.csv: row 1, column 'mixture_classes': 'golgi apparatus' is not a class"):
-        read_mixtures(tmp_path / "m.csv", CLASS_NAMES)
-    (tmp_path / "n.csv").write_text("name,mixture\nA,1;2\n")
-    with pytest.raises(InputError, match="n.csv: missing column 'protein'"):
-        read_mixtures(tmp_path / "n.csv", CLASS_NAMES)
+def test_bad_mixed_table(tmp_path):
+    (tmp_path / "m.csv").write_text("protein,compartment_a,compartment_b\nplate01/A,nucleus,golgi apparatus\n")
+    with pytest.raises(InputError, match=r"m.csv: row 1, column 'compartment_b': 'golgi apparatus' is not a "
+                                         r"compartment"):
+        read_mixed_table(tmp_path / "m.csv", CLASS_NAMES)
+    (tmp_path / "n.csv").write_text("name,compartment_a,compartment_b\nA,1,2\n")
+    with pytest.raises(InputError, match="n.csv: missing column\\(s\\) protein"):
+        read_mixed_table(tmp_path / "n.csv", CLASS_NAMES)
+    (tmp_path / "o.csv").write_text("protein,compartment_a,compartment_b\nplate01/A,ER,er\n")
+    with pytest.raises(InputError, match="o.csv: row 1: compartment_a and compartment_b are both 'ER'"):
+        read_mixed_table(tmp_path / "o.csv", CLASS_NAMES)
 
 
 def test_protein_level_script(tmp_path):
@@ -183,36 +199,36 @@ def test_protein_level_script(tmp_path):
     assert res.returncode == 0 and "Dirichlet" in res.stdout
 
 
-def test_synthetic_screen_proteins_table(tmp_path):
-    """The generator's proteins.csv (nucleus+cytoplasm mixtures) works as --mixtures."""
+def test_synthetic_screen_mixed_proteins_are_held_out(tmp_path):
+    """The generator keeps its proteins with two compartments out of every split list, writes them
+    with both compartments to main/mixed_proteins.csv, and their crops are found next to it."""
     from deepyeast.data import synthetic
     synthetic.make_screen(tmp_path / "screen", size="tiny", seed=0, workers=2, progress=False)
     root = tmp_path / "screen" / "main"
-    nuc, cyt = CLASS_NAMES.index("nucleus"), CLASS_NAMES.index("cytoplasm")
-    with open(root / "proteins.csv") as f:
-        mixed = {r["protein"]: float(r["mixture_fraction"]) for r in csv.DictReader(f)
-                 if r["mixture_classes"] and r["split"] == "test"}
-    assert mixed, "the tiny screen's test split should hold a mixed protein"
-    paths, proteins, labels, probs = [], [], [], []
-    for line in (root / "HOwt_test.txt").read_text().split("\n"):
-        if not line.strip():
-            continue
-        rel, label = line.split()
-        protein = rel.split("/")[0] + "/" + rel.split("/")[1].split("-")[0]
+    mixed = read_mixed_table(root / "mixed_proteins.csv", CLASS_NAMES)
+    assert len(mixed) == synthetic.SIZES["tiny"]["mixed"]
+    lists = [str(root / f"HOwt_{s}.txt") for s in ("train", "val", "test")]
+    cells = mixed_protein_cells(root / "mixed_proteins.csv", not_in=lists)
+    assert {protein_of(rel) for rel, _ in cells} == {m["protein"] for m in mixed}
+    # a perfect classifier of a mixture splits each cell's mass by the protein's shares
+    by_protein = {m["protein"]: m for m in mixed}
+    paths, proteins, probs = [], [], []
+    for rel, _ in cells:
+        m = by_protein[protein_of(rel)]
         p = np.full(12, 0.01)
-        if protein in mixed:  # a perfect classifier of a mixture splits its mass by the nuclear share
-            p[nuc] += 0.88 * mixed[protein]
-            p[cyt] += 0.88 * (1 - mixed[protein])
-        else:
-            p[int(label)] += 0.88
+        p[m["classes"][0]] += 0.88 * m["fraction"]
+        p[m["classes"][1]] += 0.88 * (1 - m["fraction"])
         paths.append(rel)
-        proteins.append(protein)
-        labels.append(int(label))
+        proteins.append(protein_of(rel))
         probs.append(p)
-    table = make_predictions(paths, proteins, ["test"] * len(paths), labels, np.array(probs),
-                             require_all_classes=False)
-    pred_csv = write_table(tmp_path / "cells.csv", table)
-    s = run_protein_level(pred_csv, tmp_path / "proteins_out.csv", str(root / "proteins.csv"))
-    assert s["mixtures"]["total"] == len(mixed)
-    assert s["mixtures"]["correct"] == len(mixed)
-    assert s["n_proteins"] == len(set(proteins))
+    table = make_predictions(paths, proteins, ["mixed"] * len(paths), [by_protein[p]["classes"][0] for p in proteins],
+                             np.array(probs), require_all_classes=False)
+    test_csv = write_table(tmp_path / "cells.csv", simulated_table(n_proteins=6, seed=2))
+    s = run_protein_level(test_csv, tmp_path / "out" / "proteins.csv", str(root / "mixed_proteins.csv"),
+                          write_table(tmp_path / "mixed.csv", table))
+    assert s["mixed"]["top_two"] == {"value": 1.0, "correct": len(mixed), "total": len(mixed)}
+    # a mixed protein put into a split list is refused
+    with open(lists[2], "a") as f:
+        f.write(f"{paths[0]} 1\n")
+    with pytest.raises(InputError, match=r"mixed_proteins.csv: row \d+: protein plate\d+/\d+ has cells in .*HOwt_test.txt"):
+        mixed_protein_cells(root / "mixed_proteins.csv", not_in=lists)

@@ -126,3 +126,35 @@ def test_quality_filter_script_removes_noncells_and_reports_accuracy(tmp_path, r
                         "--out", str(out2), "--mtry", "2", "--sampling", "none", "--ntree", "20", "--jobs", "1"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "plate09/zzz-0-0-0.png" in r.stderr and not out2.exists()
+
+
+def test_without_a_noncell_list_the_filter_reports_itself_not_run(tmp_path):
+    """The published archive has no non-cell labels: the step writes only its result manifest, naming
+    the filter as not done with the option that supplies the list, its metrics null; exit 0."""
+    script = os.path.join(os.path.dirname(__file__), os.pardir, "analysis", "quality_filter.py")
+    out = tmp_path / "quality"
+    res = subprocess.run([sys.executable, script, "--out", str(out)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert os.listdir(out) == ["result.json"]
+    result = json.loads((out / "result.json").read_text())
+    assert result["name"] == "quality"
+    assert result["metrics"] == {"cell_accuracy_filtered": None, "rf_cell_accuracy_filtered": None}
+    assert result["missing"] == [{"what": "non-cell filter", "reason": "the published archive has no non-cell labels",
+                                  "option": "NONCELLS=FILE (make), --noncells FILE (analysis/quality_filter.py)"}]
+
+
+def test_noncell_list_errors_name_the_line(tmp_path):
+    from deepyeast.analysis.quality_filter import read_noncell_list
+
+    lst = tmp_path / "noncells.txt"
+    lst.write_text("# picked by eye\nplate01/1-1-1-1.png\n\nplate01/2-1-1-1.png  # debris\nplate01/1-1-1-1.png\n")
+    with pytest.raises(InputError, match=r"noncells.txt:5: plate01/1-1-1-1.png is also on line 2"):
+        read_noncell_list(lst)
+    lst.write_text("plate01/1-1-1-1.png 0\n")
+    with pytest.raises(InputError, match=r"noncells.txt:1: expected one crop path"):
+        read_noncell_list(lst)
+    lst.write_text("# none\n")
+    with pytest.raises(InputError, match="names no crop"):
+        read_noncell_list(lst)
+    lst.write_text("plate01/1-1-1-1.png\nplate01/2-1-1-1.png # debris\n")
+    assert read_noncell_list(lst) == ["plate01/1-1-1-1.png", "plate01/2-1-1-1.png"]

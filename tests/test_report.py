@@ -13,13 +13,17 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from _prediction_tables import simulated_table, write_table  # noqa: E402
 from deepyeast.constants import PAPER_RESULTS  # noqa: E402
 from deepyeast.utils.io import InputError  # noqa: E402
 from deepyeast.analysis.cell_metrics import run_cell_evaluation  # noqa: E402
+from deepyeast.analysis.predictions import make_predictions  # noqa: E402
+from deepyeast.analysis.cp_features import describe_features, feature_names  # noqa: E402
 from deepyeast.analysis.protein_level import run_protein_level  # noqa: E402
+from deepyeast.analysis.rforest import write_forest_result  # noqa: E402
 from deepyeast.analysis.transfer import write_transfer_result  # noqa: E402
 from deepyeast.report.html import build_report  # noqa: E402
 from deepyeast.report.manifest import figure, write_result  # noqa: E402
@@ -72,22 +76,35 @@ def run_dir(tmp_path_factory):
     rf = write_table(tmp / "rf.csv", rf_t)
     run = tmp / "run"
     run_cell_evaluation(net, run / "cells", rf, n_resamples=300, seed=3, command="python analysis/evaluate_cells.py")
-    mix = tmp / "proteins.csv"
-    mix.write_text("protein,split,label,mixture_classes,mixture_fraction\n"
-                   f"{net_t.protein[0]},test,{net_t.label[0]},{net_t.label[0]};vacuole,0.7\n")
-    run_protein_level(net, run / "proteins" / "proteins.csv", str(mix), command="python analysis/protein_level.py ...")
+    mix = tmp / "mixed_proteins.csv"
+    mix.write_text("protein,compartment_a,compartment_b\nplate09/M1,nucleus,vacuole\n")
+    probs = np.full((4, 12), 0.02)
+    probs[:, [8, 11]] = 0.4
+    mixed = write_table(tmp / "mixed.csv", make_predictions([f"plate09/M1-0-{i}-{i}.png" for i in range(4)],
+                                                            ["plate09/M1"] * 4, ["mixed"] * 4, [8] * 4, probs,
+                                                            require_all_classes=False))
+    run_protein_level(net, run / "proteins" / "proteins.csv", str(mix), mixed,
+                      command="python analysis/protein_level.py ...")
     run_protein_level(rf, run / "rf_proteins" / "proteins.csv", classifier="random_forest")
+    write_forest_result(run / "rf", {
+        "best": {"ntree": 150, "mtry": 20, "nodesize": 1, "val_accuracy": 0.61}, "grid_name": "small",
+        "grid": {"ntree": [50, 150], "mtry": [20, 50], "nodesize": [1]}, "n_train": 600, "n_val": 200, "n_test": 574,
+        "table": [{"ntree": 150, "mtry": 20, "nodesize": 1, "val_accuracy": 0.61}], "seed": 1,
+        "test_accuracy": {"value": 0.6, "correct": 344, "total": 574}}, describe_features(feature_names()))
     write_result(run / "quality", "quality", "Removing non-cells", metrics={
         "cell_accuracy_filtered": {"value": 0.9, "correct": 450, "total": 500},
         "rf_cell_accuracy_filtered": {"value": 0.7, "correct": 350, "total": 500}},
         details={"cv": {"mtry": 10, "seed": 11}})
     _png(run / "transfer" / "transfer_accuracy.png", "red")
     write_transfer_result(run / "transfer", {
-        "seed": 5, "best_layer": "fc2", "classes": ["actin", "bud neck", "lipid particle", "microtubule"],
+        "seed": 5, "best_layer": "fc2", "headline_layer": "fc1",
+        "classes": ["actin", "bud neck", "lipid particle", "microtubule"],
         "cells": {"train": 40, "val": 20, "test": 400},
         "transfer_accuracy": {
-            "fc2": {"1": {"accuracy": 0.4, "correct": 160, "total": 400, "lo": 0.35, "hi": 0.45},
+            "fc1": {"1": {"accuracy": 0.4, "correct": 160, "total": 400, "lo": 0.35, "hi": 0.45},
                     "10": {"accuracy": 0.7, "correct": 280, "total": 400, "lo": 0.65, "hi": 0.75}},
+            "fc2": {"1": {"accuracy": 0.45, "correct": 180, "total": 400, "lo": 0.4, "hi": 0.5},
+                    "10": {"accuracy": 0.72, "correct": 288, "total": 400, "lo": 0.67, "hi": 0.77}},
             "cellprofiler": {"1": {"accuracy": 0.3, "correct": 120, "total": 400, "lo": 0.25, "hi": 0.35},
                              "10": {"accuracy": 0.5, "correct": 200, "total": 400, "lo": 0.45, "hi": 0.55}}}})
     _png(run / "interpret" / "tsne.png", "blue")
@@ -117,11 +134,18 @@ def test_report_complete(run_dir, tmp_path):
     assert "complete" in page.ids and "incomplete" not in page.ids
     text = " ".join(page.text)
     for needle in ("Headline results beside the paper", "cell periphery", "vacuole", "make_synthetic.py --size demo",
-                   "evaluate_cells.py", "make_report.py", "numpy", "fc2 (best layer on validation)"):
+                   "evaluate_cells.py", "make_report.py", "numpy", "fc2 (best on validation)"):
         assert needle in text, needle
+    # every forest number says what features the forest learned from (ours are not the paper's)
+    assert "Random forest accuracy per cell †" in text and "Random forest accuracy per protein †" in text
+    assert "† The forest's features: our 430 CellProfiler-style features, measured on each 64x64 crop" in text
+    assert text.count("Random-forest numbers here learned from our 430") >= 3  # cells, rf_proteins, quality
+    assert "not-done" not in page.ids  # everything was given
     js = json.loads(met.read_text())
     assert js == json.loads(json.dumps(m))
     assert js["complete"] is True and js["missing"] == []
+    assert js["paper_counts"]["rf_protein_accuracy_min10"] == {"value": 214 / 222, "correct": 214, "total": 222}
+    assert js["results"]["forest"]["details"]["cellprofiler_features"]["source"] == "cp-measure"
     for key in REQUIRED_KEYS:
         assert js[key] is not None, key
     cells = json.loads((run_dir / "cells" / "cell_metrics.json").read_text())
@@ -130,7 +154,7 @@ def test_report_complete(run_dir, tmp_path):
     assert js["transfer_accuracy"]["network"]["10"] == {"value": 0.7, "correct": 280, "total": 400, "lo": 0.65,
                                                          "hi": 0.75}
     assert js["transfer_accuracy"]["cellprofiler"]["1"]["correct"] == 120
-    assert js["mixed_proteins_top_two"]["total"] == 1
+    assert js["mixed_proteins_top_two"] == {"value": 1.0, "correct": 1, "total": 1}
     assert js["paper"] == PAPER_RESULTS
     assert js["checks"]["network_beats_forest_per_cell"] is True
     assert js["seeds"]["cells: seed"] == 3 and js["seeds"]["quality: cv.seed"] == 11
@@ -208,3 +232,29 @@ def test_extras_do_not_make_report_incomplete(run_dir, tmp_path):
     m = build_report(run, tmp_path / "r.html", tmp_path / "m.json")
     assert m["complete"] is True
     assert {x["input"] for x in m["not_provided"]} == {"proteins", "commands"}
+
+
+def test_analyses_not_run_for_want_of_data_are_named_with_their_option_and_null(run_dir, tmp_path):
+    """The published archive has no non-cell labels and no proteins with two compartments: the report
+    says so at the top and in each section, with the option that supplies them; their metrics are
+    null in metrics.json and listed under not_provided."""
+    from deepyeast.analysis.quality_filter import write_quality_not_run
+
+    run = tmp_path / "archive_run"
+    shutil.copytree(run_dir, run)
+    run_protein_level(run_dir.parent / "net.csv", run / "proteins" / "proteins.csv")  # no mixed-protein table
+    os.remove(run / "quality" / "result.json")
+    write_quality_not_run(run / "quality")
+    m = build_report(run, tmp_path / "r.html", tmp_path / "m.json")
+    page = _parse(tmp_path / "r.html")
+    text = " ".join(page.text)
+    assert m["complete"] is True and "not-done" in page.ids
+    assert "Not done in this run" in text and "non-cell filter" in text and "NONCELLS=FILE" in text
+    assert "MIXED=FILE" in text and text.count("not run: see") == 4  # 2 filtered accuracies, 2 mixed-protein rows
+    for key in ("cell_accuracy_filtered", "rf_cell_accuracy_filtered", "mixed_proteins_top_two",
+                "mixed_proteins_top_three_rest"):
+        assert key in m and m[key] is None, key
+    options = {(x["input"], x["what"]): x["option"] for x in m["not_provided"]}
+    assert options[("quality", "non-cell filter")].startswith("NONCELLS=FILE")
+    assert any(i == "proteins" and o.startswith("MIXED=FILE") for (i, _), o in options.items())
+    assert m["checks"]["filtering_raises_network_accuracy"] is None

@@ -13,7 +13,7 @@ import pytest
 
 from deepyeast.data import synthetic
 from deepyeast.data.crop_png import read_crop
-from deepyeast.data.lists import check_splits, protein_of, read_split_list
+from deepyeast.data.lists import check_splits, mixed_protein_cells, protein_of, read_split_list
 from deepyeast.constants import CLASS_NAMES, MIN_CELLS_PER_PROTEIN, TRANSFER_CLASS_NAMES
 
 from _data_helpers import REPO_ROOT, tiny_screen
@@ -54,7 +54,11 @@ def test_tiny_screen_layout_and_counts(screen):
         quality = {r["path"]: r for r in _csv(root / "cell_quality.csv")}
         listed = [rel for s in ("train", "val", "test") for rel, _ in read_split_list(str(root / f"{prefix}{s}.txt"),
                                                                                    names)[0]]
-        assert set(quality) == set(listed)
+        mixed = []  # the proteins with two compartments: crops in no split list, named in mixed_proteins.csv
+        if set_name == "main":
+            mixed = [rel for rel, _ in mixed_protein_cells(str(root / "mixed_proteins.csv"))]
+            assert mixed and not set(mixed) & set(listed)
+        assert set(quality) == set(listed) | set(mixed)
         img = read_crop(str(root / listed[0]))
         assert img.shape == (2, 64, 64)
     quality = _csv(screen / "main" / "cell_quality.csv")
@@ -62,7 +66,8 @@ def test_tiny_screen_layout_and_counts(screen):
     assert 0.02 < share < 0.15
     assert {r["kind"] for r in quality} >= {"cell", "empty", "debris", "badseg"}
     proteins = _csv(screen / "main" / "proteins.csv")
-    assert any(r["mixture_classes"] == "nucleus+cytoplasm" for r in proteins)
+    assert any(r["mixture_classes"] == "nucleus+cytoplasm" and r["split"] == "mixed" for r in proteins)
+    assert all(not r["mixture_classes"] for r in proteins if r["split"] != "mixed")
     assert any(r["dim"] == "1" for r in proteins)
     assert all(r["protein"].startswith("plate") for r in proteins)
 
@@ -76,7 +81,7 @@ def test_deterministic_per_seed_and_worker_count(screen, tmp_path):
 
 
 def test_paper_plan_resembles_real_counts():
-    plan = [p for p in synthetic.plan_screen("paper", 0) if p["set"] == "main"]
+    plan = [p for p in synthetic.plan_screen("paper", 0) if p["set"] == "main" and p["split"] != "mixed"]
     per_split = collections.Counter()
     for p in plan:
         per_split[p["split"]] += p["n_cells"]
@@ -165,11 +170,13 @@ def test_every_class_has_a_rendering_rule():
             assert crops.shape == (2, 2, 64, 64) and crops[:, 1].max() > 40
 
 
-def test_difficulty_knob_and_mixture_labels():
+def test_difficulty_knob_and_mixed_proteins():
     easy = synthetic.plan_screen("small", 0, difficulty=0.0)
     assert not any(p["dim"] for p in easy) and all(p["noncell_share"] == 0 for p in easy)
     plan = synthetic.plan_screen("demo", 0)
-    mixtures = [p for p in plan if p["mixture_fraction"] is not None]
-    assert mixtures and all(CLASS_NAMES[p["label"]] in ("nucleus", "cytoplasm") for p in mixtures)
-    for p in mixtures:  # the label is the dominant compartment of the mixture
-        assert (p["mixture_fraction"] >= 0.5) == (CLASS_NAMES[p["label"]] == "nucleus")
+    mixed = [p for p in plan if p["mixed_with"] is not None]
+    assert len(mixed) == synthetic.SIZES["demo"]["mixed"]
+    for p in mixed:  # held out of the splits, two different compartments, both clearly present
+        assert p["split"] == "mixed" and p["set"] == "main" and p["mixed_with"] != p["label"]
+        assert 0.3 <= p["mixture_fraction"] <= 0.7
+    assert all(p["mixture_fraction"] is None for p in plan if p["split"] != "mixed")

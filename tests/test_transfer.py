@@ -106,7 +106,7 @@ def test_run_transfer_end_to_end(tmp_path):
     assert result["cells"] == {"train": 120, "val": 40, "test": 100}
     assert result["best_layer"] == "fc2"
     for name in ("transfer.csv", "transfer.json", "transfer_layers.png", "transfer_layers.pdf",
-                 "transfer_accuracy.png", "transfer_accuracy.pdf"):
+                 "transfer_accuracy.png", "transfer_accuracy.pdf", "transfer_tsne.png", "transfer_tsne.csv"):
         assert (out / name).stat().st_size > 0, name
     with open(out / "transfer.csv") as f:
         reader = csv.DictReader(f)
@@ -129,7 +129,8 @@ def test_empty_class_and_unknown_cell_are_clear_errors(tmp_path):
     no_val_actin = {p: (s, l) for p, (s, l) in labels.items() if not (s == "val" and l == 0)}
     no_val_actin.update({p: ("test", l) for p, (s, l) in labels.items() if s == "val" and l == 0})
     with pytest.raises(InputError, match="no val cells of class.*actin"):
-        run_transfer(dirs, no_val_actin, str(tmp_path / "o"), blobs=["fc2"], log=lambda *_: None)
+        run_transfer(dirs, no_val_actin, str(tmp_path / "o"), blobs=["fc2"], log=lambda *_: None,
+                     headline_layer="fc2")
     assert not (tmp_path / "o" / "transfer.csv").exists()
     missing = dict(list(labels.items())[1:])
     with pytest.raises(InputError, match="not found"):
@@ -142,8 +143,54 @@ def test_script_writes_outputs_and_help(tmp_path):
     help_text = subprocess.run([sys.executable, script, "--help"], check=True, capture_output=True, text=True).stdout
     assert "transfer.csv" in help_text and "--cellprofiler" in help_text
     out = tmp_path / "o"
-    subprocess.run([sys.executable, script, "--features", *dirs, "--lists", str(tmp_path / "screen"), "--blobs", "fc2",
+    subprocess.run([sys.executable, script, "--features", *dirs, "--lists", str(tmp_path / "screen"), "--blobs", "fc1,fc2",
                     "--n-per-class", "1,5", "--trees", "10", "--boot", "100", "--out", str(out)],
                    check=True, capture_output=True)
     with open(out / "transfer.csv") as f:
-        assert [r["n_per_class"] for r in csv.DictReader(f)] == ["1", "5"]
+        assert [r["n_per_class"] for r in csv.DictReader(f) if r["feature_set"] == "fc2"] == ["1", "5"]
+    res = subprocess.run([sys.executable, script, "--features", *dirs, "--lists", str(tmp_path / "screen"),
+                          "--blobs", "fc2", "--out", str(tmp_path / "p")], capture_output=True, text=True)
+    assert res.returncode == 2 and "no fc1 features, the headline layer" in res.stderr, res.stderr
+
+
+def test_headline_is_fc1_with_20000_resamples_even_when_another_layer_is_best(tmp_path):
+    """A case checkable by hand: fc2 separates all 4 classes; fc1 gives class 3's cells class 2's
+    features, so a forest on fc1 calls every class-3 test cell class 2 (or 3 at random between two
+    identical points) -- fc1 scores at most 3/4, fc2 1.  The headline must be fc1's curve, with
+    intervals from 20,000 Binomial resamples; fc2 is only named best on validation (Figure S6)."""
+    root = tmp_path / "screen"
+    root.mkdir()
+    counts = {"train": 20, "val": 10, "test": 25}
+    dirs = []
+    for split, n in counts.items():
+        y = np.repeat(np.arange(4), n)
+        paths = [f"plate01/{split}{i}-1-1-1.png" for i in range(len(y))]
+        (root / f"HOwt_transfer_{split}.txt").write_text("".join(f"{p} {l}\n" for p, l in zip(paths, y)))
+        d = root / f"features_{split}"
+        d.mkdir()
+        (d / "paths.txt").write_text("\n".join(paths) + "\n")
+        np.save(d / "fc2.npy", np.eye(4, 512, dtype=np.float32)[y])
+        np.save(d / "fc1.npy", np.eye(4, 512, dtype=np.float32)[np.minimum(y, 2)])
+        dirs.append(str(d))
+    labels = read_label_lists(root, "HOwt_transfer", n_classes=4)
+    out = tmp_path / "out"
+    result = run_transfer(dirs, labels, str(out), n_per_class=(5, 20), n_trees=10, n_boot=200, seed=3,
+                          log=lambda *_: None, n_tsne=60)
+    assert result["best_layer"] == "fc2" and result["headline_layer"] == "fc1"
+    assert result["headline_resamples"] == 20000
+    manifest = json.loads((out / "result.json").read_text())
+    head = manifest["metrics"]["transfer_network_accuracy"]
+    fc1_20 = result["transfer_accuracy"]["fc1"]["20"]
+    assert head["correct"] == fc1_20["correct"] and head["total"] == 100
+    assert 50 <= head["correct"] <= 75                       # classes 0-2 right, class 3 at best a coin flip
+    assert result["transfer_accuracy"]["fc2"]["20"]["correct"] == 100
+    assert (head["lo"], head["hi"]) == pytest.approx(bootstrap_accuracy_interval(head["correct"], 100, 20000, seed=3))
+    fc2 = result["transfer_accuracy"]["fc2"]["20"]           # Figure S6's curves keep --resamples
+    assert (fc2["lo"], fc2["hi"]) == pytest.approx(bootstrap_accuracy_interval(100, 100, 200, seed=3))
+    assert manifest["metrics"]["transfer_accuracy"]["headline_layer"] == "fc1"
+    assert manifest["metrics"]["transfer_accuracy"]["best_layer"] == "fc2"
+    assert [h["metric"] for h in manifest["headline"]] == ["transfer_network_accuracy"]
+    s6 = next(t for t in manifest["tables"] if t["title"].startswith("Figure S6"))
+    assert s6["rows"][[r[0].split()[0] for r in s6["rows"]].index("fc2")][0] == "fc2 (best on validation)"
+    captions = " ".join(f["caption"] for f in manifest["figures"])
+    assert "Figure 4B" in captions and "Figure 4C" in captions and "Figure S6" in captions

@@ -25,7 +25,13 @@ Correlation                marker vs protein (Pearson, slope,     6
                            Manders, RWC)
 =========================  =====================================  ==========
 
-``len(feature_names()) == 430`` (the paper: 435).  Features that only give
+``len(feature_names()) == 430``.  These are not the features the paper's forest
+used: Chong et al. (2015) ran CellProfiler on whole micrographs and measured 435
+features per segmented cell; we measure each 64 x 64 crop on its own with
+cp-measure, because the published archive holds crops only.  Every report line
+with a forest number says so (:func:`describe_features`); a user holding
+per-cell tables of other features (Chong et al.'s, say) can use them instead
+(:func:`import_feature_table`, ``CP_FEATURES=DIR`` in the pipeline).  Features that only give
 the cell's position inside the crop (centres, bounding boxes, raw spatial
 moments, intensity locations) and ones that are constant by construction
 (order-0/1 normalized moments, zero first central moments) are left out.
@@ -413,3 +419,59 @@ def _is_float(v):
         return True
     except ValueError:
         return False
+
+
+# --------------------------------------------------------------------------- provenance, external tables
+
+PAPER_N_FEATURES = 435
+"""CellProfiler features per cell in the paper's forest (Chong et al. 2015, whole micrographs)."""
+
+
+def describe_features(names):
+    """What a feature table holds, for the report next to every forest number.
+
+    ``names``: its feature columns.  Returns ``{source, n_features, short, text}``: ``source``
+    "cp-measure" when the columns are exactly ours (:func:`feature_names`), else "external".
+    """
+    names = list(names)
+    n = len(names)
+    if names == feature_names():
+        return {"source": "cp-measure", "n_features": n,
+                "short": f"CellProfiler-style features ({n} per crop, cp-measure)",
+                "text": f"our {n} CellProfiler-style features, measured on each 64x64 crop with cp-measure; the "
+                        f"paper's forest used the {PAPER_N_FEATURES} CellProfiler features Chong et al. (2015) "
+                        "measured per cell on whole micrographs, which the published archive does not hold "
+                        "(CP_FEATURES=DIR uses such a table)."}
+    return {"source": "external", "n_features": n,
+            "short": f"external per-cell features ({n})",
+            "text": f"{n} per-cell features from an external table (CP_FEATURES), in place of our {len(feature_names())} "
+                    f"per-crop cp-measure features; the paper's forest used the {PAPER_N_FEATURES} CellProfiler "
+                    "features of Chong et al. (2015)."}
+
+
+def describe_feature_csv(path):
+    """:func:`describe_features` of a features CSV's header."""
+    with open(path, newline="", encoding="utf-8") as f:
+        header = next(csv.reader(f), None)
+    if not header or header[0] != "path":
+        raise InputError(f"{path}:1: header must start with 'path' followed by feature names")
+    return describe_features(header[1:])
+
+
+def import_feature_table(table_csv, cell_paths, out_csv, list_name="the list"):
+    """Write the rows of an external per-cell feature table for ``cell_paths`` to ``out_csv``.
+
+    ``table_csv``: ``path,<feature>,...`` keyed by archive-relative crop path (other cells' rows
+    are ignored, so one table may serve every split).  Every cell of ``cell_paths`` needs a row
+    (an :class:`InputError` names the first missing one and the count); rows are written in
+    ``cell_paths`` order, atomically.  Returns ``(names, n_rows)``.
+    """
+    paths, names, values = read_feature_csv(table_csv)
+    index = {p: i for i, p in enumerate(paths)}
+    missing = [p for p in cell_paths if p not in index]
+    if missing:
+        raise InputError(f"{table_csv}: no row for cell {missing[0]} of {list_name} ({len(missing)} of "
+                         f"{len(cell_paths)} cells have none; rows are keyed by the archive-relative path)")
+    rows = np.array([index[p] for p in cell_paths], dtype=np.int64)
+    write_feature_csv(out_csv, list(cell_paths), names, values[rows] if len(rows) else np.zeros((0, len(names))))
+    return names, len(rows)

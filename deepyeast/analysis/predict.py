@@ -68,6 +68,18 @@ def split_from_name(path):
     return m.group(1) if m else None
 
 
+def _read_cells(root, entries, source, what, skip_bad):
+    """:class:`Cells` of ``(relpath, label)`` entries under ``root``; none readable is an InputError."""
+    paths, labels, images = [], [], []
+    for rel, image, label in iter_crops(root, entries, skip_bad=skip_bad):
+        paths.append(rel)
+        labels.append(label)
+        images.append(image)
+    if not images:
+        raise InputError(f"{what}: none of the crops under {root} could be read")
+    return Cells(np.stack(images), np.asarray(labels, np.int64), paths, source)
+
+
 def cells_from_list(archive, list_path, skip_bad=False):
     """Read the crops a split list names: ``ROOT/<relpath>`` PNGs with their labels.
 
@@ -78,14 +90,18 @@ def cells_from_list(archive, list_path, skip_bad=False):
     entries, _ = read_split_list(list_path, class_names_for_list(os.fspath(list_path)), skip_bad=skip_bad)
     if not entries:
         raise InputError(f"{list_path}: the split list names no cells")
-    paths, labels, images = [], [], []
-    for rel, image, label in iter_crops(archive, entries, skip_bad=skip_bad):
-        paths.append(rel)
-        labels.append(label)
-        images.append(image)
-    if not images:
-        raise InputError(f"{list_path}: none of the listed crops under {archive} could be read")
-    return Cells(np.stack(images), np.asarray(labels, np.int64), paths, os.fspath(list_path))
+    return _read_cells(archive, entries, os.fspath(list_path), list_path, skip_bad)
+
+
+def cells_from_mixed(table_path, not_in=(), skip_bad=False):
+    """Read the crops of the proteins of a mixed-protein table (:func:`deepyeast.data.lists.mixed_protein_cells`:
+    ``plateNN/<f1>-*.png`` next to the table).  A cell's label is the protein's first compartment; the
+    protein-level analysis reads both from the table.  ``not_in``: split lists they must be absent from."""
+    from deepyeast.data.lists import MIXED_SPLIT, mixed_protein_cells
+
+    entries = mixed_protein_cells(table_path, not_in=not_in)
+    return _read_cells(os.path.dirname(os.path.abspath(table_path)), entries,
+                       f"{MIXED_SPLIT}: {os.fspath(table_path)}", table_path, skip_bad)
 
 
 def cells_from_lmdb(lmdb_path):

@@ -17,13 +17,12 @@ Proteins table (CSV): ``protein,n_cells,label,pred,post_0,...,post_{K-1}``.
 import csv
 import dataclasses
 import os
-import re
 
 import numpy as np
 
-from deepyeast.constants import MIN_CELLS_PER_PROTEIN, PAPER_RESULTS
+from deepyeast.constants import MIN_CELLS_PER_PROTEIN, PAPER_RESULTS, paper_result
 from deepyeast.report.manifest import clear_result, headline, missing_part, table, write_result
-from deepyeast.utils.io import InputError, atomic_path, atomic_write_json, open_input
+from deepyeast.utils.io import InputError, atomic_path, atomic_write_json
 from deepyeast.analysis.cell_metrics import count
 
 
@@ -125,155 +124,108 @@ def write_protein_table(path, calls):
     return os.fspath(path)
 
 
-MIXTURE_COLUMNS = ("mixture_classes", "mixture", "classes")
-"""Accepted names (first found wins) of the proteins.csv column naming a mixed protein's classes."""
-FRACTION_COLUMNS = ("mixture_fraction", "fraction")
-_SEP = re.compile(r"[;|+/]")
+def check_mixed(calls, mixed, source="mixed-protein table"):
+    """For each protein with two compartments: are they the posterior's top two, else within its top three?
 
-
-def read_mixtures(path, class_names):
-    """Read the mixed proteins of a proteins table (e.g. the synthetic ``proteins.csv``).
-
-    Required column ``protein`` and one of :data:`MIXTURE_COLUMNS`; optional ``split``,
-    ``label`` and one of :data:`FRACTION_COLUMNS`.  The mixture cell holds two classes
-    separated by ``;``, ``|``, ``+`` or ``/``, each a class index or a class name (any
-    case); one class plus the ``label`` column also names two; empty = not mixed.
-    Returns ``(rows, all_proteins)``: the mixed proteins as dicts ``{protein, row, classes
-    (tuple of 2 int), fraction (float or None), split (str or None)}`` and every listed
-    protein (except those with an ``n_cells`` column of 0) as ``{protein: (row, split)}``.
-    """
-    path = os.fspath(path)
-    lookup = {n.lower(): i for i, n in enumerate(class_names)}
-
-    def as_class(v, row, col):
-        v = v.strip()
-        if v.lower() in lookup:
-            return lookup[v.lower()]
-        try:
-            c = int(v)
-        except ValueError:
-            raise InputError(f"{path}: row {row}, column '{col}': {v!r} is not a class name or index") from None
-        if not 0 <= c < len(class_names):
-            raise InputError(f"{path}: row {row}, column '{col}': class {c} is outside 0..{len(class_names) - 1}")
-        return c
-
-    with open_input(path, "proteins table", newline="") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        if "protein" not in header:
-            raise InputError(f"{path}: missing column 'protein' (header: {','.join(header)})")
-        mix_col = next((c for c in MIXTURE_COLUMNS if c in header), None)
-        if mix_col is None:
-            raise InputError(f"{path}: missing a mixture column (one of {', '.join(MIXTURE_COLUMNS)})")
-        frac_col = next((c for c in FRACTION_COLUMNS if c in header), None)
-        rows, everything = [], {}
-        for row_no, rec in enumerate(reader, start=1):
-            protein = (rec.get("protein") or "").strip()
-            if not protein:
-                raise InputError(f"{path}: row {row_no}, column 'protein': empty value")
-            split = (rec.get("split") or "").strip() or None
-            if (rec.get("n_cells") or "").strip() != "0":  # a protein listed with 0 cells need not appear
-                everything[protein] = (row_no, split)
-            raw = (rec.get(mix_col) or "").strip()
-            if not raw:
-                continue
-            parts = [p for p in _SEP.split(raw) if p.strip()]
-            classes = [as_class(p, row_no, mix_col) for p in parts]
-            if len(classes) == 1 and (rec.get("label") or "").strip():
-                classes = [as_class(rec["label"], row_no, "label")] + classes
-            classes = list(dict.fromkeys(classes))
-            if len(classes) == 1:
-                continue  # a "mixture" of one class is not mixed
-            if len(classes) != 2:
-                raise InputError(f"{path}: row {row_no}, column '{mix_col}': {raw!r} must name two classes")
-            fraction = None
-            if frac_col and (rec.get(frac_col) or "").strip():
-                try:
-                    fraction = float(rec[frac_col])
-                except ValueError:
-                    raise InputError(f"{path}: row {row_no}, column '{frac_col}': {rec[frac_col]!r} is not a number"
-                                     ) from None
-            rows.append({"protein": protein, "row": row_no, "classes": tuple(classes), "fraction": fraction,
-                         "split": split})
-    return rows, everything
-
-
-def check_mixtures(calls, mixtures, proteins_source="proteins table", splits=None, all_proteins=None):
-    """For each mixed protein: are its two true classes the posterior's top two?
-
-    ``mixtures`` comes from :func:`read_mixtures`.  Proteins of the evaluated ``splits``
-    (when the table has a split column) must have cells in the predictions; one with none
-    is an :class:`InputError` naming its row.  Returns a list of dicts (protein, n_cells,
-    classes, fraction, top1, top2, post_top1, post_top2, top_two_match) and a count dict.
+    ``calls``: :class:`ProteinCalls` of the mixed proteins' cells (their own predictions table);
+    ``mixed``: rows of :func:`deepyeast.data.lists.read_mixed_table`.  A listed protein without
+    cells, or a protein with cells that the table does not list, is an :class:`InputError`.
+    Returns ``(rows, summary)``: one dict per protein (protein, n_cells, class_a, class_b,
+    fraction, top1, top2, top3, post_top1..3, top_two, top_three) in table order, and
+    ``{"top_two": count over all, "top_three_rest": count over the proteins whose two
+    compartments are not the top two, "top_three": count over all}``.
     """
     index = {p: i for i, p in enumerate(calls.protein.tolist())}
-    if all_proteins is not None and splits is not None:
-        for protein, (row, split) in all_proteins.items():
-            if split is not None and split in splits and protein not in index:
-                raise InputError(f"{proteins_source}: row {row}: protein {protein!r} of split {split!r} "
-                                 f"has no cells in the predictions table")
+    listed = {m["protein"] for m in mixed}
+    extra = sorted(set(index) - listed)
+    if extra:
+        raise InputError(f"{source}: protein {extra[0]} has cells in the mixed predictions but is not listed "
+                         f"({len(extra)} such)")
+    k = len(calls.class_names)
+    if k < 3:
+        raise InputError(f"{source}: the top-three check needs at least 3 classes, the table has {k}")
     out = []
-    for m in mixtures:
-        if splits is not None and m["split"] is not None and m["split"] not in splits:
-            continue
+    for m in mixed:
         i = index.get(m["protein"])
         if i is None:
-            if splits is None or m["split"] is None:
-                continue  # cannot tell whether it belongs to the evaluated cells
-            raise InputError(f"{proteins_source}: row {m['row']}: mixed protein {m['protein']!r} has no cells")
-        order = np.argsort(-calls.posterior[i], kind="stable")
-        top = [int(order[0]), int(order[1])]
-        out.append({
-            "protein": m["protein"], "n_cells": int(calls.n_cells[i]),
-            "class_a": calls.class_names[m["classes"][0]], "class_b": calls.class_names[m["classes"][1]],
-            "fraction": m["fraction"],
-            "top1": calls.class_names[top[0]], "top2": calls.class_names[top[1]],
-            "post_top1": float(calls.posterior[i, top[0]]), "post_top2": float(calls.posterior[i, top[1]]),
-            "top_two_match": set(top) == set(m["classes"]),
-        })
-    return out, count(sum(r["top_two_match"] for r in out), len(out))
+            raise InputError(f"{source}: row {m['row']}: protein {m['protein']} has no cells in the mixed predictions")
+        order = [int(c) for c in np.argsort(-calls.posterior[i], kind="stable")[:3]]
+        true = set(m["classes"])
+        row = {"protein": m["protein"], "n_cells": int(calls.n_cells[i]),
+               "class_a": calls.class_names[m["classes"][0]], "class_b": calls.class_names[m["classes"][1]],
+               "fraction": m["fraction"]}
+        for r, c in enumerate(order, start=1):
+            row[f"top{r}"] = calls.class_names[c]
+        for r, c in enumerate(order, start=1):
+            row[f"post_top{r}"] = float(calls.posterior[i, c])
+        row["top_two"] = set(order[:2]) == true
+        row["top_three"] = true <= set(order)
+        out.append(row)
+    rest = [r for r in out if not r["top_two"]]
+    summary = {"top_two": count(sum(r["top_two"] for r in out), len(out)),
+               "top_three_rest": count(sum(r["top_three"] for r in rest), len(rest)),
+               "top_three": count(sum(r["top_three"] for r in out), len(out))}
+    return out, summary
 
 
-MIXTURE_TABLE_COLUMNS = ("protein", "n_cells", "class_a", "class_b", "fraction", "top1", "top2", "post_top1",
-                         "post_top2", "top_two_match")
+MIXED_TABLE_COLUMNS = ("protein", "n_cells", "class_a", "class_b", "fraction", "top1", "top2", "top3", "post_top1",
+                       "post_top2", "post_top3", "top_two", "top_three")
+"""Columns of ``proteins_mixed.csv``: one row per protein with two compartments."""
+
+MIXED_OPTION = "MIXED=FILE (make), --mixed FILE --mixed-predictions CSV (analysis/protein_level.py)"
+"""How to supply the proteins with two compartments (for a result's ``missing`` entry)."""
 
 
-def run_protein_level(predictions_path, out_path, mixtures_path=None, split="auto", prior=1.0,
-                      min_cells=MIN_CELLS_PER_PROTEIN, allow_mixed_labels=False, summary_path=None, command=None,
-                      classifier="network"):
-    """Write the proteins table, a summary JSON, (with mixtures) a mixed-protein table and the result manifest.
+def run_protein_level(predictions_path, out_path, mixed_path=None, mixed_predictions_path=None, split="auto",
+                      prior=1.0, min_cells=MIN_CELLS_PER_PROTEIN, allow_mixed_labels=False, summary_path=None,
+                      command=None, classifier="network"):
+    """Write the proteins table, a summary JSON, (with mixed proteins) their table and the result manifest.
 
+    ``mixed_path``: a mixed-protein table (:func:`deepyeast.data.lists.read_mixed_table`) and
+    ``mixed_predictions_path`` the predictions table of its proteins' cells (``analysis/predict.py
+    --mixed``): each protein's Dirichlet posterior is checked for its two compartments among the
+    top two (else the top three), as the paper does for proteins with two compartments, which it
+    keeps out of train, val and test.
     Outputs: ``out_path`` (proteins CSV); ``summary_path`` (default: ``out_path`` with
     ``.json``) holding ``protein_accuracy``, ``protein_accuracy_min10`` (count dicts),
-    ``min_cells``, ``n_proteins``, ``mixtures`` (count dict or null), inputs, command;
-    with mixtures, ``<out stem>_mixtures.csv``; last, ``result.json`` in the proteins table's
-    folder (:func:`write_protein_result`; ``classifier`` "network" or "random_forest" names it).
-    Returns the summary dict.
+    ``min_cells``, ``n_proteins``, ``mixed`` (``{top_two, top_three_rest, top_three}`` counts or
+    null), inputs, command; with mixed proteins, ``<out stem>_mixed.csv``; last, ``result.json``
+    in the proteins table's folder (:func:`write_protein_result`; ``classifier`` "network" or
+    "random_forest" names it).  Returns the summary dict.
     """
     from deepyeast.analysis.predictions import read_predictions
+    from deepyeast.data.lists import read_mixed_table
 
     table = read_predictions(predictions_path, split=split, require_all_classes=False)
     calls = protein_calls(table, prior=prior, allow_mixed_labels=allow_mixed_labels)
     stem = os.path.splitext(os.fspath(out_path))[0]
     summary_path = summary_path or stem + ".json"
-    mix_rows, mix_count = None, None
-    if mixtures_path:
-        mixtures, everything = read_mixtures(mixtures_path, table.class_names)
-        mix_rows, mix_count = check_mixtures(calls, mixtures, os.fspath(mixtures_path),
-                                             splits=set(table.split.tolist()), all_proteins=everything)
+    mix_rows, mix_summary = None, None
+    if bool(mixed_path) != bool(mixed_predictions_path):
+        raise InputError("give the mixed-protein table and the predictions of its cells together "
+                         "(--mixed FILE --mixed-predictions CSV)")
+    if mixed_path:
+        mixed = read_mixed_table(mixed_path, table.class_names)
+        mixed_table = read_predictions(mixed_predictions_path, require_all_classes=False)
+        if mixed_table.n_classes != table.n_classes:
+            raise InputError(f"{mixed_predictions_path}: {mixed_table.n_classes} classes, but {predictions_path} "
+                             f"has {table.n_classes}")
+        mixed_calls = protein_calls(mixed_table, prior=prior, allow_mixed_labels=True)
+        mix_rows, mix_summary = check_mixed(mixed_calls, mixed, os.fspath(mixed_path))
     if os.path.exists(out_path):  # written last below: its presence marks a finished step
         os.remove(out_path)
     result_dir = os.path.dirname(os.path.abspath(out_path))
     clear_result(result_dir)
     mix_path = None
     if mix_rows is not None:
-        mix_path = stem + "_mixtures.csv"
+        mix_path = stem + "_mixed.csv"
         with atomic_path(mix_path) as tmp:
             with open(tmp, "w", newline="", encoding="utf-8") as f:
-                w = csv.DictWriter(f, MIXTURE_TABLE_COLUMNS, lineterminator="\n")
+                w = csv.DictWriter(f, MIXED_TABLE_COLUMNS, lineterminator="\n")
                 w.writeheader()
                 for r in mix_rows:
-                    w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+                    w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else "" if v is None else v)
+                                for k, v in r.items()})
     summary = {
         "protein_accuracy": protein_accuracy(calls, 1),
         "protein_accuracy_min10": protein_accuracy(calls, min_cells),
@@ -281,10 +233,11 @@ def run_protein_level(predictions_path, out_path, mixtures_path=None, split="aut
         "n_proteins": int(calls.protein.size),
         "n_cells": int(calls.n_cells.sum()),
         "prior": prior,
-        "mixtures": mix_count,
-        "mixtures_table": os.path.basename(mix_path) if mix_path else None,
+        "mixed": mix_summary,
+        "mixed_table": os.path.basename(mix_path) if mix_path else None,
         "inputs": {"predictions": os.fspath(predictions_path),
-                   "mixtures": os.fspath(mixtures_path) if mixtures_path else None,
+                   "mixed": os.fspath(mixed_path) if mixed_path else None,
+                   "mixed_predictions": os.fspath(mixed_predictions_path) if mixed_predictions_path else None,
                    "split": sorted(set(table.split.tolist()))},
         "command": command,
     }
@@ -299,7 +252,10 @@ CLASSIFIERS = {"network": ("", "proteins", "Network"), "random_forest": ("rf_", 
 
 
 def write_protein_result(out_dir, summary, mix_rows=None, classifier="network", table_file="proteins.csv"):
-    """The result manifest of protein-level calls (see :mod:`deepyeast.report.manifest`)."""
+    """The result manifest of protein-level calls (see :mod:`deepyeast.report.manifest`).
+
+    For the network, the mixed-protein check (paper: proteins with two compartments) is reported,
+    or, without a mixed-protein table, named as not done (``missing``) with its metrics null."""
     if classifier not in CLASSIFIERS:
         raise ValueError(f"classifier must be one of {', '.join(CLASSIFIERS)}, not {classifier!r}")
     prefix, name, who = CLASSIFIERS[classifier]
@@ -311,34 +267,48 @@ def write_protein_result(out_dir, summary, mix_rows=None, classifier="network", 
     text += (f"; {b['correct']} of {b['total']} among proteins with at least {n_min} cells." if b["total"]
              else f"; no protein has {n_min} or more cells.")
     metrics = {prefix + "protein_accuracy": a, prefix + "protein_accuracy_min10": b}
-    paper_key = {"": ("protein_accuracy", "protein_accuracy_min10"), "rf_": ("rf_protein_accuracy", None)}[prefix]
     rows = [headline(prefix + "protein_accuracy", f"{who} accuracy per protein", "proteins",
-                     PAPER_RESULTS.get(paper_key[0])),
+                     paper_result(prefix + "protein_accuracy")),
             headline(prefix + "protein_accuracy_min10", f"{who} accuracy per protein (>= {n_min} cells)", "proteins",
-                     PAPER_RESULTS.get(paper_key[1]) if paper_key[1] else None)]
+                     paper_result(prefix + "protein_accuracy_min10"))]
     table_rows = [["all test proteins", a["correct"], a["total"]],
                   [f"proteins with >= {n_min} cells", b["correct"], b["total"]]]
     tables = []
     missing = []
-    if summary.get("mixtures") is not None:
-        m = summary["mixtures"]
-        metrics["mixed_proteins_top_two" if not prefix else prefix + "mixed_proteins_top_two"] = m
-        table_rows.append(["mixed proteins: both true compartments are the top two", m["correct"], m["total"]])
+    mixed = summary.get("mixed")
+    if classifier == "network":  # the paper checks proteins with two compartments on the network's calls
+        metrics["mixed_proteins_top_two"] = mixed["top_two"] if mixed else None
+        metrics["mixed_proteins_top_three_rest"] = mixed["top_three_rest"] if mixed else None
+        rows += [headline("mixed_proteins_top_two", "Proteins with two compartments: both are the top two calls",
+                          "proteins"),
+                 headline("mixed_proteins_top_three_rest", "... the others: both within the top three calls",
+                          "proteins")]
+    if mixed:
+        t2, t3 = mixed["top_two"], mixed["top_three_rest"]
+        text += (f" Of {t2['total']} proteins with two compartments (kept out of train, val and test), "
+                 f"{t2['correct']} have both as the two most probable compartments; of the other {t3['total']}, "
+                 f"{t3['correct']} have both within the top three.")
         if mix_rows:
             tables.append(table(
-                "Mixed proteins", ["protein", "cells", "true compartments (share)", "top two called", "match"],
-                [[r["protein"], r["n_cells"], f"{r['class_a']} + {r['class_b']} ({r['fraction']:.2f})",
-                  f"{r['top1']}, {r['top2']}", "yes" if r["top_two_match"] else "no"] for r in mix_rows[:15]],
-                "Proteins the screen marks as localized to two compartments; 'match': the two most probable "
-                "compartments are the true two." + (f" First 15 of {len(mix_rows)}." if len(mix_rows) > 15 else ""),
-                file=summary.get("mixtures_table")))
-    elif classifier == "network":  # the paper checks mixed proteins on the network's calls
-        missing.append(missing_part("mixed proteins (both true compartments among the top two calls)",
-                                    "no table of mixed proteins was given", "--mixtures proteins.csv"))
+                "Proteins with two compartments",
+                ["protein", "cells", "true compartments", "top three called (posterior)", "top two", "top three"],
+                [[r["protein"], r["n_cells"], f"{r['class_a']} + {r['class_b']}"
+                  + (f" ({r['fraction']:.2f} : {1 - r['fraction']:.2f})" if r["fraction"] is not None else ""),
+                  ", ".join(f"{r[f'top{j}']} ({r[f'post_top{j}']:.2f})" for j in (1, 2, 3)),
+                  "yes" if r["top_two"] else "no", "yes" if r["top_three"] else "no"] for r in mix_rows[:20]],
+                "One row per protein localised to two compartments; 'top two': the two most probable "
+                "compartments of its posterior are the true two; 'top three': both are among the three most "
+                "probable." + (f" First 20 of {len(mix_rows)}." if len(mix_rows) > 20 else ""),
+                file=summary.get("mixed_table")))
+    elif classifier == "network":
+        missing.append(missing_part(
+            "proteins with two compartments (are both among the top two, else the top three, of the posterior?)",
+            "no table of proteins with two compartments was given; the published archive has none",
+            MIXED_OPTION))
     tables.insert(0, table(f"{who}: protein-level accuracy", ["proteins", "called right", "of"], table_rows,
                            "Counts are proteins; a protein is called right when its most probable compartment "
                            "is its label.", file=table_file))
-    paper = PAPER_RESULTS.get(paper_key[0])
+    paper = PAPER_RESULTS.get(prefix + "protein_accuracy")
     title = f"Protein-level calls: {who.lower()}" + (f" (paper: {100 * paper:.0f}% per protein)" if paper else "")
     return write_result(out_dir, name, title, text,
                         metrics=metrics, headline=rows, tables=tables, missing=missing,

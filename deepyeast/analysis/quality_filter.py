@@ -269,3 +269,52 @@ def write_quality_result(out_dir, summary, figure_file=None, command=None):
     return write_result(out_dir, "quality", "Removing non-cells (paper: 91% per cell after filtering)", text,
                         metrics=metrics, headline=rows, figures=figs, tables=tables, missing=missing,
                         details=summary, seeds={"seed": summary.get("seed")}, command=command, order=20)
+
+
+# --------------------------------------------------------------------------- without a non-cell list
+
+NONCELL_OPTION = "NONCELLS=FILE (make), --noncells FILE (analysis/quality_filter.py)"
+"""How to supply the non-cells the filter learns from (a ``missing`` entry's option)."""
+
+
+def read_noncell_list(path):
+    """A non-cell list: one archive-relative crop path per line (blank lines and ``#`` comments
+    skipped) -> list of str in file order; a path twice is an :class:`InputError` naming the line."""
+    from deepyeast.utils.io import open_input
+
+    out, seen = [], {}
+    with open_input(path, "non-cell list") as f:
+        for lineno, line in enumerate(f, 1):
+            rel = line.split("#", 1)[0].strip()
+            if not rel:
+                continue
+            if len(rel.split()) != 1:
+                raise InputError(f"{path}:{lineno}: expected one crop path, got {line.strip()!r}")
+            if rel in seen:
+                raise InputError(f"{path}:{lineno}: {rel} is also on line {seen[rel]}")
+            seen[rel] = lineno
+            out.append(rel)
+    if not out:
+        raise InputError(f"{path}: the non-cell list names no crop")
+    return out
+
+
+def write_quality_not_run(out_dir, command=None):
+    """The quality filter's manifest when no non-cell list was given: the step is named as not done
+    (``missing``, with the option that supplies the list) and its metrics are null."""
+    from deepyeast.constants import PAPER_RESULTS
+    from deepyeast.report.manifest import headline, missing_part, write_result
+
+    metrics = {"cell_accuracy_filtered": None, "rf_cell_accuracy_filtered": None}
+    rows = [headline("cell_accuracy_filtered", "Network accuracy per cell, non-cells removed", "cells",
+                     PAPER_RESULTS["cell_accuracy_filtered"]),
+            headline("rf_cell_accuracy_filtered", "Random forest accuracy per cell, non-cells removed", "cells",
+                     PAPER_RESULTS["rf_cell_accuracy_filtered"])]
+    text = ("Not run. The paper's non-cell filter is a random forest that learns from crops picked by eye as "
+            "non-cells (118 in the validation set) beside cells both classifiers call right; the published archive "
+            "holds no such labels, so the accuracies after removing non-cells are not reported.")
+    return write_result(out_dir, "quality", "Removing non-cells (paper: 91% per cell after filtering)", text,
+                        metrics=metrics, headline=rows,
+                        missing=[missing_part("non-cell filter", "the published archive has no non-cell labels",
+                                              NONCELL_OPTION)],
+                        command=command, order=20)

@@ -308,3 +308,33 @@ def quality_cv(x, is_cell, mtry=(10, 25, 50, 100), sampling=("none", "balanced")
 def quality_predict(model, x):
     """Probability of being a real cell, float64 N."""
     return np.asarray(_r().r["rf_quality_predict"](model, _matrix(x)), dtype=np.float64)
+
+
+# --------------------------------------------------------------------------- the baseline's result manifest
+
+
+def write_forest_result(out_dir, summary, features, command=None):
+    """The result manifest of the random-forest baseline (see :mod:`deepyeast.report.manifest`):
+    the features it learned from (``features``: :func:`deepyeast.analysis.cp_features.describe_features`,
+    named next to every forest number of the report), the grid, the choice on validation."""
+    from deepyeast.report.manifest import table, write_result
+
+    best = summary["best"]
+    grid = summary["grid"]
+    acc = summary["test_accuracy"]
+    text = (f"R randomForest on {features['text']} Trained on {summary['n_train']:,} cells; ntree, mtry and nodesize "
+            f"were chosen on {summary['n_val']:,} validation cells over the {summary['grid_name']} grid "
+            f"(ntree {grid['ntree']}, mtry {grid['mtry']}, nodesize {grid['nodesize']}): ntree {best.get('ntree')}, "
+            f"mtry {best.get('mtry')}, nodesize {best.get('nodesize')}. It called {acc['correct']:,} of "
+            f"{acc['total']:,} test cells right; its per-cell and per-protein results are in the sections below.")
+    rows = sorted(summary["table"], key=lambda r: -float(r.get("val_accuracy") or 0))[:10]
+    return write_result(
+        out_dir, "forest", "The random-forest baseline and its features", text,
+        tables=[table("Grid points, best on validation first",
+                      ["ntree", "mtry", "nodesize", "validation accuracy"],
+                      [[r.get("ntree"), r.get("mtry"), r.get("nodesize"), f"{float(r.get('val_accuracy')):.3f}"]
+                       for r in rows],
+                      "Validation accuracy: share of the validation cells called right." +
+                      (f" First 10 of {len(summary['table'])}." if len(summary["table"]) > 10 else ""))],
+        details={"cellprofiler_features": features, **{k: v for k, v in summary.items() if k != "table"}},
+        seeds={"seed": summary.get("seed")}, command=command, order=15)

@@ -1,4 +1,4 @@
-"""Transfer learning to unseen compartments with few examples (paper Figure 4C).
+"""Transfer learning to unseen compartments with few examples (paper Figures 4B, 4C and S6).
 
 The trained DeepYeast net is used as a fixed feature extractor on cells of the
 4 transfer compartments (``constants.TRANSFER_CLASS_NAMES``).  For every
@@ -6,6 +6,14 @@ feature set (each layer's activations, and CellProfiler features of the same
 cells) a scikit-learn random forest is trained on 1, 3, 5, ..., 500 examples
 per class, its ``max_features`` chosen on the validation cells, and its
 accuracy measured on all test cells with a bootstrap 95% interval.
+
+As in the paper, the headline (Figure 4C) is the forest on the first fully
+connected layer's features (``fc1``, :data:`HEADLINE_LAYER`) against CellProfiler
+features, with intervals from 20,000 bootstrap resamples
+(:data:`HEADLINE_RESAMPLES`).  Every other layer is the Figure S6 comparison,
+where the layer best on the validation cells is named; it is not the headline.
+Figure 4B is a t-SNE of the transfer cells' fc1 features coloured by
+compartment (:mod:`deepyeast.analysis.interpret.tsne`).
 
 Layer features
 --------------
@@ -43,7 +51,7 @@ from deepyeast import constants
 from deepyeast.analysis.features import (PATHS_FILE, blob_features, has_blob, labels_for_paths, match_paths,
                                          network_blobs, read_cellprofiler_csv, read_paths)
 from deepyeast.utils.plotting import plt, save_figure
-from deepyeast.report.manifest import clear_result, count_metric, figure, headline, table, write_result
+from deepyeast.report.manifest import clear_result, count_metric, figure, headline, missing_part, table, write_result
 from deepyeast.utils.io import InputError, atomic_write_json, write_csv
 from deepyeast.utils.progress import progress
 
@@ -60,6 +68,12 @@ For 512 features that is 22, 9 and 51 features per split; larger fractions
 
 CELLPROFILER = "cellprofiler"
 """Feature-set name of the CellProfiler features."""
+
+HEADLINE_LAYER = "fc1"
+"""The layer whose features give the transfer headline (Figure 4C), the paper's choice."""
+
+HEADLINE_RESAMPLES = 20000
+"""Bootstrap resamples of the headline curves' intervals (the paper's number)."""
 
 RESULT_COLUMNS = ("feature_set", "n_per_class", "n_train", "accuracy", "lo", "hi", "correct", "total",
                   "max_features", "val_accuracy")
@@ -189,23 +203,34 @@ def load_feature_sets(feature_dirs, labels, blobs=None, cp_csv=None, reduce="poo
 
 def run_transfer(feature_dirs, labels, out_dir, class_names=constants.TRANSFER_CLASS_NAMES, blobs=None,
                  cp_csv=None, reduce="pool", n_per_class=N_PER_CLASS, grid=MAX_FEATURES_GRID, n_trees=100,
-                 n_boot=2000, seed=0, n_jobs=None, log=None, model=None, command=None):
+                 n_boot=2000, seed=0, n_jobs=None, log=None, model=None, command=None, headline_layer=HEADLINE_LAYER,
+                 headline_resamples=HEADLINE_RESAMPLES, tsne="fast", n_tsne=1000, features_note=None):
     """Run the transfer-learning curves and write the outputs to ``out_dir``.
 
     Writes ``transfer.csv`` (``RESULT_COLUMNS``, accuracies as fractions),
     ``transfer.json`` (settings, rows, ``transfer_accuracy[feature_set][n]``
-    with counts and interval, the best network layer chosen on validation),
-    ``transfer_layers.{png,pdf}`` (every feature set) and
-    ``transfer_accuracy.{png,pdf}`` (Figure 4C: best layer vs CellProfiler).
+    with counts and interval, the headline layer, the best network layer on validation),
+    ``transfer_accuracy.{png,pdf}`` (Figure 4C: ``headline_layer`` vs CellProfiler, their
+    intervals from ``headline_resamples`` bootstrap resamples), ``transfer_layers.{png,pdf}``
+    (Figure S6: every feature set, intervals from ``n_boot``), ``transfer_tsne.{png,pdf}`` and
+    ``transfer_tsne.csv`` (Figure 4B: t-SNE of up to ``n_tsne`` transfer cells' headline-layer
+    features, ``tsne`` settings of :func:`deepyeast.analysis.interpret.tsne.tsne_embedding`).
     ``n_jobs``: worker processes (one feature set each; None or -1: every core).
-    Returns the JSON dict.
+    ``features_note``: what the CellProfiler features are (:func:`deepyeast.analysis.cp_features.
+    describe_features`), shown next to their numbers.  Returns the JSON dict.
     """
+    from deepyeast.analysis.interpret.tsne import plot_tsne_grid, tsne_embedding
+
     log = log or _log.info
     n_classes = len(class_names)
     sets, y, split, paths = load_feature_sets(feature_dirs, labels, blobs, cp_csv, reduce, model)
     if y.max() >= n_classes:
         raise InputError(f"label {int(y.max())} outside the {n_classes}-class table")
     check_splits(y, split, n_classes, class_names, ", ".join(map(str, np.atleast_1d(feature_dirs))))
+    if headline_layer not in sets:
+        raise InputError(f"{', '.join(map(str, np.atleast_1d(feature_dirs)))}: no {headline_layer} features, the "
+                         f"headline layer (feature sets: {', '.join(sets)}); extract them or choose another with "
+                         "--headline-layer")
     rows = []
     # one process per feature set, each forest single-threaded: the forests are small (4 to
     # 2,000 cells), so per-tree overhead, not arithmetic, dominates and threads would mostly wait
@@ -222,6 +247,9 @@ def run_transfer(feature_dirs, labels, out_dir, class_names=constants.TRANSFER_C
             curves = list(progress(pool.map(_transfer_curve_args, args), total=len(args), desc="transfer",
                                    unit="feature set"))
     for (name, x), curve in zip(sets.items(), curves):
+        if name in (headline_layer, CELLPROFILER):  # Figure 4C: the paper's 20,000 resamples
+            for r in curve:
+                r["lo"], r["hi"] = bootstrap_accuracy_interval(r["correct"], r["total"], headline_resamples, seed=seed)
         rows += curve
         log(f"[transfer] {name} ({x.shape[1]} features): " +
             ", ".join(f"n={r['n_per_class']}: {r['accuracy']:.3f}" for r in curve))
@@ -229,19 +257,29 @@ def run_transfer(feature_dirs, labels, out_dir, class_names=constants.TRANSFER_C
     best_layer = max(network, key=lambda n: np.mean([r["val_accuracy"] for r in rows if r["feature_set"] == n]),
                      default=None)
     counts = {s: int(np.sum(split == s)) for s in ("train", "val", "test")}
+    os.makedirs(out_dir, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    tsne_rows = np.sort(rng.choice(len(paths), size=min(n_tsne, len(paths)), replace=False))
+    embedding = tsne_embedding(sets[headline_layer][tsne_rows], seed, mode=tsne)
+    plot_tsne_grid({headline_layer: embedding}, y[tsne_rows], class_names, os.path.join(out_dir, "transfer_tsne"),
+                   title=f"t-SNE of {len(tsne_rows):,} transfer cells' {headline_layer} features")
+    write_csv(os.path.join(out_dir, "transfer_tsne.csv"),
+              [dict(path=paths[i], split=split[i], label=int(y[i]), x=float(embedding[j, 0]), y=float(embedding[j, 1]))
+               for j, i in enumerate(tsne_rows)])
     result = dict(
         classes=list(class_names), cells=counts, seed=seed, n_trees=n_trees, max_features_grid=list(grid),
-        n_boot=n_boot, conv_reduction=reduce, feature_dims={n: int(x.shape[1]) for n, x in sets.items()},
-        n_per_class_requested=list(n_per_class), best_layer=best_layer, rows=rows,
+        n_boot=n_boot, headline_layer=headline_layer, headline_resamples=headline_resamples,
+        conv_reduction=reduce, feature_dims={n: int(x.shape[1]) for n, x in sets.items()},
+        n_per_class_requested=list(n_per_class), best_layer=best_layer, tsne=tsne, tsne_cells=int(len(tsne_rows)),
+        cellprofiler_features=features_note, rows=rows,
         transfer_accuracy={name: {str(r["n_per_class"]): dict(accuracy=r["accuracy"], correct=r["correct"],
                                                               total=r["total"], lo=r["lo"], hi=r["hi"])
                                   for r in rows if r["feature_set"] == name} for name in sets})
-    os.makedirs(out_dir, exist_ok=True)
     plot_transfer(rows, list(sets), os.path.join(out_dir, "transfer_layers"),
-                  "Transfer to new compartments: every feature set")
-    main_sets = [s for s in (best_layer, CELLPROFILER) if s in sets]
+                  f"Figure S6: every feature set (best on validation: {best_layer})", highlight=best_layer)
+    main_sets = [s for s in (headline_layer, CELLPROFILER) if s in sets]
     plot_transfer(rows, main_sets, os.path.join(out_dir, "transfer_accuracy"),
-                  "Transfer to new compartments (best layer on validation vs CellProfiler)")
+                  f"Figure 4C: transfer to new compartments, {headline_layer} vs CellProfiler features")
     write_results_csv(os.path.join(out_dir, "transfer.csv"), rows)
     atomic_write_json(os.path.join(out_dir, "transfer.json"), result, indent=2)
     write_transfer_result(out_dir, result, command=command)  # last: marks a finished step
@@ -249,53 +287,78 @@ def run_transfer(feature_dirs, labels, out_dir, class_names=constants.TRANSFER_C
 
 
 def transfer_metrics(result):
-    """The ``transfer_accuracy`` metric of ``metrics.json``: {best_layer, network, cellprofiler,
-    by_feature_set}, each curve n -> count {value, correct, total, lo, hi}."""
+    """The ``transfer_accuracy`` metric of ``metrics.json``: {headline_layer, network (its curve),
+    cellprofiler, best_layer (best on validation, Figure S6), by_feature_set}, each curve
+    n -> count {value, correct, total, lo, hi}."""
     by_set = {fs: {n: count_metric(c["correct"], c["total"], c["lo"], c["hi"]) for n, c in curve.items()}
               for fs, curve in result["transfer_accuracy"].items()}
-    best = result["best_layer"]
-    return {"best_layer": best, "network": by_set.get(best) if best else None,
-            "cellprofiler": by_set.get(CELLPROFILER), "by_feature_set": by_set}
+    head = result.get("headline_layer", HEADLINE_LAYER)
+    return {"headline_layer": head, "network": by_set.get(head), "cellprofiler": by_set.get(CELLPROFILER),
+            "best_layer": result["best_layer"], "by_feature_set": by_set}
 
 
 def write_transfer_result(out_dir, result, command=None):
     """The result manifest of transfer learning (see :mod:`deepyeast.report.manifest`)."""
     ta = transfer_metrics(result)
-    best = ta["best_layer"]
+    head, best = ta["headline_layer"], ta["best_layer"]
     metrics = {"transfer_accuracy": ta}
-    rows, headlines = [], []
-    sizes = sorted({int(n) for curve in ta["by_feature_set"].values() for n in curve})
-    for fs, key, label in ((best, "transfer_network_accuracy", f"Transfer, network features ({best})"),
+    headlines = []
+    cp_note = result.get("cellprofiler_features") or {}
+    for fs, key, label in ((head, "transfer_network_accuracy", f"Transfer, network features ({head})"),
                            (CELLPROFILER, "transfer_cellprofiler_accuracy", "Transfer, CellProfiler features")):
         curve = ta["by_feature_set"].get(fs)
         if curve:
             largest = max(curve, key=int)
             metrics[key] = curve[largest]
             headlines.append(headline(key, f"{label}, {largest} cells per class", "cells"))
-    for n in sizes:
-        row = [n]
-        for fs in (best, CELLPROFILER):
-            c = (ta["by_feature_set"].get(fs) or {}).get(str(n))
-            row.append("—" if c is None else f"{c['value']:.3f} [{c['lo']:.3f}, {c['hi']:.3f}]")
-        rows.append(row)
+    sizes = sorted({int(n) for curve in ta["by_feature_set"].values() for n in curve})
+
+    def cell(fs, n):
+        c = (ta["by_feature_set"].get(fs) or {}).get(str(n))
+        return "—" if c is None else f"{c['value']:.3f} [{c['lo']:.3f}, {c['hi']:.3f}]"
+
+    rows = [[n, cell(head, n), cell(CELLPROFILER, n)] for n in sizes]
     cells = result["cells"]
     text = (f"The trained network is a fixed feature extractor for cells of {len(result['classes'])} compartments it "
             f"never saw ({', '.join(result['classes'])}). For each feature set a random forest learns from 1 to "
             f"{sizes[-1] if sizes else 0} cells per class ({cells['train']:,} training cells in all), is chosen on "
-            f"{cells['val']:,} validation cells and scored on {cells['test']:,} test cells. The best network layer "
-            f"on validation is {best}.")
-    tables = [table("Test accuracy by training cells per class",
-                    ["cells per class", f"{best} (best layer on validation) [95% interval]",
-                     "CellProfiler [95% interval]"], rows,
-                    "Accuracy: share of the test cells called right; intervals from bootstrap resamples of the test "
-                    "cells. Every layer's curve is in transfer.csv.", file="transfer.csv")]
-    figures = [f for f in [figure("transfer_accuracy.png", "Figure 4C: transfer accuracy against training cells per class, best "
-                                               "network layer (chosen on validation) vs CellProfiler features; bands: "
-                                               "95% bootstrap intervals."),
-               figure("transfer_layers.png", "Transfer accuracy against training cells per class for every layer's "
-                                             "features.")] if os.path.exists(os.path.join(out_dir, f["file"]))]
-    return write_result(out_dir, "transfer", "Transfer learning to new compartments (paper Figure 4C)", text,
-                        metrics=metrics, headline=headlines, figures=figures, tables=tables,
+            f"{cells['val']:,} validation cells and scored on {cells['test']:,} test cells. As in the paper the "
+            f"headline is the forest on {head} features (Figure 4C, intervals from "
+            f"{result.get('headline_resamples', HEADLINE_RESAMPLES):,} bootstrap resamples); every layer is compared "
+            f"in Figure S6, where {best} is best on the validation cells.")
+    if cp_note.get("text"):
+        text += f" CellProfiler features: {cp_note['text']}"
+    tables = [table("Figure 4C: test accuracy by training cells per class",
+                    ["cells per class", f"{head} [95% interval]", "CellProfiler [95% interval]"], rows,
+                    f"Accuracy: share of the test cells called right; intervals from "
+                    f"{result.get('headline_resamples', HEADLINE_RESAMPLES):,} bootstrap resamples of the test cells.",
+                    file="transfer.csv")]
+    layers = [fs for fs in ta["by_feature_set"] if fs != CELLPROFILER]
+    largest = sizes[-1] if sizes else None
+    if largest is not None:
+        val = {fs: np.mean([r["val_accuracy"] for r in result["rows"] if r["feature_set"] == fs])
+               for fs in layers} if result.get("rows") else {}
+        tables.append(table(
+            "Figure S6: every layer", ["layer", "mean validation accuracy over the curve",
+                                       f"test accuracy, {largest} cells per class [95% interval]"],
+            [[fs + (" (best on validation)" if fs == best else "") + (" (headline)" if fs == head else ""),
+              f"{val[fs]:.3f}" if fs in val else "—", cell(fs, largest)] for fs in layers],
+            f"The layer best on validation is chosen by the mean validation accuracy over the curve; intervals "
+            f"from {result.get('n_boot', 0):,} resamples (the headline's from "
+            f"{result.get('headline_resamples', HEADLINE_RESAMPLES):,})."))
+    figures = [f for f in [
+        figure("transfer_accuracy.png", f"Figure 4C: transfer accuracy against training cells per class, {head} "
+                                        "features vs CellProfiler features; bands: 95% bootstrap intervals."),
+        figure("transfer_tsne.png", f"Figure 4B: t-SNE of {result.get('tsne_cells', 0):,} transfer cells' {head} "
+                                    f"features, coloured by compartment ({result.get('tsne', 'fast')} t-SNE settings)."),
+        figure("transfer_layers.png", f"Figure S6: transfer accuracy against training cells per class for every "
+                                      f"layer's features ({best}: best on validation).")]
+        if os.path.exists(os.path.join(out_dir, f["file"]))]
+    missing = [] if CELLPROFILER in ta["by_feature_set"] else [missing_part(
+        "the CellProfiler curve of Figure 4C", "no CellProfiler features of the transfer cells were given",
+        "--cellprofiler CSV; CP_FEATURES=DIR with transfer_{train,val,test}.csv or transfer.csv")]
+    return write_result(out_dir, "transfer", "Transfer learning to new compartments (paper Figures 4B, 4C, S6)", text,
+                        metrics=metrics, headline=headlines, figures=figures, tables=tables, missing=missing,
                         details={k: v for k, v in result.items() if k not in ("rows", "transfer_accuracy")},
                         seeds={"seed": result["seed"]}, command=command, order=40)
 
@@ -305,14 +368,16 @@ def write_results_csv(path, rows):
     write_csv(path, rows, RESULT_COLUMNS)
 
 
-def plot_transfer(rows, feature_sets, stem, title):
-    """Accuracy (with 95% interval band) vs examples per class, one line per feature set, log x."""
+def plot_transfer(rows, feature_sets, stem, title, highlight=None):
+    """Accuracy (with 95% interval band) vs examples per class, one line per feature set, log x;
+    ``highlight``: a feature set drawn thicker (the best layer on validation)."""
     fig, ax = plt.subplots(figsize=(7.2, 4.4))
     cmap = plt.get_cmap("tab20")
     for i, name in enumerate(feature_sets):
         curve = [r for r in rows if r["feature_set"] == name]
         n = [r["n_per_class"] for r in curve]
-        style = dict(color="black", ls="--", lw=2) if name == CELLPROFILER else dict(color=cmap(i % 20), lw=1.5)
+        style = dict(color="black", ls="--", lw=2) if name == CELLPROFILER else \
+            dict(color=cmap(i % 20), lw=3 if name == highlight else 1.5)
         ax.plot(n, [r["accuracy"] for r in curve], marker="o", ms=3, label=name, **style)
         ax.fill_between(n, [r["lo"] for r in curve], [r["hi"] for r in curve], color=style["color"], alpha=0.12)
     ax.set_xscale("log")

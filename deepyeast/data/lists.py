@@ -181,3 +181,169 @@ def check_splits(list_paths, class_names=None):
                 report["errors"].append(f"{len(shared)} protein(s) in both {a} and {b}, e.g. {shared[0]}")
     report["ok"] = not report["errors"]
     return report, report["ok"]
+
+
+# --------------------------------------------------------------------------- proteins with two compartments
+
+MIXED_COLUMNS = ("protein", "compartment_a", "compartment_b")
+"""Required columns of a mixed-protein table (the paper's proteins with two compartments)."""
+
+MIXED_TABLE = "mixed_proteins.csv"
+"""Name of the mixed-protein table the synthetic screen writes into its main root."""
+
+MIXED_SPLIT = "mixed"
+"""Split name of the mixed proteins' cells in a predictions table (they are in no split list)."""
+
+
+def read_mixed_table(path, class_names=CLASS_NAMES):
+    """Read a table of proteins localised to two compartments.
+
+    CSV with a header holding :data:`MIXED_COLUMNS` (other columns are kept: ``fraction``, the
+    synthetic screen's share of ``compartment_a``, is read when present), one protein a row::
+
+        protein,compartment_a,compartment_b
+        plate03/005012000,nucleus,cytoplasm
+
+    ``protein`` is a protein id as :func:`protein_of` gives it (``plateNN/<f1>``); a compartment
+    is a class name (any case) or index of ``class_names``.  Returns a list of dicts ``{protein,
+    row (1-based data row), classes (a, b) as ints, fraction (float or None)}`` in file order.
+    Errors (an :class:`InputError` naming the row and column): a missing column, an empty or
+    malformed protein, an unknown compartment, the same compartment twice, a protein twice.
+    """
+    import csv
+
+    path = os.fspath(path)
+    lookup = {n.lower(): i for i, n in enumerate(class_names)}
+    out, seen = [], {}
+    with open_input(path, "mixed-protein table", newline="") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        absent = [c for c in MIXED_COLUMNS if c not in header]
+        if absent:
+            raise InputError(f"{path}: missing column(s) {', '.join(absent)} (header: {','.join(header)}; "
+                             f"expected {','.join(MIXED_COLUMNS)})")
+        for row, rec in enumerate(reader, start=1):
+            protein = (rec.get("protein") or "").strip()
+            if not protein or protein.count("/") != 1 or not all(protein.split("/")):
+                raise InputError(f"{path}: row {row}, column 'protein': {protein!r} is not a protein id "
+                                 "'plateNN/<f1>'")
+            if protein in seen:
+                raise InputError(f"{path}: row {row}, column 'protein': {protein} is also on row {seen[protein]}")
+            classes = []
+            for col in MIXED_COLUMNS[1:]:
+                v = (rec.get(col) or "").strip()
+                if v.lower() in lookup:
+                    classes.append(lookup[v.lower()])
+                    continue
+                try:
+                    c = int(v)
+                except ValueError:
+                    c = -1
+                if not 0 <= c < len(class_names):
+                    raise InputError(f"{path}: row {row}, column '{col}': {v!r} is not a compartment "
+                                     f"(a name of {', '.join(class_names)} or an index 0..{len(class_names) - 1})")
+                classes.append(c)
+            if classes[0] == classes[1]:
+                raise InputError(f"{path}: row {row}: compartment_a and compartment_b are both "
+                                 f"{class_names[classes[0]]!r}; a mixed protein has two different ones")
+            fraction = None
+            if (rec.get("fraction") or "").strip():
+                try:
+                    fraction = float(rec["fraction"])
+                except ValueError:
+                    raise InputError(f"{path}: row {row}, column 'fraction': {rec['fraction']!r} is not a number"
+                                     ) from None
+            seen[protein] = row
+            out.append({"protein": protein, "row": row, "classes": tuple(classes), "fraction": fraction})
+    if not out:
+        raise InputError(f"{path}: no proteins (a header and one row per protein)")
+    return out
+
+
+def write_mixed_table(path, rows, class_names=CLASS_NAMES):
+    """Write ``rows`` (dicts ``protein, classes (a, b)[, fraction, n_cells]``) as a mixed-protein
+    table (:func:`read_mixed_table`), compartments by name, atomically."""
+    lines = [",".join(MIXED_COLUMNS + ("fraction", "n_cells"))]
+    for r in rows:
+        a, b = r["classes"]
+        fraction = "" if r.get("fraction") is None else f"{r['fraction']:.3f}"
+        lines.append(f"{r['protein']},{class_names[a].lower()},{class_names[b].lower()},{fraction},"
+                     f"{r.get('n_cells', '')}")
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def mixed_protein_cells(table_path, class_names=CLASS_NAMES, not_in=()):
+    """The crops of the proteins of a mixed-protein table: ``[(relpath, compartment_a)]``, sorted.
+
+    Crops are found next to the table: ``<table folder>/plateNN/<f1>-*.png`` for each protein
+    ``plateNN/<f1>`` (the synthetic screen writes its table into the main root, among all crops; a
+    user puts the table into the folder holding those proteins' crops, which may be the archive).
+    ``not_in``: split lists the mixed proteins must be absent from (the paper keeps them out of
+    train, val and test).  A protein with no crop, or listed in one of ``not_in``, is an
+    :class:`InputError` naming its row.
+    """
+    rows = read_mixed_table(table_path, class_names)
+    wanted = {r["protein"]: r for r in rows}
+    for list_path in not_in:
+        entries, _ = read_split_list(list_path, class_names_for_list(list_path))
+        for rel, _label in entries:
+            p = protein_of(rel)
+            if p in wanted:
+                raise InputError(f"{table_path}: row {wanted[p]['row']}: protein {p} has cells in {list_path} "
+                                 f"({rel}); proteins with two compartments are kept out of train/val/test")
+    root = os.path.dirname(os.path.abspath(table_path))
+    cells = []
+    by_plate = collections.defaultdict(set)
+    for p in wanted:
+        plate, well = p.split("/")
+        by_plate[plate].add(well)
+    found = collections.Counter()
+    for plate, wells in sorted(by_plate.items()):
+        folder = os.path.join(root, plate)
+        names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+        for name in names:
+            if name.lower().endswith(".png") and name.split("-", 1)[0] in wells:
+                rel = f"{plate}/{name}"
+                p = protein_of(rel)
+                cells.append((rel, wanted[p]["classes"][0]))
+                found[p] += 1
+    for r in rows:
+        if not found[r["protein"]]:
+            raise InputError(f"{table_path}: row {r['row']}: no crops of protein {r['protein']} under "
+                             f"{os.path.join(root, r['protein'].split('/')[0])}/ (expected "
+                             f"{r['protein']}-*.png next to the table)")
+    return cells
+
+
+# --------------------------------------------------------------------------- the archive, for the report
+
+ARCHIVE_LACKS = (
+    ("non-cell labels", "the non-cell filter learns from crops picked by eye as non-cells", "NONCELLS=FILE"),
+    ("proteins with two compartments", "the paper holds them out of the splits and checks their top two calls",
+     "MIXED=FILE"),
+    ("CellProfiler features of Chong et al. (2015)", "the paper's forest learned from 435 whole-image features; "
+     "ours are 430 computed per crop with cp-measure", "CP_FEATURES=DIR"),
+)
+"""What the published archive (split lists, two class tables, PNG crops) does not hold, why the paper
+needs it, and the make option that supplies it."""
+
+
+def write_archive_result(out_dir, report, command=None):
+    """The report's first section for a run on an archive: cells and proteins per split (``report``:
+    :func:`check_splits`'s) and what the archive does not hold (:data:`ARCHIVE_LACKS`)."""
+    from deepyeast.report.manifest import table, write_result
+
+    rows = [[split, s["n_cells"], s["n_proteins"], s["n_proteins_min10"]] for split, s in report["splits"].items()]
+    total = sum(s["n_cells"] for s in report["splits"].values())
+    text = (f"The image archive: {total:,} crops in {len(rows)} split lists, split by protein (no protein is in two "
+            "splits). Like the published DeepYeast archive it holds split lists, two class tables and 64x64 PNG "
+            "crops only; what the paper used beyond them is listed below with the option that supplies it.")
+    return write_result(
+        out_dir, "screen", "The cells: the image archive", text,
+        tables=[table("Cells per split", ["split", "cells", "proteins", f"proteins with >= {MIN_CELLS_PER_PROTEIN} "
+                                                                        "cells"], rows,
+                      "Counts of the split lists (data_prep/check_splits.py)."),
+                table("Not in the archive", ["what", "what the paper does with it", "supply it with"],
+                      [list(x) for x in ARCHIVE_LACKS],
+                      "Without them the analyses that need them are reported as not run.")],
+        details=report, command=command, order=5)

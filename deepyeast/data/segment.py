@@ -93,6 +93,22 @@ class SegmentParams:
             raise InputError("threshold_factor must be > 0, smooth_sigma and split_depth >= 0")
 
 
+PARAM_HELP = {
+    "background_radius": "half-width (px) of the grey opening that estimates the background; above the largest "
+                         "cell radius",
+    "smooth_sigma": "Gaussian denoising (px) before thresholding",
+    "threshold_method": "automatic threshold on the corrected marker",
+    "threshold_factor": "multiplies the automatic threshold (< 1 takes in dim, blurred cell edges)",
+    "min_contrast": "threshold at least this many noise SDs above the background (empty fields stay empty)",
+    "max_hole_area": "fill holes (vacuoles) up to this area (px)",
+    "split_depth": "h (px) of the distance-transform maxima seeding the watershed; larger splits fewer cells",
+    "min_area": "drop objects smaller than this (px): debris, specks",
+    "max_area": "drop objects larger than this (px): unsplit clumps",
+    "border_margin": "drop cells within this many px of the image edge (0 keeps them)",
+}
+"""One line of help per :class:`SegmentParams` field: the command-line options of every step that
+segments (``--background-radius`` ...; :func:`deepyeast.launcher.add_segment_params`)."""
+
 # --------------------------------------------------------------------------- one micrograph
 
 def correct_background(marker, radius=40, sigma=1.0):
@@ -315,29 +331,34 @@ def row_cells(rec, params=SegmentParams(), channels=(0, 1), bits=None, resegment
 
 
 def iter_screen_cells(images_csv, params=SegmentParams(), channels=(0, 1), bits=None, resegment=False,
-                      class_names=CLASS_NAMES, size=IMAGE_SIZE, border="pad", on_bad=None, progress=True):
+                      class_names=CLASS_NAMES, size=IMAGE_SIZE, border="pad", on_bad=None, progress=True,
+                      require=(), desc="cells"):
     """Cells and crops of every micrograph of an images table, labels optional.
 
     ``images_csv``: the table of :func:`deepyeast.data.micrographs.read_images_table`
     (``image`` or ``marker_image,protein_image``; ``plate``, ``protein``,
-    ``label``, ``split``, ``mask`` optional).  Yields, per readable row in
-    table order, ``(rec, mask, cells, crops)``: ``rec`` the row dict
-    (``where``, ``path``, ``plate``, ``protein``, ``label`` (int or None),
-    ...), ``mask`` the label image (given or segmented), ``cells`` the dict of
-    :func:`cells_and_crops` (``cell``, ``x``, ``y``, ``area``, ``padded``) and
-    ``crops`` uint8 ``M x 2 x size x size`` (M may be 0: no cell found).  Bad
-    rows raise ``InputError`` naming table, line and file, or, given
-    ``on_bad(where, err)``, are handed to it and skipped.
+    ``label``, ``split``, ``mask`` optional, unless named in ``require``).
+    Yields, per readable row in table order, ``(rec, mask, cells, crops)``:
+    ``rec`` the row dict (``where``, ``path``, ``plate``, ``protein``,
+    ``label`` (int or None), ..., and ``segmentation``: :func:`row_cells`'s
+    info, ``source`` "given" or "segmented"), ``mask`` the label image (given
+    or segmented), ``cells`` the dict of :func:`cells_and_crops` (``cell``,
+    ``x``, ``y``, ``area``, ``padded``) and ``crops`` uint8
+    ``M x 2 x size x size`` (M may be 0: no cell found).  Bad rows raise
+    ``InputError`` naming table, line and file, or, given ``on_bad(where,
+    err)``, are handed to it and skipped.  ``desc`` names the progress bar
+    (one step per micrograph; the caller's work on a yielded row counts in it).
     """
     on_bad = Rejects() if on_bad is None else on_bad
-    rows = read_images_table(images_csv, class_names, require=(), on_bad=on_bad)
-    for rec in progress_report(rows, desc="cells", unit="image", enabled=None if progress else False):
+    rows = read_images_table(images_csv, class_names, require=require, on_bad=on_bad)
+    for rec in progress_report(rows, desc=desc, unit="image", enabled=None if progress else False):
         try:
-            micro, mask, _ = row_cells(rec, params, channels, bits, resegment)
+            micro, mask, info = row_cells(rec, params, channels, bits, resegment)
             _, cells, crops = cells_and_crops(micro, mask, size=size, border=border)
         except InputError as e:
             on_bad(rec["where"], e)
             continue
+        rec["segmentation"] = info
         yield rec, mask, cells, crops
 
 

@@ -5,7 +5,10 @@ The report is built from the result manifests the analyses write (``*/result.jso
 appears in it without any edit here.  The page, for a biologist:
 
 1. the headline numbers beside the paper's (every manifest's ``headline`` rows), each count
-   saying what it counts, and the paper's comparisons checked on this run;
+   saying what it counts, every forest number marked with what features the forest learned
+   from (the ``forest`` manifest), what was not done for want of data (every manifest's
+   ``missing`` entries, with the option that supplies it), and the paper's comparisons checked
+   on this run;
 2. one section per result, in the manifests' ``order``: a short summary, its figures with
    captions, its short tables with captions, what could not be done and how to get it, and
    every other number behind a collapsed element;
@@ -28,7 +31,7 @@ from deepyeast import __version__
 from deepyeast.report.metrics_json import CHECK_LABELS, assemble_metrics, collect_results, versions
 from deepyeast.utils.io import InputError, atomic_write_json, atomic_write_text
 
-__all__ = ["build_report", "render_html", "OTHER_FIGURE_DIRS"]
+__all__ = ["build_report", "render_html", "OTHER_FIGURE_DIRS", "CSS", "escape", "html_table", "format_count", "Raw"]
 
 OTHER_FIGURE_DIRS = (".", "figures")
 """Folders of the run whose PNGs not named by any manifest are shown under "Other figures"."""
@@ -44,7 +47,7 @@ table{border-collapse:collapse;margin:.6em 0;font-size:.9em}th,td{border:1px sol
 text-align:left;vertical-align:top}th{background:#eef2f7}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .missing{background:#fff3cd;border:1px solid #e0b84c;padding:.6em 1em;margin:1em 0}
 .note{background:#f3f6fa;border-left:3px solid #8aa4c8;padding:.4em .8em}
-.ok{color:#1a7f37}.bad{color:#b42318}.caption{font-size:.9em;color:#444;margin-top:-.3em}
+.ok{color:#1a7f37}.bad{color:#b42318}.notrun{color:#8a6100}.caption{font-size:.9em;color:#444;margin-top:-.3em}
 figure{margin:1.2em 0}figure img{max-width:min(100%,860px);border:1px solid #ddd}figcaption{font-size:.9em;color:#444}
 .wide{overflow-x:auto}pre{background:#f6f8fa;padding:.6em;overflow-x:auto;font-size:.85em}
 details{margin:.8em 0}summary{cursor:pointer;color:#335}
@@ -99,6 +102,11 @@ def _table(header, rows):
     return '<div class="wide">' + "\n".join(out) + "</div>"
 
 
+
+# the page's pieces, shared with the screen-classification report (deepyeast/report/screen_html.py)
+CSS, escape, html_table, format_count, Raw = _CSS, _e, _table, _fmt_count, _Raw
+
+
 def _embed_png(path):
     try:
         with open(path, "rb") as f:
@@ -133,32 +141,83 @@ def _other_figures(run_dir, named):
     return out
 
 
+FOREST_RESULT = "forest"
+"""Name of the random-forest baseline's manifest; its ``details["cellprofiler_features"]`` says what
+features the forest learned from, shown next to every forest number."""
+
+
+def _forest_features(results):
+    """``{short, text}`` of the forest's features, or None (no forest in the run)."""
+    for _folder, r in results:
+        if r["name"] == FOREST_RESULT:
+            f = (r.get("details") or {}).get("cellprofiler_features")
+            if isinstance(f, dict) and f.get("text"):
+                return f
+    return None
+
+
+def _is_forest_metric(name):
+    """A metric that is a number of the random forest (or of CellProfiler features)."""
+    return name.startswith("rf_") or "cellprofiler" in name
+
+
+def _fmt_paper(paper, unit=""):
+    if paper is None:
+        return "—"
+    if isinstance(paper, dict):
+        return _Raw(_fmt_count(paper, unit))
+    return f"{paper:.3f}"
+
+
 def _headline_section(results, metrics):
     rows = []
+    forest = _forest_features(results)
+    marked = False
     for _folder, r in results:
         for h in r.get("headline", []):
-            paper = h.get("paper")
-            rows.append([h.get("label") or h["metric"], _Raw(_fmt_count(metrics.get(h["metric"]), h.get("unit", ""))),
-                         "—" if paper is None else f"{paper:.3f}"])
+            value = metrics.get(h["metric"])
+            if value is None and r.get("missing"):
+                cell = _Raw(f'<span class="notrun">not run: see <a href="#result-{_e(r["name"])}">'
+                            f'{_e(r["title"])}</a></span>')
+            else:
+                cell = _Raw(_fmt_count(value, h.get("unit", "")))
+            label = h.get("label") or h["metric"]
+            if forest and _is_forest_metric(h["metric"]):
+                label += " †"
+                marked = True
+            rows.append([label, cell, _fmt_paper(h.get("paper"), h.get("unit", ""))])
     parts = ["<h2>Headline results beside the paper</h2>"]
     if rows:
         parts.append(_table(["result", "this run: value (right/total) [95% interval]", "paper"], rows))
-        parts.append('<p class="caption">Paper: Pärnamaa &amp; Parts (2017), G3 7:1385. Each count says what it '
-                     "counts (test cells or test proteins); intervals are bootstrap percentiles.</p>")
+        caption = ("Paper: Pärnamaa &amp; Parts (2017), G3 7:1385. Each count says what it counts (test cells or "
+                   "test proteins); intervals are bootstrap percentiles.")
+        if marked:
+            caption += f" † The forest's features: {_e(forest['text'])}"
+        parts.append(f'<p class="caption">{caption}</p>')
     else:
         parts.append("<p>No result of this run reports a headline number.</p>")
+    not_done = [(r, m) for _folder, r in results for m in r.get("missing", [])]
+    if not_done:
+        items = "".join(f'<li><a href="#result-{_e(r["name"])}">{_e(r["title"])}</a>: {_e(m["what"])} — '
+                        f'{_e(m["reason"])}.' + (f" To include it: <code>{_e(m['option'])}</code>." if m.get("option")
+                                                 else "") + "</li>" for r, m in not_done)
+        parts.append(f'<div class="missing" id="not-done"><b>Not done in this run</b> (the data it needs were not '
+                     f"given; each is null in metrics.json and listed under not_provided):<ul>{items}</ul></div>")
     checks = metrics["checks"]
     parts.append("<h3>The paper's comparisons, checked on this run</h3>")
     parts.append(_table(["comparison", "holds"], [
-        [CHECK_LABELS.get(k, k), _Raw('<span class="bad">not evaluated (a result is missing)</span>') if v is None
-         else _Raw(f'<span class="{"ok" if v else "bad"}">{"yes" if v else "NO"}</span>')] for k, v in checks.items()]))
+        [CHECK_LABELS.get(k, k), _Raw('<span class="bad">not evaluated (a result is missing or not run)</span>')
+         if v is None else _Raw(f'<span class="{"ok" if v else "bad"}">{"yes" if v else "NO"}</span>')]
+        for k, v in checks.items()]))
     return "\n".join(parts)
 
 
-def _result_section(run_dir, folder, r, number):
+def _result_section(run_dir, folder, r, number, forest=None):
     parts = [f'<section id="result-{_e(r["name"])}"><h2>{number}. {_e(r["title"])}</h2>']
     if r.get("summary"):
         parts.append(f"<p>{_e(r['summary'])}</p>")
+    if forest and r["name"] != FOREST_RESULT and any(_is_forest_metric(k) for k in r.get("metrics", {})):
+        parts.append(f'<p class="note">Random-forest numbers here learned from {_e(forest["text"])}</p>')
     for f in r.get("figures", []):
         parts.append(_figure(run_dir, os.path.normpath(os.path.join(folder, f["file"])), f.get("caption", "")))
     for t in r.get("tables", []):
@@ -194,8 +253,9 @@ def render_html(run_dir, results, metrics, other_figures, commands, vers, title)
     else:
         parts.append('<p class="ok" id="complete">Every expected result was found.</p>')
     parts.append(_headline_section(results, metrics))
+    forest = _forest_features(results)
     for i, (folder, r) in enumerate(results, start=1):
-        parts.append(_result_section(run_dir, folder, r, i))
+        parts.append(_result_section(run_dir, folder, r, i, forest))
     if other_figures:
         parts.append("<h2>Other figures</h2>")
         for rel in other_figures:

@@ -22,8 +22,8 @@ Schema (``"schema": "deepyeast.result/1"``; only ``name`` and ``title`` are requ
       "tables":   [{"title": "...", "caption": "what each number counts",
                     "columns": ["class", "cells", "recall"], "rows": [["ER", 812, 0.91]],
                     "file": "per_class.csv"}],  # rows shown (keep it short); file: the full table
-      "missing":  [{"what": "mixed proteins", "reason": "the screen names no mixed proteins",
-                    "option": "--mixtures proteins.csv"}],     # parts that could not run, and how to get them
+      "missing":  [{"what": "non-cell filter", "reason": "the published archive has no non-cell labels",
+                    "option": "NONCELLS=FILE"}],          # parts that could not run, and how to get them
       "details":  {...},                       # anything else (settings, raw numbers): metrics.json
                                                # and a collapsed element of the report only
       "seeds":    {"bootstrap": 0},

@@ -10,7 +10,9 @@ missing, and::
     complete      every expected result was found
     missing       expected results not found: {input, path, producer}
     not_provided  parts that could not be done: {input (result name), what, reason, option}
-    paper, seeds, versions, figures
+    paper          the paper's numbers (:data:`~deepyeast.constants.PAPER_RESULTS`); paper_counts those
+                   that are counts, as {value, correct, total}
+    seeds, versions, figures
 """
 
 import importlib.metadata
@@ -20,7 +22,7 @@ import shutil
 import subprocess
 
 from deepyeast import __version__
-from deepyeast.constants import PAPER_RESULTS
+from deepyeast.constants import PAPER_COUNTS, PAPER_RESULTS, paper_result
 from deepyeast.report.manifest import MANIFEST_NAME, find_results
 from deepyeast.utils.io import InputError
 
@@ -32,8 +34,10 @@ EXPECTED_RESULTS = {
     "cells": ("cells", "analysis/evaluate_cells.py --out RUN/cells", ("cell_accuracy", "cell_kappa", "rf_cell_accuracy")),
     "quality": ("quality", "analysis/quality_filter.py --out RUN/quality",
                 ("cell_accuracy_filtered", "rf_cell_accuracy_filtered")),
+    "forest": ("rf", "analysis/random_forest.py --out RUN/rf/cells_test.csv", ()),
     "proteins": ("proteins", "analysis/protein_level.py --out RUN/proteins",
-                 ("protein_accuracy", "protein_accuracy_min10", "mixed_proteins_top_two")),
+                 ("protein_accuracy", "protein_accuracy_min10", "mixed_proteins_top_two",
+                  "mixed_proteins_top_three_rest")),
     "rf_proteins": ("rf_proteins", "analysis/protein_level.py --classifier random_forest --out RUN/rf_proteins",
                     ("rf_protein_accuracy", "rf_protein_accuracy_min10")),
     "transfer": ("transfer", "analysis/transfer.py --out RUN/transfer", ("transfer_accuracy",)),
@@ -173,5 +177,6 @@ def assemble_metrics(run_dir, results, missing, expect=None, extra_not_provided=
     m["not_provided"] = not_provided + list(extra_not_provided)
     m["complete"] = not m["missing"]
     m["paper"] = dict(PAPER_RESULTS)
+    m["paper_counts"] = {k: paper_result(k) for k in PAPER_COUNTS}
     m["seeds"] = seeds
     return m

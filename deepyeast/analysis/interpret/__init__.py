@@ -15,6 +15,7 @@ prototxt): conv1 3 x 3 input pixels, conv2 5, conv3 10, conv4 14, conv5 .. conv8
 
 import logging
 import os
+import warnings
 
 import numpy as np
 
@@ -35,7 +36,7 @@ _log = logging.getLogger(__name__)
 def run_interpretation(feature_dir, out_dir, labels, class_names, blobs=None, cp_csv=None,
                        archive_root=None, lmdb_path=None, n_tsne=1000, n_bins=10,
                        patch_layers=PATCH_LAYERS, neurons=None, n_neurons=4, n_patches=8,
-                       summary="max", tsne_reduce="pool", seed=0, log=None, model=None, command=None):
+                       summary="max", tsne_reduce="pool", seed=0, log=None, model=None, command=None, tsne="fast"):
     """Write the Figure 3 analyses for the cells in ``feature_dir`` to ``out_dir``.
 
     ``labels``: dict path -> (split, label) (``read_label_lists`` /
@@ -48,7 +49,10 @@ def run_interpretation(feature_dir, out_dir, labels, class_names, blobs=None, cp
 
     Outputs: ``tsne.{png,pdf}`` and ``tsne.csv`` (Figure 3B),
     ``patches.{png,pdf}`` (3A), ``neurons_<blob>.csv`` and
-    ``neurons.{png,pdf}`` (3D), ``interpret.json``.  Returns the summary dict.
+    ``neurons.{png,pdf}`` (3D: with CellProfiler features, also the box of their mutual
+    information with the class, on the same quantile bins as the neurons', and
+    ``cellprofiler_mi.csv``), ``interpret.json``.  ``tsne``: "fast" or "paper"
+    (:func:`~deepyeast.analysis.interpret.tsne.tsne_embedding`).  Returns the summary dict.
     """
     log = log or _log.info
     paths = read_paths(os.path.join(feature_dir, PATHS_FILE))
@@ -60,6 +64,8 @@ def run_interpretation(feature_dir, out_dir, labels, class_names, blobs=None, cp
     geometry = network_geometry(model)
     cp = None
     if cp_csv is not None:
+        from deepyeast.analysis.cp_features import describe_features
+
         cp_paths, cp_names, cp_values = read_cellprofiler_csv(cp_csv)
         cp = (cp_names, cp_values[match_paths(paths, cp_paths, f"{cp_csv} (for {feature_dir}/paths.txt)")])
     os.makedirs(out_dir, exist_ok=True)
@@ -68,7 +74,7 @@ def run_interpretation(feature_dir, out_dir, labels, class_names, blobs=None, cp
     h_class = class_entropy(y)
     summary_out = dict(feature_dir=feature_dir, n_cells=len(paths), blobs=list(blobs), seed=seed,
                        n_bins=n_bins, neuron_summary=summary, class_entropy_nats=h_class,
-                       tsne_cells=int(len(tsne_rows)), tsne_reduce=tsne_reduce, layers={})
+                       tsne_cells=int(len(tsne_rows)), tsne_reduce=tsne_reduce, tsne=tsne, layers={})
     embeddings, mi_by_blob, r_by_blob, chance_by_blob = {}, {}, {}, {}
     clear_result(out_dir)
     for blob in progress(blobs, desc="interpret", unit="layer"):
@@ -100,12 +106,28 @@ def run_interpretation(feature_dir, out_dir, labels, class_names, blobs=None, cp
             tsne_x = np.concatenate([means, maxima], 1)[tsne_rows] if spatial else means[tsne_rows]
         else:
             tsne_x = layer_features(act, tsne_reduce, tsne_rows)
-        embeddings[blob] = tsne_embedding(tsne_x, seed)
+        embeddings[blob] = tsne_embedding(tsne_x, seed, mode=tsne)
     tsne_table = [dict(path=paths[i], label=int(y[i]), **{f"{b}_{a}": embeddings[b][j, a_i]
                        for b in blobs for a_i, a in enumerate("xy")}) for j, i in enumerate(tsne_rows)]
     write_csv(os.path.join(out_dir, "tsne.csv"), tsne_table)
     plot_tsne_grid(embeddings, y[tsne_rows], class_names, os.path.join(out_dir, "tsne"))
-    plot_neuron_summary(mi_by_blob, r_by_blob, h_class, os.path.join(out_dir, "neurons"), chance_by_blob)
+    cp_mi = None
+    if cp is not None:  # Figure 3D's CellProfiler box: the same binning as the neurons'
+        finite = np.where(np.isfinite(cp[1]), cp[1], np.nan)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing feature: its median is NaN, then 0
+            median = np.nan_to_num(np.nanmedian(finite, axis=0))
+        finite = np.where(np.isnan(finite), median[None, :], finite)  # a missing value: its feature's median
+        cp_mi = mutual_information_per_neuron(finite, y, n_bins)
+        cp_chance = float(np.median(mutual_information_per_neuron(finite, rng.permutation(y), n_bins)))
+        write_csv(os.path.join(out_dir, "cellprofiler_mi.csv"),
+                  [dict(feature=n, mutual_information=cp_mi[j], mi_fraction=cp_mi[j] / h_class if h_class else 0.0)
+                   for j, n in enumerate(cp[0])])
+        summary_out["cellprofiler"] = dict(n_features=len(cp[0]), mi_median=float(np.median(cp_mi)),
+                                           mi_max=float(cp_mi.max()), mi_shuffled_median=cp_chance,
+                                           features=describe_features(cp[0]))
+    plot_neuron_summary(mi_by_blob, r_by_blob, h_class, os.path.join(out_dir, "neurons"), chance_by_blob,
+                        cp_mi=cp_mi, cp_chance=summary_out.get("cellprofiler", {}).get("mi_shuffled_median"))
     if archive_root is not None or lmdb_path is not None:
         layers = [b for b in patch_layers if b in blobs]
         images = load_cell_images(paths, archive_root, lmdb_path)
@@ -141,14 +163,28 @@ def write_interpret_result(out_dir, summary, command=None):
         if has_r:
             row.append(f"{v['abs_r_median']:.2f}" if "abs_r_median" in v else "—")
         rows.append(row)
+    cp = summary.get("cellprofiler")
+    if cp:
+        row = ["CellProfiler features", cp["n_features"], f"{cp['mi_median']:.3f}", f"{cp['mi_shuffled_median']:.3f}"]
+        if has_r:
+            row.append("—")
+        rows.append(row)
     text = (f"Features of {summary['n_cells']:,} cells at {len(layers)} layers. A neuron's output per cell (spatial "
             f"{summary['neuron_summary']} of its map for a convolution channel) is compared with the cell's "
             f"compartment by mutual information on {summary['n_bins']} quantile bins; the class entropy, the most "
             f"any neuron can reach, is {summary['class_entropy_nats']:.2f} nats.")
+    if cp:
+        text += (f" The CellProfiler box of Figure 3D bins each of {cp['n_features']} features the same way "
+                 f"({cp['features']['text']})")
+    text += f" t-SNE: {summary.get('tsne', 'fast')} settings" + (
+        " (scikit-learn's defaults, as the paper)." if summary.get("tsne") == "paper" else
+        " (standardised features, 50 principal components, 500 iterations: faster than the paper's scikit-learn "
+        "defaults, --tsne paper).")
     figures = [figure("tsne.png", f"Figure 3B: t-SNE of {summary['tsne_cells']:,} cells at each layer, coloured by "
                                   "compartment."),
                figure("neurons.png", "Figure 3D: per layer, the distribution of neurons' mutual information with the "
                                      "compartment (grey x: median with shuffled labels)" +
+                      (", the same for the CellProfiler features (last box)," if cp else "") +
                       (" and of each neuron's strongest correlation to a CellProfiler feature." if has_r else "."))]
     if os.path.exists(os.path.join(out_dir, "patches.png")):
         figures.insert(1, figure("patches.png", "Figure 3A: input patches (each unit's receptive field) that most "
@@ -157,8 +193,9 @@ def write_interpret_result(out_dir, summary, command=None):
         "input patches that most activate neurons (Figure 3A)", "no cell images were given",
         "--archive ROOT or --lmdb DIR")]
     if not has_r:
-        missing.append(missing_part("correlation of neurons to CellProfiler features",
-                                    "no CellProfiler features were given", "--cellprofiler CSV"))
+        missing.append(missing_part("correlation of neurons to CellProfiler features and their mutual information "
+                                    "with the class (Figure 3D)", "no CellProfiler features were given",
+                                    "--cellprofiler CSV"))
     return write_result(out_dir, "interpret", "What the layers encode (paper Figure 3)", text, figures=figures,
                         tables=[table("Neurons per layer", columns, rows,
                                       "Mutual information between a neuron's binned output and the compartment, "

@@ -96,20 +96,29 @@ def _standardize(x):
     return np.divide(x, sd, out=np.zeros_like(x), where=sd > 0)
 
 
-def plot_neuron_summary(mi_by_blob, r_by_blob, h_class, stem, chance_by_blob=None):
+def plot_neuron_summary(mi_by_blob, r_by_blob, h_class, stem, chance_by_blob=None, cp_mi=None, cp_chance=None):
     """Figure 3D: per layer, the distribution of neurons' class MI and best |r| to CellProfiler.
 
-    ``chance_by_blob``: per layer, the median MI with shuffled labels (drawn as x)."""
+    ``chance_by_blob``: per layer, the median MI with shuffled labels (drawn as x).  ``cp_mi``: the
+    CellProfiler features' MI with the class (same binning), drawn as a last box ("CellProfiler")
+    with ``cp_chance`` its shuffled-label median."""
     blobs = list(mi_by_blob)
+    boxes = [mi_by_blob[b] for b in blobs]
+    names = list(blobs)
+    chance = [chance_by_blob[b] for b in blobs] if chance_by_blob else None
+    if cp_mi is not None:
+        boxes.append(cp_mi)
+        names.append("CellProfiler")
+        if chance is not None:
+            chance.append(np.nan if cp_chance is None else cp_chance)
     n_panels = 2 if r_by_blob else 1
-    fig, axes = plt.subplots(1, n_panels, figsize=(0.6 * len(blobs) * n_panels + 3, 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, n_panels, figsize=(0.6 * len(names) * n_panels + 3, 3.6), squeeze=False)
     ax = axes[0, 0]
-    ax.boxplot([mi_by_blob[b] for b in blobs], showfliers=False)
-    ax.set_xticks(range(1, len(blobs) + 1), blobs, rotation=45)
+    ax.boxplot(boxes, showfliers=False)
+    ax.set_xticks(range(1, len(names) + 1), names, rotation=45)
     ax.axhline(h_class, ls="--", color="grey", lw=1, label="class entropy (max)")
-    if chance_by_blob:
-        ax.plot(range(1, len(blobs) + 1), [chance_by_blob[b] for b in blobs], "x", color="grey",
-                label="median with shuffled labels")
+    if chance is not None:
+        ax.plot(range(1, len(names) + 1), chance, "x", color="grey", label="median with shuffled labels")
     ax.set_ylabel("mutual information with class (nats)")
     ax.set_title("Neuron output vs compartment")
     ax.legend(fontsize=8)

@@ -355,13 +355,14 @@ def _protein_style(name, rng):
     return st
 
 
-def _green(cell, rng, set_name, name, style, mixture, difficulty=1.0):
-    if mixture is not None:
-        nuc = _pat_nucleus(cell, rng, dict(nucleolus_dark=False, haze=0.0))
-        cyt = _cytoplasm_fill(cell, rng, 0.0)
-        g = mixture * nuc / max(nuc.max(), 1e-6) + (1 - mixture) * cyt / max(cyt.max(), 1e-6)
-    else:
-        g = _PATTERNS[(set_name, name)](cell, rng, style)
+def _green(cell, rng, set_name, name, style, mixture=None, difficulty=1.0, second=None, second_style=None):
+    """The protein channel of one cell: its class's pattern, or for a protein localised to two
+    compartments (``second``, ``second_style``) both patterns, each scaled to peak 1, weighted
+    ``mixture`` : ``1 - mixture``."""
+    g = _PATTERNS[(set_name, name)](cell, rng, style)
+    if second is not None:
+        h = _PATTERNS[(set_name, second)](cell, rng, second_style)
+        g = mixture * g / max(float(g.max()), 1e-6) + (1 - mixture) * h / max(float(h.max()), 1e-6)
     peak = float(g.max())
     if peak > 0:
         g = g / peak

@@ -11,6 +11,8 @@
   ``_PATTERNS``), scaled by the protein's expression level (log-normal, with a
   share of dim proteins barely above the camera noise) and a per-cell factor.
   All cells also carry weak green autofluorescence following the cytoplasm.
+  A protein localised to two compartments (``mixed_with``) shows both patterns,
+  weighted by its ``mixture_fraction``.
 * Optics and camera: per-cell defocus (most in focus, some strongly blurred),
   uneven illumination (vignetting plus a tilt), background offset, shot noise
   and read noise, quantised to 8 bits with saturation.
@@ -90,6 +92,7 @@ def render_field(rng, protein, n_crops, field_size=FIELD_SIZE):
     names = CLASS_NAMES if protein["set"] == "main" else TRANSFER_CLASS_NAMES
     name = names[protein["label"]]
     style = protein["_style"]
+    second = None if protein.get("mixed_with") is None else names[protein["mixed_with"]]
     n_non = int(rng.binomial(n_crops, protein["noncell_share"]))
     n_cells = n_crops - n_non
     bud_prob = 0.85 if name == "bud neck" else 0.45
@@ -108,7 +111,8 @@ def render_field(rng, protein, n_crops, field_size=FIELD_SIZE):
         d = protein.get("difficulty", 1.0)
         focus = base_focus + (rng.uniform(0.8, 1.6) if r < 0.15 * d else rng.uniform(1.6, 3.0) if r < 0.2 * d else 0.0)
         m = _marker(cell, rng) * marker_level * float(rng.lognormal(0, 0.25))
-        g = _green(cell, rng, protein["set"], name, style, protein["mixture_fraction"], protein.get("difficulty", 1.0))
+        g = _green(cell, rng, protein["set"], name, style, protein.get("mixture_fraction"),
+                   protein.get("difficulty", 1.0), second, protein.get("_style_b"))
         g = g * protein["expression"] * float(rng.lognormal(0, 0.35)) + autofluor * cell.cyto
         _paste(red, _blur(m.astype(np.float32), focus), cy, cx)
         _paste(green, _blur(g.astype(np.float32), focus), cy, cx)

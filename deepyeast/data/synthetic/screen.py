@@ -10,7 +10,7 @@ import numpy as np
 
 from deepyeast.constants import CLASS_NAMES, CLASS_SETS, IMAGE_SIZE, SPLITS, TRANSFER_CLASS_NAMES, list_prefix
 from deepyeast.data.crop_png import write_crop
-from deepyeast.data.lists import write_class_doc, write_split_list
+from deepyeast.data.lists import MIXED_SPLIT, MIXED_TABLE, write_class_doc, write_mixed_table, write_split_list
 from deepyeast.data.micrographs import crop_cells, crop_name
 from deepyeast.data.synthetic.patterns import _protein_style
 from deepyeast.data.synthetic.plan import CELLS_PER_FULL_FIELD, FIELD_SIZE, plan_screen
@@ -27,6 +27,8 @@ def _render_protein(job):
     rng = np.random.default_rng(protein["seed"])
     names = CLASS_NAMES if protein["set"] == "main" else TRANSFER_CLASS_NAMES
     protein = dict(protein, _style=_protein_style(names[protein["label"]], rng))
+    if protein.get("mixed_with") is not None:
+        protein["_style_b"] = _protein_style(names[protein["mixed_with"]], rng)
     n = protein["n_cells"]
     per_field = int(rng.integers(CELLS_PER_FULL_FIELD[0], CELLS_PER_FULL_FIELD[1] + 1))
     n_fields = max(1, math.ceil(n / per_field))
@@ -64,7 +66,9 @@ def _write_screen_root(root, proteins, set_name, field_size, workers, save_field
     if save_fields:
         save_dir = os.path.join(root, "fields")
         os.makedirs(save_dir, exist_ok=True)
-    jobs = [(p, root, field_size, save_dir if i < save_fields else None) for i, p in enumerate(mine)]
+    # fields kept for crop_cells.py: the first proteins of a split (a mixed protein has none to give)
+    keep = {p["protein"] for p in [q for q in mine if q["split"] in SPLITS][:save_fields]}
+    jobs = [(p, root, field_size, save_dir if p["protein"] in keep else None) for p in mine]
     by_protein = {}
     saved = []
     if workers > 1 and len(jobs) > 1:
@@ -81,7 +85,7 @@ def _write_screen_root(root, proteins, set_name, field_size, workers, save_field
         for pid, rows, fields in _progress(map(_render_protein, jobs), len(jobs), progress, set_name):
             by_protein[pid] = rows
             saved.extend((pid, f) for f in fields)
-    lists = {s: [] for s in SPLITS}
+    lists = {s: [] for s in SPLITS + (MIXED_SPLIT,)}
     quality = []
     for p in mine:
         for rel, is_cell, kind, _ in by_protein[p["protein"]]:
@@ -90,20 +94,28 @@ def _write_screen_root(root, proteins, set_name, field_size, workers, save_field
     for s in SPLITS:
         write_split_list(os.path.join(root, f"{prefix}{s}.txt"), lists[s])
     write_class_doc(os.path.join(root, f"{prefix}doc.txt"), names)
+    mixed = [p for p in mine if p["split"] == MIXED_SPLIT]
+    if mixed:  # held out of every split list, both compartments named (the paper's dual-localised proteins)
+        write_mixed_table(os.path.join(root, MIXED_TABLE),
+                          [dict(protein=p["protein"], classes=(p["label"], p["mixed_with"]),
+                                fraction=p["mixture_fraction"], n_cells=len(by_protein[p["protein"]])) for p in mixed],
+                          names)
     atomic_write_text(os.path.join(root, "cell_quality.csv"),
                       "path,is_cell,kind\n" + "".join(f"{r},{q},{k}\n" for r, q, k in quality))
     lines = ["protein,split,label,class,mixture_classes,mixture_fraction,expression,dim,n_cells"]
     for p in mine:
         mix = p["mixture_fraction"]
+        pair = f"{names[p['label']]}+{names[p['mixed_with']]}" if p.get("mixed_with") is not None else ""
         lines.append(",".join([p["protein"], p["split"], str(p["label"]), names[p["label"]],
-                               "nucleus+cytoplasm" if mix is not None else "", f"{mix:.3f}" if mix is not None else "",
+                               pair, f"{mix:.3f}" if mix is not None else "",
                                f"{p['expression']:.1f}", str(int(p["dim"])), str(len(by_protein[p["protein"]]))]))
     atomic_write_text(os.path.join(root, "proteins.csv"), "\n".join(lines) + "\n")
     if save_dir is not None:
         _write_field_tables(save_dir, saved, {p["protein"]: p for p in mine}, names)
     n_padded = sum(r[3] for rows in by_protein.values() for r in rows)
     return {"n_crops": len(quality), "n_noncells": sum(1 for q in quality if q[1] == 0), "n_padded": int(n_padded),
-            "n_proteins": len(mine), "per_split": {s: len(v) for s, v in lists.items()}}
+            "n_proteins": len(mine) - len(mixed), "n_mixed_proteins": len(mixed),
+            "per_split": {s: len(v) for s, v in lists.items() if v or s in SPLITS}}
 
 
 def _write_field_tables(save_dir, saved, proteins, names):
@@ -133,9 +145,11 @@ def make_screen(out_dir, size="tiny", seed=0, workers=None, field_size=FIELD_SIZ
                 difficulty=1.0):
     """Generate a synthetic screen under ``out_dir``.
 
-    Writes ``out_dir/main`` (``HOwt_{train,val,test}.txt``, ``HOwt_doc.txt``) and
+    Writes ``out_dir/main`` (``HOwt_{train,val,test}.txt``, ``HOwt_doc.txt``,
+    ``mixed_proteins.csv``: the proteins with two compartments, whose crops are in no list) and
     ``out_dir/transfer`` (``HOwt_transfer_*.txt``, ``HOwt_transfer_doc.txt``),
-    each with ``plateNN/*.png`` crops, ``proteins.csv`` and ``cell_quality.csv``,
+    each with ``plateNN/*.png`` crops, ``proteins.csv`` and ``cell_quality.csv`` (truth the
+    published archive does not have),
     plus ``out_dir/screen.json`` (parameters and counts).  Each root is written
     atomically.  ``save_fields`` > 0 also keeps the micrographs of the first
     that many proteins of each set as TIFF in ``<root>/fields`` with their true
@@ -211,6 +225,11 @@ def write_screen_result(out_dir, summary, gallery_file, command=None):
             f"marker, green: the protein's compartment pattern), cropped {summary['image_size']} x "
             f"{summary['image_size']} around each cell as real micrographs are.  Proteins are split whole between "
             "train, val and test.")
+    main = summary.get("main") or {}
+    if main.get("n_mixed_proteins"):
+        text += (f"  {main['n_mixed_proteins']} proteins localised to two compartments "
+                 f"({main['per_split'].get(MIXED_SPLIT, 0):,} cells) are kept out of every split, as in the paper, "
+                 f"and listed with both compartments in main/{MIXED_TABLE}.")
     return write_result(out_dir, "screen", "The cells: a synthetic screen", text,
                         figures=[figure(gallery_file, "Two example cells of each compartment (red: cytosolic marker, "
                                                       "green: the tagged protein).")],

@@ -1,0 +1,530 @@
+"""Classify a new screen: micrographs -> cells -> per-cell and per-protein localisation calls.
+
+A lab's screen arrives as micrographs (marker + GFP channel) of strains, without labels or
+segmentation.  :func:`classify_screen` takes an images table (the table of
+:func:`deepyeast.data.micrographs.read_images_table`; ``label`` optional) and a model bundle
+folder (:mod:`deepyeast.model.bundle`) and
+
+1. finds the cells of each micrograph (:func:`deepyeast.data.segment.iter_screen_cells`: the
+   row's ``mask`` when given, else the marker channel is segmented), cuts a crop of the
+   bundle's input size centred on each cell;
+2. runs the bundle's network on every crop (our engine; ``precision`` fp32 = Caffe's
+   arithmetic, or bf16 convolutions on the folded deploy net of
+   :func:`deepyeast.engine.fold.deploy_net`; ``compare_fp32`` also runs fp32 and counts
+   the calls that change);
+3. calls each protein with the paper's Dirichlet model
+   (:func:`deepyeast.analysis.protein_level.dirichlet_map`: uniform prior, the cells'
+   probabilities as soft counts, MAP proportions ``post_k``) and flags calls to check;
+4. writes, as one folder that appears all at once, ``cells.csv``, ``proteins.csv``,
+   ``images.csv``, ``summary.json``, ``report.html`` (with ``gallery/`` and ``figures/``) and,
+   when rows were skipped, ``rejects.txt``.
+
+A *protein* is a (plate, protein) pair of the images table, as the archive's
+``plateNN/<protein>``: its cells are those of every micrograph of that pair.
+
+Flags of a protein call (columns of ``proteins.csv``)
+-----------------------------------------------------
+``few_cells``
+    fewer than ``min_cells`` cells (default 10, the paper's threshold for its 222-protein
+    subset, where it reached 100%).
+``low_confidence``
+    the posterior probability that the called compartment's share exceeds the runner-up's,
+    ``p_call`` = P(theta_top1 > theta_top2 | cells), is below ``confidence`` (default 0.95).
+    Under the Dirichlet posterior ``Dir(alpha)``, ``theta_1 / (theta_1 + theta_2)`` is
+    ``Beta(alpha_1, alpha_2)`` whatever the other shares, so ``p_call`` =
+    ``1 - I_0.5(alpha_1, alpha_2)`` exactly (``I`` the regularised incomplete beta function).
+    It is low when the two leading compartments hold similar soft counts, and when there are
+    too few cells to tell them apart (3 cells all called with certainty: 1 - 0.5^4 = 0.94).
+``possible_dual``
+    the runner-up compartment's share ``top2_share`` is at least ``dual_share`` (default
+    0.25): a quarter of the protein's soft counts or more point to a second compartment, as
+    for a protein split between nucleus and cytoplasm (the paper checks such mixed proteins
+    by their top two compartments).  A network that confuses two compartments raises it too;
+    the gallery shows which.
+``no_cells``
+    no cell was found in any micrograph of the protein (no call).
+
+Where the table gives labels, the per-cell accuracy (with a stratified-bootstrap interval and
+Cohen's kappa, as :mod:`deepyeast.analysis.cell_metrics`) and the per-protein accuracy (all
+proteins, and those with at least ``min_cells`` cells) are computed as in the main report.
+"""
+
+import collections
+import dataclasses
+import json
+import logging
+import os
+
+import numpy as np
+
+from deepyeast.constants import MIN_CELLS_PER_PROTEIN
+from deepyeast.data.micrographs import Rejects
+from deepyeast.data.segment import SegmentParams, iter_screen_cells
+from deepyeast.utils.io import InputError, atomic_path, atomic_write_text, write_csv
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ScreenCells", "ScreenCalls", "classify_screen", "collect_cells", "call_proteins", "protein_flags", "p_call",
+           "DUAL_SHARE", "CONFIDENCE", "GALLERY_CELLS", "PRECISIONS"]
+
+DUAL_SHARE = 0.25
+"""Default ``possible_dual`` threshold on the runner-up compartment's posterior share."""
+CONFIDENCE = 0.95
+"""Default ``low_confidence`` threshold on ``p_call`` (posterior probability that the call leads the runner-up)."""
+GALLERY_CELLS = 8
+"""Default number of cells shown per protein in the report."""
+PRECISIONS = ("fp32", "bf16")  # deepyeast.engine.fold.PRECISIONS, not imported here: no torch at import
+
+
+# --------------------------------------------------------------------------- cells
+
+@dataclasses.dataclass
+class ScreenCells:
+    """The cells of a screen with the network's calls (N cells, K classes), in table order.
+
+    image, protein : object arrays of str (N,); plate : int64 (N,), -1 where the table has none;
+    key : object (N,) protein identity (``plateNN/<protein>``, or the protein without a plate);
+    cell : int64 (N,) label in the mask; x, y : float64 (N,) centroid, pixels (x = column);
+    area : int64 (N,) pixels; padded : bool (N,) crop reached past the image edge (zero-padded);
+    label : int64 (N,), -1 where the row has none; probs : float32 (N, K); pred : int64 (N,);
+    probs_fp32 : float32 (N, K) or None (``compare_fp32``);
+    crops_path : str, raw uint8 N x C x S x S crops on disk (:meth:`crops`);
+    images : list of dicts, one per readable micrograph (where, image, plate, protein, key,
+    label, source, n_cells, first (index of its first cell)).
+    """
+
+    image: np.ndarray
+    protein: np.ndarray
+    plate: np.ndarray
+    key: np.ndarray
+    cell: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    area: np.ndarray
+    padded: np.ndarray
+    label: np.ndarray
+    probs: np.ndarray
+    pred: np.ndarray
+    probs_fp32: object
+    crops_path: str
+    crop_shape: tuple
+    images: list
+
+    @property
+    def n_cells(self):
+        return int(self.cell.shape[0])
+
+    def crops(self):
+        """uint8 N x C x S x S crops (a read-only memory map of ``crops_path``)."""
+        if self.n_cells == 0:
+            return np.zeros((0,) + tuple(self.crop_shape), np.uint8)
+        return np.memmap(self.crops_path, np.uint8, "r", shape=(self.n_cells,) + tuple(self.crop_shape))
+
+
+def protein_key(plate, protein):
+    """The protein identity of an images-table row: ``plateNN/<protein>`` (the archive's), or the protein alone."""
+    return protein if plate is None else f"plate{plate:02d}/{protein}"
+
+
+def collect_cells(bundle, images_csv, crops_path, params=SegmentParams(), channels=(0, 1), bits=None,
+                  resegment=False, border="pad", precision="fp32", compare_fp32=False, device="cpu", batch=100,
+                  on_bad=None, progress=True):
+    """Find, crop and classify every cell of an images table; returns :class:`ScreenCells`.
+
+    ``bundle``: a :class:`deepyeast.model.Bundle` whose input is 2 x S x S crops; its class
+    table parses the ``label`` column (index or name).  Crops are appended to the raw file
+    ``crops_path`` (uint8, N x 2 x S x S, C order) so that memory stays bounded on a large
+    screen.  Rows are read with ``protein`` required; bad rows raise ``InputError`` naming
+    table, line and file, or go to ``on_bad(where, err)``.
+    """
+    c, h, w = bundle.input_shape
+    if c != 2 or h != w:
+        raise InputError(f"{bundle.path}: the model takes {c} x {h} x {w} inputs; classifying micrographs needs "
+                         "2-channel square crops (marker, protein)")
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    predictor = bundle.predictor(device=device, precision=precision, batch=batch)
+    reference = bundle.predictor(device=device, precision="fp32", batch=batch) \
+        if compare_fp32 and precision != "fp32" else None
+    cols = collections.defaultdict(list)
+    probs, probs_ref, images = [], [], []
+    pending, pending_n = [], 0
+
+    def flush():
+        nonlocal pending, pending_n
+        if pending_n:
+            stack = np.concatenate(pending)
+            probs.append(predictor(stack))
+            if reference is not None:
+                probs_ref.append(reference(stack))
+        pending, pending_n = [], 0
+
+    n = 0
+    with open(crops_path, "wb") as raw:
+        for rec, _mask, cells, crops in iter_screen_cells(
+                images_csv, params, channels, bits, resegment, class_names=bundle.classes, size=h, border=border,
+                on_bad=on_bad, progress=progress, require=("protein",), desc="classify"):
+            m = len(crops)
+            key = protein_key(rec["plate"], rec["protein"])
+            images.append(dict(where=rec["where"], image=rec["image"], plate=rec["plate"], protein=rec["protein"],
+                               key=key, label=rec["label"], source=rec["segmentation"]["source"], n_cells=m,
+                               first=n))
+            if m == 0:
+                log.warning("%s: no cell found in %s", rec["where"], rec["path"])
+                continue
+            raw.write(np.ascontiguousarray(crops, np.uint8).tobytes())
+            cols["image"] += [rec["image"]] * m
+            cols["protein"] += [rec["protein"]] * m
+            cols["plate"] += [-1 if rec["plate"] is None else rec["plate"]] * m
+            cols["key"] += [key] * m
+            cols["label"] += [-1 if rec["label"] is None else rec["label"]] * m
+            for name in ("cell", "x", "y", "area", "padded"):
+                cols[name].append(np.asarray(cells[name]))
+            pending.append(crops)
+            pending_n += m
+            n += m
+            if pending_n >= batch:
+                flush()
+        flush()
+    k = len(bundle.classes)
+    probs = np.concatenate(probs) if probs else np.zeros((0, k), np.float32)
+
+    def cat(name, dtype):
+        return np.concatenate(cols[name]).astype(dtype) if cols[name] else np.zeros(0, dtype)
+
+    return ScreenCells(
+        image=np.asarray(cols["image"], object), protein=np.asarray(cols["protein"], object),
+        plate=np.asarray(cols["plate"], np.int64), key=np.asarray(cols["key"], object),
+        cell=cat("cell", np.int64), x=cat("x", np.float64), y=cat("y", np.float64), area=cat("area", np.int64),
+        padded=cat("padded", bool), label=np.asarray(cols["label"], np.int64), probs=probs,
+        pred=probs.argmax(axis=1).astype(np.int64) if len(probs) else np.zeros(0, np.int64),
+        probs_fp32=np.concatenate(probs_ref) if probs_ref else (np.zeros((0, k), np.float32)
+                                                                 if reference is not None else None),
+        crops_path=crops_path, crop_shape=(c, h, w), images=images)
+
+
+# --------------------------------------------------------------------------- proteins
+
+def p_call(alpha_top1, alpha_top2):
+    """P(theta_top1 > theta_top2) under a Dirichlet posterior with these two concentrations.
+
+    ``theta_1 / (theta_1 + theta_2) ~ Beta(alpha_1, alpha_2)``, so this is
+    ``P(Beta > 1/2) = I_{1/2}(alpha_2, alpha_1)`` (array in, array out).
+    """
+    from scipy.special import betainc
+
+    return betainc(np.asarray(alpha_top2, float), np.asarray(alpha_top1, float), 0.5)
+
+
+def protein_flags(n_cells, posterior, alpha, min_cells=MIN_CELLS_PER_PROTEIN, confidence=CONFIDENCE,
+                  dual_share=DUAL_SHARE):
+    """Top two compartments and the flags of protein calls (see the module doc).
+
+    ``n_cells`` int (P,), ``posterior`` float (P, K) MAP shares, ``alpha`` float (P, K)
+    concentrations.  Returns a dict of (P,) arrays: ``top1``, ``top2`` (int), ``top1_share``,
+    ``top2_share``, ``p_call`` (float), ``few_cells``, ``low_confidence``, ``possible_dual`` (bool).
+    """
+    posterior = np.asarray(posterior, float)
+    alpha = np.asarray(alpha, float)
+    order = np.argsort(-posterior, axis=1, kind="stable")
+    rows = np.arange(posterior.shape[0])
+    top1, top2 = order[:, 0], order[:, 1]
+    p = p_call(alpha[rows, top1], alpha[rows, top2])
+    return {"top1": top1, "top2": top2, "top1_share": posterior[rows, top1], "top2_share": posterior[rows, top2],
+            "p_call": p, "few_cells": np.asarray(n_cells) < min_cells, "low_confidence": p < confidence,
+            "possible_dual": posterior[rows, top2] >= dual_share}
+
+
+@dataclasses.dataclass
+class ScreenCalls:
+    """Protein calls of a screen (P proteins in table order of first appearance).
+
+    key, plate (int, -1 none), protein : (P,); n_images, n_cells : int64 (P,); label : int64
+    (P,), -1 unknown; pred : int64 (P,), -1 without cells; alpha, posterior : float64 (P, K)
+    (NaN without cells); flags : dict of :func:`protein_flags` arrays (+ ``no_cells``);
+    pred_fp32 : int64 (P,) or None (the calls from fp32 probabilities, with ``compare_fp32``).
+    """
+
+    key: np.ndarray
+    plate: np.ndarray
+    protein: np.ndarray
+    n_images: np.ndarray
+    n_cells: np.ndarray
+    label: np.ndarray
+    pred: np.ndarray
+    alpha: np.ndarray
+    posterior: np.ndarray
+    flags: dict
+    pred_fp32: object = None
+
+
+def _dirichlet(probs, keys, all_keys, k):
+    from deepyeast.analysis.protein_level import dirichlet_map
+
+    alpha = np.full((len(all_keys), k), np.nan)
+    post = np.full((len(all_keys), k), np.nan)
+    if len(keys):
+        ids, _, a, theta = dirichlet_map(probs, keys)
+        index = {p: i for i, p in enumerate(all_keys)}
+        at = [index[p] for p in ids]
+        alpha[at], post[at] = a, theta
+    return alpha, post
+
+
+def call_proteins(cells, n_classes, min_cells=MIN_CELLS_PER_PROTEIN, confidence=CONFIDENCE, dual_share=DUAL_SHARE):
+    """Dirichlet calls (:func:`deepyeast.analysis.protein_level.dirichlet_map`) of every protein of ``cells``.
+
+    Every protein with a readable micrograph is listed, those without cells too.  A protein
+    whose rows give different labels is an ``InputError`` naming both rows.
+    """
+    order, info = [], {}
+    for im in cells.images:
+        if im["key"] not in info:
+            order.append(im["key"])
+            info[im["key"]] = dict(plate=im["plate"], protein=im["protein"], n_images=0, label=None, where=None)
+        p = info[im["key"]]
+        p["n_images"] += 1
+        if im["label"] is not None:
+            if p["label"] is not None and p["label"] != im["label"]:
+                raise InputError(f"{im['where']}: protein {im['key']} has label {im['label']} here but "
+                                 f"{p['label']} on {p['where']}")
+            p["label"], p["where"] = im["label"], im["where"]
+    index = {key: i for i, key in enumerate(order)}
+    n_cells = np.bincount(np.asarray([index[k] for k in cells.key], np.int64), minlength=len(order)).astype(np.int64)
+    alpha, post = _dirichlet(cells.probs, cells.key, order, n_classes)
+    has = n_cells > 0
+    pred = np.full(len(order), -1, np.int64)
+    flags = {name: np.zeros(len(order), dt) for name, dt in (
+        ("top1", np.int64), ("top2", np.int64), ("top1_share", float), ("top2_share", float), ("p_call", float),
+        ("few_cells", bool), ("low_confidence", bool), ("possible_dual", bool))}
+    flags["top1"][:] = flags["top2"][:] = -1
+    flags["top1_share"][:] = flags["top2_share"][:] = flags["p_call"][:] = np.nan
+    if has.any():
+        f = protein_flags(n_cells[has], post[has], alpha[has], min_cells, confidence, dual_share)
+        for name, values in f.items():
+            flags[name][has] = values
+        pred[has] = f["top1"]
+    flags["few_cells"] = n_cells < min_cells
+    flags["no_cells"] = ~has
+    pred_fp32 = None
+    if cells.probs_fp32 is not None:
+        _, post32 = _dirichlet(cells.probs_fp32, cells.key, order, n_classes)
+        pred_fp32 = np.full(len(order), -1, np.int64)
+        pred_fp32[has] = np.argmax(post32[has], axis=1)
+    return ScreenCalls(
+        key=np.asarray(order, object), plate=np.asarray([-1 if info[k]["plate"] is None else info[k]["plate"]
+                                                         for k in order], np.int64),
+        protein=np.asarray([info[k]["protein"] for k in order], object),
+        n_images=np.asarray([info[k]["n_images"] for k in order], np.int64), n_cells=n_cells,
+        label=np.asarray([-1 if info[k]["label"] is None else info[k]["label"] for k in order], np.int64),
+        pred=pred, alpha=alpha, posterior=post, flags=flags, pred_fp32=pred_fp32)
+
+
+# --------------------------------------------------------------------------- accuracy (labels given)
+
+def accuracies(cells, calls, n_classes, min_cells=MIN_CELLS_PER_PROTEIN, n_resamples=2000, seed=0):
+    """Per-cell and per-protein accuracy where labels are given (None when no row has a label).
+
+    As in the main report: per cell a count with a stratified-bootstrap 95% interval
+    (:func:`deepyeast.analysis.cell_metrics.bootstrap_precision_recall`) and Cohen's kappa;
+    per protein the MAP call against the label, over all labelled proteins with cells and
+    over those with at least ``min_cells`` cells.
+    """
+    from deepyeast.analysis.cell_metrics import bootstrap_precision_recall, cohen_kappa, count
+
+    lab = cells.label >= 0
+    if not lab.any():
+        return None
+    labels, preds = cells.label[lab], cells.pred[lab]
+    boot = bootstrap_precision_recall(labels, preds, n_classes, n_resamples, seed)
+    cell = count(np.sum(labels == preds), labels.size)
+    cell["lo"], cell["hi"] = boot["accuracy_lo"], boot["accuracy_hi"]
+    known = (calls.label >= 0) & (calls.n_cells > 0)
+    big = known & (calls.n_cells >= min_cells)
+    right = calls.pred == calls.label
+    per_class = [{"class": k, "cells": int(np.sum(labels == k)), "right": int(np.sum((labels == k) & (preds == k))),
+                  "proteins": int(np.sum(known & (calls.label == k))),
+                  "proteins_right": int(np.sum(known & (calls.label == k) & right))} for k in range(n_classes)]
+    return {"cell_accuracy": cell, "cell_kappa": cohen_kappa(labels, preds, n_classes),
+            "protein_accuracy": count(np.sum(right & known), np.sum(known)),
+            "protein_accuracy_min10": count(np.sum(right & big), np.sum(big)), "min_cells": int(min_cells),
+            "labelled_cells": int(lab.sum()), "unlabelled_cells": int((~lab).sum()),
+            "labelled_proteins_without_cells": int(np.sum((calls.label >= 0) & (calls.n_cells == 0))),
+            "per_class": per_class, "n_resamples": int(n_resamples), "seed": int(seed)}
+
+
+# --------------------------------------------------------------------------- tables
+
+def _fmt(v, digits=6):
+    return "" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{float(v):.{digits}g}"
+
+
+def write_cells_table(path, cells, classes):
+    """``cells.csv``: image,plate,protein,cell,x,y,area,padded,pred,class,prob_0..prob_{K-1}[,label,true_class]."""
+    k = len(classes)
+    labelled = bool((cells.label >= 0).any())
+    header = ["image", "plate", "protein", "cell", "x", "y", "area", "padded", "pred", "class"] + \
+        [f"prob_{j}" for j in range(k)] + (["label", "true_class"] if labelled else [])
+
+    def rows():
+        for i in range(cells.n_cells):
+            row = [cells.image[i], "" if cells.plate[i] < 0 else int(cells.plate[i]), cells.protein[i],
+                   int(cells.cell[i]), f"{cells.x[i]:.2f}", f"{cells.y[i]:.2f}", int(cells.area[i]),
+                   int(cells.padded[i]), int(cells.pred[i]), classes[cells.pred[i]]] + \
+                [f"{p:.6g}" for p in cells.probs[i]]
+            if labelled:
+                lab = int(cells.label[i])
+                row += ["", ""] if lab < 0 else [lab, classes[lab]]
+            yield row
+    write_csv(path, rows(), header)
+
+
+PROTEIN_COLUMNS = ("plate", "protein", "n_images", "n_cells", "pred", "class", "top1", "top1_share", "top2",
+                   "top2_share", "p_call", "few_cells", "low_confidence", "possible_dual", "no_cells")
+
+
+def write_proteins_table(path, calls, classes):
+    """``proteins.csv``: one row per protein (see :data:`PROTEIN_COLUMNS`, then ``post_0..post_{K-1}``, and
+    ``label,true_class,correct`` where labels are given)."""
+    k = len(classes)
+    labelled = bool((calls.label >= 0).any())
+    header = list(PROTEIN_COLUMNS) + [f"post_{j}" for j in range(k)] + \
+        (["label", "true_class", "correct"] if labelled else [])
+    f = calls.flags
+
+    def name(j):
+        return "" if j < 0 else classes[j]
+
+    def rows():
+        for i in range(len(calls.key)):
+            has = calls.n_cells[i] > 0
+            row = ["" if calls.plate[i] < 0 else int(calls.plate[i]), calls.protein[i], int(calls.n_images[i]),
+                   int(calls.n_cells[i]), int(calls.pred[i]) if has else "", name(calls.pred[i]),
+                   name(f["top1"][i]), _fmt(f["top1_share"][i]), name(f["top2"][i]), _fmt(f["top2_share"][i]),
+                   _fmt(f["p_call"][i]), int(f["few_cells"][i]), int(f["low_confidence"][i]),
+                   int(f["possible_dual"][i]), int(f["no_cells"][i])] + [_fmt(v, 9) for v in calls.posterior[i]]
+            if labelled:
+                lab = int(calls.label[i])
+                row += ["", "", ""] if lab < 0 else [lab, classes[lab], int(calls.pred[i] == lab) if has else ""]
+            yield row
+    write_csv(path, rows(), header)
+
+
+def write_images_table(path, cells):
+    """``images.csv``: image,plate,protein,mask (given | segmented),n_cells, one row per micrograph read."""
+    write_csv(path, ([im["image"], "" if im["plate"] is None else im["plate"], im["protein"], im["source"],
+                      im["n_cells"]] for im in cells.images), ["image", "plate", "protein", "mask", "n_cells"])
+
+
+# --------------------------------------------------------------------------- the step
+
+def classify_screen(model_dir, images_csv, out_dir, params=SegmentParams(), channels=(0, 1), bits=None,
+                    skip_bad=False, resegment=False, border="pad", precision="fp32", compare_fp32=False,
+                    device="cpu", batch=100, min_cells=MIN_CELLS_PER_PROTEIN, confidence=CONFIDENCE,
+                    dual_share=DUAL_SHARE, gallery_cells=GALLERY_CELLS, n_resamples=2000, seed=0, command=None,
+                    progress=True):
+    """Classify the micrographs of ``images_csv`` with the bundle ``model_dir``; write ``out_dir``.
+
+    See the module doc.  ``out_dir`` (replaced as a whole, atomically) receives:
+
+    * ``cells.csv``: image,plate,protein,cell,x,y,area,padded,pred,class,prob_0..prob_{K-1}
+      (+ label,true_class where the table has labels); x, y the centroid in pixels;
+    * ``proteins.csv``: plate,protein,n_images,n_cells,pred,class,top1,top1_share,top2,
+      top2_share,p_call,few_cells,low_confidence,possible_dual,no_cells,post_0..post_{K-1}
+      (+ label,true_class,correct);
+    * ``images.csv``: image,plate,protein,mask,n_cells per micrograph read;
+    * ``summary.json``: counts, the flags' definitions, accuracies (labels given), the
+      bf16-vs-fp32 changes (``compare_fp32``), the model, the settings and the command;
+    * ``report.html`` with ``figures/`` and ``gallery/`` (one strip of cells per protein);
+    * ``rejects.txt`` when rows were skipped (``skip_bad``).
+
+    Returns the summary dict.  Bad input (model, table, micrograph, mask) raises
+    ``InputError`` naming the file and row, and nothing is written; with ``skip_bad`` bad
+    rows are listed in ``rejects.txt`` and the rest classified.
+    """
+    from deepyeast.model import read_bundle
+    from deepyeast.report.screen_html import write_screen_report
+
+    if not 0 < dual_share <= 1 or not 0 < confidence < 1:
+        raise InputError(f"dual_share must be in (0, 1] and confidence in (0, 1), got {dual_share}, {confidence}")
+    if min_cells < 1 or gallery_cells < 1:
+        raise InputError("min_cells and gallery_cells must be at least 1")
+    bundle = read_bundle(model_dir)
+    classes = list(bundle.classes)
+    rejects = Rejects(skip_bad)
+    with atomic_path(out_dir) as tmp:
+        os.makedirs(tmp)
+        crops_path = os.path.join(tmp, ".crops.u8")
+        cells = collect_cells(bundle, images_csv, crops_path, params, channels, bits, resegment, border, precision,
+                              compare_fp32, device, batch, on_bad=rejects, progress=progress)
+        if not cells.images:
+            raise InputError(f"{images_csv}: no readable micrograph" + (f" ({len(rejects.items)} rows skipped, "
+                                                                          "see the messages above)"
+                                                                          if rejects.items else ""))
+        calls = call_proteins(cells, len(classes), min_cells, confidence, dual_share)
+        acc = accuracies(cells, calls, len(classes), min_cells, n_resamples, seed)
+        summary = _summary(bundle, images_csv, cells, calls, acc, rejects, dict(
+            segmentation=dataclasses.asdict(params), channels=list(channels), bits=bits, resegment=resegment,
+            border=border, precision=precision, device=device, batch=batch, min_cells=min_cells,
+            confidence=confidence, dual_share=dual_share, gallery_cells=gallery_cells, seed=seed), command)
+        write_cells_table(os.path.join(tmp, "cells.csv"), cells, classes)
+        write_proteins_table(os.path.join(tmp, "proteins.csv"), calls, classes)
+        write_images_table(os.path.join(tmp, "images.csv"), cells)
+        rejects.write(tmp)
+        write_screen_report(tmp, bundle, cells, calls, summary, gallery_cells)
+        atomic_write_text(os.path.join(tmp, "summary.json"), json.dumps(summary, indent=1) + "\n")
+        os.remove(crops_path)
+    return summary
+
+
+def _count_flags(calls):
+    f = calls.flags
+    return {name: int(np.sum(f[name])) for name in ("few_cells", "low_confidence", "possible_dual", "no_cells")}
+
+
+def _summary(bundle, images_csv, cells, calls, acc, rejects, settings, command):
+    classes = list(bundle.classes)
+    has = calls.n_cells > 0
+    per_class = np.bincount(calls.pred[has], minlength=len(classes)) if has.any() else np.zeros(len(classes), int)
+    out = {
+        "images_table": os.fspath(images_csv),
+        "model": {"path": os.fspath(bundle.path), "name": bundle.name, "classes": classes,
+                  "input_shape": list(bundle.input_shape), "training": bundle.metadata.get("training", {}),
+                  "metrics": bundle.metadata.get("metrics", {})},
+        "n_images": len(cells.images),
+        "n_segmented": sum(im["source"] == "segmented" for im in cells.images),
+        "n_given_masks": sum(im["source"] == "given" for im in cells.images),
+        "n_cells": cells.n_cells,
+        "n_padded": int(cells.padded.sum()),
+        "n_proteins": int(len(calls.key)),
+        "n_proteins_called": int(has.sum()),
+        "n_rejected": len(rejects.items),
+        "rejected": [{"where": w, "reason": r} for w, r in rejects.items],
+        "images_without_cells": [im["where"] for im in cells.images if im["n_cells"] == 0],
+        "proteins_without_cells": [str(k) for k in calls.key[~has]],
+        "proteins_per_class": {classes[j]: int(per_class[j]) for j in range(len(classes))},
+        "cells_per_protein": ({"min": int(calls.n_cells[has].min()), "median": float(np.median(calls.n_cells[has])),
+                               "max": int(calls.n_cells[has].max())} if has.any() else None),
+        "flags": _count_flags(calls),
+        "flag_definitions": {
+            "few_cells": f"fewer than {settings['min_cells']} cells",
+            "low_confidence": f"p_call < {settings['confidence']}: the posterior probability that the called "
+                              "compartment's share exceeds the runner-up's (Dirichlet posterior, exact)",
+            "possible_dual": f"top2_share >= {settings['dual_share']}: the runner-up compartment holds at least "
+                             "that share of the protein's soft counts",
+            "no_cells": "no cell found in any of the protein's micrographs (no call)"},
+        "accuracy": acc,
+        "precision_check": None,
+        "settings": settings,
+        "command": command,
+    }
+    if cells.probs_fp32 is not None:
+        pred32 = cells.probs_fp32.argmax(axis=1) if cells.n_cells else np.zeros(0, int)
+        changed = calls.pred_fp32 != calls.pred
+        out["precision_check"] = {
+            "precision": settings["precision"], "against": "fp32",
+            "cells_changed": int(np.sum(pred32 != cells.pred)), "cells": cells.n_cells,
+            "proteins_changed": int(np.sum(changed & has)), "proteins": int(has.sum()),
+            "max_abs_prob_difference": float(np.abs(cells.probs_fp32 - cells.probs).max()) if cells.n_cells else 0.0,
+            "changed_proteins": [str(k) for k in calls.key[changed & has]]}
+    return out

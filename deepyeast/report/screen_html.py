@@ -1,0 +1,315 @@
+"""The report of a classified screen (``OUT/report.html`` of ``analysis/classify_screen.py``).
+
+One page for a biologist checking the calls of a new screen:
+
+1. what was classified with which model, and what went wrong (rows skipped, micrographs
+   without cells, proteins without cells);
+2. the screen summary: proteins per called compartment (with the flags), cells per protein
+   (table and figure), and the bf16-vs-fp32 check when it was run;
+3. where the images table gave labels, the per-cell accuracy (bootstrap interval, kappa) and
+   the per-protein accuracy, as in the main report, and per compartment;
+4. the proteins to check (flagged calls), linked to their galleries;
+5. per compartment, per protein: its call, runner-up, shares, flags and a strip of its cells,
+   sorted by each cell's probability of the protein's call (cells that agree first, with a
+   green frame; cells called otherwise last, orange), so a glance tells whether the cells
+   look like the call.  A protein with more cells than fit shows an evenly spaced sample
+   of that order (the most and the least supportive cell always among them).
+
+The page references ``figures/*.png`` and ``gallery/*.png`` next to it (one strip per
+protein: a screen of thousands of proteins would not fit one self-contained page); keep the
+folder together.
+"""
+
+import datetime
+import os
+
+import numpy as np
+
+from deepyeast import __version__
+from deepyeast.report.html import CSS, Raw, escape, format_count, html_table
+
+__all__ = ["write_screen_report", "gallery_order", "render_strip"]
+
+THUMB = 2
+"""Display scale of the 64 px crops (nearest neighbour)."""
+AGREE = (26, 127, 55)      # RGB of the frame of a cell called as its protein
+DISAGREE = (217, 115, 26)  # ... called otherwise
+CHECK_ROWS = 200
+"""Rows of the 'proteins to check' table (all flagged proteins are in proteins.csv)."""
+
+_SCREEN_CSS = """
+.protein{margin:1.2em 0 1.6em 0}.protein .head{margin-bottom:.3em}
+.strip{display:grid;gap:0;justify-content:start}.strip img{grid-row:1;image-rendering:pixelated;
+border:0;display:block}.cap{font-size:.72em;line-height:1.15;padding:.15em .2em 0 .1em;overflow-wrap:anywhere}
+.cap.agree{color:#1a7f37}.cap.disagree{color:#b3540f}.flag{display:inline-block;font-size:.75em;padding:0 .4em;
+margin-left:.3em;border-radius:.6em;background:#fde7c8;color:#7a3d00}.flag.ok{background:#dff3e4;color:#1a5f2f}
+.flag.wrong{background:#fbd5d5;color:#8a1c1c}.muted{color:#666}
+"""
+
+FLAG_TEXT = {"few_cells": "few cells", "low_confidence": "low confidence", "possible_dual": "possible dual",
+             "no_cells": "no cells"}
+
+
+def _name(protein, plate):
+    return f"plate {int(plate)} · {protein}" if plate >= 0 else str(protein)
+
+
+def gallery_order(probs, call):
+    """Cell order of a protein's gallery: by probability of the protein's ``call``, highest first.
+
+    ``probs`` float (n, K) of the protein's cells.  Returns int indices (n,) (stable).
+    """
+    return np.argsort(-np.asarray(probs)[:, call], kind="stable")
+
+
+def _sample(order, n):
+    if len(order) <= n:
+        return order
+    return order[np.unique(np.round(np.linspace(0, len(order) - 1, n)).astype(int))]
+
+
+def render_strip(crops, agree):
+    """uint8 RGB strip (64 x 64n x 3) of crops (n x 2 x 64 x 64): red marker, green protein, each
+    channel stretched to its maximum, a 2 px frame green where ``agree`` else orange."""
+    from deepyeast.utils.plotting import crop_rgb
+
+    tiles = []
+    for crop, ok in zip(crops, agree):
+        tile = (crop_rgb(crop, marker_gain=0.8) * 255).round().astype(np.uint8)
+        tile[:2], tile[-2:], tile[:, :2], tile[:, -2:] = (AGREE if ok else DISAGREE,) * 4
+        tiles.append(tile)
+    return np.concatenate(tiles, axis=1)
+
+
+def _write_png(path, rgb):
+    from deepyeast.data.crop_png import quiet_cv2
+
+    cv2 = quiet_cv2()
+    ok, data = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))
+    if not ok:
+        raise OSError(f"{path}: PNG encoding failed")
+    with open(path, "wb") as f:
+        f.write(data.tobytes())
+
+
+def _summary_figure(out_dir, calls, classes, min_cells):
+    from deepyeast.utils.plotting import NETWORK_COLOR, plt, save_figure
+
+    has = calls.n_cells > 0
+    per = np.bincount(calls.pred[has], minlength=len(classes))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [1.25, 1]})
+    y = np.arange(len(classes))[::-1]
+    a.barh(y, per, color=NETWORK_COLOR)
+    a.set_yticks(y, classes, fontsize=8)
+    a.set_xlabel("proteins called")
+    a.set_title("Proteins per called compartment", fontsize=10)
+    n = calls.n_cells[has]
+    if n.size:
+        bins = np.unique(np.round(np.geomspace(1, max(2, n.max() + 1), 25)).astype(int))
+        b.hist(n, bins=bins, color=NETWORK_COLOR)
+        b.set_xscale("log")
+    b.axvline(min_cells, color="#b42318", linestyle="--", linewidth=1, label=f"{min_cells} cells")
+    b.legend(fontsize=8, frameon=False)
+    b.set_xlabel("cells per protein")
+    b.set_ylabel("proteins")
+    b.set_title("Cells per protein", fontsize=10)
+    fig.tight_layout()
+    rel = os.path.join("figures", "screen_summary.png")
+    os.makedirs(os.path.join(out_dir, "figures"), exist_ok=True)
+    save_figure(fig, os.path.join(out_dir, rel), dpi=110, formats=("png",))
+    return rel
+
+
+def _flags_html(calls, i):
+    out = [f'<span class="flag">{escape(FLAG_TEXT[k])}</span>' for k in FLAG_TEXT if calls.flags[k][i]]
+    return "".join(out)
+
+
+def _truth_html(calls, i, classes):
+    lab = int(calls.label[i])
+    if lab < 0:
+        return ""
+    if calls.n_cells[i] == 0:
+        return f' <span class="muted">label: {escape(classes[lab])}</span>'
+    ok = calls.pred[i] == lab
+    return (f' <span class="flag {"ok" if ok else "wrong"}">label: {escape(classes[lab])} — '
+            f'{"right" if ok else "wrong"}</span>')
+
+
+def _protein_block(out_dir, i, calls, cells, rows_of, crops, classes, gallery_cells):
+    f = calls.flags
+    call = int(calls.pred[i])
+    rows = rows_of[i]
+    order = rows[gallery_order(cells.probs[rows], call)]
+    shown = _sample(order, gallery_cells)
+    agree = cells.pred[shown] == call
+    rel = os.path.join("gallery", f"p{i:05d}.png")
+    _write_png(os.path.join(out_dir, rel), render_strip(crops[shown], agree))
+    size = crops.shape[-1] * THUMB
+    head = (f"<b>{escape(_name(calls.protein[i], calls.plate[i]))}</b>: <b>{escape(classes[call])}</b> "
+            f"{f['top1_share'][i]:.2f}; runner-up {escape(classes[f['top2'][i]])} {f['top2_share'][i]:.2f}; "
+            f"P(call leads) {f['p_call'][i]:.3f}; {int(calls.n_cells[i])} cells in {int(calls.n_images[i])} "
+            f"micrograph{'s' if calls.n_images[i] != 1 else ''}"
+            + (f", {len(shown)} shown" if len(shown) < len(rows) else "")
+            + _flags_html(calls, i) + _truth_html(calls, i, classes))
+    caps = []
+    for j, r in enumerate(shown):
+        p = int(cells.pred[r])
+        caps.append(f'<div class="cap {"agree" if p == call else "disagree"}" style="grid-column:{j + 1}">'
+                    f"{escape(classes[p])} {cells.probs[r, p]:.2f}</div>")
+    return (f'<div class="protein" id="p{i}"><div class="head">{head}</div>'
+            f'<div class="strip" style="grid-template-columns:repeat({len(shown)},{size}px)">'
+            f'<img src="{escape(rel)}" alt="cells of {escape(_name(calls.protein[i], calls.plate[i]))}" '
+            f'style="grid-column:1/-1;width:{size * len(shown)}px;height:{size}px">'
+            + "".join(caps) + "</div></div>")
+
+
+def _accuracy_section(acc, classes):
+    parts = ["<h2>Accuracy against the labels in the images table</h2>",
+             f"<p>{acc['labelled_cells']:,} cells of labelled micrographs"
+             + (f" ({acc['unlabelled_cells']:,} cells had no label)" if acc["unlabelled_cells"] else "") + ".</p>"]
+    rows = [["per cell", Raw(format_count(acc["cell_accuracy"], "cells")), f"{acc['cell_kappa']:.3f}"],
+            ["per protein", Raw(format_count(acc["protein_accuracy"], "proteins")), "—"],
+            [f"per protein, ≥ {acc['min_cells']} cells", Raw(format_count(acc["protein_accuracy_min10"], "proteins")),
+             "—"]]
+    parts.append(html_table(["accuracy", "value (right/total) [95% interval]", "Cohen's kappa"], rows))
+    parts.append('<p class="caption">Per cell: a cell is right when its most probable compartment is its '
+                 "micrograph's label; the interval is a stratified bootstrap over cells "
+                 f"({acc['n_resamples']:,} resamples). Per protein: the Dirichlet call (the paper's) against the "
+                 "label, over labelled proteins with cells.</p>")
+    per = [[classes[r["class"]], r["cells"], r["right"], r["proteins"], r["proteins_right"]]
+           for r in acc["per_class"] if r["cells"] or r["proteins"]]
+    parts.append(html_table(["labelled compartment", "cells", "cells right", "proteins", "proteins right"], per))
+    return "\n".join(parts)
+
+
+def write_screen_report(out_dir, bundle, cells, calls, summary, gallery_cells=8):
+    """Write ``out_dir/report.html`` with ``out_dir/figures/`` and ``out_dir/gallery/`` (see the module doc).
+
+    ``cells``, ``calls``: :class:`deepyeast.analysis.classify.ScreenCells` and
+    :class:`~deepyeast.analysis.classify.ScreenCalls`; ``summary``: the step's summary dict.
+    """
+    classes = list(bundle.classes)
+    has = calls.n_cells > 0
+    f = calls.flags
+    crops = cells.crops()
+    index = {k: i for i, k in enumerate(calls.key)}
+    rows_of = [[] for _ in calls.key]
+    for r, k in enumerate(cells.key):
+        rows_of[index[k]].append(r)
+    rows_of = [np.asarray(r, np.int64) for r in rows_of]
+    os.makedirs(os.path.join(out_dir, "gallery"), exist_ok=True)
+    fig = _summary_figure(out_dir, calls, classes, summary["settings"]["min_cells"])
+    s = summary
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    title = f"DeepYeast screen classification: {os.path.basename(s['images_table'])}"
+    training = s["model"].get("training") or {}
+    metrics = s["model"].get("metrics") or {}
+    model_bits = [f"<b>{escape(bundle.name or 'model')}</b> (<code>{escape(bundle.path)}</code>): "
+                  f"{len(classes)} compartments, input {' × '.join(map(str, bundle.input_shape))}"]
+    if training.get("data"):
+        model_bits.append(f"trained on {escape(training['data'])}")
+    if isinstance(metrics.get("cell_accuracy"), dict):
+        model_bits.append(f"its own test accuracy per cell {format_count(metrics['cell_accuracy'], 'cells')}")
+    parts = [f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
+             f"<style>{CSS}{_SCREEN_CSS}</style></head><body>", f"<h1>{escape(title)}</h1>",
+             f"<p>Images table <code>{escape(s['images_table'])}</code>; model " + "; ".join(model_bits)
+             + f". Generated {escape(now)} by deepyeast {escape(__version__)}.</p>"]
+    problems = []
+    if s["rejected"]:
+        problems.append(f"{len(s['rejected'])} row(s) of the images table were skipped (rejects.txt): "
+                        + "".join(f"<br><code>{escape(r['where'])}</code>: {escape(r['reason'])}"
+                                  for r in s["rejected"][:20]))
+    if s["images_without_cells"]:
+        problems.append(f"{len(s['images_without_cells'])} micrograph(s) without a cell found: "
+                        + ", ".join(f"<code>{escape(w)}</code>" for w in s["images_without_cells"][:50]))
+    if s["proteins_without_cells"]:
+        problems.append(f"{len(s['proteins_without_cells'])} protein(s) without cells (no call): "
+                        + ", ".join(escape(p) for p in s["proteins_without_cells"][:50]))
+    if problems:
+        parts.append('<div class="missing" id="problems"><b>Check these first.</b><ul>'
+                     + "".join(f"<li>{p}</li>" for p in problems) + "</ul></div>")
+
+    # ---- summary
+    parts.append('<h2 id="summary">Screen summary</h2>')
+    parts.append(html_table(["", "count"], [
+        ["micrographs read", s["n_images"]], ["… segmented here", s["n_segmented"]],
+        ["… with a mask given in the table", s["n_given_masks"]], ["cells", s["n_cells"]],
+        ["cells whose crop reached past the image edge (zero-padded)", s["n_padded"]],
+        ["proteins", s["n_proteins"]], ["proteins called (with cells)", s["n_proteins_called"]]]))
+    comp_rows = []
+    for j, name in enumerate(classes):
+        sel = has & (calls.pred == j)
+        comp_rows.append([Raw(f'<a href="#c{j}">{escape(name)}</a>') if sel.any() else name, int(sel.sum()),
+                          int(np.sum(calls.n_cells[sel])), int(np.sum(f["few_cells"][sel])),
+                          int(np.sum(f["low_confidence"][sel])), int(np.sum(f["possible_dual"][sel]))])
+    parts.append("<h3>Proteins per called compartment</h3>")
+    parts.append(html_table(["compartment", "proteins", "their cells", "few cells", "low confidence",
+                             "possible dual"], comp_rows))
+    d = s["flag_definitions"]
+    parts.append('<p class="caption">A protein is a (plate, protein) pair of the images table; its call is the '
+                 "most probable compartment under the paper's Dirichlet posterior (uniform prior, its cells' "
+                 f"probabilities as soft counts). Flags: few cells = {escape(d['few_cells'])}; low confidence = "
+                 f"{escape(d['low_confidence'])}; possible dual = {escape(d['possible_dual'])}.</p>")
+    cps = s["cells_per_protein"]
+    if cps:
+        parts.append(f"<p>Cells per protein: median {cps['median']:g}, from {cps['min']} to {cps['max']}; "
+                     f"{s['flags']['few_cells'] - s['flags']['no_cells']} protein(s) with fewer than "
+                     f"{s['settings']['min_cells']}.</p>")
+    parts.append(f'<figure data-file="{escape(fig)}"><img alt="screen summary" src="{escape(fig)}">'
+                 "<figcaption>Left: proteins per called compartment. Right: cells per protein (log scale)."
+                 "</figcaption></figure>")
+    pc = s.get("precision_check")
+    if pc:
+        parts.append(f'<p class="note" id="precision-check">Precision check: with {escape(pc["precision"])} '
+                     f"arithmetic {pc['cells_changed']:,} of {pc['cells']:,} cell calls and "
+                     f"{pc['proteins_changed']} of {pc['proteins']} protein calls differ from fp32 (largest "
+                     f"probability difference {pc['max_abs_prob_difference']:.3g}).</p>")
+    if s.get("accuracy"):
+        parts.append(_accuracy_section(s["accuracy"], classes))
+
+    # ---- proteins to check
+    flagged = np.flatnonzero(has & (f["low_confidence"] | f["possible_dual"] | f["few_cells"]))
+    flagged = flagged[np.lexsort((calls.n_cells[flagged], f["p_call"][flagged]))]
+    parts.append('<h2 id="check">Proteins to check</h2>')
+    if flagged.size:
+        rows = [[Raw(f'<a href="#p{i}">{escape(_name(calls.protein[i], calls.plate[i]))}</a>'),
+                 classes[calls.pred[i]], f"{f['top1_share'][i]:.2f}", classes[f["top2"][i]],
+                 f"{f['top2_share'][i]:.2f}", f"{f['p_call'][i]:.3f}", int(calls.n_cells[i]),
+                 ", ".join(FLAG_TEXT[k] for k in ("few_cells", "low_confidence", "possible_dual") if f[k][i])]
+                for i in flagged[:CHECK_ROWS]]
+        parts.append(html_table(["protein", "call", "share", "runner-up", "share", "P(call leads)", "cells",
+                                 "flags"], rows))
+        more = f" The first {CHECK_ROWS} of {flagged.size} are listed;" if flagged.size > CHECK_ROWS else ""
+        parts.append(f'<p class="caption">Least certain first (P(call leads) ascending).{more} Every flag is a '
+                     "column of proteins.csv.</p>")
+    else:
+        parts.append("<p>No protein call is flagged.</p>")
+
+    # ---- galleries
+    parts.append('<h2 id="proteins">Proteins and their cells, by called compartment</h2>')
+    parts.append('<p class="caption">Each strip shows a protein\'s cells (red: marker, green: protein) ordered by '
+                 "their probability of the protein's call: green frame and caption = the cell is called as the "
+                 f"protein, orange = called otherwise. Up to {gallery_cells} cells per protein; with more, an "
+                 "evenly spaced sample of that order. Within a compartment, proteins with the clearest call come "
+                 "first.</p>")
+    for j, name in enumerate(classes):
+        members = np.flatnonzero(has & (calls.pred == j))
+        if not members.size:
+            continue
+        members = members[np.argsort(-f["top1_share"][members], kind="stable")]
+        parts.append(f'<h3 id="c{j}">{escape(name)} ({members.size} protein{"s" if members.size != 1 else ""})'
+                     "</h3>")
+        for i in members:
+            parts.append(_protein_block(out_dir, i, calls, cells, rows_of, crops, classes, gallery_cells))
+    if (~has).any():
+        parts.append('<h2 id="no-cells">Proteins without cells</h2><p>'
+                     + ", ".join(escape(_name(calls.protein[i], calls.plate[i])) + _truth_html(calls, i, classes)
+                                 for i in np.flatnonzero(~has)) + "</p>")
+    parts.append("<h2>Settings</h2><details><summary>Settings and command</summary><pre>"
+                 + escape("\n".join(f"{k}: {v}" for k, v in s["settings"].items()))
+                 + ("\n\n" + escape(s["command"]) if s.get("command") else "") + "</pre></details>")
+    parts.append("</body></html>\n")
+    with open(os.path.join(out_dir, "report.html"), "w", encoding="utf-8") as fh:
+        fh.write("\n".join(parts))
+    return os.path.join(out_dir, "report.html")
