@@ -20,6 +20,8 @@
 #   PRECISION  training arithmetic: fp32 (Caffe parity) | bf16 (autocast, faster on CPU)
 #   BN_ITERS   batches for recomputing BatchNorm statistics after training (0: keep)
 #   SNAPSHOT_RULE  final | val_loss (the snapshot the analyses use)
+#   KEEP_SNAPSHOTS  1 keeps every training snapshot; by default only the chosen one and the newest
+#              (the resume point) stay (84 MiB each for DeepYeast)
 #   SEED       seed of every step (--seed)
 #   JOBS       worker processes of the parallel steps (--jobs)
 #   SCHEDULER  where the forests, the filter's CV folds and the CellProfiler chunks run (--scheduler):
@@ -48,6 +50,7 @@ ENGINE ?= ours
 GPU ?=
 GRID ?= small
 SNAPSHOT_RULE ?= final
+KEEP_SNAPSHOTS ?=
 PRECISION ?= fp32
 BN_ITERS ?= 0
 CP_TRAIN_CELLS ?= 0
@@ -140,7 +143,7 @@ endif
 $(TRAIN)/chosen.caffemodel: $(TRAIN)/solver.prototxt
 	$(call step,training ($(ENGINE) engine),$(TRAIN_CMD) 2> >(tee -a $(TRAIN)/train.log >&2))
 	$(PY) -m deepyeast.engine.runconfig $(TRAIN)/solver.prototxt $@ --rule $(SNAPSHOT_RULE) \
-		--log $(TRAIN)/train.log
+		--log $(TRAIN)/train.log $(if $(filter 1,$(KEEP_SNAPSHOTS)),,--prune)
 
 # BN_ITERS > 0: recompute BatchNorm statistics with the chosen weights (precise BN;
 # see deepyeast/engine/bnstats.py); 0 keeps the statistics training left.

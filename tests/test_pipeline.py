@@ -108,6 +108,10 @@ def test_demo_pipeline_tiny_and_rerun_skips(tmp_path, tmp_path_factory):
     assert proc.returncode == 0, proc.stdout[-4000:]
     metrics = _check_report(os.path.join(REPO_ROOT, run))
     assert "==> [" in proc.stdout  # one step line per stage
+    # snapshots pruned after the choice: the final one (chosen, and the resume point) alone stays
+    snaps = os.listdir(os.path.join(REPO_ROOT, run, "train", "snapshots"))
+    assert sorted(snaps) == ["deepyeast_iter_6.caffemodel", "deepyeast_iter_6.dystate.npz",
+                             "deepyeast_iter_6.solverstate"], snaps
     # the paper's procedures run on the synthetic screen: its proteins with two compartments (held out of
     # the splits) checked top two / top three, the non-cell filter, the transfer headline on fc1
     from deepyeast.data.synthetic import SIZES
@@ -199,8 +203,9 @@ def test_reproduce_on_an_archive_shaped_like_the_published_one(tmp_path, tmp_pat
     archive = published_shape_archive(screen, tmp_path / "archive")
     before = _archive_files(archive)
     run = os.path.relpath(tmp_path / "reproduce", REPO_ROOT)
+    # every snapshot kept (KEEP_SNAPSHOTS=1), so that the check below sees the choice among all of them
     args = ("reproduce", f"REPRO_RUN={run}", f"ARCHIVE_SRC={archive}", "REPRO_GPU=", "REPRO_GRID=small",
-            f"REPRO_SCHEDULE={TINY_SCHEDULE}")
+            f"REPRO_SCHEDULE={TINY_SCHEDULE}", "KEEP_SNAPSHOTS=1")
     proc = _make(*args)
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert _archive_files(archive) == before  # the source archive is read, never written
