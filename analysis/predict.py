@@ -28,9 +28,12 @@ Outputs
                               of --blobs (default: every layer with learned weights, conv1 ..
                               fc3 for DeepYeast), and DIR/paths.txt (cell paths, same row order);
                               DIR is replaced as a whole
-  --features-reduce pool      write blobs with a spatial map (conv1..conv8) as DIR/<blob>.pool.npy
-                              instead: float32 N x 2C, per-channel spatial mean then max (what
-                              analysis/transfer.py uses; default full)
+  --features-reduce pool|full pool (default): blobs with a spatial map (conv1..conv8) as
+                              DIR/<blob>.pool.npy, float32 N x 2C, per-channel spatial mean then
+                              max (what transfer and interpretation use), and DIR/<blob>.top.npz,
+                              each channel's 16 most activated cells with the position of their
+                              strongest unit (the activating-patch search); 15 KiB per cell
+                              for DeepYeast.  full: whole maps, 4 MiB per cell (conv1 alone 1 MiB)
 
 Example
   python analysis/predict.py --engine ours --model models/deepyeast/deploy.prototxt \\
@@ -65,8 +68,9 @@ def options(p):
     p.add_argument("--features-out", metavar="DIR", help="folder for <blob>.npy features and paths.txt")
     p.add_argument("--blobs", default=None,
                    help="comma-separated blobs to save (default with --features-out: every learned layer's blob)")
-    p.add_argument("--features-reduce", choices=("full", "pool"), default="full",
-                   help="conv blobs as whole maps (full) or per-channel mean and max (pool)")
+    p.add_argument("--features-reduce", choices=("full", "pool"), default="pool",
+                   help="conv blobs as per-channel mean and max with each channel's top cells (pool, the "
+                        "default) or as whole maps (full)")
     p.add_argument("--prob-blob", default="prob", help="blob holding the class probabilities (default prob)")
     p.add_argument("--batch", type=int, default=100, help="cells per forward pass (default 100)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",

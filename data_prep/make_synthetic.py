@@ -9,7 +9,9 @@ crop step, and writes two archive roots in the published layout:
   OUT/main/      plateNN/*.png, HOwt_{train,val,test}.txt, HOwt_doc.txt, and the truth the
                  published archive lacks: proteins.csv, cell_quality.csv (is_cell 1/0),
                  mixed_proteins.csv (proteins with two compartments, held out of every
-                 split list; their crops are under plateNN/ too)
+                 split list; their crops are under plateNN/ too), noncells.txt (the screen's
+                 known non-cells of the validation split, at most 118: the stand-in for the
+                 paper's hand-picked list that trains the non-cell filter)
   OUT/transfer/  plateNN/*.png, HOwt_transfer_{train,val,test}.txt, ...
   OUT/screen.json  sizes, seed and counts
 

@@ -123,6 +123,13 @@ def paper_result(key):
     return PAPER_RESULTS.get(key)
 
 
+PAPER_N_NONCELLS = 118
+"""Non-cells the paper picked by eye from its validation set to train the non-cell filter."""
+
+NONCELL_LIST = "noncells.txt"
+"""The non-cell list's name in an archive's main root (the synthetic screen writes it; the
+published archive has none)."""
+
 MIN_CELLS_PER_PROTEIN = 10
 """Proteins with at least this many cells form the paper's 222-protein subset."""
 

@@ -48,7 +48,7 @@ import sys
 from deepyeast.utils.io import InputError, StepFailed, check_writable, write_error
 
 __all__ = ["main", "run_guarded", "build_parser", "add", "add_output_folder", "output_folder", "add_class_set",
-           "add_micrograph_channels", "add_segment_params", "segment_params", "SHARED", "EXIT_CODES",
+           "add_micrograph_channels", "add_segment_params", "segment_params", "add_cluster", "SHARED", "EXIT_CODES",
            "EXIT_OK", "EXIT_CHECK_FAILED", "EXIT_INPUT", "EXIT_FAILED", "EXIT_INTERRUPTED",
            "existing_file", "existing_dir", "positive_int", "command_line"]
 
@@ -106,6 +106,16 @@ def _jobs(text):
     return (os.cpu_count() or 1) if value <= 0 else value
 
 
+def _scheduler(text):
+    """--scheduler: none, local or a Dask scheduler's address (:mod:`deepyeast.analysis.cluster`)."""
+    from deepyeast.analysis.cluster import check_scheduler
+
+    try:
+        return check_scheduler(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 # ----------------------------------------------------------------------------- shared options
 
 SHARED = {
@@ -128,6 +138,11 @@ SHARED = {
                                help="mean.binaryproto of the training set")),
     "archive": (("--archive",), dict(metavar="ROOT", type=existing_dir,
                                      help="archive root holding plateNN/*.png and the split lists")),
+    "scheduler": (("--scheduler",),
+                  dict(type=_scheduler, default=None, metavar="none|local|tcp://HOST:PORT",
+                       help="where the step's tasks run: local = a Dask LocalCluster of --jobs worker processes; "
+                            "tcp://HOST:PORT = a running Dask cluster; none = in this process, one after the "
+                            "other, without Dask (default: $DASK_SCHEDULER if set, else local)")),
 }
 """The options every step that has them shares: key -> (flags, argparse keywords).
 
@@ -169,6 +184,15 @@ def add_class_set(parser):
                         help="class table and list names: main (HOwt_*) or transfer (HOwt_transfer_*)")
     parser.add_argument("--transfer", dest="classes", action="store_const", const="transfer",
                         help="same as --classes transfer")
+
+
+def add_cluster(parser, what="tasks"):
+    """``--scheduler`` and ``--jobs`` of the steps whose independent tasks (forests, CV folds,
+    chunks of cells) run on Dask (:mod:`deepyeast.analysis.cluster`); ``what`` names the tasks.
+    The run function resolves ``args.scheduler`` with
+    :func:`deepyeast.analysis.cluster.resolve_scheduler` (None: ``$DASK_SCHEDULER``, else local)."""
+    add(parser, "scheduler", help=SHARED["scheduler"][1]["help"].replace("the step's tasks", f"the {what}"))
+    add(parser, "jobs", help="worker processes of --scheduler local (default: every CPU, %(default)s here)")
 
 
 def add_micrograph_channels(parser):

@@ -20,11 +20,17 @@
 #   PRECISION  training arithmetic: fp32 (Caffe parity) | bf16 (autocast, faster on CPU)
 #   BN_ITERS   batches for recomputing BatchNorm statistics after training (0: keep)
 #   SNAPSHOT_RULE  final | val_loss (the snapshot the analyses use)
+#   KEEP_SNAPSHOTS  1 keeps every training snapshot; by default only the chosen one and the newest
+#              (the resume point) stay (84 MiB each for DeepYeast)
 #   SEED       seed of every step (--seed)
 #   JOBS       worker processes of the parallel steps (--jobs)
-#   NONCELLS   the non-cell filter's list of non-cells (archive-relative crop paths, one a line). The
-#              published archive has none: without it the filter is reported as not run (null
-#              metrics, a `missing` entry naming NONCELLS=FILE). The synthetic screen uses its truth.
+#   SCHEDULER  where the forests, the filter's CV folds and the CellProfiler chunks run (--scheduler):
+#              local (a Dask LocalCluster of JOBS processes) | tcp://HOST:PORT (a running Dask
+#              cluster) | none (in one process, no Dask); empty: $DASK_SCHEDULER if set, else local
+#   NONCELLS   the non-cell filter's list of non-cells (validation crops, archive-relative paths, one
+#              a line; the paper picked 118 by eye). Synthetic default: the screen's main/noncells.txt
+#              (its known non-cells of the validation split). The published archive has none: without
+#              it the filter is reported as not run (null metrics, a `missing` entry naming NONCELLS=FILE).
 #   MIXED      table of proteins with two compartments (protein,compartment_a,compartment_b; their
 #              crops as plateNN/<f1>-*.png next to the table, in no split list). Synthetic default:
 #              the screen's main/mixed_proteins.csv; the published archive has none (reported as not run).
@@ -44,11 +50,12 @@ ENGINE ?= ours
 GPU ?=
 GRID ?= small
 SNAPSHOT_RULE ?= final
+KEEP_SNAPSHOTS ?=
 PRECISION ?= fp32
 BN_ITERS ?= 0
 CP_TRAIN_CELLS ?= 0
 JOBS ?= $(shell nproc)
-NONCELLS ?=
+SCHEDULER ?=
 CP_FEATURES ?=
 TSNE ?= fast
 comma := ,
@@ -76,6 +83,8 @@ step = @mkdir -p $(RUN) && echo "==> [$$(date +%H:%M:%S)] $(1)" && echo '$(2)' >
 # the options every step shares (deepyeast/launcher.py)
 STEP_OPTS := --seed $(SEED)
 PAR_OPTS := --jobs $(JOBS) --seed $(SEED)
+# ... and of the steps whose tasks run on Dask (forests, CV folds, chunks of cells)
+CLUSTER_OPTS := $(PAR_OPTS) $(if $(SCHEDULER),--scheduler $(SCHEDULER))
 # the trained net, for predictions and features
 NET_OPTS = --engine $(ENGINE) --model $(DEPLOY) --weights $(WEIGHTS) --mean $(MEAN)
 
@@ -107,11 +116,13 @@ endif
 	mv $(DATA)/.splits.json $@
 endif
 
-# proteins with two compartments: the synthetic screen writes its own table; an archive has none
+# proteins with two compartments and the non-cell list: the synthetic screen writes its own; an archive has none
 ifeq ($(SCREEN),synthetic)
 MIXED ?= $(MAIN)/mixed_proteins.csv
+NONCELLS ?= $(MAIN)/noncells.txt
 else
 MIXED ?=
+NONCELLS ?=
 endif
 
 $(MEAN): $(DATA)/screen.json
@@ -132,7 +143,7 @@ endif
 $(TRAIN)/chosen.caffemodel: $(TRAIN)/solver.prototxt
 	$(call step,training ($(ENGINE) engine),$(TRAIN_CMD) 2> >(tee -a $(TRAIN)/train.log >&2))
 	$(PY) -m deepyeast.engine.runconfig $(TRAIN)/solver.prototxt $@ --rule $(SNAPSHOT_RULE) \
-		--log $(TRAIN)/train.log
+		--log $(TRAIN)/train.log $(if $(filter 1,$(KEEP_SNAPSHOTS)),,--prune)
 
 # BN_ITERS > 0: recompute BatchNorm statistics with the chosen weights (precise BN;
 # see deepyeast/engine/bnstats.py); 0 keeps the statistics training left.
@@ -150,6 +161,11 @@ $(RUN)/cells_test.csv: $(WEIGHTS)
 	$(call step,network predictions (test),$(PY) analysis/predict.py $(NET_OPTS) \
 		--archive $(MAIN) --list $(call LIST,test) --split test --out $@ --features-out $(FEAT)/test)
 
+# the validation cells' predictions: the non-cell filter's training cells are those both classifiers get right
+$(RUN)/cells_val.csv: $(WEIGHTS)
+	$(call step,network predictions (val),$(PY) analysis/predict.py $(NET_OPTS) \
+		--archive $(MAIN) --list $(call LIST,val) --split val --out $@)
+
 # the transfer analysis needs conv blobs only as per-channel mean and max (pooled at extraction)
 $(FEAT)/transfer_%/paths.txt: $(WEIGHTS) $(DATA)/screen.json
 	$(call step,network features (transfer $*),$(PY) analysis/predict.py $(NET_OPTS) \
@@ -162,11 +178,11 @@ CP_SAMPLE = $(if $(filter train,$(1)),$(if $(filter-out 0,$(CP_TRAIN_CELLS)),--s
 ifeq ($(CP_FEATURES),)
 $(CP)/%.csv: $(DATA)/screen.json
 	$(call step,CellProfiler features ($*),$(PY) analysis/cp_features.py --archive $(MAIN) \
-		--list $(call LIST,$*) --out $@ $(PAR_OPTS) $(call CP_SAMPLE,$*))
+		--list $(call LIST,$*) --out $@ $(CLUSTER_OPTS) $(call CP_SAMPLE,$*))
 
 $(CP)/transfer_%.csv: $(DATA)/screen.json
 	$(call step,CellProfiler features (transfer $*),$(PY) analysis/cp_features.py --archive $(TRANSFER) \
-		--list $(call TLIST,$*) --out $@ $(PAR_OPTS))
+		--list $(call TLIST,$*) --out $@ $(CLUSTER_OPTS))
 TRANSFER_CP = $(foreach s,$(SPLITS),$(CP)/transfer_$(s).csv)
 else
 # an external table per split: the rows of the listed cells are taken (a listed cell without one is an error)
@@ -185,25 +201,22 @@ endif
 $(RUN)/rf/cells_test.csv: $(foreach s,$(SPLITS),$(CP)/$(s).csv)
 	$(call step,random forest ($(GRID) grid),$(PY) analysis/random_forest.py \
 		--train $(CP)/train.csv --val $(CP)/val.csv --test $(CP)/test.csv \
-		--labels-from $(foreach s,$(SPLITS),$(call LIST,$(s))) --grid $(GRID) $(PAR_OPTS) \
-		--out $@ --summary $(RUN)/rf/rf_grid.json)
+		--labels-from $(foreach s,$(SPLITS),$(call LIST,$(s))) --grid $(GRID) $(CLUSTER_OPTS) \
+		--out $@ --val-out $(RUN)/rf/cells_val.csv --summary $(RUN)/rf/rf_grid.json)
 
 # ---------------------------------------------------------------- analyses (each writes <folder>/result.json)
 PREDICTIONS := $(RUN)/cells_test.csv $(RUN)/rf/cells_test.csv
 
-# the non-cell filter learns from labelled crops: NONCELLS (a list of non-cells), else the synthetic
-# screen's truth table; an archive without a list gets a result naming the filter as not run
+# The non-cell filter, the paper's way: validation cells both classifiers get right (rf/cells_val.csv
+# is written with rf/cells_test.csv) against the non-cells of NONCELLS (the synthetic screen writes
+# its own list, main/noncells.txt).  An archive without a list gets a result naming the filter as not run.
 ifneq ($(NONCELLS),)
-QUALITY_LABELS = --noncells $(NONCELLS)
-else ifeq ($(SCREEN),synthetic)
-QUALITY_LABELS = --quality $(MAIN)/cell_quality.csv
-endif
-ifneq ($(QUALITY_LABELS),)
-$(RUN)/quality/result.json: $(CP)/train.csv $(CP)/test.csv $(PREDICTIONS) $(NONCELLS)
-	$(call step,quality filter,$(PY) analysis/quality_filter.py --train $(CP)/train.csv \
-		$(QUALITY_LABELS) --test $(CP)/test.csv \
+QUALITY_INPUTS = $(CP)/val.csv $(CP)/test.csv $(RUN)/cells_val.csv $(PREDICTIONS)
+$(RUN)/quality/result.json: $(QUALITY_INPUTS) $(filter-out $(MAIN)/%,$(NONCELLS))
+	$(call step,quality filter,$(PY) analysis/quality_filter.py --noncells $(NONCELLS) --val $(CP)/val.csv \
+		--net-val $(RUN)/cells_val.csv --rf-val $(RUN)/rf/cells_val.csv --test $(CP)/test.csv \
 		--predictions $(RUN)/cells_test.csv --rf-predictions $(RUN)/rf/cells_test.csv \
-		--out $(@D) $(PAR_OPTS))
+		$(if $(filter synthetic,$(SCREEN)),--truth $(MAIN)/cell_quality.csv) --out $(@D) $(CLUSTER_OPTS))
 else
 $(RUN)/quality/result.json: $(DATA)/screen.json
 	$(call step,quality filter (not run: no non-cell list; NONCELLS=FILE),$(PY) analysis/quality_filter.py \

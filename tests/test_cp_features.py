@@ -89,11 +89,12 @@ def test_classes_differ_in_their_features():
     assert ring.min() > blob.max()  # ring class has its protein at the rim, the blob class at the centre
 
 
-def test_extract_write_read_roundtrip_and_parallel_equals_serial(tmp_path):
+def test_extract_write_read_roundtrip_and_local_cluster_equals_serial(tmp_path):
+    """Chunks of cells as tasks on a Dask LocalCluster of 2 processes: the values of one process."""
     lists = write_archive(str(tmp_path / "arch"), {"test": 3}, n_classes=4, seed=1)
     paths = [rel for rel, _ in lists["test"]]
-    names, v1, fb = cf.extract_features(paths, root=str(tmp_path / "arch"), n_jobs=1, batch=5)
-    _, v2, _ = cf.extract_features(paths, root=str(tmp_path / "arch"), n_jobs=2, batch=5)
+    names, v1, fb = cf.extract_features(paths, root=str(tmp_path / "arch"), scheduler="none", batch=5)
+    _, v2, _ = cf.extract_features(paths, root=str(tmp_path / "arch"), scheduler="local", jobs=2, batch=5)
     assert fb == 0 and v1.shape == (12, len(names))
     np.testing.assert_array_equal(v1, v2)
     out = tmp_path / "f.csv"
@@ -101,6 +102,10 @@ def test_extract_write_read_roundtrip_and_parallel_equals_serial(tmp_path):
     p, n, v = cf.read_feature_csv(out)
     assert p == paths and n == names
     np.testing.assert_array_equal(v, v1)
+    # the streaming writer (flat memory) writes the same file
+    out2 = tmp_path / "f2.csv"
+    assert cf.extract_features_to_csv(out2, paths, root=str(tmp_path / "arch"), batch=5) == (12, len(names), 0)
+    assert out2.read_bytes() == out.read_bytes()
 
 
 def test_script_and_bad_inputs(tmp_path):
@@ -112,7 +117,7 @@ def test_script_and_bad_inputs(tmp_path):
     out = tmp_path / "feats.csv"
     repo = os.path.join(os.path.dirname(__file__), os.pardir)
     r = subprocess.run([sys.executable, os.path.join(repo, "analysis", "cp_features.py"), "--archive", str(root),
-                        "--list", "HOwt_transfer_test.txt", "--out", str(out), "--jobs", "1"],
+                        "--list", "HOwt_transfer_test.txt", "--out", str(out), "--scheduler", "none"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     paths, names, values = cf.read_feature_csv(out)
@@ -122,7 +127,7 @@ def test_script_and_bad_inputs(tmp_path):
     samples = []
     for k in (1, 2):
         r = subprocess.run([sys.executable, os.path.join(repo, "analysis", "cp_features.py"), "--archive", str(root),
-                            "--list", "HOwt_transfer_test.txt", "--out", str(tmp_path / f"s{k}.csv"), "--jobs", "1",
+                            "--list", "HOwt_transfer_test.txt", "--out", str(tmp_path / f"s{k}.csv"), "--scheduler", "none",
                             "--sample", "2", "--seed", "3"], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
         samples.append(cf.read_feature_csv(tmp_path / f"s{k}.csv"))
@@ -135,7 +140,7 @@ def test_script_and_bad_inputs(tmp_path):
     with open(root / "HOwt_transfer_test.txt", "a") as f:
         f.write("plate01/missing-0-0-0.png 1\n")
     r = subprocess.run([sys.executable, os.path.join(repo, "analysis", "cp_features.py"), "--archive", str(root),
-                        "--list", "HOwt_transfer_test.txt", "--out", str(tmp_path / "x.csv"), "--jobs", "1"],
+                        "--list", "HOwt_transfer_test.txt", "--out", str(tmp_path / "x.csv"), "--scheduler", "none"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "missing-0-0-0.png" in r.stderr and not (tmp_path / "x.csv").exists()
 

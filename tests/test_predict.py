@@ -61,11 +61,12 @@ def setup(tmp_path_factory):
             "mean": d / "mean.binaryproto", "weights": d / "w.caffemodel"}
 
 
-def run_script(setup, engine, out_name, extra=()):
+def run_script(setup, engine, out_name, extra=(), reduce="full"):
     d = setup["dir"]
     cmd = [sys.executable, SCRIPT, "--engine", engine, "--model", DEPLOY, "--weights", str(setup["weights"]),
            "--mean", str(setup["mean"]), "--out", str(d / f"{out_name}.csv"),
            "--features-out", str(d / f"{out_name}_features"), "--blobs", ",".join(BLOBS), "--batch", "10"]
+    cmd += ["--features-reduce", reduce] if reduce else []
     cmd += list(extra) or ["--archive", str(setup["root"]), "--list", "HOwt_test.txt"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -164,19 +165,29 @@ def test_both_engines_agree_on_the_same_weights(setup, ours, caffe_root_present)
 
 
 def test_pooled_features_equal_the_pooled_whole_blobs(setup, ours):
-    """--features-reduce pool writes conv blobs as per-channel mean then max (N x 2C), the same
-    numbers the transfer analysis computes from the whole blob; fc blobs stay whole."""
-    from deepyeast.analysis.features import blob_features, has_blob, layer_features, load_blob
+    """Pooling, the default (no --features-reduce), writes conv blobs as per-channel mean then max
+    (N x 2C), the same numbers the transfer analysis computes from the whole blob, and each
+    channel's top cells with their strongest unit, the same the patch search finds in the whole
+    maps; fc blobs stay whole."""
+    from deepyeast.analysis.features import blob_features, has_blob, layer_features, load_blob, read_top
+    from deepyeast.analysis.interpret.patches import stored_top_units, top_activating_units
     _, fdir_full = ours
-    table, fdir = run_script(setup, "ours", "pooled", extra=["--archive", str(setup["root"]), "--list",
-                                                              "HOwt_test.txt", "--features-reduce", "pool"])
-    assert sorted(os.listdir(fdir)) == sorted(["conv1.pool.npy", "conv8.pool.npy", "fc1.npy", "fc3.npy",
-                                               "paths.txt"])
+    table, fdir = run_script(setup, "ours", "pooled", reduce=None)
+    assert sorted(os.listdir(fdir)) == sorted(["conv1.pool.npy", "conv1.top.npz", "conv8.pool.npy", "conv8.top.npz",
+                                               "fc1.npy", "fc3.npy", "paths.txt"])
     assert np.load(fdir / "conv1.pool.npy").shape == (N, 128) and np.load(fdir / "conv8.pool.npy").shape == (N, 512)
     for b in BLOBS:
         assert has_blob(fdir, b)
         np.testing.assert_allclose(blob_features(fdir, b), layer_features(load_blob(fdir_full, b)),
                                    rtol=1e-5, atol=1e-6, err_msg=b)
+    for b in ("conv1", "conv8"):
+        top, whole = read_top(fdir, b), load_blob(fdir_full, b)
+        assert top["cell"].shape == (whole.shape[1], 16)
+        for channel in range(whole.shape[1]):
+            want = top_activating_units(whole, channel, k=16)
+            got = stored_top_units(top, channel, k=16)
+            assert [u[:3] for u in got] == [u[:3] for u in want], (b, channel)
+            np.testing.assert_allclose([u[3] for u in got], [u[3] for u in want], rtol=1e-6)
     with pytest.raises(InputError, match=r"conv1.pool.npy.*saved pooled"):
         blob_features(fdir, "conv1", reduce="full")
     np.save(fdir / "conv8.pool.npy", np.zeros((N, 7), np.float32))
@@ -193,7 +204,10 @@ def test_pycaffe_pools_like_our_engine(setup, tmp_path, caffe_root_present):
                               features_out=tmp_path / engine, feature_blobs=["conv2", "fc2"],
                               feature_reduce="pool")
         got[engine] = np.load(tmp_path / engine / "conv2.pool.npy")
-        assert sorted(os.listdir(tmp_path / engine)) == ["conv2.pool.npy", "fc2.npy", "paths.txt"]
+        assert sorted(os.listdir(tmp_path / engine)) == ["conv2.pool.npy", "conv2.top.npz", "fc2.npy", "paths.txt"]
+        # the stored top value of a channel is the largest of its per-cell maxima
+        top = np.load(tmp_path / engine / "conv2.top.npz")
+        np.testing.assert_array_equal(top["value"][:, 0], got[engine][:, 64:].max(axis=0))
     assert got["ours"].shape == (N, 128)
     scale = max(1.0, float(np.abs(got["caffe"]).max()))
     assert np.abs(got["caffe"] - got["ours"]).max() <= 1e-4 * scale
@@ -218,3 +232,30 @@ def test_folding_and_bf16_options(setup, ours):
                            str(setup["dir"] / "x.csv")] + archive, capture_output=True, text=True)
     assert proc.returncode == 2 and "needs --engine ours" in proc.stderr
     assert not os.path.exists(setup["dir"] / "x.csv")
+
+
+def test_features_written_in_chunks_equal_one_batch(setup, tmp_path):
+    """Predictions, pooled features and top activations written 5 cells at a time equal those of all
+    24 cells in one forward pass (the files are streamed, never held whole)."""
+    from deepyeast.analysis.features import read_top
+    cells = predict.cells_from_list(setup["root"], setup["root"] / "HOwt_test.txt")
+    got = {}
+    for batch in (5, N):
+        out = tmp_path / f"b{batch}"
+        table = predict.predict_cells(cells, DEPLOY, setup["weights"], setup["mean"], out_csv=out / "cells.csv",
+                                      features_out=out / "f", feature_blobs=["conv2", "conv8", "fc1"], batch=batch)
+        got[batch] = (table, {name: np.load(out / "f" / name) for name in ("conv2.pool.npy", "conv8.pool.npy",
+                                                                            "fc1.npy")},
+                      {b: read_top(out / "f", b) for b in ("conv2", "conv8")})
+    (t5, f5, top5), (t1, f1, top1) = got[5], got[N]
+    # float32 rounding differs with the batch size (the convolution may pick another algorithm)
+    np.testing.assert_allclose(t5.probs, t1.probs, atol=1e-5)
+    for name in f1:
+        assert f5[name].shape == f1[name].shape
+        np.testing.assert_allclose(f5[name], f1[name], atol=1e-4 * np.abs(f1[name]).max(), err_msg=name)
+    for b in top1:
+        np.testing.assert_allclose(top5[b]["value"], top1[b]["value"], atol=1e-4 * np.abs(top1[b]["value"]).max())
+        # the cells and units agree wherever the values are not within rounding of a tie
+        gap = np.abs(np.diff(top1[b]["value"], axis=1)).min(axis=1) > 1e-4
+        for key in ("cell", "row", "col"):
+            np.testing.assert_array_equal(top5[b][key][gap], top1[b][key][gap])

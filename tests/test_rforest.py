@@ -38,41 +38,98 @@ def test_impute_uses_training_medians():
     assert a[2, 0] == 2.0 and (a[:, 1] == 0).all() and b[0, 0] == 2.0 and b[0, 1] == 5.0
 
 
+def _val_test_like(x, n_classes, n_per_class, seed):
+    """Validation/test cells with the class centres of training blobs ``x`` (40 per class)."""
+    rng = np.random.default_rng(seed)
+    centres = x[:, :3].reshape(n_classes, -1, 3).mean(axis=1)
+    xv, yv = _blobs(n_per_class, n_classes, seed=seed)
+    xv[:, :3] = rng.normal(size=(len(yv), 3)) + centres[yv]
+    return xv, yv
+
+
 def test_grid_search_scores_every_point_and_best_forest_is_reproducible():
     x, y = _blobs(40, 12, seed=1)
-    xv, yv = _blobs(15, 12, seed=2)
-    xt, yt = _blobs(10, 12, seed=3)
-    # same class centres: regenerate val/test with the train centres
-    rng = np.random.default_rng(7)
-    centres = x[:, :3].reshape(12, 40, 3).mean(axis=1)
-    for arr, lab in ((xv, yv), (xt, yt)):
-        arr[:, :3] = rng.normal(size=(len(lab), 3)) + centres[lab]
+    xv, yv = _val_test_like(x, 12, 15, 2)
+    xt, yt = _val_test_like(x, 12, 10, 3)
     grid = {"ntree": [20, 60], "mtry": [2, 6], "nodesize": [1, 5]}
-    table, best, test_prob = rforest.grid_search(x, y, xv, yv, grid=grid, n_jobs=2, seed=11, x_test=xt,
-                                                 n_classes=12)
+    res = rforest.grid_search(x, y, xv, yv, grid=grid, seed=11, x_test=xt, n_classes=12, scheduler="none")
+    table, best = res["table"], res["best"]
     assert len(table) == 8
-    assert {(r["ntree"], r["mtry"], r["nodesize"]) for r in table} == {
-        (t, m, n) for t in (20, 60) for m in (2, 6) for n in (1, 5)}
+    assert [(r["mtry"], r["nodesize"], r["ntree"]) for r in table] == [
+        (m, n, t) for n in (1, 5) for m in (2, 6) for t in (20, 60)]  # grid_pairs order, mtry fastest
+    assert [r["seed"] for r in table] == [11, 11, 12, 12, 13, 13, 14, 14]
     assert best["val_accuracy"] == max(r["val_accuracy"] for r in table)
     assert best["val_correct"] == round(best["val_accuracy"] * len(yv))
-    # the forest scored in the grid is the one a fresh fit with the same seed grows
+    # the forest scored in the grid is the one a fresh fit with the same seed grows, and its
+    # classes are randomForest's predict() with the point's seed (ties at random, as R does)
     model = rforest.fit(x, y, best)
     prob = model.predict_proba(xt, 12)
-    np.testing.assert_allclose(test_prob, prob, atol=1e-12)
+    np.testing.assert_allclose(res["test_prob"], prob, atol=1e-12)
+    np.testing.assert_array_equal(res["test_pred"], model.predict(xt, best["seed"]))
+    np.testing.assert_array_equal(res["val_pred"], model.predict(xv, best["seed"]))
     assert prob.shape == (len(yt), 12) and prob.dtype == np.float64
     np.testing.assert_allclose(prob.sum(axis=1), 1.0, atol=1e-9)
-    val_pred = model.predict_proba(xv, 12).argmax(axis=1)
-    assert int((val_pred == yv).sum()) == best["val_correct"]
-    assert (prob.argmax(axis=1) == yt).mean() > 0.5  # 12 classes, chance is 0.08
+    assert int((res["val_pred"] == yv).sum()) == best["val_correct"]
+    assert (res["test_pred"] == yt).mean() > 0.5  # 12 classes, chance is 0.08
+    # every prefix: the first k trees are the k-tree forest (scored with the same rule)
+    for row in table:
+        if row["ntree"] == 20:
+            m20 = rforest.fit(x, y, row)
+            assert int((m20.predict(xv, row["seed"]) == yv).sum()) == row["val_correct"]
+
+
+def test_python_grid_equals_r_grid_search():
+    """The task-per-forest search (Python) and R's rf_grid_search (mclapply) give the same numbers."""
+    x, y = _blobs(30, 4, seed=5)
+    xv, yv = _val_test_like(x, 4, 12, 6)
+    xt, _ = _val_test_like(x, 4, 6, 7)
+    grid = {"ntree": [3, 8], "mtry": [2, 30], "nodesize": [1, 3]}  # mtry 30 capped at 12 features
+    res = rforest.grid_search(x, y, xv, yv, grid=grid, seed=3, x_test=xt, n_classes=4, scheduler="none")
+    with rforest._session() as ro:
+        r_grid = ro.ListVector({k: ro.IntVector(v) for k, v in grid.items()})
+        r = ro.r["rf_grid_search"](rforest._matrix(x), rforest._ints(y), rforest._matrix(xv), rforest._ints(yv),
+                                   grid=r_grid, cores=2, seed=3, x_test=rforest._matrix(xt))
+        r_table = rforest._data_frame_rows(r.rx2("table"))
+        r_best = rforest._data_frame_rows(r.rx2("best"))[0]
+        r_prob = np.asarray(r.rx2("test_prob")).reshape(len(xt), 4, order="F")
+        r_class = [int(c) for c in r.rx2("test_class")]
+    assert res["table"] == r_table and res["best"] == r_best
+    assert {row["mtry"] for row in r_table} == {2, 12}
+    np.testing.assert_array_equal(res["test_prob"], r_prob)
+    np.testing.assert_array_equal(res["test_pred"], r_class)
+
+
+def test_vote_class_breaks_ties_as_randomforest_predict():
+    """rf_vote_class on vote counts == randomForest's predict() (same seed), ties included."""
+    with rforest._session() as ro:
+        mismatches, ties = ro.r("""function() {
+          mism <- 0; ties <- 0
+          for (trial in 1:12) {
+            set.seed(trial); K <- 2 + trial %% 4
+            x <- matrix(rnorm(150 * 3), 150); y <- factor(sample(0:(K - 1), 150, TRUE))
+            m <- randomForest(x, y, ntree = c(2, 3, 4, 6)[1 + trial %% 4])
+            cnt <- predict(m, x, type = "vote", norm.votes = FALSE)
+            ties <- ties + sum(apply(cnt, 1, function(r) sum(r == max(r)) > 1))
+            for (s in 1:3) { set.seed(s); mism <- mism + sum(as.integer(predict(m, x)) != rf_vote_class(cnt, s)) }
+          }
+          c(mism, ties)
+        }""")()
+        assert ties > 100 and mismatches == 0
+        # randomForest's rule: of two tied classes, the later one wins with probability 1/3
+        later = np.asarray(ro.r("function() mean(rf_vote_class(matrix(c(2, 2), 30000, 2, byrow = TRUE), 7) == 2)")())
+    assert abs(float(later[0]) - 1 / 3) < 0.01
 
 
 def test_first_trees_of_a_forest_are_the_smaller_forest():
     x, y = _blobs(20, 3, seed=4)
     big = rforest.fit(x, y, {"ntree": 40, "mtry": 3, "nodesize": 1, "seed": 5})
     small = rforest.fit(x, y, {"ntree": 10, "mtry": 3, "nodesize": 1, "seed": 5})
-    votes = rforest._r().r[".votes_by_ntree"](big.r_model, rforest._matrix(x), rforest._r().IntVector([10]))[0]
-    np.testing.assert_allclose(np.asarray(votes).reshape(len(y), 3, order="F"), small.predict_proba(x, 3),
-                               atol=1e-12)
+    with rforest._session() as ro:
+        counts = rforest._array(ro.r[".prefix_counts"](big.r_model, rforest._matrix(x), ro.IntVector([10, 40])),
+                                np.int32)
+    assert counts.shape == (len(y), 3, 2) and (counts.sum(axis=1) == [10, 40]).all()
+    np.testing.assert_allclose(counts[:, :, 0] / 10, small.predict_proba(x, 3), atol=1e-12)
+    np.testing.assert_allclose(counts[:, :, 1] / 40, big.predict_proba(x, 3), atol=1e-12)
 
 
 def test_absent_class_gets_zero_probability():
@@ -100,6 +157,8 @@ def test_r_code_is_usable_from_r_directly(tmp_path):
         f'source("{os.path.join(REPO, "deepyeast", "analysis", "random_forest.R")}")\n'
         "set.seed(3); x <- matrix(rnorm(300 * 5), 300); y <- factor(rep(0:2, 100)); x[, 1] <- x[, 1] + 3 * as.integer(y)\n"
         "s <- rf_grid_search(x[1:200, ], y[1:200], x[201:300, ], y[201:300], grid = list(ntree = c(20, 40), mtry = 2, nodesize = 1), cores = 2)\n"
+        "q <- rf_quality_cv(x, as.integer(y == 0), mtry = c(2, 435), ntree = 20, cores = 2)\n"
+        "stopifnot(identical(sort(unique(q$table$mtry)), c(2L, 5L)), nrow(q$table) == 4)\n"
         "m <- rf_fit(x[1:200, ], y[1:200], s$best)\n"
         "p <- rf_predict_proba(m, x[201:300, ])\n"
         "cat(nrow(s$table), ncol(p), max(abs(rowSums(p) - 1)), mean(colnames(p)[max.col(p, 'first')] == y[201:300]), '\\n')\n")
@@ -128,7 +187,8 @@ def test_baseline_script_from_crops_to_predictions_table(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(REPO, "analysis", "random_forest.py"),
                         "--train", str(feats["train"]), "--val", str(feats["val"]), "--test", str(feats["test"]),
                         "--labels-from"] + [str(root / f"HOwt_transfer_{s}.txt") for s in ("train", "val", "test")]
-                       + ["--grid", "small", "--out", str(out), "--summary", str(summary), "--jobs", "2"],
+                       + ["--grid", "small", "--out", str(out), "--val-out", str(tmp_path / "rf_val.csv"),
+                          "--summary", str(summary), "--scheduler", "none"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     table = read_predictions(str(out))
@@ -142,6 +202,9 @@ def test_baseline_script_from_crops_to_predictions_table(tmp_path):
     assert s["test_accuracy"]["correct"] == int((table.pred == table.label).sum())
     assert acc >= 0.75, acc  # 4 easy patterns, chance 0.25
     assert len(s["table"]) == 4 and s["best"] in s["table"]
+    val = read_predictions(str(tmp_path / "rf_val.csv"))
+    assert list(val.path) == [rel for rel, _ in lists["val"]] and set(val.split) == {"val"}
+    assert int((val.pred == val.label).sum()) == s["best"]["val_correct"]
 
     # a test cell missing from every label list is an error naming it, and no table is written
     bad = tmp_path / "bad_lists.txt"
@@ -149,6 +212,6 @@ def test_baseline_script_from_crops_to_predictions_table(tmp_path):
     out2 = tmp_path / "rf2.csv"
     r = subprocess.run([sys.executable, os.path.join(REPO, "analysis", "random_forest.py"),
                         "--train", str(feats["train"]), "--val", str(feats["val"]), "--test", str(feats["test"]),
-                        "--labels-from", str(bad), "--out", str(out2), "--jobs", "1"],
+                        "--labels-from", str(bad), "--out", str(out2), "--scheduler", "none"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and lists["test"][0][0] in r.stderr and not out2.exists()

@@ -72,6 +72,28 @@ def test_tiny_screen_layout_and_counts(screen):
     assert all(r["protein"].startswith("plate") for r in proteins)
 
 
+def test_noncell_list_is_the_known_noncells_of_the_validation_split(screen, tmp_path):
+    """main/noncells.txt (the stand-in for the paper's hand-picked list): every known non-cell of
+    HOwt_val.txt in list order, or a seeded sample of at most n_max of them."""
+    root = screen / "main"
+    val = [rel for rel, _ in read_split_list(str(root / "HOwt_val.txt"), CLASS_NAMES)[0]]
+    non = {r["path"] for r in _csv(root / "cell_quality.csv") if r["is_cell"] == "0"}
+    expect = [p for p in val if p in non]
+    listed = (root / "noncells.txt").read_text().splitlines()
+    assert len(expect) >= 3 and listed == expect
+    assert json.loads((screen / "screen.json").read_text())["main"]["n_listed_noncells"] == len(expect)
+    copy = tmp_path / "main"
+    copy.mkdir()
+    for name in ("HOwt_val.txt", "cell_quality.csv"):
+        (copy / name).write_bytes((root / name).read_bytes())
+    n = synthetic.write_noncell_list(str(copy), seed=0, n_max=2)
+    sample = (copy / "noncells.txt").read_text().splitlines()
+    assert n == 2 and len(set(sample)) == 2 and set(sample) <= set(expect)
+    assert sample == sorted(sample, key=expect.index)  # list order kept
+    synthetic.write_noncell_list(str(copy), seed=0, n_max=2)
+    assert (copy / "noncells.txt").read_text().splitlines() == sample  # seeded
+
+
 def test_deterministic_per_seed_and_worker_count(screen, tmp_path):
     again = tmp_path / "again"
     synthetic.make_screen(str(again), "tiny", seed=0, workers=1, save_fields=3, progress=False)

@@ -7,10 +7,15 @@ and the one format every analysis reads::
     DIR/<blob>.npy         float32 N x D: each cell's blob flattened in Caffe's C x H x W order
     DIR/<blob>.pool.npy    (instead, for a spatial blob) float32 N x 2C: each channel's spatial
                            mean, then each channel's spatial max
+    DIR/<blob>.top.npz     (beside a pooled blob) each channel's top cells: value float32, cell
+                           int64 (row of paths.txt), row, col int32 (the unit), each C x k
+                           (:class:`deepyeast.caffe.feature_stream.TopActivations`)
 
 :func:`feature_folder` is the one writer (the whole folder appears at once, rows checked against
-``paths.txt``); :func:`read_paths`, :func:`load_blob`, :func:`blob_features` and
-:func:`read_features` the readers.  A blob's C x H x W comes from the net
+``paths.txt``); :func:`read_paths`, :func:`load_blob`, :func:`blob_features`,
+:func:`blob_mean_max`, :func:`read_top` and :func:`read_features` the readers.  The files are
+written batch by batch (:mod:`deepyeast.caffe.feature_stream`) and read in chunks or memory-mapped,
+so no step holds a layer's features of every cell at once.  A blob's C x H x W comes from the net
 (:func:`network_geometry`, the engine's :meth:`deepyeast.engine.Net.geometry` of the DeepYeast
 deploy prototxt unless another is given), and :func:`network_blobs` names the blobs the
 analyses use (the tops of the layers with learned parameters: conv1 .. conv8, fc1 .. fc3).
@@ -27,6 +32,7 @@ import os
 
 import numpy as np
 
+from deepyeast.caffe.feature_stream import TOP_SUFFIX, NpyWriter, TopActivations  # noqa: F401 (re-exported)
 from deepyeast.constants import LIST_PREFIX, SPLITS, class_names_for
 from deepyeast.data.lists import class_names_for_list, read_split_list
 from deepyeast.utils.io import InputError, atomic_folder, atomic_write_text
@@ -51,7 +57,7 @@ def feature_folder(out_dir, paths):
     """
     out_dir = os.fspath(out_dir)
     if os.path.isdir(out_dir):
-        other = [n for n in os.listdir(out_dir) if not (n.endswith(".npy") or n == PATHS_FILE)]
+        other = [n for n in os.listdir(out_dir) if not (n.endswith((".npy", TOP_SUFFIX)) or n == PATHS_FILE)]
         if other:
             raise InputError(f"{out_dir}: not a features folder (it holds {other[0]}); it would be replaced as a "
                              f"whole: choose a new folder")
@@ -176,6 +182,47 @@ def blob_features(feature_dir, blob, reduce="pool"):
     out = np.asarray(array, dtype=np.float32)
     _check_finite(out, pooled)
     return out
+
+
+def blob_mean_max(feature_dir, blob, geometry=None):
+    """Each channel's spatial mean and maximum per cell of a saved blob: ``(mean, max)``, float32 N x C each.
+
+    From ``<blob>.npy`` (read in chunks, :func:`channel_mean_max`) or, when only that was
+    saved, ``<blob>.pool.npy``.  An fc blob's mean and max are its values.
+    """
+    if os.path.exists(os.path.join(feature_dir, feature_file(blob))):
+        return channel_mean_max(load_blob(feature_dir, blob, geometry))
+    pooled = blob_features(feature_dir, blob, "pool")
+    c = pooled.shape[1] // 2
+    return pooled[:, :c], pooled[:, c:]
+
+
+def read_top(feature_dir, blob, geometry=None):
+    """``<blob>.top.npz`` of a features folder: ``dict(value, cell, row, col)``, each C x k (see
+    :class:`~deepyeast.caffe.feature_stream.TopActivations`), checked against ``paths.txt`` and the
+    blob's geometry (:func:`network_geometry` unless given)."""
+    path = os.path.join(feature_dir, blob + TOP_SUFFIX)
+    if not os.path.exists(path):
+        raise InputError(f"{path}: no such file (blob {blob!r} has neither whole maps nor top activations: "
+                         "analysis/predict.py --features-reduce pool writes them)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            top = {k: np.asarray(z[k]) for k in ("value", "cell", "row", "col")}
+    except (KeyError, ValueError, OSError) as err:
+        raise InputError(f"{path}: not a top-activations file ({err})") from None
+    shapes = {a.shape for a in top.values()}
+    n_paths = len(read_paths(os.path.join(feature_dir, PATHS_FILE)))
+    geometry = geometry or network_geometry().get(blob)
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        raise InputError(f"{path}: value, cell, row, col must be C x k arrays of one shape, got {sorted(shapes)}")
+    if len(top["cell"]) and (top["cell"].min() < 0 or top["cell"].max() >= n_paths):
+        raise InputError(f"{path}: a cell index outside the {n_paths} rows of paths.txt")
+    if geometry is not None and (top["value"].shape[0] != geometry.channels or
+                                 (top["row"].size and (top["row"].max() >= geometry.height or
+                                                       top["col"].max() >= geometry.width))):
+        raise InputError(f"{path}: does not fit blob {blob} ({geometry.channels} x {geometry.height} x "
+                         f"{geometry.width})")
+    return top
 
 
 def channel_mean_max(activations, rows=None, chunk=256):

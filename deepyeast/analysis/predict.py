@@ -17,13 +17,18 @@ Outputs: the predictions table (:mod:`deepyeast.analysis.predictions`:
 ``DIR/<blob>.npy`` (float32 ``N x D``, each cell's blob flattened in C x H x W
 order, taken after the in-place BatchNorm/Scale/ReLU like Caffe's blob) with
 ``DIR/paths.txt`` (one cell path per row, same order).  With
-``feature_reduce="pool"`` every blob with a spatial map (the conv blobs) is
+``feature_reduce="pool"`` (the default) every blob with a spatial map (the conv blobs) is
 written instead as ``DIR/<blob>.pool.npy``: float32 ``N x 2C``, each channel's
 spatial mean followed by each channel's spatial max -- the reduction the
 transfer analysis uses (:func:`deepyeast.analysis.features.layer_features`), at a few
-KiB per cell instead of up to 1 MiB (conv1, conv2).
+KiB per cell instead of up to 1 MiB (conv1, conv2) -- plus ``DIR/<blob>.top.npz``, each
+channel's 16 most activated cells with the position of their strongest unit (what the
+activating-patch search needs; :mod:`deepyeast.caffe.feature_stream`).  Files are written
+batch by batch: memory does not grow with the number of cells (the crops themselves are
+held, 8 KiB per cell).
 """
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -34,7 +39,8 @@ import numpy as np
 
 from deepyeast.caffe import caffe_pb2
 from deepyeast.caffe.blobs import check_mean_shape, read_mean_binaryproto
-from deepyeast.caffe.lmdb import path_of_key, read_datum_lmdb
+from deepyeast.caffe.feature_stream import TOP_SUFFIX, NpyWriter, TopActivations
+from deepyeast.caffe.lmdb import iter_datum_lmdb, path_of_key
 from deepyeast.caffe.prototxt import read_prototxt
 from deepyeast.data.crop_png import iter_crops
 from deepyeast.data.lists import class_names_for_list, protein_of, read_split_list
@@ -48,10 +54,77 @@ ENGINES = ("ours", "caffe")
 PYCAFFE_FORWARD = os.path.join(os.path.dirname(os.path.abspath(caffe_pb2.__file__)), "pycaffe_forward.py")
 
 
+class CropFile:
+    """Crops kept on disk, read back batch by batch: uint8 ``N x C x H x W`` with ndarray-like
+    ``shape``, ``dtype``, ``len`` and slicing (``crops[a:b]`` is an ndarray).
+
+    The rows live in an anonymous temporary file (deleted when closed or collected; 8 KiB per
+    DeepYeast crop, in ``$TMPDIR``), read with plain reads rather than a memory map, so a step's
+    resident memory does not grow with the number of cells.  Built by :meth:`from_iter`.
+    """
+
+    def __init__(self, file, shape, dtype=np.uint8):
+        self._file = file
+        self.dtype = np.dtype(dtype)
+        self.shape = tuple(int(d) for d in shape)
+        self._row = int(np.prod(self.shape[1:])) * self.dtype.itemsize
+
+    @classmethod
+    def from_iter(cls, arrays, source, dir=None):
+        """Write each C x H x W array of ``arrays`` as the next row; all must share one shape and
+        dtype (else :class:`InputError` naming ``source`` and the row)."""
+        f = tempfile.TemporaryFile(prefix=".crops-", dir=dir)
+        first, n = None, 0
+        try:
+            for a in arrays:
+                a = np.ascontiguousarray(a)
+                if first is None:
+                    first = (a.shape, a.dtype)
+                elif (a.shape, a.dtype) != first:
+                    raise InputError(f"{source}: crop {n} is {a.dtype} {a.shape}, crop 0 is {first[1]} {first[0]}")
+                f.write(a.tobytes())
+                n += 1
+        except BaseException:
+            f.close()
+            raise
+        if first is None:
+            f.close()
+            return None
+        f.flush()
+        return cls(f, (n,) + first[0], first[1])
+
+    def __len__(self):
+        return self.shape[0]
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+    def __getitem__(self, index):
+        if isinstance(index, (int, np.integer)):
+            return self[index:index + 1 if index != -1 else None][0]
+        if not isinstance(index, slice) or index.step not in (None, 1):
+            raise TypeError("CropFile supports integers and contiguous slices")
+        start, stop, _ = index.indices(self.shape[0])
+        count = max(0, stop - start)
+        data = os.pread(self._file.fileno(), count * self._row, start * self._row)
+        if len(data) != count * self._row:
+            raise OSError(f"crop file: short read at row {start}")
+        return np.frombuffer(data, dtype=self.dtype).reshape((count,) + self.shape[1:]).copy()
+
+    def __array__(self, dtype=None, copy=None):
+        whole = self[:]
+        return whole if dtype is None else whole.astype(dtype)
+
+    def close(self):
+        self._file.close()
+
+
 @dataclasses.dataclass
 class Cells:
-    """Cells to classify: ``images`` uint8 N x C x H x W, ``labels`` int64 N, ``paths`` list of N str."""
-    images: np.ndarray
+    """Cells to classify: ``images`` uint8 N x C x H x W (an ndarray or a :class:`CropFile`),
+    ``labels`` int64 N, ``paths`` list of N str."""
+    images: object
     labels: np.ndarray
     paths: list
     source: str
@@ -68,16 +141,23 @@ def split_from_name(path):
     return m.group(1) if m else None
 
 
-def _read_cells(root, entries, source, what, skip_bad):
-    """:class:`Cells` of ``(relpath, label)`` entries under ``root``; none readable is an InputError."""
-    paths, labels, images = [], [], []
-    for rel, image, label in iter_crops(root, entries, skip_bad=skip_bad):
+def _crops_and_labels(records, paths, labels):
+    """Yield the images of ``(path, image, label)`` records, collecting paths and labels."""
+    for rel, image, label in records:
         paths.append(rel)
         labels.append(label)
-        images.append(image)
-    if not images:
+        yield image
+
+
+def _read_cells(root, entries, source, what, skip_bad):
+    """:class:`Cells` of ``(relpath, label)`` entries under ``root``, the crops in a :class:`CropFile`;
+    none readable is an InputError."""
+    paths, labels = [], []
+    images = CropFile.from_iter(_crops_and_labels(iter_crops(root, entries, skip_bad=skip_bad), paths, labels),
+                                os.fspath(what))
+    if images is None:
         raise InputError(f"{what}: none of the crops under {root} could be read")
-    return Cells(np.stack(images), np.asarray(labels, np.int64), paths, source)
+    return Cells(images, np.asarray(labels, np.int64), paths, source)
 
 
 def cells_from_list(archive, list_path, skip_bad=False):
@@ -85,7 +165,7 @@ def cells_from_list(archive, list_path, skip_bad=False):
 
     The class table (12 or 4 transfer classes) is chosen from the list's name.
     A missing or corrupt crop raises :class:`InputError` naming the file
-    (with ``skip_bad`` it is left out instead).
+    (with ``skip_bad`` it is left out instead).  The crops go to a :class:`CropFile`.
     """
     entries, _ = read_split_list(list_path, class_names_for_list(os.fspath(list_path)), skip_bad=skip_bad)
     if not entries:
@@ -106,11 +186,13 @@ def cells_from_mixed(table_path, not_in=(), skip_bad=False):
 
 def cells_from_lmdb(lmdb_path):
     """Read the cells of a Datum LMDB; a cell's path is its key without the ``%08d_`` prefix."""
-    images, labels, keys = read_datum_lmdb(lmdb_path)
+    keys, labels = [], []
+    images = CropFile.from_iter(_crops_and_labels(iter_datum_lmdb(lmdb_path), keys, labels), os.fspath(lmdb_path))
+    if images is None:
+        raise InputError(f"{lmdb_path}: the LMDB is empty")
     if images.dtype != np.uint8:
         raise InputError(f"{lmdb_path}: records hold float data; expected uint8 crops")
-    paths = [path_of_key(k) for k in keys]
-    return Cells(images, labels, paths, os.fspath(lmdb_path))
+    return Cells(images, np.asarray(labels, np.int64), [path_of_key(k) for k in keys], os.fspath(lmdb_path))
 
 
 def shape_net(model_path):
@@ -187,8 +269,9 @@ def _forward_ours(model_path, weights_path, images, mean, blobs, out_dir, batch,
     input_name, _ = net_input_shape(model_path)
     n = images.shape[0]
     outputs = {}
+    tops = {b: TopActivations() for b in pool}
     mean_t = torch.from_numpy(np.asarray(mean, np.float32)) if mean is not None else None
-    with torch.inference_mode():
+    with torch.inference_mode(), contextlib.ExitStack() as files:
         for start in progress(range(0, n, batch), desc="predict", unit="batch"):
             x = torch.from_numpy(np.asarray(images[start:start + batch], dtype=np.float32))
             if mean_t is not None:
@@ -197,16 +280,16 @@ def _forward_ours(model_path, weights_path, images, mean, blobs, out_dir, batch,
             for b in blobs:
                 data = out[b].float()
                 if b in pool:
+                    tops[b].update(data.cpu().numpy())
                     maps = data.reshape(data.shape[0], data.shape[1], -1)
                     data = torch.cat([maps.mean(dim=2), maps.amax(dim=2)], dim=1)
                 data = data.contiguous().reshape(x.shape[0], -1).cpu().numpy()
-                if b not in outputs:
+                if b not in outputs:  # written batch by batch: memory does not grow with the cells
                     name = feature_file(b, pooled=b in pool)
-                    outputs[b] = np.lib.format.open_memmap(os.path.join(out_dir, name), mode="w+",
-                                                           dtype=np.float32, shape=(n, data.shape[1]))
-                outputs[b][start:start + x.shape[0]] = data
-    for arr in outputs.values():
-        arr.flush()
+                    outputs[b] = files.enter_context(NpyWriter(os.path.join(out_dir, name), n, data.shape[1]))
+                outputs[b].write(data)
+    for b, top in tops.items():
+        top.save(os.path.join(out_dir, b + TOP_SUFFIX))
 
 
 def _forward_caffe(model_path, weights_path, images, mean, blobs, out_dir, batch, pool=()):
@@ -215,10 +298,12 @@ def _forward_caffe(model_path, weights_path, images, mean, blobs, out_dir, batch
     if not caffe_root.have_caffe_root():
         raise InputError(f"engine 'caffe': {caffe_root.missing_reason()}")
     with tempfile.TemporaryDirectory(prefix=".pycaffe-in-", dir=out_dir) as work:
-        np.save(os.path.join(work, "images.npy"), np.ascontiguousarray(images))
+        with NpyWriter(os.path.join(work, "images.npy"), images.shape[0], images.shape[1:], images.dtype) as w:
+            for start in range(0, images.shape[0], 1000):  # the crops stay on disk (CropFile)
+                w.write(images[start:start + 1000])
         args = ["--model", os.path.abspath(model_path), "--weights", os.path.abspath(weights_path),
                 "--images", os.path.join(work, "images.npy"), "--out", os.path.abspath(out_dir),
-                "--blobs", ",".join(blobs), "--pool", ",".join(pool), "--batch", str(batch)]
+                "--blobs", ",".join(blobs), "--pool", ",".join(pool), "--top", ",".join(pool), "--batch", str(batch)]
         if mean is not None:
             np.save(os.path.join(work, "mean.npy"), np.asarray(mean, np.float32))
             args += ["--mean", os.path.join(work, "mean.npy")]
@@ -230,15 +315,16 @@ def _forward_caffe(model_path, weights_path, images, mean, blobs, out_dir, batch
 
 def predict_cells(cells, model_path, weights_path, mean_path, engine="ours", split=None,
                   out_csv=None, features_out=None, feature_blobs=(), prob_blob="prob", batch=100,
-                  feature_reduce="full", precision="fp32", fold=True):
+                  feature_reduce="pool", precision="fp32", fold=True):
     """Classify ``cells`` (a :class:`Cells`) and write the predictions table and features.
 
     Returns the validated :class:`deepyeast.analysis.predictions.Predictions`.  ``split``
     labels every row (default: from the source's name, e.g. ``HOwt_test.txt``).
     ``features_out``: folder that receives ``<blob>.npy`` for each of
     ``feature_blobs`` and ``paths.txt``; it is replaced as a whole, atomically.
-    ``feature_reduce``: ``"full"`` (whole blobs) or ``"pool"`` (blobs with a
-    spatial map as ``<blob>.pool.npy``, N x 2C per-channel mean and max).
+    ``feature_reduce``: ``"pool"`` (blobs with a spatial map as ``<blob>.pool.npy``, N x 2C
+    per-channel mean and max, and ``<blob>.top.npz``, per-channel top activations) or
+    ``"full"`` (whole blobs: 1 MiB per cell for conv1 alone).
     ``precision`` / ``fold``: see :func:`forward_blobs` (our engine only).
     """
     if feature_reduce not in ("full", "pool"):
@@ -280,9 +366,9 @@ def predict_cells(cells, model_path, weights_path, mean_path, engine="ours", spl
         if features_out:
             with feature_folder(features_out, cells.paths) as tmp:
                 for b in feature_blobs:
-                    name = feature_file(b, pooled=b in pool)
-                    src = os.path.join(work, name)
-                    (shutil.copyfile if b == prob_blob else os.replace)(src, os.path.join(tmp, name))
+                    for name in [feature_file(b, pooled=b in pool)] + ([b + TOP_SUFFIX] if b in pool else []):
+                        src = os.path.join(work, name)
+                        (shutil.copyfile if b == prob_blob else os.replace)(src, os.path.join(tmp, name))
         if out_csv:
             write_predictions(out_csv, table)
     finally:

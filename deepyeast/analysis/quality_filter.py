@@ -1,59 +1,59 @@
 """The cell-quality filter: a random forest telling real cells from non-cells.
 
 Some crops of a screen are not cells (empty background, debris, a crop centred
-between two cells).  Following the paper, a random forest on the same
-CellProfiler features (:mod:`deepyeast.analysis.cp_features`) is trained on cells
-labelled ``is_cell`` = 1 / 0 (``cell_quality.csv``: ``path,is_cell[,...]``),
-with 10-fold cross-validation over ``mtry`` and over down-sampling (every tree
-sees either a bootstrap of all rows, or per class as many rows as the rarer
-class has; R ``strata``/``sampsize``), choosing by cross-validated balanced
-accuracy.  The chosen forest, refitted on all labelled training cells, scores
-the test cells; those with P(cell) < ``threshold`` are removed, and each
-classifier's per-cell accuracy is reported before and after.
+between two cells).  As in the paper (Parnamaa & Parts 2017, Methods), a random
+forest on the CellProfiler features (:mod:`deepyeast.analysis.cp_features`) learns to
+tell them apart from a training set built on the validation split:
 
-Labelled cells whose path is also a test cell are never used for training.
+* cells: for each class, ``per_class`` (100) validation cells picked at random
+  (seeded, without replacement) among those that both the network and the
+  random forest classify correctly, labelled ``is_cell = 1``;
+* non-cells: every cell of a non-cell list (one archive-relative path per line,
+  all in the validation split; the paper picked 118 by eye), ``is_cell = 0``.
+
+10-fold cross-validation compares mtry in {2, 110, 218, 326, 435} (capped at the
+number of features) x down-sampling of cells {none, balanced} with 100-tree
+forests (one Dask task per grid point and fold, see :mod:`deepyeast.analysis.rforest`);
+the point with the highest cross-validated accuracy is chosen (balanced accuracy
+reported beside it).  Refitted on the whole training set, the forest classifies
+the test cells; those it calls non-cells are removed, and each classifier's
+per-cell accuracy is reported before and after.
+
+The published archive has no non-cell list: the user supplies one (``--noncells``;
+``NONCELLS=FILE`` in make).  The synthetic screen writes ``noncells.txt`` from
+its known non-cells of the validation split.
 """
 
 import csv
 import json
 import logging
+import os
 
 import numpy as np
 
 from deepyeast.analysis.cp_features import read_feature_csv
-from deepyeast.utils.io import InputError, atomic_path, atomic_write_text
+from deepyeast.utils.io import InputError, atomic_write_text, open_input, write_csv
 
 _log = logging.getLogger(__name__)
 
-DEFAULT_MTRY = (10, 25, 50)
-DEFAULT_SAMPLING = ("none", "balanced")
-DEFAULT_NTREE = 100
-DEFAULT_MAX_LABELLED = 1500
-"""Labelled crops used for training at most (a stratified random subset beyond this):
-10-fold CV x 3 mtry x 2 samplings = 60 forests, ~1 min on 2 cores at this size."""
-
-
-def stratified_subset(y, max_rows, seed=1):
-    """Indices of at most ``max_rows`` rows keeping each class's share (sorted, seeded).
-
-    y: int labels (N,).  Each class keeps ``round(max_rows * share)`` rows, at least 1.
-    """
-    y = np.asarray(y)
-    if len(y) <= max_rows:
-        return np.arange(len(y))
-    rng = np.random.default_rng(seed)
-    keep = []
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
-        k = max(1, int(round(max_rows * len(idx) / len(y))))
-        keep.append(rng.choice(idx, size=min(k, len(idx)), replace=False))
-    return np.sort(np.concatenate(keep))
+PAPER_CELLS_PER_CLASS = 100
+"""Validation cells per class, correct by both classifiers, labelled as cells (the paper)."""
+PAPER_MTRY = (2, 110, 218, 326, 435)
+"""mtry values of the filter's cross-validation (the paper; capped at the feature count)."""
+PAPER_SAMPLING = ("none", "balanced")
+"""Down-sampling of cells: none, or as many cells as non-cells in every tree."""
+PAPER_NTREE = 100
+PAPER_FOLDS = 10
+NONCELL_OPTION = "NONCELLS=FILE (make), --noncells FILE (analysis/quality_filter.py)"
+"""How a user supplies the non-cell list (the published archive has none; a ``missing`` entry's option)."""
+NO_LIST_REASON = "the published archive has no non-cell labels"
+"""Why the filter is not run when no non-cell list is given (a ``missing`` entry's reason)."""
 
 
 def read_quality_labels(path):
     """Read ``path,is_cell[,...]`` -> dict path -> 0/1; errors name the line."""
     labels = {}
-    with open(path, newline="", encoding="utf-8") as f:
+    with open_input(path, "cell-quality table", newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if not header or "path" not in header or "is_cell" not in header:
@@ -74,18 +74,59 @@ def read_quality_labels(path):
     return labels
 
 
-def _read_features(paths_csv):
-    all_paths, all_values, names0 = [], [], None
-    for p in paths_csv:
-        paths, names, values = read_feature_csv(p)
-        if names0 is None:
-            names0 = names
-        elif names != names0:
-            raise InputError(f"{p}: feature columns differ from {paths_csv[0]}")
-        all_paths += paths
-        all_values.append(values)
-    values = np.concatenate(all_values) if all_values else np.zeros((0, 0))
-    return all_paths, names0, values
+def read_noncell_list(path, val_paths=None, val_source="the validation split"):
+    """Read a non-cell list: one archive-relative crop path per line -> list of str (file order).
+
+    Blank lines and ``#`` comments (whole lines or after the path) are skipped.  With
+    ``val_paths`` (a set) every path must be a cell of the validation split.  A line with
+    more than a path, a path twice, a path outside ``val_paths`` or a list naming no crop
+    is an :class:`InputError` naming the file and line.
+    """
+    out, seen = [], {}
+    with open_input(path, "non-cell list") as f:
+        for lineno, line in enumerate(f, 1):
+            rel = line.split("#", 1)[0].strip()
+            if not rel:
+                continue
+            if len(rel.split()) != 1:
+                raise InputError(f"{path}:{lineno}: expected one crop path (archive-relative), got {line.strip()!r}")
+            if rel in seen:
+                raise InputError(f"{path}:{lineno}: {rel} is also on line {seen[rel]}")
+            if val_paths is not None and rel not in val_paths:
+                raise InputError(f"{path}:{lineno}: {rel!r} is not a cell of {val_source}; the non-cells must be "
+                                 "validation cells (archive-relative paths as in HOwt_val.txt)")
+            seen[rel] = lineno
+            out.append(rel)
+    if not out:
+        raise InputError(f"{path}: the non-cell list names no crop")
+    return out
+
+
+def pick_training_cells(labels, net_pred, rf_pred, exclude=None, per_class=PAPER_CELLS_PER_CLASS, seed=1,
+                        n_classes=None):
+    """The paper's cells for the quality filter: per class, ``per_class`` cells both classifiers got right.
+
+    labels, net_pred, rf_pred: int class indices of the same N validation cells (N,);
+    exclude: bool (N,), cells never picked (the listed non-cells).  For each class c,
+    the candidates are the cells with ``labels == net_pred == rf_pred == c`` and not
+    excluded, in input order; ``min(per_class, len(candidates))`` of them are drawn
+    without replacement with ``numpy.random.default_rng([seed, c])`` (so a class's
+    pick does not depend on the other classes).
+    Returns ``(indices int64 sorted, per-class list of dicts class/available/picked)``.
+    """
+    labels, net_pred, rf_pred = (np.asarray(a, dtype=np.int64) for a in (labels, net_pred, rf_pred))
+    if not labels.shape == net_pred.shape == rf_pred.shape:
+        raise ValueError(f"shapes differ: labels {labels.shape}, net_pred {net_pred.shape}, rf_pred {rf_pred.shape}")
+    exclude = np.zeros(labels.shape, bool) if exclude is None else np.asarray(exclude, bool)
+    n_classes = int(labels.max()) + 1 if n_classes is None else int(n_classes)
+    picked, info = [], []
+    for c in range(n_classes):
+        cand = np.flatnonzero((labels == c) & (net_pred == c) & (rf_pred == c) & ~exclude)
+        k = min(int(per_class), len(cand))
+        pick = np.random.default_rng([int(seed), c]).choice(cand, size=k, replace=False) if k else cand[:0]
+        picked.append(pick)
+        info.append({"class": c, "available": int(len(cand)), "picked": int(k)})
+    return np.sort(np.concatenate(picked)).astype(np.int64), info
 
 
 def _accuracy(correct, total):
@@ -107,68 +148,140 @@ def filter_accuracy(table, keep_paths):
     }
 
 
-def run_quality_filter(train_features, quality_csv, test_features, predictions=None, out_json=None,
-                       out_cells=None, mtry=DEFAULT_MTRY, sampling=DEFAULT_SAMPLING, folds=10, ntree=DEFAULT_NTREE,
-                       threshold=0.5, max_labelled=DEFAULT_MAX_LABELLED, n_jobs=2, seed=1, log=None):
-    """Train the filter, apply it to the test cells, compare classifiers before/after.
-
-    train_features: list of feature CSVs with the labelled cells (e.g. train and val);
-    quality_csv: ``path,is_cell``; test_features: feature CSV of the test cells;
-    At most ``max_labelled`` labelled crops train the filter (stratified subset).
-    predictions: dict name -> predictions-table CSV (e.g. ``{"network": ..., "random_forest": ...}``),
-    every row of which must be a test cell.  Writes ``out_json`` (summary) and
-    ``out_cells`` (``path,p_cell,is_cell_pred`` per test cell) atomically; returns the summary.
-    """
-    log = log or _log.info
-    from deepyeast.analysis import rforest
+def _val_predictions(net_csv, rf_csv, feature_paths, val_features):
+    """The two classifiers' validation tables, aligned with the feature rows -> (rows, labels, net, rf)."""
     from deepyeast.analysis.predictions import read_predictions
 
-    quality = read_quality_labels(quality_csv)
+    net = read_predictions(net_csv, require_all_classes=False)
+    rf = read_predictions(rf_csv, require_all_classes=False)
+    if net.n_classes != rf.n_classes:
+        raise InputError(f"{rf_csv}: {rf.n_classes} classes, {net_csv} has {net.n_classes}")
+    rf_at = {p: i for i, p in enumerate(rf.path)}
+    missing = [p for p in net.path if p not in rf_at]
+    if missing or len(rf_at) != len(net.path):
+        extra = missing or [p for p in rf.path if p not in set(net.path)]
+        raise InputError(f"{rf_csv}: the forest's validation cells differ from the network's in {net_csv} "
+                         f"(e.g. {extra[0]!r})")
+    row_of = {p: i for i, p in enumerate(feature_paths)}
+    nofeat = [p for p in net.path if p not in row_of]
+    if nofeat:
+        raise InputError(f"{val_features}: validation cell {nofeat[0]!r} of {net_csv} has no features "
+                         f"({len(nofeat)} such cells)")
+    j = np.array([rf_at[p] for p in net.path], dtype=np.int64)
+    bad = np.flatnonzero(rf.label[j] != net.label)
+    if bad.size:
+        raise InputError(f"{rf_csv}: cell {net.path[bad[0]]!r} has label {rf.label[j][bad[0]]}, "
+                         f"{net_csv} says {net.label[bad[0]]}")
+    rows = np.array([row_of[p] for p in net.path], dtype=np.int64)
+    return list(net.path), rows, net.label, net.pred, rf.pred[j], net.n_classes
+
+
+def not_run_summary(reason, option=NONCELL_OPTION, training_set=None):
+    """The summary of a filter that could not run: ``{"not_run": {what, reason, option}[, training_set]}``
+    (:func:`write_quality_result` turns it into a ``missing`` entry with null metrics)."""
+    summary = {"not_run": {"what": "non-cell filter", "reason": reason, "option": option}}
+    if training_set is not None:
+        summary["training_set"] = training_set
+    return summary
+
+
+def run_quality_filter(val_features, net_val, rf_val, noncells, test_features, predictions=None, truth=None,
+                       out_json=None, out_cells=None, out_training=None, per_class=PAPER_CELLS_PER_CLASS,
+                       mtry=PAPER_MTRY, sampling=PAPER_SAMPLING, folds=PAPER_FOLDS, ntree=PAPER_NTREE, seed=1,
+                       scheduler="none", jobs=1, log=None):
+    """Build the paper's training set, choose the filter by CV, apply it to the test cells.
+
+    val_features / test_features: feature CSVs (``path,<feature>...``) of the validation
+    and test cells; net_val / rf_val: the network's and the forest's predictions tables of
+    the validation cells; noncells: the non-cell list (validation cells, one path per
+    line); predictions: dict name -> predictions-table CSV of test cells (e.g.
+    ``{"network": ..., "random_forest": ...}``); truth: optional ``path,is_cell`` table
+    (a synthetic screen's ``cell_quality.csv``) to score the filter on the test cells.
+    Writes ``out_training`` (``path,label,is_cell`` of the training set), ``out_cells``
+    (``path,p_cell,is_cell_pred`` per test cell) and ``out_json`` (summary, last);
+    returns the summary.
+
+    Without a non-cell list (``noncells`` None), or with fewer than ``folds`` cells or
+    non-cells in the training set, nothing is fitted: the summary is
+    :func:`not_run_summary`'s (reason and the option that would run it), never an error
+    (without a list no file is written: :func:`write_quality_result` records it).
+    """
+    log = log or _log.info
+    if noncells is None:
+        log(f"quality filter: not run: {NO_LIST_REASON}; give a non-cell list with {NONCELL_OPTION}")
+        return not_run_summary(NO_LIST_REASON)
+    from deepyeast.analysis import rforest
+    from deepyeast.analysis.predictions import read_predictions
+    from deepyeast.constants import class_names_for
+
+    va_paths, va_names, x_va = read_feature_csv(val_features)
     te_paths, te_names, x_te = read_feature_csv(test_features)
-    test_set = set(te_paths)
-    tr_paths, tr_names, x_tr = _read_features(list(train_features))
-    if tr_names != te_names:
-        raise InputError(f"{test_features}: feature columns differ from {train_features[0]}")
-    use = np.array([p in quality and p not in test_set for p in tr_paths], dtype=bool)
-    if not use.any():
-        raise InputError(f"{quality_csv}: none of its paths is a (non-test) cell of {list(train_features)}")
-    y = np.array([quality[p] for p, u in zip(tr_paths, use) if u], dtype=np.int64)
-    x_lab = x_tr[use]
-    n_available = len(y)
-    if max_labelled and len(y) > max_labelled:
-        sub = stratified_subset(y, max_labelled, seed)
-        x_lab, y = x_lab[sub], y[sub]
-    n_cell, n_non = int(y.sum()), int((1 - y).sum())
+    if va_names != te_names:
+        raise InputError(f"{test_features}: feature columns differ from {val_features}")
+    paths, rows, labels, net_pred, rf_pred, n_classes = _val_predictions(net_val, rf_val, va_paths, val_features)
+    non = read_noncell_list(noncells, set(paths), f"the validation split ({net_val})")
+    non_set = set(non)
+    is_non = np.array([p in non_set for p in paths], dtype=bool)
+    cells, per_class_info = pick_training_cells(labels, net_pred, rf_pred, is_non, per_class, seed, n_classes)
+    names = class_names_for(n_classes)
+    for info in per_class_info:
+        info["name"] = names[info["class"]]
+    short = [f"{i['name']} {i['available']}" for i in per_class_info if i["available"] < per_class]
+    if short:
+        log(f"quality filter: fewer than {per_class} validation cells correct by both classifiers in "
+            f"{len(short)} class(es), all taken: {', '.join(short)}")
+    non_idx = np.flatnonzero(is_non)
+    train_idx = np.concatenate([cells, non_idx])
+    y = np.concatenate([np.ones(len(cells), np.int64), np.zeros(len(non_idx), np.int64)])
+    x_lab = x_va[rows[train_idx]]
+    n_cell, n_non = len(cells), len(non_idx)
+    training_set = {"cells_per_class": int(per_class), "cells": n_cell, "noncells": n_non,
+                    "noncell_list": os.path.basename(os.fspath(noncells)), "classes": per_class_info}
     if min(n_cell, n_non) < folds:
-        raise InputError(f"{quality_csv}: {n_cell} cells and {n_non} non-cells among the training features; "
-                         f"{folds}-fold cross-validation needs at least {folds} of each")
+        # too small a screen or too weak classifiers: reported as not run, never a crash
+        reason = (f"{n_cell} cells (correct by both classifiers) and {n_non} non-cells in the training set; "
+                  f"{folds}-fold cross-validation needs at least {folds} of each")
+        log(f"quality filter: not run: {reason}")
+        summary = not_run_summary(reason, f"a longer non-cell list ({NONCELL_OPTION}), or more validation cells "
+                                          "classified correctly by both classifiers (a longer training)",
+                                  training_set)
+        if out_json:
+            atomic_write_text(out_json, json.dumps(summary, indent=1) + "\n")
+        return summary
     x_fit, x_test, _ = rforest.impute_features(x_lab, x_te)
-    log(f"quality filter: {n_cell} cells, {n_non} non-cells, {folds}-fold CV over mtry {list(mtry)} "
-        f"x sampling {list(sampling)}")
+    log(f"quality filter: {n_cell} cells ({per_class} per class at most) + {n_non} non-cells, {folds}-fold CV over "
+        f"mtry {list(mtry)} x sampling {list(sampling)}, {ntree} trees")
     table, best, model = rforest.quality_cv(x_fit, y, mtry=mtry, sampling=sampling, folds=folds, ntree=ntree,
-                                            n_jobs=n_jobs, seed=seed)
-    log(f"quality filter: best {best}")
-    p_cell = rforest.quality_predict(model, x_test)
-    is_cell_pred = (p_cell >= threshold).astype(int)
+                                            seed=seed, scheduler=scheduler, jobs=jobs, log=log)
+    log(f"quality filter: chosen mtry {best['mtry']}, sampling {best['sampling']}: CV accuracy "
+        f"{best['cv_accuracy']:.4f}, balanced accuracy {best['cv_balanced_accuracy']:.4f}")
+    p_cell, is_cell_pred = rforest.quality_predict(model, x_test, seed)
     keep = {p for p, k in zip(te_paths, is_cell_pred) if k}
     summary = {
-        "criterion": "cross-validated balanced accuracy (mean of cell and non-cell recall)",
-        "folds": int(folds), "ntree": int(ntree), "threshold": float(threshold), "seed": int(seed),
-        "n_features": len(tr_names),
-        "n_labelled": {"cells": n_cell, "noncells": n_non, "available": n_available},
+        "procedure": "paper: per class, validation cells correct by both classifiers labelled as cells, plus "
+                     "the listed non-cells; k-fold CV over mtry x down-sampling; the forest's class decides",
+        "criterion": "cross-validated accuracy (balanced accuracy = mean of cell and non-cell recall, beside it)",
+        "folds": int(folds), "ntree": int(ntree), "seed": int(seed), "mtry_grid": [int(m) for m in mtry],
+        "sampling_grid": list(sampling),
+        "n_features": len(va_names),
+        "training_set": training_set,
         "cv_table": table,
         "best": best,
         "test": {"n_cells": len(te_paths), "n_removed": int(len(te_paths) - len(keep)), "n_kept": len(keep)},
         "classifiers": {},
     }
-    labelled_test = [(quality[p], k) for p, k in zip(te_paths, is_cell_pred) if p in quality]
-    if labelled_test:
-        truth, pred = np.array(labelled_test).T
-        summary["test"]["filter_vs_labels"] = {
-            "accuracy": _accuracy((truth == pred).sum(), truth.size),
-            "noncells_removed": _accuracy(((truth == 0) & (pred == 0)).sum(), (truth == 0).sum()),
-            "cells_kept": _accuracy(((truth == 1) & (pred == 1)).sum(), (truth == 1).sum()),
-        }
+    if truth:
+        quality = read_quality_labels(truth)
+        labelled_test = [(quality[p], k) for p, k in zip(te_paths, is_cell_pred) if p in quality]
+        if labelled_test:
+            t, pr = np.array(labelled_test).T
+            summary["test"]["filter_vs_truth"] = {
+                "source": os.path.basename(os.fspath(truth)),
+                "accuracy": _accuracy((t == pr).sum(), t.size),
+                "noncells_removed": _accuracy(((t == 0) & (pr == 0)).sum(), (t == 0).sum()),
+                "cells_kept": _accuracy(((t == 1) & (pr == 1)).sum(), (t == 1).sum()),
+            }
+    test_set = set(te_paths)
     for name, pred_csv in (predictions or {}).items():
         table_p = read_predictions(pred_csv, require_all_classes=False)
         outside = [p for p in table_p.path if p not in test_set]
@@ -184,13 +297,12 @@ def run_quality_filter(train_features, quality_csv, test_features, predictions=N
         if name in summary["classifiers"]:
             summary[prefix + "cell_accuracy"] = summary["classifiers"][name]["before"]
             summary[prefix + "cell_accuracy_filtered"] = summary["classifiers"][name]["after"]
+    if out_training:
+        write_csv(out_training, ([paths[i], int(labels[i]), int(c)] for i, c in zip(train_idx, y)),
+                  ["path", "label", "is_cell"])
     if out_cells:
-        with atomic_path(out_cells) as tmp:
-            with open(tmp, "w", newline="", encoding="utf-8") as f:
-                w = csv.writer(f, lineterminator="\n")
-                w.writerow(["path", "p_cell", "is_cell_pred"])
-                for p, pc, k in zip(te_paths, p_cell, is_cell_pred):
-                    w.writerow([p, f"{pc:.6g}", int(k)])
+        write_csv(out_cells, ([p, float(pc), int(k)] for p, pc, k in zip(te_paths, p_cell, is_cell_pred)),
+                  ["path", "p_cell", "is_cell_pred"])
     if out_json:
         atomic_write_text(out_json, json.dumps(summary, indent=1) + "\n")
     return summary
@@ -225,96 +337,74 @@ def plot_filter_accuracy(summary, out_png):
 def write_quality_result(out_dir, summary, figure_file=None, command=None):
     """The result manifest of the non-cell filter (see :mod:`deepyeast.report.manifest`).
 
-    The full summary (cross-validation table, the filter against the test cells' labels) goes to
-    ``details``; the report shows the accuracies before and after removing non-cells.
+    The full summary (training set per class, cross-validation table, the filter against the
+    test cells' known non-cells) goes to ``details``; the report shows the accuracies before
+    and after removing non-cells.  A summary of :func:`not_run_summary` gives null metrics and
+    a ``missing`` entry naming the reason and the option that would run the filter.
     """
-    from deepyeast.constants import PAPER_RESULTS
+    from deepyeast.constants import PAPER_N_NONCELLS, PAPER_RESULTS
     from deepyeast.report.manifest import figure, headline, missing_part, table, write_result
 
-    t = summary["test"]
-    lab = summary["n_labelled"]
-    best = summary["best"]
-    if isinstance(best, dict):
-        score = best.get("cv_balanced_accuracy")
-        best = f"mtry {best.get('mtry')}, down-sampling {best.get('sampling')}" + (
-            f", balanced accuracy {score:.3f}" if isinstance(score, float) else "")
-    text = (f"A random forest on CellProfiler features, trained on {lab['cells']:,} crops labelled as cells and "
-            f"{lab['noncells']:,} as non-cells (chosen by {summary['folds']}-fold cross-validation: "
-            f"{best}), removed {t['n_removed']:,} of the {t['n_cells']:,} test crops as non-cells.")
-    metrics, rows, table_rows, missing = {}, [], [], []
+    title = "Removing non-cells (paper: 91% per cell after filtering)"
     labels = {"network": "Network", "random_forest": "Random forest"}
-    for name, prefix in (("network", ""), ("random_forest", "rf_")):
+    keys = {"network": "cell_accuracy_filtered", "random_forest": "rf_cell_accuracy_filtered"}
+    rows = [headline(keys[name], f"{labels[name]} accuracy per cell, non-cells removed", "cells",
+                     PAPER_RESULTS.get(keys[name])) for name in labels]
+    if "not_run" in summary:
+        nr = summary["not_run"]
+        text = (f"The non-cell filter was not run: {nr['reason']}. The paper trained it on "
+                f"{PAPER_CELLS_PER_CLASS} validation cells per class that both classifiers got right and "
+                f"{PAPER_N_NONCELLS} non-cells picked by eye; give such a list with {nr['option']}.")
+        return write_result(out_dir, "quality", title, text, metrics={k: None for k in keys.values()},
+                            headline=rows, missing=[missing_part(nr["what"], nr["reason"], nr["option"])],
+                            details=summary, command=command, order=20)
+    t = summary["test"]
+    ts = summary["training_set"]
+    best = summary["best"]
+    sampling = "with the cells down-sampled to the non-cells' number in every tree" \
+        if best["sampling"] == "balanced" else "without down-sampling"
+    text = (f"As in the paper, a random forest on CellProfiler features learned to tell cells from non-cells: "
+            f"{ts['cells']:,} validation cells that both the network and the forest classify correctly (at most "
+            f"{ts['cells_per_class']} per class) against the {ts['noncells']:,} non-cells of "
+            f"{ts['noncell_list']}. {summary['folds']}-fold cross-validation chose mtry {best['mtry']} {sampling} "
+            f"(accuracy {best['cv_accuracy']:.3f}, balanced accuracy {best['cv_balanced_accuracy']:.3f}); "
+            f"the filter removed {t['n_removed']:,} of the {t['n_cells']:,} test crops as non-cells.")
+    if "filter_vs_truth" in t:
+        f = t["filter_vs_truth"]
+        text += (f" Of the test crops the screen knows to be non-cells it removed {f['noncells_removed']['correct']}"
+                 f" of {f['noncells_removed']['total']}, and it kept {f['cells_kept']['correct']:,} of the "
+                 f"{f['cells_kept']['total']:,} real cells.")
+    metrics, table_rows, missing = {}, [], []
+    for name, key in keys.items():
         acc = summary["classifiers"].get(name)
         if acc is None:
+            metrics[key] = None
             missing.append(missing_part(f"{labels[name].lower()} accuracy after removing non-cells",
                                         f"no {labels[name].lower()} predictions were given",
                                         "--predictions CSV" if name == "network" else "--rf-predictions CSV"))
             continue
-        metrics[prefix + "cell_accuracy_filtered"] = acc["after"]
-        rows.append(headline(prefix + "cell_accuracy_filtered", f"{labels[name]} accuracy per cell, non-cells removed",
-                             "cells", PAPER_RESULTS.get(prefix + "cell_accuracy_filtered")))
+        metrics[key] = acc["after"]
         b, a = acc["before"], acc["after"]
         table_rows.append([labels[name], f"{b['value']:.3f} ({b['correct']:,}/{b['total']:,})",
                            f"{a['value']:.3f} ({a['correct']:,}/{a['total']:,})", acc["removed"]])
     tables = [table("Accuracy per cell before and after removing non-cells",
                     ["classifier", "before (right/cells)", "after (right/cells kept)", "cells removed"], table_rows,
                     "Counts are test cells; 'after' counts only the cells the filter kept.")] if table_rows else []
-    if "filter_vs_labels" in t:
-        f = t["filter_vs_labels"]
-        text += (f" On the test crops with a cell/non-cell label it removed {f['noncells_removed']['correct']} of "
-                 f"{f['noncells_removed']['total']} non-cells and kept {f['cells_kept']['correct']:,} of "
-                 f"{f['cells_kept']['total']:,} cells.")
+    tables.append(table("Cross-validation of the filter",
+                        ["mtry", "down-sampling", "CV accuracy", "balanced accuracy"],
+                        [[r["mtry"], r["sampling"], round(r["cv_accuracy"], 4), round(r["cv_balanced_accuracy"], 4)]
+                         for r in summary["cv_table"]],
+                        f"{summary['folds']}-fold cross-validation on the training set ({ts['cells']:,} cells, "
+                        f"{ts['noncells']:,} non-cells), {summary['ntree']} trees; chosen by accuracy."))
     figs = [figure(figure_file, "Accuracy per cell of each classifier before and after the filter removed "
                                 "non-cells (test cells).")] if figure_file else []
-    return write_result(out_dir, "quality", "Removing non-cells (paper: 91% per cell after filtering)", text,
-                        metrics=metrics, headline=rows, figures=figs, tables=tables, missing=missing,
-                        details=summary, seeds={"seed": summary.get("seed")}, command=command, order=20)
+    return write_result(out_dir, "quality", title, text, metrics=metrics, headline=rows, figures=figs, tables=tables,
+                        missing=missing, details=summary, seeds={"seed": summary.get("seed")}, command=command,
+                        order=20)
 
 
-# --------------------------------------------------------------------------- without a non-cell list
-
-NONCELL_OPTION = "NONCELLS=FILE (make), --noncells FILE (analysis/quality_filter.py)"
-"""How to supply the non-cells the filter learns from (a ``missing`` entry's option)."""
-
-
-def read_noncell_list(path):
-    """A non-cell list: one archive-relative crop path per line (blank lines and ``#`` comments
-    skipped) -> list of str in file order; a path twice is an :class:`InputError` naming the line."""
-    from deepyeast.utils.io import open_input
-
-    out, seen = [], {}
-    with open_input(path, "non-cell list") as f:
-        for lineno, line in enumerate(f, 1):
-            rel = line.split("#", 1)[0].strip()
-            if not rel:
-                continue
-            if len(rel.split()) != 1:
-                raise InputError(f"{path}:{lineno}: expected one crop path, got {line.strip()!r}")
-            if rel in seen:
-                raise InputError(f"{path}:{lineno}: {rel} is also on line {seen[rel]}")
-            seen[rel] = lineno
-            out.append(rel)
-    if not out:
-        raise InputError(f"{path}: the non-cell list names no crop")
-    return out
-
-
-def write_quality_not_run(out_dir, command=None):
-    """The quality filter's manifest when no non-cell list was given: the step is named as not done
-    (``missing``, with the option that supplies the list) and its metrics are null."""
-    from deepyeast.constants import PAPER_RESULTS
-    from deepyeast.report.manifest import headline, missing_part, write_result
-
-    metrics = {"cell_accuracy_filtered": None, "rf_cell_accuracy_filtered": None}
-    rows = [headline("cell_accuracy_filtered", "Network accuracy per cell, non-cells removed", "cells",
-                     PAPER_RESULTS["cell_accuracy_filtered"]),
-            headline("rf_cell_accuracy_filtered", "Random forest accuracy per cell, non-cells removed", "cells",
-                     PAPER_RESULTS["rf_cell_accuracy_filtered"])]
-    text = ("Not run. The paper's non-cell filter is a random forest that learns from crops picked by eye as "
-            "non-cells (118 in the validation set) beside cells both classifiers call right; the published archive "
-            "holds no such labels, so the accuracies after removing non-cells are not reported.")
-    return write_result(out_dir, "quality", "Removing non-cells (paper: 91% per cell after filtering)", text,
-                        metrics=metrics, headline=rows,
-                        missing=[missing_part("non-cell filter", "the published archive has no non-cell labels",
-                                              NONCELL_OPTION)],
-                        command=command, order=20)
+def write_quality_not_run(out_dir, reason=NO_LIST_REASON, command=None):
+    """The quality filter's manifest when it cannot run (by default: no non-cell list was given):
+    the step is named as not done (``missing``, with the option that supplies the list) and its
+    metrics are null."""
+    return write_quality_result(out_dir, not_run_summary(reason), command=command)

@@ -14,6 +14,9 @@ everything is passed by files.  :mod:`deepyeast.analysis.predict` runs it throug
 --out      DIR/<blob>.npy gets float32 N x D (blob flattened per cell), one per --blobs
 --pool     blobs (of --blobs) written instead as DIR/<blob>.pool.npy, float32 N x 2C: each
            channel's spatial mean, then each channel's spatial max
+--top      blobs whose per-channel top activations go to DIR/<blob>.top.npz (feature_stream.py
+           beside this file: the cells and positions the activating-patch search needs)
+--top-k    cells kept per channel (default 16)
 --dump-params  npz with every parameter blob as "<layer>/<index>" (float32, Caffe shapes)
 --save-weights write the loaded net with pycaffe's Net.save (a caffemodel written by real Caffe)
 """
@@ -32,6 +35,8 @@ def main(argv=None):
     ap.add_argument("--out")
     ap.add_argument("--blobs", default="prob")
     ap.add_argument("--pool", default="")
+    ap.add_argument("--top", default="")
+    ap.add_argument("--top-k", type=int, default=16)
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--dump-params")
     ap.add_argument("--save-weights")
@@ -67,28 +72,40 @@ def main(argv=None):
             sys.exit(f"{args.model}: no blob named {', '.join(missing)} (blobs: {', '.join(net.blobs)})")
         n = images.shape[0]
         os.makedirs(args.out, exist_ok=True)
+        # the sibling module (this script's folder is sys.path[0] in the root): files written
+        # batch by batch, per-channel top activations
+        from feature_stream import NpyWriter, TopActivations
+        tops = {b: TopActivations(args.top_k) for b in args.top.split(",") if b}
         outputs = {}
-        for start in range(0, n, args.batch):
-            batch = np.asarray(images[start:start + args.batch], dtype=np.float32)
-            if mean is not None:
-                batch = batch - mean
-            net.blobs[input_name].reshape(*batch.shape)
-            net.reshape()
-            net.blobs[input_name].data[...] = batch
-            net.forward()
-            for b in names:
-                data = net.blobs[b].data
-                if b in pooled:
-                    maps = data.reshape(data.shape[0], data.shape[1], -1)
-                    data = np.concatenate([maps.mean(axis=2), maps.max(axis=2)], axis=1)
-                data = data.reshape(batch.shape[0], -1)
-                if b not in outputs:
-                    name = b + (".pool.npy" if b in pooled else ".npy")
-                    outputs[b] = np.lib.format.open_memmap(os.path.join(args.out, name), mode="w+",
-                                                           dtype=np.float32, shape=(n, data.shape[1]))
-                outputs[b][start:start + batch.shape[0]] = data
-        for arr in outputs.values():
-            arr.flush()
+        try:
+            for start in range(0, n, args.batch):
+                batch = np.asarray(images[start:start + args.batch], dtype=np.float32)
+                if mean is not None:
+                    batch = batch - mean
+                net.blobs[input_name].reshape(*batch.shape)
+                net.reshape()
+                net.blobs[input_name].data[...] = batch
+                net.forward()
+                for b in names:
+                    data = net.blobs[b].data
+                    if b in tops:
+                        tops[b].update(data)
+                    if b in pooled:
+                        maps = data.reshape(data.shape[0], data.shape[1], -1)
+                        data = np.concatenate([maps.mean(axis=2), maps.max(axis=2)], axis=1)
+                    data = data.reshape(batch.shape[0], -1)
+                    if b not in outputs:
+                        name = b + (".pool.npy" if b in pooled else ".npy")
+                        outputs[b] = NpyWriter(os.path.join(args.out, name), n, data.shape[1])
+                    outputs[b].write(data)
+            for w in outputs.values():
+                w.close()
+        except BaseException:
+            for w in outputs.values():
+                w.abort()
+            raise
+        for b, top in tops.items():
+            top.save(os.path.join(args.out, b + ".top.npz"))
 
 
 if __name__ == "__main__":

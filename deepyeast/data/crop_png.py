@@ -15,7 +15,7 @@ import numpy as np
 from deepyeast.constants import IMAGE_SIZE, N_CHANNELS
 from deepyeast.utils.io import InputError
 
-__all__ = ["decode_crop", "read_crop", "encode_crop", "write_crop", "iter_crops", "quiet_cv2"]
+__all__ = ["decode_crop", "read_crop", "read_crop_bytes", "encode_crop", "write_crop", "iter_crops", "quiet_cv2"]
 
 _PNG_PARAMS = None
 
@@ -54,16 +54,21 @@ def decode_crop(data, name="<bytes>", size=IMAGE_SIZE):
     return out
 
 
-def read_crop(path, size=IMAGE_SIZE):
-    """Read one crop file -> uint8 ``2 x 64 x 64`` (see :func:`decode_crop`)."""
+def read_crop_bytes(path):
+    """The bytes of one crop file, undecoded (for :func:`decode_crop` elsewhere, e.g. in a Dask
+    worker that cannot see the file); a missing or unreadable file is an InputError naming it."""
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            return f.read()
     except FileNotFoundError:
         raise InputError(f"{path}: listed file is missing") from None
     except OSError as e:
         raise InputError(f"{path}: cannot read ({e.strerror})") from None
-    return decode_crop(data, path, size)
+
+
+def read_crop(path, size=IMAGE_SIZE):
+    """Read one crop file -> uint8 ``2 x 64 x 64`` (see :func:`decode_crop`)."""
+    return decode_crop(read_crop_bytes(path), path, size)
 
 
 def encode_crop(crop):

@@ -241,11 +241,54 @@ def choose_snapshot(solver_path, log_path=None, rule="final"):
     return snapshot_path(solver, min(candidates)[1])
 
 
+SNAPSHOT_SUFFIXES = (".caffemodel", ".solverstate", ".dystate.npz")
+"""The files of one snapshot (the engine's :meth:`~deepyeast.engine.solver.Solver.snapshot`; real
+Caffe writes the first two)."""
+
+
+def snapshots_on_disk(solver):
+    """iteration -> list of the snapshot files of a SolverParameter's ``snapshot_prefix`` on disk
+    (renamed ``*.diverged`` files are not snapshots any more and are not listed)."""
+    folder = os.path.dirname(os.path.abspath(solver.snapshot_prefix)) or "."
+    stem = os.path.basename(solver.snapshot_prefix)
+    pattern = re.compile(re.escape(stem) + r"_iter_(\d+)(" + "|".join(re.escape(x) for x in SNAPSHOT_SUFFIXES) + r")$")
+    found = {}
+    for name in os.listdir(folder) if os.path.isdir(folder) else ():
+        m = pattern.match(name)
+        if m:
+            found.setdefault(int(m.group(1)), []).append(os.path.join(folder, name))
+    return found
+
+
+def prune_snapshots(solver_path, keep):
+    """Remove every snapshot of a run except those at the iterations in ``keep`` and the newest
+    (the point ``-snapshot auto`` resumes from).  Returns ``(removed files, bytes freed)``.
+
+    A DeepYeast snapshot is 84 MiB (the weights, as much again of momentum history, and the
+    engine state); the paper's schedule writes 30 of them.  The snapshot rules only ever need the kept ones: the
+    final snapshot is the newest, and every removed snapshot had a validation loss no lower
+    than the chosen one's.
+    """
+    solver = read_prototxt(solver_path, caffe_pb2.SolverParameter)
+    found = snapshots_on_disk(solver)
+    keep = set(int(k) for k in keep) | ({max(found)} if found else set())
+    removed, freed = [], 0
+    for it, files in sorted(found.items()):
+        if it in keep:
+            continue
+        # the .solverstate last: an interrupted prune never leaves a resume point without weights
+        for f in sorted(files, key=lambda f: f.endswith(".solverstate")):
+            freed += os.path.getsize(f)
+            os.remove(f)
+            removed.append(f)
+    return removed, freed
+
+
 _CHOOSE_DOC = """Copy the snapshot a run uses (final, or lowest validation loss) to OUT, atomically.
 
 Example:
   python -m deepyeast.engine.runconfig RUN/train/solver.prototxt RUN/train/chosen.caffemodel --rule val_loss \\
-      --log RUN/train/train.log
+      --log RUN/train/train.log --prune
 """
 
 
@@ -256,6 +299,8 @@ def _choose_options(p):
     p.add_argument("out", help="where to copy the chosen .caffemodel")
     p.add_argument("--rule", choices=["final", "val_loss"], default="final")
     p.add_argument("--log", help="training log (for --rule val_loss)")
+    p.add_argument("--prune", action="store_true",
+                   help="then remove every other snapshot except the newest (the resume point)")
 
 
 def _choose(args):
@@ -265,6 +310,10 @@ def _choose(args):
     with atomic_path(args.out) as tmp:
         shutil.copyfile(chosen, tmp)
     print(f"{chosen} -> {args.out}")
+    if args.prune:
+        it = int(re.search(r"_iter_(\d+)\.caffemodel$", chosen).group(1))
+        removed, freed = prune_snapshots(args.solver, [it])
+        print(f"pruned {len(removed)} snapshot files ({freed / 2**20:.0f} MiB); kept iteration {it} and the newest")
 
 
 def _main(argv=None):

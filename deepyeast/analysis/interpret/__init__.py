@@ -4,7 +4,9 @@ activate chosen neurons (:mod:`.patches`), run together by :func:`run_interpreta
 
 Inputs
 ------
-* Network features (:mod:`deepyeast.analysis.features`): ``DIR/<blob>.npy`` and ``DIR/paths.txt``.
+* Network features (:mod:`deepyeast.analysis.features`): ``DIR/paths.txt`` and per blob either
+  ``DIR/<blob>.pool.npy`` with ``DIR/<blob>.top.npz`` (predict's default) or the whole ``DIR/<blob>.npy``
+  (needed only for ``tsne_reduce="full"``).
 * Cell labels: the archive's split lists or any CSV with ``path,label`` (e.g. a predictions table).
 * CellProfiler features: CSV ``path,<feature_1>,...``, one row per cell (optional).
 * Cell images for the patches: the PNGs under the archive root, or a Datum LMDB (optional).
@@ -19,12 +21,13 @@ import warnings
 
 import numpy as np
 
-from deepyeast.analysis.features import (PATHS_FILE, channel_mean_max, feature_file, labels_for_paths,
+from deepyeast.analysis.features import (PATHS_FILE, blob_mean_max, feature_file, has_blob, labels_for_paths,
                                          layer_features, load_blob, match_paths, network_blobs, network_geometry,
-                                         read_cellprofiler_csv, read_paths)
+                                         read_cellprofiler_csv, read_paths, read_top)
 from deepyeast.analysis.interpret.neurons import (class_entropy, mutual_information_per_neuron,
                                                   plot_neuron_summary, strongest_correlations)
-from deepyeast.analysis.interpret.patches import PATCH_LAYERS, activating_patches, load_cell_images, plot_patches
+from deepyeast.analysis.interpret.patches import (PATCH_LAYERS, load_cell_images, patches_of_units, plot_patches,
+                                                  stored_top_units, top_activating_units)
 from deepyeast.analysis.interpret.tsne import plot_tsne_grid, tsne_embedding
 from deepyeast.report.manifest import clear_result, figure, missing_part, table, write_result
 from deepyeast.utils.io import InputError, atomic_write_json, write_csv
@@ -58,7 +61,7 @@ def run_interpretation(feature_dir, out_dir, labels, class_names, blobs=None, cp
     paths = read_paths(os.path.join(feature_dir, PATHS_FILE))
     _splits, y = labels_for_paths(paths, labels, os.path.join(feature_dir, PATHS_FILE))
     if blobs is None:
-        blobs = [b for b in network_blobs(model) if os.path.exists(os.path.join(feature_dir, feature_file(b)))]
+        blobs = [b for b in network_blobs(model) if has_blob(feature_dir, b)]
     if not blobs:
         raise InputError(f"{feature_dir}: no feature files for blobs {', '.join(network_blobs(model))}")
     geometry = network_geometry(model)
@@ -78,10 +81,11 @@ def run_interpretation(feature_dir, out_dir, labels, class_names, blobs=None, cp
     embeddings, mi_by_blob, r_by_blob, chance_by_blob = {}, {}, {}, {}
     clear_result(out_dir)
     for blob in progress(blobs, desc="interpret", unit="layer"):
-        act = load_blob(feature_dir, blob, geometry.get(blob))
-        # one pass over the (memory-mapped) blob: per-channel mean and max of every cell
-        spatial = act.shape[2] * act.shape[3] > 1
-        means, maxima = channel_mean_max(act)
+        # per-channel mean and max of every cell: the pooled file, or one chunked pass over the whole maps
+        whole = os.path.exists(os.path.join(feature_dir, feature_file(blob)))
+        g = geometry.get(blob)
+        spatial = (g.height * g.width > 1) if g else not whole or load_blob(feature_dir, blob).shape[2] > 1
+        means, maxima = blob_mean_max(feature_dir, blob, g)
         outputs = maxima if summary == "max" else means
         mi = mutual_information_per_neuron(outputs, y, n_bins)
         mi_by_blob[blob] = mi
@@ -105,7 +109,7 @@ def run_interpretation(feature_dir, out_dir, labels, class_names, blobs=None, cp
         if tsne_reduce == "pool":  # layer_features' pooling, from the summaries already taken
             tsne_x = np.concatenate([means, maxima], 1)[tsne_rows] if spatial else means[tsne_rows]
         else:
-            tsne_x = layer_features(act, tsne_reduce, tsne_rows)
+            tsne_x = layer_features(load_blob(feature_dir, blob, g), tsne_reduce, tsne_rows)
         embeddings[blob] = tsne_embedding(tsne_x, seed, mode=tsne)
     tsne_table = [dict(path=paths[i], label=int(y[i]), **{f"{b}_{a}": embeddings[b][j, a_i]
                        for b in blobs for a_i, a in enumerate("xy")}) for j, i in enumerate(tsne_rows)]
@@ -130,17 +134,27 @@ def run_interpretation(feature_dir, out_dir, labels, class_names, blobs=None, cp
                         cp_mi=cp_mi, cp_chance=summary_out.get("cellprofiler", {}).get("mi_shuffled_median"))
     if archive_root is not None or lmdb_path is not None:
         layers = [b for b in patch_layers if b in blobs]
-        images = load_cell_images(paths, archive_root, lmdb_path)
-        panels = []
+        chosen_units = []  # (blob, channel, top units): from the whole maps, else the stored top cells
         for blob in layers:
-            act = load_blob(feature_dir, blob, geometry.get(blob))
+            whole = os.path.exists(os.path.join(feature_dir, feature_file(blob)))
+            act = load_blob(feature_dir, blob, geometry.get(blob)) if whole else None
+            top = None if whole else read_top(feature_dir, blob, geometry.get(blob))
+            n_channels = act.shape[1] if whole else top["value"].shape[0]
             chosen = (neurons or {}).get(blob) or summary_out["layers"][blob]["top_neurons"]
             if blob == "fc3" and not (neurons or {}).get(blob):
-                chosen = list(range(act.shape[1]))  # every class score of the trained net
+                chosen = list(range(n_channels))  # every class score of the trained net
             for channel in chosen:
-                if not 0 <= channel < act.shape[1]:
-                    raise InputError(f"neuron {channel} of {blob}: blob has {act.shape[1]} neurons")
-                panels.append((blob, channel, activating_patches(act, geometry[blob], channel, images, n_patches)))
+                if not 0 <= channel < n_channels:
+                    raise InputError(f"neuron {channel} of {blob}: blob has {n_channels} neurons")
+                units = (top_activating_units(act, channel, n_patches) if whole
+                         else stored_top_units(top, channel, n_patches, len(paths)))
+                chosen_units.append((blob, channel, units))
+        # the crops of the cells shown only, not of every cell
+        shown = sorted({u[0] for _, _, units in chosen_units for u in units})
+        images = dict(zip(shown, load_cell_images([paths[i] for i in shown], archive_root, lmdb_path))) \
+            if shown else {}
+        panels = [(blob, channel, patches_of_units(units, geometry[blob], images))
+                  for blob, channel, units in chosen_units]
         summary_out["patches"] = [dict(blob=b, neuron=c, cells=[paths[p["cell"]] for p in ps],
                                        positions=[[p["row"], p["col"]] for p in ps],
                                        values=[p["value"] for p in ps]) for b, c, ps in panels]

@@ -4,6 +4,9 @@ A conv unit sees a square of the input, its receptive field: :func:`receptive_fi
 places it from the blob's :class:`~deepyeast.engine.shapes.BlobGeometry` (the engine's
 :meth:`~deepyeast.engine.Net.geometry`); the patch is cut around each of the top cells'
 strongest position, zero-padded where it leaves the crop.  An fc unit sees the whole crop.
+The top cells come from the whole maps (:func:`top_activating_units`) or, without them, from
+the per-channel top activations stored at extraction (:func:`stored_top_units`): the same cells,
+positions and values.
 """
 
 import os
@@ -13,6 +16,7 @@ import numpy as np
 from deepyeast.analysis.features import match_paths
 from deepyeast.constants import CLASS_NAMES, N_CLASSES
 from deepyeast.data.crop_png import read_crop
+from deepyeast.utils.io import InputError
 from deepyeast.utils.plotting import crop_rgb, plt, save_figure
 
 PATCH_LAYERS = ("conv1", "conv2", "conv4", "conv8", "fc3")
@@ -49,13 +53,12 @@ def load_cell_images(paths, archive_root=None, lmdb_path=None):
     From the PNGs under ``archive_root`` (:func:`deepyeast.data.crop_png.read_crop`) or from a
     Datum LMDB (cells found by :func:`deepyeast.caffe.lmdb.path_of_key`).
     """
-    if lmdb_path is not None:
-        from deepyeast.caffe.lmdb import iter_datum_lmdb, path_of_key
-        names, images = [], []
-        for key, image, _label in iter_datum_lmdb(lmdb_path):
-            names.append(path_of_key(key))
-            images.append(image)
+    if lmdb_path is not None:  # keys first, then only the wanted records' images
+        from deepyeast.caffe.lmdb import iter_datum_lmdb, path_of_key, read_keys
+        names = [path_of_key(k) for k in read_keys(lmdb_path)]
         idx = match_paths(paths, names, f"{lmdb_path} (LMDB keys)")
+        wanted = set(idx.tolist())
+        images = {i: image for i, (_key, image, _label) in enumerate(iter_datum_lmdb(lmdb_path)) if i in wanted}
         return np.stack([images[i] for i in idx]).astype(np.uint8)
     if archive_root is None:
         raise ValueError("give archive_root or lmdb_path to read cell images")
@@ -80,6 +83,33 @@ def top_activating_units(activations, channel, k=8, chunk=256):
     return [(int(c), int(best_pos[c] // w), int(best_pos[c] % w), float(best_value[c])) for c in order]
 
 
+def stored_top_units(top, channel, k=8, n_cells=None):
+    """:func:`top_activating_units` read from a blob's stored top activations (``read_top``'s dict,
+    :class:`~deepyeast.caffe.feature_stream.TopActivations`): the same list, without the maps.
+    ``n_cells``: cells in the features folder (asking for more than were stored is an error
+    unless every cell was stored)."""
+    stored = top["value"].shape[1]
+    if k > stored and (n_cells is None or stored < n_cells):
+        raise InputError(f"{k} top cells asked for, {stored} stored per channel")
+    return [(int(top["cell"][channel, j]), int(top["row"][channel, j]), int(top["col"][channel, j]),
+             float(top["value"][channel, j])) for j in range(min(k, top["value"].shape[1]))]
+
+
+def patches_of_units(units, geometry, images):
+    """Input patches (C x rf x rf each) of ``units`` (``(cell, row, col, value)``, e.g. from
+    :func:`top_activating_units`): the receptive field around each unit of a conv blob, the whole
+    crop for an fc blob.  ``images``: cell index -> C x H x W crop (an array or a dict).
+    Returns a list of dicts ``cell, row, col, value, patch``."""
+    out = []
+    for cell, row, col, value in units:
+        if geometry.kind == "fc":
+            patch = images[cell]
+        else:
+            patch = cut_patch(images[cell], *receptive_field_box(geometry, row, col))
+        out.append(dict(cell=cell, row=row, col=col, value=value, patch=patch))
+    return out
+
+
 def activating_patches(activations, geometry, channel, images, k=8):
     """Input patches (C x rf x rf each) that most activate one neuron.
 
@@ -88,14 +118,7 @@ def activating_patches(activations, geometry, channel, images, k=8):
     highest outputs.  ``images``: N x C x H x W aligned with ``activations``.
     Returns a list of dicts ``cell, row, col, value, patch``.
     """
-    out = []
-    for cell, row, col, value in top_activating_units(activations, channel, k):
-        if geometry.kind == "fc":
-            patch = images[cell]
-        else:
-            patch = cut_patch(images[cell], *receptive_field_box(geometry, row, col))
-        out.append(dict(cell=cell, row=row, col=col, value=value, patch=patch))
-    return out
+    return patches_of_units(top_activating_units(activations, channel, k), geometry, images)
 
 
 def plot_patches(panels, stem):

@@ -8,7 +8,7 @@ output is an archive root in the published layout.
 
 The package: :mod:`.plan` (classes, splits and cells per protein), :mod:`.patterns` (one cell,
 each compartment's green pattern), :mod:`.render` (whole fields with optics and camera noise),
-:mod:`.screen` (cropping and writing the archive roots, the example gallery).
+:mod:`.screen` (cropping and writing the archive roots with the non-cell list, the example gallery).
 
 Difficulty (on purpose, as in the paper): the punctate classes share dot
 counts and sizes and differ mainly in where dots sit (vacuole rim, nuclear
@@ -19,6 +19,7 @@ intensity statistics separate classes only partly.
 
 from deepyeast.data.synthetic.plan import FIELD_SIZE, SIZES, plan_screen
 from deepyeast.data.synthetic.render import render_field
-from deepyeast.data.synthetic.screen import example_crops, make_gallery, make_screen
+from deepyeast.data.synthetic.screen import example_crops, make_gallery, make_screen, write_noncell_list
 
-__all__ = ["SIZES", "FIELD_SIZE", "plan_screen", "render_field", "make_screen", "make_gallery", "example_crops"]
+__all__ = ["SIZES", "FIELD_SIZE", "plan_screen", "render_field", "make_screen", "make_gallery", "example_crops",
+           "write_noncell_list"]

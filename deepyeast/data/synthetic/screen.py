@@ -8,7 +8,17 @@ from multiprocessing import get_context
 
 import numpy as np
 
-from deepyeast.constants import CLASS_NAMES, CLASS_SETS, IMAGE_SIZE, SPLITS, TRANSFER_CLASS_NAMES, list_prefix
+from deepyeast.constants import (
+    CLASS_NAMES,
+    CLASS_SETS,
+    IMAGE_SIZE,
+    NONCELL_LIST,
+    PAPER_N_NONCELLS,
+    SPLITS,
+    TRANSFER_CLASS_NAMES,
+    list_file,
+    list_prefix,
+)
 from deepyeast.data.crop_png import write_crop
 from deepyeast.data.lists import MIXED_SPLIT, MIXED_TABLE, write_class_doc, write_mixed_table, write_split_list
 from deepyeast.data.micrographs import crop_cells, crop_name
@@ -141,12 +151,35 @@ def _progress(iterable, total, enabled, desc):
     return progress(iterable, total=total, desc=f"synthetic {desc}", unit="protein", enabled=None if enabled else False)
 
 
+def write_noncell_list(root, seed=0, n_max=PAPER_N_NONCELLS):
+    """Write ``root/noncells.txt``: known non-cells of the validation split, one path per line.
+
+    The paper's quality filter learns from 118 non-cells picked by eye in the
+    validation set; the published archive has no such list.  Here the generator's
+    own non-cells (``cell_quality.csv``, ``is_cell=0``) of ``HOwt_val.txt`` play
+    that part: all of them, or a seeded sample of ``n_max`` (in list order) when
+    there are more.  Returns the number of paths written.
+    """
+    with open(os.path.join(root, list_file("val")), encoding="utf-8") as f:
+        val = [line.split()[0] for line in f if line.strip()]
+    with open(os.path.join(root, "cell_quality.csv"), encoding="utf-8") as f:
+        next(f)
+        non = {row.split(",")[0] for row in f if row.split(",")[1] == "0"}
+    picked = [p for p in val if p in non]
+    if len(picked) > n_max:
+        keep = np.sort(np.random.default_rng([seed, n_max]).choice(len(picked), n_max, replace=False))
+        picked = [picked[i] for i in keep]
+    atomic_write_text(os.path.join(root, NONCELL_LIST), "".join(p + "\n" for p in picked))
+    return len(picked)
+
+
 def make_screen(out_dir, size="tiny", seed=0, workers=None, field_size=FIELD_SIZE, save_fields=0, progress=True,
                 difficulty=1.0):
     """Generate a synthetic screen under ``out_dir``.
 
     Writes ``out_dir/main`` (``HOwt_{train,val,test}.txt``, ``HOwt_doc.txt``,
-    ``mixed_proteins.csv``: the proteins with two compartments, whose crops are in no list) and
+    ``noncells.txt``: see :func:`write_noncell_list`; ``mixed_proteins.csv``: the proteins with two
+    compartments, whose crops are in no list) and
     ``out_dir/transfer`` (``HOwt_transfer_*.txt``, ``HOwt_transfer_doc.txt``),
     each with ``plateNN/*.png`` crops, ``proteins.csv`` and ``cell_quality.csv`` (truth the
     published archive does not have),
@@ -168,6 +201,8 @@ def make_screen(out_dir, size="tiny", seed=0, workers=None, field_size=FIELD_SIZ
     for set_name in ("main", "transfer"):
         with atomic_folder(os.path.join(out_dir, set_name)) as tmp:
             summary[set_name] = _write_screen_root(tmp, proteins, set_name, field_size, workers, save_fields, progress)
+            if set_name == "main":
+                summary[set_name]["n_listed_noncells"] = write_noncell_list(tmp, seed)
     atomic_write_json(os.path.join(out_dir, "screen.json"), summary, indent=2)
     return summary
 
