@@ -65,7 +65,7 @@ def options(p):
     p.add_argument("--skip-bad", action="store_true", help="skip bad rows, list them in OUT/rejects.txt")
     net = p.add_argument_group("network")
     net.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                     help="arithmetic of the network: fp32 (Caffe's) or bf16 autocast (faster on recent CPUs and "
+                     help="arithmetic of the network: fp32 (Caffe's) or bf16 convolutions (faster on recent CPUs and "
                           "GPUs) (default: %(default)s)")
     net.add_argument("--compare-fp32", action="store_true",
                      help="with --precision bf16: also run fp32 and report how many calls change")

@@ -15,6 +15,10 @@ Inputs
                               first compartment as label
   --split NAME                split written in every row (default: from the list/LMDB name)
   --engine ours|caffe         our PyTorch engine, or real pycaffe in the Caffe root (make caffe)
+  --precision fp32|bf16       our engine's arithmetic: fp32 (default) or bf16 convolutions (about
+                              2x faster on CPUs with AVX512-BF16; a few calls near a tie change)
+  --no-fold                   run BatchNorm/Scale as separate layers (default: folded into the
+                              convolution before them, equal within float32 rounding, ~1e-6)
 
 Outputs
   --out CELLS.csv             path,protein,split,label,pred,prob_0,...,prob_{K-1} (one row per
@@ -69,6 +73,10 @@ def options(p):
                         "default) or as whole maps (full)")
     p.add_argument("--prob-blob", default="prob", help="blob holding the class probabilities (default prob)")
     p.add_argument("--batch", type=int, default=100, help="cells per forward pass (default 100)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="our engine's arithmetic (default fp32; bf16 convolutions are ~2x faster on CPU)")
+    p.add_argument("--no-fold", action="store_true",
+                   help="keep BatchNorm/Scale as layers (default: folded into the convolution before them)")
     p.add_argument("--skip-bad", action="store_true", help="leave out unreadable crops instead of stopping")
 
 
@@ -86,6 +94,8 @@ def run(args):
         raise InputError("--blobs needs --features-out")
     if args.features_out and not blobs:
         blobs = network_blobs(args.model)
+    if args.engine == "caffe" and args.precision != "fp32":
+        raise InputError("--precision bf16 needs --engine ours (real Caffe computes in float32)")
     t0 = time.time()
     list_path = None
     if args.lmdb:
@@ -102,7 +112,8 @@ def run(args):
     table = predict.predict_cells(cells, args.model, args.weights, args.mean, engine=args.engine,
                                   split=args.split, out_csv=args.out, features_out=args.features_out,
                                   feature_blobs=blobs, prob_blob=args.prob_blob, batch=args.batch,
-                                  feature_reduce=args.features_reduce)
+                                  feature_reduce=args.features_reduce, precision=args.precision,
+                                  fold=not args.no_fold)
     if list_path is None or len(class_names_for_list(list_path)) == table.probs.shape[1]:
         acc = float((table.pred == table.label).mean())
         scored = f"accuracy {int((table.pred == table.label).sum())}/{table.n_cells} cells = {acc:.3f}; "

@@ -32,17 +32,17 @@ def machine_description():
     return f"{cpu}, {os.cpu_count()} cores{mem}"
 
 
-def update_section(title, markdown):
-    """Replace (or append) the ``## title`` section of bench/RESULTS.md with ``markdown``.
+def update_section(title, markdown, path=RESULTS, machine=None):
+    """Replace (or append) the ``## title`` section of ``path`` (bench/RESULTS.md) with ``markdown``.
 
-    A line with the date (UTC) and the machine is added under the heading.
+    A line with the date (UTC) and the machine (default: this CPU) is added under the heading.
     """
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    body = f"## {title}\n\n_Measured {stamp} on {machine_description()}._\n\n{markdown.strip()}\n"
-    text = open(RESULTS, encoding="utf-8").read() if os.path.exists(RESULTS) else HEADER
+    body = f"## {title}\n\n_Measured {stamp} on {machine or machine_description()}._\n\n{markdown.strip()}\n"
+    text = open(path, encoding="utf-8").read() if os.path.exists(path) else HEADER
     pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
     if pattern.search(text):
         text = pattern.sub(lambda _m: body + "\n", text)
     else:
         text = text.rstrip("\n") + "\n\n" + body
-    atomic_write_text(RESULTS, text.rstrip("\n") + "\n")
+    atomic_write_text(path, text.rstrip("\n") + "\n")

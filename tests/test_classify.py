@@ -45,13 +45,14 @@ def bundle(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fields(tmp_path_factory):
-    """The tiny screen's saved main fields, plus an empty field: (folder, rows of fields/images.csv)."""
-    d = tiny_screen(tmp_path_factory, workers=1) / "main" / "fields"
+    """A copy of the tiny screen's saved main fields, plus an empty field: (folder, rows of
+    fields/images.csv).  A copy: the shared screen stays as the generator wrote it (test_synthetic
+    compares it with a fresh one)."""
+    d = tmp_path_factory.mktemp("fields") / "fields"
+    shutil.copytree(tiny_screen(tmp_path_factory, workers=1) / "main" / "fields", d)
     rows = _csv(d / "images.csv")
-    empty = d / "empty_field.tif"
-    if not empty.exists():
-        rng = np.random.default_rng(5)
-        tifffile.imwrite(empty, np.clip(rng.normal(12, 2, (2, 256, 256)), 0, 255).astype(np.uint8))
+    rng = np.random.default_rng(5)
+    tifffile.imwrite(d / "empty_field.tif", np.clip(rng.normal(12, 2, (2, 256, 256)), 0, 255).astype(np.uint8))
     return d, rows
 
 

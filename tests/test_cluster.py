@@ -52,6 +52,19 @@ def test_shared_inputs_reach_each_worker_once(cluster):
     assert all(after[w] - before[w] <= 1 for w in after), (before, after)  # not once per task
 
 
+def _malloc_trim_threshold():
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_")
+
+
+def test_local_cluster_workers_keep_glibcs_trim_threshold():
+    """Dask's nanny would set MALLOC_TRIM_THRESHOLD_=65536 in each worker, which halved the speed of
+    the CellProfiler features; the LocalCluster's workers (and this process) keep the environment's."""
+    before = os.environ.get("MALLOC_TRIM_THRESHOLD_")
+    with TaskRunner("local", jobs=1) as run:
+        (seen,) = run.client.run(_malloc_trim_threshold).values()
+    assert seen == before and os.environ.get("MALLOC_TRIM_THRESHOLD_") == before
+
+
 def test_unreachable_scheduler_is_an_input_error():
     with pytest.raises(InputError, match="cannot reach the Dask scheduler"):
         with TaskRunner("tcp://127.0.0.1:9", timeout=3):

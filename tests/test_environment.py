@@ -260,6 +260,8 @@ def _third_party_imports(folders):
     found = {}
     for folder in folders:
         for dirpath, _, files in os.walk(os.path.join(REPO_ROOT, folder)):
+            # a script run from its folder imports its siblings (pycaffe_forward.py -> feature_stream)
+            siblings = {os.path.splitext(f)[0] for f in files if f.endswith(".py")}
             for name in sorted(f for f in files if f.endswith(".py")):
                 path = os.path.join(dirpath, name)
                 tree = ast.parse(open(path).read(), path)
@@ -282,7 +284,7 @@ def _third_party_imports(folders):
                         continue
                     for module in modules:
                         top = module.split(".")[0]
-                        if top in sys.stdlib_module_names or top in local or top in NOT_FROM_PYPI:
+                        if top in sys.stdlib_module_names or top in local | siblings or top in NOT_FROM_PYPI:
                             continue
                         found.setdefault(".".join(module.split(".")[:2]), os.path.relpath(path, REPO_ROOT))
     return found

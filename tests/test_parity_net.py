@@ -34,6 +34,8 @@ from deepyeast.engine import Net
 
 pytestmark = [pytest.mark.caffe, pytest.mark.usefixtures("caffe_root_present")]
 
+from _deploy import input_train_val  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = os.path.join(REPO, "models", "deepyeast")
 
@@ -135,21 +137,6 @@ def randomize(net, seed):
             else:
                 for b in blobs[1:]:
                     b.copy_(0.05 * torch.randn(b.shape, generator=g))
-
-
-def input_train_val(batch, drop_dropout=True):
-    """train_val.prototxt with its Data layers replaced by an Input layer (data, label)."""
-    src = read_prototxt(os.path.join(MODELS, "train_val.prototxt"), caffe_pb2.NetParameter)
-    net = caffe_pb2.NetParameter(name=src.name)
-    inp = net.layer.add(name="data", type="Input")
-    inp.top.extend(["data", "label"])
-    inp.input_param.shape.add().dim.extend([batch, 2, 64, 64])
-    inp.input_param.shape.add().dim.extend([batch])
-    for lp in src.layer:
-        if lp.type == "Data" or (drop_dropout and lp.type == "Dropout"):
-            continue
-        net.layer.add().CopyFrom(lp)
-    return net
 
 
 def bias_into_batchnorm(net_param):

@@ -213,6 +213,27 @@ def test_pycaffe_pools_like_our_engine(setup, tmp_path, caffe_root_present):
     assert np.abs(got["caffe"] - got["ours"]).max() <= 1e-4 * scale
 
 
+def test_folding_and_bf16_options(setup, ours):
+    """Folding (the default) equals --no-fold within 1e-5; --precision bf16 stays close; real Caffe
+    has no bf16, so --engine caffe --precision bf16 is refused before any work."""
+    ref, fdir_ref = ours
+    archive = ["--archive", str(setup["root"]), "--list", "HOwt_test.txt"]
+    table, fdir = run_script(setup, "ours", "nofold", extra=archive + ["--no-fold"])
+    np.testing.assert_allclose(table.probs, ref.probs, rtol=0, atol=1e-5)
+    for b in BLOBS:
+        a, _ = read_features(fdir, b)
+        r, _ = read_features(fdir_ref, b)
+        assert np.abs(a - r).max() <= 1e-5 * np.abs(r).max(), b
+    table, _ = run_script(setup, "ours", "bf16", extra=archive + ["--precision", "bf16"])
+    assert np.abs(table.probs - ref.probs).max() < 0.05
+    np.testing.assert_allclose(table.probs.sum(axis=1), 1, atol=1e-5)
+    proc = subprocess.run([sys.executable, SCRIPT, "--engine", "caffe", "--precision", "bf16", "--model", DEPLOY,
+                           "--weights", str(setup["weights"]), "--mean", str(setup["mean"]), "--out",
+                           str(setup["dir"] / "x.csv")] + archive, capture_output=True, text=True)
+    assert proc.returncode == 2 and "needs --engine ours" in proc.stderr
+    assert not os.path.exists(setup["dir"] / "x.csv")
+
+
 def test_features_written_in_chunks_equal_one_batch(setup, tmp_path):
     """Predictions, pooled features and top activations written 5 cells at a time equal those of all
     24 cells in one forward pass (the files are streamed, never held whole)."""

@@ -9,8 +9,9 @@ folder (:mod:`deepyeast.model.bundle`) and
    row's ``mask`` when given, else the marker channel is segmented), cuts a crop of the
    bundle's input size centred on each cell;
 2. runs the bundle's network on every crop (our engine; ``precision`` fp32 = Caffe's
-   arithmetic, or bf16 autocast; ``compare_fp32`` also runs fp32 and counts the calls that
-   change);
+   arithmetic, or bf16 convolutions on the folded deploy net of
+   :func:`deepyeast.engine.fold.deploy_net`; ``compare_fp32`` also runs fp32 and counts
+   the calls that change);
 3. calls each protein with the paper's Dirichlet model
    (:func:`deepyeast.analysis.protein_level.dirichlet_map`: uniform prior, the cells'
    probabilities as soft counts, MAP proportions ``post_k``) and flags calls to check;
@@ -72,7 +73,7 @@ CONFIDENCE = 0.95
 """Default ``low_confidence`` threshold on ``p_call`` (posterior probability that the call leads the runner-up)."""
 GALLERY_CELLS = 8
 """Default number of cells shown per protein in the report."""
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16")  # deepyeast.engine.fold.PRECISIONS, not imported here: no torch at import
 
 
 # --------------------------------------------------------------------------- cells

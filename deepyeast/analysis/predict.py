@@ -234,40 +234,44 @@ def spatial_blobs(model_path):
             if len(shape) == 4 and shape[2] * shape[3] > 1]
 
 
-def forward_blobs(engine, model_path, weights_path, images, mean, blobs, out_dir, batch=100, pool=()):
+def forward_blobs(engine, model_path, weights_path, images, mean, blobs, out_dir, batch=100, pool=(),
+                  precision="fp32", fold=True):
     """Run ``images`` through the net and write ``out_dir/<blob>.npy`` (float32 N x D) per blob.
 
     ``engine`` is ``"ours"`` or ``"caffe"``; ``images`` uint8 (or float) N x C x H x W;
     ``mean`` float32 C x H x W or None; ``blobs`` names of the net's blobs.
     Blobs also named in ``pool`` (4-D blobs) are written as
     ``out_dir/<blob>.pool.npy``: float32 N x 2C, per-channel spatial mean then max.
+    Our engine only: ``precision`` ``"fp32"`` or ``"bf16"`` and ``fold`` (BatchNorm
+    folded into the layer before it; see :func:`deepyeast.engine.fold.deploy_net`).
     """
     if engine not in ENGINES:
         raise InputError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "caffe" and precision != "fp32":
+        raise InputError(f"precision {precision}: real Caffe computes in float32; use the engine 'ours'")
     blobs = list(dict.fromkeys(blobs))
     _check_blobs(model_path, blobs)
     pool = [b for b in pool if b in blobs]
     os.makedirs(out_dir, exist_ok=True)
     if engine == "ours":
-        _forward_ours(model_path, weights_path, images, mean, blobs, out_dir, batch, pool)
+        _forward_ours(model_path, weights_path, images, mean, blobs, out_dir, batch, pool, precision, fold)
     else:
         _forward_caffe(model_path, weights_path, images, mean, blobs, out_dir, batch, pool)
 
 
-def _forward_ours(model_path, weights_path, images, mean, blobs, out_dir, batch, pool=()):
+def _forward_ours(model_path, weights_path, images, mean, blobs, out_dir, batch, pool=(), precision="fp32",
+                  fold=True):
     import torch
 
-    from deepyeast.engine import Net
+    from deepyeast.engine.fold import deploy_net
 
-    net = Net(model_path, phase="TEST", seed=0)
-    net.load_caffemodel(weights_path)
-    net.eval()
+    net = deploy_net(model_path, weights_path, precision=precision, fold=fold, keep=blobs)
     input_name, _ = net_input_shape(model_path)
     n = images.shape[0]
     outputs = {}
     tops = {b: TopActivations() for b in pool}
     mean_t = torch.from_numpy(np.asarray(mean, np.float32)) if mean is not None else None
-    with torch.no_grad(), contextlib.ExitStack() as files:
+    with torch.inference_mode(), contextlib.ExitStack() as files:
         for start in progress(range(0, n, batch), desc="predict", unit="batch"):
             x = torch.from_numpy(np.asarray(images[start:start + batch], dtype=np.float32))
             if mean_t is not None:
@@ -311,7 +315,7 @@ def _forward_caffe(model_path, weights_path, images, mean, blobs, out_dir, batch
 
 def predict_cells(cells, model_path, weights_path, mean_path, engine="ours", split=None,
                   out_csv=None, features_out=None, feature_blobs=(), prob_blob="prob", batch=100,
-                  feature_reduce="pool"):
+                  feature_reduce="pool", precision="fp32", fold=True):
     """Classify ``cells`` (a :class:`Cells`) and write the predictions table and features.
 
     Returns the validated :class:`deepyeast.analysis.predictions.Predictions`.  ``split``
@@ -321,6 +325,7 @@ def predict_cells(cells, model_path, weights_path, mean_path, engine="ours", spl
     ``feature_reduce``: ``"pool"`` (blobs with a spatial map as ``<blob>.pool.npy``, N x 2C
     per-channel mean and max, and ``<blob>.top.npz``, per-channel top activations) or
     ``"full"`` (whole blobs: 1 MiB per cell for conv1 alone).
+    ``precision`` / ``fold``: see :func:`forward_blobs` (our engine only).
     """
     if feature_reduce not in ("full", "pool"):
         raise ValueError(f"feature_reduce must be 'full' or 'pool', not {feature_reduce!r}")
@@ -343,7 +348,8 @@ def predict_cells(cells, model_path, weights_path, mean_path, engine="ours", spl
         pool = [b for b in spatial_blobs(model_path) if b in feature_blobs and b != prob_blob] \
             if feature_reduce == "pool" else []
         forward_blobs(engine, model_path, weights_path, cells.images, mean,
-                      [prob_blob] + feature_blobs, work, batch=batch, pool=pool)
+                      [prob_blob] + feature_blobs, work, batch=batch, pool=pool, precision=precision,
+                      fold=fold)
         probs = np.load(os.path.join(work, feature_file(prob_blob))).astype(np.float64)
         try:
             class_names = class_names_for(probs.shape[1])

@@ -2,7 +2,7 @@
 
 This file is a stand-alone script for Debian bullseye's Python 3.9 with
 pycaffe and numpy 1.19: it imports nothing from the deepyeast package, and
-everything is passed by files.  :mod:`deepyeast.predict` runs it through
+everything is passed by files.  :mod:`deepyeast.analysis.predict` runs it through
 :func:`deepyeast.caffe.root.run_pycaffe`; the tests use it too.
 
     python3 pycaffe_forward.py --model deploy.prototxt [--weights W.caffemodel]

@@ -1,9 +1,11 @@
 """Shape questions a :class:`~deepyeast.engine.Net` answers from its own layers: the blobs the
-analyses use, each blob's receptive field in input pixels, random weights in Caffe's shapes.
+analyses use, each blob's receptive field in input pixels, random weights in Caffe's shapes, the
+FLOPs of its products.
 
-Nothing here knows a layer type: every answer comes from the layers' ``setup`` (top and parameter
-shapes) and ``spatial_window`` (kernel, stride, pad), so a new layer type is understood here as
-soon as the engine runs it.  Build the net with :meth:`deepyeast.engine.Net.for_shapes` when
+The shapes and receptive fields come from the layers' ``setup`` (top and parameter shapes) and
+``spatial_window`` (kernel, stride, pad), so a new layer type is understood there as soon as the
+engine runs it; the FLOP count knows the two product types (Convolution, InnerProduct), whose
+arithmetic is nearly all of a net's.  Build the net with :meth:`deepyeast.engine.Net.for_shapes` when
 only shapes are needed.
 """
 
@@ -13,7 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BlobGeometry", "blob_geometry", "learned_blobs", "random_weights"]
+from deepyeast.engine.layers.base import blob_count
+
+__all__ = ["BlobGeometry", "blob_geometry", "learned_blobs", "random_weights", "flop_counts"]
 
 
 @dataclass(frozen=True)
@@ -122,3 +126,42 @@ def random_weights(net, seed=0, bn_factor=0.8, input_scale=1.0):
         params[name] = [np.asarray(b, dtype=np.float32) for b in blobs]
         types[name] = caffe_type
     return params, types
+
+
+def flop_counts(net):
+    """Arithmetic of every Convolution and InnerProduct of ``net`` at its blob shapes.
+
+    Returns an OrderedDict layer name -> (forward, weight gradient, input
+    gradient) in FLOPs, a multiply-add counting 2.  Each of the three is
+    one product of the same size (forward ``y = W x``, ``dW = dy x^T``,
+    ``dx = W^T dy``), so a training iteration is up to 3x the forward.  The
+    input gradient is 0 where Caffe computes no bottom diff: the bottom
+    needs no backward (it comes from data through layers without learned
+    parameters, like ``conv1``'s) or ``propagate_down`` is false.  The
+    weight gradient is 0 for lr_mult 0.  Bias additions, BatchNorm, Scale,
+    ReLU, pooling and softmax (elementwise, well under 1% here) are not
+    counted.
+    """
+    out = OrderedDict()
+    needs_backward = set()
+    for step in net._steps:
+        for k, layer in enumerate(step.layers):
+            specs = net._param_specs[layer.name]
+            learned = any(lr != 0.0 and layer.blob_is_parameter(i) for i, (lr, _) in enumerate(specs))
+            propagate = step.propagate if k == 0 and step.propagate is not None else [True] * len(
+                layer.bottom_names)
+            into = [b in needs_backward and p for b, p in zip(layer.bottom_names, propagate)]
+            if layer.caffe_type == "Convolution":
+                n, c_out, h, w = layer.top_shapes[0]
+                per_output = blob_count(layer.blob0.shape, 1)  # (in / group) x kh x kw
+                fwd = 2 * n * c_out * h * w * per_output
+            elif layer.caffe_type == "InnerProduct":
+                rows = blob_count(layer.bottom_shapes[0], 0, layer.axis)
+                fwd = 2 * rows * layer.in_features * layer.top_shapes[0][-1]
+            else:
+                fwd = None
+            if fwd is not None:
+                out[layer.name] = (fwd, fwd if specs[0][0] != 0.0 else 0, fwd if any(into) else 0)
+            if learned or any(into):
+                needs_backward.update(layer.top_names)
+    return out

@@ -173,9 +173,9 @@ class Bundle:
             x *= np.float32(self.input_scale)
         return x
 
-    def predictor(self, device="cpu", precision="fp32", batch=100):
+    def predictor(self, device="cpu", precision="fp32", batch=100, fold=True):
         """A :class:`BundlePredictor` holding the net (load once, call on many batches of crops)."""
-        return BundlePredictor(self, device=device, precision=precision, batch=batch)
+        return BundlePredictor(self, device=device, precision=precision, batch=batch, fold=fold)
 
 
 def _check_crops(crops, input_shape, source):
@@ -190,26 +190,27 @@ def _check_crops(crops, input_shape, source):
 
 
 class BundlePredictor:
-    """Class probabilities of crops from a bundle's net, run by our engine (:class:`deepyeast.engine.Net`).
+    """Class probabilities of crops from a bundle's net, run by our engine on the deploy path
+    (:func:`deepyeast.engine.fold.deploy_net`, the same as ``analysis/predict.py``).
 
-    ``device``: "cpu", "cuda", ...; ``precision``: "fp32" (Caffe's arithmetic) or
-    "bf16"/"fp16" (autocast, faster); ``batch``: crops per forward pass.
+    ``device``: "cpu", "cuda", ...; ``precision``: "fp32" (Caffe's arithmetic) or "bf16"
+    (bfloat16 convolutions, faster; a few calls near a tie change); ``fold``: BatchNorm/Scale
+    folded into the layer before them (default; equal within float32 rounding);
+    ``batch``: crops per forward pass.
     Calling it on uint8 N x C x H x W crops returns float32 N x K probabilities.
     """
 
-    def __init__(self, bundle, device="cpu", precision="fp32", batch=100):
+    def __init__(self, bundle, device="cpu", precision="fp32", batch=100, fold=True):
         import torch
 
-        from deepyeast.engine import Net
+        from deepyeast.engine.fold import deploy_net
 
         if batch < 1:
             raise InputError(f"batch must be >= 1, got {batch}")
         self.bundle = bundle
         self.batch = int(batch)
-        self.net = Net(bundle.deploy_path, phase="TEST", device=device, seed=0,
-                       autocast=None if precision in (None, "fp32") else precision)
-        self.net.load_caffemodel(bundle.weights_path)
-        self.net.eval()
+        self.net = deploy_net(bundle.deploy_path, bundle.weights_path, precision=precision or "fp32", fold=fold,
+                              keep=[bundle.output_blob], device=device)
         self._torch = torch
         self._mean = torch.from_numpy(np.ascontiguousarray(bundle.mean, np.float32)).to(self.net.device)
 
@@ -219,7 +220,7 @@ class BundlePredictor:
         n = crops.shape[0]
         out = np.empty((n, self.bundle.n_classes), np.float32)
         scale = float(self.bundle.input_scale)
-        with torch.no_grad():
+        with torch.inference_mode():
             for start in range(0, n, self.batch):
                 x = torch.from_numpy(np.asarray(crops[start:start + self.batch], np.float32)).to(self.net.device)
                 x = x - self._mean

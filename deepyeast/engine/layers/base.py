@@ -8,8 +8,8 @@ and rejects any parameter field it does not implement.
 
 Gradients are torch autograd of the forward pass.  Where Caffe's backward is
 not the exact derivative of its forward (the clamp in SoftmaxWithLoss, the
-tie rule of Eltwise MAX), the forward is written so that autograd gives
-Caffe's gradient.
+tie rule of Eltwise MAX), the forward is written (or, for SoftmaxWithLoss, a
+small ``torch.autograd.Function``) so that autograd gives Caffe's gradient.
 
 Blobs are float32 tensors in Caffe's N x C x H x W layout (a layer may hand
 on channels-last strides; values and shapes are unchanged).
@@ -20,7 +20,8 @@ import torch
 from deepyeast.utils.io import InputError
 from deepyeast.engine.fillers import fill
 
-__all__ = ["Layer", "LAYER_TYPES", "register_layer", "FLT_MIN", "FLT_MAX", "shape_str", "blob_count"]
+__all__ = ["Layer", "LAYER_TYPES", "register_layer", "FLT_MIN", "FLT_MAX", "shape_str", "blob_count",
+           "in_weight_dtype"]
 
 FLT_MIN = 1.1754943508222875e-38
 FLT_MAX = 3.4028234663852886e+38
@@ -47,6 +48,14 @@ def blob_count(shape, start=0, end=None):
     for s in tuple(shape)[start:end]:
         n *= int(s)
     return n
+
+
+def in_weight_dtype(x, weight):
+    """``x`` in the dtype of ``weight``: a net whose weights were cast (bf16 inference,
+    engine/fold.py deploy_net) computes in that dtype.  Under autocast, autocast decides."""
+    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        return x.to(weight.dtype)
+    return x
 
 
 class Layer(torch.nn.Module):

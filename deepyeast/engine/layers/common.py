@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from deepyeast.engine.layers.base import Layer, blob_count, register_layer, shape_str
+from deepyeast.engine.layers.base import Layer, blob_count, in_weight_dtype, register_layer, shape_str
 
 
 @register_layer
@@ -39,7 +39,7 @@ class InnerProductLayer(Layer):
                              f"the weights expect {self.in_features}")
         w = self.blob0.t() if self.transpose else self.blob0
         b = self.blob1 if self.bias_term else None
-        return [F.linear(x, w, b)]
+        return [F.linear(in_weight_dtype(x, w), w, b)]
 
 
 @register_layer

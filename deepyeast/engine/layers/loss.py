@@ -1,7 +1,5 @@
 """Softmax and loss layers: ``Softmax``, ``SoftmaxWithLoss``, ``Accuracy``."""
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -69,9 +67,7 @@ class SoftmaxWithLossLayer(Layer):
         n_classes = x.shape[self.axis]
         outer = blob_count(x.shape, 0, self.axis)
         inner = blob_count(x.shape, self.axis + 1)
-        logp = F.log_softmax(x, dim=self.axis)
         lab = _labels_view(self, labels, outer, inner)
-        logp3 = logp.reshape(outer, n_classes, inner)
         if self.ignore_label is not None:
             valid = lab != self.ignore_label
             safe = torch.where(valid, lab, torch.zeros_like(lab))
@@ -82,17 +78,15 @@ class SoftmaxWithLossLayer(Layer):
             bad = (safe < 0) | (safe >= n_classes)
             if bool(bad.any()):
                 raise self.error(f"label value {int(lab[bad][0])} is outside 0..{n_classes - 1}")
-        picked = torch.gather(logp3, 1, safe.unsqueeze(1)).squeeze(1)
-        # value of Caffe's clamp at FLT_MIN, gradient of the unclamped log-softmax (Caffe's backward)
-        floor = math.log(FLT_MIN)
-        picked = picked + (torch.clamp(picked, min=floor) - picked).detach()
+        x3 = (x if x.dtype == torch.float64 else x.float()).reshape(outer, n_classes, inner)
+        picked, prob = _ClampedLogProb.apply(x3, safe)
         if valid is not None:
-            picked = picked * valid.to(picked.dtype)
+            picked = torch.where(valid, picked, torch.zeros_like(picked))
         total = -picked.sum()
         if self.normalization == 0:
             norm = float(outer * inner)
         elif self.normalization == 1:
-            norm = valid.sum().to(x.dtype) if valid is not None else float(outer * inner)
+            norm = valid.sum().to(total.dtype) if valid is not None else float(outer * inner)
         elif self.normalization == 2:
             norm = float(outer)
         else:
@@ -103,8 +97,39 @@ class SoftmaxWithLossLayer(Layer):
             norm = max(1.0, norm)
         tops = [total / norm]
         if len(self.top_names) == 2:
-            tops.append(torch.exp(logp))
+            # Caffe's backward ignores the gradient of this top
+            tops.append(prob.detach().reshape(x.shape))
         return tops
+
+
+class _ClampedLogProb(torch.autograd.Function):
+    """Caffe's picked log-probability ``log(max(softmax(x)[label], FLT_MIN))`` and its gradient.
+
+    Forward: x (outer, C, inner) float32, labels (outer, inner) int64 ->
+    (picked (outer, inner), softmax (outer, C, inner)).  The value is Caffe's
+    expression itself (softmax, then the clamp, then the log), so a clamped
+    entry is exactly log(FLT_MIN) whatever the logits.  Backward gives Caffe's
+    gradient ``(onehot - softmax) * g`` also where the clamp binds (Caffe's
+    backward does not see the clamp).  Written as a Function rather than as
+    ``v + (clamp(v) - v).detach()``, which cancels in float32 when v is large.
+    """
+
+    @staticmethod
+    def forward(ctx, x, labels):
+        prob = torch.softmax(x, dim=1)
+        p = torch.gather(prob, 1, labels.unsqueeze(1)).squeeze(1)
+        picked = torch.log(torch.clamp(p, min=FLT_MIN))
+        ctx.save_for_backward(prob, labels)
+        ctx.mark_non_differentiable(prob)
+        return picked, prob
+
+    @staticmethod
+    def backward(ctx, grad_picked, grad_prob):
+        prob, labels = ctx.saved_tensors
+        g = grad_picked.unsqueeze(1)
+        grad = -prob * g
+        grad.scatter_add_(1, labels.unsqueeze(1), g)
+        return grad, None
 
 
 @register_layer

@@ -55,8 +55,9 @@ class BatchNormLayer(Layer):
     def tmp_stats(self, x):
         """Fresh (C,) buffers that torch's batch_norm fills with the batch mean and the
         m/(m-1)-corrected batch variance (momentum 1), m = count / channels."""
-        return (torch.zeros(self.channels, device=x.device, dtype=torch.float32),
-                torch.zeros(self.channels, device=x.device, dtype=torch.float32))
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32  # float64: reference runs in tests
+        return (torch.zeros(self.channels, device=x.device, dtype=dtype),
+                torch.zeros(self.channels, device=x.device, dtype=dtype))
 
     @torch.no_grad()
     def update_running(self, batch_mean, batch_var_corrected):

@@ -5,7 +5,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from deepyeast.engine.layers.base import FLT_MAX, Layer, register_layer, shape_str
+from deepyeast.engine.layers.base import FLT_MAX, Layer, in_weight_dtype, register_layer, shape_str
 
 
 def _spatial_pair(layer, msg, name, default, allow_repeated=True):
@@ -93,7 +93,8 @@ class ConvolutionLayer(Layer):
 
     def forward(self, bottoms):
         b = self.blob1 if self.bias_term else None
-        return [F.conv2d(bottoms[0], self.blob0, b, self.stride, self.pad, self.dilation, self.group)]
+        x = in_weight_dtype(bottoms[0], self.blob0)
+        return [F.conv2d(x, self.blob0, b, self.stride, self.pad, self.dilation, self.group)]
 
 
 @register_layer
@@ -178,7 +179,7 @@ class PoolingLayer(Layer):
         (lh, rh), (lw, rw) = self.pads
         if lh or rh or lw or rw:
             x = F.pad(x, (lw, rw, lh, rh), value=0.0)
-        k = self.kernel[0] * self.kernel[1]
-        s = F.avg_pool2d(x, self.kernel, self.stride) * k
+        # the window sums themselves (divisor 1), then Caffe's divisor: one rounding, not avg * k / divisor
+        s = F.avg_pool2d(x, self.kernel, self.stride, divisor_override=1)
         return [s / self.divisor]
 
