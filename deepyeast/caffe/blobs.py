@@ -13,7 +13,7 @@ from collections import OrderedDict
 import numpy as np
 
 from deepyeast.caffe import caffe_pb2
-from deepyeast.utils.io import InputError, atomic_write_bytes
+from deepyeast.utils.io import InputError, atomic_write_bytes, read_input_bytes
 
 __all__ = ["blob_to_array", "array_to_blob", "compute_mean", "check_mean_shape",
            "write_mean_binaryproto", "read_mean_binaryproto",
@@ -111,11 +111,7 @@ def _read_message(path, message_cls, what):
     cannot be read, is empty (an empty file parses as an empty message), or does not parse."""
     path = os.fspath(path)
     msg = message_cls()
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as err:
-        raise InputError(f"{path}: cannot read: {err.strerror}") from None
+    data = read_input_bytes(path)
     if not data:
         raise InputError(f"{path}: empty file (0 bytes), not a {what}")
     try:

@@ -8,7 +8,7 @@ import re
 from google.protobuf import text_format
 
 from deepyeast.caffe import caffe_pb2
-from deepyeast.utils.io import InputError, atomic_write_text
+from deepyeast.utils.io import InputError, atomic_write_text, read_input_bytes
 
 __all__ = ["read_prototxt", "parse_prototxt", "write_prototxt", "CAFFE_LAYER_TYPES", "check_layer_types"]
 
@@ -98,11 +98,7 @@ def parse_prototxt(text, message_cls, source="<string>"):
 def read_prototxt(path, message_cls):
     """Read a prototxt file into a ``message_cls`` (e.g. ``caffe_pb2.NetParameter``)."""
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as err:
-        raise InputError(f"{path}: cannot read: {err.strerror}") from None
+    data = read_input_bytes(path)
     what = "solver" if message_cls is caffe_pb2.SolverParameter else "net" \
         if message_cls is caffe_pb2.NetParameter else message_cls.__name__
     try:

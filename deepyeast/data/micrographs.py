@@ -39,7 +39,7 @@ import numpy as np
 from deepyeast.data.crop_png import write_crop
 from deepyeast.data.lists import write_class_doc, write_split_list
 from deepyeast.constants import CLASS_NAMES, IMAGE_SIZE, LIST_PREFIX, SPLIT_FRACTIONS, SPLITS
-from deepyeast.utils.io import InputError, atomic_folder, atomic_write_text, open_input, write_csv
+from deepyeast.utils.io import InputError, atomic_folder, atomic_write_text, open_input, read_input_bytes, write_csv
 from deepyeast.utils.progress import progress
 
 BORDER_MODES = ("pad", "skip")
@@ -185,11 +185,7 @@ def read_image_array(path):
             raise InputError(f"{path}: corrupt or truncated TIFF ({type(e).__name__}: {e})") from None
     from deepyeast.data.crop_png import quiet_cv2
     cv2 = quiet_cv2()
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise InputError(f"{path}: cannot read image: {e.strerror}") from None
+    data = read_input_bytes(path, "image")
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
     if img is None:
         raise InputError(f"{path}: corrupt or truncated image (cannot decode)")

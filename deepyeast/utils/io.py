@@ -302,6 +302,19 @@ def atomic_write_json(path, obj, indent=1):
     atomic_write_text(path, json_text(obj, indent))
 
 
+def read_input_bytes(path, what=""):
+    """The whole content of an input file as bytes.
+
+    An unreadable file becomes an :class:`InputError` naming the file (and the ``what`` it was
+    meant to be, e.g. ``"image"``, when given) and the reason.
+    """
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise InputError(f"{path}: cannot read{' ' + what if what else ''}: {e.strerror}") from None
+
+
 def open_input(path, what, **kwargs):
     """Open a text input (``open(path, encoding="utf-8", **kwargs)``) for reading.
 
