@@ -45,7 +45,7 @@ lock)
     ;;
 ranges)
     echo "installing pyproject.toml's ranges (not the lock: $py is not CPython 3.11 on Linux x86-64, or PIP_INSTALL=ranges)"
-    "$py" -m pip install -q "$@" -e "$here[tests,r]"
+    "$py" -m pip install -q "$@" -e "$here[tests,r,napari,docs]"
     ;;
 none)
     "$py" "$here/scripts/check_python_deps.py" tests r
