@@ -123,6 +123,62 @@ def paper_result(key):
     return PAPER_RESULTS.get(key)
 
 
+# ---- the paper's other Results, item by item (Parnamaa & Parts 2017, Results and Figures 2-4, S2-S6), for
+# the report's "paper" columns (deepyeast/analysis/paper_results.py).  Only numbers the paper gives; a figure
+# the paper does not state is absent here, never estimated.
+
+PAPER_CLASS_RECALL = {
+    "endosome": (447, 689),
+    "spindle pole": (595, 781),
+    "peroxisome": (131, 164),
+    "Golgi": (324, 382),
+    "nucleus": (1386, 1627),
+}
+"""The network's recall the paper gives in counts: compartment -> (test cells called right, test cells)."""
+
+PAPER_CONFUSIONS = (
+    ("peroxisome", "spindle pole", 18, 164),
+    ("endosome", "vacuole", 56, 689),
+    ("nucleolus", "nucleus", 45, 1263),
+)
+"""The network's confusions the paper names: (true compartment, called compartment, cells, test cells of the
+true compartment)."""
+
+PAPER_CLASS_CELLS = {**{name: total for name, (_right, total) in PAPER_CLASS_RECALL.items()},
+                     **{true: total for true, _called, _n, total in PAPER_CONFUSIONS}}
+"""Test cells per compartment where the paper gives the number."""
+
+PAPER_CLAIMS = {
+    "network_wins_recall_every_class": "the network's recall is higher than the forest's in every compartment",
+    "network_wins_precision_all_but_nucleolus": "the network's precision is higher than the forest's in every "
+                                                "compartment but the nucleolus",
+}
+"""The paper's claims in words about the per-class comparison (Figure 2A, 2B), checked on each run."""
+
+PAPER_PRECISION_EXCEPTIONS = ("nucleolus",)
+"""The compartments in which the paper's forest had the higher precision."""
+
+PAPER_FOREST = {"kappa": 0.72, "ntree": 500, "mtry": 100, "nodesize": 1, "n_features": 435}
+"""The paper's random forest: Cohen's kappa per cell, the setting chosen on the validation cells, and the
+number of CellProfiler features per cell (Chong et al. 2015)."""
+
+PAPER_NONCELL_FILTER = {"cv_accuracy": 0.967, "mtry": 110, "removed": 1440, "test_cells": 12500}
+"""The paper's non-cell filter: cross-validated accuracy, the chosen mtry, and the test cells it removed
+(1,440 of 12,500, 12%)."""
+
+PAPER_CHOSEN_ITERATION = 130000
+"""The training iteration whose snapshot the paper chose (lowest validation loss of 195,000)."""
+
+PAPER_MIXED_NUCLEUS_CYTOPLASM = {"top_two": (21, 24), "top_three_rest": (3, 3)}
+"""Proteins annotated nucleus + cytoplasm (the only pair the paper's figure counts): both compartments the
+top two calls for 21 of 24, the other 3 within the top three."""
+
+PAPER_MIXED_PAIR = ("nucleus", "cytoplasm")
+"""The pair of compartments of the paper's mixed-localisation figure."""
+
+PAPER_PROTEIN_ERRORS = ("two nuclear proteins called nucleolar", "one protein with a single test cell")
+"""The paper's 3 wrong protein calls of 282, in words."""
+
 PAPER_N_NONCELLS = 118
 """Non-cells the paper picked by eye from its validation set to train the non-cell filter."""
 

@@ -252,8 +252,19 @@ $(RUN)/interpret/result.json: $(RUN)/cells_test.csv $(CP)/test.csv
 		--labels $(RUN)/cells_test.csv --cellprofiler $(CP)/test.csv --archive $(MAIN) --tsne $(TSNE) \
 		--out $(@D) $(STEP_OPTS))
 
+# the paper's Results item by item, ours beside theirs (per-class counts and claims, confusions and galleries,
+# forest / filter / snapshot settings, Figure S2, the nucleus + cytoplasm proteins, Figure 3C)
+$(RUN)/paper/result.json: $(RUN)/cells/result.json $(RUN)/quality/result.json $(RUN)/proteins/result.json \
+		$(RUN)/rf_proteins/result.json $(RUN)/interpret/result.json
+	$(call step,the paper's results item by item,$(PY) analysis/paper_results.py --predictions $(RUN)/cells_test.csv \
+		--archive $(MAIN) --rf-predictions $(RUN)/rf/cells_test.csv --forest-summary $(RUN)/rf/rf_grid.json \
+		--quality $(RUN)/quality/result.json --proteins $(RUN)/proteins/proteins.csv \
+		--rf-proteins $(RUN)/rf_proteins/proteins.csv $(if $(MIXED),--mixed $(RUN)/proteins/proteins_mixed.csv) \
+		--tsne $(RUN)/interpret/tsne.csv --solver $(TRAIN)/solver.prototxt --chosen $(TRAIN)/chosen.caffemodel \
+		--snapshot-rule $(SNAPSHOT_RULE) --out $(@D))
+
 # ---------------------------------------------------------------- report
-RESULTS := cells quality proteins rf_proteins transfer interpret
+RESULTS := cells quality proteins rf_proteins transfer interpret paper
 $(RUN)/report.html: $(foreach r,$(RESULTS),$(RUN)/$(r)/result.json)
 	$(call step,report,$(PY) analysis/make_report.py --run $(RUN) --out $(RUN))
 	@echo "report: $@"

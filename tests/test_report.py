@@ -110,6 +110,15 @@ def run_dir(tmp_path_factory):
     _png(run / "interpret" / "tsne.png", "blue")
     write_result(run / "interpret", "interpret", "What the layers encode", figures=[figure("tsne.png", "t-SNE")],
                  seeds={"seed": 0}, details={"n_cells": 100})
+    from deepyeast.analysis.paper_results import PaperInputs, run_paper_results
+    (tmp / "rf_grid.json").write_text(json.dumps({"best": {"ntree": 150, "mtry": 20, "nodesize": 1},
+                                                   "n_features": 430, "grid_name": "small"}))
+    (tmp / "tsne.csv").write_text("path,label,fc3_x,fc3_y\n")
+    run_paper_results(run / "paper", PaperInputs(predictions=net, archive=str(tmp),
+                                                 forest_summary=str(tmp / "rf_grid.json"), tsne=str(tmp / "tsne.csv"),
+                                                 proteins=str(run / "proteins" / "proteins.csv"),
+                                                 mixed=str(run / "proteins" / "proteins_mixed.csv")),
+                      make_figures=False)
     _png(run / "figures" / "gallery.png", "green")
     (run / "commands.txt").write_text("# the demo\npython data_prep/make_synthetic.py --size demo\n")
     return run

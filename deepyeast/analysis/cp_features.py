@@ -67,6 +67,17 @@ Dask cluster or in this process (:func:`iter_features`), with identical output.
 
 Intensities are the uint8 crop scaled to [0, 1] (``value / 255``), as
 CellProfiler loads 8-bit images.
+
+The same on every CPU
+---------------------
+numpy and OpenBLAS pick their SIMD kernels per CPU (AVX512, AVX2, ...), and the kernels round
+differently in the last bits: on the same crops, a quarter of the float64 values differed between
+this machine's kernels and an AVX2 CPU's (at most 7e-12 relative; ``bench/bench_cpu_dependence.py``).
+Random-forest splits see such differences, so a forest trained on another CPU type came out different.
+Every feature is therefore rounded to :data:`FEATURE_BITS` significant bits (float32's precision,
+:func:`round_features`, exact arithmetic on any CPU) before it leaves a task: the measured differences
+all vanish, so the forest's input, and with it the forest, is the same on any CPU unless a value
+lies within 1e-11 of a rounding boundary.
 """
 
 import csv
@@ -77,7 +88,7 @@ import warnings
 
 import numpy as np
 
-from deepyeast.constants import IMAGE_SIZE, MARKER_CHANNEL, N_CHANNELS, PROTEIN_CHANNEL
+from deepyeast.constants import IMAGE_SIZE, MARKER_CHANNEL, N_CHANNELS, PAPER_FOREST, PROTEIN_CHANNEL
 from deepyeast.utils.io import InputError, atomic_path
 
 _log = logging.getLogger(__name__)
@@ -313,11 +324,22 @@ def feature_names():
     return list(_NAMES)
 
 
+FEATURE_BITS = 24
+"""Significant bits every feature keeps (float32's 24): see "The same on every CPU" above."""
+
+
+def round_features(values, bits=FEATURE_BITS):
+    """Round float values to ``bits`` significant bits (float64 array of the same shape; NaN, inf and 0
+    stay).  frexp, ldexp and round are exact, so the result is the same on every CPU."""
+    mantissa, exponent = np.frexp(np.asarray(values, dtype=np.float64))
+    return np.ldexp(np.round(np.ldexp(mantissa, bits)), exponent - bits)
+
+
 def measure_chunk_task(chunk, shared=None):
     """One task of :func:`iter_features`: measure a chunk of crops given as PNG bytes.
 
     chunk: list of ``(name, png bytes)`` (name only for error messages).  Returns
-    ``(names list[str], values float64 n x F, n_fallback_masks int)``.  Runs in a
+    ``(names list[str], values float64 n x F rounded by :func:`round_features`, n_fallback_masks int)``.  Runs in a
     Dask worker or here; it reads no file, so workers need not see the archive.
     """
     from deepyeast.data.crop_png import decode_crop
@@ -330,7 +352,7 @@ def measure_chunk_task(chunk, shared=None):
         masks.append(m)
         fallbacks += fb
     names, values = measure_crops(images, np.stack(masks))
-    return names, values, fallbacks
+    return names, round_features(values), fallbacks
 
 
 def _read_chunk(files):
@@ -473,7 +495,7 @@ def _is_float(v):
 
 # --------------------------------------------------------------------------- provenance, external tables
 
-PAPER_N_FEATURES = 435
+PAPER_N_FEATURES = PAPER_FOREST["n_features"]
 """CellProfiler features per cell in the paper's forest (Chong et al. 2015, whole micrographs)."""
 
 

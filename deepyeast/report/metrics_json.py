@@ -7,6 +7,8 @@ missing, and::
     results       name -> {title, folder, details, missing, figures, command}: everything else an
                   analysis reported (e.g. the quality filter's cross-validation table)
     checks        the paper's comparisons on this run (:func:`paper_checks`), true/false/null
+    forest_features  what the forest's numbers (every ``rf_*`` key) learned from: {source, n_features,
+                  short, text} (ours: 430 CellProfiler-style features per crop; the paper's: 435 per cell)
     complete      every expected result was found
     missing       expected results not found: {input, path, producer}
     not_provided  parts that could not be done: {input (result name), what, reason, option}
@@ -42,6 +44,8 @@ EXPECTED_RESULTS = {
                     ("rf_protein_accuracy", "rf_protein_accuracy_min10")),
     "transfer": ("transfer", "analysis/transfer.py --out RUN/transfer", ("transfer_accuracy",)),
     "interpret": ("interpret", "analysis/interpret.py --out RUN/interpret", ()),
+    "paper": ("paper", "analysis/paper_results.py --out RUN/paper",
+              ("mixed_nucleus_cytoplasm_top_two", "mixed_nucleus_cytoplasm_top_three_rest")),
 }
 """The paper's results a complete replication report has.  Only the completeness check (the
 report's banner, ``complete``) reads this: any other analysis's manifest is found and shown
@@ -172,6 +176,9 @@ def assemble_metrics(run_dir, results, missing, expect=None, extra_not_provided=
                       if f"{r['name']}: {k}" not in seeds})
         not_provided += [dict(input=r["name"], **x) for x in r.get("missing", [])]
     m["results"] = summary
+    forest = summary.get("forest", {}).get("details", {}).get("cellprofiler_features")
+    if isinstance(forest, dict):  # what every rf_* number above learned from (not the paper's 435 features)
+        m["forest_features"] = forest
     m["checks"] = paper_checks(m)
     m["missing"] = list(missing)
     m["not_provided"] = not_provided + list(extra_not_provided)
