@@ -11,7 +11,8 @@ bioimage.io export).
             table up to case are written as DeepYeast spells them (ER, Golgi)
 --solver    the run's solver: its schedule (and the train net's batch size) go into
             the readme and bundle.json
---metrics   the report's metrics.json: the headline accuracies are copied
+--metrics   the report's metrics.json: the headline accuracies are copied, and beside the
+            forest's, what it learned from (rf_features: ours are not the paper's 435 features)
 --trained-on  one line on the training data (default: from the solver's training LMDB)
 
 Example:
@@ -78,6 +79,13 @@ def headline_metrics(path):
             value = {k: v for k, v in value.items() if isinstance(v, (int, float, str, list)) and k != "paper"}
         if value not in (None, {}):
             out[key] = value
+    forest = data.get("forest_features")
+    if any(k.startswith("rf_") for k in out) and isinstance(forest, dict) and forest.get("short"):
+        from deepyeast.constants import PAPER_FOREST
+
+        # the forest's numbers are not the paper's forest's: say what it learned from beside them
+        out["rf_features"] = (f"{forest['short']}; the paper's forest: {PAPER_FOREST['n_features']} CellProfiler "
+                              "features per cell on whole micrographs (Chong et al. 2015)")
     return out
 
 

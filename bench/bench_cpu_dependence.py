@@ -92,6 +92,7 @@ def main():
     p.add_argument("--cells", type=int, default=400)
     p.add_argument("--worker", choices=["features", "fp32", "bf16"])
     p.add_argument("--save")
+    p.add_argument("--screen-size", help="also make the synthetic screen of this size under both and compare")
     p.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md as it is")
     args = p.parse_args()
     if args.worker:
@@ -116,6 +117,19 @@ def main():
             b, _ = _run("bf16", {}, args, os.path.join(tmp, "x16.npz"))
             out["fp32_vs_bf16_here"] = {"max_abs_prob": float(np.abs(a["probs"] - b["probs"]).max()),
                                         "calls_changed": int((a["probs"].argmax(1) != b["probs"].argmax(1)).sum())}
+        if args.screen_size:  # the synthetic screen: every file, byte for byte
+            files = {}
+            for name, extra in (("here", {}), ("other", OTHER_CPU)):
+                folder = os.path.join(tmp, f"screen_{name}")
+                subprocess.run([sys.executable, "data_prep/make_synthetic.py", "--out", folder, "--size",
+                                args.screen_size, "--seed", "0"], env=dict(os.environ, **extra), check=True,
+                               cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                files[name] = {os.path.relpath(os.path.join(d, f), folder): open(os.path.join(d, f), "rb").read()
+                               for d, _, fs in os.walk(folder) for f in fs}
+            out["screen"] = {"files": len(files["here"]),
+                             "differ": sum(files["other"].get(k) != v for k, v in files["here"].items())
+                             + len(set(files["other"]) - set(files["here"]))}
     print(json.dumps(out, indent=1))
     f = out["features"]
     lines = [
@@ -139,6 +153,9 @@ def main():
         r = out["fp32_vs_bf16_here"]
         lines.append(f"| network, fp32 against bf16 on this CPU | | largest difference {r['max_abs_prob']:.2g} | "
                      f"calls changed: {r['calls_changed']} | |")
+    if "screen" in out:
+        lines.append(f"| the synthetic screen (size {args.screen_size}, seed 0), every file | {out['screen']['files']} "
+                     f"files | {out['screen']['differ']} | | |")
     if not args.no_write:
         update_section("CPU dependence", "\n".join(lines))
     print("\n".join(lines))

@@ -334,6 +334,16 @@ def plot_filter_accuracy(summary, out_png):
     save_figure(fig, out_png)
 
 
+def _grid_note(summary):
+    """The mtry grid against the paper's: its top is the feature count (ours 430, the paper's 435)."""
+    grid, n = summary.get("mtry_grid") or [], summary.get("n_features")
+    used = sorted({min(int(m), int(n)) for m in grid}) if n else grid
+    if not used or list(used) == list(PAPER_MTRY):
+        return ""
+    return (f" mtry grid as run: {', '.join(map(str, used))} (the paper's {', '.join(map(str, PAPER_MTRY))} with "
+            f"its {PAPER_MTRY[-1]} CellProfiler features; ours number {n}, so the grid tops out at {max(used)}).")
+
+
 def write_quality_result(out_dir, summary, figure_file=None, command=None):
     """The result manifest of the non-cell filter (see :mod:`deepyeast.report.manifest`).
 
@@ -395,7 +405,8 @@ def write_quality_result(out_dir, summary, figure_file=None, command=None):
                         [[r["mtry"], r["sampling"], round(r["cv_accuracy"], 4), round(r["cv_balanced_accuracy"], 4)]
                          for r in summary["cv_table"]],
                         f"{summary['folds']}-fold cross-validation on the training set ({ts['cells']:,} cells, "
-                        f"{ts['noncells']:,} non-cells), {summary['ntree']} trees; chosen by accuracy."))
+                        f"{ts['noncells']:,} non-cells), {summary['ntree']} trees; chosen by accuracy."
+                        + _grid_note(summary)))
     figs = [figure(figure_file, "Accuracy per cell of each classifier before and after the filter removed "
                                 "non-cells (test cells).")] if figure_file else []
     return write_result(out_dir, "quality", title, text, metrics=metrics, headline=rows, figures=figs, tables=tables,

@@ -17,7 +17,9 @@ compartment (:mod:`deepyeast.analysis.interpret.tsne`).
 
 Layer features
 --------------
-Fully connected blobs (fc1, fc2: 512 values, fc3: 12) are used as they are.
+Fully connected blobs (fc1, fc2: 512 values, fc3: 12) are used as they are: each is the layer's output
+after the BatchNorm, Scale and ReLU that work in place on it (:data:`FC1_NOTE`; the authors' Keras
+code takes ``ip1``, the dense output before them).
 Conv blobs are reduced to per-channel spatial mean and max (2 x channels
 values: conv1 -> 128 instead of 64 x 64 x 64 = 262,144).  The paper used the
 layer activations themselves; we pool because (a) a random forest given a
@@ -70,6 +72,10 @@ CELLPROFILER = "cellprofiler"
 """Feature-set name of the CellProfiler features."""
 
 HEADLINE_LAYER = "fc1"
+FC1_NOTE = ("The fc1 features are the blob fc1 as the net leaves it: the dense layer's output after its BatchNorm, "
+            "Scale and ReLU, which work in place on that blob (before Dropout, inactive at test time); the authors' "
+            "Keras code extracts ip1, the dense output before BatchNorm and ReLU.")
+"""Which fc1 output the transfer features are (the report says it beside the headline)."""
 """The layer whose features give the transfer headline (Figure 4C), the paper's choice."""
 
 HEADLINE_RESAMPLES = 20000
@@ -326,6 +332,8 @@ def write_transfer_result(out_dir, result, command=None):
             f"headline is the forest on {head} features (Figure 4C, intervals from "
             f"{result.get('headline_resamples', HEADLINE_RESAMPLES):,} bootstrap resamples); every layer is compared "
             f"in Figure S6, where {best} is best on the validation cells.")
+    if head == HEADLINE_LAYER:
+        text += " " + FC1_NOTE
     if cp_note.get("text"):
         text += f" CellProfiler features: {cp_note['text']}"
     tables = [table("Figure 4C: test accuracy by training cells per class",

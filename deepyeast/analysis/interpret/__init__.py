@@ -164,6 +164,16 @@ def run_interpretation(feature_dir, out_dir, labels, class_names, blobs=None, cp
     return summary_out
 
 
+def tsne_input_note(tsne_reduce):
+    """What the t-SNE of each layer was run on, in words (the paper: the neuron outputs themselves)."""
+    if tsne_reduce == "full":
+        return ", on each layer's full activations (every neuron's output), as the paper."
+    return (", on each convolution layer's maps pooled to every channel's spatial mean and maximum (2 values per "
+            "channel) and on the fully connected layers' outputs as they are; the paper ran it on the full neuron "
+            "outputs (--tsne-reduce full with features extracted by predict.py --features-reduce full, 4 MiB per "
+            "cell).")
+
+
 def write_interpret_result(out_dir, summary, command=None):
     """The result manifest of the interpretation (see :mod:`deepyeast.report.manifest`)."""
     layers = summary["layers"]
@@ -191,9 +201,9 @@ def write_interpret_result(out_dir, summary, command=None):
         text += (f" The CellProfiler box of Figure 3D bins each of {cp['n_features']} features the same way "
                  f"({cp['features']['text']})")
     text += f" t-SNE: {summary.get('tsne', 'fast')} settings" + (
-        " (scikit-learn's defaults, as the paper)." if summary.get("tsne") == "paper" else
+        " (scikit-learn's defaults, as the paper)" if summary.get("tsne") == "paper" else
         " (standardised features, 50 principal components, 500 iterations: faster than the paper's scikit-learn "
-        "defaults, --tsne paper).")
+        "defaults, --tsne paper)") + tsne_input_note(summary.get("tsne_reduce", "pool"))
     figures = [figure("tsne.png", f"Figure 3B: t-SNE of {summary['tsne_cells']:,} cells at each layer, coloured by "
                                   "compartment."),
                figure("neurons.png", "Figure 3D: per layer, the distribution of neurons' mutual information with the "

@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""What a reproduction looks like: the spread of the demo's numbers over training seeds and forest seeds.
+
+Another CPU type trains the network along other float roundings (oneDNN and ATen kernels, bf16 on AMX or
+not), which is as good as another training seed; the forest's features are the same on every CPU
+(``analysis/cp_features.py`` rounds them), so the forest changes only with its own seed.  This script runs
+the pipeline of ``make demo`` (mk/pipeline.mk, with the demo's settings: bf16 training, recomputed
+BatchNorm statistics, the small forest grid) on one synthetic screen (``--size``, screen seed 0), then
+
+* trains the network with each of ``--train-seeds`` (the solver's ``random_seed``; ``--iters``
+  iterations, the learning rate halved every third of them) and evaluates it per cell and per protein;
+* grows the forest with each of ``--forest-seeds`` on the same features, per cell and per protein.
+
+Writes the "Seed spread" section of bench/RESULTS.md (each run, then min, max, mean and standard
+deviation).  The demo's own configuration (size demo, 450 iterations) takes ~13 minutes per training
+seed on an idle 2-core CPU; ``--size demo --iters 450`` runs it.
+
+    python bench/bench_seed_spread.py --work /tmp/spread [--size small --iters 150 --train-seeds 1 2 3]
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = ("data", "lmdb", "cellprofiler", "rf", "rf_proteins")
+"""Folders of the base run every training seed reuses (copied with their times, so make keeps them)."""
+
+
+def _make(run, args, *targets, schedule=""):
+    cmd = ["make", "--no-print-directory", "-o", "deps", f"RUN={run}", "SCREEN=synthetic", f"SIZE={args.size}",
+           "SEED=0", "GRID=small", "PRECISION=bf16", "BN_ITERS=30", "CP_TRAIN_CELLS=0", f"SCHEDULE={schedule}",
+           *targets]
+    t = time.time()
+    subprocess.run(cmd, cwd=REPO, check=True)
+    return time.time() - t
+
+
+def _metric(path, key):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)["metrics"][key]
+
+
+def _forest(base, seed, out):
+    """Grow the small-grid forest with ``seed`` on the base run's features; per-cell and per-protein counts."""
+    from deepyeast.analysis.predictions import read_predictions
+    from deepyeast.analysis.protein_level import protein_accuracy, protein_calls
+
+    cp = os.path.join(base, "cellprofiler")
+    lists = [os.path.join(base, "data", "main", f"HOwt_{s}.txt") for s in ("train", "val", "test")]
+    os.makedirs(out, exist_ok=True)
+    pred = os.path.join(out, "cells_test.csv")
+    subprocess.run([sys.executable, "analysis/random_forest.py", "--train", f"{cp}/train.csv", "--val", f"{cp}/val.csv",
+                    "--test", f"{cp}/test.csv", "--labels-from", *lists, "--grid", "small", "--seed", str(seed),
+                    "--jobs", "2", "--out", pred, "--summary", os.path.join(out, "rf_grid.json")],
+                   cwd=REPO, check=True)
+    t = read_predictions(pred, split="test", require_all_classes=False)
+    cell = {"correct": int((t.pred == t.label).sum()), "total": t.n_cells}
+    return cell, protein_accuracy(protein_calls(t))
+
+
+def _row(name, cell, prot):
+    return f"| {name} | {cell['correct'] / cell['total']:.3f} ({cell['correct']}/{cell['total']}) | " \
+           f"{prot['correct'] / prot['total']:.3f} ({prot['correct']}/{prot['total']}) |"
+
+
+def _stats(values):
+    v = np.asarray(values, float)
+    return f"{v.min():.3f}–{v.max():.3f}, mean {v.mean():.3f}, sd {v.std(ddof=1) if v.size > 1 else 0:.3f}"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--work", required=True, help="a folder under the repository (the runs' RUN folders)")
+    p.add_argument("--size", default="small")
+    p.add_argument("--iters", type=int, default=150)
+    p.add_argument("--train-seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--forest-seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--no-write", action="store_true")
+    args = p.parse_args()
+    from bench._results import update_section
+
+    work = os.path.relpath(os.path.abspath(args.work), REPO)
+    base = os.path.join(work, "base")
+    t_base = _make(base, args, f"{base}/rf_proteins/result.json", f"{base}/lmdb/mean.binaryproto")
+    step = max(1, args.iters // 3)
+    net_rows, forest_rows, times = [], [], {"base": round(t_base)}
+    for s in args.train_seeds:
+        run = os.path.join(work, f"train_seed{s}")
+        os.makedirs(run, exist_ok=True)
+        for d in SHARED:
+            if not os.path.exists(os.path.join(REPO, run, d)):
+                shutil.copytree(os.path.join(REPO, base, d), os.path.join(REPO, run, d), copy_function=shutil.copy2)
+        sched = f"random_seed={s} max_iter={args.iters} stepsize={step} test_interval={args.iters} snapshot={args.iters}"
+        times[f"train seed {s}"] = round(_make(run, args, f"{run}/cells/result.json", f"{run}/proteins/result.json",
+                                               schedule=sched))
+        net_rows.append((s, _metric(os.path.join(REPO, run, "cells", "result.json"), "cell_accuracy"),
+                         _metric(os.path.join(REPO, run, "proteins", "result.json"), "protein_accuracy")))
+    for s in args.forest_seeds:
+        cell, prot = _forest(os.path.join(REPO, base), s, os.path.join(REPO, work, f"forest_seed{s}"))
+        forest_rows.append((s, cell, prot))
+    lines = [f"The pipeline of `make demo` (bf16 training, BatchNorm statistics recomputed over 30 batches, the small "
+             f"forest grid, CellProfiler features of every training cell) on the synthetic screen of size "
+             f"`{args.size}` (screen seed 0), reduced to {args.iters} training iterations (base_lr 0.01 halved every "
+             f"{step}), once per training seed (the solver's `random_seed`; the data, the features and every other "
+             f"step the same) and once per forest seed on the same features. `python bench/bench_seed_spread.py "
+             f"--size {args.size} --iters {args.iters}`; wall times (s): {times}.", "",
+             "| run | per cell | per protein |", "|---|---|---|"]
+    lines += [_row(f"network, training seed {s}", c, pr) for s, c, pr in net_rows]
+    lines += [_row(f"forest, seed {s}", c, pr) for s, c, pr in forest_rows]
+    lines += ["", f"- network per cell: {_stats([c['value'] for _, c, _ in net_rows])}; per protein: "
+                  f"{_stats([pr['value'] for _, _, pr in net_rows])}",
+              f"- forest per cell: {_stats([c['correct'] / c['total'] for _, c, _ in forest_rows])}; per protein: "
+              f"{_stats([pr['value'] for _, _, pr in forest_rows])}"]
+    text = "\n".join(lines)
+    print(text)
+    if not args.no_write:
+        update_section("Seed spread", text)
+
+
+if __name__ == "__main__":
+    main()
