@@ -270,6 +270,7 @@ def test_run_interpretation_end_to_end(tmp_path):
     manifest = json.loads((out / "result.json").read_text())
     assert manifest["tables"][0]["rows"][-1][0] == "CellProfiler features"
     assert "CellProfiler features (last box)" in manifest["figures"][-1]["caption"]
+    assert "pooled to every channel's spatial mean and maximum" in manifest["summary"]  # what t-SNE ran on
 
 
 def test_tsne_paper_mode_is_scikit_learns_defaults_on_the_raw_features():

@@ -293,6 +293,7 @@ def test_quality_filter_script_paper_procedure(tmp_path, r_present):
     assert f"{ts['noncells']} non-cells of noncells.txt" in m["summary"]
     cv = next(t for t in m["tables"] if t["title"] == "Cross-validation of the filter")
     assert [r[:2] for r in cv["rows"]] == [[2, "none"], [8, "none"], [2, "balanced"], [8, "balanced"]]
+    assert "mtry grid as run: 2, 8 (the paper's 2, 110, 218, 326, 435" in cv["caption"]  # the grid's top said
 
     # same seed, same everything (Dask LocalCluster of 2 processes)
     r = _run(tmp_path, "--predictions", str(tmp_path / "net_test.csv"), "--per-class", "20", "--ntree", "50",

@@ -183,6 +183,7 @@ def test_headline_is_fc1_with_20000_resamples_even_when_another_layer_is_best(tm
     fc1_20 = result["transfer_accuracy"]["fc1"]["20"]
     assert head["correct"] == fc1_20["correct"] and head["total"] == 100
     assert 50 <= head["correct"] <= 75                       # classes 0-2 right, class 3 at best a coin flip
+    assert "after its BatchNorm, Scale and ReLU" in manifest["summary"] and "ip1" in manifest["summary"]
     assert result["transfer_accuracy"]["fc2"]["20"]["correct"] == 100
     assert (head["lo"], head["hi"]) == pytest.approx(bootstrap_accuracy_interval(head["correct"], 100, 20000, seed=3))
     fc2 = result["transfer_accuracy"]["fc2"]["20"]           # Figure S6's curves keep --resamples

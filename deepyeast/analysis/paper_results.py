@@ -124,7 +124,8 @@ def per_class_rows(cmp):
     for i, name in enumerate(names):
         n = int(cmp["n_cells"][i])
         paper_recall = PAPER_CLASS_RECALL.get(name)
-        row = [name, n, PAPER_CLASS_CELLS.get(name, ""), _count_text(int(net["confusion"][i, i]), n),
+        paper_n = PAPER_CLASS_CELLS.get(name)
+        row = [name, n, f"{paper_n:,}" if paper_n else "", _count_text(int(net["confusion"][i, i]), n),
                _count_text(*paper_recall) if paper_recall else ""]
         row.append(_count_text(int(rf["confusion"][i, i]), n) if rf else "")
         row.append(_count_text(int(net["confusion"][i, i]), int(net["n_predicted"][i])))
@@ -181,9 +182,10 @@ def confusion_rows(cmp, n=10):
     return rows
 
 
-def misclassified_gallery(table, archive, out_base, pairs, per_pair=GALLERY_CELLS, title=None):
-    """A figure of misclassified cells: one row per (true, called) pair of ``pairs`` (dicts of
-    :func:`top_confusions`), up to ``per_pair`` cells each, those called most confidently first.
+def misclassified_gallery(table, archive, out_base, pairs, per_pair=GALLERY_CELLS, title=None, pair_columns=1):
+    """A figure of misclassified cells: one block per (true, called) pair of ``pairs`` (dicts of
+    :func:`top_confusions`), up to ``per_pair`` cells each, those called most confidently first; the
+    blocks fill ``pair_columns`` columns, row by row.
 
     ``table``: the predictions (:class:`~deepyeast.analysis.predictions.Predictions`); ``archive``:
     the folder its paths are relative to.  Crops are read as the archive stores them (PNG; red the
@@ -193,32 +195,35 @@ def misclassified_gallery(table, archive, out_base, pairs, per_pair=GALLERY_CELL
     from deepyeast.utils.plotting import crop_rgb, plt, save_figure
 
     names = list(table.class_names)
-    rows = []
+    blocks = []
     for pr in pairs:
         t, p = names.index(pr["true"]), names.index(pr["called"])
         idx = np.flatnonzero((table.label == t) & (table.pred == p))
         if idx.size:
             idx = idx[np.argsort(-table.probs[idx, p], kind="stable")][:per_pair]
-            rows.append((pr, idx))
-    if not rows:
+            blocks.append((pr, idx))
+    if not blocks:
         return None
-    ncol = max(len(idx) for _, idx in rows)
-    fig, axes = plt.subplots(len(rows), ncol, figsize=(1.0 * ncol + 2.6, 1.05 * len(rows) + 0.5), squeeze=False)
-    for r, (pr, idx) in enumerate(rows):
-        for j in range(ncol):
-            ax = axes[r, j]
+    width = max(len(idx) for _, idx in blocks)
+    cols = max(1, min(pair_columns, len(blocks)))
+    n_rows = -(-len(blocks) // cols)
+    fig = plt.figure(figsize=(cols * (0.9 * width + 1.6), 1.0 * n_rows + 0.5))
+    grid = fig.add_gridspec(n_rows, cols * (width + 2))
+    for b, (pr, idx) in enumerate(blocks):
+        r, c0 = b // cols, (b % cols) * (width + 2) + 2
+        for j, i in enumerate(idx):
+            ax = fig.add_subplot(grid[r, c0 + j])
             ax.set_xticks([])
             ax.set_yticks([])
-            if j < len(idx):
-                ax.imshow(crop_rgb(read_crop(os.path.join(archive, table.path[idx[j]])), marker_gain=0.8),
-                          interpolation="nearest")
-                ax.set_title(f"{table.probs[idx[j], names.index(pr['called'])]:.2f}", fontsize=6, pad=1)
-            else:
-                ax.axis("off")
-        axes[r, 0].set_ylabel(f"{pr['true']}\n→ {pr['called']}\n({pr['cells']}/{pr['of']})", fontsize=7,
+            ax.imshow(crop_rgb(read_crop(os.path.join(archive, table.path[i])), marker_gain=0.8),
+                      interpolation="nearest")
+            ax.set_title(f"{table.probs[i, names.index(pr['called'])]:.2f}", fontsize=6, pad=1)
+            if j == 0:
+                ax.set_ylabel(f"{pr['true']}\n→ {pr['called']}\n({pr['cells']}/{pr['of']})", fontsize=7,
                               rotation=0, ha="right", va="center")
     fig.suptitle(title or "Misclassified test cells", fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.45 / (1.0 * n_rows + 0.5), bottom=0.01, wspace=0.1,
+                        hspace=0.35)
     return save_figure(fig, out_base)[0]
 
 
@@ -549,7 +554,8 @@ def run_paper_results(out_dir, inputs, command=None, make_figures=True):
         every = top_confusions(cmp["classifiers"]["network"]["confusion"], cmp["class_names"],
                                len(cmp["class_names"]) ** 2)
         f = misclassified_gallery(net, archive, os.path.join(out_dir, "files_s4_s5_all_pairs"), every, per_pair=4,
-                                  title="Misclassified test cells of every (true, called) pair (as Files S4/S5)")
+                                  title="Misclassified test cells of every (true, called) pair (as Files S4/S5)",
+                                  pair_columns=3)
         if f:
             figures.append(figure(os.path.basename(f),
                                   f"As the paper's Files S4 and S5: misclassified test cells of every "
