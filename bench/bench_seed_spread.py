@@ -35,12 +35,15 @@ SHARED = ("data", "lmdb", "cellprofiler", "rf", "rf_proteins")
 """Folders of the base run every training seed reuses (copied with their times, so make keeps them)."""
 
 
+def _make_cmd(run, args, *targets, schedule=""):
+    return ["make", "--no-print-directory", "-o", "deps", f"RUN={run}", "SCREEN=synthetic", f"SIZE={args.size}",
+            "SEED=0", "GRID=small", "PRECISION=bf16", "BN_ITERS=30", "CP_TRAIN_CELLS=0", f"SCHEDULE={schedule}",
+            *targets]
+
+
 def _make(run, args, *targets, schedule=""):
-    cmd = ["make", "--no-print-directory", "-o", "deps", f"RUN={run}", "SCREEN=synthetic", f"SIZE={args.size}",
-           "SEED=0", "GRID=small", "PRECISION=bf16", "BN_ITERS=30", "CP_TRAIN_CELLS=0", f"SCHEDULE={schedule}",
-           *targets]
     t = time.time()
-    subprocess.run(cmd, cwd=REPO, check=True)
+    subprocess.run(_make_cmd(run, args, *targets, schedule=schedule), cwd=REPO, check=True)
     return time.time() - t
 
 
@@ -85,6 +88,7 @@ def main():
     p.add_argument("--train-seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--forest-seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--forests-first", action="store_true", help="grow the forests before the trainings")
     args = p.parse_args()
     from bench._results import update_section
 
@@ -93,20 +97,30 @@ def main():
     t_base = _make(base, args, f"{base}/rf_proteins/result.json", f"{base}/lmdb/mean.binaryproto")
     step = max(1, args.iters // 3)
     net_rows, forest_rows, times = [], [], {"base": round(t_base)}
-    for s in args.train_seeds:
+    procs = {}
+    t0 = time.time()
+    for s in args.train_seeds:  # the training seeds run side by side (--jobs 1 each)
         run = os.path.join(work, f"train_seed{s}")
-        os.makedirs(run, exist_ok=True)
+        os.makedirs(os.path.join(REPO, run), exist_ok=True)
         for d in SHARED:
             if not os.path.exists(os.path.join(REPO, run, d)):
                 shutil.copytree(os.path.join(REPO, base, d), os.path.join(REPO, run, d), copy_function=shutil.copy2)
         sched = f"random_seed={s} max_iter={args.iters} stepsize={step} test_interval={args.iters} snapshot={args.iters}"
-        times[f"train seed {s}"] = round(_make(run, args, f"{run}/cells/result.json", f"{run}/proteins/result.json",
-                                               schedule=sched))
+        log = open(os.path.join(REPO, run, "spread.log"), "w")
+        procs[s] = (run, subprocess.Popen(_make_cmd(run, args, f"{run}/cells/result.json",
+                                                    f"{run}/proteins/result.json", schedule=sched) + ["JOBS=1"],
+                                          cwd=REPO, stdout=log, stderr=subprocess.STDOUT), log)
+    for s, (run, proc, log) in procs.items():
+        if proc.wait() != 0:
+            raise SystemExit(f"training seed {s} failed: see {run}/spread.log")
+        log.close()
         net_rows.append((s, _metric(os.path.join(REPO, run, "cells", "result.json"), "cell_accuracy"),
                          _metric(os.path.join(REPO, run, "proteins", "result.json"), "protein_accuracy")))
+    times["training seeds, side by side"] = round(time.time() - t0)
     for s in args.forest_seeds:
         cell, prot = _forest(os.path.join(REPO, base), s, os.path.join(REPO, work, f"forest_seed{s}"))
         forest_rows.append((s, cell, prot))
+        print(_row(f"forest, seed {s}", cell, prot), flush=True)
     lines = [f"The pipeline of `make demo` (bf16 training, BatchNorm statistics recomputed over 30 batches, the small "
              f"forest grid, CellProfiler features of every training cell) on the synthetic screen of size "
              f"`{args.size}` (screen seed 0), reduced to {args.iters} training iterations (base_lr 0.01 halved every "
