@@ -302,12 +302,13 @@ def _distributions_of(module):
     return {_norm(d) for d in dists}
 
 
-@pytest.mark.parametrize("folders, extras", [(("deepyeast", "analysis", "data_prep"), ("r",)),
-                                             (("tests",), ("tests", "r"))],
+@pytest.mark.parametrize("folders, extras", [(("deepyeast", "analysis", "data_prep"), ("r", "napari")),
+                                             (("tests", "docs"), ("tests", "r", "napari", "docs"))],
                          ids=["library-and-scripts", "tests"])
 def test_every_imported_package_is_declared(folders, extras):
     """Each third-party module the code imports comes from a package pyproject.toml declares (the
-    library and step scripts: the dependencies and the `r` extra; the tests: also the `tests` extra)."""
+    library and step scripts: the dependencies and the `r` and `napari` extras (deepyeast/napari); the
+    tests and the docs' build hook: also the `tests` and `docs` extras)."""
     declared = set(_declared(extras))
     undeclared = []
     for module, where in sorted(_third_party_imports(folders).items()):

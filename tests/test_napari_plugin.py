@@ -112,3 +112,71 @@ def test_bad_layers_give_the_commands_message(setup):
     with pytest.raises(InputError, match="protein layer is 30x40 but marker layer"):
         micrograph_from_layers(np.zeros((40, 40), np.uint8), np.zeros((40, 30), np.uint8))
     assert not (tmp / "x").exists()
+
+
+def test_manifest_validates():
+    res = subprocess.run([sys.executable, "-m", "npe2", "validate", MANIFEST], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=REPO_ROOT))
+    assert res.returncode == 0 and "valid" in (res.stdout + res.stderr).lower(), res.stdout + res.stderr
+    from npe2 import PluginManifest
+
+    manifest = PluginManifest.from_file(MANIFEST)
+    assert manifest.name == "deepyeast"
+    assert [w.display_name for w in manifest.contributions.widgets] == ["Classify cells"]
+    (reader,) = manifest.contributions.readers
+    assert set(reader.filename_patterns) == {"*.tif", "*.tiff", "*.png"}
+    for command in manifest.contributions.commands:  # every python_name imports
+        module, _, attr = command.python_name.partition(":")
+        assert callable(getattr(__import__(module, fromlist=[attr]), attr)), command.python_name
+
+
+@pytest.mark.slow
+def test_napari_runs_the_widget_headless(setup):
+    """Real napari under Xvfb: the reader's layers, the widget's notifications for bad input (the command's
+    lines), then the cells layer with its features, class colours in a screenshot, and the call's table."""
+    tmp, bundle_dir, field = setup
+    if shutil.which("xvfb-run") is None:
+        need("xvfb")
+    out = tmp / "session"
+    out.mkdir(exist_ok=True)
+    (tmp / "nobundle").mkdir(exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT, QT_QPA_PLATFORM="xcb", NAPARI_CONFIG=str(tmp / "napari.yaml"))
+    res = subprocess.run(["xvfb-run", "-a", "-s", "-screen 0 1280x1024x24", sys.executable, SESSION, str(field),
+                          str(bundle_dir), str(tmp / "nobundle"), str(out)], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    s = json.load(open(out / "session.json"))
+
+    # the reader: one layer per channel of the TIFF
+    data = tifffile.imread(field)
+    assert s["reader_layers"] == [[f"field.tif [c{i}]", list(data.shape[1:]), str(data.dtype)] for i in range(2)]
+    # bad input: the command's one-line messages as error notifications, no layer added, the viewer lives on
+    errors = [message for severity, message in s["notifications"] if severity.lower() == "error"]
+    with pytest.raises(InputError) as one_channel:
+        micrograph_from_layers(data[0], names=("field.tif [c0]", "protein"))
+    with pytest.raises(InputError) as no_bundle:
+        read_bundle(str(tmp / "nobundle"))
+    assert errors == [str(one_channel.value), str(no_bundle.value)]
+    assert s["layers_after_bad_input"] == [2, 2]
+    # the cells layer: its features are the plugin's cells (= the command's, test above)
+    assert s["layers"][-1] == ["field.tif [c0] cells", "Labels"] and len(s["layers"]) == 3
+    bundle = read_bundle(bundle_dir)
+    expected = cells_layer(bundle, read_micrograph(str(field)), name="field.tif [c0]")
+    f = s["features"]
+    assert f["index"] == list(range(1, s["labels_max"] + 1)) and f["class"] == list(expected.features["class"])
+    for name in bundle.classes:
+        np.testing.assert_allclose(f[f"prob_{name}"], expected.features[f"prob_{name}"], atol=1e-6)
+    assert s["metadata"]["protein_call"] == expected.call
+    assert "DeepYeast protein call" in s["docks"] and "Classify cells (DeepYeast)" in " ".join(s["docks"])
+    # coloured by class: each label's colour is its class's
+    for label, rgba in s["colour"].items():
+        np.testing.assert_allclose(rgba, expected.colors[int(label)], atol=1e-6)
+    # the screenshot shows the cells in their class colours on a background
+    from PIL import Image
+
+    shot = np.asarray(Image.open(out / "screenshot.png").convert("RGB")).astype(int)
+    assert shot.shape[0] > 100 and shot.shape[1] > 100 and shot.std() > 5
+    for k in set(int(v) for v in f["index"]):
+        target = np.round(np.asarray(expected.colors[k][:3]) * 255).astype(int)
+        close = np.abs(shot - target).max(axis=2) <= 3
+        assert close.sum() >= 20, (k, target)  # the cell's colour covers some pixels
