@@ -10,6 +10,7 @@ codes (:data:`deepyeast.launcher.EXIT_CODES`).  Run by ``mkdocs build`` (``hooks
 import argparse
 import html
 import os
+import re
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,7 +36,13 @@ def _value(action):
     return f"`{metavar}`" + (" …" if action.nargs in ("+", "*") else "")
 
 
+MACHINE_DEFAULTS = {"jobs": "every CPU"}
+"""Options whose default depends on the machine that builds the site: what the page says instead."""
+
+
 def _default(action):
+    if action.dest in MACHINE_DEFAULTS:
+        return MACHINE_DEFAULTS[action.dest]
     if action.nargs == 0 or action.default in (None, argparse.SUPPRESS) or action.required:
         return "required" if action.required else ""
     if isinstance(action.default, (list, tuple)):
@@ -45,9 +52,11 @@ def _default(action):
 
 def _help(action, parser):
     text = action.help or ""
+    if action.dest in MACHINE_DEFAULTS:  # "(default: every CPU, %(default)s here)": no machine's count on the page
+        text = re.sub(r",? *%\(default\)s here", "", text)
     if "%(" in text:
         values = dict(vars(action), prog=parser.prog)
-        values["default"] = action.default
+        values["default"] = MACHINE_DEFAULTS.get(action.dest, action.default)
         try:
             text = text % values
         except (KeyError, TypeError, ValueError):
