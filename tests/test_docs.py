@@ -7,10 +7,13 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from _data_helpers import REPO_ROOT
 from deepyeast.commands import build_parser, names
 
 
+@pytest.mark.slow
 def test_mkdocs_builds_strict_with_every_command_and_flag(tmp_path):
     site = tmp_path / "site"
     res = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],

@@ -157,6 +157,10 @@ def test_napari_runs_the_widget_headless(setup):
     with pytest.raises(InputError) as no_bundle:
         read_bundle(str(tmp / "nobundle"))
     assert errors == [str(one_channel.value), str(no_bundle.value)]
+    infos = [message for severity, message in s["notifications"] if severity.lower() == "info"]
+    assert infos == [f"{s['labels_max']} cells; call: {s['metadata']['protein_call']['class']} "
+                     f"(share {s['metadata']['protein_call']['top1_share']:.2f}, "
+                     f"p_call {s['metadata']['protein_call']['p_call']:.2f})"]
     assert s["layers_after_bad_input"] == [2, 2]
     # the cells layer: its features are the plugin's cells (= the command's, test above)
     assert s["layers"][-1] == ["field.tif [c0] cells", "Labels"] and len(s["layers"]) == 3
@@ -167,7 +171,7 @@ def test_napari_runs_the_widget_headless(setup):
     for name in bundle.classes:
         np.testing.assert_allclose(f[f"prob_{name}"], expected.features[f"prob_{name}"], atol=1e-6)
     assert s["metadata"]["protein_call"] == expected.call
-    assert "DeepYeast protein call" in s["docks"] and "Classify cells (DeepYeast)" in " ".join(s["docks"])
+    assert "DeepYeast protein call" in s["docks"] and "Classify cells (deepyeast)" in s["docks"]
     # coloured by class: each label's colour is its class's
     for label, rgba in s["colour"].items():
         np.testing.assert_allclose(rgba, expected.colors[int(label)], atol=1e-6)

@@ -47,7 +47,7 @@ def classify_cells(viewer, image, protein=None, cells=None, bundle="", marker_ch
                                         "bundle": str(bundle)})
     _show_call(viewer, image.name, result.call)
     call = result.call
-    show_info(f"{len(result.features)} cells; call: {call['class']} (share {call['top1_share']:.2f}, "
+    show_info(f"{len(result.features['index'])} cells; call: {call['class']} (share {call['top1_share']:.2f}, "
               f"p_call {call['p_call']:.2f})" if call["class"] else f"{image.name}: no cell found")
     return layer
 
