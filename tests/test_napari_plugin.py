@@ -49,6 +49,7 @@ def _command(*args, cwd):
                           text=True, env=dict(os.environ, PYTHONPATH=REPO_ROOT))
 
 
+@pytest.mark.slow
 def test_plugin_cells_are_the_commands_cells(setup):
     """The widget's cells layer and call on one micrograph = `deepyeast classify`'s cells.csv and proteins.csv."""
     tmp, bundle_dir, field = setup
