@@ -26,6 +26,7 @@ Output (--out DIR, replaced as a whole, atomically):
                 folders' gallery strips, copied to gallery/; keep the folder together)
   summary.json  counts, flows, the null's calibration, settings, the command; also how many
                 proteins a naive per-cell chi-square test (+ BH) would call, for comparison
+  result.json   the result manifest (a run's report.html shows the comparison and links its page)
 
 Bad input (one line naming the file, exit 2, nothing written): a folder without cells.csv, a
 cells.csv without probability columns, screens with different class sets or models, no protein
@@ -64,7 +65,8 @@ def options(p):
 
 
 def run(args):
-    from deepyeast.analysis.compare import CompareSettings, run_compare
+    from deepyeast.analysis.compare import CompareSettings
+    from deepyeast.report.compare_html import run_compare
 
     settings = CompareSettings(fdr=args.fdr, min_micrographs=args.min_micrographs, min_cells=args.min_cells,
                                null_draws=args.null_draws, resamples=args.resamples, seed=args.seed,
