@@ -48,7 +48,7 @@ import numpy as np
 from deepyeast.utils.io import InputError, atomic_write_text, write_csv
 
 __all__ = ["CompareSettings", "ScreenSide", "read_side", "check_classes", "compare_screens", "bh_qvalues",
-           "residual_pool", "naive_cell_test", "summarise", "write_tables", "flow_table", "CHANGES_COLUMNS", "METHOD"]
+           "residual_pool", "naive_cell_test", "protein_groups", "summarise", "write_tables", "flow_table", "CHANGES_COLUMNS", "METHOD"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,8 +271,8 @@ class _Group:
         return (self.n[:, None] * self.x).sum(0) / self.n.sum()
 
 
-def _groups(side):
-    """protein -> _Group of a side."""
+def protein_groups(side):
+    """protein -> its micrographs on this side (a :class:`_Group`: profiles x (M, K), cells n (M,), cell rows)."""
     order = np.argsort(side.micrograph, kind="stable")
     m_ids, starts = np.unique(side.micrograph[order], return_index=True)
     bounds = list(starts) + [len(order)]
@@ -426,7 +426,7 @@ def compare_screens(ref, cond, settings=CompareSettings()):
     check_classes(ref.cells_file, ref.classes, ref.named, cond.cells_file, cond.classes, cond.named)
     classes = [c if ref.named[j] or not cond.named[j] else cond.classes[j] for j, c in enumerate(ref.classes)]
     k = len(classes)
-    g_ref, g_cond = _groups(ref), _groups(cond)
+    g_ref, g_cond = protein_groups(ref), protein_groups(cond)
     common = sorted(set(g_ref) & set(g_cond))
     if not common:
         raise InputError(f"{cond.cells_file}: no protein in common with {ref.cells_file} (proteins are matched by "
