@@ -224,12 +224,11 @@ def test_micrograph_pair_classified_and_compared(tmp_path):
     seeded weights, so its calls are arbitrary: what is checked is that every protein and micrograph
     arrives where the truth says)."""
     from _bundles import make_bundle
+    from deepyeast.analysis.classify import classify_screen
+    from deepyeast.data.synthetic.condition import render_pair
 
     pair = tmp_path / "pair"
-    r = subprocess.run([sys.executable, "data_prep/make_synthetic.py", "--pair", "micrographs", "--size", "tiny",
-                        "--pair-proteins", "8", "--seed", "1", "--jobs", "1", "--out", str(pair)],
-                       cwd=REPO_ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO_ROOT))
-    assert r.returncode == 0, r.stderr
+    render_pair(str(pair), "tiny", 1, ConditionSettings(proteins=8), workers=1)
     truth = read_truth(pair / "truth.csv")
     assert len(truth) == 8 and sum(t["mover"] for t in truth.values()) == round(0.15 * 8)
     images = {s: _csv(pair / s / "images.csv") for s in ("reference", "condition")}
@@ -242,10 +241,7 @@ def test_micrograph_pair_classified_and_compared(tmp_path):
     assert {r["plate"] for r in images["reference"]}.isdisjoint({r["plate"] for r in images["condition"]})
     bundle, _, _ = make_bundle(str(tmp_path / "model"), str(tmp_path))
     for side in ("reference", "condition"):
-        r = subprocess.run([sys.executable, "analysis/classify_screen.py", "--model", bundle, "--images",
-                            str(pair / side / "images.csv"), "--out", str(tmp_path / side)], cwd=REPO_ROOT,
-                           capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO_ROOT))
-        assert r.returncode == 0, r.stderr
+        classify_screen(bundle, str(pair / side / "images.csv"), str(tmp_path / side), progress=False, n_resamples=10)
     r = _script("--reference", tmp_path / "reference", "--condition", tmp_path / "condition", "--out",
                 tmp_path / "cmp", "--null-draws", 200)
     assert r.returncode == 0, r.stderr
@@ -255,3 +251,18 @@ def test_micrograph_pair_classified_and_compared(tmp_path):
         assert 1 <= int(row["ref_micrographs"]) <= truth[p]["ref_micrographs"]
         assert 1 <= int(row["cond_micrographs"]) <= truth[p]["cond_micrographs"]
         assert (row["insufficient"] == "") == (row["p"] != "")
+
+
+def test_replicate_folders_pool_their_micrographs(tmp_path):
+    """Two reference folders are replicates: their micrographs add up, even where image names repeat."""
+    simulate_pair(str(tmp_path / "pair"), "tiny", 2, ConditionSettings(proteins=20))
+    ref = tmp_path / "pair" / "reference"
+    one = {r["protein"]: r for r in compare_screens(read_side([ref]), read_side([tmp_path / "pair" / "condition"]),
+                                                    CompareSettings(null_draws=100, resamples=50))[0]}
+    two = {r["protein"]: r for r in compare_screens(read_side([ref, ref]), read_side([tmp_path / "pair" / "condition"]),
+                                                    CompareSettings(null_draws=100, resamples=50))[0]}
+    assert set(one) == set(two)
+    for p in one:
+        assert two[p]["ref_micrographs"] == 2 * one[p]["ref_micrographs"]
+        assert two[p]["ref_cells"] == 2 * one[p]["ref_cells"]
+        assert two[p]["effect"] == pytest.approx(one[p]["effect"])
