@@ -131,6 +131,7 @@ def test_changes_follow_their_definitions(tmp_path):
     q = bh_qvalues(np.array([float(r["p"]) for r in tested]))
     assert np.allclose([float(r["q"]) for r in tested], q, rtol=1e-5)
     assert s["flows"][0] == {"from": "nucleus", "to": "cytoplasm", "proteins": 1}
+    assert s["warnings"] == []  # 32 proteins with 2-3 micrographs: pools of ~90 residuals a side
     page = (tmp_path / "out" / "report.html").read_text()
     assert "P1" in page and 'src="figures/volcano.png"' in page and "nucleus" in page
 
@@ -157,6 +158,8 @@ def test_report_shows_the_hits_cells_from_both_classify_folders(tmp_path):
     assert shown == ["cond0_0_MOVER.png", "ref0_0_MOVER.png"]
     assert (tmp_path / "out" / "gallery" / "ref0_0_MOVER.png").read_bytes().endswith(b"ref")
     assert page.index('src="gallery/ref0_0_MOVER.png"') < page.index('src="gallery/cond0_0_MOVER.png"')
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())  # 26 proteins x 2-4 micrographs a side
+    assert s["warnings"] == [] and s["null"]["reference"]["residual_micrographs"] == 54
 
 
 def test_false_discoveries_and_recall_on_a_generated_pair(tmp_path):
@@ -251,6 +254,8 @@ def test_micrograph_pair_classified_and_compared(tmp_path):
         assert 1 <= int(row["ref_micrographs"]) <= truth[p]["ref_micrographs"]
         assert 1 <= int(row["cond_micrographs"]) <= truth[p]["cond_micrographs"]
         assert (row["insufficient"] == "") == (row["p"] != "")
+    s = json.loads((tmp_path / "cmp" / "summary.json").read_text())
+    assert s["warnings"] and "the null of micrograph variation rests on fewer than 30" in s["warnings"][0]
 
 
 def test_replicate_folders_pool_their_micrographs(tmp_path):

@@ -514,6 +514,9 @@ def summarise(ref, cond, rows, info, settings, command):
                      "changed": int(sum(r["changed"] for r in rows)),
                      "changed_naive_per_cell_test": int(sum(r.get("changed_naive", 0) for r in rows))},
         "flows": [{"from": a, "to": b, "proteins": n} for a, b, n in flow_table(rows, info["classes"])],
+        "warnings": [f"the {side} has {v['residual_micrographs']} micrographs of proteins with two or more: the "
+                     f"null of micrograph variation rests on fewer than {MIN_POOL}, so its p-values are rough"
+                     for side, v in info["null"].items() if v["residual_micrographs"] < MIN_POOL],
         "null": info["null"],
         "method": METHOD,
         "settings": dataclasses.asdict(settings),

@@ -91,6 +91,7 @@ def _report(out_dir, ref, cond, rows, summary, settings):
                   s["changed_naive_per_cell_test"]],
                  ["cells left out as out-of-distribution (reference, condition)",
                   f"{summary['cells_left_out_ood']['reference']}, {summary['cells_left_out_ood']['condition']}"]]),
+             "".join(f'<p class="missing">{escape(w)}</p>' for w in summary["warnings"]),
              '<h2 id="method">Method</h2>', f'<p class="note">{escape(METHOD)}</p>',
              '<h2 id="volcano">Volcano plot</h2><figure><img src="figures/volcano.png" alt="volcano plot">'
              "<figcaption>Each tested protein: its effect against its p-value; red: changed.</figcaption></figure>",
