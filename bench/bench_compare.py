@@ -37,7 +37,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from bench._results import update_section  # noqa: E402
-from deepyeast.analysis.compare import CompareSettings, bh_qvalues, compare_screens, protein_groups, read_side  # noqa: E402
+from deepyeast.analysis.compare import (  # noqa: E402
+    CompareSettings, bh_qvalues, compare_screens, protein_groups, read_side)
 from deepyeast.data.synthetic.condition import ConditionSettings, read_truth, score, simulate_pair  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

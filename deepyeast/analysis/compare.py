@@ -48,7 +48,8 @@ import numpy as np
 from deepyeast.utils.io import InputError, atomic_write_text, write_csv
 
 __all__ = ["CompareSettings", "ScreenSide", "read_side", "check_classes", "compare_screens", "bh_qvalues",
-           "residual_pool", "naive_cell_test", "protein_groups", "summarise", "write_tables", "flow_table", "CHANGES_COLUMNS", "METHOD"]
+           "residual_pool", "naive_cell_test", "protein_groups", "summarise", "write_tables", "flow_table",
+           "CHANGES_COLUMNS", "METHOD"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -73,7 +73,8 @@ def run(args):
     s = run_compare(args.reference, args.condition, args.out, settings, command=args.command)
     n = s["proteins"]
     print(f"{n['in_both']} proteins in both screens, {n['tested']} tested ({n['insufficient']} insufficient); "
-          f"{n['changed']} changed at q < {args.fdr:g} (a per-cell test would call {n['changed_naive_per_cell_test']}); "
+          f"{n['changed']} changed at q < {args.fdr:g} (a per-cell test would call "
+          f"{n['changed_naive_per_cell_test']}); "
           f"wrote {args.out}")
 
 

@@ -191,7 +191,8 @@ def _render_protein(job):
         others = []
         for share, label in _field_compartments(p, side, f):
             if label not in styles:
-                styles[label] = _protein_style(CLASS_NAMES[label], np.random.default_rng([p["seed"] % (2 ** 63), label]))
+                own = np.random.default_rng([p["seed"] % (2 ** 63), label])
+                styles[label] = _protein_style(CLASS_NAMES[label], own)
             others.append((share, CLASS_NAMES[label], styles[label]))
         spec = dict(set="main", label=p["label"], expression=p["expression"], noncell_share=p["noncell_share"],
                     mixture_fraction=None, _style=style, _others=others,
