@@ -64,7 +64,8 @@ from deepyeast.utils.io import InputError, atomic_path, atomic_write_text, write
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ScreenCells", "ScreenCalls", "classify_screen", "classify_micrograph", "collect_cells", "call_proteins", "protein_flags", "p_call",
+__all__ = ["ScreenCells", "ScreenCalls", "classify_screen", "classify_micrograph", "collect_cells", "call_proteins",
+           "protein_flags", "p_call",
            "DUAL_SHARE", "CONFIDENCE", "GALLERY_CELLS", "PRECISIONS"]
 
 DUAL_SHARE = 0.25
