@@ -94,7 +94,9 @@ def _report(out_dir, ref, cond, rows, summary, settings):
              "".join(f'<p class="missing">{escape(w)}</p>' for w in summary["warnings"]),
              '<h2 id="method">Method</h2>', f'<p class="note">{escape(METHOD)}</p>',
              '<h2 id="volcano">Volcano plot</h2><figure><img src="figures/volcano.png" alt="volcano plot">'
-             "<figcaption>Each tested protein: its effect against its p-value; red: changed.</figcaption></figure>",
+             f"<figcaption>Each tested protein: its effect against its p-value; red: changed. p-values are "
+             f"multiples of 1/{settings.null_draws + 1} (the null's draws): the top row is that floor.</figcaption>"
+             "</figure>",
              '<h2 id="flows">Where proteins moved</h2>']
     flows = summary["flows"]
     parts.append(html_table(["reference call", "condition call", "changed proteins"],

@@ -44,8 +44,8 @@ __all__ = ["ConditionSettings", "plan_pair", "render_pair", "simulate_pair", "si
 
 TRUTH_FILE = "truth.csv"
 SHARPNESS = 4.0
-"""Logit boost of a cell's true compartment in :func:`simulate_probs`: about 0.75 of the cells of in-focus
-micrographs called right, as the demo's network scores per cell."""
+"""Logit boost of a cell's true compartment in :func:`simulate_probs`: about 0.8 of a screen's cells called as
+their protein's compartment (bench/bench_compare.py measures it; the demo's network scores 0.75 per cell)."""
 TILT = 0.4
 """Standard deviation of a micrograph's own logit offset per compartment in :func:`simulate_probs`."""
 CYTOPLASM = CLASS_NAMES.index("cytoplasm")
