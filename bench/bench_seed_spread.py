@@ -61,10 +61,11 @@ def _forest(base, seed, out):
     lists = [os.path.join(base, "data", "main", f"HOwt_{s}.txt") for s in ("train", "val", "test")]
     os.makedirs(out, exist_ok=True)
     pred = os.path.join(out, "cells_test.csv")
-    subprocess.run([sys.executable, "analysis/random_forest.py", "--train", f"{cp}/train.csv", "--val", f"{cp}/val.csv",
-                    "--test", f"{cp}/test.csv", "--labels-from", *lists, "--grid", "small", "--seed", str(seed),
-                    "--jobs", "2", "--out", pred, "--summary", os.path.join(out, "rf_grid.json")],
-                   cwd=REPO, check=True)
+    if not os.path.exists(pred):  # a finished forest (its table is written last) is read, not grown again
+        subprocess.run([sys.executable, "analysis/random_forest.py", "--train", f"{cp}/train.csv", "--val", f"{cp}/val.csv",
+                        "--test", f"{cp}/test.csv", "--labels-from", *lists, "--grid", "small", "--seed",
+                        str(seed), "--jobs", "2", "--out", pred, "--summary", os.path.join(out, "rf_grid.json")],
+                       cwd=REPO, check=True)
     t = read_predictions(pred, split="test", require_all_classes=False)
     cell = {"correct": int((t.pred == t.label).sum()), "total": t.n_cells}
     return cell, protein_accuracy(protein_calls(t))
@@ -85,7 +86,7 @@ def main():
     p.add_argument("--work", required=True, help="a folder under the repository (the runs' RUN folders)")
     p.add_argument("--size", default="small")
     p.add_argument("--iters", type=int, default=150)
-    p.add_argument("--train-seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--train-seeds", type=int, nargs="*", default=[1, 2, 3])
     p.add_argument("--forest-seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--no-write", action="store_true")
     p.add_argument("--forests-first", action="store_true", help="grow the forests before the trainings")
@@ -94,13 +95,18 @@ def main():
 
     work = os.path.relpath(os.path.abspath(args.work), REPO)
     base = os.path.join(work, "base")
-    t_base = _make(base, args, f"{base}/rf_proteins/result.json", f"{base}/lmdb/mean.binaryproto")
+    # finished runs are read as they are (a later change of the generator's code would make make rebuild them)
+    done = os.path.exists(os.path.join(REPO, base, "rf_proteins", "result.json"))
+    t_base = 0 if done else _make(base, args, f"{base}/rf_proteins/result.json", f"{base}/lmdb/mean.binaryproto")
     step = max(1, args.iters // 3)
     net_rows, forest_rows, times = [], [], {"base": round(t_base)}
     procs = {}
     t0 = time.time()
     for s in args.train_seeds:  # the training seeds run side by side (--jobs 1 each)
         run = os.path.join(work, f"train_seed{s}")
+        if all(os.path.exists(os.path.join(REPO, run, r, "result.json")) for r in ("cells", "proteins")):
+            procs[s] = (run, None, None)
+            continue
         os.makedirs(os.path.join(REPO, run), exist_ok=True)
         for d in SHARED:
             if not os.path.exists(os.path.join(REPO, run, d)):
@@ -110,10 +116,13 @@ def main():
         procs[s] = (run, subprocess.Popen(_make_cmd(run, args, f"{run}/cells/result.json",
                                                     f"{run}/proteins/result.json", schedule=sched) + ["JOBS=1"],
                                           cwd=REPO, stdout=log, stderr=subprocess.STDOUT), log)
+    for s in args.forest_seeds if args.forests_first else ():
+        _forest(os.path.join(REPO, base), s, os.path.join(REPO, work, f"forest_seed{s}"))
     for s, (run, proc, log) in procs.items():
-        if proc.wait() != 0:
+        if proc is not None and proc.wait() != 0:
             raise SystemExit(f"training seed {s} failed: see {run}/spread.log")
-        log.close()
+        if log is not None:
+            log.close()
         net_rows.append((s, _metric(os.path.join(REPO, run, "cells", "result.json"), "cell_accuracy"),
                          _metric(os.path.join(REPO, run, "proteins", "result.json"), "protein_accuracy")))
     times["training seeds, side by side"] = round(time.time() - t0)
@@ -130,6 +139,9 @@ def main():
              "| run | per cell | per protein |", "|---|---|---|"]
     lines += [_row(f"network, training seed {s}", c, pr) for s, c, pr in net_rows]
     lines += [_row(f"forest, seed {s}", c, pr) for s, c, pr in forest_rows]
+    if not net_rows or not forest_rows:
+        print("\n".join(lines))
+        return
     lines += ["", f"- network per cell: {_stats([c['value'] for _, c, _ in net_rows])}; per protein: "
                   f"{_stats([pr['value'] for _, _, pr in net_rows])}",
               f"- forest per cell: {_stats([c['correct'] / c['total'] for _, c, _ in forest_rows])}; per protein: "

@@ -155,6 +155,58 @@ def test_mixed_subset_is_the_papers_metric_and_other_pairs_apart(tmp_path):
     assert read_result(tmp_path / "paper" / "result.json")["name"] == "paper"
 
 
+def test_metrics_json_holds_the_papers_items_and_the_claims(tmp_path):
+    from deepyeast.report.html import build_report
+
+    net, rf = _pair()
+    run = tmp_path / "run"
+    from deepyeast.analysis.cell_metrics import run_cell_evaluation
+    run_cell_evaluation(write_table(tmp_path / "n.csv", net), run / "cells", write_table(tmp_path / "r.csv", rf),
+                        n_resamples=50, make_figures=False)
+    pr.run_paper_results(run / "paper", pr.PaperInputs(predictions=str(tmp_path / "n.csv"), archive=str(tmp_path),
+                                                       rf_predictions=str(tmp_path / "r.csv")), make_figures=False)
+    m = build_report(run, tmp_path / "r.html", tmp_path / "m.json")
+    assert m["paper_claims"]["network_wins_recall_every_class"]["holds"] is True
+    assert m["paper_items"]["class_recall"]["endosome"] == {"correct": 447, "total": 689}
+    assert m["paper_items"]["forest"]["kappa"] == 0.72 and m["paper_items"]["chosen_iteration"] == 130000
+    assert m["recall_per_class"]["Golgi"]["correct"] == 9 and m["rf_recall_per_class"]["Golgi"]["correct"] == 7
+    assert json.loads((tmp_path / "m.json").read_text())["paper_claims"] == m["paper_claims"]
+    assert "the paper's claim: the network's recall is higher" in (tmp_path / "r.html").read_text()
+
+
+def test_forest_filter_and_snapshot_rows_from_their_steps_outputs(tmp_path):
+    """The forest's grid summary and the non-cell filter's manifest (written by its own writer) beside the paper's."""
+    from deepyeast.analysis.quality_filter import write_quality_result
+
+    net = write_table(tmp_path / "net.csv", simulated_table(n_proteins=24, seed=5))
+    (tmp_path / "rf_grid.json").write_text(json.dumps({"best": {"ntree": 150, "mtry": 50, "nodesize": 1},
+                                                       "grid_name": "small", "n_features": 430}))
+    acc = {"value": 0.8, "correct": 80, "total": 100}
+    write_quality_result(tmp_path / "quality", {
+        "folds": 10, "ntree": 100, "seed": 1, "mtry_grid": [2, 110, 218, 326, 435], "n_features": 430,
+        "training_set": {"cells": 600, "cells_per_class": 100, "noncells": 86, "noncell_list": "noncells.txt",
+                         "classes": []},
+        "cv_table": [{"mtry": 2, "sampling": "none", "cv_accuracy": 0.955, "cv_balanced_accuracy": 0.807}],
+        "best": {"mtry": 2, "sampling": "none", "cv_accuracy": 0.955, "cv_balanced_accuracy": 0.807},
+        "test": {"n_cells": 1000, "n_removed": 49, "n_kept": 951},
+        "classifiers": {"network": {"before": acc, "after": acc, "removed": 49}}})
+    r = pr.run_paper_results(tmp_path / "paper", pr.PaperInputs(
+        predictions=net, archive=str(tmp_path), forest_summary=str(tmp_path / "rf_grid.json"),
+        quality=str(tmp_path / "quality" / "result.json")), make_figures=False)
+    m = r["metrics"]
+    assert (m["rf_chosen_ntree"], m["rf_chosen_mtry"], m["rf_chosen_nodesize"], m["rf_n_features"]) == (150, 50, 1, 430)
+    assert m["noncell_filter_mtry"] == 2 and m["noncell_filter_cv_accuracy"] == 0.955
+    assert m["noncell_filter_removed"] == {"value": 0.049, "correct": 49, "total": 1000}
+    rows = {row[0]: row for row in next(t for t in r["tables"] if t["title"].startswith("The forest"))["rows"]}
+    assert rows["non-cell filter: chosen mtry"][1:3] == [2, 110] and "tops out at 430" in rows[
+        "non-cell filter: chosen mtry"][3]
+    assert rows["non-cell filter: test cells removed"][2] == "0.115 (1,440/12,500)"
+    assert rows["forest: features per cell"][1:3] == [430, 435]
+    quality = read_result(tmp_path / "quality" / "result.json")
+    cv = next(t for t in quality["tables"] if t["title"] == "Cross-validation of the filter")
+    assert "tops out at 430" in cv["caption"]
+
+
 def test_missing_inputs_are_named_with_their_option(tmp_path):
     net = write_table(tmp_path / "net.csv", simulated_table(n_proteins=24, seed=4))
     r = pr.run_paper_results(tmp_path / "out", pr.PaperInputs(predictions=net, archive=str(tmp_path)),

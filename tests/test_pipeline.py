@@ -131,6 +131,18 @@ def test_demo_pipeline_tiny_and_rerun_skips(tmp_path, tmp_path_factory):
         assert metrics["cell_accuracy_filtered"]["total"] > 0 and metrics["rf_cell_accuracy_filtered"]["total"] > 0
     assert metrics["transfer_accuracy"]["headline_layer"] == "fc1"
     assert metrics["results"]["forest"]["details"]["cellprofiler_features"]["source"] == "cp-measure"
+    assert metrics["forest_features"]["n_features"] == 430
+    # the paper's Results item by item: per-class counts, the claims checked, the paper's mixed metric
+    from deepyeast.constants import CLASS_NAMES
+    assert set(metrics["recall_per_class"]) == set(CLASS_NAMES) == set(metrics["rf_precision_per_class"])
+    assert sum(c["total"] for c in metrics["recall_per_class"].values()) == metrics["cell_accuracy"]["total"]
+    claims = metrics["results"]["paper"]["details"]["claims"]
+    assert set(claims) == {"network_wins_recall_every_class", "network_wins_precision_all_but_nucleolus"}
+    nuc_cyt = sum(sorted(CLASS_NAMES[c] for c in m["classes"]) == ["cytoplasm", "nucleus"]
+                  for m in read_mixed_table(os.path.join(REPO_ROOT, run, "data", "main", "mixed_proteins.csv")))
+    assert (metrics["mixed_nucleus_cytoplasm_top_two"] or {"total": 0})["total"] == nuc_cyt
+    assert metrics["chosen_snapshot_iteration"] == 6 and metrics["rf_n_features"] == 430
+    assert "The paper's Results, item by item" in open(os.path.join(REPO_ROOT, run, "report.html")).read()
     assert [x["input"] for x in metrics["not_provided"]] == (["quality"] if quality["missing"] else [])
     _check_bundle_and_classify(os.path.join(REPO_ROOT, run), tmp_path, tmp_path_factory)
 
@@ -253,7 +265,7 @@ def test_reproduce_on_an_archive_shaped_like_the_published_one(tmp_path, tmp_pat
     steps = [line.split("] ", 1)[1] for line in again.stdout.splitlines() if line.startswith("==> [")]
     # the report and the model bundle (which carries the run's metrics) follow the new protein calls
     assert steps == ["network predictions (proteins with two compartments)", "protein-level calls (network)",
-                     "report", "model bundle"], again.stdout[-3000:]
+                     "the paper's results item by item", "report", "model bundle"], again.stdout[-3000:]
     metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
     n_mixed = len(read_mixed_table(str(mixed_dir / "mixed_proteins.csv")))
     assert metrics["mixed_proteins_top_two"]["total"] == n_mixed

@@ -589,7 +589,8 @@ def run_paper_results(out_dir, inputs, command=None, make_figures=True):
         qd = q.get("details", {})
         if "best" in qd:
             qb, qt = qd["best"], qd["test"]
-            grid = qd.get("mtry_grid", [])
+            n_feat_q = qd.get("n_features")
+            grid = sorted({min(int(g), int(n_feat_q)) if n_feat_q else int(g) for g in qd.get("mtry_grid", [])})
             rows.append(_row("non-cell filter: cross-validated accuracy", f"{qb['cv_accuracy']:.3f}",
                              f"{PAPER_NONCELL_FILTER['cv_accuracy']:.3f}"))
             rows.append(_row("non-cell filter: chosen mtry", qb["mtry"], PAPER_NONCELL_FILTER["mtry"],

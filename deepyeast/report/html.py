@@ -203,10 +203,13 @@ def _headline_section(results, metrics):
                                                  else "") + "</li>" for r, m in not_done)
         parts.append(f'<div class="missing" id="not-done"><b>Not done in this run</b> (the data it needs were not '
                      f"given; each is null in metrics.json and listed under not_provided):<ul>{items}</ul></div>")
-    checks = metrics["checks"]
+    checks = dict(metrics["checks"])
+    labels = dict(CHECK_LABELS)
+    for key, claim in (metrics.get("paper_claims") or {}).items():  # the paper's claims in words (section "paper")
+        checks[key], labels[key] = claim.get("holds"), f"the paper's claim: {claim.get('claim')}"
     parts.append("<h3>The paper's comparisons, checked on this run</h3>")
     parts.append(_table(["comparison", "holds"], [
-        [CHECK_LABELS.get(k, k), _Raw('<span class="bad">not evaluated (a result is missing or not run)</span>')
+        [labels.get(k, k), _Raw('<span class="bad">not evaluated (a result is missing or not run)</span>')
          if v is None else _Raw(f'<span class="{"ok" if v else "bad"}">{"yes" if v else "NO"}</span>')]
         for k, v in checks.items()]))
     return "\n".join(parts)

@@ -13,7 +13,9 @@ missing, and::
     missing       expected results not found: {input, path, producer}
     not_provided  parts that could not be done: {input (result name), what, reason, option}
     paper          the paper's numbers (:data:`~deepyeast.constants.PAPER_RESULTS`); paper_counts those
-                   that are counts, as {value, correct, total}
+                   that are counts, as {value, correct, total}; paper_items the paper's other numbers
+                   (per-class recall, confusions, forest, non-cell filter, snapshot, mixed proteins);
+                   paper_claims the paper's claims in words checked on this run (with a ``paper`` result)
     seeds, versions, figures
 """
 
@@ -112,6 +114,19 @@ def paper_checks(m):
     }
 
 
+def paper_items():
+    """The paper's other numbers (``deepyeast.constants.PAPER_*``), for metrics.json beside this run's."""
+    from deepyeast import constants as c
+
+    return {"class_recall": {k: {"correct": a, "total": b} for k, (a, b) in c.PAPER_CLASS_RECALL.items()},
+            "confusions": [{"true": t, "called": p, "cells": n, "of": total} for t, p, n, total in c.PAPER_CONFUSIONS],
+            "precision_exceptions": list(c.PAPER_PRECISION_EXCEPTIONS), "forest": dict(c.PAPER_FOREST),
+            "noncell_filter": dict(c.PAPER_NONCELL_FILTER), "chosen_iteration": c.PAPER_CHOSEN_ITERATION,
+            "mixed_nucleus_cytoplasm": {k: {"correct": a, "total": b}
+                                        for k, (a, b) in c.PAPER_MIXED_NUCLEUS_CYTOPLASM.items()},
+            "protein_errors": list(c.PAPER_PROTEIN_ERRORS)}
+
+
 def _find_seeds(obj, prefix=""):
     found = {}
     if isinstance(obj, dict):
@@ -185,5 +200,9 @@ def assemble_metrics(run_dir, results, missing, expect=None, extra_not_provided=
     m["complete"] = not m["missing"]
     m["paper"] = dict(PAPER_RESULTS)
     m["paper_counts"] = {k: paper_result(k) for k in PAPER_COUNTS}
+    m["paper_items"] = paper_items()
+    claims = summary.get("paper", {}).get("details", {}).get("claims")
+    if isinstance(claims, dict):  # the paper's claims in words, checked on this run (analysis/paper_results.py)
+        m["paper_claims"] = {k: {"claim": c.get("claim"), "holds": c.get("holds")} for k, c in claims.items()}
     m["seeds"] = seeds
     return m
