@@ -36,8 +36,11 @@ SHARED = ("data", "lmdb", "cellprofiler", "rf", "rf_proteins")
 
 
 def _make_cmd(run, args, *targets, schedule=""):
-    return ["make", "--no-print-directory", "-o", "deps", f"RUN={run}", "SCREEN=synthetic", f"SIZE={args.size}",
-            "SEED=0", "GRID=small", "PRECISION=bf16", "BN_ITERS=30", "CP_TRAIN_CELLS=0", f"SCHEDULE={schedule}",
+    # a screen already made is kept (-o) even when the generator's code changed since: one screen for every seed
+    keep = ["-o", f"{run}/data/screen.json"] if os.path.exists(os.path.join(REPO, run, "data", "screen.json")) else []
+    return ["make", "--no-print-directory", "-o", "deps", *keep, f"RUN={run}", "SCREEN=synthetic", f"SIZE={args.size}",
+            "SEED=0", "GRID=small", "PRECISION=bf16", f"BN_ITERS={args.bn_iters}", "CP_TRAIN_CELLS=0",
+            f"SCHEDULE={schedule}",
             *targets]
 
 
@@ -86,6 +89,7 @@ def main():
     p.add_argument("--work", required=True, help="a folder under the repository (the runs' RUN folders)")
     p.add_argument("--size", default="small")
     p.add_argument("--iters", type=int, default=150)
+    p.add_argument("--bn-iters", type=int, default=30, help="batches for the BatchNorm statistics (the demo's 30)")
     p.add_argument("--train-seeds", type=int, nargs="*", default=[1, 2, 3])
     p.add_argument("--forest-seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--no-write", action="store_true")
@@ -130,12 +134,13 @@ def main():
         cell, prot = _forest(os.path.join(REPO, base), s, os.path.join(REPO, work, f"forest_seed{s}"))
         forest_rows.append((s, cell, prot))
         print(_row(f"forest, seed {s}", cell, prot), flush=True)
-    lines = [f"The pipeline of `make demo` (bf16 training, BatchNorm statistics recomputed over 30 batches, the small "
+    lines = [f"The pipeline of `make demo` (bf16 training, BatchNorm statistics recomputed over {args.bn_iters} batches, "
+             f"the small "
              f"forest grid, CellProfiler features of every training cell) on the synthetic screen of size "
              f"`{args.size}` (screen seed 0), reduced to {args.iters} training iterations (base_lr 0.01 halved every "
              f"{step}), once per training seed (the solver's `random_seed`; the data, the features and every other "
              f"step the same) and once per forest seed on the same features. `python bench/bench_seed_spread.py "
-             f"--size {args.size} --iters {args.iters}`; wall times (s): {times}.", "",
+             f"--size {args.size} --iters {args.iters} --bn-iters {args.bn_iters}`; wall times (s): {times}.", "",
              "| run | per cell | per protein |", "|---|---|---|"]
     lines += [_row(f"network, training seed {s}", c, pr) for s, c, pr in net_rows]
     lines += [_row(f"forest, seed {s}", c, pr) for s, c, pr in forest_rows]
