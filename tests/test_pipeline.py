@@ -142,7 +142,7 @@ def test_demo_pipeline_tiny_and_rerun_skips(tmp_path, tmp_path_factory):
                   for m in read_mixed_table(os.path.join(REPO_ROOT, run, "data", "main", "mixed_proteins.csv")))
     assert (metrics["mixed_nucleus_cytoplasm_top_two"] or {"total": 0})["total"] == nuc_cyt
     assert metrics["chosen_snapshot_iteration"] == 6 and metrics["rf_n_features"] == 430
-    assert "The paper's Results, item by item" in open(os.path.join(REPO_ROOT, run, "report.html")).read()
+    assert "Results, item by item, ours beside theirs" in open(os.path.join(REPO_ROOT, run, "report.html")).read()
     assert [x["input"] for x in metrics["not_provided"]] == (["quality"] if quality["missing"] else [])
     _check_bundle_and_classify(os.path.join(REPO_ROOT, run), tmp_path, tmp_path_factory)
 
