@@ -260,6 +260,9 @@ def main(argv=None):
                                                                  "(default 4)")
     ap.add_argument("--batches", default="50,100", help="deploy batch sizes timed (default 50,100)")
     ap.add_argument("--no-caffe", action="store_true", help="leave real Caffe out")
+    ap.add_argument("--threads", type=int, help="threads for ours and the GEMMs (default: torch's, i.e. "
+                                                "OMP_NUM_THREADS or the cores); 1 gives per-core figures that a "
+                                                "machine loaded by other work disturbs least")
     ap.add_argument("--trained", help="pipeline run folder (RUN/train/final.caffemodel, RUN/lmdb/) whose "
                                       "test and validation cells measure the bf16 call changes")
     ap.add_argument("--train-iterations", type=int, default=240,
@@ -278,6 +281,8 @@ def main(argv=None):
     import torch
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import _peak
+    if args.threads:
+        torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     cpu = _peak.cpu_description()
     isa = _peak.isa_peaks(cpu, threads)
@@ -389,6 +394,7 @@ def main(argv=None):
                          pct_isa(rate, p), f"{cells:.0f}", vs(cells, caffe_cells) if caffe_cells else "n/a"))
 
     cmd = "python bench/bench_engine.py" + (" --quick" if args.quick else "") + (
+        f" --threads {args.threads}" if args.threads else "") + (
         f" --rounds {args.rounds}" if args.rounds else "") + (f" --iterations {args.iterations}" if args.iterations else "")
     isa_text = "; ".join(f"{p} {per_cycle[p]} FLOP/cycle/core ({per_cycle['basis'][p]})" for p in _peak.PRECISIONS)
     clock = f"{cpu['ghz']:.2f} GHz ({cpu['clock_source']})" if cpu["ghz"] else "clock unknown"
@@ -419,8 +425,9 @@ def main(argv=None):
         goal.append(f"{p} training {got:.0f}% of the measured {p} limit (goal >= {target}%: "
                     f"{'met' if got >= target else 'NOT met'})")
     bf16_cells = deploy[("bf16", best["bf16"])]
-    goal.append(f"bf16 inference {bf16_cells:.0f} cells/s on {threads} cores (goal >= 1,000: "
-                f"{'met' if bf16_cells >= 1000 else 'NOT met'})")
+    goal.append(f"bf16 inference {bf16_cells:.0f} cells/s on {threads} core(s) (goal >= 1,000 on 2 cores"
+                + (f"; {threads} core(s) x 500 = {500 * threads}: {'met' if bf16_cells >= 500 * threads else 'NOT met'}"
+                   if threads != 2 else f": {'met' if bf16_cells >= 1000 else 'NOT met'}") + ")")
     md += ["", "Goals (issue 24): " + "; ".join(goal) + "."]
     if caffe_cells:
         got = bf16_cells / caffe_cells

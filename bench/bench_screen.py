@@ -17,10 +17,12 @@ Baseline in the same run: the segmentation kernels this project used before issu
 (``scipy.ndimage`` Gaussians, grey opening and distance transform, ``skimage`` h-maxima over
 the whole image), on the same fields, with their masks compared to ours.
 
-CPU seconds are this process's (OpenCV and torch threads included).  The goal is 280 cells/s
-from micrograph to call on 2 cores; "projected on 2 cores" divides the cells by the CPU seconds
-of all steps and multiplies by 2, i.e. assumes the micrographs are shared by two worker
-processes that each keep a core busy (the Dask run's scaling with 1 and 2 workers is measured
+CPU seconds are this process's; torch and OpenCV run one thread each by default (``--threads``),
+as one worker process per core does, so that CPU seconds are work (a loaded machine inflates the
+wall time of threads that wait for each other, and their spinning inflates CPU time).  The goal
+is 280 cells/s from micrograph to call on 2 cores; "projected on 2 cores" divides the cells by
+the CPU seconds of all steps and multiplies by 2, i.e. assumes the micrographs are shared by two
+single-threaded worker processes that each keep a core busy (the Dask run's scaling with 1 and 2 workers is measured
 by the chunked classify's own bench).  Writes the "Whole screen, micrograph to call" section
 of bench/RESULTS.md.
 
@@ -88,6 +90,15 @@ class Clock:
         self._t = (w, c)
 
 
+def unfused_relu(net):
+    """``net`` with each Convolution + in-place ReLU step run as before issue 24: ``relu_(conv2d(...))``."""
+    import torch
+    for step in net._steps:
+        if step.fused and step.layers[0].caffe_type == "Convolution":
+            step.run = (lambda bottoms, layer=step.layers[0]: [torch.relu_(layer.forward(bottoms)[0])])
+    return net
+
+
 def segment_staged(marker, p, clock):
     """segment_marker, stage by stage on ``clock``; returns the mask."""
     corrected = seg.correct_background(marker, p.background_radius, p.smooth_sigma)
@@ -109,6 +120,8 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--proteins", type=int, default=40, help="proteins whose fields are run (default %(default)s)")
     ap.add_argument("--batch", type=int, default=100, help="network batch (default %(default)s)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch and OpenCV threads: 1 (default) is one worker process per core, as a chunked run")
     ap.add_argument("--quick", action="store_true", help="the fields of 12 proteins")
     ap.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
     args = ap.parse_args(argv)
@@ -127,19 +140,26 @@ def main(argv=None):
     from deepyeast.analysis.protein_level import dirichlet_map
     from deepyeast.data.micrographs import read_images_table
     from deepyeast.engine.fold import deploy_net
+    from deepyeast.data.crop_png import quiet_cv2
+    from deepyeast.data.micrographs import read_row_micrograph
+    torch.set_num_threads(args.threads)
+    quiet_cv2().setNumThreads(args.threads)
     rows = read_images_table(os.path.join(fields, "images.csv"), require=("protein",))
     p = seg.SegmentParams()
+    first = read_row_micrograph(rows[0])[0]
+    seg.segment_marker(first, p)  # warm-up: imports, OpenCV's first calls
+    reference_segment(first, p)
     load0 = os.getloadavg()[0]
     weights = random_deploy_weights()
     nets = {prec: deploy_net(DEPLOY, weights, precision=prec) for prec in ("bf16", "fp32")}
-    with torch.inference_mode():  # warm up both nets
-        for net in nets.values():
+    base_nets = {prec: unfused_relu(deploy_net(DEPLOY, weights, precision=prec)) for prec in ("bf16", "fp32")}
+    with torch.inference_mode():  # warm up the nets
+        for net in list(nets.values()) + list(base_nets.values()):
             net(data=torch.zeros(args.batch, 2, 64, 64))
 
     # steps 1-3, one micrograph at a time; the baseline segmentation on the same marker
     ours, ref = Clock(), Clock()
     crops, proteins, n_same, shape = [], [], 0, None
-    from deepyeast.data.micrographs import read_row_micrograph
     for rec in rows:
         ours.start()
         micro = read_row_micrograph(rec)
@@ -158,16 +178,23 @@ def main(argv=None):
     x = crops.astype(np.float32) - 128.0  # a mean image would be subtracted here; the time is the same
     n_cells, n_img = len(crops), len(rows)
 
-    # steps 4-5 per precision
-    calls = {}
+    # steps 4-5 per precision; the baseline (Convolution then a separate in-place ReLU, as before
+    # issue 24) runs the same batches interleaved with ours
+    calls, unfused_same = {}, True
     for prec, net in nets.items():
-        ours.start()
-        probs = []
+        probs, base_probs = [], []
         with torch.inference_mode():
             for s in range(0, n_cells, args.batch):
-                probs.append(net(data=torch.from_numpy(x[s:s + args.batch]))["prob"].float().numpy())
+                batch = torch.from_numpy(x[s:s + args.batch])
+                ours.start()
+                probs.append(net(data=batch)["prob"].float().numpy())
+                ours.lap(f"network {prec}")
+                ref.start()
+                base_probs.append(base_nets[prec](data=batch)["prob"].float().numpy())
+                ref.lap(f"network {prec}, Convolution then a separate ReLU")
         probs = np.concatenate(probs)
-        ours.lap(f"network {prec}")
+        unfused_same &= bool(np.array_equal(probs, np.concatenate(base_probs)))
+        ours.start()
         cell_calls = probs.argmax(1)
         ids, _, _, theta = dirichlet_map(probs, np.asarray(proteins, object))
         calls[prec] = (cell_calls, theta.argmax(1))
@@ -180,8 +207,8 @@ def main(argv=None):
     lines = [f"`python bench/bench_screen.py{' --quick' if args.quick else ''} --proteins {args.proteins}`: the "
              f"fields of the first {args.proteins} main proteins of a synthetic `{args.size}` screen (seed "
              f"{args.seed}): {n_img} micrographs of {shape[1]} x {shape[0]} px, {n_cells} cells found "
-             f"({n_cells / max(n_img, 1):.1f} per micrograph); one process, torch {torch.__version__} with "
-             f"{torch.get_num_threads()} threads; network batch {args.batch}.", "",
+             f"({n_cells / max(n_img, 1):.1f} per micrograph); one process, torch {torch.__version__}, "
+             f"{args.threads} thread(s) for torch and OpenCV; network batch {args.batch}.", "",
              "| step | CPU s | wall s | CPU ms per micrograph | CPU ms per cell |", "|---|---:|---:|---:|---:|"]
     for name in common + [k for k in ours.cpu if k not in common]:
         lines.append(f"| {name} | {ours.cpu[name]:.2f} | {ours.wall[name]:.2f} | {1e3 * ours.cpu[name] / n_img:.1f} "
@@ -190,7 +217,12 @@ def main(argv=None):
         lines.append(f"| baseline: {name} | {ref.cpu[name]:.2f} | {ref.wall[name]:.2f} | "
                      f"{1e3 * ref.cpu[name] / n_img:.1f} | {1e3 * ref.cpu[name] / n_cells:.2f} |")
     seg_cpu = sum(ours.cpu[k] for k in seg_stages)
-    ref_cpu = sum(ref.cpu.values())
+    ref_cpu = sum(v for k, v in ref.cpu.items() if k.startswith("segmentation"))
+    net_ratio = "; ".join(f"{prec} {ref.cpu[f'network {prec}, Convolution then a separate ReLU'] / ours.cpu[f'network {prec}']:.2f}x"
+                          for prec in nets)
+    lines += ["", f"Network: Convolution + ReLU as one oneDNN call (ReLU its post-op) against a separate in-place "
+              f"ReLU, same batches interleaved: {net_ratio} less CPU; probabilities "
+              f"{'identical' if unfused_same else 'DIFFERENT'}."]
     lines += ["", f"Segmentation: {ref_cpu / seg_cpu:.2f}x less CPU than the previous kernels in this run "
               f"({1e3 * seg_cpu / n_img:.1f} against {1e3 * ref_cpu / n_img:.1f} ms per micrograph); masks equal "
               f"to the previous kernels' on {n_same} of {n_img} micrographs (the Gaussians now run in OpenCV: float32 "

@@ -101,8 +101,8 @@ class ConvolutionLayer(Layer):
 
         Where nothing needs a gradient, on a CPU with oneDNN, the ReLU runs as the convolution's
         post-op in one oneDNN call (``mkldnn._convolution_pointwise``, the kernel torch's own
-        compiler uses): the same numbers, one pass less over the output.  Measured 20-30% less
-        time than convolution then ``relu_`` for the deploy net's layers (bench/RESULTS.md).
+        compiler uses): the same numbers, one pass less over the output (the bf16 deploy net's
+        CPU time against convolution then ``relu_``: bench/bench_screen.py, bench/RESULTS.md).
         """
         b = self.blob1 if self.bias_term else None
         x = in_weight_dtype(bottoms[0], self.blob0)
