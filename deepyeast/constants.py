@@ -133,6 +133,14 @@ published archive has none)."""
 MIN_CELLS_PER_PROTEIN = 10
 """Proteins with at least this many cells form the paper's 222-protein subset."""
 
+INFERENCE_PRECISIONS = ("fp32", "bf16")
+"""Arithmetic of a trained net run on crops (:class:`deepyeast.engine.inference.InferenceSettings`):
+``fp32`` is Caffe's; ``bf16`` stores and computes every convolution but the first in bfloat16."""
+
+TRAINING_PRECISIONS = ("fp32", "tf32", "bf16")
+"""Arithmetic of training (:class:`deepyeast.engine.solver.Solver`): ``tf32`` matrix products on GPUs,
+``bf16`` autocast of the forward pass."""
+
 
 def class_names_for(n_classes):
     """Return the class-name tuple with ``n_classes`` entries (12 or 4)."""

@@ -87,7 +87,7 @@ def test_predictions_equal_the_pipeline_prediction_step(made, tmp_path):
     ours = b.predictor(batch=7)(made["crops"])
     assert ours.shape == (len(made["crops"]), 12) and np.allclose(ours.sum(axis=1), 1, atol=1e-5)
     assert len(set(ours.argmax(axis=1))) >= 4  # weights are not trivial
-    forward_blobs("ours", b.deploy_path, b.weights_path, made["crops"], b.mean, ["prob"], str(tmp_path))
+    forward_blobs("ours", b.net_files, made["crops"], ["prob"], str(tmp_path))
     np.testing.assert_allclose(ours, np.load(tmp_path / "prob.npy"), atol=1e-6)
     np.testing.assert_allclose(predict_crops(made["path"], made["crops"][:3]), ours[:3], atol=1e-6)
 

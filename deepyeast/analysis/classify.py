@@ -57,7 +57,7 @@ import os
 
 import numpy as np
 
-from deepyeast.constants import MIN_CELLS_PER_PROTEIN
+from deepyeast.constants import INFERENCE_PRECISIONS as PRECISIONS, MIN_CELLS_PER_PROTEIN
 from deepyeast.data.micrographs import Rejects
 from deepyeast.data.segment import SegmentParams, iter_screen_cells
 from deepyeast.utils.io import InputError, atomic_path, atomic_write_text, write_csv
@@ -73,7 +73,6 @@ CONFIDENCE = 0.95
 """Default ``low_confidence`` threshold on ``p_call`` (posterior probability that the call leads the runner-up)."""
 GALLERY_CELLS = 8
 """Default number of cells shown per protein in the report."""
-PRECISIONS = ("fp32", "bf16")  # deepyeast.engine.fold.PRECISIONS, not imported here: no torch at import
 
 
 # --------------------------------------------------------------------------- cells

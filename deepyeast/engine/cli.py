@@ -30,6 +30,8 @@ import re
 import sys
 import time
 
+from deepyeast.constants import TRAINING_PRECISIONS
+
 __all__ = ["main", "build_parser", "train", "test", "time_net", "extract", "latest_solverstate"]
 
 log = logging.getLogger("deepyeast.cli")
@@ -49,7 +51,7 @@ def build_parser():
     sub = parser.add_subparsers(dest="action", metavar="ACTION")
     sub.required = True
 
-    common_prec = dict(choices=["fp32", "tf32", "bf16"], default="fp32",
+    common_prec = dict(choices=list(TRAINING_PRECISIONS), default="fp32",
                        help="arithmetic: fp32 (default, Caffe parity), tf32 matmuls on GPU, or bf16 autocast")
 
     t = sub.add_parser("train", help="train a net from a solver prototxt (like caffe train)")

@@ -46,6 +46,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
+from deepyeast.constants import TRAINING_PRECISIONS
 from deepyeast.caffe import caffe_pb2
 from deepyeast.caffe.blobs import read_solverstate, write_solverstate
 from deepyeast.caffe.prototxt import read_prototxt
@@ -174,8 +175,8 @@ class Solver:
             device = "cuda" if (p.solver_mode == caffe_pb2.SolverParameter.GPU and torch.cuda.is_available()) \
                 else "cpu"
         self.device = torch.device(device)
-        if precision not in ("fp32", "tf32", "bf16"):
-            raise InputError(f"precision must be fp32, tf32 or bf16, got {precision!r}")
+        if precision not in TRAINING_PRECISIONS:
+            raise InputError(f"precision must be one of {', '.join(TRAINING_PRECISIONS)}, got {precision!r}")
         self.precision = precision
         if self.device.type == "cuda":
             tf32 = precision == "tf32"

@@ -7,6 +7,6 @@
 * :mod:`deepyeast.model.bioimageio` -- a bundle exported as a bioimage.io model package.
 """
 
-from deepyeast.model.bundle import Bundle, BundlePredictor, predict_crops, read_bundle, write_bundle
+from deepyeast.model.bundle import Bundle, predict_crops, read_bundle, write_bundle
 
-__all__ = ["Bundle", "BundlePredictor", "predict_crops", "read_bundle", "write_bundle"]
+__all__ = ["Bundle", "predict_crops", "read_bundle", "write_bundle"]
