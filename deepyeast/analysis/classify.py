@@ -236,46 +236,45 @@ def protein_flags(n_cells, posterior, alpha, min_cells=MIN_CELLS_PER_PROTEIN, co
 
 @dataclasses.dataclass
 class ScreenCalls:
-    """Protein calls of a screen (P proteins in table order of first appearance).
+    """Protein calls of a screen (P proteins in table order of first appearance): protein_level's
+    calls (:func:`deepyeast.analysis.protein_level.call_cells`) extended with what a screen adds.
 
-    key, plate (int, -1 none), protein : (P,); n_images, n_cells : int64 (P,); label : int64
-    (P,), -1 unknown; pred : int64 (P,), -1 without cells; alpha, posterior : float64 (P, K)
-    (NaN without cells); flags : dict of :func:`protein_flags` arrays (+ ``no_cells``);
+    calls : :class:`deepyeast.analysis.protein_level.ProteinCalls` whose ``protein`` is the key
+    (``plateNN/<protein>``, or the protein without a plate); through it ``key``, ``n_cells``
+    int64 (P,), ``label`` int64 (P,) -1 unknown, ``pred`` int64 (P,) -1 without cells, ``alpha``,
+    ``posterior`` float64 (P, K) (NaN without cells);
+    plate (int, -1 none), protein (the name as the table gives it) : (P,); n_images : int64 (P,);
+    flags : dict of :func:`protein_flags` arrays (+ ``no_cells``);
     pred_fp32 : int64 (P,) or None (the calls from fp32 probabilities, with ``compare_fp32``).
     """
 
-    key: np.ndarray
+    calls: object
     plate: np.ndarray
     protein: np.ndarray
     n_images: np.ndarray
-    n_cells: np.ndarray
-    label: np.ndarray
-    pred: np.ndarray
-    alpha: np.ndarray
-    posterior: np.ndarray
     flags: dict
     pred_fp32: object = None
 
-
-def _dirichlet(probs, keys, all_keys, k):
-    from deepyeast.analysis.protein_level import dirichlet_map
-
-    alpha = np.full((len(all_keys), k), np.nan)
-    post = np.full((len(all_keys), k), np.nan)
-    if len(keys):
-        ids, _, a, theta = dirichlet_map(probs, keys)
-        index = {p: i for i, p in enumerate(all_keys)}
-        at = [index[p] for p in ids]
-        alpha[at], post[at] = a, theta
-    return alpha, post
+    key = property(lambda self: self.calls.protein)
+    n_cells = property(lambda self: self.calls.n_cells)
+    label = property(lambda self: self.calls.label)
+    pred = property(lambda self: self.calls.pred)
+    alpha = property(lambda self: self.calls.alpha)
+    posterior = property(lambda self: self.calls.posterior)
 
 
-def call_proteins(cells, n_classes, min_cells=MIN_CELLS_PER_PROTEIN, confidence=CONFIDENCE, dual_share=DUAL_SHARE):
-    """Dirichlet calls (:func:`deepyeast.analysis.protein_level.dirichlet_map`) of every protein of ``cells``.
+def call_proteins(cells, class_names, min_cells=MIN_CELLS_PER_PROTEIN, confidence=CONFIDENCE,
+                  dual_share=DUAL_SHARE):
+    """Calls (:func:`deepyeast.analysis.protein_level.call_cells`) and flags of every protein of ``cells``.
 
-    Every protein with a readable micrograph is listed, those without cells too.  A protein
-    whose rows give different labels is an ``InputError`` naming both rows.
+    ``class_names``: the model's classes (or their number).  Every protein with a readable
+    micrograph is listed, those without cells too.  A protein whose rows give different labels
+    is an ``InputError`` naming both rows.
     """
+    from deepyeast.analysis.protein_level import call_cells
+
+    if isinstance(class_names, (int, np.integer)):
+        class_names = tuple(str(k) for k in range(class_names))
     order, info = [], {}
     for im in cells.images:
         if im["key"] not in info:
@@ -288,35 +287,27 @@ def call_proteins(cells, n_classes, min_cells=MIN_CELLS_PER_PROTEIN, confidence=
                 raise InputError(f"{im['where']}: protein {im['key']} has label {im['label']} here but "
                                  f"{p['label']} on {p['where']}")
             p["label"], p["where"] = im["label"], im["where"]
-    index = {key: i for i, key in enumerate(order)}
-    n_cells = np.bincount(np.asarray([index[k] for k in cells.key], np.int64), minlength=len(order)).astype(np.int64)
-    alpha, post = _dirichlet(cells.probs, cells.key, order, n_classes)
-    has = n_cells > 0
-    pred = np.full(len(order), -1, np.int64)
+    labels = [-1 if info[k]["label"] is None else info[k]["label"] for k in order]
+    calls = call_cells(cells.probs, cells.key, class_names, order=order, labels=labels)
+    n_cells, has = calls.n_cells, calls.n_cells > 0
     flags = {name: np.zeros(len(order), dt) for name, dt in (
         ("top1", np.int64), ("top2", np.int64), ("top1_share", float), ("top2_share", float), ("p_call", float),
         ("few_cells", bool), ("low_confidence", bool), ("possible_dual", bool))}
     flags["top1"][:] = flags["top2"][:] = -1
     flags["top1_share"][:] = flags["top2_share"][:] = flags["p_call"][:] = np.nan
     if has.any():
-        f = protein_flags(n_cells[has], post[has], alpha[has], min_cells, confidence, dual_share)
+        f = protein_flags(n_cells[has], calls.posterior[has], calls.alpha[has], min_cells, confidence, dual_share)
         for name, values in f.items():
             flags[name][has] = values
-        pred[has] = f["top1"]
     flags["few_cells"] = n_cells < min_cells
     flags["no_cells"] = ~has
     pred_fp32 = None
     if cells.probs_fp32 is not None:
-        _, post32 = _dirichlet(cells.probs_fp32, cells.key, order, n_classes)
-        pred_fp32 = np.full(len(order), -1, np.int64)
-        pred_fp32[has] = np.argmax(post32[has], axis=1)
+        pred_fp32 = call_cells(cells.probs_fp32, cells.key, class_names, order=order).pred
     return ScreenCalls(
-        key=np.asarray(order, object), plate=np.asarray([-1 if info[k]["plate"] is None else info[k]["plate"]
-                                                         for k in order], np.int64),
+        calls=calls, plate=np.asarray([-1 if info[k]["plate"] is None else info[k]["plate"] for k in order], np.int64),
         protein=np.asarray([info[k]["protein"] for k in order], object),
-        n_images=np.asarray([info[k]["n_images"] for k in order], np.int64), n_cells=n_cells,
-        label=np.asarray([-1 if info[k]["label"] is None else info[k]["label"] for k in order], np.int64),
-        pred=pred, alpha=alpha, posterior=post, flags=flags, pred_fp32=pred_fp32)
+        n_images=np.asarray([info[k]["n_images"] for k in order], np.int64), flags=flags, pred_fp32=pred_fp32)
 
 
 # --------------------------------------------------------------------------- accuracy (labels given)
@@ -460,7 +451,7 @@ def classify_screen(model_dir, images_csv, out_dir, params=SegmentParams(), chan
             raise InputError(f"{images_csv}: no readable micrograph" + (f" ({len(rejects.items)} rows skipped, "
                                                                           "see the messages above)"
                                                                           if rejects.items else ""))
-        calls = call_proteins(cells, len(classes), min_cells, confidence, dual_share)
+        calls = call_proteins(cells, classes, min_cells, confidence, dual_share)
         acc = accuracies(cells, calls, len(classes), min_cells, n_resamples, seed)
         summary = _summary(bundle, images_csv, cells, calls, acc, rejects, dict(
             segmentation=dataclasses.asdict(params), channels=list(channels), bits=bits, resegment=resegment,
