@@ -45,7 +45,7 @@ from deepyeast.caffe.prototxt import read_prototxt
 from deepyeast.data.crop_png import iter_crops
 from deepyeast.engine.inference import InferenceSettings, NetFiles, Predictor, input_of
 from deepyeast.data.lists import class_names_for_list, protein_of, read_split_list
-from deepyeast.constants import class_names_for
+from deepyeast.constants import LIST_PREFIX, LMDB_SUFFIX, class_names_for
 from deepyeast.utils.io import InputError
 from deepyeast.analysis.features import feature_file, feature_folder
 from deepyeast.utils.progress import progress
@@ -138,7 +138,8 @@ class Cells:
 def split_from_name(path):
     """Split name from a list file or LMDB folder name (``HOwt_test.txt`` -> ``test``), or None."""
     base = os.path.basename(os.path.normpath(os.fspath(path)))
-    m = re.match(r"^(?:HOwt_)?((?:transfer_)?(?:train|val|test))(?:\.txt|_lmdb)$", base)
+    m = re.match(r"^(?:" + re.escape(LIST_PREFIX) + r")?((?:transfer_)?(?:train|val|test))(?:\.txt|"
+                 + re.escape(LMDB_SUFFIX) + r")$", base)
     return m.group(1) if m else None
 
 

@@ -26,11 +26,11 @@ same on CPU processes with the gloo backend.
 import argparse
 import logging
 import os
-import re
 import sys
 import time
 
 from deepyeast.constants import TRAINING_PRECISIONS
+from deepyeast.engine.snapshots import latest_solverstate
 
 __all__ = ["main", "build_parser", "train", "test", "time_net", "extract", "latest_solverstate"]
 
@@ -234,17 +234,6 @@ def _check_same_inputs(solver, snapshot):
     if changes:
         raise InputError(f"-snapshot auto: the newest snapshot {snapshot} was trained on other inputs: "
                          f"{'; '.join(changes)} changed since. To go on: {how}")
-
-
-def latest_solverstate(prefix):
-    """Newest complete ``{prefix}_iter_N.solverstate`` (largest N), or None."""
-    import glob
-    best, best_n = None, -1
-    for path in glob.glob(glob.escape(prefix) + "_iter_*.solverstate"):
-        m = re.search(r"_iter_(\d+)\.solverstate$", path)
-        if m and int(m.group(1)) > best_n:
-            best, best_n = path, int(m.group(1))
-    return best
 
 
 def _sync_start(solver):

@@ -34,7 +34,7 @@ import warnings
 
 import numpy as np
 
-from deepyeast.constants import CLASS_NAMES
+from deepyeast.constants import CLASS_NAMES, MEAN_FILE
 from deepyeast.model.bundle import Bundle, read_bundle
 from deepyeast.utils.io import InputError, atomic_path
 
@@ -247,7 +247,7 @@ def _rdf(bundle, pytorch_version, authors):
                 "bundle_name": meta.get("name", ""),
                 "weights_sha256": meta["files"]["weights.caffemodel"]["sha256"],
                 "deploy_sha256": meta["files"]["deploy.prototxt"]["sha256"],
-                "mean_sha256": meta["files"]["mean.binaryproto"]["sha256"],
+                "mean_sha256": meta["files"][MEAN_FILE]["sha256"],
                 "input_scale": bundle.input_scale,
                 "preprocessing": "(crop - mean image) * input_scale, inside the TorchScript module",
                 "source": meta.get("source", {}),

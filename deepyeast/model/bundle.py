@@ -44,7 +44,7 @@ import numpy as np
 from deepyeast.caffe import caffe_pb2
 from deepyeast.caffe.blobs import check_mean_shape, read_mean_binaryproto, write_mean_binaryproto
 from deepyeast.caffe.prototxt import read_prototxt, write_prototxt
-from deepyeast.constants import CHANNELS
+from deepyeast.constants import CHANNELS, MEAN_FILE
 from deepyeast.data.lists import read_class_doc, write_class_doc
 from deepyeast.engine.inference import InferenceSettings, NetFiles, Predictor, input_of
 from deepyeast.utils.io import InputError, atomic_folder, file_digest
@@ -57,7 +57,7 @@ BUNDLE_FORMAT_VERSION = 1
 BUNDLE_JSON = "bundle.json"
 DEPLOY = "deploy.prototxt"
 WEIGHTS = "weights.caffemodel"
-MEAN = "mean.binaryproto"
+MEAN = MEAN_FILE
 CLASSES = "classes.txt"
 README = "readme.md"
 EXAMPLES = "examples.npy"
