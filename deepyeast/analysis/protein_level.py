@@ -21,7 +21,7 @@ import os
 import numpy as np
 
 from deepyeast.constants import MIN_CELLS_PER_PROTEIN, PAPER_RESULTS, paper_result
-from deepyeast.report.manifest import clear_result, headline, missing_part, table, write_result
+from deepyeast.utils.manifest import clear_result, headline, missing_part, table, write_result
 from deepyeast.utils.io import InputError, atomic_path, atomic_write_json
 from deepyeast.analysis.cell_metrics import count
 
@@ -287,7 +287,7 @@ CLASSIFIERS = {"network": ("", "proteins", "Network"), "random_forest": ("rf_", 
 
 
 def write_protein_result(out_dir, summary, mix_rows=None, classifier="network", table_file="proteins.csv"):
-    """The result manifest of protein-level calls (see :mod:`deepyeast.report.manifest`).
+    """The result manifest of protein-level calls (see :mod:`deepyeast.utils.manifest`).
 
     For the network, the mixed-protein check (paper: proteins with two compartments) is reported,
     or, without a mixed-protein table, named as not done (``missing``) with its metrics null."""

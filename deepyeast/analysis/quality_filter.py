@@ -335,7 +335,7 @@ def plot_filter_accuracy(summary, out_png):
 
 
 def write_quality_result(out_dir, summary, figure_file=None, command=None):
-    """The result manifest of the non-cell filter (see :mod:`deepyeast.report.manifest`).
+    """The result manifest of the non-cell filter (see :mod:`deepyeast.utils.manifest`).
 
     The full summary (training set per class, cross-validation table, the filter against the
     test cells' known non-cells) goes to ``details``; the report shows the accuracies before
@@ -343,7 +343,7 @@ def write_quality_result(out_dir, summary, figure_file=None, command=None):
     a ``missing`` entry naming the reason and the option that would run the filter.
     """
     from deepyeast.constants import PAPER_N_NONCELLS, PAPER_RESULTS
-    from deepyeast.report.manifest import figure, headline, missing_part, table, write_result
+    from deepyeast.utils.manifest import figure, headline, missing_part, table, write_result
 
     title = "Removing non-cells (paper: 91% per cell after filtering)"
     labels = {"network": "Network", "random_forest": "Random forest"}

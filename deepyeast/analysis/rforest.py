@@ -559,10 +559,10 @@ def quality_predict(model, x, seed=1):
 
 
 def write_forest_result(out_dir, summary, features, command=None):
-    """The result manifest of the random-forest baseline (see :mod:`deepyeast.report.manifest`):
+    """The result manifest of the random-forest baseline (see :mod:`deepyeast.utils.manifest`):
     the features it learned from (``features``: :func:`deepyeast.analysis.cp_features.describe_features`,
     named next to every forest number of the report), the grid, the choice on validation."""
-    from deepyeast.report.manifest import table, write_result
+    from deepyeast.utils.manifest import table, write_result
 
     best = summary["best"]
     grid = summary["grid"]

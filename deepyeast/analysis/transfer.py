@@ -51,7 +51,7 @@ from deepyeast import constants
 from deepyeast.analysis.features import (PATHS_FILE, blob_features, has_blob, labels_for_paths, match_paths,
                                          network_blobs, read_cellprofiler_csv, read_paths)
 from deepyeast.utils.plotting import plt, save_figure
-from deepyeast.report.manifest import clear_result, count_metric, figure, headline, missing_part, table, write_result
+from deepyeast.utils.manifest import clear_result, count_metric, figure, headline, missing_part, table, write_result
 from deepyeast.utils.io import InputError, atomic_write_json, write_csv
 from deepyeast.utils.progress import progress
 
@@ -298,7 +298,7 @@ def transfer_metrics(result):
 
 
 def write_transfer_result(out_dir, result, command=None):
-    """The result manifest of transfer learning (see :mod:`deepyeast.report.manifest`)."""
+    """The result manifest of transfer learning (see :mod:`deepyeast.utils.manifest`)."""
     ta = transfer_metrics(result)
     head, best = ta["headline_layer"], ta["best_layer"]
     metrics = {"transfer_accuracy": ta}

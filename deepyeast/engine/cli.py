@@ -368,7 +368,7 @@ def extract(args):
     import torch
     from deepyeast.engine import Net
     from deepyeast.caffe.lmdb import count_datum_lmdb, path_of_key, read_keys
-    from deepyeast.analysis.features import feature_file, feature_folder
+    from deepyeast.caffe.feature_files import feature_file, feature_folder
     from deepyeast.utils.io import InputError
 
     device = _device(args.gpu)

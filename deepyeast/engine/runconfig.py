@@ -108,7 +108,7 @@ def _net_of(solver, solver_path):
     else, for a model-zoo solver (``net: "models/deepyeast/..."``), under the zoo's parent folder."""
     if os.path.isabs(solver.net) or os.path.exists(solver.net):
         return solver.net
-    from deepyeast.model.zoo import zoo_dir
+    from deepyeast.caffe.zoo import zoo_dir
 
     candidate = os.path.join(os.path.dirname(zoo_dir()), solver.net)
     return candidate if os.path.exists(candidate) else solver.net
@@ -122,7 +122,7 @@ def write_run_config(run_dir, lmdb_dir, solver_path=None, overrides=None, net_pa
     Snapshots go to ``run_dir/snapshots/deepyeast``.  Returns the solver path.
     """
     if solver_path is None:
-        from deepyeast.model.zoo import zoo_file
+        from deepyeast.caffe.zoo import zoo_file
 
         solver_path = zoo_file("solver_cpu.prototxt")
     solver = read_prototxt(solver_path, caffe_pb2.SolverParameter)
