@@ -102,7 +102,7 @@ def read_noncell_list(path, val_paths=None, val_source="the validation split"):
     return out
 
 
-def pick_training_cells(labels, net_pred, rf_pred, exclude=None, per_class=PAPER_CELLS_PER_CLASS, seed=1,
+def pick_training_cells(labels, net_pred, rf_pred, exclude=None, per_class=PAPER_CELLS_PER_CLASS, seed=0,
                         n_classes=None):
     """The paper's cells for the quality filter: per class, ``per_class`` cells both classifiers got right.
 
@@ -187,7 +187,7 @@ def not_run_summary(reason, option=NONCELL_OPTION, training_set=None):
 
 def run_quality_filter(val_features, net_val, rf_val, noncells, test_features, predictions=None, truth=None,
                        out_json=None, out_cells=None, out_training=None, per_class=PAPER_CELLS_PER_CLASS,
-                       mtry=PAPER_MTRY, sampling=PAPER_SAMPLING, folds=PAPER_FOLDS, ntree=PAPER_NTREE, seed=1,
+                       mtry=PAPER_MTRY, sampling=PAPER_SAMPLING, folds=PAPER_FOLDS, ntree=PAPER_NTREE, seed=0,
                        scheduler="none", jobs=1, log=None):
     """Build the paper's training set, choose the filter by CV, apply it to the test cells.
 
