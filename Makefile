@@ -74,6 +74,7 @@ deepyeast/caffe/caffe_pb2.py: deepyeast/caffe/proto/caffe.proto
 # The browser test and the image build test need more system packages (system-packages.txt,
 # groups test and docker): installed here when root on Debian, else their tests skip.
 test: deps test-system caffe-optional
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest -q
 
 test-system:
