@@ -286,3 +286,14 @@ def test_bundle_json_is_the_readme_facts(made):
     assert meta["classes"] == list(CLASS_NAMES)
     net = read_prototxt(os.path.join(made["path"], "deploy.prototxt"), caffe_pb2.NetParameter)
     assert [layer.inner_product_param.num_output for layer in net.layer if layer.name == "fc3"] == [12]
+
+
+def test_predictor_outputs_extra_blobs_beside_the_probabilities(made):
+    """One pass gives the probabilities and other kept blobs; fc3's softmax is the probabilities."""
+    b = read_bundle(made["path"])
+    out = b.predictor(extra_blobs=("fc3",), batch=5).outputs(made["crops"])
+    assert list(out) == ["prob", "fc3"] and out["fc3"].shape == (len(made["crops"]), 12)
+    logits = out["fc3"].astype(np.float64)
+    soft = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(soft / soft.sum(axis=1, keepdims=True), out["prob"], atol=1e-5)
+    np.testing.assert_array_equal(b.predictor(batch=5)(made["crops"]), out["prob"])

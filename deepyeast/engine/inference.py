@@ -189,20 +189,25 @@ class Predictor:
                 out = self.module.blobs(x)
                 yield start, {b: out[b].float() for b in self.keep}
 
-    def __call__(self, crops):
-        """float32 N x K: the first kept blob, flattened per crop."""
+    def outputs(self, crops):
+        """``{blob: float32 N x D}`` for every kept blob, each flattened per crop (in ``keep`` order)."""
         n = crops.shape[0]
-        out = None
+        out = {}
         for start, blobs in self.batches(crops):
-            value = blobs[self.keep[0]]
-            value = value.reshape(value.shape[0], -1).cpu().numpy()
-            if out is None:
-                out = np.empty((n, value.shape[1]), np.float32)
-            out[start:start + value.shape[0]] = value
-        if out is None:  # no crops: the width from the net's shapes
-            shape = self.net.blob_shapes[self.keep[0]]
-            out = np.zeros((0, int(np.prod(shape[1:]))), np.float32)
+            for name, value in blobs.items():
+                value = value.reshape(value.shape[0], -1).cpu().numpy()
+                if name not in out:
+                    out[name] = np.empty((n, value.shape[1]), np.float32)
+                out[name][start:start + value.shape[0]] = value
+        for name in self.keep:
+            if name not in out:  # no crops: the width from the net's shapes
+                shape = self.net.blob_shapes[name]
+                out[name] = np.zeros((0, int(np.prod(shape[1:]))), np.float32)
         return out
+
+    def __call__(self, crops):
+        """float32 N x K: the first kept blob (the class probabilities), flattened per crop."""
+        return self.outputs(crops)[self.keep[0]]
 
 
 def input_of(net, source):

@@ -162,18 +162,19 @@ class Bundle:
         """float32 ``(crops - mean) * input_scale`` for uint8 (or float) N x C x H x W ``crops``."""
         return self.net_files.preprocess(crops, self.input_shape)
 
-    def predictor(self, settings=None, **knobs):
+    def predictor(self, settings=None, extra_blobs=(), **knobs):
         """A :class:`deepyeast.engine.inference.Predictor` of the bundle's net and preprocessing (load once,
         call on many batches of crops: uint8 N x C x H x W -> float32 N x K probabilities).
 
         ``settings``: an :class:`~deepyeast.engine.inference.InferenceSettings`, or its fields as keywords
-        (``device``, ``precision``, ``batch``, ``fold``).
+        (``device``, ``precision``, ``batch``, ``fold``).  ``extra_blobs``: other blobs (e.g. ``fc1``)
+        that the predictor's ``outputs(crops)`` returns beside the probabilities.
         """
         if settings is None:
             settings = InferenceSettings(**knobs)
         elif knobs:
             raise TypeError("give settings or its fields, not both")
-        return Predictor(self.net_files, settings, keep=[self.output_blob])
+        return Predictor(self.net_files, settings, keep=[self.output_blob, *extra_blobs])
 
 
 def predict_crops(bundle, crops, settings=None, **knobs):
