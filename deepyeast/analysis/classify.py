@@ -293,8 +293,8 @@ class ScreenCalls:
 def call_proteins(cells, class_names, rules=CallRules()):
     """Calls (:func:`deepyeast.analysis.protein_level.call_cells`) and flags of every protein of ``cells``.
 
-    ``class_names``: the model's classes (or their number); ``rules``: :class:`CallRules`.  Every protein with a readable
-    micrograph is listed, those without cells too.  A protein whose rows give different labels
+    ``class_names``: the model's classes (or their number); ``rules``: :class:`CallRules`.  Every
+    protein with a readable micrograph is listed, those without cells too.  A protein whose rows give different labels
     is an ``InputError`` naming both rows.
     """
     from deepyeast.analysis.protein_level import call_cells
