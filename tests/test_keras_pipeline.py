@@ -100,6 +100,15 @@ def test_predictions_step_with_bundle_gives_keras_probabilities(world):
     assert np.abs(got - world["keras"][[order[p] for p in table.path]]).max() <= TOL
 
 
+@pytest.mark.caffe
+def test_real_caffe_predictions_with_bundle_give_keras_probabilities(world, caffe_root_present):
+    """The predictions step on real pycaffe applies the bundle's input scale too."""
+    cells = predict.cells_from_list(world["archive"], world["archive"] / "HOwt_test.txt")
+    table = predict.predict_cells(cells, read_bundle(world["bundle"]).net_files, engine="caffe")
+    order = {p: i for i, p in enumerate(world["relpaths"])}
+    assert np.abs(table.probs - world["keras"][[order[p] for p in table.path]]).max() <= TOL
+
+
 def test_loose_bundle_files_are_refused_naming_bundle(world, tmp_path):
     b = read_bundle(world["bundle"])
     with pytest.raises(InputError, match=r"input by 0\.00784314.*give --bundle"):

@@ -10,6 +10,7 @@ LINT = os.path.join(os.path.dirname(sys.executable), "lint-imports")
 
 
 def _lint(cwd):
+    assert os.path.isfile(LINT), f"{LINT}: import-linter (the tests extra of pyproject.toml) is not installed"
     env = dict(os.environ, PYTHONPATH=str(cwd))
     return subprocess.run([LINT], cwd=cwd, env=env, capture_output=True, text=True)
 
