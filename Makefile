@@ -24,6 +24,7 @@ help:
 	@echo "make docker     build the Docker image (docker, else podman/buildah; see mk/docker.mk)"
 	@echo "make reproduce  the paper's protocol on the real archive (needs internet and a GPU)"
 	@echo "make classify MODEL=RUN/model IMAGES=images.csv OUT=DIR   per-protein calls for a new screen"
+	@echo "make docs       build the documentation site into site/ (mkdocs)"
 
 # ---------------------------------------------------------------- installation
 # `make deps` makes sure what the pipeline needs is here, installing only what is missing:

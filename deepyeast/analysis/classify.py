@@ -65,8 +65,8 @@ from deepyeast.utils.io import InputError, atomic_path, atomic_write_text, write
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ScreenCells", "ScreenCalls", "CallRules", "classify_screen", "collect_cells", "call_proteins",
-           "protein_flags", "p_call", "DUAL_SHARE", "CONFIDENCE", "GALLERY_CELLS", "PRECISIONS"]
+__all__ = ["ScreenCells", "ScreenCalls", "CallRules", "classify_screen", "classify_micrograph", "collect_cells",
+           "call_proteins", "protein_flags", "p_call", "DUAL_SHARE", "CONFIDENCE", "GALLERY_CELLS", "PRECISIONS"]
 
 DUAL_SHARE = 0.25
 """Default ``possible_dual`` threshold on the runner-up compartment's posterior share."""
@@ -165,10 +165,7 @@ def collect_cells(bundle, images_csv, crops_path, params=SegmentParams(), channe
     screen.  Rows are read with ``protein`` required; bad rows raise ``InputError`` naming
     table, line and file, or go to ``on_bad(where, err)``.
     """
-    c, h, w = bundle.input_shape
-    if c != 2 or h != w:
-        raise InputError(f"{bundle.path}: the model takes {c} x {h} x {w} inputs; classifying micrographs needs "
-                         "2-channel square crops (marker, protein)")
+    c, h, w = _crop_shape(bundle)
     batch = inference.batch
     predictor = bundle.predictor(inference)
     reference = bundle.predictor(dataclasses.replace(inference, precision="fp32")) \
@@ -228,6 +225,51 @@ def collect_cells(bundle, images_csv, crops_path, params=SegmentParams(), channe
         probs_fp32=np.concatenate(probs_ref) if probs_ref else (np.zeros((0, k), np.float32)
                                                                  if reference is not None else None),
         crops_path=crops_path, crop_shape=(c, h, w), images=images)
+
+
+def _crop_shape(bundle):
+    """The bundle's crop shape ``(2, S, S)``; InputError when its net does not take 2-channel square crops."""
+    c, h, w = bundle.input_shape
+    if c != 2 or h != w:
+        raise InputError(f"{bundle.path}: the model takes {c} x {h} x {w} inputs; classifying micrographs needs "
+                         "2-channel square crops (marker, protein)")
+    return c, h, w
+
+
+def classify_micrograph(bundle, micrograph, mask=None, params=SegmentParams(), border="pad", predictor=None,
+                        name="micrograph"):
+    """One micrograph in memory -> its cells and the call of its protein, as :func:`classify_screen` makes them.
+
+    ``bundle``: a :class:`deepyeast.model.Bundle`; ``micrograph``: uint8 ``2 x H x W`` (marker,
+    protein: :func:`deepyeast.data.micrographs.to_two_channel`); ``mask``: an int label image of
+    the same size, or None to segment the marker with ``params``; ``border`` as ``classify_screen``;
+    ``predictor``: the bundle's :meth:`~deepyeast.model.bundle.Bundle.predictor` to reuse (else
+    one is built, fp32 on the CPU); ``name`` names the micrograph and its protein.
+    Returns ``(mask int H x W, cells ScreenCells, calls ScreenCalls)``: ``cells.cell`` are the
+    mask's labels, ``calls`` one protein (the default call rules).  Used by the napari plugin.
+    """
+    from deepyeast.data.segment import cells_and_crops
+
+    c, h, w = _crop_shape(bundle)
+    source = "segmented" if mask is None else "given"
+    micrograph = np.asarray(micrograph)
+    if micrograph.ndim != 3 or micrograph.shape[0] != 2 or micrograph.dtype != np.uint8:
+        raise InputError(f"{name}: expected uint8 2 x H x W (marker, protein), got {micrograph.dtype} "
+                         f"{' x '.join(map(str, micrograph.shape))}")
+    mask, found, crops = cells_and_crops(micrograph, mask, params, size=h, border=border)
+    predictor = predictor or bundle.predictor()
+    m = len(crops)
+    probs = predictor(crops) if m else np.zeros((0, len(bundle.classes)), np.float32)
+    image = dict(where=name, image=name, plate=None, protein=name, key=name, label=None,
+                 source=source, n_cells=m, first=0)
+    cells = ScreenCells(
+        image=np.asarray([name] * m, object), protein=np.asarray([name] * m, object), plate=np.full(m, -1, np.int64),
+        key=np.asarray([name] * m, object), cell=np.asarray(found["cell"], np.int64),
+        x=np.asarray(found["x"], np.float64), y=np.asarray(found["y"], np.float64),
+        area=np.asarray(found["area"], np.int64), padded=np.asarray(found["padded"], bool),
+        label=np.full(m, -1, np.int64), probs=probs, pred=probs.argmax(axis=1).astype(np.int64),
+        probs_fp32=None, crops_path=None, crop_shape=(c, h, w), images=[image])
+    return mask, cells, call_proteins(cells, bundle.classes)
 
 
 # --------------------------------------------------------------------------- proteins
