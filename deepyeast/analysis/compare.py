@@ -535,7 +535,9 @@ METHOD = ("The micrograph is the unit. Per protein and screen, each micrograph's
           "(focus, exposure, a micrograph pulled toward a wrong compartment). Benjamini-Hochberg q-values over the "
           "tested proteins; changed = q below the FDR. A per-cell test (chi-square on the cells' calls) counts every "
           "cell as independent and reports many false changes when micrographs differ; it is given for comparison "
-          "only.")
+          "only. A shift of a whole screen (every condition micrograph dimmer, say) is not in this null: it shows as "
+          "many proteins changing toward the same compartment; replicate screens of each side bring screen-to-screen "
+          "variation into the null.")
 
 
 def _csv_rows(rows):
