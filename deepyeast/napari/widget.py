@@ -35,7 +35,8 @@ def classify_cells(viewer, image, protein=None, cells=None, bundle="", marker_ch
     try:
         micrograph = micrograph_from_layers(
             _pixels(image), None if protein is None else _pixels(protein), (marker_channel, protein_channel),
-            bits or None, rgb=bool(getattr(image, "rgb", False)), names=(image.name, "protein" if protein is None else protein.name))
+            bits or None, rgb=bool(getattr(image, "rgb", False)),
+            names=(image.name, "protein" if protein is None else protein.name))
         model, predictor = load_bundle(bundle)
         result = cells_layer(model, micrograph, None if cells is None else _pixels(cells), predictor, name=image.name)
     except InputError as err:
