@@ -297,3 +297,18 @@ def test_predictor_outputs_extra_blobs_beside_the_probabilities(made):
     soft = np.exp(logits - logits.max(axis=1, keepdims=True))
     np.testing.assert_allclose(soft / soft.sum(axis=1, keepdims=True), out["prob"], atol=1e-5)
     np.testing.assert_array_equal(b.predictor(batch=5)(made["crops"]), out["prob"])
+
+
+def test_bundle_from_run_in_process(made, tmp_path):
+    """The library of make-bundle, called without a subprocess: a run's files become a bundle that gives the
+    same probabilities, with the class table spelled as DeepYeast spells it and no metrics it was not given."""
+    from deepyeast.data.lists import write_class_doc
+    from deepyeast.model.run_bundle import RunFiles, bundle_from_run
+
+    b = read_bundle(made["path"])
+    write_class_doc(str(tmp_path / "HOwt_doc.txt"), CLASS_NAMES)  # lower-case names, like the archive
+    out = bundle_from_run(str(tmp_path / "model"), RunFiles(b.deploy_path, b.weights_path, b.mean_path,
+                                                            str(tmp_path / "HOwt_doc.txt")), trained_on="synthetic")
+    assert out.classes == CLASS_NAMES and out.metadata["metrics"] == {}
+    assert out.metadata["training"] == {"data": "synthetic"} and out.examples() is None
+    np.testing.assert_array_equal(read_bundle(out.path).predictor()(made["crops"][:4]), b.predictor()(made["crops"][:4]))
