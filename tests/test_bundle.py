@@ -311,4 +311,5 @@ def test_bundle_from_run_in_process(made, tmp_path):
                                                             str(tmp_path / "HOwt_doc.txt")), trained_on="synthetic")
     assert out.classes == CLASS_NAMES and out.metadata["metrics"] == {}
     assert out.metadata["training"] == {"data": "synthetic"} and out.examples() is None
-    np.testing.assert_array_equal(read_bundle(out.path).predictor()(made["crops"][:4]), b.predictor()(made["crops"][:4]))
+    crops = made["crops"][:4]
+    np.testing.assert_array_equal(read_bundle(out.path).predictor()(crops), b.predictor()(crops))
