@@ -45,6 +45,7 @@ import logging
 import os
 import sys
 
+from deepyeast.constants import INFERENCE_PRECISIONS
 from deepyeast.utils.io import InputError, StepFailed, check_writable, write_error
 
 __all__ = ["main", "run_guarded", "build_parser", "add", "add_output_folder", "output_folder", "add_class_set",
@@ -136,6 +137,16 @@ SHARED = {
     "weights": (("--weights",), dict(metavar="CAFFEMODEL", type=existing_file, help="trained .caffemodel")),
     "mean": (("--mean",), dict(metavar="BINARYPROTO", type=existing_file,
                                help="mean.binaryproto of the training set")),
+    "bundle": (("--bundle",), dict(metavar="DIR", type=existing_dir,
+                                   help="model bundle folder (RUN/model, make_bundle.py's or the Keras converter's "
+                                        "output): the net with its mean and input scale")),
+    "gpu": (("--gpu",), dict(type=int, metavar="ID", help="run the network on this CUDA device (default: CPU)")),
+    "batch": (("--batch",), dict(type=positive_int, default=100, metavar="N",
+                                 help="crops per forward pass (default %(default)s)")),
+    "precision": (("--precision",), dict(choices=INFERENCE_PRECISIONS, default="fp32",
+                                         help="arithmetic of the network: fp32 (Caffe's) or bf16 convolutions "
+                                              "(about 2x faster on recent CPUs and GPUs; a few calls near a tie "
+                                              "change) (default %(default)s)")),
     "archive": (("--archive",), dict(metavar="ROOT", type=existing_dir,
                                      help="archive root holding plateNN/*.png and the split lists")),
     "scheduler": (("--scheduler",),
@@ -223,6 +234,17 @@ def add_segment_params(parser):
     return group
 
 
+def inference_settings(args, fold=True):
+    """The :class:`deepyeast.engine.inference.InferenceSettings` of the shared options ``--gpu``,
+    ``--precision`` and ``--batch`` (those a step lacks keep their defaults)."""
+    from deepyeast.engine.inference import InferenceSettings, device_of_gpu
+
+    default = InferenceSettings()
+    return InferenceSettings(device=device_of_gpu(getattr(args, "gpu", None)),
+                             precision=getattr(args, "precision", default.precision),
+                             batch=getattr(args, "batch", default.batch), fold=fold)
+
+
 def segment_params(args):
     """The :class:`deepyeast.data.segment.SegmentParams` of arguments parsed with :func:`add_segment_params`
     (InputError for values out of range)."""
@@ -297,17 +319,18 @@ def run_guarded(func, args, prog):
     return EXIT_OK if code is None else int(code)
 
 
-def main(doc, options, run, argv=None, prog=None, exit=True):
+def main(doc, options, run, argv=None, prog=None, exit=True, command=None):
     """Parse ``argv`` with the step's options and run it; exits with its code (see :data:`EXIT_CODES`).
 
     ``options(parser)`` adds the step's options, ``run(args)`` runs it and returns an exit code
     or None.  ``args.command`` holds the command line as one shell-quoted string (for the
-    step's result manifest).  With ``exit=False`` the code is returned instead (tests).
+    step's result manifest): ``command``, or by default the script's own command line.
+    With ``exit=False`` the code is returned instead (tests, the ``deepyeast`` command).
     """
     prog = prog or os.path.basename(sys.argv[0]) or "deepyeast"
     parser = build_parser(doc, options, prog)
     args = parser.parse_args(argv)
-    args.command = command_line(argv)
+    args.command = command or command_line(argv)
     _setup_logging()
     code = run_guarded(run, args, prog)
     if exit:

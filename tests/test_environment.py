@@ -302,12 +302,13 @@ def _distributions_of(module):
     return {_norm(d) for d in dists}
 
 
-@pytest.mark.parametrize("folders, extras", [(("deepyeast", "analysis", "data_prep"), ("r",)),
-                                             (("tests",), ("tests", "r"))],
+@pytest.mark.parametrize("folders, extras", [(("deepyeast", "analysis", "data_prep"), ("r", "napari")),
+                                             (("tests", "docs"), ("tests", "r", "napari", "docs"))],
                          ids=["library-and-scripts", "tests"])
 def test_every_imported_package_is_declared(folders, extras):
     """Each third-party module the code imports comes from a package pyproject.toml declares (the
-    library and step scripts: the dependencies and the `r` extra; the tests: also the `tests` extra)."""
+    library and step scripts: the dependencies and the `r` and `napari` extras (deepyeast/napari); the
+    tests and the docs' build hook: also the `tests` and `docs` extras)."""
     declared = set(_declared(extras))
     undeclared = []
     for module, where in sorted(_third_party_imports(folders).items()):
@@ -319,9 +320,11 @@ def test_every_imported_package_is_declared(folders, extras):
 
 
 @pytest.mark.slow
-def test_built_wheel_holds_the_package_data_and_works_installed(tmp_path):
+def test_built_wheel_holds_the_package_data_and_works_installed(tmp_path, tmp_path_factory):
     """A non-editable build (`pip install .`): every module, caffe.proto, the forest's R script and the
-    model zoo are in the wheel, and installed alone (no checkout on the path) the library finds them."""
+    model zoo are in the wheel, and installed alone (no checkout on the path) the library finds them,
+    and its `deepyeast` command lists every subcommand and classifies micrographs with a bundle it
+    converted from Keras weights."""
     src = tmp_path / "src"
     top_level = {".git", "data", "runs", "build", "dist", ".pytest_cache"}
 
@@ -341,13 +344,18 @@ def test_built_wheel_holds_the_package_data_and_works_installed(tmp_path):
     zoo = {os.path.join("deepyeast", "models", os.path.relpath(os.path.join(d, f), os.path.join(REPO_ROOT, "models")))
            for d, _, files in os.walk(os.path.join(REPO_ROOT, "models")) for f in files}
     assert {"deepyeast/models/deepyeast/deploy.prototxt", "deepyeast/models/deepyeast/solver_cpu.prototxt"} <= zoo
-    assert {"deepyeast/caffe/proto/caffe.proto", "deepyeast/analysis/random_forest.R"} | zoo <= names
+    assert {"deepyeast/caffe/proto/caffe.proto", "deepyeast/analysis/random_forest.R",
+            "deepyeast/napari/napari.yaml"} | zoo <= names
+    (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+    entry_points = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "[console_scripts]\ndeepyeast = deepyeast.commands:main" in entry_points, entry_points
+    assert "[napari.manifest]\ndeepyeast = deepyeast.napari:napari.yaml" in entry_points, entry_points
     site = tmp_path / "site"
     res = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site),
                           str(wheel)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     probe = ("import os, deepyeast\n"
-             "from deepyeast.model.zoo import zoo_file\n"
+             "from deepyeast.caffe.zoo import zoo_file\n"
              "from deepyeast.analysis.rforest import R_SCRIPT\n"
              "from deepyeast.engine.runconfig import write_run_config\n"
              "print(deepyeast.__file__); print(zoo_file('deploy.prototxt')); print(R_SCRIPT, os.path.isfile(R_SCRIPT))\n")
@@ -359,3 +367,45 @@ def test_built_wheel_holds_the_package_data_and_works_installed(tmp_path):
     assert package.startswith(str(site) + os.sep), package
     assert deploy == os.path.join(str(site), "deepyeast", "models", "deepyeast", "deploy.prototxt")
     assert r_script.startswith(str(site) + os.sep) and r_script.endswith(" True"), r_script
+    _installed_command_classifies(site, env, tmp_path, tmp_path_factory)
+
+
+def _installed_command_classifies(site, env, tmp_path, tmp_path_factory):
+    """The wheel's `deepyeast` (its console script, run outside the checkout): `--help` lists every subcommand;
+    `convert-keras` turns Keras weights written by real Keras into a bundle; `classify` calls the proteins of
+    the tiny screen's micrographs with it."""
+    import csv
+
+    import _keras_deepyeast as kd
+    from deepyeast.commands import names
+    from deepyeast.data.synthetic import example_crops
+    from _data_helpers import tiny_screen
+
+    command = str(site / "bin" / "deepyeast")
+
+    def deepyeast(*args):
+        res = subprocess.run([command, *map(str, args)], cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert res.returncode == 0, (args, res.stderr[-3000:])
+        return res
+
+    listed = deepyeast("--help").stdout
+    assert all(f"\n  {name} " in listed for name in names()), listed
+    crops = example_crops("main", 0, 4, seed=1)
+    h5 = kd.save_keras2_weights(kd.randomize(kd.build_model(), crops, seed=0), str(tmp_path / "keras.h5"))
+    assert "12 classes" in deepyeast("convert-keras", h5, "--out", tmp_path / "bundle").stdout
+    fields = tiny_screen(tmp_path_factory, workers=1) / "main" / "fields"
+    with open(fields / "images.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    table = tmp_path / "images.csv"
+    table.write_text("image,plate,protein\n" + "".join(f"{fields / r['image']},{r['plate']},{r['protein']}\n"
+                                                       for r in rows))
+    out = tmp_path / "classified"
+    line = deepyeast("classify", "--model", tmp_path / "bundle", "--images", table, "--out", out).stdout
+    assert f"in {len(rows)} micrographs" in line and str(out) in line
+    with open(out / "cells.csv", newline="") as f:
+        cells = list(csv.DictReader(f))
+    with open(out / "proteins.csv", newline="") as f:
+        proteins = list(csv.DictReader(f))
+    assert len(cells) >= 3 * len(rows) and {p["protein"] for p in proteins} == {r["protein"] for r in rows}
+    for cell in cells[:20]:
+        assert abs(sum(float(cell[f"prob_{k}"]) for k in range(12)) - 1) < 1e-4
