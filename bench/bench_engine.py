@@ -381,7 +381,8 @@ def main(argv=None):
                      pct_isa(gf(test_flops, ms), "fp32"), f"{caffe_cells:.0f}", "1.00x"))
     ms = test_phase["forward_ms"]
     rows.append(("ours: inference fp32, TEST phase as Caffe (`deepyeast time -forward_only`)",
-                 f"{test_flops / 1e9:.0f}", f"{ms:.0f} ms", f"{gf(test_flops, ms):.0f}", pct(gf(test_flops, ms), "fp32"),
+                 f"{test_flops / 1e9:.0f}", f"{ms:.0f} ms", f"{gf(test_flops, ms):.0f}",
+                 pct(gf(test_flops, ms), "fp32"),
                  pct_isa(gf(test_flops, ms), "fp32"), f"{1e5 / ms:.0f}",
                  vs(1e5 / ms, caffe_cells) if caffe_cells else "n/a"))
     for p in _peak.PRECISIONS:
@@ -395,7 +396,8 @@ def main(argv=None):
 
     cmd = "python bench/bench_engine.py" + (" --quick" if args.quick else "") + (
         f" --threads {args.threads}" if args.threads else "") + (
-        f" --rounds {args.rounds}" if args.rounds else "") + (f" --iterations {args.iterations}" if args.iterations else "")
+        f" --rounds {args.rounds}" if args.rounds else "") + (
+        f" --iterations {args.iterations}" if args.iterations else "")
     isa_text = "; ".join(f"{p} {per_cycle[p]} FLOP/cycle/core ({per_cycle['basis'][p]})" for p in _peak.PRECISIONS)
     clock = f"{cpu['ghz']:.2f} GHz ({cpu['clock_source']})" if cpu["ghz"] else "clock unknown"
     md = [f"`{cmd}`: DeepYeast `train_val.prototxt` / `deploy.prototxt`, synthetic cells; torch {torch.__version__}, "

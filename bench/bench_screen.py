@@ -218,7 +218,8 @@ def main(argv=None):
                      f"{1e3 * ref.cpu[name] / n_img:.1f} | {1e3 * ref.cpu[name] / n_cells:.2f} |")
     seg_cpu = sum(ours.cpu[k] for k in seg_stages)
     ref_cpu = sum(v for k, v in ref.cpu.items() if k.startswith("segmentation"))
-    net_ratio = "; ".join(f"{prec} {ref.cpu[f'network {prec}, Convolution then a separate ReLU'] / ours.cpu[f'network {prec}']:.2f}x"
+    base_name = "network {}, Convolution then a separate ReLU"
+    net_ratio = "; ".join(f"{prec} {ref.cpu[base_name.format(prec)] / ours.cpu[f'network {prec}']:.2f}x"
                           for prec in nets)
     lines += ["", f"Network: Convolution + ReLU as one oneDNN call (ReLU its post-op) against a separate in-place "
               f"ReLU, same batches interleaved: {net_ratio} less CPU; probabilities "
