@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Compare two classified screens: which proteins change compartment, with a false-discovery rate that holds.
 
-Same as ``deepyeast compare``: both run deepyeast/commands/compare_screens.py, with the same options and exit codes.
+Same as ``deepyeast compare``: both run deepyeast/commands/compare_screens.py,
+with the same options and exit codes.
 """
 
 from deepyeast import launcher

@@ -3,8 +3,10 @@
 # atomically, so a step killed midway leaves nothing that a re-run would take
 # for finished; training resumes from its newest .solverstate (-snapshot auto).
 # Each analysis writes RUN/<name>/result.json last (its make target); the report
-# finds every result.json under RUN, so a new analysis is a rule here and one entry
-# in RESULTS, nothing in the report.
+# finds every result.json under RUN.  RESULTS below lists the result folders a complete
+# run has: the same folders as deepyeast/report/metrics_json.py's EXPECTED_RESULTS (which
+# the report's completeness check reads), and tests/test_registry.py fails when the two
+# lists differ or a listed folder has no rule here.
 #
 # Variables (set by demo / reproduce, or on the command line):
 #   RUN        run folder (all outputs under it)
@@ -255,8 +257,14 @@ $(RUN)/interpret/result.json: $(RUN)/cells_test.csv $(CP)/test.csv
 		--out $(@D) $(STEP_OPTS))
 
 # ---------------------------------------------------------------- report
-RESULTS := cells quality proteins rf_proteins transfer interpret $(if $(and $(filter synthetic,$(SCREEN)),$(filter-out 0,$(COMPARE_PROTEINS))),compare)
-$(RUN)/report.html: $(foreach r,$(RESULTS),$(RUN)/$(r)/result.json)
+# the forest's result.json is written with its predictions table (random_forest.py)
+$(RUN)/rf/result.json: $(RUN)/rf/cells_test.csv
+	@test -f $@ || { echo "$@ is missing: remove $< and run again"; exit 1; }
+
+# RESULTS: every complete run's (= EXPECTED_RESULTS); OPTIONAL_RESULTS: those some settings add
+RESULTS := cells quality rf proteins rf_proteins transfer interpret
+OPTIONAL_RESULTS := $(if $(and $(filter synthetic,$(SCREEN)),$(filter-out 0,$(COMPARE_PROTEINS))),compare)
+$(RUN)/report.html: $(foreach r,$(RESULTS) $(OPTIONAL_RESULTS),$(RUN)/$(r)/result.json)
 	$(call step,report,$(PY) analysis/make_report.py --run $(RUN) --out $(RUN))
 	@echo "report: $@"
 	@echo "metrics: $(RUN)/metrics.json"

@@ -44,17 +44,25 @@ def setup(tmp_path_factory):
     return tmp, bundle, field
 
 
-def _command(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "deepyeast", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, env=dict(os.environ, PYTHONPATH=REPO_ROOT))
+class _Result:
+    def __init__(self, returncode, stderr):
+        self.returncode, self.stderr = returncode, stderr
 
 
-@pytest.mark.slow
-def test_plugin_cells_are_the_commands_cells(setup):
+def _command(capsys, *args):
+    """``deepyeast ARGS`` in this process (the command's own entry point): exit code and stderr."""
+    from deepyeast.commands import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    return _Result(code, capsys.readouterr().err)
+
+
+def test_plugin_cells_are_the_commands_cells(setup, capsys):
     """The widget's cells layer and call on one micrograph = `deepyeast classify`'s cells.csv and proteins.csv."""
     tmp, bundle_dir, field = setup
     (tmp / "one.csv").write_text(f"image,protein\n{field},P1\n")
-    res = _command("classify", "--model", bundle_dir, "--images", tmp / "one.csv", "--out", tmp / "cmd", cwd=tmp)
+    res = _command(capsys, "classify", "--model", bundle_dir, "--images", tmp / "one.csv", "--out", tmp / "cmd")
     assert res.returncode == 0, res.stderr
     rows = _csv(tmp / "cmd" / "cells.csv")
     (protein,) = _csv(tmp / "cmd" / "proteins.csv")
@@ -91,20 +99,19 @@ def test_plugin_cells_are_the_commands_cells(setup):
     assert list(given.features["cell"]) == list(f["index"])
 
 
-def test_bad_layers_give_the_commands_message(setup):
+def test_bad_layers_give_the_commands_message(setup, capsys):
     tmp, bundle_dir, field = setup
     single = tmp / "single.tif"
     tifffile.imwrite(single, tifffile.imread(field)[0])
     (tmp / "single.csv").write_text(f"image,protein\n{single},P1\n")
-    res = _command("classify", "--model", bundle_dir, "--images", tmp / "single.csv", "--out", tmp / "x", cwd=tmp)
+    res = _command(capsys, "classify", "--model", bundle_dir, "--images", tmp / "single.csv", "--out", tmp / "x")
     assert res.returncode == 2
     with pytest.raises(InputError) as err:
         micrograph_from_layers(tifffile.imread(single), names=("single", "protein"))
     message = str(err.value)
     assert message.startswith("single: ") and message[len("single: "):] in res.stderr
-    (tmp / "nobundle").mkdir()
-    res = _command("classify", "--model", tmp / "nobundle", "--images", tmp / "single.csv", "--out", tmp / "x",
-                   cwd=tmp)
+    (tmp / "nobundle").mkdir(exist_ok=True)
+    res = _command(capsys, "classify", "--model", tmp / "nobundle", "--images", tmp / "single.csv", "--out", tmp / "x")
     with pytest.raises(InputError) as err:
         load_bundle(tmp / "nobundle")
     assert res.returncode == 2 and res.stderr.strip().endswith(str(err.value))

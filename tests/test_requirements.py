@@ -66,7 +66,7 @@ def test_ci_false_is_not_ci(tmp_path):
 
 R_PROBE = textwrap.dedent("""
     import sys
-    from deepyeast.analysis import rforest
+    from deepyeast.analysis import random_forest as rforest
     rforest.R_SCRIPT = sys.argv[1]
     try:
         print("have_r:", rforest.have_r())

@@ -72,8 +72,9 @@ def load_bundle(path):
 class CellsLayer:
     """What the widget adds: ``data`` int32 H x W labels (cell k = row k - 1 of ``features``, 0 background),
     ``features`` a dict of (M,) columns: ``index`` (the label, 1..M: napari's key from label to row),
-    ``cell`` (the cell's label in the segmentation or the given Labels layer), ``class``, ``probability`` (of that class), ``prob_<class>`` for every
-    class, ``x``, ``y`` (centroid, pixels), ``area``, ``padded``), ``colors`` {label: RGBA} by class,
+    ``cell`` (the cell's label in the segmentation or the given Labels layer), ``class``, ``probability``
+    (of that class), ``prob_<class>`` for every class, ``x``, ``y`` (centroid, pixels), ``area``,
+    ``padded``), ``colors`` {label: RGBA} by class,
     ``call`` the protein's call (dict), ``classes`` the bundle's class names."""
 
     def __init__(self, data, features, colors, call, classes):

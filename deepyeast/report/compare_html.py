@@ -124,7 +124,7 @@ def _report(out_dir, ref, cond, rows, summary, settings):
 
 
 def _manifest(out_dir, rows, summary, settings, command):
-    from deepyeast.report.manifest import figure, table, write_result
+    from deepyeast.utils.manifest import figure, table, write_result
 
     s = summary["proteins"]
     hits = sorted((r for r in rows if r["changed"]), key=lambda r: (r["q"], -r["effect"]))[:HITS_IN_MANIFEST]
