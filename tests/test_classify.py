@@ -26,7 +26,7 @@ from deepyeast.analysis.protein_level import dirichlet_map
 from deepyeast.constants import CLASS_NAMES
 from deepyeast.data.segment import cells_and_crops, segment_marker
 from deepyeast.model import read_bundle
-from deepyeast.utils.io import InputError
+from deepyeast.utils.io import OUTPUT_MARKER, InputError
 
 SCRIPT = os.path.join(REPO_ROOT, "analysis", "classify_screen.py")
 
@@ -103,7 +103,7 @@ def test_tables_follow_their_definitions_without_labels(bundle, fields, tmp_path
     table = _table(tmp_path, fields)
     out = tmp_path / "out"
     s = classify_screen(bundle, str(table), str(out), progress=False, n_resamples=200)
-    assert sorted(os.listdir(out)) == ["cells.csv", "figures", "gallery", "images.csv", "proteins.csv", "report.html",
+    assert sorted(os.listdir(out)) == [OUTPUT_MARKER, "cells.csv", "figures", "gallery", "images.csv", "proteins.csv", "report.html",
                                        "summary.json"]
     b = read_bundle(bundle)
     predictor = b.predictor()

@@ -58,6 +58,9 @@ def build_parser():
     _add(t, "snapshot", default="", help=".solverstate to resume from (ours or real Caffe's), as in Caffe; 'auto': "
                                          "the newest {snapshot_prefix}_iter_N.solverstate if any (else start "
                                          "fresh), refused when it was trained on another net, solver or data")
+    _add(t, "finetune", action="store_true",
+         help="with -weights: layers of the net that the weights lack start from their fillers (fine-tuning a "
+              "net with new layers); without it such weights are refused, naming the layers")
     _add(t, "allow_changed", action="store_true",
          help="with -snapshot auto: resume the newest snapshot even when the net, the solver's optimisation "
               "settings or the data changed since it was written (or it has no record of them)")
@@ -206,7 +209,7 @@ def train(args):
         solver.solve(resume_file=args.snapshot)
     else:
         if args.weights:
-            solver.copy_trained_layers(args.weights)
+            solver.copy_trained_layers(args.weights, finetune=args.finetune)
             if world > 1:
                 _sync_start(solver)
         solver.solve()
