@@ -214,3 +214,23 @@ def test_a_silent_scheduler_ends_a_step_with_exit_2(listener, crops_setup, tmp_p
     assert code == 2
     _one_line(capsys, f"--scheduler {address}: a service there accepted the connection but sent no Dask handshake")
     assert not (tmp_path / "cp.csv").exists()
+
+
+# ============================================================================ export onto a full disk
+
+@pytest.mark.slow
+def test_bioimageio_export_on_a_full_disk_is_exit_3_and_leaves_nothing(tmp_path):
+    """A 1 MiB file-size limit (``ulimit -f``; Python ignores SIGXFSZ, so writes fail with EFBIG, as on a
+    full disk): the TorchScript weights (about 4 MiB) cannot be written.  Before: SIGABRT inside
+    TorchScript's save and a hidden scratch folder left behind."""
+    from _bundles import make_bundle
+
+    bundle, _, _ = make_bundle(str(tmp_path / "bundle"), str(tmp_path))
+    out = tmp_path / "pkg"
+    out.mkdir()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
+    cmd = f"ulimit -f 1024; exec {sys.executable} analysis/export_bioimageio.py {bundle} --out {out / 'model.zip'}"
+    r = subprocess.run(["bash", "-c", cmd], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 3, r.stderr[-3000:]
+    _one_line(_Err(r.stderr), f"{out / 'model.zip'}: cannot write", "disk full or over the file-size limit")
+    assert os.listdir(out) == []  # no package, no scratch folder, no lock
