@@ -110,9 +110,7 @@ def test_input_scale_is_applied_like_caffe(tmp_path):
 
 
 @pytest.mark.caffe
-def test_real_pycaffe_gives_the_bundle_probabilities(made, tmp_path):
-    if not caffe_root.have_caffe_root():
-        pytest.skip(caffe_root.missing_reason())
+def test_real_pycaffe_gives_the_bundle_probabilities(made, tmp_path, caffe_root_present):
     b = read_bundle(made["path"])
     np.save(tmp_path / "x.npy", made["crops"])
     np.save(tmp_path / "mean.npy", b.mean)

@@ -282,8 +282,7 @@ def test_script_bad_input_skip_bad_and_bundle_checks(bundle, fields, tmp_path):
     assert r.returncode == 2 and "no such folder" in r.stderr
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed (apt-get install chromium)")
-def test_report_renders_in_headless_chromium(bundle, fields, tmp_path):
+def test_report_renders_in_headless_chromium(bundle, fields, tmp_path, chromium_path):
     """A real browser loads every strip and figure; each caption sits under its own cell of the strip."""
     table = _table(tmp_path, fields, labels=True)
     out = tmp_path / "out"
@@ -298,7 +297,7 @@ def test_report_renders_in_headless_chromium(bundle, fields, tmp_path):
               "bad++;});});document.body.setAttribute('data-loaded',ok+'/'+imgs.length+'/'+bad);});</script>")
     probe.write_text((out / "report.html").read_text(encoding="utf-8").replace("</body>", script + "</body>"),
                      encoding="utf-8")
-    res = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+    res = subprocess.run([chromium_path, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
                           "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     n = s["n_proteins_called"] + 1  # strips + the summary figure

@@ -152,10 +152,9 @@ def test_naive_conversions_would_be_caught(keras_files, converted, crops):
 
 
 @pytest.mark.caffe
-def test_real_caffe_data_layer_gives_keras_probabilities(keras_files, converted, crops, tmp_path):
+def test_real_caffe_data_layer_gives_keras_probabilities(keras_files, converted, crops, tmp_path,
+                                                         caffe_root_present):
     """Real Caffe reads the raw crops from an LMDB and applies the bundle's mean and scale itself."""
-    if not caffe_root.have_caffe_root():
-        pytest.skip(caffe_root.missing_reason())
     bundle = converted["keras2_model"]
     n = len(crops)
     write_datum_lmdb(str(tmp_path / "crops_lmdb"),
