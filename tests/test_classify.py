@@ -233,7 +233,10 @@ def test_bf16_changes_are_counted_against_fp32(bundle, fields, tmp_path):
     assert pc["cells_changed"] == int(np.sum(fp32.argmax(1) != bf16.argmax(1))) and pc["cells"] == len(crops)
     assert pc["max_abs_prob_difference"] == pytest.approx(float(np.abs(fp32 - bf16).max()), abs=1e-6)
     assert 0 < pc["max_abs_prob_difference"] < 0.1
-    assert pc["proteins"] == 1 and pc["proteins_changed"] in (0, 1)
+    # the one protein's call (Dirichlet MAP over its cells) from each precision's probabilities
+    calls = [int(np.argmax(dirichlet_map(p, ["one"] * len(p))[3][0])) for p in (fp32, bf16)]
+    assert pc["proteins"] == 1 and pc["proteins_changed"] == int(calls[0] != calls[1])
+    assert int(_csv(tmp_path / "bf16" / "proteins.csv")[0]["pred"]) == calls[1]
     assert cells[0]["plate"] == "" and _csv(tmp_path / "bf16" / "proteins.csv")[0]["plate"] == ""
     assert "Precision check: with bf16" in (tmp_path / "bf16" / "report.html").read_text(encoding="utf-8")
 
