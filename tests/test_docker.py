@@ -146,7 +146,7 @@ PARITY_SCRIPT = """
 import json, os, pathlib, sys
 import numpy as np, torch
 sys.path.insert(0, "tests")
-import test_parity_net as p
+import _caffe_parity as p
 out = pathlib.Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)
 deploy = os.path.abspath(os.path.join("models", "deepyeast", "deploy.prototxt"))
 net = p.Net(deploy, phase="TEST", seed=3)
@@ -197,13 +197,13 @@ def test_real_caffe_trains_and_r_forest_runs_in_image(box):
 @pytest.mark.docker
 @pytest.mark.slow
 def test_demo_pipeline_tiny_in_image_ends_in_report(box):
-    from test_pipeline import TINY_SCHEDULE, _check_report
+    from _pipeline_checks import TINY_SCHEDULE, check_report
 
     proc = box.run(f"make --no-print-directory pipeline RUN=/out/run SCREEN=synthetic SIZE=tiny "
                    f"SCHEDULE='{TINY_SCHEDULE}' GRID=small PRECISION=bf16", timeout=1800)
     assert proc.returncode == 0, proc.stdout[-6000:]
     assert "apt-get" not in proc.stdout and "pip install" not in proc.stdout, proc.stdout[-3000:]
-    _check_report(os.path.join(box.out, "run"))
+    check_report(os.path.join(box.out, "run"))
 
 
 # ---------------------------------------------------------------- the image's way of running Caffe, on the host
@@ -248,8 +248,7 @@ def test_loader_and_chroot_modes_give_identical_pycaffe_outputs(tmp_path, monkey
     """The same deploy-net forward through both ways of running the root: bit for bit the same."""
     if not caffe_root._can_unshare():
         need("namespaces", "the chroot mode needs root with CAP_SYS_ADMIN")
-    sys.path.insert(0, os.path.join(REPO_ROOT, "tests"))
-    import test_parity_net as p
+    import _caffe_parity as p
 
     deploy = os.path.join(REPO_ROOT, "models", "deepyeast", "deploy.prototxt")
     net = p.Net(deploy, phase="TEST", seed=3)
