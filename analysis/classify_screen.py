@@ -94,7 +94,7 @@ def run(args):
         args.model, args.images, args.out, launcher.segment_params(args), channels=tuple(args.channels),
         bits=args.bits, skip_bad=args.skip_bad, resegment=args.resegment, border=args.border,
         precision=args.precision, compare_fp32=args.compare_fp32,
-        device="cpu" if args.gpu is None else f"cuda:{args.gpu}", batch=args.batch, min_cells=args.min_cells,
+        device=launcher.gpu_device(args.gpu), batch=args.batch, min_cells=args.min_cells,
         confidence=args.confidence, dual_share=args.dual_share, gallery_cells=args.gallery_cells,
         n_resamples=args.resamples, seed=args.seed, command=args.command)
     f = s["flags"]

@@ -47,7 +47,7 @@ import sys
 
 from deepyeast.utils.io import InputError, StepFailed, check_writable, output_policy, write_error
 
-__all__ = ["main", "run_guarded", "build_parser", "add", "add_force", "input_paths", "add_output_folder", "output_folder", "add_class_set",
+__all__ = ["main", "run_guarded", "build_parser", "add", "add_force", "input_paths", "gpu_device", "add_output_folder", "output_folder", "add_class_set",
            "add_micrograph_channels", "add_segment_params", "segment_params", "add_cluster", "SHARED", "EXIT_CODES",
            "EXIT_OK", "EXIT_CHECK_FAILED", "EXIT_INPUT", "EXIT_FAILED", "EXIT_INTERRUPTED",
            "existing_file", "existing_dir", "positive_int", "command_line"]
@@ -174,6 +174,23 @@ def output_folder(args):
     if not out:
         raise InputError("give the output folder (--out DIR)")
     return out
+
+
+def gpu_device(index, flag="--gpu"):
+    """The torch device of ``--gpu INDEX``: ``"cpu"`` for None, else ``"cuda:INDEX"`` when that CUDA device
+    exists here; InputError (one line naming the flag) when CUDA is missing or has fewer devices."""
+    if index is None:
+        return "cpu"
+    import torch
+
+    if not torch.cuda.is_available():
+        raise InputError(f"{flag} {index}: CUDA is not available here (torch {torch.__version__}, "
+                         f"{'built without CUDA' if torch.version.cuda is None else 'no CUDA device found'}); "
+                         f"leave out {flag} to run on the CPU")
+    count = torch.cuda.device_count()
+    if not 0 <= index < count:
+        raise InputError(f"{flag} {index}: no such CUDA device (this machine has {count}: 0..{count - 1})")
+    return f"cuda:{index}"
 
 
 def add_class_set(parser):

@@ -196,10 +196,11 @@ def _cli(*args):
 
 
 def test_cli_converts_and_says_what_the_file_is(keras_files, tmp_path):
-    r = _cli(keras_files["files"]["keras2_model"], tmp_path / "model")
+    out = tmp_path / "not" / "yet" / "model"  # parents made as every step makes them (was a traceback)
+    r = _cli(keras_files["files"]["keras2_model"], out)
     assert r.returncode == 0, r.stderr
     assert "NOT the released file" in r.stdout
-    readme = (tmp_path / "model" / "readme.md").read_text()
+    readme = (out / "readme.md").read_text()
     assert "NOT the authors' released file" in readme and "0.89" not in readme
     assert "scale: 0.007843137718737125" in readme  # Caffe's float32 of 1/127.5
 

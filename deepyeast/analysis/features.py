@@ -35,7 +35,7 @@ import numpy as np
 from deepyeast.caffe.feature_stream import TOP_SUFFIX, NpyWriter, TopActivations  # noqa: F401 (re-exported)
 from deepyeast.constants import LIST_PREFIX, SPLITS, class_names_for
 from deepyeast.data.lists import class_names_for_list, read_split_list
-from deepyeast.utils.io import InputError, atomic_folder, atomic_write_text
+from deepyeast.utils.io import InputError, atomic_folder, atomic_write_text, open_input
 
 PATHS_FILE = "paths.txt"
 POOLED_SUFFIX = ".pool.npy"
@@ -329,7 +329,7 @@ def read_label_table(path, n_classes=None):
     A predictions table qualifies.  Split names like ``transfer_train`` are
     shortened to ``train``.
     """
-    with open(path, newline="", encoding="utf-8") as f:
+    with open_input(path, "label table", newline="") as f:
         reader = csv.DictReader(f)
         missing = {"path", "label"} - set(reader.fieldnames or ())
         if missing:

@@ -145,6 +145,9 @@ def build_lmdb_bundle(root, out_dir, splits=SPLITS, prefix=LIST_PREFIX, class_na
         if not os.path.exists(p):
             raise InputError(f"{p}: split list is missing")
     report, ok = check_splits(paths, class_names)
+    for s, p in paths.items():
+        if report["splits"][s]["n_cells"] == 0:  # a 0-record LMDB would train or test on nothing
+            raise InputError(f"{p}: the {s} list has no usable 'relpath label' line")
     if not ok and not skip_bad:
         raise InputError("split lists are inconsistent: " + "; ".join(report["errors"][:5]))
     with atomic_folder(out_dir) as tmp:

@@ -401,16 +401,34 @@ def read_input_bytes(path, what=""):
         raise InputError(f"{path}: cannot read{' ' + what if what else ''}: {e.strerror}") from None
 
 
+def decode_text(data, path, what):
+    """UTF-8 ``data`` (bytes) of the file ``path`` as str, without the byte-order mark Excel's "CSV UTF-8"
+    puts first.  Other bytes (Excel's Latin-1 "CSV", a binary file) become an :class:`InputError` naming the
+    file, the line and the byte."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise InputError(f"{path}:{line}: the {what} is not UTF-8 text (byte 0x{data[err.start]:02x} at column "
+                         f"{column}); save it as UTF-8 (in Excel: CSV UTF-8)") from None
+
+
 def open_input(path, what, **kwargs):
-    """Open a text input (``open(path, encoding="utf-8", **kwargs)``) for reading.
+    """Open a text input for reading: like ``open(path, encoding="utf-8", **kwargs)``, with a byte-order mark
+    skipped and bytes that are not UTF-8 refused (:func:`decode_text`), before the caller reads a line.
 
     An unreadable file becomes an :class:`InputError` naming the file, the
     ``what`` it was meant to be (e.g. ``"predictions table"``) and the reason.
     """
+    import io
+
     try:
-        return open(path, encoding="utf-8", **kwargs)
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError as e:
         raise InputError(f"{path}: cannot open {what}: {e.strerror}") from None
+    return io.StringIO(decode_text(data, path, what), newline=kwargs.get("newline"))
 
 
 def file_digest(path, algorithm="md5", chunk=1 << 20):
