@@ -20,7 +20,7 @@ from deepyeast.engine import Net
 from deepyeast.analysis import predict
 from deepyeast.analysis.features import read_features
 from deepyeast.data.crop_png import encode_crop
-from deepyeast.utils.io import InputError
+from deepyeast.utils.io import OUTPUT_MARKER, InputError
 from deepyeast.analysis.predictions import read_predictions
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -204,8 +204,8 @@ def test_pycaffe_pools_like_our_engine(setup, tmp_path, caffe_root_present):
                               features_out=tmp_path / engine, feature_blobs=["conv2", "fc2"],
                               feature_reduce="pool")
         got[engine] = np.load(tmp_path / engine / "conv2.pool.npy")
-        assert sorted(os.listdir(tmp_path / engine)) == sorted(["conv2.pool.npy", "conv2.top.npz", "fc2.npy", "paths.txt",
-                                                                 OUTPUT_MARKER])
+        assert sorted(os.listdir(tmp_path / engine)) == sorted(["conv2.pool.npy", "conv2.top.npz", "fc2.npy",
+                                                                "paths.txt", OUTPUT_MARKER])
         # the stored top value of a channel is the largest of its per-cell maxima
         top = np.load(tmp_path / engine / "conv2.top.npz")
         np.testing.assert_array_equal(top["value"][:, 0], got[engine][:, 64:].max(axis=0))
