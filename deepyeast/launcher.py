@@ -47,7 +47,8 @@ import sys
 
 from deepyeast.utils.io import InputError, StepFailed, check_writable, output_policy, write_error
 
-__all__ = ["main", "run_guarded", "build_parser", "add", "add_force", "input_paths", "gpu_device", "add_output_folder", "output_folder", "add_class_set",
+__all__ = ["main", "run_guarded", "build_parser", "add", "add_force", "input_paths", "gpu_device", "add_output_folder",
+           "output_folder", "add_class_set",
            "add_micrograph_channels", "add_segment_params", "segment_params", "add_cluster", "SHARED", "EXIT_CODES",
            "EXIT_OK", "EXIT_CHECK_FAILED", "EXIT_INPUT", "EXIT_FAILED", "EXIT_INTERRUPTED",
            "existing_file", "existing_dir", "positive_int", "command_line"]
@@ -344,17 +345,18 @@ def run_guarded(func, args, prog, inputs=()):
     return EXIT_OK if code is None else int(code)
 
 
-def main(doc, options, run, argv=None, prog=None, exit=True):
+def main(doc, options, run, argv=None, prog=None, exit=True, command=None):
     """Parse ``argv`` with the step's options and run it; exits with its code (see :data:`EXIT_CODES`).
 
     ``options(parser)`` adds the step's options, ``run(args)`` runs it and returns an exit code
     or None.  ``args.command`` holds the command line as one shell-quoted string (for the
-    step's result manifest).  With ``exit=False`` the code is returned instead (tests).
+    step's result manifest): ``command``, or by default the script's own command line.
+    With ``exit=False`` the code is returned instead (tests, the ``deepyeast`` command).
     """
     prog = prog or os.path.basename(sys.argv[0]) or "deepyeast"
     parser = build_parser(doc, options, prog)
     args = parser.parse_args(argv)
-    args.command = command_line(argv)
+    args.command = command or command_line(argv)
     _setup_logging()
     code = run_guarded(run, args, prog, inputs=input_paths(parser, args))
     if exit:

@@ -1,30 +1,26 @@
-"""Run a step script (``data_prep/*.py``, ``analysis/*.py``) in this process, as its command line would
+"""Run a step (``data_prep/*.py``, ``analysis/*.py``) in this process, as its script's command line would
 (not a test module).
 
-Faster than a subprocess (no second import of torch); the script's own ``options``/``run`` and
-:func:`deepyeast.launcher.main` run unchanged, so exit codes and the one-line errors are the real ones.
+Faster than a subprocess (no second import of torch); the step's own ``options``/``run`` (its module in
+``deepyeast/commands``, which the thin script calls) and :func:`deepyeast.launcher.main` run unchanged, so
+exit codes and the one-line errors are the real ones.
 """
 
-import importlib.util
+import importlib
 import os
 
 from deepyeast import launcher
+from deepyeast.commands import STEPS
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def load_step(script):
-    """The module of the step script ``script`` (a path relative to the repository, e.g. ``data_prep/make_lmdb.py``)."""
-    path = os.path.join(REPO, script)
-    name = "_step_" + script.replace("/", "_").removesuffix(".py")
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def step_module(script):
+    """The module of the step whose script is ``script`` (relative to the repository, e.g. ``data_prep/make_lmdb.py``)."""
+    (step,) = [s for s in STEPS if s.script == script]
+    return importlib.import_module(step.dotted)
 
 
 def run_step(script, *argv):
     """Run ``script`` with the arguments ``argv`` (converted to str); returns its exit code."""
-    module = load_step(script)
+    module = step_module(script)
     return launcher.main(module.__doc__, module.options, module.run, argv=[str(a) for a in argv],
                          prog=os.path.basename(script), exit=False)
