@@ -97,6 +97,8 @@ def build_parser():
     _add(ex, "weights", required=True, help=".caffemodel")
     _add(ex, "blobs", required=True, help="comma-separated blob names, e.g. conv8,fc1,fc2,fc3")
     _add(ex, "out", required=True, help="output folder: <blob>.npy (float32 N x D) and paths.txt")
+    _add(ex, "force", action="store_true",
+         help="replace -out even when it holds files no DeepYeast step wrote (they are deleted)")
     _add(ex, "iterations", type=_at_least(0), default=0, help="batches to run (default 0: the whole LMDB once)")
     _add(ex, "gpu", default="", help="GPU id (default CPU)")
     _add(ex, "level", type=int, default=0)
