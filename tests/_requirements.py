@@ -1,8 +1,8 @@
 """Skips and CI: in CI every skip fails, unless the test is explicitly not applicable there.
 
-* A test that needs a component this machine may lack (real Caffe, R, a browser, the published split
-  lists, root namespaces) calls :func:`need` (or takes a fixture of ``conftest.py`` that does, or uses a
-  ``skipif`` whose reason is :func:`reason`): a user without it gets a skip with the reason and one
+* A test that needs a component this machine may lack (real Caffe, R, a browser, a virtual X server,
+  the published split lists, root namespaces) calls :func:`need` (or takes a fixture of ``conftest.py``
+  that does, or uses a ``skipif`` whose reason is :func:`reason`): a user without it gets a skip with the reason and one
   summary line per missing component; CI (the environment variable ``CI`` set, as ``.ci/run`` does)
   gets a failure.  Such a skip fails CI even on a test marked not applicable.
 * A test that genuinely cannot apply on some machines (a GPU test where no GPU is lent) carries
@@ -24,6 +24,8 @@ COMPONENTS = {
     "splits": "the published split lists in ../shared/deepyeast-splits beside the clone (CI has them)",
     "namespaces": "root with CAP_SYS_ADMIN and unshare (private mount and network namespaces)",
     "gloo": "torch.distributed with the gloo backend",
+    "xvfb": "a virtual X server and the X/OpenGL libraries napari's Qt needs (the `test` group of "
+            "system-packages.txt: apt-get install xvfb xauth libgl1-mesa-dri libxkbcommon-x11-0 libxcb-icccm4 ...)",
 }
 
 MARK = "not_applicable"

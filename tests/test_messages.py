@@ -120,20 +120,18 @@ def test_bits_16_on_12_bit_data_warns_once(caplog):
 
 # ============================================================================ options
 
-def test_gpu_without_cuda_is_one_line(screen, capsys):
+def test_gpu_without_cuda_is_one_line():
+    """``--gpu N`` (classify, predict ...) where CUDA or device N is missing: one line, not a traceback."""
     import torch
 
-    (screen / "images.csv").write_text("image,plate,protein\nf0.tif,1,YAL001C\n")
-    bundle = screen / "no_bundle_needed"
-    bundle.mkdir()
-    from deepyeast import launcher
+    from deepyeast.engine.inference import device_of_gpu
 
     index = 99  # no machine has it: without CUDA "not available", with CUDA "no such device"
     with pytest.raises(InputError) as err:
-        launcher.gpu_device(index)
+        device_of_gpu(index)
     expected = "CUDA is not available here" if not torch.cuda.is_available() else "no such CUDA device"
     assert str(err.value).startswith(f"--gpu {index}: {expected}")
-    assert launcher.gpu_device(None) == "cpu"
+    assert device_of_gpu(None) == "cpu"
 
 
 # ============================================================================ split lists

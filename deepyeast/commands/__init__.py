@@ -48,6 +48,7 @@ STEPS = (
     Step("segment", "segment_cells", "data_prep/segment_cells.py", _NEW),
     Step("crop", "crop_cells", "data_prep/crop_cells.py", _NEW),
     Step("classify", "classify_screen", "analysis/classify_screen.py", _NEW),
+    Step("compare", "compare_screens", "analysis/compare_screens.py", _NEW),
     Step("predict", "predict", "analysis/predict.py", _NEW),
     Step("bundle", "make_bundle", "analysis/make_bundle.py", _MODEL),
     Step("export-bioimageio", "export_bioimageio", "analysis/export_bioimageio.py", _MODEL),

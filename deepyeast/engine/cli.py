@@ -27,9 +27,11 @@ same on CPU processes with the gloo backend.
 import argparse
 import logging
 import os
-import re
 import sys
 import time
+
+from deepyeast.constants import TRAINING_PRECISIONS
+from deepyeast.engine.snapshots import latest_solverstate
 
 __all__ = ["main", "build_parser", "train", "test", "time_net", "extract", "latest_solverstate"]
 
@@ -50,7 +52,7 @@ def build_parser():
     sub = parser.add_subparsers(dest="action", metavar="ACTION")
     sub.required = True
 
-    common_prec = dict(choices=["fp32", "tf32", "bf16"], default="fp32",
+    common_prec = dict(choices=list(TRAINING_PRECISIONS), default="fp32",
                        help="arithmetic: fp32 (default, Caffe parity), tf32 matmuls on GPU, or bf16 autocast")
 
     t = sub.add_parser("train", help="train a net from a solver prototxt (like caffe train)")
@@ -240,17 +242,6 @@ def _check_same_inputs(solver, snapshot):
                          f"{'; '.join(changes)} changed since. To go on: {how}")
 
 
-def latest_solverstate(prefix):
-    """Newest complete ``{prefix}_iter_N.solverstate`` (largest N), or None."""
-    import glob
-    best, best_n = None, -1
-    for path in glob.glob(glob.escape(prefix) + "_iter_*.solverstate"):
-        m = re.search(r"_iter_(\d+)\.solverstate$", path)
-        if m and int(m.group(1)) > best_n:
-            best, best_n = path, int(m.group(1))
-    return best
-
-
 def _sync_start(solver):
     """Give every DDP rank rank 0's weights and its own data share and dropout stream."""
     import torch
@@ -383,7 +374,7 @@ def extract(args):
     import torch
     from deepyeast.engine import Net
     from deepyeast.caffe.lmdb import count_datum_lmdb, path_of_key, read_keys
-    from deepyeast.analysis.features import feature_file, feature_folder
+    from deepyeast.caffe.feature_files import feature_file, feature_folder
     from deepyeast.utils.io import InputError
 
     device = _device(args.gpu)
