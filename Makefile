@@ -59,7 +59,7 @@ deps: $(PY_STAMP)
 
 lock:
 	@test -x $(LOCK_VENV)/bin/pip-compile || { $(PYTHON_BOOT) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install -q $(PIP_TOOLS); }
-	CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/pip-compile -q --generate-hashes --allow-unsafe --extra tests --extra r --extra napari --extra docs --strip-extras \
+	CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/pip-compile -q --generate-hashes --allow-unsafe --extra tests --extra r --extra napari --extra docs --no-strip-extras \
 		--no-emit-find-links --no-emit-index-url \
 		$$(scripts/pip_sources.sh $(LOCK_VENV)/bin/python) \
 		$(LOCK_FLAGS) --output-file requirements.txt pyproject.toml

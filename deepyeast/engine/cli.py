@@ -1,7 +1,7 @@
 """The engine's verbs of the ``deepyeast`` command: a ``caffe``-like command for our PyTorch engine.
 
-``deepyeast`` (= ``python -m deepyeast``, :mod:`deepyeast.commands`) hands these verbs to
-:func:`main` here; its other subcommands are the steps.  Caffe's action names and single-dash flags::
+``deepyeast`` (= ``python -m deepyeast``, :mod:`deepyeast.commands`) runs these verbs
+(:data:`ACTIONS`, parsed by :func:`build_parser`); its other subcommands are the steps.  Caffe's action names and single-dash flags::
 
     deepyeast train -solver S [-weights W | -snapshot S.solverstate] [-gpu ID|all]
     deepyeast test -model M -weights W [-iterations 50]
@@ -33,7 +33,7 @@ import time
 from deepyeast.constants import TRAINING_PRECISIONS
 from deepyeast.engine.snapshots import latest_solverstate
 
-__all__ = ["main", "build_parser", "train", "test", "time_net", "extract", "latest_solverstate"]
+__all__ = ["ACTIONS", "build_parser", "train", "test", "time_net", "extract", "latest_solverstate"]
 
 log = logging.getLogger("deepyeast.cli")
 
@@ -447,21 +447,7 @@ def _batch_keys(net):
 
 # --------------------------------------------------------------------------- main
 
-def main(argv=None):
-    """Entry point; returns the process exit code (:data:`deepyeast.launcher.EXIT_CODES`: bad input 2,
-    diverged training 3), each error printed once on stderr as ``deepyeast ACTION: error: ...``."""
-    from deepyeast import launcher
-    from deepyeast.engine.solver import setup_caffe_logging
-
-    args = build_parser().parse_args(argv)
-    setup_caffe_logging()
-    action = {"train": train, "test": test, "time": time_net, "extract": extract, "bnstats": bnstats}[args.action]
-
-    def run(a):
-        action(a)  # its return value is for callers in Python, not an exit code
-
-    return launcher.run_guarded(run, args, f"deepyeast {args.action}")
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+ACTIONS = {"train": train, "test": test, "time": time_net, "extract": extract, "bnstats": bnstats}
+"""The engine's verbs: name -> function(args) on the arguments :func:`build_parser` parsed (its return
+value is for callers in Python, not an exit code).  ``deepyeast VERB ...`` runs them through
+:func:`deepyeast.commands.main`, which gives the exit codes and error lines of every step."""
