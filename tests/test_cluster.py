@@ -138,7 +138,7 @@ def test_forest_grid_identical_whatever_the_scheduler(tmp_path, cluster, r_prese
 @pytest.mark.r
 def test_grid_and_quality_cv_api_identical_on_the_cluster(cluster, r_present):
     """A larger grid (4 forests, 3 prefixes) and the quality CV (4 points x 5 folds) as tasks."""
-    from deepyeast.analysis import rforest
+    from deepyeast.analysis import random_forest as rforest
 
     rng = np.random.default_rng(3)
     y = np.repeat(np.arange(3), 25)

@@ -100,7 +100,7 @@ def test_not_applicable_without_a_reason_is_an_error(tmp_path):
 
 R_PROBE = textwrap.dedent("""
     import sys
-    from deepyeast.analysis import rforest
+    from deepyeast.analysis import random_forest as rforest
     rforest.R_SCRIPT = sys.argv[1]
     try:
         print("have_r:", rforest.have_r())

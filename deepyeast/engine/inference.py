@@ -196,11 +196,13 @@ class Predictor:
 
         crops = _check_crops(crops, self.input_shape, self.model.where)
         n, step = crops.shape[0], self.settings.batch
-        with torch.inference_mode():
-            for start in range(0, n, step):
+        for start in range(0, n, step):
+            # inference mode per batch, not across the yield: a caller that stops early leaves none behind
+            with torch.inference_mode():
                 x = torch.from_numpy(np.asarray(crops[start:start + step], np.float32)).to(self.device)
                 out = self.module.blobs(x)
-                yield start, {b: out[b].float() for b in self.keep}
+                values = {b: out[b].float() for b in self.keep}
+            yield start, values
 
     def outputs(self, crops):
         """``{blob: float32 N x D}`` for every kept blob, each flattened per crop (in ``keep`` order)."""
