@@ -18,6 +18,8 @@ import zipfile
 
 import pytest
 
+from _requirements import reason
+
 from _data_helpers import REPO_ROOT
 from deepyeast.caffe.root import caffe_root_path
 
@@ -190,7 +192,7 @@ def test_caffe_packages_check_names_each_difference(tmp_path):
 
 @pytest.mark.caffe
 @pytest.mark.skipif(not os.path.isdir(os.path.join(caffe_root_path(), "var", "lib", "dpkg")),
-                    reason="no Caffe root (make caffe)")
+                    reason=reason("caffe", "no Caffe root with a package database (make caffe)"))
 def test_host_caffe_root_is_exactly_the_pinned_list():
     res = _caffe_packages("check", caffe_root_path())
     assert res.returncode == 0, res.stderr
