@@ -59,7 +59,7 @@ deps: $(PY_STAMP)
 
 lock:
 	@test -x $(LOCK_VENV)/bin/pip-compile || { $(PYTHON_BOOT) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install -q $(PIP_TOOLS); }
-	CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/pip-compile -q --generate-hashes --allow-unsafe --extra tests --extra r --extra napari --extra docs --strip-extras \
+	CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/pip-compile -q --generate-hashes --allow-unsafe --extra tests --extra r --extra napari --extra docs --no-strip-extras \
 		--no-emit-find-links --no-emit-index-url \
 		$$(scripts/pip_sources.sh $(LOCK_VENV)/bin/python) \
 		$(LOCK_FLAGS) --output-file requirements.txt pyproject.toml
@@ -75,6 +75,7 @@ deepyeast/caffe/caffe_pb2.py: deepyeast/caffe/proto/caffe.proto
 # The browser test and the image build test need more system packages (system-packages.txt,
 # groups test and docker): installed here when root on Debian, else their tests skip.
 test: deps test-system caffe-optional
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest -q
 
 test-system:

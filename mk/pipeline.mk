@@ -3,8 +3,10 @@
 # atomically, so a step killed midway leaves nothing that a re-run would take
 # for finished; training resumes from its newest .solverstate (-snapshot auto).
 # Each analysis writes RUN/<name>/result.json last (its make target); the report
-# finds every result.json under RUN, so a new analysis is a rule here and one entry
-# in RESULTS, nothing in the report.
+# finds every result.json under RUN.  RESULTS below lists the result folders a complete
+# run has: the same folders as deepyeast/report/metrics_json.py's EXPECTED_RESULTS (which
+# the report's completeness check reads), and tests/test_registry.py fails when the two
+# lists differ or a listed folder has no rule here.
 #
 # Variables (set by demo / reproduce, or on the command line):
 #   RUN        run folder (all outputs under it)
@@ -114,7 +116,8 @@ endif
 	cp $(DATA)/HOwt_doc.txt $(foreach s,$(SPLITS),$(DATA)/HOwt_$(s).txt) $(MAIN)/
 	cp $(DATA)/HOwt_transfer_*.txt $(TRANSFER)/
 	$(PY) data_prep/check_splits.py $(foreach s,$(SPLITS),$(call LIST,$(s))) --result $(RUN)/figures \
-		> $(DATA)/.splits.json
+		--transfer $(foreach s,$(SPLITS),$(call TLIST,$(s))) $(if $(NONCELLS),--noncells $(NONCELLS)) \
+		$(if $(MIXED),--mixed $(MIXED)) > $(DATA)/.splits.json
 	mv $(DATA)/.splits.json $@
 endif
 
@@ -266,8 +269,14 @@ $(RUN)/paper/result.json: $(RUN)/cells/result.json $(RUN)/quality/result.json $(
 		--snapshot-rule $(SNAPSHOT_RULE) --out $(@D))
 
 # ---------------------------------------------------------------- report
-RESULTS := cells quality proteins rf_proteins transfer interpret paper $(if $(and $(filter synthetic,$(SCREEN)),$(filter-out 0,$(COMPARE_PROTEINS))),compare)
-$(RUN)/report.html: $(foreach r,$(RESULTS),$(RUN)/$(r)/result.json)
+# the forest's result.json is written with its predictions table (random_forest.py)
+$(RUN)/rf/result.json: $(RUN)/rf/cells_test.csv
+	@test -f $@ || { echo "$@ is missing: remove $< and run again"; exit 1; }
+
+# RESULTS: every complete run's (= EXPECTED_RESULTS); OPTIONAL_RESULTS: those some settings add
+RESULTS := cells quality rf proteins rf_proteins transfer interpret paper
+OPTIONAL_RESULTS := $(if $(and $(filter synthetic,$(SCREEN)),$(filter-out 0,$(COMPARE_PROTEINS))),compare)
+$(RUN)/report.html: $(foreach r,$(RESULTS) $(OPTIONAL_RESULTS),$(RUN)/$(r)/result.json)
 	$(call step,report,$(PY) analysis/make_report.py --run $(RUN) --out $(RUN))
 	@echo "report: $@"
 	@echo "metrics: $(RUN)/metrics.json"

@@ -18,7 +18,7 @@ from deepyeast.caffe import caffe_pb2, root as caffe_root
 from deepyeast.caffe.blobs import compute_mean, write_mean_binaryproto
 from deepyeast.caffe.prototxt import read_prototxt
 from deepyeast.constants import CHANNELS, CLASS_NAMES
-from deepyeast.utils.io import InputError
+from deepyeast.utils.io import OUTPUT_MARKER, InputError
 from deepyeast.model import bundle as mb
 from deepyeast.model import predict_crops, read_bundle, write_bundle
 
@@ -53,7 +53,7 @@ def rehash(folder, name):
 
 def test_bundle_round_trip(made):
     b = read_bundle(made["path"])
-    assert sorted(os.listdir(made["path"])) == sorted(mb.BUNDLE_FILES + (mb.BUNDLE_JSON, mb.EXAMPLES))
+    assert sorted(os.listdir(made["path"])) == sorted(mb.BUNDLE_FILES + (mb.BUNDLE_JSON, mb.EXAMPLES, OUTPUT_MARKER))
     assert b.classes == CLASS_NAMES and b.channels == CHANNELS
     assert b.input_blob == "data" and b.output_blob == "prob" and b.input_shape == (2, 64, 64)
     assert b.input_scale == 1.0
@@ -87,7 +87,7 @@ def test_predictions_equal_the_pipeline_prediction_step(made, tmp_path):
     ours = b.predictor(batch=7)(made["crops"])
     assert ours.shape == (len(made["crops"]), 12) and np.allclose(ours.sum(axis=1), 1, atol=1e-5)
     assert len(set(ours.argmax(axis=1))) >= 4  # weights are not trivial
-    forward_blobs("ours", b.deploy_path, b.weights_path, made["crops"], b.mean, ["prob"], str(tmp_path))
+    forward_blobs("ours", b.net_files, made["crops"], ["prob"], str(tmp_path))
     np.testing.assert_allclose(ours, np.load(tmp_path / "prob.npy"), atol=1e-6)
     np.testing.assert_allclose(predict_crops(made["path"], made["crops"][:3]), ours[:3], atol=1e-6)
 
@@ -110,9 +110,7 @@ def test_input_scale_is_applied_like_caffe(tmp_path):
 
 
 @pytest.mark.caffe
-def test_real_pycaffe_gives_the_bundle_probabilities(made, tmp_path):
-    if not caffe_root.have_caffe_root():
-        pytest.skip(caffe_root.missing_reason())
+def test_real_pycaffe_gives_the_bundle_probabilities(made, tmp_path, caffe_root_present):
     b = read_bundle(made["path"])
     np.save(tmp_path / "x.npy", made["crops"])
     np.save(tmp_path / "mean.npy", b.mean)
@@ -286,3 +284,30 @@ def test_bundle_json_is_the_readme_facts(made):
     assert meta["classes"] == list(CLASS_NAMES)
     net = read_prototxt(os.path.join(made["path"], "deploy.prototxt"), caffe_pb2.NetParameter)
     assert [layer.inner_product_param.num_output for layer in net.layer if layer.name == "fc3"] == [12]
+
+
+def test_predictor_outputs_extra_blobs_beside_the_probabilities(made):
+    """One pass gives the probabilities and other kept blobs; fc3's softmax is the probabilities."""
+    b = read_bundle(made["path"])
+    out = b.predictor(extra_blobs=("fc3",), batch=5).outputs(made["crops"])
+    assert list(out) == ["prob", "fc3"] and out["fc3"].shape == (len(made["crops"]), 12)
+    logits = out["fc3"].astype(np.float64)
+    soft = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(soft / soft.sum(axis=1, keepdims=True), out["prob"], atol=1e-5)
+    np.testing.assert_array_equal(b.predictor(batch=5)(made["crops"]), out["prob"])
+
+
+def test_bundle_from_run_in_process(made, tmp_path):
+    """The library of make-bundle, called without a subprocess: a run's files become a bundle that gives the
+    same probabilities, with the class table spelled as DeepYeast spells it and no metrics it was not given."""
+    from deepyeast.data.lists import write_class_doc
+    from deepyeast.model.run_bundle import RunFiles, bundle_from_run
+
+    b = read_bundle(made["path"])
+    write_class_doc(str(tmp_path / "HOwt_doc.txt"), CLASS_NAMES)  # lower-case names, like the archive
+    out = bundle_from_run(str(tmp_path / "model"), RunFiles(b.deploy_path, b.weights_path, b.mean_path,
+                                                            str(tmp_path / "HOwt_doc.txt")), trained_on="synthetic")
+    assert out.classes == CLASS_NAMES and out.metadata["metrics"] == {}
+    assert out.metadata["training"] == {"data": "synthetic"} and out.examples() is None
+    crops = made["crops"][:4]
+    np.testing.assert_array_equal(read_bundle(out.path).predictor()(crops), b.predictor()(crops))

@@ -110,7 +110,7 @@ def test_bad_layers_give_the_commands_message(setup, capsys):
         micrograph_from_layers(tifffile.imread(single), names=("single", "protein"))
     message = str(err.value)
     assert message.startswith("single: ") and message[len("single: "):] in res.stderr
-    (tmp / "nobundle").mkdir()
+    (tmp / "nobundle").mkdir(exist_ok=True)
     res = _command(capsys, "classify", "--model", tmp / "nobundle", "--images", tmp / "single.csv", "--out", tmp / "x")
     with pytest.raises(InputError) as err:
         load_bundle(tmp / "nobundle")

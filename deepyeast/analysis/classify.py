@@ -57,16 +57,16 @@ import os
 
 import numpy as np
 
-from deepyeast.constants import MIN_CELLS_PER_PROTEIN
+from deepyeast.constants import INFERENCE_PRECISIONS as PRECISIONS, MIN_CELLS_PER_PROTEIN
 from deepyeast.data.micrographs import Rejects
 from deepyeast.data.segment import SegmentParams, iter_screen_cells
+from deepyeast.engine.inference import InferenceSettings
 from deepyeast.utils.io import InputError, atomic_path, atomic_write_text, write_csv
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ScreenCells", "ScreenCalls", "classify_screen", "classify_micrograph", "collect_cells", "call_proteins",
-           "protein_flags", "p_call",
-           "DUAL_SHARE", "CONFIDENCE", "GALLERY_CELLS", "PRECISIONS"]
+__all__ = ["ScreenCells", "ScreenCalls", "CallRules", "classify_screen", "classify_micrograph", "collect_cells",
+           "call_proteins", "protein_flags", "p_call", "DUAL_SHARE", "CONFIDENCE", "GALLERY_CELLS", "PRECISIONS"]
 
 DUAL_SHARE = 0.25
 """Default ``possible_dual`` threshold on the runner-up compartment's posterior share."""
@@ -74,7 +74,34 @@ CONFIDENCE = 0.95
 """Default ``low_confidence`` threshold on ``p_call`` (posterior probability that the call leads the runner-up)."""
 GALLERY_CELLS = 8
 """Default number of cells shown per protein in the report."""
-PRECISIONS = ("fp32", "bf16")  # deepyeast.engine.fold.PRECISIONS, not imported here: no torch at import
+
+
+@dataclasses.dataclass(frozen=True)
+class CallRules:
+    """When a protein call is flagged (see the module doc): ``few_cells`` below ``min_cells`` cells,
+    ``low_confidence`` for ``p_call`` below ``confidence``, ``possible_dual`` for a runner-up share of at
+    least ``dual_share``.  Invalid values are an ``InputError``."""
+
+    min_cells: int = MIN_CELLS_PER_PROTEIN
+    confidence: float = CONFIDENCE
+    dual_share: float = DUAL_SHARE
+
+    def __post_init__(self):
+        if not 0 < self.dual_share <= 1 or not 0 < self.confidence < 1:
+            raise InputError(f"dual_share must be in (0, 1] and confidence in (0, 1), got {self.dual_share}, "
+                             f"{self.confidence}")
+        if self.min_cells < 1:
+            raise InputError("min_cells and gallery_cells must be at least 1")
+
+    def definitions(self):
+        """The flags' definitions in words, with these thresholds (``summary.json``'s ``flag_definitions``)."""
+        return {
+            "few_cells": f"fewer than {self.min_cells} cells",
+            "low_confidence": f"p_call < {self.confidence}: the posterior probability that the called "
+                              "compartment's share exceeds the runner-up's (Dirichlet posterior, exact)",
+            "possible_dual": f"top2_share >= {self.dual_share}: the runner-up compartment holds at least "
+                             "that share of the protein's soft counts",
+            "no_cells": "no cell found in any of the protein's micrographs (no call)"}
 
 
 # --------------------------------------------------------------------------- cells
@@ -128,8 +155,8 @@ def protein_key(plate, protein):
 
 
 def collect_cells(bundle, images_csv, crops_path, params=SegmentParams(), channels=(0, 1), bits=None,
-                  resegment=False, border="pad", precision="fp32", compare_fp32=False, device="cpu", batch=100,
-                  on_bad=None, progress=True):
+                  resegment=False, border="pad", inference=InferenceSettings(), compare_fp32=False, on_bad=None,
+                  progress=True):
     """Find, crop and classify every cell of an images table; returns :class:`ScreenCells`.
 
     ``bundle``: a :class:`deepyeast.model.Bundle` whose input is 2 x S x S crops; its class
@@ -139,11 +166,10 @@ def collect_cells(bundle, images_csv, crops_path, params=SegmentParams(), channe
     table, line and file, or go to ``on_bad(where, err)``.
     """
     c, h, w = _crop_shape(bundle)
-    if precision not in PRECISIONS:
-        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    predictor = bundle.predictor(device=device, precision=precision, batch=batch)
-    reference = bundle.predictor(device=device, precision="fp32", batch=batch) \
-        if compare_fp32 and precision != "fp32" else None
+    batch = inference.batch
+    predictor = bundle.predictor(inference)
+    reference = bundle.predictor(dataclasses.replace(inference, precision="fp32")) \
+        if compare_fp32 and inference.precision != "fp32" else None
     cols = collections.defaultdict(list)
     probs, probs_ref, images = [], [], []
     pending, pending_n = [], 0
@@ -217,7 +243,7 @@ def classify_micrograph(bundle, micrograph, mask=None, params=SegmentParams(), b
     ``bundle``: a :class:`deepyeast.model.Bundle`; ``micrograph``: uint8 ``2 x H x W`` (marker,
     protein: :func:`deepyeast.data.micrographs.to_two_channel`); ``mask``: an int label image of
     the same size, or None to segment the marker with ``params``; ``border`` as ``classify_screen``;
-    ``predictor``: the bundle's :class:`~deepyeast.model.bundle.BundlePredictor` to reuse (else
+    ``predictor``: the bundle's :meth:`~deepyeast.model.bundle.Bundle.predictor` to reuse (else
     one is built, fp32 on the CPU); ``name`` names the micrograph and its protein.
     Returns ``(mask int H x W, cells ScreenCells, calls ScreenCalls)``: ``cells.cell`` are the
     mask's labels, ``calls`` one protein (the default call rules).  Used by the napari plugin.
@@ -243,7 +269,7 @@ def classify_micrograph(bundle, micrograph, mask=None, params=SegmentParams(), b
         area=np.asarray(found["area"], np.int64), padded=np.asarray(found["padded"], bool),
         label=np.full(m, -1, np.int64), probs=probs, pred=probs.argmax(axis=1).astype(np.int64),
         probs_fp32=None, crops_path=None, crop_shape=(c, h, w), images=[image])
-    return mask, cells, call_proteins(cells, len(bundle.classes))
+    return mask, cells, call_proteins(cells, bundle.classes)
 
 
 # --------------------------------------------------------------------------- proteins
@@ -259,8 +285,7 @@ def p_call(alpha_top1, alpha_top2):
     return betainc(np.asarray(alpha_top2, float), np.asarray(alpha_top1, float), 0.5)
 
 
-def protein_flags(n_cells, posterior, alpha, min_cells=MIN_CELLS_PER_PROTEIN, confidence=CONFIDENCE,
-                  dual_share=DUAL_SHARE):
+def protein_flags(n_cells, posterior, alpha, rules=CallRules()):
     """Top two compartments and the flags of protein calls (see the module doc).
 
     ``n_cells`` int (P,), ``posterior`` float (P, K) MAP shares, ``alpha`` float (P, K)
@@ -274,52 +299,50 @@ def protein_flags(n_cells, posterior, alpha, min_cells=MIN_CELLS_PER_PROTEIN, co
     top1, top2 = order[:, 0], order[:, 1]
     p = p_call(alpha[rows, top1], alpha[rows, top2])
     return {"top1": top1, "top2": top2, "top1_share": posterior[rows, top1], "top2_share": posterior[rows, top2],
-            "p_call": p, "few_cells": np.asarray(n_cells) < min_cells, "low_confidence": p < confidence,
-            "possible_dual": posterior[rows, top2] >= dual_share}
+            "p_call": p, "few_cells": np.asarray(n_cells) < rules.min_cells, "low_confidence": p < rules.confidence,
+            "possible_dual": posterior[rows, top2] >= rules.dual_share}
 
 
 @dataclasses.dataclass
 class ScreenCalls:
-    """Protein calls of a screen (P proteins in table order of first appearance).
+    """Protein calls of a screen (P proteins in table order of first appearance): protein_level's
+    calls (:func:`deepyeast.analysis.protein_level.call_cells`) extended with what a screen adds.
 
-    key, plate (int, -1 none), protein : (P,); n_images, n_cells : int64 (P,); label : int64
-    (P,), -1 unknown; pred : int64 (P,), -1 without cells; alpha, posterior : float64 (P, K)
-    (NaN without cells); flags : dict of :func:`protein_flags` arrays (+ ``no_cells``);
+    calls : :class:`deepyeast.analysis.protein_level.ProteinCalls` whose ``protein`` is the key
+    (``plateNN/<protein>``, or the protein without a plate); through it ``key``, ``n_cells``
+    int64 (P,), ``label`` int64 (P,) -1 unknown, ``pred`` int64 (P,) -1 without cells, ``alpha``,
+    ``posterior`` float64 (P, K) (NaN without cells);
+    plate (int, -1 none), protein (the name as the table gives it) : (P,); n_images : int64 (P,);
+    flags : dict of :func:`protein_flags` arrays (+ ``no_cells``);
     pred_fp32 : int64 (P,) or None (the calls from fp32 probabilities, with ``compare_fp32``).
     """
 
-    key: np.ndarray
+    calls: object
     plate: np.ndarray
     protein: np.ndarray
     n_images: np.ndarray
-    n_cells: np.ndarray
-    label: np.ndarray
-    pred: np.ndarray
-    alpha: np.ndarray
-    posterior: np.ndarray
     flags: dict
     pred_fp32: object = None
 
-
-def _dirichlet(probs, keys, all_keys, k):
-    from deepyeast.analysis.protein_level import dirichlet_map
-
-    alpha = np.full((len(all_keys), k), np.nan)
-    post = np.full((len(all_keys), k), np.nan)
-    if len(keys):
-        ids, _, a, theta = dirichlet_map(probs, keys)
-        index = {p: i for i, p in enumerate(all_keys)}
-        at = [index[p] for p in ids]
-        alpha[at], post[at] = a, theta
-    return alpha, post
+    key = property(lambda self: self.calls.protein)
+    n_cells = property(lambda self: self.calls.n_cells)
+    label = property(lambda self: self.calls.label)
+    pred = property(lambda self: self.calls.pred)
+    alpha = property(lambda self: self.calls.alpha)
+    posterior = property(lambda self: self.calls.posterior)
 
 
-def call_proteins(cells, n_classes, min_cells=MIN_CELLS_PER_PROTEIN, confidence=CONFIDENCE, dual_share=DUAL_SHARE):
-    """Dirichlet calls (:func:`deepyeast.analysis.protein_level.dirichlet_map`) of every protein of ``cells``.
+def call_proteins(cells, class_names, rules=CallRules()):
+    """Calls (:func:`deepyeast.analysis.protein_level.call_cells`) and flags of every protein of ``cells``.
 
-    Every protein with a readable micrograph is listed, those without cells too.  A protein
-    whose rows give different labels is an ``InputError`` naming both rows.
+    ``class_names``: the model's classes (or their number); ``rules``: :class:`CallRules`.  Every
+    protein with a readable micrograph is listed, those without cells too.  A protein whose rows give different labels
+    is an ``InputError`` naming both rows.
     """
+    from deepyeast.analysis.protein_level import call_cells
+
+    if isinstance(class_names, (int, np.integer)):
+        class_names = tuple(str(k) for k in range(class_names))
     order, info = [], {}
     for im in cells.images:
         if im["key"] not in info:
@@ -332,35 +355,27 @@ def call_proteins(cells, n_classes, min_cells=MIN_CELLS_PER_PROTEIN, confidence=
                 raise InputError(f"{im['where']}: protein {im['key']} has label {im['label']} here but "
                                  f"{p['label']} on {p['where']}")
             p["label"], p["where"] = im["label"], im["where"]
-    index = {key: i for i, key in enumerate(order)}
-    n_cells = np.bincount(np.asarray([index[k] for k in cells.key], np.int64), minlength=len(order)).astype(np.int64)
-    alpha, post = _dirichlet(cells.probs, cells.key, order, n_classes)
-    has = n_cells > 0
-    pred = np.full(len(order), -1, np.int64)
+    labels = [-1 if info[k]["label"] is None else info[k]["label"] for k in order]
+    calls = call_cells(cells.probs, cells.key, class_names, order=order, labels=labels)
+    n_cells, has = calls.n_cells, calls.n_cells > 0
     flags = {name: np.zeros(len(order), dt) for name, dt in (
         ("top1", np.int64), ("top2", np.int64), ("top1_share", float), ("top2_share", float), ("p_call", float),
         ("few_cells", bool), ("low_confidence", bool), ("possible_dual", bool))}
     flags["top1"][:] = flags["top2"][:] = -1
     flags["top1_share"][:] = flags["top2_share"][:] = flags["p_call"][:] = np.nan
     if has.any():
-        f = protein_flags(n_cells[has], post[has], alpha[has], min_cells, confidence, dual_share)
+        f = protein_flags(n_cells[has], calls.posterior[has], calls.alpha[has], rules)
         for name, values in f.items():
             flags[name][has] = values
-        pred[has] = f["top1"]
-    flags["few_cells"] = n_cells < min_cells
+    flags["few_cells"] = n_cells < rules.min_cells
     flags["no_cells"] = ~has
     pred_fp32 = None
     if cells.probs_fp32 is not None:
-        _, post32 = _dirichlet(cells.probs_fp32, cells.key, order, n_classes)
-        pred_fp32 = np.full(len(order), -1, np.int64)
-        pred_fp32[has] = np.argmax(post32[has], axis=1)
+        pred_fp32 = call_cells(cells.probs_fp32, cells.key, class_names, order=order).pred
     return ScreenCalls(
-        key=np.asarray(order, object), plate=np.asarray([-1 if info[k]["plate"] is None else info[k]["plate"]
-                                                         for k in order], np.int64),
+        calls=calls, plate=np.asarray([-1 if info[k]["plate"] is None else info[k]["plate"] for k in order], np.int64),
         protein=np.asarray([info[k]["protein"] for k in order], object),
-        n_images=np.asarray([info[k]["n_images"] for k in order], np.int64), n_cells=n_cells,
-        label=np.asarray([-1 if info[k]["label"] is None else info[k]["label"] for k in order], np.int64),
-        pred=pred, alpha=alpha, posterior=post, flags=flags, pred_fp32=pred_fp32)
+        n_images=np.asarray([info[k]["n_images"] for k in order], np.int64), flags=flags, pred_fp32=pred_fp32)
 
 
 # --------------------------------------------------------------------------- accuracy (labels given)
@@ -462,9 +477,8 @@ def write_images_table(path, cells):
 # --------------------------------------------------------------------------- the step
 
 def classify_screen(model_dir, images_csv, out_dir, params=SegmentParams(), channels=(0, 1), bits=None,
-                    skip_bad=False, resegment=False, border="pad", precision="fp32", compare_fp32=False,
-                    device="cpu", batch=100, min_cells=MIN_CELLS_PER_PROTEIN, confidence=CONFIDENCE,
-                    dual_share=DUAL_SHARE, gallery_cells=GALLERY_CELLS, n_resamples=2000, seed=0, command=None,
+                    skip_bad=False, resegment=False, border="pad", inference=InferenceSettings(), compare_fp32=False,
+                    rules=CallRules(), gallery_cells=GALLERY_CELLS, n_resamples=2000, seed=0, command=None,
                     progress=True):
     """Classify the micrographs of ``images_csv`` with the bundle ``model_dir``; write ``out_dir``.
 
@@ -488,9 +502,7 @@ def classify_screen(model_dir, images_csv, out_dir, params=SegmentParams(), chan
     from deepyeast.model import read_bundle
     from deepyeast.report.screen_html import write_screen_report
 
-    if not 0 < dual_share <= 1 or not 0 < confidence < 1:
-        raise InputError(f"dual_share must be in (0, 1] and confidence in (0, 1), got {dual_share}, {confidence}")
-    if min_cells < 1 or gallery_cells < 1:
+    if gallery_cells < 1:
         raise InputError("min_cells and gallery_cells must be at least 1")
     bundle = read_bundle(model_dir)
     classes = list(bundle.classes)
@@ -498,18 +510,18 @@ def classify_screen(model_dir, images_csv, out_dir, params=SegmentParams(), chan
     with atomic_path(out_dir) as tmp:
         os.makedirs(tmp)
         crops_path = os.path.join(tmp, ".crops.u8")
-        cells = collect_cells(bundle, images_csv, crops_path, params, channels, bits, resegment, border, precision,
-                              compare_fp32, device, batch, on_bad=rejects, progress=progress)
+        cells = collect_cells(bundle, images_csv, crops_path, params, channels, bits, resegment, border, inference,
+                              compare_fp32, on_bad=rejects, progress=progress)
         if not cells.images:
             raise InputError(f"{images_csv}: no readable micrograph" + (f" ({len(rejects.items)} rows skipped, "
                                                                           "see the messages above)"
                                                                           if rejects.items else ""))
-        calls = call_proteins(cells, len(classes), min_cells, confidence, dual_share)
-        acc = accuracies(cells, calls, len(classes), min_cells, n_resamples, seed)
+        calls = call_proteins(cells, classes, rules)
+        acc = accuracies(cells, calls, len(classes), rules.min_cells, n_resamples, seed)
         summary = _summary(bundle, images_csv, cells, calls, acc, rejects, dict(
             segmentation=dataclasses.asdict(params), channels=list(channels), bits=bits, resegment=resegment,
-            border=border, precision=precision, device=device, batch=batch, min_cells=min_cells,
-            confidence=confidence, dual_share=dual_share, gallery_cells=gallery_cells, seed=seed), command)
+            border=border, precision=inference.precision, device=inference.device, batch=inference.batch,
+            **dataclasses.asdict(rules), gallery_cells=gallery_cells, seed=seed), command)
         write_cells_table(os.path.join(tmp, "cells.csv"), cells, classes)
         write_proteins_table(os.path.join(tmp, "proteins.csv"), calls, classes)
         write_images_table(os.path.join(tmp, "images.csv"), cells)
@@ -549,13 +561,8 @@ def _summary(bundle, images_csv, cells, calls, acc, rejects, settings, command):
         "cells_per_protein": ({"min": int(calls.n_cells[has].min()), "median": float(np.median(calls.n_cells[has])),
                                "max": int(calls.n_cells[has].max())} if has.any() else None),
         "flags": _count_flags(calls),
-        "flag_definitions": {
-            "few_cells": f"fewer than {settings['min_cells']} cells",
-            "low_confidence": f"p_call < {settings['confidence']}: the posterior probability that the called "
-                              "compartment's share exceeds the runner-up's (Dirichlet posterior, exact)",
-            "possible_dual": f"top2_share >= {settings['dual_share']}: the runner-up compartment holds at least "
-                             "that share of the protein's soft counts",
-            "no_cells": "no cell found in any of the protein's micrographs (no call)"},
+        "flag_definitions": CallRules(*(settings[k] for k in ("min_cells", "confidence", "dual_share")))
+        .definitions(),
         "accuracy": acc,
         "precision_check": None,
         "settings": settings,

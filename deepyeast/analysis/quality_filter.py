@@ -13,7 +13,7 @@ tell them apart from a training set built on the validation split:
 
 10-fold cross-validation compares mtry in {2, 110, 218, 326, 435} (capped at the
 number of features) x down-sampling of cells {none, balanced} with 100-tree
-forests (one Dask task per grid point and fold, see :mod:`deepyeast.analysis.rforest`);
+forests (one Dask task per grid point and fold, see :mod:`deepyeast.analysis.random_forest`);
 the point with the highest cross-validated accuracy is chosen (balanced accuracy
 reported beside it).  Refitted on the whole training set, the forest classifies
 the test cells; those it calls non-cells are removed, and each classifier's
@@ -102,7 +102,7 @@ def read_noncell_list(path, val_paths=None, val_source="the validation split"):
     return out
 
 
-def pick_training_cells(labels, net_pred, rf_pred, exclude=None, per_class=PAPER_CELLS_PER_CLASS, seed=1,
+def pick_training_cells(labels, net_pred, rf_pred, exclude=None, per_class=PAPER_CELLS_PER_CLASS, seed=0,
                         n_classes=None):
     """The paper's cells for the quality filter: per class, ``per_class`` cells both classifiers got right.
 
@@ -187,7 +187,7 @@ def not_run_summary(reason, option=NONCELL_OPTION, training_set=None):
 
 def run_quality_filter(val_features, net_val, rf_val, noncells, test_features, predictions=None, truth=None,
                        out_json=None, out_cells=None, out_training=None, per_class=PAPER_CELLS_PER_CLASS,
-                       mtry=PAPER_MTRY, sampling=PAPER_SAMPLING, folds=PAPER_FOLDS, ntree=PAPER_NTREE, seed=1,
+                       mtry=PAPER_MTRY, sampling=PAPER_SAMPLING, folds=PAPER_FOLDS, ntree=PAPER_NTREE, seed=0,
                        scheduler="none", jobs=1, log=None):
     """Build the paper's training set, choose the filter by CV, apply it to the test cells.
 
@@ -210,7 +210,7 @@ def run_quality_filter(val_features, net_val, rf_val, noncells, test_features, p
     if noncells is None:
         log(f"quality filter: not run: {NO_LIST_REASON}; give a non-cell list with {NONCELL_OPTION}")
         return not_run_summary(NO_LIST_REASON)
-    from deepyeast.analysis import rforest
+    from deepyeast.analysis import random_forest
     from deepyeast.analysis.predictions import read_predictions
     from deepyeast.constants import class_names_for
 
@@ -248,14 +248,14 @@ def run_quality_filter(val_features, net_val, rf_val, noncells, test_features, p
         if out_json:
             atomic_write_text(out_json, json.dumps(summary, indent=1) + "\n")
         return summary
-    x_fit, x_test, _ = rforest.impute_features(x_lab, x_te)
+    x_fit, x_test, _ = random_forest.impute_features(x_lab, x_te)
     log(f"quality filter: {n_cell} cells ({per_class} per class at most) + {n_non} non-cells, {folds}-fold CV over "
         f"mtry {list(mtry)} x sampling {list(sampling)}, {ntree} trees")
-    table, best, model = rforest.quality_cv(x_fit, y, mtry=mtry, sampling=sampling, folds=folds, ntree=ntree,
+    table, best, model = random_forest.quality_cv(x_fit, y, mtry=mtry, sampling=sampling, folds=folds, ntree=ntree,
                                             seed=seed, scheduler=scheduler, jobs=jobs, log=log)
     log(f"quality filter: chosen mtry {best['mtry']}, sampling {best['sampling']}: CV accuracy "
         f"{best['cv_accuracy']:.4f}, balanced accuracy {best['cv_balanced_accuracy']:.4f}")
-    p_cell, is_cell_pred = rforest.quality_predict(model, x_test, seed)
+    p_cell, is_cell_pred = random_forest.quality_predict(model, x_test, seed)
     keep = {p for p, k in zip(te_paths, is_cell_pred) if k}
     summary = {
         "procedure": "paper: per class, validation cells correct by both classifiers labelled as cells, plus "
@@ -345,7 +345,7 @@ def _grid_note(summary):
 
 
 def write_quality_result(out_dir, summary, figure_file=None, command=None):
-    """The result manifest of the non-cell filter (see :mod:`deepyeast.report.manifest`).
+    """The result manifest of the non-cell filter (see :mod:`deepyeast.utils.manifest`).
 
     The full summary (training set per class, cross-validation table, the filter against the
     test cells' known non-cells) goes to ``details``; the report shows the accuracies before
@@ -353,7 +353,7 @@ def write_quality_result(out_dir, summary, figure_file=None, command=None):
     a ``missing`` entry naming the reason and the option that would run the filter.
     """
     from deepyeast.constants import PAPER_N_NONCELLS, PAPER_RESULTS
-    from deepyeast.report.manifest import figure, headline, missing_part, table, write_result
+    from deepyeast.utils.manifest import figure, headline, missing_part, table, write_result
 
     title = "Removing non-cells (paper: 91% per cell after filtering)"
     labels = {"network": "Network", "random_forest": "Random forest"}

@@ -49,7 +49,7 @@ from deepyeast import launcher
 
 
 def options(p):
-    from deepyeast.analysis.classify import CONFIDENCE, DUAL_SHARE, GALLERY_CELLS, PRECISIONS
+    from deepyeast.analysis.classify import CONFIDENCE, DUAL_SHARE, GALLERY_CELLS
     from deepyeast.constants import MIN_CELLS_PER_PROTEIN
 
     p.add_argument("--model", required=True, metavar="DIR", type=launcher.existing_dir,
@@ -63,14 +63,11 @@ def options(p):
                    help="cells closer than half a crop to the image edge: zero-pad or skip (default: %(default)s)")
     p.add_argument("--skip-bad", action="store_true", help="skip bad rows, list them in OUT/rejects.txt")
     net = p.add_argument_group("network")
-    net.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                     help="arithmetic of the network: fp32 (Caffe's) or bf16 convolutions (faster on recent CPUs and "
-                          "GPUs) (default: %(default)s)")
+    launcher.add(net, "precision")
     net.add_argument("--compare-fp32", action="store_true",
                      help="with --precision bf16: also run fp32 and report how many calls change")
-    net.add_argument("--gpu", type=int, metavar="ID", help="run the network on this CUDA device (default: CPU)")
-    net.add_argument("--batch", type=launcher.positive_int, default=100,
-                     help="crops per forward pass (default: %(default)s)")
+    launcher.add(net, "gpu")
+    launcher.add(net, "batch")
     calls = p.add_argument_group("protein calls and report")
     calls.add_argument("--min-cells", type=launcher.positive_int, default=MIN_CELLS_PER_PROTEIN,
                        help="fewer cells than this flag a call few_cells (default: %(default)s, the paper's)")
@@ -87,14 +84,13 @@ def options(p):
 
 
 def run(args):
-    from deepyeast.analysis.classify import classify_screen
+    from deepyeast.analysis.classify import CallRules, classify_screen
 
     s = classify_screen(
         args.model, args.images, args.out, launcher.segment_params(args), channels=tuple(args.channels),
         bits=args.bits, skip_bad=args.skip_bad, resegment=args.resegment, border=args.border,
-        precision=args.precision, compare_fp32=args.compare_fp32,
-        device="cpu" if args.gpu is None else f"cuda:{args.gpu}", batch=args.batch, min_cells=args.min_cells,
-        confidence=args.confidence, dual_share=args.dual_share, gallery_cells=args.gallery_cells,
+        inference=launcher.inference_settings(args), compare_fp32=args.compare_fp32,
+        rules=CallRules(args.min_cells, args.confidence, args.dual_share), gallery_cells=args.gallery_cells,
         n_resamples=args.resamples, seed=args.seed, command=args.command)
     f = s["flags"]
     line = (f"{s['n_cells']:,} cells in {s['n_images']} micrographs; {s['n_proteins_called']} of {s['n_proteins']} "

@@ -31,7 +31,8 @@ from deepyeast.data.crop_png import read_crop
 from deepyeast.data.lists import check_splits, protein_of, read_split_list
 from deepyeast.utils.progress import progress as progress_report
 from deepyeast.utils.io import file_digest
-from deepyeast.constants import CLASS_NAMES, CLASS_SETS, IMAGE_SIZE, LIST_PREFIX, N_CHANNELS, SPLITS, class_set_of
+from deepyeast.constants import (CLASS_NAMES, CLASS_SETS, IMAGE_SIZE, LIST_PREFIX, LMDB_SUFFIX, MEAN_FILE,
+                                 N_CHANNELS, SPLITS, class_set_of, lmdb_folder)
 from deepyeast.utils.io import InputError, atomic_folder, atomic_write_json, atomic_write_text
 
 
@@ -134,7 +135,8 @@ def build_lmdb_bundle(root, out_dir, splits=SPLITS, prefix=LIST_PREFIX, class_na
     ``InputError``; with ``skip_bad`` those lines (for a shared protein: its
     cells in the later split) are rejected instead.  Returns a summary dict
     (per split: records, rejects; the mean file).  The bundle replaces ``out_dir`` as a whole
-    (see the module docstring); an ``out_dir`` holding anything else is refused.
+    (see the module docstring); an ``out_dir`` a step did not write is refused
+    (:func:`deepyeast.utils.io.check_replaceable`).
     """
     list_dir = list_dir or root
     if class_names is None:
@@ -144,28 +146,13 @@ def build_lmdb_bundle(root, out_dir, splits=SPLITS, prefix=LIST_PREFIX, class_na
         if not os.path.exists(p):
             raise InputError(f"{p}: split list is missing")
     report, ok = check_splits(paths, class_names)
+    for s, p in paths.items():
+        if report["splits"][s]["n_cells"] == 0:  # a 0-record LMDB would train or test on nothing
+            raise InputError(f"{p}: the {s} list has no usable 'relpath label' line")
     if not ok and not skip_bad:
         raise InputError("split lists are inconsistent: " + "; ".join(report["errors"][:5]))
-    _check_bundle_folder(out_dir)
     with atomic_folder(out_dir) as tmp:
         return _write_bundle(root, tmp, splits, paths, class_names, seed, skip_bad, progress)
-
-
-BUNDLE_FILES = ("mean.binaryproto",)
-BUNDLE_SUFFIXES = ("_lmdb", "_manifest.json", "_rejects.txt")
-
-
-def _check_bundle_folder(out_dir):
-    """An existing ``out_dir`` is replaced as a whole: refuse one that holds anything but a bundle."""
-    if not os.path.exists(out_dir):
-        return
-    if not os.path.isdir(out_dir):
-        raise InputError(f"{out_dir}: is a file; give a folder for the LMDB bundle")
-    for name in sorted(os.listdir(out_dir)):
-        if name.startswith(".") or name in BUNDLE_FILES or name.endswith(BUNDLE_SUFFIXES):
-            continue
-        raise InputError(f"{out_dir}: not an LMDB bundle folder (it holds {name}), and a bundle replaces its "
-                         "folder as a whole: choose a new folder")
 
 
 def _write_bundle(root, out_dir, splits, paths, class_names, seed, skip_bad, progress):
@@ -184,7 +171,7 @@ def _write_bundle(root, out_dir, splits, paths, class_names, seed, skip_bad, pro
                 rejects.append((rel, f"{paths[s]}: protein {protein} is already in split {first}"))
                 continue
             kept.append((rel, label))
-        manifest = write_split_lmdb(root, kept, os.path.join(out_dir, f"{s}_lmdb"), s, class_names, seed + k,
+        manifest = write_split_lmdb(root, kept, os.path.join(out_dir, lmdb_folder(s)), s, class_names, seed + k,
                                     skip_bad, progress, rejects, paths[s], lock=False)
         atomic_write_json(os.path.join(out_dir, f"{s}_manifest.json"), manifest)
         if manifest["rejects"]:
@@ -192,9 +179,9 @@ def _write_bundle(root, out_dir, splits, paths, class_names, seed, skip_bad, pro
                               "".join(f"{r['path']}\t{r['reason']}\n" for r in manifest["rejects"]))
         summary["splits"][s] = {"n_records": manifest["n_records"], "n_rejected": manifest["n_rejected"]}
     mean_split = "train" if "train" in splits else splits[0]
-    mean = compute_mean(img for _, img, _ in iter_datum_lmdb(os.path.join(out_dir, f"{mean_split}_lmdb")))
-    write_mean_binaryproto(os.path.join(out_dir, "mean.binaryproto"), mean)
-    summary["mean"] = {"file": "mean.binaryproto", "from": f"{mean_split}_lmdb",
+    mean = compute_mean(img for _, img, _ in iter_datum_lmdb(os.path.join(out_dir, lmdb_folder(mean_split))))
+    write_mean_binaryproto(os.path.join(out_dir, MEAN_FILE), mean)
+    summary["mean"] = {"file": MEAN_FILE, "from": lmdb_folder(mean_split),
                        "per_channel": [float(v) for v in mean.reshape(mean.shape[0], -1).mean(1)]}
     summary["n_records"] = sum(v["n_records"] for v in summary["splits"].values())
     summary["n_rejected"] = sum(v["n_rejected"] for v in summary["splits"].values())
@@ -210,4 +197,4 @@ def read_manifest(out_dir, split):
 def mean_image(out_dir):
     """The bundle's per-pixel mean, float32 C x H x W."""
     from deepyeast.caffe.blobs import read_mean_binaryproto
-    return np.asarray(read_mean_binaryproto(os.path.join(out_dir, "mean.binaryproto")), np.float32)
+    return np.asarray(read_mean_binaryproto(os.path.join(out_dir, MEAN_FILE)), np.float32)

@@ -34,9 +34,10 @@ import warnings
 
 import numpy as np
 
-from deepyeast.constants import CLASS_NAMES
+from deepyeast.constants import CLASS_NAMES, MEAN_FILE
 from deepyeast.model.bundle import Bundle, read_bundle
-from deepyeast.utils.io import InputError, atomic_path
+from deepyeast.utils.io import (InputError, atomic_path, check_writable, output_lock, remove_stale_partials,
+                                 write_error)
 
 __all__ = ["export_bioimageio", "trace_bundle", "test_crops", "validate_package", "PAPER_DOI", "PAPER_CITATION"]
 
@@ -67,45 +68,16 @@ def test_crops(bundle, n_per_class=1, seed=0):
     return crops, f"synthetic cells rendered by deepyeast.data.synthetic (seed {seed}), {n_per_class} per class"
 
 
-class _Packaged:
-    """Factory for the traced module (torch imported lazily)."""
-
-    @staticmethod
-    def build(bundle):
-        import torch
-
-        from deepyeast.engine import Net
-
-        class DeepYeastPackaged(torch.nn.Module):
-            """Raw crops (float32 N x 2 x 64 x 64, 0-255) -> class probabilities (N x K)."""
-
-            def __init__(self):
-                super().__init__()
-                self.net = Net(bundle.deploy_path, phase="TEST", seed=0)
-                self.net.load_caffemodel(bundle.weights_path)
-                self.net.eval()
-                self.register_buffer("mean", torch.from_numpy(np.ascontiguousarray(bundle.mean, np.float32)))
-                self.register_buffer("scale", torch.tensor(float(bundle.input_scale), dtype=torch.float32))
-                # the Input layer is fed directly: Net.forward(data=...) would move the value to the
-                # net's device, which a trace records as a constant ("cpu") and a GPU consumer then trips on
-                layer = next(lp for lp in self.net.net_param.layer if lp.type == "Input")
-                self.input_layer = self.net.layer(layer.name)
-                self.input_index = list(layer.top).index(bundle.input_blob)
-
-            def forward(self, x):
-                y = (x - self.mean) * self.scale
-                self.input_layer.values[self.input_index] = y
-                blobs = self.net.forward()
-                return blobs[bundle.output_blob].reshape(x.shape[0], -1)
-
-        return DeepYeastPackaged()
-
-
 def trace_bundle(bundle, example):
-    """TorchScript (``torch.jit.trace``) of the bundle's net with its preprocessing; ``example`` float32 crops."""
+    """TorchScript (``torch.jit.trace``) of the bundle's net with its preprocessing; ``example`` float32 crops.
+
+    What is traced is the module of the bundle's :class:`deepyeast.engine.inference.Predictor`
+    (float32 crops 0-255 -> ``(crop - mean) * input_scale`` -> the net -> N x K probabilities), on the
+    CPU in float32 with BatchNorm kept as layers, so the package holds the bundle's own weights.
+    """
     import torch
 
-    module = _Packaged.build(bundle).eval().requires_grad_(False)
+    module = bundle.predictor(fold=False).module.eval().requires_grad_(False)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates TorchScript; bioimage.io needs it
@@ -276,7 +248,7 @@ def _rdf(bundle, pytorch_version, authors):
                 "bundle_name": meta.get("name", ""),
                 "weights_sha256": meta["files"]["weights.caffemodel"]["sha256"],
                 "deploy_sha256": meta["files"]["deploy.prototxt"]["sha256"],
-                "mean_sha256": meta["files"]["mean.binaryproto"]["sha256"],
+                "mean_sha256": meta["files"][MEAN_FILE]["sha256"],
                 "input_scale": bundle.input_scale,
                 "preprocessing": "(crop - mean image) * input_scale, inside the TorchScript module",
                 "source": meta.get("source", {}),
@@ -309,7 +281,6 @@ def export_bioimageio(model_dir, out_zip, test_input=None, authors=None):
     bundle's ``authors``, else "DeepYeast replication").
     """
     import torch
-    from bioimageio.spec import save_bioimageio_package
 
     bundle = model_dir if isinstance(model_dir, Bundle) else read_bundle(model_dir)
     if test_input is None:
@@ -326,13 +297,32 @@ def export_bioimageio(model_dir, out_zip, test_input=None, authors=None):
         raise RuntimeError(f"the traced module differs from the engine by {max_diff:.2e} (> {TOLERANCE})")
     authors = list(authors or bundle.metadata.get("authors") or ["DeepYeast replication"])
     out_zip = os.fspath(out_zip)
+    check_writable(out_zip)
+    with output_lock(out_zip):  # one writer; what a killed one left (.NAME.*.partial*) is removed first
+        remove_stale_partials(out_zip)
+        _write_package(bundle, traced, x, crops, expected, authors, test_source, max_diff, out_zip)
+    return {"path": out_zip, "n_test": int(len(crops)), "max_abs_diff_vs_engine": max_diff,
+            "test_source": test_source, "classes": list(bundle.classes)}
+
+
+def _write_package(bundle, traced, x, crops, expected, authors, test_source, max_diff, out_zip):
+    """The package's files in a scratch folder beside ``out_zip`` (named as its partial, so a killed run's
+    is removed by the next), zipped onto ``out_zip`` atomically.  TorchScript is serialised in memory and
+    written by Python: its own file writer aborts the process (SIGABRT) on a full disk."""
+    import io
+
+    import torch
+    from bioimageio.spec import save_bioimageio_package
+
     parent = os.path.dirname(os.path.abspath(out_zip))
-    os.makedirs(parent, exist_ok=True)
-    work = tempfile.mkdtemp(prefix=".bioimageio-", dir=parent)
+    work = tempfile.mkdtemp(prefix=f".{os.path.basename(out_zip)}.", suffix=".partial-work", dir=parent)
     try:
+        buffer = io.BytesIO()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            torch.jit.save(traced, os.path.join(work, WEIGHTS_FILE))
+            torch.jit.save(traced, buffer)
+        with open(os.path.join(work, WEIGHTS_FILE), "wb") as f:
+            f.write(buffer.getbuffer())
         np.save(os.path.join(work, "test_input.npy"), x)
         np.save(os.path.join(work, "test_output.npy"), expected.astype(np.float32))
         import tifffile
@@ -348,7 +338,7 @@ def export_bioimageio(model_dir, out_zip, test_input=None, authors=None):
                 save_bioimageio_package(os.path.join(work, "rdf.yaml"), output_path=tmp, local_files_only=True)
             except ValueError as err:
                 raise InputError(f"{out_zip}: bioimage.io package would be invalid: {err}") from None
+    except OSError as err:
+        raise (write_error(out_zip, err) or err) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return {"path": out_zip, "n_test": int(len(crops)), "max_abs_diff_vs_engine": max_diff,
-            "test_source": test_source, "classes": list(bundle.classes)}

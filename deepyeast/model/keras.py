@@ -91,7 +91,7 @@ _ROLE_ALIASES = {"kernel": "kernel", "w": "kernel", "bias": "bias", "b": "bias",
 _POSITIONAL_ROLES = {2: ("kernel", "bias"), 4: ("gamma", "beta", "moving_mean", "moving_variance")}
 
 DEPLOY_TEMPLATE = "deploy.prototxt"
-"""The model zoo's deploy net (:func:`deepyeast.model.zoo.zoo_file`), whose layers the Keras weights fill."""
+"""The model zoo's deploy net (:func:`deepyeast.caffe.zoo.zoo_file`), whose layers the Keras weights fill."""
 
 
 class KerasWeights:
@@ -322,7 +322,7 @@ def keras_deploy_net(kw, template=None):
 
     ``template``: the deploy prototxt to fill (default: the model zoo's, :data:`DEPLOY_TEMPLATE`)."""
     if template is None:
-        from deepyeast.model.zoo import zoo_file
+        from deepyeast.caffe.zoo import zoo_file
 
         template = zoo_file(DEPLOY_TEMPLATE)
     net = read_prototxt(template, caffe_pb2.NetParameter)
@@ -395,8 +395,7 @@ def convert_keras_weights(h5_path, out_dir, published_md5=KERAS_WEIGHTS_MD5, url
             f"Weights converted from the Keras HDF5 file {os.path.basename(h5_path)} (md5 {md5}), which is NOT "
             f"the authors' released file (md5 {published_md5}); nothing is known here about how it was trained.")
         metrics, training = {}, {"keras_file": os.path.basename(h5_path)}
-    with tempfile.TemporaryDirectory(prefix=".keras-convert-",
-                                     dir=os.path.dirname(os.path.abspath(out_dir)) or ".") as work:
+    with tempfile.TemporaryDirectory(prefix="deepyeast-keras-convert-") as work:  # scratch; the bundle copies it
         deploy = os.path.join(work, "deploy.prototxt")
         with open(deploy, "w", encoding="utf-8") as fh:
             fh.write(_DEPLOY_HEADER + text_format.MessageToString(net))

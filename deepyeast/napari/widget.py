@@ -34,10 +34,11 @@ def classify_cells(viewer, image, protein=None, cells=None, bundle="", marker_ch
     """
     try:
         micrograph = micrograph_from_layers(
-            image.data, None if protein is None else protein.data, (marker_channel, protein_channel), bits or None,
-            rgb=bool(getattr(image, "rgb", False)), names=(image.name, "protein" if protein is None else protein.name))
+            _pixels(image), None if protein is None else _pixels(protein), (marker_channel, protein_channel),
+            bits or None, rgb=bool(getattr(image, "rgb", False)),
+            names=(image.name, "protein" if protein is None else protein.name))
         model, predictor = load_bundle(bundle)
-        result = cells_layer(model, micrograph, None if cells is None else cells.data, predictor, name=image.name)
+        result = cells_layer(model, micrograph, None if cells is None else _pixels(cells), predictor, name=image.name)
     except InputError as err:
         show_error(str(err))
         return None
@@ -50,6 +51,11 @@ def classify_cells(viewer, image, protein=None, cells=None, bundle="", marker_ch
     show_info(f"{len(result.features['index'])} cells; call: {call['class']} (share {call['top1_share']:.2f}, "
               f"p_call {call['p_call']:.2f})" if call["class"] else f"{image.name}: no cell found")
     return layer
+
+
+def _pixels(layer):
+    """A layer's full-resolution array (the first level of a multiscale image)."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
 
 
 def _colormap(colors):

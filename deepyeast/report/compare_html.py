@@ -15,7 +15,7 @@ import shutil
 import numpy as np
 
 from deepyeast.analysis.compare import METHOD, CompareSettings, compare_screens, read_side, summarise, write_tables
-from deepyeast.utils.io import InputError, atomic_folder, atomic_write_text
+from deepyeast.utils.io import atomic_folder, atomic_write_text
 
 __all__ = ["write_comparison", "run_compare"]
 
@@ -124,7 +124,7 @@ def _report(out_dir, ref, cond, rows, summary, settings):
 
 
 def _manifest(out_dir, rows, summary, settings, command):
-    from deepyeast.report.manifest import figure, table, write_result
+    from deepyeast.utils.manifest import figure, table, write_result
 
     s = summary["proteins"]
     hits = sorted((r for r in rows if r["changed"]), key=lambda r: (r["q"], -r["effect"]))[:HITS_IN_MANIFEST]
@@ -163,14 +163,9 @@ def write_comparison(out_dir, ref, cond, rows, info, settings, command=None):
 def run_compare(reference, condition, out_dir, settings=CompareSettings(), command=None):
     """Read both sides (lists of folders), compare, write ``out_dir``; returns the summary.
 
-    Every input check runs before anything is written; an output folder that is, or holds, an input
-    folder is refused (replacing it would delete the input)."""
+    Every input check runs before anything is written (an output folder that is, holds or lies in an
+    input folder is refused by the launcher's output policy, :func:`deepyeast.utils.io.check_replaceable`)."""
     settings.check()
-    out = os.path.realpath(out_dir)
-    for folder in list(reference) + list(condition):
-        real = os.path.realpath(folder)
-        if real == out or real.startswith(out + os.sep):
-            raise InputError(f"{out_dir}: the output folder would replace the input folder {folder}")
     ref = read_side(reference)
     cond = read_side(condition, rep_offset=len(reference))
     rows, info = compare_screens(ref, cond, settings)

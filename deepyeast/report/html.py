@@ -1,7 +1,7 @@
 """The replication report: one self-contained HTML page and ``metrics.json`` for a run folder.
 
 The report is built from the result manifests the analyses write (``*/result.json``,
-:mod:`deepyeast.report.manifest`), found anywhere under the run folder, so a new analysis
+:mod:`deepyeast.utils.manifest`), found anywhere under the run folder, so a new analysis
 appears in it without any edit here.  The page, for a biologist:
 
 1. the headline numbers beside the paper's (every manifest's ``headline`` rows), each count
