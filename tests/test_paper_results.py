@@ -16,7 +16,7 @@ from _prediction_tables import simulated_table, write_table
 from deepyeast.analysis import paper_results as pr
 from deepyeast.analysis.predictions import make_predictions
 from deepyeast.constants import CLASS_NAMES, PAPER_CLASS_RECALL, PAPER_MIXED_NUCLEUS_CYTOPLASM
-from deepyeast.report.manifest import read_result
+from deepyeast.utils.manifest import read_result
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K = len(CLASS_NAMES)

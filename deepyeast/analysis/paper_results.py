@@ -35,7 +35,7 @@ from deepyeast.constants import (MIN_CELLS_PER_PROTEIN, PAPER_CHOSEN_ITERATION, 
                                  PAPER_CLASS_RECALL, PAPER_CONFUSIONS, PAPER_FOREST, PAPER_MIXED_NUCLEUS_CYTOPLASM,
                                  PAPER_MIXED_PAIR, PAPER_NONCELL_FILTER, PAPER_PRECISION_EXCEPTIONS,
                                  PAPER_PROTEIN_ERRORS, PAPER_RESULTS)
-from deepyeast.report.manifest import clear_result, count_metric, figure, missing_part, table, write_result
+from deepyeast.utils.manifest import clear_result, count_metric, figure, missing_part, table, write_result
 from deepyeast.utils.io import InputError, atomic_write_json
 
 __all__ = ["per_class_comparison", "paper_claims", "top_confusions", "misclassified_gallery", "accuracy_by_cells",
@@ -487,7 +487,7 @@ def run_paper_results(out_dir, inputs, command=None, make_figures=True):
     mixed, tsne, solver, chosen, snapshot_rule = (inputs.mixed, inputs.tsne, inputs.solver, inputs.chosen,
                                                   inputs.snapshot_rule)
     from deepyeast.analysis.predictions import read_predictions
-    from deepyeast.report.manifest import read_result
+    from deepyeast.utils.manifest import read_result
 
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
