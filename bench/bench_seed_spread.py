@@ -101,9 +101,9 @@ def main():
     base = os.path.join(work, "base")
     # finished runs are read as they are (a later change of the generator's code would make make rebuild them)
     done = os.path.exists(os.path.join(REPO, base, "rf_proteins", "result.json"))
-    t_base = 0 if done else _make(base, args, f"{base}/rf_proteins/result.json", f"{base}/lmdb/mean.binaryproto")
+    t_base = None if done else _make(base, args, f"{base}/rf_proteins/result.json", f"{base}/lmdb/mean.binaryproto")
     step = max(1, args.iters // 3)
-    net_rows, forest_rows, times = [], [], {"base": round(t_base)}
+    net_rows, forest_rows, times = [], [], ({} if t_base is None else {"base": round(t_base)})
     procs = {}
     t0 = time.time()
     for s in args.train_seeds:  # the training seeds run side by side (--jobs 1 each)
@@ -129,7 +129,8 @@ def main():
             log.close()
         net_rows.append((s, _metric(os.path.join(REPO, run, "cells", "result.json"), "cell_accuracy"),
                          _metric(os.path.join(REPO, run, "proteins", "result.json"), "protein_accuracy")))
-    times["training seeds, side by side"] = round(time.time() - t0)
+    if any(proc is not None for _, proc, _ in procs.values()):
+        times["training seeds, side by side"] = round(time.time() - t0)
     for s in args.forest_seeds:
         cell, prot = _forest(os.path.join(REPO, base), s, os.path.join(REPO, work, f"forest_seed{s}"))
         forest_rows.append((s, cell, prot))
@@ -140,7 +141,9 @@ def main():
              f"`{args.size}` (screen seed 0), reduced to {args.iters} training iterations (base_lr 0.01 halved every "
              f"{step}), once per training seed (the solver's `random_seed`; the data, the features and every other "
              f"step the same) and once per forest seed on the same features. `python bench/bench_seed_spread.py "
-             f"--size {args.size} --iters {args.iters} --bn-iters {args.bn_iters}`; wall times (s): {times}.", "",
+             f"--size {args.size} --iters {args.iters} --bn-iters {args.bn_iters}`; "
+             + (f"wall times (s): {times}; " if times else "results read from the runs it made earlier; ")
+             + f"load average {os.getloadavg()[0]:.0f} on the machine's cores at the end.", "",
              "| run | per cell | per protein |", "|---|---|---|"]
     lines += [_row(f"network, training seed {s}", c, pr) for s, c, pr in net_rows]
     lines += [_row(f"forest, seed {s}", c, pr) for s, c, pr in forest_rows]
