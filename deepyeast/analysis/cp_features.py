@@ -72,12 +72,12 @@ The same on every CPU
 ---------------------
 numpy and OpenBLAS pick their SIMD kernels per CPU (AVX512, AVX2, ...), and the kernels round
 differently in the last bits: on the same crops, a quarter of the float64 values differed between
-this machine's kernels and an AVX2 CPU's (at most 7e-12 relative; ``bench/bench_cpu_dependence.py``).
+this machine's kernels and an AVX2 CPU's (at most 1.2e-10 relative; ``bench/bench_cpu_dependence.py``).
 Random-forest splits see such differences, so a forest trained on another CPU type came out different.
 Every feature is therefore rounded to :data:`FEATURE_BITS` significant bits (float32's precision,
 :func:`round_features`, exact arithmetic on any CPU) before it leaves a task: the measured differences
 all vanish, so the forest's input, and with it the forest, is the same on any CPU unless a value
-lies within 1e-11 of a rounding boundary.
+lies within about 1e-10 (relative) of a rounding boundary.
 """
 
 import csv
