@@ -54,17 +54,20 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 
 import numpy as np
 
+from deepyeast.analysis.qc import QC_COLUMNS
 from deepyeast.constants import MIN_CELLS_PER_PROTEIN
-from deepyeast.data.micrographs import Rejects
-from deepyeast.data.segment import SegmentParams, iter_screen_cells
-from deepyeast.utils.io import InputError, atomic_path, atomic_write_text, write_csv
+from deepyeast.data.micrographs import Rejects, read_images_table
+from deepyeast.data.segment import SegmentParams
+from deepyeast.utils.io import (InputError, StepFailed, atomic_path, atomic_write_text, output_lock,
+                                remove_stale_partials, write_csv)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ScreenCells", "ScreenCalls", "classify_screen", "collect_cells", "call_proteins", "protein_flags", "p_call",
+__all__ = ["ScreenCells", "ScreenCalls", "classify_screen", "read_screen_rows", "assemble_cells", "call_proteins", "protein_flags", "p_call",
            "DUAL_SHARE", "CONFIDENCE", "GALLERY_CELLS", "PRECISIONS"]
 
 DUAL_SHARE = 0.25
@@ -90,7 +93,9 @@ class ScreenCells:
     probs_fp32 : float32 (N, K) or None (``compare_fp32``);
     crops_path : str, raw uint8 N x C x S x S crops on disk (:meth:`crops`);
     images : list of dicts, one per readable micrograph (where, image, plate, protein, key,
-    label, source, n_cells, first (index of its first cell)).
+    label, source, n_cells, first (index of its first cell), qc (:mod:`deepyeast.analysis.qc`));
+    ood_score : float32 (N,) out-of-distribution score (NaN where the bundle has no statistics);
+    ood : bool (N,) flagged out of distribution (left out of the protein calls).
     """
 
     image: np.ndarray
@@ -109,6 +114,14 @@ class ScreenCells:
     crops_path: str
     crop_shape: tuple
     images: list
+    ood_score: np.ndarray = None
+    ood: np.ndarray = None
+
+    def __post_init__(self):
+        if self.ood_score is None:
+            self.ood_score = np.full(self.n_cells, np.nan, np.float32)
+        if self.ood is None:
+            self.ood = np.zeros(self.n_cells, bool)
 
     @property
     def n_cells(self):
@@ -126,81 +139,90 @@ def protein_key(plate, protein):
     return protein if plate is None else f"plate{plate:02d}/{protein}"
 
 
-def collect_cells(bundle, images_csv, crops_path, params=SegmentParams(), channels=(0, 1), bits=None,
-                  resegment=False, border="pad", precision="fp32", compare_fp32=False, device="cpu", batch=100,
-                  on_bad=None, progress=True):
-    """Find, crop and classify every cell of an images table; returns :class:`ScreenCells`.
+def read_screen_rows(images_csv, class_names, rejects):
+    """The rows of an images table for classifying (``protein`` required), each with ``position``.
 
-    ``bundle``: a :class:`deepyeast.model.Bundle` whose input is 2 x S x S crops; its class
-    table parses the ``label`` column (index or name).  Crops are appended to the raw file
-    ``crops_path`` (uint8, N x 2 x S x S, C order) so that memory stays bounded on a large
-    screen.  Rows are read with ``protein`` required; bad rows raise ``InputError`` naming
-    table, line and file, or go to ``on_bad(where, err)``.
+    The same micrograph (the same ``image``, or the same ``marker_image`` + ``protein_image``
+    pair) on two rows would count its cells twice: the later row is bad input naming both rows
+    (``rejects`` raises it, or with ``--skip-bad`` lists it and leaves it out).  A protein given
+    two labels is an ``InputError`` naming both rows, before any micrograph is read.
     """
+    rows = read_images_table(images_csv, class_names, require=("protein",), on_bad=rejects)
+    seen, labels, out = {}, {}, []
+    for rec in rows:
+        key = (rec["path"], rec["protein_path"])
+        if key in seen:
+            rejects(rec["where"], InputError(f"{rec['where']}: {rec['image']} is the micrograph of {seen[key]} "
+                                             "again; each micrograph may appear once (its cells would count twice)"))
+            continue
+        protein = protein_key(rec["plate"], rec["protein"])
+        if rec["label"] is not None:
+            if protein in labels and labels[protein][0] != rec["label"]:
+                raise InputError(f"{rec['where']}: protein {protein} has label {rec['label']} here but "
+                                 f"{labels[protein][0]} on {labels[protein][1]}")
+            labels[protein] = (rec["label"], rec["where"])
+        seen[key] = rec["where"]
+        rec["position"] = len(out)
+        out.append(rec)
+    return out
+
+
+def assemble_cells(rows, chunks, work, fp, settings, bundle, crops_path, rejects):
+    """:class:`ScreenCells` from the chunk files of a finished run (table order); crops streamed to
+    ``crops_path``.  Bad rows go to ``rejects`` (raised without ``--skip-bad``)."""
+    from deepyeast.analysis.screen_run import chunk_path, read_chunk, row_stamp
+
     c, h, w = bundle.input_shape
-    if c != 2 or h != w:
-        raise InputError(f"{bundle.path}: the model takes {c} x {h} x {w} inputs; classifying micrographs needs "
-                         "2-channel square crops (marker, protein)")
-    if precision not in PRECISIONS:
-        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    predictor = bundle.predictor(device=device, precision=precision, batch=batch)
-    reference = bundle.predictor(device=device, precision="fp32", batch=batch) \
-        if compare_fp32 and precision != "fp32" else None
+    want32 = settings.compare_fp32 and settings.precision != "fp32"
     cols = collections.defaultdict(list)
-    probs, probs_ref, images = [], [], []
-    pending, pending_n = [], 0
-
-    def flush():
-        nonlocal pending, pending_n
-        if pending_n:
-            stack = np.concatenate(pending)
-            probs.append(predictor(stack))
-            if reference is not None:
-                probs_ref.append(reference(stack))
-        pending, pending_n = [], 0
-
+    images = []
     n = 0
     with open(crops_path, "wb") as raw:
-        for rec, _mask, cells, crops in iter_screen_cells(
-                images_csv, params, channels, bits, resegment, class_names=bundle.classes, size=h, border=border,
-                on_bad=on_bad, progress=progress, require=("protein",), desc="classify"):
-            m = len(crops)
-            key = protein_key(rec["plate"], rec["protein"])
-            images.append(dict(where=rec["where"], image=rec["image"], plate=rec["plate"], protein=rec["protein"],
-                               key=key, label=rec["label"], source=rec["segmentation"]["source"], n_cells=m,
-                               first=n))
-            if m == 0:
-                log.warning("%s: no cell found in %s", rec["where"], rec["path"])
-                continue
-            raw.write(np.ascontiguousarray(crops, np.uint8).tobytes())
-            cols["image"] += [rec["image"]] * m
-            cols["protein"] += [rec["protein"]] * m
-            cols["plate"] += [-1 if rec["plate"] is None else rec["plate"]] * m
-            cols["key"] += [key] * m
-            cols["label"] += [-1 if rec["label"] is None else rec["label"]] * m
-            for name in ("cell", "x", "y", "area", "padded"):
-                cols[name].append(np.asarray(cells[name]))
-            pending.append(crops)
-            pending_n += m
-            n += m
-            if pending_n >= batch:
-                flush()
-        flush()
+        for index, recs in chunks:
+            data = read_chunk(chunk_path(work, index), fp, [r["position"] for r in recs],
+                              [row_stamp(r) for r in recs], want32)
+            if data is None:
+                raise StepFailed(f"{chunk_path(work, index)}: chunk file changed during the run; run again")
+            counts = np.bincount(data["row"], minlength=len(recs))
+            first = np.concatenate([[0], np.cumsum(counts)])
+            for j, rec in enumerate(recs):
+                if not data["ok"][j]:
+                    rejects(rec["where"], InputError(str(data["reason"][j])))
+                    continue
+                m = int(counts[j])
+                key = protein_key(rec["plate"], rec["protein"])
+                qc = {name: float(v) for name, v in zip(QC_COLUMNS, data["qc"][j])}
+                images.append(dict(where=rec["where"], image=rec["image"], plate=rec["plate"],
+                                   protein=rec["protein"], key=key, label=rec["label"], source=str(data["source"][j]),
+                                   n_cells=m, first=n, qc=qc))
+                if m == 0:
+                    log.warning("%s: no cell found in %s", rec["where"], rec["path"])
+                    continue
+                sl = slice(int(first[j]), int(first[j + 1]))
+                raw.write(np.ascontiguousarray(data["crops"][sl]).tobytes())
+                cols["image"] += [rec["image"]] * m
+                cols["protein"] += [rec["protein"]] * m
+                cols["plate"] += [-1 if rec["plate"] is None else rec["plate"]] * m
+                cols["key"] += [key] * m
+                cols["label"] += [-1 if rec["label"] is None else rec["label"]] * m
+                for name in ("cell", "x", "y", "area", "padded", "probs", "ood_score") + (("probs_fp32",) if want32
+                                                                                          else ()):
+                    cols[name].append(data[name][sl])
+                n += m
     k = len(bundle.classes)
-    probs = np.concatenate(probs) if probs else np.zeros((0, k), np.float32)
 
-    def cat(name, dtype):
-        return np.concatenate(cols[name]).astype(dtype) if cols[name] else np.zeros(0, dtype)
+    def cat(name, dtype, shape=()):
+        return np.concatenate(cols[name]).astype(dtype) if cols[name] else np.zeros((0,) + shape, dtype)
 
+    probs = cat("probs", np.float32, (k,))
     return ScreenCells(
         image=np.asarray(cols["image"], object), protein=np.asarray(cols["protein"], object),
         plate=np.asarray(cols["plate"], np.int64), key=np.asarray(cols["key"], object),
         cell=cat("cell", np.int64), x=cat("x", np.float64), y=cat("y", np.float64), area=cat("area", np.int64),
         padded=cat("padded", bool), label=np.asarray(cols["label"], np.int64), probs=probs,
         pred=probs.argmax(axis=1).astype(np.int64) if len(probs) else np.zeros(0, np.int64),
-        probs_fp32=np.concatenate(probs_ref) if probs_ref else (np.zeros((0, k), np.float32)
-                                                                 if reference is not None else None),
-        crops_path=crops_path, crop_shape=(c, h, w), images=images)
+        probs_fp32=cat("probs_fp32", np.float32, (k,)) if want32 else None,
+        crops_path=crops_path, crop_shape=(c, h, w), images=images, ood_score=cat("ood_score", np.float32))
 
 
 # --------------------------------------------------------------------------- proteins
@@ -411,9 +433,12 @@ def write_proteins_table(path, calls, classes):
 
 
 def write_images_table(path, cells):
-    """``images.csv``: image,plate,protein,mask (given | segmented),n_cells, one row per micrograph read."""
+    """``images.csv``: image,plate,protein,mask (given | segmented),n_cells and the QC measures
+    (:data:`deepyeast.analysis.qc.QC_COLUMNS` after ``n_cells``), one row per micrograph read."""
+    extra = [c for c in QC_COLUMNS if c != "n_cells"]
     write_csv(path, ([im["image"], "" if im["plate"] is None else im["plate"], im["protein"], im["source"],
-                      im["n_cells"]] for im in cells.images), ["image", "plate", "protein", "mask", "n_cells"])
+                      im["n_cells"]] + [_fmt(im["qc"][c]) for c in extra] for im in cells.images),
+              ["image", "plate", "protein", "mask", "n_cells"] + extra)
 
 
 # --------------------------------------------------------------------------- the step
@@ -422,7 +447,7 @@ def classify_screen(model_dir, images_csv, out_dir, params=SegmentParams(), chan
                     skip_bad=False, resegment=False, border="pad", precision="fp32", compare_fp32=False,
                     device="cpu", batch=100, min_cells=MIN_CELLS_PER_PROTEIN, confidence=CONFIDENCE,
                     dual_share=DUAL_SHARE, gallery_cells=GALLERY_CELLS, n_resamples=2000, seed=0, command=None,
-                    progress=True):
+                    progress=True, scheduler="none", jobs=1, chunk=None, restart=False):
     """Classify the micrographs of ``images_csv`` with the bundle ``model_dir``; write ``out_dir``.
 
     See the module doc.  ``out_dir`` (replaced as a whole, atomically) receives:
@@ -432,16 +457,24 @@ def classify_screen(model_dir, images_csv, out_dir, params=SegmentParams(), chan
     * ``proteins.csv``: plate,protein,n_images,n_cells,pred,class,top1,top1_share,top2,
       top2_share,p_call,few_cells,low_confidence,possible_dual,no_cells,post_0..post_{K-1}
       (+ label,true_class,correct);
-    * ``images.csv``: image,plate,protein,mask,n_cells per micrograph read;
+    * ``images.csv``: image,plate,protein,mask,n_cells and the QC measures per micrograph read;
     * ``summary.json``: counts, the flags' definitions, accuracies (labels given), the
-      bf16-vs-fp32 changes (``compare_fp32``), the model, the settings and the command;
+      bf16-vs-fp32 changes (``compare_fp32``), the model, the settings, the command and
+      ``reused_micrographs`` (taken over from an interrupted run);
     * ``report.html`` with ``figures/`` and ``gallery/`` (one strip of cells per protein);
     * ``rejects.txt`` when rows were skipped (``skip_bad``).
 
+    The work runs in chunks of ``chunk`` micrographs on ``scheduler`` / ``jobs``
+    (:mod:`deepyeast.analysis.screen_run`), kept in ``OUT.work`` until the output is written, so
+    the same call after an interruption redoes only unfinished chunks (``restart`` discards a
+    work folder of another model, table or settings instead of refusing it).  A second run into
+    the same ``out_dir`` while one is running fails at once (:class:`StepFailed` naming its pid).
+
     Returns the summary dict.  Bad input (model, table, micrograph, mask) raises
-    ``InputError`` naming the file and row, and nothing is written; with ``skip_bad`` bad
+    ``InputError`` naming the file and row, and no output is written; with ``skip_bad`` bad
     rows are listed in ``rejects.txt`` and the rest classified.
     """
+    from deepyeast.analysis import screen_run
     from deepyeast.model import read_bundle
     from deepyeast.report.screen_html import write_screen_report
 
@@ -449,31 +482,54 @@ def classify_screen(model_dir, images_csv, out_dir, params=SegmentParams(), chan
         raise InputError(f"dual_share must be in (0, 1] and confidence in (0, 1), got {dual_share}, {confidence}")
     if min_cells < 1 or gallery_cells < 1:
         raise InputError("min_cells and gallery_cells must be at least 1")
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     bundle = read_bundle(model_dir)
+    c, h, w = bundle.input_shape
+    if c != 2 or h != w:
+        raise InputError(f"{bundle.path}: the model takes {c} x {h} x {w} inputs; classifying micrographs needs "
+                         "2-channel square crops (marker, protein)")
     classes = list(bundle.classes)
     rejects = Rejects(skip_bad)
-    with atomic_path(out_dir) as tmp:
-        os.makedirs(tmp)
-        crops_path = os.path.join(tmp, ".crops.u8")
-        cells = collect_cells(bundle, images_csv, crops_path, params, channels, bits, resegment, border, precision,
-                              compare_fp32, device, batch, on_bad=rejects, progress=progress)
-        if not cells.images:
-            raise InputError(f"{images_csv}: no readable micrograph" + (f" ({len(rejects.items)} rows skipped, "
-                                                                          "see the messages above)"
-                                                                          if rejects.items else ""))
-        calls = call_proteins(cells, len(classes), min_cells, confidence, dual_share)
-        acc = accuracies(cells, calls, len(classes), min_cells, n_resamples, seed)
-        summary = _summary(bundle, images_csv, cells, calls, acc, rejects, dict(
-            segmentation=dataclasses.asdict(params), channels=list(channels), bits=bits, resegment=resegment,
-            border=border, precision=precision, device=device, batch=batch, min_cells=min_cells,
-            confidence=confidence, dual_share=dual_share, gallery_cells=gallery_cells, seed=seed), command)
-        write_cells_table(os.path.join(tmp, "cells.csv"), cells, classes)
-        write_proteins_table(os.path.join(tmp, "proteins.csv"), calls, classes)
-        write_images_table(os.path.join(tmp, "images.csv"), cells)
-        rejects.write(tmp)
-        write_screen_report(tmp, bundle, cells, calls, summary, gallery_cells)
-        atomic_write_text(os.path.join(tmp, "summary.json"), json.dumps(summary, indent=1) + "\n")
-        os.remove(crops_path)
+    rows = read_screen_rows(images_csv, bundle.classes, rejects)
+    run_settings = screen_run.ChunkSettings(
+        model=os.path.abspath(bundle.path), params=params, channels=tuple(int(x) for x in channels), bits=bits,
+        resegment=bool(resegment), border=border, precision=precision, compare_fp32=bool(compare_fp32),
+        device=device, batch=int(batch), chunk=int(chunk or screen_run.CHUNK), size=int(h))
+    if run_settings.chunk < 1:
+        raise InputError(f"chunk must be at least 1, got {chunk}")
+    with output_lock(out_dir):
+        remove_stale_partials(out_dir)
+        work = screen_run.work_folder(out_dir)
+        fp = screen_run.prepare_work(work, screen_run.fingerprint_parts(bundle, images_csv, run_settings), restart)
+        chunks, reused, pids = screen_run.run_chunks(rows, work, fp, run_settings, scheduler, jobs, skip_bad,
+                                                     progress)
+        with atomic_path(out_dir) as tmp:
+            os.makedirs(tmp)
+            crops_path = os.path.join(tmp, ".crops.u8")
+            cells = assemble_cells(rows, chunks, work, fp, run_settings, bundle, crops_path, rejects)
+            if not cells.images:
+                raise InputError(f"{images_csv}: no readable micrograph" + (f" ({len(rejects.items)} rows skipped, "
+                                                                              "see the messages above)"
+                                                                              if rejects.items else ""))
+            calls = call_proteins(cells, len(classes), min_cells, confidence, dual_share)
+            acc = accuracies(cells, calls, len(classes), min_cells, n_resamples, seed)
+            summary = _summary(bundle, images_csv, cells, calls, acc, rejects, dict(
+                segmentation=dataclasses.asdict(params), channels=list(channels), bits=bits, resegment=resegment,
+                border=border, precision=precision, device=device, batch=batch, min_cells=min_cells,
+                confidence=confidence, dual_share=dual_share, gallery_cells=gallery_cells, seed=seed,
+                chunk=run_settings.chunk), command)
+            summary["reused_micrographs"] = int(reused)
+            summary["run"] = {"scheduler": scheduler, "jobs": int(jobs), "chunks": len(chunks),
+                              "task_pids": pids}
+            write_cells_table(os.path.join(tmp, "cells.csv"), cells, classes)
+            write_proteins_table(os.path.join(tmp, "proteins.csv"), calls, classes)
+            write_images_table(os.path.join(tmp, "images.csv"), cells)
+            rejects.write(tmp)
+            write_screen_report(tmp, bundle, cells, calls, summary, gallery_cells)
+            atomic_write_text(os.path.join(tmp, "summary.json"), json.dumps(summary, indent=1) + "\n")
+            os.remove(crops_path)
+        shutil.rmtree(work, ignore_errors=True)
     return summary
 
 

@@ -173,9 +173,10 @@ class Bundle:
             x *= np.float32(self.input_scale)
         return x
 
-    def predictor(self, device="cpu", precision="fp32", batch=100, fold=True):
+    def predictor(self, device="cpu", precision="fp32", batch=100, fold=True, extra_blobs=()):
         """A :class:`BundlePredictor` holding the net (load once, call on many batches of crops)."""
-        return BundlePredictor(self, device=device, precision=precision, batch=batch, fold=fold)
+        return BundlePredictor(self, device=device, precision=precision, batch=batch, fold=fold,
+                               extra_blobs=extra_blobs)
 
 
 def _check_crops(crops, input_shape, source):
@@ -196,11 +197,12 @@ class BundlePredictor:
     ``device``: "cpu", "cuda", ...; ``precision``: "fp32" (Caffe's arithmetic) or "bf16"
     (bfloat16 convolutions, faster; a few calls near a tie change); ``fold``: BatchNorm/Scale
     folded into the layer before them (default; equal within float32 rounding);
-    ``batch``: crops per forward pass.
+    ``batch``: crops per forward pass; ``extra_blobs``: names of other blobs (e.g. ``fc1``,
+    ``fc3``) that :meth:`outputs` returns too.
     Calling it on uint8 N x C x H x W crops returns float32 N x K probabilities.
     """
 
-    def __init__(self, bundle, device="cpu", precision="fp32", batch=100, fold=True):
+    def __init__(self, bundle, device="cpu", precision="fp32", batch=100, fold=True, extra_blobs=()):
         import torch
 
         from deepyeast.engine.fold import deploy_net
@@ -209,16 +211,22 @@ class BundlePredictor:
             raise InputError(f"batch must be >= 1, got {batch}")
         self.bundle = bundle
         self.batch = int(batch)
+        self.extra_blobs = tuple(extra_blobs)
         self.net = deploy_net(bundle.deploy_path, bundle.weights_path, precision=precision or "fp32", fold=fold,
-                              keep=[bundle.output_blob], device=device)
+                              keep=[bundle.output_blob, *self.extra_blobs], device=device)
         self._torch = torch
         self._mean = torch.from_numpy(np.ascontiguousarray(bundle.mean, np.float32)).to(self.net.device)
 
     def __call__(self, crops):
+        return self.outputs(crops)[self.bundle.output_blob]
+
+    def outputs(self, crops):
+        """``{output_blob: float32 N x K probabilities, extra blob: float32 N x D (flattened)}``."""
         torch = self._torch
         crops = _check_crops(crops, self.bundle.input_shape, self.bundle.path)
         n = crops.shape[0]
-        out = np.empty((n, self.bundle.n_classes), np.float32)
+        names = (self.bundle.output_blob,) + self.extra_blobs
+        out = {}
         scale = float(self.bundle.input_scale)
         with torch.inference_mode():
             for start in range(0, n, self.batch):
@@ -227,8 +235,16 @@ class BundlePredictor:
                 if scale != 1.0:
                     x = x * scale
                 blobs = self.net.forward(**{self.bundle.input_blob: x})
-                prob = blobs[self.bundle.output_blob].float().reshape(x.shape[0], -1)
-                out[start:start + x.shape[0]] = prob.cpu().numpy()
+                for name in names:
+                    if name not in blobs:
+                        raise InputError(f"{self.bundle.deploy_path}: the net has no blob {name!r}")
+                    value = blobs[name].float().reshape(x.shape[0], -1).cpu().numpy()
+                    if name not in out:
+                        out[name] = np.empty((n, value.shape[1]), np.float32)
+                    out[name][start:start + x.shape[0]] = value
+        for name in names:
+            if name not in out:  # no crops
+                out[name] = np.zeros((0, self.bundle.n_classes if name == self.bundle.output_blob else 0), np.float32)
         return out
 
 
