@@ -161,7 +161,15 @@ def chunk_task(item, settings):
     """
     import torch
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the same arithmetic in every process: results do not depend on the scheduler
+    try:
+        return _chunk(item, settings)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _chunk(item, settings):
     index, recs = item
     bundle, predictor, reference, scorer = _predictors(settings, None)
     n = len(recs)
