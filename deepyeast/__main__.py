@@ -1,8 +1,8 @@
-"""``python -m deepyeast ACTION ...``: the caffe-like command (see :mod:`deepyeast.engine.cli`)."""
+"""``python -m deepyeast COMMAND ...`` = ``deepyeast COMMAND ...`` (see :mod:`deepyeast.commands`)."""
 
 import sys
 
-from deepyeast.engine.cli import main
+from deepyeast.commands import main
 
 if __name__ == "__main__":
     sys.exit(main())

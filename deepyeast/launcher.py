@@ -297,17 +297,18 @@ def run_guarded(func, args, prog):
     return EXIT_OK if code is None else int(code)
 
 
-def main(doc, options, run, argv=None, prog=None, exit=True):
+def main(doc, options, run, argv=None, prog=None, exit=True, command=None):
     """Parse ``argv`` with the step's options and run it; exits with its code (see :data:`EXIT_CODES`).
 
     ``options(parser)`` adds the step's options, ``run(args)`` runs it and returns an exit code
     or None.  ``args.command`` holds the command line as one shell-quoted string (for the
-    step's result manifest).  With ``exit=False`` the code is returned instead (tests).
+    step's result manifest): ``command``, or by default the script's own command line.
+    With ``exit=False`` the code is returned instead (tests, the ``deepyeast`` command).
     """
     prog = prog or os.path.basename(sys.argv[0]) or "deepyeast"
     parser = build_parser(doc, options, prog)
     args = parser.parse_args(argv)
-    args.command = command_line(argv)
+    args.command = command or command_line(argv)
     _setup_logging()
     code = run_guarded(run, args, prog)
     if exit:

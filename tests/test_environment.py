@@ -319,9 +319,11 @@ def test_every_imported_package_is_declared(folders, extras):
 
 
 @pytest.mark.slow
-def test_built_wheel_holds_the_package_data_and_works_installed(tmp_path):
+def test_built_wheel_holds_the_package_data_and_works_installed(tmp_path, tmp_path_factory):
     """A non-editable build (`pip install .`): every module, caffe.proto, the forest's R script and the
-    model zoo are in the wheel, and installed alone (no checkout on the path) the library finds them."""
+    model zoo are in the wheel, and installed alone (no checkout on the path) the library finds them,
+    and its `deepyeast` command lists every subcommand and classifies micrographs with a bundle it
+    converted from Keras weights."""
     src = tmp_path / "src"
     top_level = {".git", "data", "runs", "build", "dist", ".pytest_cache"}
 
@@ -359,3 +361,45 @@ def test_built_wheel_holds_the_package_data_and_works_installed(tmp_path):
     assert package.startswith(str(site) + os.sep), package
     assert deploy == os.path.join(str(site), "deepyeast", "models", "deepyeast", "deploy.prototxt")
     assert r_script.startswith(str(site) + os.sep) and r_script.endswith(" True"), r_script
+    _installed_command_classifies(site, env, tmp_path, tmp_path_factory)
+
+
+def _installed_command_classifies(site, env, tmp_path, tmp_path_factory):
+    """The wheel's `deepyeast` (its console script, run outside the checkout): `--help` lists every subcommand;
+    `convert-keras` turns Keras weights written by real Keras into a bundle; `classify` calls the proteins of
+    the tiny screen's micrographs with it."""
+    import csv
+
+    import _keras_deepyeast as kd
+    from deepyeast.commands import names
+    from deepyeast.data.synthetic import example_crops
+    from _data_helpers import tiny_screen
+
+    command = str(site / "bin" / "deepyeast")
+
+    def deepyeast(*args):
+        res = subprocess.run([command, *map(str, args)], cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert res.returncode == 0, (args, res.stderr[-3000:])
+        return res
+
+    listed = deepyeast("--help").stdout
+    assert all(f"\n  {name} " in listed for name in names()), listed
+    crops = example_crops("main", 0, 4, seed=1)
+    h5 = kd.save_keras2_weights(kd.randomize(kd.build_model(), crops, seed=0), str(tmp_path / "keras.h5"))
+    assert "12 classes" in deepyeast("convert-keras", h5, "--out", tmp_path / "bundle").stdout
+    fields = tiny_screen(tmp_path_factory, workers=1) / "main" / "fields"
+    with open(fields / "images.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    table = tmp_path / "images.csv"
+    table.write_text("image,plate,protein\n" + "".join(f"{fields / r['image']},{r['plate']},{r['protein']}\n"
+                                                       for r in rows))
+    out = tmp_path / "classified"
+    line = deepyeast("classify", "--model", tmp_path / "bundle", "--images", table, "--out", out).stdout
+    assert f"in {len(rows)} micrographs" in line and str(out) in line
+    with open(out / "cells.csv", newline="") as f:
+        cells = list(csv.DictReader(f))
+    with open(out / "proteins.csv", newline="") as f:
+        proteins = list(csv.DictReader(f))
+    assert len(cells) >= 3 * len(rows) and {p["protein"] for p in proteins} == {r["protein"] for r in rows}
+    for cell in cells[:20]:
+        assert abs(sum(float(cell[f"prob_{k}"]) for k in range(12)) - 1) < 1e-4

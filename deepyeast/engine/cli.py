@@ -1,6 +1,7 @@
-"""``deepyeast`` (= ``python -m deepyeast``): a ``caffe``-like command for our PyTorch engine.
+"""The engine's verbs of the ``deepyeast`` command: a ``caffe``-like command for our PyTorch engine.
 
-Caffe's action names and single-dash flags::
+``deepyeast`` (= ``python -m deepyeast``, :mod:`deepyeast.commands`) hands these verbs to
+:func:`main` here; its other subcommands are the steps.  Caffe's action names and single-dash flags::
 
     deepyeast train -solver S [-weights W | -snapshot S.solverstate] [-gpu ID|all]
     deepyeast test -model M -weights W [-iterations 50]

@@ -1,0 +1,144 @@
+"""Classify a new screen: raw two-channel micrographs -> cells -> per-protein localisation calls.
+
+Finds the cells of every micrograph (the marker channel is segmented, as
+data_prep/segment_cells.py does, unless the table gives a mask), cuts a 64 x 64 crop
+centred on each cell, runs the model bundle's network on every crop, and calls each
+protein from its cells with the paper's Dirichlet model (uniform prior, the cells'
+probabilities as soft counts).  Labels are not needed; where the table has them, the
+report adds the per-cell and per-protein accuracies.
+
+Inputs:
+  --model DIR    a model bundle (RUN/model/ of `make demo` / `make reproduce`,
+                 analysis/make_bundle.py, or analysis/convert_keras_weights.py); refused
+                 when its class table, input shape or mean shape disagree or a file's
+                 checksum does not match
+  --images CSV   the images table of crop_cells.py / segment_cells.py: image (one
+                 multi-channel TIFF, OME-TIFF or PNG) or marker_image,protein_image (two
+                 single-channel files); protein (required), plate, label (class index or
+                 name, optional) and mask (a label image: use it instead of segmenting)
+                 optional; paths relative to the table.  A protein is a (plate, protein)
+                 pair; its cells are those of all its micrographs.
+Large screens: the micrographs are classified in chunks (--chunk, default 16) as tasks on
+Dask (--scheduler none|local|tcp://HOST:PORT, --jobs; workers of a remote cluster read the
+micrographs by the table's paths, so they need the same file system).  Each finished chunk
+is kept in OUT.work/ beside OUT until OUT is written; the same command after a kill or a
+power loss redoes only the unfinished chunks (summary.json: reused_micrographs).  A work
+folder of another model, images table or chunk setting is refused (--restart discards it);
+a corrupt chunk file is redone, never merged.  A second run into the same OUT while one is
+running stops at once (exit 3, naming the first's pid).
+
+Output (--out DIR, replaced as a whole, atomically):
+  cells.csv      image,plate,protein,cell,x,y,area,padded,pred,class,prob_0..prob_{K-1}
+                 (+ label,true_class where given); x,y the centroid (pixels, x = column)
+  proteins.csv   plate,protein,n_images,n_cells,pred,class,top1,top1_share,top2,top2_share,
+                 p_call,few_cells,low_confidence,possible_dual,no_cells,post_0..post_{K-1}
+                 (+ label,true_class,correct); post_k = the Dirichlet posterior's MAP shares
+  images.csv     per micrograph: mask (given | segmented), n_cells and QC: focus (variance
+                 of the marker's Laplacian), saturated (share of pixels at 255),
+                 background_marker, background_protein (median grey outside the cells)
+  summary.json   counts, flag definitions, accuracies, the precision check, settings
+  report.html    screen summary and per protein a gallery of its cells (with figures/ and
+                 gallery/ beside it; keep the folder together)
+  rejects.txt    rows skipped with --skip-bad
+Flags (proteins.csv, 1 = set): few_cells: fewer than --min-cells cells; low_confidence:
+p_call, the posterior probability that the called compartment's share exceeds the
+runner-up's, below --confidence; possible_dual: the runner-up's share at least
+--dual-share; no_cells: no cell found (no call).  See deepyeast/analysis/classify.py.
+
+Bad input (one line naming table row and file, exit 2, nothing written): unreadable or
+truncated file, a single-channel file where two are needed, channels of different sizes,
+16-bit data without --bits, a mask of the wrong size, a protein with two labels, a model
+folder that fails its checks.  --skip-bad classifies the rest and lists the skipped rows.
+A micrograph without cells, and a protein without cells, are reported, not errors.
+The same micrograph on two rows is refused naming both rows (it would count its cells twice).
+
+Example:
+  python analysis/classify_screen.py --model runs/demo/model --images myscreen/images.csv \\
+      --out runs/mine/classified --channels 1 0 --bits 12
+"""
+
+from deepyeast import launcher
+
+
+def options(p):
+    from deepyeast.analysis.classify import CONFIDENCE, DUAL_SHARE, GALLERY_CELLS, PRECISIONS
+    from deepyeast.analysis.screen_run import CHUNK
+    from deepyeast.constants import MIN_CELLS_PER_PROTEIN
+
+    p.add_argument("--model", required=True, metavar="DIR", type=launcher.existing_dir,
+                   help="model bundle folder (e.g. RUN/model)")
+    p.add_argument("--images", required=True, metavar="CSV", type=launcher.existing_file,
+                   help="images table (CSV)")
+    launcher.add(p, "out", required=True, metavar="DIR", help="output folder (replaced atomically)")
+    launcher.add_micrograph_channels(p)
+    p.add_argument("--resegment", action="store_true", help="segment rows that name a mask too")
+    p.add_argument("--border", choices=("pad", "skip"), default="pad",
+                   help="cells closer than half a crop to the image edge: zero-pad or skip (default: %(default)s)")
+    p.add_argument("--skip-bad", action="store_true", help="skip bad rows, list them in OUT/rejects.txt")
+    run = p.add_argument_group("running a large screen")
+    launcher.add_cluster(run, "chunks of micrographs")
+    run.add_argument("--chunk", type=launcher.positive_int, default=CHUNK,
+                     help="micrographs per task and per work file in OUT.work (default: %(default)s)")
+    run.add_argument("--restart", action="store_true",
+                     help="discard an unfinished run in OUT.work made with another model, table or settings "
+                          "(without it such a work folder is refused)")
+    net = p.add_argument_group("network")
+    net.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                     help="arithmetic of the network: fp32 (Caffe's) or bf16 convolutions (faster on recent CPUs and "
+                          "GPUs) (default: %(default)s)")
+    net.add_argument("--compare-fp32", action="store_true",
+                     help="with --precision bf16: also run fp32 and report how many calls change")
+    net.add_argument("--gpu", type=int, metavar="ID", help="run the network on this CUDA device (default: CPU)")
+    net.add_argument("--batch", type=launcher.positive_int, default=100,
+                     help="crops per forward pass (default: %(default)s)")
+    calls = p.add_argument_group("protein calls and report")
+    calls.add_argument("--min-cells", type=launcher.positive_int, default=MIN_CELLS_PER_PROTEIN,
+                       help="fewer cells than this flag a call few_cells (default: %(default)s, the paper's)")
+    calls.add_argument("--confidence", type=float, default=CONFIDENCE,
+                       help="p_call below this flags low_confidence (default: %(default)s)")
+    calls.add_argument("--dual-share", type=float, default=DUAL_SHARE,
+                       help="a runner-up share at least this flags possible_dual (default: %(default)s)")
+    calls.add_argument("--gallery-cells", type=launcher.positive_int, default=GALLERY_CELLS,
+                       help="cells shown per protein in the report (default: %(default)s)")
+    launcher.add(calls, "resamples", help="bootstrap resamples of the per-cell accuracy interval when the table has "
+                                         "labels (default %(default)s)")
+    launcher.add(calls, "seed", help="seed of the bootstrap (default %(default)s)")
+    launcher.add_segment_params(p)
+
+
+def run(args):
+    from deepyeast.analysis.classify import classify_screen
+    from deepyeast.analysis.cluster import resolve_scheduler
+
+    s = classify_screen(
+        args.model, args.images, args.out, launcher.segment_params(args), channels=tuple(args.channels),
+        bits=args.bits, skip_bad=args.skip_bad, resegment=args.resegment, border=args.border,
+        precision=args.precision, compare_fp32=args.compare_fp32,
+        device="cpu" if args.gpu is None else f"cuda:{args.gpu}", batch=args.batch, min_cells=args.min_cells,
+        confidence=args.confidence, dual_share=args.dual_share, gallery_cells=args.gallery_cells,
+        n_resamples=args.resamples, seed=args.seed, command=args.command,
+        scheduler=resolve_scheduler(args.scheduler), jobs=args.jobs, chunk=args.chunk, restart=args.restart)
+    f = s["flags"]
+    line = (f"{s['n_cells']:,} cells in {s['n_images']} micrographs; {s['n_proteins_called']} of {s['n_proteins']} "
+            f"proteins called ({f['low_confidence']} low confidence, {f['possible_dual']} possible dual, "
+            f"{f['few_cells'] - f['no_cells']} with few cells)")
+    if s["images_without_cells"]:
+        line += f"; {len(s['images_without_cells'])} micrograph(s) without cells"
+    if s["reused_micrographs"]:
+        line += f"; {s['reused_micrographs']} micrograph(s) taken over from the interrupted run"
+    if s["n_rejected"]:
+        line += f"; {s['n_rejected']} rows skipped (rejects.txt)"
+    acc = s["accuracy"]
+    if acc:
+        c, pr = acc["cell_accuracy"], acc["protein_accuracy"]
+        line += (f"; labels: per cell {c['correct']}/{c['total']} = {c['value']:.3f}, per protein "
+                 f"{pr['correct']}/{pr['total']}" + (f" = {pr['value']:.3f}" if pr["total"] else ""))
+    pc = s["precision_check"]
+    if pc:
+        line += (f"; {pc['precision']} vs fp32: {pc['cells_changed']} cell and {pc['proteins_changed']} protein "
+                 "calls differ")
+    print(line + f"; wrote {args.out}")
+
+
+if __name__ == "__main__":
+    launcher.main(__doc__, options, run)
