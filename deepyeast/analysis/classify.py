@@ -261,7 +261,8 @@ def protein_flags(n_cells, posterior, alpha, min_cells=MIN_CELLS_PER_PROTEIN, co
 class ScreenCalls:
     """Protein calls of a screen (P proteins in table order of first appearance).
 
-    key, plate (int, -1 none), protein : (P,); n_images, n_cells : int64 (P,); label : int64
+    key, plate (int, -1 none), protein : (P,); n_images, n_cells : int64 (P,) (``n_cells`` the cells
+    the call used: flagged out-of-distribution cells, ``n_ood`` (P,), are left out); label : int64
     (P,), -1 unknown; pred : int64 (P,), -1 without cells; alpha, posterior : float64 (P, K)
     (NaN without cells); flags : dict of :func:`protein_flags` arrays (+ ``no_cells``);
     pred_fp32 : int64 (P,) or None (the calls from fp32 probabilities, with ``compare_fp32``).
@@ -278,6 +279,7 @@ class ScreenCalls:
     posterior: np.ndarray
     flags: dict
     pred_fp32: object = None
+    n_ood: np.ndarray = None
 
 
 def _dirichlet(probs, keys, all_keys, k):
@@ -294,7 +296,8 @@ def _dirichlet(probs, keys, all_keys, k):
 
 
 def call_proteins(cells, n_classes, min_cells=MIN_CELLS_PER_PROTEIN, confidence=CONFIDENCE, dual_share=DUAL_SHARE):
-    """Dirichlet calls (:func:`deepyeast.analysis.protein_level.dirichlet_map`) of every protein of ``cells``.
+    """Dirichlet calls (:func:`deepyeast.analysis.protein_level.dirichlet_map`) of every protein of ``cells``,
+    from its cells not flagged out of distribution (``cells.ood``; counted in ``n_ood``).
 
     Every protein with a readable micrograph is listed, those without cells too.  A protein
     whose rows give different labels is an ``InputError`` naming both rows.
@@ -312,8 +315,11 @@ def call_proteins(cells, n_classes, min_cells=MIN_CELLS_PER_PROTEIN, confidence=
                                  f"{p['label']} on {p['where']}")
             p["label"], p["where"] = im["label"], im["where"]
     index = {key: i for i, key in enumerate(order)}
-    n_cells = np.bincount(np.asarray([index[k] for k in cells.key], np.int64), minlength=len(order)).astype(np.int64)
-    alpha, post = _dirichlet(cells.probs, cells.key, order, n_classes)
+    which = np.asarray([index[k] for k in cells.key], np.int64)
+    keep = ~np.asarray(cells.ood, bool)
+    n_cells = np.bincount(which[keep], minlength=len(order)).astype(np.int64)
+    n_ood = np.bincount(which[~keep], minlength=len(order)).astype(np.int64)
+    alpha, post = _dirichlet(cells.probs[keep], cells.key[keep], order, n_classes)
     has = n_cells > 0
     pred = np.full(len(order), -1, np.int64)
     flags = {name: np.zeros(len(order), dt) for name, dt in (
@@ -330,14 +336,14 @@ def call_proteins(cells, n_classes, min_cells=MIN_CELLS_PER_PROTEIN, confidence=
     flags["no_cells"] = ~has
     pred_fp32 = None
     if cells.probs_fp32 is not None:
-        _, post32 = _dirichlet(cells.probs_fp32, cells.key, order, n_classes)
+        _, post32 = _dirichlet(cells.probs_fp32[keep], cells.key[keep], order, n_classes)
         pred_fp32 = np.full(len(order), -1, np.int64)
         pred_fp32[has] = np.argmax(post32[has], axis=1)
     return ScreenCalls(
         key=np.asarray(order, object), plate=np.asarray([-1 if info[k]["plate"] is None else info[k]["plate"]
                                                          for k in order], np.int64),
         protein=np.asarray([info[k]["protein"] for k in order], object),
-        n_images=np.asarray([info[k]["n_images"] for k in order], np.int64), n_cells=n_cells,
+        n_images=np.asarray([info[k]["n_images"] for k in order], np.int64), n_cells=n_cells, n_ood=n_ood,
         label=np.asarray([-1 if info[k]["label"] is None else info[k]["label"] for k in order], np.int64),
         pred=pred, alpha=alpha, posterior=post, flags=flags, pred_fp32=pred_fp32)
 
@@ -382,18 +388,19 @@ def _fmt(v, digits=6):
 
 
 def write_cells_table(path, cells, classes):
-    """``cells.csv``: image,plate,protein,cell,x,y,area,padded,pred,class,prob_0..prob_{K-1}[,label,true_class]."""
+    """``cells.csv``: image,plate,protein,cell,x,y,area,padded,pred,class,prob_0..prob_{K-1},ood_score,ood
+    [,label,true_class] (``ood_score`` empty where the bundle has no out-of-distribution statistics)."""
     k = len(classes)
     labelled = bool((cells.label >= 0).any())
     header = ["image", "plate", "protein", "cell", "x", "y", "area", "padded", "pred", "class"] + \
-        [f"prob_{j}" for j in range(k)] + (["label", "true_class"] if labelled else [])
+        [f"prob_{j}" for j in range(k)] + ["ood_score", "ood"] + (["label", "true_class"] if labelled else [])
 
     def rows():
         for i in range(cells.n_cells):
             row = [cells.image[i], "" if cells.plate[i] < 0 else int(cells.plate[i]), cells.protein[i],
                    int(cells.cell[i]), f"{cells.x[i]:.2f}", f"{cells.y[i]:.2f}", int(cells.area[i]),
                    int(cells.padded[i]), int(cells.pred[i]), classes[cells.pred[i]]] + \
-                [f"{p:.6g}" for p in cells.probs[i]]
+                [f"{p:.6g}" for p in cells.probs[i]] + [_fmt(cells.ood_score[i]), int(cells.ood[i])]
             if labelled:
                 lab = int(cells.label[i])
                 row += ["", ""] if lab < 0 else [lab, classes[lab]]
@@ -401,7 +408,7 @@ def write_cells_table(path, cells, classes):
     write_csv(path, rows(), header)
 
 
-PROTEIN_COLUMNS = ("plate", "protein", "n_images", "n_cells", "pred", "class", "top1", "top1_share", "top2",
+PROTEIN_COLUMNS = ("plate", "protein", "n_images", "n_cells", "n_ood", "pred", "class", "top1", "top1_share", "top2",
                    "top2_share", "p_call", "few_cells", "low_confidence", "possible_dual", "no_cells")
 
 
@@ -421,7 +428,7 @@ def write_proteins_table(path, calls, classes):
         for i in range(len(calls.key)):
             has = calls.n_cells[i] > 0
             row = ["" if calls.plate[i] < 0 else int(calls.plate[i]), calls.protein[i], int(calls.n_images[i]),
-                   int(calls.n_cells[i]), int(calls.pred[i]) if has else "", name(calls.pred[i]),
+                   int(calls.n_cells[i]), int(calls.n_ood[i]), int(calls.pred[i]) if has else "", name(calls.pred[i]),
                    name(f["top1"][i]), _fmt(f["top1_share"][i]), name(f["top2"][i]), _fmt(f["top2_share"][i]),
                    _fmt(f["p_call"][i]), int(f["few_cells"][i]), int(f["low_confidence"][i]),
                    int(f["possible_dual"][i]), int(f["no_cells"][i])] + [_fmt(v, 9) for v in calls.posterior[i]]
@@ -475,6 +482,7 @@ def classify_screen(model_dir, images_csv, out_dir, params=SegmentParams(), chan
     rows are listed in ``rejects.txt`` and the rest classified.
     """
     from deepyeast.analysis import screen_run
+    from deepyeast.analysis.ood import OodScorer
     from deepyeast.model import read_bundle
     from deepyeast.report.screen_html import write_screen_report
 
@@ -490,6 +498,7 @@ def classify_screen(model_dir, images_csv, out_dir, params=SegmentParams(), chan
         raise InputError(f"{bundle.path}: the model takes {c} x {h} x {w} inputs; classifying micrographs needs "
                          "2-channel square crops (marker, protein)")
     classes = list(bundle.classes)
+    scorer = OodScorer.from_bundle(bundle)
     rejects = Rejects(skip_bad)
     rows = read_screen_rows(images_csv, bundle.classes, rejects)
     run_settings = screen_run.ChunkSettings(
@@ -508,6 +517,8 @@ def classify_screen(model_dir, images_csv, out_dir, params=SegmentParams(), chan
             os.makedirs(tmp)
             crops_path = os.path.join(tmp, ".crops.u8")
             cells = assemble_cells(rows, chunks, work, fp, run_settings, bundle, crops_path, rejects)
+            if scorer is not None:
+                cells.ood = cells.ood_score > scorer.threshold
             if not cells.images:
                 raise InputError(f"{images_csv}: no readable micrograph" + (f" ({len(rejects.items)} rows skipped, "
                                                                               "see the messages above)"
@@ -531,6 +542,39 @@ def classify_screen(model_dir, images_csv, out_dir, params=SegmentParams(), chan
             os.remove(crops_path)
         shutil.rmtree(work, ignore_errors=True)
     return summary
+
+
+OOD_WARN_FACTOR = 3.0
+OOD_WARN_MARGIN = 0.05
+"""The report warns when the screen's flagged share is at least OOD_WARN_FACTOR times the training
+(validation) cells' share and OOD_WARN_MARGIN above it."""
+OOD_CAUSES = ("channel order (marker and protein swapped: --channels)",
+              "bit depth (16-bit data scaled with the wrong --bits: cells too dark or saturated)",
+              "magnification or binning (cells larger or smaller than the training crops' cells)",
+              "focus (blurred fields: see the focus column of images.csv)",
+              "a marker, strain, medium or microscope unlike the training screen's")
+
+
+def ood_summary(bundle, cells, calls):
+    """The out-of-distribution part of summary.json: available or not, counts, the flagged share
+    beside the training share, and a warning with the likely causes when it is far above it."""
+    meta = bundle.metadata.get("ood")
+    if not meta:
+        return {"available": False, "note": "the bundle has no out-of-distribution statistics (e.g. converted "
+                                            "Keras weights): cells are not checked"}
+    n = cells.n_cells
+    flagged = int(np.sum(cells.ood))
+    share = flagged / n if n else 0.0
+    train = float(meta.get("training_flagged_share", 1 - meta.get("quantile", 0.99)))
+    warn = n > 0 and share >= OOD_WARN_FACTOR * train and share >= train + OOD_WARN_MARGIN
+    return {"available": True, "score": meta.get("score"), "threshold": meta.get("threshold"),
+            "n_flagged": flagged, "share": share, "training_share": train,
+            "proteins_with_flagged_cells": int(np.sum(calls.n_ood > 0)) if calls.n_ood is not None else 0,
+            "warning": (f"{100 * share:.1f}% of the cells are flagged as unlike the training cells "
+                        f"(training: {100 * train:.1f}%); check the set-up" if warn else None),
+            "likely_causes": list(OOD_CAUSES) if warn else [],
+            "temperature": meta.get("temperature"), "ece_before": meta.get("ece_before"),
+            "ece_after": meta.get("ece_after")}
 
 
 def _count_flags(calls):
@@ -570,6 +614,7 @@ def _summary(bundle, images_csv, cells, calls, acc, rejects, settings, command):
                              "that share of the protein's soft counts",
             "no_cells": "no cell found in any of the protein's micrographs (no call)"},
         "accuracy": acc,
+        "ood": ood_summary(bundle, cells, calls),
         "precision_check": None,
         "settings": settings,
         "command": command,

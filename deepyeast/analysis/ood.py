@@ -70,3 +70,96 @@ class OodScorer:
             d = f - mu
             best = np.minimum(best, np.einsum("nd,de,ne->n", d, self.precision, d))
         return best.astype(np.float32)
+
+
+# --------------------------------------------------------------------------- fitting
+
+def class_statistics(features, labels, n_classes, shrink=SHRINK):
+    """Class means and the inverse of the shrunk tied covariance of float N x D ``features``.
+
+    Returns ``(means float64 K' x D, precision float64 D x D, classes int K')`` over the K'
+    classes present.  ``Sigma = (1 - shrink) S + shrink * mean(diag S) * I``, S the pooled
+    within-class covariance (divided by N).
+    """
+    f = np.asarray(features, np.float64)
+    labels = np.asarray(labels)
+    present = [k for k in range(n_classes) if np.any(labels == k)]
+    if not present:
+        raise ValueError("no labelled cells to fit the class statistics on")
+    means = np.stack([f[labels == k].mean(axis=0) for k in present])
+    centred = f - means[np.searchsorted(present, labels)]
+    cov = centred.T @ centred / len(f)
+    cov = (1 - shrink) * cov + shrink * max(float(np.mean(np.diag(cov))), 1e-12) * np.eye(cov.shape[0])
+    return means, np.linalg.inv(cov), np.asarray(present, np.int64)
+
+
+def scale_probabilities(probs, temperature):
+    """Softmax probabilities at ``temperature`` from float N x K probabilities at 1:
+    ``softmax(log p / T)`` (equal to ``softmax(logits / T)``: the log-sum-exp shift cancels)."""
+    logp = np.log(np.clip(np.asarray(probs, np.float64), 1e-30, None)) / float(temperature)
+    logp -= logp.max(axis=1, keepdims=True)
+    e = np.exp(logp)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def fit_temperature(probs, labels):
+    """The temperature T > 0 minimising the negative log-likelihood of ``labels`` (Guo et al. 2017)."""
+    from scipy.optimize import minimize_scalar
+
+    labels = np.asarray(labels, np.int64)
+    rows = np.arange(len(labels))
+
+    def nll(log_t):
+        return -np.mean(np.log(np.clip(scale_probabilities(probs, np.exp(log_t))[rows, labels], 1e-30, None)))
+
+    res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded", options={"xatol": 1e-4})
+    return float(np.exp(res.x))
+
+
+def expected_calibration_error(probs, labels, bins=ECE_BINS):
+    """ECE: sum over equal-width confidence bins of (share of cells) x |accuracy - mean confidence|."""
+    probs = np.asarray(probs, np.float64)
+    conf = probs.max(axis=1)
+    right = probs.argmax(axis=1) == np.asarray(labels)
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        sel = which == b
+        if sel.any():
+            total += sel.mean() * abs(right[sel].mean() - conf[sel].mean())
+    return float(total)
+
+
+def fit_bundle_statistics(predictor, train_crops, train_labels, val_crops, val_labels, n_classes,
+                          quantile=QUANTILE):
+    """What a bundle stores to score cells and calibrate: ``(arrays, meta)``.
+
+    ``predictor``: a :class:`deepyeast.model.bundle.BundlePredictor` with ``extra_blobs=("fc1",)``;
+    crops uint8 N x C x H x W with int labels.  Class statistics come from the training cells,
+    the threshold (the ``quantile`` of the validation cells' scores) and the temperature from the
+    validation cells.  ``arrays``: means, precision, classes; ``meta``: the JSON description.
+    """
+    train = predictor.outputs(train_crops)
+    val = predictor.outputs(val_crops)
+    out_blob = predictor.bundle.output_blob
+    means, precision, present = class_statistics(train[OOD_BLOB], train_labels, n_classes)
+    scorer = OodScorer(means, precision, np.inf)
+    val_scores = scorer.score(val[OOD_BLOB])
+    threshold = float(np.quantile(val_scores, quantile))
+    probs = val[out_blob]
+    t = fit_temperature(probs, val_labels)
+    meta = {
+        "score": "Mahalanobis distance of fc1 features to the nearest class mean, tied covariance "
+                 "(Lee et al. 2018); squared, smaller = more like the training cells",
+        "blob": OOD_BLOB, "shrinkage": SHRINK, "quantile": quantile, "threshold": threshold,
+        "training_flagged_share": float(np.mean(val_scores > threshold)),
+        "training_cells": int(len(train_labels)), "validation_cells": int(len(val_labels)),
+        "classes_with_statistics": [int(k) for k in present],
+        "temperature": t,
+        "ece_before": expected_calibration_error(probs, val_labels),
+        "ece_after": expected_calibration_error(scale_probabilities(probs, t), val_labels),
+        "ece_bins": ECE_BINS,
+        "validation_accuracy": float(np.mean(probs.argmax(axis=1) == np.asarray(val_labels))),
+    }
+    return {"means": means, "precision": precision, "classes": present}, meta

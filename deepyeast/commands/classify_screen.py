@@ -133,6 +133,13 @@ def run(args):
         c, pr = acc["cell_accuracy"], acc["protein_accuracy"]
         line += (f"; labels: per cell {c['correct']}/{c['total']} = {c['value']:.3f}, per protein "
                  f"{pr['correct']}/{pr['total']}" + (f" = {pr['value']:.3f}" if pr["total"] else ""))
+    ood = s["ood"]
+    if ood["available"]:
+        line += f"; {ood['n_flagged']} cell(s) flagged out of distribution ({100 * ood['share']:.1f}%), left out"
+        if ood["warning"]:
+            line += f" -- WARNING: {ood['warning']} (see report.html)"
+    else:
+        line += "; out-of-distribution check not available (the bundle has no statistics)"
     pc = s["precision_check"]
     if pc:
         line += (f"; {pc['precision']} vs fp32: {pc['cells_changed']} cell and {pc['proteins_changed']} protein "

@@ -12,6 +12,13 @@ bioimage.io export).
             the readme and bundle.json
 --metrics   the report's metrics.json: the headline accuracies are copied
 --trained-on  one line on the training data (default: from the solver's training LMDB)
+--ood-train, --ood-val  the run's training and validation split lists: the bundle then stores
+            the class means and tied covariance of the training cells' fc1 features (a
+            Mahalanobis out-of-distribution score, classify_screen's ood flag; at most
+            --ood-cells training cells, an even sample), the flag threshold (99th percentile
+            of the validation cells' scores) and a temperature fitted on the validation
+            cells, with the expected calibration error before and after (readme, bundle.json);
+            see deepyeast/analysis/ood.py
 
 Example:
   python analysis/make_bundle.py --model models/deepyeast/deploy.prototxt --weights W.caffemodel \\
@@ -111,6 +118,44 @@ def example_crops(list_path, classes):
     return np.stack([first[k] for k in sorted(first)])
 
 
+def list_crops(list_path, classes, limit=None):
+    """uint8 N x 2 x 64 x 64 crops and int64 labels of a split list (archive = the list's folder);
+    with ``limit``, an even sample of at most that many entries (every k-th, in list order)."""
+    import numpy as np
+
+    from deepyeast.data.crop_png import read_crop
+    from deepyeast.data.lists import read_split_list
+
+    entries, _ = read_split_list(list_path, classes)
+    if not entries:
+        raise InputError(f"{list_path}: no crops listed")
+    if limit and len(entries) > limit:
+        entries = [entries[i] for i in np.linspace(0, len(entries) - 1, limit).round().astype(int)]
+    root = os.path.dirname(os.path.abspath(list_path))
+    return (np.stack([read_crop(os.path.join(root, rel)) for rel, _ in entries]),
+            np.asarray([label for _, label in entries], np.int64))
+
+
+def ood_statistics(args, classes):
+    """(arrays, meta) of :func:`deepyeast.analysis.ood.fit_bundle_statistics` for the run's net, or None."""
+    import tempfile
+
+    from deepyeast.analysis.ood import OOD_BLOB, fit_bundle_statistics
+    from deepyeast.model.bundle import read_bundle, write_bundle
+
+    if not (args.ood_train or args.ood_val):
+        return None
+    if not (args.ood_train and args.ood_val):
+        raise InputError("--ood-train and --ood-val go together (training cells: class statistics; validation "
+                         "cells: threshold and temperature)")
+    train_crops, train_labels = list_crops(args.ood_train, classes, args.ood_cells)
+    val_crops, val_labels = list_crops(args.ood_val, classes)
+    with tempfile.TemporaryDirectory(prefix=".ood-", dir=os.path.dirname(os.path.abspath(args.out))) as tmp:
+        plain = write_bundle(os.path.join(tmp, "b"), args.model, args.weights, args.mean, classes)
+        predictor = read_bundle(plain).predictor(extra_blobs=(OOD_BLOB,))
+        return fit_bundle_statistics(predictor, train_crops, train_labels, val_crops, val_labels, len(classes))
+
+
 def options(p):
     launcher.add(p, "model", required=True, help="deploy prototxt of the trained net")
     launcher.add(p, "weights", required=True)
@@ -126,6 +171,13 @@ def options(p):
                    help="split list whose first crop per class becomes examples.npy")
     p.add_argument("--trained-on", help="one line describing the training data")
     p.add_argument("--name", default="DeepYeast", help="model name (default %(default)s)")
+    ood = p.add_argument_group("out-of-distribution statistics and temperature")
+    ood.add_argument("--ood-train", metavar="LIST", type=launcher.existing_file,
+                     help="training split list (e.g. ROOT/HOwt_train.txt): class statistics of fc1 features")
+    ood.add_argument("--ood-val", metavar="LIST", type=launcher.existing_file,
+                     help="validation split list: the flag threshold and the temperature")
+    ood.add_argument("--ood-cells", type=launcher.positive_int, default=20000,
+                     help="at most this many training cells, an even sample of the list (default %(default)s)")
 
 
 def run(args):
@@ -137,6 +189,7 @@ def run(args):
         training = {"data": args.trained_on, **training}
     metrics = headline_metrics(args.metrics) if args.metrics else {}
     examples = example_crops(args.examples, classes) if args.examples else None
+    ood = ood_statistics(args, classes)
     source = {"weights": os.path.basename(args.weights), "deploy": args.model,
               "mean": os.path.basename(args.mean), "classes": os.path.basename(args.classes)}
     write_bundle(args.out, args.model, args.weights, args.mean, classes, name=args.name,
@@ -144,9 +197,11 @@ def run(args):
                               "an 11-layer network that calls the subcellular compartment of a "
                               "GFP-tagged protein from one yeast cell."),
                  mean_note="the per-pixel mean of the training crops (compute_image_mean)",
-                 metrics=metrics, training=training, source=source, examples=examples)
+                 metrics=metrics, training=training, source=source, examples=examples, ood=ood)
     print(f"wrote {args.out} ({len(classes)} classes"
-          + (f", {len(examples)} example crops" if examples is not None else "") + ")")
+          + (f", {len(examples)} example crops" if examples is not None else "")
+          + (f"; out-of-distribution threshold {ood[1]['threshold']:.4g}, temperature {ood[1]['temperature']:.3g}, "
+             f"ECE {ood[1]['ece_before']:.3f} -> {ood[1]['ece_after']:.3f}" if ood else "") + ")")
 
 
 if __name__ == "__main__":

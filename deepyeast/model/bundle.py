@@ -14,6 +14,8 @@ machine-readable file beside them::
     MODEL/readme.md           model-zoo readme: data, schedule, metrics, input, use
     MODEL/bundle.json         the same facts for programs, and the sha256 of every file
     MODEL/examples.npy        (optional) uint8 N x C x H x W example crops
+    MODEL/ood.npz             (optional) class means and tied inverse covariance of fc1 features
+                              (out-of-distribution scores, deepyeast/analysis/ood.py)
 
 Input convention (the same as Caffe's ``DataTransformer``, i.e. what a ``Data``
 layer with ``transform_param { mean_file: "mean.binaryproto" scale: S }`` does)::
@@ -60,6 +62,7 @@ MEAN = "mean.binaryproto"
 CLASSES = "classes.txt"
 README = "readme.md"
 EXAMPLES = "examples.npy"
+OOD = "ood.npz"  # deepyeast.analysis.ood.OOD_FILE (the model layer does not import analysis)
 BUNDLE_FILES = (DEPLOY, WEIGHTS, MEAN, CLASSES, README)
 """Files every bundle has besides ``bundle.json`` (``examples.npy`` is optional)."""
 
@@ -492,6 +495,23 @@ def render_readme(meta):
         body += ["## Metrics", "", "| measure | value |", "|---|---|"]
         body += [f"| {k} | {_metric_text(v)} |" for k, v in meta["metrics"].items()]
         body.append("")
+    ood = meta.get("ood")
+    body += ["## Out-of-distribution check and calibration", ""]
+    if ood:
+        body += [
+            f"`{OOD}` holds the class means and the tied inverse covariance of the `{ood['blob']}` features of "
+            f"{ood['training_cells']} training cells. A cell's score is the {ood['score']}. A cell scoring above "
+            f"{_fmt(ood['threshold'])} (the {_fmt(100 * ood['quantile'])}th percentile of "
+            f"{ood['validation_cells']} validation cells) is flagged `ood` by classify_screen and left out of the "
+            "protein calls.",
+            "",
+            f"Temperature fitted on the validation cells (negative log-likelihood): T = {_fmt(ood['temperature'])}; "
+            f"expected calibration error ({ood['ece_bins']} bins) {_fmt(ood['ece_before'])} before, "
+            f"{_fmt(ood['ece_after'])} after (probabilities softmax(logits / T); calls unchanged).",
+            ""]
+    else:
+        body += ["Not available: this bundle carries no statistics of its training cells, so cells unlike them "
+                 "are not flagged.", ""]
     if meta.get("source"):
         body += ["## Source", "", "| | |", "|---|---|"]
         body += [f"| {k} | {_fmt(v)} |" for k, v in meta["source"].items()]
@@ -530,7 +550,7 @@ def _describe_file(path, sha1=False):
 
 def write_bundle(out_dir, deploy, weights, mean, classes, *, name="DeepYeast", input_scale=1.0,
                  output_blob="prob", channels=CHANNELS, description="", mean_note="", metrics=None,
-                 training=None, source=None, license="MIT", authors=(), examples=None):
+                 training=None, source=None, license="MIT", authors=(), examples=None, ood=None):
     """Write a model bundle folder ``out_dir`` (replaced as a whole, atomically); returns its path.
 
     Parameters
@@ -561,6 +581,10 @@ def write_bundle(out_dir, deploy, weights, mean, classes, *, name="DeepYeast", i
         Who trained the weights (shown in the readme; exports name them as authors).
     examples : ndarray, optional
         A few uint8 N x C x H x W crops kept as ``examples.npy`` (test input of exports).
+    ood : (arrays, meta), optional
+        Out-of-distribution statistics and the temperature
+        (:func:`deepyeast.analysis.ood.fit_bundle_statistics`): the float arrays go to
+        ``ood.npz``, ``meta`` to ``bundle.json`` under ``"ood"`` and the readme.
 
     The new folder is validated with :func:`read_bundle` before it replaces
     ``out_dir``; on any error nothing changes at ``out_dir``.
@@ -604,8 +628,12 @@ def write_bundle(out_dir, deploy, weights, mean, classes, *, name="DeepYeast", i
                 raise InputError(f"examples are {ex.dtype} {ex.shape}; expected uint8 N x "
                                  f"{' x '.join(map(str, shape))} crops")
             np.save(os.path.join(tmp, EXAMPLES), np.ascontiguousarray(ex), allow_pickle=False)
+        if ood is not None:
+            arrays, _ = ood
+            np.savez(os.path.join(tmp, OOD), **{k: np.asarray(v) for k, v in arrays.items()})
         files = {name_: _describe_file(os.path.join(tmp, name_), sha1=name_ == WEIGHTS)
-                 for name_ in (DEPLOY, WEIGHTS, MEAN, CLASSES) + ((EXAMPLES,) if examples is not None else ())}
+                 for name_ in (DEPLOY, WEIGHTS, MEAN, CLASSES) + ((EXAMPLES,) if examples is not None else ())
+                 + ((OOD,) if ood is not None else ())}
         meta = {
             "format": BUNDLE_FORMAT,
             "format_version": BUNDLE_FORMAT_VERSION,
@@ -625,6 +653,8 @@ def write_bundle(out_dir, deploy, weights, mean, classes, *, name="DeepYeast", i
             "source": source,
             "files": files,
         }
+        if ood is not None:
+            meta["ood"] = _plain(dict(ood[1]), "ood")
         readme = render_readme(meta)
         with open(os.path.join(tmp, README), "w", encoding="utf-8") as f:
             f.write(readme)
