@@ -518,7 +518,7 @@ def classify_screen(model_dir, images_csv, out_dir, params=SegmentParams(), chan
             crops_path = os.path.join(tmp, ".crops.u8")
             cells = assemble_cells(rows, chunks, work, fp, run_settings, bundle, crops_path, rejects)
             if scorer is not None:
-                cells.ood = cells.ood_score > scorer.threshold
+                cells.ood = cells.ood_score > 1.0
             if not cells.images:
                 raise InputError(f"{images_csv}: no readable micrograph" + (f" ({len(rejects.items)} rows skipped, "
                                                                               "see the messages above)"

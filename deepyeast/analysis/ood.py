@@ -11,7 +11,12 @@ with a tied covariance, without their input perturbation and layer ensemble):
 ``mu_k`` the mean of class k's training cells, ``Sigma`` the pooled within-class covariance
 (shrunk towards its diagonal by ``SHRINK`` so it inverts with 512 features).  A cell is
 flagged ``ood`` when its score exceeds the 99th percentile of the validation cells' scores
-(the bundle's ``threshold``), so about 1% of cells like the training data are flagged.
+(the bundle's ``threshold``).  A second distance covers what the features of a briefly trained
+net may miss: the Mahalanobis distance of simple input statistics of the crop (logarithms of the per
+channel mean, standard deviation, 99th percentile and mean neighbour difference) to those of the training cells
+(one Gaussian), with its own 99th-percentile threshold.  ``ood_score`` is the larger of the two
+distances each divided by its threshold; a cell is flagged ``ood`` above 1, so about 1-2% of cells
+like the training data are flagged (the validation share is stored as ``training_flagged_share``).
 
 Temperature: one scalar T dividing the logits (``fc3``) before the softmax, fitted on the
 validation cells by minimising the negative log-likelihood (Guo, Pleiss, Sun & Weinberger 2017,
@@ -34,18 +39,39 @@ SHRINK = 0.05
 ECE_BINS = 15
 
 
-class OodScorer:
-    """Mahalanobis scores of ``blob`` features against class means with a tied covariance.
+def crop_statistics(crops):
+    """float64 N x 8 input statistics of uint8 N x 2 x H x W crops, ``log(1 + s)`` of: per channel the mean,
+    the standard deviation, the 99th percentile and the mean absolute difference of neighbouring pixels
+    (sharpness).  Logarithms: a set-up error scales them (bit depth, zoom, blur), and the training
+    cells' spread is then about the same for every statistic."""
+    x = np.asarray(crops, np.float64)
+    n, c = x.shape[:2]
+    flat = x.reshape(n, c, -1)
+    grad = (np.abs(np.diff(x, axis=2)).mean(axis=(2, 3)) + np.abs(np.diff(x, axis=3)).mean(axis=(2, 3))) / 2
+    return np.log1p(np.concatenate([flat.mean(2), flat.std(2), np.percentile(flat, 99, axis=2), grad], axis=1))
 
-    means : float64 K x D; precision : float64 D x D (inverse covariance); threshold : float.
+
+class OodScorer:
+    """Out-of-distribution scores of cells: two squared Mahalanobis distances, each divided by its
+    threshold, the larger kept (a cell scoring above 1 is flagged):
+
+    * ``blob`` features (fc1) to the nearest class mean, tied covariance (``means``, ``precision``,
+      ``threshold``);
+    * the crop's input statistics (:func:`crop_statistics`) to the training cells' mean, their
+      covariance (``input_mean``, ``input_precision``, ``input_threshold``): channel order, bit
+      depth, magnification and focus change them directly.
     """
 
-    def __init__(self, means, precision, threshold, blob=OOD_BLOB, temperature=1.0):
+    def __init__(self, means, precision, threshold, blob=OOD_BLOB, temperature=1.0, input_mean=None,
+                 input_precision=None, input_threshold=np.inf):
         self.means = np.asarray(means, np.float64)
         self.precision = np.asarray(precision, np.float64)
         self.threshold = float(threshold)
         self.blob = blob
         self.temperature = float(temperature)
+        self.input_mean = None if input_mean is None else np.asarray(input_mean, np.float64)
+        self.input_precision = None if input_precision is None else np.asarray(input_precision, np.float64)
+        self.input_threshold = float(input_threshold)
 
     @classmethod
     def from_bundle(cls, bundle):
@@ -58,18 +84,32 @@ class OodScorer:
             return None
         with np.load(path, allow_pickle=False) as z:
             return cls(z["means"], z["precision"], float(meta["threshold"]), meta.get("blob", OOD_BLOB),
-                       float(meta.get("temperature", 1.0)))
+                       float(meta.get("temperature", 1.0)), z["input_mean"], z["input_precision"],
+                       float(meta["input_threshold"]))
 
-    def score(self, features):
-        """float32 N scores of float N x D features (the smallest squared Mahalanobis distance)."""
+    def feature_score(self, features):
+        """float64 N smallest squared Mahalanobis distances of float N x D features to the class means."""
         f = np.asarray(features, np.float64)
-        if len(f) == 0:
-            return np.zeros(0, np.float32)
         best = np.full(len(f), np.inf)
         for mu in self.means:
             d = f - mu
             best = np.minimum(best, np.einsum("nd,de,ne->n", d, self.precision, d))
-        return best.astype(np.float32)
+        return best
+
+    def input_score(self, crops):
+        """float64 N squared Mahalanobis distances of the crops' input statistics to the training cells'."""
+        d = crop_statistics(crops) - self.input_mean
+        return np.einsum("nd,de,ne->n", d, self.input_precision, d)
+
+    def score(self, features, crops=None):
+        """float32 N scores: the feature distance over its threshold, or the larger of that and the
+        input-statistics distance over its threshold when ``crops`` are given (flag: score > 1)."""
+        if len(features) == 0:
+            return np.zeros(0, np.float32)
+        s = self.feature_score(features) / self.threshold
+        if crops is not None and self.input_mean is not None:
+            s = np.maximum(s, self.input_score(crops) / self.input_threshold)
+        return s.astype(np.float32)
 
 
 # --------------------------------------------------------------------------- fitting
@@ -144,16 +184,23 @@ def fit_bundle_statistics(predictor, train_crops, train_labels, val_crops, val_l
     val = predictor.outputs(val_crops)
     out_blob = predictor.bundle.output_blob
     means, precision, present = class_statistics(train[OOD_BLOB], train_labels, n_classes)
-    scorer = OodScorer(means, precision, np.inf)
-    val_scores = scorer.score(val[OOD_BLOB])
-    threshold = float(np.quantile(val_scores, quantile))
+    in_mean, in_precision, _ = class_statistics(crop_statistics(train_crops), np.zeros(len(train_crops), int), 1)
+    scorer = OodScorer(means, precision, 1.0, input_mean=in_mean[0], input_precision=in_precision)
+    threshold = float(np.quantile(scorer.feature_score(val[OOD_BLOB]), quantile))
+    input_threshold = float(np.quantile(scorer.input_score(val_crops), quantile))
+    scorer.threshold, scorer.input_threshold = threshold, input_threshold
+    val_scores = scorer.score(val[OOD_BLOB], val_crops)
     probs = val[out_blob]
     t = fit_temperature(probs, val_labels)
     meta = {
         "score": "Mahalanobis distance of fc1 features to the nearest class mean, tied covariance "
                  "(Lee et al. 2018); squared, smaller = more like the training cells",
+        "input_score": "Mahalanobis distance of the crop's input statistics (log of per channel mean, sd, 99th "
+                       "percentile, mean neighbour difference) to the training cells' mean, squared",
         "blob": OOD_BLOB, "shrinkage": SHRINK, "quantile": quantile, "threshold": threshold,
-        "training_flagged_share": float(np.mean(val_scores > threshold)),
+        "input_threshold": input_threshold,
+        "flag": "ood_score = max(feature distance / threshold, input distance / input_threshold); ood when > 1",
+        "training_flagged_share": float(np.mean(val_scores > 1)),
         "training_cells": int(len(train_labels)), "validation_cells": int(len(val_labels)),
         "classes_with_statistics": [int(k) for k in present],
         "temperature": t,
@@ -162,4 +209,5 @@ def fit_bundle_statistics(predictor, train_crops, train_labels, val_crops, val_l
         "ece_bins": ECE_BINS,
         "validation_accuracy": float(np.mean(probs.argmax(axis=1) == np.asarray(val_labels))),
     }
-    return {"means": means, "precision": precision, "classes": present}, meta
+    return {"means": means, "precision": precision, "classes": present, "input_mean": in_mean[0],
+            "input_precision": in_precision}, meta

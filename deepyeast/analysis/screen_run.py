@@ -202,7 +202,7 @@ def _chunk(item, settings):
     crops = cat("crops", np.uint8, (c, s, s))
     out = predictor.outputs(crops)
     probs = out[bundle.output_blob].astype(np.float32)
-    ood = scorer.score(out[scorer.blob]) if scorer is not None else np.full(len(crops), np.nan, np.float32)
+    ood = scorer.score(out[scorer.blob], crops) if scorer is not None else np.full(len(crops), np.nan, np.float32)
     result = {"index": np.int64(index), "rows": np.asarray([r["position"] for r in recs], np.int64),
               "stamps": np.asarray(stamps, str), "ok": ok, "reason": np.asarray(reason, str),
               "source": np.asarray(source, str), "qc": qc, "row": cat("row", np.int64), "cell": cat("cell", np.int64),

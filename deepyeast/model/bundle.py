@@ -500,10 +500,12 @@ def render_readme(meta):
     if ood:
         body += [
             f"`{OOD}` holds the class means and the tied inverse covariance of the `{ood['blob']}` features of "
-            f"{ood['training_cells']} training cells. A cell's score is the {ood['score']}. A cell scoring above "
-            f"{_fmt(ood['threshold'])} (the {_fmt(100 * ood['quantile'])}th percentile of "
-            f"{ood['validation_cells']} validation cells) is flagged `ood` by classify_screen and left out of the "
-            "protein calls.",
+            f"{ood['training_cells']} training cells, and the mean and inverse covariance of their input statistics. "
+            f"Feature score: the {ood['score']} (threshold {_fmt(ood['threshold'])}); input score: the "
+            f"{ood.get('input_score', '')} (threshold {_fmt(ood.get('input_threshold'))}); each threshold is the "
+            f"{_fmt(100 * ood['quantile'])}th percentile of {ood['validation_cells']} validation cells. "
+            f"{ood.get('flag', '')}: classify_screen leaves such cells out of the protein calls "
+            f"({_fmt(100 * ood['training_flagged_share'])}% of the validation cells are flagged).",
             "",
             f"Temperature fitted on the validation cells (negative log-likelihood): T = {_fmt(ood['temperature'])}; "
             f"expected calibration error ({ood['ece_bins']} bins) {_fmt(ood['ece_before'])} before, "
