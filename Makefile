@@ -24,6 +24,7 @@ help:
 	@echo "make docker     build the Docker image (docker, else podman/buildah; see mk/docker.mk)"
 	@echo "make reproduce  the paper's protocol on the real archive (needs internet and a GPU)"
 	@echo "make classify MODEL=RUN/model IMAGES=images.csv OUT=DIR   per-protein calls for a new screen"
+	@echo "make docs       build the documentation site into site/ (mkdocs)"
 
 # ---------------------------------------------------------------- installation
 # `make deps` makes sure what the pipeline needs is here, installing only what is missing:
@@ -58,7 +59,7 @@ deps: $(PY_STAMP)
 
 lock:
 	@test -x $(LOCK_VENV)/bin/pip-compile || { $(PYTHON_BOOT) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install -q $(PIP_TOOLS); }
-	CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/pip-compile -q --generate-hashes --allow-unsafe --extra tests --extra r --extra napari --extra docs --strip-extras \
+	CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/pip-compile -q --generate-hashes --allow-unsafe --extra tests --extra r --extra napari --extra docs --no-strip-extras \
 		--no-emit-find-links --no-emit-index-url \
 		$$(scripts/pip_sources.sh $(LOCK_VENV)/bin/python) \
 		$(LOCK_FLAGS) --output-file requirements.txt pyproject.toml
@@ -74,6 +75,7 @@ deepyeast/caffe/caffe_pb2.py: deepyeast/caffe/proto/caffe.proto
 # The browser test and the image build test need more system packages (system-packages.txt,
 # groups test and docker): installed here when root on Debian, else their tests skip.
 test: deps test-system caffe-optional
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest -q
 
 test-system:

@@ -3,7 +3,7 @@
 Everything else is in pyproject.toml.  ``models/`` (the Caffe model-zoo folder: the DeepYeast
 prototxts and their readme) lies beside the package in a checkout, outside it, so package data
 cannot name it; a non-editable build copies it into the package as ``deepyeast/models/``, where
-:func:`deepyeast.model.zoo.zoo_dir` finds it in an installed package.  Editable installs use
+:func:`deepyeast.caffe.zoo.zoo_dir` finds it in an installed package.  Editable installs use
 the checkout's own ``models/``.
 """
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Classify a new screen: raw two-channel micrographs -> cells -> per-protein localisation calls.
 
-Same as ``deepyeast classify``: both run deepyeast/commands/classify_screen.py, with the same options and exit codes.
+Same as ``deepyeast classify``: both run deepyeast/commands/classify_screen.py,
+with the same options and exit codes.
 """
 
 from deepyeast import launcher

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Convert the authors' Keras DeepYeast weights (legacy HDF5) into a Caffe model bundle.
 
-Same as ``deepyeast convert-keras``: both run deepyeast/commands/convert_keras_weights.py, with the same options and exit codes.
+Same as ``deepyeast convert-keras``: both run deepyeast/commands/convert_keras_weights.py,
+with the same options and exit codes.
 """
 
 from deepyeast import launcher

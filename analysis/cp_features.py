@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Compute CellProfiler-style features (~430 per cell) of the crops in a split list.
 
-Same as ``deepyeast cp-features``: both run deepyeast/commands/cp_features.py, with the same options and exit codes.
+Same as ``deepyeast cp-features``: both run deepyeast/commands/cp_features.py,
+with the same options and exit codes.
 """
 
 from deepyeast import launcher

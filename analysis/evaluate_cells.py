@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Per-cell evaluation of a predictions table (paper Figure 2A, 2B, 2D).
 
-Same as ``deepyeast evaluate-cells``: both run deepyeast/commands/evaluate_cells.py, with the same options and exit codes.
+Same as ``deepyeast evaluate-cells``: both run deepyeast/commands/evaluate_cells.py,
+with the same options and exit codes.
 """
 
 from deepyeast import launcher

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Export a DeepYeast model bundle as a bioimage.io model package (ilastik, deepImageJ, QuPath, napari).
 
-Same as ``deepyeast export-bioimageio``: both run deepyeast/commands/export_bioimageio.py, with the same options and exit codes.
+Same as ``deepyeast export-bioimageio``: both run deepyeast/commands/export_bioimageio.py,
+with the same options and exit codes.
 """
 
 from deepyeast import launcher

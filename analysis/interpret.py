@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """What the DeepYeast layers encode (paper Figure 3).
 
-Same as ``deepyeast interpret``: both run deepyeast/commands/interpret.py, with the same options and exit codes.
+Same as ``deepyeast interpret``: both run deepyeast/commands/interpret.py,
+with the same options and exit codes.
 """
 
 from deepyeast import launcher

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Write a run's trained model as a bundle folder (Caffe model-zoo style, with bundle.json).
 
-Same as ``deepyeast bundle``: both run deepyeast/commands/make_bundle.py, with the same options and exit codes.
+Same as ``deepyeast bundle``: both run deepyeast/commands/make_bundle.py,
+with the same options and exit codes.
 """
 
 from deepyeast import launcher

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Write the self-contained HTML report and metrics.json of a run folder.
 
-Same as ``deepyeast report``: both run deepyeast/commands/make_report.py, with the same options and exit codes.
+Same as ``deepyeast report``: both run deepyeast/commands/make_report.py,
+with the same options and exit codes.
 """
 
 from deepyeast import launcher

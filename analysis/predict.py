@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Per-cell predictions (and layer features) of a trained DeepYeast net.
 
-Same as ``deepyeast predict``: both run deepyeast/commands/predict.py, with the same options and exit codes.
+Same as ``deepyeast predict``: both run deepyeast/commands/predict.py,
+with the same options and exit codes.
 """
 
 from deepyeast import launcher

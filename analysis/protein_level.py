@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Protein-level localisation from cell populations (Dirichlet posterior, MAP call).
 
-Same as ``deepyeast protein-level``: both run deepyeast/commands/protein_level.py, with the same options and exit codes.
+Same as ``deepyeast protein-level``: both run deepyeast/commands/protein_level.py,
+with the same options and exit codes.
 """
 
 from deepyeast import launcher

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Non-cell filter as in the paper: a random forest separating cells from non-cells.
 
-Same as ``deepyeast quality-filter``: both run deepyeast/commands/quality_filter.py, with the same options and exit codes.
+Same as ``deepyeast quality-filter``: both run deepyeast/commands/quality_filter.py,
+with the same options and exit codes.
 """
 
 from deepyeast import launcher

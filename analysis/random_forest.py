@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Random-forest baseline on CellProfiler features (R randomForest through rpy2).
 
-Same as ``deepyeast random-forest``: both run deepyeast/commands/random_forest.py, with the same options and exit codes.
+Same as ``deepyeast random-forest``: both run deepyeast/commands/random_forest.py,
+with the same options and exit codes.
 """
 
 from deepyeast import launcher

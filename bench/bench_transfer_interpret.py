@@ -90,7 +90,7 @@ def main():
     labels = read_label_lists(os.path.join(args.work, "archive"), "HOwt_transfer", n_classes=4)
     cp = os.path.join(args.work, "cp.csv")
     t = time.perf_counter()
-    run_transfer([feat], labels, os.path.join(args.work, "transfer"), cp_csv=cp, n_jobs=args.jobs)
+    run_transfer([feat], labels, os.path.join(args.work, "transfer"), cp_csv=cp, jobs=args.jobs)
     print(flush=True, *[f"transfer: {time.perf_counter() - t:.1f} s"])
     t_transfer = time.perf_counter() - t
     t = time.perf_counter()

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Check DeepYeast split lists: counts, and no protein in two splits.
 
-Same as ``deepyeast check-splits``: both run deepyeast/commands/check_splits.py, with the same options and exit codes.
+Same as ``deepyeast check-splits``: both run deepyeast/commands/check_splits.py,
+with the same options and exit codes.
 """
 
 from deepyeast import launcher

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Cut 64x64 single-cell crops from two-channel micrographs into the archive layout.
 
-Same as ``deepyeast crop``: both run deepyeast/commands/crop_cells.py, with the same options and exit codes.
+Same as ``deepyeast crop``: both run deepyeast/commands/crop_cells.py,
+with the same options and exit codes.
 """
 
 from deepyeast import launcher

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Download the published DeepYeast data (split lists and image archives) with md5 checks.
 
-Same as ``deepyeast fetch-archive``: both run deepyeast/commands/fetch_archive.py, with the same options and exit codes.
+Same as ``deepyeast fetch-archive``: both run deepyeast/commands/fetch_archive.py,
+with the same options and exit codes.
 """
 
 from deepyeast import launcher

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Download the authors' trained Keras DeepYeast weights, md5-checked.
 
-Same as ``deepyeast fetch-weights``: both run deepyeast/commands/fetch_weights.py, with the same options and exit codes.
+Same as ``deepyeast fetch-weights``: both run deepyeast/commands/fetch_weights.py,
+with the same options and exit codes.
 """
 
 from deepyeast import launcher

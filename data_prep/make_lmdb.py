@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Convert an archive's split lists into Caffe LMDBs, the training mean and manifests.
 
-Same as ``deepyeast make-lmdb``: both run deepyeast/commands/make_lmdb.py, with the same options and exit codes.
+Same as ``deepyeast make-lmdb``: both run deepyeast/commands/make_lmdb.py,
+with the same options and exit codes.
 """
 
 from deepyeast import launcher

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Write a run folder's train_val.prototxt and solver.prototxt from models/deepyeast/.
 
-Same as ``deepyeast run-config``: both run deepyeast/commands/make_run_config.py, with the same options and exit codes.
+Same as ``deepyeast run-config``: both run deepyeast/commands/make_run_config.py,
+with the same options and exit codes.
 """
 
 from deepyeast import launcher

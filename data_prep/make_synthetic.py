@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Generate the synthetic yeast screen (the project's embedded default data set).
 
-Same as ``deepyeast synthetic``: both run deepyeast/commands/make_synthetic.py, with the same options and exit codes.
+Same as ``deepyeast synthetic``: both run deepyeast/commands/make_synthetic.py,
+with the same options and exit codes.
 """
 
 from deepyeast import launcher

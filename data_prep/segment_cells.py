@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Find the cells in each micrograph of a screen and write label masks.
 
-Same as ``deepyeast segment``: both run deepyeast/commands/segment_cells.py, with the same options and exit codes.
+Same as ``deepyeast segment``: both run deepyeast/commands/segment_cells.py,
+with the same options and exit codes.
 """
 
 from deepyeast import launcher

@@ -133,6 +133,27 @@ published archive has none)."""
 MIN_CELLS_PER_PROTEIN = 10
 """Proteins with at least this many cells form the paper's 222-protein subset."""
 
+MEAN_FILE = "mean.binaryproto"
+"""The per-pixel training mean (float32 1 x C x H x W BlobProto): in an LMDB folder beside the split LMDBs
+(``data_prep/make_lmdb.py``) and in a model bundle (:mod:`deepyeast.model.bundle`)."""
+
+LMDB_SUFFIX = "_lmdb"
+"""A split's Datum LMDB folder is ``<split>_lmdb`` (:func:`lmdb_folder`), as Caffe's examples name them."""
+
+
+def lmdb_folder(split):
+    """The LMDB folder name of a split: ``train_lmdb``, ``val_lmdb``, ``transfer_test_lmdb``."""
+    return f"{split}{LMDB_SUFFIX}"
+
+
+INFERENCE_PRECISIONS = ("fp32", "bf16")
+"""Arithmetic of a trained net run on crops (:class:`deepyeast.engine.inference.InferenceSettings`):
+``fp32`` is Caffe's; ``bf16`` stores and computes every convolution but the first in bfloat16."""
+
+TRAINING_PRECISIONS = ("fp32", "tf32", "bf16")
+"""Arithmetic of training (:class:`deepyeast.engine.solver.Solver`): ``tf32`` matrix products on GPUs,
+``bf16`` autocast of the forward pass."""
+
 
 def class_names_for(n_classes):
     """Return the class-name tuple with ``n_classes`` entries (12 or 4)."""

@@ -45,6 +45,7 @@ import logging
 import os
 import sys
 
+from deepyeast.constants import INFERENCE_PRECISIONS
 from deepyeast.utils.io import InputError, StepFailed, check_writable, write_error
 
 __all__ = ["main", "run_guarded", "build_parser", "add", "add_output_folder", "output_folder", "add_class_set",
@@ -136,6 +137,16 @@ SHARED = {
     "weights": (("--weights",), dict(metavar="CAFFEMODEL", type=existing_file, help="trained .caffemodel")),
     "mean": (("--mean",), dict(metavar="BINARYPROTO", type=existing_file,
                                help="mean.binaryproto of the training set")),
+    "bundle": (("--bundle",), dict(metavar="DIR", type=existing_dir,
+                                   help="model bundle folder (RUN/model, make_bundle.py's or the Keras converter's "
+                                        "output): the net with its mean and input scale")),
+    "gpu": (("--gpu",), dict(type=int, metavar="ID", help="run the network on this CUDA device (default: CPU)")),
+    "batch": (("--batch",), dict(type=positive_int, default=100, metavar="N",
+                                 help="crops per forward pass (default %(default)s)")),
+    "precision": (("--precision",), dict(choices=INFERENCE_PRECISIONS, default="fp32",
+                                         help="arithmetic of the network: fp32 (Caffe's) or bf16 convolutions "
+                                              "(about 2x faster on recent CPUs and GPUs; a few calls near a tie "
+                                              "change) (default %(default)s)")),
     "archive": (("--archive",), dict(metavar="ROOT", type=existing_dir,
                                      help="archive root holding plateNN/*.png and the split lists")),
     "scheduler": (("--scheduler",),
@@ -221,6 +232,17 @@ def add_segment_params(parser):
         group.add_argument("--" + name.replace("_", "-"), default=value, help=f"{help_text} (default: %(default)s)",
                            **kw)
     return group
+
+
+def inference_settings(args, fold=True):
+    """The :class:`deepyeast.engine.inference.InferenceSettings` of the shared options ``--gpu``,
+    ``--precision`` and ``--batch`` (those a step lacks keep their defaults)."""
+    from deepyeast.engine.inference import InferenceSettings, device_of_gpu
+
+    default = InferenceSettings()
+    return InferenceSettings(device=device_of_gpu(getattr(args, "gpu", None)),
+                             precision=getattr(args, "precision", default.precision),
+                             batch=getattr(args, "batch", default.batch), fold=fold)
 
 
 def segment_params(args):

@@ -11,6 +11,9 @@ DEMO_BN_ITERS ?= 30
 # CellProfiler features (the forest's and the quality filter's input, ~15 ms per cell on 2 cores)
 # for a seeded random 6,000 of the 18,000 training cells: all of them would add ~3 minutes.
 DEMO_CP_TRAIN_CELLS ?= 6000
+# the comparison of two screens (issue 20): a synthetic pair of this many proteins, classified with the
+# demo's network and compared (RUN/compare/report.html, linked from the report); 0 leaves it out
+DEMO_COMPARE_PROTEINS ?= 80
 REPRO_GRID ?= paper
 # t-SNE: the demo's faster settings (a documented deviation), the paper's (scikit-learn's defaults) in reproduce
 REPRO_TSNE ?= paper
@@ -19,7 +22,7 @@ REPRO_TSNE ?= paper
 demo: deps
 	@$(MAKE) --no-print-directory pipeline RUN=runs/demo SCREEN=synthetic SIZE=demo \
 		SOLVER=$(CPU_SOLVER) SCHEDULE="$(DEMO_SCHEDULE)" GRID=small PRECISION=bf16 BN_ITERS=$(DEMO_BN_ITERS) \
-		CP_TRAIN_CELLS=$(DEMO_CP_TRAIN_CELLS)
+		CP_TRAIN_CELLS=$(DEMO_CP_TRAIN_CELLS) COMPARE_PROTEINS=$(DEMO_COMPARE_PROTEINS)
 
 # ENGINE=caffe trains with real Caffe instead (bin/caffe; CPU only in the Debian root).
 # The published archive holds split lists, two class tables and PNG crops only; what else the paper

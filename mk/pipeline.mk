@@ -3,8 +3,10 @@
 # atomically, so a step killed midway leaves nothing that a re-run would take
 # for finished; training resumes from its newest .solverstate (-snapshot auto).
 # Each analysis writes RUN/<name>/result.json last (its make target); the report
-# finds every result.json under RUN, so a new analysis is a rule here and one entry
-# in RESULTS, nothing in the report.
+# finds every result.json under RUN.  RESULTS below lists the result folders a complete
+# run has: the same folders as deepyeast/report/metrics_json.py's EXPECTED_RESULTS (which
+# the report's completeness check reads), and tests/test_registry.py fails when the two
+# lists differ or a listed folder has no rule here.
 #
 # Variables (set by demo / reproduce, or on the command line):
 #   RUN        run folder (all outputs under it)
@@ -40,6 +42,8 @@
 #              transfer and interpretation
 #   TSNE       t-SNE settings: fast (standardised, 50 PCs, 500 iterations) | paper (scikit-learn's defaults)
 #   TRAINED_ON one line on the training data for the model bundle's readme
+#   COMPARE_PROTEINS  with a synthetic screen: N > 0 adds the comparison of two screens (a synthetic pair of
+#              N proteins, some relocalised, classified with the run's network; RUN/compare/, in the report)
 
 RUN ?= runs/demo
 SCREEN ?= synthetic
@@ -253,8 +257,14 @@ $(RUN)/interpret/result.json: $(RUN)/cells_test.csv $(CP)/test.csv
 		--out $(@D) $(STEP_OPTS))
 
 # ---------------------------------------------------------------- report
-RESULTS := cells quality proteins rf_proteins transfer interpret
-$(RUN)/report.html: $(foreach r,$(RESULTS),$(RUN)/$(r)/result.json)
+# the forest's result.json is written with its predictions table (random_forest.py)
+$(RUN)/rf/result.json: $(RUN)/rf/cells_test.csv
+	@test -f $@ || { echo "$@ is missing: remove $< and run again"; exit 1; }
+
+# RESULTS: every complete run's (= EXPECTED_RESULTS); OPTIONAL_RESULTS: those some settings add
+RESULTS := cells quality rf proteins rf_proteins transfer interpret
+OPTIONAL_RESULTS := $(if $(and $(filter synthetic,$(SCREEN)),$(filter-out 0,$(COMPARE_PROTEINS))),compare)
+$(RUN)/report.html: $(foreach r,$(RESULTS) $(OPTIONAL_RESULTS),$(RUN)/$(r)/result.json)
 	$(call step,report,$(PY) analysis/make_report.py --run $(RUN) --out $(RUN))
 	@echo "report: $@"
 	@echo "metrics: $(RUN)/metrics.json"
@@ -272,3 +282,26 @@ $(RUN)/model/bundle.json: $(WEIGHTS) $(MEAN) $(RUN)/metrics.json $(TRAIN)/solver
 		--classes $(MAIN)/HOwt_doc.txt --solver $(TRAIN)/solver.prototxt --metrics $(RUN)/metrics.json \
 		--examples $(call LIST,test) --ood-train $(call LIST,train) --ood-val $(call LIST,val) \
 		--trained-on "$(TRAINED_ON)" --out $(@D))
+
+# ---------------------------------------------------------------- comparing two screens (COMPARE_PROTEINS)
+# A synthetic pair of micrograph screens (same proteins, some relocalised in the condition; micrograph
+# effects on both sides), each classified from its micrographs with the run's network (a bundle of the
+# weights, made before the report, so the report can show the comparison), then compared.
+# PAIR/screens/truth.csv says which proteins moved; the comparison does not read it.
+PAIR := $(RUN)/compare_pair
+$(PAIR)/screens/truth.csv:
+	$(call step,a pair of screens to compare ($(COMPARE_PROTEINS) proteins),$(PY) data_prep/make_synthetic.py \
+		--pair micrographs --size $(SIZE) --pair-proteins $(COMPARE_PROTEINS) --seed $(SEED) --jobs $(JOBS) \
+		--out $(@D))
+
+$(PAIR)/model/bundle.json: $(WEIGHTS) $(MEAN) $(DEPLOY) $(DATA)/screen.json
+	$(call step,the network as a bundle (for the comparison),$(PY) analysis/make_bundle.py --model $(DEPLOY) \
+		--weights $(WEIGHTS) --mean $(MEAN) --classes $(MAIN)/HOwt_doc.txt --trained-on "$(TRAINED_ON)" --out $(@D))
+
+$(PAIR)/%/cells.csv: $(PAIR)/model/bundle.json $(PAIR)/screens/truth.csv
+	$(call step,classify the $* screen,$(PY) analysis/classify_screen.py --model $(PAIR)/model \
+		--images $(PAIR)/screens/$*/images.csv --out $(@D) --precision bf16)
+
+$(RUN)/compare/result.json: $(PAIR)/reference/cells.csv $(PAIR)/condition/cells.csv
+	$(call step,compare the two screens,$(PY) analysis/compare_screens.py --reference $(PAIR)/reference \
+		--condition $(PAIR)/condition --out $(@D) --seed $(SEED))

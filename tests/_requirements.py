@@ -1,4 +1,4 @@
-"""Tests that need a component this machine may lack: real Caffe, R, a browser.
+"""Tests that need a component this machine may lack: real Caffe, R, a browser, a virtual X server.
 
 For a user running ``make test`` without one, those tests are skipped with a reason and the run
 ends with one summary line per missing component.  In CI (the environment variable ``CI`` set,
@@ -17,6 +17,8 @@ COMPONENTS = {
     "caffe": "real Caffe 1.0 (the Caffe root: `make caffe`, needs root and debootstrap)",
     "R": "R with randomForest and rpy2 (apt-get install r-base-core r-cran-randomforest; pip install 'rpy2<3.6')",
     "browser": "a headless browser (apt-get install chromium)",
+    "xvfb": "a virtual X server and the X/OpenGL libraries napari's Qt needs (the `test` group of "
+            "system-packages.txt: apt-get install xvfb xauth libgl1-mesa-dri libxkbcommon-x11-0 libxcb-icccm4 ...)",
 }
 
 

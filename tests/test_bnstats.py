@@ -5,7 +5,7 @@ import torch
 
 from _solver_nets import BATCH, SMALL_CONV_NET, make_lmdb
 from deepyeast.caffe import caffe_pb2
-from deepyeast.engine.cli import main
+from deepyeast.commands import main
 from deepyeast.engine import Net
 from deepyeast.engine.bnstats import recompute_bn_statistics
 from deepyeast.caffe.blobs import read_caffemodel

@@ -87,7 +87,7 @@ def test_predictions_equal_the_pipeline_prediction_step(made, tmp_path):
     ours = b.predictor(batch=7)(made["crops"])
     assert ours.shape == (len(made["crops"]), 12) and np.allclose(ours.sum(axis=1), 1, atol=1e-5)
     assert len(set(ours.argmax(axis=1))) >= 4  # weights are not trivial
-    forward_blobs("ours", b.deploy_path, b.weights_path, made["crops"], b.mean, ["prob"], str(tmp_path))
+    forward_blobs("ours", b.net_files, made["crops"], ["prob"], str(tmp_path))
     np.testing.assert_allclose(ours, np.load(tmp_path / "prob.npy"), atol=1e-6)
     np.testing.assert_allclose(predict_crops(made["path"], made["crops"][:3]), ours[:3], atol=1e-6)
 
@@ -286,3 +286,30 @@ def test_bundle_json_is_the_readme_facts(made):
     assert meta["classes"] == list(CLASS_NAMES)
     net = read_prototxt(os.path.join(made["path"], "deploy.prototxt"), caffe_pb2.NetParameter)
     assert [layer.inner_product_param.num_output for layer in net.layer if layer.name == "fc3"] == [12]
+
+
+def test_predictor_outputs_extra_blobs_beside_the_probabilities(made):
+    """One pass gives the probabilities and other kept blobs; fc3's softmax is the probabilities."""
+    b = read_bundle(made["path"])
+    out = b.predictor(extra_blobs=("fc3",), batch=5).outputs(made["crops"])
+    assert list(out) == ["prob", "fc3"] and out["fc3"].shape == (len(made["crops"]), 12)
+    logits = out["fc3"].astype(np.float64)
+    soft = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(soft / soft.sum(axis=1, keepdims=True), out["prob"], atol=1e-5)
+    np.testing.assert_array_equal(b.predictor(batch=5)(made["crops"]), out["prob"])
+
+
+def test_bundle_from_run_in_process(made, tmp_path):
+    """The library of make-bundle, called without a subprocess: a run's files become a bundle that gives the
+    same probabilities, with the class table spelled as DeepYeast spells it and no metrics it was not given."""
+    from deepyeast.data.lists import write_class_doc
+    from deepyeast.model.run_bundle import RunFiles, bundle_from_run
+
+    b = read_bundle(made["path"])
+    write_class_doc(str(tmp_path / "HOwt_doc.txt"), CLASS_NAMES)  # lower-case names, like the archive
+    out = bundle_from_run(str(tmp_path / "model"), RunFiles(b.deploy_path, b.weights_path, b.mean_path,
+                                                            str(tmp_path / "HOwt_doc.txt")), trained_on="synthetic")
+    assert out.classes == CLASS_NAMES and out.metadata["metrics"] == {}
+    assert out.metadata["training"] == {"data": "synthetic"} and out.examples() is None
+    crops = made["crops"][:4]
+    np.testing.assert_array_equal(read_bundle(out.path).predictor()(crops), b.predictor()(crops))

@@ -26,6 +26,7 @@ from deepyeast.analysis.protein_level import dirichlet_map
 from deepyeast.constants import CLASS_NAMES
 from deepyeast.data.segment import cells_and_crops, segment_marker
 from deepyeast.model import read_bundle
+from deepyeast.engine.inference import InferenceSettings
 from deepyeast.utils.io import InputError
 
 SCRIPT = os.path.join(REPO_ROOT, "analysis", "classify_screen.py")
@@ -229,7 +230,8 @@ def test_bf16_changes_are_counted_against_fp32(bundle, fields, tmp_path):
     d, rows = fields
     table = tmp_path / "one.csv"
     table.write_text(f"image,protein\n{d / rows[0]['image']},{rows[0]['protein']}\n")
-    s = classify_screen(bundle, str(table), str(tmp_path / "bf16"), precision="bf16", compare_fp32=True,
+    s = classify_screen(bundle, str(table), str(tmp_path / "bf16"), inference=InferenceSettings(precision="bf16"),
+                        compare_fp32=True,
                         progress=False)
     image = tifffile.imread(d / rows[0]["image"])
     _, _, crops = cells_and_crops(image)

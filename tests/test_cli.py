@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from deepyeast.caffe.lmdb import path_of_key as key_to_path
-from deepyeast.engine.cli import main
+from deepyeast.commands import main
 from deepyeast.caffe.blobs import read_caffemodel
 from deepyeast.caffe.lmdb import read_datum_lmdb
 

@@ -33,7 +33,9 @@ def test_help_lists_every_subcommand_with_a_one_line_description():
     assert set(commands.names()) <= set(listed), set(commands.names()) - set(listed)
     for name in commands.names():
         assert len(listed[name]) > 15, (name, listed[name])
-    assert set(commands.ENGINE_VERBS) == {"train", "test", "time", "extract", "bnstats"}
+    from deepyeast.engine.cli import ACTIONS
+
+    assert set(commands.ENGINE_VERBS) == set(ACTIONS) == {"train", "test", "time", "extract", "bnstats"}
     for name in ("segment", "crop", "classify", "predict", "bundle", "export-bioimageio", "convert-keras",
                  "fetch-weights"):
         assert name in listed

@@ -302,12 +302,13 @@ def _distributions_of(module):
     return {_norm(d) for d in dists}
 
 
-@pytest.mark.parametrize("folders, extras", [(("deepyeast", "analysis", "data_prep"), ("r",)),
-                                             (("tests",), ("tests", "r"))],
+@pytest.mark.parametrize("folders, extras", [(("deepyeast", "analysis", "data_prep"), ("r", "napari")),
+                                             (("tests", "docs"), ("tests", "r", "napari", "docs"))],
                          ids=["library-and-scripts", "tests"])
 def test_every_imported_package_is_declared(folders, extras):
     """Each third-party module the code imports comes from a package pyproject.toml declares (the
-    library and step scripts: the dependencies and the `r` extra; the tests: also the `tests` extra)."""
+    library and step scripts: the dependencies and the `r` and `napari` extras (deepyeast/napari); the
+    tests and the docs' build hook: also the `tests` and `docs` extras)."""
     declared = set(_declared(extras))
     undeclared = []
     for module, where in sorted(_third_party_imports(folders).items()):
@@ -343,13 +344,18 @@ def test_built_wheel_holds_the_package_data_and_works_installed(tmp_path, tmp_pa
     zoo = {os.path.join("deepyeast", "models", os.path.relpath(os.path.join(d, f), os.path.join(REPO_ROOT, "models")))
            for d, _, files in os.walk(os.path.join(REPO_ROOT, "models")) for f in files}
     assert {"deepyeast/models/deepyeast/deploy.prototxt", "deepyeast/models/deepyeast/solver_cpu.prototxt"} <= zoo
-    assert {"deepyeast/caffe/proto/caffe.proto", "deepyeast/analysis/random_forest.R"} | zoo <= names
+    assert {"deepyeast/caffe/proto/caffe.proto", "deepyeast/analysis/random_forest.R",
+            "deepyeast/napari/napari.yaml"} | zoo <= names
+    (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+    entry_points = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "[console_scripts]\ndeepyeast = deepyeast.commands:main" in entry_points, entry_points
+    assert "[napari.manifest]\ndeepyeast = deepyeast.napari:napari.yaml" in entry_points, entry_points
     site = tmp_path / "site"
     res = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site),
                           str(wheel)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     probe = ("import os, deepyeast\n"
-             "from deepyeast.model.zoo import zoo_file\n"
+             "from deepyeast.caffe.zoo import zoo_file\n"
              "from deepyeast.analysis.rforest import R_SCRIPT\n"
              "from deepyeast.engine.runconfig import write_run_config\n"
              "print(deepyeast.__file__); print(zoo_file('deploy.prototxt')); print(R_SCRIPT, os.path.isfile(R_SCRIPT))\n")

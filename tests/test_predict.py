@@ -17,6 +17,7 @@ from deepyeast.caffe.blobs import compute_mean, write_caffemodel, write_mean_bin
 from deepyeast.caffe.lmdb import write_datum_lmdb
 from deepyeast.caffe.prototxt import read_prototxt
 from deepyeast.engine import Net
+from deepyeast.engine.inference import InferenceSettings
 from deepyeast.analysis import predict
 from deepyeast.analysis.features import read_features
 from deepyeast.data.crop_png import encode_crop
@@ -109,7 +110,7 @@ def test_ours_writes_features(setup, ours):
 def test_lmdb_input_gives_the_same_table(setup, ours):
     d = setup["dir"]
     cells = predict.cells_from_lmdb(d / "test_lmdb")
-    table = predict.predict_cells(cells, DEPLOY, setup["weights"], setup["mean"], engine="ours",
+    table = predict.predict_cells(cells, predict.net_files(DEPLOY, setup["weights"], setup["mean"]), engine="ours",
                                   out_csv=d / "lmdb.csv")
     assert set(table.split) == {"test"}
     ref, _ = ours
@@ -123,18 +124,19 @@ def test_bad_inputs_are_named(setup, tmp_path):
     cells = predict.cells_from_list(setup["root"], setup["root"] / "HOwt_test.txt")
     write_mean_binaryproto(tmp_path / "bad_mean.binaryproto", np.zeros((3, 64, 64), np.float32))
     with pytest.raises(InputError, match=r"bad_mean.binaryproto.*\(3, 64, 64\).*\(2, 64, 64\)"):
-        predict.predict_cells(cells, DEPLOY, setup["weights"], tmp_path / "bad_mean.binaryproto",
+        predict.predict_cells(cells, predict.net_files(DEPLOY, setup["weights"], tmp_path / "bad_mean.binaryproto"),
                               out_csv=tmp_path / "x.csv")
     with pytest.raises(InputError, match="nosuchblob"):
-        predict.predict_cells(cells, DEPLOY, setup["weights"], setup["mean"], out_csv=tmp_path / "x.csv",
-                              features_out=tmp_path / "f", feature_blobs=["nosuchblob"])
+        predict.predict_cells(cells, predict.net_files(DEPLOY, setup["weights"], setup["mean"]),
+                              out_csv=tmp_path / "x.csv",
+                              features=predict.FeatureRequest(tmp_path / "f", ("nosuchblob",)))
     assert not os.path.exists(tmp_path / "x.csv") and not os.path.exists(tmp_path / "f")
     (tmp_path / "list.txt").write_text(setup["lines"][0] + "plate01/missing-1-1-1.png 3\n")
     with pytest.raises(InputError, match="missing-1-1-1.png"):
         predict.cells_from_list(setup["root"], tmp_path / "list.txt")
     with pytest.raises(InputError, match="--split"):
         predict.predict_cells(predict.Cells(cells.images, cells.labels, cells.paths, "cells.txt"),
-                              DEPLOY, setup["weights"], setup["mean"])
+                              predict.net_files(DEPLOY, setup["weights"], setup["mean"]))
     proc = subprocess.run([sys.executable, SCRIPT, "--model", DEPLOY, "--weights", str(setup["weights"]),
                            "--mean", str(tmp_path / "bad_mean.binaryproto"), "--archive", str(setup["root"]),
                            "--list", "HOwt_test.txt", "--out", str(tmp_path / "y.csv")],
@@ -200,9 +202,8 @@ def test_pycaffe_pools_like_our_engine(setup, tmp_path, caffe_root_present):
     cells = predict.cells_from_list(setup["root"], setup["root"] / "HOwt_test.txt")
     got = {}
     for engine in ("ours", "caffe"):
-        predict.predict_cells(cells, DEPLOY, setup["weights"], setup["mean"], engine=engine,
-                              features_out=tmp_path / engine, feature_blobs=["conv2", "fc2"],
-                              feature_reduce="pool")
+        predict.predict_cells(cells, predict.net_files(DEPLOY, setup["weights"], setup["mean"]), engine=engine,
+                              features=predict.FeatureRequest(tmp_path / engine, ("conv2", "fc2"), "pool"))
         got[engine] = np.load(tmp_path / engine / "conv2.pool.npy")
         assert sorted(os.listdir(tmp_path / engine)) == ["conv2.pool.npy", "conv2.top.npz", "fc2.npy", "paths.txt"]
         # the stored top value of a channel is the largest of its per-cell maxima
@@ -242,8 +243,9 @@ def test_features_written_in_chunks_equal_one_batch(setup, tmp_path):
     got = {}
     for batch in (5, N):
         out = tmp_path / f"b{batch}"
-        table = predict.predict_cells(cells, DEPLOY, setup["weights"], setup["mean"], out_csv=out / "cells.csv",
-                                      features_out=out / "f", feature_blobs=["conv2", "conv8", "fc1"], batch=batch)
+        table = predict.predict_cells(cells, predict.net_files(DEPLOY, setup["weights"], setup["mean"]),
+                                      InferenceSettings(batch=batch), out_csv=out / "cells.csv",
+                                      features=predict.FeatureRequest(out / "f", ("conv2", "conv8", "fc1")))
         got[batch] = (table, {name: np.load(out / "f" / name) for name in ("conv2.pool.npy", "conv8.pool.npy",
                                                                             "fc1.npy")},
                       {b: read_top(out / "f", b) for b in ("conv2", "conv8")})

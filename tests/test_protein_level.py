@@ -232,3 +232,42 @@ def test_synthetic_screen_mixed_proteins_are_held_out(tmp_path):
         f.write(f"{paths[0]} 1\n")
     with pytest.raises(InputError, match=r"mixed_proteins.csv: row \d+: protein plate\d+/\d+ has cells in .*HOwt_test.txt"):
         mixed_protein_cells(root / "mixed_proteins.csv", not_in=lists)
+
+
+def test_classify_and_protein_level_call_the_same_cells_identically():
+    """One way to call a protein: a new screen's calls (classify) are protein_level's calls extended with
+    plate, micrographs and flags; on the same cells both give identical posteriors, alphas and calls."""
+    from deepyeast.analysis.classify import ScreenCells, call_proteins
+
+    table = simulated_table(n_proteins=30, seed=4)
+    ref = protein_calls(table)
+    n = len(table.path)
+    shuffled = np.random.default_rng(1).permutation(n)  # a screen lists its cells in its own order
+    key = table.protein[shuffled]
+    plate = np.asarray([int(k[5:7]) for k in key], np.int64)
+    images = [dict(where=f"images.csv:{i + 2}", image=f"{k}.tif", plate=int(k[5:7]), protein=k.split("/")[1], key=k,
+                   label=int(table.label[table.protein == k][0]), source="given", n_cells=0, first=0)
+              for i, k in enumerate(dict.fromkeys(key))]
+    images.append(dict(where="images.csv:99", image="empty.tif", plate=9, protein="none", key="plate09/none",
+                       label=None, source="given", n_cells=0, first=n))
+    cells = ScreenCells(image=np.asarray([f"{k}.tif" for k in key], object), protein=key, plate=plate, key=key,
+                        cell=np.arange(n, dtype=np.int64), x=np.zeros(n), y=np.zeros(n), area=np.ones(n, np.int64),
+                        padded=np.zeros(n, bool), label=table.label[shuffled], probs=table.probs[shuffled],
+                        pred=table.pred[shuffled], probs_fp32=None, crops_path="", crop_shape=(2, 64, 64),
+                        images=images)
+    screen = call_proteins(cells, CLASS_NAMES)
+    at = {k: i for i, k in enumerate(screen.key)}
+    rows = [at[k] for k in ref.protein]
+    assert len(screen.key) == len(ref.protein) + 1  # and the protein without cells, listed uncalled
+    # identical up to the order in which the soft counts are summed (the cells are shuffled)
+    np.testing.assert_allclose(screen.posterior[rows], ref.posterior, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(screen.alpha[rows], ref.alpha, rtol=1e-12, atol=0)
+    np.testing.assert_array_equal(screen.pred[rows], ref.pred)
+    np.testing.assert_array_equal(screen.n_cells[rows], ref.n_cells)
+    np.testing.assert_array_equal(screen.label[rows], ref.label)
+    empty = at["plate09/none"]
+    assert screen.n_cells[empty] == 0 and screen.pred[empty] == -1 and np.isnan(screen.posterior[empty]).all()
+    assert screen.flags["no_cells"][empty] and not screen.flags["no_cells"][rows].any()
+    # in the same cell order the two entry points give bit-identical posteriors
+    same = ScreenCells(**{**cells.__dict__, "key": table.protein, "probs": table.probs})
+    np.testing.assert_array_equal(call_proteins(same, CLASS_NAMES).posterior[rows], ref.posterior)

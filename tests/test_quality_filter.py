@@ -17,7 +17,7 @@ from deepyeast.analysis.quality_filter import (
     read_quality_labels,
 )
 from deepyeast.analysis.rforest import quality_best
-from deepyeast.report.manifest import read_result
+from deepyeast.utils.manifest import read_result
 from deepyeast.utils.io import InputError
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)

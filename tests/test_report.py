@@ -26,7 +26,7 @@ from deepyeast.analysis.protein_level import run_protein_level  # noqa: E402
 from deepyeast.analysis.rforest import write_forest_result  # noqa: E402
 from deepyeast.analysis.transfer import write_transfer_result  # noqa: E402
 from deepyeast.report.html import build_report  # noqa: E402
-from deepyeast.report.manifest import figure, write_result  # noqa: E402
+from deepyeast.utils.manifest import figure, write_result  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRED_KEYS = ("cell_accuracy", "cell_kappa", "cell_accuracy_filtered", "protein_accuracy",

@@ -20,7 +20,7 @@ import tifffile
 from _bundles import make_bundle
 from _dask_cluster import dask_cluster
 from _data_helpers import REPO_ROOT, tiny_screen
-from deepyeast.analysis.classify import classify_screen
+from deepyeast.analysis.classify import CallRules, classify_screen
 from deepyeast.analysis.screen_run import chunk_path, work_folder
 
 SCRIPT = os.path.join(REPO_ROOT, "analysis", "classify_screen.py")
@@ -153,7 +153,7 @@ def test_a_changed_setup_is_refused_and_call_settings_may_change(bundle, screen,
     parts = screen_run.fingerprint_parts(b, str(screen), new)
     assert parts["settings"] != screen_run.fingerprint_parts(b, str(screen), old)["settings"]
     s = classify_screen(bundle, str(screen), str(out), progress=False, n_resamples=50, chunk=2, restart=True,
-                        min_cells=3)
+                        rules=CallRules(min_cells=3))
     assert s["reused_micrographs"] == 0 and not os.path.exists(work)
 
 

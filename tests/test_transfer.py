@@ -38,7 +38,7 @@ def test_subsamples_are_nested_capped_and_per_class():
 def test_bootstrap_interval_matches_resampling_cells():
     correct = np.zeros(200, dtype=bool)
     correct[:150] = True
-    lo, hi = bootstrap_accuracy_interval(150, 200, n_boot=20000, seed=1)
+    lo, hi = bootstrap_accuracy_interval(150, 200, n_resamples=20000, seed=1)
     rng = np.random.default_rng(2)
     resampled = correct[rng.integers(0, 200, size=(20000, 200))].mean(axis=1)
     ref_lo, ref_hi = np.percentile(resampled, [2.5, 97.5])
@@ -52,7 +52,7 @@ def test_accuracy_rises_with_examples_on_separable_data():
     y = np.repeat(np.arange(4), 200)
     split = np.array((["train"] * 120 + ["val"] * 30 + ["test"] * 50) * 4, dtype=object)
     x = _blobs(y, 12, 1.2, rng)
-    rows = transfer_curve("layer", x, y, split, 4, n_per_class=(1, 5, 25, 100, 250, 500), n_trees=50, n_boot=500)
+    rows = transfer_curve("layer", x, y, split, 4, n_per_class=(1, 5, 25, 100, 250, 500), n_trees=50, n_resamples=500)
     assert [r["n_per_class"] for r in rows] == [1, 5, 25, 100, 250]   # stops once every train cell is used
     assert rows[-1]["n_train"] == 480 and rows[0]["n_train"] == 4
     acc = [r["accuracy"] for r in rows]
@@ -101,7 +101,7 @@ def test_run_transfer_end_to_end(tmp_path):
     dirs = _transfer_screen(tmp_path / "screen")
     labels = read_label_lists(tmp_path / "screen", "HOwt_transfer", n_classes=4)
     out = tmp_path / "out"
-    result = run_transfer(dirs, labels, str(out), cp_csv=tmp_path / "screen" / "cp.csv", n_trees=25, n_boot=300,
+    result = run_transfer(dirs, labels, str(out), cp_csv=tmp_path / "screen" / "cp.csv", n_trees=25, n_resamples=300,
                           log=lambda *_: None)
     assert result["cells"] == {"train": 120, "val": 40, "test": 100}
     assert result["best_layer"] == "fc2"
@@ -174,7 +174,7 @@ def test_headline_is_fc1_with_20000_resamples_even_when_another_layer_is_best(tm
         dirs.append(str(d))
     labels = read_label_lists(root, "HOwt_transfer", n_classes=4)
     out = tmp_path / "out"
-    result = run_transfer(dirs, labels, str(out), n_per_class=(5, 20), n_trees=10, n_boot=200, seed=3,
+    result = run_transfer(dirs, labels, str(out), n_per_class=(5, 20), n_trees=10, n_resamples=200, seed=3,
                           log=lambda *_: None, n_tsne=60)
     assert result["best_layer"] == "fc2" and result["headline_layer"] == "fc1"
     assert result["headline_resamples"] == 20000

@@ -28,7 +28,7 @@ import os
 import numpy as np
 
 from deepyeast.constants import PAPER_RESULTS
-from deepyeast.report.manifest import clear_result, figure, headline, table, write_result
+from deepyeast.utils.manifest import clear_result, figure, headline, table, write_result
 from deepyeast.utils.io import InputError, atomic_write_json, write_csv
 
 DEFAULT_RESAMPLES = 20000
@@ -425,7 +425,7 @@ FIGURE_CAPTIONS = {
 
 
 def write_cells_result(out_dir, out, res_net, res_rf, net, figures, name="cells"):
-    """The result manifest of the per-cell evaluation (see :mod:`deepyeast.report.manifest`)."""
+    """The result manifest of the per-cell evaluation (see :mod:`deepyeast.utils.manifest`)."""
     acc = out["cell_accuracy"]
     text = (f"The network classified {acc['total']:,} test cells of {len(set(net.protein.tolist())):,} proteins; "
             f"{acc['correct']:,} were called right (accuracy {acc['value']:.3f}, 95% interval "

@@ -59,16 +59,18 @@ import shutil
 import numpy as np
 
 from deepyeast.analysis.qc import QC_COLUMNS
-from deepyeast.constants import MIN_CELLS_PER_PROTEIN
+from deepyeast.constants import INFERENCE_PRECISIONS as PRECISIONS, MIN_CELLS_PER_PROTEIN
 from deepyeast.data.micrographs import Rejects, read_images_table
 from deepyeast.data.segment import SegmentParams
+from deepyeast.engine.inference import InferenceSettings
 from deepyeast.utils.io import (InputError, StepFailed, atomic_path, atomic_write_text, output_lock,
                                 remove_stale_partials, write_csv)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ScreenCells", "ScreenCalls", "classify_screen", "read_screen_rows", "assemble_cells", "call_proteins", "protein_flags", "p_call",
-           "DUAL_SHARE", "CONFIDENCE", "GALLERY_CELLS", "PRECISIONS"]
+__all__ = ["ScreenCells", "ScreenCalls", "CallRules", "classify_screen", "classify_micrograph", "read_screen_rows",
+           "assemble_cells",
+           "call_proteins", "protein_flags", "p_call", "DUAL_SHARE", "CONFIDENCE", "GALLERY_CELLS", "PRECISIONS"]
 
 DUAL_SHARE = 0.25
 """Default ``possible_dual`` threshold on the runner-up compartment's posterior share."""
@@ -76,7 +78,34 @@ CONFIDENCE = 0.95
 """Default ``low_confidence`` threshold on ``p_call`` (posterior probability that the call leads the runner-up)."""
 GALLERY_CELLS = 8
 """Default number of cells shown per protein in the report."""
-PRECISIONS = ("fp32", "bf16")  # deepyeast.engine.fold.PRECISIONS, not imported here: no torch at import
+
+
+@dataclasses.dataclass(frozen=True)
+class CallRules:
+    """When a protein call is flagged (see the module doc): ``few_cells`` below ``min_cells`` cells,
+    ``low_confidence`` for ``p_call`` below ``confidence``, ``possible_dual`` for a runner-up share of at
+    least ``dual_share``.  Invalid values are an ``InputError``."""
+
+    min_cells: int = MIN_CELLS_PER_PROTEIN
+    confidence: float = CONFIDENCE
+    dual_share: float = DUAL_SHARE
+
+    def __post_init__(self):
+        if not 0 < self.dual_share <= 1 or not 0 < self.confidence < 1:
+            raise InputError(f"dual_share must be in (0, 1] and confidence in (0, 1), got {self.dual_share}, "
+                             f"{self.confidence}")
+        if self.min_cells < 1:
+            raise InputError("min_cells and gallery_cells must be at least 1")
+
+    def definitions(self):
+        """The flags' definitions in words, with these thresholds (``summary.json``'s ``flag_definitions``)."""
+        return {
+            "few_cells": f"fewer than {self.min_cells} cells",
+            "low_confidence": f"p_call < {self.confidence}: the posterior probability that the called "
+                              "compartment's share exceeds the runner-up's (Dirichlet posterior, exact)",
+            "possible_dual": f"top2_share >= {self.dual_share}: the runner-up compartment holds at least "
+                             "that share of the protein's soft counts",
+            "no_cells": "no cell found in any of the protein's micrographs (no call)"}
 
 
 # --------------------------------------------------------------------------- cells
@@ -173,7 +202,7 @@ def assemble_cells(rows, chunks, work, fp, settings, bundle, crops_path, rejects
     from deepyeast.analysis.screen_run import chunk_path, read_chunk, row_stamp
 
     c, h, w = bundle.input_shape
-    want32 = settings.compare_fp32 and settings.precision != "fp32"
+    want32 = settings.compare_fp32 and settings.inference.precision != "fp32"
     cols = collections.defaultdict(list)
     images = []
     n = 0
@@ -225,6 +254,51 @@ def assemble_cells(rows, chunks, work, fp, settings, bundle, crops_path, rejects
         crops_path=crops_path, crop_shape=(c, h, w), images=images, ood_score=cat("ood_score", np.float32))
 
 
+def _crop_shape(bundle):
+    """The bundle's crop shape ``(2, S, S)``; InputError when its net does not take 2-channel square crops."""
+    c, h, w = bundle.input_shape
+    if c != 2 or h != w:
+        raise InputError(f"{bundle.path}: the model takes {c} x {h} x {w} inputs; classifying micrographs needs "
+                         "2-channel square crops (marker, protein)")
+    return c, h, w
+
+
+def classify_micrograph(bundle, micrograph, mask=None, params=SegmentParams(), border="pad", predictor=None,
+                        name="micrograph"):
+    """One micrograph in memory -> its cells and the call of its protein, as :func:`classify_screen` makes them.
+
+    ``bundle``: a :class:`deepyeast.model.Bundle`; ``micrograph``: uint8 ``2 x H x W`` (marker,
+    protein: :func:`deepyeast.data.micrographs.to_two_channel`); ``mask``: an int label image of
+    the same size, or None to segment the marker with ``params``; ``border`` as ``classify_screen``;
+    ``predictor``: the bundle's :meth:`~deepyeast.model.bundle.Bundle.predictor` to reuse (else
+    one is built, fp32 on the CPU); ``name`` names the micrograph and its protein.
+    Returns ``(mask int H x W, cells ScreenCells, calls ScreenCalls)``: ``cells.cell`` are the
+    mask's labels, ``calls`` one protein (the default call rules).  Used by the napari plugin.
+    """
+    from deepyeast.data.segment import cells_and_crops
+
+    c, h, w = _crop_shape(bundle)
+    source = "segmented" if mask is None else "given"
+    micrograph = np.asarray(micrograph)
+    if micrograph.ndim != 3 or micrograph.shape[0] != 2 or micrograph.dtype != np.uint8:
+        raise InputError(f"{name}: expected uint8 2 x H x W (marker, protein), got {micrograph.dtype} "
+                         f"{' x '.join(map(str, micrograph.shape))}")
+    mask, found, crops = cells_and_crops(micrograph, mask, params, size=h, border=border)
+    predictor = predictor or bundle.predictor()
+    m = len(crops)
+    probs = predictor(crops) if m else np.zeros((0, len(bundle.classes)), np.float32)
+    image = dict(where=name, image=name, plate=None, protein=name, key=name, label=None,
+                 source=source, n_cells=m, first=0)
+    cells = ScreenCells(
+        image=np.asarray([name] * m, object), protein=np.asarray([name] * m, object), plate=np.full(m, -1, np.int64),
+        key=np.asarray([name] * m, object), cell=np.asarray(found["cell"], np.int64),
+        x=np.asarray(found["x"], np.float64), y=np.asarray(found["y"], np.float64),
+        area=np.asarray(found["area"], np.int64), padded=np.asarray(found["padded"], bool),
+        label=np.full(m, -1, np.int64), probs=probs, pred=probs.argmax(axis=1).astype(np.int64),
+        probs_fp32=None, crops_path=None, crop_shape=(c, h, w), images=[image])
+    return mask, cells, call_proteins(cells, bundle.classes)
+
+
 # --------------------------------------------------------------------------- proteins
 
 def p_call(alpha_top1, alpha_top2):
@@ -238,8 +312,7 @@ def p_call(alpha_top1, alpha_top2):
     return betainc(np.asarray(alpha_top2, float), np.asarray(alpha_top1, float), 0.5)
 
 
-def protein_flags(n_cells, posterior, alpha, min_cells=MIN_CELLS_PER_PROTEIN, confidence=CONFIDENCE,
-                  dual_share=DUAL_SHARE):
+def protein_flags(n_cells, posterior, alpha, rules=CallRules()):
     """Top two compartments and the flags of protein calls (see the module doc).
 
     ``n_cells`` int (P,), ``posterior`` float (P, K) MAP shares, ``alpha`` float (P, K)
@@ -253,55 +326,53 @@ def protein_flags(n_cells, posterior, alpha, min_cells=MIN_CELLS_PER_PROTEIN, co
     top1, top2 = order[:, 0], order[:, 1]
     p = p_call(alpha[rows, top1], alpha[rows, top2])
     return {"top1": top1, "top2": top2, "top1_share": posterior[rows, top1], "top2_share": posterior[rows, top2],
-            "p_call": p, "few_cells": np.asarray(n_cells) < min_cells, "low_confidence": p < confidence,
-            "possible_dual": posterior[rows, top2] >= dual_share}
+            "p_call": p, "few_cells": np.asarray(n_cells) < rules.min_cells, "low_confidence": p < rules.confidence,
+            "possible_dual": posterior[rows, top2] >= rules.dual_share}
 
 
 @dataclasses.dataclass
 class ScreenCalls:
-    """Protein calls of a screen (P proteins in table order of first appearance).
+    """Protein calls of a screen (P proteins in table order of first appearance): protein_level's
+    calls (:func:`deepyeast.analysis.protein_level.call_cells`) extended with what a screen adds.
 
-    key, plate (int, -1 none), protein : (P,); n_images, n_cells : int64 (P,) (``n_cells`` the cells
-    the call used: flagged out-of-distribution cells, ``n_ood`` (P,), are left out); label : int64
-    (P,), -1 unknown; pred : int64 (P,), -1 without cells; alpha, posterior : float64 (P, K)
-    (NaN without cells); flags : dict of :func:`protein_flags` arrays (+ ``no_cells``);
+    calls : :class:`deepyeast.analysis.protein_level.ProteinCalls` whose ``protein`` is the key
+    (``plateNN/<protein>``, or the protein without a plate); through it ``key``, ``n_cells``
+    int64 (P,), ``label`` int64 (P,) -1 unknown, ``pred`` int64 (P,) -1 without cells, ``alpha``,
+    ``posterior`` float64 (P, K) (NaN without cells);
+    plate (int, -1 none), protein (the name as the table gives it) : (P,); n_images : int64 (P,);
+    flags : dict of :func:`protein_flags` arrays (+ ``no_cells``); n_ood : int64 (P,) cells flagged out of
+    distribution, left out of the call (``n_cells`` counts the cells used);
     pred_fp32 : int64 (P,) or None (the calls from fp32 probabilities, with ``compare_fp32``).
     """
 
-    key: np.ndarray
+    calls: object
     plate: np.ndarray
     protein: np.ndarray
     n_images: np.ndarray
-    n_cells: np.ndarray
-    label: np.ndarray
-    pred: np.ndarray
-    alpha: np.ndarray
-    posterior: np.ndarray
     flags: dict
     pred_fp32: object = None
     n_ood: np.ndarray = None
 
-
-def _dirichlet(probs, keys, all_keys, k):
-    from deepyeast.analysis.protein_level import dirichlet_map
-
-    alpha = np.full((len(all_keys), k), np.nan)
-    post = np.full((len(all_keys), k), np.nan)
-    if len(keys):
-        ids, _, a, theta = dirichlet_map(probs, keys)
-        index = {p: i for i, p in enumerate(all_keys)}
-        at = [index[p] for p in ids]
-        alpha[at], post[at] = a, theta
-    return alpha, post
+    key = property(lambda self: self.calls.protein)
+    n_cells = property(lambda self: self.calls.n_cells)
+    label = property(lambda self: self.calls.label)
+    pred = property(lambda self: self.calls.pred)
+    alpha = property(lambda self: self.calls.alpha)
+    posterior = property(lambda self: self.calls.posterior)
 
 
-def call_proteins(cells, n_classes, min_cells=MIN_CELLS_PER_PROTEIN, confidence=CONFIDENCE, dual_share=DUAL_SHARE):
-    """Dirichlet calls (:func:`deepyeast.analysis.protein_level.dirichlet_map`) of every protein of ``cells``,
-    from its cells not flagged out of distribution (``cells.ood``; counted in ``n_ood``).
+def call_proteins(cells, class_names, rules=CallRules()):
+    """Calls (:func:`deepyeast.analysis.protein_level.call_cells`) and flags of every protein of ``cells``.
 
-    Every protein with a readable micrograph is listed, those without cells too.  A protein
-    whose rows give different labels is an ``InputError`` naming both rows.
+    ``class_names``: the model's classes (or their number); ``rules``: :class:`CallRules`.  Cells flagged
+    out of distribution (``cells.ood``) are left out of the calls and counted (``n_ood``).  Every
+    protein with a readable micrograph is listed, those without cells too.  A protein whose rows give different labels
+    is an ``InputError`` naming both rows.
     """
+    from deepyeast.analysis.protein_level import call_cells
+
+    if isinstance(class_names, (int, np.integer)):
+        class_names = tuple(str(k) for k in range(class_names))
     order, info = [], {}
     for im in cells.images:
         if im["key"] not in info:
@@ -314,38 +385,32 @@ def call_proteins(cells, n_classes, min_cells=MIN_CELLS_PER_PROTEIN, confidence=
                 raise InputError(f"{im['where']}: protein {im['key']} has label {im['label']} here but "
                                  f"{p['label']} on {p['where']}")
             p["label"], p["where"] = im["label"], im["where"]
-    index = {key: i for i, key in enumerate(order)}
-    which = np.asarray([index[k] for k in cells.key], np.int64)
+    labels = [-1 if info[k]["label"] is None else info[k]["label"] for k in order]
     keep = ~np.asarray(cells.ood, bool)
-    n_cells = np.bincount(which[keep], minlength=len(order)).astype(np.int64)
-    n_ood = np.bincount(which[~keep], minlength=len(order)).astype(np.int64)
-    alpha, post = _dirichlet(cells.probs[keep], cells.key[keep], order, n_classes)
-    has = n_cells > 0
-    pred = np.full(len(order), -1, np.int64)
+    index = {key: i for i, key in enumerate(order)}
+    n_ood = np.bincount(np.asarray([index[k] for k in cells.key[~keep]], np.int64),
+                        minlength=len(order)).astype(np.int64)
+    calls = call_cells(cells.probs[keep], cells.key[keep], class_names, order=order, labels=labels)
+    n_cells, has = calls.n_cells, calls.n_cells > 0
     flags = {name: np.zeros(len(order), dt) for name, dt in (
         ("top1", np.int64), ("top2", np.int64), ("top1_share", float), ("top2_share", float), ("p_call", float),
         ("few_cells", bool), ("low_confidence", bool), ("possible_dual", bool))}
     flags["top1"][:] = flags["top2"][:] = -1
     flags["top1_share"][:] = flags["top2_share"][:] = flags["p_call"][:] = np.nan
     if has.any():
-        f = protein_flags(n_cells[has], post[has], alpha[has], min_cells, confidence, dual_share)
+        f = protein_flags(n_cells[has], calls.posterior[has], calls.alpha[has], rules)
         for name, values in f.items():
             flags[name][has] = values
-        pred[has] = f["top1"]
-    flags["few_cells"] = n_cells < min_cells
+    flags["few_cells"] = n_cells < rules.min_cells
     flags["no_cells"] = ~has
     pred_fp32 = None
     if cells.probs_fp32 is not None:
-        _, post32 = _dirichlet(cells.probs_fp32[keep], cells.key[keep], order, n_classes)
-        pred_fp32 = np.full(len(order), -1, np.int64)
-        pred_fp32[has] = np.argmax(post32[has], axis=1)
+        pred_fp32 = call_cells(cells.probs_fp32[keep], cells.key[keep], class_names, order=order).pred
     return ScreenCalls(
-        key=np.asarray(order, object), plate=np.asarray([-1 if info[k]["plate"] is None else info[k]["plate"]
-                                                         for k in order], np.int64),
+        calls=calls, plate=np.asarray([-1 if info[k]["plate"] is None else info[k]["plate"] for k in order], np.int64),
         protein=np.asarray([info[k]["protein"] for k in order], object),
-        n_images=np.asarray([info[k]["n_images"] for k in order], np.int64), n_cells=n_cells, n_ood=n_ood,
-        label=np.asarray([-1 if info[k]["label"] is None else info[k]["label"] for k in order], np.int64),
-        pred=pred, alpha=alpha, posterior=post, flags=flags, pred_fp32=pred_fp32)
+        n_images=np.asarray([info[k]["n_images"] for k in order], np.int64), flags=flags, pred_fp32=pred_fp32,
+        n_ood=n_ood)
 
 
 # --------------------------------------------------------------------------- accuracy (labels given)
@@ -451,9 +516,8 @@ def write_images_table(path, cells):
 # --------------------------------------------------------------------------- the step
 
 def classify_screen(model_dir, images_csv, out_dir, params=SegmentParams(), channels=(0, 1), bits=None,
-                    skip_bad=False, resegment=False, border="pad", precision="fp32", compare_fp32=False,
-                    device="cpu", batch=100, min_cells=MIN_CELLS_PER_PROTEIN, confidence=CONFIDENCE,
-                    dual_share=DUAL_SHARE, gallery_cells=GALLERY_CELLS, n_resamples=2000, seed=0, command=None,
+                    skip_bad=False, resegment=False, border="pad", inference=InferenceSettings(), compare_fp32=False,
+                    rules=CallRules(), gallery_cells=GALLERY_CELLS, n_resamples=2000, seed=0, command=None,
                     progress=True, scheduler="none", jobs=1, chunk=None, restart=False):
     """Classify the micrographs of ``images_csv`` with the bundle ``model_dir``; write ``out_dir``.
 
@@ -486,25 +550,18 @@ def classify_screen(model_dir, images_csv, out_dir, params=SegmentParams(), chan
     from deepyeast.model import read_bundle
     from deepyeast.report.screen_html import write_screen_report
 
-    if not 0 < dual_share <= 1 or not 0 < confidence < 1:
-        raise InputError(f"dual_share must be in (0, 1] and confidence in (0, 1), got {dual_share}, {confidence}")
-    if min_cells < 1 or gallery_cells < 1:
+    if gallery_cells < 1:
         raise InputError("min_cells and gallery_cells must be at least 1")
-    if precision not in PRECISIONS:
-        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     bundle = read_bundle(model_dir)
-    c, h, w = bundle.input_shape
-    if c != 2 or h != w:
-        raise InputError(f"{bundle.path}: the model takes {c} x {h} x {w} inputs; classifying micrographs needs "
-                         "2-channel square crops (marker, protein)")
+    c, h, w = _crop_shape(bundle)
     classes = list(bundle.classes)
     scorer = OodScorer.from_bundle(bundle)
     rejects = Rejects(skip_bad)
     rows = read_screen_rows(images_csv, bundle.classes, rejects)
     run_settings = screen_run.ChunkSettings(
         model=os.path.abspath(bundle.path), params=params, channels=tuple(int(x) for x in channels), bits=bits,
-        resegment=bool(resegment), border=border, precision=precision, compare_fp32=bool(compare_fp32),
-        device=device, batch=int(batch), chunk=int(chunk or screen_run.CHUNK), size=int(h))
+        resegment=bool(resegment), border=border, inference=inference, compare_fp32=bool(compare_fp32),
+        chunk=int(chunk or screen_run.CHUNK), size=int(h))
     if run_settings.chunk < 1:
         raise InputError(f"chunk must be at least 1, got {chunk}")
     with output_lock(out_dir):
@@ -523,13 +580,13 @@ def classify_screen(model_dir, images_csv, out_dir, params=SegmentParams(), chan
                 raise InputError(f"{images_csv}: no readable micrograph" + (f" ({len(rejects.items)} rows skipped, "
                                                                               "see the messages above)"
                                                                               if rejects.items else ""))
-            calls = call_proteins(cells, len(classes), min_cells, confidence, dual_share)
-            acc = accuracies(cells, calls, len(classes), min_cells, n_resamples, seed)
+            calls = call_proteins(cells, classes, rules)
+            acc = accuracies(cells, calls, len(classes), rules.min_cells, n_resamples, seed)
             summary = _summary(bundle, images_csv, cells, calls, acc, rejects, dict(
                 segmentation=dataclasses.asdict(params), channels=list(channels), bits=bits, resegment=resegment,
-                border=border, precision=precision, device=device, batch=batch, min_cells=min_cells,
-                confidence=confidence, dual_share=dual_share, gallery_cells=gallery_cells, seed=seed,
-                chunk=run_settings.chunk), command)
+                border=border, precision=inference.precision, device=inference.device, batch=inference.batch,
+                **dataclasses.asdict(rules), gallery_cells=gallery_cells, seed=seed, chunk=run_settings.chunk),
+                command)
             summary["reused_micrographs"] = int(reused)
             summary["run"] = {"scheduler": scheduler, "jobs": int(jobs), "chunks": len(chunks),
                               "task_pids": pids}
@@ -606,13 +663,8 @@ def _summary(bundle, images_csv, cells, calls, acc, rejects, settings, command):
         "cells_per_protein": ({"min": int(calls.n_cells[has].min()), "median": float(np.median(calls.n_cells[has])),
                                "max": int(calls.n_cells[has].max())} if has.any() else None),
         "flags": _count_flags(calls),
-        "flag_definitions": {
-            "few_cells": f"fewer than {settings['min_cells']} cells",
-            "low_confidence": f"p_call < {settings['confidence']}: the posterior probability that the called "
-                              "compartment's share exceeds the runner-up's (Dirichlet posterior, exact)",
-            "possible_dual": f"top2_share >= {settings['dual_share']}: the runner-up compartment holds at least "
-                             "that share of the protein's soft counts",
-            "no_cells": "no cell found in any of the protein's micrographs (no call)"},
+        "flag_definitions": CallRules(*(settings[k] for k in ("min_cells", "confidence", "dual_share")))
+        .definitions(),
         "accuracy": acc,
         "ood": ood_summary(bundle, cells, calls),
         "precision_check": None,

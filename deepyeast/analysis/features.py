@@ -12,7 +12,8 @@ and the one format every analysis reads::
                            (:class:`deepyeast.caffe.feature_stream.TopActivations`)
 
 :func:`feature_folder` is the one writer (the whole folder appears at once, rows checked against
-``paths.txt``); :func:`read_paths`, :func:`load_blob`, :func:`blob_features`,
+``paths.txt``; it and the file names live with the other file formats, in
+:mod:`deepyeast.caffe.feature_files`); :func:`read_paths`, :func:`load_blob`, :func:`blob_features`,
 :func:`blob_mean_max`, :func:`read_top` and :func:`read_features` the readers.  The files are
 written batch by batch (:mod:`deepyeast.caffe.feature_stream`) and read in chunks or memory-mapped,
 so no step holds a layer's features of every cell at once.  A blob's C x H x W comes from the net
@@ -25,63 +26,18 @@ The per-cell tables: labels from the split lists (:func:`read_label_lists`) or a
 the feature rows by path (:func:`match_paths`, :func:`labels_for_paths`).
 """
 
-import contextlib
 import csv
 import functools
 import os
 
 import numpy as np
 
+from deepyeast.caffe.feature_files import (PATHS_FILE, POOLED_SUFFIX, feature_file, feature_folder,  # noqa: F401
+                                           read_features, read_paths)  # (the format; re-exported for its readers)
 from deepyeast.caffe.feature_stream import TOP_SUFFIX, NpyWriter, TopActivations  # noqa: F401 (re-exported)
 from deepyeast.constants import LIST_PREFIX, SPLITS, class_names_for
 from deepyeast.data.lists import class_names_for_list, read_split_list
-from deepyeast.utils.io import InputError, atomic_folder, atomic_write_text
-
-PATHS_FILE = "paths.txt"
-POOLED_SUFFIX = ".pool.npy"
-"""File suffix of a blob saved as per-channel spatial mean and max (N x 2C)."""
-
-
-def feature_file(blob, pooled=False):
-    """File name of ``blob`` in a features folder: ``<blob>.npy`` or ``<blob>.pool.npy``."""
-    return blob + (POOLED_SUFFIX if pooled else ".npy")
-
-
-@contextlib.contextmanager
-def feature_folder(out_dir, paths):
-    """Write a features folder: yields a fresh scratch folder to put the blob files in.
-
-    On success ``paths.txt`` (``paths``, one per line) is added, every ``*.npy`` is checked to
-    have one row per path, and the folder replaces ``out_dir`` as a whole.  ``out_dir`` may be
-    an earlier features folder; a folder holding anything else is refused (it would be lost).
-    """
-    out_dir = os.fspath(out_dir)
-    if os.path.isdir(out_dir):
-        other = [n for n in os.listdir(out_dir) if not (n.endswith((".npy", TOP_SUFFIX)) or n == PATHS_FILE)]
-        if other:
-            raise InputError(f"{out_dir}: not a features folder (it holds {other[0]}); it would be replaced as a "
-                             f"whole: choose a new folder")
-    paths = list(paths)
-    with atomic_folder(out_dir) as tmp:
-        yield tmp
-        for name in sorted(os.listdir(tmp)):
-            if name.endswith(".npy"):
-                rows = np.load(os.path.join(tmp, name), mmap_mode="r").shape[0]
-                if rows != len(paths):
-                    raise ValueError(f"{name}: {rows} rows for {len(paths)} cells")
-        atomic_write_text(os.path.join(tmp, PATHS_FILE), "".join(p + "\n" for p in paths))
-
-
-def read_features(feature_dir, blob):
-    """``DIR/<blob>.npy`` (float32 N x D) and the cell paths -> (array, list of paths)."""
-    path = os.path.join(feature_dir, feature_file(blob))
-    if not os.path.exists(path):
-        raise InputError(f"{path}: no such feature file (blob {blob!r})")
-    arr = np.load(path)
-    paths = read_paths(os.path.join(feature_dir, PATHS_FILE))
-    if len(paths) != arr.shape[0]:
-        raise InputError(f"{feature_dir}: {blob}.npy has {arr.shape[0]} rows but paths.txt {len(paths)}")
-    return arr, paths
+from deepyeast.utils.io import InputError
 
 
 @functools.lru_cache(maxsize=8)
@@ -93,7 +49,7 @@ def _shape_net(model):
 
 def _model(model):
     if model is None:
-        from deepyeast.model.zoo import zoo_file
+        from deepyeast.caffe.zoo import zoo_file
 
         model = zoo_file("deploy.prototxt")
     return os.path.abspath(os.fspath(model))
@@ -116,15 +72,6 @@ def __getattr__(name):
     if name == "NETWORK_BLOBS":
         return tuple(network_blobs())
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def read_paths(path):
-    """Read ``paths.txt``: one cell path per non-empty line -> list[str]."""
-    with open(path, encoding="utf-8") as f:
-        paths = [line.strip() for line in f if line.strip()]
-    if not paths:
-        raise InputError(f"{path}: no cell paths")
-    return paths
 
 
 def load_blob(feature_dir, blob, geometry=None):

@@ -175,14 +175,14 @@ def fit_bundle_statistics(predictor, train_crops, train_labels, val_crops, val_l
                           quantile=QUANTILE):
     """What a bundle stores to score cells and calibrate: ``(arrays, meta)``.
 
-    ``predictor``: a :class:`deepyeast.model.bundle.BundlePredictor` with ``extra_blobs=("fc1",)``;
+    ``predictor``: a :class:`deepyeast.engine.inference.Predictor` keeping the probabilities first and ``fc1``;
     crops uint8 N x C x H x W with int labels.  Class statistics come from the training cells,
     the threshold (the ``quantile`` of the validation cells' scores) and the temperature from the
     validation cells.  ``arrays``: means, precision, classes; ``meta``: the JSON description.
     """
     train = predictor.outputs(train_crops)
     val = predictor.outputs(val_crops)
-    out_blob = predictor.bundle.output_blob
+    out_blob = predictor.keep[0]
     means, precision, present = class_statistics(train[OOD_BLOB], train_labels, n_classes)
     in_mean, in_precision, _ = class_statistics(crop_statistics(train_crops), np.zeros(len(train_crops), int), 1)
     scorer = OodScorer(means, precision, 1.0, input_mean=in_mean[0], input_precision=in_precision)

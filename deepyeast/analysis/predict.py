@@ -43,8 +43,9 @@ from deepyeast.caffe.feature_stream import TOP_SUFFIX, NpyWriter, TopActivations
 from deepyeast.caffe.lmdb import iter_datum_lmdb, path_of_key
 from deepyeast.caffe.prototxt import read_prototxt
 from deepyeast.data.crop_png import iter_crops
+from deepyeast.engine.inference import InferenceSettings, NetFiles, Predictor, input_of
 from deepyeast.data.lists import class_names_for_list, protein_of, read_split_list
-from deepyeast.constants import class_names_for
+from deepyeast.constants import LIST_PREFIX, LMDB_SUFFIX, class_names_for
 from deepyeast.utils.io import InputError
 from deepyeast.analysis.features import feature_file, feature_folder
 from deepyeast.utils.progress import progress
@@ -137,7 +138,8 @@ class Cells:
 def split_from_name(path):
     """Split name from a list file or LMDB folder name (``HOwt_test.txt`` -> ``test``), or None."""
     base = os.path.basename(os.path.normpath(os.fspath(path)))
-    m = re.match(r"^(?:HOwt_)?((?:transfer_)?(?:train|val|test))(?:\.txt|_lmdb)$", base)
+    m = re.match(r"^(?:" + re.escape(LIST_PREFIX) + r")?((?:transfer_)?(?:train|val|test))(?:\.txt|"
+                 + re.escape(LMDB_SUFFIX) + r")$", base)
     return m.group(1) if m else None
 
 
@@ -204,14 +206,7 @@ def shape_net(model_path):
 
 def net_input_shape(model_path):
     """(name, C x H x W) of the deploy net's ``Input`` blob."""
-    net = read_prototxt(model_path, caffe_pb2.NetParameter)
-    for layer in net.layer:
-        if layer.type == "Input" and layer.input_param.shape:
-            return layer.top[0], tuple(int(d) for d in layer.input_param.shape[0].dim[1:])
-    if net.input and net.input_shape:
-        return net.input[0], tuple(int(d) for d in net.input_shape[0].dim[1:])
-    raise InputError(f"{model_path}: a deploy net needs an Input layer (the data blob); "
-                     "train_val.prototxt reads LMDBs itself, use deploy.prototxt")
+    return input_of(read_prototxt(model_path, caffe_pb2.NetParameter), model_path)
 
 
 def load_mean(mean_path, image_shape):
@@ -219,6 +214,46 @@ def load_mean(mean_path, image_shape):
     mean = read_mean_binaryproto(mean_path)
     check_mean_shape(mean, image_shape, source=os.fspath(mean_path))
     return mean
+
+
+def net_files(model_path, weights_path, mean_path):
+    """:class:`NetFiles` of loose files: a deploy prototxt, its weights and ``mean.binaryproto`` (input scale 1).
+
+    Files that belong to a model bundle (a ``bundle.json`` beside them) are refused with one line
+    naming ``--bundle`` when they would not reproduce the bundle's preprocessing (its input scale is
+    not 1, or the mean given is not its mean): predicting with them would be silently wrong (e.g. the
+    authors' Keras model, converted, scales its input by 1/127.5).
+    """
+    for path in (model_path, weights_path, mean_path):
+        if not os.path.isfile(path):
+            raise InputError(f"{path}: no such file")
+    _, input_shape = net_input_shape(model_path)
+    mean = load_mean(mean_path, input_shape)
+    for path in dict.fromkeys((model_path, weights_path, mean_path)):
+        _refuse_part_of_bundle(path, mean)
+    return NetFiles(os.fspath(model_path), os.fspath(weights_path), mean, 1.0)
+
+
+def _refuse_part_of_bundle(path, mean):
+    """InputError when ``path`` lies in a model bundle whose preprocessing (mean, scale) differs from ``mean``, 1."""
+    from deepyeast.model.bundle import BUNDLE_JSON, read_bundle
+
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isfile(os.path.join(folder, BUNDLE_JSON)):
+        return
+    try:
+        bundle = read_bundle(folder, verify=False, check_net=False)
+    except InputError as err:
+        raise InputError(f"{path} belongs to a model bundle whose {BUNDLE_JSON} cannot be used ({err}); "
+                         f"give --bundle {folder} once it is repaired") from None
+    if bundle.input_scale != 1.0:
+        why = f"scales its input by {bundle.input_scale:.6g}, which loose files cannot say"
+    elif bundle.mean.shape != mean.shape or not np.array_equal(bundle.mean, mean):
+        why = "subtracts another mean image than the --mean given"
+    else:
+        return
+    raise InputError(f"{path} belongs to the model bundle {folder}, which {why}; give --bundle {folder} "
+                     "instead of --model/--weights/--mean")
 
 
 def _check_blobs(model_path, blobs):
@@ -234,56 +269,48 @@ def spatial_blobs(model_path):
             if len(shape) == 4 and shape[2] * shape[3] > 1]
 
 
-def forward_blobs(engine, model_path, weights_path, images, mean, blobs, out_dir, batch=100, pool=(),
-                  precision="fp32", fold=True):
+def forward_blobs(engine, model, images, blobs, out_dir, settings=InferenceSettings(), pool=()):
     """Run ``images`` through the net and write ``out_dir/<blob>.npy`` (float32 N x D) per blob.
 
-    ``engine`` is ``"ours"`` or ``"caffe"``; ``images`` uint8 (or float) N x C x H x W;
-    ``mean`` float32 C x H x W or None; ``blobs`` names of the net's blobs.
-    Blobs also named in ``pool`` (4-D blobs) are written as
-    ``out_dir/<blob>.pool.npy``: float32 N x 2C, per-channel spatial mean then max.
-    Our engine only: ``precision`` ``"fp32"`` or ``"bf16"`` and ``fold`` (BatchNorm
-    folded into the layer before it; see :func:`deepyeast.engine.fold.deploy_net`).
+    ``engine`` is ``"ours"`` or ``"caffe"``; ``model`` a :class:`NetFiles` (net, weights, mean,
+    input scale); ``images`` uint8 (or float) N x C x H x W; ``blobs`` names of the net's blobs.
+    Blobs also named in ``pool`` (4-D blobs) are written as ``out_dir/<blob>.pool.npy``: float32
+    N x 2C, per-channel spatial mean then max.  ``settings``: :class:`InferenceSettings` (batch for
+    both engines; device, precision and folding are our engine's: real Caffe runs float32 on the CPU).
     """
     if engine not in ENGINES:
         raise InputError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    if engine == "caffe" and precision != "fp32":
-        raise InputError(f"precision {precision}: real Caffe computes in float32; use the engine 'ours'")
+    if engine == "caffe" and settings.precision != "fp32":
+        raise InputError(f"precision {settings.precision}: real Caffe computes in float32; use the engine 'ours'")
+    if engine == "caffe" and settings.device != "cpu":
+        raise InputError(f"device {settings.device}: the Caffe root runs pycaffe on the CPU; use the engine 'ours'")
     blobs = list(dict.fromkeys(blobs))
-    _check_blobs(model_path, blobs)
+    _check_blobs(model.deploy, blobs)
     pool = [b for b in pool if b in blobs]
     os.makedirs(out_dir, exist_ok=True)
     if engine == "ours":
-        _forward_ours(model_path, weights_path, images, mean, blobs, out_dir, batch, pool, precision, fold)
+        _forward_ours(Predictor(model, settings, keep=blobs), images, out_dir, pool)
     else:
-        _forward_caffe(model_path, weights_path, images, mean, blobs, out_dir, batch, pool)
+        _forward_caffe(model, images, blobs, out_dir, settings.batch, pool)
 
 
-def _forward_ours(model_path, weights_path, images, mean, blobs, out_dir, batch, pool=(), precision="fp32",
-                  fold=True):
+def _forward_ours(predictor, images, out_dir, pool=()):
+    """Write every blob the ``predictor`` keeps for ``images`` (see :func:`forward_blobs`), batch by batch."""
     import torch
 
-    from deepyeast.engine.fold import deploy_net
-
-    net = deploy_net(model_path, weights_path, precision=precision, fold=fold, keep=blobs)
-    input_name, _ = net_input_shape(model_path)
     n = images.shape[0]
     outputs = {}
     tops = {b: TopActivations() for b in pool}
-    mean_t = torch.from_numpy(np.asarray(mean, np.float32)) if mean is not None else None
-    with torch.inference_mode(), contextlib.ExitStack() as files:
-        for start in progress(range(0, n, batch), desc="predict", unit="batch"):
-            x = torch.from_numpy(np.asarray(images[start:start + batch], dtype=np.float32))
-            if mean_t is not None:
-                x = x - mean_t
-            out = net.forward(**{input_name: x})
-            for b in blobs:
-                data = out[b].float()
+    with contextlib.ExitStack() as files:
+        batches = predictor.batches(images)
+        for _, out in progress(batches, desc="predict", unit="batch",
+                               total=-(-n // predictor.settings.batch)):
+            for b, data in out.items():
                 if b in pool:
                     tops[b].update(data.cpu().numpy())
                     maps = data.reshape(data.shape[0], data.shape[1], -1)
                     data = torch.cat([maps.mean(dim=2), maps.amax(dim=2)], dim=1)
-                data = data.contiguous().reshape(x.shape[0], -1).cpu().numpy()
+                data = data.contiguous().reshape(data.shape[0], -1).cpu().numpy()
                 if b not in outputs:  # written batch by batch: memory does not grow with the cells
                     name = feature_file(b, pooled=b in pool)
                     outputs[b] = files.enter_context(NpyWriter(os.path.join(out_dir, name), n, data.shape[1]))
@@ -292,7 +319,7 @@ def _forward_ours(model_path, weights_path, images, mean, blobs, out_dir, batch,
         top.save(os.path.join(out_dir, b + TOP_SUFFIX))
 
 
-def _forward_caffe(model_path, weights_path, images, mean, blobs, out_dir, batch, pool=()):
+def _forward_caffe(model, images, blobs, out_dir, batch, pool=()):
     from deepyeast.caffe import root as caffe_root
 
     if not caffe_root.have_caffe_root():
@@ -301,60 +328,72 @@ def _forward_caffe(model_path, weights_path, images, mean, blobs, out_dir, batch
         with NpyWriter(os.path.join(work, "images.npy"), images.shape[0], images.shape[1:], images.dtype) as w:
             for start in range(0, images.shape[0], 1000):  # the crops stay on disk (CropFile)
                 w.write(images[start:start + 1000])
-        args = ["--model", os.path.abspath(model_path), "--weights", os.path.abspath(weights_path),
+        args = ["--model", os.path.abspath(model.deploy), "--weights", os.path.abspath(model.weights),
                 "--images", os.path.join(work, "images.npy"), "--out", os.path.abspath(out_dir),
-                "--blobs", ",".join(blobs), "--pool", ",".join(pool), "--top", ",".join(pool), "--batch", str(batch)]
-        if mean is not None:
-            np.save(os.path.join(work, "mean.npy"), np.asarray(mean, np.float32))
+                "--blobs", ",".join(blobs), "--pool", ",".join(pool), "--top", ",".join(pool), "--batch", str(batch),
+                "--scale", repr(float(model.input_scale))]
+        if model.mean is not None:
+            np.save(os.path.join(work, "mean.npy"), np.asarray(model.mean, np.float32))
             args += ["--mean", os.path.join(work, "mean.npy")]
-        binds = {os.path.dirname(os.path.abspath(p)) for p in (model_path, weights_path, out_dir)}
+        binds = {os.path.dirname(os.path.abspath(p)) for p in (model.deploy, model.weights, out_dir)}
         proc = caffe_root.run_pycaffe(PYCAFFE_FORWARD, args, binds=sorted(binds), check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"pycaffe forward failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}")
 
 
-def predict_cells(cells, model_path, weights_path, mean_path, engine="ours", split=None,
-                  out_csv=None, features_out=None, feature_blobs=(), prob_blob="prob", batch=100,
-                  feature_reduce="pool", precision="fp32", fold=True):
+@dataclasses.dataclass(frozen=True)
+class FeatureRequest:
+    """Layer features to write beside the predictions.
+
+    folder : str   receives ``<blob>.npy`` (or ``.pool.npy`` and ``.top.npz``) per blob and ``paths.txt``;
+                   replaced as a whole, atomically
+    blobs : tuple  blob names
+    reduce : str   ``"pool"`` (blobs with a spatial map as ``<blob>.pool.npy``, N x 2C per-channel
+                   mean and max, and ``<blob>.top.npz``, per-channel top activations) or ``"full"``
+                   (whole blobs: 1 MiB per cell for conv1 alone)
+    """
+
+    folder: str
+    blobs: tuple = ()
+    reduce: str = "pool"
+
+    def __post_init__(self):
+        if self.reduce not in ("full", "pool"):
+            raise ValueError(f"feature reduce must be 'full' or 'pool', not {self.reduce!r}")
+
+
+def predict_cells(cells, model, settings=InferenceSettings(), engine="ours", split=None, out_csv=None,
+                  features=None, prob_blob="prob"):
     """Classify ``cells`` (a :class:`Cells`) and write the predictions table and features.
 
+    ``model``: a :class:`NetFiles` (:func:`net_files` of loose files, or a model bundle's
+    :meth:`deepyeast.model.bundle.Bundle.net_files`, with its mean and input scale); ``settings``:
+    :class:`InferenceSettings`; ``engine``: see :func:`forward_blobs`.
     Returns the validated :class:`deepyeast.analysis.predictions.Predictions`.  ``split``
     labels every row (default: from the source's name, e.g. ``HOwt_test.txt``).
-    ``features_out``: folder that receives ``<blob>.npy`` for each of
-    ``feature_blobs`` and ``paths.txt``; it is replaced as a whole, atomically.
-    ``feature_reduce``: ``"pool"`` (blobs with a spatial map as ``<blob>.pool.npy``, N x 2C
-    per-channel mean and max, and ``<blob>.top.npz``, per-channel top activations) or
-    ``"full"`` (whole blobs: 1 MiB per cell for conv1 alone).
-    ``precision`` / ``fold``: see :func:`forward_blobs` (our engine only).
+    ``features``: a :class:`FeatureRequest` (which blobs, reduced how, into which folder).
     """
-    if feature_reduce not in ("full", "pool"):
-        raise ValueError(f"feature_reduce must be 'full' or 'pool', not {feature_reduce!r}")
     split = split or split_from_name(cells.source)
     if not split:
         raise InputError(f"{cells.source}: cannot tell the split from the name; give it (--split test)")
-    for path in (model_path, weights_path, mean_path):
-        if not os.path.isfile(path):
-            raise InputError(f"{path}: no such file")
-    _, input_shape = net_input_shape(model_path)
+    _, input_shape = net_input_shape(model.deploy)
     if tuple(cells.images.shape[1:]) != input_shape:
         raise InputError(f"{cells.source}: crops have shape {tuple(cells.images.shape[1:])} (C x H x W) but "
-                         f"{model_path} expects {input_shape}")
-    mean = load_mean(mean_path, input_shape)
-    feature_blobs = [b for b in dict.fromkeys(feature_blobs) if b]
+                         f"{model.where} expects {input_shape}")
+    feature_blobs = [b for b in dict.fromkeys(features.blobs) if b] if features else []
+    features_out = features.folder if features else None
     scratch_parent = os.path.dirname(os.path.abspath(features_out or out_csv or "."))
     os.makedirs(scratch_parent, exist_ok=True)
     work = tempfile.mkdtemp(prefix=".predict-", dir=scratch_parent)
     try:
-        pool = [b for b in spatial_blobs(model_path) if b in feature_blobs and b != prob_blob] \
-            if feature_reduce == "pool" else []
-        forward_blobs(engine, model_path, weights_path, cells.images, mean,
-                      [prob_blob] + feature_blobs, work, batch=batch, pool=pool, precision=precision,
-                      fold=fold)
+        pool = [b for b in spatial_blobs(model.deploy) if b in feature_blobs and b != prob_blob] \
+            if features and features.reduce == "pool" else []
+        forward_blobs(engine, model, cells.images, [prob_blob] + feature_blobs, work, settings, pool)
         probs = np.load(os.path.join(work, feature_file(prob_blob))).astype(np.float64)
         try:
             class_names = class_names_for(probs.shape[1])
         except ValueError as err:
-            raise InputError(f"{model_path}: blob {prob_blob!r} has {probs.shape[1]} values per cell; {err}") from None
+            raise InputError(f"{model.where}: blob {prob_blob!r} has {probs.shape[1]} values per cell; {err}") from None
         n = len(cells.paths)
         table = Predictions(path=np.asarray(cells.paths, dtype=object),
                             protein=np.asarray(cells.proteins, dtype=object),

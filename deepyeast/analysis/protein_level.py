@@ -21,7 +21,7 @@ import os
 import numpy as np
 
 from deepyeast.constants import MIN_CELLS_PER_PROTEIN, PAPER_RESULTS, paper_result
-from deepyeast.report.manifest import clear_result, headline, missing_part, table, write_result
+from deepyeast.utils.manifest import clear_result, headline, missing_part, table, write_result
 from deepyeast.utils.io import InputError, atomic_path, atomic_write_json
 from deepyeast.analysis.cell_metrics import count
 
@@ -77,15 +77,52 @@ def dirichlet_map(probs, proteins, prior=1.0):
     return ids, n_cells, alpha, theta
 
 
+def call_cells(probs, proteins, class_names, order=None, labels=None, prior=1.0):
+    """:class:`ProteinCalls` of cells: every protein's Dirichlet posterior (:func:`dirichlet_map`) and call.
+
+    ``probs`` float (N, K) the cells' class probabilities; ``proteins`` N protein ids;
+    ``order`` the proteins to list, in that order (default: the cells' ids sorted); a protein of
+    ``order`` without cells gets ``n_cells`` 0, NaN ``alpha``/``posterior`` and ``pred`` -1;
+    ``labels`` int (P,) true class per listed protein, -1 unknown (default: all unknown).
+    The one calling of proteins: :func:`protein_calls` (the labelled pipeline) and
+    :func:`deepyeast.analysis.classify.call_proteins` (a new screen) both use it.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    k = len(class_names)
+    if probs.ndim != 2 or probs.shape[1] != k:
+        raise ValueError(f"probs must be N x {k} (one column per class), got shape {probs.shape}")
+    proteins = np.asarray(list(proteins), dtype=object)
+    if len(proteins):
+        ids, n, a, theta = dirichlet_map(probs, proteins, prior)
+    else:
+        ids, n, a, theta = np.zeros(0, object), np.zeros(0, np.int64), np.zeros((0, k)), np.zeros((0, k))
+    order = ids if order is None else np.asarray(list(order), dtype=object)
+    index = {p: i for i, p in enumerate(order.tolist())}
+    unknown = [p for p in ids.tolist() if p not in index]
+    if unknown:
+        raise ValueError(f"cells of protein {unknown[0]!r}, which the order does not list")
+    at = np.asarray([index[p] for p in ids.tolist()], np.int64)
+    n_cells = np.zeros(len(order), np.int64)
+    alpha = np.full((len(order), k), np.nan)
+    posterior = np.full((len(order), k), np.nan)
+    pred = np.full(len(order), -1, np.int64)
+    n_cells[at], alpha[at], posterior[at] = n, a, theta
+    pred[at] = theta.argmax(axis=1)
+    label = np.full(len(order), -1, np.int64) if labels is None else np.asarray(labels, np.int64)
+    if label.shape != (len(order),):
+        raise ValueError(f"{label.shape[0]} labels for {len(order)} proteins")
+    return ProteinCalls(protein=order, n_cells=n_cells, label=label, pred=pred, alpha=alpha, posterior=posterior,
+                        class_names=tuple(class_names))
+
+
 def protein_calls(table, prior=1.0, allow_mixed_labels=False):
-    """Protein calls for a :class:`~deepyeast.analysis.predictions.Predictions`.
+    """Protein calls for a :class:`~deepyeast.analysis.predictions.Predictions` (:func:`call_cells`).
 
     A protein's true label is its cells' label; cells of one protein with different labels
     are an :class:`InputError` naming the rows, unless ``allow_mixed_labels`` (then the most
     common label, lowest index on ties).
     """
-    ids, n_cells, alpha, theta = dirichlet_map(table.probs, table.protein, prior)
-    _, inverse = np.unique(table.protein, return_inverse=True)
+    ids, inverse = np.unique(np.asarray(list(table.protein), dtype=object), return_inverse=True)
     k = table.n_classes
     label_counts = np.zeros((ids.size, k), dtype=np.int64)
     np.add.at(label_counts, (inverse, table.label), 1)
@@ -99,10 +136,8 @@ def protein_calls(table, prior=1.0, allow_mixed_labels=False):
             f"{table.source}: column 'label': protein {ids[p]!r} has cells of different classes "
             f"(row {first + 1}: {table.label[first]}, row {other + 1}: {table.label[other]})"
         )
-    return ProteinCalls(
-        protein=ids, n_cells=n_cells, label=label_counts.argmax(axis=1), pred=theta.argmax(axis=1),
-        alpha=alpha, posterior=theta, class_names=tuple(table.class_names),
-    )
+    return call_cells(table.probs, table.protein, table.class_names, order=ids, labels=label_counts.argmax(axis=1),
+                      prior=prior)
 
 
 def protein_accuracy(calls, min_cells=1):
@@ -252,7 +287,7 @@ CLASSIFIERS = {"network": ("", "proteins", "Network"), "random_forest": ("rf_", 
 
 
 def write_protein_result(out_dir, summary, mix_rows=None, classifier="network", table_file="proteins.csv"):
-    """The result manifest of protein-level calls (see :mod:`deepyeast.report.manifest`).
+    """The result manifest of protein-level calls (see :mod:`deepyeast.utils.manifest`).
 
     For the network, the mixed-protein check (paper: proteins with two compartments) is reported,
     or, without a mixed-protein table, named as not done (``missing``) with its metrics null."""

@@ -102,7 +102,7 @@ def read_noncell_list(path, val_paths=None, val_source="the validation split"):
     return out
 
 
-def pick_training_cells(labels, net_pred, rf_pred, exclude=None, per_class=PAPER_CELLS_PER_CLASS, seed=1,
+def pick_training_cells(labels, net_pred, rf_pred, exclude=None, per_class=PAPER_CELLS_PER_CLASS, seed=0,
                         n_classes=None):
     """The paper's cells for the quality filter: per class, ``per_class`` cells both classifiers got right.
 
@@ -187,7 +187,7 @@ def not_run_summary(reason, option=NONCELL_OPTION, training_set=None):
 
 def run_quality_filter(val_features, net_val, rf_val, noncells, test_features, predictions=None, truth=None,
                        out_json=None, out_cells=None, out_training=None, per_class=PAPER_CELLS_PER_CLASS,
-                       mtry=PAPER_MTRY, sampling=PAPER_SAMPLING, folds=PAPER_FOLDS, ntree=PAPER_NTREE, seed=1,
+                       mtry=PAPER_MTRY, sampling=PAPER_SAMPLING, folds=PAPER_FOLDS, ntree=PAPER_NTREE, seed=0,
                        scheduler="none", jobs=1, log=None):
     """Build the paper's training set, choose the filter by CV, apply it to the test cells.
 
@@ -335,7 +335,7 @@ def plot_filter_accuracy(summary, out_png):
 
 
 def write_quality_result(out_dir, summary, figure_file=None, command=None):
-    """The result manifest of the non-cell filter (see :mod:`deepyeast.report.manifest`).
+    """The result manifest of the non-cell filter (see :mod:`deepyeast.utils.manifest`).
 
     The full summary (training set per class, cross-validation table, the filter against the
     test cells' known non-cells) goes to ``details``; the report shows the accuracies before
@@ -343,7 +343,7 @@ def write_quality_result(out_dir, summary, figure_file=None, command=None):
     a ``missing`` entry naming the reason and the option that would run the filter.
     """
     from deepyeast.constants import PAPER_N_NONCELLS, PAPER_RESULTS
-    from deepyeast.report.manifest import figure, headline, missing_part, table, write_result
+    from deepyeast.utils.manifest import figure, headline, missing_part, table, write_result
 
     title = "Removing non-cells (paper: 91% per cell after filtering)"
     labels = {"network": "Network", "random_forest": "Random forest"}

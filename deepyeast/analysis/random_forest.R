@@ -127,7 +127,7 @@ rf_predict_proba <- function(model, x) {
 
 # The (mtry, nodesize) pairs of a grid, each with its seed (seed, seed + 1, ... in this
 # order: mtry varies fastest); mtry values above the feature count are capped at it.
-rf_grid_pairs <- function(grid, n_features, seed = 1L) {
+rf_grid_pairs <- function(grid, n_features, seed = 0L) {
   mtrys <- sort(unique(pmin(as.integer(grid$mtry), as.integer(n_features))))
   pairs <- expand.grid(mtry = mtrys, nodesize = sort(unique(as.integer(grid$nodesize))))
   pairs$seed <- as.integer(seed) + seq_len(nrow(pairs)) - 1L
@@ -178,7 +178,7 @@ rf_best_row <- function(tab) {
 # test_class = its classes (level names)): what rf_fit(x_train, y_train, best) gives, without
 # growing the forest again.
 rf_grid_search <- function(x_train, y_train, x_val, y_val, grid = RF_SMALL_GRID,
-                           cores = parallel::detectCores(), seed = 1L, x_test = NULL) {
+                           cores = parallel::detectCores(), seed = 0L, x_test = NULL) {
   y_train <- .as_factor(y_train)
   .check_xy(x_train, y_train, "rf_grid_search(train)")
   .check_xy(x_val, y_val, "rf_grid_search(val)")
@@ -223,7 +223,7 @@ rf_grid_search <- function(x_train, y_train, x_val, y_val, grid = RF_SMALL_GRID,
 }
 
 # Stratified fold ids 1..k (each class spread evenly over the folds), seeded.
-rf_stratified_folds <- function(y, k = 10L, seed = 1L) {
+rf_stratified_folds <- function(y, k = 10L, seed = 0L) {
   y <- .as_factor(y)
   set.seed(as.integer(seed))
   folds <- integer(length(y))
@@ -256,7 +256,7 @@ rf_quality_points <- function(mtry, sampling, n_features) {
 # One cross-validation fold of one point: a forest on the rows with fold != k (set.seed(seed)
 # before growing it), its classes of the rows with fold == k.  Returns c(tp, tn, n1, n0):
 # cells kept, non-cells removed, cells and non-cells in the fold.
-rf_quality_fold <- function(x, is_cell, fold, k, mtry, sampling, ntree = 100L, nodesize = 1L, seed = 1L) {
+rf_quality_fold <- function(x, is_cell, fold, k, mtry, sampling, ntree = 100L, nodesize = 1L, seed = 0L) {
   y <- factor(as.integer(is_cell), levels = c(0L, 1L))
   test <- fold == k
   ytr <- y[!test]
@@ -285,7 +285,7 @@ rf_quality_best <- function(tab, sampling) {
 # rows with set.seed(seed)).
 rf_quality_cv <- function(x, is_cell, mtry = c(2, 110, 218, 326, 435), sampling = c("none", "balanced"),
                           folds = 10L, ntree = 100L, nodesize = 1L,
-                          cores = parallel::detectCores(), seed = 1L) {
+                          cores = parallel::detectCores(), seed = 0L) {
   y <- factor(as.integer(is_cell), levels = c(0L, 1L))
   .check_xy(x, y, "rf_quality_cv")
   if (any(table(y) < folds)) stop(sprintf("rf_quality_cv: need at least %d cells and %d non-cells", folds, folds))
@@ -317,7 +317,7 @@ rf_quality_table <- function(points, res) {
 }
 
 # The filter itself: the chosen setting on all rows, grown with set.seed(seed).
-rf_quality_fit <- function(x, is_cell, mtry, sampling, ntree = 100L, nodesize = 1L, seed = 1L) {
+rf_quality_fit <- function(x, is_cell, mtry, sampling, ntree = 100L, nodesize = 1L, seed = 0L) {
   y <- factor(as.integer(is_cell), levels = c(0L, 1L))
   .check_xy(x, y, "rf_quality_fit")
   args <- c(list(x = x, y = y, ntree = as.integer(ntree), mtry = min(as.integer(mtry), ncol(x)),
@@ -330,7 +330,7 @@ rf_quality_fit <- function(x, is_cell, mtry, sampling, ntree = 100L, nodesize = 
 # Probability that each row is a real cell (vote fraction) and the forest's class (1 = cell),
 # the class as predict() gives it with set.seed(seed) just before (ties at random, see
 # rf_vote_class).
-rf_quality_predict <- function(model, x, seed = 1L) {
+rf_quality_predict <- function(model, x, seed = 0L) {
   .check_xy(x, NULL, "rf_quality_predict")
   p <- as.numeric(predict(model, x, type = "prob")[, "1"])
   set.seed(as.integer(seed))

@@ -218,7 +218,7 @@ def resolve_grid(grid):
     return {k: [int(v) for v in grid[k]] for k in ("ntree", "mtry", "nodesize")}
 
 
-def grid_pairs(grid, n_features, seed=1):
+def grid_pairs(grid, n_features, seed=0):
     """The (mtry, nodesize) forests of a grid, each with its seed (R ``rf_grid_pairs``).
 
     Returns a list of dicts ``mtry, nodesize, seed``: mtry capped at ``n_features``
@@ -292,7 +292,7 @@ def _fractions(counts, ntree, classes, n_classes):
     return out
 
 
-def grid_search(x_train, y_train, x_val, y_val, grid="small", seed=1, x_test=None, n_classes=None,
+def grid_search(x_train, y_train, x_val, y_val, grid="small", seed=0, x_test=None, n_classes=None,
                 scheduler="none", jobs=1, log=None):
     """Score every grid point on the validation set; each (mtry, nodesize) forest is one task.
 
@@ -414,7 +414,7 @@ def _table(paths, labels, probs, pred, n_classes, split_name, source):
     )
 
 
-def run_baseline(train_csv, val_csv, test_csv, list_paths, out_csv, grid="small", seed=1, summary_json=None,
+def run_baseline(train_csv, val_csv, test_csv, list_paths, out_csv, grid="small", seed=0, summary_json=None,
                  split_name="test", val_out=None, scheduler="none", jobs=1, log=None):
     """The random-forest baseline from feature CSVs to a predictions table.
 
@@ -505,7 +505,7 @@ def quality_best(table, sampling=QUALITY_SAMPLING):
                                      order.index(r["sampling"])))
 
 
-def quality_cv(x, is_cell, mtry=(2, 110, 218, 326, 435), sampling=QUALITY_SAMPLING, folds=10, ntree=100, seed=1,
+def quality_cv(x, is_cell, mtry=(2, 110, 218, 326, 435), sampling=QUALITY_SAMPLING, folds=10, ntree=100, seed=0,
                scheduler="none", jobs=1, log=None):
     """k-fold CV over mtry x down-sampling of a cell / non-cell forest, one task per point and fold.
 
@@ -547,7 +547,7 @@ def quality_cv(x, is_cell, mtry=(2, 110, 218, 326, 435), sampling=QUALITY_SAMPLI
     return table, best, model
 
 
-def quality_predict(model, x, seed=1):
+def quality_predict(model, x, seed=0):
     """``(p_cell float64 N, is_cell int64 N)``: vote fraction for "cell" and the forest's class
     (randomForest's tie rule with ``set.seed(seed)``)."""
     with _session() as ro:
@@ -559,10 +559,10 @@ def quality_predict(model, x, seed=1):
 
 
 def write_forest_result(out_dir, summary, features, command=None):
-    """The result manifest of the random-forest baseline (see :mod:`deepyeast.report.manifest`):
+    """The result manifest of the random-forest baseline (see :mod:`deepyeast.utils.manifest`):
     the features it learned from (``features``: :func:`deepyeast.analysis.cp_features.describe_features`,
     named next to every forest number of the report), the grid, the choice on validation."""
-    from deepyeast.report.manifest import table, write_result
+    from deepyeast.utils.manifest import table, write_result
 
     best = summary["best"]
     grid = summary["grid"]

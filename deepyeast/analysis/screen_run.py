@@ -48,6 +48,7 @@ import numpy as np
 
 from deepyeast.analysis.qc import QC_COLUMNS, micrograph_qc
 from deepyeast.data.segment import SegmentParams, cells_and_crops, row_cells
+from deepyeast.engine.inference import InferenceSettings
 from deepyeast.utils.io import InputError, file_digest
 
 log = logging.getLogger(__name__)
@@ -66,9 +67,9 @@ class ChunkSettings:
     """Everything a chunk's result depends on besides its rows (part of the run's fingerprint).
 
     model : str, the bundle folder; params : SegmentParams; channels : (marker, protein) indices;
-    bits : int or None; resegment : bool; border : "pad" | "skip"; precision : "fp32" | "bf16";
-    compare_fp32 : bool; device : str ("cpu", "cuda:0"); batch : crops per forward pass;
-    chunk : micrographs per chunk; size : crop side (pixels).
+    bits : int or None; resegment : bool; border : "pad" | "skip"; inference :
+    :class:`deepyeast.engine.inference.InferenceSettings` (device, precision, batch, fold);
+    compare_fp32 : bool; chunk : micrographs per chunk; size : crop side (pixels).
     """
 
     model: str
@@ -77,10 +78,8 @@ class ChunkSettings:
     bits: object = None
     resegment: bool = False
     border: str = "pad"
-    precision: str = "fp32"
+    inference: InferenceSettings = InferenceSettings()
     compare_fp32: bool = False
-    device: str = "cpu"
-    batch: int = 100
     chunk: int = CHUNK
     size: int = 64
 
@@ -138,15 +137,14 @@ def _predictors(settings, ood_blob):
     from deepyeast.analysis.ood import OodScorer
     from deepyeast.model import read_bundle
 
-    key = (settings.model, settings.precision, settings.device, settings.batch, settings.compare_fp32)
+    key = (settings.model, settings.inference, settings.compare_fp32)
     if key not in _PREDICTORS:
         bundle = read_bundle(settings.model)
         scorer = OodScorer.from_bundle(bundle)
         extra = (scorer.blob,) if scorer is not None else ()
-        predictor = bundle.predictor(device=settings.device, precision=settings.precision, batch=settings.batch,
-                                     extra_blobs=extra)
-        reference = (bundle.predictor(device=settings.device, precision="fp32", batch=settings.batch)
-                     if settings.compare_fp32 and settings.precision != "fp32" else None)
+        predictor = bundle.predictor(settings.inference, extra_blobs=extra)
+        reference = (bundle.predictor(dataclasses.replace(settings.inference, precision="fp32"))
+                     if settings.compare_fp32 and settings.inference.precision != "fp32" else None)
         _PREDICTORS.clear()
         _PREDICTORS[key] = (bundle, predictor, reference, scorer)
     return _PREDICTORS[key]
@@ -201,7 +199,7 @@ def _chunk(item, settings):
 
     crops = cat("crops", np.uint8, (c, s, s))
     out = predictor.outputs(crops)
-    probs = out[bundle.output_blob].astype(np.float32)
+    probs = out[predictor.keep[0]].astype(np.float32)
     ood = scorer.score(out[scorer.blob], crops) if scorer is not None else np.full(len(crops), np.nan, np.float32)
     result = {"index": np.int64(index), "rows": np.asarray([r["position"] for r in recs], np.int64),
               "stamps": np.asarray(stamps, str), "ok": ok, "reason": np.asarray(reason, str),
@@ -325,7 +323,7 @@ def run_chunks(rows, work, fp, settings, scheduler="none", jobs=1, skip_bad=Fals
     todo, reused = [], 0
     for index, recs in chunks:
         data = read_chunk(chunk_path(work, index), fp, [r["position"] for r in recs], [row_stamp(r) for r in recs],
-                          settings.compare_fp32 and settings.precision != "fp32")
+                          settings.compare_fp32 and settings.inference.precision != "fp32")
         if data is None:
             todo.append((index, recs))
         else:

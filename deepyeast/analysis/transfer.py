@@ -38,7 +38,7 @@ stops at the first size that takes every training cell of every class.
 Intervals
 ---------
 Resampling the N test cells with replacement makes the number correct
-Binomial(N, accuracy); the interval draws ``n_boot`` such resamples exactly
+Binomial(N, accuracy); the interval draws ``n_resamples`` such resamples exactly
 that way and takes the 2.5 and 97.5 percentiles.
 """
 
@@ -51,7 +51,7 @@ from deepyeast import constants
 from deepyeast.analysis.features import (PATHS_FILE, blob_features, has_blob, labels_for_paths, match_paths,
                                          network_blobs, read_cellprofiler_csv, read_paths)
 from deepyeast.utils.plotting import plt, save_figure
-from deepyeast.report.manifest import clear_result, count_metric, figure, headline, missing_part, table, write_result
+from deepyeast.utils.manifest import clear_result, count_metric, figure, headline, missing_part, table, write_result
 from deepyeast.utils.io import InputError, atomic_write_json, write_csv
 from deepyeast.utils.progress import progress
 
@@ -79,7 +79,7 @@ RESULT_COLUMNS = ("feature_set", "n_per_class", "n_train", "accuracy", "lo", "hi
                   "max_features", "val_accuracy")
 
 
-def bootstrap_accuracy_interval(correct, total, n_boot=2000, level=0.95, seed=0):
+def bootstrap_accuracy_interval(correct, total, n_resamples=2000, level=0.95, seed=0):
     """Percentile bootstrap interval of an accuracy ``correct / total``.
 
     Resampling ``total`` cells with replacement gives Binomial(total, acc)
@@ -89,7 +89,7 @@ def bootstrap_accuracy_interval(correct, total, n_boot=2000, level=0.95, seed=0)
     if total <= 0:
         raise ValueError("no test cells")
     rng = np.random.default_rng(seed)
-    draws = rng.binomial(total, correct / total, size=n_boot) / total
+    draws = rng.binomial(total, correct / total, size=n_resamples) / total
     alpha = (1 - level) / 2
     lo, hi = np.quantile(draws, [alpha, 1 - alpha])
     return float(lo), float(hi)
@@ -107,7 +107,7 @@ def subsample_per_class(orders, n):
 
 
 def fit_forest_on_validation(x_train, y_train, x_val, y_val, grid=MAX_FEATURES_GRID, n_trees=100,
-                             seed=0, n_jobs=None):
+                             seed=0, jobs=None):
     """Fit one forest per ``max_features`` in ``grid``; keep the best on validation.
 
     Returns ``(model, max_features, val_accuracy)``; ties go to the earlier
@@ -117,7 +117,7 @@ def fit_forest_on_validation(x_train, y_train, x_val, y_val, grid=MAX_FEATURES_G
     best = None
     for max_features in grid:
         model = RandomForestClassifier(n_estimators=n_trees, max_features=max_features, random_state=seed,
-                                       n_jobs=n_jobs)
+                                       n_jobs=jobs)
         model.fit(x_train, y_train)
         val_accuracy = float(np.mean(model.predict(x_val) == y_val))
         if best is None or val_accuracy > best[2]:
@@ -126,7 +126,7 @@ def fit_forest_on_validation(x_train, y_train, x_val, y_val, grid=MAX_FEATURES_G
 
 
 def transfer_curve(name, x, y, split, n_classes, n_per_class=N_PER_CLASS, grid=MAX_FEATURES_GRID,
-                   n_trees=100, n_boot=2000, seed=0, n_jobs=None):
+                   n_trees=100, n_resamples=2000, seed=0, jobs=None):
     """Accuracy vs training examples per class for one feature set.
 
     ``x``: float N x F features of all cells; ``y``: int N labels; ``split``:
@@ -140,9 +140,9 @@ def transfer_curve(name, x, y, split, n_classes, n_per_class=N_PER_CLASS, grid=M
     for n in n_per_class:
         rows_n = train[subsample_per_class(orders, n)]
         model, max_features, val_accuracy = fit_forest_on_validation(
-            x[rows_n], y[rows_n], x[val], y[val], grid, n_trees, seed, n_jobs)
+            x[rows_n], y[rows_n], x[val], y[val], grid, n_trees, seed, jobs)
         correct = int(np.sum(model.predict(x[test]) == y[test]))
-        lo, hi = bootstrap_accuracy_interval(correct, len(test), n_boot, seed=seed)
+        lo, hi = bootstrap_accuracy_interval(correct, len(test), n_resamples, seed=seed)
         rows.append(dict(feature_set=name, n_per_class=n, n_train=len(rows_n), accuracy=correct / len(test),
                          lo=lo, hi=hi, correct=correct, total=len(test), max_features=max_features,
                          val_accuracy=val_accuracy))
@@ -203,7 +203,7 @@ def load_feature_sets(feature_dirs, labels, blobs=None, cp_csv=None, reduce="poo
 
 def run_transfer(feature_dirs, labels, out_dir, class_names=constants.TRANSFER_CLASS_NAMES, blobs=None,
                  cp_csv=None, reduce="pool", n_per_class=N_PER_CLASS, grid=MAX_FEATURES_GRID, n_trees=100,
-                 n_boot=2000, seed=0, n_jobs=None, log=None, model=None, command=None, headline_layer=HEADLINE_LAYER,
+                 n_resamples=2000, seed=0, jobs=None, log=None, model=None, command=None, headline_layer=HEADLINE_LAYER,
                  headline_resamples=HEADLINE_RESAMPLES, tsne="fast", n_tsne=1000, features_note=None):
     """Run the transfer-learning curves and write the outputs to ``out_dir``.
 
@@ -212,10 +212,10 @@ def run_transfer(feature_dirs, labels, out_dir, class_names=constants.TRANSFER_C
     with counts and interval, the headline layer, the best network layer on validation),
     ``transfer_accuracy.{png,pdf}`` (Figure 4C: ``headline_layer`` vs CellProfiler, their
     intervals from ``headline_resamples`` bootstrap resamples), ``transfer_layers.{png,pdf}``
-    (Figure S6: every feature set, intervals from ``n_boot``), ``transfer_tsne.{png,pdf}`` and
+    (Figure S6: every feature set, intervals from ``n_resamples``), ``transfer_tsne.{png,pdf}`` and
     ``transfer_tsne.csv`` (Figure 4B: t-SNE of up to ``n_tsne`` transfer cells' headline-layer
     features, ``tsne`` settings of :func:`deepyeast.analysis.interpret.tsne.tsne_embedding`).
-    ``n_jobs``: worker processes (one feature set each; None or -1: every core).
+    ``jobs``: worker processes (one feature set each; None or -1: every core).
     ``features_note``: what the CellProfiler features are (:func:`deepyeast.analysis.cp_features.
     describe_features`), shown next to their numbers.  Returns the JSON dict.
     """
@@ -235,8 +235,8 @@ def run_transfer(feature_dirs, labels, out_dir, class_names=constants.TRANSFER_C
     # one process per feature set, each forest single-threaded: the forests are small (4 to
     # 2,000 cells), so per-tree overhead, not arithmetic, dominates and threads would mostly wait
     # on each other.  Results do not depend on the worker count (every forest has random_state).
-    workers = min(os.cpu_count() if n_jobs in (None, -1) else max(1, int(n_jobs)), len(sets))
-    args = [(name, x, y, split, n_classes, n_per_class, grid, n_trees, n_boot, seed, 1) for name, x in sets.items()]
+    workers = min(os.cpu_count() if jobs in (None, -1) else max(1, int(jobs)), len(sets))
+    args = [(name, x, y, split, n_classes, n_per_class, grid, n_trees, n_resamples, seed, 1) for name, x in sets.items()]
     clear_result(out_dir)
     if workers <= 1:
         curves = [transfer_curve(*a) for a in progress(args, desc="transfer", unit="feature set")]
@@ -268,7 +268,7 @@ def run_transfer(feature_dirs, labels, out_dir, class_names=constants.TRANSFER_C
                for j, i in enumerate(tsne_rows)])
     result = dict(
         classes=list(class_names), cells=counts, seed=seed, n_trees=n_trees, max_features_grid=list(grid),
-        n_boot=n_boot, headline_layer=headline_layer, headline_resamples=headline_resamples,
+        n_boot=n_resamples, headline_layer=headline_layer, headline_resamples=headline_resamples,
         conv_reduction=reduce, feature_dims={n: int(x.shape[1]) for n, x in sets.items()},
         n_per_class_requested=list(n_per_class), best_layer=best_layer, tsne=tsne, tsne_cells=int(len(tsne_rows)),
         cellprofiler_features=features_note, rows=rows,
@@ -298,7 +298,7 @@ def transfer_metrics(result):
 
 
 def write_transfer_result(out_dir, result, command=None):
-    """The result manifest of transfer learning (see :mod:`deepyeast.report.manifest`)."""
+    """The result manifest of transfer learning (see :mod:`deepyeast.utils.manifest`)."""
     ta = transfer_metrics(result)
     head, best = ta["headline_layer"], ta["best_layer"]
     metrics = {"transfer_accuracy": ta}

@@ -11,6 +11,7 @@ everything is passed by files.  :mod:`deepyeast.analysis.predict` runs it throug
 
 --images   uint8 (or float32) N x C x H x W crops, channel order of the data
 --mean     float32 C x H x W mean image subtracted from every crop (optional)
+--scale    multiplies ``crop - mean`` (Caffe's transform_param.scale; default 1)
 --out      DIR/<blob>.npy gets float32 N x D (blob flattened per cell), one per --blobs
 --pool     blobs (of --blobs) written instead as DIR/<blob>.pool.npy, float32 N x 2C: each
            channel's spatial mean, then each channel's spatial max
@@ -32,6 +33,7 @@ def main(argv=None):
     ap.add_argument("--weights")
     ap.add_argument("--images")
     ap.add_argument("--mean")
+    ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--out")
     ap.add_argument("--blobs", default="prob")
     ap.add_argument("--pool", default="")
@@ -82,6 +84,8 @@ def main(argv=None):
                 batch = np.asarray(images[start:start + args.batch], dtype=np.float32)
                 if mean is not None:
                     batch = batch - mean
+                if args.scale != 1.0:
+                    batch = batch * np.float32(args.scale)
                 net.blobs[input_name].reshape(*batch.shape)
                 net.reshape()
                 net.blobs[input_name].data[...] = batch

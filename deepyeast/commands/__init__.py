@@ -3,7 +3,8 @@
 Two kinds of subcommand share the one command:
 
 * the engine's Caffe verbs (``train``, ``test``, ``time``, ``extract``, ``bnstats``), with Caffe's
-  single-dash flags, run by :func:`deepyeast.engine.cli.main`;
+  single-dash flags (:data:`deepyeast.engine.cli.ACTIONS`, parsed by its ``build_parser``), run here
+  with the launcher's exit codes and error lines;
 * the steps: one module of this package each (``deepyeast/commands/<module>.py``: a docstring,
   ``options(parser)`` and ``run(args)``, run by :func:`deepyeast.launcher.main`), which the scripts
   under ``data_prep/`` and ``analysis/`` also run, as thin callers of the same module, so
@@ -48,6 +49,7 @@ STEPS = (
     Step("segment", "segment_cells", "data_prep/segment_cells.py", _NEW),
     Step("crop", "crop_cells", "data_prep/crop_cells.py", _NEW),
     Step("classify", "classify_screen", "analysis/classify_screen.py", _NEW),
+    Step("compare", "compare_screens", "analysis/compare_screens.py", _NEW),
     Step("predict", "predict", "analysis/predict.py", _NEW),
     Step("bundle", "make_bundle", "analysis/make_bundle.py", _MODEL),
     Step("export-bioimageio", "export_bioimageio", "analysis/export_bioimageio.py", _MODEL),
@@ -160,9 +162,7 @@ def main(argv=None):
         return launcher.EXIT_OK
     name, rest = argv[0], argv[1:]
     if name in ENGINE_VERBS:
-        from deepyeast.engine.cli import main as engine_main
-
-        return engine_main(argv)
+        return _run_engine(argv)
     if name not in _BY_NAME:
         close = [n for n in names() if n.startswith(name[:3])] if len(name) >= 3 else []
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""
@@ -173,3 +173,20 @@ def main(argv=None):
     prog = f"deepyeast {name}"
     return launcher.main(_as_command(module.__doc__, step), module.options, module.run, rest, prog=prog, exit=False,
                          command=launcher.command_line(argv))
+
+
+def _run_engine(argv):
+    """``deepyeast VERB ...`` for the engine's verbs: Caffe's log format, each error once as
+    ``deepyeast VERB: error: ...`` (bad input 2, diverged training 3)."""
+    from deepyeast import launcher
+    from deepyeast.engine.cli import ACTIONS, build_parser as engine_parser
+    from deepyeast.engine.solver import setup_caffe_logging
+
+    args = engine_parser().parse_args(argv)
+    setup_caffe_logging()
+    action = ACTIONS[args.action]
+
+    def run(a):
+        action(a)  # its return value is for callers in Python, not an exit code
+
+    return launcher.run_guarded(run, args, f"deepyeast {args.action}")

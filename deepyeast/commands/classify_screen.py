@@ -61,7 +61,7 @@ from deepyeast import launcher
 
 
 def options(p):
-    from deepyeast.analysis.classify import CONFIDENCE, DUAL_SHARE, GALLERY_CELLS, PRECISIONS
+    from deepyeast.analysis.classify import CONFIDENCE, DUAL_SHARE, GALLERY_CELLS
     from deepyeast.analysis.screen_run import CHUNK
     from deepyeast.constants import MIN_CELLS_PER_PROTEIN
 
@@ -83,14 +83,11 @@ def options(p):
                      help="discard an unfinished run in OUT.work made with another model, table or settings "
                           "(without it such a work folder is refused)")
     net = p.add_argument_group("network")
-    net.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                     help="arithmetic of the network: fp32 (Caffe's) or bf16 convolutions (faster on recent CPUs and "
-                          "GPUs) (default: %(default)s)")
+    launcher.add(net, "precision")
     net.add_argument("--compare-fp32", action="store_true",
                      help="with --precision bf16: also run fp32 and report how many calls change")
-    net.add_argument("--gpu", type=int, metavar="ID", help="run the network on this CUDA device (default: CPU)")
-    net.add_argument("--batch", type=launcher.positive_int, default=100,
-                     help="crops per forward pass (default: %(default)s)")
+    launcher.add(net, "gpu")
+    launcher.add(net, "batch")
     calls = p.add_argument_group("protein calls and report")
     calls.add_argument("--min-cells", type=launcher.positive_int, default=MIN_CELLS_PER_PROTEIN,
                        help="fewer cells than this flag a call few_cells (default: %(default)s, the paper's)")
@@ -107,15 +104,14 @@ def options(p):
 
 
 def run(args):
-    from deepyeast.analysis.classify import classify_screen
+    from deepyeast.analysis.classify import CallRules, classify_screen
     from deepyeast.analysis.cluster import resolve_scheduler
 
     s = classify_screen(
         args.model, args.images, args.out, launcher.segment_params(args), channels=tuple(args.channels),
         bits=args.bits, skip_bad=args.skip_bad, resegment=args.resegment, border=args.border,
-        precision=args.precision, compare_fp32=args.compare_fp32,
-        device="cpu" if args.gpu is None else f"cuda:{args.gpu}", batch=args.batch, min_cells=args.min_cells,
-        confidence=args.confidence, dual_share=args.dual_share, gallery_cells=args.gallery_cells,
+        inference=launcher.inference_settings(args), compare_fp32=args.compare_fp32,
+        rules=CallRules(args.min_cells, args.confidence, args.dual_share), gallery_cells=args.gallery_cells,
         n_resamples=args.resamples, seed=args.seed, command=args.command,
         scheduler=resolve_scheduler(args.scheduler), jobs=args.jobs, chunk=args.chunk, restart=args.restart)
     f = s["flags"]

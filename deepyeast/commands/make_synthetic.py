@@ -22,6 +22,17 @@ size -> identical output.  Example:
 
 With both --out and --gallery, the gallery's folder also gets a result.json describing the screen
 (the report's first section).
+
+A pair of screens to compare (--pair; deepyeast/data/synthetic/condition.py): a reference and a
+condition screen of the same --pair-proteins proteins (drawn from the --size screen's plan), a
+seeded share of them relocalised in the condition, micrograph effects (defocus, exposure, a pull
+toward a wrong compartment) on both sides, different cell counts.  --pair micrographs writes
+OUT/reference/ and OUT/condition/ (TIFF micrographs + images.csv for classify_screen.py);
+--pair probabilities writes the cells.csv a classifier would give (simulated, no network);
+both write OUT/truth.csv (which proteins moved where; read by benches and tests, never by the
+comparison).  Example:
+
+  python data_prep/make_synthetic.py --pair micrographs --size demo --pair-proteins 60 --out runs/demo/pair
 """
 
 import json
@@ -48,6 +59,13 @@ def options(p):
                    help="scale of the shares of dim proteins, defocused cells, non-cells and cytosolic haze "
                         "(default: %(default)s; 0 = none)")
     p.add_argument("--gallery", metavar="PNG", help="write a figure with two example cells per class")
+    pair = p.add_argument_group("a pair of screens to compare")
+    pair.add_argument("--pair", choices=("micrographs", "probabilities"),
+                      help="write a reference/condition pair instead of a training screen")
+    pair.add_argument("--pair-proteins", type=launcher.positive_int, default=60, metavar="N",
+                      help="proteins in the pair (default: %(default)s)")
+    pair.add_argument("--movers", type=float, default=0.15,
+                      help="share of the proteins relocalised in the condition (default: %(default)s)")
 
 
 def run(args):
@@ -56,6 +74,8 @@ def run(args):
     from deepyeast.utils.io import InputError
 
     out = args.out or args.out_positional
+    if args.pair:
+        return _pair(args, out)
     if not out and not args.gallery:
         raise InputError("give an output folder (--out DIR), --gallery PNG, or both")
     if out:
@@ -70,6 +90,25 @@ def run(args):
         if out:  # the gallery's folder gets the screen's result manifest (the report's first section)
             write_screen_result(os.path.dirname(os.path.abspath(args.gallery)), summary,
                                 os.path.basename(args.gallery), command=args.command)
+
+
+def _pair(args, out):
+    from deepyeast.data.synthetic.condition import ConditionSettings, render_pair, simulate_pair
+    from deepyeast.utils.io import InputError
+
+    if not out:
+        raise InputError("give the output folder of the pair (--out DIR)")
+    if not 0 <= args.movers <= 1:
+        raise InputError(f"--movers must be in [0, 1], not {args.movers}")
+    settings = ConditionSettings(proteins=args.pair_proteins, movers=args.movers)
+    t0 = time.time()
+    if args.pair == "micrographs":
+        plan = render_pair(out, args.size, args.seed, settings, workers=args.jobs)
+    else:
+        plan = simulate_pair(out, args.size, args.seed, settings)
+    print(f"{len(plan)} proteins, {sum(p['mover'] for p in plan)} relocalised in the condition; "
+          f"{sum(len(p['ref']) for p in plan)} + {sum(len(p['cond']) for p in plan)} micrographs; "
+          f"wrote {out} in {time.time() - t0:.1f} s")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,15 @@
 """Per-cell predictions (and layer features) of a trained DeepYeast net.
 
 Inputs
+  --bundle DIR                a model bundle (RUN/model of make demo / make reproduce, make_bundle.py's
+                              or convert_keras_weights.py's output): the net, its weights, its mean
+                              and its input scale ((crop - mean) * scale, e.g. 1/127.5 for the
+                              authors' Keras model); or the loose files of a net trained here:
   --model deploy.prototxt     the deploy net (Input blob "data", ends in "prob")
   --weights W.caffemodel      trained weights (real Caffe's or our engine's snapshot)
-  --mean mean.binaryproto     per-pixel training mean, subtracted from every crop
+  --mean mean.binaryproto     per-pixel training mean, subtracted from every crop (input scale 1);
+                              files of a bundle whose preprocessing they would not reproduce are
+                              refused (give --bundle)
   --archive ROOT --list L     crops ROOT/<relpath> named by a split list (relpath label lines),
                               e.g. --list ROOT/HOwt_test.txt; or
   --lmdb DIR                  a Datum LMDB (cell path = key without its 8-digit prefix); or
@@ -16,6 +22,7 @@ Inputs
   --engine ours|caffe         our PyTorch engine, or real pycaffe in the Caffe root (make caffe)
   --precision fp32|bf16       our engine's arithmetic: fp32 (default) or bf16 convolutions (about
                               2x faster on CPUs with AVX512-BF16; a few calls near a tie change)
+  --gpu ID                    run our engine on this CUDA device (default: CPU)
   --no-fold                   run BatchNorm/Scale as separate layers (default: folded into the
                               convolution before them, equal within float32 rounding, ~1e-6)
 
@@ -34,7 +41,9 @@ Outputs
                               strongest unit (the activating-patch search); 15 KiB per cell
                               for DeepYeast.  full: whole maps, 4 MiB per cell (conv1 alone 1 MiB)
 
-Example
+Examples
+  python analysis/predict.py --bundle runs/demo/model --archive ROOT --list ROOT/HOwt_test.txt \\
+      --out cells_test.csv
   python analysis/predict.py --engine ours --model models/deepyeast/deploy.prototxt \\
       --weights runs/deepyeast/snapshots/deepyeast_cpu_iter_450.caffemodel \\
       --mean data/deepyeast/mean.binaryproto --archive ROOT --list ROOT/HOwt_test.txt \\
@@ -51,9 +60,11 @@ from deepyeast.utils.io import InputError
 def options(p):
     p.add_argument("--engine", choices=("ours", "caffe"), default="ours",
                    help="our PyTorch engine or real pycaffe in the Caffe root (default %(default)s)")
-    launcher.add(p, "model", required=True, help="deploy prototxt")
-    launcher.add(p, "weights", required=True)
-    launcher.add(p, "mean", required=True)
+    net = p.add_argument_group("network (--bundle, or --model with --weights and --mean)")
+    launcher.add(net, "bundle")
+    launcher.add(net, "model", help="deploy prototxt")
+    launcher.add(net, "weights")
+    launcher.add(net, "mean")
     src = p.add_argument_group("input (one of)")
     launcher.add(src, "archive")
     src.add_argument("--list", help="split list (relpath label); relative names are taken under --archive")
@@ -70,13 +81,31 @@ def options(p):
     p.add_argument("--features-reduce", choices=("full", "pool"), default="pool",
                    help="conv blobs as per-channel mean and max with each channel's top cells (pool, the "
                         "default) or as whole maps (full)")
-    p.add_argument("--prob-blob", default="prob", help="blob holding the class probabilities (default prob)")
-    p.add_argument("--batch", type=int, default=100, help="cells per forward pass (default 100)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="our engine's arithmetic (default fp32; bf16 convolutions are ~2x faster on CPU)")
+    p.add_argument("--prob-blob", default=None,
+                   help="blob holding the class probabilities (default: the bundle's output blob, else prob)")
+    launcher.add(p, "batch", help="cells per forward pass (default %(default)s)")
+    launcher.add(p, "precision")
+    launcher.add(p, "gpu")
     p.add_argument("--no-fold", action="store_true",
                    help="keep BatchNorm/Scale as layers (default: folded into the convolution before them)")
     p.add_argument("--skip-bad", action="store_true", help="leave out unreadable crops instead of stopping")
+
+
+def network(args):
+    """(NetFiles, probability blob) of ``--bundle`` or of ``--model/--weights/--mean``; InputError otherwise."""
+    from deepyeast.analysis import predict
+
+    loose = [f"--{k}" for k in ("model", "weights", "mean") if getattr(args, k)]
+    if args.bundle:
+        if loose:
+            raise InputError(f"--bundle carries the net, its weights and its mean; drop {', '.join(loose)}")
+        from deepyeast.model import read_bundle
+
+        bundle = read_bundle(args.bundle)
+        return bundle.net_files, args.prob_blob or bundle.output_blob
+    if len(loose) != 3:
+        raise InputError("give --bundle DIR, or all of --model, --weights and --mean")
+    return predict.net_files(args.model, args.weights, args.mean), args.prob_blob or "prob"
 
 
 def run(args):
@@ -91,10 +120,13 @@ def run(args):
     blobs = [b for b in (args.blobs or "").split(",") if b]
     if blobs and not args.features_out:
         raise InputError("--blobs needs --features-out")
-    if args.features_out and not blobs:
-        blobs = network_blobs(args.model)
     if args.engine == "caffe" and args.precision != "fp32":
         raise InputError("--precision bf16 needs --engine ours (real Caffe computes in float32)")
+    if args.engine == "caffe" and args.gpu is not None:
+        raise InputError("--gpu needs --engine ours (the Caffe root runs pycaffe on the CPU)")
+    model, prob_blob = network(args)
+    if args.features_out and not blobs:
+        blobs = network_blobs(model.deploy)
     t0 = time.time()
     list_path = None
     if args.lmdb:
@@ -108,11 +140,11 @@ def run(args):
         if not os.path.isabs(list_path) and not os.path.exists(list_path):
             list_path = os.path.join(args.archive, list_path)
         cells = predict.cells_from_list(args.archive, list_path, skip_bad=args.skip_bad)
-    table = predict.predict_cells(cells, args.model, args.weights, args.mean, engine=args.engine,
-                                  split=args.split, out_csv=args.out, features_out=args.features_out,
-                                  feature_blobs=blobs, prob_blob=args.prob_blob, batch=args.batch,
-                                  feature_reduce=args.features_reduce, precision=args.precision,
-                                  fold=not args.no_fold)
+    features = predict.FeatureRequest(args.features_out, tuple(blobs), args.features_reduce) \
+        if args.features_out else None
+    table = predict.predict_cells(cells, model, launcher.inference_settings(args, fold=not args.no_fold),
+                                  engine=args.engine, split=args.split, out_csv=args.out, features=features,
+                                  prob_blob=prob_blob)
     if list_path is None or len(class_names_for_list(list_path)) == table.probs.shape[1]:
         acc = float((table.pred == table.label).mean())
         scored = f"accuracy {int((table.pred == table.label).sum())}/{table.n_cells} cells = {acc:.3f}; "

@@ -92,7 +92,7 @@ def _folds(text):
 def run(args):
     from deepyeast.analysis.cluster import resolve_scheduler
     from deepyeast.analysis.quality_filter import plot_filter_accuracy, run_quality_filter, write_quality_result
-    from deepyeast.report.manifest import clear_result
+    from deepyeast.utils.manifest import clear_result
     from deepyeast.utils.io import InputError
 
     scheduler = resolve_scheduler(args.scheduler)

@@ -90,7 +90,7 @@ def run(args):
     run_transfer(args.features, labels, args.out, constants.TRANSFER_CLASS_NAMES,
                  blobs=args.blobs.split(",") if args.blobs else None, cp_csv=args.cellprofiler,
                  reduce=args.reduce, n_per_class=args.n_per_class, grid=args.grid, n_trees=args.ntree,
-                 n_boot=args.resamples, seed=args.seed, n_jobs=args.jobs, model=args.model, command=args.command,
+                 n_resamples=args.resamples, seed=args.seed, jobs=args.jobs, model=args.model, command=args.command,
                  headline_layer=args.headline_layer, headline_resamples=args.headline_resamples, tsne=args.tsne,
                  n_tsne=args.n_tsne, features_note=features_note)
 

@@ -331,7 +331,7 @@ needs it, and the make option that supplies it."""
 def write_archive_result(out_dir, report, command=None):
     """The report's first section for a run on an archive: cells and proteins per split (``report``:
     :func:`check_splits`'s) and what the archive does not hold (:data:`ARCHIVE_LACKS`)."""
-    from deepyeast.report.manifest import table, write_result
+    from deepyeast.utils.manifest import table, write_result
 
     rows = [[split, s["n_cells"], s["n_proteins"], s["n_proteins_min10"]] for split, s in report["splits"].items()]
     total = sum(s["n_cells"] for s in report["splits"].values())

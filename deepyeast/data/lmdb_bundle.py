@@ -31,7 +31,8 @@ from deepyeast.data.crop_png import read_crop
 from deepyeast.data.lists import check_splits, protein_of, read_split_list
 from deepyeast.utils.progress import progress as progress_report
 from deepyeast.utils.io import file_digest
-from deepyeast.constants import CLASS_NAMES, CLASS_SETS, IMAGE_SIZE, LIST_PREFIX, N_CHANNELS, SPLITS, class_set_of
+from deepyeast.constants import (CLASS_NAMES, CLASS_SETS, IMAGE_SIZE, LIST_PREFIX, LMDB_SUFFIX, MEAN_FILE,
+                                 N_CHANNELS, SPLITS, class_set_of, lmdb_folder)
 from deepyeast.utils.io import InputError, atomic_folder, atomic_write_json, atomic_write_text
 
 
@@ -151,8 +152,8 @@ def build_lmdb_bundle(root, out_dir, splits=SPLITS, prefix=LIST_PREFIX, class_na
         return _write_bundle(root, tmp, splits, paths, class_names, seed, skip_bad, progress)
 
 
-BUNDLE_FILES = ("mean.binaryproto",)
-BUNDLE_SUFFIXES = ("_lmdb", "_manifest.json", "_rejects.txt")
+BUNDLE_FILES = (MEAN_FILE,)
+BUNDLE_SUFFIXES = (LMDB_SUFFIX, "_manifest.json", "_rejects.txt")
 
 
 def _check_bundle_folder(out_dir):
@@ -184,7 +185,7 @@ def _write_bundle(root, out_dir, splits, paths, class_names, seed, skip_bad, pro
                 rejects.append((rel, f"{paths[s]}: protein {protein} is already in split {first}"))
                 continue
             kept.append((rel, label))
-        manifest = write_split_lmdb(root, kept, os.path.join(out_dir, f"{s}_lmdb"), s, class_names, seed + k,
+        manifest = write_split_lmdb(root, kept, os.path.join(out_dir, lmdb_folder(s)), s, class_names, seed + k,
                                     skip_bad, progress, rejects, paths[s], lock=False)
         atomic_write_json(os.path.join(out_dir, f"{s}_manifest.json"), manifest)
         if manifest["rejects"]:
@@ -192,9 +193,9 @@ def _write_bundle(root, out_dir, splits, paths, class_names, seed, skip_bad, pro
                               "".join(f"{r['path']}\t{r['reason']}\n" for r in manifest["rejects"]))
         summary["splits"][s] = {"n_records": manifest["n_records"], "n_rejected": manifest["n_rejected"]}
     mean_split = "train" if "train" in splits else splits[0]
-    mean = compute_mean(img for _, img, _ in iter_datum_lmdb(os.path.join(out_dir, f"{mean_split}_lmdb")))
-    write_mean_binaryproto(os.path.join(out_dir, "mean.binaryproto"), mean)
-    summary["mean"] = {"file": "mean.binaryproto", "from": f"{mean_split}_lmdb",
+    mean = compute_mean(img for _, img, _ in iter_datum_lmdb(os.path.join(out_dir, lmdb_folder(mean_split))))
+    write_mean_binaryproto(os.path.join(out_dir, MEAN_FILE), mean)
+    summary["mean"] = {"file": MEAN_FILE, "from": lmdb_folder(mean_split),
                        "per_channel": [float(v) for v in mean.reshape(mean.shape[0], -1).mean(1)]}
     summary["n_records"] = sum(v["n_records"] for v in summary["splits"].values())
     summary["n_rejected"] = sum(v["n_rejected"] for v in summary["splits"].values())
@@ -210,4 +211,4 @@ def read_manifest(out_dir, split):
 def mean_image(out_dir):
     """The bundle's per-pixel mean, float32 C x H x W."""
     from deepyeast.caffe.blobs import read_mean_binaryproto
-    return np.asarray(read_mean_binaryproto(os.path.join(out_dir, "mean.binaryproto")), np.float32)
+    return np.asarray(read_mean_binaryproto(os.path.join(out_dir, MEAN_FILE)), np.float32)

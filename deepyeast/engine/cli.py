@@ -1,7 +1,7 @@
 """The engine's verbs of the ``deepyeast`` command: a ``caffe``-like command for our PyTorch engine.
 
-``deepyeast`` (= ``python -m deepyeast``, :mod:`deepyeast.commands`) hands these verbs to
-:func:`main` here; its other subcommands are the steps.  Caffe's action names and single-dash flags::
+``deepyeast`` (= ``python -m deepyeast``, :mod:`deepyeast.commands`) runs these verbs
+(:data:`ACTIONS`, parsed by :func:`build_parser`); its other subcommands are the steps.  Caffe's action names and single-dash flags::
 
     deepyeast train -solver S [-weights W | -snapshot S.solverstate] [-gpu ID|all]
     deepyeast test -model M -weights W [-iterations 50]
@@ -27,11 +27,13 @@ same on CPU processes with the gloo backend.
 import argparse
 import logging
 import os
-import re
 import sys
 import time
 
-__all__ = ["main", "build_parser", "train", "test", "time_net", "extract", "latest_solverstate"]
+from deepyeast.constants import TRAINING_PRECISIONS
+from deepyeast.engine.snapshots import latest_solverstate
+
+__all__ = ["ACTIONS", "build_parser", "train", "test", "time_net", "extract", "latest_solverstate"]
 
 log = logging.getLogger("deepyeast.cli")
 
@@ -50,7 +52,7 @@ def build_parser():
     sub = parser.add_subparsers(dest="action", metavar="ACTION")
     sub.required = True
 
-    common_prec = dict(choices=["fp32", "tf32", "bf16"], default="fp32",
+    common_prec = dict(choices=list(TRAINING_PRECISIONS), default="fp32",
                        help="arithmetic: fp32 (default, Caffe parity), tf32 matmuls on GPU, or bf16 autocast")
 
     t = sub.add_parser("train", help="train a net from a solver prototxt (like caffe train)")
@@ -235,17 +237,6 @@ def _check_same_inputs(solver, snapshot):
                          f"{'; '.join(changes)} changed since. To go on: {how}")
 
 
-def latest_solverstate(prefix):
-    """Newest complete ``{prefix}_iter_N.solverstate`` (largest N), or None."""
-    import glob
-    best, best_n = None, -1
-    for path in glob.glob(glob.escape(prefix) + "_iter_*.solverstate"):
-        m = re.search(r"_iter_(\d+)\.solverstate$", path)
-        if m and int(m.group(1)) > best_n:
-            best, best_n = path, int(m.group(1))
-    return best
-
-
 def _sync_start(solver):
     """Give every DDP rank rank 0's weights and its own data share and dropout stream."""
     import torch
@@ -378,7 +369,7 @@ def extract(args):
     import torch
     from deepyeast.engine import Net
     from deepyeast.caffe.lmdb import count_datum_lmdb, path_of_key, read_keys
-    from deepyeast.analysis.features import feature_file, feature_folder
+    from deepyeast.caffe.feature_files import feature_file, feature_folder
     from deepyeast.utils.io import InputError
 
     device = _device(args.gpu)
@@ -451,21 +442,7 @@ def _batch_keys(net):
 
 # --------------------------------------------------------------------------- main
 
-def main(argv=None):
-    """Entry point; returns the process exit code (:data:`deepyeast.launcher.EXIT_CODES`: bad input 2,
-    diverged training 3), each error printed once on stderr as ``deepyeast ACTION: error: ...``."""
-    from deepyeast import launcher
-    from deepyeast.engine.solver import setup_caffe_logging
-
-    args = build_parser().parse_args(argv)
-    setup_caffe_logging()
-    action = {"train": train, "test": test, "time": time_net, "extract": extract, "bnstats": bnstats}[args.action]
-
-    def run(a):
-        action(a)  # its return value is for callers in Python, not an exit code
-
-    return launcher.run_guarded(run, args, f"deepyeast {args.action}")
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+ACTIONS = {"train": train, "test": test, "time": time_net, "extract": extract, "bnstats": bnstats}
+"""The engine's verbs: name -> function(args) on the arguments :func:`build_parser` parsed (its return
+value is for callers in Python, not an exit code).  ``deepyeast VERB ...`` runs them through
+:func:`deepyeast.commands.main`, which gives the exit codes and error lines of every step."""

@@ -36,6 +36,7 @@ import numpy as np
 from deepyeast.caffe import caffe_pb2
 from deepyeast.caffe.blobs import blob_to_array, read_caffemodel, write_caffemodel
 from deepyeast.caffe.prototxt import read_prototxt, write_prototxt
+from deepyeast.constants import INFERENCE_PRECISIONS
 from deepyeast.engine.net import filter_layers
 from deepyeast.utils.io import InputError
 
@@ -207,7 +208,7 @@ def fold_files(model, weights, model_out, weights_out, keep=()):
     return chains
 
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = INFERENCE_PRECISIONS
 
 
 def deploy_net(model, weights, precision="fp32", fold=True, keep=(), device="cpu", seed=0):

@@ -26,13 +26,13 @@ import numpy as np
 import torch
 
 from deepyeast.caffe import caffe_pb2
+from deepyeast.engine.snapshots import STATE_SUFFIX
 from deepyeast.utils.io import InputError, atomic_path
 
 __all__ = ["STATE_SUFFIX", "OLD_PICKLE_SUFFIX", "state_path", "old_pickle_path", "write_engine_state",
            "read_engine_state", "fingerprints", "fingerprint_changes"]
 
 STATE_VERSION = 2
-STATE_SUFFIX = ".dystate.npz"
 OLD_PICKLE_SUFFIX = ".dystate"
 
 # solver fields that do not change the trajectory of the weights: a run may change them and resume

@@ -15,7 +15,10 @@ from google.protobuf import text_format
 
 from deepyeast.caffe import caffe_pb2
 from deepyeast.caffe.prototxt import read_prototxt
+from deepyeast.constants import MEAN_FILE, lmdb_folder
+from deepyeast.engine import snapshots
 from deepyeast.engine.lr_policy import check_solver_numbers
+from deepyeast.engine.snapshots import SOLVERSTATE_SUFFIX, WEIGHTS_SUFFIX, iteration_of, snapshot_name
 from deepyeast.utils.io import InputError, StepFailed, atomic_path, atomic_write_text
 
 
@@ -105,7 +108,7 @@ def _net_of(solver, solver_path):
     else, for a model-zoo solver (``net: "models/deepyeast/..."``), under the zoo's parent folder."""
     if os.path.isabs(solver.net) or os.path.exists(solver.net):
         return solver.net
-    from deepyeast.model.zoo import zoo_dir
+    from deepyeast.caffe.zoo import zoo_dir
 
     candidate = os.path.join(os.path.dirname(zoo_dir()), solver.net)
     return candidate if os.path.exists(candidate) else solver.net
@@ -119,15 +122,15 @@ def write_run_config(run_dir, lmdb_dir, solver_path=None, overrides=None, net_pa
     Snapshots go to ``run_dir/snapshots/deepyeast``.  Returns the solver path.
     """
     if solver_path is None:
-        from deepyeast.model.zoo import zoo_file
+        from deepyeast.caffe.zoo import zoo_file
 
         solver_path = zoo_file("solver_cpu.prototxt")
     solver = read_prototxt(solver_path, caffe_pb2.SolverParameter)
     net_path = net_path or _net_of(solver, solver_path)
     net = read_prototxt(net_path, caffe_pb2.NetParameter)
-    net = retarget_net(net, {"TRAIN": os.path.join(lmdb_dir, "train_lmdb"),
-                             "TEST": os.path.join(lmdb_dir, "val_lmdb")},
-                       mean_file=os.path.join(lmdb_dir, "mean.binaryproto"), batch_sizes=batch_sizes)
+    net = retarget_net(net, {"TRAIN": os.path.join(lmdb_dir, lmdb_folder("train")),
+                             "TEST": os.path.join(lmdb_dir, lmdb_folder("val"))},
+                       mean_file=os.path.join(lmdb_dir, MEAN_FILE), batch_sizes=batch_sizes)
     net_out = os.path.join(run_dir, "train_val.prototxt")
     solver_out = os.path.join(run_dir, "solver.prototxt")
     solver = retarget_solver(solver, net_out, os.path.join(run_dir, "snapshots", "deepyeast"),
@@ -142,7 +145,7 @@ def write_run_config(run_dir, lmdb_dir, solver_path=None, overrides=None, net_pa
 
 def snapshot_path(solver, iteration):
     """``{snapshot_prefix}_iter_{iteration}.caffemodel`` of a SolverParameter."""
-    return f"{solver.snapshot_prefix}_iter_{int(iteration)}.caffemodel"
+    return snapshot_name(solver.snapshot_prefix, iteration, WEIGHTS_SUFFIX)
 
 
 def parse_training_log(log_text, output_name="loss"):
@@ -162,9 +165,9 @@ def parse_training_log(log_text, output_name="loss"):
         if re.search(r"\] Solving ", line):
             start, current = 0, None
             continue
-        restoring = re.search(r"Restoring previous solver status from .*_iter_(\d+)\.solverstate", line)
-        if restoring:
-            start = int(restoring.group(1))
+        restoring = re.search(r"Restoring previous solver status from (.*)$", line)
+        if restoring and iteration_of(restoring.group(1).strip(), SOLVERSTATE_SUFFIX) is not None:
+            start = iteration_of(restoring.group(1).strip(), SOLVERSTATE_SUFFIX)
             continue
         if start is not None and re.search(r"Iteration \d+", line):
             losses = {it: v for it, v in losses.items() if it < start}
@@ -241,23 +244,10 @@ def choose_snapshot(solver_path, log_path=None, rule="final"):
     return snapshot_path(solver, min(candidates)[1])
 
 
-SNAPSHOT_SUFFIXES = (".caffemodel", ".solverstate", ".dystate.npz")
-"""The files of one snapshot (the engine's :meth:`~deepyeast.engine.solver.Solver.snapshot`; real
-Caffe writes the first two)."""
-
-
 def snapshots_on_disk(solver):
     """iteration -> list of the snapshot files of a SolverParameter's ``snapshot_prefix`` on disk
-    (renamed ``*.diverged`` files are not snapshots any more and are not listed)."""
-    folder = os.path.dirname(os.path.abspath(solver.snapshot_prefix)) or "."
-    stem = os.path.basename(solver.snapshot_prefix)
-    pattern = re.compile(re.escape(stem) + r"_iter_(\d+)(" + "|".join(re.escape(x) for x in SNAPSHOT_SUFFIXES) + r")$")
-    found = {}
-    for name in os.listdir(folder) if os.path.isdir(folder) else ():
-        m = pattern.match(name)
-        if m:
-            found.setdefault(int(m.group(1)), []).append(os.path.join(folder, name))
-    return found
+    (:func:`deepyeast.engine.snapshots.snapshots_on_disk`)."""
+    return snapshots.snapshots_on_disk(solver.snapshot_prefix)
 
 
 def prune_snapshots(solver_path, keep):
@@ -311,7 +301,7 @@ def _choose(args):
         shutil.copyfile(chosen, tmp)
     print(f"{chosen} -> {args.out}")
     if args.prune:
-        it = int(re.search(r"_iter_(\d+)\.caffemodel$", chosen).group(1))
+        it = iteration_of(chosen, WEIGHTS_SUFFIX)
         removed, freed = prune_snapshots(args.solver, [it])
         print(f"pruned {len(removed)} snapshot files ({freed / 2**20:.0f} MiB); kept iteration {it} and the newest")
 

@@ -46,11 +46,13 @@ from collections import defaultdict
 import numpy as np
 import torch
 
+from deepyeast.constants import TRAINING_PRECISIONS
 from deepyeast.caffe import caffe_pb2
 from deepyeast.caffe.blobs import read_solverstate, write_solverstate
 from deepyeast.caffe.prototxt import read_prototxt
 from deepyeast.utils.io import InputError, StepFailed, check_writable
 from deepyeast.engine import resume
+from deepyeast.engine.snapshots import SOLVERSTATE_SUFFIX, WEIGHTS_SUFFIX, snapshot_name
 from deepyeast.engine.lr_policy import check_solver_numbers, format_float, learning_rate
 
 __all__ = ["Solver", "TrainingDiverged", "setup_caffe_logging", "read_solver_param", "log"]
@@ -174,8 +176,8 @@ class Solver:
             device = "cuda" if (p.solver_mode == caffe_pb2.SolverParameter.GPU and torch.cuda.is_available()) \
                 else "cpu"
         self.device = torch.device(device)
-        if precision not in ("fp32", "tf32", "bf16"):
-            raise InputError(f"precision must be fp32, tf32 or bf16, got {precision!r}")
+        if precision not in TRAINING_PRECISIONS:
+            raise InputError(f"precision must be one of {', '.join(TRAINING_PRECISIONS)}, got {precision!r}")
         self.precision = precision
         if self.device.type == "cuda":
             tf32 = precision == "tf32"
@@ -229,7 +231,7 @@ class Solver:
         self._resumed_from = None
         self._fingerprints = None
         if self.rank == 0 and (p.snapshot or p.snapshot_after_train):
-            check_writable(self.snapshot_filename(".caffemodel"), "snapshot (snapshot_prefix)")
+            check_writable(self.snapshot_filename(WEIGHTS_SUFFIX), "snapshot (snapshot_prefix)")
 
     # ------------------------------------------------------------------ setup helpers
 
@@ -419,7 +421,7 @@ class Solver:
         for it, state in list(self.snapshots):
             if it < iteration or (it, state) == self._resumed_from:
                 continue
-            for path in (state, os.path.splitext(state)[0] + ".caffemodel", resume.state_path(state)):
+            for path in (state, os.path.splitext(state)[0] + WEIGHTS_SUFFIX, resume.state_path(state)):
                 if os.path.exists(path):
                     os.replace(path, path + DIVERGED_SUFFIX)
             self.snapshots.remove((it, state))
@@ -590,7 +592,7 @@ class Solver:
         raise InputError("solver: snapshot_prefix is not set")
 
     def snapshot_filename(self, extension):
-        return f"{self.snapshot_prefix()}_iter_{self.iter}{extension}"
+        return snapshot_name(self.snapshot_prefix(), self.iter, extension)
 
     def fingerprints(self):
         """What this run trains on (:func:`deepyeast.engine.resume.fingerprints`), computed once."""
@@ -602,8 +604,8 @@ class Solver:
         """Write ``{prefix}_iter_{N}.caffemodel``, ``.dystate.npz`` and ``.solverstate`` (in that order)."""
         if self.rank != 0:
             return None
-        model = self.snapshot_filename(".caffemodel")
-        state = self.snapshot_filename(".solverstate")
+        model = self.snapshot_filename(WEIGHTS_SUFFIX)
+        state = self.snapshot_filename(SOLVERSTATE_SUFFIX)
         os.makedirs(os.path.dirname(os.path.abspath(model)), exist_ok=True)
         self._log("Snapshotting to binary proto file %s", model)
         self.net.save_caffemodel(model)

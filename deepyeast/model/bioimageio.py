@@ -34,7 +34,7 @@ import warnings
 
 import numpy as np
 
-from deepyeast.constants import CLASS_NAMES
+from deepyeast.constants import CLASS_NAMES, MEAN_FILE
 from deepyeast.model.bundle import Bundle, read_bundle
 from deepyeast.utils.io import InputError, atomic_path
 
@@ -67,45 +67,16 @@ def test_crops(bundle, n_per_class=1, seed=0):
     return crops, f"synthetic cells rendered by deepyeast.data.synthetic (seed {seed}), {n_per_class} per class"
 
 
-class _Packaged:
-    """Factory for the traced module (torch imported lazily)."""
-
-    @staticmethod
-    def build(bundle):
-        import torch
-
-        from deepyeast.engine import Net
-
-        class DeepYeastPackaged(torch.nn.Module):
-            """Raw crops (float32 N x 2 x 64 x 64, 0-255) -> class probabilities (N x K)."""
-
-            def __init__(self):
-                super().__init__()
-                self.net = Net(bundle.deploy_path, phase="TEST", seed=0)
-                self.net.load_caffemodel(bundle.weights_path)
-                self.net.eval()
-                self.register_buffer("mean", torch.from_numpy(np.ascontiguousarray(bundle.mean, np.float32)))
-                self.register_buffer("scale", torch.tensor(float(bundle.input_scale), dtype=torch.float32))
-                # the Input layer is fed directly: Net.forward(data=...) would move the value to the
-                # net's device, which a trace records as a constant ("cpu") and a GPU consumer then trips on
-                layer = next(lp for lp in self.net.net_param.layer if lp.type == "Input")
-                self.input_layer = self.net.layer(layer.name)
-                self.input_index = list(layer.top).index(bundle.input_blob)
-
-            def forward(self, x):
-                y = (x - self.mean) * self.scale
-                self.input_layer.values[self.input_index] = y
-                blobs = self.net.forward()
-                return blobs[bundle.output_blob].reshape(x.shape[0], -1)
-
-        return DeepYeastPackaged()
-
-
 def trace_bundle(bundle, example):
-    """TorchScript (``torch.jit.trace``) of the bundle's net with its preprocessing; ``example`` float32 crops."""
+    """TorchScript (``torch.jit.trace``) of the bundle's net with its preprocessing; ``example`` float32 crops.
+
+    What is traced is the module of the bundle's :class:`deepyeast.engine.inference.Predictor`
+    (float32 crops 0-255 -> ``(crop - mean) * input_scale`` -> the net -> N x K probabilities), on the
+    CPU in float32 with BatchNorm kept as layers, so the package holds the bundle's own weights.
+    """
     import torch
 
-    module = _Packaged.build(bundle).eval().requires_grad_(False)
+    module = bundle.predictor(fold=False).module.eval().requires_grad_(False)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates TorchScript; bioimage.io needs it
@@ -276,7 +247,7 @@ def _rdf(bundle, pytorch_version, authors):
                 "bundle_name": meta.get("name", ""),
                 "weights_sha256": meta["files"]["weights.caffemodel"]["sha256"],
                 "deploy_sha256": meta["files"]["deploy.prototxt"]["sha256"],
-                "mean_sha256": meta["files"]["mean.binaryproto"]["sha256"],
+                "mean_sha256": meta["files"][MEAN_FILE]["sha256"],
                 "input_scale": bundle.input_scale,
                 "preprocessing": "(crop - mean image) * input_scale, inside the TorchScript module",
                 "source": meta.get("source", {}),

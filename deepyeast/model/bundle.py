@@ -14,8 +14,9 @@ machine-readable file beside them::
     MODEL/readme.md           model-zoo readme: data, schedule, metrics, input, use
     MODEL/bundle.json         the same facts for programs, and the sha256 of every file
     MODEL/examples.npy        (optional) uint8 N x C x H x W example crops
-    MODEL/ood.npz             (optional) class means and tied inverse covariance of fc1 features
-                              (out-of-distribution scores, deepyeast/analysis/ood.py)
+    MODEL/ood.npz             (optional) class means and tied inverse covariance of fc1 features, and
+                              the training crops' input statistics (out-of-distribution scores,
+                              deepyeast/analysis/ood.py)
 
 Input convention (the same as Caffe's ``DataTransformer``, i.e. what a ``Data``
 layer with ``transform_param { mean_file: "mean.binaryproto" scale: S }`` does)::
@@ -26,6 +27,10 @@ with channel 0 the red cytosolic marker and channel 1 the green GFP-tagged
 protein (:data:`deepyeast.constants.CHANNELS`).  A bundle trained here has
 ``input_scale`` 1 and the training-set mean image; the authors' Keras model has
 a constant mean of 127.5 and ``input_scale`` 1/127.5 (their ``x/127.5 - 1``).
+
+This module holds the format and its checks; the readme is written by
+:mod:`deepyeast.model.bundle_readme` and the net is run by :class:`deepyeast.engine.inference.Predictor`
+(:meth:`Bundle.predictor`).
 
 :func:`read_bundle` refuses, with one line naming the file and field, a bundle
 whose files do not match their checksums, whose class table disagrees with the
@@ -46,11 +51,12 @@ import numpy as np
 from deepyeast.caffe import caffe_pb2
 from deepyeast.caffe.blobs import check_mean_shape, read_mean_binaryproto, write_mean_binaryproto
 from deepyeast.caffe.prototxt import read_prototxt, write_prototxt
-from deepyeast.constants import CHANNELS
+from deepyeast.constants import CHANNELS, MEAN_FILE
 from deepyeast.data.lists import read_class_doc, write_class_doc
+from deepyeast.engine.inference import InferenceSettings, NetFiles, Predictor, input_of
 from deepyeast.utils.io import InputError, atomic_folder, file_digest
 
-__all__ = ["Bundle", "BundlePredictor", "BUNDLE_FORMAT", "BUNDLE_FILES", "read_bundle", "write_bundle",
+__all__ = ["Bundle", "BUNDLE_FORMAT", "BUNDLE_FILES", "read_bundle", "write_bundle",
            "predict_crops", "write_class_table", "read_class_table"]
 
 BUNDLE_FORMAT = "deepyeast-model-bundle"
@@ -58,7 +64,7 @@ BUNDLE_FORMAT_VERSION = 1
 BUNDLE_JSON = "bundle.json"
 DEPLOY = "deploy.prototxt"
 WEIGHTS = "weights.caffemodel"
-MEAN = "mean.binaryproto"
+MEAN = MEAN_FILE
 CLASSES = "classes.txt"
 README = "readme.md"
 EXAMPLES = "examples.npy"
@@ -99,20 +105,6 @@ def _plain(value, where):
     if isinstance(value, (list, tuple)):
         return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
     raise InputError(f"{where}: {type(value).__name__} cannot be stored in {BUNDLE_JSON}")
-
-
-def _input_layer(net, source):
-    """(blob name, C x H x W) of the net's Input layer."""
-    for layer in net.layer:
-        if layer.type == "Input" and layer.input_param.shape:
-            dims = tuple(int(d) for d in layer.input_param.shape[0].dim)
-            if len(dims) != 4:
-                raise InputError(f"{source}: Input layer \"{layer.name}\" has shape {dims}; a crop net needs "
-                                 "N x C x H x W")
-            return layer.top[0], dims[1:]
-    if net.input and net.input_shape:
-        return net.input[0], tuple(int(d) for d in net.input_shape[0].dim[1:])
-    raise InputError(f"{source}: no Input layer; a bundle needs a deploy net (train_val nets read LMDBs)")
 
 
 # --------------------------------------------------------------------------- the bundle
@@ -168,98 +160,40 @@ class Bundle:
             return None
         return np.load(path, allow_pickle=False)
 
+    @property
+    def net_files(self):
+        """The net with its preprocessing (mean, input scale): what :class:`deepyeast.engine.inference.Predictor`
+        and the predictions step take."""
+        return NetFiles(self.deploy_path, self.weights_path, self.mean, self.input_scale, source=self.path)
+
     def preprocess(self, crops):
         """float32 ``(crops - mean) * input_scale`` for uint8 (or float) N x C x H x W ``crops``."""
-        x = _check_crops(crops, self.input_shape, self.path).astype(np.float32)
-        x -= self.mean
-        if self.input_scale != 1.0:
-            x *= np.float32(self.input_scale)
-        return x
+        return self.net_files.preprocess(crops, self.input_shape)
 
-    def predictor(self, device="cpu", precision="fp32", batch=100, fold=True, extra_blobs=()):
-        """A :class:`BundlePredictor` holding the net (load once, call on many batches of crops)."""
-        return BundlePredictor(self, device=device, precision=precision, batch=batch, fold=fold,
-                               extra_blobs=extra_blobs)
+    def predictor(self, settings=None, extra_blobs=(), **knobs):
+        """A :class:`deepyeast.engine.inference.Predictor` of the bundle's net and preprocessing (load once,
+        call on many batches of crops: uint8 N x C x H x W -> float32 N x K probabilities).
 
-
-def _check_crops(crops, input_shape, source):
-    crops = np.asarray(crops)
-    if crops.ndim != 4 or tuple(crops.shape[1:]) != tuple(input_shape):
-        raise InputError(f"crops have shape {crops.shape}; the model {source} takes N x "
-                         f"{' x '.join(str(d) for d in input_shape)} (N x C x H x W)")
-    if crops.dtype != np.uint8 and not np.issubdtype(crops.dtype, np.floating):
-        raise InputError(f"crops are {crops.dtype}; the model {source} takes uint8 crops (0-255), "
-                         "scale 16-bit images to 8 bits first")
-    return crops
+        ``settings``: an :class:`~deepyeast.engine.inference.InferenceSettings`, or its fields as keywords
+        (``device``, ``precision``, ``batch``, ``fold``).  ``extra_blobs``: other blobs (e.g. ``fc1``)
+        that the predictor's ``outputs(crops)`` returns beside the probabilities.
+        """
+        if settings is None:
+            settings = InferenceSettings(**knobs)
+        elif knobs:
+            raise TypeError("give settings or its fields, not both")
+        return Predictor(self.net_files, settings, keep=[self.output_blob, *extra_blobs])
 
 
-class BundlePredictor:
-    """Class probabilities of crops from a bundle's net, run by our engine on the deploy path
-    (:func:`deepyeast.engine.fold.deploy_net`, the same as ``analysis/predict.py``).
-
-    ``device``: "cpu", "cuda", ...; ``precision``: "fp32" (Caffe's arithmetic) or "bf16"
-    (bfloat16 convolutions, faster; a few calls near a tie change); ``fold``: BatchNorm/Scale
-    folded into the layer before them (default; equal within float32 rounding);
-    ``batch``: crops per forward pass; ``extra_blobs``: names of other blobs (e.g. ``fc1``,
-    ``fc3``) that :meth:`outputs` returns too.
-    Calling it on uint8 N x C x H x W crops returns float32 N x K probabilities.
-    """
-
-    def __init__(self, bundle, device="cpu", precision="fp32", batch=100, fold=True, extra_blobs=()):
-        import torch
-
-        from deepyeast.engine.fold import deploy_net
-
-        if batch < 1:
-            raise InputError(f"batch must be >= 1, got {batch}")
-        self.bundle = bundle
-        self.batch = int(batch)
-        self.extra_blobs = tuple(extra_blobs)
-        self.net = deploy_net(bundle.deploy_path, bundle.weights_path, precision=precision or "fp32", fold=fold,
-                              keep=[bundle.output_blob, *self.extra_blobs], device=device)
-        self._torch = torch
-        self._mean = torch.from_numpy(np.ascontiguousarray(bundle.mean, np.float32)).to(self.net.device)
-
-    def __call__(self, crops):
-        return self.outputs(crops)[self.bundle.output_blob]
-
-    def outputs(self, crops):
-        """``{output_blob: float32 N x K probabilities, extra blob: float32 N x D (flattened)}``."""
-        torch = self._torch
-        crops = _check_crops(crops, self.bundle.input_shape, self.bundle.path)
-        n = crops.shape[0]
-        names = (self.bundle.output_blob,) + self.extra_blobs
-        out = {}
-        scale = float(self.bundle.input_scale)
-        with torch.inference_mode():
-            for start in range(0, n, self.batch):
-                x = torch.from_numpy(np.asarray(crops[start:start + self.batch], np.float32)).to(self.net.device)
-                x = x - self._mean
-                if scale != 1.0:
-                    x = x * scale
-                blobs = self.net.forward(**{self.bundle.input_blob: x})
-                for name in names:
-                    if name not in blobs:
-                        raise InputError(f"{self.bundle.deploy_path}: the net has no blob {name!r}")
-                    value = blobs[name].float().reshape(x.shape[0], -1).cpu().numpy()
-                    if name not in out:
-                        out[name] = np.empty((n, value.shape[1]), np.float32)
-                    out[name][start:start + x.shape[0]] = value
-        for name in names:
-            if name not in out:  # no crops
-                out[name] = np.zeros((0, self.bundle.n_classes if name == self.bundle.output_blob else 0), np.float32)
-        return out
-
-
-def predict_crops(bundle, crops, device="cpu", precision="fp32", batch=100):
+def predict_crops(bundle, crops, settings=None, **knobs):
     """Class probabilities (float32 N x K) of uint8 N x C x H x W ``crops``.
 
-    ``bundle`` is a :class:`Bundle` or a bundle folder.  For many calls build
-    :meth:`Bundle.predictor` once instead (the net is loaded on each call here).
+    ``bundle`` is a :class:`Bundle` or a bundle folder; ``settings``/``knobs`` as :meth:`Bundle.predictor`.
+    For many calls build :meth:`Bundle.predictor` once instead (the net is loaded on each call here).
     """
     if not isinstance(bundle, Bundle):
         bundle = read_bundle(bundle)
-    return bundle.predictor(device=device, precision=precision, batch=batch)(crops)
+    return bundle.predictor(settings, **knobs)(crops)
 
 
 # --------------------------------------------------------------------------- reading and validation
@@ -296,7 +230,7 @@ def _check_net(folder, deploy_path, meta_path, input_blob, input_shape, output_b
     from deepyeast.engine import Net
 
     net_param = read_prototxt(deploy_path, caffe_pb2.NetParameter)
-    blob, shape = _input_layer(net_param, deploy_path)
+    blob, shape = input_of(net_param, deploy_path)
     if blob != input_blob:
         raise InputError(f"{meta_path}: input.blob is {input_blob!r} but the Input layer of {deploy_path} "
                          f"feeds {blob!r}")
@@ -401,148 +335,6 @@ def read_bundle(path, verify=True, check_net=True):
 
 # --------------------------------------------------------------------------- writing
 
-def _fmt(value):
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    if isinstance(value, (list, tuple)):
-        return ", ".join(_fmt(v) for v in value)
-    return str(value)
-
-
-def _metric_text(value):
-    """A metric as text: a number, or a count dict {value, correct, total, ci...}."""
-    if isinstance(value, dict):
-        text = _fmt(value.get("value"))
-        if "correct" in value and "total" in value:
-            text += f" ({value['correct']}/{value['total']})"
-        ci = value.get("ci") or value.get("ci95")
-        if isinstance(ci, (list, tuple)) and len(ci) == 2:
-            text += f", 95% interval [{_fmt(ci[0])}, {_fmt(ci[1])}]"
-        return text
-    return _fmt(value)
-
-
-def _caffe_float(x):
-    """``x`` as Caffe stores a float field (float32), printed with enough digits to round-trip."""
-    return float(np.float32(x))
-
-
-def render_readme(meta):
-    """The model-zoo ``readme.md`` of a bundle from its ``bundle.json`` dict."""
-    files = meta["files"]
-    inp = meta["input"]
-    scale = inp["scale"]
-    c, h, w = inp["shape"]
-    front = [
-        "---",
-        f"name: {meta['name']}",
-        f"caffemodel: {WEIGHTS}",
-        f"sha1: {files[WEIGHTS]['sha1']}",
-        f"license: {meta.get('license', 'unspecified')}",
-        "caffe_version: 1.0",
-        "---",
-        "",
-        f"# {meta['name']}",
-        "",
-    ]
-    body = []
-    if meta.get("description"):
-        body += [meta["description"].strip(), ""]
-    if meta.get("authors"):
-        body += ["Weights by " + ", ".join(meta["authors"]) + ".", ""]
-    mean_note = inp.get("mean_note", "")
-    body += [
-        "## Input",
-        "",
-        f"One cell per crop, centred: N x {c} x {h} x {w} uint8 (0-255), Caffe's C x H x W layout.",
-        "",
-    ]
-    body += [f"* channel {i}: {name}" for i, name in enumerate(inp["channels"])]
-    body += [
-        "",
-        "Preprocessing, the same arithmetic as a Caffe `Data` layer's transform (float32):",
-        "",
-        "```",
-        f"blob = (crop - mean) * {_fmt(scale)}" if scale != 1.0 else "blob = crop - mean",
-        "```",
-        "",
-        f"`mean` is `{MEAN}` (float32 1 x {c} x {h} x {w}){': ' + mean_note if mean_note else ''}. "
-        f"`{DEPLOY}` takes the preprocessed crops in its input blob `{inp['blob']}` and gives the class "
-        f"probabilities in `{meta['output']['blob']}`. In a Caffe net that reads an LMDB of raw crops the same "
-        "preprocessing is",
-        "",
-        "```",
-        f'transform_param {{ mean_file: "{MEAN}"' + (f" scale: {_caffe_float(scale)!r}" if scale != 1.0 else "")
-        + " }",
-        "```",
-        "",
-        "with no mirroring and no cropping; with pycaffe's `caffe.io.Transformer`: "
-        f"`set_mean('{inp['blob']}', mean)`" + (f", `set_input_scale('{inp['blob']}', {_fmt(scale)})`"
-                                                if scale != 1.0 else "") + ", no channel swap, no raw scale.",
-        "",
-        "## Classes",
-        "",
-        "| index | class |",
-        "|---|---|",
-    ]
-    body += [f"| {i} | {name} |" for i, name in enumerate(meta["classes"])]
-    body.append("")
-    if meta.get("training"):
-        body += ["## Training", "", "| | |", "|---|---|"]
-        body += [f"| {k} | {_fmt(v)} |" for k, v in meta["training"].items()]
-        body.append("")
-    if meta.get("metrics"):
-        body += ["## Metrics", "", "| measure | value |", "|---|---|"]
-        body += [f"| {k} | {_metric_text(v)} |" for k, v in meta["metrics"].items()]
-        body.append("")
-    ood = meta.get("ood")
-    body += ["## Out-of-distribution check and calibration", ""]
-    if ood:
-        body += [
-            f"`{OOD}` holds the class means and the tied inverse covariance of the `{ood['blob']}` features of "
-            f"{ood['training_cells']} training cells, and the mean and inverse covariance of their input statistics. "
-            f"Feature score: the {ood['score']} (threshold {_fmt(ood['threshold'])}); input score: the "
-            f"{ood.get('input_score', '')} (threshold {_fmt(ood.get('input_threshold'))}); each threshold is the "
-            f"{_fmt(100 * ood['quantile'])}th percentile of {ood['validation_cells']} validation cells. "
-            f"{ood.get('flag', '')}: classify_screen leaves such cells out of the protein calls "
-            f"({_fmt(100 * ood['training_flagged_share'])}% of the validation cells are flagged).",
-            "",
-            f"Temperature fitted on the validation cells (negative log-likelihood): T = {_fmt(ood['temperature'])}; "
-            f"expected calibration error ({ood['ece_bins']} bins) {_fmt(ood['ece_before'])} before, "
-            f"{_fmt(ood['ece_after'])} after (probabilities softmax(logits / T); calls unchanged).",
-            ""]
-    else:
-        body += ["Not available: this bundle carries no statistics of its training cells, so cells unlike them "
-                 "are not flagged.", ""]
-    if meta.get("source"):
-        body += ["## Source", "", "| | |", "|---|---|"]
-        body += [f"| {k} | {_fmt(v)} |" for k, v in meta["source"].items()]
-        body.append("")
-    body += [
-        "## Use",
-        "",
-        "```sh",
-        "python analysis/classify_screen.py --model MODEL_DIR --images IMAGES.csv --out OUT",
-        "python analysis/export_bioimageio.py MODEL_DIR model.zip    # a bioimage.io package",
-        "```",
-        "",
-        "```python",
-        "from deepyeast.model import read_bundle",
-        "bundle = read_bundle('MODEL_DIR')                # checks checksums, classes, shapes",
-        f"probs = bundle.predictor()(crops)                # uint8 N x {c} x {h} x {w} -> float32 N x "
-        f"{len(meta['classes'])}",
-        "```",
-        "",
-        "## Files",
-        "",
-        "| file | bytes | sha256 |",
-        "|---|---|---|",
-    ]
-    body += [f"| {name} | {info['bytes']} | `{info['sha256']}` |" for name, info in files.items() if name != README]
-    body += ["", f"`{BUNDLE_JSON}` holds the facts above for programs (and the readme's sha256).", ""]
-    return "\n".join(front + body)
-
-
 def _describe_file(path, sha1=False):
     info = {"bytes": os.path.getsize(path), "sha256": file_digest(path, "sha256")}
     if sha1:
@@ -613,7 +405,7 @@ def write_bundle(out_dir, deploy, weights, mean, classes, *, name="DeepYeast", i
             deploy = os.fspath(deploy)
             net_param = read_prototxt(deploy, caffe_pb2.NetParameter)
             shutil.copyfile(deploy, os.path.join(tmp, DEPLOY))
-        input_blob, shape = _input_layer(net_param, deploy if isinstance(deploy, str) else DEPLOY)
+        input_blob, shape = input_of(net_param, deploy if isinstance(deploy, str) else DEPLOY)
         shutil.copyfile(weights, os.path.join(tmp, WEIGHTS))
         if isinstance(mean, (str, os.PathLike)):
             mean_arr = read_mean_binaryproto(mean)
@@ -631,8 +423,7 @@ def write_bundle(out_dir, deploy, weights, mean, classes, *, name="DeepYeast", i
                                  f"{' x '.join(map(str, shape))} crops")
             np.save(os.path.join(tmp, EXAMPLES), np.ascontiguousarray(ex), allow_pickle=False)
         if ood is not None:
-            arrays, _ = ood
-            np.savez(os.path.join(tmp, OOD), **{k: np.asarray(v) for k, v in arrays.items()})
+            np.savez(os.path.join(tmp, OOD), **{k: np.asarray(v) for k, v in ood[0].items()})
         files = {name_: _describe_file(os.path.join(tmp, name_), sha1=name_ == WEIGHTS)
                  for name_ in (DEPLOY, WEIGHTS, MEAN, CLASSES) + ((EXAMPLES,) if examples is not None else ())
                  + ((OOD,) if ood is not None else ())}
@@ -657,6 +448,8 @@ def write_bundle(out_dir, deploy, weights, mean, classes, *, name="DeepYeast", i
         }
         if ood is not None:
             meta["ood"] = _plain(dict(ood[1]), "ood")
+        from deepyeast.model.bundle_readme import render_readme
+
         readme = render_readme(meta)
         with open(os.path.join(tmp, README), "w", encoding="utf-8") as f:
             f.write(readme)

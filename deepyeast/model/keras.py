@@ -91,7 +91,7 @@ _ROLE_ALIASES = {"kernel": "kernel", "w": "kernel", "bias": "bias", "b": "bias",
 _POSITIONAL_ROLES = {2: ("kernel", "bias"), 4: ("gamma", "beta", "moving_mean", "moving_variance")}
 
 DEPLOY_TEMPLATE = "deploy.prototxt"
-"""The model zoo's deploy net (:func:`deepyeast.model.zoo.zoo_file`), whose layers the Keras weights fill."""
+"""The model zoo's deploy net (:func:`deepyeast.caffe.zoo.zoo_file`), whose layers the Keras weights fill."""
 
 
 class KerasWeights:
@@ -322,7 +322,7 @@ def keras_deploy_net(kw, template=None):
 
     ``template``: the deploy prototxt to fill (default: the model zoo's, :data:`DEPLOY_TEMPLATE`)."""
     if template is None:
-        from deepyeast.model.zoo import zoo_file
+        from deepyeast.caffe.zoo import zoo_file
 
         template = zoo_file(DEPLOY_TEMPLATE)
     net = read_prototxt(template, caffe_pb2.NetParameter)

@@ -1,7 +1,7 @@
 """The replication report: one self-contained HTML page and ``metrics.json`` for a run folder.
 
 The report is built from the result manifests the analyses write (``*/result.json``,
-:mod:`deepyeast.report.manifest`), found anywhere under the run folder, so a new analysis
+:mod:`deepyeast.utils.manifest`), found anywhere under the run folder, so a new analysis
 appears in it without any edit here.  The page, for a biologist:
 
 1. the headline numbers beside the paper's (every manifest's ``headline`` rows), each count
@@ -231,6 +231,9 @@ def _result_section(run_dir, folder, r, number, forest=None):
             caption += f" Full table: {os.path.normpath(os.path.join(folder, t['file']))}."
         if caption:
             parts.append(f'<p class="caption">{_e(caption.strip())}</p>')
+    for link in r.get("links", []):
+        href = os.path.normpath(os.path.join(folder, link["file"])).replace(os.sep, "/")
+        parts.append(f'<p><a href="{_e(href)}">{_e(link["text"])}</a> (<code>{_e(href)}</code>)</p>')
     for m in r.get("missing", []):
         option = f" To include it: <code>{_e(m['option'])}</code>." if m.get("option") else ""
         parts.append(f'<p class="note">Not done: {_e(m["what"])} — {_e(m["reason"])}.{option}</p>')

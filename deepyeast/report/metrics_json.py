@@ -23,7 +23,7 @@ import subprocess
 
 from deepyeast import __version__
 from deepyeast.constants import PAPER_COUNTS, PAPER_RESULTS, paper_result
-from deepyeast.report.manifest import MANIFEST_NAME, find_results
+from deepyeast.utils.manifest import MANIFEST_NAME, find_results
 from deepyeast.utils.io import InputError
 
 __all__ = ["EXPECTED_RESULTS", "REQUIRED_RESULTS", "collect_results", "assemble_metrics", "paper_checks",
@@ -65,7 +65,7 @@ CHECK_LABELS = {
 def collect_results(run_dir, expect=None, required=REQUIRED_RESULTS):
     """The run's manifests and the expected ones it lacks: ``(results, missing)``.
 
-    ``results``: list of ``(folder, manifest)`` (:func:`deepyeast.report.manifest.find_results`);
+    ``results``: list of ``(folder, manifest)`` (:func:`deepyeast.utils.manifest.find_results`);
     ``missing``: ``[{input, path, producer}]`` for each name of ``expect`` (default
     :data:`EXPECTED_RESULTS`) no manifest has.  A missing ``required`` result is an InputError.
     """

@@ -29,7 +29,7 @@ from deepyeast.analysis.interpret.neurons import (class_entropy, mutual_informat
 from deepyeast.analysis.interpret.patches import (PATCH_LAYERS, load_cell_images, patches_of_units, plot_patches,
                                                   stored_top_units, top_activating_units)
 from deepyeast.analysis.interpret.tsne import plot_tsne_grid, tsne_embedding
-from deepyeast.report.manifest import clear_result, figure, missing_part, table, write_result
+from deepyeast.utils.manifest import clear_result, figure, missing_part, table, write_result
 from deepyeast.utils.io import InputError, atomic_write_json, write_csv
 from deepyeast.utils.progress import progress
 
@@ -165,7 +165,7 @@ def run_interpretation(feature_dir, out_dir, labels, class_names, blobs=None, cp
 
 
 def write_interpret_result(out_dir, summary, command=None):
-    """The result manifest of the interpretation (see :mod:`deepyeast.report.manifest`)."""
+    """The result manifest of the interpretation (see :mod:`deepyeast.utils.manifest`)."""
     layers = summary["layers"]
     has_r = any("abs_r_median" in v for v in layers.values())
     columns = ["layer", "neurons", "median MI (nats)", "median MI, labels shuffled"]

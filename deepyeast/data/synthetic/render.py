@@ -105,15 +105,29 @@ def render_field(rng, protein, n_crops, field_size=FIELD_SIZE):
     marker_level = float(rng.uniform(55, 120))
     autofluor = float(rng.uniform(2.0, 6.0))
     base_focus = float(rng.uniform(0.3, 0.8))
+    # a condition screen's micrograph (deepyeast.data.synthetic.condition): extra defocus, an exposure
+    # factor, and per cell other compartments (a relocalised share, a wrong-compartment pull)
+    optics = protein.get("_optics") or {}
+    base_focus += float(optics.get("defocus", 0.0))
+    exposure = float(optics.get("exposure", 1.0))
+    others = protein.get("_others") or ()
     out = []
     for k, (cell, (cy, cx)) in enumerate(zip(cells, centres), 1):
         r = rng.random()
         d = protein.get("difficulty", 1.0)
         focus = base_focus + (rng.uniform(0.8, 1.6) if r < 0.15 * d else rng.uniform(1.6, 3.0) if r < 0.2 * d else 0.0)
-        m = _marker(cell, rng) * marker_level * float(rng.lognormal(0, 0.25))
-        g = _green(cell, rng, protein["set"], name, style, protein.get("mixture_fraction"),
+        m = _marker(cell, rng) * marker_level * float(rng.lognormal(0, 0.25)) * exposure
+        cell_name, cell_style = name, style
+        if others:
+            u = rng.random()
+            for share, other_name, other_style in others:
+                if u < share:
+                    cell_name, cell_style = other_name, other_style
+                    break
+                u -= share
+        g = _green(cell, rng, protein["set"], cell_name, cell_style, protein.get("mixture_fraction"),
                    protein.get("difficulty", 1.0), second, protein.get("_style_b"))
-        g = g * protein["expression"] * float(rng.lognormal(0, 0.35)) + autofluor * cell.cyto
+        g = g * protein["expression"] * exposure * float(rng.lognormal(0, 0.35)) + autofluor * exposure * cell.cyto
         _paste(red, _blur(m.astype(np.float32), focus), cy, cx)
         _paste(green, _blur(g.astype(np.float32), focus), cy, cx)
         _paste_label(mask, cell.cell > 0.5, k, cy, cx)

@@ -247,7 +247,7 @@ def make_gallery(out_png, seed=0, per_class=2):
 
 def write_screen_result(out_dir, summary, gallery_file, command=None):
     """A result manifest describing the synthetic screen, with its gallery, for the report's first section."""
-    from deepyeast.report.manifest import figure, table, write_result
+    from deepyeast.utils.manifest import figure, table, write_result
 
     rows = []
     for set_name, label in (("main", "12 compartments"), ("transfer", "4 transfer compartments")):

@@ -24,6 +24,8 @@ Schema (``"schema": "deepyeast.result/1"``; only ``name`` and ``title`` are requ
                     "file": "per_class.csv"}],  # rows shown (keep it short); file: the full table
       "missing":  [{"what": "non-cell filter", "reason": "the published archive has no non-cell labels",
                     "option": "NONCELLS=FILE"}],          # parts that could not run, and how to get them
+      "links":    [{"file": "report.html", "text": "the step's own page"}],   # pages of the step (relative
+                                               # to the folder), linked from the report
       "details":  {...},                       # anything else (settings, raw numbers): metrics.json
                                                # and a collapsed element of the report only
       "seeds":    {"bootstrap": 0},
@@ -46,7 +48,7 @@ MANIFEST_NAME = "result.json"
 SCHEMA = "deepyeast.result/1"
 
 _KEYS = ("schema", "name", "title", "order", "summary", "metrics", "headline", "figures", "tables", "missing",
-         "details", "seeds", "command")
+         "links", "details", "seeds", "command")
 
 
 def count_metric(correct, total, lo=None, hi=None):
@@ -99,7 +101,7 @@ def _clean(obj):
 
 
 def write_result(out_dir, name, title, summary="", metrics=None, headline=(), figures=(), tables=(), missing=(),
-                 details=None, seeds=None, command=None, order=100):
+                 details=None, seeds=None, command=None, order=100, links=()):
     """Write ``out_dir/result.json`` (atomically) and return its dict; see the module docstring.
 
     Call it after every other output of the step is written: its presence marks a finished step.
@@ -111,13 +113,15 @@ def write_result(out_dir, name, title, summary="", metrics=None, headline=(), fi
     for row in headline:
         if row["metric"] not in metrics:
             raise ValueError(f"headline metric {row['metric']!r} is not in metrics ({', '.join(metrics)})")
-    for f in figures:
+    for f in list(figures) + list(links):
         if not os.path.isfile(os.path.join(out_dir, f["file"])):
-            raise ValueError(f"{out_dir}: figure {f['file']} was not written")
+            raise ValueError(f"{out_dir}: {f['file']} was not written")
     result = {"schema": SCHEMA, "name": name, "title": title, "order": order, "summary": summary,
               "metrics": metrics, "headline": list(headline), "figures": list(figures), "tables": list(tables),
               "missing": [dict(m) for m in missing], "details": details or {}, "seeds": seeds or {},
               "command": command}
+    if links:
+        result["links"] = [dict(link) for link in links]
     _, replaced = json_safe(result)
     result = _clean(result)
     if replaced:  # a NaN metric is written as null, with a note saying so
@@ -147,10 +151,13 @@ def _check(result, path):
     if unknown:
         raise InputError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}")
     types = {"metrics": dict, "details": dict, "seeds": dict, "headline": list, "figures": list, "tables": list,
-             "missing": list}
+             "missing": list, "links": list}
     for key, kind in types.items():
         if key in result and not isinstance(result[key], kind):
             raise InputError(f"{path}: '{key}' must be a JSON {'object' if kind is dict else 'array'}")
+    for link in result.get("links", []):
+        if not isinstance(link, dict) or not isinstance(link.get("file"), str) or not link.get("text"):
+            raise InputError(f"{path}: a 'links' entry needs 'file' and 'text'")
     for name, m in result.get("metrics", {}).items():
         if isinstance(m, dict):
             v = m.get("value")
