@@ -68,7 +68,8 @@ def main():
     bundle = read_bundle(args.model)
     meta = bundle.metadata.get("ood")
     if not meta:
-        sys.exit(f"{args.model}: the bundle has no out-of-distribution statistics (make_bundle.py --ood-train/--ood-val)")
+        sys.exit(f"{args.model}: the bundle has no out-of-distribution statistics "
+                 "(make_bundle.py --ood-train/--ood-val)")
     with tempfile.TemporaryDirectory(prefix="bench-ood-") as tmp:
         fields = args.fields
         if fields is None:

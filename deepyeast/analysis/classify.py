@@ -449,7 +449,7 @@ def accuracies(cells, calls, n_classes, min_cells=MIN_CELLS_PER_PROTEIN, n_resam
 # --------------------------------------------------------------------------- tables
 
 def _fmt(v, digits=6):
-    return "" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{float(v):.{digits}g}"
+    return "" if v is None or np.isnan(float(v)) else f"{float(v):.{digits}g}"
 
 
 def write_cells_table(path, cells, classes):
