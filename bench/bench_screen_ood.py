@@ -101,9 +101,10 @@ def main():
     rows_md = [f"| {n} | {m} | {c} | {f} | {100 * sh:.1f}% | {'yes' if w else 'no'} |"
                for n, m, c, f, sh, w, _ in results]
     text = (f"`python bench/bench_screen_ood.py --model {args.model}`: bundle `{bundle.name}` trained on "
-            f"{bundle.metadata.get('training', {}).get('data', '?')}; score: {meta['score']}; threshold "
-            f"{meta['threshold']:.4g} (99th percentile of {meta['validation_cells']} validation cells, whose flagged "
-            f"share is {100 * meta['training_flagged_share']:.1f}%); temperature {meta['temperature']:.3g}, ECE "
+            f"{bundle.metadata.get('training', {}).get('data', '?')}; ood_score: the larger of the fc1 Mahalanobis "
+            f"distance over {meta['threshold']:.4g} and the input-statistics distance over "
+            f"{meta['input_threshold']:.4g} (each the 99th percentile of {meta['validation_cells']} validation cells; "
+            f"{100 * meta['training_flagged_share']:.1f}% of them flagged); temperature {meta['temperature']:.3g}, ECE "
             f"{meta['ece_before']:.3f} before, {meta['ece_after']:.3f} after (validation accuracy "
             f"{meta['validation_accuracy']:.3f}). Fields of a freshly generated tiny synthetic screen (seed 7), "
             "each set-up error applied to every field.\n\n"

@@ -169,3 +169,22 @@ def test_a_two_worker_cluster_gives_the_same_tables(bundle, screen, reference, t
     assert pids and os.getpid() not in pids  # the chunks ran in the worker processes
     assert ref["run"]["task_pids"] == [os.getpid()]
     assert _leftovers(tmp_path) == []
+
+
+def test_images_table_holds_each_micrographs_qc(screen, reference):
+    from scipy.ndimage import laplace
+
+    out, s = reference
+    with open(out / "images.csv", newline="") as f:
+        images = list(csv.DictReader(f))
+    with open(out / "cells.csv", newline="") as f:
+        cells = list(csv.DictReader(f))
+    assert list(images[0]) == ["image", "plate", "protein", "mask", "n_cells", "focus", "saturated",
+                               "background_marker", "background_protein"]
+    for row in images:
+        assert int(row["n_cells"]) == sum(c["image"] == row["image"] for c in cells)
+        micro = tifffile.imread(screen.parent / row["image"])
+        assert float(row["focus"]) == pytest.approx(np.var(laplace(micro[0].astype(np.float32))), rel=1e-5)
+        assert float(row["saturated"]) == pytest.approx(np.mean((micro[0] == 255) | (micro[1] == 255)), abs=1e-6)
+        assert 0 <= float(row["background_marker"]) < np.median(micro[0][micro[0] > np.median(micro[0])]) + 1
+    assert 'id="qc"' in (out / "report.html").read_text(encoding="utf-8")

@@ -183,6 +183,30 @@ def _accuracy_section(acc, classes):
     return "\n".join(parts)
 
 
+QC_SHOWN = 5
+"""Micrographs listed per QC measure in the report (the most suspicious first)."""
+
+
+def _qc_section(cells):
+    """The micrographs' QC: per measure (:mod:`deepyeast.analysis.qc`) its median over the screen and the
+    ``QC_SHOWN`` most suspicious micrographs (fewest cells, least focus, most saturation, brightest background)."""
+    from deepyeast.analysis.qc import QC_COLUMNS, worst_first
+
+    images = [im for im in cells.images if im.get("qc")]
+    if not images:
+        return ""
+    rows = []
+    for measure in QC_COLUMNS:
+        values = np.array([im["qc"][measure] for im in images], float)
+        worst = worst_first(values, measure)[:QC_SHOWN]
+        rows.append([measure, f"{np.nanmedian(values):.4g}",
+                     Raw("; ".join(f"<code>{escape(images[i]['where'])}</code> {values[i]:.4g}" for i in worst))])
+    return ('<h2 id="qc">Micrograph quality</h2><p class="note">Per micrograph in images.csv: cells found, focus '
+            "(variance of the marker's Laplacian), saturated share (pixels at 255), background (median grey "
+            "outside the cells, per channel). The most suspicious micrographs by each measure first.</p>"
+            + html_table(["measure", "screen median", "most suspicious micrographs"], rows))
+
+
 def write_screen_report(out_dir, bundle, cells, calls, summary, gallery_cells=8):
     """Write ``out_dir/report.html`` with ``out_dir/figures/`` and ``out_dir/gallery/`` (see the module doc).
 
@@ -281,6 +305,7 @@ def write_screen_report(out_dir, bundle, cells, calls, summary, gallery_cells=8)
                      f"probability difference {pc['max_abs_prob_difference']:.3g}).</p>")
     if s.get("accuracy"):
         parts.append(_accuracy_section(s["accuracy"], classes))
+    parts.append(_qc_section(cells))
 
     # ---- proteins to check
     flagged = np.flatnonzero(has & (f["low_confidence"] | f["possible_dual"] | f["few_cells"]))
