@@ -56,7 +56,7 @@ def main(argv=None):
     rows.append((f"features, {n} cells, LocalCluster of {args.jobs} workers (3 cluster starts)", wall2, None))
 
     from deepyeast.analysis.quality_filter import run_quality_filter
-    from deepyeast.analysis.rforest import run_baseline
+    from deepyeast.analysis.random_forest import run_baseline
 
     t0 = time.perf_counter()
     rf_val = os.path.join(args.work, "rf_val_predictions.csv")

@@ -61,7 +61,7 @@ def load_inputs(features, lists, cache=None):
     if cache and os.path.exists(cache):
         z = np.load(cache)
         return {k: z[k] for k in z.files}
-    from deepyeast.analysis.rforest import _labelled, impute_features, labels_from_lists
+    from deepyeast.analysis.random_forest import _labelled, impute_features, labels_from_lists
 
     labels, _ = labels_from_lists([os.path.join(lists, f"HOwt_{s}.txt") for s in ("train", "val", "test")])
     out = {}
@@ -94,7 +94,7 @@ def one_forest(cache, mtry, nodesize, ntree, seed=1):
     in a Dask worker); ``forest_peak_mib`` the peak while growing and scoring the forest
     (the peak-RSS counter is reset just before it, /proc/self/clear_refs).
     """
-    from deepyeast.analysis import rforest
+    from deepyeast.analysis import random_forest as rforest
 
     d = load_inputs(None, None, cache)
     rforest.init_r()
@@ -212,7 +212,7 @@ def main(argv=None):
         return 0
     if not args.features:
         ap.error("--features is required")
-    from deepyeast.analysis.rforest import grid_pairs, resolve_grid
+    from deepyeast.analysis.random_forest import grid_pairs, resolve_grid
 
     work = args.work or args.features
     cache = os.path.join(work, "rf_bench_inputs.npz")
@@ -257,7 +257,7 @@ def main(argv=None):
 
     check = None
     if args.grid_check:
-        from deepyeast.analysis import rforest
+        from deepyeast.analysis import random_forest as rforest
 
         d = load_inputs(None, None, cache)
         small = {"ntree": [max(1, args.ntree // 2), args.ntree], "mtry": [min(args.mtry), NODESIZE_MTRY],

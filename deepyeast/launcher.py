@@ -46,9 +46,10 @@ import os
 import sys
 
 from deepyeast.constants import INFERENCE_PRECISIONS
-from deepyeast.utils.io import InputError, StepFailed, check_writable, write_error
+from deepyeast.utils.io import InputError, StepFailed, check_writable, output_policy, write_error
 
-__all__ = ["main", "run_guarded", "build_parser", "add", "add_output_folder", "output_folder", "add_class_set",
+__all__ = ["main", "run_guarded", "build_parser", "add", "add_force", "input_paths", "add_output_folder",
+           "output_folder", "add_class_set",
            "add_micrograph_channels", "add_segment_params", "segment_params", "add_cluster", "SHARED", "EXIT_CODES",
            "EXIT_OK", "EXIT_CHECK_FAILED", "EXIT_INPUT", "EXIT_FAILED", "EXIT_INTERRUPTED",
            "existing_file", "existing_dir", "positive_int", "command_line"]
@@ -264,7 +265,34 @@ def build_parser(doc, options, prog=None):
                                      formatter_class=_Formatter)
     if options is not None:
         options(parser)
+    add_force(parser)
     return parser
+
+
+def add_force(parser):
+    """``--force`` on a parser that has an output option (:data:`OUTPUT_OPTIONS`) and no ``--force`` yet:
+    an output folder may then replace a folder no DeepYeast step wrote (see
+    :func:`deepyeast.utils.io.check_replaceable`)."""
+    dests = {a.dest for a in parser._actions}
+    if dests & set(OUTPUT_OPTIONS) and "force" not in dests:
+        parser.add_argument("--force", action="store_true",
+                            help="replace the output folder even when it holds files no DeepYeast step wrote "
+                                 "(they are deleted)")
+
+
+INPUT_TYPES = (existing_file, existing_dir)
+"""argparse types that mark an option as one of the step's inputs (:func:`input_paths`)."""
+
+
+def input_paths(parser, args):
+    """The paths of ``args`` given to options of ``parser`` typed as inputs (:data:`INPUT_TYPES`)."""
+    paths = []
+    for action in parser._actions:
+        if action.type in INPUT_TYPES:
+            value = getattr(args, action.dest, None)
+            values = value if isinstance(value, (list, tuple)) else [value]
+            paths += [v for v in values if isinstance(v, (str, os.PathLike))]
+    return paths
 
 
 # ----------------------------------------------------------------------------- running
@@ -285,7 +313,7 @@ def _setup_logging():
         root.setLevel(logging.INFO)
 
 
-def run_guarded(func, args, prog):
+def run_guarded(func, args, prog, inputs=()):
     """Call ``func(args)`` and turn its outcome into an exit code, printing each error once.
 
     :class:`InputError` -> exit 2, :class:`StepFailed` -> exit 3 (one line each on stderr,
@@ -295,13 +323,16 @@ def run_guarded(func, args, prog):
 
     Before ``func`` runs, the outputs (:data:`OUTPUT_OPTIONS`, when the step has them) are checked to be
     writable (:func:`deepyeast.utils.io.check_writable`), so a bad output location is found
-    before any work.
+    before any work.  A folder output replaces only a folder a step wrote (unless ``args.force``) and never
+    one of the step's ``inputs`` (:func:`input_paths`) or a folder holding one or inside one
+    (:func:`deepyeast.utils.io.output_policy`, :func:`deepyeast.utils.io.check_replaceable`).
     """
     try:
         for key in OUTPUT_OPTIONS:
             if getattr(args, key, None):
                 check_writable(getattr(args, key))
-        code = func(args)
+        with output_policy(force=getattr(args, "force", False), writer=prog, inputs=inputs):
+            code = func(args)
     except InputError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return EXIT_INPUT
@@ -332,7 +363,7 @@ def main(doc, options, run, argv=None, prog=None, exit=True, command=None):
     args = parser.parse_args(argv)
     args.command = command or command_line(argv)
     _setup_logging()
-    code = run_guarded(run, args, prog)
+    code = run_guarded(run, args, prog, inputs=input_paths(parser, args))
     if exit:
         sys.exit(code)
     return code

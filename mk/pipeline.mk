@@ -116,7 +116,8 @@ endif
 	cp $(DATA)/HOwt_doc.txt $(foreach s,$(SPLITS),$(DATA)/HOwt_$(s).txt) $(MAIN)/
 	cp $(DATA)/HOwt_transfer_*.txt $(TRANSFER)/
 	$(PY) data_prep/check_splits.py $(foreach s,$(SPLITS),$(call LIST,$(s))) --result $(RUN)/figures \
-		> $(DATA)/.splits.json
+		--transfer $(foreach s,$(SPLITS),$(call TLIST,$(s))) $(if $(NONCELLS),--noncells $(NONCELLS)) \
+		$(if $(MIXED),--mixed $(MIXED)) > $(DATA)/.splits.json
 	mv $(DATA)/.splits.json $@
 endif
 

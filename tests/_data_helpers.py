@@ -7,13 +7,14 @@ SHARED_SPLITS = os.path.join(REPO_ROOT, "..", "shared", "deepyeast-splits")
 
 
 def tiny_screen(tmp_path_factory, seed=0, workers=2):
-    """Path of a tiny synthetic screen, generated once per test session (and seed).
+    """Path of a tiny synthetic screen, generated once per test session, seed and worker count (so a test
+    comparing worker counts compares a screen really made with each).
 
     ``workers=1`` from a module that has run OpenCV/scipy threads already: a forked
-    worker pool can hang on locks those threads held (same screen whatever the workers).
+    worker pool can hang on locks those threads held (the same screen whatever the workers).
     """
     from deepyeast.data.synthetic import make_screen
-    base = tmp_path_factory.getbasetemp() / f"tiny_screen_{seed}"
+    base = tmp_path_factory.getbasetemp() / f"tiny_screen_{seed}_w{workers}"
     if not (base / "screen.json").exists():
         make_screen(str(base), "tiny", seed=seed, workers=workers, save_fields=3, progress=False)
     return base

@@ -1,4 +1,4 @@
-"""Shared fixtures for components that may be missing here (real Caffe, R, a browser).
+"""Shared fixtures for components that may be missing here (real Caffe, R, a browser), and the CI rules.
 
 A test that needs one takes the fixture (``caffe_root_present``, ``r_present``,
 ``chromium_path``); without the component it is skipped for a user and fails in CI
@@ -9,7 +9,17 @@ import shutil
 
 import pytest
 
-from _requirements import need, pytest_runtest_makereport, pytest_terminal_summary  # noqa: F401 (hooks)
+from _requirements import (in_ci, need, pytest_configure as _requirements_configure,  # noqa: F401 (hooks)
+                           pytest_runtest_makereport, pytest_terminal_summary)
+
+
+def pytest_configure(config):
+    """The ``not_applicable`` marker; in CI the tests run in random order (pytest-randomly; the header
+    prints its seed, and ``--randomly-seed=N`` repeats an order)."""
+    _requirements_configure(config)
+    if in_ci() and not config.pluginmanager.hasplugin("randomly"):
+        raise pytest.UsageError("CI runs the tests in random order, but pytest-randomly is not active "
+                                "(install it from requirements.txt; do not pass -p no:randomly)")
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +35,7 @@ def caffe_root_present():
 def r_present():
     """R and rpy2 are installed.  Any other failure (an error in random_forest.R, the randomForest
     package missing) is raised by ``have_r`` and fails the tests instead of skipping them."""
-    from deepyeast.analysis import rforest
+    from deepyeast.analysis import random_forest as rforest
 
     if not rforest.have_r():
         need("R")

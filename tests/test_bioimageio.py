@@ -18,6 +18,8 @@ import zipfile
 import numpy as np
 import pytest
 
+from _requirements import reason
+
 from deepyeast.utils.io import InputError
 from deepyeast.model import read_bundle
 from deepyeast.model.bioimageio import export_bioimageio, validate_package
@@ -124,7 +126,7 @@ def test_bioimageio_core_model_test_passes_offline(exported, no_network):
 
 
 @pytest.mark.skipif(not (hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("unshare")),
-                    reason="a network namespace without a network needs root and unshare")
+                    reason=reason("namespaces", "a network namespace without a network needs root and unshare"))
 def test_bioimageio_test_command_in_a_namespace_without_network(exported, tmp_path):
     summary = tmp_path / "summary.json"
     cmd = ["unshare", "--net", sys.executable, "-m", "bioimageio.core", "test", exported["scaled"]["zip"],

@@ -18,7 +18,7 @@ from deepyeast.caffe import caffe_pb2, root as caffe_root
 from deepyeast.caffe.blobs import compute_mean, write_mean_binaryproto
 from deepyeast.caffe.prototxt import read_prototxt
 from deepyeast.constants import CHANNELS, CLASS_NAMES
-from deepyeast.utils.io import InputError
+from deepyeast.utils.io import OUTPUT_MARKER, InputError
 from deepyeast.model import bundle as mb
 from deepyeast.model import predict_crops, read_bundle, write_bundle
 
@@ -53,7 +53,7 @@ def rehash(folder, name):
 
 def test_bundle_round_trip(made):
     b = read_bundle(made["path"])
-    assert sorted(os.listdir(made["path"])) == sorted(mb.BUNDLE_FILES + (mb.BUNDLE_JSON, mb.EXAMPLES))
+    assert sorted(os.listdir(made["path"])) == sorted(mb.BUNDLE_FILES + (mb.BUNDLE_JSON, mb.EXAMPLES, OUTPUT_MARKER))
     assert b.classes == CLASS_NAMES and b.channels == CHANNELS
     assert b.input_blob == "data" and b.output_blob == "prob" and b.input_shape == (2, 64, 64)
     assert b.input_scale == 1.0
@@ -110,9 +110,7 @@ def test_input_scale_is_applied_like_caffe(tmp_path):
 
 
 @pytest.mark.caffe
-def test_real_pycaffe_gives_the_bundle_probabilities(made, tmp_path):
-    if not caffe_root.have_caffe_root():
-        pytest.skip(caffe_root.missing_reason())
+def test_real_pycaffe_gives_the_bundle_probabilities(made, tmp_path, caffe_root_present):
     b = read_bundle(made["path"])
     np.save(tmp_path / "x.npy", made["crops"])
     np.save(tmp_path / "mean.npy", b.mean)

@@ -47,9 +47,17 @@ def test_shared_inputs_reach_each_worker_once(cluster):
         data = run.share(payload)
         results = list(run.imap(payload_task, range(16), data, window=4))
         after = run.client.run(unpickled)
+        worker_pids = run.client.run(os.getpid)  # {worker address: its process id}
     assert [r[0] for r in results] == list(range(16))  # in item order
     assert all(r[2] == payload.data.sum() for r in results)
-    assert all(after[w] - before[w] <= 1 for w in after), (before, after)  # not once per task
+    # the tasks ran in the cluster's worker processes, not in a silent in-process fallback
+    ran_in = {r[1] for r in results}
+    assert os.getpid() not in ran_in and ran_in <= set(worker_pids.values()), (ran_in, worker_pids)
+    # each worker that ran a task unpickled the shared data exactly once (not once per task, not never)
+    by_pid = {pid: w for w, pid in worker_pids.items()}
+    for pid in ran_in:
+        w = by_pid[pid]
+        assert after[w] - before[w] == 1, (w, before, after)
 
 
 def _malloc_trim_threshold():
@@ -130,7 +138,7 @@ def test_forest_grid_identical_whatever_the_scheduler(tmp_path, cluster, r_prese
 @pytest.mark.r
 def test_grid_and_quality_cv_api_identical_on_the_cluster(cluster, r_present):
     """A larger grid (4 forests, 3 prefixes) and the quality CV (4 points x 5 folds) as tasks."""
-    from deepyeast.analysis import rforest
+    from deepyeast.analysis import random_forest as rforest
 
     rng = np.random.default_rng(3)
     y = np.repeat(np.arange(3), 25)

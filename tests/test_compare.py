@@ -24,6 +24,7 @@ from deepyeast.analysis.compare import CompareSettings, bh_qvalues, compare_scre
 from deepyeast.constants import CLASS_NAMES
 from deepyeast.data.synthetic.condition import ConditionSettings, read_truth, score, simulate_pair
 from deepyeast.report.compare_html import run_compare
+from deepyeast.utils.io import OUTPUT_MARKER
 
 SCRIPT = os.path.join(REPO_ROOT, "analysis", "compare_screens.py")
 K = len(CLASS_NAMES)
@@ -105,7 +106,7 @@ def test_changes_follow_their_definitions(tmp_path):
     ref = _write_cells(tmp_path / "ref", ref_cells, extra={"well": ["A01"] * len(ref_cells)})
     cond = _write_cells(tmp_path / "cond", cond_cells, extra={"ood": ood, "ood_score": ["0.5"] * n})
     s = run_compare([str(ref)], [str(cond)], str(tmp_path / "out"), CompareSettings(null_draws=500, resamples=200))
-    assert sorted(os.listdir(tmp_path / "out")) == ["changes.csv", "figures", "gallery", "report.html",
+    assert sorted(os.listdir(tmp_path / "out")) == [OUTPUT_MARKER, "changes.csv", "figures", "gallery", "report.html",
                                                     "result.json", "summary.json"]
     rows = {r["protein"]: r for r in _csv(tmp_path / "out" / "changes.csv")}
     assert "ONLY_REF" not in rows and len(rows) == 33 and s["proteins"]["in_both"] == 33

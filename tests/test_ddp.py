@@ -9,6 +9,8 @@ import subprocess
 import sys
 
 import pytest
+
+from _requirements import reason
 import torch
 
 from _solver_nets import CONVEX_NET, make_init_weights, make_lmdb, max_rel_diff, solver_param, write_net, \
@@ -18,7 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                    reason="torch.distributed with gloo is not available")
+                    reason=reason("gloo"))
 def test_two_process_training_matches_one_process_double_batch(tmp_path):
     lmdb = make_lmdb(str(tmp_path / "lmdb"))
     init = make_init_weights(str(tmp_path / "init.caffemodel"))

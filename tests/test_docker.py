@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 from _data_helpers import REPO_ROOT
-from _requirements import in_ci
+from _requirements import in_ci, need, reason
 from deepyeast.caffe import root as caffe_root
 
 IMAGE = os.environ.get("DEEPYEAST_TEST_IMAGE", "deepyeast")
@@ -146,7 +146,7 @@ PARITY_SCRIPT = """
 import json, os, pathlib, sys
 import numpy as np, torch
 sys.path.insert(0, "tests")
-import test_parity_net as p
+import _caffe_parity as p
 out = pathlib.Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)
 deploy = os.path.abspath(os.path.join("models", "deepyeast", "deploy.prototxt"))
 net = p.Net(deploy, phase="TEST", seed=3)
@@ -197,22 +197,25 @@ def test_real_caffe_trains_and_r_forest_runs_in_image(box):
 @pytest.mark.docker
 @pytest.mark.slow
 def test_demo_pipeline_tiny_in_image_ends_in_report(box):
-    from test_pipeline import TINY_SCHEDULE, _check_report
+    from _pipeline_checks import TINY_SCHEDULE, check_report
 
     proc = box.run(f"make --no-print-directory pipeline RUN=/out/run SCREEN=synthetic SIZE=tiny "
                    f"SCHEDULE='{TINY_SCHEDULE}' GRID=small PRECISION=bf16", timeout=1800)
     assert proc.returncode == 0, proc.stdout[-6000:]
     assert "apt-get" not in proc.stdout and "pip install" not in proc.stdout, proc.stdout[-3000:]
-    _check_report(os.path.join(box.out, "run"))
+    check_report(os.path.join(box.out, "run"))
 
 
 # ---------------------------------------------------------------- the image's way of running Caffe, on the host
 
+NATIVE = "Caffe is installed on the system itself (DEEPYEAST_CAFFE_ROOT=/, as in the image): no root to compare modes in"
+
+
 def _host_root_reason():
     if not os.path.isfile(os.path.join(caffe_root.caffe_root_path(), "usr", "bin", "caffe")):
-        return f"no Caffe root at {caffe_root.caffe_root_path()}: run `make caffe`"
+        return reason("caffe", f"no Caffe root at {caffe_root.caffe_root_path()}: run `make caffe`")
     if caffe_root.is_native():
-        return "DEEPYEAST_CAFFE_ROOT=/: no root to compare modes in"
+        return NATIVE
     return ""
 
 
@@ -221,6 +224,7 @@ MAPS_SCRIPT = ("import caffe, numpy, google.protobuf\n"
 
 
 @pytest.mark.caffe
+@pytest.mark.not_applicable(reason=NATIVE)
 @pytest.mark.skipif(bool(_host_root_reason()), reason=_host_root_reason() or "-")
 def test_loader_mode_loads_every_library_from_the_root(monkeypatch):
     """caffe and pycaffe started by the root's loader map no shared library of the calling system."""
@@ -238,13 +242,13 @@ def test_loader_mode_loads_every_library_from_the_root(monkeypatch):
 
 
 @pytest.mark.caffe
+@pytest.mark.not_applicable(reason=NATIVE)
 @pytest.mark.skipif(bool(_host_root_reason()), reason=_host_root_reason() or "-")
 def test_loader_and_chroot_modes_give_identical_pycaffe_outputs(tmp_path, monkeypatch):
     """The same deploy-net forward through both ways of running the root: bit for bit the same."""
     if not caffe_root._can_unshare():
-        pytest.skip("the chroot mode needs root with CAP_SYS_ADMIN")
-    sys.path.insert(0, os.path.join(REPO_ROOT, "tests"))
-    import test_parity_net as p
+        need("namespaces", "the chroot mode needs root with CAP_SYS_ADMIN")
+    import _caffe_parity as p
 
     deploy = os.path.join(REPO_ROOT, "models", "deepyeast", "deploy.prototxt")
     net = p.Net(deploy, phase="TEST", seed=3)
@@ -262,9 +266,10 @@ def test_loader_and_chroot_modes_give_identical_pycaffe_outputs(tmp_path, monkey
         assert np.array_equal(value, outputs["loader"][key]), key
 
 
+@pytest.mark.not_applicable(reason=NATIVE)
 def test_bad_exec_mode_is_one_clear_sentence(monkeypatch):
     monkeypatch.setenv("DEEPYEAST_CAFFE_EXEC", "sandbox")
     if caffe_root.is_native():
-        pytest.skip("DEEPYEAST_CAFFE_ROOT=/")
+        pytest.skip(NATIVE)
     with pytest.raises(ValueError, match="DEEPYEAST_CAFFE_EXEC=sandbox: use one of chroot, loader"):
         caffe_root.exec_mode()

@@ -18,6 +18,8 @@ import zipfile
 
 import pytest
 
+from _requirements import reason
+
 from _data_helpers import REPO_ROOT
 from deepyeast.caffe.root import caffe_root_path
 
@@ -190,7 +192,7 @@ def test_caffe_packages_check_names_each_difference(tmp_path):
 
 @pytest.mark.caffe
 @pytest.mark.skipif(not os.path.isdir(os.path.join(caffe_root_path(), "var", "lib", "dpkg")),
-                    reason="no Caffe root (make caffe)")
+                    reason=reason("caffe", "no Caffe root with a package database (make caffe)"))
 def test_host_caffe_root_is_exactly_the_pinned_list():
     res = _caffe_packages("check", caffe_root_path())
     assert res.returncode == 0, res.stderr
@@ -356,7 +358,7 @@ def test_built_wheel_holds_the_package_data_and_works_installed(tmp_path, tmp_pa
     assert res.returncode == 0, res.stderr[-3000:]
     probe = ("import os, deepyeast\n"
              "from deepyeast.caffe.zoo import zoo_file\n"
-             "from deepyeast.analysis.rforest import R_SCRIPT\n"
+             "from deepyeast.analysis.random_forest import R_SCRIPT\n"
              "from deepyeast.engine.runconfig import write_run_config\n"
              "print(deepyeast.__file__); print(zoo_file('deploy.prototxt')); print(R_SCRIPT, os.path.isfile(R_SCRIPT))\n")
     env = {k: v for k, v in os.environ.items() if k not in ("DEEPYEAST_MODELS", "PYTHONPATH")}

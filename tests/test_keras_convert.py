@@ -152,10 +152,9 @@ def test_naive_conversions_would_be_caught(keras_files, converted, crops):
 
 
 @pytest.mark.caffe
-def test_real_caffe_data_layer_gives_keras_probabilities(keras_files, converted, crops, tmp_path):
+def test_real_caffe_data_layer_gives_keras_probabilities(keras_files, converted, crops, tmp_path,
+                                                         caffe_root_present):
     """Real Caffe reads the raw crops from an LMDB and applies the bundle's mean and scale itself."""
-    if not caffe_root.have_caffe_root():
-        pytest.skip(caffe_root.missing_reason())
     bundle = converted["keras2_model"]
     n = len(crops)
     write_datum_lmdb(str(tmp_path / "crops_lmdb"),
@@ -197,10 +196,11 @@ def _cli(*args):
 
 
 def test_cli_converts_and_says_what_the_file_is(keras_files, tmp_path):
-    r = _cli(keras_files["files"]["keras2_model"], tmp_path / "model")
+    out = tmp_path / "not" / "yet" / "model"  # parents made as every step makes them (was a traceback)
+    r = _cli(keras_files["files"]["keras2_model"], out)
     assert r.returncode == 0, r.stderr
     assert "NOT the released file" in r.stdout
-    readme = (tmp_path / "model" / "readme.md").read_text()
+    readme = (out / "readme.md").read_text()
     assert "NOT the authors' released file" in readme and "0.89" not in readme
     assert "scale: 0.007843137718737125" in readme  # Caffe's float32 of 1/127.5
 

@@ -15,12 +15,12 @@ import subprocess
 import pytest
 
 from _data_helpers import REPO_ROOT
+from _pipeline_checks import TINY_SCHEDULE, check_report
 from deepyeast.constants import SPLITS, list_file
 from deepyeast.data.lists import mixed_protein_cells, read_mixed_table
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.r, pytest.mark.usefixtures("r_present")]
 
-TINY_SCHEDULE = ("max_iter=6 stepsize=3 test_interval=3 test_iter=1 snapshot=3 display=1 average_loss=1")
 
 
 def _make(*args, timeout=900):
@@ -61,20 +61,6 @@ def _check_lowest_validation_loss_was_chosen(train_dir):
     assert sum(chosen == c for c in contents.values()) == 1  # the snapshots differ: the check tells them apart
 
 
-def _check_report(run):
-    metrics = json.load(open(os.path.join(run, "metrics.json")))
-    for key in ("cell_accuracy", "cell_kappa", "cell_accuracy_filtered", "protein_accuracy",
-                "protein_accuracy_min10", "rf_cell_accuracy", "rf_protein_accuracy", "transfer_accuracy"):
-        assert key in metrics, key
-    acc = metrics["cell_accuracy"]
-    assert acc["total"] > 0 and 0 <= acc["correct"] <= acc["total"]
-    html = open(os.path.join(run, "report.html"), encoding="utf-8").read()
-    assert html.count("data:image/png;base64,") >= 8
-    commands = open(os.path.join(run, "commands.txt")).read()
-    assert "deepyeast train" in commands or "bin/caffe train" in commands
-    return metrics
-
-
 def _check_bundle_and_classify(run, tmp_path, tmp_path_factory):
     """RUN/model/ is a valid bundle of the run's weights and metrics, and `make classify` takes it alone."""
     from _data_helpers import tiny_screen
@@ -106,7 +92,7 @@ def test_demo_pipeline_tiny_and_rerun_skips(tmp_path, tmp_path_factory):
     proc = _make("pipeline", f"RUN={run}", "SCREEN=synthetic", "SIZE=tiny", f"SCHEDULE={TINY_SCHEDULE}",
                  "GRID=small", "PRECISION=bf16")
     assert proc.returncode == 0, proc.stdout[-4000:]
-    metrics = _check_report(os.path.join(REPO_ROOT, run))
+    metrics = check_report(os.path.join(REPO_ROOT, run))
     assert "==> [" in proc.stdout  # one step line per stage
     # snapshots pruned after the choice: the final one (chosen, and the resume point) alone stays
     snaps = os.listdir(os.path.join(REPO_ROOT, run, "train", "snapshots"))
@@ -210,7 +196,7 @@ def test_reproduce_on_an_archive_shaped_like_the_published_one(tmp_path, tmp_pat
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert _archive_files(archive) == before  # the source archive is read, never written
     run_dir = os.path.join(REPO_ROOT, run)
-    metrics = _check_report(run_dir)
+    metrics = check_report(run_dir)
     # the paper's solver with only the schedule changed, and the snapshot chosen by validation loss
     solver = open(os.path.join(run_dir, "train", "solver.prototxt")).read()
     assert "base_lr: 0.1" in solver and "momentum: 0.9" in solver and "max_iter: 6" in solver

@@ -21,7 +21,7 @@ from deepyeast.engine.inference import InferenceSettings
 from deepyeast.analysis import predict
 from deepyeast.analysis.features import read_features
 from deepyeast.data.crop_png import encode_crop
-from deepyeast.utils.io import InputError
+from deepyeast.utils.io import OUTPUT_MARKER, InputError
 from deepyeast.analysis.predictions import read_predictions
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,7 +94,7 @@ def test_ours_writes_the_predictions_table(setup, ours):
 
 def test_ours_writes_features(setup, ours):
     table, fdir = ours
-    assert sorted(os.listdir(fdir)) == sorted([b + ".npy" for b in BLOBS] + ["paths.txt"])
+    assert sorted(os.listdir(fdir)) == sorted([b + ".npy" for b in BLOBS] + ["paths.txt", OUTPUT_MARKER])
     feats = {b: read_features(fdir, b) for b in BLOBS}
     assert feats["conv1"][0].shape == (N, 64 * 64 * 64) and feats["conv1"][0].dtype == np.float32
     assert feats["conv8"][0].shape == (N, 256 * 16 * 16)
@@ -176,7 +176,7 @@ def test_pooled_features_equal_the_pooled_whole_blobs(setup, ours):
     _, fdir_full = ours
     table, fdir = run_script(setup, "ours", "pooled", reduce=None)
     assert sorted(os.listdir(fdir)) == sorted(["conv1.pool.npy", "conv1.top.npz", "conv8.pool.npy", "conv8.top.npz",
-                                               "fc1.npy", "fc3.npy", "paths.txt"])
+                                               "fc1.npy", "fc3.npy", "paths.txt", OUTPUT_MARKER])
     assert np.load(fdir / "conv1.pool.npy").shape == (N, 128) and np.load(fdir / "conv8.pool.npy").shape == (N, 512)
     for b in BLOBS:
         assert has_blob(fdir, b)
@@ -205,7 +205,8 @@ def test_pycaffe_pools_like_our_engine(setup, tmp_path, caffe_root_present):
         predict.predict_cells(cells, predict.net_files(DEPLOY, setup["weights"], setup["mean"]), engine=engine,
                               features=predict.FeatureRequest(tmp_path / engine, ("conv2", "fc2"), "pool"))
         got[engine] = np.load(tmp_path / engine / "conv2.pool.npy")
-        assert sorted(os.listdir(tmp_path / engine)) == ["conv2.pool.npy", "conv2.top.npz", "fc2.npy", "paths.txt"]
+        assert sorted(os.listdir(tmp_path / engine)) == sorted(["conv2.pool.npy", "conv2.top.npz", "fc2.npy",
+                                                                "paths.txt", OUTPUT_MARKER])
         # the stored top value of a channel is the largest of its per-cell maxima
         top = np.load(tmp_path / engine / "conv2.top.npz")
         np.testing.assert_array_equal(top["value"][:, 0], got[engine][:, 64:].max(axis=0))

@@ -16,7 +16,7 @@ from deepyeast.analysis.quality_filter import (
     read_noncell_list,
     read_quality_labels,
 )
-from deepyeast.analysis.rforest import quality_best
+from deepyeast.analysis.random_forest import quality_best
 from deepyeast.utils.manifest import read_result
 from deepyeast.utils.io import InputError
 
@@ -121,7 +121,7 @@ def test_choice_by_cv_accuracy_then_balanced_accuracy():
 
 @pytest.mark.r
 def test_cv_grid_capped_at_feature_count_and_r_choice_agrees(r_present):
-    from deepyeast.analysis import rforest
+    from deepyeast.analysis import random_forest as rforest
 
     paper = (2, 110, 218, 326, 435)
     pts = rforest.quality_points(paper, ("none", "balanced"), 8)
@@ -141,7 +141,7 @@ def test_cv_grid_capped_at_feature_count_and_r_choice_agrees(r_present):
 @pytest.mark.r
 def test_quality_cv_tasks_equal_r_rf_quality_cv(r_present):
     """One task per (point, fold) gives the numbers of R's rf_quality_cv (same folds and seeds)."""
-    from deepyeast.analysis import rforest
+    from deepyeast.analysis import random_forest as rforest
 
     rng = np.random.default_rng(4)
     is_cell = np.array([1] * 60 + [0] * 20)

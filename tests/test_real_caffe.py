@@ -23,6 +23,8 @@ from deepyeast.caffe.prototxt import CAFFE_LAYER_TYPES, read_prototxt, write_pro
 from deepyeast.engine import Net
 from deepyeast.data.crop_png import encode_crop
 
+from _requirements import need
+
 pytestmark = pytest.mark.caffe
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -202,7 +204,7 @@ def test_bin_caffe_runs_system_caffe_directly_when_root_is_slash():
     only: in the loader mode the root's `env` would start this system's python3).
     """
     if caffe_root.exec_mode() != "chroot":
-        pytest.skip("needs the chroot mode (root with CAP_SYS_ADMIN) to run bin/caffe inside the root")
+        need("namespaces", "the chroot mode (root with CAP_SYS_ADMIN) runs bin/caffe inside the root")
     out = caffe_root.run_in_root(["env", "DEEPYEAST_CAFFE_ROOT=/", "python3", os.path.join(REPO, "bin", "caffe"),
                                   "--version"])
     assert "caffe version 1.0.0" in out.stdout

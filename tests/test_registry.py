@@ -41,3 +41,10 @@ def test_each_expected_result_names_the_step_that_writes_it():
         assert os.path.isfile(os.path.join(REPO, script)), (name, script)
         assert f"RUN/{folder}" in producer, (name, producer)
         assert script in _pipeline(), (name, script)
+
+
+def test_the_pipelines_mean_file_is_the_constant():
+    """Make cannot import deepyeast.constants: the training mean's file name in the LMDB folder is tied here."""
+    from deepyeast.constants import MEAN_FILE
+
+    assert re.search(r"^MEAN := \$\(LMDB\)/" + re.escape(MEAN_FILE) + r"$", _pipeline(), re.M)

@@ -23,7 +23,7 @@ from deepyeast.analysis.cell_metrics import run_cell_evaluation  # noqa: E402
 from deepyeast.analysis.predictions import make_predictions  # noqa: E402
 from deepyeast.analysis.cp_features import describe_features, feature_names  # noqa: E402
 from deepyeast.analysis.protein_level import run_protein_level  # noqa: E402
-from deepyeast.analysis.rforest import write_forest_result  # noqa: E402
+from deepyeast.analysis.random_forest import write_forest_result  # noqa: E402
 from deepyeast.analysis.transfer import write_transfer_result  # noqa: E402
 from deepyeast.report.html import build_report  # noqa: E402
 from deepyeast.utils.manifest import figure, write_result  # noqa: E402

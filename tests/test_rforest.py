@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from deepyeast.analysis import rforest
+from deepyeast.analysis import random_forest as rforest
 
 pytestmark = pytest.mark.r
 

@@ -74,6 +74,58 @@ def resolve_scheduler(value=None, environ=None):
         raise InputError(f"{source}: {err}") from None
 
 
+_HANDSHAKE_MAX = 1 << 20
+"""Bytes a Dask scheduler's first message (its handshake: versions, compression) stays far below."""
+
+
+def check_dask_answers(address, timeout):
+    """InputError unless the service at ``address`` (``tcp://HOST:PORT``) answers like a Dask scheduler
+    within ``timeout`` seconds.
+
+    A Dask peer sends its handshake as soon as a connection is accepted: an 8-byte length, then the
+    message.  Dask's own client waits for it without a time limit, so a listener that accepts and never
+    answers would hang the step, and a service that answers otherwise (SSH, HTTP) would have its bytes
+    read as a length (exabytes asked of the allocator).  Other addresses (tls://, ucx://, inproc://) and a
+    host that cannot be reached are left to Dask (which retries until its own timeout).
+    """
+    import socket
+    import struct
+
+    if not address.startswith("tcp://"):
+        return
+    host, _, port = address[len("tcp://"):].rstrip("/").rpartition(":")
+    host = host.strip("[]")
+    try:
+        port = int(port)
+    except ValueError:
+        raise InputError(f"--scheduler {address}: no port number (tcp://HOST:PORT)") from None
+    try:
+        conn = socket.create_connection((host, port), timeout=timeout)
+    except OSError:
+        return  # refused, unknown host, unreachable: Dask's retries and message
+    with conn:
+        conn.settimeout(timeout)
+        header = b""
+        try:
+            while len(header) < 8:
+                chunk = conn.recv(8 - len(header))
+                if not chunk:
+                    raise InputError(f"--scheduler {address}: the service there closed the connection without the "
+                                     "handshake a Dask scheduler sends; is it a Dask scheduler?")
+                header += chunk
+        except (socket.timeout, TimeoutError):
+            raise InputError(f"--scheduler {address}: a service there accepted the connection but sent no Dask "
+                             f"handshake within {timeout:g} s; is it a Dask scheduler (dask scheduler prints its "
+                             "address)?") from None
+        except OSError as err:
+            raise InputError(f"--scheduler {address}: the connection failed during the Dask handshake "
+                             f"({err.strerror or err})") from None
+    (size,) = struct.unpack("<Q", header)
+    if not 0 < size <= _HANDSHAKE_MAX:
+        raise InputError(f"--scheduler {address}: the service there does not speak Dask's protocol (its first "
+                         f"bytes {header!r} are no Dask handshake); is it a Dask scheduler?")
+
+
 class TaskRunner:
     """Run ``fn(item, shared)`` for many items, on Dask or in this process.
 
@@ -124,6 +176,7 @@ class TaskRunner:
                 self.client = Client(self._cluster)
                 self.client.wait_for_workers(self.jobs, timeout=self.timeout)
             else:
+                check_dask_answers(self.scheduler, self.timeout)
                 try:
                     self.client = Client(self.scheduler, timeout=self.timeout)
                 except OSError as exc:

@@ -78,7 +78,7 @@ import warnings
 import numpy as np
 
 from deepyeast.constants import IMAGE_SIZE, MARKER_CHANNEL, N_CHANNELS, PROTEIN_CHANNEL
-from deepyeast.utils.io import InputError, atomic_path
+from deepyeast.utils.io import InputError, atomic_path, open_input
 
 _log = logging.getLogger(__name__)
 
@@ -433,7 +433,7 @@ def read_feature_csv(path):
     Raises ``InputError`` naming the file and row/column on a bad header, a short
     row or a non-numeric value ("nan" is accepted and kept as NaN).
     """
-    with open(path, newline="", encoding="utf-8") as f:
+    with open_input(path, "features table", newline="") as f:
         reader = csv.reader(f)
         try:
             header = next(reader)
@@ -501,7 +501,7 @@ def describe_features(names):
 
 def describe_feature_csv(path):
     """:func:`describe_features` of a features CSV's header."""
-    with open(path, newline="", encoding="utf-8") as f:
+    with open_input(path, "features table", newline="") as f:
         header = next(csv.reader(f), None)
     if not header or header[0] != "path":
         raise InputError(f"{path}:1: header must start with 'path' followed by feature names")

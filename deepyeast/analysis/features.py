@@ -37,7 +37,7 @@ from deepyeast.caffe.feature_files import (PATHS_FILE, POOLED_SUFFIX, feature_fi
 from deepyeast.caffe.feature_stream import TOP_SUFFIX, NpyWriter, TopActivations  # noqa: F401 (re-exported)
 from deepyeast.constants import LIST_PREFIX, SPLITS, class_names_for
 from deepyeast.data.lists import class_names_for_list, read_split_list
-from deepyeast.utils.io import InputError
+from deepyeast.utils.io import InputError, open_input
 
 
 @functools.lru_cache(maxsize=8)
@@ -281,7 +281,7 @@ def read_label_table(path, n_classes=None):
     A predictions table qualifies.  Split names like ``transfer_train`` are
     shortened to ``train``.
     """
-    with open(path, newline="", encoding="utf-8") as f:
+    with open_input(path, "label table", newline="") as f:
         reader = csv.DictReader(f)
         missing = {"path", "label"} - set(reader.fieldnames or ())
         if missing:

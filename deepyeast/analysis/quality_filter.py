@@ -13,7 +13,7 @@ tell them apart from a training set built on the validation split:
 
 10-fold cross-validation compares mtry in {2, 110, 218, 326, 435} (capped at the
 number of features) x down-sampling of cells {none, balanced} with 100-tree
-forests (one Dask task per grid point and fold, see :mod:`deepyeast.analysis.rforest`);
+forests (one Dask task per grid point and fold, see :mod:`deepyeast.analysis.random_forest`);
 the point with the highest cross-validated accuracy is chosen (balanced accuracy
 reported beside it).  Refitted on the whole training set, the forest classifies
 the test cells; those it calls non-cells are removed, and each classifier's
@@ -210,7 +210,7 @@ def run_quality_filter(val_features, net_val, rf_val, noncells, test_features, p
     if noncells is None:
         log(f"quality filter: not run: {NO_LIST_REASON}; give a non-cell list with {NONCELL_OPTION}")
         return not_run_summary(NO_LIST_REASON)
-    from deepyeast.analysis import rforest
+    from deepyeast.analysis import random_forest
     from deepyeast.analysis.predictions import read_predictions
     from deepyeast.constants import class_names_for
 
@@ -248,14 +248,14 @@ def run_quality_filter(val_features, net_val, rf_val, noncells, test_features, p
         if out_json:
             atomic_write_text(out_json, json.dumps(summary, indent=1) + "\n")
         return summary
-    x_fit, x_test, _ = rforest.impute_features(x_lab, x_te)
+    x_fit, x_test, _ = random_forest.impute_features(x_lab, x_te)
     log(f"quality filter: {n_cell} cells ({per_class} per class at most) + {n_non} non-cells, {folds}-fold CV over "
         f"mtry {list(mtry)} x sampling {list(sampling)}, {ntree} trees")
-    table, best, model = rforest.quality_cv(x_fit, y, mtry=mtry, sampling=sampling, folds=folds, ntree=ntree,
+    table, best, model = random_forest.quality_cv(x_fit, y, mtry=mtry, sampling=sampling, folds=folds, ntree=ntree,
                                             seed=seed, scheduler=scheduler, jobs=jobs, log=log)
     log(f"quality filter: chosen mtry {best['mtry']}, sampling {best['sampling']}: CV accuracy "
         f"{best['cv_accuracy']:.4f}, balanced accuracy {best['cv_balanced_accuracy']:.4f}")
-    p_cell, is_cell_pred = rforest.quality_predict(model, x_test, seed)
+    p_cell, is_cell_pred = random_forest.quality_predict(model, x_test, seed)
     keep = {p for p, k in zip(te_paths, is_cell_pred) if k}
     summary = {
         "procedure": "paper: per class, validation cells correct by both classifiers labelled as cells, plus "

@@ -9,7 +9,7 @@
 #
 # x_*: numeric matrices (cells x features, no NA); y_*: class labels (factor, integer or
 # character; converted with factor()).  Everything is seeded, so a run is reproducible and
-# does not depend on the number of cores or on where a grid point runs: deepyeast/rforest.py
+# does not depend on the number of cores or on where a grid point runs: deepyeast/analysis/random_forest.py
 # runs the same per-point functions (rf_grid_point, rf_quality_fold) as tasks on a Dask
 # cluster and gets the same numbers.
 #

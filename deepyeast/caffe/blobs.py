@@ -101,6 +101,12 @@ def read_mean_binaryproto(path):
         if arr.shape[0] != 1:
             raise InputError(f"{path}: a mean image has num 1, got shape {arr.shape}")
         arr = arr[0]
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise InputError(f"{path}: the mean image holds {int(bad.sum())} NaN or infinite value(s) (first at "
+                         f"channel, y, x = {first}: {arr[first]}); every crop minus it would be NaN: recompute it "
+                         "(data_prep/make_lmdb.py)")
     return arr
 
 

@@ -36,14 +36,9 @@ def feature_folder(out_dir, paths):
 
     On success ``paths.txt`` (``paths``, one per line) is added, every ``*.npy`` is checked to
     have one row per path, and the folder replaces ``out_dir`` as a whole.  ``out_dir`` may be
-    an earlier features folder; a folder holding anything else is refused (it would be lost).
+    an earlier output folder; a folder holding anything else is refused (it would be lost; see
+    :func:`deepyeast.utils.io.check_replaceable`).
     """
-    out_dir = os.fspath(out_dir)
-    if os.path.isdir(out_dir):
-        other = [n for n in os.listdir(out_dir) if not (n.endswith((".npy", TOP_SUFFIX)) or n == PATHS_FILE)]
-        if other:
-            raise InputError(f"{out_dir}: not a features folder (it holds {other[0]}); it would be replaced as a "
-                             f"whole: choose a new folder")
     paths = list(paths)
     with atomic_folder(out_dir) as tmp:
         yield tmp

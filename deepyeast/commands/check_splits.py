@@ -7,6 +7,12 @@ a line is bad (label outside the class table, duplicate, malformed), 0 otherwise
 2 when a list cannot be read.  A protein is the plate folder plus the first
 dash-separated field of the file name.
 
+The other inputs of a run can be checked in the same call, before any long step uses them
+(`make reproduce` does): --transfer LIST... (the transfer set's lists, with its class table),
+--noncells FILE (the non-cell filter's list: validation cells of the given lists), --mixed TABLE
+(proteins with two compartments: their crops next to the table, in no split list).  A bad one
+stops the check with one line naming the file and line (exit 2).
+
 With --result DIR, also writes DIR/result.json describing the archive's cells for the report
 (its first section): cells and proteins per split, and what the published archive does not
 hold (non-cell labels, proteins with two compartments, CellProfiler features) with the option
@@ -33,6 +39,32 @@ def options(p):
     p.add_argument("--classes", choices=("auto",) + tuple(sorted(constants.CLASS_SETS)), default="auto",
                    help="class table: main (12), transfer (4), or auto by file name (default)")
     p.add_argument("--result", metavar="DIR", help="also write DIR/result.json describing the archive's cells")
+    more = p.add_argument_group("other inputs of a run, checked before its first long step")
+    more.add_argument("--transfer", nargs="+", default=(), metavar="LIST", type=launcher.existing_file,
+                      help="the transfer set's split lists (HOwt_transfer_*.txt)")
+    more.add_argument("--noncells", metavar="FILE", type=launcher.existing_file,
+                      help="non-cell list: archive-relative paths of validation cells")
+    more.add_argument("--mixed", metavar="TABLE", type=launcher.existing_file,
+                      help="proteins with two compartments (protein,compartment_a,compartment_b)")
+
+
+def check_other_inputs(args, paths):
+    """InputError (file and line) for a bad transfer list, non-cell list or mixed-protein table."""
+    from deepyeast.data.lists import check_splits, mixed_protein_cells, read_split_list
+
+    if args.transfer:
+        transfer = {_split_name(p): p for p in args.transfer}
+        report, ok = check_splits(transfer, constants.CLASS_SETS["transfer"])
+        if not ok:
+            raise launcher.InputError("transfer lists: " + "; ".join(report["errors"][:5]))
+    if args.noncells:
+        from deepyeast.analysis.quality_filter import read_noncell_list
+
+        val = [p for k, p in paths.items() if k == "val"]
+        val_paths = {rel for rel, _ in read_split_list(val[0])[0]} if val else None
+        read_noncell_list(args.noncells, val_paths, val[0] if val else "the validation split")
+    if args.mixed:
+        mixed_protein_cells(args.mixed, not_in=list(paths.values()))
 
 
 def run(args):
@@ -46,6 +78,7 @@ def run(args):
             key += "'"
         paths[key] = p
     report, ok = check_splits(paths, names)
+    check_other_inputs(args, paths)
     print(json.dumps(report, indent=1))
     if ok and args.result:
         from deepyeast.data.lists import write_archive_result

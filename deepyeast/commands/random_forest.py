@@ -53,7 +53,7 @@ def run(args):
 
     from deepyeast.analysis.cluster import resolve_scheduler
     from deepyeast.analysis.cp_features import describe_feature_csv
-    from deepyeast.analysis.rforest import run_baseline, write_forest_result
+    from deepyeast.analysis.random_forest import run_baseline, write_forest_result
     from deepyeast.utils.manifest import clear_result
 
     out_dir = os.path.dirname(os.path.abspath(args.out))

@@ -56,7 +56,7 @@ def parse_split_list(path, class_names=CLASS_NAMES):
     for every good line (label an int index into ``class_names``); ``problems``
     a list of ``(lineno, relpath_or_None, reason)``.  Bad lines are: not two
     fields, a non-integer label, a label outside the class table, a duplicate
-    path.  Blank lines are ignored.
+    path, a path without its plate folder.  Blank lines are ignored.
     """
     entries, problems, seen = [], [], {}
     n = len(class_names)
@@ -79,6 +79,11 @@ def parse_split_list(path, class_names=CLASS_NAMES):
                 continue
             if rel in seen:
                 problems.append((lineno, rel, f"duplicate entry (first on line {seen[rel]})"))
+                continue
+            try:
+                protein_of(rel)
+            except InputError as err:
+                problems.append((lineno, rel, str(err)))
                 continue
             seen[rel] = lineno
             entries.append((rel, label))
@@ -123,7 +128,7 @@ def write_class_doc(path, class_names, lower=True):
 def read_class_doc(path):
     """Read a ``label;label_idx`` table; returns the class names in index order."""
     names = {}
-    with open(path, encoding="utf-8") as f:
+    with open_input(path, "class table") as f:
         for lineno, line in enumerate(f, 1):
             line = line.strip()
             if not line or lineno == 1 and line.lower().startswith("label;"):
@@ -159,7 +164,7 @@ def check_splits(list_paths, class_names=None):
     table, or None to guess it from the file names.  Returns ``(report, ok)``;
     ``report`` holds per split the summary of :func:`split_summary` plus its
     problems, and ``shared_proteins`` (``"a&b" -> sorted protein ids``).
-    ``ok`` is False when a protein spans two splits or any line is bad.
+    ``ok`` is False when a protein spans two splits, any line is bad or a list is empty.
     """
     report = {"splits": {}, "shared_proteins": {}, "errors": []}
     proteins = {}
@@ -169,6 +174,8 @@ def check_splits(list_paths, class_names=None):
         summary = split_summary(entries, names)
         summary["file"] = os.fspath(path)
         summary["problems"] = [f"{path}:{ln}: {reason}" for ln, _, reason in problems]
+        if not entries and not problems:
+            summary["problems"].append(f"{path}: the {split} list is empty (no 'relpath label' line)")
         report["errors"].extend(summary["problems"])
         report["splits"][split] = summary
         proteins[split] = {protein_of(rel) for rel, _ in entries}

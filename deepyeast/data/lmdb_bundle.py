@@ -135,7 +135,8 @@ def build_lmdb_bundle(root, out_dir, splits=SPLITS, prefix=LIST_PREFIX, class_na
     ``InputError``; with ``skip_bad`` those lines (for a shared protein: its
     cells in the later split) are rejected instead.  Returns a summary dict
     (per split: records, rejects; the mean file).  The bundle replaces ``out_dir`` as a whole
-    (see the module docstring); an ``out_dir`` holding anything else is refused.
+    (see the module docstring); an ``out_dir`` a step did not write is refused
+    (:func:`deepyeast.utils.io.check_replaceable`).
     """
     list_dir = list_dir or root
     if class_names is None:
@@ -145,28 +146,13 @@ def build_lmdb_bundle(root, out_dir, splits=SPLITS, prefix=LIST_PREFIX, class_na
         if not os.path.exists(p):
             raise InputError(f"{p}: split list is missing")
     report, ok = check_splits(paths, class_names)
+    for s, p in paths.items():
+        if report["splits"][s]["n_cells"] == 0:  # a 0-record LMDB would train or test on nothing
+            raise InputError(f"{p}: the {s} list has no usable 'relpath label' line")
     if not ok and not skip_bad:
         raise InputError("split lists are inconsistent: " + "; ".join(report["errors"][:5]))
-    _check_bundle_folder(out_dir)
     with atomic_folder(out_dir) as tmp:
         return _write_bundle(root, tmp, splits, paths, class_names, seed, skip_bad, progress)
-
-
-BUNDLE_FILES = (MEAN_FILE,)
-BUNDLE_SUFFIXES = (LMDB_SUFFIX, "_manifest.json", "_rejects.txt")
-
-
-def _check_bundle_folder(out_dir):
-    """An existing ``out_dir`` is replaced as a whole: refuse one that holds anything but a bundle."""
-    if not os.path.exists(out_dir):
-        return
-    if not os.path.isdir(out_dir):
-        raise InputError(f"{out_dir}: is a file; give a folder for the LMDB bundle")
-    for name in sorted(os.listdir(out_dir)):
-        if name.startswith(".") or name in BUNDLE_FILES or name.endswith(BUNDLE_SUFFIXES):
-            continue
-        raise InputError(f"{out_dir}: not an LMDB bundle folder (it holds {name}), and a bundle replaces its "
-                         "folder as a whole: choose a new folder")
 
 
 def _write_bundle(root, out_dir, splits, paths, class_names, seed, skip_bad, progress):

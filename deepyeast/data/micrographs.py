@@ -85,6 +85,20 @@ def _quiet_tifffile():
         logger.setLevel(level)
 
 
+MAX_PIXELS = 1 << 26
+"""Most pixels a micrograph may declare, all its planes together (67,108,864: e.g. 4 planes of 4096 x 4096).
+Checked before decoding: a small compressed file can declare gigabytes of pixels (a decompression bomb)."""
+
+
+def check_declared_size(path, shape, what="image"):
+    """InputError naming ``path`` when the ``shape`` its header declares holds more than :data:`MAX_PIXELS`
+    values (checked before decoding)."""
+    n = int(np.prod([int(d) for d in shape], dtype=np.float64)) if len(shape) else 0
+    if n > MAX_PIXELS:
+        raise InputError(f"{path}: the {what} declares {' x '.join(map(str, shape))} = {n:,} values, more than the "
+                         f"{MAX_PIXELS:,} a micrograph may hold here; not decoded (split it into fields)")
+
+
 def _read_tiff_channels(path):
     import tifffile
     try:
@@ -96,6 +110,7 @@ def _read_tiff_channels(path):
             if len(series) > 1 and series[1].shape == first.shape:
                 raise InputError(f"{path}: TIFF holds {len(series)} image series (fields or positions); "
                                  f"give one field per file")
+            check_declared_size(path, first.shape, "TIFF")
             arr, axes = first.asarray(), first.axes
     except InputError:
         raise
@@ -124,6 +139,10 @@ def _size(a):
     return f"{a.shape[-1]}x{a.shape[-2]}"
 
 
+_WARNED_BITS = set()
+"""--bits values warned about in this process (:func:`to_uint8` says it once, not for every micrograph)."""
+
+
 def to_uint8(img, name, bits=None):
     """Bring 8- or 16-bit pixel data to uint8.
 
@@ -149,7 +168,16 @@ def to_uint8(img, name, bits=None):
     if peak >= 2 ** bits:
         raise InputError(f"{name}: values up to {peak} do not fit --bits {bits} (max {2 ** bits - 1}) and would "
                          f"saturate; pass --bits {need}")
+    if peak < 2 ** (bits - 4) and bits not in _WARNED_BITS:  # under 1/16 of the declared range
+        _WARNED_BITS.add(bits)
+        log.warning("%s: values reach only %d, far below --bits %d (max %d): the crops will be %dx darker than the "
+                    "camera's range allows; is it a %d-bit camera (--bits %d)?", name, peak, bits, 2 ** bits - 1,
+                    2 ** (bits - need), need, need)
     return (img >> (bits - 8)).astype(np.uint8)
+
+
+MIN_SIDE = 8
+"""Fewest pixels along each side of a micrograph (a yeast cell is about 20 px across at the screen's scale)."""
 
 
 def to_two_channel(img, name, channels=(0, 1), bits=None):
@@ -160,6 +188,9 @@ def to_two_channel(img, name, channels=(0, 1), bits=None):
     ``bits``: see :func:`to_uint8`.  Returns uint8 ``2 x H x W``.
     """
     img = np.asarray(img)
+    if img.ndim >= 2 and min(img.shape[-2:]) < MIN_SIDE:
+        raise InputError(f"{name}: an image of {img.shape[-1]} x {img.shape[-2]} pixels (array shape "
+                         f"{tuple(img.shape)}, channels first) is too small for a micrograph of cells")
     if img.ndim == 2 or (img.ndim == 3 and img.shape[0] == 1):
         raise InputError(f"{name}: single-channel image; need two channels (marker and protein) in one file, "
                          f"or two files in marker_image,protein_image columns")
@@ -179,12 +210,18 @@ def read_image_array(path):
     if ext in (".tif", ".tiff"):
         import tifffile
         try:
-            with _quiet_tifffile():
-                return tifffile.imread(path)
+            with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
+                if not tif.series:
+                    raise InputError(f"{path}: corrupt or truncated TIFF (no readable image in it)")
+                check_declared_size(path, tif.series[0].shape, "TIFF")
+                return tif.series[0].asarray()
+        except InputError:
+            raise
         except Exception as e:  # tifffile raises many types for a bad file
             raise InputError(f"{path}: corrupt or truncated TIFF ({type(e).__name__}: {e})") from None
     from deepyeast.data.crop_png import quiet_cv2
     cv2 = quiet_cv2()
+    _check_header_size(path)
     data = read_input_bytes(path, "image")
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
     if img is None:
@@ -192,6 +229,25 @@ def read_image_array(path):
     if img.ndim == 3 and img.shape[2] >= 3:
         img = img[:, :, [2, 1, 0] + list(range(3, img.shape[2]))]  # BGR(A) -> RGB(A)
     return img
+
+
+def _check_header_size(path):
+    """:func:`check_declared_size` of a PNG/JPEG/BMP from its header (PIL reads the size without decoding)."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our limit decides
+            with Image.open(path) as im:
+                w, h = im.size
+                bands = len(im.getbands())
+    except Image.DecompressionBombError as err:  # PIL's own (higher) limit
+        raise InputError(f"{path}: the image declares too many pixels ({err}); not decoded") from None
+    except Exception:  # not an image PIL knows: OpenCV's decoder says what is wrong
+        return
+    check_declared_size(path, (h, w, bands), "image")
 
 
 def read_single_channel(path, what="image"):

@@ -61,6 +61,9 @@ def build_parser():
     _add(t, "snapshot", default="", help=".solverstate to resume from (ours or real Caffe's), as in Caffe; 'auto': "
                                          "the newest {snapshot_prefix}_iter_N.solverstate if any (else start "
                                          "fresh), refused when it was trained on another net, solver or data")
+    _add(t, "finetune", action="store_true",
+         help="with -weights: layers of the net that the weights lack start from their fillers (fine-tuning a "
+              "net with new layers); without it such weights are refused, naming the layers")
     _add(t, "allow_changed", action="store_true",
          help="with -snapshot auto: resume the newest snapshot even when the net, the solver's optimisation "
               "settings or the data changed since it was written (or it has no record of them)")
@@ -96,6 +99,8 @@ def build_parser():
     _add(ex, "weights", required=True, help=".caffemodel")
     _add(ex, "blobs", required=True, help="comma-separated blob names, e.g. conv8,fc1,fc2,fc3")
     _add(ex, "out", required=True, help="output folder: <blob>.npy (float32 N x D) and paths.txt")
+    _add(ex, "force", action="store_true",
+         help="replace -out even when it holds files no DeepYeast step wrote (they are deleted)")
     _add(ex, "iterations", type=_at_least(0), default=0, help="batches to run (default 0: the whole LMDB once)")
     _add(ex, "gpu", default="", help="GPU id (default CPU)")
     _add(ex, "level", type=int, default=0)
@@ -209,7 +214,7 @@ def train(args):
         solver.solve(resume_file=args.snapshot)
     else:
         if args.weights:
-            solver.copy_trained_layers(args.weights)
+            solver.copy_trained_layers(args.weights, finetune=args.finetune)
             if world > 1:
                 _sync_start(solver)
         solver.solve()

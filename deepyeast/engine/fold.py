@@ -29,6 +29,7 @@ reads an intermediate blob (in-place chains, as in DeepYeast, qualify; their
 blob names are unchanged).  Blobs named in ``keep`` are never folded away.
 """
 
+import os
 from collections import OrderedDict
 
 import numpy as np
@@ -239,12 +240,14 @@ def deploy_net(model, weights, precision="fp32", fold=True, keep=(), device="cpu
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if not isinstance(model, caffe_pb2.NetParameter):
         model = read_prototxt(model, caffe_pb2.NetParameter)
+    where = "weights"
     if not isinstance(weights, dict):
+        where = os.fspath(weights)
         weights = read_caffemodel(weights)
     if fold:
         model, weights, _ = fold_batchnorm(model, weights, keep=keep)
     net = Net(model, phase="TEST", device=device, seed=seed)
-    net.load_weights(weights)
+    net.load_weights(weights, where=where)
     net.requires_grad_(False)
     if precision == "bf16":
         convs = [layer for layer in net.layers if layer.caffe_type == "Convolution"]

@@ -54,9 +54,22 @@ class InferenceSettings:
         return dataclasses.asdict(self)
 
 
-def device_of_gpu(gpu):
-    """The torch device of a ``--gpu ID`` option: "cpu" for None, else ``cuda:ID``."""
-    return "cpu" if gpu is None else f"cuda:{int(gpu)}"
+def device_of_gpu(gpu, flag="--gpu"):
+    """The torch device of a ``--gpu ID`` option: "cpu" for None, else ``cuda:ID`` when that CUDA device
+    exists here; InputError (one line naming the flag) when CUDA is missing or has fewer devices."""
+    if gpu is None:
+        return "cpu"
+    import torch
+
+    index = int(gpu)
+    if not torch.cuda.is_available():
+        raise InputError(f"{flag} {index}: CUDA is not available here (torch {torch.__version__}, "
+                         f"{'built without CUDA' if torch.version.cuda is None else 'no CUDA device found'}); "
+                         f"leave out {flag} to run on the CPU")
+    count = torch.cuda.device_count()
+    if not 0 <= index < count:
+        raise InputError(f"{flag} {index}: no such CUDA device (this machine has {count}: 0..{count - 1})")
+    return f"cuda:{index}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,11 +196,13 @@ class Predictor:
 
         crops = _check_crops(crops, self.input_shape, self.model.where)
         n, step = crops.shape[0], self.settings.batch
-        with torch.inference_mode():
-            for start in range(0, n, step):
+        for start in range(0, n, step):
+            # inference mode per batch, not across the yield: a caller that stops early leaves none behind
+            with torch.inference_mode():
                 x = torch.from_numpy(np.asarray(crops[start:start + step], np.float32)).to(self.device)
                 out = self.module.blobs(x)
-                yield start, {b: out[b].float() for b in self.keep}
+                values = {b: out[b].float() for b in self.keep}
+            yield start, values
 
     def outputs(self, crops):
         """``{blob: float32 N x D}`` for every kept blob, each flattened per crop (in ``keep`` order)."""

@@ -266,6 +266,7 @@ class Net(torch.nn.Module):
         self.layers = torch.nn.ModuleList()
         self.layer_names = []
         self._by_name = {}
+        self._prototxt_weights = set()  # layers whose weights the prototxt itself holds (layer.blobs)
         self._param_specs = {}
         self.blob_shapes = OrderedDict()
         produced = {}          # blob name -> producing layer name (latest)
@@ -303,6 +304,7 @@ class Net(torch.nn.Module):
             if lp.blobs:
                 self._load_layer_blobs(layer, [blob_to_array(b, source=f'layer "{lp.name}" blob {j}')
                                                for j, b in enumerate(lp.blobs)], where="prototxt blobs")
+                self._prototxt_weights.add(lp.name)
             for t, s in zip(lp.top, layer.top_shapes):
                 self.blob_shapes[t] = tuple(s)
                 produced[t] = lp.name
@@ -566,32 +568,52 @@ class Net(torch.nn.Module):
 
         return random_weights(self, seed, bn_factor, input_scale)
 
-    def load_caffemodel(self, path):
-        """Copy weights from a ``.caffemodel`` by layer name (others keep their values).
+    def load_caffemodel(self, path, allow_missing=False):
+        """Copy weights from a ``.caffemodel`` by layer name (layers the net lacks are ignored, as in Caffe).
 
-        Returns the names of the layers loaded.  A layer whose blob count or
-        shapes differ raises InputError naming the layer and both shapes.
+        Returns the names of the layers loaded.  A layer whose blob count or shapes differ raises
+        InputError naming the layer and both shapes; so does a learned layer of the net the file has no
+        weights for (it would run on its filler's random values), unless ``allow_missing`` (fine-tuning,
+        where new layers start from their fillers).
         """
         params = read_caffemodel(path)
+        where = os.fspath(path)
+        loaded = self._load(params, where)
+        if not loaded and any(layer.blobs for layer in self.layers):
+            raise InputError(f"{where}: none of its layers ({', '.join(list(params)[:5])}"
+                             f"{', ...' if len(params) > 5 else ''}) is a layer of this net with weights; "
+                             "the net would run on its initial weights")
+        if not allow_missing:
+            self.check_loaded(loaded, where)
+        return loaded
+
+    def load_weights(self, params, where="weights", allow_missing=False):
+        """Copy weights from a dict layer name -> list of arrays (as read_caffemodel returns); ``where``
+        names their source in errors.  Every learned layer must get weights unless ``allow_missing``
+        (see :meth:`load_caffemodel`).  Returns the names of the layers loaded."""
+        loaded = self._load(params, where)
+        if not allow_missing:
+            self.check_loaded(loaded, where)
+        return loaded
+
+    def _load(self, params, where):
         loaded = []
         for name, arrays in params.items():
             layer = self._by_name.get(name)
-            if layer is None:
-                continue  # Caffe ignores layers the net does not have
-            self._load_layer_blobs(layer, arrays, where=os.fspath(path))
-            loaded.append(name)
-        if not loaded and any(layer.blobs for layer in self.layers):
-            raise InputError(f"{os.fspath(path)}: none of its layers ({', '.join(list(params)[:5])}"
-                             f"{', ...' if len(params) > 5 else ''}) is a layer of this net with weights; "
-                             "the net would run on its initial weights")
+            if layer is not None:
+                self._load_layer_blobs(layer, arrays, where=where)
+                loaded.append(name)
         return loaded
 
-    def load_weights(self, params):
-        """Copy weights from a dict layer name -> list of arrays (as read_caffemodel returns)."""
-        for name, arrays in params.items():
-            layer = self._by_name.get(name)
-            if layer is not None:
-                self._load_layer_blobs(layer, arrays, where="weights")
+    def check_loaded(self, loaded, where):
+        """InputError naming the learned layers of this net (layers with parameter blobs) not in ``loaded``
+        and without weights in the prototxt itself."""
+        have = set(loaded) | self._prototxt_weights
+        missing = [name for name in self.layer_params() if name not in have]
+        if missing:
+            raise InputError(f"{where}: no weights for layer(s) {', '.join(missing)} of net {self.name or '(unnamed)'}: "
+                             "they would run on their fillers' random values; give weights trained for this net "
+                             "(fine-tuning that starts new layers afresh: deepyeast train -finetune)")
 
     def save_caffemodel(self, path):
         """Write all parameter blobs as a binary ``.caffemodel`` (atomically)."""

@@ -684,12 +684,24 @@ class Solver:
         else:
             self._log("No %s: data cursors restart at the first record (as in Caffe)", os.path.basename(dy))
 
-    def copy_trained_layers(self, weights):
-        """Load one or more ``.caffemodel`` files (comma-separated) into the train and test nets."""
-        for w in [s for s in str(weights).split(",") if s]:
+    def copy_trained_layers(self, weights, finetune=False):
+        """Load one or more ``.caffemodel`` files (comma-separated) into the train and test nets.
+
+        Every learned layer must get weights from one of the files, unless ``finetune`` (new layers
+        start from their fillers, as Caffe's fine-tuning does); the net's layers that none of the
+        files has are logged then."""
+        files = [s for s in str(weights).split(",") if s]
+        loaded = set()
+        for w in files:
             if not os.path.isfile(w):
                 raise InputError(f"-weights: {w} not found")
             self._log("Finetuning from %s", w)
-            self.net.load_caffemodel(w)
+            loaded |= set(self.net.load_caffemodel(w, allow_missing=True))
             for n in self.test_nets:
-                n.load_caffemodel(w)
+                n.load_caffemodel(w, allow_missing=True)
+        if files and not finetune:
+            self.net.check_loaded(loaded, ",".join(files))
+        elif files:
+            new = [name for name in self.net.layer_params() if name not in loaded]
+            if new:
+                self._log("Layers starting from their fillers (not in -weights): %s", ", ".join(new))

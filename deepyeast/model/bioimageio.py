@@ -36,7 +36,8 @@ import numpy as np
 
 from deepyeast.constants import CLASS_NAMES, MEAN_FILE
 from deepyeast.model.bundle import Bundle, read_bundle
-from deepyeast.utils.io import InputError, atomic_path
+from deepyeast.utils.io import (InputError, atomic_path, check_writable, output_lock, remove_stale_partials,
+                                 write_error)
 
 __all__ = ["export_bioimageio", "trace_bundle", "test_crops", "validate_package", "PAPER_DOI", "PAPER_CITATION"]
 
@@ -280,7 +281,6 @@ def export_bioimageio(model_dir, out_zip, test_input=None, authors=None):
     bundle's ``authors``, else "DeepYeast replication").
     """
     import torch
-    from bioimageio.spec import save_bioimageio_package
 
     bundle = model_dir if isinstance(model_dir, Bundle) else read_bundle(model_dir)
     if test_input is None:
@@ -297,13 +297,32 @@ def export_bioimageio(model_dir, out_zip, test_input=None, authors=None):
         raise RuntimeError(f"the traced module differs from the engine by {max_diff:.2e} (> {TOLERANCE})")
     authors = list(authors or bundle.metadata.get("authors") or ["DeepYeast replication"])
     out_zip = os.fspath(out_zip)
+    check_writable(out_zip)
+    with output_lock(out_zip):  # one writer; what a killed one left (.NAME.*.partial*) is removed first
+        remove_stale_partials(out_zip)
+        _write_package(bundle, traced, x, crops, expected, authors, test_source, max_diff, out_zip)
+    return {"path": out_zip, "n_test": int(len(crops)), "max_abs_diff_vs_engine": max_diff,
+            "test_source": test_source, "classes": list(bundle.classes)}
+
+
+def _write_package(bundle, traced, x, crops, expected, authors, test_source, max_diff, out_zip):
+    """The package's files in a scratch folder beside ``out_zip`` (named as its partial, so a killed run's
+    is removed by the next), zipped onto ``out_zip`` atomically.  TorchScript is serialised in memory and
+    written by Python: its own file writer aborts the process (SIGABRT) on a full disk."""
+    import io
+
+    import torch
+    from bioimageio.spec import save_bioimageio_package
+
     parent = os.path.dirname(os.path.abspath(out_zip))
-    os.makedirs(parent, exist_ok=True)
-    work = tempfile.mkdtemp(prefix=".bioimageio-", dir=parent)
+    work = tempfile.mkdtemp(prefix=f".{os.path.basename(out_zip)}.", suffix=".partial-work", dir=parent)
     try:
+        buffer = io.BytesIO()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            torch.jit.save(traced, os.path.join(work, WEIGHTS_FILE))
+            torch.jit.save(traced, buffer)
+        with open(os.path.join(work, WEIGHTS_FILE), "wb") as f:
+            f.write(buffer.getbuffer())
         np.save(os.path.join(work, "test_input.npy"), x)
         np.save(os.path.join(work, "test_output.npy"), expected.astype(np.float32))
         import tifffile
@@ -319,7 +338,7 @@ def export_bioimageio(model_dir, out_zip, test_input=None, authors=None):
                 save_bioimageio_package(os.path.join(work, "rdf.yaml"), output_path=tmp, local_files_only=True)
             except ValueError as err:
                 raise InputError(f"{out_zip}: bioimage.io package would be invalid: {err}") from None
+    except OSError as err:
+        raise (write_error(out_zip, err) or err) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return {"path": out_zip, "n_test": int(len(crops)), "max_abs_diff_vs_engine": max_diff,
-            "test_source": test_source, "classes": list(bundle.classes)}

@@ -247,10 +247,7 @@ def _check_net(folder, deploy_path, meta_path, input_blob, input_shape, output_b
         raise InputError(f"{os.path.join(folder, CLASSES)}: {len(classes)} classes but blob {output_blob!r} of "
                          f"{deploy_path} has {k} values per cell (the last InnerProduct's num_output)")
     weights_path = os.path.join(folder, WEIGHTS)
-    loaded = set(net.load_caffemodel(weights_path))
-    missing = [name for name in net.layer_params() if name not in loaded]
-    if missing:
-        raise InputError(f"{weights_path}: no weights for layer(s) {', '.join(missing)} of {deploy_path}")
+    net.load_caffemodel(weights_path)  # refuses weights lacking a learned layer of the net, naming it
 
 
 def read_bundle(path, verify=True, check_net=True):

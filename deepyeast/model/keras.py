@@ -395,8 +395,7 @@ def convert_keras_weights(h5_path, out_dir, published_md5=KERAS_WEIGHTS_MD5, url
             f"Weights converted from the Keras HDF5 file {os.path.basename(h5_path)} (md5 {md5}), which is NOT "
             f"the authors' released file (md5 {published_md5}); nothing is known here about how it was trained.")
         metrics, training = {}, {"keras_file": os.path.basename(h5_path)}
-    with tempfile.TemporaryDirectory(prefix=".keras-convert-",
-                                     dir=os.path.dirname(os.path.abspath(out_dir)) or ".") as work:
+    with tempfile.TemporaryDirectory(prefix="deepyeast-keras-convert-") as work:  # scratch; the bundle copies it
         deploy = os.path.join(work, "deploy.prototxt")
         with open(deploy, "w", encoding="utf-8") as fh:
             fh.write(_DEPLOY_HEADER + text_format.MessageToString(net))

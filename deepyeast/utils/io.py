@@ -6,6 +6,7 @@ into one line on stderr and an exit code: :class:`InputError` (bad input, exit 2
 """
 
 import contextlib
+import contextvars
 import errno
 import hashlib
 import os
@@ -122,6 +123,79 @@ def output_lock(path):
         os.close(fd)
 
 
+OUTPUT_MARKER = ".deepyeast-output"
+"""Name of the file every folder output (:func:`atomic_path` of a folder, :func:`atomic_folder`) gets: a later
+run may replace a folder that holds it; any other non-empty folder is refused (:func:`check_replaceable`)."""
+
+_FORCE_REPLACE = contextvars.ContextVar("deepyeast_force_replace", default=False)
+_WRITER = contextvars.ContextVar("deepyeast_writer", default="a DeepYeast step")
+_INPUTS = contextvars.ContextVar("deepyeast_inputs", default=())
+
+
+@contextlib.contextmanager
+def output_policy(force=False, writer=None, inputs=()):
+    """Within this context (the launcher's, around a step): folder outputs may replace folders no step
+    wrote when ``force`` (``--force``); their :data:`OUTPUT_MARKER` names ``writer`` (e.g.
+    ``"segment_cells.py"``); a folder output that is, holds or lies inside one of ``inputs`` (the step's
+    input files and folders) is refused (:func:`check_replaceable`)."""
+    tokens = [(_FORCE_REPLACE, _FORCE_REPLACE.set(bool(force))),
+              (_INPUTS, _INPUTS.set(tuple(os.fspath(i) for i in inputs)))]
+    if writer:
+        tokens.append((_WRITER, _WRITER.set(str(writer))))
+    try:
+        yield
+    finally:
+        for var, token in reversed(tokens):
+            var.reset(token)
+
+
+def _inside(path, folder):
+    """Whether the absolute ``path`` is ``folder`` or lies below it."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_replaceable(path):
+    """Raise :class:`InputError` unless the folder ``path`` may be written (replaced as a whole) by a step.
+
+    Refused, whatever ``--force`` says: a folder that is, holds or lies inside one of the step's inputs
+    (:func:`output_policy`), the current folder, the home folder or a folder holding either.  An
+    existing folder is replaced only when it is empty, holds :data:`OUTPUT_MARKER` (a step's earlier
+    output) or inside :func:`output_policy` ``(force=True)``; any other is refused with one line naming
+    it and one of the files it holds.
+    """
+    path = os.path.abspath(os.fspath(path))
+    real = os.path.realpath(path)
+    for inp in _INPUTS.get():
+        i = os.path.realpath(inp)
+        if _inside(i, real):
+            raise InputError(f"{path}: the output folder would replace the step's own input {inp}: give another "
+                             "output folder")
+        if os.path.isdir(i) and _inside(real, i):
+            raise InputError(f"{path}: the output folder is inside the step's input folder {inp}: give a folder "
+                             "outside it")
+    if not os.path.isdir(path) or os.path.islink(path):
+        return
+    for name, held in (("the current folder", os.getcwd()), ("your home folder", os.path.expanduser("~"))):
+        if _inside(os.path.realpath(held), os.path.realpath(path)):
+            raise InputError(f"{path}: is {name} or holds it, and an output folder is replaced as a whole: "
+                             "give a new folder for the output")
+    try:
+        names = sorted(os.listdir(path))
+    except OSError as err:
+        raise InputError(f"{path}: cannot read the output folder: {err.strerror}") from None
+    if not names or OUTPUT_MARKER in names or _FORCE_REPLACE.get():
+        return
+    raise InputError(f"{path}: not written by a DeepYeast step (it holds {names[0]}"
+                     f"{f' and {len(names) - 1} more' if len(names) > 1 else ''}), and an output folder is "
+                     "replaced as a whole: give a new or empty folder, or --force to delete what it holds")
+
+
+def _mark_output(folder):
+    """Leave :data:`OUTPUT_MARKER` in the finished output ``folder``."""
+    with open(os.path.join(folder, OUTPUT_MARKER), "w", encoding="utf-8") as f:
+        f.write(f"written by {_WRITER.get()}; a later run may replace this folder with everything in it\n")
+
+
 def _partial_prefix(path):
     return f".{os.path.basename(path)}."
 
@@ -160,7 +234,7 @@ def _exchange(a, b):
 
 
 @contextlib.contextmanager
-def atomic_path(path, suffix="", lock=False):
+def atomic_path(path, suffix="", lock=False, folder=False):
     """Yield a temporary path next to ``path``; move it onto ``path`` on success.
 
     Works for files and directories (an LMDB folder, say).  On an exception the
@@ -168,14 +242,20 @@ def atomic_path(path, suffix="", lock=False):
     interrupted step never leaves a half-written output under the final name.  A folder
     replaces an existing folder in one step (an atomic exchange where Linux offers it).
     Errors writing the temporary become one line naming ``path`` (:func:`write_error`).
+    A folder output (``folder``, or an existing folder ``path``) is checked by :func:`check_replaceable`
+    before the caller's work and again before the exchange, and gets :data:`OUTPUT_MARKER`.
     With ``lock``, a second writer of ``path`` is refused (:func:`output_lock`) and what killed
     writers left beside it is removed first.
     """
     path = os.fspath(path)
+    if folder and os.path.lexists(path) and not os.path.isdir(path):
+        raise InputError(f"{path}: is a file; give a folder for this output")
+    if folder or os.path.isdir(path):
+        check_replaceable(path)
     if lock:
         with output_lock(path):
             remove_stale_partials(path)
-            with atomic_path(path, suffix) as tmp:
+            with atomic_path(path, suffix, folder=folder) as tmp:
                 yield tmp
         return
     directory = os.path.dirname(os.path.abspath(path))
@@ -199,6 +279,9 @@ def atomic_path(path, suffix="", lock=False):
         _remove(tmp)
         raise
     try:
+        if os.path.isdir(tmp) and not os.path.islink(tmp):
+            check_replaceable(path)  # again: the folder may have changed during the step
+            _mark_output(tmp)
         if os.path.isdir(path) and not os.path.islink(path):
             if _exchange(tmp, path):
                 _remove(tmp)  # now the old folder
@@ -212,6 +295,9 @@ def atomic_path(path, suffix="", lock=False):
     except OSError as err:
         _remove(tmp)
         raise (write_error(path, err) or err) from None
+    except BaseException:
+        _remove(tmp)
+        raise
 
 
 def _about(err, tmp):
@@ -233,7 +319,7 @@ def atomic_folder(path, lock=True):
     changes.  With ``lock`` (default) a concurrent writer of ``path`` is refused and the
     temporaries of killed writers are removed first (:func:`atomic_path`).
     """
-    with atomic_path(path, lock=lock) as tmp:
+    with atomic_path(path, lock=lock, folder=True) as tmp:
         os.makedirs(tmp)
         yield tmp
 
@@ -315,16 +401,34 @@ def read_input_bytes(path, what=""):
         raise InputError(f"{path}: cannot read{' ' + what if what else ''}: {e.strerror}") from None
 
 
+def decode_text(data, path, what):
+    """UTF-8 ``data`` (bytes) of the file ``path`` as str, without the byte-order mark Excel's "CSV UTF-8"
+    puts first.  Other bytes (Excel's Latin-1 "CSV", a binary file) become an :class:`InputError` naming the
+    file, the line and the byte."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise InputError(f"{path}:{line}: the {what} is not UTF-8 text (byte 0x{data[err.start]:02x} at column "
+                         f"{column}); save it as UTF-8 (in Excel: CSV UTF-8)") from None
+
+
 def open_input(path, what, **kwargs):
-    """Open a text input (``open(path, encoding="utf-8", **kwargs)``) for reading.
+    """Open a text input for reading: like ``open(path, encoding="utf-8", **kwargs)``, with a byte-order mark
+    skipped and bytes that are not UTF-8 refused (:func:`decode_text`), before the caller reads a line.
 
     An unreadable file becomes an :class:`InputError` naming the file, the
     ``what`` it was meant to be (e.g. ``"predictions table"``) and the reason.
     """
+    import io
+
     try:
-        return open(path, encoding="utf-8", **kwargs)
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError as e:
         raise InputError(f"{path}: cannot open {what}: {e.strerror}") from None
+    return io.StringIO(decode_text(data, path, what), newline=kwargs.get("newline"))
 
 
 def file_digest(path, algorithm="md5", chunk=1 << 20):
