@@ -63,8 +63,8 @@ from deepyeast.constants import INFERENCE_PRECISIONS as PRECISIONS, MIN_CELLS_PE
 from deepyeast.data.micrographs import Rejects, read_images_table
 from deepyeast.data.segment import SegmentParams
 from deepyeast.engine.inference import InferenceSettings
-from deepyeast.utils.io import (InputError, StepFailed, atomic_path, atomic_write_text, output_lock,
-                                remove_stale_partials, write_csv)
+from deepyeast.utils.io import (InputError, StepFailed, atomic_path, atomic_write_text, check_replaceable,
+                                output_lock, remove_stale_partials, write_csv)
 
 log = logging.getLogger(__name__)
 
@@ -564,13 +564,14 @@ def classify_screen(model_dir, images_csv, out_dir, params=SegmentParams(), chan
         chunk=int(chunk or screen_run.CHUNK), size=int(h))
     if run_settings.chunk < 1:
         raise InputError(f"chunk must be at least 1, got {chunk}")
+    check_replaceable(out_dir)  # before any work (and before OUT.work appears beside it)
     with output_lock(out_dir):
         remove_stale_partials(out_dir)
         work = screen_run.work_folder(out_dir)
         fp = screen_run.prepare_work(work, screen_run.fingerprint_parts(bundle, images_csv, run_settings), restart)
         chunks, reused, pids = screen_run.run_chunks(rows, work, fp, run_settings, scheduler, jobs, skip_bad,
                                                      progress)
-        with atomic_path(out_dir) as tmp:
+        with atomic_path(out_dir, folder=True) as tmp:
             os.makedirs(tmp)
             crops_path = os.path.join(tmp, ".crops.u8")
             cells = assemble_cells(rows, chunks, work, fp, run_settings, bundle, crops_path, rejects)
