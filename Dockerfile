@@ -1,5 +1,5 @@
 # DeepYeast with real Caffe 1.0 (CPU), for reproduction: exact on the same CPU type (another CPU type trains
-# another network; README, "On another CPU, and over seeds").
+# another network; docs/results.md, "On another CPU, and over seeds").
 #
 #   make docker                          (docker, else podman/buildah; see mk/docker.mk)
 #   docker run --rm -v "$PWD/runs:/opt/deepyeast/runs" deepyeast make demo
