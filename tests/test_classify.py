@@ -54,18 +54,26 @@ def fields(tmp_path_factory):
     rows = _csv(d / "images.csv")
     rng = np.random.default_rng(5)
     tifffile.imwrite(d / "empty_field.tif", np.clip(rng.normal(12, 2, (2, 256, 256)), 0, 255).astype(np.uint8))
+    shutil.copyfile(d / rows[0]["image"], d / "second_field.tif")  # a second micrograph of the first protein
     return d, rows
 
 
+def _images(fields):
+    """(micrograph path, fields row) of the table's rows with cells: the three fields, then the copy of the first."""
+    d, rows = fields
+    return [(d / r["image"], r) for r in rows] + [(d / "second_field.tif", rows[0])]
+
+
 def _table(tmp_path, fields, labels=False, extra=()):
-    """An images table naming the fields by absolute path: the three fields, the first again under
-    its own protein (a protein with two micrographs), and an empty field as its own protein."""
+    """An images table naming the fields by absolute path: the three fields, a second field of the
+    first protein (a protein with two micrographs; a copy of its first), and an empty field as its
+    own protein."""
     d, rows = fields
     head = "image,plate,protein" + (",label" if labels else "")
     lines = [head]
-    for r in rows + [rows[0]]:
-        lines.append(f"{d / r['image']},{r['plate']},{r['protein']}" + (f",{CLASS_NAMES[int(r['label'])]}"
-                                                                          if labels else ""))
+    for image, r in _images(fields):
+        lines.append(f"{image},{r['plate']},{r['protein']}" + (f",{CLASS_NAMES[int(r['label'])]}"
+                                                                if labels else ""))
     lines.append(f"{d / 'empty_field.tif'},9,009009000" + (",vacuole" if labels else ""))
     lines.extend(extra)
     path = tmp_path / "images.csv"
@@ -113,13 +121,13 @@ def test_tables_follow_their_definitions_without_labels(bundle, fields, tmp_path
                                                                "padded", "pred", "class"]
     # every cell of every micrograph, in table order, with the bundle's probabilities of its crop
     expect = []
-    for r in rows + [rows[0]]:
-        image = tifffile.imread(d / r["image"])
+    for path, r in _images(fields):
+        image = tifffile.imread(path)
         mask, found, crops = cells_and_crops(image, segment_marker(image[0]))
         assert len(found["cell"]) > 0
         probs = predictor(crops)
         for k in range(len(crops)):
-            expect.append((str(d / r["image"]), r["protein"], int(found["cell"][k]), found["x"][k], found["y"][k],
+            expect.append((str(path), r["protein"], int(found["cell"][k]), found["x"][k], found["y"][k],
                            probs[k]))
     assert len(cells) == len(expect) == s["n_cells"]
     for c, (image, protein, cell, x, y, probs) in zip(cells, expect):
@@ -134,7 +142,7 @@ def test_tables_follow_their_definitions_without_labels(bundle, fields, tmp_path
     ids, n_cells, alpha, theta = dirichlet_map(np.array([[float(c[f"prob_{k}"]) for k in range(12)] for c in cells]),
                                                key)
     by_key = {f"plate{int(p['plate']):02d}/{p['protein']}": p for p in prots}
-    assert len(prots) == len(rows) + 1 == s["n_proteins"]  # the repeated field is the same protein
+    assert len(prots) == len(rows) + 1 == s["n_proteins"]  # the second field is the first's protein
     assert by_key[f"plate{int(rows[0]['plate']):02d}/{rows[0]['protein']}"]["n_images"] == "2"
     for i, k in enumerate(ids):
         p = by_key[k]
@@ -209,12 +217,13 @@ def test_labels_give_the_main_reports_accuracies(bundle, fields, tmp_path):
     assert "Accuracy against the labels in the images table" in page and "label: " in page
     # a protein given two labels is refused, naming both rows; nothing is written
     d, rows = fields
+    shutil.copyfile(d / rows[1]["image"], tmp_path / "other.tif")
     bad = _table(tmp_path, fields, labels=True,
-                 extra=[f"{d / rows[1]['image']},{rows[0]['plate']},{rows[0]['protein']},vacuole"])
+                 extra=[f"{tmp_path / 'other.tif'},{rows[0]['plate']},{rows[0]['protein']},vacuole"])
     with pytest.raises(InputError, match=rf"{bad}:7: protein plate\d\d/{rows[0]['protein']} has label 11 here but "
                                          rf"\d+ on {bad}:\d"):
         classify_screen(bundle, str(bad), str(tmp_path / "out2"), progress=False)
-    assert not (tmp_path / "out2").exists()
+    assert not (tmp_path / "out2").exists() and not (tmp_path / "out2.work").exists()
 
 
 def test_bf16_changes_are_counted_against_fp32(bundle, fields, tmp_path):
@@ -261,14 +270,20 @@ def test_script_bad_input_skip_bad_and_bundle_checks(bundle, fields, tmp_path):
     assert not out.exists()
     short = tmp_path / "short.csv"
     short.write_text("".join(table.read_text().splitlines(keepends=True)[:-1]))
-    r = _run("--model", bundle, "--images", short, "--out", out)
-    lines = r.stderr.splitlines()  # the empty field's warning, then the error
-    assert r.returncode == 2 and lines[0].startswith(f"{short}:6: no cell found in "), r.stderr
-    assert len(lines) == 2 and lines[1].startswith(f"classify_screen.py: error: {short}:7: ") and \
-        "broken.tif: corrupt or truncated" in lines[1]
+    r = _run("--model", bundle, "--images", short, "--out", out, "--scheduler", "none")
+    lines = r.stderr.splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"classify_screen.py: error: {short}:7: ") and \
+        "broken.tif: corrupt or truncated" in lines[0]
     assert not out.exists()
-    r = _run("--model", bundle, "--images", table, "--out", out, "--skip-bad", "--resamples", 100)
+    # the stopped run's finished chunks wait in OUT.work; another table is refused until --restart
+    assert (tmp_path / "out.work" / "run.json").is_file()
+    r = _run("--model", bundle, "--images", table, "--out", out, "--skip-bad", "--scheduler", "none")
+    assert r.returncode == 2 and "out.work: holds an unfinished run with another images table" in r.stderr, r.stderr
+    r = _run("--model", bundle, "--images", table, "--out", out, "--skip-bad", "--resamples", 100,
+             "--scheduler", "none", "--restart")
     assert r.returncode == 0, r.stderr
+    assert not (tmp_path / "out.work").exists() and not list(tmp_path.glob(".out.*"))
     assert "3 rows skipped (rejects.txt)" in r.stdout and "1 micrograph(s) without cells" in r.stdout
     rejects = (out / "rejects.txt").read_text().splitlines()
     assert [x.split("\t")[0] for x in rejects] == [f"{table}:{n}" for n in (9, 7, 8)]

@@ -213,9 +213,10 @@ def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path):
              (other, f"{other / 'cells.csv'}: no protein in common with {good / 'cells.csv'}"),
              (tmp_path / "empty_dir", f"{tmp_path / 'empty_dir' / 'cells.csv'}: no such file")]
     os.makedirs(tmp_path / "empty_dir")
-    r = _script("--reference", good, "--condition", other, "--out", tmp_path)  # would replace both inputs
+    r = _script("--reference", good, "--condition", good, "--out", tmp_path)  # would replace the inputs
     assert r.returncode == 2 and r.stderr.strip() == (f"compare_screens.py: error: {tmp_path}: the output folder "
-                                                      f"would replace the input folder {good}")
+                                                      f"would replace the step's own input {good}: give another "
+                                                      "output folder")
     assert (good / "cells.csv").is_file()
     for bad, message in cases:
         out = tmp_path / f"out_{bad.name}"

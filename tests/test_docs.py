@@ -33,3 +33,11 @@ def test_mkdocs_builds_strict_with_every_command_and_flag(tmp_path):
     for formats in ("Images table", "cells.csv", "proteins.csv", "bundle.json"):
         assert formats in (site / "reference" / "file-formats" / "index.html").read_text(), formats
 
+
+def test_readme_links_into_the_pages():
+    """The README is the one-screen entry: every docs/ page it links exists."""
+    text = open(os.path.join(REPO_ROOT, "README.md")).read()
+    links = re.findall(r"\]\((docs/[^)#]+)", text)
+    assert len(links) >= 5, links
+    for link in links:
+        assert os.path.isfile(os.path.join(REPO_ROOT, link)), link

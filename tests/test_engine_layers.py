@@ -294,6 +294,37 @@ def test_fused_and_unfused_batchnorm_scale_relu_agree():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("conv", ["num_output: 6 kernel_size: 3 pad: 1",
+                                  "num_output: 4 kernel_size: 3 stride: 2 bias_term: false",
+                                  "num_output: 6 kernel_size: 3 dilation: 2 pad: 2 group: 2"])
+def test_convolution_relu_fused_by_onednn_gives_the_unfused_numbers(conv, dtype):
+    """A Convolution followed by an in-place ReLU (a folded deploy net) runs as one oneDNN call with the
+    ReLU as post-op where nothing needs a gradient (issue 24); same numbers as conv2d then relu, and
+    training (gradients) still takes the autograd path."""
+    text = input_layer([(3, 4, 9, 11)], ["x"]) + f"""
+    layer {{ name: "c" type: "Convolution" bottom: "x" top: "c" convolution_param {{ {conv}
+      weight_filler {{ type: "gaussian" std: 0.5 }} bias_filler {{ type: "gaussian" std: 0.5 }} }} }}
+    layer {{ name: "r" type: "ReLU" bottom: "c" top: "c" }}"""
+    net = Net(net_from(text), phase="TEST", seed=2)
+    layer = net.layer("c")
+    for t in layer.blobs:
+        t.data = t.data.to(dtype)
+    x = torch.randn(3, 4, 9, 11).to(dtype).contiguous(memory_format=torch.channels_last)
+    want = torch.relu(layer.forward([x])[0]).detach()
+    assert (want == 0).any() and (want > 0).any()
+    with torch.inference_mode():
+        with torch.profiler.profile() as prof:
+            got = net(x=x)["c"]
+    assert any(e.name == "mkldnn::_convolution_pointwise" for e in prof.events())
+    assert got.dtype == dtype and got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    # with gradients needed: conv2d + relu_ under autograd, same values
+    got = net(x=x.clone().requires_grad_(True))["c"]
+    assert got.requires_grad
+    torch.testing.assert_close(got.detach(), want, rtol=0, atol=0)
+
+
 # ---------------------------------------------------------------- losses, accuracy, eltwise, dropout
 
 @pytest.mark.parametrize("mode,ignore", [("FULL", None), ("VALID", 2), ("VALID", None), ("BATCH_SIZE", 2),

@@ -4,7 +4,7 @@ code, never a signal, a traceback, a silent wrong result or code run from a data
 Everything here is real: subprocesses of our commands, real LMDBs (truncated, random bytes), a
 real ``kill -9`` in the middle of a write, two writers at once, a pickle that would create a file
 if it were ever loaded, a file-size limit (``ulimit -f``) and paths under regular files.  The
-README's "What is checked" table lists these cases.
+docs/reference/reliability.md ("What is checked") lists these cases.
 """
 
 import glob

@@ -97,6 +97,57 @@ def test_match_objects_by_hand():
     assert match_objects(t, t)["f1"] == 1.0
 
 
+def _touching_blobs(seed, shape=(150, 190)):
+    """A smoothed distance map of random overlapping discs (some at the edge), as split_touching makes it."""
+    from scipy import ndimage as ndi
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    fg = np.zeros(shape, bool)
+    for _ in range(14):
+        cy, cx, r = rng.uniform(0, shape[0]), rng.uniform(0, shape[1]), rng.uniform(3, 16)
+        fg |= (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+    return fg, ndi.gaussian_filter(ndi.distance_transform_edt(fg).astype(np.float32), 1.0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_fast_kernels_equal_scipy_and_skimage_pixel_for_pixel(seed):
+    """split_touching's kernels (issue 24): OpenCV's distance transform and the per-component h-maxima
+    give exactly scipy's distance_transform_edt and skimage's h_maxima, components at the edge included."""
+    from scipy import ndimage as ndi
+    from skimage.morphology import h_maxima
+    fg, dist = _touching_blobs(seed)
+    assert fg.any() and not fg.all() and fg[:, 0].any() | fg[0].any() | fg[:, -1].any() | fg[-1].any()
+    np.testing.assert_array_equal(segment.distance_to_background(fg), ndi.distance_transform_edt(fg).astype(np.float32))
+    for h in (0.5, 2.0, 3.0, 4.5):
+        ref = h_maxima(dist, h)
+        assert ref.any()
+        np.testing.assert_array_equal(segment.h_maxima(dist, h), ref)
+    # a component lower than h next to a taller one: the whole-image reconstruction's value reaches it
+    low = dist.copy()
+    low[:, :60] *= 0.1
+    np.testing.assert_array_equal(segment.h_maxima(low, 3.0), h_maxima(low, 3.0))
+    # no background pixel: skimage itself
+    full = dist + 1.0
+    np.testing.assert_array_equal(segment.h_maxima(full, 3.0), h_maxima(full, 3.0))
+    np.testing.assert_array_equal(segment.distance_to_background(np.ones((5, 7), bool)),
+                                  ndi.distance_transform_edt(np.ones((5, 7), bool)).astype(np.float32))
+
+
+def test_background_correction_matches_scipy_grey_opening():
+    """correct_background's OpenCV kernels against the scipy.ndimage recipe it replaced (float32 rounding)."""
+    from scipy import ndimage as ndi
+    img = _field(discs=[(80, 80, 14, 90), (40, 150, 12, 60)], seed=3).astype(np.float32)
+    img += np.linspace(0, 30, img.shape[1], dtype=np.float32)[None, :]  # a tilted background
+    radius, size = 20, 41
+    sm = ndi.gaussian_filter(img, 1.0)
+    eroded = ndi.grey_erosion(sm, size=(size, size), mode="reflect")
+    pad = radius + int(np.ceil(4 * radius / 4.0))
+    ext = np.pad(eroded, pad, mode="reflect", reflect_type="odd")
+    bg = ndi.gaussian_filter(ndi.grey_dilation(ext, size=(size, size), mode="nearest"), radius / 4.0, mode="nearest")
+    bg = bg[pad:pad + img.shape[0], pad:pad + img.shape[1]]
+    np.testing.assert_allclose(segment.correct_background(img, radius, 1.0), sm - np.minimum(bg, sm), atol=2e-4)
+
+
 @pytest.fixture(scope="module")
 def screen(tmp_path_factory):
     return tiny_screen(tmp_path_factory, workers=1)

@@ -54,18 +54,22 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 
 import numpy as np
 
+from deepyeast.analysis.qc import QC_COLUMNS
 from deepyeast.constants import INFERENCE_PRECISIONS as PRECISIONS, MIN_CELLS_PER_PROTEIN
-from deepyeast.data.micrographs import Rejects
-from deepyeast.data.segment import SegmentParams, iter_screen_cells
+from deepyeast.data.micrographs import Rejects, read_images_table
+from deepyeast.data.segment import SegmentParams
 from deepyeast.engine.inference import InferenceSettings
-from deepyeast.utils.io import InputError, atomic_path, atomic_write_text, write_csv
+from deepyeast.utils.io import (InputError, StepFailed, atomic_path, atomic_write_text, check_replaceable,
+                                output_lock, remove_stale_partials, write_csv)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ScreenCells", "ScreenCalls", "CallRules", "classify_screen", "classify_micrograph", "collect_cells",
+__all__ = ["ScreenCells", "ScreenCalls", "CallRules", "classify_screen", "classify_micrograph", "read_screen_rows",
+           "assemble_cells",
            "call_proteins", "protein_flags", "p_call", "DUAL_SHARE", "CONFIDENCE", "GALLERY_CELLS", "PRECISIONS"]
 
 DUAL_SHARE = 0.25
@@ -118,7 +122,9 @@ class ScreenCells:
     probs_fp32 : float32 (N, K) or None (``compare_fp32``);
     crops_path : str, raw uint8 N x C x S x S crops on disk (:meth:`crops`);
     images : list of dicts, one per readable micrograph (where, image, plate, protein, key,
-    label, source, n_cells, first (index of its first cell)).
+    label, source, n_cells, first (index of its first cell), qc (:mod:`deepyeast.analysis.qc`));
+    ood_score : float32 (N,) out-of-distribution score (NaN where the bundle has no statistics);
+    ood : bool (N,) flagged out of distribution (left out of the protein calls).
     """
 
     image: np.ndarray
@@ -137,6 +143,14 @@ class ScreenCells:
     crops_path: str
     crop_shape: tuple
     images: list
+    ood_score: np.ndarray = None
+    ood: np.ndarray = None
+
+    def __post_init__(self):
+        if self.ood_score is None:
+            self.ood_score = np.full(self.n_cells, np.nan, np.float32)
+        if self.ood is None:
+            self.ood = np.zeros(self.n_cells, bool)
 
     @property
     def n_cells(self):
@@ -154,77 +168,90 @@ def protein_key(plate, protein):
     return protein if plate is None else f"plate{plate:02d}/{protein}"
 
 
-def collect_cells(bundle, images_csv, crops_path, params=SegmentParams(), channels=(0, 1), bits=None,
-                  resegment=False, border="pad", inference=InferenceSettings(), compare_fp32=False, on_bad=None,
-                  progress=True):
-    """Find, crop and classify every cell of an images table; returns :class:`ScreenCells`.
+def read_screen_rows(images_csv, class_names, rejects):
+    """The rows of an images table for classifying (``protein`` required), each with ``position``.
 
-    ``bundle``: a :class:`deepyeast.model.Bundle` whose input is 2 x S x S crops; its class
-    table parses the ``label`` column (index or name).  Crops are appended to the raw file
-    ``crops_path`` (uint8, N x 2 x S x S, C order) so that memory stays bounded on a large
-    screen.  Rows are read with ``protein`` required; bad rows raise ``InputError`` naming
-    table, line and file, or go to ``on_bad(where, err)``.
+    The same micrograph (the same ``image``, or the same ``marker_image`` + ``protein_image``
+    pair) on two rows would count its cells twice: the later row is bad input naming both rows
+    (``rejects`` raises it, or with ``--skip-bad`` lists it and leaves it out).  A protein given
+    two labels is an ``InputError`` naming both rows, before any micrograph is read.
     """
-    c, h, w = _crop_shape(bundle)
-    batch = inference.batch
-    predictor = bundle.predictor(inference)
-    reference = bundle.predictor(dataclasses.replace(inference, precision="fp32")) \
-        if compare_fp32 and inference.precision != "fp32" else None
+    rows = read_images_table(images_csv, class_names, require=("protein",), on_bad=rejects)
+    seen, labels, out = {}, {}, []
+    for rec in rows:
+        key = (rec["path"], rec["protein_path"])
+        if key in seen:
+            rejects(rec["where"], InputError(f"{rec['where']}: {rec['image']} is the micrograph of {seen[key]} "
+                                             "again; each micrograph may appear once (its cells would count twice)"))
+            continue
+        protein = protein_key(rec["plate"], rec["protein"])
+        if rec["label"] is not None:
+            if protein in labels and labels[protein][0] != rec["label"]:
+                raise InputError(f"{rec['where']}: protein {protein} has label {rec['label']} here but "
+                                 f"{labels[protein][0]} on {labels[protein][1]}")
+            labels[protein] = (rec["label"], rec["where"])
+        seen[key] = rec["where"]
+        rec["position"] = len(out)
+        out.append(rec)
+    return out
+
+
+def assemble_cells(rows, chunks, work, fp, settings, bundle, crops_path, rejects):
+    """:class:`ScreenCells` from the chunk files of a finished run (table order); crops streamed to
+    ``crops_path``.  Bad rows go to ``rejects`` (raised without ``--skip-bad``)."""
+    from deepyeast.analysis.screen_run import chunk_path, read_chunk, row_stamp
+
+    c, h, w = bundle.input_shape
+    want32 = settings.compare_fp32 and settings.inference.precision != "fp32"
     cols = collections.defaultdict(list)
-    probs, probs_ref, images = [], [], []
-    pending, pending_n = [], 0
-
-    def flush():
-        nonlocal pending, pending_n
-        if pending_n:
-            stack = np.concatenate(pending)
-            probs.append(predictor(stack))
-            if reference is not None:
-                probs_ref.append(reference(stack))
-        pending, pending_n = [], 0
-
+    images = []
     n = 0
     with open(crops_path, "wb") as raw:
-        for rec, _mask, cells, crops in iter_screen_cells(
-                images_csv, params, channels, bits, resegment, class_names=bundle.classes, size=h, border=border,
-                on_bad=on_bad, progress=progress, require=("protein",), desc="classify"):
-            m = len(crops)
-            key = protein_key(rec["plate"], rec["protein"])
-            images.append(dict(where=rec["where"], image=rec["image"], plate=rec["plate"], protein=rec["protein"],
-                               key=key, label=rec["label"], source=rec["segmentation"]["source"], n_cells=m,
-                               first=n))
-            if m == 0:
-                log.warning("%s: no cell found in %s", rec["where"], rec["path"])
-                continue
-            raw.write(np.ascontiguousarray(crops, np.uint8).tobytes())
-            cols["image"] += [rec["image"]] * m
-            cols["protein"] += [rec["protein"]] * m
-            cols["plate"] += [-1 if rec["plate"] is None else rec["plate"]] * m
-            cols["key"] += [key] * m
-            cols["label"] += [-1 if rec["label"] is None else rec["label"]] * m
-            for name in ("cell", "x", "y", "area", "padded"):
-                cols[name].append(np.asarray(cells[name]))
-            pending.append(crops)
-            pending_n += m
-            n += m
-            if pending_n >= batch:
-                flush()
-        flush()
+        for index, recs in chunks:
+            data = read_chunk(chunk_path(work, index), fp, [r["position"] for r in recs],
+                              [row_stamp(r) for r in recs], want32)
+            if data is None:
+                raise StepFailed(f"{chunk_path(work, index)}: chunk file changed during the run; run again")
+            counts = np.bincount(data["row"], minlength=len(recs))
+            first = np.concatenate([[0], np.cumsum(counts)])
+            for j, rec in enumerate(recs):
+                if not data["ok"][j]:
+                    rejects(rec["where"], InputError(str(data["reason"][j])))
+                    continue
+                m = int(counts[j])
+                key = protein_key(rec["plate"], rec["protein"])
+                qc = {name: float(v) for name, v in zip(QC_COLUMNS, data["qc"][j])}
+                images.append(dict(where=rec["where"], image=rec["image"], plate=rec["plate"],
+                                   protein=rec["protein"], key=key, label=rec["label"], source=str(data["source"][j]),
+                                   n_cells=m, first=n, qc=qc))
+                if m == 0:
+                    log.warning("%s: no cell found in %s", rec["where"], rec["path"])
+                    continue
+                sl = slice(int(first[j]), int(first[j + 1]))
+                raw.write(np.ascontiguousarray(data["crops"][sl]).tobytes())
+                cols["image"] += [rec["image"]] * m
+                cols["protein"] += [rec["protein"]] * m
+                cols["plate"] += [-1 if rec["plate"] is None else rec["plate"]] * m
+                cols["key"] += [key] * m
+                cols["label"] += [-1 if rec["label"] is None else rec["label"]] * m
+                for name in ("cell", "x", "y", "area", "padded", "probs", "ood_score") + (("probs_fp32",) if want32
+                                                                                          else ()):
+                    cols[name].append(data[name][sl])
+                n += m
     k = len(bundle.classes)
-    probs = np.concatenate(probs) if probs else np.zeros((0, k), np.float32)
 
-    def cat(name, dtype):
-        return np.concatenate(cols[name]).astype(dtype) if cols[name] else np.zeros(0, dtype)
+    def cat(name, dtype, shape=()):
+        return np.concatenate(cols[name]).astype(dtype) if cols[name] else np.zeros((0,) + shape, dtype)
 
+    probs = cat("probs", np.float32, (k,))
     return ScreenCells(
         image=np.asarray(cols["image"], object), protein=np.asarray(cols["protein"], object),
         plate=np.asarray(cols["plate"], np.int64), key=np.asarray(cols["key"], object),
         cell=cat("cell", np.int64), x=cat("x", np.float64), y=cat("y", np.float64), area=cat("area", np.int64),
         padded=cat("padded", bool), label=np.asarray(cols["label"], np.int64), probs=probs,
         pred=probs.argmax(axis=1).astype(np.int64) if len(probs) else np.zeros(0, np.int64),
-        probs_fp32=np.concatenate(probs_ref) if probs_ref else (np.zeros((0, k), np.float32)
-                                                                 if reference is not None else None),
-        crops_path=crops_path, crop_shape=(c, h, w), images=images)
+        probs_fp32=cat("probs_fp32", np.float32, (k,)) if want32 else None,
+        crops_path=crops_path, crop_shape=(c, h, w), images=images, ood_score=cat("ood_score", np.float32))
 
 
 def _crop_shape(bundle):
@@ -313,7 +340,8 @@ class ScreenCalls:
     int64 (P,), ``label`` int64 (P,) -1 unknown, ``pred`` int64 (P,) -1 without cells, ``alpha``,
     ``posterior`` float64 (P, K) (NaN without cells);
     plate (int, -1 none), protein (the name as the table gives it) : (P,); n_images : int64 (P,);
-    flags : dict of :func:`protein_flags` arrays (+ ``no_cells``);
+    flags : dict of :func:`protein_flags` arrays (+ ``no_cells``); n_ood : int64 (P,) cells flagged out of
+    distribution, left out of the call (``n_cells`` counts the cells used);
     pred_fp32 : int64 (P,) or None (the calls from fp32 probabilities, with ``compare_fp32``).
     """
 
@@ -323,6 +351,7 @@ class ScreenCalls:
     n_images: np.ndarray
     flags: dict
     pred_fp32: object = None
+    n_ood: np.ndarray = None
 
     key = property(lambda self: self.calls.protein)
     n_cells = property(lambda self: self.calls.n_cells)
@@ -335,7 +364,8 @@ class ScreenCalls:
 def call_proteins(cells, class_names, rules=CallRules()):
     """Calls (:func:`deepyeast.analysis.protein_level.call_cells`) and flags of every protein of ``cells``.
 
-    ``class_names``: the model's classes (or their number); ``rules``: :class:`CallRules`.  Every
+    ``class_names``: the model's classes (or their number); ``rules``: :class:`CallRules`.  Cells flagged
+    out of distribution (``cells.ood``) are left out of the calls and counted (``n_ood``).  Every
     protein with a readable micrograph is listed, those without cells too.  A protein whose rows give different labels
     is an ``InputError`` naming both rows.
     """
@@ -356,7 +386,11 @@ def call_proteins(cells, class_names, rules=CallRules()):
                                  f"{p['label']} on {p['where']}")
             p["label"], p["where"] = im["label"], im["where"]
     labels = [-1 if info[k]["label"] is None else info[k]["label"] for k in order]
-    calls = call_cells(cells.probs, cells.key, class_names, order=order, labels=labels)
+    keep = ~np.asarray(cells.ood, bool)
+    index = {key: i for i, key in enumerate(order)}
+    n_ood = np.bincount(np.asarray([index[k] for k in cells.key[~keep]], np.int64),
+                        minlength=len(order)).astype(np.int64)
+    calls = call_cells(cells.probs[keep], cells.key[keep], class_names, order=order, labels=labels)
     n_cells, has = calls.n_cells, calls.n_cells > 0
     flags = {name: np.zeros(len(order), dt) for name, dt in (
         ("top1", np.int64), ("top2", np.int64), ("top1_share", float), ("top2_share", float), ("p_call", float),
@@ -371,11 +405,12 @@ def call_proteins(cells, class_names, rules=CallRules()):
     flags["no_cells"] = ~has
     pred_fp32 = None
     if cells.probs_fp32 is not None:
-        pred_fp32 = call_cells(cells.probs_fp32, cells.key, class_names, order=order).pred
+        pred_fp32 = call_cells(cells.probs_fp32[keep], cells.key[keep], class_names, order=order).pred
     return ScreenCalls(
         calls=calls, plate=np.asarray([-1 if info[k]["plate"] is None else info[k]["plate"] for k in order], np.int64),
         protein=np.asarray([info[k]["protein"] for k in order], object),
-        n_images=np.asarray([info[k]["n_images"] for k in order], np.int64), flags=flags, pred_fp32=pred_fp32)
+        n_images=np.asarray([info[k]["n_images"] for k in order], np.int64), flags=flags, pred_fp32=pred_fp32,
+        n_ood=n_ood)
 
 
 # --------------------------------------------------------------------------- accuracy (labels given)
@@ -414,22 +449,23 @@ def accuracies(cells, calls, n_classes, min_cells=MIN_CELLS_PER_PROTEIN, n_resam
 # --------------------------------------------------------------------------- tables
 
 def _fmt(v, digits=6):
-    return "" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{float(v):.{digits}g}"
+    return "" if v is None or np.isnan(float(v)) else f"{float(v):.{digits}g}"
 
 
 def write_cells_table(path, cells, classes):
-    """``cells.csv``: image,plate,protein,cell,x,y,area,padded,pred,class,prob_0..prob_{K-1}[,label,true_class]."""
+    """``cells.csv``: image,plate,protein,cell,x,y,area,padded,pred,class,prob_0..prob_{K-1},ood_score,ood
+    [,label,true_class] (``ood_score`` empty where the bundle has no out-of-distribution statistics)."""
     k = len(classes)
     labelled = bool((cells.label >= 0).any())
     header = ["image", "plate", "protein", "cell", "x", "y", "area", "padded", "pred", "class"] + \
-        [f"prob_{j}" for j in range(k)] + (["label", "true_class"] if labelled else [])
+        [f"prob_{j}" for j in range(k)] + ["ood_score", "ood"] + (["label", "true_class"] if labelled else [])
 
     def rows():
         for i in range(cells.n_cells):
             row = [cells.image[i], "" if cells.plate[i] < 0 else int(cells.plate[i]), cells.protein[i],
                    int(cells.cell[i]), f"{cells.x[i]:.2f}", f"{cells.y[i]:.2f}", int(cells.area[i]),
                    int(cells.padded[i]), int(cells.pred[i]), classes[cells.pred[i]]] + \
-                [f"{p:.6g}" for p in cells.probs[i]]
+                [f"{p:.6g}" for p in cells.probs[i]] + [_fmt(cells.ood_score[i]), int(cells.ood[i])]
             if labelled:
                 lab = int(cells.label[i])
                 row += ["", ""] if lab < 0 else [lab, classes[lab]]
@@ -437,7 +473,7 @@ def write_cells_table(path, cells, classes):
     write_csv(path, rows(), header)
 
 
-PROTEIN_COLUMNS = ("plate", "protein", "n_images", "n_cells", "pred", "class", "top1", "top1_share", "top2",
+PROTEIN_COLUMNS = ("plate", "protein", "n_images", "n_cells", "n_ood", "pred", "class", "top1", "top1_share", "top2",
                    "top2_share", "p_call", "few_cells", "low_confidence", "possible_dual", "no_cells")
 
 
@@ -457,7 +493,7 @@ def write_proteins_table(path, calls, classes):
         for i in range(len(calls.key)):
             has = calls.n_cells[i] > 0
             row = ["" if calls.plate[i] < 0 else int(calls.plate[i]), calls.protein[i], int(calls.n_images[i]),
-                   int(calls.n_cells[i]), int(calls.pred[i]) if has else "", name(calls.pred[i]),
+                   int(calls.n_cells[i]), int(calls.n_ood[i]), int(calls.pred[i]) if has else "", name(calls.pred[i]),
                    name(f["top1"][i]), _fmt(f["top1_share"][i]), name(f["top2"][i]), _fmt(f["top2_share"][i]),
                    _fmt(f["p_call"][i]), int(f["few_cells"][i]), int(f["low_confidence"][i]),
                    int(f["possible_dual"][i]), int(f["no_cells"][i])] + [_fmt(v, 9) for v in calls.posterior[i]]
@@ -469,9 +505,12 @@ def write_proteins_table(path, calls, classes):
 
 
 def write_images_table(path, cells):
-    """``images.csv``: image,plate,protein,mask (given | segmented),n_cells, one row per micrograph read."""
+    """``images.csv``: image,plate,protein,mask (given | segmented),n_cells and the QC measures
+    (:data:`deepyeast.analysis.qc.QC_COLUMNS` after ``n_cells``), one row per micrograph read."""
+    extra = [c for c in QC_COLUMNS if c != "n_cells"]
     write_csv(path, ([im["image"], "" if im["plate"] is None else im["plate"], im["protein"], im["source"],
-                      im["n_cells"]] for im in cells.images), ["image", "plate", "protein", "mask", "n_cells"])
+                      im["n_cells"]] + [_fmt(im["qc"][c]) for c in extra] for im in cells.images),
+              ["image", "plate", "protein", "mask", "n_cells"] + extra)
 
 
 # --------------------------------------------------------------------------- the step
@@ -479,7 +518,7 @@ def write_images_table(path, cells):
 def classify_screen(model_dir, images_csv, out_dir, params=SegmentParams(), channels=(0, 1), bits=None,
                     skip_bad=False, resegment=False, border="pad", inference=InferenceSettings(), compare_fp32=False,
                     rules=CallRules(), gallery_cells=GALLERY_CELLS, n_resamples=2000, seed=0, command=None,
-                    progress=True):
+                    progress=True, scheduler="none", jobs=1, chunk=None, restart=False):
     """Classify the micrographs of ``images_csv`` with the bundle ``model_dir``; write ``out_dir``.
 
     See the module doc.  ``out_dir`` (replaced as a whole, atomically) receives:
@@ -489,47 +528,111 @@ def classify_screen(model_dir, images_csv, out_dir, params=SegmentParams(), chan
     * ``proteins.csv``: plate,protein,n_images,n_cells,pred,class,top1,top1_share,top2,
       top2_share,p_call,few_cells,low_confidence,possible_dual,no_cells,post_0..post_{K-1}
       (+ label,true_class,correct);
-    * ``images.csv``: image,plate,protein,mask,n_cells per micrograph read;
+    * ``images.csv``: image,plate,protein,mask,n_cells and the QC measures per micrograph read;
     * ``summary.json``: counts, the flags' definitions, accuracies (labels given), the
-      bf16-vs-fp32 changes (``compare_fp32``), the model, the settings and the command;
+      bf16-vs-fp32 changes (``compare_fp32``), the model, the settings, the command and
+      ``reused_micrographs`` (taken over from an interrupted run);
     * ``report.html`` with ``figures/`` and ``gallery/`` (one strip of cells per protein);
     * ``rejects.txt`` when rows were skipped (``skip_bad``).
 
+    The work runs in chunks of ``chunk`` micrographs on ``scheduler`` / ``jobs``
+    (:mod:`deepyeast.analysis.screen_run`), kept in ``OUT.work`` until the output is written, so
+    the same call after an interruption redoes only unfinished chunks (``restart`` discards a
+    work folder of another model, table or settings instead of refusing it).  A second run into
+    the same ``out_dir`` while one is running fails at once (:class:`StepFailed` naming its pid).
+
     Returns the summary dict.  Bad input (model, table, micrograph, mask) raises
-    ``InputError`` naming the file and row, and nothing is written; with ``skip_bad`` bad
+    ``InputError`` naming the file and row, and no output is written; with ``skip_bad`` bad
     rows are listed in ``rejects.txt`` and the rest classified.
     """
+    from deepyeast.analysis import screen_run
+    from deepyeast.analysis.ood import OodScorer
     from deepyeast.model import read_bundle
     from deepyeast.report.screen_html import write_screen_report
 
     if gallery_cells < 1:
         raise InputError("min_cells and gallery_cells must be at least 1")
     bundle = read_bundle(model_dir)
+    c, h, w = _crop_shape(bundle)
     classes = list(bundle.classes)
+    scorer = OodScorer.from_bundle(bundle)
     rejects = Rejects(skip_bad)
-    with atomic_path(out_dir) as tmp:
-        os.makedirs(tmp)
-        crops_path = os.path.join(tmp, ".crops.u8")
-        cells = collect_cells(bundle, images_csv, crops_path, params, channels, bits, resegment, border, inference,
-                              compare_fp32, on_bad=rejects, progress=progress)
-        if not cells.images:
-            raise InputError(f"{images_csv}: no readable micrograph" + (f" ({len(rejects.items)} rows skipped, "
-                                                                          "see the messages above)"
-                                                                          if rejects.items else ""))
-        calls = call_proteins(cells, classes, rules)
-        acc = accuracies(cells, calls, len(classes), rules.min_cells, n_resamples, seed)
-        summary = _summary(bundle, images_csv, cells, calls, acc, rejects, dict(
-            segmentation=dataclasses.asdict(params), channels=list(channels), bits=bits, resegment=resegment,
-            border=border, precision=inference.precision, device=inference.device, batch=inference.batch,
-            **dataclasses.asdict(rules), gallery_cells=gallery_cells, seed=seed), command)
-        write_cells_table(os.path.join(tmp, "cells.csv"), cells, classes)
-        write_proteins_table(os.path.join(tmp, "proteins.csv"), calls, classes)
-        write_images_table(os.path.join(tmp, "images.csv"), cells)
-        rejects.write(tmp)
-        write_screen_report(tmp, bundle, cells, calls, summary, gallery_cells)
-        atomic_write_text(os.path.join(tmp, "summary.json"), json.dumps(summary, indent=1) + "\n")
-        os.remove(crops_path)
+    rows = read_screen_rows(images_csv, bundle.classes, rejects)
+    run_settings = screen_run.ChunkSettings(
+        model=os.path.abspath(bundle.path), params=params, channels=tuple(int(x) for x in channels), bits=bits,
+        resegment=bool(resegment), border=border, inference=inference, compare_fp32=bool(compare_fp32),
+        chunk=int(chunk or screen_run.CHUNK), size=int(h))
+    if run_settings.chunk < 1:
+        raise InputError(f"chunk must be at least 1, got {chunk}")
+    check_replaceable(out_dir)  # before any work (and before OUT.work appears beside it)
+    with output_lock(out_dir):
+        remove_stale_partials(out_dir)
+        work = screen_run.work_folder(out_dir)
+        fp = screen_run.prepare_work(work, screen_run.fingerprint_parts(bundle, images_csv, run_settings), restart)
+        chunks, reused, pids = screen_run.run_chunks(rows, work, fp, run_settings, scheduler, jobs, skip_bad,
+                                                     progress)
+        with atomic_path(out_dir, folder=True) as tmp:
+            os.makedirs(tmp)
+            crops_path = os.path.join(tmp, ".crops.u8")
+            cells = assemble_cells(rows, chunks, work, fp, run_settings, bundle, crops_path, rejects)
+            if scorer is not None:
+                cells.ood = cells.ood_score > 1.0
+            if not cells.images:
+                raise InputError(f"{images_csv}: no readable micrograph" + (f" ({len(rejects.items)} rows skipped, "
+                                                                              "see the messages above)"
+                                                                              if rejects.items else ""))
+            calls = call_proteins(cells, classes, rules)
+            acc = accuracies(cells, calls, len(classes), rules.min_cells, n_resamples, seed)
+            summary = _summary(bundle, images_csv, cells, calls, acc, rejects, dict(
+                segmentation=dataclasses.asdict(params), channels=list(channels), bits=bits, resegment=resegment,
+                border=border, precision=inference.precision, device=inference.device, batch=inference.batch,
+                **dataclasses.asdict(rules), gallery_cells=gallery_cells, seed=seed, chunk=run_settings.chunk),
+                command)
+            summary["reused_micrographs"] = int(reused)
+            summary["run"] = {"scheduler": scheduler, "jobs": int(jobs), "chunks": len(chunks),
+                              "task_pids": pids}
+            write_cells_table(os.path.join(tmp, "cells.csv"), cells, classes)
+            write_proteins_table(os.path.join(tmp, "proteins.csv"), calls, classes)
+            write_images_table(os.path.join(tmp, "images.csv"), cells)
+            rejects.write(tmp)
+            write_screen_report(tmp, bundle, cells, calls, summary, gallery_cells)
+            atomic_write_text(os.path.join(tmp, "summary.json"), json.dumps(summary, indent=1) + "\n")
+            os.remove(crops_path)
+        shutil.rmtree(work, ignore_errors=True)
     return summary
+
+
+OOD_WARN_FACTOR = 3.0
+OOD_WARN_MARGIN = 0.05
+"""The report warns when the screen's flagged share is at least OOD_WARN_FACTOR times the training
+(validation) cells' share and OOD_WARN_MARGIN above it."""
+OOD_CAUSES = ("channel order (marker and protein swapped: --channels)",
+              "bit depth (16-bit data scaled with the wrong --bits: cells too dark or saturated)",
+              "magnification or binning (cells larger or smaller than the training crops' cells)",
+              "focus (blurred fields: see the focus column of images.csv)",
+              "a marker, strain, medium or microscope unlike the training screen's")
+
+
+def ood_summary(bundle, cells, calls):
+    """The out-of-distribution part of summary.json: available or not, counts, the flagged share
+    beside the training share, and a warning with the likely causes when it is far above it."""
+    meta = bundle.metadata.get("ood")
+    if not meta:
+        return {"available": False, "note": "the bundle has no out-of-distribution statistics (e.g. converted "
+                                            "Keras weights): cells are not checked"}
+    n = cells.n_cells
+    flagged = int(np.sum(cells.ood))
+    share = flagged / n if n else 0.0
+    train = float(meta.get("training_flagged_share", 1 - meta.get("quantile", 0.99)))
+    warn = n > 0 and share >= OOD_WARN_FACTOR * train and share >= train + OOD_WARN_MARGIN
+    return {"available": True, "score": meta.get("score"), "threshold": meta.get("threshold"),
+            "n_flagged": flagged, "share": share, "training_share": train,
+            "proteins_with_flagged_cells": int(np.sum(calls.n_ood > 0)) if calls.n_ood is not None else 0,
+            "warning": (f"{100 * share:.1f}% of the cells are flagged as unlike the training cells "
+                        f"(training: {100 * train:.1f}%); check the set-up" if warn else None),
+            "likely_causes": list(OOD_CAUSES) if warn else [],
+            "temperature": meta.get("temperature"), "ece_before": meta.get("ece_before"),
+            "ece_after": meta.get("ece_after")}
 
 
 def _count_flags(calls):
@@ -564,6 +667,7 @@ def _summary(bundle, images_csv, cells, calls, acc, rejects, settings, command):
         "flag_definitions": CallRules(*(settings[k] for k in ("min_cells", "confidence", "dual_share")))
         .definitions(),
         "accuracy": acc,
+        "ood": ood_summary(bundle, cells, calls),
         "precision_check": None,
         "settings": settings,
         "command": command,

@@ -18,13 +18,24 @@ Inputs:
                  name, optional) and mask (a label image: use it instead of segmenting)
                  optional; paths relative to the table.  A protein is a (plate, protein)
                  pair; its cells are those of all its micrographs.
+Large screens: the micrographs are classified in chunks (--chunk, default 16) as tasks on
+Dask (--scheduler none|local|tcp://HOST:PORT, --jobs; workers of a remote cluster read the
+micrographs by the table's paths, so they need the same file system).  Each finished chunk
+is kept in OUT.work/ beside OUT until OUT is written; the same command after a kill or a
+power loss redoes only the unfinished chunks (summary.json: reused_micrographs).  A work
+folder of another model, images table or chunk setting is refused (--restart discards it);
+a corrupt chunk file is redone, never merged.  A second run into the same OUT while one is
+running stops at once (exit 3, naming the first's pid).
+
 Output (--out DIR, replaced as a whole, atomically):
   cells.csv      image,plate,protein,cell,x,y,area,padded,pred,class,prob_0..prob_{K-1}
                  (+ label,true_class where given); x,y the centroid (pixels, x = column)
   proteins.csv   plate,protein,n_images,n_cells,pred,class,top1,top1_share,top2,top2_share,
                  p_call,few_cells,low_confidence,possible_dual,no_cells,post_0..post_{K-1}
                  (+ label,true_class,correct); post_k = the Dirichlet posterior's MAP shares
-  images.csv     per micrograph: mask (given | segmented), n_cells
+  images.csv     per micrograph: mask (given | segmented), n_cells and QC: focus (variance
+                 of the marker's Laplacian), saturated (share of pixels at 255),
+                 background_marker, background_protein (median grey outside the cells)
   summary.json   counts, flag definitions, accuracies, the precision check, settings
   report.html    screen summary and per protein a gallery of its cells (with figures/ and
                  gallery/ beside it; keep the folder together)
@@ -39,6 +50,7 @@ truncated file, a single-channel file where two are needed, channels of differen
 16-bit data without --bits, a mask of the wrong size, a protein with two labels, a model
 folder that fails its checks.  --skip-bad classifies the rest and lists the skipped rows.
 A micrograph without cells, and a protein without cells, are reported, not errors.
+The same micrograph on two rows is refused naming both rows (it would count its cells twice).
 
 Example:
   python analysis/classify_screen.py --model runs/demo/model --images myscreen/images.csv \\
@@ -50,6 +62,7 @@ from deepyeast import launcher
 
 def options(p):
     from deepyeast.analysis.classify import CONFIDENCE, DUAL_SHARE, GALLERY_CELLS
+    from deepyeast.analysis.screen_run import CHUNK
     from deepyeast.constants import MIN_CELLS_PER_PROTEIN
 
     p.add_argument("--model", required=True, metavar="DIR", type=launcher.existing_dir,
@@ -62,6 +75,13 @@ def options(p):
     p.add_argument("--border", choices=("pad", "skip"), default="pad",
                    help="cells closer than half a crop to the image edge: zero-pad or skip (default: %(default)s)")
     p.add_argument("--skip-bad", action="store_true", help="skip bad rows, list them in OUT/rejects.txt")
+    run = p.add_argument_group("running a large screen")
+    launcher.add_cluster(run, "chunks of micrographs")
+    run.add_argument("--chunk", type=launcher.positive_int, default=CHUNK,
+                     help="micrographs per task and per work file in OUT.work (default: %(default)s)")
+    run.add_argument("--restart", action="store_true",
+                     help="discard an unfinished run in OUT.work made with another model, table or settings "
+                          "(without it such a work folder is refused)")
     net = p.add_argument_group("network")
     launcher.add(net, "precision")
     net.add_argument("--compare-fp32", action="store_true",
@@ -85,19 +105,23 @@ def options(p):
 
 def run(args):
     from deepyeast.analysis.classify import CallRules, classify_screen
+    from deepyeast.analysis.cluster import resolve_scheduler
 
     s = classify_screen(
         args.model, args.images, args.out, launcher.segment_params(args), channels=tuple(args.channels),
         bits=args.bits, skip_bad=args.skip_bad, resegment=args.resegment, border=args.border,
         inference=launcher.inference_settings(args), compare_fp32=args.compare_fp32,
         rules=CallRules(args.min_cells, args.confidence, args.dual_share), gallery_cells=args.gallery_cells,
-        n_resamples=args.resamples, seed=args.seed, command=args.command)
+        n_resamples=args.resamples, seed=args.seed, command=args.command,
+        scheduler=resolve_scheduler(args.scheduler), jobs=args.jobs, chunk=args.chunk, restart=args.restart)
     f = s["flags"]
     line = (f"{s['n_cells']:,} cells in {s['n_images']} micrographs; {s['n_proteins_called']} of {s['n_proteins']} "
             f"proteins called ({f['low_confidence']} low confidence, {f['possible_dual']} possible dual, "
             f"{f['few_cells'] - f['no_cells']} with few cells)")
     if s["images_without_cells"]:
         line += f"; {len(s['images_without_cells'])} micrograph(s) without cells"
+    if s["reused_micrographs"]:
+        line += f"; {s['reused_micrographs']} micrograph(s) taken over from the interrupted run"
     if s["n_rejected"]:
         line += f"; {s['n_rejected']} rows skipped (rejects.txt)"
     acc = s["accuracy"]
@@ -105,6 +129,13 @@ def run(args):
         c, pr = acc["cell_accuracy"], acc["protein_accuracy"]
         line += (f"; labels: per cell {c['correct']}/{c['total']} = {c['value']:.3f}, per protein "
                  f"{pr['correct']}/{pr['total']}" + (f" = {pr['value']:.3f}" if pr["total"] else ""))
+    ood = s["ood"]
+    if ood["available"]:
+        line += f"; {ood['n_flagged']} cell(s) flagged out of distribution ({100 * ood['share']:.1f}%), left out"
+        if ood["warning"]:
+            line += f" -- WARNING: {ood['warning']} (see report.html)"
+    else:
+        line += "; out-of-distribution check not available (the bundle has no statistics)"
     pc = s["precision_check"]
     if pc:
         line += (f"; {pc['precision']} vs fp32: {pc['cells_changed']} cell and {pc['proteins_changed']} protein "

@@ -119,23 +119,34 @@ def correct_background(marker, radius=40, sigma=1.0):
     erosion, then a dilation of the eroded image continued past the edges by
     point reflection, so a tilted background stays tilted up to the edge),
     smoothed with sigma ``radius / 4``; ``radius = 0`` subtracts the median only.
+    OpenCV's kernels (separable Gaussians, flat min/max filters; scipy.ndimage's
+    border modes: reflect, nearest) do the work; the grey opening is exact, the
+    Gaussians agree with ``scipy.ndimage.gaussian_filter`` (truncated at 4 sigma)
+    to float32 rounding.
     """
-    from scipy import ndimage as ndi
+    cv2 = quiet_cv2()
     img = np.asarray(marker, np.float32)
     if img.ndim != 2:
         raise ValueError(f"marker must be a 2-D image, got shape {img.shape}")
     if sigma > 0:
-        img = ndi.gaussian_filter(img, sigma)
+        img = _gaussian(cv2, img, sigma, cv2.BORDER_REFLECT)
     if radius <= 0:
         return img - np.float32(np.median(img))
     size = 2 * int(radius) + 1
-    eroded = ndi.grey_erosion(img, size=(size, size), mode="reflect")
+    square = np.ones((size, size), np.uint8)
+    eroded = cv2.erode(img, square, borderType=cv2.BORDER_REFLECT)
     smooth = radius / 4.0
     pad = int(radius) + int(np.ceil(4 * smooth))
     ext = np.pad(eroded, pad, mode="reflect", reflect_type="odd")
-    bg = ndi.gaussian_filter(ndi.grey_dilation(ext, size=(size, size), mode="nearest"), smooth, mode="nearest")
+    bg = _gaussian(cv2, cv2.dilate(ext, square, borderType=cv2.BORDER_REPLICATE), smooth, cv2.BORDER_REPLICATE)
     bg = bg[pad:pad + img.shape[0], pad:pad + img.shape[1]]
     return img - np.minimum(bg, img)
+
+
+def _gaussian(cv2, img, sigma, border):
+    """``scipy.ndimage.gaussian_filter(img, sigma)`` (truncate 4) with OpenCV: float32 ``H x W``."""
+    k = 2 * int(4.0 * sigma + 0.5) + 1
+    return cv2.GaussianBlur(img, (k, k), sigmaX=sigma, sigmaY=sigma, borderType=border)
 
 
 def noise_sd(corrected):
@@ -170,12 +181,11 @@ def split_touching(fg, split_depth=3.0):
     from them fills each connected component.
     """
     from scipy import ndimage as ndi
-    from skimage.morphology import h_maxima
     from skimage.segmentation import watershed
     fg = np.asarray(fg, bool)
     if not fg.any():
         return np.zeros(fg.shape, np.int32)
-    dist = ndi.gaussian_filter(ndi.distance_transform_edt(fg).astype(np.float32), 1.0)
+    dist = ndi.gaussian_filter(distance_to_background(fg), 1.0)
     if split_depth > 0:
         seeds, _ = ndi.label(h_maxima(dist, split_depth))
     else:
@@ -186,6 +196,57 @@ def split_touching(fg, split_depth=3.0):
     if n:
         labels[comp > 0] = comp[comp > 0] + labels.max()
     return labels.astype(np.int32)
+
+
+def distance_to_background(fg):
+    """Euclidean distance of each pixel of ``fg`` (bool ``H x W``) to the nearest background pixel: float32.
+
+    The same values as ``scipy.ndimage.distance_transform_edt(fg)`` cast to float32, 4x faster:
+    OpenCV's exact transform, whose approximate float32 square root is redone in float64 from the
+    integer squared distance it stands for.
+    """
+    fg = np.asarray(fg, bool)
+    if fg.all() or fg.ndim != 2:  # no background: scipy's convention
+        from scipy import ndimage as ndi
+        return ndi.distance_transform_edt(fg).astype(np.float32)
+    cv2 = quiet_cv2()
+    d = cv2.distanceTransform(fg.view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    return np.sqrt(np.rint(np.square(d, dtype=np.float64))).astype(np.float32)
+
+
+def h_maxima(image, h):
+    """``skimage.morphology.h_maxima(image, h)`` (uint8 ``H x W``) for an image >= 0 whose background is 0.
+
+    The grey reconstruction behind it sorts every pixel; here it runs on each connected
+    component of ``image > 0`` (8-connected) alone, in its bounding box, with everything else
+    of the box (and a one-pixel rim) set to what the whole-image reconstruction gives the
+    background: ``min(max(image - h), 0)``.  A path from outside a component to a pixel in it
+    crosses a 0 pixel, so it brings exactly that value, and the result is the same, pixel for
+    pixel, as the whole-image call (tests/test_segment.py).  A distance map of cells is mostly
+    background, so this is several times faster.  Images with no 0 pixel or a negative one
+    go to skimage whole.
+    """
+    from scipy import ndimage as ndi
+    from skimage.morphology import h_maxima as sk_h_maxima, reconstruction
+    image = np.asarray(image)
+    if image.ndim != 2 or not np.issubdtype(image.dtype, np.floating) or float(image.min(initial=0)) != 0.0 \
+            or image.all():
+        return sk_h_maxima(image, h)
+    out = np.zeros(image.shape, np.uint8)
+    if h > np.ptp(image):
+        return out
+    resolution = 2 * np.finfo(image.dtype).resolution  # skimage's allowance for float rounding
+    outside = min(float(np.max(image - h - resolution * np.abs(image))), 0.0)
+    comp, _ = ndi.label(image > 0, structure=np.ones((3, 3), bool))
+    for k, box in enumerate(ndi.find_objects(comp), 1):
+        if box is None:
+            continue
+        inside = np.pad(comp[box] == k, 1)
+        mask = np.where(inside, np.pad(image[box], 1), image.dtype.type(0))
+        seed = np.where(inside, mask - h - resolution * np.abs(mask), image.dtype.type(outside)).astype(image.dtype)
+        peaks = (mask - reconstruction(seed, mask, method="dilation")) >= h
+        out[box] |= (peaks & inside)[1:-1, 1:-1]
+    return out
 
 
 def filter_cells(labels, min_area=150, max_area=3000, border_margin=1):

@@ -182,6 +182,9 @@ def _fused_bn_runner(bn, scale, relu):
 
 
 def _fused_relu_runner(layer):
+    if isinstance(layer, ConvolutionLayer):
+        return layer.forward_relu  # ReLU as oneDNN's post-op where nothing needs a gradient
+
     def run(bottoms):
         # in place is safe: Convolution / InnerProduct outputs are new tensors, and their
         # backward needs their inputs and weights, not their outputs

@@ -14,6 +14,9 @@ machine-readable file beside them::
     MODEL/readme.md           model-zoo readme: data, schedule, metrics, input, use
     MODEL/bundle.json         the same facts for programs, and the sha256 of every file
     MODEL/examples.npy        (optional) uint8 N x C x H x W example crops
+    MODEL/ood.npz             (optional) class means and tied inverse covariance of fc1 features, and
+                              the training crops' input statistics (out-of-distribution scores,
+                              deepyeast/analysis/ood.py)
 
 Input convention (the same as Caffe's ``DataTransformer``, i.e. what a ``Data``
 layer with ``transform_param { mean_file: "mean.binaryproto" scale: S }`` does)::
@@ -65,6 +68,7 @@ MEAN = MEAN_FILE
 CLASSES = "classes.txt"
 README = "readme.md"
 EXAMPLES = "examples.npy"
+OOD = "ood.npz"  # deepyeast.analysis.ood.OOD_FILE (the model layer does not import analysis)
 BUNDLE_FILES = (DEPLOY, WEIGHTS, MEAN, CLASSES, README)
 """Files every bundle has besides ``bundle.json`` (``examples.npy`` is optional)."""
 
@@ -337,7 +341,7 @@ def _describe_file(path, sha1=False):
 
 def write_bundle(out_dir, deploy, weights, mean, classes, *, name="DeepYeast", input_scale=1.0,
                  output_blob="prob", channels=CHANNELS, description="", mean_note="", metrics=None,
-                 training=None, source=None, license="MIT", authors=(), examples=None):
+                 training=None, source=None, license="MIT", authors=(), examples=None, ood=None):
     """Write a model bundle folder ``out_dir`` (replaced as a whole, atomically); returns its path.
 
     Parameters
@@ -368,6 +372,10 @@ def write_bundle(out_dir, deploy, weights, mean, classes, *, name="DeepYeast", i
         Who trained the weights (shown in the readme; exports name them as authors).
     examples : ndarray, optional
         A few uint8 N x C x H x W crops kept as ``examples.npy`` (test input of exports).
+    ood : (arrays, meta), optional
+        Out-of-distribution statistics and the temperature
+        (:func:`deepyeast.analysis.ood.fit_bundle_statistics`): the float arrays go to
+        ``ood.npz``, ``meta`` to ``bundle.json`` under ``"ood"`` and the readme.
 
     The new folder is validated with :func:`read_bundle` before it replaces
     ``out_dir``; on any error nothing changes at ``out_dir``.
@@ -411,8 +419,11 @@ def write_bundle(out_dir, deploy, weights, mean, classes, *, name="DeepYeast", i
                 raise InputError(f"examples are {ex.dtype} {ex.shape}; expected uint8 N x "
                                  f"{' x '.join(map(str, shape))} crops")
             np.save(os.path.join(tmp, EXAMPLES), np.ascontiguousarray(ex), allow_pickle=False)
+        if ood is not None:
+            np.savez(os.path.join(tmp, OOD), **{k: np.asarray(v) for k, v in ood[0].items()})
         files = {name_: _describe_file(os.path.join(tmp, name_), sha1=name_ == WEIGHTS)
-                 for name_ in (DEPLOY, WEIGHTS, MEAN, CLASSES) + ((EXAMPLES,) if examples is not None else ())}
+                 for name_ in (DEPLOY, WEIGHTS, MEAN, CLASSES) + ((EXAMPLES,) if examples is not None else ())
+                 + ((OOD,) if ood is not None else ())}
         meta = {
             "format": BUNDLE_FORMAT,
             "format_version": BUNDLE_FORMAT_VERSION,
@@ -432,6 +443,8 @@ def write_bundle(out_dir, deploy, weights, mean, classes, *, name="DeepYeast", i
             "source": source,
             "files": files,
         }
+        if ood is not None:
+            meta["ood"] = _plain(dict(ood[1]), "ood")
         from deepyeast.model.bundle_readme import render_readme
 
         readme = render_readme(meta)

@@ -106,6 +106,25 @@ def render_readme(meta):
         body += ["## Metrics", "", "| measure | value |", "|---|---|"]
         body += [f"| {k} | {_metric_text(v)} |" for k, v in meta["metrics"].items()]
         body.append("")
+    ood = meta.get("ood")
+    body += ["## Out-of-distribution check and calibration", ""]
+    if ood:
+        body += [
+            f"`ood.npz` holds the class means and the tied inverse covariance of the `{ood['blob']}` features of "
+            f"{ood['training_cells']} training cells, and the mean and inverse covariance of their input statistics. "
+            f"Feature score: the {ood['score']} (threshold {_fmt(ood['threshold'])}); input score: the "
+            f"{ood.get('input_score', '')} (threshold {_fmt(ood.get('input_threshold'))}); each threshold is the "
+            f"{_fmt(100 * ood['quantile'])}th percentile of {ood['validation_cells']} validation cells. "
+            f"{ood.get('flag', '')}: classify_screen leaves such cells out of the protein calls "
+            f"({_fmt(100 * ood['training_flagged_share'])}% of the validation cells are flagged).",
+            "",
+            f"Temperature fitted on the validation cells (negative log-likelihood): T = {_fmt(ood['temperature'])}; "
+            f"expected calibration error ({ood['ece_bins']} bins) {_fmt(ood['ece_before'])} before, "
+            f"{_fmt(ood['ece_after'])} after (probabilities softmax(logits / T); calls unchanged).",
+            ""]
+    else:
+        body += ["Not available: this bundle carries no statistics of its training cells, so cells unlike them "
+                 "are not flagged.", ""]
     if meta.get("source"):
         body += ["## Source", "", "| | |", "|---|---|"]
         body += [f"| {k} | {_fmt(v)} |" for k, v in meta["source"].items()]

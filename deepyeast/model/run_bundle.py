@@ -13,7 +13,8 @@ import os
 
 from deepyeast.utils.io import InputError
 
-__all__ = ["RunFiles", "bundle_from_run", "solver_facts", "headline_metrics", "class_names", "example_crops"]
+__all__ = ["RunFiles", "bundle_from_run", "solver_facts", "headline_metrics", "class_names", "example_crops",
+           "list_crops"]
 
 HEADLINE_METRICS = ("cell_accuracy", "cell_kappa", "cell_accuracy_filtered", "protein_accuracy",
                     "protein_accuracy_min10", "rf_cell_accuracy", "network_minus_forest_per_cell")
@@ -101,6 +102,24 @@ def example_crops(list_path, classes):
     return np.stack([first[k] for k in sorted(first)])
 
 
+def list_crops(list_path, classes, limit=None):
+    """uint8 N x 2 x 64 x 64 crops and int64 labels of a split list (archive = the list's folder);
+    with ``limit``, an even sample of at most that many entries (every k-th, in list order)."""
+    import numpy as np
+
+    from deepyeast.data.crop_png import read_crop
+    from deepyeast.data.lists import read_split_list
+
+    entries, _ = read_split_list(list_path, classes)
+    if not entries:
+        raise InputError(f"{list_path}: no crops listed")
+    if limit and len(entries) > limit:
+        entries = [entries[i] for i in np.linspace(0, len(entries) - 1, limit).round().astype(int)]
+    root = os.path.dirname(os.path.abspath(list_path))
+    return (np.stack([read_crop(os.path.join(root, rel)) for rel, _ in entries]),
+            np.asarray([label for _, label in entries], np.int64))
+
+
 @dataclasses.dataclass(frozen=True)
 class RunFiles:
     """The files of a trained run that go into its bundle.
@@ -121,9 +140,10 @@ class RunFiles:
     examples: object = None
 
 
-def bundle_from_run(out_dir, files, trained_on=None, name="DeepYeast"):
+def bundle_from_run(out_dir, files, trained_on=None, name="DeepYeast", ood=None):
     """Write the bundle of a trained run (``files``: :class:`RunFiles`) to ``out_dir`` (replaced as a whole,
-    atomically, once it passes a reader's checks); ``trained_on``: one line on the training data.
+    atomically, once it passes a reader's checks); ``trained_on``: one line on the training data; ``ood``:
+    out-of-distribution statistics and temperature for :func:`deepyeast.model.bundle.write_bundle`.
     Returns the written :class:`deepyeast.model.bundle.Bundle`."""
     from deepyeast.model.bundle import read_bundle, write_bundle
 
@@ -140,5 +160,5 @@ def bundle_from_run(out_dir, files, trained_on=None, name="DeepYeast"):
                               "an 11-layer network that calls the subcellular compartment of a "
                               "GFP-tagged protein from one yeast cell."),
                  mean_note="the per-pixel mean of the training crops (compute_image_mean)",
-                 metrics=metrics, training=training, source=source, examples=examples)
+                 metrics=metrics, training=training, source=source, examples=examples, ood=ood)
     return read_bundle(out_dir, verify=False, check_net=False)

@@ -15,7 +15,7 @@ import shutil
 import numpy as np
 
 from deepyeast.analysis.compare import METHOD, CompareSettings, compare_screens, read_side, summarise, write_tables
-from deepyeast.utils.io import InputError, atomic_folder, atomic_write_text
+from deepyeast.utils.io import atomic_folder, atomic_write_text
 
 __all__ = ["write_comparison", "run_compare"]
 
@@ -163,14 +163,9 @@ def write_comparison(out_dir, ref, cond, rows, info, settings, command=None):
 def run_compare(reference, condition, out_dir, settings=CompareSettings(), command=None):
     """Read both sides (lists of folders), compare, write ``out_dir``; returns the summary.
 
-    Every input check runs before anything is written; an output folder that is, or holds, an input
-    folder is refused (replacing it would delete the input)."""
+    Every input check runs before anything is written (an output folder that is, holds or lies in an
+    input folder is refused by the launcher's output policy, :func:`deepyeast.utils.io.check_replaceable`)."""
     settings.check()
-    out = os.path.realpath(out_dir)
-    for folder in list(reference) + list(condition):
-        real = os.path.realpath(folder)
-        if real == out or real.startswith(out + os.sep):
-            raise InputError(f"{out_dir}: the output folder would replace the input folder {folder}")
     ref = read_side(reference)
     cond = read_side(condition, rep_offset=len(reference))
     rows, info = compare_screens(ref, cond, settings)

@@ -183,6 +183,30 @@ def _accuracy_section(acc, classes):
     return "\n".join(parts)
 
 
+QC_SHOWN = 5
+"""Micrographs listed per QC measure in the report (the most suspicious first)."""
+
+
+def _qc_section(cells):
+    """The micrographs' QC: per measure (:mod:`deepyeast.analysis.qc`) its median over the screen and the
+    ``QC_SHOWN`` most suspicious micrographs (fewest cells, least focus, most saturation, brightest background)."""
+    from deepyeast.analysis.qc import QC_COLUMNS, worst_first
+
+    images = [im for im in cells.images if im.get("qc")]
+    if not images:
+        return ""
+    rows = []
+    for measure in QC_COLUMNS:
+        values = np.array([im["qc"][measure] for im in images], float)
+        worst = worst_first(values, measure)[:QC_SHOWN]
+        rows.append([measure, f"{np.nanmedian(values):.4g}",
+                     Raw("; ".join(f"<code>{escape(images[i]['where'])}</code> {values[i]:.4g}" for i in worst))])
+    return ('<h2 id="qc">Micrograph quality</h2><p class="note">Per micrograph in images.csv: cells found, focus '
+            "(variance of the marker's Laplacian), saturated share (pixels at 255), background (median grey "
+            "outside the cells, per channel). The most suspicious micrographs by each measure first.</p>"
+            + html_table(["measure", "screen median", "most suspicious micrographs"], rows))
+
+
 def write_screen_report(out_dir, bundle, cells, calls, summary, gallery_cells=8):
     """Write ``out_dir/report.html`` with ``out_dir/figures/`` and ``out_dir/gallery/`` (see the module doc).
 
@@ -215,6 +239,12 @@ def write_screen_report(out_dir, bundle, cells, calls, summary, gallery_cells=8)
              f"<style>{CSS}{_SCREEN_CSS}</style></head><body>", f"<h1>{escape(title)}</h1>",
              f"<p>Images table <code>{escape(s['images_table'])}</code>; model " + "; ".join(model_bits)
              + f". Generated {escape(now)} by deepyeast {escape(__version__)}.</p>"]
+    ood = s.get("ood") or {}
+    if ood.get("warning"):
+        parts.append('<div class="missing" id="ood-warning"><b>Many cells look unlike the training cells.</b> '
+                     f"{escape(ood['warning'])}. Likely causes:<ul>"
+                     + "".join(f"<li>{escape(c)}</li>" for c in ood["likely_causes"])
+                     + "</ul>Flagged cells are left out of the protein calls (proteins.csv n_ood).</div>")
     problems = []
     if s["rejected"]:
         problems.append(f"{len(s['rejected'])} row(s) of the images table were skipped (rejects.txt): "
@@ -236,7 +266,15 @@ def write_screen_report(out_dir, bundle, cells, calls, summary, gallery_cells=8)
         ["micrographs read", s["n_images"]], ["… segmented here", s["n_segmented"]],
         ["… with a mask given in the table", s["n_given_masks"]], ["cells", s["n_cells"]],
         ["cells whose crop reached past the image edge (zero-padded)", s["n_padded"]],
-        ["proteins", s["n_proteins"]], ["proteins called (with cells)", s["n_proteins_called"]]]))
+        ["proteins", s["n_proteins"]], ["proteins called (with cells)", s["n_proteins_called"]],
+        ["cells flagged out of distribution (left out of the calls)",
+         f"{ood['n_flagged']} ({100 * ood['share']:.1f}%; training {100 * ood['training_share']:.1f}%)"
+         if ood.get("available") else "check not available (the bundle has no statistics)"]]))
+    if ood.get("available") and ood.get("temperature"):
+        parts.append(f'<p class="note" id="calibration">Out-of-distribution score: {escape(str(ood["score"]))}; '
+                     f"flag above {ood['threshold']:.4g}. The model's temperature fitted on its validation cells "
+                     f"is {ood['temperature']:.3g} (expected calibration error {ood['ece_before']:.3f} before, "
+                     f"{ood['ece_after']:.3f} after; the probabilities here are the network's, T = 1).</p>")
     comp_rows = []
     for j, name in enumerate(classes):
         sel = has & (calls.pred == j)
@@ -267,6 +305,7 @@ def write_screen_report(out_dir, bundle, cells, calls, summary, gallery_cells=8)
                      f"probability difference {pc['max_abs_prob_difference']:.3g}).</p>")
     if s.get("accuracy"):
         parts.append(_accuracy_section(s["accuracy"], classes))
+    parts.append(_qc_section(cells))
 
     # ---- proteins to check
     flagged = np.flatnonzero(has & (f["low_confidence"] | f["possible_dual"] | f["few_cells"]))

@@ -96,6 +96,37 @@ class ConvolutionLayer(Layer):
         x = in_weight_dtype(bottoms[0], self.blob0)
         return [F.conv2d(x, self.blob0, b, self.stride, self.pad, self.dilation, self.group)]
 
+    def forward_relu(self, bottoms):
+        """``relu(forward(bottoms))``: the top, rectified.
+
+        Where nothing needs a gradient, on a CPU with oneDNN, the ReLU runs as the convolution's
+        post-op in one oneDNN call (``mkldnn._convolution_pointwise``, the kernel torch's own
+        compiler uses): the same numbers, one pass less over the output (the bf16 deploy net's
+        CPU time against convolution then ``relu_``: bench/bench_screen.py, bench/RESULTS.md).
+        """
+        b = self.blob1 if self.bias_term else None
+        x = in_weight_dtype(bottoms[0], self.blob0)
+        if _pointwise_applies(x, self.blob0, b):
+            return [torch.ops.mkldnn._convolution_pointwise(
+                x, self.blob0, b, list(self.pad), list(self.stride), list(self.dilation), self.group, "relu", [], "")]
+        return [torch.relu_(F.conv2d(x, self.blob0, b, self.stride, self.pad, self.dilation, self.group))]
+
+
+def _pointwise_applies(x, weight, bias):
+    """Can oneDNN's fused convolution + ReLU run here: CPU float32/bfloat16 tensors of one dtype, no autocast,
+    nothing that needs a gradient, and the op present in this torch build."""
+    if x.device.type != "cpu" or weight.device.type != "cpu" or x.dtype != weight.dtype:
+        return False
+    if x.dtype not in (torch.float32, torch.bfloat16) or (bias is not None and bias.dtype != x.dtype):
+        return False
+    if torch.is_autocast_enabled("cpu") or not torch.backends.mkldnn.is_available() \
+            or not torch.backends.mkldnn.enabled:
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                    or (bias is not None and bias.requires_grad)):
+        return False
+    return hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
 
 @register_layer
 class PoolingLayer(Layer):

@@ -1,0 +1,186 @@
+#!/usr/bin/env python3
+"""A whole screen through classify_screen.py: speed, peak memory, disk, a LocalCluster, a resume.
+
+A synthetic screen of --n micrographs: the saved fields of a tiny synthetic screen, each written
+N/fields times turned by 0/90/180/270 degrees and flipped (distinct files, the generator's
+cells). Measured, each in a fresh process (peak memory = the child's maximum resident set):
+
+1. --scheduler none, the whole screen: micrographs/s, cells/s, peak memory, the work folder's
+   largest size on disk (sampled) and the output's size;
+2. --scheduler local --jobs 2 (a LocalCluster of 2 workers; peak memory of the client only);
+3. a run killed (SIGKILL) when about half of the chunks are written, then the same command:
+   the second run's time against the uninterrupted run's (time saved), its reused_micrographs;
+4. peak memory at --small micrographs against --n (memory flat in the number of micrographs).
+
+Written to bench/RESULTS.md ("A whole screen").
+
+  python bench/bench_screen_run.py --model runs/oodemo/model --n 240 --small 60
+"""
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _results import update_section  # noqa: E402
+
+
+def make_screen(folder, n, seed=11):
+    """``folder/images.csv`` naming ``n`` distinct micrographs (8 orientations of the saved fields)."""
+    import tifffile
+
+    from deepyeast.data.synthetic import make_screen as generate
+
+    generate(os.path.join(folder, "gen"), "tiny", seed=seed, workers=1, save_fields=12, progress=False)
+    src = os.path.join(folder, "gen", "main", "fields")
+    with open(os.path.join(src, "images.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    fields = [tifffile.imread(os.path.join(src, r["image"])) for r in rows]
+    lines = ["image,plate,protein"]
+    for i in range(n):
+        k, f = divmod(i, len(fields))
+        image = np.rot90(fields[f], k=k % 4, axes=(1, 2))
+        if (k // 4) % 2:
+            image = image[:, :, ::-1]
+        if k >= 8:  # beyond 8 orientations: shift the field so files stay distinct
+            image = np.roll(image, 7 * (k // 8), axis=2)
+        name = f"m{i:05d}.tif"
+        tifffile.imwrite(os.path.join(folder, name), np.ascontiguousarray(image))
+        lines.append(f"{name},{1 + i // 400},{i // 4:05d}000")
+    with open(os.path.join(folder, "images.csv"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return os.path.join(folder, "images.csv")
+
+
+def du(path):
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+            except OSError:
+                pass
+    return total
+
+
+def run(cmd, out, kill_at=None):
+    """Run ``cmd`` under /usr/bin/time; returns (seconds, peak RSS MiB, largest work folder MiB, killed)."""
+    work = out + ".work"
+    peak_disk = [0]
+    stop = threading.Event()
+
+    def watch():
+        while not stop.wait(0.5):
+            peak_disk[0] = max(peak_disk[0], du(work))
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    rss_file = out + ".rss"
+    t0 = time.time()
+    proc = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", rss_file] + cmd, cwd=REPO,
+                            env=dict(os.environ, PYTHONPATH=REPO, DEEPYEAST_PROGRESS="off"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    killed = False
+    if kill_at is not None:
+        while proc.poll() is None:
+            done = len([n for n in os.listdir(work) if n.startswith("chunk-")]) if os.path.isdir(work) else 0
+            if done >= kill_at:
+                os.killpg(proc.pid, signal.SIGKILL)
+                killed = True
+                break
+            time.sleep(0.2)
+    _, err = proc.communicate()
+    seconds = time.time() - t0
+    stop.set()
+    t.join()
+    if not killed and proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{err[-3000:]}")
+    try:
+        rss = int(open(rss_file).read().split()[-1]) / 1024
+    except (OSError, ValueError, IndexError):
+        rss = float("nan")
+    return seconds, rss, peak_disk[0] / 2**20, killed
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True)
+    p.add_argument("--n", type=int, default=5000, help="micrographs of the screen")
+    p.add_argument("--small", type=int, default=500, help="micrographs of the small screen (memory)")
+    p.add_argument("--chunk", type=int, default=16)
+    p.add_argument("--no-write", action="store_true")
+    args = p.parse_args()
+    script = os.path.join(REPO, "analysis", "classify_screen.py")
+    with tempfile.TemporaryDirectory(prefix="bench-screen-") as tmp:
+        table = make_screen(os.path.join(tmp, "screen"), args.n)
+        small = os.path.join(tmp, "small.csv")
+        with open(table) as f, open(small, "w") as g:
+            g.write("".join(f.readlines()[:args.small + 1]))
+        shutil.copy(small, os.path.join(tmp, "screen", "small.csv"))
+        small = os.path.join(tmp, "screen", "small.csv")
+
+        def cmd(images, out, *extra):
+            return [sys.executable, script, "--model", args.model, "--images", images, "--out", out,
+                    "--chunk", str(args.chunk), "--resamples", "100", *extra]
+
+        res = {}
+        out = os.path.join(tmp, "none")
+        res["none"] = run(cmd(table, out, "--scheduler", "none"), out)
+        s = json.load(open(os.path.join(out, "summary.json")))
+        n_cells, out_mb = s["n_cells"], du(out) / 2**20
+        print("none", res["none"], n_cells, flush=True)
+        out = os.path.join(tmp, "local")
+        res["local"] = run(cmd(table, out, "--scheduler", "local", "--jobs", "2"), out)
+        print("local", res["local"], flush=True)
+        out = os.path.join(tmp, "resume")
+        n_chunks = -(-args.n // args.chunk)
+        res["killed"] = run(cmd(table, out, "--scheduler", "none"), out, kill_at=n_chunks // 2)
+        res["resumed"] = run(cmd(table, out, "--scheduler", "none"), out)
+        reused = json.load(open(os.path.join(out, "summary.json")))["reused_micrographs"]
+        print("resume", res["killed"], res["resumed"], reused, flush=True)
+        out = os.path.join(tmp, "small")
+        res["small"] = run(cmd(small, out, "--scheduler", "none"), out)
+        print("small", res["small"], flush=True)
+    t, rss, disk, _ = res["none"]
+    lines = [
+        f"`python bench/bench_screen_run.py --model {args.model} --n {args.n} --small {args.small}` "
+        f"(chunks of {args.chunk} micrographs, 256 x 256 px fields of the synthetic generator, {n_cells:,} cells; "
+        "each run a fresh process, peak memory = its maximum resident set).",
+        "",
+        "| run | micrographs | wall s | micrographs/s | cells/s | peak memory MiB | work folder MiB (max) |",
+        "|---|---|---|---|---|---|---|",
+        f"| --scheduler none | {args.n} | {t:.0f} | {args.n / t:.2f} | {n_cells / t:.0f} | {rss:.0f} | {disk:.0f} |",
+        f"| --scheduler local --jobs 2 (client's memory) | {args.n} | {res['local'][0]:.0f} | "
+        f"{args.n / res['local'][0]:.2f} | {n_cells / res['local'][0]:.0f} | {res['local'][1]:.0f} | "
+        f"{res['local'][2]:.0f} |",
+        f"| killed at about half, then the same command | {args.n} | {res['killed'][0]:.0f} + "
+        f"{res['resumed'][0]:.0f} | | | {res['resumed'][1]:.0f} | |",
+        f"| --scheduler none, small screen | {args.small} | {res['small'][0]:.0f} | "
+        f"{args.small / res['small'][0]:.2f} | | {res['small'][1]:.0f} | {res['small'][2]:.0f} |",
+        "",
+        f"The resumed run took over {reused} of {args.n} micrographs and took {res['resumed'][0]:.0f} s against "
+        f"{t:.0f} s uninterrupted ({100 * (1 - res['resumed'][0] / t):.0f}% saved). Output folder "
+        f"{out_mb:.0f} MiB. Peak memory {res['small'][1]:.0f} MiB at {args.small} micrographs, {rss:.0f} MiB at "
+        f"{args.n}.",
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not args.no_write:
+        update_section("A whole screen", text)
+
+
+if __name__ == "__main__":
+    main()

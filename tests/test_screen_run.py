@@ -1,0 +1,190 @@
+"""A whole screen (analysis/classify_screen.py on many micrographs): chunks kept as they finish, a run
+killed with SIGKILL at a random point and started again ends with the tables of an uninterrupted
+run, corrupt chunk files are redone, a changed set-up is refused, one writer per output folder,
+no temporaries left, and the same tables on a real two-worker Dask cluster as in one process.
+"""
+
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tifffile
+
+from _bundles import make_bundle
+from _dask_cluster import dask_cluster
+from _data_helpers import REPO_ROOT, tiny_screen
+from deepyeast.analysis.classify import CallRules, classify_screen
+from deepyeast.analysis.screen_run import chunk_path, work_folder
+
+SCRIPT = os.path.join(REPO_ROOT, "analysis", "classify_screen.py")
+TABLES = ("cells.csv", "proteins.csv", "images.csv")
+N_MICROGRAPHS = 12
+N_CHUNKS = 6  # of 2 micrographs: the chunk size is part of the run (it sets the network's batches)
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bundle")
+    return make_bundle(str(tmp / "model"), str(tmp))[0]
+
+
+@pytest.fixture(scope="module")
+def screen(tmp_path_factory):
+    """12 distinct micrographs (the tiny screen's 3 saved fields, each turned by 0-270 degrees), 6 proteins
+    of 2 fields each; returns the images table's path."""
+    src = tiny_screen(tmp_path_factory, workers=1) / "main" / "fields"
+    with open(src / "images.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    d = tmp_path_factory.mktemp("screen")
+    lines = ["image,plate,protein"]
+    for i in range(N_MICROGRAPHS):
+        r = rows[i % len(rows)]
+        image = np.rot90(tifffile.imread(src / r["image"]), k=i // len(rows), axes=(1, 2))
+        tifffile.imwrite(d / f"field{i:02d}.tif", np.ascontiguousarray(image))
+        lines.append(f"field{i:02d}.tif,1,{i // 2:03d}000000")
+    (d / "images.csv").write_text("\n".join(lines) + "\n")
+    return d / "images.csv"
+
+
+def _tables(out):
+    return {name: (out / name).read_text() for name in TABLES}
+
+
+@pytest.fixture(scope="module")
+def reference(bundle, screen, tmp_path_factory):
+    """The uninterrupted run in this process (chunks of 2 micrographs): (output folder, summary)."""
+    out = tmp_path_factory.mktemp("ref") / "out"
+    s = classify_screen(bundle, str(screen), str(out), progress=False, n_resamples=50, chunk=2)
+    assert s["reused_micrographs"] == 0 and s["run"]["chunks"] == N_MICROGRAPHS // 2
+    assert s["n_images"] == N_MICROGRAPHS and s["n_cells"] > 50
+    return out, s
+
+
+def _command(bundle, screen, out, *extra):
+    return [sys.executable, SCRIPT, "--model", bundle, "--images", str(screen), "--out", str(out), "--chunk", "2",
+            "--scheduler", "none", "--resamples", "50", *extra]
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([REPO_ROOT, os.environ.get("PYTHONPATH", "")]),
+                DEEPYEAST_PROGRESS="off")
+
+
+def _leftovers(parent, name="out"):
+    """What a run leaves beside its output besides the output: temporaries, work folder, lock file."""
+    return sorted(p.name for p in parent.iterdir() if p.name != name and p.name.startswith((f".{name}.", f"{name}.")))
+
+
+@pytest.mark.slow
+def test_kill_9_at_a_random_point_then_the_same_command_finishes_with_the_same_tables(bundle, screen, reference,
+                                                                                       tmp_path):
+    out = tmp_path / "out"
+    work = work_folder(out)
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    kill_after = rng.randrange(1, N_CHUNKS // 2 + 1)  # chunks finished before the kill
+    print(f"kill -9 after {kill_after} of {N_CHUNKS} chunks (seed {seed})")
+    first = subprocess.Popen(_command(bundle, screen, out), cwd=REPO_ROOT, env=_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while not os.path.exists(chunk_path(work, kill_after - 1)):
+            assert first.poll() is None and time.time() < deadline, first.communicate()
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0, 0.2))  # somewhere inside the next chunk
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert not out.exists()
+    done = sorted(n for n in os.listdir(work) if n.startswith("chunk-"))
+    assert len(done) >= kill_after
+    # a corrupt chunk file (bytes flipped in its middle) is redone, never merged
+    victim = chunk_path(work, 0)
+    data = bytearray(open(victim, "rb").read())
+    data[len(data) // 2:len(data) // 2 + 64] = bytes(64)
+    open(victim, "wb").write(bytes(data))
+    r = subprocess.run(_command(bundle, screen, out), cwd=REPO_ROOT, env=_env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "chunk-000000.npz: unreadable chunk file" in r.stderr
+    s = json.loads((out / "summary.json").read_text())
+    assert s["reused_micrographs"] == 2 * (len(done) - 1)
+    ref_out, _ = reference
+    assert _tables(out) == _tables(ref_out)
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_second_writer_of_the_same_output_is_refused_naming_the_first(bundle, screen, tmp_path):
+    from deepyeast.utils.io import output_lock
+
+    out = tmp_path / "out"
+    with output_lock(out):  # this process is the first writer
+        r = subprocess.run(_command(bundle, screen, out), cwd=REPO_ROOT, env=_env(), capture_output=True, text=True)
+    assert r.returncode == 3 and f"(pid {os.getpid()}) is writing it now" in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1 and not out.exists() and not os.path.exists(work_folder(out))
+
+
+def test_a_changed_setup_is_refused_and_call_settings_may_change(bundle, screen, tmp_path):
+    out = tmp_path / "out"
+    work = work_folder(out)
+    os.makedirs(work)
+    # a work folder left by a run with other segmentation parameters
+    from deepyeast.analysis import screen_run
+    from deepyeast.data.segment import SegmentParams
+    from deepyeast.model import read_bundle
+
+    b = read_bundle(bundle)
+    old = screen_run.ChunkSettings(model=os.path.abspath(bundle), params=SegmentParams(min_area=160), chunk=2)
+    screen_run.prepare_work(work, screen_run.fingerprint_parts(b, str(screen), old), restart=False)
+    r = subprocess.run(_command(bundle, screen, out), cwd=REPO_ROOT, env=_env(), capture_output=True, text=True)
+    assert r.returncode == 2 and "holds an unfinished run with another setting params" in r.stderr, r.stderr
+    assert not out.exists()
+    # --restart discards it; settings of the protein calls only do not touch the chunks
+    new = screen_run.ChunkSettings(model=os.path.abspath(bundle), chunk=2)
+    parts = screen_run.fingerprint_parts(b, str(screen), new)
+    assert parts["settings"] != screen_run.fingerprint_parts(b, str(screen), old)["settings"]
+    s = classify_screen(bundle, str(screen), str(out), progress=False, n_resamples=50, chunk=2, restart=True,
+                        rules=CallRules(min_cells=3))
+    assert s["reused_micrographs"] == 0 and not os.path.exists(work)
+
+
+@pytest.mark.slow
+def test_a_two_worker_cluster_gives_the_same_tables(bundle, screen, reference, tmp_path):
+    ref_out, ref = reference
+    with dask_cluster(2) as address:
+        out = tmp_path / "out"
+        s = classify_screen(bundle, str(screen), str(out), progress=False, n_resamples=50, chunk=2,
+                            scheduler=address)
+    assert _tables(out) == _tables(ref_out)
+    pids = s["run"]["task_pids"]
+    assert pids and os.getpid() not in pids  # the chunks ran in the worker processes
+    assert ref["run"]["task_pids"] == [os.getpid()]
+    assert _leftovers(tmp_path) == []
+
+
+def test_images_table_holds_each_micrographs_qc(screen, reference):
+    from scipy.ndimage import laplace
+
+    out, s = reference
+    with open(out / "images.csv", newline="") as f:
+        images = list(csv.DictReader(f))
+    with open(out / "cells.csv", newline="") as f:
+        cells = list(csv.DictReader(f))
+    assert list(images[0]) == ["image", "plate", "protein", "mask", "n_cells", "focus", "saturated",
+                               "background_marker", "background_protein"]
+    for row in images:
+        assert int(row["n_cells"]) == sum(c["image"] == row["image"] for c in cells)
+        micro = tifffile.imread(screen.parent / row["image"])
+        assert float(row["focus"]) == pytest.approx(np.var(laplace(micro[0].astype(np.float32))), rel=1e-5)
+        assert float(row["saturated"]) == pytest.approx(np.mean((micro[0] == 255) | (micro[1] == 255)), abs=1e-6)
+        assert 0 <= float(row["background_marker"]) < np.median(micro[0][micro[0] > np.median(micro[0])]) + 1
+    assert 'id="qc"' in (out / "report.html").read_text(encoding="utf-8")
