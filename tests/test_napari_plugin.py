@@ -194,6 +194,7 @@ def test_napari_runs_the_widget_headless(setup):
         assert close.sum() >= 20, (k, target)  # the cell's colour covers some pixels
 
 
+@pytest.mark.slow
 def test_plugin_ood_flags_are_the_commands(setup, tmp_path_factory, capsys):
     """A bundle with out-of-distribution statistics: the plugin's ood_score and ood per cell, and the cells
     left out of the call, equal the command's on the same micrographs (one of them 16x too dark)."""
