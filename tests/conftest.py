@@ -22,6 +22,20 @@ def pytest_configure(config):
                                 "(install it from requirements.txt; do not pass -p no:randomly)")
 
 
+def _random_order_line(config):
+    seed = getattr(config.option, "randomly_seed", None) if config.pluginmanager.hasplugin("randomly") else None
+    return None if seed is None else f"random test order: --randomly-seed={seed} repeats it (-p no:randomly: file order)"
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session):
+    """The random order's seed, first and even under ``-q`` (``make test``), where pytest prints no header."""
+    line = _random_order_line(session.config)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if line and reporter is not None:
+        reporter.write_line(line)
+
+
 @pytest.fixture(scope="session")
 def caffe_root_present():
     """Real Caffe can run here (the Caffe root exists and we may enter it)."""

@@ -91,3 +91,37 @@ def test_format_float_matches_cpp_ostream():
     assert format_float(1e-5) == "1e-05"
     assert format_float(0.0125) == "0.0125"
     assert format_float(123456789.0) == "1.23457e+08"
+
+
+# ---------------------------------------------------------------- edges found by mutation testing (make mutation)
+
+def test_edges_of_the_policies_checks():
+    """The boundaries of each check, the defaults and the exact messages (mutants of them survived)."""
+    # multistep from the default current_step (0): the first boundary is crossed at its iteration, once
+    p = solver(lr_policy="multistep", gamma=0.5, stepvalue=[3, 5])
+    assert learning_rate(p, 2) == (np.float32(0.1), 0, None)
+    rate, step, message = learning_rate(p, 3)
+    assert (rate, step, message) == (np.float32(0.05), 1, "MultiStep Status: Iteration 3, step = 1")
+    # stepsize 1 and max_iter 1 are allowed; 0 is not, and the message names the value
+    assert learning_rate(solver(lr_policy="step", gamma=0.5, stepsize=1), 2)[0] == np.float32(0.025)
+    assert learning_rate(solver(lr_policy="poly", power=1.0, max_iter=1), 0)[0] == np.float32(0.1)
+    with pytest.raises(InputError, match=r'^solver: lr_policy "poly" needs max_iter > 0, got 0$'):
+        learning_rate(solver(lr_policy="poly", power=1.0, max_iter=0), 0)
+    with pytest.raises(InputError, match=r'^solver: lr_policy "step" needs stepsize > 0, got 0$'):
+        learning_rate(solver(lr_policy="step", gamma=0.5, stepsize=0), 0)
+    # gamma 0 is allowed (the rate drops to 0 after the first step), a negative one is not
+    assert learning_rate(solver(lr_policy="step", gamma=0.0, stepsize=2), 2)[0] == 0
+    with pytest.raises(InputError, match='needs gamma >= 0, got -0.5'):
+        learning_rate(solver(lr_policy="exp", gamma=-0.5), 1)
+    with pytest.raises(InputError, match=r'^solver: unknown lr_policy "cosine" \(Caffe knows fixed, step, exp, inv, '
+                                         r'multistep, poly, sigmoid\)$'):
+        learning_rate(solver(lr_policy="cosine"), 0)
+
+
+def test_power_outside_math_pow_follows_cs_powf():
+    """A power that overflows a double (math.pow raises) gives inf, as C's powf does (``inv``); a negative base
+    with a fractional power gives NaN (``poly`` past max_iter), as in Caffe."""
+    big = learning_rate(solver(lr_policy="inv", gamma=1e30, power=-20.0), 10)[0]
+    assert np.isinf(big) and big > 0 and big.dtype == np.float32
+    past = learning_rate(solver(lr_policy="poly", power=0.5, max_iter=2), 3)[0]
+    assert np.isnan(past) and past.dtype == np.float32

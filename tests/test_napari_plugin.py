@@ -192,3 +192,42 @@ def test_napari_runs_the_widget_headless(setup):
         target = np.round(np.asarray(expected.colors[k][:3]) * 255).astype(int)
         close = np.abs(shot - target).max(axis=2) <= 3
         assert close.sum() >= 20, (k, target)  # the cell's colour covers some pixels
+
+
+@pytest.mark.slow
+def test_plugin_ood_flags_are_the_commands(setup, tmp_path_factory, capsys):
+    """A bundle with out-of-distribution statistics: the plugin's ood_score and ood per cell, and the cells
+    left out of the call, equal the command's on the same micrographs (one of them 16x too dark)."""
+    from _bundles import DEPLOY, make_weights
+    from deepyeast.analysis.ood import fit_bundle_statistics
+    from deepyeast.caffe.blobs import compute_mean
+    from deepyeast.constants import CLASS_NAMES
+    from deepyeast.model import write_bundle
+    from deepyeast.model.run_bundle import list_crops
+
+    tmp, _, field = setup
+    main = tiny_screen(tmp_path_factory, workers=1) / "main"
+    crops, labels = list_crops(str(main / "HOwt_train.txt"), CLASS_NAMES)
+    val, val_labels = list_crops(str(main / "HOwt_val.txt"), CLASS_NAMES)
+    mean = compute_mean(crops)
+    weights = make_weights(str(tmp / "ood.caffemodel"), crops[:100], mean, seed=0)
+    plain = write_bundle(str(tmp / "ood_plain"), DEPLOY, weights, mean, CLASS_NAMES)
+    ood = fit_bundle_statistics(read_bundle(plain).predictor(extra_blobs=("fc1",)), crops, labels, val, val_labels,
+                                len(CLASS_NAMES))
+    path = write_bundle(str(tmp / "ood_model"), DEPLOY, weights, mean, CLASS_NAMES, ood=ood)
+    dark = tmp / "dark.tif"
+    tifffile.imwrite(dark, (tifffile.imread(field) // 16).astype(np.uint8))
+    (tmp / "ood.csv").write_text(f"image,protein\n{field},P1\n{dark},P2\n")
+    res = _command(capsys, "classify", "--model", path, "--images", tmp / "ood.csv", "--out", tmp / "ood_out")
+    assert res.returncode == 0, res.stderr
+    rows, proteins = _csv(tmp / "ood_out" / "cells.csv"), _csv(tmp / "ood_out" / "proteins.csv")
+    bundle, predictor = load_bundle(path)
+    flagged = 0
+    for image, protein in ((field, proteins[0]), (dark, proteins[1])):
+        layer = cells_layer(bundle, micrograph_from_layers(tifffile.imread(image)), predictor=predictor)
+        mine = [r for r in rows if r["image"] == str(image)]
+        np.testing.assert_allclose(layer.features["ood_score"], [float(r["ood_score"]) for r in mine], rtol=1e-4)
+        assert [int(v) for v in layer.features["ood"]] == [int(r["ood"]) for r in mine]
+        assert layer.call["n_ood"] == int(protein["n_ood"]) and layer.call["n_cells"] == int(protein["n_cells"])
+        flagged += int(np.sum(layer.features["ood"]))
+    assert flagged >= 1  # the dark micrograph's cells are unlike the training cells

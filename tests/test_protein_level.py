@@ -271,3 +271,40 @@ def test_classify_and_protein_level_call_the_same_cells_identically():
     # in the same cell order the two entry points give bit-identical posteriors
     same = ScreenCells(**{**cells.__dict__, "key": table.protein, "probs": table.probs})
     np.testing.assert_array_equal(call_proteins(same, CLASS_NAMES).posterior[rows], ref.posterior)
+
+
+def test_call_cells_lists_every_protein_of_the_order():
+    """The one calling of proteins (labelled pipeline and new screens): calls, proteins without cells, labels and
+    the checks, each pinned (mutation testing found them unchecked)."""
+    from deepyeast.analysis.protein_level import call_cells
+
+    names = ("a", "b", "c")
+    probs = np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.1, 0.1, 0.8]])
+    calls = call_cells(probs, ["P2", "P2", "P1"], names, order=["P1", "EMPTY", "P2"], labels=[2, -1, 1])
+    assert calls.protein.tolist() == ["P1", "EMPTY", "P2"] and calls.class_names == names
+    assert calls.n_cells.tolist() == [1, 0, 2] and calls.n_cells.dtype == np.int64
+    assert calls.pred.tolist() == [2, -1, 0] and calls.pred.dtype == np.int64
+    assert calls.label.tolist() == [2, -1, 1] and calls.label.dtype == np.int64
+    assert np.isnan(calls.alpha[1]).all() and np.isnan(calls.posterior[1]).all()
+    _, _, alpha, theta = dirichlet_map(probs[:2], ["P2", "P2"])
+    np.testing.assert_allclose(calls.alpha[2], alpha[0])
+    np.testing.assert_allclose(calls.posterior[2], theta[0])
+    # default order: the cells' proteins sorted; default labels: all unknown (-1)
+    default = call_cells(probs, ["P2", "P2", "P1"], names)
+    assert default.protein.tolist() == ["P1", "P2"] and default.label.tolist() == [-1, -1]
+    assert default.label.dtype == np.int64
+    # a prior other than 1 reaches the Dirichlet posterior
+    np.testing.assert_allclose(call_cells(probs, ["P2", "P2", "P1"], names, prior=3.0).alpha,
+                               dirichlet_map(probs, ["P2", "P2", "P1"], prior=3.0)[2])
+    # no cells at all: every listed protein without a call
+    none = call_cells(np.zeros((0, 3)), [], names, order=["X", "Y"])
+    assert none.n_cells.tolist() == [0, 0] and none.pred.tolist() == [-1, -1] and none.alpha.shape == (2, 3)
+    assert call_cells(np.zeros((0, 3)), [], names).protein.shape == (0,)
+    with pytest.raises(ValueError, match=r"^probs must be N x 3 \(one column per class\), got shape \(3, 2\)$"):
+        call_cells(probs[:, :2], ["P2", "P2", "P1"], names)
+    with pytest.raises(ValueError, match=r"^probs must be N x 3"):
+        call_cells(probs[0], ["P2"], names)
+    with pytest.raises(ValueError, match=r"^cells of protein 'P1', which the order does not list$"):
+        call_cells(probs, ["P2", "P2", "P1"], names, order=["P2"])
+    with pytest.raises(ValueError, match=r"^1 labels for 2 proteins$"):
+        call_cells(probs, ["P2", "P2", "P1"], names, labels=[0])

@@ -58,6 +58,7 @@ import shutil
 
 import numpy as np
 
+from deepyeast.analysis.ood import OOD_FLAG
 from deepyeast.analysis.qc import QC_COLUMNS
 from deepyeast.constants import INFERENCE_PRECISIONS as PRECISIONS, MIN_CELLS_PER_PROTEIN
 from deepyeast.data.micrographs import Rejects, read_images_table
@@ -68,7 +69,8 @@ from deepyeast.utils.io import (InputError, StepFailed, atomic_path, atomic_writ
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ScreenCells", "ScreenCalls", "CallRules", "classify_screen", "classify_micrograph", "read_screen_rows",
+__all__ = ["ScreenCells", "ScreenCalls", "CallRules", "classify_screen", "classify_micrograph", "micrograph_predictor",
+           "read_screen_rows",
            "assemble_cells",
            "call_proteins", "protein_flags", "p_call", "DUAL_SHARE", "CONFIDENCE", "GALLERY_CELLS", "PRECISIONS"]
 
@@ -263,6 +265,16 @@ def _crop_shape(bundle):
     return c, h, w
 
 
+def micrograph_predictor(bundle):
+    """``(predictor, scorer)`` for :func:`classify_micrograph`: the bundle's fp32 CPU predictor, keeping the
+    blob its out-of-distribution scorer reads, and the scorer (:class:`deepyeast.analysis.ood.OodScorer`,
+    None when the bundle has no statistics)."""
+    from deepyeast.analysis.ood import OodScorer
+
+    scorer = OodScorer.from_bundle(bundle)
+    return bundle.predictor(extra_blobs=(scorer.blob,) if scorer is not None else ()), scorer
+
+
 def classify_micrograph(bundle, micrograph, mask=None, params=SegmentParams(), border="pad", predictor=None,
                         name="micrograph"):
     """One micrograph in memory -> its cells and the call of its protein, as :func:`classify_screen` makes them.
@@ -270,10 +282,11 @@ def classify_micrograph(bundle, micrograph, mask=None, params=SegmentParams(), b
     ``bundle``: a :class:`deepyeast.model.Bundle`; ``micrograph``: uint8 ``2 x H x W`` (marker,
     protein: :func:`deepyeast.data.micrographs.to_two_channel`); ``mask``: an int label image of
     the same size, or None to segment the marker with ``params``; ``border`` as ``classify_screen``;
-    ``predictor``: the bundle's :meth:`~deepyeast.model.bundle.Bundle.predictor` to reuse (else
-    one is built, fp32 on the CPU); ``name`` names the micrograph and its protein.
-    Returns ``(mask int H x W, cells ScreenCells, calls ScreenCalls)``: ``cells.cell`` are the
-    mask's labels, ``calls`` one protein (the default call rules).  Used by the napari plugin.
+    ``predictor``: :func:`micrograph_predictor`'s pair to reuse (else it is built); ``name`` names
+    the micrograph and its protein.  Returns ``(mask int H x W, cells ScreenCells, calls ScreenCalls)``:
+    ``cells.cell`` are the mask's labels, ``cells.ood_score``/``cells.ood`` as ``classify_screen``'s
+    (NaN / 0 when the bundle has no statistics; flagged cells are left out of the call), ``calls`` one
+    protein (the default call rules).  Used by the napari plugin.
     """
     from deepyeast.data.segment import cells_and_crops
 
@@ -284,9 +297,11 @@ def classify_micrograph(bundle, micrograph, mask=None, params=SegmentParams(), b
         raise InputError(f"{name}: expected uint8 2 x H x W (marker, protein), got {micrograph.dtype} "
                          f"{' x '.join(map(str, micrograph.shape))}")
     mask, found, crops = cells_and_crops(micrograph, mask, params, size=h, border=border)
-    predictor = predictor or bundle.predictor()
+    predictor, scorer = predictor or micrograph_predictor(bundle)
     m = len(crops)
-    probs = predictor(crops) if m else np.zeros((0, len(bundle.classes)), np.float32)
+    out = predictor.outputs(crops) if m else {}
+    probs = out[bundle.output_blob].astype(np.float32) if m else np.zeros((0, len(bundle.classes)), np.float32)
+    ood_score = scorer.score(out[scorer.blob], crops) if m and scorer is not None else None
     image = dict(where=name, image=name, plate=None, protein=name, key=name, label=None,
                  source=source, n_cells=m, first=0)
     cells = ScreenCells(
@@ -295,7 +310,9 @@ def classify_micrograph(bundle, micrograph, mask=None, params=SegmentParams(), b
         x=np.asarray(found["x"], np.float64), y=np.asarray(found["y"], np.float64),
         area=np.asarray(found["area"], np.int64), padded=np.asarray(found["padded"], bool),
         label=np.full(m, -1, np.int64), probs=probs, pred=probs.argmax(axis=1).astype(np.int64),
-        probs_fp32=None, crops_path=None, crop_shape=(c, h, w), images=[image])
+        probs_fp32=None, crops_path=None, crop_shape=(c, h, w), images=[image], ood_score=ood_score)
+    if scorer is not None:
+        cells.ood = cells.ood_score > OOD_FLAG
     return mask, cells, call_proteins(cells, bundle.classes)
 
 
@@ -576,7 +593,7 @@ def classify_screen(model_dir, images_csv, out_dir, params=SegmentParams(), chan
             crops_path = os.path.join(tmp, ".crops.u8")
             cells = assemble_cells(rows, chunks, work, fp, run_settings, bundle, crops_path, rejects)
             if scorer is not None:
-                cells.ood = cells.ood_score > 1.0
+                cells.ood = cells.ood_score > OOD_FLAG
             if not cells.images:
                 raise InputError(f"{images_csv}: no readable micrograph" + (f" ({len(rejects.items)} rows skipped, "
                                                                               "see the messages above)"

@@ -37,6 +37,8 @@ LOGIT_BLOB = "fc3"
 QUANTILE = 0.99
 SHRINK = 0.05
 ECE_BINS = 15
+OOD_FLAG = 1.0
+"""A cell is flagged out of distribution when its ``ood_score`` (each distance over its threshold) exceeds this."""
 
 
 def crop_statistics(crops):

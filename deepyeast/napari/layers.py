@@ -50,7 +50,8 @@ _BUNDLES = {}
 
 
 def load_bundle(path):
-    """``(bundle, predictor)`` of the model bundle folder ``path``, checked as the command checks it
+    """``(bundle, predictor)`` of the model bundle folder ``path`` (``predictor``:
+    :func:`deepyeast.analysis.classify.micrograph_predictor`'s pair), checked as the command checks it
     (:func:`deepyeast.model.read_bundle`: its one-line ``InputError``); kept while the folder's
     bundle.json is unchanged, so a second run does not load the net again."""
     from deepyeast.model import read_bundle
@@ -63,9 +64,11 @@ def load_bundle(path):
     stamp = os.stat(meta).st_mtime_ns if os.path.isfile(meta) else None
     cached = _BUNDLES.get(folder)
     if cached is None or stamp is None or cached[0] != stamp:
+        from deepyeast.analysis.classify import micrograph_predictor
+
         bundle = read_bundle(os.fspath(path))
         _BUNDLES.clear()
-        _BUNDLES[folder] = cached = (stamp, bundle, bundle.predictor())
+        _BUNDLES[folder] = cached = (stamp, bundle, micrograph_predictor(bundle))
     return cached[1], cached[2]
 
 
@@ -74,7 +77,8 @@ class CellsLayer:
     ``features`` a dict of (M,) columns: ``index`` (the label, 1..M: napari's key from label to row),
     ``cell`` (the cell's label in the segmentation or the given Labels layer), ``class``, ``probability``
     (of that class), ``prob_<class>`` for every class, ``x``, ``y`` (centroid, pixels), ``area``,
-    ``padded``), ``colors`` {label: RGBA} by class,
+    ``padded``, and ``ood_score``, ``ood`` where the bundle has out-of-distribution statistics: flagged
+    cells are left out of the call), ``colors`` {label: RGBA} by class,
     ``call`` the protein's call (dict), ``classes`` the bundle's class names."""
 
     def __init__(self, data, features, colors, call, classes):
@@ -110,6 +114,8 @@ def cells_layer(bundle, micrograph, mask=None, predictor=None, name="micrograph"
                "probability": cells.probs[np.arange(cells.n_cells), cells.pred].astype(float)}
     columns.update({f"prob_{c}": cells.probs[:, k].astype(float) for k, c in enumerate(classes)})
     columns.update(x=cells.x, y=cells.y, area=cells.area, padded=cells.padded)
+    if np.isfinite(cells.ood_score).any() or cells.ood.any():  # the bundle has out-of-distribution statistics
+        columns.update(ood_score=cells.ood_score.astype(float), ood=cells.ood)
     features = {name: np.asarray(values) for name, values in columns.items()}
     colors = {i + 1: palette[classes[k]] for i, k in enumerate(cells.pred)}
     return CellsLayer(data, features, colors, protein_call(calls, classes), classes)
@@ -117,13 +123,15 @@ def cells_layer(bundle, micrograph, mask=None, predictor=None, name="micrograph"
 
 def protein_call(calls, classes):
     """The call of the one protein of ``calls`` (:class:`deepyeast.analysis.classify.ScreenCalls`) as a
-    dict: ``class`` (None without cells), ``n_cells``, ``top1_share``, ``second``, ``top2_share``,
+    dict: ``class`` (None without cells), ``n_cells`` (those called), ``n_ood`` (left out as out of
+    distribution), ``top1_share``, ``second``, ``top2_share``,
     ``p_call``, the flags (``few_cells``, ``low_confidence``, ``possible_dual``, ``no_cells``) and
     ``post_<class>``, the posterior's MAP shares."""
     f = calls.flags
     pred = int(calls.pred[0])
     top2 = int(f["top2"][0])
     call = {"class": classes[pred] if pred >= 0 else None, "n_cells": int(calls.n_cells[0]),
+            "n_ood": int(calls.n_ood[0]),
             "top1_share": float(f["top1_share"][0]), "second": classes[top2] if top2 >= 0 else None,
             "top2_share": float(f["top2_share"][0]), "p_call": float(f["p_call"][0])}
     call.update({flag: bool(f[flag][0]) for flag in ("few_cells", "low_confidence", "possible_dual", "no_cells")})
