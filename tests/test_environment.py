@@ -83,7 +83,7 @@ def _lock():
     text = open(os.path.join(REPO_ROOT, "requirements.txt")).read()
     pins = {}
     for block in re.split(r"\n(?=[A-Za-z0-9])", text):
-        m = re.match(r"([A-Za-z0-9_.\-]+)==(\S+)", block)
+        m = re.match(r"([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?==(\S+)", block)  # name[extras]==version
         if m:
             pins[_norm(m.group(1))] = (m.group(2), re.findall(r"--hash=sha256:([0-9a-f]{64})", block))
     return text, pins
