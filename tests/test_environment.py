@@ -258,7 +258,7 @@ def _optional_import(parents):
 
 def _third_party_imports(folders):
     """{dotted module (two components at most): first file importing it} of the .py files under folders."""
-    local = {"deepyeast"} | {os.path.splitext(f)[0] for d in ("tests", "bench") for f in os.listdir(os.path.join(REPO_ROOT, d))}
+    local = {"deepyeast", "bench", "tests"} | {os.path.splitext(f)[0] for d in ("tests", "bench") for f in os.listdir(os.path.join(REPO_ROOT, d))}
     found = {}
     for folder in folders:
         for dirpath, _, files in os.walk(os.path.join(REPO_ROOT, folder)):
