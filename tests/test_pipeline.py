@@ -89,10 +89,19 @@ def _check_bundle_and_classify(run, tmp_path, tmp_path_factory):
 
 def test_demo_pipeline_tiny_and_rerun_skips(tmp_path, tmp_path_factory):
     run = os.path.relpath(tmp_path / "demo", REPO_ROOT)
-    proc = _make("pipeline", f"RUN={run}", "SCREEN=synthetic", "SIZE=tiny", f"SCHEDULE={TINY_SCHEDULE}",
-                 "GRID=small", "PRECISION=bf16")
+    # COMPARE_PROTEINS: the demo's comparison of two screens (a generated pair classified with the run's
+    # network, then compared), on a few proteins
+    args = ("pipeline", f"RUN={run}", "SCREEN=synthetic", "SIZE=tiny", f"SCHEDULE={TINY_SCHEDULE}",
+            "GRID=small", "PRECISION=bf16", "COMPARE_PROTEINS=12")
+    proc = _make(*args)
     assert proc.returncode == 0, proc.stdout[-4000:]
     metrics = check_report(os.path.join(REPO_ROOT, run))
+    compare = json.load(open(os.path.join(REPO_ROOT, run, "compare", "summary.json")))
+    assert compare["proteins"]["in_both"] == 12
+    assert compare["proteins"]["tested"] + compare["proteins"]["insufficient"] == 12
+    with open(os.path.join(REPO_ROOT, run, "compare", "changes.csv")) as f:
+        assert sum(1 for _ in f) == 13
+    assert 'href="compare/report.html"' in open(os.path.join(REPO_ROOT, run, "report.html")).read()
     assert "==> [" in proc.stdout  # one step line per stage
     # snapshots pruned after the choice: the final one (chosen, and the resume point) alone stays
     snaps = os.listdir(os.path.join(REPO_ROOT, run, "train", "snapshots"))
@@ -133,13 +142,11 @@ def test_demo_pipeline_tiny_and_rerun_skips(tmp_path, tmp_path_factory):
     _check_bundle_and_classify(os.path.join(REPO_ROOT, run), tmp_path, tmp_path_factory)
 
     # every step is a file target: nothing is left to do on a re-run
-    again = _make("-q", "pipeline", f"RUN={run}", "SCREEN=synthetic", "SIZE=tiny",
-                  f"SCHEDULE={TINY_SCHEDULE}", "GRID=small", "PRECISION=bf16")
+    again = _make("-q", *args)
     assert again.returncode == 0, "make -q says a finished pipeline is out of date:\n" + again.stdout[-2000:]
     # removing one analysis output re-runs that step alone
     os.remove(os.path.join(REPO_ROOT, run, "proteins", "result.json"))
-    dry = _make("-n", "pipeline", f"RUN={run}", "SCREEN=synthetic", "SIZE=tiny",
-                f"SCHEDULE={TINY_SCHEDULE}", "GRID=small", "PRECISION=bf16")
+    dry = _make("-n", *args)
     assert "protein_level.py" in dry.stdout and "deepyeast train" not in dry.stdout, dry.stdout
 
 
