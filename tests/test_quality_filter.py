@@ -150,7 +150,9 @@ def test_quality_cv_tasks_equal_r_rf_quality_cv(r_present):
     table, best, model = rforest.quality_cv(x, is_cell, mtry=(2, 110), folds=5, ntree=25, seed=7, scheduler="none")
     with rforest._session() as ro:
         r = ro.r["rf_quality_cv"](rforest._matrix(x), rforest._ints(is_cell), mtry=ro.IntVector([2, 110]),
-                                  folds=5, ntree=25, cores=2, seed=7)
+                                  # cores=1: mclapply would fork this multi-threaded pytest process (a
+                                  # child can deadlock on a lock another thread held: seen in a random-order run)
+                                  folds=5, ntree=25, cores=1, seed=7)
         r_table = rforest._data_frame_rows(r.rx2("table"))
         r_best = rforest._data_frame_rows(r.rx2("best"))[0]
         p_r = np.asarray(ro.r["rf_quality_predict"](r.rx2("model"), rforest._matrix(x), 7).rx2("p_cell"))
