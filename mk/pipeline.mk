@@ -288,8 +288,8 @@ $(RUN)/report.html: $(foreach r,$(RESULTS) $(OPTIONAL_RESULTS),$(RUN)/$(r)/resul
 $(RUN)/metrics.json: $(RUN)/report.html
 	@test -f $@ || { echo "$@ is missing: remove $< and run again"; exit 1; }
 
-$(RUN)/model/bundle.json: $(WEIGHTS) $(MEAN) $(RUN)/metrics.json $(TRAIN)/solver.prototxt $(DEPLOY) $(call LIST,train) \
-		$(call LIST,val)
+# (the split lists come with the screen: $(DATA)/screen.json is the target that makes them)
+$(RUN)/model/bundle.json: $(WEIGHTS) $(MEAN) $(RUN)/metrics.json $(TRAIN)/solver.prototxt $(DEPLOY) $(DATA)/screen.json
 	$(call step,model bundle,$(PY) analysis/make_bundle.py --model $(DEPLOY) --weights $(WEIGHTS) --mean $(MEAN) \
 		--classes $(MAIN)/HOwt_doc.txt --solver $(TRAIN)/solver.prototxt --metrics $(RUN)/metrics.json \
 		--examples $(call LIST,test) --ood-train $(call LIST,train) --ood-val $(call LIST,val) \
