@@ -24,3 +24,13 @@ def run_step(script, *argv):
     module = step_module(script)
     return launcher.main(module.__doc__, module.options, module.run, argv=[str(a) for a in argv],
                          prog=os.path.basename(script), exit=False)
+
+
+def one_error_line(capsys, *parts):
+    """The one ``<prog>: error: ...`` line a step printed on stderr (no traceback), holding every part."""
+    err = capsys.readouterr().err.strip()
+    lines = [ln for ln in err.splitlines() if ": error: " in ln]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for part in parts:
+        assert part in lines[0], lines[0]
+    return lines[0]

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from _solver_nets import CONVEX_NET, IMAGE_SHAPE, make_init_weights, make_lmdb, write_net, write_solver, solver_param
-from _steps import run_step
+from _steps import one_error_line, run_step
 from deepyeast.caffe import caffe_pb2
 from deepyeast.caffe.blobs import compute_mean, read_caffemodel, write_caffemodel, write_mean_binaryproto
 from deepyeast.caffe.prototxt import read_prototxt
@@ -45,15 +45,6 @@ class _Err:
 
     def readouterr(self):
         return self
-
-
-def _one_line(capsys, *parts):
-    err = capsys.readouterr().err.strip()
-    lines = [ln for ln in err.splitlines() if ": error: " in ln]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for part in parts:
-        assert part in lines[0], lines[0]
-    return lines[0]
 
 
 # ============================================================================ weights lacking a layer
@@ -93,7 +84,7 @@ def test_predict_refuses_weights_lacking_a_layer(crops_setup, tmp_path, capsys):
     capsys.readouterr()
     for extra in ((), ("--no-fold",)):
         assert _predict(d, "no_fc3.caffemodel", tmp_path / "bad.csv", None, *extra) == 2
-        _one_line(capsys, "no_fc3.caffemodel: no weights for layer(s) fc3 of net", "fillers' random values")
+        one_error_line(capsys, "no_fc3.caffemodel: no weights for layer(s) fc3 of net", "fillers' random values")
     assert not (tmp_path / "bad.csv").exists()
 
 
@@ -121,7 +112,7 @@ def test_training_from_weights_lacking_a_layer_needs_finetune(tmp_path, capsys):
                           solver_param(net, str(tmp_path / "snap" / "m"), max_iter=2, snapshot=0, test_interval=0))
     code, err = _deepyeast("train", "-solver", solver, "-weights", init, "-progress", "off")
     assert code == 2
-    _one_line(_Err(err), "init.caffemodel: no weights for layer(s) ip2 of net convex", "-finetune")
+    one_error_line(_Err(err), "init.caffemodel: no weights for layer(s) ip2 of net convex", "-finetune")
     code, err = _deepyeast("train", "-solver", solver, "-weights", init, "-finetune", "-progress", "off")
     assert code == 0, err[-2000:]
     assert "Layers starting from their fillers (not in -weights): ip2" in err, err[-2000:]
@@ -141,13 +132,13 @@ def test_non_finite_mean_is_named_by_deepyeast_test_and_predict(crops_setup, tmp
     init = make_init_weights(str(tmp_path / "init.caffemodel"))
     code, err = _deepyeast("test", "-model", net, "-weights", init, "-iterations", "2")
     assert code == 2
-    _one_line(_Err(err), "bad_mean.binaryproto: the mean image holds 1 NaN or infinite value(s)", "(1, 2, 3)")
+    one_error_line(_Err(err), "bad_mean.binaryproto: the mean image holds 1 NaN or infinite value(s)", "(1, 2, 3)")
     # predict.py: the mean file is named, not a crop or a row of the list
     big = np.full((2, 64, 64), 50, np.float32)
     big[0, 5, 7] = bad
     write_mean_binaryproto(tmp_path / "bad_big.binaryproto", big)
     assert _predict(crops_setup, "full.caffemodel", tmp_path / "p.csv", tmp_path / "bad_big.binaryproto") == 2
-    line = _one_line(capsys, "bad_big.binaryproto: the mean image holds 1 NaN", "(0, 5, 7)")
+    line = one_error_line(capsys, "bad_big.binaryproto: the mean image holds 1 NaN", "(0, 5, 7)")
     assert "HOwt_test.txt" not in line
 
 
@@ -212,7 +203,7 @@ def test_a_silent_scheduler_ends_a_step_with_exit_2(listener, crops_setup, tmp_p
     code = run_step("analysis/cp_features.py", "--archive", crops_setup / "archive", "--list", "HOwt_test.txt",
                     "--out", tmp_path / "cp.csv", "--scheduler", address)
     assert code == 2
-    _one_line(capsys, f"--scheduler {address}: a service there accepted the connection but sent no Dask handshake")
+    one_error_line(capsys, f"--scheduler {address}: a service there accepted the connection but sent no Dask handshake")
     assert not (tmp_path / "cp.csv").exists()
 
 
@@ -232,5 +223,5 @@ def test_bioimageio_export_on_a_full_disk_is_exit_3_and_leaves_nothing(tmp_path)
     cmd = f"ulimit -f 1024; exec {sys.executable} analysis/export_bioimageio.py {bundle} --out {out / 'model.zip'}"
     r = subprocess.run(["bash", "-c", cmd], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 3, r.stderr[-3000:]
-    _one_line(_Err(r.stderr), f"{out / 'model.zip'}: cannot write", "disk full or over the file-size limit")
+    one_error_line(_Err(r.stderr), f"{out / 'model.zip'}: cannot write", "disk full or over the file-size limit")
     assert os.listdir(out) == []  # no package, no scratch folder, no lock

@@ -12,18 +12,9 @@ import pytest
 import tifffile
 
 from _cell_crops import write_archive
-from _steps import run_step
+from _steps import one_error_line, run_step
 from deepyeast.data import micrographs
 from deepyeast.utils.io import InputError
-
-
-def _line(capsys, *parts):
-    err = capsys.readouterr().err.strip()
-    lines = [ln for ln in err.splitlines() if ": error: " in ln]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for part in parts:
-        assert part in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture
@@ -52,7 +43,7 @@ def test_a_table_that_is_not_utf8_is_named_with_its_line(screen, capsys, encodin
         table.write_bytes(np.random.default_rng(3).integers(128, 256, 400, dtype=np.uint8).tobytes())
         where, byte = f"{table}:1:", "byte 0x"
     assert run_step("data_prep/segment_cells.py", table, "--out", screen / "seg") == 2
-    _line(capsys, f"{where} the table is not UTF-8 text ({byte}", "save it as UTF-8 (in Excel: CSV UTF-8)")
+    one_error_line(capsys, f"{where} the table is not UTF-8 text ({byte}", "save it as UTF-8 (in Excel: CSV UTF-8)")
     assert not (screen / "seg").exists()
 
 
@@ -87,7 +78,7 @@ def test_a_decompression_bomb_is_refused_before_decoding(screen, capsys):
     assert os.path.getsize(bomb) < 2_000_000
     (screen / "images.csv").write_text("image,plate,protein\nbomb.tif,1,YAL001C\n")
     assert run_step("data_prep/segment_cells.py", screen / "images.csv", "--out", screen / "seg") == 2
-    _line(capsys, f"{bomb}: the TIFF declares 20000 x 20000 = 400,000,000 values, more than the 67,108,864")
+    one_error_line(capsys, f"{bomb}: the TIFF declares 20000 x 20000 = 400,000,000 values, more than the 67,108,864")
     with pytest.raises(InputError, match="declares 20000 x 20000"):
         micrographs.read_image_array(str(bomb))  # the single-channel reader (masks, marker files) too
     png = screen / "big.png"  # a PNG header declaring 10000 x 10000 RGB (PIL reads the size, nothing more)
@@ -148,7 +139,7 @@ def test_empty_split_list_is_refused_by_check_splits_and_make_lmdb(tmp_path, cap
     assert run_step("data_prep/check_splits.py", *lists, "--classes", "main") == 1
     assert f"{a / 'HOwt_val.txt'}: the val list is empty" in capsys.readouterr().err
     assert run_step("data_prep/make_lmdb.py", a, "--out", tmp_path / "lmdb") == 2
-    _line(capsys, f"{a / 'HOwt_val.txt'}: the val list has no usable 'relpath label' line")
+    one_error_line(capsys, f"{a / 'HOwt_val.txt'}: the val list has no usable 'relpath label' line")
     assert not (tmp_path / "lmdb").exists()
 
 
@@ -162,7 +153,7 @@ def test_list_line_without_plate_folder_names_list_and_line(tmp_path, capsys):
     assert (f"{a / 'HOwt_test.txt'}:3: 'no-plate-1-1.png': expected 'plateNN/<f1>-<f2>-<f3>-<f4>.png' (plate folder "
             "missing)") in capsys.readouterr().err
     assert run_step("data_prep/make_lmdb.py", a, "--out", tmp_path / "lmdb") == 2
-    _line(capsys, f"{a / 'HOwt_test.txt'}:3: 'no-plate-1-1.png'")
+    one_error_line(capsys, f"{a / 'HOwt_test.txt'}:3: 'no-plate-1-1.png'")
 
 
 def test_reproduce_inputs_are_checked_before_the_first_long_step(tmp_path, capsys):
@@ -185,12 +176,12 @@ def test_reproduce_inputs_are_checked_before_the_first_long_step(tmp_path, capsy
     bad = tmp_path / "t" / "HOwt_transfer_val.txt"
     bad.write_text(bad.read_text().replace(" 1\n", " 7\n", 1))
     assert run_step("data_prep/check_splits.py", *lists, "--transfer", *transfer) == 2
-    _line(capsys, f"transfer lists: {bad}:", "label 7 outside the class table (0..3)")
+    one_error_line(capsys, f"transfer lists: {bad}:", "label 7 outside the class table (0..3)")
     # a non-cell that is no validation cell
     (tmp_path / "noncells.txt").write_text(f"{val_cell}\nplate01/elsewhere-1-1-1.png\n")
     assert run_step("data_prep/check_splits.py", *lists, "--noncells", tmp_path / "noncells.txt") == 2
-    _line(capsys, f"{tmp_path / 'noncells.txt'}:2: 'plate01/elsewhere-1-1-1.png' is not a cell of")
+    one_error_line(capsys, f"{tmp_path / 'noncells.txt'}:2: 'plate01/elsewhere-1-1-1.png' is not a cell of")
     # a malformed mixed-protein table
     (a / "mixed.csv").write_text("protein,compartment_a,compartment_b\nplate01/123,nucleus,golgi apparatus\n")
     assert run_step("data_prep/check_splits.py", *lists, "--mixed", a / "mixed.csv") == 2
-    _line(capsys, f"{a / 'mixed.csv'}: row 1")
+    one_error_line(capsys, f"{a / 'mixed.csv'}: row 1")
