@@ -117,8 +117,8 @@ def test_tables_follow_their_definitions_without_labels(bundle, fields, tmp_path
     b = read_bundle(bundle)
     predictor = b.predictor()
     cells = _csv(out / "cells.csv")
-    assert "label" not in cells[0] and list(cells[0])[:10] == ["image", "plate", "protein", "cell", "x", "y", "area",
-                                                               "padded", "pred", "class"]
+    assert "label" not in cells[0] and list(cells[0])[:11] == ["image", "plate", "well", "protein", "cell", "x", "y",
+                                                               "area", "padded", "pred", "class"]
     # every cell of every micrograph, in table order, with the bundle's probabilities of its crop
     expect = []
     for path, r in _images(fields):
