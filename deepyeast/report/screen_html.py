@@ -237,7 +237,7 @@ def _plate_figure(out_dir, plate_map):
             for (r, c), v in np.ndenumerate(plate_map[key]):
                 if np.isfinite(v):
                     ax.text(c, r, f"{int(v)}", ha="center", va="center", fontsize=7,
-                            color="white" if (v / top > 0.5) == (cmap == "viridis") else "black")
+                            color="white" if (v / top > 0.5) != (cmap == "viridis") else "black")
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     name = "screen" if plate_map["plate"] is None else f"{int(plate_map['plate']):02d}"
     fig.suptitle(f"plate {plate_map['plate']}" if plate_map["plate"] is not None else "plate (unnumbered)",
