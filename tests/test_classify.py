@@ -320,5 +320,6 @@ def test_report_renders_in_headless_chromium(bundle, fields, tmp_path, chromium_
     res = subprocess.run([chromium_path, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
                           "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
-    n = s["n_proteins_called"] + 1  # strips + the summary figure
+    n = (out / "report.html").read_text(encoding="utf-8").count("<img ")
+    assert n >= s["n_proteins_called"] + 2  # strips, the summary figure, the segmentation outlines
     assert f'data-loaded="{n}/{n}/0"' in res.stdout
