@@ -128,6 +128,17 @@ def test_ome_zarr_plate_image_and_series_give_the_cells_of_the_same_tiffs(bundle
         [{k: v for k, v in r.items() if k != "well"} for r in ref_images]
     assert [r["image"] for r in _csv(out / "images.csv")] == \
         ["plate.zarr#A/1/0", "plate04.zarr#A/1/1", "one.zarr", "series.zarr#1"]
+    # --images plate.zarr: every field of the plate, the well naming the protein (no plate number)
+    whole = tmp_path / "whole"
+    assert run_step(SCRIPT, "--model", bundle, "--images", tmp_path / "plate.zarr", "--out", whole,
+                    "--scheduler", "none", "--resamples", 50) == 0
+    assert [r["image"] for r in _csv(whole / "images.csv")] == [f"plate.zarr#{r}/{c}/{f}" for r, c in WELLS
+                                                                for f in (0, 1)]
+
+    def without_plate(rows):
+        return [{k: v for k, v in r.items() if k not in ("image", "plate")} for r in rows]
+    assert without_plate(_csv(whole / "cells.csv")) == without_plate(_csv(ref_out / "cells.csv"))
+    assert without_plate(_csv(whole / "proteins.csv")) == without_plate(_csv(ref_out / "proteins.csv"))
 
 
 def test_ome_zarr_bad_references_are_one_line_naming_the_row(bundle, fields, tmp_path, capsys):

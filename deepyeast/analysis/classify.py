@@ -178,16 +178,15 @@ def read_screen_rows(images_csv, class_names, rejects):
     """The rows of an images table for classifying (``protein`` required), each with ``position``.
 
     ``images_csv``: the table's path, or a :class:`deepyeast.data.screen_folder.ImageFolder` (a folder
-    of micrographs named by a pattern) whose rows stand for the table's.
+    of micrographs named by a pattern) or :class:`deepyeast.data.omezarr.ZarrPlate` (every field of a
+    plate) whose rows stand for the table's.
 
     The same micrograph (the same ``image``, or the same ``marker_image`` + ``protein_image``
     pair) on two rows would count its cells twice: the later row is bad input naming both rows
     (``rejects`` raises it, or with ``--skip-bad`` lists it and leaves it out).  A protein given
     two labels is an ``InputError`` naming both rows, before any micrograph is read.
     """
-    from deepyeast.data.screen_folder import ImageFolder
-
-    if isinstance(images_csv, ImageFolder):
+    if hasattr(images_csv, "rows"):  # ImageFolder, ZarrPlate
         rows = images_csv.rows(rejects)
     else:
         rows = read_images_table(images_csv, class_names, require=("protein",), on_bad=rejects)

@@ -26,6 +26,8 @@ Inputs:
                  GFP, green); without {protein} the well names the protein.  Files with the
                  pattern's extension that do not match it, and a micrograph missing a channel,
                  are bad input.
+  --images plate.zarr
+                 every field of an OME-Zarr HCS plate, the well naming the protein.
 OME-Zarr (NGFF 0.4/0.5, read with ome-zarr-py): an image cell may name x.zarr (one image),
 x.zarr#N (series N of an image series), plate.zarr#ROW/COLUMN/FIELD (a field of an HCS
 plate's well, e.g. plate.zarr#B/3/0), or plate.zarr with columns row, column, field.  The
@@ -81,7 +83,7 @@ def options(p):
     p.add_argument("--model", required=True, metavar="DIR", type=launcher.existing_dir,
                    help="model bundle folder (e.g. RUN/model)")
     p.add_argument("--images", required=True, metavar="CSV|DIR", type=launcher.existing_path,
-                   help="images table (CSV), or a folder of micrographs named by --pattern")
+                   help="images table (CSV), a folder of micrographs named by --pattern, or an OME-Zarr plate")
     p.add_argument("--pattern", metavar="PATTERN",
                    help="with --images DIR: how its files are named, e.g. '{plate}_{well}_{field}_{channel}.tif' "
                         "(fields {plate} {well} {field} {channel} {protein}; {channel} and {well} or {protein} "
@@ -124,12 +126,17 @@ def options(p):
 
 
 def images_source(args):
-    """``--images``: the table's path, or with ``--pattern`` an ImageFolder; one line for a wrong combination."""
+    """``--images``: the table's path, an OME-Zarr plate (every field) or with ``--pattern`` an ImageFolder;
+    one line for a wrong combination."""
     import os
 
     from deepyeast.data.screen_folder import ChannelNames, ImageFolder, compile_pattern
     from deepyeast.utils.io import InputError
 
+    from deepyeast.data.omezarr import ZarrPlate, is_plate
+
+    if os.path.isdir(args.images) and is_plate(args.images) and not args.pattern:
+        return ZarrPlate(args.images)
     if os.path.isdir(args.images):
         if not args.pattern:
             raise InputError(f"{args.images}: a folder; give --pattern (how its micrographs are named), or an "

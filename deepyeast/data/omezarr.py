@@ -228,3 +228,54 @@ def plate_fields(path):
         for f in _names((wattrs.get("well") or {}).get("images"), "path"):
             out.append({"row": r, "column": c, "field": f, "well": f"{r}{c}"})
     return out
+
+
+def is_plate(path):
+    """Is ``path`` an OME-Zarr HCS plate (a folder with plate metadata)?"""
+    try:
+        return "plate" in (_attrs(path) or {})
+    except InputError:
+        return False
+
+
+class ZarrPlate:
+    """Every field of an OME-Zarr HCS plate, standing where an images table's path would
+    (``--images plate.zarr``): one micrograph per field, the well names the protein (one strain per
+    well), no plate number (one plate per run)."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        self.folder = self.path
+        self.pattern = None
+
+    def __str__(self):
+        return self.path
+
+    def rows(self, on_bad):
+        """The plate's fields as images-table rows (as :func:`deepyeast.data.micrographs.read_images_table`'s:
+        ``image`` = ``plate.zarr#ROW/COLUMN/FIELD``, ``path`` = the field's image folder, ``well``,
+        ``protein`` = the well), in the plate's well order; a well whose metadata cannot be read goes to
+        ``on_bad``."""
+        out = []
+        name = os.path.basename(self.path.rstrip("/\\"))
+        for f in plate_fields(self.path):
+            ref = f"{f['row']}/{f['column']}/{f['field']}"
+            where = f"{self.path}#{ref}"
+            try:
+                found = resolve(self.path, ref)
+            except InputError as e:
+                on_bad(where, e)
+                continue
+            out.append(dict(where=where, number=len(out) + 1, image=f"{name}#{ref}", fields={}, path=found["path"],
+                            protein_path=None, plate=None, protein=found["well"], label=None, split=None, mask=None,
+                            well=found["well"], field=found["field"], zarr=True))
+        if not out:
+            raise InputError(f"{self.path}: the plate lists no field (no well with images)")
+        return out
+
+    def digest(self):
+        """sha256 of the plate's list of fields (the images-table part of a resumable run's fingerprint)."""
+        import hashlib
+        import json
+
+        return hashlib.sha256(json.dumps(plate_fields(self.path), sort_keys=True).encode()).hexdigest()
