@@ -5,7 +5,6 @@ images.csv, cells.csv and proteins.csv; bad input is one line naming the row or 
 --skip-bad a line of rejects.txt.
 """
 
-import csv
 import os
 import shutil
 
@@ -15,7 +14,7 @@ import tifffile
 import zarr
 
 from _bundles import make_bundle
-from _data_helpers import tiny_screen
+from _data_helpers import csv_rows as _csv, tiny_screen
 from _steps import one_error_line, run_step
 from deepyeast.analysis.classify import classify_screen
 from deepyeast.data.micrographs import read_images_table
@@ -24,11 +23,6 @@ from deepyeast.utils.io import InputError
 
 SCRIPT = "analysis/classify_screen.py"
 WELLS = (("A", "1"), ("B", "3"))
-
-
-def _csv(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ flags, the plate maps of cells and flagged cells per well, segmentation outlines
 labels change, and a classified screen's report with its heat maps and outlines loading in a real browser.
 """
 
-import csv
 import json
 import os
 import subprocess
@@ -13,15 +12,10 @@ import pytest
 import tifffile
 
 from _bundles import make_bundle
-from _data_helpers import tiny_screen
+from _data_helpers import csv_rows as _csv, tiny_screen
 from deepyeast.analysis.classify import classify_screen
 from deepyeast.analysis.qc import QC_COLUMNS, outline_sample, plate_maps, qc_flags, well_position
 from deepyeast.report.screen_html import OUTLINE_COLOR, render_outlines
-
-
-def _csv(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def test_qc_flags_pick_the_outliers_on_their_suspicious_side():
