@@ -246,3 +246,20 @@ def test_pattern_folder_bad_input_is_one_line_naming_the_file(bundle, fields, tm
     os.makedirs(empty)
     with pytest.raises(InputError, match="no file matches"):
         ImageFolder(str(empty), "{well}_{channel}.png").rows(None)
+
+
+def test_the_napari_reader_opens_an_ome_zarr_image_and_refuses_a_plate(fields, tmp_path):
+    from ome_zarr.writer import write_image
+
+    from deepyeast.napari.reader import napari_get_reader
+
+    g = zarr.open_group(str(tmp_path / "one.zarr"), mode="w")
+    write_image(fields[1], g, axes="cyx", scaler=None, scale_factors=[])
+    reader = napari_get_reader(str(tmp_path / "one.zarr"))
+    (data, meta, kind), = reader(str(tmp_path / "one.zarr"))
+    assert kind == "image" and meta["channel_axis"] == 0 and meta["name"] == ["one.zarr [c0]", "one.zarr [c1]"]
+    assert np.array_equal(data, fields[1])
+    assert napari_get_reader(str(tmp_path)) is None  # a folder that is no .zarr is not ours
+    _write_plate(tmp_path / "plate.zarr", fields)
+    with pytest.raises(InputError, match="an HCS plate; name the well"):
+        reader(str(tmp_path / "plate.zarr"))
