@@ -222,7 +222,7 @@ def _plate_figure(out_dir, plate_map):
     fig, axes = plt.subplots(1, 2, figsize=(min(4 + 0.42 * cols, 22) * 2 / 1.6, 1.2 + 0.36 * rows + 0.6))
     small = rows * cols <= 96
     for ax, key, title, cmap in ((axes[0], "cells", "cells per well", "viridis"),
-                                 (axes[1], "flagged", "flagged cells per well (out of distribution or QC)",
+                                 (axes[1], "flagged", "flagged cells per well (OOD or QC)",
                                   "magma_r")):
         grid = np.ma.masked_invalid(plate_map[key])
         colormap = plt.get_cmap(cmap).copy()
