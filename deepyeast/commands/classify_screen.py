@@ -166,6 +166,8 @@ def run(args):
             f"{f['few_cells'] - f['no_cells']} with few cells)")
     if s["images_without_cells"]:
         line += f"; {len(s['images_without_cells'])} micrograph(s) without cells"
+    if s["qc"]["flagged_micrographs"]:
+        line += f"; {s['qc']['flagged_micrographs']} micrograph(s) flagged by QC (images.csv qc_flags)"
     if s["reused_micrographs"]:
         line += f"; {s['reused_micrographs']} micrograph(s) taken over from the interrupted run"
     if s["n_rejected"]:
