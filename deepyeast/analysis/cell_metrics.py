@@ -69,7 +69,7 @@ def confusion_counts(labels, preds, n_classes):
 
 def confusion_rates(counts):
     """Row-normalised confusion (float64 K x K); rows of absent classes are NaN."""
-    counts = np.asarray(counts, dtype=np.float64)  # pragma: no mutate -- equivalent: int / int is float64 too
+    counts = np.asarray(counts, dtype=np.float64)
     totals = counts.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore"):  # an absent class: 0 / 0 = NaN (no x / 0 with x > 0 in a row)
         return counts / totals
@@ -81,7 +81,7 @@ def kappa_from_confusion(counts):
     ``p_o`` = trace / N; ``p_e`` = sum_k (row_k / N)(col_k / N).  Returns NaN when
     ``p_e == 1`` (both raters use a single class), where kappa is undefined.
     """
-    counts = np.asarray(counts, dtype=np.float64)  # pragma: no mutate -- equivalent: int counts give the same floats
+    counts = np.asarray(counts, dtype=np.float64)
     n = counts.sum()
     if n == 0:
         return np.nan
@@ -103,7 +103,7 @@ def precision_recall(counts):
     precision_k = C[k, k] / sum_t C[t, k]; recall_k = C[k, k] / sum_p C[k, p].
     Undefined ratios (0 / 0) are NaN.  Returns two float64 arrays of shape (..., K).
     """
-    counts = np.asarray(counts, dtype=np.float64)  # pragma: no mutate -- equivalent: int / int is float64 too
+    counts = np.asarray(counts, dtype=np.float64)
     diag = np.diagonal(counts, axis1=-2, axis2=-1)
     with np.errstate(invalid="ignore"):  # 0 / 0 only: a diagonal entry never exceeds its row or column sum
         precision = diag / counts.sum(axis=-2)
@@ -181,13 +181,11 @@ def paired_accuracy_difference(correct_a, correct_b, groups=None, n_resamples=DE
     Returns ``{"value": float, "cells": [lo, hi]}`` plus ``"groups": [lo, hi]`` and
     ``"n_groups"`` when ``groups`` is given; percentiles ``ci`` of ``n_resamples`` resamples.
     """
-    # pragma: no mutate start -- equivalent: 0/1 or bool flags give the same differences whatever the dtype
     a = np.asarray(correct_a, dtype=bool).ravel()
     b = np.asarray(correct_b, dtype=bool).ravel()
-    # pragma: no mutate end
     if a.shape != b.shape or a.size == 0:
         raise ValueError(f"correct_a and correct_b must be non-empty and equally long, got {a.size} and {b.size}")
-    d = a.astype(np.int64) - b.astype(np.int64)  # pragma: no mutate -- equivalent: float -1/0/+1 count the same
+    d = a.astype(np.int64) - b.astype(np.int64)
     n = d.size
     rng = np.random.default_rng(seed)
     shares = np.array([np.mean(d == -1), np.mean(d == 0), np.mean(d == 1)])

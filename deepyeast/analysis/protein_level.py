@@ -59,7 +59,7 @@ def dirichlet_map(probs, proteins, prior=1.0):
     cells per protein (int64 P), posterior concentrations (float64 P x K) and the MAP
     proportions (float64 P x K).
     """
-    probs = np.asarray(probs, dtype=np.float64)  # pragma: no mutate -- equivalent: added into float64 sums anyway
+    probs = np.asarray(probs, dtype=np.float64)
     if probs.ndim != 2:
         raise ValueError(f"probs must be N x K, got shape {probs.shape}")
     if prior < 1:
@@ -87,7 +87,7 @@ def call_cells(probs, proteins, class_names, order=None, labels=None, prior=1.0)
     The one calling of proteins: :func:`protein_calls` (the labelled pipeline) and
     :func:`deepyeast.analysis.classify.call_proteins` (a new screen) both use it.
     """
-    probs = np.asarray(probs, dtype=np.float64)  # pragma: no mutate -- equivalent: dirichlet_map converts it again
+    probs = np.asarray(probs, dtype=np.float64)
     k = len(class_names)
     if probs.ndim != 2 or probs.shape[1] != k:
         raise ValueError(f"probs must be N x {k} (one column per class), got shape {probs.shape}")
@@ -101,12 +101,10 @@ def call_cells(probs, proteins, class_names, order=None, labels=None, prior=1.0)
     n_cells = np.zeros(len(order), np.int64)
     alpha = np.full((len(order), k), np.nan)
     posterior = np.full((len(order), k), np.nan)
-    pred = np.full(len(order), -1, np.int64)  # pragma: no mutate -- equivalent: np.full of -1 is int64 anyway
+    pred = np.full(len(order), -1, np.int64)
     n_cells[at], alpha[at], posterior[at] = n, a, theta
     pred[at] = theta.argmax(axis=1)
-    # pragma: no mutate start -- equivalent: np.full of -1 is int64 anyway; labels are int (P,) by contract
     label = np.full(len(order), -1, np.int64) if labels is None else np.asarray(labels, np.int64)
-    # pragma: no mutate end
     if label.shape != (len(order),):
         raise ValueError(f"{label.shape[0]} labels for {len(order)} proteins")
     return ProteinCalls(protein=order, n_cells=n_cells, label=label, pred=pred, alpha=alpha, posterior=posterior,
@@ -122,11 +120,8 @@ def protein_calls(table, prior=1.0, allow_mixed_labels=False):
     """
     ids, inverse = np.unique(np.asarray(list(table.protein), dtype=object), return_inverse=True)
     k = table.n_classes
-    # pragma: no mutate start -- equivalent: only which labels occur and the most common one are used, the same
-    # for any positive increment and numeric dtype
     label_counts = np.zeros((ids.size, k), dtype=np.int64)
     np.add.at(label_counts, (inverse, table.label), 1)
-    # pragma: no mutate end
     n_labels = (label_counts > 0).sum(axis=1)
     if not allow_mixed_labels and np.any(n_labels > 1):
         p = int(np.flatnonzero(n_labels > 1)[0])
@@ -137,8 +132,8 @@ def protein_calls(table, prior=1.0, allow_mixed_labels=False):
             f"{table.source}: column 'label': protein {ids[p]!r} has cells of different classes "
             f"(row {first + 1}: {table.label[first]}, row {other + 1}: {table.label[other]})"
         )
-    return call_cells(table.probs, table.protein, table.class_names, order=ids,  # pragma: no mutate -- equivalent:
-                      labels=label_counts.argmax(axis=1), prior=prior)       # the default order is these sorted ids
+    return call_cells(table.probs, table.protein, table.class_names, order=ids,
+                      labels=label_counts.argmax(axis=1), prior=prior)
 
 
 def protein_accuracy(calls, min_cells=1):
@@ -185,9 +180,7 @@ def check_mixed(calls, mixed, source="mixed-protein table"):
         i = index.get(m["protein"])
         if i is None:
             raise InputError(f"{source}: row {m['row']}: protein {m['protein']} has no cells in the mixed predictions")
-        # pragma: no mutate start -- equivalent for <= 16 classes: numpy sorts those by insertion, which is stable
         order = [int(c) for c in np.argsort(-calls.posterior[i], kind="stable")[:3]]
-        # pragma: no mutate end
         true = set(m["classes"])
         row = {"protein": m["protein"], "n_cells": int(calls.n_cells[i]),
                "class_a": calls.class_names[m["classes"][0]], "class_b": calls.class_names[m["classes"][1]],
@@ -197,7 +190,7 @@ def check_mixed(calls, mixed, source="mixed-protein table"):
         for r, c in enumerate(order, start=1):
             row[f"post_top{r}"] = float(calls.posterior[i, c])
         row["top_two"] = set(order[:2]) == true
-        row["top_three"] = true <= set(order)  # pragma: no mutate -- equivalent: < too (2 classes in 3)
+        row["top_three"] = true <= set(order)
         out.append(row)
     rest = [r for r in out if not r["top_two"]]
     summary = {"top_two": count(sum(r["top_two"] for r in out), len(out)),

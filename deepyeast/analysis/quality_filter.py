@@ -115,9 +115,7 @@ def pick_training_cells(labels, net_pred, rf_pred, exclude=None, per_class=PAPER
     pick does not depend on the other classes).
     Returns ``(indices int64 sorted, per-class list of dicts class/available/picked)``.
     """
-    # pragma: no mutate start -- equivalent: class indices compare and index the same in any numeric dtype
     labels, net_pred, rf_pred = (np.asarray(a, dtype=np.int64) for a in (labels, net_pred, rf_pred))
-    # pragma: no mutate end
     if not labels.shape == net_pred.shape == rf_pred.shape:
         raise ValueError(f"shapes differ: labels {labels.shape}, net_pred {net_pred.shape}, rf_pred {rf_pred.shape}")
     exclude = np.zeros(labels.shape, bool) if exclude is None else np.asarray(exclude, bool)
