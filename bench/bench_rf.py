@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Time the CellProfiler features, the random-forest baseline and the quality filter.
 
-Generates a synthetic screen (deepyeast.data.synthetic, --size), then times:
+Generates a synthetic screen (deepyeast.data.make_synthetic, --size), then times:
 feature extraction of its main set (in one process, and as chunk tasks on a Dask
 LocalCluster of --jobs workers; CPU seconds per cell from the single-process
 run), the random forest with the small grid, and the paper's quality filter.  Writes the "CellProfiler features
@@ -30,7 +30,7 @@ def main(argv=None):
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--no-write", action="store_true", help="print only, leave bench/RESULTS.md alone")
     args = ap.parse_args(argv)
-    from deepyeast.data.synthetic import make_screen
+    from deepyeast.data.make_synthetic import make_screen
 
     screen = os.path.join(args.work, f"screen_{args.size}")
     if not os.path.exists(os.path.join(screen, "screen.json")):

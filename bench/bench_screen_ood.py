@@ -62,7 +62,7 @@ def main():
     args = p.parse_args()
     import tifffile
 
-    from deepyeast.analysis.classify import classify_screen
+    from deepyeast.analysis.classify_screen import classify_screen
     from deepyeast.model import read_bundle
 
     bundle = read_bundle(args.model)
@@ -73,7 +73,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="bench-ood-") as tmp:
         fields = args.fields
         if fields is None:
-            from deepyeast.data.synthetic import make_screen
+            from deepyeast.data.make_synthetic import make_screen
 
             make_screen(os.path.join(tmp, "screen"), "tiny", seed=7, workers=1, save_fields=args.proteins,
                         progress=False)

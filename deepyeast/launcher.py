@@ -220,10 +220,10 @@ def add_micrograph_channels(parser):
 
 
 def add_segment_params(parser):
-    """The segmentation parameters (:class:`deepyeast.data.segment.SegmentParams`) as options,
+    """The segmentation parameters (:class:`deepyeast.data.segment_cells.SegmentParams`) as options,
     ``--background-radius`` ... ``--border-margin``, each with its default, in their own group;
     :func:`segment_params` builds the parameters from the parsed arguments."""
-    from deepyeast.data.segment import PARAM_HELP, THRESHOLD_METHODS, SegmentParams
+    from deepyeast.data.segment_cells import PARAM_HELP, THRESHOLD_METHODS, SegmentParams
 
     defaults = SegmentParams()
     group = parser.add_argument_group("segmentation parameters")
@@ -247,9 +247,9 @@ def inference_settings(args, fold=True):
 
 
 def segment_params(args):
-    """The :class:`deepyeast.data.segment.SegmentParams` of arguments parsed with :func:`add_segment_params`
+    """The :class:`deepyeast.data.segment_cells.SegmentParams` of arguments parsed with :func:`add_segment_params`
     (InputError for values out of range)."""
-    from deepyeast.data.segment import PARAM_HELP, SegmentParams
+    from deepyeast.data.segment_cells import PARAM_HELP, SegmentParams
 
     return SegmentParams(**{name: getattr(args, name) for name in PARAM_HELP})
 

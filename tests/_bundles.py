@@ -21,7 +21,7 @@ DEPLOY = os.path.join(REPO, "models", "deepyeast", "deploy.prototxt")
 
 def synthetic_crops(per_class=2, seed=0):
     """uint8 (12 * per_class) x 2 x 64 x 64 rendered cells, ``per_class`` of each compartment, and their labels."""
-    from deepyeast.data.synthetic import example_crops
+    from deepyeast.data.make_synthetic import example_crops
     crops = np.concatenate([example_crops("main", k, per_class, seed=seed) for k in range(len(CLASS_NAMES))])
     return crops, np.repeat(np.arange(len(CLASS_NAMES)), per_class)
 

@@ -13,7 +13,7 @@ def tiny_screen(tmp_path_factory, seed=0, workers=2):
     ``workers=1`` from a module that has run OpenCV/scipy threads already: a forked
     worker pool can hang on locks those threads held (the same screen whatever the workers).
     """
-    from deepyeast.data.synthetic import make_screen
+    from deepyeast.data.make_synthetic import make_screen
     base = tmp_path_factory.getbasetemp() / f"tiny_screen_{seed}_w{workers}"
     if not (base / "screen.json").exists():
         make_screen(str(base), "tiny", seed=seed, workers=workers, save_fields=3, progress=False)

@@ -301,7 +301,7 @@ def test_bundle_from_run_in_process(made, tmp_path):
     """The library of make-bundle, called without a subprocess: a run's files become a bundle that gives the
     same probabilities, with the class table spelled as DeepYeast spells it and no metrics it was not given."""
     from deepyeast.data.lists import write_class_doc
-    from deepyeast.model.run_bundle import RunFiles, bundle_from_run
+    from deepyeast.model.make_bundle import RunFiles, bundle_from_run
 
     b = read_bundle(made["path"])
     write_class_doc(str(tmp_path / "HOwt_doc.txt"), CLASS_NAMES)  # lower-case names, like the archive

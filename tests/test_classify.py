@@ -21,10 +21,10 @@ import tifffile
 
 from _bundles import make_bundle
 from _data_helpers import REPO_ROOT, tiny_screen
-from deepyeast.analysis.classify import CONFIDENCE, DUAL_SHARE, classify_screen, p_call
+from deepyeast.analysis.classify_screen import CONFIDENCE, DUAL_SHARE, classify_screen, p_call
 from deepyeast.analysis.protein_level import dirichlet_map
 from deepyeast.constants import CLASS_NAMES
-from deepyeast.data.segment import cells_and_crops, segment_marker
+from deepyeast.data.segment_cells import cells_and_crops, segment_marker
 from deepyeast.model import read_bundle
 from deepyeast.engine.inference import InferenceSettings
 from deepyeast.utils.io import OUTPUT_MARKER, InputError

@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 
 from _data_helpers import REPO_ROOT
-from deepyeast.analysis.compare import CompareSettings, bh_qvalues, compare_screens, read_side
+from deepyeast.analysis.compare_screens import CompareSettings, bh_qvalues, compare_screens, read_side
 from deepyeast.constants import CLASS_NAMES
-from deepyeast.data.synthetic.condition import ConditionSettings, read_truth, score, simulate_pair
+from deepyeast.data.make_synthetic.condition import ConditionSettings, read_truth, score, simulate_pair
 from deepyeast.report.compare_html import run_compare
 from deepyeast.utils.io import OUTPUT_MARKER
 
@@ -233,8 +233,8 @@ def test_micrograph_pair_classified_and_compared(tmp_path):
     seeded weights, so its calls are arbitrary: what is checked is that every protein and micrograph
     arrives where the truth says)."""
     from _bundles import make_bundle
-    from deepyeast.analysis.classify import classify_screen
-    from deepyeast.data.synthetic.condition import render_pair
+    from deepyeast.analysis.classify_screen import classify_screen
+    from deepyeast.data.make_synthetic.condition import render_pair
 
     pair = tmp_path / "pair"
     render_pair(str(pair), "tiny", 1, ConditionSettings(proteins=8), workers=1)

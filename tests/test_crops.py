@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from deepyeast.data import micrographs as crops
+from deepyeast.data import crop_cells as crops, micrographs
 from deepyeast.data.crop_png import read_crop
 from deepyeast.data.lists import check_splits, protein_of, read_split_list
 from deepyeast.utils.io import InputError
@@ -210,11 +210,11 @@ def test_micrograph_formats_give_the_same_two_channels(tmp_path):
     cv2.imwrite(str(tmp_path / "p.png"), protein.astype(np.uint16) << 4)
     with tifffile.TiffFile(tmp_path / "a.ome.tif") as t:
         assert t.is_ome and t.series[0].get_axes(False).startswith("TCZ")
-    assert np.array_equal(crops.read_micrograph(str(tmp_path / "a.ome.tif")), want)
-    assert np.array_equal(crops.read_micrograph(str(tmp_path / "b.tif"), (1, 0), bits=12), want)
-    assert np.array_equal(crops.read_micrograph(str(tmp_path / "c.tif")), want)
-    assert np.array_equal(crops.read_micrograph(str(tmp_path / "d.tif")), want)
-    assert np.array_equal(crops.read_micrograph_pair(str(tmp_path / "m.tif"), str(tmp_path / "p.png"), bits=12), want)
+    assert np.array_equal(micrographs.read_micrograph(str(tmp_path / "a.ome.tif")), want)
+    assert np.array_equal(micrographs.read_micrograph(str(tmp_path / "b.tif"), (1, 0), bits=12), want)
+    assert np.array_equal(micrographs.read_micrograph(str(tmp_path / "c.tif")), want)
+    assert np.array_equal(micrographs.read_micrograph(str(tmp_path / "d.tif")), want)
+    assert np.array_equal(micrographs.read_micrograph_pair(str(tmp_path / "m.tif"), str(tmp_path / "p.png"), bits=12), want)
 
 
 def test_stacks_that_are_not_one_plane_are_refused(tmp_path):
@@ -222,21 +222,21 @@ def test_stacks_that_are_not_one_plane_are_refused(tmp_path):
     z = rng.integers(0, 255, (3, 2, 50, 60), dtype=np.uint8)
     tifffile.imwrite(tmp_path / "z.ome.tif", z, ome=True, metadata={"axes": "ZCYX"})
     with pytest.raises(InputError, match=r"z\.ome\.tif: TIFF has 3 Z planes .*maximum projection"):
-        crops.read_micrograph(str(tmp_path / "z.ome.tif"))
+        micrographs.read_micrograph(str(tmp_path / "z.ome.tif"))
     tifffile.imwrite(tmp_path / "t.tif", z[:, None], imagej=True, metadata={"axes": "TZCYX"})
     with pytest.raises(InputError, match=r"t\.tif: TIFF has 3 time points"):
-        crops.read_micrograph(str(tmp_path / "t.tif"))
+        micrographs.read_micrograph(str(tmp_path / "t.tif"))
     with tifffile.TiffWriter(tmp_path / "two.ome.tif", ome=True) as w:  # two positions in one file
         w.write(z[0], metadata={"axes": "CYX"})
         w.write(z[1], metadata={"axes": "CYX"})
     with pytest.raises(InputError, match=r"two\.ome\.tif: TIFF holds 2 image series"):
-        crops.read_micrograph(str(tmp_path / "two.ome.tif"))
+        micrographs.read_micrograph(str(tmp_path / "two.ome.tif"))
     tifffile.imwrite(tmp_path / "one.tif", z[0, 0])
     with pytest.raises(InputError, match=r"one\.tif: single-channel image; need two channels"):
-        crops.read_micrograph(str(tmp_path / "one.tif"))
+        micrographs.read_micrograph(str(tmp_path / "one.tif"))
     with pytest.raises(InputError, match=r"z\.ome\.tif.*marker image must be a single-channel image"):
         tifffile.imwrite(tmp_path / "z.ome.tif", z[0], ome=True, metadata={"axes": "CYX"})
-        crops.read_micrograph_pair(str(tmp_path / "z.ome.tif"), str(tmp_path / "one.tif"))
+        micrographs.read_micrograph_pair(str(tmp_path / "z.ome.tif"), str(tmp_path / "one.tif"))
 
 
 def test_bits_never_saturate_silently():
@@ -245,16 +245,16 @@ def test_bits_never_saturate_silently():
     twelve = np.zeros((2, 8, 8), np.uint16)
     twelve[:, 0, :2] = [[0, 4095], [16, 100]]
     with pytest.raises(InputError, match=r"x: 16-bit image \(max value 4095, so --bits 12 or more\)"):
-        crops.to_two_channel(twelve, "x")
+        micrographs.to_two_channel(twelve, "x")
     with pytest.raises(InputError, match=r"x: values up to 4095 do not fit --bits 8 \(max 255\).*pass --bits 12"):
-        crops.to_two_channel(twelve, "x", bits=8)
+        micrographs.to_two_channel(twelve, "x", bits=8)
     with pytest.raises(InputError, match=r"--bits 10 \(max 1023\)"):
-        crops.to_two_channel(twelve, "x", bits=10)
+        micrographs.to_two_channel(twelve, "x", bits=10)
     for bits, first in ((12, [[0, 255], [1, 6]]), (16, [[0, 15], [0, 0]])):
-        out = crops.to_two_channel(twelve, "x", bits=bits)
+        out = micrographs.to_two_channel(twelve, "x", bits=bits)
         assert out[:, 0, :2].tolist() == first and not out[:, 1:].any() and not out[:, 0, 2:].any()
     eight = twelve.astype(np.uint8)
-    assert np.array_equal(crops.to_two_channel(eight, "x", bits=12), eight)  # bits apply to 16-bit data only
+    assert np.array_equal(micrographs.to_two_channel(eight, "x", bits=12), eight)  # bits apply to 16-bit data only
 
 
 def test_crop_centre_outside_the_image_is_refused():

@@ -203,7 +203,7 @@ def test_plugin_ood_flags_are_the_commands(setup, tmp_path_factory, capsys):
     from deepyeast.caffe.blobs import compute_mean
     from deepyeast.constants import CLASS_NAMES
     from deepyeast.model import write_bundle
-    from deepyeast.model.run_bundle import list_crops
+    from deepyeast.model.make_bundle import list_crops
 
     tmp, _, field = setup
     main = tiny_screen(tmp_path_factory, workers=1) / "main"

@@ -14,11 +14,11 @@ import tifffile
 
 from _bundles import DEPLOY, make_weights
 from _data_helpers import tiny_screen
-from deepyeast.analysis.classify import classify_screen
+from deepyeast.analysis.classify_screen import classify_screen
 from deepyeast.analysis.ood import (OodScorer, class_statistics, expected_calibration_error, fit_bundle_statistics,
                                     fit_temperature, scale_probabilities)
 from deepyeast.caffe.blobs import compute_mean
-from deepyeast.model.run_bundle import list_crops
+from deepyeast.model.make_bundle import list_crops
 from deepyeast.constants import CLASS_NAMES
 from deepyeast.model import read_bundle, write_bundle
 from deepyeast.utils.io import InputError

@@ -109,7 +109,7 @@ def test_demo_pipeline_tiny_and_rerun_skips(tmp_path, tmp_path_factory):
                              "deepyeast_iter_6.solverstate"], snaps
     # the paper's procedures run on the synthetic screen: its proteins with two compartments (held out of
     # the splits) checked top two / top three, the non-cell filter, the transfer headline on fc1
-    from deepyeast.data.synthetic import SIZES
+    from deepyeast.data.make_synthetic import SIZES
     assert metrics["mixed_proteins_top_two"]["total"] == SIZES["tiny"]["mixed"]
     assert metrics["mixed_proteins_top_three_rest"]["total"] == \
         SIZES["tiny"]["mixed"] - metrics["mixed_proteins_top_two"]["correct"]

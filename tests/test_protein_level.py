@@ -12,7 +12,7 @@ import pytest
 from _prediction_tables import simulated_table, write_table
 from deepyeast.constants import CLASS_NAMES, MIN_CELLS_PER_PROTEIN
 from deepyeast.utils.io import InputError
-from deepyeast.analysis.predictions import make_predictions
+from deepyeast.analysis.prediction_table import make_predictions
 from deepyeast.analysis.protein_level import dirichlet_map, protein_accuracy, protein_calls, run_protein_level
 from deepyeast.data.lists import mixed_protein_cells, protein_of, read_mixed_table
 
@@ -202,7 +202,7 @@ def test_protein_level_script(tmp_path):
 def test_synthetic_screen_mixed_proteins_are_held_out(tmp_path):
     """The generator keeps its proteins with two compartments out of every split list, writes them
     with both compartments to main/mixed_proteins.csv, and their crops are found next to it."""
-    from deepyeast.data import synthetic
+    from deepyeast.data import make_synthetic as synthetic
     synthetic.make_screen(tmp_path / "screen", size="tiny", seed=0, workers=2, progress=False)
     root = tmp_path / "screen" / "main"
     mixed = read_mixed_table(root / "mixed_proteins.csv", CLASS_NAMES)
@@ -237,7 +237,7 @@ def test_synthetic_screen_mixed_proteins_are_held_out(tmp_path):
 def test_classify_and_protein_level_call_the_same_cells_identically():
     """One way to call a protein: a new screen's calls (classify) are protein_level's calls extended with
     plate, micrographs and flags; on the same cells both give identical posteriors, alphas and calls."""
-    from deepyeast.analysis.classify import ScreenCells, call_proteins
+    from deepyeast.analysis.classify_screen import ScreenCells, call_proteins
 
     table = simulated_table(n_proteins=30, seed=4)
     ref = protein_calls(table)

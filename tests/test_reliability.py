@@ -139,7 +139,7 @@ def test_nan_test_loss_stops_training_naming_the_last_finite_snapshot(tmp_path):
 
 
 def test_snapshot_rules_never_choose_a_non_finite_loss(tmp_path):
-    from deepyeast.engine.runconfig import choose_snapshot
+    from deepyeast.engine.make_run_config import choose_snapshot
     from deepyeast.utils.io import InputError, StepFailed
 
     p = caffe_pb2.SolverParameter(snapshot_prefix=str(tmp_path / "m"), max_iter=30)
@@ -681,7 +681,7 @@ def test_nan_metric_is_written_as_null_with_a_note(tmp_path):
 
 def test_predictions_whose_pred_is_not_the_argmax_are_refused(tmp_path):
     from _prediction_tables import simulated_table
-    from deepyeast.analysis.predictions import write_predictions
+    from deepyeast.analysis.prediction_table import write_predictions
     import dataclasses
     table = simulated_table(n_classes=12)
     pred = table.pred.copy()

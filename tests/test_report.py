@@ -19,13 +19,13 @@ import pytest  # noqa: E402
 from _prediction_tables import simulated_table, write_table  # noqa: E402
 from deepyeast.constants import PAPER_RESULTS  # noqa: E402
 from deepyeast.utils.io import InputError  # noqa: E402
-from deepyeast.analysis.cell_metrics import run_cell_evaluation  # noqa: E402
-from deepyeast.analysis.predictions import make_predictions  # noqa: E402
+from deepyeast.analysis.evaluate_cells import run_cell_evaluation  # noqa: E402
+from deepyeast.analysis.prediction_table import make_predictions  # noqa: E402
 from deepyeast.analysis.cp_features import describe_features, feature_names  # noqa: E402
 from deepyeast.analysis.protein_level import run_protein_level  # noqa: E402
 from deepyeast.analysis.random_forest import write_forest_result  # noqa: E402
 from deepyeast.analysis.transfer import write_transfer_result  # noqa: E402
-from deepyeast.report.html import build_report  # noqa: E402
+from deepyeast.report.make_report import build_report  # noqa: E402
 from deepyeast.utils.manifest import figure, write_result  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -20,7 +20,7 @@ import tifffile
 from _bundles import make_bundle
 from _dask_cluster import dask_cluster
 from _data_helpers import REPO_ROOT, tiny_screen
-from deepyeast.analysis.classify import CallRules, classify_screen
+from deepyeast.analysis.classify_screen import CallRules, classify_screen
 from deepyeast.analysis.screen_run import chunk_path, work_folder
 
 SCRIPT = os.path.join(REPO_ROOT, "analysis", "classify_screen.py")
@@ -139,7 +139,7 @@ def test_a_changed_setup_is_refused_and_call_settings_may_change(bundle, screen,
     os.makedirs(work)
     # a work folder left by a run with other segmentation parameters
     from deepyeast.analysis import screen_run
-    from deepyeast.data.segment import SegmentParams
+    from deepyeast.data.segment_cells import SegmentParams
     from deepyeast.model import read_bundle
 
     b = read_bundle(bundle)

@@ -11,8 +11,9 @@ import pytest
 import tifffile
 
 from deepyeast.data.micrographs import read_mask
-from deepyeast.data import segment
-from deepyeast.data.segment import SegmentParams, match_objects, measure_cells, segment_marker
+from deepyeast.data import segment_cells as segment
+from deepyeast.data.crop_cells import measure_cells
+from deepyeast.data.segment_cells import SegmentParams, match_objects, segment_marker
 from deepyeast.utils.io import InputError
 
 from _data_helpers import REPO_ROOT, tiny_screen

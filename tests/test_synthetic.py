@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from deepyeast.data import synthetic
+from deepyeast.data import make_synthetic as synthetic
 from deepyeast.data.crop_png import read_crop
 from deepyeast.data.lists import check_splits, mixed_protein_cells, protein_of, read_split_list
 from deepyeast.constants import CLASS_NAMES, MIN_CELLS_PER_PROTEIN, TRANSFER_CLASS_NAMES

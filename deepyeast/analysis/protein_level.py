@@ -23,7 +23,7 @@ import numpy as np
 from deepyeast.constants import MIN_CELLS_PER_PROTEIN, PAPER_RESULTS, paper_result
 from deepyeast.utils.manifest import clear_result, headline, missing_part, table, write_result
 from deepyeast.utils.io import InputError, atomic_path, atomic_write_json
-from deepyeast.analysis.cell_metrics import count
+from deepyeast.analysis.evaluate_cells import count
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +85,7 @@ def call_cells(probs, proteins, class_names, order=None, labels=None, prior=1.0)
     ``order`` without cells gets ``n_cells`` 0, NaN ``alpha``/``posterior`` and ``pred`` -1;
     ``labels`` int (P,) true class per listed protein, -1 unknown (default: all unknown).
     The one calling of proteins: :func:`protein_calls` (the labelled pipeline) and
-    :func:`deepyeast.analysis.classify.call_proteins` (a new screen) both use it.
+    :func:`deepyeast.analysis.classify_screen.call_proteins` (a new screen) both use it.
     """
     probs = np.asarray(probs, dtype=np.float64)
     k = len(class_names)
@@ -116,7 +116,7 @@ def call_cells(probs, proteins, class_names, order=None, labels=None, prior=1.0)
 
 
 def protein_calls(table, prior=1.0, allow_mixed_labels=False):
-    """Protein calls for a :class:`~deepyeast.analysis.predictions.Predictions` (:func:`call_cells`).
+    """Protein calls for a :class:`~deepyeast.analysis.prediction_table.Predictions` (:func:`call_cells`).
 
     A protein's true label is its cells' label; cells of one protein with different labels
     are an :class:`InputError` naming the rows, unless ``allow_mixed_labels`` (then the most
@@ -228,7 +228,7 @@ def run_protein_level(predictions_path, out_path, mixed_path=None, mixed_predict
     in the proteins table's folder (:func:`write_protein_result`; ``classifier`` "network" or
     "random_forest" names it).  Returns the summary dict.
     """
-    from deepyeast.analysis.predictions import read_predictions
+    from deepyeast.analysis.prediction_table import read_predictions
     from deepyeast.data.lists import read_mixed_table
 
     table = read_predictions(predictions_path, split=split, require_all_classes=False)

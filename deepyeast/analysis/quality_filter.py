@@ -13,7 +13,7 @@ tell them apart from a training set built on the validation split:
 
 10-fold cross-validation compares mtry in {2, 110, 218, 326, 435} (capped at the
 number of features) x down-sampling of cells {none, balanced} with 100-tree
-forests (one Dask task per grid point and fold, see :mod:`deepyeast.analysis.random_forest`);
+forests (one Dask task per grid point and fold, :func:`quality_cv`; R through :mod:`deepyeast.analysis.rbridge`);
 the point with the highest cross-validated accuracy is chosen (balanced accuracy
 reported beside it).  Refitted on the whole training set, the forest classifies
 the test cells; those it calls non-cells are removed, and each classifier's
@@ -29,9 +29,12 @@ import json
 import logging
 import os
 
+import uuid
+
 import numpy as np
 
 from deepyeast.analysis.cp_features import read_feature_csv
+from deepyeast.analysis.rbridge import data_frame_rows, impute_features, init_r, r_ints, r_matrix, r_inputs, session
 from deepyeast.utils.io import InputError, atomic_write_text, open_input, write_csv
 
 _log = logging.getLogger(__name__)
@@ -136,7 +139,7 @@ def _accuracy(correct, total):
 def filter_accuracy(table, keep_paths):
     """Accuracy of a predictions table before/after keeping only ``keep_paths``.
 
-    table: :class:`deepyeast.analysis.predictions.Predictions`; keep_paths: set of str.
+    table: :class:`deepyeast.analysis.prediction_table.Predictions`; keep_paths: set of str.
     Returns ``{"before": {...}, "after": {...}, "removed": int}`` with value/correct/total.
     """
     ok = table.pred == table.label
@@ -150,7 +153,7 @@ def filter_accuracy(table, keep_paths):
 
 def _val_predictions(net_csv, rf_csv, feature_paths, val_features):
     """The two classifiers' validation tables, aligned with the feature rows -> (rows, labels, net, rf)."""
-    from deepyeast.analysis.predictions import read_predictions
+    from deepyeast.analysis.prediction_table import read_predictions
 
     net = read_predictions(net_csv, require_all_classes=False)
     rf = read_predictions(rf_csv, require_all_classes=False)
@@ -185,6 +188,91 @@ def not_run_summary(reason, option=NONCELL_OPTION, training_set=None):
     return summary
 
 
+# --------------------------------------------------------------------------- the quality forest and its cross-validation
+
+def quality_points(mtry, sampling, n_features):
+    """The CV grid (R ``rf_quality_points``): dicts mtry, sampling; mtry capped at
+    ``n_features`` (duplicates dropped), mtry varying fastest."""
+    with session() as ro:
+        pts = ro.r["rf_quality_points"](ro.IntVector([int(m) for m in mtry]), ro.StrVector(list(sampling)),
+                                        int(n_features))
+        return data_frame_rows(pts)
+
+
+def quality_fold_task(job, shared):
+    """One CV task: the forest of one grid point on all folds but ``job["fold"]``, scored on that fold.
+
+    job: dict point, mtry, sampling, fold, seed; shared: dict token, x, is_cell, fold_ids,
+    ntree.  Returns dict point, tp, tn, n1, n0 (R ``rf_quality_fold``).
+    """
+    with session() as ro:
+        r = r_inputs(shared)
+        c = ro.r["rf_quality_fold"](r["x"], r["is_cell"], r["fold_ids"], int(job["fold"]), int(job["mtry"]),
+                                    job["sampling"], int(shared["ntree"]), 1, int(job["seed"]))
+        counts = dict(zip(c.names, (int(v) for v in c)))
+    return {"point": job["point"], **counts}
+
+
+def quality_best(table, sampling=PAPER_SAMPLING):
+    """The quality filter's choice among CV rows (R ``rf_quality_best``): highest CV accuracy;
+    ties: higher balanced accuracy, then smaller mtry, then the earlier sampling option."""
+    order = list(sampling)
+    return min(table, key=lambda r: (-r["cv_accuracy"], -r["cv_balanced_accuracy"], r["mtry"],
+                                     order.index(r["sampling"])))
+
+
+def quality_cv(x, is_cell, mtry=PAPER_MTRY, sampling=PAPER_SAMPLING, folds=PAPER_FOLDS, ntree=PAPER_NTREE, seed=0,
+               scheduler="none", jobs=1, log=None):
+    """k-fold CV over mtry x down-sampling of a cell / non-cell forest, one task per point and fold.
+
+    x: float N x F (finite); is_cell: 0/1 per row.  The folds are stratified
+    (R ``rf_stratified_folds``, seeded); fold f of point p (job i = p + P * (f - 1),
+    1-based, of P points) grows its forest with seed + i -- the numbers R's
+    ``rf_quality_cv`` gives.  Chosen by CV accuracy (:func:`quality_best`).
+    Returns ``(table, best, model)``; ``model`` is the best setting refitted on all
+    rows (seed ``seed``), for :func:`quality_predict`.
+    """
+    from deepyeast.analysis.cluster import TaskRunner
+
+    x = np.asarray(x, np.float64)
+    is_cell = np.asarray(is_cell, np.int64)
+    points = quality_points(mtry, sampling, x.shape[1])
+    with session() as ro:
+        y = ro.r["factor"](r_ints(is_cell), levels=ro.IntVector([0, 1]))
+        fold_ids = np.array(ro.r["rf_stratified_folds"](y, int(folds), int(seed)), dtype=np.int64)
+    jobs_ = [{"point": p + 1, "mtry": points[p]["mtry"], "sampling": points[p]["sampling"], "fold": f + 1,
+              "seed": int(seed) + 1 + p + len(points) * f}
+             for f in range(int(folds)) for p in range(len(points))]
+    shared = {"token": uuid.uuid4().hex, "x": x, "is_cell": is_cell, "fold_ids": fold_ids, "ntree": int(ntree)}
+    results = [None] * len(jobs_)
+    with TaskRunner(scheduler, jobs, worker_setup=init_r, log=log) as runner:
+        data = runner.share(shared)
+        for i, res in runner.as_completed(quality_fold_task, jobs_, data):
+            results[i] = res
+    with session() as ro:
+        cols = ("point", "tp", "tn", "n1", "n0")
+        flat = ro.IntVector([int(r[c]) for r in results for c in cols])
+        res_m = ro.r["matrix"](flat, ncol=len(cols), byrow=True, dimnames=ro.r["list"](ro.NULL, ro.StrVector(cols)))
+        r_points = ro.r["rf_quality_points"](ro.IntVector([int(m) for m in mtry]), ro.StrVector(list(sampling)),
+                                             x.shape[1])
+        table = data_frame_rows(ro.r["rf_quality_table"](r_points, res_m))
+    best = quality_best(table, sampling)
+    with session() as ro:
+        model = ro.r["rf_quality_fit"](r_matrix(x), r_ints(is_cell), int(best["mtry"]), best["sampling"], int(ntree), 1,
+                                       int(seed))
+    return table, best, model
+
+
+def quality_predict(model, x, seed=0):
+    """``(p_cell float64 N, is_cell int64 N)``: vote fraction for "cell" and the forest's class
+    (randomForest's tie rule with ``set.seed(seed)``)."""
+    with session() as ro:
+        res = ro.r["rf_quality_predict"](model, r_matrix(x), int(seed))
+        return (np.asarray(res.rx2("p_cell"), dtype=np.float64), np.asarray(res.rx2("is_cell"), dtype=np.int64))
+
+
+# --------------------------------------------------------------------------- the filter
+
 def run_quality_filter(val_features, net_val, rf_val, noncells, test_features, predictions=None, truth=None,
                        out_json=None, out_cells=None, out_training=None, per_class=PAPER_CELLS_PER_CLASS,
                        mtry=PAPER_MTRY, sampling=PAPER_SAMPLING, folds=PAPER_FOLDS, ntree=PAPER_NTREE, seed=0,
@@ -210,8 +298,7 @@ def run_quality_filter(val_features, net_val, rf_val, noncells, test_features, p
     if noncells is None:
         log(f"quality filter: not run: {NO_LIST_REASON}; give a non-cell list with {NONCELL_OPTION}")
         return not_run_summary(NO_LIST_REASON)
-    from deepyeast.analysis import random_forest
-    from deepyeast.analysis.predictions import read_predictions
+    from deepyeast.analysis.prediction_table import read_predictions
     from deepyeast.constants import class_names_for
 
     va_paths, va_names, x_va = read_feature_csv(val_features)
@@ -248,14 +335,14 @@ def run_quality_filter(val_features, net_val, rf_val, noncells, test_features, p
         if out_json:
             atomic_write_text(out_json, json.dumps(summary, indent=1) + "\n")
         return summary
-    x_fit, x_test, _ = random_forest.impute_features(x_lab, x_te)
+    x_fit, x_test, _ = impute_features(x_lab, x_te)
     log(f"quality filter: {n_cell} cells ({per_class} per class at most) + {n_non} non-cells, {folds}-fold CV over "
         f"mtry {list(mtry)} x sampling {list(sampling)}, {ntree} trees")
-    table, best, model = random_forest.quality_cv(x_fit, y, mtry=mtry, sampling=sampling, folds=folds, ntree=ntree,
+    table, best, model = quality_cv(x_fit, y, mtry=mtry, sampling=sampling, folds=folds, ntree=ntree,
                                             seed=seed, scheduler=scheduler, jobs=jobs, log=log)
     log(f"quality filter: chosen mtry {best['mtry']}, sampling {best['sampling']}: CV accuracy "
         f"{best['cv_accuracy']:.4f}, balanced accuracy {best['cv_balanced_accuracy']:.4f}")
-    p_cell, is_cell_pred = random_forest.quality_predict(model, x_test, seed)
+    p_cell, is_cell_pred = quality_predict(model, x_test, seed)
     keep = {p for p, k in zip(te_paths, is_cell_pred) if k}
     summary = {
         "procedure": "paper: per class, validation cells correct by both classifiers labelled as cells, plus "

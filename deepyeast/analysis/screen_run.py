@@ -47,7 +47,7 @@ import zlib
 import numpy as np
 
 from deepyeast.analysis.qc import QC_COLUMNS, micrograph_qc
-from deepyeast.data.segment import SegmentParams, cells_and_crops, row_cells
+from deepyeast.data.segment_cells import SegmentParams, cells_and_crops, row_cells
 from deepyeast.engine.inference import InferenceSettings
 from deepyeast.utils.io import InputError, file_digest
 

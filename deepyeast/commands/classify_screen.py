@@ -43,7 +43,7 @@ Output (--out DIR, replaced as a whole, atomically):
 Flags (proteins.csv, 1 = set): few_cells: fewer than --min-cells cells; low_confidence:
 p_call, the posterior probability that the called compartment's share exceeds the
 runner-up's, below --confidence; possible_dual: the runner-up's share at least
---dual-share; no_cells: no cell found (no call).  See deepyeast/analysis/classify.py.
+--dual-share; no_cells: no cell found (no call).  See deepyeast/analysis/classify_screen.py.
 
 Bad input (one line naming table row and file, exit 2, nothing written): unreadable or
 truncated file, a single-channel file where two are needed, channels of different sizes,
@@ -61,7 +61,7 @@ from deepyeast import launcher
 
 
 def options(p):
-    from deepyeast.analysis.classify import CONFIDENCE, DUAL_SHARE, GALLERY_CELLS
+    from deepyeast.analysis.classify_screen import CONFIDENCE, DUAL_SHARE, GALLERY_CELLS
     from deepyeast.analysis.screen_run import CHUNK
     from deepyeast.constants import MIN_CELLS_PER_PROTEIN
 
@@ -104,7 +104,7 @@ def options(p):
 
 
 def run(args):
-    from deepyeast.analysis.classify import CallRules, classify_screen
+    from deepyeast.analysis.classify_screen import CallRules, classify_screen
     from deepyeast.analysis.cluster import resolve_scheduler
 
     s = classify_screen(

@@ -48,7 +48,7 @@ def options(p):
 
 
 def run(args):
-    from deepyeast.data.micrographs import crop_screen
+    from deepyeast.data.crop_cells import crop_screen
 
     out = launcher.output_folder(args)
     summary = crop_screen(args.images, out, centres_csv=args.centres, channels=tuple(args.channels),

@@ -2,7 +2,7 @@
 
 Inputs
   --predictions CSV     the network's predictions table
-                        (path,protein,split,label,pred,prob_0..prob_{K-1}; see deepyeast/analysis/predictions.py)
+                        (path,protein,split,label,pred,prob_0..prob_{K-1}; see deepyeast/analysis/prediction_table.py)
   --rf-predictions CSV  optional: the random forest's table for the same cells, plotted beside the network
 
 Outputs (in --out DIR; result.json is written last and marks a finished step)
@@ -25,7 +25,7 @@ Example:
 """
 
 from deepyeast import launcher
-from deepyeast.analysis.cell_metrics import DEFAULT_RESAMPLES, run_cell_evaluation
+from deepyeast.analysis.evaluate_cells import DEFAULT_RESAMPLES, run_cell_evaluation
 
 
 def options(p):

@@ -45,7 +45,7 @@ def options(p):
 
 
 def run(args):
-    from deepyeast.data.segment import segment_screen
+    from deepyeast.data.segment_cells import segment_screen
 
     out = launcher.output_folder(args)
     params = launcher.segment_params(args)

@@ -3,7 +3,7 @@
 The same path as ``deepyeast classify``: the micrograph is made 2 x H x W uint8 by
 :func:`deepyeast.data.micrographs.to_two_channel` (so bad input gives the command's one-line
 ``InputError``), cells are found and classified by
-:func:`deepyeast.analysis.classify.classify_micrograph` and the protein is called by the
+:func:`deepyeast.analysis.classify_screen.classify_micrograph` and the protein is called by the
 command's Dirichlet model and flags.
 """
 
@@ -51,7 +51,7 @@ _BUNDLES = {}
 
 def load_bundle(path):
     """``(bundle, predictor)`` of the model bundle folder ``path`` (``predictor``:
-    :func:`deepyeast.analysis.classify.micrograph_predictor`'s pair), checked as the command checks it
+    :func:`deepyeast.analysis.classify_screen.micrograph_predictor`'s pair), checked as the command checks it
     (:func:`deepyeast.model.read_bundle`: its one-line ``InputError``); kept while the folder's
     bundle.json is unchanged, so a second run does not load the net again."""
     from deepyeast.model import read_bundle
@@ -64,7 +64,7 @@ def load_bundle(path):
     stamp = os.stat(meta).st_mtime_ns if os.path.isfile(meta) else None
     cached = _BUNDLES.get(folder)
     if cached is None or stamp is None or cached[0] != stamp:
-        from deepyeast.analysis.classify import micrograph_predictor
+        from deepyeast.analysis.classify_screen import micrograph_predictor
 
         bundle = read_bundle(os.fspath(path))
         _BUNDLES.clear()
@@ -97,7 +97,7 @@ def cells_layer(bundle, micrograph, mask=None, predictor=None, name="micrograph"
 
     ``mask``: a Labels layer's data (int H x W) to use instead of segmenting the marker.
     """
-    from deepyeast.analysis.classify import classify_micrograph
+    from deepyeast.analysis.classify_screen import classify_micrograph
 
     if mask is not None:
         mask = np.asarray(mask)
@@ -122,7 +122,7 @@ def cells_layer(bundle, micrograph, mask=None, predictor=None, name="micrograph"
 
 
 def protein_call(calls, classes):
-    """The call of the one protein of ``calls`` (:class:`deepyeast.analysis.classify.ScreenCalls`) as a
+    """The call of the one protein of ``calls`` (:class:`deepyeast.analysis.classify_screen.ScreenCalls`) as a
     dict: ``class`` (None without cells), ``n_cells`` (those called), ``n_ood`` (left out as out of
     distribution), ``top1_share``, ``second``, ``top2_share``,
     ``p_call``, the flags (``few_cells``, ``low_confidence``, ``possible_dual``, ``no_cells``) and

@@ -14,7 +14,7 @@ import shutil
 
 import numpy as np
 
-from deepyeast.analysis.compare import METHOD, CompareSettings, compare_screens, read_side, summarise, write_tables
+from deepyeast.analysis.compare_screens import METHOD, CompareSettings, compare_screens, read_side, summarise, write_tables
 from deepyeast.utils.io import atomic_folder, atomic_write_text
 
 __all__ = ["write_comparison", "run_compare"]
@@ -67,7 +67,7 @@ def _volcano(path, rows, fdr):
 
 
 def _report(out_dir, ref, cond, rows, summary, settings):
-    from deepyeast.report.html import CSS, escape, html_table
+    from deepyeast.report.make_report import CSS, escape, html_table
 
     os.makedirs(os.path.join(out_dir, "figures"))
     os.makedirs(os.path.join(out_dir, "gallery"))

@@ -26,7 +26,7 @@ import os
 import numpy as np
 
 from deepyeast import __version__
-from deepyeast.report.html import CSS, Raw, escape, format_count, html_table
+from deepyeast.report.make_report import CSS, Raw, escape, format_count, html_table
 
 __all__ = ["write_screen_report", "gallery_order", "render_strip"]
 
@@ -210,8 +210,8 @@ def _qc_section(cells):
 def write_screen_report(out_dir, bundle, cells, calls, summary, gallery_cells=8):
     """Write ``out_dir/report.html`` with ``out_dir/figures/`` and ``out_dir/gallery/`` (see the module doc).
 
-    ``cells``, ``calls``: :class:`deepyeast.analysis.classify.ScreenCells` and
-    :class:`~deepyeast.analysis.classify.ScreenCalls`; ``summary``: the step's summary dict.
+    ``cells``, ``calls``: :class:`deepyeast.analysis.classify_screen.ScreenCells` and
+    :class:`~deepyeast.analysis.classify_screen.ScreenCalls`; ``summary``: the step's summary dict.
     """
     classes = list(bundle.classes)
     has = calls.n_cells > 0

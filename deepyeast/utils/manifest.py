@@ -1,7 +1,7 @@
 """Result manifests: what an analysis hands to the report.
 
 Every analysis writes, last of all its outputs, ``OUT/result.json`` (:data:`MANIFEST_NAME`),
-and the report (:mod:`deepyeast.report.html`) finds every manifest under the run folder: it
+and the report (:mod:`deepyeast.report.make_report`) finds every manifest under the run folder: it
 needs no edit for a new analysis.  Its presence marks a finished step (a Make target).
 
 Schema (``"schema": "deepyeast.result/1"``; only ``name`` and ``title`` are required)::

@@ -62,10 +62,10 @@ def test_crops(bundle, n_per_class=1, seed=0):
     if tuple(bundle.classes) != tuple(CLASS_NAMES) or tuple(bundle.input_shape) != (2, 64, 64):
         raise InputError(f"{bundle.path}: the bundle has no examples.npy and is not a 12-class DeepYeast model, "
                          "so no test crops can be made for it; give --test-crops")
-    from deepyeast.data.synthetic import example_crops
+    from deepyeast.data.make_synthetic import example_crops
 
     crops = np.concatenate([example_crops("main", k, n_per_class, seed=seed) for k in range(len(CLASS_NAMES))])
-    return crops, f"synthetic cells rendered by deepyeast.data.synthetic (seed {seed}), {n_per_class} per class"
+    return crops, f"synthetic cells rendered by deepyeast.data.make_synthetic (seed {seed}), {n_per_class} per class"
 
 
 def trace_bundle(bundle, example):

@@ -27,7 +27,7 @@ scale ``background_radius``, ``min_area``, ``max_area``, ``max_hole_area`` and
 ``split_depth`` with the cell diameter.
 
 Then :func:`measure_cells` gives each cell's id, centroid and area, and
-:func:`deepyeast.data.micrographs.crop_cells` cuts the crops;  :func:`cells_and_crops`
+:func:`deepyeast.data.crop_cells.crop_cells` cuts the crops;  :func:`cells_and_crops`
 does both.  :func:`iter_screen_cells` yields the cells and crops of every
 micrograph of an images table (labels optional), for classifying a new
 screen.  :func:`segment_screen` runs a whole images table (the input of
@@ -46,8 +46,9 @@ import numpy as np
 
 from deepyeast.constants import CLASS_NAMES, IMAGE_SIZE
 from deepyeast.data.crop_png import quiet_cv2
-from deepyeast.data.micrographs import (Rejects, crop_cells, measure_cells, read_images_table,  # noqa: F401
-                                        read_mask, read_row_micrograph)
+from deepyeast.data.crop_cells import crop_cells, measure_cells
+from deepyeast.data.micrographs import read_mask, read_row_micrograph
+from deepyeast.data.screen_tables import Rejects, read_images_table
 from deepyeast.utils.io import InputError, atomic_folder, atomic_write_text, open_input, write_csv
 from deepyeast.utils.progress import progress as progress_report
 
@@ -375,7 +376,7 @@ def match_objects(true_mask, pred_mask, iou_threshold=0.5):
 def row_cells(rec, params=SegmentParams(), channels=(0, 1), bits=None, resegment=False):
     """Read one images-table row and find its cells.
 
-    ``rec``: a row of :func:`deepyeast.data.micrographs.read_images_table`.  Its micrograph
+    ``rec``: a row of :func:`deepyeast.data.screen_tables.read_images_table`.  Its micrograph
     is read (``channels``, ``bits`` as in :func:`deepyeast.data.micrographs.read_micrograph`);
     the row's ``mask`` is used when given (unless ``resegment``), else the
     marker is segmented with ``params``.  Returns ``(micrograph uint8 2 x H x W,
@@ -396,7 +397,7 @@ def iter_screen_cells(images_csv, params=SegmentParams(), channels=(0, 1), bits=
                       require=(), desc="cells"):
     """Cells and crops of every micrograph of an images table, labels optional.
 
-    ``images_csv``: the table of :func:`deepyeast.data.micrographs.read_images_table`
+    ``images_csv``: the table of :func:`deepyeast.data.screen_tables.read_images_table`
     (``image`` or ``marker_image,protein_image``; ``plate``, ``protein``,
     ``label``, ``split``, ``mask`` optional, unless named in ``require``).
     Yields, per readable row in table order, ``(rec, mask, cells, crops)``:
@@ -454,7 +455,7 @@ def segment_screen(images_csv, out_dir, params=SegmentParams(), channels=(0, 1),
                    resegment=False, class_names=CLASS_NAMES, progress=True):
     """Segment every micrograph of an images table; returns a summary dict.
 
-    ``images_csv``: the table of :func:`deepyeast.data.micrographs.read_images_table`
+    ``images_csv``: the table of :func:`deepyeast.data.screen_tables.read_images_table`
     (``image`` or ``marker_image,protein_image``; ``plate``, ``protein``,
     ``label``, ``split`` optional here and passed through).  A row that already
     names a ``mask`` keeps it (external segmentations: CellProfiler, cellpose,

@@ -2,10 +2,10 @@
 
 A lab's screen arrives as micrographs (marker + GFP channel) of strains, without labels or
 segmentation.  :func:`classify_screen` takes an images table (the table of
-:func:`deepyeast.data.micrographs.read_images_table`; ``label`` optional) and a model bundle
+:func:`deepyeast.data.screen_tables.read_images_table`; ``label`` optional) and a model bundle
 folder (:mod:`deepyeast.model.bundle`) and
 
-1. finds the cells of each micrograph (:func:`deepyeast.data.segment.iter_screen_cells`: the
+1. finds the cells of each micrograph (:func:`deepyeast.data.segment_cells.iter_screen_cells`: the
    row's ``mask`` when given, else the marker channel is segmented), cuts a crop of the
    bundle's input size centred on each cell;
 2. runs the bundle's network on every crop (our engine; ``precision`` fp32 = Caffe's
@@ -45,7 +45,7 @@ Flags of a protein call (columns of ``proteins.csv``)
     no cell was found in any micrograph of the protein (no call).
 
 Where the table gives labels, the per-cell accuracy (with a stratified-bootstrap interval and
-Cohen's kappa, as :mod:`deepyeast.analysis.cell_metrics`) and the per-protein accuracy (all
+Cohen's kappa, as :mod:`deepyeast.analysis.evaluate_cells`) and the per-protein accuracy (all
 proteins, and those with at least ``min_cells`` cells) are computed as in the main report.
 """
 
@@ -61,8 +61,8 @@ import numpy as np
 from deepyeast.analysis.ood import OOD_FLAG
 from deepyeast.analysis.qc import QC_COLUMNS
 from deepyeast.constants import INFERENCE_PRECISIONS as PRECISIONS, MIN_CELLS_PER_PROTEIN
-from deepyeast.data.micrographs import Rejects, read_images_table
-from deepyeast.data.segment import SegmentParams
+from deepyeast.data.screen_tables import Rejects, read_images_table
+from deepyeast.data.segment_cells import SegmentParams
 from deepyeast.engine.inference import InferenceSettings
 from deepyeast.utils.io import (InputError, StepFailed, atomic_path, atomic_write_text, check_replaceable,
                                 output_lock, remove_stale_partials, write_csv)
@@ -288,7 +288,7 @@ def classify_micrograph(bundle, micrograph, mask=None, params=SegmentParams(), b
     (NaN / 0 when the bundle has no statistics; flagged cells are left out of the call), ``calls`` one
     protein (the default call rules).  Used by the napari plugin.
     """
-    from deepyeast.data.segment import cells_and_crops
+    from deepyeast.data.segment_cells import cells_and_crops
 
     c, h, w = _crop_shape(bundle)
     source = "segmented" if mask is None else "given"
@@ -436,11 +436,11 @@ def accuracies(cells, calls, n_classes, min_cells=MIN_CELLS_PER_PROTEIN, n_resam
     """Per-cell and per-protein accuracy where labels are given (None when no row has a label).
 
     As in the main report: per cell a count with a stratified-bootstrap 95% interval
-    (:func:`deepyeast.analysis.cell_metrics.bootstrap_precision_recall`) and Cohen's kappa;
+    (:func:`deepyeast.analysis.evaluate_cells.bootstrap_precision_recall`) and Cohen's kappa;
     per protein the MAP call against the label, over all labelled proteins with cells and
     over those with at least ``min_cells`` cells.
     """
-    from deepyeast.analysis.cell_metrics import bootstrap_precision_recall, cohen_kappa, count
+    from deepyeast.analysis.evaluate_cells import bootstrap_precision_recall, cohen_kappa, count
 
     lab = cells.label >= 0
     if not lab.any():

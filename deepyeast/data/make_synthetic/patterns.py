@@ -36,7 +36,7 @@ import math
 
 import numpy as np
 
-from deepyeast.data.synthetic.plan import PATCH
+from deepyeast.data.make_synthetic.plan import PATCH
 
 # ============================================================================ geometry helpers
 

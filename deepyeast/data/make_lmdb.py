@@ -123,7 +123,7 @@ def write_split_lmdb(root, entries, lmdb_path, split="train", class_names=CLASS_
     return manifest
 
 
-def build_lmdb_bundle(root, out_dir, splits=SPLITS, prefix=LIST_PREFIX, class_names=None, list_dir=None, seed=0,
+def build_lmdbs(root, out_dir, splits=SPLITS, prefix=LIST_PREFIX, class_names=None, list_dir=None, seed=0,
                       skip_bad=False, progress=True):
     """Convert an archive root's split lists into an LMDB bundle in ``out_dir``.
 

@@ -1,5 +1,5 @@
 """Writing a synthetic screen: render every protein's fields, crop them like real micrographs
-(:func:`deepyeast.data.micrographs.crop_cells`), write two archive roots in the published layout.
+(:func:`deepyeast.data.crop_cells.crop_cells`), write two archive roots in the published layout.
 """
 
 import math
@@ -21,10 +21,10 @@ from deepyeast.constants import (
 )
 from deepyeast.data.crop_png import write_crop
 from deepyeast.data.lists import MIXED_SPLIT, MIXED_TABLE, write_class_doc, write_mixed_table, write_split_list
-from deepyeast.data.micrographs import crop_cells, crop_name
-from deepyeast.data.synthetic.patterns import _protein_style
-from deepyeast.data.synthetic.plan import CELLS_PER_FULL_FIELD, FIELD_SIZE, plan_screen
-from deepyeast.data.synthetic.render import field_size_for, render_field
+from deepyeast.data.crop_cells import crop_cells, crop_name
+from deepyeast.data.make_synthetic.patterns import _protein_style
+from deepyeast.data.make_synthetic.plan import CELLS_PER_FULL_FIELD, FIELD_SIZE, plan_screen
+from deepyeast.data.make_synthetic.render import field_size_for, render_field
 from deepyeast.utils.io import atomic_folder, atomic_write_json, atomic_write_text
 from deepyeast.utils.progress import progress
 

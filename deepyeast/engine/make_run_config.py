@@ -136,9 +136,9 @@ def write_run_config(run_dir, lmdb_dir, solver_path=None, overrides=None, net_pa
     solver = retarget_solver(solver, net_out, os.path.join(run_dir, "snapshots", "deepyeast"),
                              **(overrides or {}))
     os.makedirs(os.path.join(run_dir, "snapshots"), exist_ok=True)
-    header = (f"# Generated from {net_path} by deepyeast.engine.runconfig: only the data paths differ.\n")
+    header = (f"# Generated from {net_path} by deepyeast.engine.make_run_config: only the data paths differ.\n")
     atomic_write_text(net_out, header + text_format.MessageToString(net))
-    header = (f"# Generated from {solver_path} by deepyeast.engine.runconfig: net, snapshot prefix and schedule.\n")
+    header = (f"# Generated from {solver_path} by deepyeast.engine.make_run_config: net, snapshot prefix and schedule.\n")
     atomic_write_text(solver_out, header + text_format.MessageToString(solver))
     return solver_out
 
@@ -277,7 +277,7 @@ def prune_snapshots(solver_path, keep):
 _CHOOSE_DOC = """Copy the snapshot a run uses (final, or lowest validation loss) to OUT, atomically.
 
 Example:
-  python -m deepyeast.engine.runconfig RUN/train/solver.prototxt RUN/train/chosen.caffemodel --rule val_loss \\
+  python -m deepyeast.engine.make_run_config RUN/train/solver.prototxt RUN/train/chosen.caffemodel --rule val_loss \\
       --log RUN/train/train.log --prune
 """
 
@@ -309,7 +309,7 @@ def _choose(args):
 def _main(argv=None):
     from deepyeast import launcher
 
-    return launcher.main(_CHOOSE_DOC, _choose_options, _choose, argv=argv, prog="python -m deepyeast.engine.runconfig")
+    return launcher.main(_CHOOSE_DOC, _choose_options, _choose, argv=argv, prog="python -m deepyeast.engine.make_run_config")
 
 
 if __name__ == "__main__":

@@ -250,7 +250,7 @@ def bootstrap_precision_recall(labels, preds, n_classes, n_resamples=DEFAULT_RES
 
 
 def evaluate_cells(table, n_resamples=DEFAULT_RESAMPLES, seed=0, method="multinomial"):
-    """All per-cell statistics of a :class:`~deepyeast.analysis.predictions.Predictions`.
+    """All per-cell statistics of a :class:`~deepyeast.analysis.prediction_table.Predictions`.
 
     Returns a dict: ``accuracy`` (count dict + ``lo``/``hi``), ``kappa`` (float),
     ``confusion_counts`` (K x K int64), ``confusion_rates`` (K x K float64),
@@ -343,7 +343,7 @@ def run_cell_evaluation(predictions_path, out_dir, rf_predictions_path=None, spl
     last, so its presence marks a finished evaluation.  A class without cells is an error
     unless ``require_all_classes`` is False (its recall is then undefined).  Returns the JSON dict.
     """
-    from deepyeast.analysis.predictions import read_predictions
+    from deepyeast.analysis.prediction_table import read_predictions
 
     net = read_predictions(predictions_path, split=split, require_all_classes=require_all_classes)
     rf = (read_predictions(rf_predictions_path, split=split, require_all_classes=require_all_classes)

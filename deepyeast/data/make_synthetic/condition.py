@@ -1,10 +1,10 @@
 """A pair of synthetic screens, reference and condition, with known relocalised proteins.
 
-Why: comparing two screens (:mod:`deepyeast.analysis.compare`) needs pairs whose truth is known,
+Why: comparing two screens (:mod:`deepyeast.analysis.compare_screens`) needs pairs whose truth is known,
 with what makes real comparisons hard: micrographs that differ in focus and exposure, some pulled
 toward a wrong compartment, and different cell counts.
 
-:func:`plan_pair` draws, from the main-set proteins of :func:`~deepyeast.data.synthetic.plan.plan_screen`
+:func:`plan_pair` draws, from the main-set proteins of :func:`~deepyeast.data.make_synthetic.plan.plan_screen`
 (their compartment, expression and own seed), the same proteins in both screens:
 
 * a seeded share of them (``movers``) relocalised in the condition: a share of their cells
@@ -91,7 +91,7 @@ def plan_pair(size="tiny", seed=0, settings=ConditionSettings()):
     (``n_cells``, ``defocus``, ``exposure``, ``pull_to``, ``pull_share``).  A pull never targets the
     protein's own compartment or its mover's target.  Deterministic per (size, seed, settings).
     """
-    from deepyeast.data.synthetic.plan import plan_screen
+    from deepyeast.data.make_synthetic.plan import plan_screen
 
     base = [p for p in plan_screen(size, seed) if p["set"] == "main" and p.get("mixed_with") is None]
     rng = np.random.default_rng(np.random.SeedSequence([seed, 20]))
@@ -178,8 +178,8 @@ def _render_protein(job):
     import cv2
     import tifffile
 
-    from deepyeast.data.synthetic.patterns import _protein_style
-    from deepyeast.data.synthetic.render import field_size_for, render_field
+    from deepyeast.data.make_synthetic.patterns import _protein_style
+    from deepyeast.data.make_synthetic.render import field_size_for, render_field
 
     p, side, plate, folder = job
     cv2.setNumThreads(1)
