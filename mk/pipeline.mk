@@ -147,7 +147,7 @@ endif
 
 $(TRAIN)/chosen.caffemodel: $(TRAIN)/solver.prototxt
 	$(call step,training ($(ENGINE) engine),$(TRAIN_CMD) 2> >(tee -a $(TRAIN)/train.log >&2))
-	$(PY) -m deepyeast.engine.make_run_config $(TRAIN)/solver.prototxt $@ --rule $(SNAPSHOT_RULE) \
+	$(PY) data_prep/choose_snapshot.py $(TRAIN)/solver.prototxt $@ --rule $(SNAPSHOT_RULE) \
 		--log $(TRAIN)/train.log $(if $(filter 1,$(KEEP_SNAPSHOTS)),,--prune)
 
 # BN_ITERS > 0: recompute BatchNorm statistics with the chosen weights (precise BN;

@@ -359,7 +359,7 @@ def test_built_wheel_holds_the_package_data_and_works_installed(tmp_path, tmp_pa
     probe = ("import os, deepyeast\n"
              "from deepyeast.caffe.zoo import zoo_file\n"
              "from deepyeast.analysis.rbridge import R_SCRIPT\n"
-             "from deepyeast.engine.make_run_config import write_run_config\n"
+             "from deepyeast.engine.run_config import write_run_config\n"
              "print(deepyeast.__file__); print(zoo_file('deploy.prototxt')); print(R_SCRIPT, os.path.isfile(R_SCRIPT))\n")
     env = {k: v for k, v in os.environ.items() if k not in ("DEEPYEAST_MODELS", "PYTHONPATH")}
     env["PYTHONPATH"] = str(site)

@@ -51,7 +51,8 @@ def test_the_pipelines_mean_file_is_the_constant():
 
 
 SHARED_MODULE_STEPS = {"check_splits": "deepyeast.data.lists", "fetch_archive": "deepyeast.data.download",
-                       "fetch_weights": "deepyeast.data.download"}
+                       "fetch_weights": "deepyeast.data.download", "make_run_config": "deepyeast.engine.run_config",
+                       "choose_snapshot": "deepyeast.engine.run_config"}
 """The steps that are thin calls of a module several steps share (docs/reference/layout.md, Names)."""
 
 LIBRARY_LAYERS = ("report", "analysis", "model", "data", "engine")

@@ -139,7 +139,7 @@ def test_nan_test_loss_stops_training_naming_the_last_finite_snapshot(tmp_path):
 
 
 def test_snapshot_rules_never_choose_a_non_finite_loss(tmp_path):
-    from deepyeast.engine.make_run_config import choose_snapshot
+    from deepyeast.engine.run_config import choose_snapshot
     from deepyeast.utils.io import InputError, StepFailed
 
     p = caffe_pb2.SolverParameter(snapshot_prefix=str(tmp_path / "m"), max_iter=30)

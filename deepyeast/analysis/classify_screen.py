@@ -565,7 +565,7 @@ def classify_screen(model_dir, images_csv, out_dir, params=SegmentParams(), chan
     from deepyeast.analysis import screen_run
     from deepyeast.analysis.ood import OodScorer
     from deepyeast.model import read_bundle
-    from deepyeast.report.screen_html import write_screen_report
+    from deepyeast.analysis.screen_report import write_screen_report
 
     if gallery_cells < 1:
         raise InputError("min_cells and gallery_cells must be at least 1")

@@ -425,7 +425,7 @@ def chosen_iteration(solver_path, chosen_path):
     byte-identical to ``chosen_path`` (the pipeline keeps the chosen one), or None when none is."""
     from deepyeast.caffe import caffe_pb2
     from deepyeast.caffe.prototxt import read_prototxt
-    from deepyeast.engine.make_run_config import snapshots_on_disk
+    from deepyeast.engine.run_config import snapshots_on_disk
     from deepyeast.utils.io import file_digest
 
     solver = read_prototxt(solver_path, caffe_pb2.SolverParameter)

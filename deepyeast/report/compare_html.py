@@ -67,7 +67,7 @@ def _volcano(path, rows, fdr):
 
 
 def _report(out_dir, ref, cond, rows, summary, settings):
-    from deepyeast.report.make_report import CSS, escape, html_table
+    from deepyeast.utils.html_page import CSS, escape, html_table
 
     os.makedirs(os.path.join(out_dir, "figures"))
     os.makedirs(os.path.join(out_dir, "gallery"))

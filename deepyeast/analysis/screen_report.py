@@ -26,7 +26,7 @@ import os
 import numpy as np
 
 from deepyeast import __version__
-from deepyeast.report.make_report import CSS, Raw, escape, format_count, html_table
+from deepyeast.utils.html_page import CSS, Raw, escape, format_count, html_table
 
 __all__ = ["write_screen_report", "gallery_order", "render_strip"]
 
