@@ -25,6 +25,7 @@ import json, resource, sys, time
 stage, args = sys.argv[1], json.loads(sys.argv[2])
 from deepyeast.data.make_synthetic import make_screen
 from deepyeast.data.make_lmdb import build_lmdbs
+from deepyeast.utils.run_context import RunContext
 import cv2, lmdb, threading
 peak_anon = [0.0]
 def sample():  # peak anonymous memory (excludes LMDB/file pages mapped into the process)
@@ -44,7 +45,7 @@ if stage == "generate":
     s = make_screen(args["out"], args["size"], seed=0, workers=args["workers"], progress=False)
     n = s["main"]["n_crops"] + s["transfer"]["n_crops"]
 else:
-    s = build_lmdbs(args["root"], args["out"], prefix=args["prefix"], progress=False)
+    s = build_lmdbs(args["root"], args["out"], prefix=args["prefix"], context=RunContext(progress=False))
     n = s["n_records"]
 dt = time.time() - t0
 cpu = cpu_now() - cpu0

@@ -55,22 +55,24 @@ def main(argv=None):
     wall2 = time.perf_counter() - t0
     rows.append((f"features, {n} cells, LocalCluster of {args.jobs} workers (3 cluster starts)", wall2, None))
 
-    from deepyeast.analysis.quality_filter import run_quality_filter
-    from deepyeast.analysis.random_forest import run_baseline
+    from deepyeast.analysis.quality_filter import QualityInputs, run_quality_filter
+    from deepyeast.analysis.random_forest import ForestFiles, run_baseline
+    from deepyeast.utils.run_context import RunContext
 
     t0 = time.perf_counter()
     rf_val = os.path.join(args.work, "rf_val_predictions.csv")
-    s = run_baseline(feats["train"], feats["val"], feats["test"],
-                     [os.path.join(root, f"HOwt_{x}.txt") for x in ("train", "val", "test")],
-                     os.path.join(args.work, "rf_predictions.csv"), grid="small", val_out=rf_val, scheduler="local",
-                     jobs=args.jobs, log=lambda *_: None)
+    quiet = RunContext(scheduler="local", jobs=args.jobs, log=lambda *_: None)
+    s = run_baseline(ForestFiles(feats["train"], feats["val"], feats["test"],
+                                 [os.path.join(root, f"HOwt_{x}.txt") for x in ("train", "val", "test")],
+                                 os.path.join(args.work, "rf_predictions.csv"), val_out=rf_val),
+                     grid="small", context=quiet)
     rows.append((f"random forest, small grid, {s['n_train']} train cells, LocalCluster of {args.jobs} workers",
                  time.perf_counter() - t0, None))
     t0 = time.perf_counter()
     # the forest's validation table stands in for the network's too (this bench trains no network)
-    q = run_quality_filter(feats["val"], rf_val, rf_val, os.path.join(root, "noncells.txt"), feats["test"],
-                           {"random_forest": os.path.join(args.work, "rf_predictions.csv")}, scheduler="local",
-                           jobs=args.jobs, log=lambda *_: None)
+    q = run_quality_filter(QualityInputs(feats["val"], rf_val, rf_val, os.path.join(root, "noncells.txt"),
+                                         feats["test"], {"random_forest": os.path.join(args.work, "rf_predictions.csv")}),
+                           context=quiet)
     ts = q["training_set"]
     rows.append((f"quality filter, 10-fold CV, {ts['cells']} cells + {ts['noncells']} non-cells"
                  f"{' (not run: too few)' if 'not_run' in q else ''}, LocalCluster of {args.jobs} workers",

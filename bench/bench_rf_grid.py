@@ -259,17 +259,18 @@ def main(argv=None):
     check = None
     if args.grid_check:
         from deepyeast.analysis import random_forest as rforest
+        from deepyeast.utils.run_context import RunContext
 
         d = load_inputs(None, None, cache)
         small = {"ntree": [max(1, args.ntree // 2), args.ntree], "mtry": [min(args.mtry), NODESIZE_MTRY],
                  "nodesize": [1]}
-        kw = dict(grid=small, seed=1, x_test=d["x_test"])
+        kw = dict(grid=small, x_test=d["x_test"])
         c0, w0 = time.process_time(), time.perf_counter()
-        a = rforest.grid_search(d["x_train"], d["y_train"], d["x_val"], d["y_val"], scheduler="none", **kw)
+        a = rforest.grid_search(d["x_train"], d["y_train"], d["x_val"], d["y_val"], **kw, context=RunContext(seed=1))
         cpu_none, wall_none = time.process_time() - c0, time.perf_counter() - w0
         w0 = time.perf_counter()
-        b = rforest.grid_search(d["x_train"], d["y_train"], d["x_val"], d["y_val"], scheduler="local", jobs=args.jobs,
-                                **kw)
+        b = rforest.grid_search(d["x_train"], d["y_train"], d["x_val"], d["y_val"], **kw,
+                                context=RunContext(seed=1, scheduler="local", jobs=args.jobs))
         wall_local = time.perf_counter() - w0
         same = a["table"] == b["table"] and bool((a["test_pred"] == b["test_pred"]).all())
         pr = [forest_seconds(rows, p["mtry"], p["nodesize"], args.ntree, fixed)

@@ -62,7 +62,8 @@ def main():
     args = p.parse_args()
     import tifffile
 
-    from deepyeast.analysis.classify_screen import classify_screen
+    from deepyeast.analysis.classify_screen import ClassifySettings, classify_screen
+    from deepyeast.utils.run_context import RunContext
     from deepyeast.model import read_bundle
 
     bundle = read_bundle(args.model)
@@ -92,8 +93,8 @@ def main():
             with open(os.path.join(d, "images.csv"), "w") as f:
                 f.write("\n".join(lines) + "\n")
             t0 = time.time()
-            s = classify_screen(args.model, os.path.join(d, "images.csv"), os.path.join(d, "out"), progress=False,
-                                n_resamples=50)
+            s = classify_screen(args.model, os.path.join(d, "images.csv"), os.path.join(d, "out"),
+                                ClassifySettings(n_resamples=50), RunContext(progress=False))
             ood = s["ood"]
             results.append((name, s["n_images"], s["n_cells"], ood["n_flagged"], ood["share"], bool(ood["warning"]),
                             time.time() - t0))

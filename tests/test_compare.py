@@ -233,7 +233,8 @@ def test_micrograph_pair_classified_and_compared(tmp_path):
     seeded weights, so its calls are arbitrary: what is checked is that every protein and micrograph
     arrives where the truth says)."""
     from _bundles import make_bundle
-    from deepyeast.analysis.classify_screen import classify_screen
+    from deepyeast.analysis.classify_screen import ClassifySettings, classify_screen
+    from deepyeast.utils.run_context import RunContext
     from deepyeast.data.make_synthetic.condition import render_pair
 
     pair = tmp_path / "pair"
@@ -250,7 +251,8 @@ def test_micrograph_pair_classified_and_compared(tmp_path):
     assert {r["plate"] for r in images["reference"]}.isdisjoint({r["plate"] for r in images["condition"]})
     bundle, _, _ = make_bundle(str(tmp_path / "model"), str(tmp_path))
     for side in ("reference", "condition"):
-        classify_screen(bundle, str(pair / side / "images.csv"), str(tmp_path / side), progress=False, n_resamples=10)
+        classify_screen(bundle, str(pair / side / "images.csv"), str(tmp_path / side), ClassifySettings(n_resamples=10),
+                        RunContext(progress=False))
     r = _script("--reference", tmp_path / "reference", "--condition", tmp_path / "condition", "--out",
                 tmp_path / "cmp", "--null-draws", 200)
     assert r.returncode == 0, r.stderr

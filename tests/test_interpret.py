@@ -13,12 +13,13 @@ import pytest
 from deepyeast import constants
 from deepyeast.analysis.features import (GEOMETRY, layer_features, load_blob, match_paths, read_label_lists,
                                          read_label_table)
-from deepyeast.analysis.interpret import run_interpretation
+from deepyeast.analysis.interpret import InterpretInputs, InterpretSettings, run_interpretation
 from deepyeast.analysis.interpret.neurons import (class_entropy, mutual_information_per_neuron, neuron_outputs,
                                                   quantile_bins, strongest_correlations)
 from deepyeast.analysis.interpret.patches import cut_patch, receptive_field_box, top_activating_units
 from deepyeast.engine import Net
 from deepyeast.utils.io import InputError
+from deepyeast.utils.run_context import RunContext
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -232,9 +233,10 @@ def test_run_interpretation_end_to_end(tmp_path):
     feat, labels, paths = _synthetic_screen(tmp_path)
     lab = read_label_lists(tmp_path / "archive", n_classes=4)
     out = tmp_path / "out"
-    summary = run_interpretation(str(feat), str(out), lab, constants.TRANSFER_CLASS_NAMES, cp_csv=tmp_path / "cp.csv",
-                                 archive_root=tmp_path / "archive", n_tsne=40, neurons={"conv8": [5]},
-                                 n_patches=3, log=lambda *_: None)
+    summary = run_interpretation(
+        InterpretInputs(str(feat), lab, constants.TRANSFER_CLASS_NAMES, cp_csv=tmp_path / "cp.csv",
+                        archive_root=tmp_path / "archive"),
+        str(out), InterpretSettings(n_tsne=40, neurons={"conv8": [5]}, n_patches=3), RunContext(log=lambda *_: None))
     assert summary["blobs"] == ["conv8", "fc1", "fc3"]
     for name in ("tsne.png", "tsne.pdf", "tsne.csv", "patches.png", "patches.pdf", "neurons.png", "neurons.pdf",
                  "neurons_conv8.csv", "neurons_fc1.csv", "neurons_fc3.csv", "interpret.json"):

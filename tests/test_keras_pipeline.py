@@ -134,6 +134,7 @@ def test_classify_screen_gives_keras_probabilities(world, tmp_path):
     """Each protein's 4 crops tiled side by side into one RGB micrograph, with a mask whose cell k is a
     5 x 5 square centred on tile k: the crop classify cuts is the tile itself."""
     from deepyeast.analysis.classify_screen import classify_screen
+    from deepyeast.utils.run_context import RunContext
 
     rows = []
     for k in range(12):
@@ -145,7 +146,7 @@ def test_classify_screen_gives_keras_probabilities(world, tmp_path):
         Image.fromarray(mask, "L").save(tmp_path / f"m{k}_mask.png")
         rows.append(f"m{k}.png,1,p{k:02d},m{k}_mask.png\n")
     (tmp_path / "images.csv").write_text("image,plate,protein,mask\n" + "".join(rows))
-    classify_screen(world["bundle"], tmp_path / "images.csv", tmp_path / "out", progress=False)
+    classify_screen(world["bundle"], tmp_path / "images.csv", tmp_path / "out", context=RunContext(progress=False))
     with open(tmp_path / "out" / "cells.csv", newline="") as f:
         cells = list(csv.DictReader(f))
     assert len(cells) == 48

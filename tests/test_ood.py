@@ -14,7 +14,7 @@ import tifffile
 
 from _bundles import DEPLOY, make_weights
 from _data_helpers import tiny_screen
-from deepyeast.analysis.classify_screen import classify_screen
+from deepyeast.analysis.classify_screen import ClassifySettings, classify_screen
 from deepyeast.analysis.ood import (OodScorer, class_statistics, expected_calibration_error, fit_bundle_statistics,
                                     fit_temperature, scale_probabilities)
 from deepyeast.caffe.blobs import compute_mean
@@ -22,6 +22,7 @@ from deepyeast.model.make_bundle import list_crops
 from deepyeast.constants import CLASS_NAMES
 from deepyeast.model import read_bundle, write_bundle
 from deepyeast.utils.io import InputError
+from deepyeast.utils.run_context import RunContext
 
 
 def _csv(path):
@@ -127,7 +128,8 @@ def test_classify_flags_cells_unlike_the_training_cells_and_leaves_them_out(tmp_
     out = {}
     for name in ("good", "swapped"):
         out[name] = tmp / name
-        classify_screen(path, str(dark_screen / f"{name}.csv"), str(out[name]), progress=False, n_resamples=50)
+        classify_screen(path, str(dark_screen / f"{name}.csv"), str(out[name]), ClassifySettings(n_resamples=50),
+                        RunContext(progress=False))
     good, bad = (json.loads((out[n] / "summary.json").read_text())["ood"] for n in ("good", "swapped"))
     assert good["available"] and bad["available"]
     assert bad["share"] > max(0.5, 5 * good["share"]) and good["share"] < 0.2, (good["share"], bad["share"])
@@ -143,7 +145,7 @@ def test_classify_flags_cells_unlike_the_training_cells_and_leaves_them_out(tmp_
         assert int(p["n_ood"]) == sum(c["ood"] == "1" for c in mine)
         assert int(p["n_cells"]) == sum(c["ood"] == "0" for c in mine)
     # a bundle without statistics classifies and says the check is not available
-    s = classify_screen(plain, str(dark_screen / "good.csv"), str(tmp / "plain_out"), progress=False,
-                        n_resamples=50)
+    s = classify_screen(plain, str(dark_screen / "good.csv"), str(tmp / "plain_out"), ClassifySettings(n_resamples=50),
+                        RunContext(progress=False))
     assert s["ood"]["available"] is False and "not checked" in s["ood"]["note"]
     assert {c["ood_score"] for c in _csv(tmp / "plain_out" / "cells.csv")} == {""}

@@ -139,7 +139,7 @@ def test_mixed_subset_is_the_papers_metric_and_other_pairs_apart(tmp_path):
         paths, prots, ["mixed"] * len(paths), [r[1] for r in rows for _ in range(4)], np.array(probs),
         require_all_classes=False))
     net = write_table(tmp_path / "net.csv", simulated_table(n_proteins=24, seed=2))
-    run_protein_level(net, tmp_path / "proteins" / "proteins.csv", str(table), mixed_pred)
+    run_protein_level(net, tmp_path / "proteins" / "proteins.csv", (str(table), mixed_pred))
     by_pair = pr.mixed_pair_summary(pr.read_mixed_results(tmp_path / "proteins" / "proteins_mixed.csv"))
     assert by_pair[("cytoplasm", "nucleus")]["top_two"] == {"value": 0.5, "correct": 1, "total": 2}
     assert by_pair[("cytoplasm", "nucleus")]["top_three_rest"]["correct"] == 1

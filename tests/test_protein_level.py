@@ -122,7 +122,7 @@ def _mixed_case(tmp_path, compartments=("nucleus", "cytoplasm")):
 @pytest.mark.parametrize("compartments", [("nucleus", "cytoplasm"), ("8", "1"), ("Cytoplasm", "NUCLEUS")])
 def test_mixed_proteins_top_two_then_top_three(tmp_path, compartments):
     test_csv, mix, mixed_csv = _mixed_case(tmp_path, compartments)
-    s = run_protein_level(test_csv, tmp_path / "out" / "proteins.csv", mix, mixed_csv)
+    s = run_protein_level(test_csv, tmp_path / "out" / "proteins.csv", (mix, mixed_csv))
     assert s["mixed"]["top_two"] == {"value": 1 / 3, "correct": 1, "total": 3}
     assert s["mixed"]["top_three_rest"] == {"value": 0.5, "correct": 1, "total": 2}
     assert s["mixed"]["top_three"] == {"value": 2 / 3, "correct": 2, "total": 3}
@@ -154,7 +154,7 @@ def test_mixed_protein_without_cells_is_an_error(tmp_path):
     with open(mix, "a") as f:
         f.write("plate03/GONE,nucleus,cytoplasm\n")
     with pytest.raises(InputError, match=r"mixed_proteins.csv: row 4: protein plate03/GONE has no cells"):
-        run_protein_level(test_csv, tmp_path / "p.csv", mix, mixed_csv)
+        run_protein_level(test_csv, tmp_path / "p.csv", (mix, mixed_csv))
     assert not (tmp_path / "p.csv").exists()
 
 
@@ -224,8 +224,8 @@ def test_synthetic_screen_mixed_proteins_are_held_out(tmp_path):
     table = make_predictions(paths, proteins, ["mixed"] * len(paths), [by_protein[p]["classes"][0] for p in proteins],
                              np.array(probs), require_all_classes=False)
     test_csv = write_table(tmp_path / "cells.csv", simulated_table(n_proteins=6, seed=2))
-    s = run_protein_level(test_csv, tmp_path / "out" / "proteins.csv", str(root / "mixed_proteins.csv"),
-                          write_table(tmp_path / "mixed.csv", table))
+    s = run_protein_level(test_csv, tmp_path / "out" / "proteins.csv", (str(root / "mixed_proteins.csv"),
+                                                                         write_table(tmp_path / "mixed.csv", table)))
     assert s["mixed"]["top_two"] == {"value": 1.0, "correct": len(mixed), "total": len(mixed)}
     # a mixed protein put into a split list is refused
     with open(lists[2], "a") as f:

@@ -19,6 +19,7 @@ from deepyeast.analysis.quality_filter import (
 )
 from deepyeast.utils.manifest import read_result
 from deepyeast.utils.io import InputError
+from deepyeast.utils.run_context import RunContext
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
 
@@ -147,8 +148,8 @@ def test_quality_cv_tasks_equal_r_rf_quality_cv(r_present):
     is_cell = np.array([1] * 60 + [0] * 20)
     x = rng.normal(size=(80, 6))
     x[is_cell == 0, :2] += 1.5
-    table, best, model = quality_filter.quality_cv(x, is_cell, mtry=(2, 110), folds=5, ntree=25, seed=7,
-                                                   scheduler="none")
+    cv = quality_filter.QualityCV(mtry=(2, 110), folds=5, ntree=25)
+    table, best, model = quality_filter.quality_cv(x, is_cell, cv, RunContext(seed=7))
     with rbridge.session() as ro:
         r = ro.r["rf_quality_cv"](rbridge.r_matrix(x), rbridge.r_ints(is_cell), mtry=ro.IntVector([2, 110]),
                                   # cores=1: mclapply would fork this multi-threaded pytest process (a

@@ -17,6 +17,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from _prediction_tables import simulated_table, write_table  # noqa: E402
+from deepyeast.utils.run_context import RunContext  # noqa: E402
 from deepyeast.constants import PAPER_RESULTS  # noqa: E402
 from deepyeast.utils.io import InputError  # noqa: E402
 from deepyeast.analysis.evaluate_cells import run_cell_evaluation  # noqa: E402
@@ -75,7 +76,8 @@ def run_dir(tmp_path_factory):
     net = write_table(tmp / "net.csv", net_t)
     rf = write_table(tmp / "rf.csv", rf_t)
     run = tmp / "run"
-    run_cell_evaluation(net, run / "cells", rf, n_resamples=300, seed=3, command="python analysis/evaluate_cells.py")
+    run_cell_evaluation(net, run / "cells", rf, n_resamples=300,
+                        context=RunContext(seed=3, command="python analysis/evaluate_cells.py"))
     mix = tmp / "mixed_proteins.csv"
     mix.write_text("protein,compartment_a,compartment_b\nplate09/M1,nucleus,vacuole\n")
     probs = np.full((4, 12), 0.02)
@@ -83,8 +85,8 @@ def run_dir(tmp_path_factory):
     mixed = write_table(tmp / "mixed.csv", make_predictions([f"plate09/M1-0-{i}-{i}.png" for i in range(4)],
                                                             ["plate09/M1"] * 4, ["mixed"] * 4, [8] * 4, probs,
                                                             require_all_classes=False))
-    run_protein_level(net, run / "proteins" / "proteins.csv", str(mix), mixed,
-                      command="python analysis/protein_level.py ...")
+    run_protein_level(net, run / "proteins" / "proteins.csv", (str(mix), mixed),
+                      context=RunContext(command="python analysis/protein_level.py ..."))
     run_protein_level(rf, run / "rf_proteins" / "proteins.csv", classifier="random_forest")
     write_forest_result(run / "rf", {
         "best": {"ntree": 150, "mtry": 20, "nodesize": 1, "val_accuracy": 0.61}, "grid_name": "small",

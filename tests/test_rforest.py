@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from deepyeast.analysis import random_forest as rforest, rbridge
+from deepyeast.utils.run_context import RunContext
 
 pytestmark = pytest.mark.r
 
@@ -52,7 +53,7 @@ def test_grid_search_scores_every_point_and_best_forest_is_reproducible():
     xv, yv = _val_test_like(x, 12, 15, 2)
     xt, yt = _val_test_like(x, 12, 10, 3)
     grid = {"ntree": [20, 60], "mtry": [2, 6], "nodesize": [1, 5]}
-    res = rforest.grid_search(x, y, xv, yv, grid=grid, seed=11, x_test=xt, n_classes=12, scheduler="none")
+    res = rforest.grid_search(x, y, xv, yv, grid=grid, x_test=xt, n_classes=12, context=RunContext(seed=11))
     table, best = res["table"], res["best"]
     assert len(table) == 8
     assert [(r["mtry"], r["nodesize"], r["ntree"]) for r in table] == [
@@ -84,7 +85,7 @@ def test_python_grid_equals_r_grid_search():
     xv, yv = _val_test_like(x, 4, 12, 6)
     xt, _ = _val_test_like(x, 4, 6, 7)
     grid = {"ntree": [3, 8], "mtry": [2, 30], "nodesize": [1, 3]}  # mtry 30 capped at 12 features
-    res = rforest.grid_search(x, y, xv, yv, grid=grid, seed=3, x_test=xt, n_classes=4, scheduler="none")
+    res = rforest.grid_search(x, y, xv, yv, grid=grid, x_test=xt, n_classes=4, context=RunContext(seed=3))
     with rbridge.session() as ro:
         r_grid = ro.ListVector({k: ro.IntVector(v) for k, v in grid.items()})
         r = ro.r["rf_grid_search"](rbridge.r_matrix(x), rbridge.r_ints(y), rbridge.r_matrix(xv), rbridge.r_ints(yv),

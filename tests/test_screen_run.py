@@ -20,12 +20,14 @@ import tifffile
 from _bundles import make_bundle
 from _dask_cluster import dask_cluster
 from _data_helpers import REPO_ROOT, tiny_screen
-from deepyeast.analysis.classify_screen import CallRules, classify_screen
+from deepyeast.analysis.classify_screen import CallRules, ClassifySettings, classify_screen
+from deepyeast.utils.run_context import RunContext
 from deepyeast.analysis.screen_run import chunk_path, work_folder
 
 SCRIPT = os.path.join(REPO_ROOT, "analysis", "classify_screen.py")
 TABLES = ("cells.csv", "proteins.csv", "images.csv")
 N_MICROGRAPHS = 12
+QUIET = RunContext(progress=False)
 N_CHUNKS = 6  # of 2 micrographs: the chunk size is part of the run (it sets the network's batches)
 
 
@@ -61,7 +63,7 @@ def _tables(out):
 def reference(bundle, screen, tmp_path_factory):
     """The uninterrupted run in this process (chunks of 2 micrographs): (output folder, summary)."""
     out = tmp_path_factory.mktemp("ref") / "out"
-    s = classify_screen(bundle, str(screen), str(out), progress=False, n_resamples=50, chunk=2)
+    s = classify_screen(bundle, str(screen), str(out), ClassifySettings(n_resamples=50, chunk=2), QUIET)
     assert s["reused_micrographs"] == 0 and s["run"]["chunks"] == N_MICROGRAPHS // 2
     assert s["n_images"] == N_MICROGRAPHS and s["n_cells"] > 50
     return out, s
@@ -139,11 +141,11 @@ def test_a_changed_setup_is_refused_and_call_settings_may_change(bundle, screen,
     os.makedirs(work)
     # a work folder left by a run with other segmentation parameters
     from deepyeast.analysis import screen_run
-    from deepyeast.data.segment_cells import SegmentParams
+    from deepyeast.data.segment_cells import CellFinding, SegmentParams
     from deepyeast.model import read_bundle
 
     b = read_bundle(bundle)
-    old = screen_run.ChunkSettings(model=os.path.abspath(bundle), params=SegmentParams(min_area=160), chunk=2)
+    old = screen_run.ChunkSettings(model=os.path.abspath(bundle), finding=CellFinding(SegmentParams(min_area=160)), chunk=2)
     screen_run.prepare_work(work, screen_run.fingerprint_parts(b, str(screen), old), restart=False)
     r = subprocess.run(_command(bundle, screen, out), cwd=REPO_ROOT, env=_env(), capture_output=True, text=True)
     assert r.returncode == 2 and "holds an unfinished run with another setting params" in r.stderr, r.stderr
@@ -152,8 +154,8 @@ def test_a_changed_setup_is_refused_and_call_settings_may_change(bundle, screen,
     new = screen_run.ChunkSettings(model=os.path.abspath(bundle), chunk=2)
     parts = screen_run.fingerprint_parts(b, str(screen), new)
     assert parts["settings"] != screen_run.fingerprint_parts(b, str(screen), old)["settings"]
-    s = classify_screen(bundle, str(screen), str(out), progress=False, n_resamples=50, chunk=2, restart=True,
-                        rules=CallRules(min_cells=3))
+    s = classify_screen(bundle, str(screen), str(out),
+                        ClassifySettings(n_resamples=50, chunk=2, restart=True, rules=CallRules(min_cells=3)), QUIET)
     assert s["reused_micrographs"] == 0 and not os.path.exists(work)
 
 
@@ -162,8 +164,8 @@ def test_a_two_worker_cluster_gives_the_same_tables(bundle, screen, reference, t
     ref_out, ref = reference
     with dask_cluster(2) as address:
         out = tmp_path / "out"
-        s = classify_screen(bundle, str(screen), str(out), progress=False, n_resamples=50, chunk=2,
-                            scheduler=address)
+        s = classify_screen(bundle, str(screen), str(out), ClassifySettings(n_resamples=50, chunk=2),
+                            QUIET.with_(scheduler=address))
     assert _tables(out) == _tables(ref_out)
     pids = s["run"]["task_pids"]
     assert pids and os.getpid() not in pids  # the chunks ran in the worker processes

@@ -62,8 +62,9 @@ from deepyeast.analysis.ood import OOD_FLAG
 from deepyeast.analysis.qc import QC_COLUMNS
 from deepyeast.constants import INFERENCE_PRECISIONS as PRECISIONS, MIN_CELLS_PER_PROTEIN
 from deepyeast.data.screen_tables import Rejects, read_images_table
-from deepyeast.data.segment_cells import SegmentParams
+from deepyeast.data.segment_cells import CellFinding, SegmentParams
 from deepyeast.engine.inference import InferenceSettings
+from deepyeast.utils.run_context import RunContext
 from deepyeast.utils.io import (InputError, StepFailed, atomic_path, atomic_write_text, check_replaceable,
                                 output_lock, remove_stale_partials, write_csv)
 
@@ -532,13 +533,40 @@ def write_images_table(path, cells):
 
 # --------------------------------------------------------------------------- the step
 
-def classify_screen(model_dir, images_csv, out_dir, params=SegmentParams(), channels=(0, 1), bits=None,
-                    skip_bad=False, resegment=False, border="pad", inference=InferenceSettings(), compare_fp32=False,
-                    rules=CallRules(), gallery_cells=GALLERY_CELLS, n_resamples=2000, seed=0, command=None,
-                    progress=True, scheduler="none", jobs=1, chunk=None, restart=False):
+@dataclasses.dataclass(frozen=True)
+class ClassifySettings:
+    """What classify_screen does besides its inputs: how cells are read, found and cut
+    (``finding``, :class:`deepyeast.data.segment_cells.CellFinding`; the crop size comes from the
+    model), how the network runs (``inference``; ``compare_fp32``: also run fp32 and count the
+    calls that change), the call rules (``rules``), cells per protein in the report
+    (``gallery_cells``), bootstrap resamples of the accuracy intervals (``n_resamples``),
+    micrographs per chunk (``chunk``; None: :data:`deepyeast.analysis.screen_run.CHUNK`), bad rows
+    skipped (``skip_bad``) and an unfinished work folder of other settings discarded (``restart``)."""
+
+    finding: CellFinding = CellFinding()
+    inference: InferenceSettings = InferenceSettings()
+    compare_fp32: bool = False
+    rules: CallRules = CallRules()
+    gallery_cells: int = GALLERY_CELLS
+    n_resamples: int = 2000
+    chunk: int = None
+    skip_bad: bool = False
+    restart: bool = False
+
+    def describe(self, seed, chunk):
+        """``summary.json``'s ``settings``: every knob, with the run's ``seed`` and ``chunk``."""
+        f, inf = self.finding, self.inference
+        return dict(segmentation=dataclasses.asdict(f.params), **f.fmt.describe(), resegment=f.resegment,
+                    border=f.border, precision=inf.precision, device=inf.device, batch=inf.batch,
+                    **dataclasses.asdict(self.rules), gallery_cells=self.gallery_cells, seed=seed, chunk=chunk)
+
+
+def classify_screen(model_dir, images_csv, out_dir, settings=ClassifySettings(), context=RunContext()):
     """Classify the micrographs of ``images_csv`` with the bundle ``model_dir``; write ``out_dir``.
 
-    See the module doc.  ``out_dir`` (replaced as a whole, atomically) receives:
+    ``settings``: :class:`ClassifySettings`; ``context``: the bootstrap's seed, where the chunks run
+    (``scheduler``, ``jobs``), progress bars, the command recorded.  See the module doc.
+    ``out_dir`` (replaced as a whole, atomically) receives:
 
     * ``cells.csv``: image,plate,protein,cell,x,y,area,padded,pred,class,prob_0..prob_{K-1}
       (+ label,true_class where the table has labels); x, y the centroid in pixels;
@@ -567,6 +595,9 @@ def classify_screen(model_dir, images_csv, out_dir, params=SegmentParams(), chan
     from deepyeast.model import read_bundle
     from deepyeast.analysis.screen_report import write_screen_report
 
+    s = settings
+    rules, gallery_cells, n_resamples, chunk, skip_bad = s.rules, s.gallery_cells, s.n_resamples, s.chunk, s.skip_bad
+    seed, command, scheduler, jobs = context.seed, context.command, context.scheduler, context.jobs
     if gallery_cells < 1:
         raise InputError("min_cells and gallery_cells must be at least 1")
     bundle = read_bundle(model_dir)
@@ -576,18 +607,17 @@ def classify_screen(model_dir, images_csv, out_dir, params=SegmentParams(), chan
     rejects = Rejects(skip_bad)
     rows = read_screen_rows(images_csv, bundle.classes, rejects)
     run_settings = screen_run.ChunkSettings(
-        model=os.path.abspath(bundle.path), params=params, channels=tuple(int(x) for x in channels), bits=bits,
-        resegment=bool(resegment), border=border, inference=inference, compare_fp32=bool(compare_fp32),
-        chunk=int(chunk or screen_run.CHUNK), size=int(h))
+        model=os.path.abspath(bundle.path), finding=dataclasses.replace(s.finding, size=int(h)),
+        inference=s.inference, compare_fp32=bool(s.compare_fp32), chunk=int(chunk or screen_run.CHUNK))
     if run_settings.chunk < 1:
         raise InputError(f"chunk must be at least 1, got {chunk}")
     check_replaceable(out_dir)  # before any work (and before OUT.work appears beside it)
     with output_lock(out_dir):
         remove_stale_partials(out_dir)
         work = screen_run.work_folder(out_dir)
-        fp = screen_run.prepare_work(work, screen_run.fingerprint_parts(bundle, images_csv, run_settings), restart)
+        fp = screen_run.prepare_work(work, screen_run.fingerprint_parts(bundle, images_csv, run_settings), s.restart)
         chunks, reused, pids = screen_run.run_chunks(rows, work, fp, run_settings, scheduler, jobs, skip_bad,
-                                                     progress)
+                                                     context.progress)
         with atomic_path(out_dir, folder=True) as tmp:
             os.makedirs(tmp)
             crops_path = os.path.join(tmp, ".crops.u8")
@@ -600,11 +630,8 @@ def classify_screen(model_dir, images_csv, out_dir, params=SegmentParams(), chan
                                                                               if rejects.items else ""))
             calls = call_proteins(cells, classes, rules)
             acc = accuracies(cells, calls, len(classes), rules.min_cells, n_resamples, seed)
-            summary = _summary(bundle, images_csv, cells, calls, acc, rejects, dict(
-                segmentation=dataclasses.asdict(params), channels=list(channels), bits=bits, resegment=resegment,
-                border=border, precision=inference.precision, device=inference.device, batch=inference.batch,
-                **dataclasses.asdict(rules), gallery_cells=gallery_cells, seed=seed, chunk=run_settings.chunk),
-                command)
+            summary = _summary(bundle, images_csv, cells, calls, acc, rejects, s.describe(seed, run_settings.chunk),
+                               command)
             summary["reused_micrographs"] = int(reused)
             summary["run"] = {"scheduler": scheduler, "jobs": int(jobs), "chunks": len(chunks),
                               "task_pids": pids}

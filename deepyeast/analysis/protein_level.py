@@ -23,6 +23,7 @@ import numpy as np
 from deepyeast.constants import MIN_CELLS_PER_PROTEIN, PAPER_RESULTS, paper_result
 from deepyeast.utils.manifest import clear_result, headline, missing_part, table, write_result
 from deepyeast.utils.io import InputError, atomic_path, atomic_write_json
+from deepyeast.utils.run_context import RunContext
 from deepyeast.analysis.evaluate_cells import count
 
 
@@ -207,22 +208,24 @@ MIXED_TABLE_COLUMNS = ("protein", "n_cells", "class_a", "class_b", "fraction", "
                        "post_top2", "post_top3", "top_two", "top_three")
 """Columns of ``proteins_mixed.csv``: one row per protein with two compartments."""
 
+PRIOR = 1.0
+"""Dirichlet concentration of the protein-level prior for every class: uniform (the paper's)."""
+
 MIXED_OPTION = "MIXED=FILE (make), --mixed FILE --mixed-predictions CSV (analysis/protein_level.py)"
 """How to supply the proteins with two compartments (for a result's ``missing`` entry)."""
 
 
-def run_protein_level(predictions_path, out_path, mixed_path=None, mixed_predictions_path=None, split="auto",
-                      prior=1.0, min_cells=MIN_CELLS_PER_PROTEIN, allow_mixed_labels=False, summary_path=None,
-                      command=None, classifier="network"):
+def run_protein_level(predictions_path, out_path, mixed=None, split="auto", min_cells=MIN_CELLS_PER_PROTEIN,
+                      allow_mixed_labels=False, classifier="network", context=RunContext()):
     """Write the proteins table, a summary JSON, (with mixed proteins) their table and the result manifest.
 
-    ``mixed_path``: a mixed-protein table (:func:`deepyeast.data.lists.read_mixed_table`) and
-    ``mixed_predictions_path`` the predictions table of its proteins' cells (``analysis/predict.py
-    --mixed``): each protein's Dirichlet posterior is checked for its two compartments among the
-    top two (else the top three), as the paper does for proteins with two compartments, which it
-    keeps out of train, val and test.
-    Outputs: ``out_path`` (proteins CSV); ``summary_path`` (default: ``out_path`` with
-    ``.json``) holding ``protein_accuracy``, ``protein_accuracy_min10`` (count dicts),
+    ``mixed``: None, or the pair ``(table, predictions)``: a mixed-protein table
+    (:func:`deepyeast.data.lists.read_mixed_table`) and the predictions table of its proteins'
+    cells (``analysis/predict.py --mixed``): each protein's Dirichlet posterior is checked for its
+    two compartments among the top two (else the top three), as the paper does for proteins with
+    two compartments, which it keeps out of train, val and test.  The prior is uniform
+    (:data:`PRIOR`); ``context.command`` is recorded.
+    Outputs: ``out_path`` (proteins CSV); ``out_path`` with ``.json`` holding ``protein_accuracy``, ``protein_accuracy_min10`` (count dicts),
     ``min_cells``, ``n_proteins``, ``mixed`` (``{top_two, top_three_rest, top_three}`` counts or
     null), inputs, command; with mixed proteins, ``<out stem>_mixed.csv``; last, ``result.json``
     in the proteins table's folder (:func:`write_protein_result`; ``classifier`` "network" or
@@ -231,10 +234,12 @@ def run_protein_level(predictions_path, out_path, mixed_path=None, mixed_predict
     from deepyeast.analysis.prediction_table import read_predictions
     from deepyeast.data.lists import read_mixed_table
 
+    prior, command = PRIOR, context.command
+    mixed_path, mixed_predictions_path = mixed if mixed is not None else (None, None)
     table = read_predictions(predictions_path, split=split, require_all_classes=False)
     calls = protein_calls(table, prior=prior, allow_mixed_labels=allow_mixed_labels)
     stem = os.path.splitext(os.fspath(out_path))[0]
-    summary_path = summary_path or stem + ".json"
+    summary_path = stem + ".json"
     mix_rows, mix_summary = None, None
     if bool(mixed_path) != bool(mixed_predictions_path):
         raise InputError("give the mixed-protein table and the predictions of its cells together "

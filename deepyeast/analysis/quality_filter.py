@@ -25,8 +25,8 @@ its known non-cells of the validation split.
 """
 
 import csv
+import dataclasses
 import json
-import logging
 import os
 
 import uuid
@@ -36,8 +36,8 @@ import numpy as np
 from deepyeast.analysis.cp_features import read_feature_csv
 from deepyeast.analysis.rbridge import data_frame_rows, impute_features, init_r, r_ints, r_matrix, r_inputs, session
 from deepyeast.utils.io import InputError, atomic_write_text, open_input, write_csv
+from deepyeast.utils.run_context import RunContext
 
-_log = logging.getLogger(__name__)
 
 PAPER_CELLS_PER_CLASS = 100
 """Validation cells per class, correct by both classifiers, labelled as cells (the paper)."""
@@ -221,11 +221,23 @@ def quality_best(table, sampling=PAPER_SAMPLING):
                                      order.index(r["sampling"])))
 
 
-def quality_cv(x, is_cell, mtry=PAPER_MTRY, sampling=PAPER_SAMPLING, folds=PAPER_FOLDS, ntree=PAPER_NTREE, seed=0,
-               scheduler="none", jobs=1, log=None):
+@dataclasses.dataclass(frozen=True)
+class QualityCV:
+    """The filter's cross-validation: ``mtry`` values (capped at the feature count) x
+    down-sampling options (``sampling``, of :data:`PAPER_SAMPLING`), ``folds``-fold, forests of
+    ``ntree`` trees.  The defaults are the paper's."""
+
+    mtry: tuple = PAPER_MTRY
+    sampling: tuple = PAPER_SAMPLING
+    folds: int = PAPER_FOLDS
+    ntree: int = PAPER_NTREE
+
+
+def quality_cv(x, is_cell, cv=QualityCV(), context=RunContext()):
     """k-fold CV over mtry x down-sampling of a cell / non-cell forest, one task per point and fold.
 
-    x: float N x F (finite); is_cell: 0/1 per row.  The folds are stratified
+    x: float N x F (finite); is_cell: 0/1 per row; ``cv``: :class:`QualityCV`; ``context``:
+    the seed, and where the tasks run (``scheduler``, ``jobs``).  The folds are stratified
     (R ``rf_stratified_folds``, seeded); fold f of point p (job i = p + P * (f - 1),
     1-based, of P points) grows its forest with seed + i -- the numbers R's
     ``rf_quality_cv`` gives.  Chosen by CV accuracy (:func:`quality_best`).
@@ -234,6 +246,7 @@ def quality_cv(x, is_cell, mtry=PAPER_MTRY, sampling=PAPER_SAMPLING, folds=PAPER
     """
     from deepyeast.analysis.cluster import TaskRunner
 
+    mtry, sampling, folds, ntree, seed = cv.mtry, cv.sampling, cv.folds, cv.ntree, context.seed
     x = np.asarray(x, np.float64)
     is_cell = np.asarray(is_cell, np.int64)
     points = quality_points(mtry, sampling, x.shape[1])
@@ -245,7 +258,7 @@ def quality_cv(x, is_cell, mtry=PAPER_MTRY, sampling=PAPER_SAMPLING, folds=PAPER
              for f in range(int(folds)) for p in range(len(points))]
     shared = {"token": uuid.uuid4().hex, "x": x, "is_cell": is_cell, "fold_ids": fold_ids, "ntree": int(ntree)}
     results = [None] * len(jobs_)
-    with TaskRunner(scheduler, jobs, worker_setup=init_r, log=log) as runner:
+    with TaskRunner(context.scheduler, context.jobs, worker_setup=init_r, log=context.say) as runner:
         data = runner.share(shared)
         for i, res in runner.as_completed(quality_fold_task, jobs_, data):
             results[i] = res
@@ -273,28 +286,55 @@ def quality_predict(model, x, seed=0):
 
 # --------------------------------------------------------------------------- the filter
 
-def run_quality_filter(val_features, net_val, rf_val, noncells, test_features, predictions=None, truth=None,
-                       out_json=None, out_cells=None, out_training=None, per_class=PAPER_CELLS_PER_CLASS,
-                       mtry=PAPER_MTRY, sampling=PAPER_SAMPLING, folds=PAPER_FOLDS, ntree=PAPER_NTREE, seed=0,
-                       scheduler="none", jobs=1, log=None):
+@dataclasses.dataclass(frozen=True)
+class QualityInputs:
+    """The filter's inputs.  ``val_features`` / ``test_features``: feature CSVs
+    (``path,<feature>...``) of the validation and test cells; ``net_val`` / ``rf_val``: the
+    network's and the forest's predictions tables of the validation cells; ``noncells``: the
+    non-cell list (validation cells, one path per line; None: not run); ``predictions``: dict
+    name -> predictions-table CSV of test cells (e.g. ``{"network": ..., "random_forest": ...}``);
+    ``truth``: optional ``path,is_cell`` table (a synthetic screen's ``cell_quality.csv``) to
+    score the filter on the test cells."""
+
+    val_features: str
+    net_val: str
+    rf_val: str
+    noncells: str
+    test_features: str
+    predictions: dict = None
+    truth: str = None
+
+
+@dataclasses.dataclass(frozen=True)
+class QualityOutputs:
+    """Where the filter writes (each optional): ``training`` (``path,label,is_cell`` of the
+    training set), ``cells`` (``path,p_cell,is_cell_pred`` per test cell), ``json`` (the summary,
+    written last)."""
+
+    json: str = None
+    cells: str = None
+    training: str = None
+
+
+def run_quality_filter(inputs, outputs=QualityOutputs(), per_class=PAPER_CELLS_PER_CLASS, cv=QualityCV(),
+                       context=RunContext()):
     """Build the paper's training set, choose the filter by CV, apply it to the test cells.
 
-    val_features / test_features: feature CSVs (``path,<feature>...``) of the validation
-    and test cells; net_val / rf_val: the network's and the forest's predictions tables of
-    the validation cells; noncells: the non-cell list (validation cells, one path per
-    line); predictions: dict name -> predictions-table CSV of test cells (e.g.
-    ``{"network": ..., "random_forest": ...}``); truth: optional ``path,is_cell`` table
-    (a synthetic screen's ``cell_quality.csv``) to score the filter on the test cells.
-    Writes ``out_training`` (``path,label,is_cell`` of the training set), ``out_cells``
-    (``path,p_cell,is_cell_pred`` per test cell) and ``out_json`` (summary, last);
-    returns the summary.
+    ``inputs``: :class:`QualityInputs`; ``outputs``: :class:`QualityOutputs`; ``per_class``:
+    cells per class in the training set; ``cv``: :class:`QualityCV`; ``context``: the seed and
+    where the CV forests run.  Returns the summary.
 
     Without a non-cell list (``noncells`` None), or with fewer than ``folds`` cells or
     non-cells in the training set, nothing is fitted: the summary is
     :func:`not_run_summary`'s (reason and the option that would run it), never an error
     (without a list no file is written: :func:`write_quality_result` records it).
     """
-    log = log or _log.info
+    log, seed = context.say, context.seed
+    val_features, net_val, rf_val, noncells, test_features = (inputs.val_features, inputs.net_val, inputs.rf_val,
+                                                              inputs.noncells, inputs.test_features)
+    predictions, truth = inputs.predictions, inputs.truth
+    out_json, out_cells, out_training = outputs.json, outputs.cells, outputs.training
+    mtry, sampling, folds, ntree = cv.mtry, cv.sampling, cv.folds, cv.ntree
     if noncells is None:
         log(f"quality filter: not run: {NO_LIST_REASON}; give a non-cell list with {NONCELL_OPTION}")
         return not_run_summary(NO_LIST_REASON)
@@ -338,8 +378,7 @@ def run_quality_filter(val_features, net_val, rf_val, noncells, test_features, p
     x_fit, x_test, _ = impute_features(x_lab, x_te)
     log(f"quality filter: {n_cell} cells ({per_class} per class at most) + {n_non} non-cells, {folds}-fold CV over "
         f"mtry {list(mtry)} x sampling {list(sampling)}, {ntree} trees")
-    table, best, model = quality_cv(x_fit, y, mtry=mtry, sampling=sampling, folds=folds, ntree=ntree,
-                                            seed=seed, scheduler=scheduler, jobs=jobs, log=log)
+    table, best, model = quality_cv(x_fit, y, cv, context)
     log(f"quality filter: chosen mtry {best['mtry']}, sampling {best['sampling']}: CV accuracy "
         f"{best['cv_accuracy']:.4f}, balanced accuracy {best['cv_balanced_accuracy']:.4f}")
     p_cell, is_cell_pred = quality_predict(model, x_test, seed)

@@ -11,8 +11,8 @@ tied classes the later wins with probability 1/3).  R itself is reached through
 :mod:`deepyeast.analysis.quality_filter`.
 """
 
+import dataclasses
 import json
-import logging
 import os
 import uuid
 
@@ -21,8 +21,8 @@ import numpy as np
 from deepyeast.analysis.rbridge import (data_frame_rows, impute_features, init_r, r_array, r_inputs,
                                         session)
 from deepyeast.utils.io import InputError, atomic_write_text
+from deepyeast.utils.run_context import RunContext
 
-_log = logging.getLogger(__name__)
 
 GRIDS = {"small": "RF_SMALL_GRID", "paper": "RF_PAPER_GRID"}
 """Named grids (R variables in ``random_forest.R``)."""
@@ -95,12 +95,12 @@ def _fractions(counts, ntree, classes, n_classes):
     return out
 
 
-def grid_search(x_train, y_train, x_val, y_val, grid="small", seed=0, x_test=None, n_classes=None,
-                scheduler="none", jobs=1, log=None):
+def grid_search(x_train, y_train, x_val, y_val, grid="small", x_test=None, n_classes=None, context=RunContext()):
     """Score every grid point on the validation set; each (mtry, nodesize) forest is one task.
 
-    x_*: float64 N x F (finite); y_*: int class indices.  scheduler / jobs: see
-    :class:`deepyeast.analysis.cluster.TaskRunner` ("none": in this process).
+    x_*: float64 N x F (finite); y_*: int class indices.  ``context``: the seed of the grid's
+    forests, and where they run (``scheduler``, ``jobs``: see
+    :class:`deepyeast.analysis.cluster.TaskRunner`; "none": in this process).
     Returns a dict:
 
     * ``table``: one dict per grid point (ntree, mtry, nodesize, seed, val_correct,
@@ -116,7 +116,7 @@ def grid_search(x_train, y_train, x_val, y_val, grid="small", seed=0, x_test=Non
     """
     from deepyeast.analysis.cluster import TaskRunner
 
-    log = log or (lambda *_: None)
+    log, seed = context.say, context.seed
     x_train, x_val = np.asarray(x_train, np.float64), np.asarray(x_val, np.float64)
     if n_classes is None:
         n_classes = int(max(np.max(y_train), np.max(y_val))) + 1
@@ -128,7 +128,7 @@ def grid_search(x_train, y_train, x_val, y_val, grid="small", seed=0, x_test=Non
               "x_test": None if x_test is None else np.asarray(x_test, np.float64), "ks": ks}
     tables = [None] * len(pairs)
     best, best_arrays = None, None
-    with TaskRunner(scheduler, jobs, worker_setup=init_r, log=log) as runner:
+    with TaskRunner(context.scheduler, context.jobs, worker_setup=init_r, log=log) as runner:
         log(f"random forest: {len(pairs)} forests of {max(ks)} trees (ntree {ks} scored as prefixes) "
             f"on {runner.n_workers} worker(s)")
         data = runner.share(shared)
@@ -197,21 +197,39 @@ def _table(paths, labels, probs, pred, n_classes, split_name, source):
     )
 
 
-def run_baseline(train_csv, val_csv, test_csv, list_paths, out_csv, grid="small", seed=0, summary_json=None,
-                 split_name="test", val_out=None, scheduler="none", jobs=1, log=None):
+@dataclasses.dataclass(frozen=True)
+class ForestFiles:
+    """The files of the random-forest baseline: feature CSVs in (``train``, ``val``, ``test``:
+    ``path,<feature>...``), the split lists giving the labels (``labels_from``), and out: the test
+    cells' predictions table (``out``), optionally the validation cells' (``val_out``) and the
+    summary JSON (``summary``)."""
+
+    train: str
+    val: str
+    test: str
+    labels_from: tuple
+    out: str
+    val_out: str = None
+    summary: str = None
+
+
+def run_baseline(files, grid="small", split_name="test", context=RunContext()):
     """The random-forest baseline from feature CSVs to a predictions table.
 
-    Chooses (ntree, mtry, nodesize) on the validation set (:func:`grid_search`, one task
-    per forest on ``scheduler``) and writes, from the chosen forest, the test cells'
-    predictions table (``path,protein,split,label,pred,prob_0..``; ``pred`` is
-    randomForest's class, ties broken as its ``predict`` does) to ``out_csv``, and with
-    ``val_out`` the validation cells' table (split ``val``; the quality filter picks its
-    training cells from it).  ``summary_json`` gets the grid table and choice.  Returns
-    the summary dict; it does not depend on the scheduler.
+    ``files``: :class:`ForestFiles`.  Chooses (ntree, mtry, nodesize) on the validation set
+    (:func:`grid_search`, one task per forest on ``context.scheduler``, seeded with
+    ``context.seed``) and writes, from the chosen forest, the test cells' predictions table
+    (``path,protein,split,label,pred,prob_0..``; ``pred`` is randomForest's class, ties broken
+    as its ``predict`` does) to ``files.out``, and with ``files.val_out`` the validation cells'
+    table (split ``val``; the quality filter picks its training cells from it).
+    ``files.summary`` gets the grid table and choice.  Returns the summary dict; it does not
+    depend on the scheduler.
     """
     from deepyeast.analysis.prediction_table import write_predictions
 
-    log = log or _log.info
+    log, seed = context.say, context.seed
+    train_csv, val_csv, test_csv, out_csv = files.train, files.val, files.test, files.out
+    list_paths, val_out, summary_json = files.labels_from, files.val_out, files.summary
 
     labels, n_classes = labels_from_lists(list_paths)
     tr_p, tr_names, x_tr, y_tr = _labelled(train_csv, labels)
@@ -223,8 +241,7 @@ def run_baseline(train_csv, val_csv, test_csv, list_paths, out_csv, grid="small"
     x_tr, x_va, x_te, _ = impute_features(x_tr, x_va, x_te)
     log(f"random forest: {len(tr_p)} train, {len(va_p)} val, {len(te_p)} test cells, {len(tr_names)} features, "
         f"grid {grid}")
-    res = grid_search(x_tr, y_tr, x_va, y_va, grid=grid, seed=seed, x_test=x_te, n_classes=n_classes,
-                      scheduler=scheduler, jobs=jobs, log=log)
+    res = grid_search(x_tr, y_tr, x_va, y_va, grid=grid, x_test=x_te, n_classes=n_classes, context=context)
     best = res["best"]
     log(f"random forest: best {best}")
     # a class may be absent from a small test set, so no "every class present" check here

@@ -104,16 +104,16 @@ def options(p):
 
 
 def run(args):
-    from deepyeast.analysis.classify_screen import CallRules, classify_screen
-    from deepyeast.analysis.cluster import resolve_scheduler
+    from deepyeast.analysis.classify_screen import CallRules, ClassifySettings, classify_screen
+    from deepyeast.data.segment_cells import CellFinding
 
-    s = classify_screen(
-        args.model, args.images, args.out, launcher.segment_params(args), channels=tuple(args.channels),
-        bits=args.bits, skip_bad=args.skip_bad, resegment=args.resegment, border=args.border,
-        inference=launcher.inference_settings(args), compare_fp32=args.compare_fp32,
-        rules=CallRules(args.min_cells, args.confidence, args.dual_share), gallery_cells=args.gallery_cells,
-        n_resamples=args.resamples, seed=args.seed, command=args.command,
-        scheduler=resolve_scheduler(args.scheduler), jobs=args.jobs, chunk=args.chunk, restart=args.restart)
+    finding = CellFinding(launcher.segment_params(args), launcher.micrograph_format(args), args.resegment,
+                          border=args.border)
+    settings = ClassifySettings(finding, launcher.inference_settings(args), compare_fp32=args.compare_fp32,
+                                rules=CallRules(args.min_cells, args.confidence, args.dual_share),
+                                gallery_cells=args.gallery_cells, n_resamples=args.resamples, chunk=args.chunk,
+                                skip_bad=args.skip_bad, restart=args.restart)
+    s = classify_screen(args.model, args.images, args.out, settings, args.context)
     f = s["flags"]
     line = (f"{s['n_cells']:,} cells in {s['n_images']} micrographs; {s['n_proteins_called']} of {s['n_proteins']} "
             f"proteins called ({f['low_confidence']} low confidence, {f['possible_dual']} possible dual, "

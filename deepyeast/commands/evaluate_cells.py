@@ -45,8 +45,8 @@ def options(p):
 
 def run(args):
     out = run_cell_evaluation(args.predictions, args.out, args.rf_predictions, split=args.split,
-                              n_resamples=args.resamples, seed=args.seed, command=args.command,
-                              make_figures=not args.no_figures, require_all_classes=not args.allow_empty_classes)
+                              n_resamples=args.resamples, make_figures=not args.no_figures,
+                              require_all_classes=not args.allow_empty_classes, context=args.context)
     acc, kappa = out["cell_accuracy"], out["cell_kappa"]["value"]
     kappa_text = "undefined" if kappa is None else f"{kappa:.4f}"
     line = f"network: accuracy {acc['value']:.4f} ({acc['correct']}/{acc['total']} cells), kappa {kappa_text}"

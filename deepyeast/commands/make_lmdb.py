@@ -30,7 +30,7 @@ def run(args):
 
     out = launcher.output_folder(args)
     summary = build_lmdbs(args.root, out, prefix=constants.list_prefix(args.classes), list_dir=args.lists,
-                                seed=args.seed, skip_bad=args.skip_bad)
+                          skip_bad=args.skip_bad, context=args.context)
     print(json.dumps(summary, indent=1))
 
 

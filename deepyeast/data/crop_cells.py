@@ -28,16 +28,17 @@ is written atomically.
 """
 
 import collections
+import dataclasses
 import logging
 import os
 import random
 
 import numpy as np
 
-from deepyeast.constants import CLASS_NAMES, IMAGE_SIZE, LIST_PREFIX, SPLIT_FRACTIONS, SPLITS
+from deepyeast.constants import CLASS_SETS, IMAGE_SIZE, SPLIT_FRACTIONS, SPLITS, list_prefix
 from deepyeast.data.crop_png import write_crop
 from deepyeast.data.lists import write_class_doc, write_split_list
-from deepyeast.data.micrographs import read_mask, read_row_micrograph, size_text
+from deepyeast.data.micrographs import MicrographFormat, read_mask, read_row_micrograph, size_text
 from deepyeast.data.screen_tables import Rejects, read_centres_table, read_images_table
 from deepyeast.utils.io import InputError, atomic_folder, write_csv
 from deepyeast.utils.progress import progress
@@ -164,14 +165,27 @@ def assign_splits(protein_cells, protein_labels, fractions=SPLIT_FRACTIONS, seed
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class SplitRule:
+    """How proteins the images table gives no split are assigned to splits (:func:`assign_splits`):
+    each class's cells shared as ``fractions`` (train, val, test), proteins visited in an order
+    seeded with ``seed``."""
+
+    fractions: tuple = SPLIT_FRACTIONS
+    seed: int = 0
+
+
 # --------------------------------------------------------------------------- whole screens
 
-def crop_screen(images_csv, out_root, centres_csv=None, channels=(0, 1), bits=None, border="pad",
-                class_names=CLASS_NAMES, prefix=LIST_PREFIX, fractions=SPLIT_FRACTIONS, seed=0,
-                skip_bad=False, size=IMAGE_SIZE):
+def crop_screen(images_csv, out_root, centres_csv=None, fmt=MicrographFormat(), border="pad", classes="main",
+                splits=SplitRule(), skip_bad=False):
     """Turn micrographs + masks (or centres) into an archive root; returns a summary dict.
 
-    See the module docstring for the input tables.  Bad input (unreadable,
+    See the module docstring for the input tables.  ``fmt``: how the micrographs are read
+    (:class:`deepyeast.data.micrographs.MicrographFormat`); ``border``: "pad" or "skip" for cells
+    near the edge; ``classes``: the class set of the labels and lists ("main" or "transfer",
+    :data:`deepyeast.constants.CLASS_SETS`); ``splits``: :class:`SplitRule`.  Crops are
+    :data:`deepyeast.constants.IMAGE_SIZE` pixels a side.  Bad input (unreadable,
     16-bit without ``bits``, single-channel or mis-sized micrograph, mask of
     the wrong size, label outside the class table, bad centre row or a centre
     outside its image, a protein left without cells) raises ``InputError``
@@ -183,6 +197,7 @@ def crop_screen(images_csv, out_root, centres_csv=None, channels=(0, 1), bits=No
     ``images_without_cells``, ``n_centres_unmatched`` (centre rows naming no
     image of the table).
     """
+    class_names, prefix, size = CLASS_SETS[classes], list_prefix(classes), IMAGE_SIZE
     bad = rejects = Rejects(skip_bad)
     rows = read_images_table(images_csv, class_names, require=("plate", "protein"), require_label=True, on_bad=bad)
     images = []
@@ -215,7 +230,7 @@ def crop_screen(images_csv, out_root, centres_csv=None, channels=(0, 1), bits=No
         for im in progress(images, desc="crop", unit="image"):
             key = f"plate{im['plate']:02d}/{im['protein']}"
             try:
-                micro = read_row_micrograph(im, channels, bits)
+                micro = read_row_micrograph(im, fmt)
                 if im["mask"] is not None:
                     mask = read_mask(im["mask"], micro.shape[1:], im["path"])
                     ids, centres = centres_from_mask(mask)
@@ -262,7 +277,7 @@ def crop_screen(images_csv, out_root, centres_csv=None, channels=(0, 1), bits=No
                                      f"a protein must stay in one split")
         free = {p: n for p, n in cells.items() if p not in given}
         assigned = dict(given)
-        assigned.update(assign_splits(free, protein_key, fractions, seed))
+        assigned.update(assign_splits(free, protein_key, splits.fractions, splits.seed))
         per_split = collections.defaultdict(list)
         for r in records:
             per_split[assigned[r[2]]].append((r[0], r[1]))

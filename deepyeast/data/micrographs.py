@@ -11,6 +11,7 @@ a protein file (:func:`read_micrograph_pair`); a mask is an int label image of t
 """
 
 import contextlib
+import dataclasses
 import logging
 import os
 
@@ -19,6 +20,26 @@ import numpy as np
 from deepyeast.utils.io import InputError, read_input_bytes
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class MicrographFormat:
+    """How a screen's micrograph files are read: ``channels`` = (marker index, protein index)
+    along the channel axis of a multi-channel file; ``bits``: the bit depth of 16-bit data
+    (e.g. 12; None: 8-bit data, 16-bit data refused), see :func:`to_uint8`.  The options
+    ``--channels`` and ``--bits`` of the micrograph steps."""
+
+    channels: tuple = (0, 1)
+    bits: int = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+        if len(self.channels) != 2:
+            raise InputError(f"channels: give the marker's and the protein's index, got {list(self.channels)}")
+
+    def describe(self):
+        """The settings as they go into summaries: ``{"channels": [m, p], "bits": ...}``."""
+        return {"channels": list(self.channels), "bits": self.bits}
 
 
 # --------------------------------------------------------------------------- reading
@@ -156,13 +177,13 @@ MIN_SIDE = 8
 """Fewest pixels along each side of a micrograph (a yeast cell is about 20 px across at the screen's scale)."""
 
 
-def to_two_channel(img, name, channels=(0, 1), bits=None):
+def to_two_channel(img, name, fmt=MicrographFormat()):
     """Pick the marker and protein channels of a decoded micrograph.
 
-    ``img``: ``C x H x W`` array (as :func:`read_channels` returns it);
-    ``channels``: (marker index, protein index) along the channel axis;
-    ``bits``: see :func:`to_uint8`.  Returns uint8 ``2 x H x W``.
+    ``img``: ``C x H x W`` array (as :func:`read_channels` returns it); ``fmt``:
+    :class:`MicrographFormat` (the channels to pick, the bit depth).  Returns uint8 ``2 x H x W``.
     """
+    channels, bits = fmt.channels, fmt.bits
     img = np.asarray(img)
     if img.ndim >= 2 and min(img.shape[-2:]) < MIN_SIDE:
         raise InputError(f"{name}: an image of {img.shape[-1]} x {img.shape[-2]} pixels (array shape "
@@ -235,9 +256,9 @@ def read_single_channel(path, what="image"):
     return img[0]
 
 
-def read_micrograph(path, channels=(0, 1), bits=None):
+def read_micrograph(path, fmt=MicrographFormat()):
     """Read a multi-channel micrograph -> uint8 ``2 x H x W`` (marker, protein); see :func:`to_two_channel`."""
-    return to_two_channel(read_channels(path), path, channels, bits)
+    return to_two_channel(read_channels(path), path, fmt)
 
 
 def read_micrograph_pair(marker_path, protein_path, bits=None):
@@ -268,8 +289,9 @@ def read_mask(path, shape, image_name="micrograph"):
     return m.astype(np.int64)
 
 
-def read_row_micrograph(rec, channels=(0, 1), bits=None):
-    """The micrograph of an images-table row (:func:`read_images_table`) -> uint8 ``2 x H x W``."""
+def read_row_micrograph(rec, fmt=MicrographFormat()):
+    """The micrograph of an images-table row (:func:`deepyeast.data.screen_tables.read_images_table`)
+    read with ``fmt`` (:class:`MicrographFormat`) -> uint8 ``2 x H x W``."""
     if rec["protein_path"] is not None:
-        return read_micrograph_pair(rec["path"], rec["protein_path"], bits)
-    return read_micrograph(rec["path"], channels, bits)
+        return read_micrograph_pair(rec["path"], rec["protein_path"], fmt.bits)
+    return read_micrograph(rec["path"], fmt)

@@ -16,15 +16,20 @@ from deepyeast.utils.io import InputError
 __all__ = ["micrograph_from_layers", "cells_layer", "CellsLayer", "load_bundle"]
 
 
-def micrograph_from_layers(image, protein=None, channels=(0, 1), bits=None, rgb=False, names=("image", "protein")):
+def micrograph_from_layers(image, protein=None, fmt=None, rgb=False, names=("image", "protein")):
     """Layer data -> uint8 ``2 x H x W`` (marker, protein).
 
-    ``image``: one layer's data: ``C x H x W`` channels (``channels`` = marker index, protein
+    ``image``: one layer's data: ``C x H x W`` channels (``fmt.channels`` = marker index, protein
     index), ``H x W x C`` with ``rgb``, or ``H x W`` (one channel: the marker when ``protein``
     is given, else refused as the command refuses a single-channel file); ``protein``: a second
-    layer's ``H x W`` data or None; ``bits``: the bit depth of 16-bit data (as ``--bits``);
-    ``names``: the layers' names, for messages.
+    layer's ``H x W`` data or None; ``fmt``: :class:`deepyeast.data.micrographs.MicrographFormat`
+    (None: channels 0 and 1, 8-bit data; its ``bits`` as ``--bits``); ``names``: the layers'
+    names, for messages.
     """
+    from deepyeast.data.micrographs import MicrographFormat
+
+    fmt = MicrographFormat() if fmt is None else fmt
+    bits = fmt.bits
     name, protein_name = names
     img = np.asarray(image)
     if rgb and img.ndim == 3:
@@ -32,7 +37,7 @@ def micrograph_from_layers(image, protein=None, channels=(0, 1), bits=None, rgb=
     if protein is None:
         from deepyeast.data.micrographs import to_two_channel
 
-        return to_two_channel(img, name, tuple(channels), bits)
+        return to_two_channel(img, name, fmt)
     other = np.asarray(protein)
     for array, what in ((img, name), (other, protein_name)):
         if array.ndim != 2:
