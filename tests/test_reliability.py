@@ -662,10 +662,10 @@ def test_degenerate_iterations_and_solver_numbers_are_refused(convex):
 
 
 def test_nan_metric_is_written_as_null_with_a_note(tmp_path):
-    from deepyeast.utils.manifest import write_result
+    from deepyeast.utils.manifest import Result, write_result
     run_dir = tmp_path / "run"
-    write_result(run_dir / "cells", "cells", "Cells", metrics={"cell_accuracy": {"value": 0.5, "correct": 1, "total": 2},
-                                                              "cell_kappa": float("nan")})
+    write_result(run_dir / "cells", Result("cells", "Cells", metrics={
+        "cell_accuracy": {"value": 0.5, "correct": 1, "total": 2}, "cell_kappa": float("nan")}))
     with open(run_dir / "cells" / "result.json") as f:
         result = json.load(f, parse_constant=lambda c: pytest.fail(f"{c} in result.json"))
     assert result["metrics"]["cell_kappa"] is None and result["details"]["non_finite"] == {"metrics.cell_kappa": "nan"}

@@ -27,7 +27,7 @@ from deepyeast.analysis.protein_level import run_protein_level  # noqa: E402
 from deepyeast.analysis.random_forest import write_forest_result  # noqa: E402
 from deepyeast.analysis.transfer import write_transfer_result  # noqa: E402
 from deepyeast.report.make_report import build_report  # noqa: E402
-from deepyeast.utils.manifest import figure, write_result  # noqa: E402
+from deepyeast.utils.manifest import Result, figure, write_result  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRED_KEYS = ("cell_accuracy", "cell_kappa", "cell_accuracy_filtered", "protein_accuracy",
@@ -93,10 +93,10 @@ def run_dir(tmp_path_factory):
         "grid": {"ntree": [50, 150], "mtry": [20, 50], "nodesize": [1]}, "n_train": 600, "n_val": 200, "n_test": 574,
         "table": [{"ntree": 150, "mtry": 20, "nodesize": 1, "val_accuracy": 0.61}], "seed": 1,
         "test_accuracy": {"value": 0.6, "correct": 344, "total": 574}}, describe_features(feature_names()))
-    write_result(run / "quality", "quality", "Removing non-cells", metrics={
+    write_result(run / "quality", Result("quality", "Removing non-cells", metrics={
         "cell_accuracy_filtered": {"value": 0.9, "correct": 450, "total": 500},
         "rf_cell_accuracy_filtered": {"value": 0.7, "correct": 350, "total": 500}},
-        details={"cv": {"mtry": 10, "seed": 11}})
+        details={"cv": {"mtry": 10, "seed": 11}}))
     _png(run / "transfer" / "transfer_accuracy.png", "red")
     write_transfer_result(run / "transfer", {
         "seed": 5, "best_layer": "fc2", "headline_layer": "fc1",
@@ -110,8 +110,8 @@ def run_dir(tmp_path_factory):
             "cellprofiler": {"1": {"accuracy": 0.3, "correct": 120, "total": 400, "lo": 0.25, "hi": 0.35},
                              "10": {"accuracy": 0.5, "correct": 200, "total": 400, "lo": 0.45, "hi": 0.55}}}})
     _png(run / "interpret" / "tsne.png", "blue")
-    write_result(run / "interpret", "interpret", "What the layers encode", figures=[figure("tsne.png", "t-SNE")],
-                 seeds={"seed": 0}, details={"n_cells": 100})
+    write_result(run / "interpret", Result("interpret", "What the layers encode", figures=[figure("tsne.png", "t-SNE")],
+                 seeds={"seed": 0}, details={"n_cells": 100}))
     from deepyeast.analysis.paper_results import PaperInputs, run_paper_results
     (tmp / "rf_grid.json").write_text(json.dumps({"best": {"ntree": 150, "mtry": 20, "nodesize": 1},
                                                    "n_features": 430, "grid_name": "small"}))

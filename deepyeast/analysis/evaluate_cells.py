@@ -28,7 +28,7 @@ import os
 import numpy as np
 
 from deepyeast.constants import PAPER_RESULTS
-from deepyeast.utils.manifest import clear_result, figure, headline, table, write_result
+from deepyeast.utils.manifest import Result, clear_result, figure, headline, table, write_result
 from deepyeast.utils.io import InputError, atomic_write_json, write_csv
 from deepyeast.utils.run_context import RunContext
 
@@ -470,13 +470,13 @@ def write_cells_result(out_dir, out, res_net, res_rf, net, figures, name="cells"
         table_rows.append(row)
     figs = [figure(os.path.basename(paths[0]), FIGURE_CAPTIONS[key]) for key, paths in figures.items()]
     return write_result(
-        out_dir, name, "Per-cell accuracy (paper Figure 2)", text, metrics=metrics, headline=rows, figures=figs,
+        out_dir, Result(name, "Per-cell accuracy (paper Figure 2)", text, metrics=metrics, headline=rows, figures=figs,
         tables=[table("Recall per compartment", columns, table_rows,
                       "Recall: of the test cells of a compartment, the share called that compartment, with its "
                       "95% stratified bootstrap interval. Precision is in per_class.csv.",
                       file=CELL_EVAL_FILES["per_class"])],
         details={k: v for k, v in out.items() if k not in metrics and k not in ("command", "network_minus_forest")},
-        seeds={"seed": out["seed"]}, command=out["command"], order=10)
+        seeds={"seed": out["seed"]}, command=out["command"], order=10))
 
 
 def _ci_text(value, lo, hi):

@@ -35,7 +35,7 @@ from deepyeast.constants import (MIN_CELLS_PER_PROTEIN, PAPER_CHOSEN_ITERATION, 
                                  PAPER_CLASS_RECALL, PAPER_CONFUSIONS, PAPER_FOREST, PAPER_MIXED_NUCLEUS_CYTOPLASM,
                                  PAPER_MIXED_PAIR, PAPER_NONCELL_FILTER, PAPER_PRECISION_EXCEPTIONS,
                                  PAPER_PROTEIN_ERRORS, PAPER_RESULTS)
-from deepyeast.utils.manifest import clear_result, count_metric, figure, missing_part, table, write_result
+from deepyeast.utils.manifest import Result, clear_result, count_metric, figure, missing_part, table, write_result
 from deepyeast.utils.io import InputError, atomic_write_json
 
 __all__ = ["per_class_comparison", "paper_claims", "top_confusions", "misclassified_gallery", "accuracy_by_cells",
@@ -720,6 +720,6 @@ def run_paper_results(out_dir, inputs, command=None, make_figures=True):
     details["claims_holding"] = {k: c["holds"] for k, c in claims.items()}
     atomic_write_json(os.path.join(out_dir, "paper_results.json"),
                       {"metrics": metrics, "details": details}, indent=1)
-    return write_result(out_dir, RESULT_NAME, "The paper's Results, item by item, ours beside theirs",
+    return write_result(out_dir, Result(RESULT_NAME, "The paper's Results, item by item, ours beside theirs",
                         summary_text, metrics=metrics, figures=figures, tables=tables, missing=missing,
-                        details=details, command=command, order=12)
+                        details=details, command=command, order=12))

@@ -21,7 +21,7 @@ import os
 import numpy as np
 
 from deepyeast.constants import MIN_CELLS_PER_PROTEIN, PAPER_RESULTS, paper_result
-from deepyeast.utils.manifest import clear_result, headline, missing_part, table, write_result
+from deepyeast.utils.manifest import Result, clear_result, headline, missing_part, table, write_result
 from deepyeast.utils.io import InputError, atomic_path, atomic_write_json
 from deepyeast.utils.run_context import RunContext
 from deepyeast.analysis.evaluate_cells import count
@@ -350,8 +350,8 @@ def write_protein_result(out_dir, summary, mix_rows=None, classifier="network", 
                            "is its label.", file=table_file))
     paper = PAPER_RESULTS.get(prefix + "protein_accuracy")
     title = f"Protein-level calls: {who.lower()}" + (f" (paper: {100 * paper:.0f}% per protein)" if paper else "")
-    return write_result(out_dir, name, title, text,
+    return write_result(out_dir, Result(name, title, text,
                         metrics=metrics, headline=rows, tables=tables, missing=missing,
                         details={k: v for k, v in summary.items() if k not in ("protein_accuracy",
                                                                                  "protein_accuracy_min10", "command")},
-                        command=summary.get("command"), order=30 if classifier == "network" else 31)
+                        command=summary.get("command"), order=30 if classifier == "network" else 31))

@@ -479,7 +479,7 @@ def write_quality_result(out_dir, summary, figure_file=None, command=None):
     a ``missing`` entry naming the reason and the option that would run the filter.
     """
     from deepyeast.constants import PAPER_N_NONCELLS, PAPER_RESULTS
-    from deepyeast.utils.manifest import figure, headline, missing_part, table, write_result
+    from deepyeast.utils.manifest import Result, figure, headline, missing_part, table, write_result
 
     title = "Removing non-cells (paper: 91% per cell after filtering)"
     labels = {"network": "Network", "random_forest": "Random forest"}
@@ -491,9 +491,9 @@ def write_quality_result(out_dir, summary, figure_file=None, command=None):
         text = (f"The non-cell filter was not run: {nr['reason']}. The paper trained it on "
                 f"{PAPER_CELLS_PER_CLASS} validation cells per class that both classifiers got right and "
                 f"{PAPER_N_NONCELLS} non-cells picked by eye; give such a list with {nr['option']}.")
-        return write_result(out_dir, "quality", title, text, metrics={k: None for k in keys.values()},
+        return write_result(out_dir, Result("quality", title, text, metrics={k: None for k in keys.values()},
                             headline=rows, missing=[missing_part(nr["what"], nr["reason"], nr["option"])],
-                            details=summary, command=command, order=20)
+                            details=summary, command=command, order=20))
     t = summary["test"]
     ts = summary["training_set"]
     best = summary["best"]
@@ -535,9 +535,9 @@ def write_quality_result(out_dir, summary, figure_file=None, command=None):
                         + _grid_note(summary)))
     figs = [figure(figure_file, "Accuracy per cell of each classifier before and after the filter removed "
                                 "non-cells (test cells).")] if figure_file else []
-    return write_result(out_dir, "quality", title, text, metrics=metrics, headline=rows, figures=figs, tables=tables,
-                        missing=missing, details=summary, seeds={"seed": summary.get("seed")}, command=command,
-                        order=20)
+    return write_result(out_dir, Result("quality", title, text, metrics=metrics, headline=rows, figures=figs,
+                                        tables=tables, missing=missing, details=summary,
+                                        seeds={"seed": summary.get("seed")}, command=command, order=20))
 
 
 def write_quality_not_run(out_dir, reason=NO_LIST_REASON, command=None):

@@ -274,7 +274,7 @@ def write_forest_result(out_dir, summary, features, command=None):
     """The result manifest of the random-forest baseline (see :mod:`deepyeast.utils.manifest`):
     the features it learned from (``features``: :func:`deepyeast.analysis.cp_features.describe_features`,
     named next to every forest number of the report), the grid, the choice on validation."""
-    from deepyeast.utils.manifest import table, write_result
+    from deepyeast.utils.manifest import Result, table, write_result
 
     best = summary["best"]
     grid = summary["grid"]
@@ -286,7 +286,7 @@ def write_forest_result(out_dir, summary, features, command=None):
             f"{acc['total']:,} test cells right; its per-cell and per-protein results are in the sections below.")
     rows = sorted(summary["table"], key=lambda r: -float(r.get("val_accuracy") or 0))[:10]
     return write_result(
-        out_dir, "forest", "The random-forest baseline and its features", text,
+        out_dir, Result("forest", "The random-forest baseline and its features", text,
         tables=[table("Grid points, best on validation first",
                       ["ntree", "mtry", "nodesize", "validation accuracy"],
                       [[r.get("ntree"), r.get("mtry"), r.get("nodesize"), f"{float(r.get('val_accuracy')):.3f}"]
@@ -294,4 +294,4 @@ def write_forest_result(out_dir, summary, features, command=None):
                       "Validation accuracy: share of the validation cells called right." +
                       (f" First 10 of {len(summary['table'])}." if len(summary["table"]) > 10 else ""))],
         details={"cellprofiler_features": features, **{k: v for k, v in summary.items() if k != "table"}},
-        seeds={"seed": summary.get("seed")}, command=command, order=15)
+        seeds={"seed": summary.get("seed")}, command=command, order=15))

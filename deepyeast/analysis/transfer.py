@@ -53,7 +53,8 @@ from deepyeast import constants
 from deepyeast.analysis.features import (PATHS_FILE, blob_features, has_blob, labels_for_paths, match_paths,
                                          network_blobs, read_cellprofiler_csv, read_paths)
 from deepyeast.utils.plotting import plt, save_figure
-from deepyeast.utils.manifest import clear_result, count_metric, figure, headline, missing_part, table, write_result
+from deepyeast.utils.manifest import (Result, clear_result, count_metric, figure, headline, missing_part, table,
+                                     write_result)
 from deepyeast.utils.io import InputError, atomic_write_json, write_csv
 from deepyeast.utils.progress import progress
 from deepyeast.utils.run_context import RunContext
@@ -403,10 +404,11 @@ def write_transfer_result(out_dir, result, command=None):
     missing = [] if CELLPROFILER in ta["by_feature_set"] else [missing_part(
         "the CellProfiler curve of Figure 4C", "no CellProfiler features of the transfer cells were given",
         "--cellprofiler CSV; CP_FEATURES=DIR with transfer_{train,val,test}.csv or transfer.csv")]
-    return write_result(out_dir, "transfer", "Transfer learning to new compartments (paper Figures 4B, 4C, S6)", text,
-                        metrics=metrics, headline=headlines, figures=figures, tables=tables, missing=missing,
-                        details={k: v for k, v in result.items() if k not in ("rows", "transfer_accuracy")},
-                        seeds={"seed": result["seed"]}, command=command, order=40)
+    return write_result(out_dir, Result(
+        "transfer", "Transfer learning to new compartments (paper Figures 4B, 4C, S6)", text,
+        metrics=metrics, headline=headlines, figures=figures, tables=tables, missing=missing,
+        details={k: v for k, v in result.items() if k not in ("rows", "transfer_accuracy")},
+        seeds={"seed": result["seed"]}, command=command, order=40))
 
 
 def write_results_csv(path, rows):

@@ -29,7 +29,7 @@ from deepyeast.analysis.interpret.neurons import (class_entropy, mutual_informat
 from deepyeast.analysis.interpret.patches import (PATCH_LAYERS, load_cell_images, patches_of_units, plot_patches,
                                                   stored_top_units, top_activating_units)
 from deepyeast.analysis.interpret.tsne import plot_tsne_grid, tsne_embedding
-from deepyeast.utils.manifest import clear_result, figure, missing_part, table, write_result
+from deepyeast.utils.manifest import Result, clear_result, figure, missing_part, table, write_result
 from deepyeast.utils.io import InputError, atomic_write_json, write_csv
 from deepyeast.utils.progress import progress
 from deepyeast.utils.run_context import RunContext
@@ -254,12 +254,12 @@ def write_interpret_result(out_dir, summary, command=None):
         missing.append(missing_part("correlation of neurons to CellProfiler features and their mutual information "
                                     "with the class (Figure 3D)", "no CellProfiler features were given",
                                     "--cellprofiler CSV"))
-    return write_result(out_dir, "interpret", "What the layers encode (paper Figure 3)", text, figures=figures,
+    return write_result(out_dir, Result("interpret", "What the layers encode (paper Figure 3)", text, figures=figures,
                         tables=[table("Neurons per layer", columns, rows,
                                       "Mutual information between a neuron's binned output and the compartment, "
                                       "median over the layer's neurons, in nats; per neuron in neurons_<layer>.csv.")],
                         missing=missing, details={k: v for k, v in summary.items() if k != "patches"},
-                        seeds={"seed": summary["seed"]}, command=command, order=50)
+                        seeds={"seed": summary["seed"]}, command=command, order=50))
 
 
 

@@ -125,8 +125,8 @@ def render_field(rng, protein, n_crops, field_size=FIELD_SIZE):
                     cell_name, cell_style = other_name, other_style
                     break
                 u -= share
-        g = _green(cell, rng, protein["set"], cell_name, cell_style, protein.get("mixture_fraction"),
-                   protein.get("difficulty", 1.0), second, protein.get("_style_b"))
+        g = _green(cell, rng, protein["set"], (cell_name, cell_style), protein.get("mixture_fraction"),
+                   protein.get("difficulty", 1.0), (second, protein.get("_style_b")))
         g = g * protein["expression"] * exposure * float(rng.lognormal(0, 0.35)) + autofluor * exposure * cell.cyto
         _paste(red, _blur(m.astype(np.float32), focus), cy, cx)
         _paste(green, _blur(g.astype(np.float32), focus), cy, cx)

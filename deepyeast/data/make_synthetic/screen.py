@@ -247,7 +247,7 @@ def make_gallery(out_png, seed=0, per_class=2):
 
 def write_screen_result(out_dir, summary, gallery_file, command=None):
     """A result manifest describing the synthetic screen, with its gallery, for the report's first section."""
-    from deepyeast.utils.manifest import figure, table, write_result
+    from deepyeast.utils.manifest import Result, figure, table, write_result
 
     rows = []
     for set_name, label in (("main", "12 compartments"), ("transfer", "4 transfer compartments")):
@@ -265,10 +265,10 @@ def write_screen_result(out_dir, summary, gallery_file, command=None):
         text += (f"  {main['n_mixed_proteins']} proteins localised to two compartments "
                  f"({main['per_split'].get(MIXED_SPLIT, 0):,} cells) are kept out of every split, as in the paper, "
                  f"and listed with both compartments in main/{MIXED_TABLE}.")
-    return write_result(out_dir, "screen", "The cells: a synthetic screen", text,
+    return write_result(out_dir, Result("screen", "The cells: a synthetic screen", text,
                         figures=[figure(gallery_file, "Two example cells of each compartment (red: cytosolic marker, "
                                                       "green: the tagged protein).")],
                         tables=[table("Cells per split", ["set", "proteins", *SPLITS, "non-cells among them"], rows,
                                       "Counts are crops; non-cells (empty fields, debris, bad segmentations) carry "
                                       "their protein's label, as in the real data.")],
-                        details=summary, seeds={"seed": summary["seed"]}, command=command, order=5)
+                        details=summary, seeds={"seed": summary["seed"]}, command=command, order=5))
