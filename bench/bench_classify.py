@@ -57,7 +57,7 @@ def main(argv=None):
     os.makedirs(args.work)
     screen = os.path.join(args.work, "screen")
     # first: its worker pool forks, safe only before this process runs threads (OpenCV, scipy, torch)
-    make_screen(screen, args.size, seed=args.seed, workers=2, save_fields=args.proteins, progress=False)
+    make_screen(screen, args.size, seed=args.seed, jobs=2, save_fields=args.proteins, progress=False)
     bundle = read_bundle(args.model)
     fields = os.path.join(screen, "main", "fields")
     with open(os.path.join(fields, "images.csv"), newline="") as f:

@@ -42,7 +42,7 @@ def cpu_now():
 cpu0 = cpu_now()
 t0 = time.time()
 if stage == "generate":
-    s = make_screen(args["out"], args["size"], seed=0, workers=args["workers"], progress=False)
+    s = make_screen(args["out"], args["size"], seed=0, jobs=args["workers"], progress=False)
     n = s["main"]["n_crops"] + s["transfer"]["n_crops"]
 else:
     s = build_lmdbs(args["root"], args["out"], prefix=args["prefix"], context=RunContext(progress=False))

@@ -133,7 +133,7 @@ def main(argv=None):
     if not os.path.exists(os.path.join(fields, "images.csv")):
         from deepyeast.data.make_synthetic import make_screen
         # first: its worker pool forks, safe only before this process runs threads (OpenCV, torch)
-        make_screen(screen, args.size, seed=args.seed, workers=2, save_fields=args.proteins, progress=False)
+        make_screen(screen, args.size, seed=args.seed, jobs=2, save_fields=args.proteins, progress=False)
 
     import torch
     from bench_engine import DEPLOY, random_deploy_weights

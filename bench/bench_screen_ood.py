@@ -76,7 +76,7 @@ def main():
         if fields is None:
             from deepyeast.data.make_synthetic import make_screen
 
-            make_screen(os.path.join(tmp, "screen"), "tiny", seed=7, workers=1, save_fields=args.proteins,
+            make_screen(os.path.join(tmp, "screen"), "tiny", seed=7, jobs=1, save_fields=args.proteins,
                         progress=False)
             fields = os.path.join(tmp, "screen", "main", "fields")
         with open(os.path.join(fields, "images.csv"), newline="") as f:

@@ -44,7 +44,7 @@ def make_screen(folder, n, seed=11):
 
     from deepyeast.data.make_synthetic import make_screen as generate
 
-    generate(os.path.join(folder, "gen"), "tiny", seed=seed, workers=1, save_fields=12, progress=False)
+    generate(os.path.join(folder, "gen"), "tiny", seed=seed, jobs=1, save_fields=12, progress=False)
     src = os.path.join(folder, "gen", "main", "fields")
     with open(os.path.join(src, "images.csv"), newline="") as f:
         rows = list(csv.DictReader(f))

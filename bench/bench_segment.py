@@ -105,7 +105,7 @@ def main(argv=None):
     for key, seed, field_size in (("tune", args.tune_seed, FIELD_SIZE), ("test", args.seed, FIELD_SIZE),
                                   ("crowded", args.seed, args.crowded_field_size)):
         out = os.path.join(args.work, key)
-        make_screen(out, args.size, seed=seed, workers=args.workers, save_fields=args.proteins, progress=False,
+        make_screen(out, args.size, seed=seed, jobs=args.workers, save_fields=args.proteins, progress=False,
                     field_size=field_size)
         sets[key] = load_fields(out)
     defaults = SegmentParams()

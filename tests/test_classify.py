@@ -53,7 +53,7 @@ def fields(tmp_path_factory):
     fields/images.csv).  A copy: the shared screen stays as the generator wrote it (test_synthetic
     compares it with a fresh one)."""
     d = tmp_path_factory.mktemp("fields") / "fields"
-    shutil.copytree(tiny_screen(tmp_path_factory, workers=1) / "main" / "fields", d)
+    shutil.copytree(tiny_screen(tmp_path_factory, jobs=1) / "main" / "fields", d)
     rows = _csv(d / "images.csv")
     rng = np.random.default_rng(5)
     tifffile.imwrite(d / "empty_field.tif", np.clip(rng.normal(12, 2, (2, 256, 256)), 0, 255).astype(np.uint8))

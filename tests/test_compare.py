@@ -238,7 +238,7 @@ def test_micrograph_pair_classified_and_compared(tmp_path):
     from deepyeast.data.make_synthetic.condition import render_pair
 
     pair = tmp_path / "pair"
-    render_pair(str(pair), "tiny", 1, ConditionSettings(proteins=8), workers=1)
+    render_pair(str(pair), "tiny", 1, ConditionSettings(proteins=8), jobs=1)
     truth = read_truth(pair / "truth.csv")
     assert len(truth) == 8 and sum(t["mover"] for t in truth.values()) == round(0.15 * 8)
     images = {s: _csv(pair / s / "images.csv") for s in ("reference", "condition")}

@@ -395,7 +395,7 @@ def _installed_command_classifies(site, env, tmp_path, tmp_path_factory):
     crops = example_crops("main", 0, 4, seed=1)
     h5 = kd.save_keras2_weights(kd.randomize(kd.build_model(), crops, seed=0), str(tmp_path / "keras.h5"))
     assert "12 classes" in deepyeast("convert-keras", h5, "--out", tmp_path / "bundle").stdout
-    fields = tiny_screen(tmp_path_factory, workers=1) / "main" / "fields"
+    fields = tiny_screen(tmp_path_factory, jobs=1) / "main" / "fields"
     with open(fields / "images.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     table = tmp_path / "images.csv"

@@ -70,7 +70,7 @@ def ood_bundle(tmp_path_factory):
     """A bundle (seeded weights, BatchNorm statistics from the tiny screen's training crops) with OOD
     statistics fitted on its 300 training and 100 validation crops (PNG files of the archive layout, as
     make_bundle.py reads them), and the same bundle without them."""
-    main = tiny_screen(tmp_path_factory, workers=1) / "main"
+    main = tiny_screen(tmp_path_factory, jobs=1) / "main"
     tmp = tmp_path_factory.mktemp("ood")
     crops, labels = list_crops(str(main / "HOwt_train.txt"), CLASS_NAMES)
     val, val_labels = list_crops(str(main / "HOwt_val.txt"), CLASS_NAMES)
@@ -106,7 +106,7 @@ def test_a_bundle_stores_the_statistics_and_says_when_it_has_none(ood_bundle, tm
 @pytest.fixture(scope="module")
 def dark_screen(tmp_path_factory):
     """The tiny screen's 3 fields as they are and 16 times darker (12-bit data declared as 16-bit: a wrong --bits)."""
-    src = tiny_screen(tmp_path_factory, workers=1) / "main" / "fields"
+    src = tiny_screen(tmp_path_factory, jobs=1) / "main" / "fields"
     rows = _csv(src / "images.csv")
     d = tmp_path_factory.mktemp("swap")
     good, bad = ["image,plate,protein"], ["image,plate,protein"]

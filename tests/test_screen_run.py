@@ -41,7 +41,7 @@ def bundle(tmp_path_factory):
 def screen(tmp_path_factory):
     """12 distinct micrographs (the tiny screen's 3 saved fields, each turned by 0-270 degrees), 6 proteins
     of 2 fields each; returns the images table's path."""
-    src = tiny_screen(tmp_path_factory, workers=1) / "main" / "fields"
+    src = tiny_screen(tmp_path_factory, jobs=1) / "main" / "fields"
     with open(src / "images.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     d = tmp_path_factory.mktemp("screen")

@@ -151,7 +151,7 @@ def test_background_correction_matches_scipy_grey_opening():
 
 @pytest.fixture(scope="module")
 def screen(tmp_path_factory):
-    return tiny_screen(tmp_path_factory, workers=1)
+    return tiny_screen(tmp_path_factory, jobs=1)
 
 
 def test_f1_on_synthetic_fields_with_true_masks(screen):

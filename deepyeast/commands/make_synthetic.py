@@ -103,7 +103,7 @@ def _pair(args, out):
     settings = ConditionSettings(proteins=args.pair_proteins, movers=args.movers)
     t0 = time.time()
     if args.pair == "micrographs":
-        plan = render_pair(out, args.size, args.seed, settings, workers=args.jobs)
+        plan = render_pair(out, args.size, args.seed, settings, jobs=args.jobs)
     else:
         plan = simulate_pair(out, args.size, args.seed, settings)
     print(f"{len(plan)} proteins, {sum(p['mover'] for p in plan)} relocalised in the condition; "

@@ -204,7 +204,7 @@ def _render_protein(job):
     return rows
 
 
-def render_pair(out_dir, size="tiny", seed=0, settings=ConditionSettings(), workers=1):
+def render_pair(out_dir, size="tiny", seed=0, settings=ConditionSettings(), jobs=1):
     """Render both screens' micrographs under ``out_dir`` (written all at once).
 
     ``out_dir/reference/`` and ``out_dir/condition/``: ``*.tif`` (2 x S x S uint8, red marker,
@@ -218,12 +218,12 @@ def render_pair(out_dir, size="tiny", seed=0, settings=ConditionSettings(), work
         for side, folder, offset in (("ref", "reference", 1), ("cond", "condition", 51)):
             d = os.path.join(tmp, folder)
             os.makedirs(d)
-            jobs = [(p, side, offset + i // 96, d) for i, p in enumerate(plan)]
-            if workers > 1:
-                with get_context("fork").Pool(workers) as pool:
-                    rows = pool.map(_render_protein, jobs, chunksize=2)
+            tasks = [(p, side, offset + i // 96, d) for i, p in enumerate(plan)]
+            if jobs > 1:
+                with get_context("fork").Pool(jobs) as pool:
+                    rows = pool.map(_render_protein, tasks, chunksize=2)
             else:
-                rows = [_render_protein(j) for j in jobs]
+                rows = [_render_protein(j) for j in tasks]
             write_csv(os.path.join(d, "images.csv"), [r for rs in rows for r in rs], ["image", "plate", "protein"])
         write_csv(os.path.join(tmp, TRUTH_FILE), _truth_rows(plan), TRUTH_COLUMNS)
         _write_pair_json(tmp, size, seed, settings, "micrographs")
