@@ -40,7 +40,10 @@
 #              transfer_{train,val,test}.csv or transfer.csv; path,<feature>,... keyed by archive
 #              path), used instead of our cp-measure features by the forest, the non-cell filter,
 #              transfer and interpretation
-#   TSNE       t-SNE settings: fast (standardised, 50 PCs, 500 iterations) | paper (scikit-learn's defaults)
+#   TSNE       t-SNE settings: fast (standardised, 50 PCs, 500 iterations, on per-channel mean and max of the
+#              convolution maps) | paper (scikit-learn's defaults on every neuron's output: the whole maps of
+#              TSNE_CELLS random test cells are extracted for it, 4 MiB per cell)
+#   TSNE_CELLS cells of the t-SNE maps (default 1000, the paper's)
 #   TRAINED_ON one line on the training data for the model bundle's readme
 #   COMPARE_PROTEINS  with a synthetic screen: N > 0 adds the comparison of two screens (a synthetic pair of
 #              N proteins, some relocalised, classified with the run's network; RUN/compare/, in the report)
@@ -62,6 +65,7 @@ JOBS ?= $(shell nproc)
 SCHEDULER ?=
 CP_FEATURES ?=
 TSNE ?= fast
+TSNE_CELLS ?= 1000
 comma := ,
 TRAINED_ON ?= $(if $(filter synthetic,$(SCREEN)),the synthetic screen (size $(SIZE)$(comma) seed $(SEED)),the published \
 	DeepYeast archive (HOwt_train.txt))
@@ -252,9 +256,17 @@ $(RUN)/transfer/result.json: $(addsuffix /paths.txt,$(TRANSFER_FEATS)) $(TRANSFE
 		--lists $(TRANSFER) $(if $(TRANSFER_CP),--cellprofiler $(TRANSFER_CP)) --tsne $(TSNE) --out $(@D) \
 		$(PAR_OPTS))
 
-$(RUN)/interpret/result.json: $(RUN)/cells_test.csv $(CP)/test.csv
+# TSNE=paper: the t-SNE runs on the whole maps (every neuron's output) of TSNE_CELLS random test cells
+TSNE_FULL := $(if $(filter paper,$(TSNE)),$(FEAT)/tsne_full)
+$(FEAT)/tsne_full/paths.txt: $(WEIGHTS)
+	$(call step,network features (whole maps of $(TSNE_CELLS) t-SNE cells),$(PY) analysis/predict.py $(NET_OPTS) \
+		--archive $(MAIN) --list $(call LIST,test) --split test --sample $(TSNE_CELLS) $(STEP_OPTS) \
+		--out $(FEAT)/tsne_full/cells.csv --features-out $(FEAT)/tsne_full --features-reduce full)
+
+$(RUN)/interpret/result.json: $(RUN)/cells_test.csv $(CP)/test.csv $(if $(TSNE_FULL),$(TSNE_FULL)/paths.txt)
 	$(call step,t-SNE and neurons,$(PY) analysis/interpret.py --features $(FEAT)/test \
 		--labels $(RUN)/cells_test.csv --cellprofiler $(CP)/test.csv --archive $(MAIN) --tsne $(TSNE) \
+		$(if $(TSNE_FULL),--tsne-features $(TSNE_FULL)) --n-tsne $(TSNE_CELLS) --weights $(WEIGHTS) \
 		--out $(@D) $(STEP_OPTS))
 
 # the paper's Results item by item, ours beside theirs (per-class counts and claims, confusions and galleries,

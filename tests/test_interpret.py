@@ -336,3 +336,128 @@ def test_cell_images_from_an_lmdb_match_the_pngs(tmp_path):
     wanted = [paths[5], paths[0], paths[7]]
     got = load_cell_images(wanted, lmdb_path=str(tmp_path / "cells_lmdb"))
     assert np.array_equal(got, images[[5, 0, 7]])
+
+
+# ---------------------------------------------------------------- Figure S4: Gabor filters
+
+def _gabor_filters(n, seed=0):
+    """n two-channel 3 x 3 filters whose every channel is a scaled Gabor filter of the bank's grid."""
+    from deepyeast.analysis.interpret.gabor import gabor_bank
+    bank, params = gabor_bank(3)
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(bank), size=(n, 2))
+    scale = rng.uniform(0.05, 0.3, size=(n, 2, 1))
+    return (bank[picks] * scale).reshape(n, 2, 3, 3).astype(np.float32), picks, params
+
+
+def test_gabor_kernel_by_hand_and_a_planted_gabor_is_found():
+    from deepyeast.analysis.interpret.gabor import best_gabor_fit, gabor_bank, gabor_kernel
+    # angle 0, phase 0: cos(2 pi x / 4) along x, Gaussian of sigma 1 (aspect 1): centre 1, x = +-1 -> 0
+    g = gabor_kernel(3, wavelength=4.0, sigma=1.0, angle=0.0, phase=0.0)
+    np.testing.assert_allclose(g[1], [0, 1, 0], atol=1e-12)
+    np.testing.assert_allclose(g[0, 1], np.exp(-0.5))  # y = -1 on the centre column: envelope only
+    # a rotated Gabor of another wavelength and phase, with noise-free scale -1.7, is fitted exactly
+    bank, params = gabor_bank(3)
+    j = 1234
+    r, index, amp = best_gabor_fit(-1.7 * bank[j][None, :], bank)
+    assert r[0] == pytest.approx(1.0) and np.allclose(amp[0] * bank[index[0]], -1.7 * bank[j])
+    assert best_gabor_fit(np.zeros((1, 9)), bank)[0][0] == 0.0  # an all-zero kernel: no fit, no NaN
+
+
+def test_gabor_filters_fit_better_than_random_ones():
+    from deepyeast.analysis.interpret.gabor import compare_filters, filter_fit, gabor_bank
+    w, _, _ = _gabor_filters(16)
+    summary, fit, random_r2, bank = compare_filters(w, seed=1, n_random=2000)
+    np.testing.assert_allclose(fit["r2"], 1.0, atol=1e-6)
+    assert summary["fraction_above_random_p95"] == 1.0 and summary["r2_median_random"] < 0.9
+    assert random_r2.shape == (2000,) and summary["bank_size"] == len(bank) and summary["n_filters"] == 16
+    # one channel Gabor, the other pure noise of the same energy: R^2 = (1 + r_noise^2) / 2
+    noise = np.random.default_rng(3).standard_normal((1, 1, 3, 3))
+    mixed = np.concatenate([w[:1, :1] / np.linalg.norm(w[:1, :1]), noise / np.linalg.norm(noise)], axis=1)
+    f = filter_fit(mixed, bank)
+    assert f["r2"][0] == pytest.approx((1 + f["r"][0, 1] ** 2) / 2) and f["r"][0, 0] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="C_out x C_in x k x k"):
+        compare_filters(np.zeros((4, 2, 3)))
+
+
+def test_run_interpretation_compares_conv1_with_gabor_filters(tmp_path):
+    """--weights: Figure S4 in the report (figure, table, metrics); Gabor texture columns: per-layer |r|."""
+    from deepyeast.caffe.blobs import write_caffemodel
+    feat, labels, paths = _synthetic_screen(tmp_path, n_per_class=6)
+    w, _, _ = _gabor_filters(64, seed=2)
+    weights = tmp_path / "net.caffemodel"
+    write_caffemodel(str(weights), {"conv1": [w, np.zeros(64, np.float32)],
+                                    "fc3": [np.zeros((12, 512), np.float32), np.zeros(12, np.float32)]})
+    fc1 = np.load(feat / "fc1.npy")
+    with open(tmp_path / "cp_gabor.csv", "w", newline="") as f:
+        wr = csv.writer(f)
+        wr.writerow(["path", "Marker_Texture_Gabor_3", "Protein_Intensity_Mean"])
+        for i, p in enumerate(paths):
+            wr.writerow([p, 2 * fc1[i, 9] + 1, fc1[i, 3]])
+    lab = read_label_lists(tmp_path / "archive", n_classes=4)
+    out = tmp_path / "out"
+    summary = run_interpretation(InterpretInputs(str(feat), lab, constants.TRANSFER_CLASS_NAMES,
+                                                 cp_csv=tmp_path / "cp_gabor.csv", blobs=["fc1", "fc3"],
+                                                 weights=str(weights)),
+                                 str(out), InterpretSettings(n_tsne=20), RunContext(log=lambda *_: None))
+    g = summary["gabor"]
+    assert g["layer"] == "conv1" and g["n_filters"] == 64 and g["r2_median"] == pytest.approx(1.0)
+    assert g["gabor_features"] == ["Marker_Texture_Gabor_3"]
+    # fc1 neuron 9 is the Gabor feature (r = 1): its layer's median |r| to Gabor texture is a median of 512
+    with open(out / "gabor_filters.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 64 and all(float(r["ch0_r"]) == pytest.approx(1.0) for r in rows)
+    manifest = json.loads((out / "result.json").read_text())
+    assert manifest["metrics"]["first_layer_gabor_r2_median"] == pytest.approx(1.0)
+    assert manifest["metrics"]["first_layer_gabor_above_random_p95"] == 1.0
+    assert "median |r| to Gabor texture" in manifest["tables"][0]["columns"]
+    s4 = next(t for t in manifest["tables"] if t["title"].startswith("Figure S4"))
+    assert s4["columns"] == ["quantity", "paper", "ours"] and s4["rows"][0][2] == "1.000"
+    assert any(fig["file"] == "gabor.png" and "Figure S4" in fig["caption"] for fig in manifest["figures"])
+    assert (out / "gabor.png").stat().st_size > 0 and "Figure S4, in our reading" in manifest["summary"]
+    assert not any("Figure S4" in m["what"] for m in manifest["missing"])
+    # without weights the report names what is missing and the option that gives it
+    bare = run_interpretation(InterpretInputs(str(feat), lab, constants.TRANSFER_CLASS_NAMES, blobs=["fc3"]),
+                              str(tmp_path / "bare"), InterpretSettings(n_tsne=20), RunContext(log=lambda *_: None))
+    assert "gabor" not in bare
+    missing = json.loads((tmp_path / "bare" / "result.json").read_text())["missing"]
+    assert any("Figure S4" in m["what"] and m["option"] == "--weights W.caffemodel" for m in missing)
+
+
+# ---------------------------------------------------------------- t-SNE on the whole maps (the paper's input)
+
+def test_tsne_features_embed_the_sampled_cells_from_every_neurons_output(tmp_path):
+    """--tsne-features: the t-SNE cells are those of the whole-map folder, each layer's input is its full
+    flattened activation (conv8: 256 x 16 x 16 = 65,536 values per cell), not the pooled 2 x 256."""
+    feat, labels, paths = _synthetic_screen(tmp_path, n_per_class=5)
+    full = tmp_path / "tsne_full"
+    full.mkdir()
+    keep = [1, 4, 6, 9, 12, 15, 17, 19]  # a sample of the cells, in list order
+    (full / "paths.txt").write_text("\n".join(paths[i] for i in keep) + "\n")
+    conv8 = np.load(feat / "conv8.npy")[keep]
+    np.save(full / "conv8.npy", conv8)
+    np.save(full / "fc1.npy", np.load(feat / "fc1.npy")[keep])
+    lab = read_label_lists(tmp_path / "archive", n_classes=4)
+    out = tmp_path / "out"
+    summary = run_interpretation(InterpretInputs(str(feat), lab, constants.TRANSFER_CLASS_NAMES, blobs=["conv8", "fc1"],
+                                                 tsne_features=str(full)),
+                                 str(out), InterpretSettings(tsne="paper"), RunContext(log=lambda *_: None))
+    assert summary["layers"]["conv8"]["tsne_input_dims"] == 256 * 16 * 16 == conv8.shape[1]
+    assert summary["layers"]["fc1"]["tsne_input_dims"] == 512
+    assert summary["tsne_cells"] == len(keep) and summary["tsne_reduce"] == "full"
+    with open(out / "tsne.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["path"] for r in rows] == [paths[i] for i in keep]
+    assert [int(r["label"]) for r in rows] == [int(labels[i]) for i in keep]
+    manifest = json.loads((out / "result.json").read_text())
+    assert "on each layer's full activations (every neuron's output), as the paper" in manifest["summary"]
+    # the default: random cells, convolution maps pooled to 2 values per channel
+    pooled = run_interpretation(InterpretInputs(str(feat), lab, constants.TRANSFER_CLASS_NAMES, blobs=["conv8"]),
+                                str(tmp_path / "pooled"), InterpretSettings(n_tsne=8), RunContext(log=lambda *_: None))
+    assert pooled["layers"]["conv8"]["tsne_input_dims"] == 2 * 256
+    # a cell of the whole-map folder that the features lack is named
+    (full / "paths.txt").write_text("\n".join(["plate09/9-9-9-9.png"] + [paths[i] for i in keep[1:]]) + "\n")
+    with pytest.raises(InputError, match="plate09/9-9-9-9.png"):
+        run_interpretation(InterpretInputs(str(feat), lab, constants.TRANSFER_CLASS_NAMES, blobs=["fc1"],
+                                           tsne_features=str(full)),
+                           str(tmp_path / "bad"), context=RunContext(log=lambda *_: None))

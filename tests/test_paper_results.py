@@ -215,7 +215,8 @@ def test_missing_inputs_are_named_with_their_option(tmp_path):
                              make_figures=False)
     what = " ".join(m["what"] for m in r["missing"])
     assert "Figure S2" in what and "nucleus + cytoplasm" in what and "Figure 3C" in what
-    assert "Gabor" in r["summary"] and "Gabor" in r["details"]["not_reproduced"][0]
+    assert "Gabor" in r["summary"] and "Gabor" in r["details"]["our_reading"][0]
+    assert r["details"]["not_reproduced"] == []
     assert r["metrics"]["mixed_nucleus_cytoplasm_top_two"] is None
     assert r["details"]["claims_holding"]["network_wins_recall_every_class"] is None
 

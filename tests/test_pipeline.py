@@ -210,7 +210,7 @@ def test_reproduce_on_an_archive_shaped_like_the_published_one(tmp_path, tmp_pat
     run = os.path.relpath(tmp_path / "reproduce", REPO_ROOT)
     # every snapshot kept (KEEP_SNAPSHOTS=1), so that the check below sees the choice among all of them
     args = ("reproduce", f"REPRO_RUN={run}", f"ARCHIVE_SRC={archive}", "REPRO_GPU=", "REPRO_GRID=small",
-            f"REPRO_SCHEDULE={TINY_SCHEDULE}", "KEEP_SNAPSHOTS=1")
+            f"REPRO_SCHEDULE={TINY_SCHEDULE}", "KEEP_SNAPSHOTS=1", "TSNE_CELLS=40")
     proc = _make(*args)
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert _archive_files(archive) == before  # the source archive is read, never written
@@ -246,6 +246,14 @@ def test_reproduce_on_an_archive_shaped_like_the_published_one(tmp_path, tmp_pat
     transfer = json.load(open(os.path.join(run_dir, "transfer", "result.json")))
     assert transfer["details"]["headline_layer"] == "fc1" and transfer["details"]["tsne"] == "paper"
     assert metrics["transfer_accuracy"]["headline_layer"] == "fc1"
+    # Figure 3B as the paper: scikit-learn's defaults on every neuron's output of the sampled test cells
+    interpret = json.load(open(os.path.join(run_dir, "interpret", "interpret.json")))
+    assert interpret["tsne"] == "paper" and interpret["tsne_reduce"] == "full" and interpret["tsne_cells"] == 40
+    assert interpret["layers"]["conv1"]["tsne_input_dims"] == 64 * 64 * 64
+    assert interpret["layers"]["fc1"]["tsne_input_dims"] == 512
+    # Figure S4 (our reading) from the run's own weights
+    assert interpret["gabor"]["layer"] == "conv1" and interpret["gabor"]["n_filters"] == 64
+    assert 0 < metrics["first_layer_gabor_r2_median"] <= 1
 
     # the user supplies the proteins with two compartments (table + crops outside the archive)
     mixed_dir = tmp_path / "mixed"

@@ -42,6 +42,12 @@ def test_without_archive_extras_the_filter_and_mixed_check_are_not_run(tmp_path)
     assert "--mixed" not in proteins
     assert all("--from" not in line for line in _lines(out, "analysis/cp_features.py"))
     assert all("--tsne paper" in line for line in _lines(out, "analysis/interpret.py") + _lines(out, "analysis/transfer.py"))
+    # the paper's t-SNE input: the whole maps (every neuron's output) of 1,000 random test cells
+    (whole,) = [c for c in _lines(out, "analysis/predict.py") if "--features-reduce full" in c]
+    assert "--sample 1000" in whole and "HOwt_test.txt" in whole and "--features-out" in whole
+    tsne_dir = whole.split("--features-out ", 1)[1].split()[0]
+    (interpret,) = _lines(out, "analysis/interpret.py")
+    assert f"--tsne-features {tsne_dir}" in interpret and "--weights" in interpret  # and Figure S4's filters
     # the generator's truth tables sit beside the crops (data/main/...): no step reads them from an archive
     # (the run's own outputs, e.g. RUN/proteins/proteins.csv of the protein-level step, may share a name)
     for truth in ("cell_quality.csv", "proteins.csv", "noncells"):
@@ -71,3 +77,6 @@ def test_noncells_mixed_and_external_features_reach_their_steps(tmp_path):
     assert sum(f"--from {cp}/transfer.csv" in line for line in imports) == 3  # one table serves every transfer split
     (transfer,) = _lines(out, "analysis/transfer.py")
     assert "--cellprofiler" in transfer and "--tsne fast" in transfer
+    (interpret,) = _lines(out, "analysis/interpret.py")  # the faster setting: pooled maps, no whole-map step
+    assert "--tsne fast" in interpret and "--tsne-features" not in interpret
+    assert not [c for c in _lines(out, "analysis/predict.py") if "--features-reduce full" in c]

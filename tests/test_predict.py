@@ -107,6 +107,28 @@ def test_ours_writes_features(setup, ours):
     np.testing.assert_allclose(soft / soft.sum(1, keepdims=True), table.probs, atol=1e-5)
 
 
+def test_sample_keeps_whole_maps_of_a_seeded_sample_in_list_order(setup, ours):
+    """--sample N --seed S (make reproduce's t-SNE cells): N listed cells, in list order, the sample
+    :func:`sample_rows` draws, with every neuron's output (conv1: 64 x 64 x 64 per cell)."""
+    from deepyeast.data.lists import sample_rows
+    table, fdir = run_script(setup, "ours", "sampled", extra=["--archive", str(setup["root"]), "--list",
+                                                               "HOwt_test.txt", "--sample", "7", "--seed", "2"])
+    keep = sample_rows(N, 7, seed=2)
+    assert list(keep) == sorted(keep) and len(set(keep)) == 7
+    full_table, full_dir = ours
+    assert list(table.path) == [full_table.path[i] for i in keep]
+    conv1, paths = read_features(fdir, "conv1")
+    assert conv1.shape == (7, 64 * 64 * 64) and paths == list(table.path)
+    np.testing.assert_allclose(conv1, read_features(full_dir, "conv1")[0][keep], rtol=1e-5, atol=1e-5)
+    assert list(sample_rows(N, None)) == list(range(N)) == list(sample_rows(N, N + 5))
+    with pytest.raises(InputError, match="--sample must be at least 1"):
+        sample_rows(N, 0)
+    proc = subprocess.run([sys.executable, SCRIPT, "--model", DEPLOY, "--weights", str(setup["weights"]), "--mean",
+                           str(setup["mean"]), "--lmdb", str(setup["dir"] / "test_lmdb"), "--sample", "3",
+                           "--out", str(setup["dir"] / "z.csv")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "--sample needs --archive with --list" in proc.stderr
+
+
 def test_lmdb_input_gives_the_same_table(setup, ours):
     d = setup["dir"]
     cells = predict.cells_from_lmdb(d / "test_lmdb")

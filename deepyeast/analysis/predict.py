@@ -44,7 +44,7 @@ from deepyeast.caffe.lmdb import iter_datum_lmdb, path_of_key
 from deepyeast.caffe.prototxt import read_prototxt
 from deepyeast.data.crop_png import iter_crops
 from deepyeast.engine.inference import InferenceSettings, NetFiles, Predictor, input_of
-from deepyeast.data.lists import class_names_for_list, protein_of, read_split_list
+from deepyeast.data.lists import class_names_for_list, protein_of, read_split_list, sample_rows
 from deepyeast.constants import LIST_PREFIX, LMDB_SUFFIX, class_names_for
 from deepyeast.utils.io import InputError
 from deepyeast.analysis.features import feature_file, feature_folder
@@ -162,16 +162,18 @@ def _read_cells(root, entries, source, what, skip_bad):
     return Cells(images, np.asarray(labels, np.int64), paths, source)
 
 
-def cells_from_list(archive, list_path, skip_bad=False):
+def cells_from_list(archive, list_path, skip_bad=False, sample=None, seed=0):
     """Read the crops a split list names: ``ROOT/<relpath>`` PNGs with their labels.
 
-    The class table (12 or 4 transfer classes) is chosen from the list's name.
+    The class table (12 or 4 transfer classes) is chosen from the list's name.  ``sample``: only a
+    seeded random ``sample`` of the listed cells, in list order (:func:`deepyeast.data.lists.sample_rows`).
     A missing or corrupt crop raises :class:`InputError` naming the file
     (with ``skip_bad`` it is left out instead).  The crops go to a :class:`CropFile`.
     """
     entries, _ = read_split_list(list_path, class_names_for_list(os.fspath(list_path)), skip_bad=skip_bad)
     if not entries:
         raise InputError(f"{list_path}: the split list names no cells")
+    entries = [entries[i] for i in sample_rows(len(entries), sample, seed)]
     return _read_cells(archive, entries, os.fspath(list_path), list_path, skip_bad)
 
 

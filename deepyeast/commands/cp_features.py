@@ -23,10 +23,7 @@ Example:
 import os
 import time
 
-import numpy as np
-
 from deepyeast import launcher
-from deepyeast.utils.io import InputError
 
 
 def options(p):
@@ -47,17 +44,13 @@ def options(p):
 def run(args):
     from deepyeast.analysis.cluster import resolve_scheduler
     from deepyeast.analysis.cp_features import extract_features_to_csv
-    from deepyeast.data.lists import class_names_for_list, read_split_list
+    from deepyeast.data.lists import class_names_for_list, read_split_list, sample_rows
 
     scheduler = resolve_scheduler(args.scheduler)
     list_path = args.list if os.path.exists(args.list) else os.path.join(args.archive, args.list)
     entries, _ = read_split_list(list_path, class_names_for_list(list_path))
     paths = [rel for rel, _ in entries][: args.limit]
-    if args.sample is not None and args.sample < len(paths):
-        if args.sample < 1:
-            raise InputError(f"--sample must be at least 1, got {args.sample}")
-        keep = np.sort(np.random.default_rng(args.seed).choice(len(paths), args.sample, replace=False))
-        paths = [paths[i] for i in keep]
+    paths = [paths[i] for i in sample_rows(len(paths), args.sample, args.seed)]
     if args.from_table:
         from deepyeast.analysis.cp_features import import_feature_table
 

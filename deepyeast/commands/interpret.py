@@ -9,6 +9,11 @@ Inputs
   --cellprofiler CSV    CellProfiler features of the same cells (for Figure 3D correlations)
   --archive ROOT        archive root holding the cells' PNGs (for Figure 3A patches), or
   --lmdb DIR            a Datum LMDB holding them
+  --weights W.caffemodel  the trained weights (for Figure S4: the first layer's filters against Gabor
+                        filters)
+  --tsne-features DIR   whole maps of some cells (predict.py --features-reduce full --sample 1000): the
+                        t-SNE embeds those cells from every neuron's output, as the paper (instead of
+                        --n-tsne random cells from pooled maps)
 
 Outputs (in --out DIR)
   tsne.png/pdf, tsne.csv        Figure 3B: t-SNE of --n-tsne random cells per layer, by class
@@ -20,6 +25,11 @@ Outputs (in --out DIR)
   neurons.png/pdf               Figure 3D: those per layer, and a box of the CellProfiler features'
                                 mutual information with the class (same quantile bins)
   cellprofiler_mi.csv           per CellProfiler feature: its mutual information with the class
+  gabor.png/pdf                 Figure S4 (our reading; with --weights): conv1's filters beside their best
+                                Gabor filters, their Gabor fit against random filters', and per layer the
+                                neurons' strongest |r| to CellProfiler's Gabor texture features
+  gabor_filters.csv             per first-layer filter: Gabor fit R^2, per input channel |cosine| and the
+                                fitted Gabor's wavelength, sigma, aspect, angle, phase
   interpret.json                summary (settings, per-layer medians, chosen neurons, patch cells)
   result.json                   the result manifest the report reads (written last)
 
@@ -59,6 +69,10 @@ def options(p):
     images.add_argument("--archive", metavar="ROOT", type=launcher.existing_dir,
                         help="archive root with the cell PNGs (for patches)")
     launcher.add(images, "lmdb", help="Datum LMDB with the cells (for patches)")
+    launcher.add(p, "weights", help="trained .caffemodel (Figure S4: its first layer's filters against Gabor filters)")
+    p.add_argument("--tsne-features", metavar="DIR", type=launcher.existing_dir,
+                   help="whole maps of the t-SNE cells (predict.py --features-reduce full --sample N): t-SNE on "
+                        "every neuron's output of those cells, as the paper")
     p.add_argument("--model", metavar="PROTOTXT", type=launcher.existing_file,
                    help="deploy prototxt the features came from (default: models/deepyeast/deploy.prototxt)")
     launcher.add(p, "out", required=True, metavar="DIR", help="output folder")
@@ -90,7 +104,7 @@ def run(args):
         labels = read_label_table(args.labels, n_classes=len(class_names))
     inputs = InterpretInputs(args.features, labels, class_names, blobs=args.blobs.split(",") if args.blobs else None,
                              cp_csv=args.cellprofiler, archive_root=args.archive, lmdb_path=args.lmdb,
-                             model=args.model)
+                             model=args.model, weights=args.weights, tsne_features=args.tsne_features)
     settings = InterpretSettings(n_tsne=args.n_tsne, n_bins=args.bins, patch_layers=tuple(args.patch_layers.split(",")),
                                  neurons=args.neurons, n_neurons=args.n_neurons, n_patches=args.n_patches,
                                  summary=args.neuron_summary, tsne_reduce=args.tsne_reduce, tsne=args.tsne)

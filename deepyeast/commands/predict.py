@@ -18,6 +18,8 @@ Inputs
                               plateNN/<f1>-*.png next to the table; --not-in LIST... checks that
                               none of them is in a split list; rows have split "mixed" and the
                               first compartment as label
+  --sample N [--seed S]       with --list: a seeded random sample of N of the listed cells, in list
+                              order (e.g. the 1,000 t-SNE cells whose whole maps make reproduce keeps)
   --split NAME                split written in every row (default: from the list/LMDB name)
   --engine ours|caffe         our PyTorch engine, or real pycaffe in the Caffe root (make caffe)
   --precision fp32|bf16       our engine's arithmetic: fp32 (default) or bf16 convolutions (about
@@ -73,6 +75,9 @@ def options(p):
                      help="mixed-protein table: predict its proteins' crops (next to the table)")
     src.add_argument("--not-in", nargs="+", default=(), metavar="LIST", type=launcher.existing_file,
                      help="with --mixed: split lists the mixed proteins must not be in")
+    p.add_argument("--sample", type=int, default=None, metavar="N",
+                   help="with --list: a seeded random sample of N listed cells, kept in list order (all if N >= cells)")
+    launcher.add(p, "seed", help="seed of --sample (default %(default)s)")
     p.add_argument("--split", help="split name for the table (default: from the list/LMDB name)")
     launcher.add(p, "out", required=True, metavar="CSV", help="predictions CSV to write")
     p.add_argument("--features-out", metavar="DIR", help="folder for <blob>.npy features and paths.txt")
@@ -117,6 +122,8 @@ def run(args):
         raise InputError("give one of --lmdb, --archive with --list, or --mixed")
     if args.list and not args.archive:
         raise InputError("--list needs --archive")
+    if args.sample is not None and not args.list:
+        raise InputError("--sample needs --archive with --list")
     blobs = [b for b in (args.blobs or "").split(",") if b]
     if blobs and not args.features_out:
         raise InputError("--blobs needs --features-out")
@@ -139,7 +146,8 @@ def run(args):
         list_path = args.list
         if not os.path.isabs(list_path) and not os.path.exists(list_path):
             list_path = os.path.join(args.archive, list_path)
-        cells = predict.cells_from_list(args.archive, list_path, skip_bad=args.skip_bad)
+        cells = predict.cells_from_list(args.archive, list_path, skip_bad=args.skip_bad, sample=args.sample,
+                                        seed=args.seed)
     features = predict.FeatureRequest(args.features_out, tuple(blobs), args.features_reduce) \
         if args.features_out else None
     table = predict.predict_cells(cells, model, launcher.inference_settings(args, fold=not args.no_fold),

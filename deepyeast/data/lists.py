@@ -105,6 +105,19 @@ def read_split_list(path, class_names=CLASS_NAMES, skip_bad=False):
     return entries, rejects
 
 
+def sample_rows(n_rows, n, seed=0):
+    """A seeded random sample of ``n`` of ``n_rows`` rows, in row order: int64 indices (all rows if ``n`` is
+    None or at least ``n_rows``).  The sample of every ``--sample N --seed S`` option (CellProfiler
+    features of training cells, whole maps of the t-SNE cells)."""
+    import numpy as np
+
+    if n is None or n >= n_rows:
+        return np.arange(n_rows)
+    if n < 1:
+        raise InputError(f"--sample must be at least 1, got {n}")
+    return np.sort(np.random.default_rng(seed).choice(n_rows, n, replace=False))
+
+
 def write_split_list(path, entries):
     """Write ``(relpath, label)`` pairs as a split list, atomically."""
     atomic_write_text(path, "".join(f"{rel} {int(lab)}\n" for rel, lab in entries))

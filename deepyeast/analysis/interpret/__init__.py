@@ -1,6 +1,7 @@
 """What the DeepYeast layers encode (paper Figure 3): t-SNE of the cells at every layer
-(:mod:`.tsne`), what single neurons encode (:mod:`.neurons`) and the input patches that most
-activate chosen neurons (:mod:`.patches`), run together by :func:`run_interpretation`.
+(:mod:`.tsne`), what single neurons encode (:mod:`.neurons`), the input patches that most
+activate chosen neurons (:mod:`.patches`) and Figure S4's comparison with Gabor filters
+(:mod:`.gabor`), run together by :func:`run_interpretation`.
 
 Inputs
 ------
@@ -10,6 +11,10 @@ Inputs
 * Cell labels: the archive's split lists or any CSV with ``path,label`` (e.g. a predictions table).
 * CellProfiler features: CSV ``path,<feature_1>,...``, one row per cell (optional).
 * Cell images for the patches: the PNGs under the archive root, or a Datum LMDB (optional).
+* The trained weights (``.caffemodel``, optional): the first convolution layer's filters for Figure S4.
+* Whole maps of the t-SNE cells (optional, the paper's t-SNE input): a second feature folder written by
+  ``predict.py --features-reduce full`` for a sample of the cells (``--sample 1000``); its cells are the
+  t-SNE's, each layer embedded from its full flattened activations.
 
 Receptive fields come from the engine (:meth:`deepyeast.engine.Net.geometry` of the deploy
 prototxt): conv1 3 x 3 input pixels, conv2 5, conv3 10, conv4 14, conv5 .. conv8 24, 32, 40, 48.
@@ -28,6 +33,7 @@ from deepyeast.analysis.interpret.neurons import (class_entropy, mutual_informat
                                                   plot_neuron_summary, strongest_correlations)
 from deepyeast.analysis.interpret.patches import (PATCH_LAYERS, load_cell_images, patches_of_units, plot_patches,
                                                   stored_top_units, top_activating_units)
+from deepyeast.analysis.interpret.gabor import compare_filters, gabor_bank, gabor_columns, plot_gabor_figure
 from deepyeast.analysis.interpret.tsne import plot_tsne_grid, tsne_embedding
 from deepyeast.utils.manifest import Result, clear_result, figure, missing_part, table, write_result
 from deepyeast.utils.io import InputError, atomic_write_json, write_csv
@@ -43,7 +49,13 @@ class InterpretInputs:
     :func:`~deepyeast.analysis.features.network_blobs` present); ``cp_csv``: CellProfiler features
     of the same cells (optional); images for the patches from ``archive_root`` or ``lmdb_path``
     (without either, patches are skipped); ``model``: the deploy prototxt whose blobs the features
-    are (default: DeepYeast's, from the model zoo)."""
+    are (default: DeepYeast's, from the model zoo); ``weights``: the trained ``.caffemodel``: its
+    first convolution layer's filters are fitted by Gabor filters (Figure S4, :mod:`.gabor`:
+    ``gabor.{png,pdf}``, ``gabor_filters.csv``; with CellProfiler Gabor texture features among
+    ``cp_csv``'s, each layer's neurons are correlated with them too); ``tsne_features``: a feature
+    folder holding the whole maps (``<blob>.npy``) of some of the cells: they are the t-SNE's cells
+    (instead of ``n_tsne`` random ones), each layer embedded from its full flattened activations
+    (the paper's input)."""
 
     feature_dir: str
     labels: dict
@@ -53,6 +65,8 @@ class InterpretInputs:
     archive_root: str = None
     lmdb_path: str = None
     model: str = None
+    weights: str = None
+    tsne_features: str = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,11 +98,13 @@ def run_interpretation(inputs, out_dir, settings=InterpretSettings(), context=Ru
     ``patches.{png,pdf}`` (3A), ``neurons_<blob>.csv`` and
     ``neurons.{png,pdf}`` (3D: with CellProfiler features, also the box of their mutual
     information with the class, on the same quantile bins as the neurons', and
-    ``cellprofiler_mi.csv``), ``interpret.json``.  Returns the summary dict.
+    ``cellprofiler_mi.csv``), ``interpret.json``; with ``inputs.weights`` Figure S4's files.  Returns the
+    summary dict.
     """
     log, seed, command = context.say, context.seed, context.command
     feature_dir, labels, class_names, blobs = inputs.feature_dir, inputs.labels, inputs.class_names, inputs.blobs
     cp_csv, archive_root, lmdb_path, model = inputs.cp_csv, inputs.archive_root, inputs.lmdb_path, inputs.model
+    weights, tsne_features = inputs.weights, inputs.tsne_features
     n_tsne, n_bins, patch_layers, neurons = settings.n_tsne, settings.n_bins, settings.patch_layers, settings.neurons
     n_neurons, n_patches, summary = settings.n_neurons, settings.n_patches, settings.summary
     tsne_reduce, tsne = settings.tsne_reduce, settings.tsne
@@ -108,10 +124,16 @@ def run_interpretation(inputs, out_dir, settings=InterpretSettings(), context=Ru
     os.makedirs(out_dir, exist_ok=True)
     rng = np.random.default_rng(seed)
     tsne_rows = np.sort(rng.choice(len(paths), size=min(n_tsne, len(paths)), replace=False))
+    if tsne_features is not None:  # the cells whose whole maps were extracted are the t-SNE's
+        tsne_paths = read_paths(os.path.join(tsne_features, PATHS_FILE))
+        tsne_rows = match_paths(tsne_paths, paths, f"{tsne_features}/{PATHS_FILE} (in {feature_dir}/{PATHS_FILE})")
+        tsne_reduce = "full"
+    gabor_cols = gabor_columns(cp[0]) if cp is not None else []
     h_class = class_entropy(y)
     summary_out = dict(feature_dir=feature_dir, n_cells=len(paths), blobs=list(blobs), seed=seed,
                        n_bins=n_bins, neuron_summary=summary, class_entropy_nats=h_class,
-                       tsne_cells=int(len(tsne_rows)), tsne_reduce=tsne_reduce, tsne=tsne, layers={})
+                       tsne_cells=int(len(tsne_rows)), tsne_reduce=tsne_reduce, tsne=tsne, layers={},
+                       tsne_features=None if tsne_features is None else os.fspath(tsne_features))
     embeddings, mi_by_blob, r_by_blob, chance_by_blob = {}, {}, {}, {}
     clear_result(out_dir)
     for blob in progress(blobs, desc="interpret", unit="layer"):
@@ -138,12 +160,18 @@ def run_interpretation(inputs, out_dir, settings=InterpretSettings(), context=Ru
                      top_neurons=[int(i) for i in np.argsort(-mi)[:n_neurons]])
         if cp is not None:
             layer["abs_r_median"] = float(np.median(np.abs(r_by_blob[blob])))
+        if gabor_cols:  # Figure S4: the strongest correlation to a Gabor texture feature
+            _, r_gabor = strongest_correlations(outputs, cp[1][:, gabor_cols])
+            layer["abs_r_gabor_median"] = float(np.median(np.abs(r_gabor)))
         summary_out["layers"][blob] = layer
         log(f"[interpret] {blob}: {len(mi)} neurons, median MI {layer['mi_median']:.3f} nats")
-        if tsne_reduce == "pool":  # layer_features' pooling, from the summaries already taken
+        if tsne_features is not None:  # every neuron's output of the sampled cells, flattened
+            tsne_x = layer_features(load_blob(tsne_features, blob, g), "full")
+        elif tsne_reduce == "pool":  # layer_features' pooling, from the summaries already taken
             tsne_x = np.concatenate([means, maxima], 1)[tsne_rows] if spatial else means[tsne_rows]
         else:
             tsne_x = layer_features(load_blob(feature_dir, blob, g), tsne_reduce, tsne_rows)
+        layer["tsne_input_dims"] = int(tsne_x.shape[1])
         embeddings[blob] = tsne_embedding(tsne_x, seed, mode=tsne)
     tsne_table = [dict(path=paths[i], label=int(y[i]), **{f"{b}_{a}": embeddings[b][j, a_i]
                        for b in blobs for a_i, a in enumerate("xy")}) for j, i in enumerate(tsne_rows)]
@@ -166,6 +194,9 @@ def run_interpretation(inputs, out_dir, settings=InterpretSettings(), context=Ru
                                            features=describe_features(cp[0]))
     plot_neuron_summary(mi_by_blob, r_by_blob, h_class, os.path.join(out_dir, "neurons"), chance_by_blob,
                         cp_mi=cp_mi, cp_chance=summary_out.get("cellprofiler", {}).get("mi_shuffled_median"))
+    if weights is not None:
+        summary_out["gabor"] = gabor_comparison(weights, summary_out["layers"], out_dir, seed,
+                                                [cp[0][j] for j in gabor_cols])
     if archive_root is not None or lmdb_path is not None:
         layers = [b for b in patch_layers if b in blobs]
         chosen_units = []  # (blob, channel, top units): from the whole maps, else the stored top cells
@@ -198,34 +229,71 @@ def run_interpretation(inputs, out_dir, settings=InterpretSettings(), context=Ru
     return summary_out
 
 
+def gabor_comparison(weights, layers, out_dir, seed=0, gabor_features=()):
+    """Figure S4 (our reading, :mod:`.gabor`): the first convolution layer's filters of ``weights``
+    (a ``.caffemodel``) fitted by Gabor filters beside random filters, and ``layers``' medians of the
+    neurons' strongest |r| to the CellProfiler Gabor texture features (``gabor_features``: their names).
+
+    Writes ``gabor.{png,pdf}`` and ``gabor_filters.csv`` (per filter: R^2 and per input channel the
+    |cosine| and the fitted Gabor's parameters) into ``out_dir``; returns the summary dict.
+    """
+    from deepyeast.caffe.blobs import read_caffemodel
+
+    params = read_caffemodel(weights)
+    layer = next((name for name, blobs in params.items() if blobs[0].ndim == 4), None)
+    if layer is None:
+        raise InputError(f"{weights}: no convolution layer (4-D weights) to compare with Gabor filters")
+    w = params[layer][0]
+    result, fit, random_r2, bank = compare_filters(w, seed=seed)
+    _, bank_params = gabor_bank(w.shape[2])
+    rows = []
+    for f in range(w.shape[0]):
+        row = dict(filter=f, r2=fit["r2"][f])
+        for c in range(w.shape[1]):
+            p = bank_params[fit["index"][f, c]]
+            row.update({f"ch{c}_r": fit["r"][f, c], f"ch{c}_wavelength": p["wavelength"],
+                        f"ch{c}_sigma": p["sigma"], f"ch{c}_aspect": p["aspect"],
+                        f"ch{c}_angle_deg": np.degrees(p["angle"]), f"ch{c}_phase_deg": np.degrees(p["phase"])})
+        rows.append(row)
+    write_csv(os.path.join(out_dir, "gabor_filters.csv"), rows)
+    layer_r = {b: (v["abs_r_gabor_median"], v["abs_r_median"]) for b, v in layers.items() if "abs_r_gabor_median" in v}
+    plot_gabor_figure(w, fit, random_r2, bank, layer_r, os.path.join(out_dir, "gabor"))
+    result.update(layer=layer, weights=os.fspath(weights), gabor_features=list(gabor_features))
+    return result
+
+
 def tsne_input_note(tsne_reduce):
     """What the t-SNE of each layer was run on, in words (the paper: the neuron outputs themselves)."""
     if tsne_reduce == "full":
         return ", on each layer's full activations (every neuron's output), as the paper."
     return (", on each convolution layer's maps pooled to every channel's spatial mean and maximum (2 values per "
             "channel) and on the fully connected layers' outputs as they are; the paper ran it on the full neuron "
-            "outputs (--tsne-reduce full with features extracted by predict.py --features-reduce full, 4 MiB per "
-            "cell).")
+            "outputs (make reproduce does: --tsne-features with the whole maps of the t-SNE cells, predict.py "
+            "--sample N --features-reduce full, 4 MiB per cell).")
 
 
 def write_interpret_result(out_dir, summary, command=None):
     """The result manifest of the interpretation (see :mod:`deepyeast.utils.manifest`)."""
     layers = summary["layers"]
     has_r = any("abs_r_median" in v for v in layers.values())
+    has_gabor_r = any("abs_r_gabor_median" in v for v in layers.values())
     columns = ["layer", "neurons", "median MI (nats)", "median MI, labels shuffled"]
     if has_r:
         columns.append("median |r| to CellProfiler")
+    if has_gabor_r:
+        columns.append("median |r| to Gabor texture")
     rows = []
     for blob, v in layers.items():
         row = [blob, v["n_neurons"], f"{v['mi_median']:.3f}", f"{v['mi_shuffled_median']:.3f}"]
         if has_r:
             row.append(f"{v['abs_r_median']:.2f}" if "abs_r_median" in v else "—")
+        if has_gabor_r:
+            row.append(f"{v['abs_r_gabor_median']:.2f}" if "abs_r_gabor_median" in v else "—")
         rows.append(row)
     cp = summary.get("cellprofiler")
     if cp:
         row = ["CellProfiler features", cp["n_features"], f"{cp['mi_median']:.3f}", f"{cp['mi_shuffled_median']:.3f}"]
-        if has_r:
-            row.append("—")
+        row += ["—"] * (has_r + has_gabor_r)
         rows.append(row)
     text = (f"Features of {summary['n_cells']:,} cells at {len(layers)} layers. A neuron's output per cell (spatial "
             f"{summary['neuron_summary']} of its map for a convolution channel) is compared with the cell's "
@@ -244,6 +312,39 @@ def write_interpret_result(out_dir, summary, command=None):
                                      "compartment (grey x: median with shuffled labels)" +
                       (", the same for the CellProfiler features (last box)," if cp else "") +
                       (" and of each neuron's strongest correlation to a CellProfiler feature." if has_r else "."))]
+    gabor = summary.get("gabor")
+    metrics, tables = {}, []
+    if gabor:
+        text += (f" Figure S4, in our reading (the paper gives no procedure): each of {gabor['layer']}'s "
+                 f"{gabor['n_filters']} filters ({gabor['in_channels']} x {gabor['kernel']} x {gabor['kernel']}) is "
+                 f"fitted per input channel by the best of {gabor['bank_size']:,} Gabor filters; a filter's fit R² is "
+                 f"the fraction of its squared weights the fitted Gabors explain. Median R² "
+                 f"{gabor['r2_median']:.2f} trained against {gabor['r2_median_random']:.2f} for "
+                 f"{gabor['n_random']:,} random filters of the untrained net's distribution; "
+                 f"{gabor['fraction_above_random_p95']:.0%} of the trained filters fit better than 95% of the random "
+                 "ones.")
+        if has_gabor_r:
+            text += (" Each neuron is also correlated with CellProfiler's Gabor texture features ("
+                     + ", ".join(gabor["gabor_features"]) + "), beside its strongest correlation to any feature.")
+        metrics = {"first_layer_gabor_r2_median": gabor["r2_median"],
+                   "first_layer_gabor_r2_median_random": gabor["r2_median_random"],
+                   "first_layer_gabor_above_random_p95": gabor["fraction_above_random_p95"]}
+        tables.append(table("Figure S4: the first layer's filters against Gabor filters",
+                            ["quantity", "paper", "ours"],
+                            [[f"median Gabor fit R², {gabor['layer']} ({gabor['n_filters']} filters)", "—",
+                              f"{gabor['r2_median']:.3f}"],
+                             [f"median Gabor fit R², random filters ({gabor['n_random']:,})", "—",
+                              f"{gabor['r2_median_random']:.3f}"],
+                             ["filters fitting better than 95% of random ones", "—",
+                              f"{gabor['fraction_above_random_p95']:.3f}"]],
+                            "The paper shows the comparison as a figure without numbers (its paper column is empty); "
+                            "per filter: gabor_filters.csv.", file="gabor_filters.csv"))
+        figures.append(figure("gabor.png", f"Figure S4 (our reading): left, the {gabor['layer']} filters of largest "
+                                           "weight norm, each input channel's kernel (m: marker, p: protein; w) beside "
+                                           "its fitted Gabor filter (G), one colour scale per filter; middle, the Gabor "
+                                           "fit R² of the trained filters and of random ones (chance level); right, per "
+                                           "layer, the median over neurons of the strongest |Pearson r| to a "
+                                           "CellProfiler Gabor texture feature and to any CellProfiler feature."))
     if os.path.exists(os.path.join(out_dir, "patches.png")):
         figures.insert(1, figure("patches.png", "Figure 3A: input patches (each unit's receptive field) that most "
                                                 "activate chosen neurons; red: marker, green: protein."))
@@ -254,10 +355,15 @@ def write_interpret_result(out_dir, summary, command=None):
         missing.append(missing_part("correlation of neurons to CellProfiler features and their mutual information "
                                     "with the class (Figure 3D)", "no CellProfiler features were given",
                                     "--cellprofiler CSV"))
-    return write_result(out_dir, Result("interpret", "What the layers encode (paper Figure 3)", text, figures=figures,
+    if not gabor:
+        missing.append(missing_part("Figure S4: the first layer's filters against Gabor filters",
+                                    "no trained weights were given", "--weights W.caffemodel"))
+    return write_result(out_dir, Result("interpret", "What the layers encode (paper Figure 3, Figure S4)", text,
+                        figures=figures, metrics=metrics,
                         tables=[table("Neurons per layer", columns, rows,
                                       "Mutual information between a neuron's binned output and the compartment, "
-                                      "median over the layer's neurons, in nats; per neuron in neurons_<layer>.csv.")],
+                                      "median over the layer's neurons, in nats; per neuron in neurons_<layer>.csv.")]
+                        + tables,
                         missing=missing, details={k: v for k, v in summary.items() if k != "patches"},
                         seeds={"seed": summary["seed"]}, command=command, order=50))
 
