@@ -70,9 +70,11 @@ def read_channels(path):
 
 
 @contextlib.contextmanager
-def _quiet_tifffile():
-    """tifffile logs warnings about a broken file before it raises; our one-line error says it instead."""
-    logger = logging.getLogger("tifffile")
+def quiet_logger(name):
+    """Only errors from the logger ``name`` inside the block: tifffile logs warnings about a broken file
+    before it raises, ome-zarr-py a line for a container of another NGFF version; our one-line error
+    says what matters instead."""
+    logger = logging.getLogger(name)
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
@@ -98,7 +100,7 @@ def check_declared_size(path, shape, what="image"):
 def _read_tiff_channels(path):
     import tifffile
     try:
-        with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
+        with quiet_logger("tifffile"), tifffile.TiffFile(path) as tif:
             series = tif.series
             if not series:
                 raise InputError(f"{path}: corrupt or truncated TIFF (no readable image in it)")
@@ -207,7 +209,7 @@ def read_image_array(path):
     if ext in (".tif", ".tiff"):
         import tifffile
         try:
-            with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
+            with quiet_logger("tifffile"), tifffile.TiffFile(path) as tif:
                 if not tif.series:
                     raise InputError(f"{path}: corrupt or truncated TIFF (no readable image in it)")
                 check_declared_size(path, tif.series[0].shape, "TIFF")
@@ -292,6 +294,9 @@ def read_mask(path, shape, image_name="micrograph"):
 def read_row_micrograph(rec, fmt=MicrographFormat()):
     """The micrograph of an images-table row (:func:`deepyeast.data.screen_tables.read_images_table`)
     read with ``fmt`` (:class:`MicrographFormat`) -> uint8 ``2 x H x W``."""
+    if rec.get("zarr"):
+        from deepyeast.data.omezarr import read_image
+        return to_two_channel(read_image(rec["path"], MAX_PIXELS), rec["path"], fmt)
     if rec["protein_path"] is not None:
         return read_micrograph_pair(rec["path"], rec["protein_path"], fmt.bits)
     return read_micrograph(rec["path"], fmt)
