@@ -58,6 +58,8 @@ def main():
     p.add_argument("--model", required=True)
     p.add_argument("--fields", help="folder with images.csv of saved fields (default: generate a tiny screen)")
     p.add_argument("--proteins", type=int, default=12, help="proteins whose fields are saved (generated screen)")
+    p.add_argument("--model-label", help="how RESULTS.md names the bundle (default: the --model path), e.g. "
+                                         "'runs/demo/model of make demo at COMMIT'")
     p.add_argument("--no-write", action="store_true", help="print, do not update bench/RESULTS.md")
     args = p.parse_args()
     import tifffile
@@ -100,14 +102,20 @@ def main():
             print(json.dumps(results[-1]))
     rows_md = [f"| {n} | {m} | {c} | {f} | {100 * sh:.1f}% | {'yes' if w else 'no'} |"
                for n, m, c, f, sh, w, _ in results]
-    text = (f"`python bench/bench_screen_ood.py --model {args.model}`: bundle `{bundle.name}` trained on "
+    label = args.model_label or args.model
+    command = f"python bench/bench_screen_ood.py --model {args.model if args.model_label is None else 'BUNDLE'}"
+    command += f" --proteins {args.proteins}" if args.fields is None else " --fields FIELDS"
+    text = (f"`{command}` (BUNDLE: {label}): bundle `{bundle.name}` trained on "
             f"{bundle.metadata.get('training', {}).get('data', '?')}; ood_score: the larger of the fc1 Mahalanobis "
             f"distance over {meta['threshold']:.4g} and the input-statistics distance over "
             f"{meta['input_threshold']:.4g} (each the 99th percentile of {meta['validation_cells']} validation cells; "
             f"{100 * meta['training_flagged_share']:.1f}% of them flagged); temperature {meta['temperature']:.3g}, ECE "
             f"{meta['ece_before']:.3f} before, {meta['ece_after']:.3f} after (validation accuracy "
-            f"{meta['validation_accuracy']:.3f}). Fields of a freshly generated tiny synthetic screen (seed 7), "
-            "each set-up error applied to every field.\n\n"
+            f"{meta['validation_accuracy']:.3f}). "
+            + ("Fields of a freshly generated tiny synthetic screen (seed 7), " if args.fields is None else
+               "The fields of --fields, ")
+            + f"each set-up error applied to every field; load average {os.getloadavg()[0]:.1f} on "
+            f"{os.cpu_count()} cores at the end.\n\n"
             "| screen | micrographs | cells | flagged | share | report warns |\n|---|---|---|---|---|---|\n"
             + "\n".join(rows_md) + "\n")
     print(text)

@@ -86,6 +86,8 @@ existing_file = _existing(os.path.isfile, "file")
 existing_file.__doc__ = "argparse type: a path that must be an existing file (else a usage error, exit 2)."
 existing_dir = _existing(os.path.isdir, "folder")
 existing_dir.__doc__ = "argparse type: a path that must be an existing folder (else a usage error, exit 2)."
+existing_path = _existing(os.path.exists, "file or folder")
+existing_path.__doc__ = "argparse type: a path that must be an existing file or folder (else a usage error, exit 2)."
 
 
 def positive_int(text):
@@ -280,7 +282,7 @@ def add_force(parser):
                                  "(they are deleted)")
 
 
-INPUT_TYPES = (existing_file, existing_dir)
+INPUT_TYPES = (existing_file, existing_dir, existing_path)
 """argparse types that mark an option as one of the step's inputs (:func:`input_paths`)."""
 
 

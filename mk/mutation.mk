@@ -26,7 +26,6 @@ MUTATED := \
 	'deepyeast.analysis.protein_level.x_check_mixed__mutmut_*' \
 	'deepyeast.analysis.quality_filter.x_pick_training_cells__mutmut_*' \
 	'deepyeast.analysis.quality_filter.x_filter_accuracy__mutmut_*' \
-	'deepyeast.analysis.quality_filter.x__accuracy__mutmut_*' \
 	'deepyeast.engine.lr_policy.x_learning_rate__mutmut_*' \
 	'deepyeast.engine.lr_policy.x__powf__mutmut_*' \
 	'deepyeast.engine.lr_policy.x__expf__mutmut_*' \

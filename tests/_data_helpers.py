@@ -18,3 +18,11 @@ def tiny_screen(tmp_path_factory, seed=0, workers=2):
     if not (base / "screen.json").exists():
         make_screen(str(base), "tiny", seed=seed, workers=workers, save_fields=3, progress=False)
     return base
+
+
+def csv_rows(path):
+    """The rows of a CSV file with a header, as dicts (column -> text)."""
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))

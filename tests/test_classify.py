@@ -117,8 +117,8 @@ def test_tables_follow_their_definitions_without_labels(bundle, fields, tmp_path
     b = read_bundle(bundle)
     predictor = b.predictor()
     cells = _csv(out / "cells.csv")
-    assert "label" not in cells[0] and list(cells[0])[:10] == ["image", "plate", "protein", "cell", "x", "y", "area",
-                                                               "padded", "pred", "class"]
+    assert "label" not in cells[0] and list(cells[0])[:11] == ["image", "plate", "well", "protein", "cell", "x", "y",
+                                                               "area", "padded", "pred", "class"]
     # every cell of every micrograph, in table order, with the bundle's probabilities of its crop
     expect = []
     for path, r in _images(fields):
@@ -320,5 +320,6 @@ def test_report_renders_in_headless_chromium(bundle, fields, tmp_path, chromium_
     res = subprocess.run([chromium_path, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
                           "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
-    n = s["n_proteins_called"] + 1  # strips + the summary figure
+    n = (out / "report.html").read_text(encoding="utf-8").count("<img ")
+    assert n >= s["n_proteins_called"] + 2  # strips, the summary figure, the segmentation outlines
     assert f'data-loaded="{n}/{n}/0"' in res.stdout

@@ -351,6 +351,60 @@ def test_softmax_with_loss_normalization(mode, ignore):
     np.testing.assert_allclose(xt.grad.numpy(), (p - onehot) * valid[:, None, :] / norm, atol=1e-6)
 
 
+def _loss_net(loss_param="", shapes=((3, 4, 2), (3, 2))):
+    text = input_layer(list(shapes), ["x", "label"]) + f"""
+    layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "x" bottom: "label" top: "loss" {loss_param} }}"""
+    return Net(net_from(text), phase="TRAIN")
+
+
+@pytest.mark.parametrize("labels,first", [([[0, 4], [1, 2], [3, 0]], 4),        # == the class count
+                                          ([[0, 1], [-1, 2], [7, 0]], -1),      # negative, then too big
+                                          ([[0, 5], [1, 2], [6, 0]], 5)])       # the first of two is named
+def test_softmax_with_loss_refuses_labels_outside_the_classes(labels, first):
+    """Caffe reads any label as an index; ours stops at the first one outside 0..C-1 and names it."""
+    net = _loss_net()
+    x = np.zeros((3, 4, 2), np.float32)
+    with pytest.raises(InputError, match=rf'layer "loss".*: label value {first} is outside 0\.\.3$'):
+        net(x=x, label=np.array(labels, np.float32))
+    net(x=x, label=np.array([[0, 3], [1, 2], [3, 0]], np.float32))  # 0 and C-1 are fine
+
+
+def test_softmax_with_loss_label_count_checked_at_every_forward():
+    """Labels that stop matching the predictions after setup (e.g. a reshaped input) are refused with both counts."""
+    layer = _loss_net().layer("loss")
+    with pytest.raises(InputError, match=r'layer "loss".*: the label blob has 5 values \(shape \(5\)\) but the '
+                                         r"predictions need 6 \(outer 3 x inner 2\)"):
+        layer.forward([torch.zeros(3, 4, 2), torch.zeros(5)])
+
+
+def test_softmax_with_loss_computes_in_float64_or_float32():
+    """float64 logits keep float64 (a loss of 1e-10 survives); bfloat16 logits are computed in float32, as Caffe."""
+    layer = _loss_net().layer("loss")
+    lab = torch.tensor([[0, 3], [1, 2], [3, 0]], dtype=torch.float32)
+    x = torch.zeros(3, 4, 2, dtype=torch.float64)
+    x.scatter_(1, lab.long().unsqueeze(1), 30.0)  # p_label = 1 / (1 + 3 e^-30): loss ~ 3 e^-30 per item
+    loss64 = layer.forward([x, lab])[0]
+    assert loss64.dtype == torch.float64 and 0 < float(loss64) == pytest.approx(3 * math.exp(-30), rel=1e-9)
+    assert float(layer.forward([x.float(), lab])[0]) == 0.0  # float32 rounds p_label to 1
+    xb = torch.randn(3, 4, 2, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    got = layer.forward([xb, lab])[0]
+    assert got.dtype == torch.float32
+    assert float(got) == float(layer.forward([xb.float(), lab])[0])
+
+
+def test_softmax_with_loss_valid_normalization_counts_one_label_as_one():
+    """VALID with one label left divides by 1 (not by a clamp above 1); with none left the loss is 0, not NaN."""
+    net = _loss_net("loss_param { normalization: VALID ignore_label: 2 }")
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(3, 4, 2)).astype(np.float32)
+    lab = np.array([[2, 2], [2, 1], [2, 2]], np.float32)
+    net(x=x, label=lab)
+    p = np.exp(x[1, :, 1]) / np.exp(x[1, :, 1]).sum()
+    assert float(net.loss.detach()) == pytest.approx(-np.log(p[1]), rel=1e-6)
+    net(x=x, label=np.full((3, 2), 2, np.float32))
+    assert float(net.loss.detach()) == 0.0
+
+
 def test_accuracy_top_k_and_ties():
     text = input_layer([(4, 3), (4,)], ["x", "label"]) + """
     layer { name: "a1" type: "Accuracy" bottom: "x" bottom: "label" top: "a1" top: "per_class" }

@@ -125,3 +125,10 @@ def test_power_outside_math_pow_follows_cs_powf():
     assert np.isinf(big) and big > 0 and big.dtype == np.float32
     past = learning_rate(solver(lr_policy="poly", power=0.5, max_iter=2), 3)[0]
     assert np.isnan(past) and past.dtype == np.float32
+
+
+def test_sigmoid_long_before_its_step_is_zero_as_cs_expf_overflows_to_inf():
+    """exp(-gamma (it - stepsize)) beyond a double's range: C's expf gives inf and the rate 1 / (1 + inf) = 0
+    (math.exp raises OverflowError there; a NaN would stop training)."""
+    rate = learning_rate(solver(lr_policy="sigmoid", gamma=10.0, stepsize=1000), 0)[0]
+    assert rate == 0 and not np.isnan(rate) and rate.dtype == np.float32

@@ -185,3 +185,25 @@ def test_reproduce_inputs_are_checked_before_the_first_long_step(tmp_path, capsy
     (a / "mixed.csv").write_text("protein,compartment_a,compartment_b\nplate01/123,nucleus,golgi apparatus\n")
     assert run_step("data_prep/check_splits.py", *lists, "--mixed", a / "mixed.csv") == 2
     one_error_line(capsys, f"{a / 'mixed.csv'}: row 1")
+
+
+# ============================================================================ the same micrograph twice (defect 5)
+
+def test_the_same_micrograph_on_two_rows_is_refused_naming_both(screen):
+    """One micrograph listed 4 times for one protein took its cells from 3 to 12 and raised its call's
+    probability, silently.  A repeat (however its path is written, under any protein) names both rows; with
+    --skip-bad the repeats are listed and left out, each micrograph counted once."""
+    from deepyeast.analysis.classify import read_screen_rows
+    from deepyeast.constants import CLASS_NAMES
+    from deepyeast.data.micrographs import Rejects
+
+    table = screen / "images.csv"
+    table.write_text("image,plate,protein\nf0.tif,1,YAL001C\nf1.tif,1,YAL001C\n./f0.tif,1,YAL001C\n"
+                     f"{screen / 'f0.tif'},1,YAL002W\n")
+    with pytest.raises(InputError, match=r"images.csv:4: \./f0.tif is the micrograph of \S*images.csv:2 again; "
+                                         r"each micrograph may appear once \(its cells would count twice\)$"):
+        read_screen_rows(str(table), CLASS_NAMES, Rejects())
+    skipped = Rejects(skip_bad=True)
+    rows = read_screen_rows(str(table), CLASS_NAMES, skipped)
+    assert [r["image"] for r in rows] == ["f0.tif", "f1.tif"]
+    assert [where.rsplit(":", 1)[1] for where, _ in skipped.items] == ["4", "5"]

@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import warnings
 import sys
 from fractions import Fraction
 
@@ -226,3 +227,141 @@ def test_paired_accuracy_difference_matches_literal_resampling():
     assert same["value"] == 0 and same["cells"] == [0.0, 0.0] and "groups" not in same
     with pytest.raises(ValueError, match="equally long"):
         paired_accuracy_difference(a, b[:-1])
+
+
+# ---------------------------------------------------------------- edges found by mutation testing (make mutation)
+
+def test_labels_given_as_whole_floats_are_classes_and_bad_ones_are_named():
+    """Labels or predictions read as floats (1.0) count as class indices; a class outside 0..K-1 is refused
+    naming which of the two holds it; accuracy's length check has its own message."""
+    labels, preds = _cells_from_confusion(HAND)
+    for y, p in ((labels.astype(float), preds), (labels, preds.astype(float))):
+        np.testing.assert_array_equal(m.confusion_counts(y, p, 3), HAND)
+    with pytest.raises(ValueError, match=r"^labels hold a class outside 0\.\.2$"):
+        m.confusion_counts([0, 3], [0, 1], 3)
+    with pytest.raises(ValueError, match=r"^preds hold a class outside 0\.\.2$"):
+        m.confusion_counts([0, 1], [0, -1], 3)
+    with pytest.raises(ValueError, match=r"^labels \(2\) and preds \(1\) differ in length$"):
+        m.confusion_counts([0, 1], [0], 3)
+    with pytest.raises(ValueError, match=r"^labels and preds differ in length$"):
+        m.accuracy([0, 1], [0])
+
+
+def test_undefined_statistics_are_nan_without_warnings():
+    """An absent class, a class never predicted, no cells, one class only: NaN where the ratio is undefined, and
+    no RuntimeWarning (the report's log stays clean); a class of one cell has rate 1, not NaN."""
+    y = np.array([0, 0, 0, 2])
+    p = np.array([0, 0, 2, 2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cm = m.confusion_counts(y, p, 3)
+        rates = m.confusion_rates(cm)
+        np.testing.assert_allclose(rates[[0, 2]], [[2 / 3, 0, 1 / 3], [0, 0, 1]])
+        assert np.isnan(rates[1]).all()
+        precision, recall = m.precision_recall(cm)
+        assert np.isnan(precision[1]) and np.isnan(recall[1]) and recall[2] == 1.0
+        assert np.isnan(m.kappa_from_confusion(np.zeros((3, 3), np.int64)))
+        assert np.isnan(m.cohen_kappa([1, 1, 1], [1, 1, 1], 3))
+        res = m.bootstrap_precision_recall(y, p, 3, n_resamples=300, seed=2)
+        assert np.isnan(res["precision_lo"][1]) and np.isnan(res["recall_hi"][1])
+        assert res["precision_undefined"][1] == 300 and res["recall_lo"][2] == res["recall_hi"][2] == 1.0
+
+
+@pytest.mark.parametrize("method", ["multinomial", "indices"])
+def test_bootstrap_with_an_absent_class_and_a_one_cell_class(method):
+    """An absent class between present ones and a class of one cell: every resample keeps the counts (0 and 1)."""
+    y = np.array([0] * 5 + [2] + [3] * 4)
+    p = np.array([0, 0, 0, 1, 3, 2, 3, 3, 0, 3])
+    boots = m.stratified_bootstrap_confusions(y, p, 4, n_resamples=300, seed=1, method=method)
+    assert boots.dtype == np.int64
+    np.testing.assert_array_equal(boots.sum(axis=2), np.broadcast_to([5, 0, 1, 4], (300, 4)))
+    assert np.all(boots[:, 2, 2] == 1)
+    with pytest.raises(ValueError, match=r"^unknown bootstrap method 'bca' \(use 'multinomial' or 'indices'\)$"):
+        m.stratified_bootstrap_confusions(y, p, 4, n_resamples=3, method="bca")
+
+
+def test_bootstrap_defaults_and_seeds():
+    """The documented defaults (seed 0, multinomial rows, index draws in chunks of 256); the same seed gives the
+    same resamples and another seed others."""
+    labels, preds = _cells_from_confusion(HAND)
+    sbc = m.stratified_bootstrap_confusions
+    np.testing.assert_array_equal(sbc(labels, preds, 3, 50), sbc(labels, preds, 3, 50, seed=0, method="multinomial"))
+    np.testing.assert_array_equal(sbc(labels, preds, 3, 300, method="indices"),
+                                  sbc(labels, preds, 3, 300, seed=0, method="indices", chunk_size=256))
+    assert not np.array_equal(sbc(labels, preds, 3, 50, seed=1), sbc(labels, preds, 3, 50, seed=0))
+    idx = m.stratified_resample_indices(labels, 40)
+    np.testing.assert_array_equal(idx, m.stratified_resample_indices(labels, 40, seed=0))
+    assert not np.array_equal(idx, m.stratified_resample_indices(labels, 40, seed=1))
+    bpr = m.bootstrap_precision_recall
+    for key in ("recall_lo", "precision_hi"):
+        np.testing.assert_array_equal(bpr(labels, preds, 3, 200)[key], bpr(labels, preds, 3, 200, seed=0)[key])
+        np.testing.assert_array_equal(bpr(labels, preds, 3, 200, seed=7)[key], bpr(labels, preds, 3, 200, seed=7)[key])
+    a, b = labels == preds, labels == np.roll(preds, 1)
+    pad = m.paired_accuracy_difference
+    assert pad(a, b, n_resamples=200) == pad(a, b, n_resamples=200, seed=0)
+    assert pad(a, b, n_resamples=200, seed=3) == pad(a, b, n_resamples=200, seed=3)
+    assert pad(a, b, n_resamples=200, seed=3) != pad(a, b, n_resamples=200, seed=4)
+
+
+def test_resample_indices_draw_every_cell():
+    """Each cell of each class can be drawn (first and last index included)."""
+    labels, _ = _cells_from_confusion(HAND)
+    idx = m.stratified_resample_indices(labels, 500, seed=4)
+    assert set(np.unique(idx)) == set(range(labels.size))
+
+
+def test_bootstrap_precision_recall_is_the_percentiles_of_its_resamples():
+    """Every interval is the percentile of the resampled statistic itself (recomputed here from the confusions
+    of the same seed and method), the accuracy's too; the settings are reported under their names."""
+    table = simulated_table(n_proteins=36, cells_range=(4, 9), accuracy=0.7, seed=3)
+    y, p = table.label, table.pred
+    for method in ("indices", "multinomial"):
+        res = m.bootstrap_precision_recall(y, p, 12, n_resamples=400, seed=5, ci=(5.0, 90.0), method=method)
+        boots = m.stratified_bootstrap_confusions(y, p, 12, 400, seed=5, method=method)
+        prec, rec = m.precision_recall(boots)
+        np.testing.assert_array_equal(res["recall_lo"], np.percentile(rec, 5.0, axis=0))
+        np.testing.assert_array_equal(res["recall_hi"], np.percentile(rec, 90.0, axis=0))
+        np.testing.assert_array_equal(res["precision_hi"], np.nanpercentile(prec, 90.0, axis=0))
+        np.testing.assert_array_equal(res["precision_undefined"], np.isnan(prec).sum(axis=0))
+        assert res["precision_undefined"].dtype == np.int64
+        acc = np.trace(boots, axis1=1, axis2=2) / y.size
+        assert res["accuracy_lo"] == np.percentile(acc, 5.0) and res["accuracy_hi"] == np.percentile(acc, 90.0)
+        assert res["accuracy_lo"] <= np.mean(y == p) <= res["accuracy_hi"]
+        assert {k: res[k] for k in ("n_resamples", "seed", "ci_percentiles", "method")} == {
+            "n_resamples": 400, "seed": 5, "ci_percentiles": [5.0, 90.0], "method": method}
+    one = m.bootstrap_precision_recall([1], [1], 3, n_resamples=20)
+    assert one["accuracy_lo"] == one["accuracy_hi"] == 1.0
+
+
+def test_paired_difference_when_each_classifier_wins_some_cells():
+    """A right on 30 cells where B is wrong, B right on 10 where A is wrong, 60 ties: the difference 0.2 with
+    the normal interval 0.2 +- 1.96 * 0.6 / sqrt(100); one cell is enough; groups must match the cells."""
+    a = np.array([True] * 30 + [False] * 10 + [True] * 30 + [False] * 30)
+    b = np.array([False] * 30 + [True] * 10 + [True] * 30 + [False] * 30)
+    got = m.paired_accuracy_difference(a, b, n_resamples=20000, seed=2)
+    assert got["value"] == pytest.approx(0.2)
+    np.testing.assert_allclose(got["cells"], [0.2 - 1.96 * 0.06, 0.2 + 1.96 * 0.06], atol=0.012)
+    assert m.paired_accuracy_difference([True], [False], n_resamples=10) == {"value": 1.0, "cells": [1.0, 1.0]}
+    with pytest.raises(ValueError, match=r"^groups has 3 entries for 100 cells$"):
+        m.paired_accuracy_difference(a, b, groups=[1, 2, 3])
+
+
+def test_evaluate_cells_in_process():
+    """evaluate_cells assembles its parts exactly (the script test runs it in a subprocess, which mutation
+    testing cannot see): counts, kappa, confusions, per-class intervals and the bootstrap settings."""
+    table = simulated_table(n_proteins=36, cells_range=(4, 9), accuracy=0.7, seed=3)
+    y, p = table.label, table.pred
+    for method in ("multinomial", "indices"):
+        res = m.evaluate_cells(table, n_resamples=300, seed=4, method=method)
+        boot = m.bootstrap_precision_recall(y, p, 12, 300, seed=4, method=method)
+        assert res["accuracy"] == {**m.accuracy(y, p), "lo": boot["accuracy_lo"], "hi": boot["accuracy_hi"]}
+        assert res["kappa"] == pytest.approx(cohen_kappa_score(y, p), abs=1e-12)
+        np.testing.assert_array_equal(res["confusion_counts"], m.confusion_counts(y, p, 12))
+        np.testing.assert_array_equal(res["confusion_rates"], m.confusion_rates(res["confusion_counts"]))
+        np.testing.assert_array_equal(res["class_counts"], np.bincount(y, minlength=12))
+        np.testing.assert_array_equal(res["predicted_counts"], np.bincount(p, minlength=12))
+        assert res["class_names"] == tuple(table.class_names) and len(res["class_names"]) == 12
+        for key in ("recall_lo", "recall_hi", "precision", "precision_undefined"):
+            np.testing.assert_array_equal(res["per_class"][key], boot[key])
+        assert res["per_class"]["method"] == method and res["per_class"]["seed"] == 4
+    assert m.evaluate_cells(table, n_resamples=300)["per_class"]["seed"] == 0

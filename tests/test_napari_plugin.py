@@ -132,7 +132,7 @@ def test_manifest_validates():
     assert manifest.name == "deepyeast"
     assert [w.display_name for w in manifest.contributions.widgets] == ["Classify cells"]
     (reader,) = manifest.contributions.readers
-    assert set(reader.filename_patterns) == {"*.tif", "*.tiff", "*.png"}
+    assert set(reader.filename_patterns) == {"*.tif", "*.tiff", "*.png", "*.zarr"} and reader.accepts_directories
     for command in manifest.contributions.commands:  # every python_name imports
         module, _, attr = command.python_name.partition(":")
         assert callable(getattr(__import__(module, fromlist=[attr]), attr)), command.python_name

@@ -308,3 +308,56 @@ def test_call_cells_lists_every_protein_of_the_order():
         call_cells(probs, ["P2", "P2", "P1"], names, order=["P2"])
     with pytest.raises(ValueError, match=r"^1 labels for 2 proteins$"):
         call_cells(probs, ["P2", "P2", "P1"], names, labels=[0])
+
+
+# ---------------------------------------------------------------- edges found by mutation testing (make mutation)
+
+def test_dirichlet_map_messages_and_id_type():
+    """Bad shapes name both counts; the protein ids come back as an object array (any id type, no truncation)."""
+    with pytest.raises(ValueError, match=r"^probs must be N x K, got shape \(3,\)$"):
+        dirichlet_map(THREE_CELLS[0], ["p"] * 3)
+    with pytest.raises(ValueError, match=r"^3 protein ids for 4 cells$"):
+        dirichlet_map(np.vstack([THREE_CELLS, THREE_CELLS[:1]]), ["p"] * 3)
+    ids, n, _, _ = dirichlet_map(THREE_CELLS, ["b", "a", "b"])
+    assert ids.dtype == object and ids.tolist() == ["a", "b"] and n.tolist() == [1, 2]
+    from deepyeast.analysis.protein_level import call_cells
+    assert call_cells(THREE_CELLS, ["b", "a", "b"], ("x", "y", "z"), order=["b", "a"]).protein.dtype == object
+
+
+def test_protein_calls_boundaries_prior_and_mixed_labels_of_a_later_protein():
+    """min_cells counts a protein with exactly that many cells (default 1: every protein with cells); the prior
+    reaches the calls; mixed labels on the second protein name that protein and its rows."""
+    probs = np.full((5, 12), 0.01)
+    probs[[0, 1, 2], 3] = 0.89
+    probs[[3, 4], 5] = 0.89
+    probs /= probs.sum(axis=1, keepdims=True)
+    calls = protein_calls(_table(["A", "A", "A", "B", "B"], [3, 3, 3, 5, 5], probs))
+    assert protein_accuracy(calls) == {"value": 1.0, "correct": 2, "total": 2}
+    assert protein_accuracy(calls, 3) == {"value": 1.0, "correct": 1, "total": 1}
+    one = protein_calls(_table(["A"], [3], probs[:1]))
+    assert protein_accuracy(one) == {"value": 1.0, "correct": 1, "total": 1}
+    flat = protein_calls(_table(["A", "A", "A", "B", "B"], [3, 3, 3, 5, 5], probs), prior=4.0)
+    np.testing.assert_allclose(flat.alpha, dirichlet_map(probs, ["A"] * 3 + ["B"] * 2, prior=4.0)[2])
+    with pytest.raises(InputError, match=r"protein 'B' has cells of different classes \(row 4: 5, row 5: 2\)"):
+        protein_calls(_table(["A", "A", "A", "B", "B"], [3, 3, 3, 5, 2], probs))
+
+
+def test_check_mixed_table_errors_and_class_names():
+    """Proteins with cells that the table does not list: the first (sorted) is named with their count, under the
+    default source name; 3 classes are enough for the top-three check, 2 are not; the two compartments are named
+    in the table's order."""
+    from deepyeast.analysis.protein_level import call_cells, check_mixed
+
+    probs = np.array([[0.5, 0.3, 0.2], [0.1, 0.2, 0.7], [0.6, 0.3, 0.1], [0.3, 0.3, 0.4]])
+    calls = call_cells(probs, ["M1", "Z9", "M1", "Y8"], ("a", "b", "c"))
+    mixed = [{"protein": "M1", "classes": (1, 0), "fraction": None, "row": 1}]
+    with pytest.raises(InputError, match=r"^mixed-protein table: protein Y8 has cells in the mixed predictions but "
+                                         r"is not listed \(2 such\)$"):
+        check_mixed(calls, mixed)
+    ok = call_cells(probs[[0, 2]], ["M1", "M1"], ("a", "b", "c"))
+    rows, summary = check_mixed(ok, mixed, "m.csv")
+    assert (rows[0]["class_a"], rows[0]["class_b"]) == ("b", "a") and rows[0]["top_two"]
+    assert summary["top_two"] == {"value": 1.0, "correct": 1, "total": 1}
+    two = call_cells(probs[[0, 2], :2] / probs[[0, 2], :2].sum(1, keepdims=True), ["M1", "M1"], ("a", "b"))
+    with pytest.raises(InputError, match=r"^m.csv: the top-three check needs at least 3 classes, the table has 2$"):
+        check_mixed(two, mixed, "m.csv")

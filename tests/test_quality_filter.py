@@ -168,6 +168,20 @@ def test_quality_cv_tasks_equal_r_rf_quality_cv(r_present):
 # --------------------------------------------------------------------------- the script, end to end
 
 
+def test_training_cells_defaults_messages_and_int_flags():
+    """Seed 0 by default; differing lengths are refused naming the three shapes; exclusion flags given as 0/1
+    integers (e.g. read from a table) exclude the same cells as booleans."""
+    assert pick_training_cells(LABELS, NET, RF, EXCLUDE, per_class=1)[0].tolist() == \
+        pick_training_cells(LABELS, NET, RF, EXCLUDE, per_class=1, seed=0)[0].tolist()
+    with pytest.raises(ValueError, match=r"^shapes differ: labels \(10,\), net_pred \(9,\), rf_pred \(10,\)$"):
+        pick_training_cells(LABELS, NET[:9], RF)
+    for seed in range(5):
+        as_bool = pick_training_cells(LABELS, NET, RF, EXCLUDE, per_class=1, seed=seed)
+        as_int = pick_training_cells(LABELS, NET, RF, EXCLUDE.astype(int), per_class=1, seed=seed)
+        assert as_int[0].tolist() == as_bool[0].tolist() and as_int[1] == as_bool[1]
+    assert 3 not in pick_training_cells(LABELS, NET, RF, EXCLUDE.astype(int), per_class=5)[0]
+
+
 def test_filter_accuracy_counts():
     from deepyeast.analysis.predictions import Predictions
 

@@ -16,12 +16,14 @@ import time
 import numpy as np
 import pytest
 import tifffile
+import torch
 
 from _bundles import make_bundle
 from _dask_cluster import dask_cluster
 from _data_helpers import REPO_ROOT, tiny_screen
 from deepyeast.analysis.classify import CallRules, classify_screen
 from deepyeast.analysis.screen_run import chunk_path, work_folder
+from deepyeast.engine.inference import InferenceSettings
 
 SCRIPT = os.path.join(REPO_ROOT, "analysis", "classify_screen.py")
 TABLES = ("cells.csv", "proteins.csv", "images.csv")
@@ -171,6 +173,27 @@ def test_a_two_worker_cluster_gives_the_same_tables(bundle, screen, reference, t
     assert _leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
+@pytest.mark.not_applicable(reason="needs a CUDA GPU; none is lent here, so --gpu on Dask workers is unmeasured")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_the_network_on_a_gpu_in_two_dask_workers_gives_the_cpu_calls(bundle, screen, reference, tmp_path):
+    ref_out, _ = reference
+    with dask_cluster(2) as address:
+        out = tmp_path / "out"
+        s = classify_screen(bundle, str(screen), str(out), progress=False, n_resamples=50, chunk=2,
+                            scheduler=address, inference=InferenceSettings(device="cuda:0"))
+    assert s["settings"]["device"] == "cuda:0" and os.getpid() not in s["run"]["task_pids"]
+    with open(out / "cells.csv", newline="") as f:
+        got = list(csv.DictReader(f))
+    with open(ref_out / "cells.csv", newline="") as f:
+        want = list(csv.DictReader(f))
+    assert [(r["image"], r["cell"]) for r in got] == [(r["image"], r["cell"]) for r in want]
+    k = sum(name.startswith("prob_") for name in got[0])
+    for g, w in zip(got, want):
+        np.testing.assert_allclose([float(g[f"prob_{j}"]) for j in range(k)],
+                                   [float(w[f"prob_{j}"]) for j in range(k)], atol=1e-4)
+
+
 def test_images_table_holds_each_micrographs_qc(screen, reference):
     from scipy.ndimage import laplace
 
@@ -179,8 +202,8 @@ def test_images_table_holds_each_micrographs_qc(screen, reference):
         images = list(csv.DictReader(f))
     with open(out / "cells.csv", newline="") as f:
         cells = list(csv.DictReader(f))
-    assert list(images[0]) == ["image", "plate", "protein", "mask", "n_cells", "focus", "saturated",
-                               "background_marker", "background_protein"]
+    assert list(images[0]) == ["image", "plate", "well", "protein", "mask", "n_cells", "focus", "saturated",
+                               "background_marker", "background_protein", "qc_flags", "n_ood"]
     for row in images:
         assert int(row["n_cells"]) == sum(c["image"] == row["image"] for c in cells)
         micro = tifffile.imread(screen.parent / row["image"])

@@ -71,8 +71,8 @@ def confusion_rates(counts):
     """Row-normalised confusion (float64 K x K); rows of absent classes are NaN."""
     counts = np.asarray(counts, dtype=np.float64)
     totals = counts.sum(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(totals > 0, counts / totals, np.nan)
+    with np.errstate(invalid="ignore"):  # an absent class: 0 / 0 = NaN (no x / 0 with x > 0 in a row)
+        return counts / totals
 
 
 def kappa_from_confusion(counts):
@@ -84,11 +84,11 @@ def kappa_from_confusion(counts):
     counts = np.asarray(counts, dtype=np.float64)
     n = counts.sum()
     if n == 0:
-        return float("nan")
+        return np.nan
     p_o = np.trace(counts) / n
     p_e = float(np.sum(counts.sum(axis=1) * counts.sum(axis=0))) / (n * n)
     if p_e >= 1.0:
-        return float("nan")
+        return np.nan
     return float((p_o - p_e) / (1.0 - p_e))
 
 
@@ -105,7 +105,7 @@ def precision_recall(counts):
     """
     counts = np.asarray(counts, dtype=np.float64)
     diag = np.diagonal(counts, axis1=-2, axis2=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore"):  # 0 / 0 only: a diagonal entry never exceeds its row or column sum
         precision = diag / counts.sum(axis=-2)
         recall = diag / counts.sum(axis=-1)
     return precision, recall
@@ -139,7 +139,7 @@ def stratified_bootstrap_confusions(labels, preds, n_classes, n_resamples=DEFAUL
                 continue
             for start in range(0, n_resamples, chunk_size):
                 b = min(chunk_size, n_resamples - start)
-                draws = rng.integers(0, n_t, size=(b, n_t))
+                draws = rng.integers(n_t, size=(b, n_t))
                 codes = preds_t[draws] + (np.arange(b) * k)[:, None]
                 out[start:start + b, t, :] = np.bincount(codes.ravel(), minlength=b * k).reshape(b, k)
     else:
@@ -154,12 +154,12 @@ def stratified_resample_indices(labels, n_resamples, seed=0):
     cells of class ``t``; it keeps every class's count.  Meant for small N (memory B x N);
     the statistics use :func:`stratified_bootstrap_confusions`.
     """
-    labels = np.asarray(labels, dtype=np.int64).ravel()
+    labels = np.asarray(labels).ravel()
     rng = np.random.default_rng(seed)
     parts = []
     for t in np.unique(labels):
         idx = np.flatnonzero(labels == t)
-        parts.append(idx[rng.integers(0, idx.size, size=(n_resamples, idx.size))])
+        parts.append(idx[rng.integers(idx.size, size=(n_resamples, idx.size))])
     return np.concatenate(parts, axis=1)
 
 
@@ -189,7 +189,7 @@ def paired_accuracy_difference(correct_a, correct_b, groups=None, n_resamples=DE
     n = d.size
     rng = np.random.default_rng(seed)
     shares = np.array([np.mean(d == -1), np.mean(d == 0), np.mean(d == 1)])
-    draws = rng.multinomial(n, shares / shares.sum(), size=n_resamples)
+    draws = rng.multinomial(n, shares, size=n_resamples)  # the three shares sum to 1
     diffs = (draws[:, 2] - draws[:, 0]) / n
     out = {"value": float(d.mean()), "cells": [float(v) for v in np.percentile(diffs, ci)]}
     if groups is not None:
@@ -198,8 +198,8 @@ def paired_accuracy_difference(correct_a, correct_b, groups=None, n_resamples=DE
             raise ValueError(f"groups has {groups.size} entries for {n} cells")
         _, g = np.unique(groups, return_inverse=True)
         n_groups = int(g.max()) + 1
-        sums = np.bincount(g, weights=d, minlength=n_groups)
-        sizes = np.bincount(g, minlength=n_groups).astype(np.float64)
+        sums = np.bincount(g, weights=d)  # g holds every group 0..n_groups-1 (np.unique's inverse)
+        sizes = np.bincount(g)
         picks = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_resamples)
         diffs = (picks @ sums) / (picks @ sizes)
         out["groups"] = [float(v) for v in np.percentile(diffs, ci)]

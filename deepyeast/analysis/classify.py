@@ -126,7 +126,8 @@ class ScreenCells:
     images : list of dicts, one per readable micrograph (where, image, plate, protein, key,
     label, source, n_cells, first (index of its first cell), qc (:mod:`deepyeast.analysis.qc`));
     ood_score : float32 (N,) out-of-distribution score (NaN where the bundle has no statistics);
-    ood : bool (N,) flagged out of distribution (left out of the protein calls).
+    ood : bool (N,) flagged out of distribution (left out of the protein calls);
+    well : object (N,) str, the micrograph's well ("" where the input names none).
     """
 
     image: np.ndarray
@@ -147,8 +148,11 @@ class ScreenCells:
     images: list
     ood_score: np.ndarray = None
     ood: np.ndarray = None
+    well: np.ndarray = None
 
     def __post_init__(self):
+        if self.well is None:
+            self.well = np.full(self.n_cells, "", object)
         if self.ood_score is None:
             self.ood_score = np.full(self.n_cells, np.nan, np.float32)
         if self.ood is None:
@@ -173,12 +177,19 @@ def protein_key(plate, protein):
 def read_screen_rows(images_csv, class_names, rejects):
     """The rows of an images table for classifying (``protein`` required), each with ``position``.
 
+    ``images_csv``: the table's path, or a :class:`deepyeast.data.screen_folder.ImageFolder` (a folder
+    of micrographs named by a pattern) or :class:`deepyeast.data.omezarr.ZarrPlate` (every field of a
+    plate) whose rows stand for the table's.
+
     The same micrograph (the same ``image``, or the same ``marker_image`` + ``protein_image``
     pair) on two rows would count its cells twice: the later row is bad input naming both rows
     (``rejects`` raises it, or with ``--skip-bad`` lists it and leaves it out).  A protein given
     two labels is an ``InputError`` naming both rows, before any micrograph is read.
     """
-    rows = read_images_table(images_csv, class_names, require=("protein",), on_bad=rejects)
+    if hasattr(images_csv, "rows"):  # ImageFolder, ZarrPlate
+        rows = images_csv.rows(rejects)
+    else:
+        rows = read_images_table(images_csv, class_names, require=("protein",), on_bad=rejects)
     seen, labels, out = {}, {}, []
     for rec in rows:
         key = (rec["path"], rec["protein_path"])
@@ -223,7 +234,7 @@ def assemble_cells(rows, chunks, work, fp, settings, bundle, crops_path, rejects
                 m = int(counts[j])
                 key = protein_key(rec["plate"], rec["protein"])
                 qc = {name: float(v) for name, v in zip(QC_COLUMNS, data["qc"][j])}
-                images.append(dict(where=rec["where"], image=rec["image"], plate=rec["plate"],
+                images.append(dict(where=rec["where"], image=rec["image"], plate=rec["plate"], well=rec.get("well"),
                                    protein=rec["protein"], key=key, label=rec["label"], source=str(data["source"][j]),
                                    n_cells=m, first=n, qc=qc))
                 if m == 0:
@@ -234,6 +245,7 @@ def assemble_cells(rows, chunks, work, fp, settings, bundle, crops_path, rejects
                 cols["image"] += [rec["image"]] * m
                 cols["protein"] += [rec["protein"]] * m
                 cols["plate"] += [-1 if rec["plate"] is None else rec["plate"]] * m
+                cols["well"] += [rec.get("well") or ""] * m
                 cols["key"] += [key] * m
                 cols["label"] += [-1 if rec["label"] is None else rec["label"]] * m
                 for name in ("cell", "x", "y", "area", "padded", "probs", "ood_score") + (("probs_fp32",) if want32
@@ -253,7 +265,8 @@ def assemble_cells(rows, chunks, work, fp, settings, bundle, crops_path, rejects
         padded=cat("padded", bool), label=np.asarray(cols["label"], np.int64), probs=probs,
         pred=probs.argmax(axis=1).astype(np.int64) if len(probs) else np.zeros(0, np.int64),
         probs_fp32=cat("probs_fp32", np.float32, (k,)) if want32 else None,
-        crops_path=crops_path, crop_shape=(c, h, w), images=images, ood_score=cat("ood_score", np.float32))
+        crops_path=crops_path, crop_shape=(c, h, w), images=images, ood_score=cat("ood_score", np.float32),
+        well=np.asarray(cols["well"], object))
 
 
 def _crop_shape(bundle):
@@ -359,7 +372,8 @@ class ScreenCalls:
     plate (int, -1 none), protein (the name as the table gives it) : (P,); n_images : int64 (P,);
     flags : dict of :func:`protein_flags` arrays (+ ``no_cells``); n_ood : int64 (P,) cells flagged out of
     distribution, left out of the call (``n_cells`` counts the cells used);
-    pred_fp32 : int64 (P,) or None (the calls from fp32 probabilities, with ``compare_fp32``).
+    pred_fp32 : int64 (P,) or None (the calls from fp32 probabilities, with ``compare_fp32``);
+    well : object (P,) str, the protein's well(s) in table order, ``;``-joined ("" where none is named).
     """
 
     calls: object
@@ -369,6 +383,7 @@ class ScreenCalls:
     flags: dict
     pred_fp32: object = None
     n_ood: np.ndarray = None
+    well: np.ndarray = None
 
     key = property(lambda self: self.calls.protein)
     n_cells = property(lambda self: self.calls.n_cells)
@@ -394,9 +409,12 @@ def call_proteins(cells, class_names, rules=CallRules()):
     for im in cells.images:
         if im["key"] not in info:
             order.append(im["key"])
-            info[im["key"]] = dict(plate=im["plate"], protein=im["protein"], n_images=0, label=None, where=None)
+            info[im["key"]] = dict(plate=im["plate"], protein=im["protein"], n_images=0, label=None, where=None,
+                                   wells=[])
         p = info[im["key"]]
         p["n_images"] += 1
+        if im.get("well") and im["well"] not in p["wells"]:
+            p["wells"].append(im["well"])
         if im["label"] is not None:
             if p["label"] is not None and p["label"] != im["label"]:
                 raise InputError(f"{im['where']}: protein {im['key']} has label {im['label']} here but "
@@ -427,7 +445,7 @@ def call_proteins(cells, class_names, rules=CallRules()):
         calls=calls, plate=np.asarray([-1 if info[k]["plate"] is None else info[k]["plate"] for k in order], np.int64),
         protein=np.asarray([info[k]["protein"] for k in order], object),
         n_images=np.asarray([info[k]["n_images"] for k in order], np.int64), flags=flags, pred_fp32=pred_fp32,
-        n_ood=n_ood)
+        n_ood=n_ood, well=np.asarray([";".join(info[k]["wells"]) for k in order], object))
 
 
 # --------------------------------------------------------------------------- accuracy (labels given)
@@ -470,16 +488,16 @@ def _fmt(v, digits=6):
 
 
 def write_cells_table(path, cells, classes):
-    """``cells.csv``: image,plate,protein,cell,x,y,area,padded,pred,class,prob_0..prob_{K-1},ood_score,ood
+    """``cells.csv``: image,plate,well,protein,cell,x,y,area,padded,pred,class,prob_0..prob_{K-1},ood_score,ood
     [,label,true_class] (``ood_score`` empty where the bundle has no out-of-distribution statistics)."""
     k = len(classes)
     labelled = bool((cells.label >= 0).any())
-    header = ["image", "plate", "protein", "cell", "x", "y", "area", "padded", "pred", "class"] + \
+    header = ["image", "plate", "well", "protein", "cell", "x", "y", "area", "padded", "pred", "class"] + \
         [f"prob_{j}" for j in range(k)] + ["ood_score", "ood"] + (["label", "true_class"] if labelled else [])
 
     def rows():
         for i in range(cells.n_cells):
-            row = [cells.image[i], "" if cells.plate[i] < 0 else int(cells.plate[i]), cells.protein[i],
+            row = [cells.image[i], "" if cells.plate[i] < 0 else int(cells.plate[i]), cells.well[i], cells.protein[i],
                    int(cells.cell[i]), f"{cells.x[i]:.2f}", f"{cells.y[i]:.2f}", int(cells.area[i]),
                    int(cells.padded[i]), int(cells.pred[i]), classes[cells.pred[i]]] + \
                 [f"{p:.6g}" for p in cells.probs[i]] + [_fmt(cells.ood_score[i]), int(cells.ood[i])]
@@ -490,7 +508,7 @@ def write_cells_table(path, cells, classes):
     write_csv(path, rows(), header)
 
 
-PROTEIN_COLUMNS = ("plate", "protein", "n_images", "n_cells", "n_ood", "pred", "class", "top1", "top1_share", "top2",
+PROTEIN_COLUMNS = ("plate", "well", "protein", "n_images", "n_cells", "n_ood", "pred", "class", "top1", "top1_share", "top2",
                    "top2_share", "p_call", "few_cells", "low_confidence", "possible_dual", "no_cells")
 
 
@@ -509,7 +527,8 @@ def write_proteins_table(path, calls, classes):
     def rows():
         for i in range(len(calls.key)):
             has = calls.n_cells[i] > 0
-            row = ["" if calls.plate[i] < 0 else int(calls.plate[i]), calls.protein[i], int(calls.n_images[i]),
+            row = ["" if calls.plate[i] < 0 else int(calls.plate[i]), calls.well[i], calls.protein[i],
+                   int(calls.n_images[i]),
                    int(calls.n_cells[i]), int(calls.n_ood[i]), int(calls.pred[i]) if has else "", name(calls.pred[i]),
                    name(f["top1"][i]), _fmt(f["top1_share"][i]), name(f["top2"][i]), _fmt(f["top2_share"][i]),
                    _fmt(f["p_call"][i]), int(f["few_cells"][i]), int(f["low_confidence"][i]),
@@ -522,12 +541,90 @@ def write_proteins_table(path, calls, classes):
 
 
 def write_images_table(path, cells):
-    """``images.csv``: image,plate,protein,mask (given | segmented),n_cells and the QC measures
-    (:data:`deepyeast.analysis.qc.QC_COLUMNS` after ``n_cells``), one row per micrograph read."""
+    """``images.csv``: image,plate,well,protein,mask (given | segmented),n_cells, the QC measures
+    (:data:`deepyeast.analysis.qc.QC_COLUMNS` after ``n_cells``), ``qc_flags`` (the measures that flag the
+    micrograph, ``;``-joined: :func:`deepyeast.analysis.qc.qc_flags`) and ``n_ood`` (its cells flagged out of
+    distribution), one row per micrograph read."""
     extra = [c for c in QC_COLUMNS if c != "n_cells"]
-    write_csv(path, ([im["image"], "" if im["plate"] is None else im["plate"], im["protein"], im["source"],
-                      im["n_cells"]] + [_fmt(im["qc"][c]) for c in extra] for im in cells.images),
-              ["image", "plate", "protein", "mask", "n_cells"] + extra)
+    ood = ood_per_image(cells)
+    write_csv(path, ([im["image"], "" if im["plate"] is None else im["plate"], im.get("well") or "", im["protein"],
+                      im["source"], im["n_cells"]] + [_fmt(im["qc"][c]) for c in extra]
+                     + [im.get("qc_flags", ""), int(n)] for im, n in zip(cells.images, ood)),
+              ["image", "plate", "well", "protein", "mask", "n_cells"] + extra + ["qc_flags", "n_ood"])
+
+
+# --------------------------------------------------------------------------- quality control
+
+def ood_per_image(cells):
+    """int64 (micrographs,): cells of each micrograph of ``cells.images`` flagged out of distribution."""
+    ood = np.asarray(cells.ood, bool)
+    return np.asarray([int(ood[im["first"]:im["first"] + im["n_cells"]].sum()) for im in cells.images], np.int64)
+
+
+def flagged_per_image(cells):
+    """int64 (micrographs,): flagged cells of each micrograph: all its cells when QC flags it
+    (``qc_flags``), else those out of distribution (the plate maps' "flagged cells")."""
+    ood = ood_per_image(cells)
+    return np.asarray([im["n_cells"] if im.get("qc_flags") else n for im, n in zip(cells.images, ood)], np.int64)
+
+
+def _qc_values(cells):
+    return {m: np.asarray([im["qc"][m] for im in cells.images], float) for m in QC_COLUMNS}
+
+
+def mark_qc_flags(cells):
+    """Set ``qc_flags`` of every micrograph of ``cells.images`` (:func:`deepyeast.analysis.qc.qc_flags`)."""
+    from deepyeast.analysis.qc import qc_flags
+
+    if cells.images:
+        for im, flags in zip(cells.images, qc_flags(_qc_values(cells))):
+            im["qc_flags"] = flags
+
+
+def qc_summary(cells):
+    """summary.json's ``qc``: micrographs flagged in all and by each measure, cells flagged (QC or out of
+    distribution), and the rules."""
+    from deepyeast.analysis.qc import QC_MIN_IMAGES, QC_OUTLIER, SATURATED_MAX
+
+    flags = [im.get("qc_flags", "") for im in cells.images]
+    return {"flagged_micrographs": sum(bool(f) for f in flags),
+            "by_measure": {m: sum(m in f.split(";") for f in flags) for m in QC_COLUMNS},
+            "flagged_cells": int(flagged_per_image(cells).sum()) if cells.images else 0,
+            "rule": f"more than {QC_OUTLIER} robust standard deviations from the screen median on the suspicious "
+                    f"side (n_cells, focus on a log scale; with at least {QC_MIN_IMAGES} micrographs); saturated "
+                    f"share above {SATURATED_MAX}; no cells"}
+
+
+OUTLINES_PER_MEASURE = 2
+OUTLINES_MOST = 10
+"""Micrographs drawn with their segmentation outlines in the report: the most suspicious
+OUTLINES_PER_MEASURE by each QC measure, at most OUTLINES_MOST."""
+
+
+def outline_micrographs(rows, cells, settings):
+    """The report's sample of micrographs with their masks: a list of dicts ``where``, ``image``,
+    ``measure`` (the QC measure that picked it), ``qc``, ``qc_flags``, ``micrograph`` (uint8 2 x H x W),
+    ``mask`` (int H x W), read and segmented again as the run did (``settings``: the chunks'
+    :class:`deepyeast.analysis.screen_run.ChunkSettings`).  A micrograph that cannot be read again
+    (changed since) is left out, with a warning."""
+    from deepyeast.analysis.qc import outline_sample
+    from deepyeast.data.segment import row_cells
+
+    if not cells.images:
+        return []
+    by_where = {r["where"]: r for r in rows}
+    out = []
+    for i, measure in outline_sample(_qc_values(cells), OUTLINES_PER_MEASURE, OUTLINES_MOST):
+        im = cells.images[i]
+        try:
+            micro, mask, _ = row_cells(by_where[im["where"]], settings.params, settings.channels, settings.bits,
+                                       settings.resegment)
+        except InputError as e:
+            log.warning("%s: not drawn in the report (%s)", im["where"], e)
+            continue
+        out.append(dict(where=im["where"], image=im["image"], measure=measure, qc=im["qc"],
+                        qc_flags=im.get("qc_flags", ""), micrograph=micro, mask=mask))
+    return out
 
 
 # --------------------------------------------------------------------------- the step
@@ -540,12 +637,12 @@ def classify_screen(model_dir, images_csv, out_dir, params=SegmentParams(), chan
 
     See the module doc.  ``out_dir`` (replaced as a whole, atomically) receives:
 
-    * ``cells.csv``: image,plate,protein,cell,x,y,area,padded,pred,class,prob_0..prob_{K-1}
+    * ``cells.csv``: image,plate,well,protein,cell,x,y,area,padded,pred,class,prob_0..prob_{K-1}
       (+ label,true_class where the table has labels); x, y the centroid in pixels;
-    * ``proteins.csv``: plate,protein,n_images,n_cells,pred,class,top1,top1_share,top2,
+    * ``proteins.csv``: plate,well,protein,n_images,n_cells,pred,class,top1,top1_share,top2,
       top2_share,p_call,few_cells,low_confidence,possible_dual,no_cells,post_0..post_{K-1}
       (+ label,true_class,correct);
-    * ``images.csv``: image,plate,protein,mask,n_cells and the QC measures per micrograph read;
+    * ``images.csv``: image,plate,well,protein,mask,n_cells and the QC measures per micrograph read;
     * ``summary.json``: counts, the flags' definitions, accuracies (labels given), the
       bf16-vs-fp32 changes (``compare_fp32``), the model, the settings, the command and
       ``reused_micrographs`` (taken over from an interrupted run);
@@ -598,6 +695,8 @@ def classify_screen(model_dir, images_csv, out_dir, params=SegmentParams(), chan
                 raise InputError(f"{images_csv}: no readable micrograph" + (f" ({len(rejects.items)} rows skipped, "
                                                                               "see the messages above)"
                                                                               if rejects.items else ""))
+            mark_qc_flags(cells)
+            outlines = outline_micrographs(rows, cells, run_settings)
             calls = call_proteins(cells, classes, rules)
             acc = accuracies(cells, calls, len(classes), rules.min_cells, n_resamples, seed)
             summary = _summary(bundle, images_csv, cells, calls, acc, rejects, dict(
@@ -606,13 +705,14 @@ def classify_screen(model_dir, images_csv, out_dir, params=SegmentParams(), chan
                 **dataclasses.asdict(rules), gallery_cells=gallery_cells, seed=seed, chunk=run_settings.chunk),
                 command)
             summary["reused_micrographs"] = int(reused)
+            summary["qc"] = qc_summary(cells)
             summary["run"] = {"scheduler": scheduler, "jobs": int(jobs), "chunks": len(chunks),
                               "task_pids": pids}
             write_cells_table(os.path.join(tmp, "cells.csv"), cells, classes)
             write_proteins_table(os.path.join(tmp, "proteins.csv"), calls, classes)
             write_images_table(os.path.join(tmp, "images.csv"), cells)
             rejects.write(tmp)
-            write_screen_report(tmp, bundle, cells, calls, summary, gallery_cells)
+            write_screen_report(tmp, bundle, cells, calls, summary, gallery_cells, outlines)
             atomic_write_text(os.path.join(tmp, "summary.json"), json.dumps(summary, indent=1) + "\n")
             os.remove(crops_path)
         shutil.rmtree(work, ignore_errors=True)
@@ -662,7 +762,8 @@ def _summary(bundle, images_csv, cells, calls, acc, rejects, settings, command):
     has = calls.n_cells > 0
     per_class = np.bincount(calls.pred[has], minlength=len(classes)) if has.any() else np.zeros(len(classes), int)
     out = {
-        "images_table": os.fspath(images_csv),
+        "images_table": os.fspath(getattr(images_csv, "folder", images_csv)),
+        "images_pattern": getattr(images_csv, "pattern", None),
         "model": {"path": os.fspath(bundle.path), "name": bundle.name, "classes": classes,
                   "input_shape": list(bundle.input_shape), "training": bundle.metadata.get("training", {}),
                   "metrics": bundle.metadata.get("metrics", {})},

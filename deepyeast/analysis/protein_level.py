@@ -71,7 +71,7 @@ def dirichlet_map(probs, proteins, prior=1.0):
     k = probs.shape[1]
     soft = np.zeros((ids.size, k))
     np.add.at(soft, inverse, probs)
-    n_cells = np.bincount(inverse, minlength=ids.size).astype(np.int64)
+    n_cells = np.bincount(inverse)  # int64; the inverse holds every id's index
     alpha = prior + soft
     theta = (alpha - 1.0) / (alpha.sum(axis=1, keepdims=True) - k)
     return ids, n_cells, alpha, theta
@@ -91,11 +91,7 @@ def call_cells(probs, proteins, class_names, order=None, labels=None, prior=1.0)
     k = len(class_names)
     if probs.ndim != 2 or probs.shape[1] != k:
         raise ValueError(f"probs must be N x {k} (one column per class), got shape {probs.shape}")
-    proteins = np.asarray(list(proteins), dtype=object)
-    if len(proteins):
-        ids, n, a, theta = dirichlet_map(probs, proteins, prior)
-    else:
-        ids, n, a, theta = np.zeros(0, object), np.zeros(0, np.int64), np.zeros((0, k)), np.zeros((0, k))
+    ids, n, a, theta = dirichlet_map(probs, proteins, prior)
     order = ids if order is None else np.asarray(list(order), dtype=object)
     index = {p: i for i, p in enumerate(order.tolist())}
     unknown = [p for p in ids.tolist() if p not in index]
@@ -136,8 +132,8 @@ def protein_calls(table, prior=1.0, allow_mixed_labels=False):
             f"{table.source}: column 'label': protein {ids[p]!r} has cells of different classes "
             f"(row {first + 1}: {table.label[first]}, row {other + 1}: {table.label[other]})"
         )
-    return call_cells(table.probs, table.protein, table.class_names, order=ids, labels=label_counts.argmax(axis=1),
-                      prior=prior)
+    return call_cells(table.probs, table.protein, table.class_names, order=ids,
+                      labels=label_counts.argmax(axis=1), prior=prior)
 
 
 def protein_accuracy(calls, min_cells=1):

@@ -31,6 +31,7 @@ import os
 
 import numpy as np
 
+from deepyeast.analysis.cell_metrics import count
 from deepyeast.analysis.cp_features import read_feature_csv
 from deepyeast.utils.io import InputError, atomic_write_text, open_input, write_csv
 
@@ -123,14 +124,10 @@ def pick_training_cells(labels, net_pred, rf_pred, exclude=None, per_class=PAPER
     for c in range(n_classes):
         cand = np.flatnonzero((labels == c) & (net_pred == c) & (rf_pred == c) & ~exclude)
         k = min(int(per_class), len(cand))
-        pick = np.random.default_rng([int(seed), c]).choice(cand, size=k, replace=False) if k else cand[:0]
+        pick = np.random.default_rng([int(seed), c]).choice(cand, size=k, replace=False)
         picked.append(pick)
         info.append({"class": c, "available": int(len(cand)), "picked": int(k)})
     return np.sort(np.concatenate(picked)).astype(np.int64), info
-
-
-def _accuracy(correct, total):
-    return {"value": (correct / total) if total else None, "correct": int(correct), "total": int(total)}
 
 
 def filter_accuracy(table, keep_paths):
@@ -142,8 +139,8 @@ def filter_accuracy(table, keep_paths):
     ok = table.pred == table.label
     kept = np.array([p in keep_paths for p in table.path], dtype=bool)
     return {
-        "before": _accuracy(ok.sum(), ok.size),
-        "after": _accuracy(ok[kept].sum(), kept.sum()),
+        "before": count(ok.sum(), ok.size),
+        "after": count(ok[kept].sum(), kept.sum()),
         "removed": int((~kept).sum()),
     }
 
@@ -277,9 +274,9 @@ def run_quality_filter(val_features, net_val, rf_val, noncells, test_features, p
             t, pr = np.array(labelled_test).T
             summary["test"]["filter_vs_truth"] = {
                 "source": os.path.basename(os.fspath(truth)),
-                "accuracy": _accuracy((t == pr).sum(), t.size),
-                "noncells_removed": _accuracy(((t == 0) & (pr == 0)).sum(), (t == 0).sum()),
-                "cells_kept": _accuracy(((t == 1) & (pr == 1)).sum(), (t == 1).sum()),
+                "accuracy": count((t == pr).sum(), t.size),
+                "noncells_removed": count(((t == 0) & (pr == 0)).sum(), (t == 0).sum()),
+                "cells_kept": count(((t == 1) & (pr == 1)).sum(), (t == 1).sum()),
             }
     test_set = set(te_paths)
     for name, pred_csv in (predictions or {}).items():

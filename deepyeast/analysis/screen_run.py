@@ -98,12 +98,14 @@ def work_folder(out_dir):
 
 
 def fingerprint_parts(bundle, images_csv, settings, ood=None):
-    """The parts of a run's fingerprint: {"table": sha256, "model": digest of the bundle's files,
+    """The parts of a run's fingerprint: {"table": sha256 of the images table (of a pattern folder's listing:
+    :meth:`deepyeast.data.screen_folder.ImageFolder.digest`), "model": digest of the bundle's files,
     "settings": the settings dict}."""
     files = bundle.metadata.get("files", {})
     model = hashlib.sha256(json.dumps({k: v.get("sha256") for k, v in sorted(files.items())},
                                       sort_keys=True).encode()).hexdigest()
-    return {"format": CHUNK_FORMAT, "table": file_digest(images_csv, "sha256"), "model": model,
+    table = images_csv.digest() if hasattr(images_csv, "digest") else file_digest(images_csv, "sha256")
+    return {"format": CHUNK_FORMAT, "table": table, "model": model,
             "settings": settings.describe()}
 
 

@@ -13,11 +13,26 @@ Inputs:
                  when its class table, input shape or mean shape disagree or a file's
                  checksum does not match
   --images CSV   the images table of crop_cells.py / segment_cells.py: image (one
-                 multi-channel TIFF, OME-TIFF or PNG) or marker_image,protein_image (two
-                 single-channel files); protein (required), plate, label (class index or
-                 name, optional) and mask (a label image: use it instead of segmenting)
-                 optional; paths relative to the table.  A protein is a (plate, protein)
-                 pair; its cells are those of all its micrographs.
+                 multi-channel TIFF, OME-TIFF or PNG, or an OME-Zarr: see below) or
+                 marker_image,protein_image (two single-channel files); protein (required),
+                 plate, well, label (class index or name, optional) and mask (a label image:
+                 use it instead of segmenting) optional; paths relative to the table.  A
+                 protein is a (plate, protein) pair; its cells are those of all its micrographs.
+  --images DIR --pattern '{plate}_{well}_{field}_{channel}.tif'
+                 a folder of single-channel micrographs named by a pattern instead of a table
+                 (subfolders allowed: 'plate{plate}/{well}_{field}_{channel}.tif'); the files of
+                 one micrograph differ in {channel}: the marker and protein are picked by
+                 --channel-names MARKER PROTEIN, else by the usual names (RFP, mCherry, red;
+                 GFP, green); without {protein} the well names the protein.  Files with the
+                 pattern's extension that do not match it, and a micrograph missing a channel,
+                 are bad input.
+  --images plate.zarr
+                 every field of an OME-Zarr HCS plate, the well naming the protein.
+OME-Zarr (NGFF 0.4/0.5, read with ome-zarr-py): an image cell may name x.zarr (one image),
+x.zarr#N (series N of an image series), plate.zarr#ROW/COLUMN/FIELD (a field of an HCS
+plate's well, e.g. plate.zarr#B/3/0), or plate.zarr with columns row, column, field.  The
+plate's well fills the well column.  Plate and well reach images.csv, cells.csv and
+proteins.csv (a protein imaged in several wells lists them, ;-separated).
 Large screens: the micrographs are classified in chunks (--chunk, default 16) as tasks on
 Dask (--scheduler none|local|tcp://HOST:PORT, --jobs; workers of a remote cluster read the
 micrographs by the table's paths, so they need the same file system).  Each finished chunk
@@ -28,9 +43,9 @@ a corrupt chunk file is redone, never merged.  A second run into the same OUT wh
 running stops at once (exit 3, naming the first's pid).
 
 Output (--out DIR, replaced as a whole, atomically):
-  cells.csv      image,plate,protein,cell,x,y,area,padded,pred,class,prob_0..prob_{K-1}
+  cells.csv      image,plate,well,protein,cell,x,y,area,padded,pred,class,prob_0..prob_{K-1}
                  (+ label,true_class where given); x,y the centroid (pixels, x = column)
-  proteins.csv   plate,protein,n_images,n_cells,pred,class,top1,top1_share,top2,top2_share,
+  proteins.csv   plate,well,protein,n_images,n_cells,pred,class,top1,top1_share,top2,top2_share,
                  p_call,few_cells,low_confidence,possible_dual,no_cells,post_0..post_{K-1}
                  (+ label,true_class,correct); post_k = the Dirichlet posterior's MAP shares
   images.csv     per micrograph: mask (given | segmented), n_cells and QC: focus (variance
@@ -67,8 +82,15 @@ def options(p):
 
     p.add_argument("--model", required=True, metavar="DIR", type=launcher.existing_dir,
                    help="model bundle folder (e.g. RUN/model)")
-    p.add_argument("--images", required=True, metavar="CSV", type=launcher.existing_file,
-                   help="images table (CSV)")
+    p.add_argument("--images", required=True, metavar="CSV|DIR", type=launcher.existing_path,
+                   help="images table (CSV), a folder of micrographs named by --pattern, or an OME-Zarr plate")
+    p.add_argument("--pattern", metavar="PATTERN",
+                   help="with --images DIR: how its files are named, e.g. '{plate}_{well}_{field}_{channel}.tif' "
+                        "(fields {plate} {well} {field} {channel} {protein}; {channel} and {well} or {protein} "
+                        "required; without {protein} the well names the protein)")
+    p.add_argument("--channel-names", nargs=2, metavar=("MARKER", "PROTEIN"),
+                   help="with --pattern: the {channel} values of the marker and the protein (default: recognised "
+                        "names, e.g. RFP/mCherry/red and GFP/green)")
     launcher.add(p, "out", required=True, metavar="DIR", help="output folder (replaced atomically)")
     launcher.add_micrograph_channels(p)
     p.add_argument("--resegment", action="store_true", help="segment rows that name a mask too")
@@ -103,12 +125,36 @@ def options(p):
     launcher.add_segment_params(p)
 
 
+def images_source(args):
+    """``--images``: the table's path, an OME-Zarr plate (every field) or with ``--pattern`` an ImageFolder;
+    one line for a wrong combination."""
+    import os
+
+    from deepyeast.data.screen_folder import ChannelNames, ImageFolder, compile_pattern
+    from deepyeast.utils.io import InputError
+
+    from deepyeast.data.omezarr import ZarrPlate, is_plate
+
+    if os.path.isdir(args.images) and is_plate(args.images) and not args.pattern:
+        return ZarrPlate(args.images)
+    if os.path.isdir(args.images):
+        if not args.pattern:
+            raise InputError(f"{args.images}: a folder; give --pattern (how its micrographs are named), or an "
+                             "images table (an OME-Zarr is named in a table's image column)")
+        compile_pattern(args.pattern)  # a bad pattern before anything is read
+        names = ChannelNames(*args.channel_names) if args.channel_names else None
+        return ImageFolder(args.images, args.pattern, names)
+    if args.pattern or args.channel_names:
+        raise InputError(f"{args.images}: --pattern and --channel-names read a folder of micrographs, not a table")
+    return args.images
+
+
 def run(args):
     from deepyeast.analysis.classify import CallRules, classify_screen
     from deepyeast.analysis.cluster import resolve_scheduler
 
     s = classify_screen(
-        args.model, args.images, args.out, launcher.segment_params(args), channels=tuple(args.channels),
+        args.model, images_source(args), args.out, launcher.segment_params(args), channels=tuple(args.channels),
         bits=args.bits, skip_bad=args.skip_bad, resegment=args.resegment, border=args.border,
         inference=launcher.inference_settings(args), compare_fp32=args.compare_fp32,
         rules=CallRules(args.min_cells, args.confidence, args.dual_share), gallery_cells=args.gallery_cells,
@@ -120,6 +166,8 @@ def run(args):
             f"{f['few_cells'] - f['no_cells']} with few cells)")
     if s["images_without_cells"]:
         line += f"; {len(s['images_without_cells'])} micrograph(s) without cells"
+    if s["qc"]["flagged_micrographs"]:
+        line += f"; {s['qc']['flagged_micrographs']} micrograph(s) flagged by QC (images.csv qc_flags)"
     if s["reused_micrographs"]:
         line += f"; {s['reused_micrographs']} micrograph(s) taken over from the interrupted run"
     if s["n_rejected"]:

@@ -474,8 +474,12 @@ def read_images_table(images_csv, class_names=CLASS_NAMES, require=("plate", "pr
     Columns: ``image`` (one multi-channel micrograph) or ``marker_image`` +
     ``protein_image`` (two single-channel files), chosen per row; ``plate``
     (integer), ``protein`` (id without ``-``/``/``), ``label`` (class index or
-    name), ``split`` and ``mask`` (label image), each optional unless named in
-    ``require`` / ``require_label``.  Paths are relative to the table.
+    name), ``split``, ``mask`` (label image) and ``well`` (a name, e.g. ``B03``),
+    each optional unless named in ``require`` / ``require_label``.  Paths are
+    relative to the table.  An ``image`` naming an OME-Zarr (``x.zarr``,
+    ``x.zarr#SERIES``, ``plate.zarr#ROW/COLUMN/FIELD``, or ``plate.zarr`` with
+    ``row``, ``column``, ``field`` columns; :mod:`deepyeast.data.omezarr`) is
+    resolved to its NGFF image when the table is read.
 
     Each dict: ``where`` (``"table:line"``), ``number`` (1-based data row, or
     the table's ``ImageNumber`` column, as CellProfiler numbers images),
@@ -483,7 +487,9 @@ def read_images_table(images_csv, class_names=CLASS_NAMES, require=("plate", "pr
     (absolute: the micrograph, or the marker file), ``protein_path`` (absolute,
     or None for one multi-channel file), ``plate`` (int or None), ``protein``
     (str or None), ``label`` (int or None), ``split`` (or None), ``mask``
-    (absolute or None), ``fields`` (the row as read).  A bad row raises
+    (absolute or None), ``well`` (str or None: the table's, else an OME-Zarr
+    plate's), ``zarr`` (True when ``path`` is an NGFF image folder), ``fields``
+    (the row as read).  A bad row raises
     ``InputError`` naming table and line, or is handed to ``on_bad(where, err)``
     and left out.
     """
@@ -506,7 +512,9 @@ def read_images_table(images_csv, class_names=CLASS_NAMES, require=("plate", "pr
             rec = dict(where=where, number=number, image=image or marker, fields=row,
                        path=os.path.normpath(os.path.join(base, image or marker)),
                        protein_path=os.path.normpath(os.path.join(base, protein_file)) if protein_file else None,
-                       plate=None, protein=None, label=None, split=None, mask=None)
+                       plate=None, protein=None, label=None, split=None, mask=None, well=_cell(row, "well") or None,
+                       zarr=False)
+            _zarr_row(rec, row, base)
             if _cell(row, "ImageNumber"):
                 rec["number"] = int(_cell(row, "ImageNumber"))
             if _cell(row, "plate") or "plate" in require:
@@ -536,8 +544,27 @@ def read_images_table(images_csv, class_names=CLASS_NAMES, require=("plate", "pr
     return out
 
 
+def _zarr_row(rec, row, base):
+    """An ``image`` naming an OME-Zarr (:mod:`deepyeast.data.omezarr`): ``path`` becomes the NGFF image's
+    folder, ``image`` the container with the image's place in it (``plate.zarr#A/1/0``, also when the
+    row/column/field columns named it), ``well`` the plate's well (unless the table names it), ``zarr`` True."""
+    from deepyeast.data import omezarr
+
+    if rec["protein_path"] is not None or not omezarr.is_zarr_reference(rec["image"]):
+        return
+    container, fragment = omezarr.split_reference(rec["image"])
+    found = omezarr.resolve(os.path.normpath(os.path.join(base, container)), fragment, _cell(row, "row") or None,
+                            _cell(row, "column") or None, _cell(row, "field") or None)
+    inside = os.path.relpath(found["path"], os.path.normpath(os.path.join(base, container))).replace(os.sep, "/")
+    rec.update(path=found["path"], zarr=True, well=rec["well"] or found["well"],
+               image=container if inside == "." else f"{container}#{inside}")
+
+
 def read_row_micrograph(rec, channels=(0, 1), bits=None):
     """The micrograph of an images-table row (:func:`read_images_table`) -> uint8 ``2 x H x W``."""
+    if rec.get("zarr"):
+        from deepyeast.data.omezarr import read_image
+        return to_two_channel(read_image(rec["path"], MAX_PIXELS), rec["path"], channels, bits)
     if rec["protein_path"] is not None:
         return read_micrograph_pair(rec["path"], rec["protein_path"], bits)
     return read_micrograph(rec["path"], channels, bits)

@@ -9,7 +9,10 @@ One page for a biologist checking the calls of a new screen:
 3. where the images table gave labels, the per-cell accuracy (bootstrap interval, kappa) and
    the per-protein accuracy, as in the main report, and per compartment;
 4. the proteins to check (flagged calls), linked to their galleries;
-5. per compartment, per protein: its call, runner-up, shares, flags and a strip of its cells,
+5. per plate, heat maps of cells per well and of flagged cells per well (out of distribution,
+   or in a micrograph that QC flags), and segmentation outlines drawn over a sample of
+   micrographs, the most suspicious by each QC measure first;
+6. per compartment, per protein: its call, runner-up, shares, flags and a strip of its cells,
    sorted by each cell's probability of the protein's call (cells that agree first, with a
    green frame; cells called otherwise last, orange), so a glance tells whether the cells
    look like the call.  A protein with more cells than fit shows an evenly spaced sample
@@ -199,19 +202,158 @@ def _qc_section(cells):
     for measure in QC_COLUMNS:
         values = np.array([im["qc"][measure] for im in images], float)
         worst = worst_first(values, measure)[:QC_SHOWN]
-        rows.append([measure, f"{np.nanmedian(values):.4g}",
+        flagged = sum(measure in im.get("qc_flags", "").split(";") for im in images)
+        rows.append([measure, f"{np.nanmedian(values):.4g}", flagged,
                      Raw("; ".join(f"<code>{escape(images[i]['where'])}</code> {values[i]:.4g}" for i in worst))])
     return ('<h2 id="qc">Micrograph quality</h2><p class="note">Per micrograph in images.csv: cells found, focus '
             "(variance of the marker's Laplacian), saturated share (pixels at 255), background (median grey "
-            "outside the cells, per channel). The most suspicious micrographs by each measure first.</p>"
-            + html_table(["measure", "screen median", "most suspicious micrographs"], rows))
+            "outside the cells, per channel). The most suspicious micrographs by each measure first. Flagged "
+            "(images.csv qc_flags): no cells, a saturated share above 1%, or far from the screen's median on the "
+            "suspicious side (summary.json qc.rule).</p>"
+            + html_table(["measure", "screen median", "micrographs flagged", "most suspicious micrographs"], rows))
 
 
-def write_screen_report(out_dir, bundle, cells, calls, summary, gallery_cells=8):
+def _plate_figure(out_dir, plate_map):
+    """``figures/plate_<plate>.png``: two heat maps of one plate, cells per well and flagged cells per well
+    (:func:`deepyeast.analysis.qc.plate_maps`); wells without a micrograph grey.  Returns the relative path."""
+    from deepyeast.utils.plotting import plt, save_figure
+
+    rows, cols = plate_map["shape"]
+    fig, axes = plt.subplots(1, 2, figsize=(min(4 + 0.42 * cols, 22) * 2 / 1.6, 1.2 + 0.36 * rows + 0.6))
+    small = rows * cols <= 96
+    for ax, key, title, cmap in ((axes[0], "cells", "cells per well", "viridis"),
+                                 (axes[1], "flagged", "flagged cells per well (OOD or QC)",
+                                  "magma_r")):
+        grid = np.ma.masked_invalid(plate_map[key])
+        colormap = plt.get_cmap(cmap).copy()
+        colormap.set_bad("#d9d9d9")
+        top = max(1.0, float(np.nanmax(plate_map[key]))) if np.isfinite(plate_map[key]).any() else 1.0
+        im = ax.imshow(grid, cmap=colormap, vmin=0, vmax=top, aspect="equal")
+        ax.set_xticks(range(cols), [str(c + 1) for c in range(cols)], fontsize=6 if cols > 12 else 8)
+        ax.set_yticks(range(rows), [_row_name(r) for r in range(rows)], fontsize=6 if rows > 8 else 8)
+        ax.tick_params(length=0)
+        ax.set_title(title, fontsize=9)
+        if small:
+            for (r, c), v in np.ndenumerate(plate_map[key]):
+                if np.isfinite(v):
+                    ax.text(c, r, f"{int(v)}", ha="center", va="center", fontsize=7,
+                            color="white" if (v / top > 0.5) != (cmap == "viridis") else "black")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+    name = "screen" if plate_map["plate"] is None else f"{int(plate_map['plate']):02d}"
+    fig.suptitle(f"plate {plate_map['plate']}" if plate_map["plate"] is not None else "plate (unnumbered)",
+                 fontsize=10)
+    fig.tight_layout()
+    rel = os.path.join("figures", f"plate_{name}.png")
+    os.makedirs(os.path.join(out_dir, "figures"), exist_ok=True)
+    save_figure(fig, os.path.join(out_dir, rel), dpi=100, formats=("png",))
+    return rel
+
+
+def _row_name(r):
+    """0 -> A, 25 -> Z, 26 -> AA (plate row letters)."""
+    name = ""
+    r += 1
+    while r:
+        r, k = divmod(r - 1, 26)
+        name = chr(ord("A") + k) + name
+    return name
+
+
+PLATES_DRAWN = 24
+"""Plates drawn as heat maps in the report (the first by number; every well is in images.csv)."""
+
+
+def _plates_section(out_dir, cells):
+    """Per plate, heat maps of cells and flagged cells per well, or a line saying why there are none."""
+    from deepyeast.analysis.classify import flagged_per_image
+    from deepyeast.analysis.qc import plate_maps
+
+    maps = plate_maps(cells.images, flagged_per_image(cells)) if cells.images else []
+    head = ('<h2 id="plates">Plates</h2><p class="note">Per plate: cells found per well, and flagged cells per '
+            "well (cells out of distribution, and every cell of a micrograph that QC flags: images.csv "
+            "qc_flags, n_ood). Grey: no micrograph of that well. A well with few cells or many flagged cells "
+            "points at a pipetting, growth, focus or segmentation problem there.</p>")
+    if not maps:
+        return head + ("<p>No well is named in the input, so there is no plate map (a well column in the images "
+                       "table, {well} in a filename pattern, or an OME-Zarr plate names them).</p>")
+    parts = [head]
+    for m in maps[:PLATES_DRAWN]:
+        if m["shape"] == (0, 0):
+            parts.append(f"<p>Plate {m['plate']}: no well name reads as a row letter and column number "
+                         f"({escape(', '.join(m['unplaced'][:10]))}).</p>")
+            continue
+        rel = _plate_figure(out_dir, m)
+        cap = (f"{int(np.isfinite(m['cells']).sum())} wells imaged, {int(np.nansum(m['cells'])):,} cells, "
+               f"{int(np.nansum(m['flagged'])):,} flagged")
+        if m["unplaced"]:
+            cap += f"; wells not on the grid: {', '.join(m['unplaced'][:10])}"
+        parts.append(f'<figure class="plate" data-file="{escape(rel)}"><img alt="plate {escape(str(m["plate"]))} '
+                     f'heat maps" src="{escape(rel)}"><figcaption>{escape(cap)}.</figcaption></figure>')
+    if len(maps) > PLATES_DRAWN:
+        parts.append(f"<p>The first {PLATES_DRAWN} of {len(maps)} plates are drawn; every well is in images.csv.</p>")
+    return "\n".join(parts)
+
+
+OUTLINE_SIDE = 640
+"""Longest side (pixels) of a micrograph drawn with its outlines (larger ones are shrunk by a whole factor)."""
+OUTLINE_COLOR = (255, 255, 255)
+
+
+def render_outlines(micrograph, mask, side=OUTLINE_SIDE):
+    """uint8 RGB ``h x w x 3`` of a micrograph (red marker, green protein, each stretched to its 99.5th
+    percentile) with each cell's outline (mask pixels next to another label) in white.
+
+    ``micrograph``: uint8 2 x H x W; ``mask``: int H x W (0 = background).  Shrunk by the smallest whole
+    factor that brings the longer side to at most ``side`` (mean of the pixels; the mask's nearest label)."""
+    micro = np.asarray(micrograph, np.float32)
+    mask = np.asarray(mask)
+    f = max(1, int(np.ceil(max(mask.shape) / side)))
+    h, w = (mask.shape[0] // f) * f, (mask.shape[1] // f) * f
+    small = micro[:, :h, :w].reshape(2, h // f, f, w // f, f).mean(axis=(2, 4))
+    labels = mask[:h:f, :w:f]
+    rgb = np.zeros(labels.shape + (3,), np.float32)
+    for c in (0, 1):
+        top = max(1.0, float(np.percentile(small[c], 99.5)))
+        rgb[..., c] = np.clip(small[c] / top, 0, 1) * 255
+    edge = np.zeros(labels.shape, bool)
+    edge[:-1] |= labels[:-1] != labels[1:]
+    edge[1:] |= labels[1:] != labels[:-1]
+    edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    edge[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+    edge &= labels > 0
+    rgb[edge] = OUTLINE_COLOR
+    return rgb.round().astype(np.uint8)
+
+
+def _outlines_section(out_dir, outlines):
+    """Segmentation outlines over the sample of micrographs (the worst by each QC measure first)."""
+    if not outlines:
+        return ""
+    parts = ['<h2 id="outlines">Segmentation outlines</h2><p class="note">The micrographs a check should start '
+             "with: the most suspicious by each QC measure in turn (fewest cells, least focus, most saturation, "
+             "brightest backgrounds), drawn with the outline of every cell found (white; red: marker, green: "
+             "protein). Check that the outlines follow the cells before trusting the calls.</p>"]
+    os.makedirs(os.path.join(out_dir, "figures"), exist_ok=True)
+    for k, o in enumerate(outlines):
+        rel = os.path.join("figures", f"outline_{k:02d}.png")
+        rgb = render_outlines(o["micrograph"], o["mask"])
+        _write_png(os.path.join(out_dir, rel), rgb)
+        q = o["qc"]
+        cap = (f"{o['where']} ({o['image']}): picked by {o['measure']}; {int(q['n_cells'])} cells, focus "
+               f"{q['focus']:.4g}, saturated {q['saturated']:.3g}, backgrounds {q['background_marker']:.3g} / "
+               f"{q['background_protein']:.3g}" + (f"; QC flags: {o['qc_flags']}" if o["qc_flags"] else ""))
+        parts.append(f'<figure class="outline" id="outline{k}"><img alt="outlines of {escape(o["where"])}" '
+                     f'src="{escape(rel)}" width="{rgb.shape[1]}" height="{rgb.shape[0]}">'
+                     f"<figcaption>{escape(cap)}</figcaption></figure>")
+    return "\n".join(parts)
+
+
+def write_screen_report(out_dir, bundle, cells, calls, summary, gallery_cells=8, outlines=()):
     """Write ``out_dir/report.html`` with ``out_dir/figures/`` and ``out_dir/gallery/`` (see the module doc).
 
     ``cells``, ``calls``: :class:`deepyeast.analysis.classify.ScreenCells` and
-    :class:`~deepyeast.analysis.classify.ScreenCalls`; ``summary``: the step's summary dict.
+    :class:`~deepyeast.analysis.classify.ScreenCalls`; ``summary``: the step's summary dict; ``outlines``:
+    micrographs with masks to draw (:func:`deepyeast.analysis.classify.outline_micrographs`).
     """
     classes = list(bundle.classes)
     has = calls.n_cells > 0
@@ -237,7 +379,9 @@ def write_screen_report(out_dir, bundle, cells, calls, summary, gallery_cells=8)
         model_bits.append(f"its own test accuracy per cell {format_count(metrics['cell_accuracy'], 'cells')}")
     parts = [f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
              f"<style>{CSS}{_SCREEN_CSS}</style></head><body>", f"<h1>{escape(title)}</h1>",
-             f"<p>Images table <code>{escape(s['images_table'])}</code>; model " + "; ".join(model_bits)
+             (f"<p>Micrographs of <code>{escape(s['images_table'])}</code> named by the pattern "
+              f"<code>{escape(s['images_pattern'])}</code>; model " if s.get("images_pattern") else
+              f"<p>Images table <code>{escape(s['images_table'])}</code>; model ") + "; ".join(model_bits)
              + f". Generated {escape(now)} by deepyeast {escape(__version__)}.</p>"]
     ood = s.get("ood") or {}
     if ood.get("warning"):
@@ -306,6 +450,8 @@ def write_screen_report(out_dir, bundle, cells, calls, summary, gallery_cells=8)
     if s.get("accuracy"):
         parts.append(_accuracy_section(s["accuracy"], classes))
     parts.append(_qc_section(cells))
+    parts.append(_plates_section(out_dir, cells))
+    parts.append(_outlines_section(out_dir, outlines))
 
     # ---- proteins to check
     flagged = np.flatnonzero(has & (f["low_confidence"] | f["possible_dual"] | f["few_cells"]))
