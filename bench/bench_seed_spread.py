@@ -66,7 +66,7 @@ def _metric(path, key):
 
 def _forest(base, seed, out):
     """Grow the small-grid forest with ``seed`` on the base run's features; per-cell and per-protein counts."""
-    from deepyeast.analysis.predictions import read_predictions
+    from deepyeast.analysis.prediction_table import read_predictions
     from deepyeast.analysis.protein_level import protein_accuracy, protein_calls
 
     cp = os.path.join(base, "cellprofiler")
