@@ -204,3 +204,9 @@ def test_kept_bf16_weights_follow_weights_loaded_into_the_net(nets):
     with torch.no_grad():
         net.forward()
     assert not torch.equal(halved, before) and torch.equal(net.blobs["ip"], before)
+    # copies first made under inference_mode (prediction) are normal tensors that training can save for backward
+    fresh, _ = _bf16_run(conv, str(d / "load" / "f"), True, iters=0)
+    with torch.inference_mode():
+        fresh.net.forward()
+    fresh.step(1)
+    assert fresh.iter == 1 and fresh.net.layer("conv1")._kept_casts[0][2].dtype == torch.bfloat16

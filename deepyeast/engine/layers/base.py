@@ -87,23 +87,25 @@ def compute_blobs(layer, *blobs):
     cache = layer.__dict__.setdefault("_kept_casts", {})
     out = []
     for i, t in enumerate(blobs):
-        if t is None or t.dtype != torch.float32 or dtype == torch.float32:
+        if t is None or t.dtype != torch.float32 or dtype == torch.float32 or t.is_inference():
             out.append(t)
             continue
         entry = cache.get(i)
-        if entry is None or entry[0] is not t or entry[1] != t._version:
-            with torch.no_grad():
+        if (entry is None or entry[0] is not t or entry[1] != t._version or entry[2].dtype != dtype
+                or entry[2].device != t.device):
+            # a normal tensor even when made under inference_mode: a later training pass saves it for backward
+            with torch.inference_mode(False), torch.no_grad():
                 if entry is not None and entry[0] is t and entry[2].dtype == dtype and entry[2].device == t.device:
-                    entry[2].copy_(t)  # in place: the copy of the updated blob, no new allocation
+                    entry[2].copy_(t)  # the updated blob cast into the same copy: no new allocation
                     kept = entry[2]
                 else:
                     kept = t.detach().to(dtype)
             entry = cache[i] = (t, t._version, kept)
-        elif entry[2].dtype != dtype:
-            with torch.no_grad():
-                entry = cache[i] = (t, t._version, t.detach().to(dtype))
         kept = entry[2]
-        out.append(_KeptCast.apply(t, kept) if torch.is_grad_enabled() and t.requires_grad else kept)
+        if torch.is_grad_enabled() and t.requires_grad:
+            out.append(_KeptCast.apply(t, kept))
+        else:
+            out.append(kept)
     return out
 
 
