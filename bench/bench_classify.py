@@ -5,7 +5,7 @@ Renders a synthetic screen of another seed than the model's training screen (so 
 new to the model), keeps the fields of its first N proteins per set (main set only is used), and
 with the labels withheld:
 
-1. finds and crops the cells (`deepyeast.data.segment.iter_screen_cells`), timed;
+1. finds and crops the cells (`deepyeast.data.segment_cells.iter_screen_cells`), timed;
 2. runs the bundle's network on every crop in fp32 (the baseline: Caffe's arithmetic) and in
    bf16 autocast, timed, and counts the cell calls and the protein calls (Dirichlet, as
    `classify_screen.py`) that differ;
@@ -30,8 +30,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from deepyeast.analysis.protein_level import dirichlet_map  # noqa: E402
-from deepyeast.data.segment import iter_screen_cells  # noqa: E402
-from deepyeast.data.synthetic import make_screen  # noqa: E402
+from deepyeast.data.segment_cells import iter_screen_cells  # noqa: E402
+from deepyeast.data.make_synthetic import make_screen  # noqa: E402
 from deepyeast.model import read_bundle  # noqa: E402
 
 
@@ -57,7 +57,7 @@ def main(argv=None):
     os.makedirs(args.work)
     screen = os.path.join(args.work, "screen")
     # first: its worker pool forks, safe only before this process runs threads (OpenCV, scipy, torch)
-    make_screen(screen, args.size, seed=args.seed, workers=2, save_fields=args.proteins, progress=False)
+    make_screen(screen, args.size, seed=args.seed, jobs=2, save_fields=args.proteins, progress=False)
     bundle = read_bundle(args.model)
     fields = os.path.join(screen, "main", "fields")
     with open(os.path.join(fields, "images.csv"), newline="") as f:

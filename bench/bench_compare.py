@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """False discoveries and recall of comparing two screens (issue 20), against the naive tests.
 
-On generated pairs with known movers (deepyeast/data/synthetic/condition.py: --proteins proteins of
+On generated pairs with known movers (deepyeast/data/make_synthetic/condition.py: --proteins proteins of
 the demo screen's plan, 15% relocalised in the condition, micrograph effects on both sides:
 defocus, exposure, a pull toward a wrong compartment, a micrograph's own look), for each of
 --seeds seeds, measures at q < 0.1:
@@ -37,9 +37,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from bench._results import update_section  # noqa: E402
-from deepyeast.analysis.compare import (  # noqa: E402
+from deepyeast.analysis.compare_screens import (  # noqa: E402
     CompareSettings, bh_qvalues, compare_screens, protein_groups, read_side)
-from deepyeast.data.synthetic.condition import ConditionSettings, read_truth, score, simulate_pair  # noqa: E402
+from deepyeast.data.make_synthetic.condition import ConditionSettings, read_truth, score, simulate_pair  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -23,8 +23,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _CHILD = r"""
 import json, resource, sys, time
 stage, args = sys.argv[1], json.loads(sys.argv[2])
-from deepyeast.data.synthetic import make_screen
-from deepyeast.data.lmdb_bundle import build_lmdb_bundle
+from deepyeast.data.make_synthetic import make_screen
+from deepyeast.data.make_lmdb import build_lmdbs
+from deepyeast.utils.run_context import RunContext
 import cv2, lmdb, threading
 peak_anon = [0.0]
 def sample():  # peak anonymous memory (excludes LMDB/file pages mapped into the process)
@@ -41,10 +42,10 @@ def cpu_now():
 cpu0 = cpu_now()
 t0 = time.time()
 if stage == "generate":
-    s = make_screen(args["out"], args["size"], seed=0, workers=args["workers"], progress=False)
+    s = make_screen(args["out"], args["size"], seed=0, jobs=args["workers"], progress=False)
     n = s["main"]["n_crops"] + s["transfer"]["n_crops"]
 else:
-    s = build_lmdb_bundle(args["root"], args["out"], prefix=args["prefix"], progress=False)
+    s = build_lmdbs(args["root"], args["out"], prefix=args["prefix"], context=RunContext(progress=False))
     n = s["n_records"]
 dt = time.time() - t0
 cpu = cpu_now() - cpu0

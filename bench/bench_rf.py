@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Time the CellProfiler features, the random-forest baseline and the quality filter.
 
-Generates a synthetic screen (deepyeast.data.synthetic, --size), then times:
+Generates a synthetic screen (deepyeast.data.make_synthetic, --size), then times:
 feature extraction of its main set (in one process, and as chunk tasks on a Dask
 LocalCluster of --jobs workers; CPU seconds per cell from the single-process
 run), the random forest with the small grid, and the paper's quality filter.  Writes the "CellProfiler features
@@ -30,7 +30,7 @@ def main(argv=None):
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--no-write", action="store_true", help="print only, leave bench/RESULTS.md alone")
     args = ap.parse_args(argv)
-    from deepyeast.data.synthetic import make_screen
+    from deepyeast.data.make_synthetic import make_screen
 
     screen = os.path.join(args.work, f"screen_{args.size}")
     if not os.path.exists(os.path.join(screen, "screen.json")):
@@ -55,22 +55,24 @@ def main(argv=None):
     wall2 = time.perf_counter() - t0
     rows.append((f"features, {n} cells, LocalCluster of {args.jobs} workers (3 cluster starts)", wall2, None))
 
-    from deepyeast.analysis.quality_filter import run_quality_filter
-    from deepyeast.analysis.random_forest import run_baseline
+    from deepyeast.analysis.quality_filter import QualityInputs, run_quality_filter
+    from deepyeast.analysis.random_forest import ForestFiles, run_baseline
+    from deepyeast.utils.run_context import RunContext
 
     t0 = time.perf_counter()
     rf_val = os.path.join(args.work, "rf_val_predictions.csv")
-    s = run_baseline(feats["train"], feats["val"], feats["test"],
-                     [os.path.join(root, f"HOwt_{x}.txt") for x in ("train", "val", "test")],
-                     os.path.join(args.work, "rf_predictions.csv"), grid="small", val_out=rf_val, scheduler="local",
-                     jobs=args.jobs, log=lambda *_: None)
+    quiet = RunContext(scheduler="local", jobs=args.jobs, log=lambda *_: None)
+    s = run_baseline(ForestFiles(feats["train"], feats["val"], feats["test"],
+                                 [os.path.join(root, f"HOwt_{x}.txt") for x in ("train", "val", "test")],
+                                 os.path.join(args.work, "rf_predictions.csv"), val_out=rf_val),
+                     grid="small", context=quiet)
     rows.append((f"random forest, small grid, {s['n_train']} train cells, LocalCluster of {args.jobs} workers",
                  time.perf_counter() - t0, None))
     t0 = time.perf_counter()
     # the forest's validation table stands in for the network's too (this bench trains no network)
-    q = run_quality_filter(feats["val"], rf_val, rf_val, os.path.join(root, "noncells.txt"), feats["test"],
-                           {"random_forest": os.path.join(args.work, "rf_predictions.csv")}, scheduler="local",
-                           jobs=args.jobs, log=lambda *_: None)
+    q = run_quality_filter(QualityInputs(feats["val"], rf_val, rf_val, os.path.join(root, "noncells.txt"),
+                                         feats["test"], {"random_forest": os.path.join(args.work, "rf_predictions.csv")}),
+                           context=quiet)
     ts = q["training_set"]
     rows.append((f"quality filter, 10-fold CV, {ts['cells']} cells + {ts['noncells']} non-cells"
                  f"{' (not run: too few)' if 'not_run' in q else ''}, LocalCluster of {args.jobs} workers",

@@ -3,7 +3,7 @@
 
 The paper's grid (deepyeast/analysis/random_forest.R RF_PAPER_GRID: ntree 50..1000 x 11 mtry x 5
 nodesize) is 55 tasks, each one (mtry, nodesize) forest of 1,000 trees whose
-prefixes give the smaller ntree (deepyeast/analysis/rforest.py).  This script measures, on
+prefixes give the smaller ntree (deepyeast/analysis/random_forest.py).  This script measures, on
 the training cells' CellProfiler features (paper size: 65,000 cells x 430
 features) and the validation and test cells:
 
@@ -61,7 +61,8 @@ def load_inputs(features, lists, cache=None):
     if cache and os.path.exists(cache):
         z = np.load(cache)
         return {k: z[k] for k in z.files}
-    from deepyeast.analysis.random_forest import _labelled, impute_features, labels_from_lists
+    from deepyeast.analysis.random_forest import _labelled, labels_from_lists
+    from deepyeast.analysis.rbridge import impute_features
 
     labels, _ = labels_from_lists([os.path.join(lists, f"HOwt_{s}.txt") for s in ("train", "val", "test")])
     out = {}
@@ -94,12 +95,12 @@ def one_forest(cache, mtry, nodesize, ntree, seed=1):
     in a Dask worker); ``forest_peak_mib`` the peak while growing and scoring the forest
     (the peak-RSS counter is reset just before it, /proc/self/clear_refs).
     """
-    from deepyeast.analysis import random_forest as rforest
+    from deepyeast.analysis import rbridge
 
     d = load_inputs(None, None, cache)
-    rforest.init_r()
-    with rforest._session() as ro:
-        r = {k: (rforest._matrix(v) if v.ndim == 2 else rforest._ints(v)) for k, v in d.items()}
+    rbridge.init_r()
+    with rbridge.session() as ro:
+        r = {k: (rbridge.r_matrix(v) if v.ndim == 2 else rbridge.r_ints(v)) for k, v in d.items()}
         ks = ro.IntVector(sorted({max(1, ntree // 2), ntree}))
         score = ro.r("function(model, x, ks, seed) { counts <- .prefix_counts(model, x, ks); "
                      "for (i in seq_along(ks)) rf_vote_class(matrix(counts[, , i], nrow(x)), seed); invisible(NULL) }")
@@ -258,17 +259,18 @@ def main(argv=None):
     check = None
     if args.grid_check:
         from deepyeast.analysis import random_forest as rforest
+        from deepyeast.utils.run_context import RunContext
 
         d = load_inputs(None, None, cache)
         small = {"ntree": [max(1, args.ntree // 2), args.ntree], "mtry": [min(args.mtry), NODESIZE_MTRY],
                  "nodesize": [1]}
-        kw = dict(grid=small, seed=1, x_test=d["x_test"])
+        kw = dict(grid=small, x_test=d["x_test"])
         c0, w0 = time.process_time(), time.perf_counter()
-        a = rforest.grid_search(d["x_train"], d["y_train"], d["x_val"], d["y_val"], scheduler="none", **kw)
+        a = rforest.grid_search(d["x_train"], d["y_train"], d["x_val"], d["y_val"], **kw, context=RunContext(seed=1))
         cpu_none, wall_none = time.process_time() - c0, time.perf_counter() - w0
         w0 = time.perf_counter()
-        b = rforest.grid_search(d["x_train"], d["y_train"], d["x_val"], d["y_val"], scheduler="local", jobs=args.jobs,
-                                **kw)
+        b = rforest.grid_search(d["x_train"], d["y_train"], d["x_val"], d["y_val"], **kw,
+                                context=RunContext(seed=1, scheduler="local", jobs=args.jobs))
         wall_local = time.perf_counter() - w0
         same = a["table"] == b["table"] and bool((a["test_pred"] == b["test_pred"]).all())
         pr = [forest_seconds(rows, p["mtry"], p["nodesize"], args.ntree, fixed)

@@ -58,7 +58,7 @@ def main(argv=None):
     ap.add_argument("--jobs", type=int, default=2, help="LocalCluster workers (default 2)")
     ap.add_argument("--no-write", action="store_true", help="print only, leave bench/RESULTS.md alone")
     args = ap.parse_args(argv)
-    from deepyeast.data.synthetic import make_screen
+    from deepyeast.data.make_synthetic import make_screen
 
     screen = os.path.join(args.work, f"screen_{args.size}")
     if not os.path.exists(os.path.join(screen, "screen.json")):

@@ -5,7 +5,7 @@ Renders (or reuses) a synthetic screen and keeps the whole fields of its first N
 (main set), then, one micrograph at a time as a worker of a chunked run does it:
 
 1. reads the micrograph (``read_row_micrograph``);
-2. segments the marker, stage by stage (``deepyeast.data.segment``: background correction,
+2. segments the marker, stage by stage (``deepyeast.data.segment_cells``: background correction,
    threshold and hole filling, watershed split with its distance transform and h-maxima,
    size and border filters);
 3. cuts the 64 x 64 crops (``cells_and_crops`` with the mask);
@@ -41,7 +41,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from deepyeast.data import segment as seg  # noqa: E402
+from deepyeast.data import segment_cells as seg  # noqa: E402
 
 
 # ---------------------------------------------------------------------------- the previous kernels (baseline)
@@ -131,14 +131,14 @@ def main(argv=None):
     screen = os.path.join(args.work, f"{args.size}_seed{args.seed}_p{args.proteins}")
     fields = os.path.join(screen, "main", "fields")
     if not os.path.exists(os.path.join(fields, "images.csv")):
-        from deepyeast.data.synthetic import make_screen
+        from deepyeast.data.make_synthetic import make_screen
         # first: its worker pool forks, safe only before this process runs threads (OpenCV, torch)
-        make_screen(screen, args.size, seed=args.seed, workers=2, save_fields=args.proteins, progress=False)
+        make_screen(screen, args.size, seed=args.seed, jobs=2, save_fields=args.proteins, progress=False)
 
     import torch
     from bench_engine import DEPLOY, random_deploy_weights
     from deepyeast.analysis.protein_level import dirichlet_map
-    from deepyeast.data.micrographs import read_images_table
+    from deepyeast.data.screen_tables import read_images_table
     from deepyeast.engine.fold import deploy_net
     from deepyeast.data.crop_png import quiet_cv2
     from deepyeast.data.micrographs import read_row_micrograph

@@ -64,7 +64,8 @@ def main():
     args = p.parse_args()
     import tifffile
 
-    from deepyeast.analysis.classify import classify_screen
+    from deepyeast.analysis.classify_screen import ClassifySettings, classify_screen
+    from deepyeast.utils.run_context import RunContext
     from deepyeast.model import read_bundle
 
     bundle = read_bundle(args.model)
@@ -75,9 +76,9 @@ def main():
     with tempfile.TemporaryDirectory(prefix="bench-ood-") as tmp:
         fields = args.fields
         if fields is None:
-            from deepyeast.data.synthetic import make_screen
+            from deepyeast.data.make_synthetic import make_screen
 
-            make_screen(os.path.join(tmp, "screen"), "tiny", seed=7, workers=1, save_fields=args.proteins,
+            make_screen(os.path.join(tmp, "screen"), "tiny", seed=7, jobs=1, save_fields=args.proteins,
                         progress=False)
             fields = os.path.join(tmp, "screen", "main", "fields")
         with open(os.path.join(fields, "images.csv"), newline="") as f:
@@ -94,8 +95,8 @@ def main():
             with open(os.path.join(d, "images.csv"), "w") as f:
                 f.write("\n".join(lines) + "\n")
             t0 = time.time()
-            s = classify_screen(args.model, os.path.join(d, "images.csv"), os.path.join(d, "out"), progress=False,
-                                n_resamples=50)
+            s = classify_screen(args.model, os.path.join(d, "images.csv"), os.path.join(d, "out"),
+                                ClassifySettings(n_resamples=50), RunContext(progress=False))
             ood = s["ood"]
             results.append((name, s["n_images"], s["n_cells"], ood["n_flagged"], ood["share"], bool(ood["warning"]),
                             time.time() - t0))

@@ -42,9 +42,9 @@ def make_screen(folder, n, seed=11):
     """``folder/images.csv`` naming ``n`` distinct micrographs (8 orientations of the saved fields)."""
     import tifffile
 
-    from deepyeast.data.synthetic import make_screen as generate
+    from deepyeast.data.make_synthetic import make_screen as generate
 
-    generate(os.path.join(folder, "gen"), "tiny", seed=seed, workers=1, save_fields=12, progress=False)
+    generate(os.path.join(folder, "gen"), "tiny", seed=seed, jobs=1, save_fields=12, progress=False)
     src = os.path.join(folder, "gen", "main", "fields")
     with open(os.path.join(src, "images.csv"), newline="") as f:
         rows = list(csv.DictReader(f))

@@ -3,7 +3,7 @@
 
 Renders two synthetic screens (`make_screen(..., save_fields=N)` keeps whole
 fields and their true label masks): the *tuning* seed's fields pick the
-defaults of `deepyeast.data.segment.SegmentParams` (a small grid is rerun and
+defaults of `deepyeast.data.segment_cells.SegmentParams` (a small grid is rerun and
 shown here), the *test* seed's fields are scored with the defaults.  Metrics:
 object-level precision, recall and F1 at IoU >= 0.5 (one-to-one matching) and
 the centroid error (px) of matched cells.  True cells within the border margin
@@ -32,9 +32,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from deepyeast.data.segment import (SegmentParams, filter_cells, match_objects,  # noqa: E402
+from deepyeast.data.segment_cells import (SegmentParams, filter_cells, match_objects,  # noqa: E402
                                     segment_marker)
-from deepyeast.data.synthetic import FIELD_SIZE, make_screen  # noqa: E402
+from deepyeast.data.make_synthetic import FIELD_SIZE, make_screen  # noqa: E402
 
 GRID = dict(split_depth=(2.0, 3.0, 4.0), threshold_factor=(0.55, 0.7, 1.0))
 
@@ -105,7 +105,7 @@ def main(argv=None):
     for key, seed, field_size in (("tune", args.tune_seed, FIELD_SIZE), ("test", args.seed, FIELD_SIZE),
                                   ("crowded", args.seed, args.crowded_field_size)):
         out = os.path.join(args.work, key)
-        make_screen(out, args.size, seed=seed, workers=args.workers, save_fields=args.proteins, progress=False,
+        make_screen(out, args.size, seed=seed, jobs=args.workers, save_fields=args.proteins, progress=False,
                     field_size=field_size)
         sets[key] = load_fields(out)
     defaults = SegmentParams()

@@ -21,10 +21,10 @@ import numpy as np  # noqa: E402
 
 from bench._results import update_section  # noqa: E402
 from deepyeast.constants import N_CLASSES  # noqa: E402
-from deepyeast.analysis.cell_metrics import bootstrap_precision_recall, run_cell_evaluation  # noqa: E402
-from deepyeast.analysis.predictions import make_predictions, read_predictions, write_predictions  # noqa: E402
+from deepyeast.analysis.evaluate_cells import bootstrap_precision_recall, run_cell_evaluation  # noqa: E402
+from deepyeast.analysis.prediction_table import make_predictions, read_predictions, write_predictions  # noqa: E402
 from deepyeast.analysis.protein_level import run_protein_level  # noqa: E402
-from deepyeast.report.html import build_report  # noqa: E402
+from deepyeast.report.make_report import build_report  # noqa: E402
 
 
 def simulate(n_cells, accuracy, seed):

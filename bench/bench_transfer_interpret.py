@@ -26,8 +26,9 @@ import numpy as np  # noqa: E402
 
 from deepyeast import constants  # noqa: E402
 from deepyeast.analysis.features import GEOMETRY, NETWORK_BLOBS, read_label_lists  # noqa: E402
-from deepyeast.analysis.interpret import run_interpretation  # noqa: E402
-from deepyeast.analysis.transfer import run_transfer  # noqa: E402
+from deepyeast.analysis.interpret import InterpretInputs, run_interpretation  # noqa: E402
+from deepyeast.analysis.transfer import TransferFeatures, run_transfer  # noqa: E402
+from deepyeast.utils.run_context import RunContext  # noqa: E402
 
 
 def make_screen(work, counts, seed=0):
@@ -90,12 +91,14 @@ def main():
     labels = read_label_lists(os.path.join(args.work, "archive"), "HOwt_transfer", n_classes=4)
     cp = os.path.join(args.work, "cp.csv")
     t = time.perf_counter()
-    run_transfer([feat], labels, os.path.join(args.work, "transfer"), cp_csv=cp, jobs=args.jobs)
+    run_transfer(TransferFeatures([feat], labels, cp_csv=cp), os.path.join(args.work, "transfer"),
+                 context=RunContext(jobs=args.jobs))
     print(flush=True, *[f"transfer: {time.perf_counter() - t:.1f} s"])
     t_transfer = time.perf_counter() - t
     t = time.perf_counter()
-    run_interpretation(feat, os.path.join(args.work, "interpret"), labels, constants.TRANSFER_CLASS_NAMES, cp_csv=cp,
-                       archive_root=os.path.join(args.work, "archive"))
+    run_interpretation(InterpretInputs(feat, labels, constants.TRANSFER_CLASS_NAMES, cp_csv=cp,
+                                       archive_root=os.path.join(args.work, "archive")),
+                       os.path.join(args.work, "interpret"))
     t_interpret = time.perf_counter() - t
     print(flush=True, *[f"interpret: {t_interpret:.1f} s"])
     # t-SNE: our faster settings (the demo's) against scikit-learn's defaults (the paper's, --tsne paper),

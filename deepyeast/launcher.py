@@ -50,9 +50,9 @@ from deepyeast.utils.io import InputError, StepFailed, check_writable, output_po
 
 __all__ = ["main", "run_guarded", "build_parser", "add", "add_force", "input_paths", "add_output_folder",
            "output_folder", "add_class_set",
-           "add_micrograph_channels", "add_segment_params", "segment_params", "add_cluster", "SHARED", "EXIT_CODES",
+           "add_micrograph_channels", "micrograph_format", "add_segment_params", "segment_params", "add_cluster", "SHARED", "EXIT_CODES",
            "EXIT_OK", "EXIT_CHECK_FAILED", "EXIT_INPUT", "EXIT_FAILED", "EXIT_INTERRUPTED",
-           "existing_file", "existing_dir", "positive_int", "command_line"]
+           "existing_file", "existing_dir", "positive_int", "command_line", "run_context"]
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
@@ -221,11 +221,19 @@ def add_micrograph_channels(parser):
 
 
 
+def micrograph_format(args):
+    """The :class:`deepyeast.data.micrographs.MicrographFormat` of ``--channels`` and ``--bits``
+    (:func:`add_micrograph_channels`)."""
+    from deepyeast.data.micrographs import MicrographFormat
+
+    return MicrographFormat(tuple(args.channels), args.bits)
+
+
 def add_segment_params(parser):
-    """The segmentation parameters (:class:`deepyeast.data.segment.SegmentParams`) as options,
+    """The segmentation parameters (:class:`deepyeast.data.segment_cells.SegmentParams`) as options,
     ``--background-radius`` ... ``--border-margin``, each with its default, in their own group;
     :func:`segment_params` builds the parameters from the parsed arguments."""
-    from deepyeast.data.segment import PARAM_HELP, THRESHOLD_METHODS, SegmentParams
+    from deepyeast.data.segment_cells import PARAM_HELP, THRESHOLD_METHODS, SegmentParams
 
     defaults = SegmentParams()
     group = parser.add_argument_group("segmentation parameters")
@@ -249,9 +257,9 @@ def inference_settings(args, fold=True):
 
 
 def segment_params(args):
-    """The :class:`deepyeast.data.segment.SegmentParams` of arguments parsed with :func:`add_segment_params`
+    """The :class:`deepyeast.data.segment_cells.SegmentParams` of arguments parsed with :func:`add_segment_params`
     (InputError for values out of range)."""
-    from deepyeast.data.segment import PARAM_HELP, SegmentParams
+    from deepyeast.data.segment_cells import PARAM_HELP, SegmentParams
 
     return SegmentParams(**{name: getattr(args, name) for name in PARAM_HELP})
 
@@ -352,6 +360,31 @@ def run_guarded(func, args, prog, inputs=()):
     return EXIT_OK if code is None else int(code)
 
 
+def run_context(args):
+    """The :class:`deepyeast.utils.run_context.RunContext` of a step's parsed shared options:
+    ``--seed`` (0 without it), ``--jobs`` (1 without it), ``--scheduler`` resolved
+    (:func:`deepyeast.analysis.cluster.resolve_scheduler`; ``"none"`` for a step without it) and
+    the command line (``args.command``).  Built once per step by :func:`main` as ``args.context``."""
+    from deepyeast.utils.run_context import RunContext
+
+    scheduler = "none"
+    if hasattr(args, "scheduler"):
+        from deepyeast.analysis.cluster import resolve_scheduler
+
+        scheduler = resolve_scheduler(args.scheduler)
+    return RunContext(seed=getattr(args, "seed", 0), jobs=getattr(args, "jobs", 1), scheduler=scheduler,
+                      command=getattr(args, "command", None))
+
+
+def _with_context(run):
+    """``run`` with ``args.context`` set first (inside :func:`run_guarded`: a bad ``$DASK_SCHEDULER``
+    is one error line)."""
+    def run_with_context(args):
+        args.context = run_context(args)
+        return run(args)
+    return run_with_context
+
+
 def main(doc, options, run, argv=None, prog=None, exit=True, command=None):
     """Parse ``argv`` with the step's options and run it; exits with its code (see :data:`EXIT_CODES`).
 
@@ -365,7 +398,7 @@ def main(doc, options, run, argv=None, prog=None, exit=True, command=None):
     args = parser.parse_args(argv)
     args.command = command or command_line(argv)
     _setup_logging()
-    code = run_guarded(run, args, prog, inputs=input_paths(parser, args))
+    code = run_guarded(_with_context(run), args, prog, inputs=input_paths(parser, args))
     if exit:
         sys.exit(code)
     return code

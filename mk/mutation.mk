@@ -8,17 +8,17 @@
 # killed shares is printed (scripts/mutation_score.py; goal: 90% of the mutants a test runs).
 MUTATION_JOBS ?= 2
 MUTATED := \
-	'deepyeast.analysis.cell_metrics.x__as_labels__mutmut_*' \
-	'deepyeast.analysis.cell_metrics.x_count__mutmut_*' \
-	'deepyeast.analysis.cell_metrics.x_accuracy__mutmut_*' \
-	'deepyeast.analysis.cell_metrics.x_confusion_*' \
-	'deepyeast.analysis.cell_metrics.x_kappa_from_confusion__mutmut_*' \
-	'deepyeast.analysis.cell_metrics.x_cohen_kappa__mutmut_*' \
-	'deepyeast.analysis.cell_metrics.x_precision_recall__mutmut_*' \
-	'deepyeast.analysis.cell_metrics.x_stratified_*' \
-	'deepyeast.analysis.cell_metrics.x_paired_accuracy_difference__mutmut_*' \
-	'deepyeast.analysis.cell_metrics.x_bootstrap_precision_recall__mutmut_*' \
-	'deepyeast.analysis.cell_metrics.x_evaluate_cells__mutmut_*' \
+	'deepyeast.analysis.evaluate_cells.x__as_labels__mutmut_*' \
+	'deepyeast.analysis.evaluate_cells.x_count__mutmut_*' \
+	'deepyeast.analysis.evaluate_cells.x_accuracy__mutmut_*' \
+	'deepyeast.analysis.evaluate_cells.x_confusion_*' \
+	'deepyeast.analysis.evaluate_cells.x_kappa_from_confusion__mutmut_*' \
+	'deepyeast.analysis.evaluate_cells.x_cohen_kappa__mutmut_*' \
+	'deepyeast.analysis.evaluate_cells.x_precision_recall__mutmut_*' \
+	'deepyeast.analysis.evaluate_cells.x_stratified_*' \
+	'deepyeast.analysis.evaluate_cells.x_paired_accuracy_difference__mutmut_*' \
+	'deepyeast.analysis.evaluate_cells.x_bootstrap_precision_recall__mutmut_*' \
+	'deepyeast.analysis.evaluate_cells.x_evaluate_cells__mutmut_*' \
 	'deepyeast.analysis.protein_level.x_dirichlet_map__mutmut_*' \
 	'deepyeast.analysis.protein_level.x_call_cells__mutmut_*' \
 	'deepyeast.analysis.protein_level.x_protein_calls__mutmut_*' \

@@ -102,7 +102,7 @@ pipeline: $(RUN)/report.html $(RUN)/model/bundle.json
 # ---------------------------------------------------------------- data
 ifeq ($(SCREEN),synthetic)
 # the screen is the generator's output: a changed generator (sizes, rules) makes a new one
-$(DATA)/screen.json: $(wildcard deepyeast/data/synthetic/*.py) | deps
+$(DATA)/screen.json: $(wildcard deepyeast/data/make_synthetic/*.py) | deps
 	$(call step,synthetic screen ($(SIZE)),$(PY) data_prep/make_synthetic.py --out $(DATA) --size $(SIZE) \
 		$(STEP_OPTS) --gallery $(RUN)/figures/gallery.png)
 else
@@ -151,7 +151,7 @@ endif
 
 $(TRAIN)/chosen.caffemodel: $(TRAIN)/solver.prototxt
 	$(call step,training ($(ENGINE) engine),$(TRAIN_CMD) 2> >(tee -a $(TRAIN)/train.log >&2))
-	$(PY) -m deepyeast.engine.runconfig $(TRAIN)/solver.prototxt $@ --rule $(SNAPSHOT_RULE) \
+	$(PY) data_prep/choose_snapshot.py $(TRAIN)/solver.prototxt $@ --rule $(SNAPSHOT_RULE) \
 		--log $(TRAIN)/train.log $(if $(filter 1,$(KEEP_SNAPSHOTS)),,--prune)
 
 # BN_ITERS > 0: recompute BatchNorm statistics with the chosen weights (precise BN;

@@ -21,7 +21,7 @@ DEPLOY = os.path.join(REPO, "models", "deepyeast", "deploy.prototxt")
 
 def synthetic_crops(per_class=2, seed=0):
     """uint8 (12 * per_class) x 2 x 64 x 64 rendered cells, ``per_class`` of each compartment, and their labels."""
-    from deepyeast.data.synthetic import example_crops
+    from deepyeast.data.make_synthetic import example_crops
     crops = np.concatenate([example_crops("main", k, per_class, seed=seed) for k in range(len(CLASS_NAMES))])
     return crops, np.repeat(np.arange(len(CLASS_NAMES)), per_class)
 
@@ -39,12 +39,13 @@ def make_weights(path, crops, mean, seed=0, input_scale=1.0):
 def make_bundle(out_dir, work_dir, seed=0, input_scale=1.0, examples=True, **kwargs):
     """A complete bundle at ``out_dir`` (scratch files in ``work_dir``); returns (path, crops, labels)."""
     from deepyeast.model import write_bundle
+    from deepyeast.model.bundle import BundleInfo
 
     crops, labels = synthetic_crops(seed=seed)
     mean = compute_mean(crops)
     weights = make_weights(os.path.join(work_dir, f"w{seed}.caffemodel"), crops, mean, seed, input_scale)
     kwargs.setdefault("metrics", {"cell_accuracy": {"value": 0.5, "correct": 12, "total": 24}})
     kwargs.setdefault("training", {"data": "synthetic cells (tests)", "max_iter": 0})
-    write_bundle(out_dir, DEPLOY, weights, mean, CLASS_NAMES, input_scale=input_scale,
-                 examples=crops[::2] if examples else None, **kwargs)
+    write_bundle(out_dir, DEPLOY, weights, mean, CLASS_NAMES, BundleInfo(input_scale=input_scale, **kwargs),
+                 examples=crops[::2] if examples else None)
     return out_dir, crops, labels

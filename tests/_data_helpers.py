@@ -6,17 +6,17 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_SPLITS = os.path.join(REPO_ROOT, "..", "shared", "deepyeast-splits")
 
 
-def tiny_screen(tmp_path_factory, seed=0, workers=2):
+def tiny_screen(tmp_path_factory, seed=0, jobs=2):
     """Path of a tiny synthetic screen, generated once per test session, seed and worker count (so a test
     comparing worker counts compares a screen really made with each).
 
-    ``workers=1`` from a module that has run OpenCV/scipy threads already: a forked
+    ``jobs=1`` from a module that has run OpenCV/scipy threads already: a forked
     worker pool can hang on locks those threads held (the same screen whatever the workers).
     """
-    from deepyeast.data.synthetic import make_screen
-    base = tmp_path_factory.getbasetemp() / f"tiny_screen_{seed}_w{workers}"
+    from deepyeast.data.make_synthetic import make_screen
+    base = tmp_path_factory.getbasetemp() / f"tiny_screen_{seed}_w{jobs}"
     if not (base / "screen.json").exists():
-        make_screen(str(base), "tiny", seed=seed, workers=workers, save_fields=3, progress=False)
+        make_screen(str(base), "tiny", seed=seed, jobs=jobs, save_fields=3, progress=False)
     return base
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 
 from deepyeast.constants import N_CLASSES
-from deepyeast.analysis.predictions import make_predictions, write_predictions
+from deepyeast.analysis.prediction_table import make_predictions, write_predictions
 
 
 def simulated_table(n_proteins=60, cells_range=(3, 30), accuracy=0.8, n_classes=N_CLASSES, seed=0,

@@ -49,9 +49,9 @@ def caffe_root_present():
 def r_present():
     """R and rpy2 are installed.  Any other failure (an error in random_forest.R, the randomForest
     package missing) is raised by ``have_r`` and fails the tests instead of skipping them."""
-    from deepyeast.analysis import random_forest as rforest
+    from deepyeast.analysis import rbridge
 
-    if not rforest.have_r():
+    if not rbridge.have_r():
         need("R")
 
 

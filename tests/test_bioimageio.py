@@ -22,7 +22,7 @@ from _requirements import reason
 
 from deepyeast.utils.io import InputError
 from deepyeast.model import read_bundle
-from deepyeast.model.bioimageio import export_bioimageio, validate_package
+from deepyeast.model.export_bioimageio import export_bioimageio, validate_package
 
 import _bundles
 

@@ -21,6 +21,7 @@ from deepyeast.constants import CHANNELS, CLASS_NAMES
 from deepyeast.utils.io import OUTPUT_MARKER, InputError
 from deepyeast.model import bundle as mb
 from deepyeast.model import predict_crops, read_bundle, write_bundle
+from deepyeast.model.bundle import BundleInfo
 
 import _bundles
 
@@ -227,12 +228,13 @@ def test_write_bundle_refuses_disagreeing_parts_and_keeps_the_old_bundle(made, t
         args.update(change)
         with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
             write_bundle(str(m), args.pop("deploy"), args.pop("weights"), args.pop("mean"), args.pop("classes"),
-                         **args)
+                         BundleInfo(**args))
         assert {p: (m / p).read_bytes() for p in os.listdir(m)} == before
     assert sorted(os.listdir(tmp_path)) == ["model"]  # no half-written folders left behind
     # a good write replaces the whole folder at once
     shutil.copy(w, tmp_path / "w.caffemodel")
-    write_bundle(str(m), _bundles.DEPLOY, str(tmp_path / "w.caffemodel"), b.mean, CLASS_NAMES, name="Renamed")
+    write_bundle(str(m), _bundles.DEPLOY, str(tmp_path / "w.caffemodel"), b.mean, CLASS_NAMES,
+                 BundleInfo(name="Renamed"))
     assert read_bundle(str(m)).name == "Renamed" and not (m / "examples.npy").exists()
     assert sorted(os.listdir(tmp_path)) == ["model", "w.caffemodel"]
 
@@ -301,7 +303,7 @@ def test_bundle_from_run_in_process(made, tmp_path):
     """The library of make-bundle, called without a subprocess: a run's files become a bundle that gives the
     same probabilities, with the class table spelled as DeepYeast spells it and no metrics it was not given."""
     from deepyeast.data.lists import write_class_doc
-    from deepyeast.model.run_bundle import RunFiles, bundle_from_run
+    from deepyeast.model.make_bundle import RunFiles, bundle_from_run
 
     b = read_bundle(made["path"])
     write_class_doc(str(tmp_path / "HOwt_doc.txt"), CLASS_NAMES)  # lower-case names, like the archive

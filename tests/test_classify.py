@@ -21,13 +21,16 @@ import tifffile
 
 from _bundles import make_bundle
 from _data_helpers import REPO_ROOT, tiny_screen
-from deepyeast.analysis.classify import CONFIDENCE, DUAL_SHARE, classify_screen, p_call
+from deepyeast.analysis.classify_screen import CONFIDENCE, DUAL_SHARE, ClassifySettings, classify_screen, p_call
 from deepyeast.analysis.protein_level import dirichlet_map
 from deepyeast.constants import CLASS_NAMES
-from deepyeast.data.segment import cells_and_crops, segment_marker
+from deepyeast.data.segment_cells import cells_and_crops, segment_marker
 from deepyeast.model import read_bundle
 from deepyeast.engine.inference import InferenceSettings
 from deepyeast.utils.io import OUTPUT_MARKER, InputError
+from deepyeast.utils.run_context import RunContext
+
+QUIET = RunContext(progress=False)
 
 SCRIPT = os.path.join(REPO_ROOT, "analysis", "classify_screen.py")
 
@@ -50,7 +53,7 @@ def fields(tmp_path_factory):
     fields/images.csv).  A copy: the shared screen stays as the generator wrote it (test_synthetic
     compares it with a fresh one)."""
     d = tmp_path_factory.mktemp("fields") / "fields"
-    shutil.copytree(tiny_screen(tmp_path_factory, workers=1) / "main" / "fields", d)
+    shutil.copytree(tiny_screen(tmp_path_factory, jobs=1) / "main" / "fields", d)
     rows = _csv(d / "images.csv")
     rng = np.random.default_rng(5)
     tifffile.imwrite(d / "empty_field.tif", np.clip(rng.normal(12, 2, (2, 256, 256)), 0, 255).astype(np.uint8))
@@ -111,7 +114,7 @@ def test_tables_follow_their_definitions_without_labels(bundle, fields, tmp_path
     d, rows = fields
     table = _table(tmp_path, fields)
     out = tmp_path / "out"
-    s = classify_screen(bundle, str(table), str(out), progress=False, n_resamples=200)
+    s = classify_screen(bundle, str(table), str(out), ClassifySettings(n_resamples=200), QUIET)
     assert sorted(os.listdir(out)) == [OUTPUT_MARKER, "cells.csv", "figures", "gallery", "images.csv", "proteins.csv", "report.html",
                                        "summary.json"]
     b = read_bundle(bundle)
@@ -199,7 +202,7 @@ def test_tables_follow_their_definitions_without_labels(bundle, fields, tmp_path
 def test_labels_give_the_main_reports_accuracies(bundle, fields, tmp_path):
     table = _table(tmp_path, fields, labels=True)
     out = tmp_path / "out"
-    s = classify_screen(bundle, str(table), str(out), progress=False, n_resamples=500)
+    s = classify_screen(bundle, str(table), str(out), ClassifySettings(n_resamples=500), QUIET)
     cells = _csv(out / "cells.csv")
     assert {"label", "true_class"} <= set(cells[0])
     right = sum(c["pred"] == c["label"] for c in cells)
@@ -222,7 +225,7 @@ def test_labels_give_the_main_reports_accuracies(bundle, fields, tmp_path):
                  extra=[f"{tmp_path / 'other.tif'},{rows[0]['plate']},{rows[0]['protein']},vacuole"])
     with pytest.raises(InputError, match=rf"{bad}:7: protein plate\d\d/{rows[0]['protein']} has label 11 here but "
                                          rf"\d+ on {bad}:\d"):
-        classify_screen(bundle, str(bad), str(tmp_path / "out2"), progress=False)
+        classify_screen(bundle, str(bad), str(tmp_path / "out2"), context=QUIET)
     assert not (tmp_path / "out2").exists() and not (tmp_path / "out2.work").exists()
 
 
@@ -230,9 +233,8 @@ def test_bf16_changes_are_counted_against_fp32(bundle, fields, tmp_path):
     d, rows = fields
     table = tmp_path / "one.csv"
     table.write_text(f"image,protein\n{d / rows[0]['image']},{rows[0]['protein']}\n")
-    s = classify_screen(bundle, str(table), str(tmp_path / "bf16"), inference=InferenceSettings(precision="bf16"),
-                        compare_fp32=True,
-                        progress=False)
+    s = classify_screen(bundle, str(table), str(tmp_path / "bf16"),
+                        ClassifySettings(inference=InferenceSettings(precision="bf16"), compare_fp32=True), QUIET)
     image = tifffile.imread(d / rows[0]["image"])
     _, _, crops = cells_and_crops(image)
     b = read_bundle(bundle)
@@ -306,7 +308,7 @@ def test_report_renders_in_headless_chromium(bundle, fields, tmp_path, chromium_
     """A real browser loads every strip and figure; each caption sits under its own cell of the strip."""
     table = _table(tmp_path, fields, labels=True)
     out = tmp_path / "out"
-    s = classify_screen(bundle, str(table), str(out), progress=False, n_resamples=100)
+    s = classify_screen(bundle, str(table), str(out), ClassifySettings(n_resamples=100), QUIET)
     probe = out / "probe.html"
     script = ("<script>window.addEventListener('load',()=>{const imgs=[...document.images];"
               "const ok=imgs.filter(i=>i.complete&&i.naturalWidth>0).length;let bad=0;"

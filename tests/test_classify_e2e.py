@@ -68,7 +68,7 @@ def _csv(path):
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_classify_screen_recovers_compartments_like_the_labelled_pipeline(tmp_path, seed):
-    from deepyeast.engine.runconfig import write_run_config
+    from deepyeast.engine.run_config import write_run_config
 
     py = sys.executable
     deepyeast = os.path.join(os.path.dirname(py), "deepyeast")

@@ -138,7 +138,8 @@ def test_forest_grid_identical_whatever_the_scheduler(tmp_path, cluster, r_prese
 @pytest.mark.r
 def test_grid_and_quality_cv_api_identical_on_the_cluster(cluster, r_present):
     """A larger grid (4 forests, 3 prefixes) and the quality CV (4 points x 5 folds) as tasks."""
-    from deepyeast.analysis import random_forest as rforest
+    from deepyeast.analysis import quality_filter, random_forest as rforest
+    from deepyeast.utils.run_context import RunContext
 
     rng = np.random.default_rng(3)
     y = np.repeat(np.arange(3), 25)
@@ -146,16 +147,18 @@ def test_grid_and_quality_cv_api_identical_on_the_cluster(cluster, r_present):
     x[:, 0] += y
     xv, yv = x[::3] + rng.normal(scale=0.5, size=(25, 10)), y[::3]
     grid = {"ntree": [4, 9, 15], "mtry": [2, 5], "nodesize": [1, 4]}
-    a = rforest.grid_search(x, y, xv, yv, grid=grid, seed=2, x_test=xv[:7], scheduler="none")
-    b = rforest.grid_search(x, y, xv, yv, grid=grid, seed=2, x_test=xv[:7], scheduler=cluster)
+    a = rforest.grid_search(x, y, xv, yv, grid=grid, x_test=xv[:7], context=RunContext(seed=2, scheduler="none"))
+    b = rforest.grid_search(x, y, xv, yv, grid=grid, x_test=xv[:7], context=RunContext(seed=2, scheduler=cluster))
     assert a["table"] == b["table"] and a["best"] == b["best"] and len(a["table"]) == 12
     for k in ("val_prob", "val_pred", "test_prob", "test_pred"):
         np.testing.assert_array_equal(a[k], b[k])
     is_cell = (rng.random(75) < 0.7).astype(int)
-    qa = rforest.quality_cv(x, is_cell, mtry=(1, 3), folds=5, ntree=20, seed=4, scheduler="none")
-    qb = rforest.quality_cv(x, is_cell, mtry=(1, 3), folds=5, ntree=20, seed=4, scheduler=cluster)
+    cv = quality_filter.QualityCV(mtry=(1, 3), folds=5, ntree=20)
+    qa = quality_filter.quality_cv(x, is_cell, cv, RunContext(seed=4, scheduler="none"))
+    qb = quality_filter.quality_cv(x, is_cell, cv, RunContext(seed=4, scheduler=cluster))
     assert qa[0] == qb[0] and qa[1] == qb[1]
-    np.testing.assert_array_equal(rforest.quality_predict(qa[2], x, 4)[0], rforest.quality_predict(qb[2], x, 4)[0])
+    np.testing.assert_array_equal(quality_filter.quality_predict(qa[2], x, 4)[0],
+                                  quality_filter.quality_predict(qb[2], x, 4)[0])
 
 
 # --------------------------------------------------------------------------- CellProfiler features

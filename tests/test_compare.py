@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 
 from _data_helpers import REPO_ROOT
-from deepyeast.analysis.compare import CompareSettings, bh_qvalues, compare_screens, read_side
+from deepyeast.analysis.compare_screens import CompareSettings, bh_qvalues, compare_screens, read_side
 from deepyeast.constants import CLASS_NAMES
-from deepyeast.data.synthetic.condition import ConditionSettings, read_truth, score, simulate_pair
+from deepyeast.data.make_synthetic.condition import ConditionSettings, read_truth, score, simulate_pair
 from deepyeast.report.compare_html import run_compare
 from deepyeast.utils.io import OUTPUT_MARKER
 
@@ -233,11 +233,12 @@ def test_micrograph_pair_classified_and_compared(tmp_path):
     seeded weights, so its calls are arbitrary: what is checked is that every protein and micrograph
     arrives where the truth says)."""
     from _bundles import make_bundle
-    from deepyeast.analysis.classify import classify_screen
-    from deepyeast.data.synthetic.condition import render_pair
+    from deepyeast.analysis.classify_screen import ClassifySettings, classify_screen
+    from deepyeast.utils.run_context import RunContext
+    from deepyeast.data.make_synthetic.condition import render_pair
 
     pair = tmp_path / "pair"
-    render_pair(str(pair), "tiny", 1, ConditionSettings(proteins=8), workers=1)
+    render_pair(str(pair), "tiny", 1, ConditionSettings(proteins=8), jobs=1)
     truth = read_truth(pair / "truth.csv")
     assert len(truth) == 8 and sum(t["mover"] for t in truth.values()) == round(0.15 * 8)
     images = {s: _csv(pair / s / "images.csv") for s in ("reference", "condition")}
@@ -250,7 +251,8 @@ def test_micrograph_pair_classified_and_compared(tmp_path):
     assert {r["plate"] for r in images["reference"]}.isdisjoint({r["plate"] for r in images["condition"]})
     bundle, _, _ = make_bundle(str(tmp_path / "model"), str(tmp_path))
     for side in ("reference", "condition"):
-        classify_screen(bundle, str(pair / side / "images.csv"), str(tmp_path / side), progress=False, n_resamples=10)
+        classify_screen(bundle, str(pair / side / "images.csv"), str(tmp_path / side), ClassifySettings(n_resamples=10),
+                        RunContext(progress=False))
     r = _script("--reference", tmp_path / "reference", "--condition", tmp_path / "condition", "--out",
                 tmp_path / "cmp", "--null-draws", 200)
     assert r.returncode == 0, r.stderr

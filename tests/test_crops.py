@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from deepyeast.data import micrographs as crops
+from deepyeast.data import crop_cells as crops, micrographs
+from deepyeast.data.crop_cells import SplitRule
+from deepyeast.data.micrographs import MicrographFormat
 from deepyeast.data.crop_png import read_crop
 from deepyeast.data.lists import check_splits, protein_of, read_split_list
 from deepyeast.utils.io import InputError
@@ -100,7 +102,7 @@ def test_crop_screen_writes_archive_layout(tmp_path, use_masks, fmt, channel_las
     images, centres, truth = _write_screen(src, rng, 6, use_masks, fmt, channel_last)
     out = tmp_path / "archive"
     summary = crops.crop_screen(str(images), str(out), centres_csv=str(centres) if centres else None,
-                                channels=(2, 0), border="pad", seed=3)
+                                fmt=MicrographFormat((2, 0)), border="pad", splits=SplitRule(seed=3))
     assert summary["n_crops"] == 18 and summary["n_rejected"] == 0
     assert summary["n_padded"] == 6 and summary["n_skipped_border"] == 0  # the third cell of each image
     report, ok = check_splits({s: str(out / f"HOwt_{s}.txt") for s in ("train", "val", "test")})
@@ -127,7 +129,8 @@ def test_crop_screen_skip_border_and_given_splits(tmp_path):
     for i in range(1, len(text)):
         text[i] += "," + ("train", "train", "test", "test")[i - 1]
     images.write_text("\n".join(text) + "\n")
-    s = crops.crop_screen(str(images), str(tmp_path / "out"), centres_csv=str(centres), channels=(2, 0), border="skip")
+    s = crops.crop_screen(str(images), str(tmp_path / "out"), centres_csv=str(centres), fmt=MicrographFormat((2, 0)),
+                          border="skip")
     assert s["n_crops"] == 8 and s["n_skipped_border"] == 4 and s["per_split"] == {"train": 4, "val": 0, "test": 4}
 
 
@@ -158,7 +161,7 @@ def test_crop_screen_cli_bad_inputs_and_skip_bad(tmp_path):
     for name, why in expected.items():
         assert name in rejects and why in rejects, (name, rejects)
     # with --bits the 16-bit micrograph is accepted
-    s = crops.crop_screen(str(images), str(tmp_path / "out16"), channels=(2, 0), bits=12, skip_bad=True)
+    s = crops.crop_screen(str(images), str(tmp_path / "out16"), fmt=MicrographFormat((2, 0), 12), skip_bad=True)
     assert s["n_crops"] == 6 and s["n_rejected"] == 4
 
 
@@ -166,11 +169,11 @@ def test_failed_crop_run_keeps_previous_output(tmp_path):
     rng = np.random.default_rng(4)
     images, _, _ = _write_screen(tmp_path, rng, 2, use_masks=True)
     out = tmp_path / "out"
-    crops.crop_screen(str(images), str(out), channels=(2, 0))
+    crops.crop_screen(str(images), str(out), fmt=MicrographFormat((2, 0)))
     before = sorted(p.name for p in out.rglob("*"))
     (tmp_path / "im1.tif").write_bytes(b"garbage")
     with pytest.raises(InputError, match="im1.tif"):
-        crops.crop_screen(str(images), str(out), channels=(2, 0))
+        crops.crop_screen(str(images), str(out), fmt=MicrographFormat((2, 0)))
     assert sorted(p.name for p in out.rglob("*")) == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
 
@@ -210,11 +213,11 @@ def test_micrograph_formats_give_the_same_two_channels(tmp_path):
     cv2.imwrite(str(tmp_path / "p.png"), protein.astype(np.uint16) << 4)
     with tifffile.TiffFile(tmp_path / "a.ome.tif") as t:
         assert t.is_ome and t.series[0].get_axes(False).startswith("TCZ")
-    assert np.array_equal(crops.read_micrograph(str(tmp_path / "a.ome.tif")), want)
-    assert np.array_equal(crops.read_micrograph(str(tmp_path / "b.tif"), (1, 0), bits=12), want)
-    assert np.array_equal(crops.read_micrograph(str(tmp_path / "c.tif")), want)
-    assert np.array_equal(crops.read_micrograph(str(tmp_path / "d.tif")), want)
-    assert np.array_equal(crops.read_micrograph_pair(str(tmp_path / "m.tif"), str(tmp_path / "p.png"), bits=12), want)
+    assert np.array_equal(micrographs.read_micrograph(str(tmp_path / "a.ome.tif")), want)
+    assert np.array_equal(micrographs.read_micrograph(str(tmp_path / "b.tif"), MicrographFormat((1, 0), 12)), want)
+    assert np.array_equal(micrographs.read_micrograph(str(tmp_path / "c.tif")), want)
+    assert np.array_equal(micrographs.read_micrograph(str(tmp_path / "d.tif")), want)
+    assert np.array_equal(micrographs.read_micrograph_pair(str(tmp_path / "m.tif"), str(tmp_path / "p.png"), bits=12), want)
 
 
 def test_stacks_that_are_not_one_plane_are_refused(tmp_path):
@@ -222,21 +225,21 @@ def test_stacks_that_are_not_one_plane_are_refused(tmp_path):
     z = rng.integers(0, 255, (3, 2, 50, 60), dtype=np.uint8)
     tifffile.imwrite(tmp_path / "z.ome.tif", z, ome=True, metadata={"axes": "ZCYX"})
     with pytest.raises(InputError, match=r"z\.ome\.tif: TIFF has 3 Z planes .*maximum projection"):
-        crops.read_micrograph(str(tmp_path / "z.ome.tif"))
+        micrographs.read_micrograph(str(tmp_path / "z.ome.tif"))
     tifffile.imwrite(tmp_path / "t.tif", z[:, None], imagej=True, metadata={"axes": "TZCYX"})
     with pytest.raises(InputError, match=r"t\.tif: TIFF has 3 time points"):
-        crops.read_micrograph(str(tmp_path / "t.tif"))
+        micrographs.read_micrograph(str(tmp_path / "t.tif"))
     with tifffile.TiffWriter(tmp_path / "two.ome.tif", ome=True) as w:  # two positions in one file
         w.write(z[0], metadata={"axes": "CYX"})
         w.write(z[1], metadata={"axes": "CYX"})
     with pytest.raises(InputError, match=r"two\.ome\.tif: TIFF holds 2 image series"):
-        crops.read_micrograph(str(tmp_path / "two.ome.tif"))
+        micrographs.read_micrograph(str(tmp_path / "two.ome.tif"))
     tifffile.imwrite(tmp_path / "one.tif", z[0, 0])
     with pytest.raises(InputError, match=r"one\.tif: single-channel image; need two channels"):
-        crops.read_micrograph(str(tmp_path / "one.tif"))
+        micrographs.read_micrograph(str(tmp_path / "one.tif"))
     with pytest.raises(InputError, match=r"z\.ome\.tif.*marker image must be a single-channel image"):
         tifffile.imwrite(tmp_path / "z.ome.tif", z[0], ome=True, metadata={"axes": "CYX"})
-        crops.read_micrograph_pair(str(tmp_path / "z.ome.tif"), str(tmp_path / "one.tif"))
+        micrographs.read_micrograph_pair(str(tmp_path / "z.ome.tif"), str(tmp_path / "one.tif"))
 
 
 def test_bits_never_saturate_silently():
@@ -245,16 +248,16 @@ def test_bits_never_saturate_silently():
     twelve = np.zeros((2, 8, 8), np.uint16)
     twelve[:, 0, :2] = [[0, 4095], [16, 100]]
     with pytest.raises(InputError, match=r"x: 16-bit image \(max value 4095, so --bits 12 or more\)"):
-        crops.to_two_channel(twelve, "x")
+        micrographs.to_two_channel(twelve, "x")
     with pytest.raises(InputError, match=r"x: values up to 4095 do not fit --bits 8 \(max 255\).*pass --bits 12"):
-        crops.to_two_channel(twelve, "x", bits=8)
+        micrographs.to_two_channel(twelve, "x", MicrographFormat(bits=8))
     with pytest.raises(InputError, match=r"--bits 10 \(max 1023\)"):
-        crops.to_two_channel(twelve, "x", bits=10)
+        micrographs.to_two_channel(twelve, "x", MicrographFormat(bits=10))
     for bits, first in ((12, [[0, 255], [1, 6]]), (16, [[0, 15], [0, 0]])):
-        out = crops.to_two_channel(twelve, "x", bits=bits)
+        out = micrographs.to_two_channel(twelve, "x", MicrographFormat(bits=bits))
         assert out[:, 0, :2].tolist() == first and not out[:, 1:].any() and not out[:, 0, 2:].any()
     eight = twelve.astype(np.uint8)
-    assert np.array_equal(crops.to_two_channel(eight, "x", bits=12), eight)  # bits apply to 16-bit data only
+    assert np.array_equal(micrographs.to_two_channel(eight, "x", MicrographFormat(bits=12)), eight)  # bits apply to 16-bit data only
 
 
 def test_crop_centre_outside_the_image_is_refused():

@@ -9,15 +9,18 @@ import sys
 import numpy as np
 import pytest
 
-from deepyeast.data import lmdb_bundle as dataset
+from deepyeast.data import make_lmdb as dataset
 from deepyeast.data.crop_png import read_crop
 from deepyeast.data.lists import read_split_list
 from deepyeast.constants import CLASS_NAMES
 from deepyeast.caffe.blobs import read_mean_binaryproto
 from deepyeast.caffe.lmdb import iter_datum_lmdb, read_datum_lmdb
 from deepyeast.utils.io import InputError
+from deepyeast.utils.run_context import RunContext
 
 from _data_helpers import REPO_ROOT, tiny_screen
+
+QUIET = RunContext(progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +31,7 @@ def screen(tmp_path_factory):
 @pytest.fixture(scope="module")
 def bundle(screen, tmp_path_factory):
     out = tmp_path_factory.mktemp("bundle")
-    summary = dataset.build_lmdb_bundle(str(screen / "main"), str(out), progress=False)
+    summary = dataset.build_lmdbs(str(screen / "main"), str(out), context=QUIET)
     return out, summary
 
 
@@ -58,7 +61,7 @@ def test_lmdb_read_back_matches_lists_and_crops(screen, bundle):
 
 def test_same_seed_same_database(screen, bundle, tmp_path):
     out, _ = bundle
-    dataset.build_lmdb_bundle(str(screen / "main"), str(tmp_path / "b"), splits=("train",), progress=False)
+    dataset.build_lmdbs(str(screen / "main"), str(tmp_path / "b"), splits=("train",), context=QUIET)
     a = json.loads((out / "train_manifest.json").read_text())
     b = json.loads((tmp_path / "b" / "train_manifest.json").read_text())
     assert a["content_sha256"] == b["content_sha256"]
@@ -95,7 +98,7 @@ def test_bad_crops_stop_or_are_skipped_and_counted(screen, tmp_path):
             (arch / rel).write_bytes(data)
     out = tmp_path / "out"
     with pytest.raises(InputError, match="corrupt or truncated|listed file is missing"):
-        dataset.build_lmdb_bundle(str(arch), str(out), progress=False)
+        dataset.build_lmdbs(str(arch), str(out), context=QUIET)
     assert not (out / "train_lmdb").exists()  # nothing half-written
     r = subprocess.run([sys.executable, "data_prep/make_lmdb.py", str(arch), str(out), "--skip-bad"],
                        cwd=REPO_ROOT, capture_output=True, text=True)
@@ -114,8 +117,8 @@ def test_bad_lists_protein_in_two_splits_duplicate_label(screen, tmp_path):
     with open(arch / "HOwt_val.txt", "a") as f:
         f.write(f"{rel} {lab}\n")  # same cell (and protein) in val
     with pytest.raises(InputError, match="protein.*in both train and val"):
-        dataset.build_lmdb_bundle(str(arch), str(arch / "out"), progress=False)
-    s = dataset.build_lmdb_bundle(str(arch), str(arch / "out"), skip_bad=True, progress=False)
+        dataset.build_lmdbs(str(arch), str(arch / "out"), context=QUIET)
+    s = dataset.build_lmdbs(str(arch), str(arch / "out"), skip_bad=True, context=QUIET)
     assert s["splits"]["val"]["n_rejected"] >= 1
     assert "already in split train" in (arch / "out" / "val_rejects.txt").read_text()
     with open(arch / "HOwt_test.txt", "a") as f:
@@ -128,12 +131,12 @@ def test_bad_lists_protein_in_two_splits_duplicate_label(screen, tmp_path):
 
 def test_missing_list_is_named(tmp_path):
     with pytest.raises(InputError, match="HOwt_train.txt: split list is missing"):
-        dataset.build_lmdb_bundle(str(tmp_path), str(tmp_path / "o"), progress=False)
+        dataset.build_lmdbs(str(tmp_path), str(tmp_path / "o"), context=QUIET)
 
 
 def test_transfer_bundle(screen, tmp_path):
-    s = dataset.build_lmdb_bundle(str(screen / "transfer"), str(tmp_path / "t"), prefix="HOwt_transfer_",
-                                  progress=False)
+    s = dataset.build_lmdbs(str(screen / "transfer"), str(tmp_path / "t"), prefix="HOwt_transfer_",
+                                  context=QUIET)
     assert s["n_records"] > 50
     m = json.loads((tmp_path / "t" / "train_manifest.json").read_text())
     assert set(m["cells_per_class"]) == {"actin", "bud neck", "lipid particle", "microtubule"}

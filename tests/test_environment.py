@@ -358,8 +358,8 @@ def test_built_wheel_holds_the_package_data_and_works_installed(tmp_path, tmp_pa
     assert res.returncode == 0, res.stderr[-3000:]
     probe = ("import os, deepyeast\n"
              "from deepyeast.caffe.zoo import zoo_file\n"
-             "from deepyeast.analysis.random_forest import R_SCRIPT\n"
-             "from deepyeast.engine.runconfig import write_run_config\n"
+             "from deepyeast.analysis.rbridge import R_SCRIPT\n"
+             "from deepyeast.engine.run_config import write_run_config\n"
              "print(deepyeast.__file__); print(zoo_file('deploy.prototxt')); print(R_SCRIPT, os.path.isfile(R_SCRIPT))\n")
     env = {k: v for k, v in os.environ.items() if k not in ("DEEPYEAST_MODELS", "PYTHONPATH")}
     env["PYTHONPATH"] = str(site)
@@ -380,7 +380,7 @@ def _installed_command_classifies(site, env, tmp_path, tmp_path_factory):
 
     import _keras_deepyeast as kd
     from deepyeast.commands import names
-    from deepyeast.data.synthetic import example_crops
+    from deepyeast.data.make_synthetic import example_crops
     from _data_helpers import tiny_screen
 
     command = str(site / "bin" / "deepyeast")
@@ -395,7 +395,7 @@ def _installed_command_classifies(site, env, tmp_path, tmp_path_factory):
     crops = example_crops("main", 0, 4, seed=1)
     h5 = kd.save_keras2_weights(kd.randomize(kd.build_model(), crops, seed=0), str(tmp_path / "keras.h5"))
     assert "12 classes" in deepyeast("convert-keras", h5, "--out", tmp_path / "bundle").stdout
-    fields = tiny_screen(tmp_path_factory, workers=1) / "main" / "fields"
+    fields = tiny_screen(tmp_path_factory, jobs=1) / "main" / "fields"
     with open(fields / "images.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     table = tmp_path / "images.csv"

@@ -11,10 +11,11 @@ import pytest
 
 from deepyeast import constants
 from deepyeast.analysis.features import channel_mean_max, load_blob, read_label_lists, read_top
-from deepyeast.analysis.interpret import run_interpretation
+from deepyeast.analysis.interpret import InterpretInputs, InterpretSettings, run_interpretation
 from deepyeast.analysis.interpret.patches import stored_top_units, top_activating_units
 from deepyeast.caffe.feature_stream import NpyWriter, TopActivations
 from deepyeast.utils.io import InputError
+from deepyeast.utils.run_context import RunContext
 
 
 def test_npy_writer_writes_the_bytes_np_save_writes(tmp_path):
@@ -102,8 +103,9 @@ def test_interpretation_from_pooled_features_equals_the_one_from_whole_maps(tmp_
     got = {}
     for name, folder in (("whole", whole), ("pooled", pooled)):
         out = tmp_path / f"out_{name}"
-        run_interpretation(str(folder), str(out), lab, classes, archive_root=tmp_path / "archive", n_tsne=n,
-                           n_patches=5, patch_layers=("conv8", "fc1"), log=lambda *_: None)
+        run_interpretation(InterpretInputs(str(folder), lab, classes, archive_root=tmp_path / "archive"), str(out),
+                           InterpretSettings(n_tsne=n, n_patches=5, patch_layers=("conv8", "fc1")),
+                           RunContext(log=lambda *_: None))
         got[name] = (json.loads((out / "interpret.json").read_text()),
                      (out / "neurons_conv8.csv").read_text(), (out / "tsne.csv").read_text())
     (js_w, csv_w, tsne_w), (js_p, csv_p, tsne_p) = got["whole"], got["pooled"]
@@ -113,8 +115,8 @@ def test_interpretation_from_pooled_features_equals_the_one_from_whole_maps(tmp_
     assert (tmp_path / "out_pooled" / "patches.png").stat().st_size > 0
     # t-SNE of the whole maps needs them: a clear error from the pooled folder
     with pytest.raises(InputError, match="conv8.npy: no such feature file"):
-        run_interpretation(str(pooled), str(tmp_path / "o3"), lab, classes, tsne_reduce="full", n_tsne=n,
-                           log=lambda *_: None)
+        run_interpretation(InterpretInputs(str(pooled), lab, classes), str(tmp_path / "o3"),
+                           InterpretSettings(tsne_reduce="full", n_tsne=n), RunContext(log=lambda *_: None))
     np.testing.assert_array_equal(load_blob(str(whole), "conv8"), conv8)
 
 

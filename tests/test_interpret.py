@@ -13,12 +13,13 @@ import pytest
 from deepyeast import constants
 from deepyeast.analysis.features import (GEOMETRY, layer_features, load_blob, match_paths, read_label_lists,
                                          read_label_table)
-from deepyeast.analysis.interpret import run_interpretation
+from deepyeast.analysis.interpret import InterpretInputs, InterpretSettings, run_interpretation
 from deepyeast.analysis.interpret.neurons import (class_entropy, mutual_information_per_neuron, neuron_outputs,
                                                   quantile_bins, strongest_correlations)
 from deepyeast.analysis.interpret.patches import cut_patch, receptive_field_box, top_activating_units
 from deepyeast.engine import Net
 from deepyeast.utils.io import InputError
+from deepyeast.utils.run_context import RunContext
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -232,9 +233,10 @@ def test_run_interpretation_end_to_end(tmp_path):
     feat, labels, paths = _synthetic_screen(tmp_path)
     lab = read_label_lists(tmp_path / "archive", n_classes=4)
     out = tmp_path / "out"
-    summary = run_interpretation(str(feat), str(out), lab, constants.TRANSFER_CLASS_NAMES, cp_csv=tmp_path / "cp.csv",
-                                 archive_root=tmp_path / "archive", n_tsne=40, neurons={"conv8": [5]},
-                                 n_patches=3, log=lambda *_: None)
+    summary = run_interpretation(
+        InterpretInputs(str(feat), lab, constants.TRANSFER_CLASS_NAMES, cp_csv=tmp_path / "cp.csv",
+                        archive_root=tmp_path / "archive"),
+        str(out), InterpretSettings(n_tsne=40, neurons={"conv8": [5]}, n_patches=3), RunContext(log=lambda *_: None))
     assert summary["blobs"] == ["conv8", "fc1", "fc3"]
     for name in ("tsne.png", "tsne.pdf", "tsne.csv", "patches.png", "patches.pdf", "neurons.png", "neurons.pdf",
                  "neurons_conv8.csv", "neurons_fc1.csv", "neurons_fc3.csv", "interpret.json"):
@@ -394,9 +396,10 @@ def test_run_interpretation_compares_conv1_with_gabor_filters(tmp_path):
             wr.writerow([p, 2 * fc1[i, 9] + 1, fc1[i, 3]])
     lab = read_label_lists(tmp_path / "archive", n_classes=4)
     out = tmp_path / "out"
-    summary = run_interpretation(str(feat), str(out), lab, constants.TRANSFER_CLASS_NAMES,
-                                 cp_csv=tmp_path / "cp_gabor.csv", blobs=["fc1", "fc3"], n_tsne=20,
-                                 log=lambda *_: None, weights=str(weights))
+    summary = run_interpretation(InterpretInputs(str(feat), lab, constants.TRANSFER_CLASS_NAMES,
+                                                 cp_csv=tmp_path / "cp_gabor.csv", blobs=["fc1", "fc3"],
+                                                 weights=str(weights)),
+                                 str(out), InterpretSettings(n_tsne=20), RunContext(log=lambda *_: None))
     g = summary["gabor"]
     assert g["layer"] == "conv1" and g["n_filters"] == 64 and g["r2_median"] == pytest.approx(1.0)
     assert g["gabor_features"] == ["Marker_Texture_Gabor_3"]
@@ -414,8 +417,8 @@ def test_run_interpretation_compares_conv1_with_gabor_filters(tmp_path):
     assert (out / "gabor.png").stat().st_size > 0 and "Figure S4, in our reading" in manifest["summary"]
     assert not any("Figure S4" in m["what"] for m in manifest["missing"])
     # without weights the report names what is missing and the option that gives it
-    bare = run_interpretation(str(feat), str(tmp_path / "bare"), lab, constants.TRANSFER_CLASS_NAMES,
-                              blobs=["fc3"], n_tsne=20, log=lambda *_: None)
+    bare = run_interpretation(InterpretInputs(str(feat), lab, constants.TRANSFER_CLASS_NAMES, blobs=["fc3"]),
+                              str(tmp_path / "bare"), InterpretSettings(n_tsne=20), RunContext(log=lambda *_: None))
     assert "gabor" not in bare
     missing = json.loads((tmp_path / "bare" / "result.json").read_text())["missing"]
     assert any("Figure S4" in m["what"] and m["option"] == "--weights W.caffemodel" for m in missing)
@@ -436,8 +439,9 @@ def test_tsne_features_embed_the_sampled_cells_from_every_neurons_output(tmp_pat
     np.save(full / "fc1.npy", np.load(feat / "fc1.npy")[keep])
     lab = read_label_lists(tmp_path / "archive", n_classes=4)
     out = tmp_path / "out"
-    summary = run_interpretation(str(feat), str(out), lab, constants.TRANSFER_CLASS_NAMES, blobs=["conv8", "fc1"],
-                                 log=lambda *_: None, tsne="paper", tsne_features=str(full))
+    summary = run_interpretation(InterpretInputs(str(feat), lab, constants.TRANSFER_CLASS_NAMES, blobs=["conv8", "fc1"],
+                                                 tsne_features=str(full)),
+                                 str(out), InterpretSettings(tsne="paper"), RunContext(log=lambda *_: None))
     assert summary["layers"]["conv8"]["tsne_input_dims"] == 256 * 16 * 16 == conv8.shape[1]
     assert summary["layers"]["fc1"]["tsne_input_dims"] == 512
     assert summary["tsne_cells"] == len(keep) and summary["tsne_reduce"] == "full"
@@ -448,11 +452,12 @@ def test_tsne_features_embed_the_sampled_cells_from_every_neurons_output(tmp_pat
     manifest = json.loads((out / "result.json").read_text())
     assert "on each layer's full activations (every neuron's output), as the paper" in manifest["summary"]
     # the default: random cells, convolution maps pooled to 2 values per channel
-    pooled = run_interpretation(str(feat), str(tmp_path / "pooled"), lab, constants.TRANSFER_CLASS_NAMES,
-                                blobs=["conv8"], n_tsne=8, log=lambda *_: None)
+    pooled = run_interpretation(InterpretInputs(str(feat), lab, constants.TRANSFER_CLASS_NAMES, blobs=["conv8"]),
+                                str(tmp_path / "pooled"), InterpretSettings(n_tsne=8), RunContext(log=lambda *_: None))
     assert pooled["layers"]["conv8"]["tsne_input_dims"] == 2 * 256
     # a cell of the whole-map folder that the features lack is named
     (full / "paths.txt").write_text("\n".join(["plate09/9-9-9-9.png"] + [paths[i] for i in keep[1:]]) + "\n")
     with pytest.raises(InputError, match="plate09/9-9-9-9.png"):
-        run_interpretation(str(feat), str(tmp_path / "bad"), lab, constants.TRANSFER_CLASS_NAMES, blobs=["fc1"],
-                           log=lambda *_: None, tsne_features=str(full))
+        run_interpretation(InterpretInputs(str(feat), lab, constants.TRANSFER_CLASS_NAMES, blobs=["fc1"],
+                                           tsne_features=str(full)),
+                           str(tmp_path / "bad"), context=RunContext(log=lambda *_: None))

@@ -33,7 +33,7 @@ from deepyeast.caffe.prototxt import read_prototxt, write_prototxt  # noqa: E402
 from deepyeast.engine import Net  # noqa: E402
 from deepyeast.utils.io import InputError  # noqa: E402
 from deepyeast.model import read_bundle  # noqa: E402
-from deepyeast.model import keras as kconv  # noqa: E402
+from deepyeast.model import convert_keras_weights as kconv  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -45,7 +45,7 @@ TOL = 1e-4
 
 @pytest.fixture(scope="module")
 def crops():
-    from deepyeast.data.synthetic import example_crops
+    from deepyeast.data.make_synthetic import example_crops
     return np.concatenate([example_crops("main", k, 2, seed=5) for k in range(12)])
 
 

@@ -32,9 +32,9 @@ import keras  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from deepyeast.analysis import predict  # noqa: E402
-from deepyeast.analysis.predictions import read_predictions  # noqa: E402
+from deepyeast.analysis.prediction_table import read_predictions  # noqa: E402
 from deepyeast.engine.inference import NetFiles, Predictor  # noqa: E402
-from deepyeast.model import keras as kconv  # noqa: E402
+from deepyeast.model import convert_keras_weights as kconv  # noqa: E402
 from deepyeast.model import read_bundle  # noqa: E402
 from deepyeast.utils.io import InputError  # noqa: E402
 
@@ -53,7 +53,7 @@ def authors_read(path):
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """The archive (PNG crops by PIL), Keras's probabilities on them, and the converted bundle."""
-    from deepyeast.data.synthetic import example_crops
+    from deepyeast.data.make_synthetic import example_crops
 
     d = tmp_path_factory.mktemp("keras_pipeline")
     crops = np.concatenate([example_crops("main", k, PER_CLASS, seed=11) for k in range(12)])
@@ -133,7 +133,8 @@ def test_loose_bundle_files_are_refused_naming_bundle(world, tmp_path):
 def test_classify_screen_gives_keras_probabilities(world, tmp_path):
     """Each protein's 4 crops tiled side by side into one RGB micrograph, with a mask whose cell k is a
     5 x 5 square centred on tile k: the crop classify cuts is the tile itself."""
-    from deepyeast.analysis.classify import classify_screen
+    from deepyeast.analysis.classify_screen import classify_screen
+    from deepyeast.utils.run_context import RunContext
 
     rows = []
     for k in range(12):
@@ -145,7 +146,7 @@ def test_classify_screen_gives_keras_probabilities(world, tmp_path):
         Image.fromarray(mask, "L").save(tmp_path / f"m{k}_mask.png")
         rows.append(f"m{k}.png,1,p{k:02d},m{k}_mask.png\n")
     (tmp_path / "images.csv").write_text("image,plate,protein,mask\n" + "".join(rows))
-    classify_screen(world["bundle"], tmp_path / "images.csv", tmp_path / "out", progress=False)
+    classify_screen(world["bundle"], tmp_path / "images.csv", tmp_path / "out", context=RunContext(progress=False))
     with open(tmp_path / "out" / "cells.csv", newline="") as f:
         cells = list(csv.DictReader(f))
     assert len(cells) == 48
@@ -160,7 +161,7 @@ def test_classify_screen_gives_keras_probabilities(world, tmp_path):
 def test_bioimageio_export_gives_keras_probabilities(world, tmp_path):
     import torch
 
-    from deepyeast.model.bioimageio import export_bioimageio
+    from deepyeast.model.export_bioimageio import export_bioimageio
 
     summary = export_bioimageio(world["bundle"], str(tmp_path / "keras.zip"), test_input=world["chw"])
     with zipfile.ZipFile(summary["path"]) as z:

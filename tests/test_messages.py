@@ -13,7 +13,7 @@ import tifffile
 
 from _cell_crops import write_archive
 from _steps import one_error_line, run_step
-from deepyeast.data import micrographs
+from deepyeast.data import micrographs, screen_tables
 from deepyeast.utils.io import InputError
 
 
@@ -51,7 +51,7 @@ def test_a_table_with_a_byte_order_mark_is_read(screen, capsys):
     """Excel's "CSV UTF-8" starts with a byte-order mark; it was refused as having no image column."""
     table = screen / "images.csv"
     table.write_bytes(b"\xef\xbb\xbfimage,plate,protein\r\nf0.tif,1,YAL001C\r\nf1.tif,1,YAL002W\r\n")
-    rows = micrographs.read_images_table(str(table))
+    rows = screen_tables.read_images_table(str(table))
     assert [r["image"] for r in rows] == ["f0.tif", "f1.tif"] and rows[1]["protein"] == "YAL002W"
     assert run_step("data_prep/segment_cells.py", table, "--out", screen / "seg") == 0, capsys.readouterr().err
     assert (screen / "seg" / "images.csv").exists()
@@ -193,9 +193,9 @@ def test_the_same_micrograph_on_two_rows_is_refused_naming_both(screen):
     """One micrograph listed 4 times for one protein took its cells from 3 to 12 and raised its call's
     probability, silently.  A repeat (however its path is written, under any protein) names both rows; with
     --skip-bad the repeats are listed and left out, each micrograph counted once."""
-    from deepyeast.analysis.classify import read_screen_rows
+    from deepyeast.analysis.classify_screen import read_screen_rows
     from deepyeast.constants import CLASS_NAMES
-    from deepyeast.data.micrographs import Rejects
+    from deepyeast.data.screen_tables import Rejects
 
     table = screen / "images.csv"
     table.write_text("image,plate,protein\nf0.tif,1,YAL001C\nf1.tif,1,YAL001C\n./f0.tif,1,YAL001C\n"

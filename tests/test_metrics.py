@@ -12,7 +12,7 @@ import pytest
 from sklearn.metrics import cohen_kappa_score, precision_score, recall_score
 
 from _prediction_tables import simulated_table, write_table
-from deepyeast.analysis import cell_metrics as m
+from deepyeast.analysis import evaluate_cells as m
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -151,7 +151,7 @@ def test_bad_labels_rejected():
 
 
 def test_evaluate_cells_script(tmp_path):
-    from deepyeast.analysis.predictions import make_predictions
+    from deepyeast.analysis.prediction_table import make_predictions
     base = simulated_table(n_proteins=48, cells_range=(5, 9), accuracy=0.85)
     net = write_table(tmp_path / "net.csv", base)
     # the forest: the same cells, with a third of the network's probability rows shuffled among cells
@@ -203,7 +203,7 @@ def test_paired_accuracy_difference_matches_literal_resampling():
     """The multinomial / cluster shortcuts give the same intervals as resampling cell and
     protein indices literally (up to Monte Carlo error), and the paired interval is narrower
     than what two independent accuracies would suggest when the classifiers share errors."""
-    from deepyeast.analysis.cell_metrics import paired_accuracy_difference
+    from deepyeast.analysis.evaluate_cells import paired_accuracy_difference
     rng = np.random.default_rng(4)
     n = 600
     groups = rng.integers(0, 30, n)

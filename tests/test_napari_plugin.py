@@ -37,7 +37,7 @@ def setup(tmp_path_factory):
     """(bundle folder, a field of the tiny screen (2 x H x W TIFF), its images table row)."""
     tmp = tmp_path_factory.mktemp("napari")
     bundle, _, _ = make_bundle(str(tmp / "model"), str(tmp))
-    fields = tiny_screen(tmp_path_factory, workers=1) / "main" / "fields"
+    fields = tiny_screen(tmp_path_factory, jobs=1) / "main" / "fields"
     row = _csv(fields / "images.csv")[0]
     field = tmp / "field.tif"
     shutil.copy(fields / row["image"], field)
@@ -203,10 +203,10 @@ def test_plugin_ood_flags_are_the_commands(setup, tmp_path_factory, capsys):
     from deepyeast.caffe.blobs import compute_mean
     from deepyeast.constants import CLASS_NAMES
     from deepyeast.model import write_bundle
-    from deepyeast.model.run_bundle import list_crops
+    from deepyeast.model.make_bundle import list_crops
 
     tmp, _, field = setup
-    main = tiny_screen(tmp_path_factory, workers=1) / "main"
+    main = tiny_screen(tmp_path_factory, jobs=1) / "main"
     crops, labels = list_crops(str(main / "HOwt_train.txt"), CLASS_NAMES)
     val, val_labels = list_crops(str(main / "HOwt_val.txt"), CLASS_NAMES)
     mean = compute_mean(crops)

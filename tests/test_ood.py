@@ -14,14 +14,15 @@ import tifffile
 
 from _bundles import DEPLOY, make_weights
 from _data_helpers import tiny_screen
-from deepyeast.analysis.classify import classify_screen
+from deepyeast.analysis.classify_screen import ClassifySettings, classify_screen
 from deepyeast.analysis.ood import (OodScorer, class_statistics, expected_calibration_error, fit_bundle_statistics,
                                     fit_temperature, scale_probabilities)
 from deepyeast.caffe.blobs import compute_mean
-from deepyeast.model.run_bundle import list_crops
+from deepyeast.model.make_bundle import list_crops
 from deepyeast.constants import CLASS_NAMES
 from deepyeast.model import read_bundle, write_bundle
 from deepyeast.utils.io import InputError
+from deepyeast.utils.run_context import RunContext
 
 
 def _csv(path):
@@ -69,7 +70,7 @@ def ood_bundle(tmp_path_factory):
     """A bundle (seeded weights, BatchNorm statistics from the tiny screen's training crops) with OOD
     statistics fitted on its 300 training and 100 validation crops (PNG files of the archive layout, as
     make_bundle.py reads them), and the same bundle without them."""
-    main = tiny_screen(tmp_path_factory, workers=1) / "main"
+    main = tiny_screen(tmp_path_factory, jobs=1) / "main"
     tmp = tmp_path_factory.mktemp("ood")
     crops, labels = list_crops(str(main / "HOwt_train.txt"), CLASS_NAMES)
     val, val_labels = list_crops(str(main / "HOwt_val.txt"), CLASS_NAMES)
@@ -105,7 +106,7 @@ def test_a_bundle_stores_the_statistics_and_says_when_it_has_none(ood_bundle, tm
 @pytest.fixture(scope="module")
 def dark_screen(tmp_path_factory):
     """The tiny screen's 3 fields as they are and 16 times darker (12-bit data declared as 16-bit: a wrong --bits)."""
-    src = tiny_screen(tmp_path_factory, workers=1) / "main" / "fields"
+    src = tiny_screen(tmp_path_factory, jobs=1) / "main" / "fields"
     rows = _csv(src / "images.csv")
     d = tmp_path_factory.mktemp("swap")
     good, bad = ["image,plate,protein"], ["image,plate,protein"]
@@ -127,7 +128,8 @@ def test_classify_flags_cells_unlike_the_training_cells_and_leaves_them_out(tmp_
     out = {}
     for name in ("good", "swapped"):
         out[name] = tmp / name
-        classify_screen(path, str(dark_screen / f"{name}.csv"), str(out[name]), progress=False, n_resamples=50)
+        classify_screen(path, str(dark_screen / f"{name}.csv"), str(out[name]), ClassifySettings(n_resamples=50),
+                        RunContext(progress=False))
     good, bad = (json.loads((out[n] / "summary.json").read_text())["ood"] for n in ("good", "swapped"))
     assert good["available"] and bad["available"]
     assert bad["share"] > max(0.5, 5 * good["share"]) and good["share"] < 0.2, (good["share"], bad["share"])
@@ -143,7 +145,7 @@ def test_classify_flags_cells_unlike_the_training_cells_and_leaves_them_out(tmp_
         assert int(p["n_ood"]) == sum(c["ood"] == "1" for c in mine)
         assert int(p["n_cells"]) == sum(c["ood"] == "0" for c in mine)
     # a bundle without statistics classifies and says the check is not available
-    s = classify_screen(plain, str(dark_screen / "good.csv"), str(tmp / "plain_out"), progress=False,
-                        n_resamples=50)
+    s = classify_screen(plain, str(dark_screen / "good.csv"), str(tmp / "plain_out"), ClassifySettings(n_resamples=50),
+                        RunContext(progress=False))
     assert s["ood"]["available"] is False and "not checked" in s["ood"]["note"]
     assert {c["ood_score"] for c in _csv(tmp / "plain_out" / "cells.csv")} == {""}

@@ -14,7 +14,7 @@ import pytest
 
 from _prediction_tables import simulated_table, write_table
 from deepyeast.analysis import paper_results as pr
-from deepyeast.analysis.predictions import make_predictions
+from deepyeast.analysis.prediction_table import make_predictions
 from deepyeast.constants import CLASS_NAMES, PAPER_CLASS_RECALL, PAPER_MIXED_NUCLEUS_CYTOPLASM
 from deepyeast.utils.manifest import read_result
 
@@ -139,7 +139,7 @@ def test_mixed_subset_is_the_papers_metric_and_other_pairs_apart(tmp_path):
         paths, prots, ["mixed"] * len(paths), [r[1] for r in rows for _ in range(4)], np.array(probs),
         require_all_classes=False))
     net = write_table(tmp_path / "net.csv", simulated_table(n_proteins=24, seed=2))
-    run_protein_level(net, tmp_path / "proteins" / "proteins.csv", str(table), mixed_pred)
+    run_protein_level(net, tmp_path / "proteins" / "proteins.csv", (str(table), mixed_pred))
     by_pair = pr.mixed_pair_summary(pr.read_mixed_results(tmp_path / "proteins" / "proteins_mixed.csv"))
     assert by_pair[("cytoplasm", "nucleus")]["top_two"] == {"value": 0.5, "correct": 1, "total": 2}
     assert by_pair[("cytoplasm", "nucleus")]["top_three_rest"]["correct"] == 1
@@ -157,11 +157,11 @@ def test_mixed_subset_is_the_papers_metric_and_other_pairs_apart(tmp_path):
 
 
 def test_metrics_json_holds_the_papers_items_and_the_claims(tmp_path):
-    from deepyeast.report.html import build_report
+    from deepyeast.report.make_report import build_report
 
     net, rf = _pair()
     run = tmp_path / "run"
-    from deepyeast.analysis.cell_metrics import run_cell_evaluation
+    from deepyeast.analysis.evaluate_cells import run_cell_evaluation
     run_cell_evaluation(write_table(tmp_path / "n.csv", net), run / "cells", write_table(tmp_path / "r.csv", rf),
                         n_resamples=50, make_figures=False)
     pr.run_paper_results(run / "paper", pr.PaperInputs(predictions=str(tmp_path / "n.csv"), archive=str(tmp_path),
@@ -286,7 +286,7 @@ def test_features_are_identical_under_another_cpus_kernels(tmp_path):
     fresh process) equal those computed here, value for value, as analysis/cp_features.py writes them."""
     from deepyeast.analysis.cp_features import extract_features
     from deepyeast.data.crop_png import write_crop
-    from deepyeast.data.synthetic import example_crops
+    from deepyeast.data.make_synthetic import example_crops
 
     sys.path.insert(0, REPO)
     from bench.bench_cpu_dependence import OTHER_CPU

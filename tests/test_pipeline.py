@@ -75,7 +75,7 @@ def _check_bundle_and_classify(run, tmp_path, tmp_path_factory):
     assert bundle.metadata["training"]["max_iter"] == 6 and "synthetic screen (size tiny" in \
         bundle.metadata["training"]["data"]
     assert bundle.examples().shape[1:] == (2, 64, 64)
-    fields = tiny_screen(tmp_path_factory, workers=1) / "main" / "fields"
+    fields = tiny_screen(tmp_path_factory, jobs=1) / "main" / "fields"
     table = tmp_path / "screen.csv"  # the fields without their labels
     rows = [r.split(",") for r in (fields / "images.csv").read_text().splitlines()[1:]]
     table.write_text("image,plate,protein\n" + "".join(f"{fields / r[0]},{r[1]},{r[2]}\n" for r in rows))
@@ -109,7 +109,7 @@ def test_demo_pipeline_tiny_and_rerun_skips(tmp_path, tmp_path_factory):
                              "deepyeast_iter_6.solverstate"], snaps
     # the paper's procedures run on the synthetic screen: its proteins with two compartments (held out of
     # the splits) checked top two / top three, the non-cell filter, the transfer headline on fc1
-    from deepyeast.data.synthetic import SIZES
+    from deepyeast.data.make_synthetic import SIZES
     assert metrics["mixed_proteins_top_two"]["total"] == SIZES["tiny"]["mixed"]
     assert metrics["mixed_proteins_top_three_rest"]["total"] == \
         SIZES["tiny"]["mixed"] - metrics["mixed_proteins_top_two"]["correct"]

@@ -22,7 +22,7 @@ from deepyeast.analysis import predict
 from deepyeast.analysis.features import read_features
 from deepyeast.data.crop_png import encode_crop
 from deepyeast.utils.io import OUTPUT_MARKER, InputError
-from deepyeast.analysis.predictions import read_predictions
+from deepyeast.analysis.prediction_table import read_predictions
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEPLOY = os.path.join(REPO, "models", "deepyeast", "deploy.prototxt")

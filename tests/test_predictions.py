@@ -8,7 +8,7 @@ import pytest
 from _prediction_tables import simulated_table, write_table
 from deepyeast.constants import CLASS_NAMES, TRANSFER_CLASS_NAMES
 from deepyeast.utils.io import InputError
-from deepyeast.analysis.predictions import BASE_COLUMNS, prob_columns, read_predictions, select_split
+from deepyeast.analysis.prediction_table import BASE_COLUMNS, prob_columns, read_predictions, select_split
 
 
 def _rows(path):

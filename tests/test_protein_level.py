@@ -12,7 +12,7 @@ import pytest
 from _prediction_tables import simulated_table, write_table
 from deepyeast.constants import CLASS_NAMES, MIN_CELLS_PER_PROTEIN
 from deepyeast.utils.io import InputError
-from deepyeast.analysis.predictions import make_predictions
+from deepyeast.analysis.prediction_table import make_predictions
 from deepyeast.analysis.protein_level import dirichlet_map, protein_accuracy, protein_calls, run_protein_level
 from deepyeast.data.lists import mixed_protein_cells, protein_of, read_mixed_table
 
@@ -122,7 +122,7 @@ def _mixed_case(tmp_path, compartments=("nucleus", "cytoplasm")):
 @pytest.mark.parametrize("compartments", [("nucleus", "cytoplasm"), ("8", "1"), ("Cytoplasm", "NUCLEUS")])
 def test_mixed_proteins_top_two_then_top_three(tmp_path, compartments):
     test_csv, mix, mixed_csv = _mixed_case(tmp_path, compartments)
-    s = run_protein_level(test_csv, tmp_path / "out" / "proteins.csv", mix, mixed_csv)
+    s = run_protein_level(test_csv, tmp_path / "out" / "proteins.csv", (mix, mixed_csv))
     assert s["mixed"]["top_two"] == {"value": 1 / 3, "correct": 1, "total": 3}
     assert s["mixed"]["top_three_rest"] == {"value": 0.5, "correct": 1, "total": 2}
     assert s["mixed"]["top_three"] == {"value": 2 / 3, "correct": 2, "total": 3}
@@ -154,7 +154,7 @@ def test_mixed_protein_without_cells_is_an_error(tmp_path):
     with open(mix, "a") as f:
         f.write("plate03/GONE,nucleus,cytoplasm\n")
     with pytest.raises(InputError, match=r"mixed_proteins.csv: row 4: protein plate03/GONE has no cells"):
-        run_protein_level(test_csv, tmp_path / "p.csv", mix, mixed_csv)
+        run_protein_level(test_csv, tmp_path / "p.csv", (mix, mixed_csv))
     assert not (tmp_path / "p.csv").exists()
 
 
@@ -202,8 +202,8 @@ def test_protein_level_script(tmp_path):
 def test_synthetic_screen_mixed_proteins_are_held_out(tmp_path):
     """The generator keeps its proteins with two compartments out of every split list, writes them
     with both compartments to main/mixed_proteins.csv, and their crops are found next to it."""
-    from deepyeast.data import synthetic
-    synthetic.make_screen(tmp_path / "screen", size="tiny", seed=0, workers=2, progress=False)
+    from deepyeast.data import make_synthetic as synthetic
+    synthetic.make_screen(tmp_path / "screen", size="tiny", seed=0, jobs=2, progress=False)
     root = tmp_path / "screen" / "main"
     mixed = read_mixed_table(root / "mixed_proteins.csv", CLASS_NAMES)
     assert len(mixed) == synthetic.SIZES["tiny"]["mixed"]
@@ -224,8 +224,8 @@ def test_synthetic_screen_mixed_proteins_are_held_out(tmp_path):
     table = make_predictions(paths, proteins, ["mixed"] * len(paths), [by_protein[p]["classes"][0] for p in proteins],
                              np.array(probs), require_all_classes=False)
     test_csv = write_table(tmp_path / "cells.csv", simulated_table(n_proteins=6, seed=2))
-    s = run_protein_level(test_csv, tmp_path / "out" / "proteins.csv", str(root / "mixed_proteins.csv"),
-                          write_table(tmp_path / "mixed.csv", table))
+    s = run_protein_level(test_csv, tmp_path / "out" / "proteins.csv", (str(root / "mixed_proteins.csv"),
+                                                                         write_table(tmp_path / "mixed.csv", table)))
     assert s["mixed"]["top_two"] == {"value": 1.0, "correct": len(mixed), "total": len(mixed)}
     # a mixed protein put into a split list is refused
     with open(lists[2], "a") as f:
@@ -237,7 +237,7 @@ def test_synthetic_screen_mixed_proteins_are_held_out(tmp_path):
 def test_classify_and_protein_level_call_the_same_cells_identically():
     """One way to call a protein: a new screen's calls (classify) are protein_level's calls extended with
     plate, micrographs and flags; on the same cells both give identical posteriors, alphas and calls."""
-    from deepyeast.analysis.classify import ScreenCells, call_proteins
+    from deepyeast.analysis.classify_screen import ScreenCells, call_proteins
 
     table = simulated_table(n_proteins=30, seed=4)
     ref = protein_calls(table)

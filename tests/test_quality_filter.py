@@ -13,12 +13,13 @@ from deepyeast.analysis.cp_features import write_feature_csv
 from deepyeast.analysis.quality_filter import (
     filter_accuracy,
     pick_training_cells,
+    quality_best,
     read_noncell_list,
     read_quality_labels,
 )
-from deepyeast.analysis.random_forest import quality_best
 from deepyeast.utils.manifest import read_result
 from deepyeast.utils.io import InputError
+from deepyeast.utils.run_context import RunContext
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
 
@@ -121,19 +122,19 @@ def test_choice_by_cv_accuracy_then_balanced_accuracy():
 
 @pytest.mark.r
 def test_cv_grid_capped_at_feature_count_and_r_choice_agrees(r_present):
-    from deepyeast.analysis import random_forest as rforest
+    from deepyeast.analysis import quality_filter, rbridge
 
     paper = (2, 110, 218, 326, 435)
-    pts = rforest.quality_points(paper, ("none", "balanced"), 8)
+    pts = quality_filter.quality_points(paper, ("none", "balanced"), 8)
     assert [(p["mtry"], p["sampling"]) for p in pts] == [(2, "none"), (8, "none"), (2, "balanced"), (8, "balanced")]
-    assert [p["mtry"] for p in rforest.quality_points(paper, ("none",), 430)] == [2, 110, 218, 326, 430]
-    assert [p["mtry"] for p in rforest.quality_points(paper, ("none",), 500)] == list(paper)
-    with rforest._session() as ro:
+    assert [p["mtry"] for p in quality_filter.quality_points(paper, ("none",), 430)] == [2, 110, 218, 326, 430]
+    assert [p["mtry"] for p in quality_filter.quality_points(paper, ("none",), 500)] == list(paper)
+    with rbridge.session() as ro:
         df = ro.DataFrame({k: (ro.StrVector if k == "sampling" else ro.FloatVector)([r[k] for r in CV_TABLE])
                            for k in CV_TABLE[0]})
         for rows in (CV_TABLE, CV_TABLE[:3]):
             sub = df.rx(ro.IntVector(range(1, len(rows) + 1)), True)
-            best = rforest._data_frame_rows(ro.r["rf_quality_best"](sub, ro.StrVector(["none", "balanced"])))[0]
+            best = rbridge.data_frame_rows(ro.r["rf_quality_best"](sub, ro.StrVector(["none", "balanced"])))[0]
             assert (best["mtry"], best["sampling"]) == (quality_best(rows)["mtry"],
                                                         quality_best(rows)["sampling"])
 
@@ -141,26 +142,27 @@ def test_cv_grid_capped_at_feature_count_and_r_choice_agrees(r_present):
 @pytest.mark.r
 def test_quality_cv_tasks_equal_r_rf_quality_cv(r_present):
     """One task per (point, fold) gives the numbers of R's rf_quality_cv (same folds and seeds)."""
-    from deepyeast.analysis import random_forest as rforest
+    from deepyeast.analysis import quality_filter, rbridge
 
     rng = np.random.default_rng(4)
     is_cell = np.array([1] * 60 + [0] * 20)
     x = rng.normal(size=(80, 6))
     x[is_cell == 0, :2] += 1.5
-    table, best, model = rforest.quality_cv(x, is_cell, mtry=(2, 110), folds=5, ntree=25, seed=7, scheduler="none")
-    with rforest._session() as ro:
-        r = ro.r["rf_quality_cv"](rforest._matrix(x), rforest._ints(is_cell), mtry=ro.IntVector([2, 110]),
+    cv = quality_filter.QualityCV(mtry=(2, 110), folds=5, ntree=25)
+    table, best, model = quality_filter.quality_cv(x, is_cell, cv, RunContext(seed=7))
+    with rbridge.session() as ro:
+        r = ro.r["rf_quality_cv"](rbridge.r_matrix(x), rbridge.r_ints(is_cell), mtry=ro.IntVector([2, 110]),
                                   # cores=1: mclapply would fork this multi-threaded pytest process (a
                                   # child can deadlock on a lock another thread held: seen in a random-order run)
                                   folds=5, ntree=25, cores=1, seed=7)
-        r_table = rforest._data_frame_rows(r.rx2("table"))
-        r_best = rforest._data_frame_rows(r.rx2("best"))[0]
-        p_r = np.asarray(ro.r["rf_quality_predict"](r.rx2("model"), rforest._matrix(x), 7).rx2("p_cell"))
+        r_table = rbridge.data_frame_rows(r.rx2("table"))
+        r_best = rbridge.data_frame_rows(r.rx2("best"))[0]
+        p_r = np.asarray(ro.r["rf_quality_predict"](r.rx2("model"), rbridge.r_matrix(x), 7).rx2("p_cell"))
     assert table == r_table and best == r_best
     assert [(row["mtry"], row["sampling"]) for row in table] == [(2, "none"), (6, "none"), (2, "balanced"),
                                                                  (6, "balanced")]
     assert all(row["n1"] == 60 and row["n0"] == 20 for row in table)  # every row scored once per point
-    p_cell, cls = rforest.quality_predict(model, x, 7)
+    p_cell, cls = quality_filter.quality_predict(model, x, 7)
     np.testing.assert_array_equal(p_cell, p_r)
     assert set(cls.tolist()) <= {0, 1} and ((p_cell > 0.5) <= (cls == 1)).all()
 
@@ -183,7 +185,7 @@ def test_training_cells_defaults_messages_and_int_flags():
 
 
 def test_filter_accuracy_counts():
-    from deepyeast.analysis.predictions import Predictions
+    from deepyeast.analysis.prediction_table import Predictions
 
     probs = np.eye(4)[[0, 1, 2, 3, 0, 1]]
     t = Predictions(path=np.array(list("abcdef"), dtype=object), protein=np.array(["p/1"] * 6, dtype=object),

@@ -48,3 +48,61 @@ def test_the_pipelines_mean_file_is_the_constant():
     from deepyeast.constants import MEAN_FILE
 
     assert re.search(r"^MEAN := \$\(LMDB\)/" + re.escape(MEAN_FILE) + r"$", _pipeline(), re.M)
+
+
+SHARED_MODULE_STEPS = {"check_splits": "deepyeast.data.lists", "fetch_archive": "deepyeast.data.download",
+                       "fetch_weights": "deepyeast.data.download", "make_run_config": "deepyeast.engine.run_config",
+                       "choose_snapshot": "deepyeast.engine.run_config"}
+"""The steps that are thin calls of a module several steps share (docs/reference/layout.md, Names)."""
+
+LIBRARY_LAYERS = ("report", "analysis", "model", "data", "engine")
+
+
+def _imported_modules(path):
+    """Every ``deepyeast...`` module a file imports (``from a import b`` gives ``a`` and ``a.b``)."""
+    import ast
+
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), path)
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+    return out
+
+
+def test_each_step_runs_the_library_module_of_its_name():
+    """The naming rule: step X = script */X.py = deepyeast/commands/X.py -> deepyeast/<layer>/X.py (or X/)."""
+    from deepyeast.commands import STEPS
+
+    pkg = os.path.join(REPO, "deepyeast")
+    for step in STEPS:
+        assert os.path.basename(step.script) == step.module + ".py", step
+        assert os.path.isfile(os.path.join(REPO, step.script)), step.script
+        homes = [layer for layer in LIBRARY_LAYERS
+                 if os.path.isfile(os.path.join(pkg, layer, step.module + ".py"))
+                 or os.path.isfile(os.path.join(pkg, layer, step.module, "__init__.py"))]
+        imports = _imported_modules(os.path.join(pkg, "commands", step.module + ".py"))
+        if step.module in SHARED_MODULE_STEPS:
+            assert not homes, f"{step.module} has a library module {homes} but is listed as a shared-module step"
+            assert SHARED_MODULE_STEPS[step.module] in imports, step
+            continue
+        assert len(homes) == 1, f"step {step.module}: library module in {homes or 'no layer'} (want exactly one)"
+        assert f"deepyeast.{homes[0]}.{step.module}" in imports, f"{step.module} does not run its library module"
+
+
+def test_no_library_module_is_named_after_another_step():
+    """A module named like a step is that step's library: no second module of a step's name in another layer."""
+    from deepyeast.commands import STEPS
+
+    steps = {s.module for s in STEPS}
+    pkg = os.path.join(REPO, "deepyeast")
+    seen = {}
+    for layer in LIBRARY_LAYERS + ("caffe", "utils"):
+        for name in os.listdir(os.path.join(pkg, layer)):
+            mod = name[:-3] if name.endswith(".py") else name
+            if mod in steps:
+                seen.setdefault(mod, []).append(layer)
+    assert {m: layers for m, layers in seen.items() if len(layers) > 1} == {}

@@ -139,7 +139,7 @@ def test_nan_test_loss_stops_training_naming_the_last_finite_snapshot(tmp_path):
 
 
 def test_snapshot_rules_never_choose_a_non_finite_loss(tmp_path):
-    from deepyeast.engine.runconfig import choose_snapshot
+    from deepyeast.engine.run_config import choose_snapshot
     from deepyeast.utils.io import InputError, StepFailed
 
     p = caffe_pb2.SolverParameter(snapshot_prefix=str(tmp_path / "m"), max_iter=30)
@@ -662,10 +662,10 @@ def test_degenerate_iterations_and_solver_numbers_are_refused(convex):
 
 
 def test_nan_metric_is_written_as_null_with_a_note(tmp_path):
-    from deepyeast.utils.manifest import write_result
+    from deepyeast.utils.manifest import Result, write_result
     run_dir = tmp_path / "run"
-    write_result(run_dir / "cells", "cells", "Cells", metrics={"cell_accuracy": {"value": 0.5, "correct": 1, "total": 2},
-                                                              "cell_kappa": float("nan")})
+    write_result(run_dir / "cells", Result("cells", "Cells", metrics={
+        "cell_accuracy": {"value": 0.5, "correct": 1, "total": 2}, "cell_kappa": float("nan")}))
     with open(run_dir / "cells" / "result.json") as f:
         result = json.load(f, parse_constant=lambda c: pytest.fail(f"{c} in result.json"))
     assert result["metrics"]["cell_kappa"] is None and result["details"]["non_finite"] == {"metrics.cell_kappa": "nan"}
@@ -681,7 +681,7 @@ def test_nan_metric_is_written_as_null_with_a_note(tmp_path):
 
 def test_predictions_whose_pred_is_not_the_argmax_are_refused(tmp_path):
     from _prediction_tables import simulated_table
-    from deepyeast.analysis.predictions import write_predictions
+    from deepyeast.analysis.prediction_table import write_predictions
     import dataclasses
     table = simulated_table(n_classes=12)
     pred = table.pred.copy()

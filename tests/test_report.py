@@ -17,16 +17,17 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from _prediction_tables import simulated_table, write_table  # noqa: E402
+from deepyeast.utils.run_context import RunContext  # noqa: E402
 from deepyeast.constants import PAPER_RESULTS  # noqa: E402
 from deepyeast.utils.io import InputError  # noqa: E402
-from deepyeast.analysis.cell_metrics import run_cell_evaluation  # noqa: E402
-from deepyeast.analysis.predictions import make_predictions  # noqa: E402
+from deepyeast.analysis.evaluate_cells import run_cell_evaluation  # noqa: E402
+from deepyeast.analysis.prediction_table import make_predictions  # noqa: E402
 from deepyeast.analysis.cp_features import describe_features, feature_names  # noqa: E402
 from deepyeast.analysis.protein_level import run_protein_level  # noqa: E402
 from deepyeast.analysis.random_forest import write_forest_result  # noqa: E402
 from deepyeast.analysis.transfer import write_transfer_result  # noqa: E402
-from deepyeast.report.html import build_report  # noqa: E402
-from deepyeast.utils.manifest import figure, write_result  # noqa: E402
+from deepyeast.report.make_report import build_report  # noqa: E402
+from deepyeast.utils.manifest import Result, figure, write_result  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRED_KEYS = ("cell_accuracy", "cell_kappa", "cell_accuracy_filtered", "protein_accuracy",
@@ -75,7 +76,8 @@ def run_dir(tmp_path_factory):
     net = write_table(tmp / "net.csv", net_t)
     rf = write_table(tmp / "rf.csv", rf_t)
     run = tmp / "run"
-    run_cell_evaluation(net, run / "cells", rf, n_resamples=300, seed=3, command="python analysis/evaluate_cells.py")
+    run_cell_evaluation(net, run / "cells", rf, n_resamples=300,
+                        context=RunContext(seed=3, command="python analysis/evaluate_cells.py"))
     mix = tmp / "mixed_proteins.csv"
     mix.write_text("protein,compartment_a,compartment_b\nplate09/M1,nucleus,vacuole\n")
     probs = np.full((4, 12), 0.02)
@@ -83,18 +85,18 @@ def run_dir(tmp_path_factory):
     mixed = write_table(tmp / "mixed.csv", make_predictions([f"plate09/M1-0-{i}-{i}.png" for i in range(4)],
                                                             ["plate09/M1"] * 4, ["mixed"] * 4, [8] * 4, probs,
                                                             require_all_classes=False))
-    run_protein_level(net, run / "proteins" / "proteins.csv", str(mix), mixed,
-                      command="python analysis/protein_level.py ...")
+    run_protein_level(net, run / "proteins" / "proteins.csv", (str(mix), mixed),
+                      context=RunContext(command="python analysis/protein_level.py ..."))
     run_protein_level(rf, run / "rf_proteins" / "proteins.csv", classifier="random_forest")
     write_forest_result(run / "rf", {
         "best": {"ntree": 150, "mtry": 20, "nodesize": 1, "val_accuracy": 0.61}, "grid_name": "small",
         "grid": {"ntree": [50, 150], "mtry": [20, 50], "nodesize": [1]}, "n_train": 600, "n_val": 200, "n_test": 574,
         "table": [{"ntree": 150, "mtry": 20, "nodesize": 1, "val_accuracy": 0.61}], "seed": 1,
         "test_accuracy": {"value": 0.6, "correct": 344, "total": 574}}, describe_features(feature_names()))
-    write_result(run / "quality", "quality", "Removing non-cells", metrics={
+    write_result(run / "quality", Result("quality", "Removing non-cells", metrics={
         "cell_accuracy_filtered": {"value": 0.9, "correct": 450, "total": 500},
         "rf_cell_accuracy_filtered": {"value": 0.7, "correct": 350, "total": 500}},
-        details={"cv": {"mtry": 10, "seed": 11}})
+        details={"cv": {"mtry": 10, "seed": 11}}))
     _png(run / "transfer" / "transfer_accuracy.png", "red")
     write_transfer_result(run / "transfer", {
         "seed": 5, "best_layer": "fc2", "headline_layer": "fc1",
@@ -108,8 +110,8 @@ def run_dir(tmp_path_factory):
             "cellprofiler": {"1": {"accuracy": 0.3, "correct": 120, "total": 400, "lo": 0.25, "hi": 0.35},
                              "10": {"accuracy": 0.5, "correct": 200, "total": 400, "lo": 0.45, "hi": 0.55}}}})
     _png(run / "interpret" / "tsne.png", "blue")
-    write_result(run / "interpret", "interpret", "What the layers encode", figures=[figure("tsne.png", "t-SNE")],
-                 seeds={"seed": 0}, details={"n_cells": 100})
+    write_result(run / "interpret", Result("interpret", "What the layers encode", figures=[figure("tsne.png", "t-SNE")],
+                 seeds={"seed": 0}, details={"n_cells": 100}))
     from deepyeast.analysis.paper_results import PaperInputs, run_paper_results
     (tmp / "rf_grid.json").write_text(json.dumps({"best": {"ntree": 150, "mtry": 20, "nodesize": 1},
                                                    "n_features": 430, "grid_name": "small"}))

@@ -100,10 +100,10 @@ def test_not_applicable_without_a_reason_is_an_error(tmp_path):
 
 R_PROBE = textwrap.dedent("""
     import sys
-    from deepyeast.analysis import random_forest as rforest
-    rforest.R_SCRIPT = sys.argv[1]
+    from deepyeast.analysis import rbridge
+    rbridge.R_SCRIPT = sys.argv[1]
     try:
-        print("have_r:", rforest.have_r())
+        print("have_r:", rbridge.have_r())
     except Exception as err:
         print("raised:", type(err).__name__, str(err).splitlines()[0][:200])
 """)

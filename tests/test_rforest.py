@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from deepyeast.analysis import random_forest as rforest
+from deepyeast.analysis import random_forest as rforest, rbridge
+from deepyeast.utils.run_context import RunContext
 
 pytestmark = pytest.mark.r
 
@@ -33,7 +34,7 @@ def _blobs(n_per_class, n_classes, n_features=12, seed=0):
 def test_impute_uses_training_medians():
     tr = np.array([[1.0, np.nan], [3.0, np.nan], [np.inf, np.nan], [2.0, np.nan]])
     te = np.array([[np.nan, 5.0]])
-    a, b, med = rforest.impute_features(tr, te)
+    a, b, med = rbridge.impute_features(tr, te)
     np.testing.assert_array_equal(med, [2.0, 0.0])  # median of 1,3,2; all-missing column -> 0
     assert a[2, 0] == 2.0 and (a[:, 1] == 0).all() and b[0, 0] == 2.0 and b[0, 1] == 5.0
 
@@ -52,7 +53,7 @@ def test_grid_search_scores_every_point_and_best_forest_is_reproducible():
     xv, yv = _val_test_like(x, 12, 15, 2)
     xt, yt = _val_test_like(x, 12, 10, 3)
     grid = {"ntree": [20, 60], "mtry": [2, 6], "nodesize": [1, 5]}
-    res = rforest.grid_search(x, y, xv, yv, grid=grid, seed=11, x_test=xt, n_classes=12, scheduler="none")
+    res = rforest.grid_search(x, y, xv, yv, grid=grid, x_test=xt, n_classes=12, context=RunContext(seed=11))
     table, best = res["table"], res["best"]
     assert len(table) == 8
     assert [(r["mtry"], r["nodesize"], r["ntree"]) for r in table] == [
@@ -62,7 +63,7 @@ def test_grid_search_scores_every_point_and_best_forest_is_reproducible():
     assert best["val_correct"] == round(best["val_accuracy"] * len(yv))
     # the forest scored in the grid is the one a fresh fit with the same seed grows, and its
     # classes are randomForest's predict() with the point's seed (ties at random, as R does)
-    model = rforest.fit(x, y, best)
+    model = rbridge.fit(x, y, best)
     prob = model.predict_proba(xt, 12)
     np.testing.assert_allclose(res["test_prob"], prob, atol=1e-12)
     np.testing.assert_array_equal(res["test_pred"], model.predict(xt, best["seed"]))
@@ -74,7 +75,7 @@ def test_grid_search_scores_every_point_and_best_forest_is_reproducible():
     # every prefix: the first k trees are the k-tree forest (scored with the same rule)
     for row in table:
         if row["ntree"] == 20:
-            m20 = rforest.fit(x, y, row)
+            m20 = rbridge.fit(x, y, row)
             assert int((m20.predict(xv, row["seed"]) == yv).sum()) == row["val_correct"]
 
 
@@ -84,16 +85,16 @@ def test_python_grid_equals_r_grid_search():
     xv, yv = _val_test_like(x, 4, 12, 6)
     xt, _ = _val_test_like(x, 4, 6, 7)
     grid = {"ntree": [3, 8], "mtry": [2, 30], "nodesize": [1, 3]}  # mtry 30 capped at 12 features
-    res = rforest.grid_search(x, y, xv, yv, grid=grid, seed=3, x_test=xt, n_classes=4, scheduler="none")
-    with rforest._session() as ro:
+    res = rforest.grid_search(x, y, xv, yv, grid=grid, x_test=xt, n_classes=4, context=RunContext(seed=3))
+    with rbridge.session() as ro:
         r_grid = ro.ListVector({k: ro.IntVector(v) for k, v in grid.items()})
-        r = ro.r["rf_grid_search"](rforest._matrix(x), rforest._ints(y), rforest._matrix(xv), rforest._ints(yv),
+        r = ro.r["rf_grid_search"](rbridge.r_matrix(x), rbridge.r_ints(y), rbridge.r_matrix(xv), rbridge.r_ints(yv),
                                    # cores=1: mclapply would fork this pytest process with its threads (a
                                    # child can deadlock on a lock another thread held); R alone with cores=2
                                    # is checked by the Rscript test below
-                                   grid=r_grid, cores=1, seed=3, x_test=rforest._matrix(xt))
-        r_table = rforest._data_frame_rows(r.rx2("table"))
-        r_best = rforest._data_frame_rows(r.rx2("best"))[0]
+                                   grid=r_grid, cores=1, seed=3, x_test=rbridge.r_matrix(xt))
+        r_table = rbridge.data_frame_rows(r.rx2("table"))
+        r_best = rbridge.data_frame_rows(r.rx2("best"))[0]
         r_prob = np.asarray(r.rx2("test_prob")).reshape(len(xt), 4, order="F")
         r_class = [int(c) for c in r.rx2("test_class")]
     assert res["table"] == r_table and res["best"] == r_best
@@ -104,7 +105,7 @@ def test_python_grid_equals_r_grid_search():
 
 def test_vote_class_breaks_ties_as_randomforest_predict():
     """rf_vote_class on vote counts == randomForest's predict() (same seed), ties included."""
-    with rforest._session() as ro:
+    with rbridge.session() as ro:
         mismatches, ties = ro.r("""function() {
           mism <- 0; ties <- 0
           for (trial in 1:12) {
@@ -125,10 +126,10 @@ def test_vote_class_breaks_ties_as_randomforest_predict():
 
 def test_first_trees_of_a_forest_are_the_smaller_forest():
     x, y = _blobs(20, 3, seed=4)
-    big = rforest.fit(x, y, {"ntree": 40, "mtry": 3, "nodesize": 1, "seed": 5})
-    small = rforest.fit(x, y, {"ntree": 10, "mtry": 3, "nodesize": 1, "seed": 5})
-    with rforest._session() as ro:
-        counts = rforest._array(ro.r[".prefix_counts"](big.r_model, rforest._matrix(x), ro.IntVector([10, 40])),
+    big = rbridge.fit(x, y, {"ntree": 40, "mtry": 3, "nodesize": 1, "seed": 5})
+    small = rbridge.fit(x, y, {"ntree": 10, "mtry": 3, "nodesize": 1, "seed": 5})
+    with rbridge.session() as ro:
+        counts = rbridge.r_array(ro.r[".prefix_counts"](big.r_model, rbridge.r_matrix(x), ro.IntVector([10, 40])),
                                 np.int32)
     assert counts.shape == (len(y), 3, 2) and (counts.sum(axis=1) == [10, 40]).all()
     np.testing.assert_allclose(counts[:, :, 0] / 10, small.predict_proba(x, 3), atol=1e-12)
@@ -138,7 +139,7 @@ def test_first_trees_of_a_forest_are_the_smaller_forest():
 def test_absent_class_gets_zero_probability():
     x, y = _blobs(20, 4, seed=6)
     y = np.where(y == 2, 3, y)  # class 2 never seen in training
-    model = rforest.fit(x, y, {"ntree": 10, "mtry": 2, "nodesize": 1, "seed": 1})
+    model = rbridge.fit(x, y, {"ntree": 10, "mtry": 2, "nodesize": 1, "seed": 1})
     p = model.predict_proba(x[:5], 4)
     assert (p[:, 2] == 0).all() and model.classes == [0, 1, 3]
 
@@ -174,7 +175,7 @@ def test_r_code_is_usable_from_r_directly(tmp_path):
 def test_baseline_script_from_crops_to_predictions_table(tmp_path):
     """Crops -> features (analysis/cp_features.py) -> forest (analysis/random_forest.py) -> table."""
     from _cell_crops import write_archive
-    from deepyeast.analysis.predictions import read_predictions
+    from deepyeast.analysis.prediction_table import read_predictions
 
     root = tmp_path / "arch"
     lists = write_archive(str(root), {"train": 12, "val": 6, "test": 6}, n_classes=4, seed=0)

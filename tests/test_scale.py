@@ -12,7 +12,7 @@ from google.protobuf import text_format
 from _data_helpers import REPO_ROOT
 from deepyeast.analysis.predict import CropFile
 from deepyeast.caffe import caffe_pb2
-from deepyeast.engine.runconfig import prune_snapshots, snapshots_on_disk
+from deepyeast.engine.run_config import prune_snapshots, snapshots_on_disk
 from deepyeast.utils.io import InputError
 
 
@@ -68,7 +68,7 @@ def test_choose_with_prune_from_the_command_line(tmp_path):
     the newest is removed; choosing again afterwards gives the same snapshot."""
     path, snaps = _solver_with_snapshots(tmp_path, [100, 200, 300], losses={100: 2.0, 200: 1.5, 300: 1.7})
     out = tmp_path / "chosen.caffemodel"
-    cmd = [sys.executable, "-m", "deepyeast.engine.runconfig", str(path), str(out), "--rule", "val_loss",
+    cmd = [sys.executable, "data_prep/choose_snapshot.py", str(path), str(out), "--rule", "val_loss",
            "--log", str(tmp_path / "train.log"), "--prune"]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

@@ -16,10 +16,15 @@ import zarr
 from _bundles import make_bundle
 from _data_helpers import csv_rows as _csv, tiny_screen
 from _steps import one_error_line, run_step
-from deepyeast.analysis.classify import classify_screen
-from deepyeast.data.micrographs import read_images_table
+from deepyeast.analysis.classify_screen import ClassifySettings, classify_screen
+from deepyeast.data.micrographs import MicrographFormat
+from deepyeast.data.screen_tables import read_images_table
 from deepyeast.data.screen_folder import ChannelNames, ImageFolder
+from deepyeast.data.segment_cells import CellFinding
 from deepyeast.utils.io import InputError
+from deepyeast.utils.run_context import RunContext
+
+QUIET = RunContext(progress=False)
 
 SCRIPT = "analysis/classify_screen.py"
 WELLS = (("A", "1"), ("B", "3"))
@@ -35,7 +40,7 @@ def bundle(tmp_path_factory):
 def fields(tmp_path_factory):
     """The tiny screen's three saved fields as uint8 2 x H x W arrays (marker, protein), and a fourth: the
     first turned by 90 degrees (four distinct micrographs)."""
-    src = tiny_screen(tmp_path_factory, workers=1) / "main" / "fields"
+    src = tiny_screen(tmp_path_factory, jobs=1) / "main" / "fields"
     arrays = [tifffile.imread(src / r["image"]) for r in _csv(src / "images.csv")]
     return arrays + [np.ascontiguousarray(np.rot90(arrays[0], axes=(1, 2)))]
 
@@ -51,7 +56,7 @@ def reference(bundle, fields, tmp_path_factory):
         r, c = WELLS[i // 2]
         lines.append(f"f{i}.tif,1,{r}{c},{r}{c}")
     (d / "images.csv").write_text("\n".join(lines) + "\n")
-    classify_screen(bundle, str(d / "images.csv"), str(d / "out"), progress=False, n_resamples=50)
+    classify_screen(bundle, str(d / "images.csv"), str(d / "out"), ClassifySettings(n_resamples=50), QUIET)
     return d, d / "out"
 
 
@@ -104,7 +109,8 @@ def test_ome_zarr_plate_image_and_series_give_the_cells_of_the_same_tiffs(bundle
     assert [r["image"] for r in recs] == ["plate.zarr#A/1/0", "plate04.zarr#A/1/1", "one.zarr", "series.zarr#1"]
     assert [r["well"] for r in recs] == ["A1", "A1", None, None]
     out = tmp_path / "out"
-    s = classify_screen(bundle, str(table), str(out), progress=False, n_resamples=50, bits=12)
+    s = classify_screen(bundle, str(table), str(out),
+                        ClassifySettings(CellFinding(fmt=MicrographFormat(bits=12)), n_resamples=50), QUIET)
     assert s["n_images"] == 4 and not s["rejected"]
     cells, prots, images = _protein_tables(out)
     ref_cells, ref_prots, ref_images = _protein_tables(ref_out)

@@ -1,4 +1,4 @@
-"""Quality control a person can see (analysis/qc.py, report/screen_html.py): which micrographs the QC
+"""Quality control a person can see (analysis/qc.py, analysis/screen_report.py): which micrographs the QC
 flags, the plate maps of cells and flagged cells per well, segmentation outlines drawn where the mask's
 labels change, and a classified screen's report with its heat maps and outlines loading in a real browser.
 """
@@ -13,9 +13,10 @@ import tifffile
 
 from _bundles import make_bundle
 from _data_helpers import csv_rows as _csv, tiny_screen
-from deepyeast.analysis.classify import classify_screen
+from deepyeast.analysis.classify_screen import ClassifySettings, classify_screen
 from deepyeast.analysis.qc import QC_COLUMNS, outline_sample, plate_maps, qc_flags, well_position
-from deepyeast.report.screen_html import OUTLINE_COLOR, render_outlines
+from deepyeast.analysis.screen_report import OUTLINE_COLOR, render_outlines
+from deepyeast.utils.run_context import RunContext
 
 
 def test_qc_flags_pick_the_outliers_on_their_suspicious_side():
@@ -96,7 +97,7 @@ def test_report_shows_plate_maps_and_outlines_in_a_browser(bundle, tmp_path_fact
     one by focus, the plate map counts each well's cells, and the outlines start with the worst."""
     from scipy.ndimage import gaussian_filter
 
-    src = tiny_screen(tmp_path_factory, workers=1) / "main" / "fields"
+    src = tiny_screen(tmp_path_factory, jobs=1) / "main" / "fields"
     arrays = [tifffile.imread(src / r["image"]) for r in _csv(src / "images.csv")]
     lines = ["image,plate,well,protein"]
     for i in range(6):
@@ -108,7 +109,8 @@ def test_report_shows_plate_maps_and_outlines_in_a_browser(bundle, tmp_path_fact
         lines.append(f"f{i}.tif,1,{well},P{well}")
     (tmp_path / "images.csv").write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
-    s = classify_screen(bundle, str(tmp_path / "images.csv"), str(out), progress=False, n_resamples=50)
+    s = classify_screen(bundle, str(tmp_path / "images.csv"), str(out), ClassifySettings(n_resamples=50),
+                        RunContext(progress=False))
     images = _csv(out / "images.csv")
     assert "focus" in images[5]["qc_flags"].split(";")
     assert s["qc"]["by_measure"]["focus"] >= 1 and s["qc"]["flagged_micrographs"] == sum(bool(r["qc_flags"])

@@ -21,13 +21,15 @@ import torch
 from _bundles import make_bundle
 from _dask_cluster import dask_cluster
 from _data_helpers import REPO_ROOT, tiny_screen
-from deepyeast.analysis.classify import CallRules, classify_screen
+from deepyeast.analysis.classify_screen import CallRules, ClassifySettings, classify_screen
+from deepyeast.utils.run_context import RunContext
 from deepyeast.analysis.screen_run import chunk_path, work_folder
 from deepyeast.engine.inference import InferenceSettings
 
 SCRIPT = os.path.join(REPO_ROOT, "analysis", "classify_screen.py")
 TABLES = ("cells.csv", "proteins.csv", "images.csv")
 N_MICROGRAPHS = 12
+QUIET = RunContext(progress=False)
 N_CHUNKS = 6  # of 2 micrographs: the chunk size is part of the run (it sets the network's batches)
 
 
@@ -41,7 +43,7 @@ def bundle(tmp_path_factory):
 def screen(tmp_path_factory):
     """12 distinct micrographs (the tiny screen's 3 saved fields, each turned by 0-270 degrees), 6 proteins
     of 2 fields each; returns the images table's path."""
-    src = tiny_screen(tmp_path_factory, workers=1) / "main" / "fields"
+    src = tiny_screen(tmp_path_factory, jobs=1) / "main" / "fields"
     with open(src / "images.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     d = tmp_path_factory.mktemp("screen")
@@ -63,7 +65,7 @@ def _tables(out):
 def reference(bundle, screen, tmp_path_factory):
     """The uninterrupted run in this process (chunks of 2 micrographs): (output folder, summary)."""
     out = tmp_path_factory.mktemp("ref") / "out"
-    s = classify_screen(bundle, str(screen), str(out), progress=False, n_resamples=50, chunk=2)
+    s = classify_screen(bundle, str(screen), str(out), ClassifySettings(n_resamples=50, chunk=2), QUIET)
     assert s["reused_micrographs"] == 0 and s["run"]["chunks"] == N_MICROGRAPHS // 2
     assert s["n_images"] == N_MICROGRAPHS and s["n_cells"] > 50
     return out, s
@@ -141,11 +143,11 @@ def test_a_changed_setup_is_refused_and_call_settings_may_change(bundle, screen,
     os.makedirs(work)
     # a work folder left by a run with other segmentation parameters
     from deepyeast.analysis import screen_run
-    from deepyeast.data.segment import SegmentParams
+    from deepyeast.data.segment_cells import CellFinding, SegmentParams
     from deepyeast.model import read_bundle
 
     b = read_bundle(bundle)
-    old = screen_run.ChunkSettings(model=os.path.abspath(bundle), params=SegmentParams(min_area=160), chunk=2)
+    old = screen_run.ChunkSettings(model=os.path.abspath(bundle), finding=CellFinding(SegmentParams(min_area=160)), chunk=2)
     screen_run.prepare_work(work, screen_run.fingerprint_parts(b, str(screen), old), restart=False)
     r = subprocess.run(_command(bundle, screen, out), cwd=REPO_ROOT, env=_env(), capture_output=True, text=True)
     assert r.returncode == 2 and "holds an unfinished run with another setting params" in r.stderr, r.stderr
@@ -154,8 +156,8 @@ def test_a_changed_setup_is_refused_and_call_settings_may_change(bundle, screen,
     new = screen_run.ChunkSettings(model=os.path.abspath(bundle), chunk=2)
     parts = screen_run.fingerprint_parts(b, str(screen), new)
     assert parts["settings"] != screen_run.fingerprint_parts(b, str(screen), old)["settings"]
-    s = classify_screen(bundle, str(screen), str(out), progress=False, n_resamples=50, chunk=2, restart=True,
-                        rules=CallRules(min_cells=3))
+    s = classify_screen(bundle, str(screen), str(out),
+                        ClassifySettings(n_resamples=50, chunk=2, restart=True, rules=CallRules(min_cells=3)), QUIET)
     assert s["reused_micrographs"] == 0 and not os.path.exists(work)
 
 
@@ -164,8 +166,8 @@ def test_a_two_worker_cluster_gives_the_same_tables(bundle, screen, reference, t
     ref_out, ref = reference
     with dask_cluster(2) as address:
         out = tmp_path / "out"
-        s = classify_screen(bundle, str(screen), str(out), progress=False, n_resamples=50, chunk=2,
-                            scheduler=address)
+        s = classify_screen(bundle, str(screen), str(out), ClassifySettings(n_resamples=50, chunk=2),
+                            QUIET.with_(scheduler=address))
     assert _tables(out) == _tables(ref_out)
     pids = s["run"]["task_pids"]
     assert pids and os.getpid() not in pids  # the chunks ran in the worker processes
@@ -180,8 +182,9 @@ def test_the_network_on_a_gpu_in_two_dask_workers_gives_the_cpu_calls(bundle, sc
     ref_out, _ = reference
     with dask_cluster(2) as address:
         out = tmp_path / "out"
-        s = classify_screen(bundle, str(screen), str(out), progress=False, n_resamples=50, chunk=2,
-                            scheduler=address, inference=InferenceSettings(device="cuda:0"))
+        s = classify_screen(bundle, str(screen), str(out),
+                            ClassifySettings(inference=InferenceSettings(device="cuda:0"), n_resamples=50, chunk=2),
+                            QUIET.with_(scheduler=address))
     assert s["settings"]["device"] == "cuda:0" and os.getpid() not in s["run"]["task_pids"]
     with open(out / "cells.csv", newline="") as f:
         got = list(csv.DictReader(f))

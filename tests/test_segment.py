@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from deepyeast.data.micrographs import read_mask
-from deepyeast.data import segment
-from deepyeast.data.segment import SegmentParams, match_objects, measure_cells, segment_marker
+from deepyeast.data.micrographs import MicrographFormat, read_mask
+from deepyeast.data import segment_cells as segment
+from deepyeast.data.crop_cells import measure_cells
+from deepyeast.data.segment_cells import CellFinding, SegmentParams, match_objects, segment_marker
 from deepyeast.utils.io import InputError
 
 from _data_helpers import REPO_ROOT, tiny_screen
@@ -150,7 +151,7 @@ def test_background_correction_matches_scipy_grey_opening():
 
 @pytest.fixture(scope="module")
 def screen(tmp_path_factory):
-    return tiny_screen(tmp_path_factory, workers=1)
+    return tiny_screen(tmp_path_factory, jobs=1)
 
 
 def test_f1_on_synthetic_fields_with_true_masks(screen):
@@ -255,7 +256,8 @@ def test_segment_screen_formats_given_masks_and_bad_rows(tmp_path):
         assert r.returncode == 2 and why in r.stderr, r.stderr
         assert r.stderr.startswith(f"segment_cells.py: error: {table}:4: "), r.stderr
         assert r.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
-    s = segment.segment_screen(str(table), str(tmp_path / "out"), bits=12, skip_bad=True, progress=False)
+    twelve = MicrographFormat(bits=12)
+    s = segment.segment_screen(str(table), str(tmp_path / "out"), CellFinding(fmt=twelve), skip_bad=True, progress=False)
     assert s["n_images"] == 5 and s["n_rejected"] == 2 and s["n_given_masks"] == 1
     assert s["images_without_cells"] == [f"{table}:5"]
     rejects = (tmp_path / "out" / "rejects.txt").read_text().splitlines()
@@ -273,8 +275,8 @@ def test_segment_screen_formats_given_masks_and_bad_rows(tmp_path):
     seg = _csv(tmp_path / "out" / "segmentation.csv")
     assert [r["source"] for r in seg] == ["segmented"] * 4 + ["given"]
     # resegment ignores the given mask
-    s = segment.segment_screen(str(table), str(tmp_path / "out2"), bits=12, skip_bad=True, resegment=True,
-                               progress=False)
+    s = segment.segment_screen(str(table), str(tmp_path / "out2"), CellFinding(fmt=twelve, resegment=True),
+                               skip_bad=True, progress=False)
     assert s["n_given_masks"] == 0 and s["n_cells"] == 12
 
 

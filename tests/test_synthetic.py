@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from deepyeast.data import synthetic
+from deepyeast.data import make_synthetic as synthetic
 from deepyeast.data.crop_png import read_crop
 from deepyeast.data.lists import check_splits, mixed_protein_cells, protein_of, read_split_list
 from deepyeast.constants import CLASS_NAMES, MIN_CELLS_PER_PROTEIN, TRANSFER_CLASS_NAMES
@@ -96,7 +96,7 @@ def test_noncell_list_is_the_known_noncells_of_the_validation_split(screen, tmp_
 
 def test_deterministic_per_seed_and_worker_count(screen, tmp_path):
     again = tmp_path / "again"
-    synthetic.make_screen(str(again), "tiny", seed=0, workers=1, save_fields=3, progress=False)
+    synthetic.make_screen(str(again), "tiny", seed=0, jobs=1, save_fields=3, progress=False)
     assert _tree_digest(again / "main") == _tree_digest(screen / "main")
     assert _tree_digest(again / "transfer") == _tree_digest(screen / "transfer")
     assert synthetic.plan_screen("tiny", 1) != synthetic.plan_screen("tiny", 0)

@@ -11,10 +11,13 @@ import pytest
 
 from deepyeast.analysis.features import read_label_lists
 from deepyeast.utils.io import InputError
-from deepyeast.analysis.transfer import (CELLPROFILER, RESULT_COLUMNS, bootstrap_accuracy_interval,
-                                         class_orders, run_transfer, subsample_per_class, transfer_curve)
+from deepyeast.analysis.transfer import (CELLPROFILER, RESULT_COLUMNS, TransferFeatures, TransferSettings,
+                                         bootstrap_accuracy_interval, class_orders, run_transfer, subsample_per_class,
+                                         transfer_curve)
+from deepyeast.utils.run_context import RunContext
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUIET = RunContext(log=lambda *_: None)
 
 
 def _blobs(labels, dims, signal, rng):
@@ -52,7 +55,8 @@ def test_accuracy_rises_with_examples_on_separable_data():
     y = np.repeat(np.arange(4), 200)
     split = np.array((["train"] * 120 + ["val"] * 30 + ["test"] * 50) * 4, dtype=object)
     x = _blobs(y, 12, 1.2, rng)
-    rows = transfer_curve("layer", x, y, split, 4, n_per_class=(1, 5, 25, 100, 250, 500), n_trees=50, n_resamples=500)
+    rows = transfer_curve("layer", x, y, split, 4, TransferSettings(n_per_class=(1, 5, 25, 100, 250, 500), n_trees=50,
+                                                                n_resamples=500))
     assert [r["n_per_class"] for r in rows] == [1, 5, 25, 100, 250]   # stops once every train cell is used
     assert rows[-1]["n_train"] == 480 and rows[0]["n_train"] == 4
     acc = [r["accuracy"] for r in rows]
@@ -101,8 +105,8 @@ def test_run_transfer_end_to_end(tmp_path):
     dirs = _transfer_screen(tmp_path / "screen")
     labels = read_label_lists(tmp_path / "screen", "HOwt_transfer", n_classes=4)
     out = tmp_path / "out"
-    result = run_transfer(dirs, labels, str(out), cp_csv=tmp_path / "screen" / "cp.csv", n_trees=25, n_resamples=300,
-                          log=lambda *_: None)
+    result = run_transfer(TransferFeatures(dirs, labels, cp_csv=tmp_path / "screen" / "cp.csv"), str(out),
+                          settings=TransferSettings(n_trees=25, n_resamples=300), context=QUIET)
     assert result["cells"] == {"train": 120, "val": 40, "test": 100}
     assert result["best_layer"] == "fc2"
     for name in ("transfer.csv", "transfer.json", "transfer_layers.png", "transfer_layers.pdf",
@@ -129,12 +133,12 @@ def test_empty_class_and_unknown_cell_are_clear_errors(tmp_path):
     no_val_actin = {p: (s, l) for p, (s, l) in labels.items() if not (s == "val" and l == 0)}
     no_val_actin.update({p: ("test", l) for p, (s, l) in labels.items() if s == "val" and l == 0})
     with pytest.raises(InputError, match="no val cells of class.*actin"):
-        run_transfer(dirs, no_val_actin, str(tmp_path / "o"), blobs=["fc2"], log=lambda *_: None,
-                     headline_layer="fc2")
+        run_transfer(TransferFeatures(dirs, no_val_actin, blobs=["fc2"]), str(tmp_path / "o"),
+                     settings=TransferSettings(headline_layer="fc2"), context=QUIET)
     assert not (tmp_path / "o" / "transfer.csv").exists()
     missing = dict(list(labels.items())[1:])
     with pytest.raises(InputError, match="not found"):
-        run_transfer(dirs, missing, str(tmp_path / "o"), blobs=["fc2"], log=lambda *_: None)
+        run_transfer(TransferFeatures(dirs, missing, blobs=["fc2"]), str(tmp_path / "o"), context=QUIET)
 
 
 def test_script_writes_outputs_and_help(tmp_path):
@@ -174,8 +178,9 @@ def test_headline_is_fc1_with_20000_resamples_even_when_another_layer_is_best(tm
         dirs.append(str(d))
     labels = read_label_lists(root, "HOwt_transfer", n_classes=4)
     out = tmp_path / "out"
-    result = run_transfer(dirs, labels, str(out), n_per_class=(5, 20), n_trees=10, n_resamples=200, seed=3,
-                          log=lambda *_: None, n_tsne=60)
+    result = run_transfer(TransferFeatures(dirs, labels), str(out),
+                          settings=TransferSettings(n_per_class=(5, 20), n_trees=10, n_resamples=200, n_tsne=60),
+                          context=QUIET.with_(seed=3))
     assert result["best_layer"] == "fc2" and result["headline_layer"] == "fc1"
     assert result["headline_resamples"] == 20000
     manifest = json.loads((out / "result.json").read_text())

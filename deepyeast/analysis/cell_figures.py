@@ -12,7 +12,7 @@ from deepyeast.utils.plotting import FOREST_COLOR, NETWORK_COLOR, plt, save_figu
 def plot_per_class(result_net, result_rf, metric, out_base):
     """Per-class ``metric`` ("recall": Fig. 2A, "precision": Fig. 2B), network vs forest.
 
-    ``result_*`` are :func:`deepyeast.analysis.cell_metrics.evaluate_cells` dicts (``result_rf`` may be
+    ``result_*`` are :func:`deepyeast.analysis.evaluate_cells.evaluate_cells` dicts (``result_rf`` may be
     None).  Points are the estimates on all test cells, bars the bootstrap 95% intervals;
     a dashed line of the same colour marks each classifier's median over classes.
     """

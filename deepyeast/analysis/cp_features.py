@@ -89,7 +89,7 @@ import warnings
 import numpy as np
 
 from deepyeast.constants import IMAGE_SIZE, MARKER_CHANNEL, N_CHANNELS, PAPER_FOREST, PROTEIN_CHANNEL
-from deepyeast.utils.io import InputError, atomic_path, open_input
+from deepyeast.utils.io import InputError, atomic_path, csv_header, open_input
 
 _log = logging.getLogger(__name__)
 
@@ -457,10 +457,7 @@ def read_feature_csv(path):
     """
     with open_input(path, "features table", newline="") as f:
         reader = csv.reader(f)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise InputError(f"{path}: empty file, expected a header 'path,<feature>,...'") from None
+        header = csv_header(reader, path, "a header 'path,<feature>,...'")
         if not header or header[0] != "path" or len(header) < 2:
             raise InputError(f"{path}:1: header must start with 'path' followed by feature names, got {header[:3]}")
         names = header[1:]

@@ -30,12 +30,12 @@ import os
 
 import numpy as np
 
-from deepyeast.analysis.cell_metrics import confusion_counts, count, kappa_from_confusion, precision_recall
+from deepyeast.analysis.evaluate_cells import confusion_counts, count, kappa_from_confusion, precision_recall
 from deepyeast.constants import (MIN_CELLS_PER_PROTEIN, PAPER_CHOSEN_ITERATION, PAPER_CLAIMS, PAPER_CLASS_CELLS,
                                  PAPER_CLASS_RECALL, PAPER_CONFUSIONS, PAPER_FOREST, PAPER_MIXED_NUCLEUS_CYTOPLASM,
                                  PAPER_MIXED_PAIR, PAPER_NONCELL_FILTER, PAPER_PRECISION_EXCEPTIONS,
                                  PAPER_PROTEIN_ERRORS, PAPER_RESULTS)
-from deepyeast.utils.manifest import clear_result, count_metric, figure, missing_part, table, write_result
+from deepyeast.utils.manifest import Result, clear_result, count_metric, figure, missing_part, table, write_result
 from deepyeast.utils.io import InputError, atomic_write_json
 
 __all__ = ["per_class_comparison", "paper_claims", "top_confusions", "misclassified_gallery", "accuracy_by_cells",
@@ -69,7 +69,7 @@ def _count_text(c, total=None):
 def per_class_comparison(net, rf=None):
     """Per-class counts of network (and forest) predictions tables on the same cells.
 
-    ``net``, ``rf``: :class:`~deepyeast.analysis.predictions.Predictions`.  Returns a dict:
+    ``net``, ``rf``: :class:`~deepyeast.analysis.prediction_table.Predictions`.  Returns a dict:
     ``class_names``, ``n_cells`` (int K), for each classifier ``"network"``/``"random_forest"``
     ``{"confusion": int K x K, "recall": float K, "precision": float K, "n_predicted": int K,
     "kappa": float}`` (NaN where undefined).
@@ -188,7 +188,7 @@ def misclassified_gallery(table, archive, out_base, pairs, per_pair=GALLERY_CELL
     :func:`top_confusions`), up to ``per_pair`` cells each, those called most confidently first; the
     blocks fill ``pair_columns`` columns, row by row.
 
-    ``table``: the predictions (:class:`~deepyeast.analysis.predictions.Predictions`); ``archive``:
+    ``table``: the predictions (:class:`~deepyeast.analysis.prediction_table.Predictions`); ``archive``:
     the folder its paths are relative to.  Crops are read as the archive stores them (PNG; red the
     marker, green the protein).  Returns the PNG path, or None when no pair has a cell.
     """
@@ -426,7 +426,7 @@ def chosen_iteration(solver_path, chosen_path):
     byte-identical to ``chosen_path`` (the pipeline keeps the chosen one), or None when none is."""
     from deepyeast.caffe import caffe_pb2
     from deepyeast.caffe.prototxt import read_prototxt
-    from deepyeast.engine.runconfig import snapshots_on_disk
+    from deepyeast.engine.run_config import snapshots_on_disk
     from deepyeast.utils.io import file_digest
 
     solver = read_prototxt(solver_path, caffe_pb2.SolverParameter)
@@ -487,7 +487,7 @@ def run_paper_results(out_dir, inputs, command=None, make_figures=True):
                                                       inputs.rf_proteins)
     mixed, tsne, solver, chosen, snapshot_rule = (inputs.mixed, inputs.tsne, inputs.solver, inputs.chosen,
                                                   inputs.snapshot_rule)
-    from deepyeast.analysis.predictions import read_predictions
+    from deepyeast.analysis.prediction_table import read_predictions
     from deepyeast.utils.manifest import read_result
 
     out_dir = os.fspath(out_dir)
@@ -722,6 +722,6 @@ def run_paper_results(out_dir, inputs, command=None, make_figures=True):
     details["claims_holding"] = {k: c["holds"] for k, c in claims.items()}
     atomic_write_json(os.path.join(out_dir, "paper_results.json"),
                       {"metrics": metrics, "details": details}, indent=1)
-    return write_result(out_dir, RESULT_NAME, "The paper's Results, item by item, ours beside theirs",
+    return write_result(out_dir, Result(RESULT_NAME, "The paper's Results, item by item, ours beside theirs",
                         summary_text, metrics=metrics, figures=figures, tables=tables, missing=missing,
-                        details=details, command=command, order=12)
+                        details=details, command=command, order=12))

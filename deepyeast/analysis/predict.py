@@ -12,7 +12,7 @@ The per-pixel training mean (``mean.binaryproto``, float32 ``2 x 64 x 64``) is
 subtracted in float32 before the net, as the ``Data`` layer's ``mean_file`` does
 in training.
 
-Outputs: the predictions table (:mod:`deepyeast.analysis.predictions`:
+Outputs: the predictions table (:mod:`deepyeast.analysis.prediction_table`:
 ``path,protein,split,label,pred,prob_0..prob_{K-1}``), and optionally features
 ``DIR/<blob>.npy`` (float32 ``N x D``, each cell's blob flattened in C x H x W
 order, taken after the in-place BatchNorm/Scale/ReLU like Caffe's blob) with
@@ -49,7 +49,7 @@ from deepyeast.constants import LIST_PREFIX, LMDB_SUFFIX, class_names_for
 from deepyeast.utils.io import InputError
 from deepyeast.analysis.features import feature_file, feature_folder
 from deepyeast.utils.progress import progress
-from deepyeast.analysis.predictions import Predictions, validate_predictions, write_predictions
+from deepyeast.analysis.prediction_table import Predictions, validate_predictions, write_predictions
 
 ENGINES = ("ours", "caffe")
 PYCAFFE_FORWARD = os.path.join(os.path.dirname(os.path.abspath(caffe_pb2.__file__)), "pycaffe_forward.py")
@@ -371,7 +371,7 @@ def predict_cells(cells, model, settings=InferenceSettings(), engine="ours", spl
     ``model``: a :class:`NetFiles` (:func:`net_files` of loose files, or a model bundle's
     :meth:`deepyeast.model.bundle.Bundle.net_files`, with its mean and input scale); ``settings``:
     :class:`InferenceSettings`; ``engine``: see :func:`forward_blobs`.
-    Returns the validated :class:`deepyeast.analysis.predictions.Predictions`.  ``split``
+    Returns the validated :class:`deepyeast.analysis.prediction_table.Predictions`.  ``split``
     labels every row (default: from the source's name, e.g. ``HOwt_test.txt``).
     ``features``: a :class:`FeatureRequest` (which blobs, reduced how, into which folder).
     """

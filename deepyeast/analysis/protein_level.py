@@ -21,9 +21,10 @@ import os
 import numpy as np
 
 from deepyeast.constants import MIN_CELLS_PER_PROTEIN, PAPER_RESULTS, paper_result
-from deepyeast.utils.manifest import clear_result, headline, missing_part, table, write_result
+from deepyeast.utils.manifest import Result, clear_result, headline, missing_part, table, write_result
 from deepyeast.utils.io import InputError, atomic_path, atomic_write_json
-from deepyeast.analysis.cell_metrics import count
+from deepyeast.utils.run_context import RunContext
+from deepyeast.analysis.evaluate_cells import count
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +86,7 @@ def call_cells(probs, proteins, class_names, order=None, labels=None, prior=1.0)
     ``order`` without cells gets ``n_cells`` 0, NaN ``alpha``/``posterior`` and ``pred`` -1;
     ``labels`` int (P,) true class per listed protein, -1 unknown (default: all unknown).
     The one calling of proteins: :func:`protein_calls` (the labelled pipeline) and
-    :func:`deepyeast.analysis.classify.call_proteins` (a new screen) both use it.
+    :func:`deepyeast.analysis.classify_screen.call_proteins` (a new screen) both use it.
     """
     probs = np.asarray(probs, dtype=np.float64)
     k = len(class_names)
@@ -112,7 +113,7 @@ def call_cells(probs, proteins, class_names, order=None, labels=None, prior=1.0)
 
 
 def protein_calls(table, prior=1.0, allow_mixed_labels=False):
-    """Protein calls for a :class:`~deepyeast.analysis.predictions.Predictions` (:func:`call_cells`).
+    """Protein calls for a :class:`~deepyeast.analysis.prediction_table.Predictions` (:func:`call_cells`).
 
     A protein's true label is its cells' label; cells of one protein with different labels
     are an :class:`InputError` naming the rows, unless ``allow_mixed_labels`` (then the most
@@ -203,34 +204,38 @@ MIXED_TABLE_COLUMNS = ("protein", "n_cells", "class_a", "class_b", "fraction", "
                        "post_top2", "post_top3", "top_two", "top_three")
 """Columns of ``proteins_mixed.csv``: one row per protein with two compartments."""
 
+PRIOR = 1.0
+"""Dirichlet concentration of the protein-level prior for every class: uniform (the paper's)."""
+
 MIXED_OPTION = "MIXED=FILE (make), --mixed FILE --mixed-predictions CSV (analysis/protein_level.py)"
 """How to supply the proteins with two compartments (for a result's ``missing`` entry)."""
 
 
-def run_protein_level(predictions_path, out_path, mixed_path=None, mixed_predictions_path=None, split="auto",
-                      prior=1.0, min_cells=MIN_CELLS_PER_PROTEIN, allow_mixed_labels=False, summary_path=None,
-                      command=None, classifier="network"):
+def run_protein_level(predictions_path, out_path, mixed=None, split="auto", min_cells=MIN_CELLS_PER_PROTEIN,
+                      allow_mixed_labels=False, classifier="network", context=RunContext()):
     """Write the proteins table, a summary JSON, (with mixed proteins) their table and the result manifest.
 
-    ``mixed_path``: a mixed-protein table (:func:`deepyeast.data.lists.read_mixed_table`) and
-    ``mixed_predictions_path`` the predictions table of its proteins' cells (``analysis/predict.py
-    --mixed``): each protein's Dirichlet posterior is checked for its two compartments among the
-    top two (else the top three), as the paper does for proteins with two compartments, which it
-    keeps out of train, val and test.
-    Outputs: ``out_path`` (proteins CSV); ``summary_path`` (default: ``out_path`` with
-    ``.json``) holding ``protein_accuracy``, ``protein_accuracy_min10`` (count dicts),
+    ``mixed``: None, or the pair ``(table, predictions)``: a mixed-protein table
+    (:func:`deepyeast.data.lists.read_mixed_table`) and the predictions table of its proteins'
+    cells (``analysis/predict.py --mixed``): each protein's Dirichlet posterior is checked for its
+    two compartments among the top two (else the top three), as the paper does for proteins with
+    two compartments, which it keeps out of train, val and test.  The prior is uniform
+    (:data:`PRIOR`); ``context.command`` is recorded.
+    Outputs: ``out_path`` (proteins CSV); ``out_path`` with ``.json`` holding ``protein_accuracy``, ``protein_accuracy_min10`` (count dicts),
     ``min_cells``, ``n_proteins``, ``mixed`` (``{top_two, top_three_rest, top_three}`` counts or
     null), inputs, command; with mixed proteins, ``<out stem>_mixed.csv``; last, ``result.json``
     in the proteins table's folder (:func:`write_protein_result`; ``classifier`` "network" or
     "random_forest" names it).  Returns the summary dict.
     """
-    from deepyeast.analysis.predictions import read_predictions
+    from deepyeast.analysis.prediction_table import read_predictions
     from deepyeast.data.lists import read_mixed_table
 
+    prior, command = PRIOR, context.command
+    mixed_path, mixed_predictions_path = mixed if mixed is not None else (None, None)
     table = read_predictions(predictions_path, split=split, require_all_classes=False)
     calls = protein_calls(table, prior=prior, allow_mixed_labels=allow_mixed_labels)
     stem = os.path.splitext(os.fspath(out_path))[0]
-    summary_path = summary_path or stem + ".json"
+    summary_path = stem + ".json"
     mix_rows, mix_summary = None, None
     if bool(mixed_path) != bool(mixed_predictions_path):
         raise InputError("give the mixed-protein table and the predictions of its cells together "
@@ -341,8 +346,8 @@ def write_protein_result(out_dir, summary, mix_rows=None, classifier="network", 
                            "is its label.", file=table_file))
     paper = PAPER_RESULTS.get(prefix + "protein_accuracy")
     title = f"Protein-level calls: {who.lower()}" + (f" (paper: {100 * paper:.0f}% per protein)" if paper else "")
-    return write_result(out_dir, name, title, text,
+    return write_result(out_dir, Result(name, title, text,
                         metrics=metrics, headline=rows, tables=tables, missing=missing,
                         details={k: v for k, v in summary.items() if k not in ("protein_accuracy",
                                                                                  "protein_accuracy_min10", "command")},
-                        command=summary.get("command"), order=30 if classifier == "network" else 31)
+                        command=summary.get("command"), order=30 if classifier == "network" else 31))

@@ -13,7 +13,7 @@ tell them apart from a training set built on the validation split:
 
 10-fold cross-validation compares mtry in {2, 110, 218, 326, 435} (capped at the
 number of features) x down-sampling of cells {none, balanced} with 100-tree
-forests (one Dask task per grid point and fold, see :mod:`deepyeast.analysis.random_forest`);
+forests (one Dask task per grid point and fold, :func:`quality_cv`; R through :mod:`deepyeast.analysis.rbridge`);
 the point with the highest cross-validated accuracy is chosen (balanced accuracy
 reported beside it).  Refitted on the whole training set, the forest classifies
 the test cells; those it calls non-cells are removed, and each classifier's
@@ -25,17 +25,20 @@ its known non-cells of the validation split.
 """
 
 import csv
+import dataclasses
 import json
-import logging
 import os
+
+import uuid
 
 import numpy as np
 
-from deepyeast.analysis.cell_metrics import count
+from deepyeast.analysis.evaluate_cells import count
 from deepyeast.analysis.cp_features import read_feature_csv
+from deepyeast.analysis.rbridge import data_frame_rows, impute_features, init_r, r_ints, r_matrix, r_inputs, session
 from deepyeast.utils.io import InputError, atomic_write_text, open_input, write_csv
+from deepyeast.utils.run_context import RunContext
 
-_log = logging.getLogger(__name__)
 
 PAPER_CELLS_PER_CLASS = 100
 """Validation cells per class, correct by both classifiers, labelled as cells (the paper)."""
@@ -133,7 +136,7 @@ def pick_training_cells(labels, net_pred, rf_pred, exclude=None, per_class=PAPER
 def filter_accuracy(table, keep_paths):
     """Accuracy of a predictions table before/after keeping only ``keep_paths``.
 
-    table: :class:`deepyeast.analysis.predictions.Predictions`; keep_paths: set of str.
+    table: :class:`deepyeast.analysis.prediction_table.Predictions`; keep_paths: set of str.
     Returns ``{"before": {...}, "after": {...}, "removed": int}`` with value/correct/total.
     """
     ok = table.pred == table.label
@@ -147,7 +150,7 @@ def filter_accuracy(table, keep_paths):
 
 def _val_predictions(net_csv, rf_csv, feature_paths, val_features):
     """The two classifiers' validation tables, aligned with the feature rows -> (rows, labels, net, rf)."""
-    from deepyeast.analysis.predictions import read_predictions
+    from deepyeast.analysis.prediction_table import read_predictions
 
     net = read_predictions(net_csv, require_all_classes=False)
     rf = read_predictions(rf_csv, require_all_classes=False)
@@ -182,33 +185,157 @@ def not_run_summary(reason, option=NONCELL_OPTION, training_set=None):
     return summary
 
 
-def run_quality_filter(val_features, net_val, rf_val, noncells, test_features, predictions=None, truth=None,
-                       out_json=None, out_cells=None, out_training=None, per_class=PAPER_CELLS_PER_CLASS,
-                       mtry=PAPER_MTRY, sampling=PAPER_SAMPLING, folds=PAPER_FOLDS, ntree=PAPER_NTREE, seed=0,
-                       scheduler="none", jobs=1, log=None):
+# --------------------------------------------------------------------------- the quality forest and its cross-validation
+
+def quality_points(mtry, sampling, n_features):
+    """The CV grid (R ``rf_quality_points``): dicts mtry, sampling; mtry capped at
+    ``n_features`` (duplicates dropped), mtry varying fastest."""
+    with session() as ro:
+        pts = ro.r["rf_quality_points"](ro.IntVector([int(m) for m in mtry]), ro.StrVector(list(sampling)),
+                                        int(n_features))
+        return data_frame_rows(pts)
+
+
+def quality_fold_task(job, shared):
+    """One CV task: the forest of one grid point on all folds but ``job["fold"]``, scored on that fold.
+
+    job: dict point, mtry, sampling, fold, seed; shared: dict token, x, is_cell, fold_ids,
+    ntree.  Returns dict point, tp, tn, n1, n0 (R ``rf_quality_fold``).
+    """
+    with session() as ro:
+        r = r_inputs(shared)
+        c = ro.r["rf_quality_fold"](r["x"], r["is_cell"], r["fold_ids"], int(job["fold"]), int(job["mtry"]),
+                                    job["sampling"], int(shared["ntree"]), 1, int(job["seed"]))
+        counts = dict(zip(c.names, (int(v) for v in c)))
+    return {"point": job["point"], **counts}
+
+
+def quality_best(table, sampling=PAPER_SAMPLING):
+    """The quality filter's choice among CV rows (R ``rf_quality_best``): highest CV accuracy;
+    ties: higher balanced accuracy, then smaller mtry, then the earlier sampling option."""
+    order = list(sampling)
+    return min(table, key=lambda r: (-r["cv_accuracy"], -r["cv_balanced_accuracy"], r["mtry"],
+                                     order.index(r["sampling"])))
+
+
+@dataclasses.dataclass(frozen=True)
+class QualityCV:
+    """The filter's cross-validation: ``mtry`` values (capped at the feature count) x
+    down-sampling options (``sampling``, of :data:`PAPER_SAMPLING`), ``folds``-fold, forests of
+    ``ntree`` trees.  The defaults are the paper's."""
+
+    mtry: tuple = PAPER_MTRY
+    sampling: tuple = PAPER_SAMPLING
+    folds: int = PAPER_FOLDS
+    ntree: int = PAPER_NTREE
+
+
+def quality_cv(x, is_cell, cv=QualityCV(), context=RunContext()):
+    """k-fold CV over mtry x down-sampling of a cell / non-cell forest, one task per point and fold.
+
+    x: float N x F (finite); is_cell: 0/1 per row; ``cv``: :class:`QualityCV`; ``context``:
+    the seed, and where the tasks run (``scheduler``, ``jobs``).  The folds are stratified
+    (R ``rf_stratified_folds``, seeded); fold f of point p (job i = p + P * (f - 1),
+    1-based, of P points) grows its forest with seed + i -- the numbers R's
+    ``rf_quality_cv`` gives.  Chosen by CV accuracy (:func:`quality_best`).
+    Returns ``(table, best, model)``; ``model`` is the best setting refitted on all
+    rows (seed ``seed``), for :func:`quality_predict`.
+    """
+    from deepyeast.analysis.cluster import TaskRunner
+
+    mtry, sampling, folds, ntree, seed = cv.mtry, cv.sampling, cv.folds, cv.ntree, context.seed
+    x = np.asarray(x, np.float64)
+    is_cell = np.asarray(is_cell, np.int64)
+    points = quality_points(mtry, sampling, x.shape[1])
+    with session() as ro:
+        y = ro.r["factor"](r_ints(is_cell), levels=ro.IntVector([0, 1]))
+        fold_ids = np.array(ro.r["rf_stratified_folds"](y, int(folds), int(seed)), dtype=np.int64)
+    jobs_ = [{"point": p + 1, "mtry": points[p]["mtry"], "sampling": points[p]["sampling"], "fold": f + 1,
+              "seed": int(seed) + 1 + p + len(points) * f}
+             for f in range(int(folds)) for p in range(len(points))]
+    shared = {"token": uuid.uuid4().hex, "x": x, "is_cell": is_cell, "fold_ids": fold_ids, "ntree": int(ntree)}
+    results = [None] * len(jobs_)
+    with TaskRunner(context.scheduler, context.jobs, worker_setup=init_r, log=context.say) as runner:
+        data = runner.share(shared)
+        for i, res in runner.as_completed(quality_fold_task, jobs_, data):
+            results[i] = res
+    with session() as ro:
+        cols = ("point", "tp", "tn", "n1", "n0")
+        flat = ro.IntVector([int(r[c]) for r in results for c in cols])
+        res_m = ro.r["matrix"](flat, ncol=len(cols), byrow=True, dimnames=ro.r["list"](ro.NULL, ro.StrVector(cols)))
+        r_points = ro.r["rf_quality_points"](ro.IntVector([int(m) for m in mtry]), ro.StrVector(list(sampling)),
+                                             x.shape[1])
+        table = data_frame_rows(ro.r["rf_quality_table"](r_points, res_m))
+    best = quality_best(table, sampling)
+    with session() as ro:
+        model = ro.r["rf_quality_fit"](r_matrix(x), r_ints(is_cell), int(best["mtry"]), best["sampling"], int(ntree), 1,
+                                       int(seed))
+    return table, best, model
+
+
+def quality_predict(model, x, seed=0):
+    """``(p_cell float64 N, is_cell int64 N)``: vote fraction for "cell" and the forest's class
+    (randomForest's tie rule with ``set.seed(seed)``)."""
+    with session() as ro:
+        res = ro.r["rf_quality_predict"](model, r_matrix(x), int(seed))
+        return (np.asarray(res.rx2("p_cell"), dtype=np.float64), np.asarray(res.rx2("is_cell"), dtype=np.int64))
+
+
+# --------------------------------------------------------------------------- the filter
+
+@dataclasses.dataclass(frozen=True)
+class QualityInputs:
+    """The filter's inputs.  ``val_features`` / ``test_features``: feature CSVs
+    (``path,<feature>...``) of the validation and test cells; ``net_val`` / ``rf_val``: the
+    network's and the forest's predictions tables of the validation cells; ``noncells``: the
+    non-cell list (validation cells, one path per line; None: not run); ``predictions``: dict
+    name -> predictions-table CSV of test cells (e.g. ``{"network": ..., "random_forest": ...}``);
+    ``truth``: optional ``path,is_cell`` table (a synthetic screen's ``cell_quality.csv``) to
+    score the filter on the test cells."""
+
+    val_features: str
+    net_val: str
+    rf_val: str
+    noncells: str
+    test_features: str
+    predictions: dict = None
+    truth: str = None
+
+
+@dataclasses.dataclass(frozen=True)
+class QualityOutputs:
+    """Where the filter writes (each optional): ``training`` (``path,label,is_cell`` of the
+    training set), ``cells`` (``path,p_cell,is_cell_pred`` per test cell), ``json`` (the summary,
+    written last)."""
+
+    json: str = None
+    cells: str = None
+    training: str = None
+
+
+def run_quality_filter(inputs, outputs=QualityOutputs(), per_class=PAPER_CELLS_PER_CLASS, cv=QualityCV(),
+                       context=RunContext()):
     """Build the paper's training set, choose the filter by CV, apply it to the test cells.
 
-    val_features / test_features: feature CSVs (``path,<feature>...``) of the validation
-    and test cells; net_val / rf_val: the network's and the forest's predictions tables of
-    the validation cells; noncells: the non-cell list (validation cells, one path per
-    line); predictions: dict name -> predictions-table CSV of test cells (e.g.
-    ``{"network": ..., "random_forest": ...}``); truth: optional ``path,is_cell`` table
-    (a synthetic screen's ``cell_quality.csv``) to score the filter on the test cells.
-    Writes ``out_training`` (``path,label,is_cell`` of the training set), ``out_cells``
-    (``path,p_cell,is_cell_pred`` per test cell) and ``out_json`` (summary, last);
-    returns the summary.
+    ``inputs``: :class:`QualityInputs`; ``outputs``: :class:`QualityOutputs`; ``per_class``:
+    cells per class in the training set; ``cv``: :class:`QualityCV`; ``context``: the seed and
+    where the CV forests run.  Returns the summary.
 
     Without a non-cell list (``noncells`` None), or with fewer than ``folds`` cells or
     non-cells in the training set, nothing is fitted: the summary is
     :func:`not_run_summary`'s (reason and the option that would run it), never an error
     (without a list no file is written: :func:`write_quality_result` records it).
     """
-    log = log or _log.info
+    log, seed = context.say, context.seed
+    val_features, net_val, rf_val, noncells, test_features = (inputs.val_features, inputs.net_val, inputs.rf_val,
+                                                              inputs.noncells, inputs.test_features)
+    predictions, truth = inputs.predictions, inputs.truth
+    out_json, out_cells, out_training = outputs.json, outputs.cells, outputs.training
+    mtry, sampling, folds, ntree = cv.mtry, cv.sampling, cv.folds, cv.ntree
     if noncells is None:
         log(f"quality filter: not run: {NO_LIST_REASON}; give a non-cell list with {NONCELL_OPTION}")
         return not_run_summary(NO_LIST_REASON)
-    from deepyeast.analysis import random_forest
-    from deepyeast.analysis.predictions import read_predictions
+    from deepyeast.analysis.prediction_table import read_predictions
     from deepyeast.constants import class_names_for
 
     va_paths, va_names, x_va = read_feature_csv(val_features)
@@ -245,14 +372,13 @@ def run_quality_filter(val_features, net_val, rf_val, noncells, test_features, p
         if out_json:
             atomic_write_text(out_json, json.dumps(summary, indent=1) + "\n")
         return summary
-    x_fit, x_test, _ = random_forest.impute_features(x_lab, x_te)
+    x_fit, x_test, _ = impute_features(x_lab, x_te)
     log(f"quality filter: {n_cell} cells ({per_class} per class at most) + {n_non} non-cells, {folds}-fold CV over "
         f"mtry {list(mtry)} x sampling {list(sampling)}, {ntree} trees")
-    table, best, model = random_forest.quality_cv(x_fit, y, mtry=mtry, sampling=sampling, folds=folds, ntree=ntree,
-                                            seed=seed, scheduler=scheduler, jobs=jobs, log=log)
+    table, best, model = quality_cv(x_fit, y, cv, context)
     log(f"quality filter: chosen mtry {best['mtry']}, sampling {best['sampling']}: CV accuracy "
         f"{best['cv_accuracy']:.4f}, balanced accuracy {best['cv_balanced_accuracy']:.4f}")
-    p_cell, is_cell_pred = random_forest.quality_predict(model, x_test, seed)
+    p_cell, is_cell_pred = quality_predict(model, x_test, seed)
     keep = {p for p, k in zip(te_paths, is_cell_pred) if k}
     summary = {
         "procedure": "paper: per class, validation cells correct by both classifiers labelled as cells, plus "
@@ -350,7 +476,7 @@ def write_quality_result(out_dir, summary, figure_file=None, command=None):
     a ``missing`` entry naming the reason and the option that would run the filter.
     """
     from deepyeast.constants import PAPER_N_NONCELLS, PAPER_RESULTS
-    from deepyeast.utils.manifest import figure, headline, missing_part, table, write_result
+    from deepyeast.utils.manifest import Result, figure, headline, missing_part, table, write_result
 
     title = "Removing non-cells (paper: 91% per cell after filtering)"
     labels = {"network": "Network", "random_forest": "Random forest"}
@@ -362,9 +488,9 @@ def write_quality_result(out_dir, summary, figure_file=None, command=None):
         text = (f"The non-cell filter was not run: {nr['reason']}. The paper trained it on "
                 f"{PAPER_CELLS_PER_CLASS} validation cells per class that both classifiers got right and "
                 f"{PAPER_N_NONCELLS} non-cells picked by eye; give such a list with {nr['option']}.")
-        return write_result(out_dir, "quality", title, text, metrics={k: None for k in keys.values()},
+        return write_result(out_dir, Result("quality", title, text, metrics={k: None for k in keys.values()},
                             headline=rows, missing=[missing_part(nr["what"], nr["reason"], nr["option"])],
-                            details=summary, command=command, order=20)
+                            details=summary, command=command, order=20))
     t = summary["test"]
     ts = summary["training_set"]
     best = summary["best"]
@@ -406,9 +532,9 @@ def write_quality_result(out_dir, summary, figure_file=None, command=None):
                         + _grid_note(summary)))
     figs = [figure(figure_file, "Accuracy per cell of each classifier before and after the filter removed "
                                 "non-cells (test cells).")] if figure_file else []
-    return write_result(out_dir, "quality", title, text, metrics=metrics, headline=rows, figures=figs, tables=tables,
-                        missing=missing, details=summary, seeds={"seed": summary.get("seed")}, command=command,
-                        order=20)
+    return write_result(out_dir, Result("quality", title, text, metrics=metrics, headline=rows, figures=figs,
+                                        tables=tables, missing=missing, details=summary,
+                                        seeds={"seed": summary.get("seed")}, command=command, order=20))
 
 
 def write_quality_not_run(out_dir, reason=NO_LIST_REASON, command=None):

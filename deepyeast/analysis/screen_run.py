@@ -47,7 +47,7 @@ import zlib
 import numpy as np
 
 from deepyeast.analysis.qc import QC_COLUMNS, micrograph_qc
-from deepyeast.data.segment import SegmentParams, cells_and_crops, row_cells
+from deepyeast.data.segment_cells import CellFinding, cells_and_crops, row_cells
 from deepyeast.engine.inference import InferenceSettings
 from deepyeast.utils.io import InputError, file_digest
 
@@ -68,29 +68,24 @@ PER_CELL = ("row", "cell", "x", "y", "area", "padded", "probs", "crops", "ood_sc
 class ChunkSettings:
     """Everything a chunk's result depends on besides its rows (part of the run's fingerprint).
 
-    model : str, the bundle folder; params : SegmentParams; channels : (marker, protein) indices;
-    bits : int or None; resegment : bool; border : "pad" | "skip"; inference :
-    :class:`deepyeast.engine.inference.InferenceSettings` (device, precision, batch, fold);
-    compare_fp32 : bool; chunk : micrographs per chunk; size : crop side (pixels).
+    model : str, the bundle folder; finding : :class:`deepyeast.data.segment_cells.CellFinding`
+    (the micrographs' format, the segmentation, resegment, the crops' size and border);
+    inference : :class:`deepyeast.engine.inference.InferenceSettings` (device, precision, batch,
+    fold); compare_fp32 : bool; chunk : micrographs per chunk.
     """
 
     model: str
-    params: SegmentParams = SegmentParams()
-    channels: tuple = (0, 1)
-    bits: object = None
-    resegment: bool = False
-    border: str = "pad"
+    finding: CellFinding = CellFinding()
     inference: InferenceSettings = InferenceSettings()
     compare_fp32: bool = False
     chunk: int = CHUNK
-    size: int = 64
 
     def describe(self):
         """JSON-able dict of the settings (the model path left out: the model counts by its digests)."""
-        d = dataclasses.asdict(self)
-        d.pop("model")
-        d["channels"] = list(d["channels"])
-        return d
+        f = self.finding
+        return dict(params=dataclasses.asdict(f.params), **f.fmt.describe(), resegment=f.resegment, border=f.border,
+                    inference=dataclasses.asdict(self.inference), compare_fp32=self.compare_fp32, chunk=self.chunk,
+                    size=f.size)
 
 
 def work_folder(out_dir):
@@ -183,8 +178,8 @@ def _chunk(item, settings):
     cols = {k: [] for k in ("row", "cell", "x", "y", "area", "padded", "crops")}
     for j, rec in enumerate(recs):
         try:
-            micro, mask, info = row_cells(rec, settings.params, settings.channels, settings.bits, settings.resegment)
-            _, cells, crops = cells_and_crops(micro, mask, size=settings.size, border=settings.border)
+            micro, mask, info = row_cells(rec, settings.finding)
+            _, cells, crops = cells_and_crops(micro, mask, size=settings.finding.size, border=settings.finding.border)
         except InputError as e:
             reason[j] = str(e)
             continue
@@ -196,7 +191,7 @@ def _chunk(item, settings):
         for name in ("cell", "x", "y", "area", "padded"):
             cols[name].append(np.asarray(cells[name]))
         cols["crops"].append(np.ascontiguousarray(crops, np.uint8))
-    c, s = bundle.input_shape[0], settings.size
+    c, s = bundle.input_shape[0], settings.finding.size
 
     def cat(name, dtype, shape=()):
         return np.concatenate(cols[name]).astype(dtype) if cols[name] else np.zeros((0,) + shape, dtype)

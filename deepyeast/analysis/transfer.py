@@ -44,7 +44,7 @@ Binomial(N, accuracy); the interval draws ``n_resamples`` such resamples exactly
 that way and takes the 2.5 and 97.5 percentiles.
 """
 
-import logging
+import dataclasses
 import os
 
 import numpy as np
@@ -53,11 +53,11 @@ from deepyeast import constants
 from deepyeast.analysis.features import (PATHS_FILE, blob_features, has_blob, labels_for_paths, match_paths,
                                          network_blobs, read_cellprofiler_csv, read_paths)
 from deepyeast.utils.plotting import plt, save_figure
-from deepyeast.utils.manifest import clear_result, count_metric, figure, headline, missing_part, table, write_result
+from deepyeast.utils.manifest import (Result, clear_result, count_metric, figure, headline, missing_part, table,
+                                     write_result)
 from deepyeast.utils.io import InputError, atomic_write_json, write_csv
 from deepyeast.utils.progress import progress
-
-_log = logging.getLogger(__name__)
+from deepyeast.utils.run_context import RunContext
 
 N_PER_CLASS = (1, 3, 5, 10, 25, 50, 100, 250, 500)
 """Training examples per class on the curve (paper Figure 4C)."""
@@ -131,14 +131,49 @@ def fit_forest_on_validation(x_train, y_train, x_val, y_val, grid=MAX_FEATURES_G
     return best
 
 
-def transfer_curve(name, x, y, split, n_classes, n_per_class=N_PER_CLASS, grid=MAX_FEATURES_GRID,
-                   n_trees=100, n_resamples=2000, seed=0, jobs=None):
+@dataclasses.dataclass(frozen=True)
+class TransferSettings:
+    """The transfer curves: training sizes per class (``n_per_class``), the forests
+    (``n_trees``, ``grid``: max_features values chosen on validation), bootstrap resamples of the
+    intervals (``n_resamples``; ``headline_resamples`` for Figure 4C's two curves), the headline
+    layer, and Figure 4B's t-SNE (``tsne`` mode, ``n_tsne`` cells).  Defaults: the paper's."""
+
+    n_per_class: tuple = N_PER_CLASS
+    grid: tuple = MAX_FEATURES_GRID
+    n_trees: int = 100
+    n_resamples: int = 2000
+    headline_layer: str = HEADLINE_LAYER
+    headline_resamples: int = HEADLINE_RESAMPLES
+    tsne: str = "fast"
+    n_tsne: int = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferFeatures:
+    """The feature sets of the transfer cells: network feature folders (``dirs``: one, or one
+    per split), ``labels`` (dict path -> (split, label)), which ``blobs`` (None: every learned
+    layer's blob present in the deploy net ``model``), conv-blob reduction (``reduce``: "pool" or
+    "full"), CellProfiler features (``cp_csv``: one CSV or one per split) and what those are
+    (``features_note``, :func:`deepyeast.analysis.cp_features.describe_features`)."""
+
+    dirs: object
+    labels: dict
+    blobs: tuple = None
+    cp_csv: object = None
+    reduce: str = "pool"
+    model: str = None
+    features_note: dict = None
+
+
+def transfer_curve(name, x, y, split, n_classes, settings=TransferSettings(), seed=0, jobs=None):
     """Accuracy vs training examples per class for one feature set.
 
     ``x``: float N x F features of all cells; ``y``: int N labels; ``split``:
-    array of "train"/"val"/"test" per row.  Returns a list of result dicts
-    (``RESULT_COLUMNS``), one per size that the training data allow.
+    array of "train"/"val"/"test" per row; ``settings``: sizes, forests and resamples
+    (:class:`TransferSettings`); ``jobs``: threads of each forest.  Returns a list of result
+    dicts (``RESULT_COLUMNS``), one per size that the training data allow.
     """
+    n_per_class, grid, n_trees, n_resamples = settings.n_per_class, settings.grid, settings.n_trees, settings.n_resamples
     train, val, test = (np.flatnonzero(split == s) for s in ("train", "val", "test"))
     orders = class_orders(y[train], n_classes, seed)
     largest = max(len(o) for o in orders)
@@ -207,11 +242,10 @@ def load_feature_sets(feature_dirs, labels, blobs=None, cp_csv=None, reduce="poo
     return sets, y, np.asarray(split, dtype=object), paths
 
 
-def run_transfer(feature_dirs, labels, out_dir, class_names=constants.TRANSFER_CLASS_NAMES, blobs=None,
-                 cp_csv=None, reduce="pool", n_per_class=N_PER_CLASS, grid=MAX_FEATURES_GRID, n_trees=100,
-                 n_resamples=2000, seed=0, jobs=None, log=None, model=None, command=None, headline_layer=HEADLINE_LAYER,
-                 headline_resamples=HEADLINE_RESAMPLES, tsne="fast", n_tsne=1000, features_note=None):
-    """Run the transfer-learning curves and write the outputs to ``out_dir``.
+def run_transfer(features, out_dir, class_names=constants.TRANSFER_CLASS_NAMES, settings=TransferSettings(),
+                 context=RunContext()):
+    """Run the transfer-learning curves of ``features`` (:class:`TransferFeatures`) with
+    ``settings`` (:class:`TransferSettings`) and write the outputs to ``out_dir``.
 
     Writes ``transfer.csv`` (``RESULT_COLUMNS``, accuracies as fractions),
     ``transfer.json`` (settings, rows, ``transfer_accuracy[feature_set][n]``
@@ -221,13 +255,18 @@ def run_transfer(feature_dirs, labels, out_dir, class_names=constants.TRANSFER_C
     (Figure S6: every feature set, intervals from ``n_resamples``), ``transfer_tsne.{png,pdf}`` and
     ``transfer_tsne.csv`` (Figure 4B: t-SNE of up to ``n_tsne`` transfer cells' headline-layer
     features, ``tsne`` settings of :func:`deepyeast.analysis.interpret.tsne.tsne_embedding`).
-    ``jobs``: worker processes (one feature set each; None or -1: every core).
-    ``features_note``: what the CellProfiler features are (:func:`deepyeast.analysis.cp_features.
-    describe_features`), shown next to their numbers.  Returns the JSON dict.
+    ``context``: the seed of subsampling, forests and bootstrap, ``jobs`` worker processes (one
+    feature set each), the command recorded.  ``features.features_note``: what the CellProfiler
+    features are, shown next to their numbers.  Returns the JSON dict.
     """
     from deepyeast.analysis.interpret.tsne import plot_tsne_grid, tsne_embedding
 
-    log = log or _log.info
+    log, seed, jobs, command = context.say, context.seed, context.jobs, context.command
+    feature_dirs, labels, blobs, cp_csv = features.dirs, features.labels, features.blobs, features.cp_csv
+    reduce, model, features_note = features.reduce, features.model, features.features_note
+    n_per_class, grid, n_trees, n_resamples = settings.n_per_class, settings.grid, settings.n_trees, settings.n_resamples
+    headline_layer, headline_resamples = settings.headline_layer, settings.headline_resamples
+    tsne, n_tsne = settings.tsne, settings.n_tsne
     n_classes = len(class_names)
     sets, y, split, paths = load_feature_sets(feature_dirs, labels, blobs, cp_csv, reduce, model)
     if y.max() >= n_classes:
@@ -242,7 +281,7 @@ def run_transfer(feature_dirs, labels, out_dir, class_names=constants.TRANSFER_C
     # 2,000 cells), so per-tree overhead, not arithmetic, dominates and threads would mostly wait
     # on each other.  Results do not depend on the worker count (every forest has random_state).
     workers = min(os.cpu_count() if jobs in (None, -1) else max(1, int(jobs)), len(sets))
-    args = [(name, x, y, split, n_classes, n_per_class, grid, n_trees, n_resamples, seed, 1) for name, x in sets.items()]
+    args = [(name, x, y, split, n_classes, settings, seed, 1) for name, x in sets.items()]
     clear_result(out_dir)
     if workers <= 1:
         curves = [transfer_curve(*a) for a in progress(args, desc="transfer", unit="feature set")]
@@ -365,10 +404,11 @@ def write_transfer_result(out_dir, result, command=None):
     missing = [] if CELLPROFILER in ta["by_feature_set"] else [missing_part(
         "the CellProfiler curve of Figure 4C", "no CellProfiler features of the transfer cells were given",
         "--cellprofiler CSV; CP_FEATURES=DIR with transfer_{train,val,test}.csv or transfer.csv")]
-    return write_result(out_dir, "transfer", "Transfer learning to new compartments (paper Figures 4B, 4C, S6)", text,
-                        metrics=metrics, headline=headlines, figures=figures, tables=tables, missing=missing,
-                        details={k: v for k, v in result.items() if k not in ("rows", "transfer_accuracy")},
-                        seeds={"seed": result["seed"]}, command=command, order=40)
+    return write_result(out_dir, Result(
+        "transfer", "Transfer learning to new compartments (paper Figures 4B, 4C, S6)", text,
+        metrics=metrics, headline=headlines, figures=figures, tables=tables, missing=missing,
+        details={k: v for k, v in result.items() if k not in ("rows", "transfer_accuracy")},
+        seeds={"seed": result["seed"]}, command=command, order=40))
 
 
 def write_results_csv(path, rows):

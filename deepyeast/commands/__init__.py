@@ -60,6 +60,7 @@ STEPS = (
     Step("check-splits", "check_splits", "data_prep/check_splits.py", _PAPER),
     Step("make-lmdb", "make_lmdb", "data_prep/make_lmdb.py", _PAPER),
     Step("run-config", "make_run_config", "data_prep/make_run_config.py", _PAPER),
+    Step("choose-snapshot", "choose_snapshot", "data_prep/choose_snapshot.py", _PAPER),
     Step("evaluate-cells", "evaluate_cells", "analysis/evaluate_cells.py", _PAPER),
     Step("protein-level", "protein_level", "analysis/protein_level.py", _PAPER),
     Step("quality-filter", "quality_filter", "analysis/quality_filter.py", _PAPER),

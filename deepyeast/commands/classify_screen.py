@@ -58,7 +58,7 @@ Output (--out DIR, replaced as a whole, atomically):
 Flags (proteins.csv, 1 = set): few_cells: fewer than --min-cells cells; low_confidence:
 p_call, the posterior probability that the called compartment's share exceeds the
 runner-up's, below --confidence; possible_dual: the runner-up's share at least
---dual-share; no_cells: no cell found (no call).  See deepyeast/analysis/classify.py.
+--dual-share; no_cells: no cell found (no call).  See deepyeast/analysis/classify_screen.py.
 
 Bad input (one line naming table row and file, exit 2, nothing written): unreadable or
 truncated file, a single-channel file where two are needed, channels of different sizes,
@@ -76,7 +76,7 @@ from deepyeast import launcher
 
 
 def options(p):
-    from deepyeast.analysis.classify import CONFIDENCE, DUAL_SHARE, GALLERY_CELLS
+    from deepyeast.analysis.classify_screen import CONFIDENCE, DUAL_SHARE, GALLERY_CELLS
     from deepyeast.analysis.screen_run import CHUNK
     from deepyeast.constants import MIN_CELLS_PER_PROTEIN
 
@@ -150,16 +150,16 @@ def images_source(args):
 
 
 def run(args):
-    from deepyeast.analysis.classify import CallRules, classify_screen
-    from deepyeast.analysis.cluster import resolve_scheduler
+    from deepyeast.analysis.classify_screen import CallRules, ClassifySettings, classify_screen
+    from deepyeast.data.segment_cells import CellFinding
 
-    s = classify_screen(
-        args.model, images_source(args), args.out, launcher.segment_params(args), channels=tuple(args.channels),
-        bits=args.bits, skip_bad=args.skip_bad, resegment=args.resegment, border=args.border,
-        inference=launcher.inference_settings(args), compare_fp32=args.compare_fp32,
-        rules=CallRules(args.min_cells, args.confidence, args.dual_share), gallery_cells=args.gallery_cells,
-        n_resamples=args.resamples, seed=args.seed, command=args.command,
-        scheduler=resolve_scheduler(args.scheduler), jobs=args.jobs, chunk=args.chunk, restart=args.restart)
+    finding = CellFinding(launcher.segment_params(args), launcher.micrograph_format(args), args.resegment,
+                          border=args.border)
+    settings = ClassifySettings(finding, launcher.inference_settings(args), compare_fp32=args.compare_fp32,
+                                rules=CallRules(args.min_cells, args.confidence, args.dual_share),
+                                gallery_cells=args.gallery_cells, n_resamples=args.resamples, chunk=args.chunk,
+                                skip_bad=args.skip_bad, restart=args.restart)
+    s = classify_screen(args.model, images_source(args), args.out, settings, args.context)
     f = s["flags"]
     line = (f"{s['n_cells']:,} cells in {s['n_images']} micrographs; {s['n_proteins_called']} of {s['n_proteins']} "
             f"proteins called ({f['low_confidence']} low confidence, {f['possible_dual']} possible dual, "

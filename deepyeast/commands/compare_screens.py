@@ -7,7 +7,7 @@ counted).  Proteins are matched by `protein` (the ORF), whatever their plate.  S
 after --reference or --condition are replicates of that side: their micrographs are pooled, and
 replicate-to-replicate shifts enter the null.
 
-Method (the micrograph is the unit; see deepyeast/analysis/compare.py): per protein and screen,
+Method (the micrograph is the unit; see deepyeast/analysis/compare_screens.py): per protein and screen,
 each micrograph's profile is the mean compartment probability of its cells and the protein's
 profile the cell-weighted mean; the effect is the total-variation distance between the two
 screens' profiles (0..1), with a 95% bootstrap interval over micrographs.  The p-value compares
@@ -40,7 +40,7 @@ from deepyeast import launcher
 
 
 def options(p):
-    from deepyeast.analysis.compare import CompareSettings
+    from deepyeast.analysis.compare_screens import CompareSettings
 
     d = CompareSettings()
     p.add_argument("--reference", required=True, nargs="+", metavar="DIR", type=launcher.existing_dir,
@@ -64,7 +64,7 @@ def options(p):
 
 
 def run(args):
-    from deepyeast.analysis.compare import CompareSettings
+    from deepyeast.analysis.compare_screens import CompareSettings
     from deepyeast.report.compare_html import run_compare
 
     settings = CompareSettings(fdr=args.fdr, min_micrographs=args.min_micrographs, min_cells=args.min_cells,

@@ -26,7 +26,7 @@ def options(p):
 
 def run(args):
     from deepyeast.model.bundle import read_bundle
-    from deepyeast.model.keras import convert_keras_weights
+    from deepyeast.model.convert_keras_weights import convert_keras_weights
 
     out = launcher.output_folder(args)
     convert_keras_weights(args.h5, out)

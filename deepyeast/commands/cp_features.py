@@ -42,11 +42,10 @@ def options(p):
 
 
 def run(args):
-    from deepyeast.analysis.cluster import resolve_scheduler
     from deepyeast.analysis.cp_features import extract_features_to_csv
     from deepyeast.data.lists import class_names_for_list, read_split_list, sample_rows
 
-    scheduler = resolve_scheduler(args.scheduler)
+    scheduler = args.context.scheduler
     list_path = args.list if os.path.exists(args.list) else os.path.join(args.archive, args.list)
     entries, _ = read_split_list(list_path, class_names_for_list(list_path))
     paths = [rel for rel, _ in entries][: args.limit]
@@ -59,7 +58,7 @@ def run(args):
         return
     t0 = time.perf_counter()
     _, n_features, n_fallback = extract_features_to_csv(args.out, paths, root=args.archive, scheduler=scheduler,
-                                                        jobs=args.jobs, batch=args.batch)
+                                                        jobs=args.context.jobs, batch=args.batch)
     dt = time.perf_counter() - t0
     print(f"cp_features: {len(paths)} cells x {n_features} features -> {args.out} in {dt:.1f} s "
           f"({1000 * dt / max(len(paths), 1):.1f} ms/cell, scheduler {scheduler}); "

@@ -48,13 +48,12 @@ def options(p):
 
 
 def run(args):
-    from deepyeast.data.micrographs import crop_screen
+    from deepyeast.data.crop_cells import SplitRule, crop_screen
 
     out = launcher.output_folder(args)
-    summary = crop_screen(args.images, out, centres_csv=args.centres, channels=tuple(args.channels),
-                          bits=args.bits, border=args.border, class_names=constants.CLASS_SETS[args.classes],
-                          prefix=constants.list_prefix(args.classes), fractions=args.fractions,
-                          seed=args.seed, skip_bad=args.skip_bad)
+    summary = crop_screen(args.images, out, centres_csv=args.centres, fmt=launcher.micrograph_format(args),
+                          border=args.border, classes=args.classes, splits=SplitRule(args.fractions, args.seed),
+                          skip_bad=args.skip_bad)
     print(json.dumps(summary, indent=1))
 
 

@@ -2,7 +2,7 @@
 
 Inputs
   --predictions CSV     the network's predictions table
-                        (path,protein,split,label,pred,prob_0..prob_{K-1}; see deepyeast/analysis/predictions.py)
+                        (path,protein,split,label,pred,prob_0..prob_{K-1}; see deepyeast/analysis/prediction_table.py)
   --rf-predictions CSV  optional: the random forest's table for the same cells, plotted beside the network
 
 Outputs (in --out DIR; result.json is written last and marks a finished step)
@@ -25,7 +25,7 @@ Example:
 """
 
 from deepyeast import launcher
-from deepyeast.analysis.cell_metrics import DEFAULT_RESAMPLES, run_cell_evaluation
+from deepyeast.analysis.evaluate_cells import DEFAULT_RESAMPLES, run_cell_evaluation
 
 
 def options(p):
@@ -45,8 +45,8 @@ def options(p):
 
 def run(args):
     out = run_cell_evaluation(args.predictions, args.out, args.rf_predictions, split=args.split,
-                              n_resamples=args.resamples, seed=args.seed, command=args.command,
-                              make_figures=not args.no_figures, require_all_classes=not args.allow_empty_classes)
+                              n_resamples=args.resamples, make_figures=not args.no_figures,
+                              require_all_classes=not args.allow_empty_classes, context=args.context)
     acc, kappa = out["cell_accuracy"], out["cell_kappa"]["value"]
     kappa_text = "undefined" if kappa is None else f"{kappa:.4f}"
     line = f"network: accuracy {acc['value']:.4f} ({acc['correct']}/{acc['total']} cells), kappa {kappa_text}"

@@ -33,7 +33,7 @@ def options(p):
 def run(args):
     import numpy as np
 
-    from deepyeast.model.bioimageio import export_bioimageio
+    from deepyeast.model.export_bioimageio import export_bioimageio
     from deepyeast.utils.io import InputError
 
     out_zip = args.out or args.out_positional

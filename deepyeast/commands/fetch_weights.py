@@ -15,7 +15,7 @@ Example:
 import os
 
 from deepyeast import launcher
-from deepyeast.model.keras import KERAS_WEIGHTS_FILE, KERAS_WEIGHTS_MD5, KERAS_WEIGHTS_URL
+from deepyeast.model.convert_keras_weights import KERAS_WEIGHTS_FILE, KERAS_WEIGHTS_MD5, KERAS_WEIGHTS_URL
 
 
 def options(p):

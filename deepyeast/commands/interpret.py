@@ -42,7 +42,7 @@ Example:
 
 from deepyeast import constants, launcher
 from deepyeast.analysis.features import read_label_lists, read_label_table
-from deepyeast.analysis.interpret import PATCH_LAYERS, run_interpretation
+from deepyeast.analysis.interpret import PATCH_LAYERS, InterpretInputs, InterpretSettings, run_interpretation
 from deepyeast.analysis.interpret.tsne import TSNE_MODES
 
 
@@ -102,13 +102,13 @@ def run(args):
         labels = read_label_lists(args.lists, args.list_prefix, n_classes=len(class_names))
     else:
         labels = read_label_table(args.labels, n_classes=len(class_names))
-    run_interpretation(args.features, args.out, labels, class_names,
-                       blobs=args.blobs.split(",") if args.blobs else None, cp_csv=args.cellprofiler,
-                       archive_root=args.archive, lmdb_path=args.lmdb, n_tsne=args.n_tsne, n_bins=args.bins,
-                       patch_layers=tuple(args.patch_layers.split(",")), neurons=args.neurons,
-                       n_neurons=args.n_neurons, n_patches=args.n_patches, summary=args.neuron_summary,
-                       tsne_reduce=args.tsne_reduce, seed=args.seed, model=args.model, command=args.command,
-                       tsne=args.tsne, weights=args.weights, tsne_features=args.tsne_features)
+    inputs = InterpretInputs(args.features, labels, class_names, blobs=args.blobs.split(",") if args.blobs else None,
+                             cp_csv=args.cellprofiler, archive_root=args.archive, lmdb_path=args.lmdb,
+                             model=args.model, weights=args.weights, tsne_features=args.tsne_features)
+    settings = InterpretSettings(n_tsne=args.n_tsne, n_bins=args.bins, patch_layers=tuple(args.patch_layers.split(",")),
+                                 neurons=args.neurons, n_neurons=args.n_neurons, n_patches=args.n_patches,
+                                 summary=args.neuron_summary, tsne_reduce=args.tsne_reduce, tsne=args.tsne)
+    run_interpretation(inputs, args.out, settings, args.context)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ Example:
       --mean RUN/lmdb/mean.binaryproto --classes ROOT/HOwt_doc.txt --out RUN/model \\
       --solver RUN/train/solver.prototxt --metrics RUN/metrics.json --examples ROOT/HOwt_test.txt
 
-The library logic (the facts gathered from the run) is :mod:`deepyeast.model.run_bundle`.
+The library logic (the facts gathered from the run) is :mod:`deepyeast.model.make_bundle`.
 """
 
 from deepyeast import launcher
@@ -61,7 +61,7 @@ def ood_statistics(args):
     from deepyeast.analysis.ood import OOD_BLOB, fit_bundle_statistics
     from deepyeast.caffe.blobs import read_mean_binaryproto
     from deepyeast.engine.inference import NetFiles, Predictor
-    from deepyeast.model.run_bundle import class_names, list_crops
+    from deepyeast.model.make_bundle import class_names, list_crops
     from deepyeast.utils.io import InputError
 
     if not (args.ood_train or args.ood_val):
@@ -78,7 +78,7 @@ def ood_statistics(args):
 
 
 def run(args):
-    from deepyeast.model.run_bundle import RunFiles, bundle_from_run
+    from deepyeast.model.make_bundle import RunFiles, bundle_from_run
 
     files = RunFiles(deploy=args.model, weights=args.weights, mean=args.mean, classes=args.classes,
                      solver=args.solver, metrics=args.metrics, examples=args.examples)

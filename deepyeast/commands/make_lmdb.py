@@ -26,11 +26,11 @@ def options(p):
 
 
 def run(args):
-    from deepyeast.data.lmdb_bundle import build_lmdb_bundle
+    from deepyeast.data.make_lmdb import build_lmdbs
 
     out = launcher.output_folder(args)
-    summary = build_lmdb_bundle(args.root, out, prefix=constants.list_prefix(args.classes), list_dir=args.lists,
-                                seed=args.seed, skip_bad=args.skip_bad)
+    summary = build_lmdbs(args.root, out, prefix=constants.list_prefix(args.classes), list_dir=args.lists,
+                          skip_bad=args.skip_bad, context=args.context)
     print(json.dumps(summary, indent=1))
 
 

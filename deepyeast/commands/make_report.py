@@ -33,7 +33,7 @@ def options(p):
 
 
 def run(args):
-    from deepyeast.report.html import build_report
+    from deepyeast.report.make_report import build_report
 
     out = args.out or args.run
     html_path, metrics_path = os.path.join(out, REPORT_FILE), os.path.join(out, METRICS_FILE)

@@ -25,7 +25,7 @@ def options(p):
 
 
 def run(args):
-    from deepyeast.engine.runconfig import parse_overrides, write_run_config
+    from deepyeast.engine.run_config import parse_overrides, write_run_config
 
     print(write_run_config(args.out, args.lmdb, args.solver, parse_overrides(args.set)))
 

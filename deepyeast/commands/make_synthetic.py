@@ -23,7 +23,7 @@ size -> identical output.  Example:
 With both --out and --gallery, the gallery's folder also gets a result.json describing the screen
 (the report's first section).
 
-A pair of screens to compare (--pair; deepyeast/data/synthetic/condition.py): a reference and a
+A pair of screens to compare (--pair; deepyeast/data/make_synthetic/condition.py): a reference and a
 condition screen of the same --pair-proteins proteins (drawn from the --size screen's plan), a
 seeded share of them relocalised in the condition, micrograph effects (defocus, exposure, a pull
 toward a wrong compartment) on both sides, different cell counts.  --pair micrographs writes
@@ -43,7 +43,7 @@ from deepyeast import launcher
 
 
 def options(p):
-    from deepyeast.data.synthetic import FIELD_SIZE, SIZES
+    from deepyeast.data.make_synthetic import FIELD_SIZE, SIZES
 
     launcher.add_output_folder(p, "output folder (main/ and transfer/ are written inside)")
     p.add_argument("--size", choices=sorted(SIZES), default="tiny", help="screen size (default: %(default)s)")
@@ -69,8 +69,8 @@ def options(p):
 
 
 def run(args):
-    from deepyeast.data.synthetic import make_gallery, make_screen
-    from deepyeast.data.synthetic.screen import write_screen_result
+    from deepyeast.data.make_synthetic import make_gallery, make_screen
+    from deepyeast.data.make_synthetic.screen import write_screen_result
     from deepyeast.utils.io import InputError
 
     out = args.out or args.out_positional
@@ -93,7 +93,7 @@ def run(args):
 
 
 def _pair(args, out):
-    from deepyeast.data.synthetic.condition import ConditionSettings, render_pair, simulate_pair
+    from deepyeast.data.make_synthetic.condition import ConditionSettings, render_pair, simulate_pair
     from deepyeast.utils.io import InputError
 
     if not out:
@@ -103,7 +103,7 @@ def _pair(args, out):
     settings = ConditionSettings(proteins=args.pair_proteins, movers=args.movers)
     t0 = time.time()
     if args.pair == "micrographs":
-        plan = render_pair(out, args.size, args.seed, settings, workers=args.jobs)
+        plan = render_pair(out, args.size, args.seed, settings, jobs=args.jobs)
     else:
         plan = simulate_pair(out, args.size, args.seed, settings)
     print(f"{len(plan)} proteins, {sum(p['mover'] for p in plan)} relocalised in the condition; "

@@ -53,10 +53,10 @@ def options(p):
 
 
 def run(args):
-    s = run_protein_level(args.predictions, os.path.join(args.out, "proteins.csv"), args.mixed,
-                          args.mixed_predictions, split=args.split,
+    mixed = (args.mixed, args.mixed_predictions) if args.mixed or args.mixed_predictions else None
+    s = run_protein_level(args.predictions, os.path.join(args.out, "proteins.csv"), mixed, split=args.split,
                           min_cells=args.min_cells, allow_mixed_labels=args.allow_mixed_labels,
-                          command=args.command, classifier=args.classifier)
+                          classifier=args.classifier, context=args.context)
     a, b = s["protein_accuracy"], s["protein_accuracy_min10"]
     line = (f"proteins: accuracy {a['value']:.4f} ({a['correct']}/{a['total']} proteins); with >= {s['min_cells']} "
             "cells: " + (f"{b['value']:.4f} ({b['correct']}/{b['total']})" if b["total"] else "no proteins"))

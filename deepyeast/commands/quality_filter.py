@@ -90,12 +90,11 @@ def _folds(text):
 
 
 def run(args):
-    from deepyeast.analysis.cluster import resolve_scheduler
-    from deepyeast.analysis.quality_filter import plot_filter_accuracy, run_quality_filter, write_quality_result
+    from deepyeast.analysis.quality_filter import (QualityCV, QualityInputs, QualityOutputs, plot_filter_accuracy,
+                                                   run_quality_filter, write_quality_result)
     from deepyeast.utils.manifest import clear_result
     from deepyeast.utils.io import InputError
 
-    scheduler = resolve_scheduler(args.scheduler)
     if args.noncells:
         absent = [name for name in NEEDED_WITH_LIST if getattr(args, name) is None]
         if absent:
@@ -107,12 +106,12 @@ def run(args):
     if args.rf_predictions:
         preds["random_forest"] = args.rf_predictions
     summary = run_quality_filter(
-        args.val, args.net_val, args.rf_val, args.noncells, args.test, preds, truth=args.truth,
-        out_json=os.path.join(args.out, "quality_filter.json"),
-        out_cells=args.cells or os.path.join(args.out, "cells.csv"),
-        out_training=args.training or os.path.join(args.out, "training_set.csv"), per_class=args.per_class,
-        mtry=args.mtry, sampling=args.sampling, folds=args.folds, ntree=args.ntree, seed=args.seed,
-        scheduler=scheduler, jobs=args.jobs)
+        QualityInputs(args.val, args.net_val, args.rf_val, args.noncells, args.test, preds, truth=args.truth),
+        QualityOutputs(json=os.path.join(args.out, "quality_filter.json"),
+                       cells=args.cells or os.path.join(args.out, "cells.csv"),
+                       training=args.training or os.path.join(args.out, "training_set.csv")),
+        per_class=args.per_class, cv=QualityCV(args.mtry, args.sampling, args.folds, args.ntree),
+        context=args.context)
     figure = None
     if summary.get("classifiers"):
         figure = args.figure or os.path.join(args.out, "quality_filter.png")

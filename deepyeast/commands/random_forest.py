@@ -51,16 +51,15 @@ def options(p):
 def run(args):
     import os
 
-    from deepyeast.analysis.cluster import resolve_scheduler
     from deepyeast.analysis.cp_features import describe_feature_csv
-    from deepyeast.analysis.random_forest import run_baseline, write_forest_result
+    from deepyeast.analysis.random_forest import ForestFiles, run_baseline, write_forest_result
     from deepyeast.utils.manifest import clear_result
 
     out_dir = os.path.dirname(os.path.abspath(args.out))
     clear_result(out_dir)
-    s = run_baseline(args.train, args.val, args.test, args.labels_from, args.out, grid=args.grid, seed=args.seed,
-                     summary_json=args.summary, split_name=args.split_name, val_out=args.val_out,
-                     scheduler=resolve_scheduler(args.scheduler), jobs=args.jobs)
+    files = ForestFiles(args.train, args.val, args.test, args.labels_from, args.out, val_out=args.val_out,
+                        summary=args.summary)
+    s = run_baseline(files, grid=args.grid, split_name=args.split_name, context=args.context)
     write_forest_result(out_dir, s, describe_feature_csv(args.train), command=args.command)
     a = s["test_accuracy"]
     print(f"random forest: test accuracy {a['value']:.4f} ({a['correct']}/{a['total']} cells) -> {args.out}")

@@ -45,12 +45,11 @@ def options(p):
 
 
 def run(args):
-    from deepyeast.data.segment import segment_screen
+    from deepyeast.data.segment_cells import CellFinding, segment_screen
 
     out = launcher.output_folder(args)
-    params = launcher.segment_params(args)
-    summary = segment_screen(args.images, out, params, channels=tuple(args.channels), bits=args.bits,
-                             skip_bad=args.skip_bad, resegment=args.resegment,
+    finding = CellFinding(launcher.segment_params(args), launcher.micrograph_format(args), args.resegment)
+    summary = segment_screen(args.images, out, finding, skip_bad=args.skip_bad,
                              class_names=constants.CLASS_SETS[args.classes])
     print(json.dumps(summary, indent=1))
 

@@ -30,7 +30,8 @@ Example:
 from deepyeast import constants, launcher
 from deepyeast.analysis.features import read_label_lists, read_label_table
 from deepyeast.analysis.interpret.tsne import TSNE_MODES
-from deepyeast.analysis.transfer import HEADLINE_LAYER, HEADLINE_RESAMPLES, MAX_FEATURES_GRID, N_PER_CLASS, run_transfer
+from deepyeast.analysis.transfer import (HEADLINE_LAYER, HEADLINE_RESAMPLES, MAX_FEATURES_GRID, N_PER_CLASS,
+                                         TransferFeatures, TransferSettings, run_transfer)
 
 
 def _ints(text):
@@ -87,12 +88,13 @@ def run(args):
         labels = read_label_lists(args.lists, args.list_prefix, n_classes=n_classes)
     else:
         labels = read_label_table(args.labels, n_classes=n_classes)
-    run_transfer(args.features, labels, args.out, constants.TRANSFER_CLASS_NAMES,
-                 blobs=args.blobs.split(",") if args.blobs else None, cp_csv=args.cellprofiler,
-                 reduce=args.reduce, n_per_class=args.n_per_class, grid=args.grid, n_trees=args.ntree,
-                 n_resamples=args.resamples, seed=args.seed, jobs=args.jobs, model=args.model, command=args.command,
-                 headline_layer=args.headline_layer, headline_resamples=args.headline_resamples, tsne=args.tsne,
-                 n_tsne=args.n_tsne, features_note=features_note)
+    features = TransferFeatures(args.features, labels, blobs=args.blobs.split(",") if args.blobs else None,
+                                cp_csv=args.cellprofiler, reduce=args.reduce, model=args.model,
+                                features_note=features_note)
+    settings = TransferSettings(n_per_class=args.n_per_class, grid=args.grid, n_trees=args.ntree,
+                                n_resamples=args.resamples, headline_layer=args.headline_layer,
+                                headline_resamples=args.headline_resamples, tsne=args.tsne, n_tsne=args.n_tsne)
+    run_transfer(features, args.out, constants.TRANSFER_CLASS_NAMES, settings, args.context)
 
 
 if __name__ == "__main__":

@@ -351,7 +351,7 @@ needs it, and the make option that supplies it."""
 def write_archive_result(out_dir, report, command=None):
     """The report's first section for a run on an archive: cells and proteins per split (``report``:
     :func:`check_splits`'s) and what the archive does not hold (:data:`ARCHIVE_LACKS`)."""
-    from deepyeast.utils.manifest import table, write_result
+    from deepyeast.utils.manifest import Result, table, write_result
 
     rows = [[split, s["n_cells"], s["n_proteins"], s["n_proteins_min10"]] for split, s in report["splits"].items()]
     total = sum(s["n_cells"] for s in report["splits"].values())
@@ -359,11 +359,11 @@ def write_archive_result(out_dir, report, command=None):
             "splits). Like the published DeepYeast archive it holds split lists, two class tables and 64x64 PNG "
             "crops only; what the paper used beyond them is listed below with the option that supplies it.")
     return write_result(
-        out_dir, "screen", "The cells: the image archive", text,
+        out_dir, Result("screen", "The cells: the image archive", text,
         tables=[table("Cells per split", ["split", "cells", "proteins", f"proteins with >= {MIN_CELLS_PER_PROTEIN} "
                                                                         "cells"], rows,
                       "Counts of the split lists (data_prep/check_splits.py)."),
                 table("Not in the archive", ["what", "what the paper does with it", "supply it with"],
                       [list(x) for x in ARCHIVE_LACKS],
                       "Without them the analyses that need them are reported as not run.")],
-        details=report, command=command, order=5)
+        details=report, command=command, order=5))

@@ -21,13 +21,12 @@ Bad input (not an OME-Zarr, a well or field the plate does not hold, a fragment 
 fit, a stack of planes, an unreadable chunk) is an ``InputError`` naming the path.
 """
 
-import contextlib
-import logging
 import os
 import re
 
 import numpy as np
 
+from deepyeast.data.micrographs import quiet_logger
 from deepyeast.utils.io import InputError
 
 ZARR_SUFFIX = ".zarr"
@@ -46,18 +45,6 @@ def is_zarr_reference(image):
     return any(part.lower().endswith(ZARR_SUFFIX) for part in re.split(r"[/\\]", path))
 
 
-@contextlib.contextmanager
-def _quiet():
-    """ome-zarr-py logs a line for a container of another NGFF version; our messages say what matters."""
-    logger = logging.getLogger("ome_zarr")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 def _attrs(path):
     """The OME attributes of a zarr group (``plate``, ``well``, ``multiscales``, ``omero``...), or None when
     ``path`` is no OME-Zarr group."""
@@ -66,7 +53,7 @@ def _attrs(path):
     if not os.path.isdir(path):
         return None
     try:
-        with _quiet():
+        with quiet_logger("ome_zarr"):
             loc = parse_url(path)
     except Exception as e:  # zarr raises many types for broken metadata
         raise InputError(f"{path}: unreadable OME-Zarr metadata ({type(e).__name__}: {e})") from None
@@ -160,7 +147,7 @@ def _image_node(path):
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Multiscales, Reader
 
-    with _quiet():
+    with quiet_logger("ome_zarr"):
         loc = parse_url(path)
         if loc is None:
             raise InputError(f"{path}: not an OME-Zarr image")
@@ -252,7 +239,7 @@ class ZarrPlate:
         return self.path
 
     def rows(self, on_bad):
-        """The plate's fields as images-table rows (as :func:`deepyeast.data.micrographs.read_images_table`'s:
+        """The plate's fields as images-table rows (as :func:`deepyeast.data.screen_tables.read_images_table`'s:
         ``image`` = ``plate.zarr#ROW/COLUMN/FIELD``, ``path`` = the field's image folder, ``well``,
         ``protein`` = the well), in the plate's well order; a well whose metadata cannot be read goes to
         ``on_bad``."""

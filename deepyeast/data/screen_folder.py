@@ -123,7 +123,7 @@ class ImageFolder:
         return sorted(out)
 
     def rows(self, on_bad):
-        """The micrographs as images-table rows (:func:`deepyeast.data.micrographs.read_images_table`'s
+        """The micrographs as images-table rows (:func:`deepyeast.data.screen_tables.read_images_table`'s
         dicts: ``path`` = the marker file, ``protein_path`` = the protein file, ``plate``, ``protein``,
         ``well``, ``field``; ``where`` = the marker file), sorted by plate, well, protein, field.
         Bad files go to ``on_bad(where, err)`` (which raises without ``--skip-bad``)."""

@@ -2,7 +2,7 @@
 
 The solver writes them (:meth:`deepyeast.engine.solver.Solver.snapshot`), real Caffe writes the
 first two suffixes under the same names, and ``-snapshot auto``, the snapshot rules of
-:mod:`deepyeast.engine.runconfig` and the training-log reader find them again -- all through
+:mod:`deepyeast.engine.run_config` and the training-log reader find them again -- all through
 this module.
 """
 

@@ -339,21 +339,12 @@ def _describe_file(path, sha1=False):
     return info
 
 
-def write_bundle(out_dir, deploy, weights, mean, classes, *, name="DeepYeast", input_scale=1.0,
-                 output_blob="prob", channels=CHANNELS, description="", mean_note="", metrics=None,
-                 training=None, source=None, license="MIT", authors=(), examples=None, ood=None):
-    """Write a model bundle folder ``out_dir`` (replaced as a whole, atomically); returns its path.
+@dataclasses.dataclass(frozen=True)
+class BundleInfo:
+    """What ``bundle.json`` and the readme say of a bundle besides its files.
 
-    Parameters
-    ----------
-    deploy : str or caffe_pb2.NetParameter
-        Deploy prototxt (copied byte for byte, comments kept) or a net to write.
-    weights : str
-        ``.caffemodel`` of that net (copied).
-    mean : str or ndarray
-        ``mean.binaryproto`` (copied) or a float C x H x W mean image (written).
-    classes : sequence of str
-        Class names, index = label = output column.
+    name : str
+        The model's name.
     input_scale : float
         Multiplies ``crop - mean`` (Caffe's ``transform_param.scale``; 1 for nets trained here).
     output_blob : str
@@ -370,6 +361,37 @@ def write_bundle(out_dir, deploy, weights, mean, classes, *, name="DeepYeast", i
         Licence of the weights, for the readme's front matter.
     authors : sequence of str
         Who trained the weights (shown in the readme; exports name them as authors).
+    """
+
+    name: str = "DeepYeast"
+    input_scale: float = 1.0
+    output_blob: str = "prob"
+    channels: tuple = CHANNELS
+    description: str = ""
+    mean_note: str = ""
+    metrics: dict = None
+    training: dict = None
+    source: dict = None
+    license: str = "MIT"
+    authors: tuple = ()
+
+
+def write_bundle(out_dir, deploy, weights, mean, classes, info=BundleInfo(), examples=None, ood=None):
+    """Write a model bundle folder ``out_dir`` (replaced as a whole, atomically); returns its path.
+
+    Parameters
+    ----------
+    deploy : str or caffe_pb2.NetParameter
+        Deploy prototxt (copied byte for byte, comments kept) or a net to write.
+    weights : str
+        ``.caffemodel`` of that net (copied).
+    mean : str or ndarray
+        ``mean.binaryproto`` (copied) or a float C x H x W mean image (written).
+    classes : sequence of str
+        Class names, index = label = output column.
+    info : BundleInfo
+        Name, input scale, output blob, channels, readme texts, metrics, training facts,
+        provenance, licence and authors.
     examples : ndarray, optional
         A few uint8 N x C x H x W crops kept as ``examples.npy`` (test input of exports).
     ood : (arrays, meta), optional
@@ -380,6 +402,9 @@ def write_bundle(out_dir, deploy, weights, mean, classes, *, name="DeepYeast", i
     The new folder is validated with :func:`read_bundle` before it replaces
     ``out_dir``; on any error nothing changes at ``out_dir``.
     """
+    name, input_scale, output_blob, channels = info.name, info.input_scale, info.output_blob, info.channels
+    description, mean_note, license, authors = info.description, info.mean_note, info.license, info.authors
+    metrics, training, source = info.metrics, info.training, info.source
     classes = [str(c) for c in classes]
     if not classes:
         raise InputError("a model bundle needs a class table (no classes given)")

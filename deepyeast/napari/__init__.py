@@ -9,7 +9,7 @@
 * :mod:`deepyeast.napari.reader`: opens the micrograph files the command reads (TIFF, OME-TIFF,
   ImageJ hyperstacks, PNG), one image layer per channel.
 * :mod:`deepyeast.napari.layers`: the widget's work without Qt (layer data in, layer data out),
-  on the same functions as ``deepyeast classify`` (:func:`deepyeast.analysis.classify.classify_micrograph`).
+  on the same functions as ``deepyeast classify`` (:func:`deepyeast.analysis.classify_screen.classify_micrograph`).
 
 Importing this package imports neither napari nor Qt.
 """

@@ -3,7 +3,7 @@
 The same path as ``deepyeast classify``: the micrograph is made 2 x H x W uint8 by
 :func:`deepyeast.data.micrographs.to_two_channel` (so bad input gives the command's one-line
 ``InputError``), cells are found and classified by
-:func:`deepyeast.analysis.classify.classify_micrograph` and the protein is called by the
+:func:`deepyeast.analysis.classify_screen.classify_micrograph` and the protein is called by the
 command's Dirichlet model and flags.
 """
 
@@ -16,15 +16,20 @@ from deepyeast.utils.io import InputError
 __all__ = ["micrograph_from_layers", "cells_layer", "CellsLayer", "load_bundle"]
 
 
-def micrograph_from_layers(image, protein=None, channels=(0, 1), bits=None, rgb=False, names=("image", "protein")):
+def micrograph_from_layers(image, protein=None, fmt=None, rgb=False, names=("image", "protein")):
     """Layer data -> uint8 ``2 x H x W`` (marker, protein).
 
-    ``image``: one layer's data: ``C x H x W`` channels (``channels`` = marker index, protein
+    ``image``: one layer's data: ``C x H x W`` channels (``fmt.channels`` = marker index, protein
     index), ``H x W x C`` with ``rgb``, or ``H x W`` (one channel: the marker when ``protein``
     is given, else refused as the command refuses a single-channel file); ``protein``: a second
-    layer's ``H x W`` data or None; ``bits``: the bit depth of 16-bit data (as ``--bits``);
-    ``names``: the layers' names, for messages.
+    layer's ``H x W`` data or None; ``fmt``: :class:`deepyeast.data.micrographs.MicrographFormat`
+    (None: channels 0 and 1, 8-bit data; its ``bits`` as ``--bits``); ``names``: the layers'
+    names, for messages.
     """
+    from deepyeast.data.micrographs import MicrographFormat
+
+    fmt = MicrographFormat() if fmt is None else fmt
+    bits = fmt.bits
     name, protein_name = names
     img = np.asarray(image)
     if rgb and img.ndim == 3:
@@ -32,7 +37,7 @@ def micrograph_from_layers(image, protein=None, channels=(0, 1), bits=None, rgb=
     if protein is None:
         from deepyeast.data.micrographs import to_two_channel
 
-        return to_two_channel(img, name, tuple(channels), bits)
+        return to_two_channel(img, name, fmt)
     other = np.asarray(protein)
     for array, what in ((img, name), (other, protein_name)):
         if array.ndim != 2:
@@ -51,7 +56,7 @@ _BUNDLES = {}
 
 def load_bundle(path):
     """``(bundle, predictor)`` of the model bundle folder ``path`` (``predictor``:
-    :func:`deepyeast.analysis.classify.micrograph_predictor`'s pair), checked as the command checks it
+    :func:`deepyeast.analysis.classify_screen.micrograph_predictor`'s pair), checked as the command checks it
     (:func:`deepyeast.model.read_bundle`: its one-line ``InputError``); kept while the folder's
     bundle.json is unchanged, so a second run does not load the net again."""
     from deepyeast.model import read_bundle
@@ -64,7 +69,7 @@ def load_bundle(path):
     stamp = os.stat(meta).st_mtime_ns if os.path.isfile(meta) else None
     cached = _BUNDLES.get(folder)
     if cached is None or stamp is None or cached[0] != stamp:
-        from deepyeast.analysis.classify import micrograph_predictor
+        from deepyeast.analysis.classify_screen import micrograph_predictor
 
         bundle = read_bundle(os.fspath(path))
         _BUNDLES.clear()
@@ -97,7 +102,7 @@ def cells_layer(bundle, micrograph, mask=None, predictor=None, name="micrograph"
 
     ``mask``: a Labels layer's data (int H x W) to use instead of segmenting the marker.
     """
-    from deepyeast.analysis.classify import classify_micrograph
+    from deepyeast.analysis.classify_screen import classify_micrograph
 
     if mask is not None:
         mask = np.asarray(mask)
@@ -122,7 +127,7 @@ def cells_layer(bundle, micrograph, mask=None, predictor=None, name="micrograph"
 
 
 def protein_call(calls, classes):
-    """The call of the one protein of ``calls`` (:class:`deepyeast.analysis.classify.ScreenCalls`) as a
+    """The call of the one protein of ``calls`` (:class:`deepyeast.analysis.classify_screen.ScreenCalls`) as a
     dict: ``class`` (None without cells), ``n_cells`` (those called), ``n_ood`` (left out as out of
     distribution), ``top1_share``, ``second``, ``top2_share``,
     ``p_call``, the flags (``few_cells``, ``low_confidence``, ``possible_dual``, ``no_cells``) and

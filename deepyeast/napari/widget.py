@@ -32,10 +32,12 @@ def classify_cells(viewer, image, protein=None, cells=None, bundle="", marker_ch
     ``marker_channel`` and ``protein_channel`` index them); ``cells``: a Labels layer or None;
     ``bundle``: the model bundle folder; ``bits``: bit depth of 16-bit data (0: 8-bit data).
     """
+    from deepyeast.data.micrographs import MicrographFormat
+
     try:
         micrograph = micrograph_from_layers(
-            _pixels(image), None if protein is None else _pixels(protein), (marker_channel, protein_channel),
-            bits or None, rgb=bool(getattr(image, "rgb", False)),
+            _pixels(image), None if protein is None else _pixels(protein),
+            MicrographFormat((marker_channel, protein_channel), bits or None), rgb=bool(getattr(image, "rgb", False)),
             names=(image.name, "protein" if protein is None else protein.name))
         model, predictor = load_bundle(bundle)
         result = cells_layer(model, micrograph, None if cells is None else _pixels(cells), predictor, name=image.name)

@@ -14,7 +14,7 @@ import shutil
 
 import numpy as np
 
-from deepyeast.analysis.compare import METHOD, CompareSettings, compare_screens, read_side, summarise, write_tables
+from deepyeast.analysis.compare_screens import METHOD, CompareSettings, compare_screens, read_side, summarise, write_tables
 from deepyeast.utils.io import atomic_folder, atomic_write_text
 
 __all__ = ["write_comparison", "run_compare"]
@@ -67,7 +67,7 @@ def _volcano(path, rows, fdr):
 
 
 def _report(out_dir, ref, cond, rows, summary, settings):
-    from deepyeast.report.html import CSS, escape, html_table
+    from deepyeast.utils.html_page import CSS, escape, html_table
 
     os.makedirs(os.path.join(out_dir, "figures"))
     os.makedirs(os.path.join(out_dir, "gallery"))
@@ -124,14 +124,14 @@ def _report(out_dir, ref, cond, rows, summary, settings):
 
 
 def _manifest(out_dir, rows, summary, settings, command):
-    from deepyeast.utils.manifest import figure, table, write_result
+    from deepyeast.utils.manifest import Result, figure, table, write_result
 
     s = summary["proteins"]
     hits = sorted((r for r in rows if r["changed"]), key=lambda r: (r["q"], -r["effect"]))[:HITS_IN_MANIFEST]
     text = (f"Two classified screens compared protein by protein ({s['in_both']} proteins in both, {s['tested']} "
             f"with enough micrographs and cells to test): {s['changed']} changed compartment at q < "
             f"{settings.fdr:g}. A per-cell test would have called {s['changed_naive_per_cell_test']}. " + METHOD)
-    write_result(out_dir, "compare", "Comparing two screens", text,
+    write_result(out_dir, Result("compare", "Comparing two screens", text,
                  metrics={"proteins_tested": s["tested"], "proteins_changed": s["changed"],
                           "proteins_changed_per_cell_test": s["changed_naive_per_cell_test"]},
                  figures=[figure("figures/volcano.png", "Each tested protein's effect (total-variation distance "
@@ -146,7 +146,7 @@ def _manifest(out_dir, rows, summary, settings, command):
                  links=[{"file": "report.html", "text": "The comparison's own page: every hit's cells in both "
                                                         "screens"}],
                  details={k: summary[k] for k in ("proteins", "cells", "cells_left_out_ood", "null", "settings")},
-                 seeds={"seed": settings.seed}, command=command, order=80)
+                 seeds={"seed": settings.seed}, command=command, order=80))
 
 
 def write_comparison(out_dir, ref, cond, rows, info, settings, command=None):

@@ -431,6 +431,15 @@ def open_input(path, what, **kwargs):
     return io.StringIO(decode_text(data, path, what), newline=kwargs.get("newline"))
 
 
+def csv_header(reader, path, expected):
+    """The first row of a ``csv.reader`` (its header); an empty file is an :class:`InputError` naming
+    ``path`` and what its header should be (``expected``, e.g. ``"a header line"``)."""
+    try:
+        return next(reader)
+    except StopIteration:
+        raise InputError(f"{path}: empty file, expected {expected}") from None
+
+
 def file_digest(path, algorithm="md5", chunk=1 << 20):
     """Hex digest of a file with ``hashlib`` algorithm ``algorithm`` (read in chunks)."""
     h = hashlib.new(algorithm)

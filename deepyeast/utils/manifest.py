@@ -1,7 +1,7 @@
 """Result manifests: what an analysis hands to the report.
 
 Every analysis writes, last of all its outputs, ``OUT/result.json`` (:data:`MANIFEST_NAME`),
-and the report (:mod:`deepyeast.report.html`) finds every manifest under the run folder: it
+and the report (:mod:`deepyeast.report.make_report`) finds every manifest under the run folder: it
 needs no edit for a new analysis.  Its presence marks a finished step (a Make target).
 
 Schema (``"schema": "deepyeast.result/1"``; only ``name`` and ``title`` are required)::
@@ -35,13 +35,14 @@ Schema (``"schema": "deepyeast.result/1"``; only ``name`` and ``title`` are requ
 Write one with :func:`write_result`; the report reads them with :func:`find_results`.
 """
 
+import dataclasses
 import json
 import math
 import os
 
 from deepyeast.utils.io import NON_FINITE_KEY, InputError, atomic_write_text, json_safe
 
-__all__ = ["MANIFEST_NAME", "SCHEMA", "write_result", "read_result", "find_results", "count_metric", "headline",
+__all__ = ["MANIFEST_NAME", "SCHEMA", "Result", "write_result", "read_result", "find_results", "count_metric", "headline",
            "figure", "table", "missing_part", "clear_result"]
 
 MANIFEST_NAME = "result.json"
@@ -100,14 +101,41 @@ def _clean(obj):
     return str(obj)
 
 
-def write_result(out_dir, name, title, summary="", metrics=None, headline=(), figures=(), tables=(), missing=(),
-                 details=None, seeds=None, command=None, order=100, links=()):
-    """Write ``out_dir/result.json`` (atomically) and return its dict; see the module docstring.
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """What a step's ``result.json`` says (the fields of the module docstring): ``name`` and
+    ``title``, the ``summary`` in words, ``metrics`` (name -> number or count), ``headline`` rows
+    (:func:`headline`), ``figures`` (:func:`figure`), ``tables`` (:func:`table`), ``missing``
+    parts (:func:`missing_part`), free ``details``, the ``seeds``, the ``command`` that ran, the
+    report's ``order`` and ``links`` to the step's own pages (:func:`figure`-like dicts)."""
+
+    name: str
+    title: str
+    summary: str = ""
+    metrics: dict = None
+    headline: tuple = ()
+    figures: tuple = ()
+    tables: tuple = ()
+    missing: tuple = ()
+    details: dict = None
+    seeds: dict = None
+    command: str = None
+    order: int = 100
+    links: tuple = ()
+
+
+def write_result(out_dir, result):
+    """Write ``out_dir/result.json`` (atomically) from ``result`` (:class:`Result`) and return its
+    dict; see the module docstring.
 
     Call it after every other output of the step is written: its presence marks a finished step.
     Figure and table files are checked to exist (relative to ``out_dir``).  The file is strict
     JSON: a NaN or infinite value is written as null and listed in ``details["non_finite"]``.
     """
+    r = result
+    name, title, summary, metrics, headline, figures = r.name, r.title, r.summary, r.metrics, r.headline, r.figures
+    tables, missing, details, seeds, command, order, links = (r.tables, r.missing, r.details, r.seeds, r.command,
+                                                              r.order, r.links)
     out_dir = os.fspath(out_dir)
     metrics = dict(metrics or {})
     for row in headline:

@@ -20,7 +20,7 @@ Receptive fields come from the engine (:meth:`deepyeast.engine.Net.geometry` of 
 prototxt): conv1 3 x 3 input pixels, conv2 5, conv3 10, conv4 14, conv5 .. conv8 24, 32, 40, 48.
 """
 
-import logging
+import dataclasses
 import os
 import warnings
 
@@ -35,42 +35,79 @@ from deepyeast.analysis.interpret.patches import (PATCH_LAYERS, load_cell_images
                                                   stored_top_units, top_activating_units)
 from deepyeast.analysis.interpret.gabor import compare_filters, gabor_bank, gabor_columns, plot_gabor_figure
 from deepyeast.analysis.interpret.tsne import plot_tsne_grid, tsne_embedding
-from deepyeast.utils.manifest import clear_result, figure, missing_part, table, write_result
+from deepyeast.utils.manifest import Result, clear_result, figure, missing_part, table, write_result
 from deepyeast.utils.io import InputError, atomic_write_json, write_csv
 from deepyeast.utils.progress import progress
+from deepyeast.utils.run_context import RunContext
 
-_log = logging.getLogger(__name__)
+
+@dataclasses.dataclass(frozen=True)
+class InterpretInputs:
+    """What the Figure 3 analyses read.  ``feature_dir``: the network features of the cells;
+    ``labels``: dict path -> (split, label) (``read_label_lists`` / ``read_label_table``);
+    ``class_names``: the class table; ``blobs``: blob names to analyse (default: every one of
+    :func:`~deepyeast.analysis.features.network_blobs` present); ``cp_csv``: CellProfiler features
+    of the same cells (optional); images for the patches from ``archive_root`` or ``lmdb_path``
+    (without either, patches are skipped); ``model``: the deploy prototxt whose blobs the features
+    are (default: DeepYeast's, from the model zoo); ``weights``: the trained ``.caffemodel``: its
+    first convolution layer's filters are fitted by Gabor filters (Figure S4, :mod:`.gabor`:
+    ``gabor.{png,pdf}``, ``gabor_filters.csv``; with CellProfiler Gabor texture features among
+    ``cp_csv``'s, each layer's neurons are correlated with them too); ``tsne_features``: a feature
+    folder holding the whole maps (``<blob>.npy``) of some of the cells: they are the t-SNE's cells
+    (instead of ``n_tsne`` random ones), each layer embedded from its full flattened activations
+    (the paper's input)."""
+
+    feature_dir: str
+    labels: dict
+    class_names: tuple
+    blobs: tuple = None
+    cp_csv: str = None
+    archive_root: str = None
+    lmdb_path: str = None
+    model: str = None
+    weights: str = None
+    tsne_features: str = None
 
 
-def run_interpretation(feature_dir, out_dir, labels, class_names, blobs=None, cp_csv=None,
-                       archive_root=None, lmdb_path=None, n_tsne=1000, n_bins=10,
-                       patch_layers=PATCH_LAYERS, neurons=None, n_neurons=4, n_patches=8,
-                       summary="max", tsne_reduce="pool", seed=0, log=None, model=None, command=None, tsne="fast",
-                       weights=None, tsne_features=None):
-    """Write the Figure 3 analyses for the cells in ``feature_dir`` to ``out_dir``.
+@dataclasses.dataclass(frozen=True)
+class InterpretSettings:
+    """The Figure 3 analyses' settings: t-SNE of ``n_tsne`` random cells (``tsne`` "fast" or
+    "paper", :func:`~deepyeast.analysis.interpret.tsne.tsne_embedding`; conv blobs pooled or
+    ``tsne_reduce="full"``), mutual information on ``n_bins`` quantile bins of each neuron's
+    ``summary`` ("max" or "mean" over space), the patch figure's layers, ``n_patches`` per neuron
+    and neurons (``neurons``: optional dict layer -> list of channels; default the ``n_neurons``
+    channels of highest mutual information)."""
 
-    ``labels``: dict path -> (split, label) (``read_label_lists`` /
-    ``read_label_table``).  ``blobs``: blob names to analyse (default: every one of
-    :func:`~deepyeast.analysis.features.network_blobs` present).  ``model``: the deploy
-    prototxt whose blobs the features are (default: DeepYeast's, from the model zoo).  ``neurons``: optional dict layer -> list of
-    channels for the patch figure (default: the ``n_neurons`` channels with the
-    highest mutual information).  Images for patches come from
-    ``archive_root`` or ``lmdb_path``; without either, patches are skipped.
+    n_tsne: int = 1000
+    n_bins: int = 10
+    patch_layers: tuple = PATCH_LAYERS
+    neurons: dict = None
+    n_neurons: int = 4
+    n_patches: int = 8
+    summary: str = "max"
+    tsne_reduce: str = "pool"
+    tsne: str = "fast"
+
+
+def run_interpretation(inputs, out_dir, settings=InterpretSettings(), context=RunContext()):
+    """Write the Figure 3 analyses for the cells of ``inputs`` (:class:`InterpretInputs`) to
+    ``out_dir``, with ``settings`` (:class:`InterpretSettings`); ``context``: the seed, the log, the
+    command recorded.
 
     Outputs: ``tsne.{png,pdf}`` and ``tsne.csv`` (Figure 3B),
     ``patches.{png,pdf}`` (3A), ``neurons_<blob>.csv`` and
     ``neurons.{png,pdf}`` (3D: with CellProfiler features, also the box of their mutual
     information with the class, on the same quantile bins as the neurons', and
-    ``cellprofiler_mi.csv``), ``interpret.json``.  ``tsne``: "fast" or "paper"
-    (:func:`~deepyeast.analysis.interpret.tsne.tsne_embedding`).  ``tsne_features``: a feature folder
-    holding the whole maps (``<blob>.npy``) of some of the cells: they are the t-SNE's cells (instead of
-    ``n_tsne`` random ones), each layer embedded from its full flattened activations (the paper's input).
-    ``weights``: the trained ``.caffemodel``: its first convolution layer's filters are fitted by Gabor
-    filters (Figure S4, :mod:`.gabor`: ``gabor.{png,pdf}``, ``gabor_filters.csv``); with CellProfiler
-    Gabor texture features among ``cp_csv``'s, each layer's neurons are correlated with them too.
-    Returns the summary dict.
+    ``cellprofiler_mi.csv``), ``interpret.json``; with ``inputs.weights`` Figure S4's files.  Returns the
+    summary dict.
     """
-    log = log or _log.info
+    log, seed, command = context.say, context.seed, context.command
+    feature_dir, labels, class_names, blobs = inputs.feature_dir, inputs.labels, inputs.class_names, inputs.blobs
+    cp_csv, archive_root, lmdb_path, model = inputs.cp_csv, inputs.archive_root, inputs.lmdb_path, inputs.model
+    weights, tsne_features = inputs.weights, inputs.tsne_features
+    n_tsne, n_bins, patch_layers, neurons = settings.n_tsne, settings.n_bins, settings.patch_layers, settings.neurons
+    n_neurons, n_patches, summary = settings.n_neurons, settings.n_patches, settings.summary
+    tsne_reduce, tsne = settings.tsne_reduce, settings.tsne
     paths = read_paths(os.path.join(feature_dir, PATHS_FILE))
     _splits, y = labels_for_paths(paths, labels, os.path.join(feature_dir, PATHS_FILE))
     if blobs is None:
@@ -321,14 +358,14 @@ def write_interpret_result(out_dir, summary, command=None):
     if not gabor:
         missing.append(missing_part("Figure S4: the first layer's filters against Gabor filters",
                                     "no trained weights were given", "--weights W.caffemodel"))
-    return write_result(out_dir, "interpret", "What the layers encode (paper Figure 3, Figure S4)", text,
+    return write_result(out_dir, Result("interpret", "What the layers encode (paper Figure 3, Figure S4)", text,
                         figures=figures, metrics=metrics,
                         tables=[table("Neurons per layer", columns, rows,
                                       "Mutual information between a neuron's binned output and the compartment, "
                                       "median over the layer's neurons, in nats; per neuron in neurons_<layer>.csv.")]
                         + tables,
                         missing=missing, details={k: v for k, v in summary.items() if k != "patches"},
-                        seeds={"seed": summary["seed"]}, command=command, order=50)
+                        seeds={"seed": summary["seed"]}, command=command, order=50))
 
 
 

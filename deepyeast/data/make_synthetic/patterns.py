@@ -36,7 +36,7 @@ import math
 
 import numpy as np
 
-from deepyeast.data.synthetic.plan import PATCH
+from deepyeast.data.make_synthetic.plan import PATCH
 
 # ============================================================================ geometry helpers
 
@@ -355,13 +355,14 @@ def _protein_style(name, rng):
     return st
 
 
-def _green(cell, rng, set_name, name, style, mixture=None, difficulty=1.0, second=None, second_style=None):
-    """The protein channel of one cell: its class's pattern, or for a protein localised to two
-    compartments (``second``, ``second_style``) both patterns, each scaled to peak 1, weighted
-    ``mixture`` : ``1 - mixture``."""
+def _green(cell, rng, set_name, pattern, mixture=None, difficulty=1.0, second=None):
+    """The protein channel of one cell: its class's pattern (``pattern``: (class name, style)), or
+    for a protein localised to two compartments (``second``: the other (class name, style)) both
+    patterns, each scaled to peak 1, weighted ``mixture`` : ``1 - mixture``."""
+    name, style = pattern
     g = _PATTERNS[(set_name, name)](cell, rng, style)
-    if second is not None:
-        h = _PATTERNS[(set_name, second)](cell, rng, second_style)
+    if second is not None and second[0] is not None:
+        h = _PATTERNS[(set_name, second[0])](cell, rng, second[1])
         g = mixture * g / max(float(g.max()), 1e-6) + (1 - mixture) * h / max(float(h.max()), 1e-6)
     peak = float(g.max())
     if peak > 0:

@@ -62,10 +62,10 @@ def test_crops(bundle, n_per_class=1, seed=0):
     if tuple(bundle.classes) != tuple(CLASS_NAMES) or tuple(bundle.input_shape) != (2, 64, 64):
         raise InputError(f"{bundle.path}: the bundle has no examples.npy and is not a 12-class DeepYeast model, "
                          "so no test crops can be made for it; give --test-crops")
-    from deepyeast.data.synthetic import example_crops
+    from deepyeast.data.make_synthetic import example_crops
 
     crops = np.concatenate([example_crops("main", k, n_per_class, seed=seed) for k in range(len(CLASS_NAMES))])
-    return crops, f"synthetic cells rendered by deepyeast.data.synthetic (seed {seed}), {n_per_class} per class"
+    return crops, f"synthetic cells rendered by deepyeast.data.make_synthetic (seed {seed}), {n_per_class} per class"
 
 
 def trace_bundle(bundle, example):
@@ -300,20 +300,22 @@ def export_bioimageio(model_dir, out_zip, test_input=None, authors=None):
     check_writable(out_zip)
     with output_lock(out_zip):  # one writer; what a killed one left (.NAME.*.partial*) is removed first
         remove_stale_partials(out_zip)
-        _write_package(bundle, traced, x, crops, expected, authors, test_source, max_diff, out_zip)
+        _write_package(bundle, traced, crops, expected, authors, test_source, max_diff, out_zip)
     return {"path": out_zip, "n_test": int(len(crops)), "max_abs_diff_vs_engine": max_diff,
             "test_source": test_source, "classes": list(bundle.classes)}
 
 
-def _write_package(bundle, traced, x, crops, expected, authors, test_source, max_diff, out_zip):
+def _write_package(bundle, traced, crops, expected, authors, test_source, max_diff, out_zip):
     """The package's files in a scratch folder beside ``out_zip`` (named as its partial, so a killed run's
-    is removed by the next), zipped onto ``out_zip`` atomically.  TorchScript is serialised in memory and
-    written by Python: its own file writer aborts the process (SIGABRT) on a full disk."""
+    is removed by the next), zipped onto ``out_zip`` atomically; the test input is ``crops`` as float32.
+    TorchScript is serialised in memory and written by Python: its own file writer aborts the process
+    (SIGABRT) on a full disk."""
     import io
 
     import torch
     from bioimageio.spec import save_bioimageio_package
 
+    x = crops.astype(np.float32)
     parent = os.path.dirname(os.path.abspath(out_zip))
     work = tempfile.mkdtemp(prefix=f".{os.path.basename(out_zip)}.", suffix=".partial-work", dir=parent)
     try:

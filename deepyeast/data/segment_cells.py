@@ -27,7 +27,7 @@ scale ``background_radius``, ``min_area``, ``max_area``, ``max_hole_area`` and
 ``split_depth`` with the cell diameter.
 
 Then :func:`measure_cells` gives each cell's id, centroid and area, and
-:func:`deepyeast.data.micrographs.crop_cells` cuts the crops;  :func:`cells_and_crops`
+:func:`deepyeast.data.crop_cells.crop_cells` cuts the crops;  :func:`cells_and_crops`
 does both.  :func:`iter_screen_cells` yields the cells and crops of every
 micrograph of an images table (labels optional), for classifying a new
 screen.  :func:`segment_screen` runs a whole images table (the input of
@@ -46,8 +46,9 @@ import numpy as np
 
 from deepyeast.constants import CLASS_NAMES, IMAGE_SIZE
 from deepyeast.data.crop_png import quiet_cv2
-from deepyeast.data.micrographs import (Rejects, crop_cells, measure_cells, read_images_table,  # noqa: F401
-                                        read_mask, read_row_micrograph)
+from deepyeast.data.crop_cells import crop_cells, measure_cells
+from deepyeast.data.micrographs import MicrographFormat, read_mask, read_row_micrograph
+from deepyeast.data.screen_tables import Rejects, read_images_table
 from deepyeast.utils.io import InputError, atomic_folder, atomic_write_text, open_input, write_csv
 from deepyeast.utils.progress import progress as progress_report
 
@@ -372,31 +373,50 @@ def match_objects(true_mask, pred_mask, iou_threshold=0.5):
 
 # --------------------------------------------------------------------------- whole screens
 
-def row_cells(rec, params=SegmentParams(), channels=(0, 1), bits=None, resegment=False):
+@dataclasses.dataclass(frozen=True)
+class CellFinding:
+    """How a screen's cells are read, found and cut: the micrograph files' format (``fmt``,
+    :class:`deepyeast.data.micrographs.MicrographFormat`), the segmentation (``params``), whether a
+    row's own mask is segmented anew (``resegment``), and the crops (``size`` pixels a side;
+    ``border`` "pad" or "skip" for cells near the edge)."""
+
+    params: SegmentParams = SegmentParams()
+    fmt: MicrographFormat = MicrographFormat()
+    resegment: bool = False
+    size: int = IMAGE_SIZE
+    border: str = "pad"
+
+    def describe(self):
+        """The settings as summaries hold them: the segmentation parameters, then ``channels``,
+        ``bits``, ``resegment``."""
+        return dict(dataclasses.asdict(self.params), **self.fmt.describe(), resegment=self.resegment)
+
+
+def row_cells(rec, finding=CellFinding()):
     """Read one images-table row and find its cells.
 
-    ``rec``: a row of :func:`deepyeast.data.micrographs.read_images_table`.  Its micrograph
-    is read (``channels``, ``bits`` as in :func:`deepyeast.data.micrographs.read_micrograph`);
-    the row's ``mask`` is used when given (unless ``resegment``), else the
-    marker is segmented with ``params``.  Returns ``(micrograph uint8 2 x H x W,
+    ``rec``: a row of :func:`deepyeast.data.screen_tables.read_images_table`.  Its micrograph
+    is read with ``finding.fmt`` (:func:`deepyeast.data.micrographs.read_micrograph`);
+    the row's ``mask`` is used when given (unless ``finding.resegment``), else the
+    marker is segmented with ``finding.params``.  Returns ``(micrograph uint8 2 x H x W,
     mask int H x W, info dict)``; ``info["source"]`` is ``"given"`` or
     ``"segmented"`` (then with :func:`segment_marker`'s info).  Raises
     ``InputError`` naming the file for bad input.
     """
-    micro = read_row_micrograph(rec, channels, bits)
-    if rec["mask"] is not None and not resegment:
+    micro = read_row_micrograph(rec, finding.fmt)
+    if rec["mask"] is not None and not finding.resegment:
         return micro, read_mask(rec["mask"], micro.shape[1:], rec["path"]), {"source": "given"}
-    mask, info = segment_marker(micro[0], params, return_info=True)
+    mask, info = segment_marker(micro[0], finding.params, return_info=True)
     info["source"] = "segmented"
     return micro, mask, info
 
 
-def iter_screen_cells(images_csv, params=SegmentParams(), channels=(0, 1), bits=None, resegment=False,
-                      class_names=CLASS_NAMES, size=IMAGE_SIZE, border="pad", on_bad=None, progress=True,
+def iter_screen_cells(images_csv, finding=CellFinding(), class_names=CLASS_NAMES, on_bad=None, progress=True,
                       require=(), desc="cells"):
-    """Cells and crops of every micrograph of an images table, labels optional.
+    """Cells and crops of every micrograph of an images table (read, found and cut as ``finding``
+    says, :class:`CellFinding`), labels optional.
 
-    ``images_csv``: the table of :func:`deepyeast.data.micrographs.read_images_table`
+    ``images_csv``: the table of :func:`deepyeast.data.screen_tables.read_images_table`
     (``image`` or ``marker_image,protein_image``; ``plate``, ``protein``,
     ``label``, ``split``, ``mask`` optional, unless named in ``require``).
     Yields, per readable row in table order, ``(rec, mask, cells, crops)``:
@@ -414,8 +434,8 @@ def iter_screen_cells(images_csv, params=SegmentParams(), channels=(0, 1), bits=
     rows = read_images_table(images_csv, class_names, require=require, on_bad=on_bad)
     for rec in progress_report(rows, desc=desc, unit="image", enabled=None if progress else False):
         try:
-            micro, mask, info = row_cells(rec, params, channels, bits, resegment)
-            _, cells, crops = cells_and_crops(micro, mask, size=size, border=border)
+            micro, mask, info = row_cells(rec, finding)
+            _, cells, crops = cells_and_crops(micro, mask, size=finding.size, border=finding.border)
         except InputError as e:
             on_bad(rec["where"], e)
             continue
@@ -450,15 +470,15 @@ def write_mask(path, mask):
         f.write(data.tobytes())
 
 
-def segment_screen(images_csv, out_dir, params=SegmentParams(), channels=(0, 1), bits=None, skip_bad=False,
-                   resegment=False, class_names=CLASS_NAMES, progress=True):
-    """Segment every micrograph of an images table; returns a summary dict.
+def segment_screen(images_csv, out_dir, finding=CellFinding(), skip_bad=False, class_names=CLASS_NAMES, progress=True):
+    """Segment every micrograph of an images table (read and segmented as ``finding`` says,
+    :class:`CellFinding`; its crop size and border play no part here); returns a summary dict.
 
-    ``images_csv``: the table of :func:`deepyeast.data.micrographs.read_images_table`
+    ``images_csv``: the table of :func:`deepyeast.data.screen_tables.read_images_table`
     (``image`` or ``marker_image,protein_image``; ``plate``, ``protein``,
     ``label``, ``split`` optional here and passed through).  A row that already
     names a ``mask`` keeps it (external segmentations: CellProfiler, cellpose,
-    YeaZ...) unless ``resegment``.  Writes, atomically, ``out_dir/``:
+    YeaZ...) unless ``finding.resegment``.  Writes, atomically, ``out_dir/``:
 
     * ``masks/<image path>.png``: 16-bit label masks (0 = background);
     * ``images.csv``: the input table (paths rewritten relative to
@@ -494,7 +514,7 @@ def segment_screen(images_csv, out_dir, params=SegmentParams(), channels=(0, 1),
     with atomic_folder(out_dir) as tmp:
         for rec in progress_report(rows, desc="segment", unit="image", enabled=None if progress else False):
             try:
-                micro, mask, info = row_cells(rec, params, channels, bits, resegment)
+                micro, mask, info = row_cells(rec, finding)
                 if info["source"] == "given":
                     mask_rel = os.path.relpath(rec["mask"], out_abs)
                 else:
@@ -529,8 +549,7 @@ def segment_screen(images_csv, out_dir, params=SegmentParams(), channels=(0, 1),
         write_csv(os.path.join(tmp, "segmentation.csv"), seg_rows,
                   ["image", "source", "n_cells", "threshold", "noise_sd", "n_objects", "too_small", "too_large",
                    "border"])
-        atomic_write_text(os.path.join(tmp, "params.json"), json.dumps(
-            dict(dataclasses.asdict(params), channels=list(channels), bits=bits, resegment=resegment), indent=1) + "\n")
+        atomic_write_text(os.path.join(tmp, "params.json"), json.dumps(finding.describe(), indent=1) + "\n")
         rejects.write(tmp)
     counts = collections.Counter(r[1] for r in seg_rows)
     return {"n_images": len(img_rows), "n_segmented": counts["segmented"], "n_given_masks": counts["given"],

@@ -1,5 +1,5 @@
 """Writing a synthetic screen: render every protein's fields, crop them like real micrographs
-(:func:`deepyeast.data.micrographs.crop_cells`), write two archive roots in the published layout.
+(:func:`deepyeast.data.crop_cells.crop_cells`), write two archive roots in the published layout.
 """
 
 import math
@@ -21,10 +21,10 @@ from deepyeast.constants import (
 )
 from deepyeast.data.crop_png import write_crop
 from deepyeast.data.lists import MIXED_SPLIT, MIXED_TABLE, write_class_doc, write_mixed_table, write_split_list
-from deepyeast.data.micrographs import crop_cells, crop_name
-from deepyeast.data.synthetic.patterns import _protein_style
-from deepyeast.data.synthetic.plan import CELLS_PER_FULL_FIELD, FIELD_SIZE, plan_screen
-from deepyeast.data.synthetic.render import field_size_for, render_field
+from deepyeast.data.crop_cells import crop_cells, crop_name
+from deepyeast.data.make_synthetic.patterns import _protein_style
+from deepyeast.data.make_synthetic.plan import CELLS_PER_FULL_FIELD, FIELD_SIZE, plan_screen
+from deepyeast.data.make_synthetic.render import field_size_for, render_field
 from deepyeast.utils.io import atomic_folder, atomic_write_json, atomic_write_text
 from deepyeast.utils.progress import progress
 
@@ -68,7 +68,7 @@ def _render_protein(job):
 
 
 
-def _write_screen_root(root, proteins, set_name, field_size, workers, save_fields, progress):
+def _write_screen_root(root, proteins, set_name, field_size, jobs, save_fields, progress):
     names = CLASS_SETS[set_name]
     prefix = list_prefix(set_name)
     mine = [p for p in proteins if p["set"] == set_name]
@@ -78,21 +78,21 @@ def _write_screen_root(root, proteins, set_name, field_size, workers, save_field
         os.makedirs(save_dir, exist_ok=True)
     # fields kept for crop_cells.py: the first proteins of a split (a mixed protein has none to give)
     keep = {p["protein"] for p in [q for q in mine if q["split"] in SPLITS][:save_fields]}
-    jobs = [(p, root, field_size, save_dir if p["protein"] in keep else None) for p in mine]
+    tasks = [(p, root, field_size, save_dir if p["protein"] in keep else None) for p in mine]
     by_protein = {}
     saved = []
-    if workers > 1 and len(jobs) > 1:
+    if jobs > 1 and len(tasks) > 1:
         # fork, not forkserver/spawn: after rpy2 is imported (the tests) the environment carries R's
         # LD_LIBRARY_PATH, under which a freshly started python may load the system's libpython
         # instead of its own.  A fork of a process whose OpenCV/scipy thread pools hold locks can
-        # hang, hence workers=1 from such a process.
-        with get_context("fork").Pool(workers) as pool:
-            for pid, rows, fields in _progress(pool.imap(_render_protein, jobs, chunksize=2), len(jobs), progress,
+        # hang, hence jobs=1 from such a process.
+        with get_context("fork").Pool(jobs) as pool:
+            for pid, rows, fields in _progress(pool.imap(_render_protein, tasks, chunksize=2), len(tasks), progress,
                                                set_name):
                 by_protein[pid] = rows
                 saved.extend((pid, f) for f in fields)
     else:
-        for pid, rows, fields in _progress(map(_render_protein, jobs), len(jobs), progress, set_name):
+        for pid, rows, fields in _progress(map(_render_protein, tasks), len(tasks), progress, set_name):
             by_protein[pid] = rows
             saved.extend((pid, f) for f in fields)
     lists = {s: [] for s in SPLITS + (MIXED_SPLIT,)}
@@ -173,7 +173,7 @@ def write_noncell_list(root, seed=0, n_max=PAPER_N_NONCELLS):
     return len(picked)
 
 
-def make_screen(out_dir, size="tiny", seed=0, workers=None, field_size=FIELD_SIZE, save_fields=0, progress=True,
+def make_screen(out_dir, size="tiny", seed=0, jobs=None, field_size=FIELD_SIZE, save_fields=0, progress=True,
                 difficulty=1.0):
     """Generate a synthetic screen under ``out_dir``.
 
@@ -188,19 +188,19 @@ def make_screen(out_dir, size="tiny", seed=0, workers=None, field_size=FIELD_SIZ
     that many proteins of each set as TIFF in ``<root>/fields`` with their true
     label masks (``*_truth.tif``, listed in ``truth.csv``) and
     ``images.csv``/``centres.csv`` for ``data_prep/crop_cells.py``.
-    ``workers``: processes (default: all CPUs).  Deterministic per
-    ``(size, seed, field_size, difficulty)`` whatever the number of workers.
+    ``jobs``: processes (default: all CPUs).  Deterministic per
+    ``(size, seed, field_size, difficulty)`` whatever the number of processes.
     ``difficulty``: see :func:`plan_screen`.
     Returns the summary dict written to ``screen.json``.
     """
-    workers = workers or os.cpu_count() or 1
+    jobs = jobs or os.cpu_count() or 1
     proteins = plan_screen(size, seed, difficulty)
     summary = {"size": size, "seed": seed, "difficulty": difficulty, "field_size": field_size,
                "image_size": IMAGE_SIZE}
     os.makedirs(out_dir, exist_ok=True)
     for set_name in ("main", "transfer"):
         with atomic_folder(os.path.join(out_dir, set_name)) as tmp:
-            summary[set_name] = _write_screen_root(tmp, proteins, set_name, field_size, workers, save_fields, progress)
+            summary[set_name] = _write_screen_root(tmp, proteins, set_name, field_size, jobs, save_fields, progress)
             if set_name == "main":
                 summary[set_name]["n_listed_noncells"] = write_noncell_list(tmp, seed)
     atomic_write_json(os.path.join(out_dir, "screen.json"), summary, indent=2)
@@ -247,7 +247,7 @@ def make_gallery(out_png, seed=0, per_class=2):
 
 def write_screen_result(out_dir, summary, gallery_file, command=None):
     """A result manifest describing the synthetic screen, with its gallery, for the report's first section."""
-    from deepyeast.utils.manifest import figure, table, write_result
+    from deepyeast.utils.manifest import Result, figure, table, write_result
 
     rows = []
     for set_name, label in (("main", "12 compartments"), ("transfer", "4 transfer compartments")):
@@ -265,10 +265,10 @@ def write_screen_result(out_dir, summary, gallery_file, command=None):
         text += (f"  {main['n_mixed_proteins']} proteins localised to two compartments "
                  f"({main['per_split'].get(MIXED_SPLIT, 0):,} cells) are kept out of every split, as in the paper, "
                  f"and listed with both compartments in main/{MIXED_TABLE}.")
-    return write_result(out_dir, "screen", "The cells: a synthetic screen", text,
+    return write_result(out_dir, Result("screen", "The cells: a synthetic screen", text,
                         figures=[figure(gallery_file, "Two example cells of each compartment (red: cytosolic marker, "
                                                       "green: the tagged protein).")],
                         tables=[table("Cells per split", ["set", "proteins", *SPLITS, "non-cells among them"], rows,
                                       "Counts are crops; non-cells (empty fields, debris, bad segmentations) carry "
                                       "their protein's label, as in the real data.")],
-                        details=summary, seeds={"seed": summary["seed"]}, command=command, order=5)
+                        details=summary, seeds={"seed": summary["seed"]}, command=command, order=5))

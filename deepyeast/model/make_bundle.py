@@ -152,7 +152,7 @@ def bundle_from_run(out_dir, files, trained_on=None, name="DeepYeast", ood=None)
     atomically, once it passes a reader's checks); ``trained_on``: one line on the training data; ``ood``:
     out-of-distribution statistics and temperature for :func:`deepyeast.model.bundle.write_bundle`.
     Returns the written :class:`deepyeast.model.bundle.Bundle`."""
-    from deepyeast.model.bundle import read_bundle, write_bundle
+    from deepyeast.model.bundle import BundleInfo, read_bundle, write_bundle
 
     classes = class_names(files.classes)
     training = solver_facts(files.solver) if files.solver else {}
@@ -162,10 +162,10 @@ def bundle_from_run(out_dir, files, trained_on=None, name="DeepYeast", ood=None)
     examples = example_crops(files.examples, classes) if files.examples else None
     source = {"weights": os.path.basename(files.weights), "deploy": files.deploy,
               "mean": os.path.basename(files.mean), "classes": os.path.basename(files.classes)}
-    write_bundle(out_dir, files.deploy, files.weights, files.mean, classes, name=name,
-                 description=("DeepYeast (Parnamaa & Parts, G3 2017) trained by this replication: "
-                              "an 11-layer network that calls the subcellular compartment of a "
-                              "GFP-tagged protein from one yeast cell."),
-                 mean_note="the per-pixel mean of the training crops (compute_image_mean)",
-                 metrics=metrics, training=training, source=source, examples=examples, ood=ood)
+    info = BundleInfo(name=name, description=("DeepYeast (Parnamaa & Parts, G3 2017) trained by this replication: "
+                                              "an 11-layer network that calls the subcellular compartment of a "
+                                              "GFP-tagged protein from one yeast cell."),
+                      mean_note="the per-pixel mean of the training crops (compute_image_mean)",
+                      metrics=metrics, training=training, source=source)
+    write_bundle(out_dir, files.deploy, files.weights, files.mean, classes, info, examples=examples, ood=ood)
     return read_bundle(out_dir, verify=False, check_net=False)

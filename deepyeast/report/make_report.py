@@ -23,12 +23,13 @@ manifest is an :class:`~deepyeast.utils.io.InputError` and nothing is written.
 import base64
 import datetime
 import glob
-import html
 import json
 import os
 
 from deepyeast import __version__
 from deepyeast.report.metrics_json import CHECK_LABELS, assemble_metrics, collect_results, versions
+from deepyeast.utils.html_page import CSS as _CSS, Raw as _Raw, escape as _e, fmt_value as _fmt
+from deepyeast.utils.html_page import format_count as _fmt_count, html_table as _table
 from deepyeast.utils.io import InputError, atomic_write_json, atomic_write_text
 
 __all__ = ["build_report", "render_html", "OTHER_FIGURE_DIRS", "CSS", "escape", "html_table", "format_count", "Raw"]
@@ -38,74 +39,6 @@ OTHER_FIGURE_DIRS = (".", "figures")
 
 COMMANDS_FILE = "commands.txt"
 """The commands of the run, one a line (written by the pipeline); shown in the report."""
-
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
-padding:0 1em;color:#222;line-height:1.45}
-h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}h3{font-size:1.05em}
-table{border-collapse:collapse;margin:.6em 0;font-size:.9em}th,td{border:1px solid #bbb;padding:.25em .6em;
-text-align:left;vertical-align:top}th{background:#eef2f7}td.num{text-align:right;font-variant-numeric:tabular-nums}
-.missing{background:#fff3cd;border:1px solid #e0b84c;padding:.6em 1em;margin:1em 0}
-.note{background:#f3f6fa;border-left:3px solid #8aa4c8;padding:.4em .8em}
-.ok{color:#1a7f37}.bad{color:#b42318}.notrun{color:#8a6100}.caption{font-size:.9em;color:#444;margin-top:-.3em}
-figure{margin:1.2em 0}figure img{max-width:min(100%,860px);border:1px solid #ddd}figcaption{font-size:.9em;color:#444}
-.wide{overflow-x:auto}pre{background:#f6f8fa;padding:.6em;overflow-x:auto;font-size:.85em}
-details{margin:.8em 0}summary{cursor:pointer;color:#335}
-"""
-
-
-def _e(x):
-    return html.escape(str(x), quote=True)
-
-
-def _fmt(v):
-    if v is None:
-        return "—"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
-def _fmt_count(entry, unit=""):
-    """``0.822 (822/1,000 cells) [0.802, 0.842]`` for a count, the number itself for a plain value."""
-    if entry is None:
-        return '<span class="bad">missing</span>'
-    if not isinstance(entry, dict):
-        return _e(_fmt(entry))
-    v = entry.get("value")
-    text = "—" if v is None else f"{v:.3f}"
-    unit = f" {unit}" if unit else ""
-    if entry.get("correct") is not None and entry.get("total") is not None:
-        text += f" ({int(entry['correct']):,}/{int(entry['total']):,}{unit})"
-    elif entry.get("total") is not None:
-        text += f" (n = {int(entry['total']):,}{unit})"
-    if entry.get("lo") is not None and entry.get("hi") is not None:
-        text += f" [{entry['lo']:.3f}, {entry['hi']:.3f}]"
-    return _e(text)
-
-
-class _Raw(str):
-    """Already-escaped HTML for a table cell."""
-
-
-def _table(header, rows):
-    out = ["<table>", "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr>"]
-    for r in rows:
-        cells = []
-        for v in r:
-            num = isinstance(v, (int, float)) and not isinstance(v, bool)
-            cells.append(f"<td{' class=num' if num else ''}>{v if isinstance(v, _Raw) else _e(_fmt(v))}</td>")
-        out.append("<tr>" + "".join(cells) + "</tr>")
-    out.append("</table>")
-    return '<div class="wide">' + "\n".join(out) + "</div>"
-
-
-
-# the page's pieces, shared with the screen-classification report (deepyeast/report/screen_html.py)
-CSS, escape, html_table, format_count, Raw = _CSS, _e, _table, _fmt_count, _Raw
-
 
 def _embed_png(path):
     try:

@@ -27,8 +27,8 @@ import math
 import numpy as np
 
 from deepyeast.constants import CLASS_NAMES, IMAGE_SIZE, TRANSFER_CLASS_NAMES
-from deepyeast.data.synthetic.patterns import _blur, _Cell, _dots, _green, _marker
-from deepyeast.data.synthetic.plan import CELLS_PER_FULL_FIELD, FIELD_SIZE, PATCH
+from deepyeast.data.make_synthetic.patterns import _blur, _Cell, _dots, _green, _marker
+from deepyeast.data.make_synthetic.plan import CELLS_PER_FULL_FIELD, FIELD_SIZE, PATCH
 
 # ============================================================================ fields
 
@@ -105,7 +105,7 @@ def render_field(rng, protein, n_crops, field_size=FIELD_SIZE):
     marker_level = float(rng.uniform(55, 120))
     autofluor = float(rng.uniform(2.0, 6.0))
     base_focus = float(rng.uniform(0.3, 0.8))
-    # a condition screen's micrograph (deepyeast.data.synthetic.condition): extra defocus, an exposure
+    # a condition screen's micrograph (deepyeast.data.make_synthetic.condition): extra defocus, an exposure
     # factor, and per cell other compartments (a relocalised share, a wrong-compartment pull)
     optics = protein.get("_optics") or {}
     base_focus += float(optics.get("defocus", 0.0))
@@ -125,8 +125,8 @@ def render_field(rng, protein, n_crops, field_size=FIELD_SIZE):
                     cell_name, cell_style = other_name, other_style
                     break
                 u -= share
-        g = _green(cell, rng, protein["set"], cell_name, cell_style, protein.get("mixture_fraction"),
-                   protein.get("difficulty", 1.0), second, protein.get("_style_b"))
+        g = _green(cell, rng, protein["set"], (cell_name, cell_style), protein.get("mixture_fraction"),
+                   protein.get("difficulty", 1.0), (second, protein.get("_style_b")))
         g = g * protein["expression"] * exposure * float(rng.lognormal(0, 0.35)) + autofluor * exposure * cell.cyto
         _paste(red, _blur(m.astype(np.float32), focus), cy, cx)
         _paste(green, _blur(g.astype(np.float32), focus), cy, cx)

@@ -1,6 +1,6 @@
 """Compare two classified screens: which proteins change compartment, with a false-discovery rate that holds.
 
-Inputs are classify_screen output folders (:mod:`deepyeast.analysis.classify`); only their
+Inputs are classify_screen output folders (:mod:`deepyeast.analysis.classify_screen`); only their
 ``cells.csv`` is required, and of it only the columns ``image``, ``protein`` and
 ``prob_0..prob_{K-1}`` (``class``/``pred`` and ``summary.json``'s model classes name the
 compartments; other columns are ignored; where an ``ood`` column is present, cells with ``ood``

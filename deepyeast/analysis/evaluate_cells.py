@@ -28,8 +28,9 @@ import os
 import numpy as np
 
 from deepyeast.constants import PAPER_RESULTS
-from deepyeast.utils.manifest import clear_result, figure, headline, table, write_result
+from deepyeast.utils.manifest import Result, clear_result, figure, headline, table, write_result
 from deepyeast.utils.io import InputError, atomic_write_json, write_csv
+from deepyeast.utils.run_context import RunContext
 
 DEFAULT_RESAMPLES = 20000
 DEFAULT_CI = (2.5, 97.5)
@@ -250,7 +251,7 @@ def bootstrap_precision_recall(labels, preds, n_classes, n_resamples=DEFAULT_RES
 
 
 def evaluate_cells(table, n_resamples=DEFAULT_RESAMPLES, seed=0, method="multinomial"):
-    """All per-cell statistics of a :class:`~deepyeast.analysis.predictions.Predictions`.
+    """All per-cell statistics of a :class:`~deepyeast.analysis.prediction_table.Predictions`.
 
     Returns a dict: ``accuracy`` (count dict + ``lo``/``hi``), ``kappa`` (float),
     ``confusion_counts`` (K x K int64), ``confusion_rates`` (K x K float64),
@@ -331,8 +332,8 @@ CELL_EVAL_FILES = {
 
 
 def run_cell_evaluation(predictions_path, out_dir, rf_predictions_path=None, split="auto",
-                        n_resamples=DEFAULT_RESAMPLES, seed=0, command=None, make_figures=True,
-                        require_all_classes=True, name="cells"):
+                        n_resamples=DEFAULT_RESAMPLES, make_figures=True, require_all_classes=True,
+                        context=RunContext()):
     """Evaluate network (and optional random-forest) predictions; write tables, figures, JSON.
 
     Writes into ``out_dir`` the files of :data:`CELL_EVAL_FILES`; the JSON
@@ -341,9 +342,12 @@ def run_cell_evaluation(predictions_path, out_dir, rf_predictions_path=None, spl
     difference with paired bootstrap intervals over cells and over proteins,
     :func:`paired_accuracy_difference`), plus inputs, command and seed.  It is written
     last, so its presence marks a finished evaluation.  A class without cells is an error
-    unless ``require_all_classes`` is False (its recall is then undefined).  Returns the JSON dict.
+    unless ``require_all_classes`` is False (its recall is then undefined).  ``context``: the
+    bootstrap's seed and the command recorded.  Returns the JSON dict.
     """
-    from deepyeast.analysis.predictions import read_predictions
+    from deepyeast.analysis.prediction_table import read_predictions
+
+    seed, command = context.seed, context.command
 
     net = read_predictions(predictions_path, split=split, require_all_classes=require_all_classes)
     rf = (read_predictions(rf_predictions_path, split=split, require_all_classes=require_all_classes)
@@ -409,7 +413,7 @@ def run_cell_evaluation(predictions_path, out_dir, rf_predictions_path=None, spl
                 "method": "paired bootstrap: the same resampled cells (cells_ci) or whole proteins "
                           "(proteins_ci) for both classifiers; 95% percentile intervals"}
     atomic_write_json(os.path.join(out_dir, CELL_EVAL_FILES["metrics"]), out, indent=2)
-    write_cells_result(out_dir, out, res_net, res_rf, net, figures, name=name)
+    write_cells_result(out_dir, out, res_net, res_rf, net, figures, name="cells")
     return out
 
 
@@ -466,13 +470,13 @@ def write_cells_result(out_dir, out, res_net, res_rf, net, figures, name="cells"
         table_rows.append(row)
     figs = [figure(os.path.basename(paths[0]), FIGURE_CAPTIONS[key]) for key, paths in figures.items()]
     return write_result(
-        out_dir, name, "Per-cell accuracy (paper Figure 2)", text, metrics=metrics, headline=rows, figures=figs,
+        out_dir, Result(name, "Per-cell accuracy (paper Figure 2)", text, metrics=metrics, headline=rows, figures=figs,
         tables=[table("Recall per compartment", columns, table_rows,
                       "Recall: of the test cells of a compartment, the share called that compartment, with its "
                       "95% stratified bootstrap interval. Precision is in per_class.csv.",
                       file=CELL_EVAL_FILES["per_class"])],
         details={k: v for k, v in out.items() if k not in metrics and k not in ("command", "network_minus_forest")},
-        seeds={"seed": out["seed"]}, command=out["command"], order=10)
+        seeds={"seed": out["seed"]}, command=out["command"], order=10))
 
 
 def _ci_text(value, lo, hi):

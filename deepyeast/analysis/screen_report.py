@@ -29,7 +29,7 @@ import os
 import numpy as np
 
 from deepyeast import __version__
-from deepyeast.report.html import CSS, Raw, escape, format_count, html_table
+from deepyeast.utils.html_page import CSS, Raw, escape, format_count, html_table
 
 __all__ = ["write_screen_report", "gallery_order", "render_strip"]
 
@@ -265,7 +265,7 @@ PLATES_DRAWN = 24
 
 def _plates_section(out_dir, cells):
     """Per plate, heat maps of cells and flagged cells per well, or a line saying why there are none."""
-    from deepyeast.analysis.classify import flagged_per_image
+    from deepyeast.analysis.classify_screen import flagged_per_image
     from deepyeast.analysis.qc import plate_maps
 
     maps = plate_maps(cells.images, flagged_per_image(cells)) if cells.images else []
@@ -351,9 +351,9 @@ def _outlines_section(out_dir, outlines):
 def write_screen_report(out_dir, bundle, cells, calls, summary, gallery_cells=8, outlines=()):
     """Write ``out_dir/report.html`` with ``out_dir/figures/`` and ``out_dir/gallery/`` (see the module doc).
 
-    ``cells``, ``calls``: :class:`deepyeast.analysis.classify.ScreenCells` and
-    :class:`~deepyeast.analysis.classify.ScreenCalls`; ``summary``: the step's summary dict; ``outlines``:
-    micrographs with masks to draw (:func:`deepyeast.analysis.classify.outline_micrographs`).
+    ``cells``, ``calls``: :class:`deepyeast.analysis.classify_screen.ScreenCells` and
+    :class:`~deepyeast.analysis.classify_screen.ScreenCalls`; ``summary``: the step's summary dict; ``outlines``:
+    micrographs with masks to draw (:func:`deepyeast.analysis.classify_screen.outline_micrographs`).
     """
     classes = list(bundle.classes)
     has = calls.n_cells > 0

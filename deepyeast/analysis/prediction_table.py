@@ -30,7 +30,7 @@ import re
 import numpy as np
 
 from deepyeast.constants import class_names_for
-from deepyeast.utils.io import InputError, atomic_path, open_input
+from deepyeast.utils.io import InputError, atomic_path, csv_header, open_input
 
 BASE_COLUMNS = ("path", "protein", "split", "label", "pred")
 """The columns before the probabilities, in order."""
@@ -221,10 +221,7 @@ def read_predictions(path, split=None, prob_tol=PROB_SUM_TOL, require_all_classe
     path = os.fspath(path)
     with open_input(path, "predictions table", newline="") as f:
         reader = csv.reader(f)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise InputError(f"{path}: empty file, expected a header line") from None
+        header = csv_header(reader, path, "a header line")
         header = [h.strip() for h in header]
         for col in BASE_COLUMNS:
             if col not in header:

@@ -1,10 +1,10 @@
 """A pair of synthetic screens, reference and condition, with known relocalised proteins.
 
-Why: comparing two screens (:mod:`deepyeast.analysis.compare`) needs pairs whose truth is known,
+Why: comparing two screens (:mod:`deepyeast.analysis.compare_screens`) needs pairs whose truth is known,
 with what makes real comparisons hard: micrographs that differ in focus and exposure, some pulled
 toward a wrong compartment, and different cell counts.
 
-:func:`plan_pair` draws, from the main-set proteins of :func:`~deepyeast.data.synthetic.plan.plan_screen`
+:func:`plan_pair` draws, from the main-set proteins of :func:`~deepyeast.data.make_synthetic.plan.plan_screen`
 (their compartment, expression and own seed), the same proteins in both screens:
 
 * a seeded share of them (``movers``) relocalised in the condition: a share of their cells
@@ -91,7 +91,7 @@ def plan_pair(size="tiny", seed=0, settings=ConditionSettings()):
     (``n_cells``, ``defocus``, ``exposure``, ``pull_to``, ``pull_share``).  A pull never targets the
     protein's own compartment or its mover's target.  Deterministic per (size, seed, settings).
     """
-    from deepyeast.data.synthetic.plan import plan_screen
+    from deepyeast.data.make_synthetic.plan import plan_screen
 
     base = [p for p in plan_screen(size, seed) if p["set"] == "main" and p.get("mixed_with") is None]
     rng = np.random.default_rng(np.random.SeedSequence([seed, 20]))
@@ -178,8 +178,8 @@ def _render_protein(job):
     import cv2
     import tifffile
 
-    from deepyeast.data.synthetic.patterns import _protein_style
-    from deepyeast.data.synthetic.render import field_size_for, render_field
+    from deepyeast.data.make_synthetic.patterns import _protein_style
+    from deepyeast.data.make_synthetic.render import field_size_for, render_field
 
     p, side, plate, folder = job
     cv2.setNumThreads(1)
@@ -204,7 +204,7 @@ def _render_protein(job):
     return rows
 
 
-def render_pair(out_dir, size="tiny", seed=0, settings=ConditionSettings(), workers=1):
+def render_pair(out_dir, size="tiny", seed=0, settings=ConditionSettings(), jobs=1):
     """Render both screens' micrographs under ``out_dir`` (written all at once).
 
     ``out_dir/reference/`` and ``out_dir/condition/``: ``*.tif`` (2 x S x S uint8, red marker,
@@ -218,12 +218,12 @@ def render_pair(out_dir, size="tiny", seed=0, settings=ConditionSettings(), work
         for side, folder, offset in (("ref", "reference", 1), ("cond", "condition", 51)):
             d = os.path.join(tmp, folder)
             os.makedirs(d)
-            jobs = [(p, side, offset + i // 96, d) for i, p in enumerate(plan)]
-            if workers > 1:
-                with get_context("fork").Pool(workers) as pool:
-                    rows = pool.map(_render_protein, jobs, chunksize=2)
+            tasks = [(p, side, offset + i // 96, d) for i, p in enumerate(plan)]
+            if jobs > 1:
+                with get_context("fork").Pool(jobs) as pool:
+                    rows = pool.map(_render_protein, tasks, chunksize=2)
             else:
-                rows = [_render_protein(j) for j in jobs]
+                rows = [_render_protein(j) for j in tasks]
             write_csv(os.path.join(d, "images.csv"), [r for rs in rows for r in rs], ["image", "plate", "protein"])
         write_csv(os.path.join(tmp, TRUTH_FILE), _truth_rows(plan), TRUTH_COLUMNS)
         _write_pair_json(tmp, size, seed, settings, "micrographs")

@@ -20,6 +20,7 @@ what the killed one left.
 """
 
 import collections
+import dataclasses
 import hashlib
 import json
 import os
@@ -34,6 +35,7 @@ from deepyeast.utils.io import file_digest
 from deepyeast.constants import (CLASS_NAMES, CLASS_SETS, IMAGE_SIZE, LIST_PREFIX, LMDB_SUFFIX, MEAN_FILE,
                                  N_CHANNELS, SPLITS, class_set_of, lmdb_folder)
 from deepyeast.utils.io import InputError, atomic_folder, atomic_write_json, atomic_write_text
+from deepyeast.utils.run_context import RunContext
 
 
 def list_path(root, split, prefix=LIST_PREFIX):
@@ -70,20 +72,32 @@ def _read_ahead(root, entries, threads=2, block=256):
             pending = following
 
 
-def write_split_lmdb(root, entries, lmdb_path, split="train", class_names=CLASS_NAMES, seed=0, skip_bad=False,
-                     progress=True, extra_rejects=(), list_file=None, lock=True):
-    """Write one split's crops to an LMDB and return its manifest dict.
+@dataclasses.dataclass(frozen=True)
+class SplitEntries:
+    """One split's crops: its name (``split``), ``entries`` (list of ``(relpath, label)`` under the
+    archive root), the list file they came from (or None) and the lines already rejected while
+    reading it (``rejects``: ``(path, reason)`` pairs)."""
 
-    ``entries``: list of ``(relpath, label)`` under ``root``.  The order is
-    shuffled with ``random.Random(seed)``.  A crop that cannot be read (missing,
-    corrupt, wrong size, single-channel, 16-bit) raises ``InputError``, or with
+    split: str
+    entries: list
+    list_file: str = None
+    rejects: tuple = ()
+
+
+def write_split_lmdb(root, source, lmdb_path, class_names=CLASS_NAMES, skip_bad=False, lock=True,
+                     context=RunContext()):
+    """Write one split's crops (``source``: :class:`SplitEntries`) to an LMDB and return its manifest dict.
+
+    The order is shuffled with ``random.Random(context.seed)``.  A crop that cannot be read
+    (missing, corrupt, wrong size, single-channel, 16-bit) raises ``InputError``, or with
     ``skip_bad`` is left out and listed in the manifest's ``rejects``.
     """
     from deepyeast.caffe.lmdb import KEY_FORMAT, write_datum_lmdb
 
-    order = list(entries)
+    split, list_file, seed, progress = source.split, source.list_file, context.seed, context.progress
+    order = list(source.entries)
     random.Random(seed).shuffle(order)
-    rejects = list(extra_rejects)
+    rejects = list(source.rejects)
     per_class = collections.Counter()
     per_protein = collections.Counter()
     content = hashlib.sha256()
@@ -123,8 +137,8 @@ def write_split_lmdb(root, entries, lmdb_path, split="train", class_names=CLASS_
     return manifest
 
 
-def build_lmdb_bundle(root, out_dir, splits=SPLITS, prefix=LIST_PREFIX, class_names=None, list_dir=None, seed=0,
-                      skip_bad=False, progress=True):
+def build_lmdbs(root, out_dir, splits=SPLITS, prefix=LIST_PREFIX, class_names=None, list_dir=None, skip_bad=False,
+                context=RunContext()):
     """Convert an archive root's split lists into an LMDB bundle in ``out_dir``.
 
     ``root``: archive root holding the crops; ``list_dir``: where the
@@ -134,7 +148,8 @@ def build_lmdb_bundle(root, out_dir, splits=SPLITS, prefix=LIST_PREFIX, class_na
     (label outside the table, duplicate) or a protein in two splits raises
     ``InputError``; with ``skip_bad`` those lines (for a shared protein: its
     cells in the later split) are rejected instead.  Returns a summary dict
-    (per split: records, rejects; the mean file).  The bundle replaces ``out_dir`` as a whole
+    (per split: records, rejects; the mean file).  ``context``: the shuffle seed (split k
+    shuffled with seed + k) and progress bars.  The bundle replaces ``out_dir`` as a whole
     (see the module docstring); an ``out_dir`` a step did not write is refused
     (:func:`deepyeast.utils.io.check_replaceable`).
     """
@@ -152,10 +167,10 @@ def build_lmdb_bundle(root, out_dir, splits=SPLITS, prefix=LIST_PREFIX, class_na
     if not ok and not skip_bad:
         raise InputError("split lists are inconsistent: " + "; ".join(report["errors"][:5]))
     with atomic_folder(out_dir) as tmp:
-        return _write_bundle(root, tmp, splits, paths, class_names, seed, skip_bad, progress)
+        return _write_bundle(root, tmp, splits, paths, class_names, skip_bad, context)
 
 
-def _write_bundle(root, out_dir, splits, paths, class_names, seed, skip_bad, progress):
+def _write_bundle(root, out_dir, splits, paths, class_names, skip_bad, context):
     from deepyeast.caffe.blobs import compute_mean, write_mean_binaryproto
     from deepyeast.caffe.lmdb import iter_datum_lmdb
 
@@ -171,8 +186,9 @@ def _write_bundle(root, out_dir, splits, paths, class_names, seed, skip_bad, pro
                 rejects.append((rel, f"{paths[s]}: protein {protein} is already in split {first}"))
                 continue
             kept.append((rel, label))
-        manifest = write_split_lmdb(root, kept, os.path.join(out_dir, lmdb_folder(s)), s, class_names, seed + k,
-                                    skip_bad, progress, rejects, paths[s], lock=False)
+        manifest = write_split_lmdb(root, SplitEntries(s, kept, paths[s], tuple(rejects)),
+                                    os.path.join(out_dir, lmdb_folder(s)), class_names, skip_bad, lock=False,
+                                    context=context.with_(seed=context.seed + k))
         atomic_write_json(os.path.join(out_dir, f"{s}_manifest.json"), manifest)
         if manifest["rejects"]:
             atomic_write_text(os.path.join(out_dir, f"{s}_rejects.txt"),

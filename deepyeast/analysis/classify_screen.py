@@ -2,10 +2,10 @@
 
 A lab's screen arrives as micrographs (marker + GFP channel) of strains, without labels or
 segmentation.  :func:`classify_screen` takes an images table (the table of
-:func:`deepyeast.data.micrographs.read_images_table`; ``label`` optional) and a model bundle
+:func:`deepyeast.data.screen_tables.read_images_table`; ``label`` optional) and a model bundle
 folder (:mod:`deepyeast.model.bundle`) and
 
-1. finds the cells of each micrograph (:func:`deepyeast.data.segment.iter_screen_cells`: the
+1. finds the cells of each micrograph (:func:`deepyeast.data.segment_cells.iter_screen_cells`: the
    row's ``mask`` when given, else the marker channel is segmented), cuts a crop of the
    bundle's input size centred on each cell;
 2. runs the bundle's network on every crop (our engine; ``precision`` fp32 = Caffe's
@@ -45,7 +45,7 @@ Flags of a protein call (columns of ``proteins.csv``)
     no cell was found in any micrograph of the protein (no call).
 
 Where the table gives labels, the per-cell accuracy (with a stratified-bootstrap interval and
-Cohen's kappa, as :mod:`deepyeast.analysis.cell_metrics`) and the per-protein accuracy (all
+Cohen's kappa, as :mod:`deepyeast.analysis.evaluate_cells`) and the per-protein accuracy (all
 proteins, and those with at least ``min_cells`` cells) are computed as in the main report.
 """
 
@@ -61,9 +61,10 @@ import numpy as np
 from deepyeast.analysis.ood import OOD_FLAG
 from deepyeast.analysis.qc import QC_COLUMNS
 from deepyeast.constants import INFERENCE_PRECISIONS as PRECISIONS, MIN_CELLS_PER_PROTEIN
-from deepyeast.data.micrographs import Rejects, read_images_table
-from deepyeast.data.segment import SegmentParams
+from deepyeast.data.screen_tables import Rejects, read_images_table
+from deepyeast.data.segment_cells import CellFinding, SegmentParams
 from deepyeast.engine.inference import InferenceSettings
+from deepyeast.utils.run_context import RunContext
 from deepyeast.utils.io import (InputError, StepFailed, atomic_path, atomic_write_text, check_replaceable,
                                 output_lock, remove_stale_partials, write_csv)
 
@@ -301,7 +302,7 @@ def classify_micrograph(bundle, micrograph, mask=None, params=SegmentParams(), b
     (NaN / 0 when the bundle has no statistics; flagged cells are left out of the call), ``calls`` one
     protein (the default call rules).  Used by the napari plugin.
     """
-    from deepyeast.data.segment import cells_and_crops
+    from deepyeast.data.segment_cells import cells_and_crops
 
     c, h, w = _crop_shape(bundle)
     source = "segmented" if mask is None else "given"
@@ -454,11 +455,11 @@ def accuracies(cells, calls, n_classes, min_cells=MIN_CELLS_PER_PROTEIN, n_resam
     """Per-cell and per-protein accuracy where labels are given (None when no row has a label).
 
     As in the main report: per cell a count with a stratified-bootstrap 95% interval
-    (:func:`deepyeast.analysis.cell_metrics.bootstrap_precision_recall`) and Cohen's kappa;
+    (:func:`deepyeast.analysis.evaluate_cells.bootstrap_precision_recall`) and Cohen's kappa;
     per protein the MAP call against the label, over all labelled proteins with cells and
     over those with at least ``min_cells`` cells.
     """
-    from deepyeast.analysis.cell_metrics import bootstrap_precision_recall, cohen_kappa, count
+    from deepyeast.analysis.evaluate_cells import bootstrap_precision_recall, cohen_kappa, count
 
     lab = cells.label >= 0
     if not lab.any():
@@ -608,7 +609,7 @@ def outline_micrographs(rows, cells, settings):
     :class:`deepyeast.analysis.screen_run.ChunkSettings`).  A micrograph that cannot be read again
     (changed since) is left out, with a warning."""
     from deepyeast.analysis.qc import outline_sample
-    from deepyeast.data.segment import row_cells
+    from deepyeast.data.segment_cells import row_cells
 
     if not cells.images:
         return []
@@ -617,8 +618,7 @@ def outline_micrographs(rows, cells, settings):
     for i, measure in outline_sample(_qc_values(cells), OUTLINES_PER_MEASURE, OUTLINES_MOST):
         im = cells.images[i]
         try:
-            micro, mask, _ = row_cells(by_where[im["where"]], settings.params, settings.channels, settings.bits,
-                                       settings.resegment)
+            micro, mask, _ = row_cells(by_where[im["where"]], settings.finding)
         except InputError as e:
             log.warning("%s: not drawn in the report (%s)", im["where"], e)
             continue
@@ -629,13 +629,40 @@ def outline_micrographs(rows, cells, settings):
 
 # --------------------------------------------------------------------------- the step
 
-def classify_screen(model_dir, images_csv, out_dir, params=SegmentParams(), channels=(0, 1), bits=None,
-                    skip_bad=False, resegment=False, border="pad", inference=InferenceSettings(), compare_fp32=False,
-                    rules=CallRules(), gallery_cells=GALLERY_CELLS, n_resamples=2000, seed=0, command=None,
-                    progress=True, scheduler="none", jobs=1, chunk=None, restart=False):
+@dataclasses.dataclass(frozen=True)
+class ClassifySettings:
+    """What classify_screen does besides its inputs: how cells are read, found and cut
+    (``finding``, :class:`deepyeast.data.segment_cells.CellFinding`; the crop size comes from the
+    model), how the network runs (``inference``; ``compare_fp32``: also run fp32 and count the
+    calls that change), the call rules (``rules``), cells per protein in the report
+    (``gallery_cells``), bootstrap resamples of the accuracy intervals (``n_resamples``),
+    micrographs per chunk (``chunk``; None: :data:`deepyeast.analysis.screen_run.CHUNK`), bad rows
+    skipped (``skip_bad``) and an unfinished work folder of other settings discarded (``restart``)."""
+
+    finding: CellFinding = CellFinding()
+    inference: InferenceSettings = InferenceSettings()
+    compare_fp32: bool = False
+    rules: CallRules = CallRules()
+    gallery_cells: int = GALLERY_CELLS
+    n_resamples: int = 2000
+    chunk: int = None
+    skip_bad: bool = False
+    restart: bool = False
+
+    def describe(self, seed, chunk):
+        """``summary.json``'s ``settings``: every knob, with the run's ``seed`` and ``chunk``."""
+        f, inf = self.finding, self.inference
+        return dict(segmentation=dataclasses.asdict(f.params), **f.fmt.describe(), resegment=f.resegment,
+                    border=f.border, precision=inf.precision, device=inf.device, batch=inf.batch,
+                    **dataclasses.asdict(self.rules), gallery_cells=self.gallery_cells, seed=seed, chunk=chunk)
+
+
+def classify_screen(model_dir, images_csv, out_dir, settings=ClassifySettings(), context=RunContext()):
     """Classify the micrographs of ``images_csv`` with the bundle ``model_dir``; write ``out_dir``.
 
-    See the module doc.  ``out_dir`` (replaced as a whole, atomically) receives:
+    ``settings``: :class:`ClassifySettings`; ``context``: the bootstrap's seed, where the chunks run
+    (``scheduler``, ``jobs``), progress bars, the command recorded.  See the module doc.
+    ``out_dir`` (replaced as a whole, atomically) receives:
 
     * ``cells.csv``: image,plate,well,protein,cell,x,y,area,padded,pred,class,prob_0..prob_{K-1}
       (+ label,true_class where the table has labels); x, y the centroid in pixels;
@@ -662,8 +689,11 @@ def classify_screen(model_dir, images_csv, out_dir, params=SegmentParams(), chan
     from deepyeast.analysis import screen_run
     from deepyeast.analysis.ood import OodScorer
     from deepyeast.model import read_bundle
-    from deepyeast.report.screen_html import write_screen_report
+    from deepyeast.analysis.screen_report import write_screen_report
 
+    s = settings
+    rules, gallery_cells, n_resamples, chunk, skip_bad = s.rules, s.gallery_cells, s.n_resamples, s.chunk, s.skip_bad
+    seed, command, scheduler, jobs = context.seed, context.command, context.scheduler, context.jobs
     if gallery_cells < 1:
         raise InputError("min_cells and gallery_cells must be at least 1")
     bundle = read_bundle(model_dir)
@@ -673,18 +703,17 @@ def classify_screen(model_dir, images_csv, out_dir, params=SegmentParams(), chan
     rejects = Rejects(skip_bad)
     rows = read_screen_rows(images_csv, bundle.classes, rejects)
     run_settings = screen_run.ChunkSettings(
-        model=os.path.abspath(bundle.path), params=params, channels=tuple(int(x) for x in channels), bits=bits,
-        resegment=bool(resegment), border=border, inference=inference, compare_fp32=bool(compare_fp32),
-        chunk=int(chunk or screen_run.CHUNK), size=int(h))
+        model=os.path.abspath(bundle.path), finding=dataclasses.replace(s.finding, size=int(h)),
+        inference=s.inference, compare_fp32=bool(s.compare_fp32), chunk=int(chunk or screen_run.CHUNK))
     if run_settings.chunk < 1:
         raise InputError(f"chunk must be at least 1, got {chunk}")
     check_replaceable(out_dir)  # before any work (and before OUT.work appears beside it)
     with output_lock(out_dir):
         remove_stale_partials(out_dir)
         work = screen_run.work_folder(out_dir)
-        fp = screen_run.prepare_work(work, screen_run.fingerprint_parts(bundle, images_csv, run_settings), restart)
+        fp = screen_run.prepare_work(work, screen_run.fingerprint_parts(bundle, images_csv, run_settings), s.restart)
         chunks, reused, pids = screen_run.run_chunks(rows, work, fp, run_settings, scheduler, jobs, skip_bad,
-                                                     progress)
+                                                     context.progress)
         with atomic_path(out_dir, folder=True) as tmp:
             os.makedirs(tmp)
             crops_path = os.path.join(tmp, ".crops.u8")
@@ -699,11 +728,8 @@ def classify_screen(model_dir, images_csv, out_dir, params=SegmentParams(), chan
             outlines = outline_micrographs(rows, cells, run_settings)
             calls = call_proteins(cells, classes, rules)
             acc = accuracies(cells, calls, len(classes), rules.min_cells, n_resamples, seed)
-            summary = _summary(bundle, images_csv, cells, calls, acc, rejects, dict(
-                segmentation=dataclasses.asdict(params), channels=list(channels), bits=bits, resegment=resegment,
-                border=border, precision=inference.precision, device=inference.device, batch=inference.batch,
-                **dataclasses.asdict(rules), gallery_cells=gallery_cells, seed=seed, chunk=run_settings.chunk),
-                command)
+            summary = _summary(bundle, images_csv, cells, calls, acc, rejects, s.describe(seed, run_settings.chunk),
+                               command)
             summary["reused_micrographs"] = int(reused)
             summary["qc"] = qc_summary(cells)
             summary["run"] = {"scheduler": scheduler, "jobs": int(jobs), "chunks": len(chunks),

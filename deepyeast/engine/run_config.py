@@ -4,7 +4,8 @@ The model files point at ``data/deepyeast/...``; a run (the demo, a test, a
 user's own screen) keeps its data elsewhere.  These helpers copy the net and
 solver, change only the data paths, snapshot prefix and the schedule fields
 asked for, and write them beside the run, so the architecture is never
-retyped.
+retyped (``run-config``); after training they choose the snapshot the run uses
+(``choose-snapshot``).
 """
 
 import math
@@ -136,9 +137,9 @@ def write_run_config(run_dir, lmdb_dir, solver_path=None, overrides=None, net_pa
     solver = retarget_solver(solver, net_out, os.path.join(run_dir, "snapshots", "deepyeast"),
                              **(overrides or {}))
     os.makedirs(os.path.join(run_dir, "snapshots"), exist_ok=True)
-    header = (f"# Generated from {net_path} by deepyeast.engine.runconfig: only the data paths differ.\n")
+    header = (f"# Generated from {net_path} by deepyeast.engine.run_config: only the data paths differ.\n")
     atomic_write_text(net_out, header + text_format.MessageToString(net))
-    header = (f"# Generated from {solver_path} by deepyeast.engine.runconfig: net, snapshot prefix and schedule.\n")
+    header = (f"# Generated from {solver_path} by deepyeast.engine.run_config: net, snapshot prefix and schedule.\n")
     atomic_write_text(solver_out, header + text_format.MessageToString(solver))
     return solver_out
 
@@ -274,43 +275,17 @@ def prune_snapshots(solver_path, keep):
     return removed, freed
 
 
-_CHOOSE_DOC = """Copy the snapshot a run uses (final, or lowest validation loss) to OUT, atomically.
+def copy_chosen_snapshot(solver_path, out, rule="final", log_path=None, prune=False):
+    """Copy the snapshot a run uses (:func:`choose_snapshot`) to ``out``, atomically; with ``prune``
+    then remove every other snapshot except the newest (the resume point).
 
-Example:
-  python -m deepyeast.engine.runconfig RUN/train/solver.prototxt RUN/train/chosen.caffemodel --rule val_loss \\
-      --log RUN/train/train.log --prune
-"""
-
-
-def _choose_options(p):
-    from deepyeast import launcher
-
-    p.add_argument("solver", type=launcher.existing_file, help="the run's solver.prototxt")
-    p.add_argument("out", help="where to copy the chosen .caffemodel")
-    p.add_argument("--rule", choices=["final", "val_loss"], default="final")
-    p.add_argument("--log", help="training log (for --rule val_loss)")
-    p.add_argument("--prune", action="store_true",
-                   help="then remove every other snapshot except the newest (the resume point)")
-
-
-def _choose(args):
+    Returns ``(chosen path, iteration kept, files removed, bytes freed)``.
+    """
     import shutil
 
-    chosen = choose_snapshot(args.solver, args.log, args.rule)
-    with atomic_path(args.out) as tmp:
+    chosen = choose_snapshot(solver_path, log_path, rule)
+    with atomic_path(out) as tmp:
         shutil.copyfile(chosen, tmp)
-    print(f"{chosen} -> {args.out}")
-    if args.prune:
-        it = iteration_of(chosen, WEIGHTS_SUFFIX)
-        removed, freed = prune_snapshots(args.solver, [it])
-        print(f"pruned {len(removed)} snapshot files ({freed / 2**20:.0f} MiB); kept iteration {it} and the newest")
-
-
-def _main(argv=None):
-    from deepyeast import launcher
-
-    return launcher.main(_CHOOSE_DOC, _choose_options, _choose, argv=argv, prog="python -m deepyeast.engine.runconfig")
-
-
-if __name__ == "__main__":
-    _main()
+    it = iteration_of(chosen, WEIGHTS_SUFFIX)
+    removed, freed = prune_snapshots(solver_path, [it]) if prune else ([], 0)
+    return chosen, it, removed, freed

@@ -51,7 +51,7 @@ from deepyeast.caffe import caffe_pb2
 from deepyeast.caffe.blobs import write_caffemodel
 from deepyeast.caffe.prototxt import read_prototxt
 from deepyeast.constants import CHANNELS, CLASS_NAMES, IMAGE_SIZE
-from deepyeast.model.bundle import write_bundle
+from deepyeast.model.bundle import BundleInfo, write_bundle
 from deepyeast.utils.io import InputError, file_digest
 
 __all__ = ["KERAS_WEIGHTS_URL", "KERAS_WEIGHTS_MD5", "KERAS_WEIGHTS_FILE", "KERAS_LAYERS", "KerasWeights",
@@ -406,11 +406,12 @@ def convert_keras_weights(h5_path, out_dir, published_md5=KERAS_WEIGHTS_MD5, url
                                              if name.startswith("fc") else "Convolution")
                                       for name in params})
         mean = np.full((len(CHANNELS), IMAGE_SIZE, IMAGE_SIZE), KERAS_INPUT_MEAN, np.float32)
-        write_bundle(out_dir, deploy, weights, mean, CLASS_NAMES, name="DeepYeast (Keras weights, tanelp/deepyeast)",
-                     input_scale=KERAS_INPUT_SCALE, description=description,
-                     mean_note=("a constant 127.5; with the input scale 1/127.5 this is the Keras model's "
-                                "x / 127.5 - 1"),
-                     metrics=metrics, training=dict(training, batchnorm_eps=eps[0] if len(eps) == 1 else eps),
-                     source=source, license="MIT (tanelp/deepyeast)",
-                     authors=["Tanel Parnamaa", "Leopold Parts"] if released else [])
+        info = BundleInfo(name="DeepYeast (Keras weights, tanelp/deepyeast)", input_scale=KERAS_INPUT_SCALE,
+                          description=description,
+                          mean_note=("a constant 127.5; with the input scale 1/127.5 this is the Keras model's "
+                                     "x / 127.5 - 1"),
+                          metrics=metrics, training=dict(training, batchnorm_eps=eps[0] if len(eps) == 1 else eps),
+                          source=source, license="MIT (tanelp/deepyeast)",
+                          authors=("Tanel Parnamaa", "Leopold Parts") if released else ())
+        write_bundle(out_dir, deploy, weights, mean, CLASS_NAMES, info)
     return out_dir
