@@ -220,7 +220,7 @@ def test_a_chunk_task_hands_the_net_only_padded_batch_sizes(bundle, screen, net_
     """Each chunk's cells end in a partial batch of a size of their own; the chunk task (what every Dask
     worker runs, through the bundle's Predictor) runs it padded to one of a few sizes, so a worker's
     memory stays flat over thousands of chunks (issue 21; tests/test_inference.py)."""
-    from deepyeast.analysis.classify import read_screen_rows
+    from deepyeast.analysis.classify_screen import read_screen_rows
     from deepyeast.analysis.screen_run import ChunkSettings, chunk_task, chunks_of
     from deepyeast.engine.inference import padded_batch
     from deepyeast.model import read_bundle

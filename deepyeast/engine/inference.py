@@ -198,7 +198,9 @@ class Predictor:
         :data:`PAD_STEPS` batch sizes however many crops come, and the process's memory stays
         flat over many calls with different numbers of crops (why: :data:`PAD_STEPS`).  In a
         deploy net every row is computed on its own (BatchNorm uses stored statistics), so the
-        kept rows do not depend on the padding.
+        kept rows are the same function of their crops; their float32 rounding may differ, as it
+        does between any two batch sizes (oneDNN blocks the work by batch size: up to 6e-6
+        relative seen, tests/test_inference.py).
         """
         import torch
 
