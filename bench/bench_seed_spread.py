@@ -220,7 +220,7 @@ def main():
              f"step the same) and once per forest seed on the same features. `python bench/bench_seed_spread.py "
              f"--size {args.size} --iters {args.iters} --bn-iters {args.bn_iters} --cp-train-cells {args.cp_train_cells}"
              + (" --reuse-run RUN" if args.reuse_run else "") + "`; "
-             + (f"wall times (s): {times}; " if times else "results read from the runs it made earlier; ")
+             + ("wall times: " + ", ".join(f"{k} {v:,} s" for k, v in times.items()) + "; " if times else "results read from the runs it made earlier; ")
              + f"load average {os.getloadavg()[0]:.0f} on the machine's cores at the end." + reused, "",
              "| run | per cell | per protein |", "|---|---|---|"]
     lines += [_row(f"network, training seed {s}", c, pr) for s, c, pr in net_rows]

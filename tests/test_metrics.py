@@ -365,3 +365,34 @@ def test_evaluate_cells_in_process():
             np.testing.assert_array_equal(res["per_class"][key], boot[key])
         assert res["per_class"]["method"] == method and res["per_class"]["seed"] == 4
     assert m.evaluate_cells(table, n_resamples=300)["per_class"]["seed"] == 0
+
+
+def test_statistics_of_float32_counts_are_computed_in_float64():
+    """Counts handed over as float32 (a torch or image-library sum) give the same float64 rates, kappa and
+    precision/recall as integer counts, not float32 roundings of them (75 / 105 differs in float32)."""
+    c32 = HAND.astype(np.float32)
+    rates = m.confusion_rates(c32)
+    assert rates.dtype == np.float64
+    np.testing.assert_array_equal(rates, m.confusion_rates(HAND))
+    assert m.kappa_from_confusion(c32) == m.kappa_from_confusion(HAND) == m.cohen_kappa(*_cells_from_confusion(HAND), 3)
+    for got, want in zip(m.precision_recall(c32), m.precision_recall(HAND)):
+        assert got.dtype == np.float64
+        np.testing.assert_array_equal(got, want)
+
+
+def test_paired_difference_flags_as_numbers_one_sided_and_its_exact_draws():
+    """Right/wrong flags given as 0.0/1.0 (a CSV column read as float) are the same as bools; when B wins every
+    cell it differs the difference is -1 with interval [-1, -1]; and the cells' interval is the percentile of
+    Multinomial(N, shares of -1/0/+1) draws of the seed's generator (the same seed, the same interval)."""
+    a = np.array([True] * 30 + [False] * 10 + [True] * 30 + [False] * 30)
+    b = np.array([False] * 30 + [True] * 10 + [True] * 30 + [False] * 30)
+    groups = np.arange(a.size) % 7
+    want = m.paired_accuracy_difference(a, b, groups=groups, n_resamples=300, seed=6)
+    assert m.paired_accuracy_difference(a.astype(float), b.astype(float), groups=groups, n_resamples=300,
+                                        seed=6) == want
+    assert m.paired_accuracy_difference([False, True], [True, True], n_resamples=50) == {"value": -0.5,
+                                                                                         "cells": [-1.0, 0.0]}
+    assert m.paired_accuracy_difference([False], [True], n_resamples=10) == {"value": -1.0, "cells": [-1.0, -1.0]}
+    draws = np.random.default_rng(6).multinomial(a.size, [0.1, 0.6, 0.3], size=300)
+    np.testing.assert_allclose(want["cells"], np.percentile((draws[:, 2] - draws[:, 0]) / a.size, (2.5, 97.5)),
+                               rtol=0, atol=1e-15)

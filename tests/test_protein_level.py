@@ -361,3 +361,18 @@ def test_check_mixed_table_errors_and_class_names():
     two = call_cells(probs[[0, 2], :2] / probs[[0, 2], :2].sum(1, keepdims=True), ["M1", "M1"], ("a", "b"))
     with pytest.raises(InputError, match=r"^m.csv: the top-three check needs at least 3 classes, the table has 2$"):
         check_mixed(two, mixed, "m.csv")
+
+
+def test_check_mixed_ties_go_to_the_lower_class():
+    """A posterior with tied compartments ranks them by class index (the table's order), as the protein call's
+    argmax does; the top three hold both compartments or not, one of them is not enough."""
+    from deepyeast.analysis.protein_level import call_cells, check_mixed
+
+    names = ("a", "b", "c", "d", "e")
+    probs = np.array([[0, 0.375, 0.125, 0.25, 0.25], [0, 0.125, 0.375, 0.25, 0.25]])  # mean: b, c, d, e tied
+    calls = call_cells(probs, ["M1", "M1"], names)
+    mixed = [{"protein": "M1", "classes": classes, "fraction": None, "row": 1} for classes in ((3, 1), (4, 2), (4, 0))]
+    rows, summary = check_mixed(calls, mixed, "m.csv")
+    assert [(r["top1"], r["top2"], r["top3"]) for r in rows] == [("b", "c", "d")] * 3
+    assert [(r["top_two"], r["top_three"]) for r in rows] == [(False, True), (False, False), (False, False)]
+    assert summary["top_three"] == {"value": 1 / 3, "correct": 1, "total": 3}

@@ -194,6 +194,12 @@ def test_filter_accuracy_counts():
     acc = filter_accuracy(t, {"a", "b", "c", "f"})  # drop d (wrong) and e (wrong)
     assert acc["before"] == {"value": 4 / 6, "correct": 4, "total": 6}
     assert acc["after"] == {"value": 1.0, "correct": 4, "total": 4} and acc["removed"] == 2
+    # a table without cells (an empty split): zero counts, no value, nothing removed
+    none = np.array([], dtype=object)
+    empty = Predictions(path=none, protein=none, split=none, label=np.zeros(0, np.int64), pred=np.zeros(0, np.int64),
+                        probs=np.zeros((0, 4)), class_names=("a", "b", "c", "d"))
+    nothing = {"value": None, "correct": 0, "total": 0}
+    assert filter_accuracy(empty, {"a"}) == {"before": nothing, "after": nothing, "removed": 0}
 
 
 def test_read_quality_labels_errors(tmp_path):

@@ -152,6 +152,8 @@ def test_report_complete(run_dir, tmp_path):
     assert "† The forest's features: our 430 CellProfiler-style features, measured on each 64x64 crop" in text
     assert text.count("Random-forest numbers here learned from our 430") >= 3  # cells, rf_proteins, quality
     assert "not-done" not in page.ids  # everything was given
+    # a reader is told what a reproduction looks like (CPU type, seeds) and where the spread is measured
+    assert "spread" in page.ids and "bench/bench_seed_spread.py" in text and "training seed" in text
     js = json.loads(met.read_text())
     assert js == json.loads(json.dumps(m))
     assert js["complete"] is True and js["missing"] == []

@@ -140,3 +140,73 @@ def test_lr_mult_zero_blobs_stay_put(nets):
     s.step(3)
     for i in zero:
         assert float(s.history[i].abs().sum()) == 0.0
+
+
+def _bf16_run(conv, prefix, keep, iters=8, iter_size=1):
+    p = solver_param(conv, prefix, max_iter=iters, snapshot=0, test_interval=3, snapshot_after_train=False,
+                     iter_size=iter_size, average_loss=1)
+    s = Solver(p, progress=False, precision="bf16")
+    for n in [s.net] + s.test_nets:
+        n.keep_casts = keep
+    losses = []
+    for _ in range(iters):
+        s.step(1)
+        losses.append(s._smoothed_loss())
+    return s, losses
+
+
+@pytest.mark.parametrize("iter_size", [1, 2])
+def test_bf16_weights_kept_in_bf16_give_bit_identical_training(nets, iter_size):
+    """Issue 24: under bf16 autocast the Convolution / InnerProduct weights are kept as bf16 copies between
+    iterations (refreshed after each SGD update) instead of cast at every forward; 8 iterations (tests
+    at 0, 3, 6; dropout; BatchNorm) give the same weights, history, losses and test outputs bit for bit."""
+    d, _, conv, _ = nets
+    kept, kept_losses = _bf16_run(conv, str(d / f"keep{iter_size}" / "m"), True, iter_size=iter_size)
+    cast, cast_losses = _bf16_run(conv, str(d / f"cast{iter_size}" / "m"), False, iter_size=iter_size)
+    assert kept_losses == cast_losses and len(set(kept_losses)) > 1
+    assert kept.test_results == cast.test_results and len(kept.test_results) == 3
+    for a, b, ha, hb in zip(kept.params, cast.params, kept.history, cast.history):
+        assert torch.equal(a.tensor, b.tensor), a.layer_name
+        assert torch.equal(ha, hb), a.layer_name
+    # the copies were used; the next forward refreshes them from the updated weights; none without keep_casts
+    with torch.no_grad():
+        kept.net.forward()
+    for name in ("conv1", "ip"):
+        layer = kept.net.layer(name)
+        for i, blob in enumerate(layer.blobs):
+            copy = layer._kept_casts[i][2]
+            assert copy.dtype == torch.bfloat16 and torch.equal(copy, blob.detach().to(torch.bfloat16))
+        assert "_kept_casts" not in cast.net.layer(name).__dict__
+    assert float((kept.params[0].tensor.detach() - kept.params[0].tensor.detach().to(torch.bfloat16).float())
+                 .abs().max()) > 0  # master weights stay float32, finer than their bf16 copies
+
+
+def test_kept_bf16_weights_follow_weights_loaded_into_the_net(nets):
+    """A weight written outside the solver (loaded weights) replaces the kept bf16 copy at the next forward."""
+    d, _, conv, _ = nets
+    s, _ = _bf16_run(conv, str(d / "load" / "m"), True, iters=2)
+    net = s.test_nets[0]
+    state = net.data_state()
+    with torch.no_grad():
+        net.forward()
+    before = net.blobs["ip"].clone()
+    s.net.save_caffemodel(str(d / "load" / "w.caffemodel"))
+    with torch.no_grad():
+        for info in s.params:
+            if info.lr_mult:
+                info.tensor.mul_(0.5)
+    net.set_data_state(state)
+    with torch.no_grad():
+        net.forward()
+    halved = net.blobs["ip"].clone()
+    net.load_caffemodel(str(d / "load" / "w.caffemodel"))
+    net.set_data_state(state)
+    with torch.no_grad():
+        net.forward()
+    assert not torch.equal(halved, before) and torch.equal(net.blobs["ip"], before)
+    # copies first made under inference_mode (prediction) are normal tensors that training can save for backward
+    fresh, _ = _bf16_run(conv, str(d / "load" / "f"), True, iters=0)
+    with torch.inference_mode():
+        fresh.net.forward()
+    fresh.step(1)
+    assert fresh.iter == 1 and fresh.net.layer("conv1")._kept_casts[0][2].dtype == torch.bfloat16

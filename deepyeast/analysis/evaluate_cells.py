@@ -168,7 +168,7 @@ def paired_accuracy_difference(correct_a, correct_b, groups=None, n_resamples=DE
                                ci=DEFAULT_CI):
     """Accuracy of classifier A minus that of B on the same cells, with paired bootstrap intervals.
 
-    ``correct_a``, ``correct_b``: bool (N,), whether each classifier got cell ``i`` right
+    ``correct_a``, ``correct_b``: bool or 0/1 (N,), whether each classifier got cell ``i`` right
     (same cells, same order).  Every resample draws the same cells for both classifiers, so
     the interval is that of the difference itself, narrower than two separate intervals
     when the classifiers err on the same cells.
@@ -186,11 +186,10 @@ def paired_accuracy_difference(correct_a, correct_b, groups=None, n_resamples=DE
     b = np.asarray(correct_b, dtype=bool).ravel()
     if a.shape != b.shape or a.size == 0:
         raise ValueError(f"correct_a and correct_b must be non-empty and equally long, got {a.size} and {b.size}")
-    d = a.astype(np.int64) - b.astype(np.int64)
+    d = np.subtract(a, b, dtype=np.int64)  # -1, 0 or +1 per cell
     n = d.size
     rng = np.random.default_rng(seed)
-    shares = np.array([np.mean(d == -1), np.mean(d == 0), np.mean(d == 1)])
-    draws = rng.multinomial(n, shares, size=n_resamples)  # the three shares sum to 1
+    draws = rng.multinomial(n, np.bincount(d + 1, minlength=3) / n, size=n_resamples)  # columns: -1, 0, +1
     diffs = (draws[:, 2] - draws[:, 0]) / n
     out = {"value": float(d.mean()), "cells": [float(v) for v in np.percentile(diffs, ci)]}
     if groups is not None:

@@ -181,7 +181,7 @@ def check_mixed(calls, mixed, source="mixed-protein table"):
         i = index.get(m["protein"])
         if i is None:
             raise InputError(f"{source}: row {m['row']}: protein {m['protein']} has no cells in the mixed predictions")
-        order = [int(c) for c in np.argsort(-calls.posterior[i], kind="stable")[:3]]
+        order = sorted(range(k), key=lambda c: -calls.posterior[i, c])[:3]  # stable: ties to the lower class
         true = set(m["classes"])
         row = {"protein": m["protein"], "n_cells": int(calls.n_cells[i]),
                "class_a": calls.class_names[m["classes"][0]], "class_b": calls.class_names[m["classes"][1]],
@@ -191,7 +191,7 @@ def check_mixed(calls, mixed, source="mixed-protein table"):
         for r, c in enumerate(order, start=1):
             row[f"post_top{r}"] = float(calls.posterior[i, c])
         row["top_two"] = set(order[:2]) == true
-        row["top_three"] = true <= set(order)
+        row["top_three"] = all(c in order for c in true)
         out.append(row)
     rest = [r for r in out if not r["top_two"]]
     summary = {"top_two": count(sum(r["top_two"] for r in out), len(out)),

@@ -136,6 +136,7 @@ class _Context:
         self.root_dir = root_dir
         self.seed = seed
         self.data_shape = data_shape  # C x H x W for Data layers when only shapes are asked for
+        self.keep_casts = True  # layers.base.compute_blobs: weights kept in the autocast dtype between passes
         self.filler_generator = torch.Generator().manual_seed(seed)
         self._generators = {}
 
@@ -506,6 +507,20 @@ class Net(torch.nn.Module):
         self.blobs = blobs
         self.loss = loss
         return blobs
+
+    @property
+    def keep_casts(self):
+        """Under bf16/fp16 autocast, Convolution and InnerProduct weights are kept in that dtype between
+        forward passes and cast again only after they changed (:func:`deepyeast.engine.layers.base.compute_blobs`;
+        the same numbers as autocast's cast at every pass).  True by default; False casts at every
+        pass (the engine before issue 24, for benchmarks)."""
+        return self._ctx.keep_casts
+
+    @keep_casts.setter
+    def keep_casts(self, value):
+        self._ctx.keep_casts = bool(value)
+        for layer in self.layers:
+            layer.__dict__.pop("_kept_casts", None)
 
     def train(self, mode=True):
         """No-op besides torch's flag: the phase is fixed at construction, as in Caffe."""

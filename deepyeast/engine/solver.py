@@ -214,10 +214,6 @@ class Solver:
         self.history = [torch.zeros_like(info.tensor, memory_format=torch.preserve_format).detach()
                         for info in self.params]
         self._history_live = [float(info.lr_mult) != 0.0 for info in self.params]
-        for info in self.params:
-            t = info.tensor
-            if t.requires_grad and t.grad is None:
-                t.grad = torch.zeros_like(t, memory_format=torch.preserve_format)
         self.iter = 0
         self.current_step = 0
         self.last_snapshot = None
@@ -369,9 +365,11 @@ class Solver:
         return torch.autocast(device_type=self.device.type, enabled=False)
 
     def _zero_grads(self):
-        grads = [info.tensor.grad for info in self.params if info.tensor.grad is not None]
-        if grads:
-            torch._foreach_zero_(grads)
+        """Caffe's ClearParamDiffs, as no gradient at all: the first backward then hands its gradient
+        over instead of adding it to zeros (0 + g is g, so the update is the same), which saves a
+        pass that zeroes and a pass that adds over every parameter blob per iteration."""
+        for info in self.params:
+            info.tensor.grad = None
 
     def _update_smoothed(self, loss, start_iter):
         avg = self.param.average_loss
@@ -493,7 +491,9 @@ class Solver:
                 live = [i for i in idx if local_rate != 0.0 or self._history_live[i]]
                 if not live:
                     continue
-                w = [self.params[i].tensor.data for i in live]
+                # detach, not .data: the in-place update moves the blob's version counter, which tells
+                # the layers' kept bf16 copies (layers.base.compute_blobs) to refresh
+                w = [self.params[i].tensor.detach() for i in live]
                 g = [grads[i] if grads[i] is not None else torch.zeros_like(w[k]) for k, i in enumerate(live)]
                 h = [self.history[i] for i in live]
                 if local_decay:

@@ -200,6 +200,12 @@ def render_html(run_dir, results, metrics, other_figures, commands, vers, title)
         for rel in other_figures:
             parts.append(_figure(run_dir, rel, os.path.splitext(os.path.basename(rel))[0].replace("_", " ")))
     parts.append("<h2>Reproducibility</h2>")
+    parts.append('<p class="note" id="spread">What a reproduction of this run looks like: the network\'s numbers '
+                 "depend on the CPU type (its convolution kernels round differently) and, as much, on the training "
+                 "seed; the forest's do not depend on the CPU (its features are rounded as they are computed), only "
+                 "on its seed. <code>python bench/bench_seed_spread.py</code> reruns the network over three training "
+                 "seeds and the forest over three forest seeds on this run's features; docs/results.md gives the "
+                 "demo's spread.</p>")
     parts.append("<details><summary>Commands of this run</summary><pre>"
                  + _e("\n".join(commands) if commands else "(none recorded)") + "</pre></details>")
     parts.append("<details><summary>Seeds</summary>" + _table(["where", "seed"], [[k, _fmt(v)] for k, v in

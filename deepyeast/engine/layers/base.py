@@ -21,7 +21,7 @@ from deepyeast.utils.io import InputError
 from deepyeast.engine.fillers import fill
 
 __all__ = ["Layer", "LAYER_TYPES", "register_layer", "FLT_MIN", "FLT_MAX", "shape_str", "blob_count",
-           "in_weight_dtype"]
+           "in_weight_dtype", "compute_blobs"]
 
 FLT_MIN = 1.1754943508222875e-38
 FLT_MAX = 3.4028234663852886e+38
@@ -56,6 +56,57 @@ def in_weight_dtype(x, weight):
     if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
         return x.to(weight.dtype)
     return x
+
+
+class _KeptCast(torch.autograd.Function):
+    """A float32 parameter seen through its kept copy in the autocast dtype: forward hands the copy
+    over (no cast), backward returns the gradient cast to float32 -- what autocast's own cast
+    (``to``, whose backward is the same cast back) gives."""
+
+    @staticmethod
+    def forward(ctx, master, kept):
+        return kept.detach()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.to(torch.float32), None
+
+
+def compute_blobs(layer, *blobs):
+    """``blobs`` (parameter tensors of ``layer``, None passes through) as a product layer computes with
+    them: unchanged, except under autocast of a lower precision, where a float32 blob comes as its copy
+    in the autocast dtype, kept between forward passes and cast again only when the blob has changed
+    (its version counter moved: an SGD update, loaded weights).  Autocast would cast it at every
+    forward; the numbers are the same (one round-to-nearest-even cast of the same values, and the
+    gradient cast back to float32 as autocast's cast gives it).  ``layer.ctx.keep_casts`` False
+    (:attr:`deepyeast.engine.Net.keep_casts`) turns this off: autocast casts as before."""
+    device = blobs[0].device.type
+    if not torch.is_autocast_enabled(device) or not getattr(layer.ctx, "keep_casts", True):
+        return blobs
+    dtype = torch.get_autocast_dtype(device)
+    cache = layer.__dict__.setdefault("_kept_casts", {})
+    out = []
+    for i, t in enumerate(blobs):
+        if t is None or t.dtype != torch.float32 or dtype == torch.float32 or t.is_inference():
+            out.append(t)
+            continue
+        entry = cache.get(i)
+        if (entry is None or entry[0] is not t or entry[1] != t._version or entry[2].dtype != dtype
+                or entry[2].device != t.device):
+            # a normal tensor even when made under inference_mode: a later training pass saves it for backward
+            with torch.inference_mode(False), torch.no_grad():
+                if entry is not None and entry[0] is t and entry[2].dtype == dtype and entry[2].device == t.device:
+                    entry[2].copy_(t)  # the updated blob cast into the same copy: no new allocation
+                    kept = entry[2]
+                else:
+                    kept = t.detach().to(dtype)
+            entry = cache[i] = (t, t._version, kept)
+        kept = entry[2]
+        if torch.is_grad_enabled() and t.requires_grad:
+            out.append(_KeptCast.apply(t, kept))
+        else:
+            out.append(kept)
+    return out
 
 
 class Layer(torch.nn.Module):

@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from deepyeast.engine.layers.base import Layer, blob_count, in_weight_dtype, register_layer, shape_str
+from deepyeast.engine.layers.base import Layer, blob_count, compute_blobs, in_weight_dtype, register_layer, shape_str
 
 
 @register_layer
@@ -37,8 +37,8 @@ class InnerProductLayer(Layer):
         if x.shape[-1] != self.in_features:
             raise self.error(f"input has {x.shape[-1]} features per item (shape {shape_str(bottoms[0].shape)}), "
                              f"the weights expect {self.in_features}")
-        w = self.blob0.t() if self.transpose else self.blob0
-        b = self.blob1 if self.bias_term else None
+        w, b = compute_blobs(self, self.blob0, self.blob1 if self.bias_term else None)
+        w = w.t() if self.transpose else w
         return [F.linear(in_weight_dtype(x, w), w, b)]
 
 

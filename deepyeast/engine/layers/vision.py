@@ -5,7 +5,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from deepyeast.engine.layers.base import FLT_MAX, Layer, in_weight_dtype, register_layer, shape_str
+from deepyeast.engine.layers.base import FLT_MAX, Layer, compute_blobs, in_weight_dtype, register_layer, shape_str
 
 
 def _spatial_pair(layer, msg, name, default, allow_repeated=True):
@@ -92,9 +92,9 @@ class ConvolutionLayer(Layer):
         return (self.dilation[0] * (self.kernel[0] - 1) + 1, self.stride[0], self.pad[0])
 
     def forward(self, bottoms):
-        b = self.blob1 if self.bias_term else None
-        x = in_weight_dtype(bottoms[0], self.blob0)
-        return [F.conv2d(x, self.blob0, b, self.stride, self.pad, self.dilation, self.group)]
+        w, b = compute_blobs(self, self.blob0, self.blob1 if self.bias_term else None)
+        x = in_weight_dtype(bottoms[0], w)
+        return [F.conv2d(x, w, b, self.stride, self.pad, self.dilation, self.group)]
 
     def forward_relu(self, bottoms):
         """``relu(forward(bottoms))``: the top, rectified.
@@ -104,12 +104,12 @@ class ConvolutionLayer(Layer):
         compiler uses): the same numbers, one pass less over the output (the bf16 deploy net's
         CPU time against convolution then ``relu_``: bench/bench_screen.py, bench/RESULTS.md).
         """
-        b = self.blob1 if self.bias_term else None
-        x = in_weight_dtype(bottoms[0], self.blob0)
-        if _pointwise_applies(x, self.blob0, b):
+        w, b = compute_blobs(self, self.blob0, self.blob1 if self.bias_term else None)
+        x = in_weight_dtype(bottoms[0], w)
+        if _pointwise_applies(x, w, b):
             return [torch.ops.mkldnn._convolution_pointwise(
-                x, self.blob0, b, list(self.pad), list(self.stride), list(self.dilation), self.group, "relu", [], "")]
-        return [torch.relu_(F.conv2d(x, self.blob0, b, self.stride, self.pad, self.dilation, self.group))]
+                x, w, b, list(self.pad), list(self.stride), list(self.dilation), self.group, "relu", [], "")]
+        return [torch.relu_(F.conv2d(x, w, b, self.stride, self.pad, self.dilation, self.group))]
 
 
 def _pointwise_applies(x, weight, bias):
