@@ -62,3 +62,21 @@ def chromium_path():
     if path is None:
         need("browser")
     return path
+
+
+@pytest.fixture
+def net_batches(monkeypatch):
+    """The batch size of every engine Net forward pass during the test, in order (a spy: the real
+    forward runs and its blobs are returned)."""
+    from deepyeast.engine.net import Net
+
+    seen = []
+    forward = Net.forward
+
+    def spy(self, **inputs):
+        blobs = forward(self, **inputs)
+        seen.append(int(next(iter(blobs.values())).shape[0]))  # an Input (or Data) blob comes first
+        return blobs
+
+    monkeypatch.setattr(Net, "forward", spy)
+    return seen

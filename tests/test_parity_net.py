@@ -116,6 +116,12 @@ MARGIN = 4.0
 GRAD_FACTOR = 4.0
 """Gradient tolerance: GRAD_FACTOR x the draw's forward float error (see the test's docstring)."""
 
+ELEMENT_FACTOR = 8.0
+"""Element-wise gradient tolerance, x the draw's forward float error: the largest of a blob's elements
+(up to 1.2 million in fc1) sits further out than its L2 norm.  Measured 2026-12-06 on a 2-core AMD EPYC:
+4.1 x e at most (draw 5, fc2's weights; the L2 ratios 2.4 x e at most), above the 4 that had held on
+the Intel Xeon; a wrong gradient is off by far more (a missing scale or a wrong sign: ~1 relative)."""
+
 PYCAFFE_SEEDS = textwrap.dedent("""
     import json, sys
     import numpy as np
@@ -231,7 +237,7 @@ def test_train_gradients_match_caffe_over_seeds_away_from_float32_ties(tmp_path,
        tolerance derived from the float error: with ``e`` = the draw's largest relative forward
        error over the pre-activation blobs (max |ours - caffe| / max |caffe|, measured with the
        gates), each parameter's relative L2 error is at most ``GRAD_FACTOR x e`` and each element's
-       error at most ``GRAD_FACTOR x e x (|caffe| + max |caffe|)``.  (Measured: the relative L2
+       error at most ``ELEMENT_FACTOR x e x (|caffe| + max |caffe|)``.  (Measured: the relative L2
        error is 0.7-1.5 x ``e``; ``e`` itself is ~1e-4, BatchNorm with batch statistics of 4 items
        being where the two implementations' rounding differs most.)
 
@@ -329,7 +335,7 @@ def test_train_gradients_match_caffe_over_seeds_away_from_float32_ties(tmp_path,
         if e > 1e-3:
             failures.append(f"draw {k}: forward error {e:.1e} exceeds 1e-3")
         bad = {n: v for n, v in errs.items() if v > GRAD_FACTOR * e}
-        bad.update({f"{n} (element)": v for n, v in elem.items() if v > GRAD_FACTOR * e})
+        bad.update({f"{n} (element)": v for n, v in elem.items() if v > ELEMENT_FACTOR * e})
         bad.update({f"{n} (BatchNorm blob)": v for n, v in bn.items() if v > GRAD_FACTOR * e})
         if bad:
             failures.append(f"draw {k}: beyond {GRAD_FACTOR} x e = {GRAD_FACTOR * e:.1e}: {bad}")

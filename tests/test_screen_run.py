@@ -214,3 +214,27 @@ def test_images_table_holds_each_micrographs_qc(screen, reference):
         assert float(row["saturated"]) == pytest.approx(np.mean((micro[0] == 255) | (micro[1] == 255)), abs=1e-6)
         assert 0 <= float(row["background_marker"]) < np.median(micro[0][micro[0] > np.median(micro[0])]) + 1
     assert 'id="qc"' in (out / "report.html").read_text(encoding="utf-8")
+
+
+def test_a_chunk_task_hands_the_net_only_padded_batch_sizes(bundle, screen, net_batches):
+    """Each chunk's cells end in a partial batch of a size of their own; the chunk task (what every Dask
+    worker runs, through the bundle's Predictor) runs it padded to one of a few sizes, so a worker's
+    memory stays flat over thousands of chunks (issue 21; tests/test_inference.py)."""
+    from deepyeast.analysis.classify_screen import read_screen_rows
+    from deepyeast.analysis.screen_run import ChunkSettings, chunk_task, chunks_of
+    from deepyeast.engine.inference import padded_batch
+    from deepyeast.model import read_bundle
+
+    def reject(where, error):
+        raise error
+
+    settings = ChunkSettings(model=bundle, chunk=2)
+    batch = settings.inference.batch
+    rows = read_screen_rows(str(screen), read_bundle(bundle).classes, reject)
+    counts = []
+    for item in chunks_of(rows, 2)[:3]:
+        del net_batches[:]
+        n = len(chunk_task(item, settings)["probs"])
+        assert net_batches == [padded_batch(min(batch, n - s), batch) for s in range(0, n, batch)]
+        counts.append(n)
+    assert any(padded_batch(n % batch or batch, batch) != (n % batch or batch) for n in counts)  # padding ran

@@ -57,7 +57,9 @@ CHUNK = 16
 """Default micrographs per chunk (one task, one chunk file)."""
 WORK_SUFFIX = ".work"
 RUN_JSON = "run.json"
-CHUNK_FORMAT = 1
+CHUNK_FORMAT = 2
+"""2: the last batch of a chunk runs padded (:func:`deepyeast.engine.inference.padded_batch`), which may move
+the probabilities by float32 rounding: a work folder of format 1 is refused naming the format (--restart)."""
 PER_ROW = ("rows", "stamps", "ok", "reason", "source", "qc")
 PER_CELL = ("row", "cell", "x", "y", "area", "padded", "probs", "crops", "ood_score")
 

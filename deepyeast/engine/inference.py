@@ -23,7 +23,7 @@ import numpy as np
 from deepyeast.constants import INFERENCE_PRECISIONS
 from deepyeast.utils.io import InputError
 
-__all__ = ["InferenceSettings", "NetFiles", "Predictor", "device_of_gpu"]
+__all__ = ["InferenceSettings", "NetFiles", "Predictor", "device_of_gpu", "padded_batch", "PAD_STEPS"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,7 +191,17 @@ class Predictor:
         return self.net.device
 
     def batches(self, crops):
-        """Yield ``(start, {blob: float32 torch tensor B x ...})`` per batch of ``crops`` (on the device)."""
+        """Yield ``(start, {blob: float32 torch tensor B x ...})`` per batch of ``crops`` (on the device).
+
+        A batch of fewer than ``settings.batch`` crops (the last one) runs padded to
+        :func:`padded_batch` rows; the padding rows are dropped.  So the net sees at most
+        :data:`PAD_STEPS` batch sizes however many crops come, and the process's memory stays
+        flat over many calls with different numbers of crops (why: :data:`PAD_STEPS`).  In a
+        deploy net every row is computed on its own (BatchNorm uses stored statistics), so the
+        kept rows are the same function of their crops; their float32 rounding may differ, as it
+        does between any two batch sizes (oneDNN blocks the work by batch size: up to 6e-6
+        relative seen, tests/test_inference.py).
+        """
         import torch
 
         crops = _check_crops(crops, self.input_shape, self.model.where)
@@ -199,9 +209,13 @@ class Predictor:
         for start in range(0, n, step):
             # inference mode per batch, not across the yield: a caller that stops early leaves none behind
             with torch.inference_mode():
-                x = torch.from_numpy(np.asarray(crops[start:start + step], np.float32)).to(self.device)
-                out = self.module.blobs(x)
-                values = {b: out[b].float() for b in self.keep}
+                x = np.asarray(crops[start:start + step], np.float32)
+                m = x.shape[0]
+                size = padded_batch(m, step)
+                if size > m:  # zero crops as padding (any finite values do)
+                    x = np.concatenate([x, np.zeros((size - m,) + x.shape[1:], np.float32)])
+                out = self.module.blobs(torch.from_numpy(x).to(self.device))
+                values = {b: out[b][:m].float() for b in self.keep}
             yield start, values
 
     def outputs(self, crops):
@@ -223,6 +237,27 @@ class Predictor:
     def __call__(self, crops):
         """float32 N x K: the first kept blob (the class probabilities), flattened per crop."""
         return self.outputs(crops)[self.keep[0]]
+
+
+PAD_STEPS = 8
+"""At most this many batch sizes reach the net (:func:`padded_batch`).
+
+Why: torch and oneDNN allocate every activation of a forward pass afresh; with a batch size
+not seen before, the freed blocks of earlier passes do not fit and glibc's heap grows around
+the small blocks that stay alive between them.  Measured on the DeepYeast deploy net (fp32,
+batch 100, 2-core AMD EPYC, 2026-12-06): calls with 1..40 crops took the resident memory
+from 590 to 1,716 MiB; ``malloc_trim`` after every call kept it at ~510 MiB (the memory was
+free, not live), so did running every call at one size (782 MiB at 40).  classify_screen's
+chunks each end in a partial batch of a new size, so its memory grew with the number of
+micrographs.
+"""
+
+
+def padded_batch(m, batch):
+    """The rows a forward pass of ``m`` crops (1 <= m <= ``batch``) runs with: ``m`` rounded up to a
+    multiple of ``ceil(batch / PAD_STEPS)``, at most ``batch`` (batch 100: 13, 26, ..., 91, 100)."""
+    quantum = -(-batch // PAD_STEPS)
+    return min(batch, -(-m // quantum) * quantum)
 
 
 def input_of(net, source):
