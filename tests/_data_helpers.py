@@ -26,3 +26,12 @@ def csv_rows(path):
 
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def tiny_fields(tmp_path_factory):
+    """The tiny screen's saved fields (seed 0, one worker) as uint8 2 x H x W arrays (marker, protein), in
+    the order of its images.csv."""
+    import tifffile
+
+    src = tiny_screen(tmp_path_factory, jobs=1) / "main" / "fields"
+    return [tifffile.imread(src / r["image"]) for r in csv_rows(src / "images.csv")]

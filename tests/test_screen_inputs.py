@@ -14,7 +14,7 @@ import tifffile
 import zarr
 
 from _bundles import make_bundle
-from _data_helpers import csv_rows as _csv, tiny_screen
+from _data_helpers import csv_rows as _csv, tiny_fields
 from _steps import one_error_line, run_step
 from deepyeast.analysis.classify_screen import ClassifySettings, classify_screen
 from deepyeast.data.micrographs import MicrographFormat
@@ -40,8 +40,7 @@ def bundle(tmp_path_factory):
 def fields(tmp_path_factory):
     """The tiny screen's three saved fields as uint8 2 x H x W arrays (marker, protein), and a fourth: the
     first turned by 90 degrees (four distinct micrographs)."""
-    src = tiny_screen(tmp_path_factory, jobs=1) / "main" / "fields"
-    arrays = [tifffile.imread(src / r["image"]) for r in _csv(src / "images.csv")]
+    arrays = tiny_fields(tmp_path_factory)
     return arrays + [np.ascontiguousarray(np.rot90(arrays[0], axes=(1, 2)))]
 
 

@@ -20,7 +20,7 @@ import torch
 
 from _bundles import make_bundle
 from _dask_cluster import dask_cluster
-from _data_helpers import REPO_ROOT, tiny_screen
+from _data_helpers import REPO_ROOT, tiny_fields
 from deepyeast.analysis.classify_screen import CallRules, ClassifySettings, classify_screen
 from deepyeast.utils.run_context import RunContext
 from deepyeast.analysis.screen_run import chunk_path, work_folder
@@ -43,14 +43,11 @@ def bundle(tmp_path_factory):
 def screen(tmp_path_factory):
     """12 distinct micrographs (the tiny screen's 3 saved fields, each turned by 0-270 degrees), 6 proteins
     of 2 fields each; returns the images table's path."""
-    src = tiny_screen(tmp_path_factory, jobs=1) / "main" / "fields"
-    with open(src / "images.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
+    fields = tiny_fields(tmp_path_factory)
     d = tmp_path_factory.mktemp("screen")
     lines = ["image,plate,protein"]
     for i in range(N_MICROGRAPHS):
-        r = rows[i % len(rows)]
-        image = np.rot90(tifffile.imread(src / r["image"]), k=i // len(rows), axes=(1, 2))
+        image = np.rot90(fields[i % len(fields)], k=i // len(fields), axes=(1, 2))
         tifffile.imwrite(d / f"field{i:02d}.tif", np.ascontiguousarray(image))
         lines.append(f"field{i:02d}.tif,1,{i // 2:03d}000000")
     (d / "images.csv").write_text("\n".join(lines) + "\n")
