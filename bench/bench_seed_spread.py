@@ -84,11 +84,11 @@ def _forest(base, seed, out):
 
 
 def _solver_field(solver, field):
-    """The integer ``field: N`` of a solver prototxt (None when absent)."""
-    import re
-    with open(solver, encoding="utf-8") as f:
-        m = re.search(rf"^\s*{field}\s*:\s*(\d+)", f.read(), re.M)
-    return int(m.group(1)) if m else None
+    """The integer ``field`` of a solver prototxt, read by the engine's solver reader (None when absent)."""
+    from deepyeast.engine.solver import read_solver_param
+
+    param = read_solver_param(solver)
+    return int(getattr(param, field)) if param.HasField(field) else None
 
 
 def _reused_run(run, args):
