@@ -76,8 +76,13 @@ def du(path):
     return total
 
 
-def run(cmd, out, kill_at=None):
+LOADS = []
+"""(run, 1-minute load average at its start, at its end): the machine's other work, written beside the figures."""
+
+
+def run(cmd, out, kill_at=None, name=""):
     """Run ``cmd`` under /usr/bin/time; returns (seconds, peak RSS MiB, largest work folder MiB, killed)."""
+    load0 = os.getloadavg()[0]
     work = out + ".work"
     peak_disk = [0]
     stop = threading.Event()
@@ -106,6 +111,7 @@ def run(cmd, out, kill_at=None):
     seconds = time.time() - t0
     stop.set()
     t.join()
+    LOADS.append((name, load0, os.getloadavg()[0]))
     if not killed and proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{err[-3000:]}")
     try:
@@ -113,6 +119,18 @@ def run(cmd, out, kill_at=None):
     except (OSError, ValueError, IndexError):
         rss = float("nan")
     return seconds, rss, peak_disk[0] / 2**20, killed
+
+
+def commit():
+    """The checkout's commit (short hash, ``+`` when it has uncommitted changes), or ``unknown``."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+" if dirty else "")
 
 
 def main():
@@ -138,21 +156,21 @@ def main():
 
         res = {}
         out = os.path.join(tmp, "none")
-        res["none"] = run(cmd(table, out, "--scheduler", "none"), out)
+        res["none"] = run(cmd(table, out, "--scheduler", "none"), out, name="none")
         s = json.load(open(os.path.join(out, "summary.json")))
         n_cells, out_mb = s["n_cells"], du(out) / 2**20
         print("none", res["none"], n_cells, flush=True)
         out = os.path.join(tmp, "local")
-        res["local"] = run(cmd(table, out, "--scheduler", "local", "--jobs", "2"), out)
+        res["local"] = run(cmd(table, out, "--scheduler", "local", "--jobs", "2"), out, name="local")
         print("local", res["local"], flush=True)
         out = os.path.join(tmp, "resume")
         n_chunks = -(-args.n // args.chunk)
-        res["killed"] = run(cmd(table, out, "--scheduler", "none"), out, kill_at=n_chunks // 2)
-        res["resumed"] = run(cmd(table, out, "--scheduler", "none"), out)
+        res["killed"] = run(cmd(table, out, "--scheduler", "none"), out, kill_at=n_chunks // 2, name="killed")
+        res["resumed"] = run(cmd(table, out, "--scheduler", "none"), out, name="resumed")
         reused = json.load(open(os.path.join(out, "summary.json")))["reused_micrographs"]
         print("resume", res["killed"], res["resumed"], reused, flush=True)
         out = os.path.join(tmp, "small")
-        res["small"] = run(cmd(small, out, "--scheduler", "none"), out)
+        res["small"] = run(cmd(small, out, "--scheduler", "none"), out, name="small")
         print("small", res["small"], flush=True)
     t, rss, disk, _ = res["none"]
     lines = [
@@ -175,6 +193,10 @@ def main():
         f"{t:.0f} s uninterrupted ({100 * (1 - res['resumed'][0] / t):.0f}% saved). Output folder "
         f"{out_mb:.0f} MiB. Peak memory {res['small'][1]:.0f} MiB at {args.small} micrographs, {rss:.0f} MiB at "
         f"{args.n}.",
+        "",
+        f"Commit {commit()}, model bundle `{args.model}`. Load average (1 minute) at the start / end of each run, "
+        "2 cores: " + ", ".join(f"{n} {a:.1f} / {b:.1f}" for n, a, b in LOADS)
+        + " (above about 2, other work shared the machine and the times are pessimistic; memory is not affected).",
     ]
     text = "\n".join(lines) + "\n"
     print(text)

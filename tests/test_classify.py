@@ -325,3 +325,31 @@ def test_report_renders_in_headless_chromium(bundle, fields, tmp_path, chromium_
     n = (out / "report.html").read_text(encoding="utf-8").count("<img ")
     assert n >= s["n_proteins_called"] + 2  # strips, the summary figure, the segmentation outlines
     assert f'data-loaded="{n}/{n}/0"' in res.stdout
+
+
+def test_screen_cells_read_crops_by_position_without_a_map(tmp_path):
+    """The report reads a few crops of every protein from the run's crops file by position (issue 21:
+    a memory map's touched pages would stay resident and grow with the screen)."""
+    from deepyeast.analysis.classify_screen import ScreenCells
+    from deepyeast.utils.io import StepFailed
+
+    rng = np.random.default_rng(0)
+    n = 37
+    crops = rng.integers(0, 256, (n, 2, 8, 8), dtype=np.uint8)
+    path = tmp_path / "crops.u8"
+    path.write_bytes(crops.tobytes())
+    z = np.zeros(n)
+    cells = ScreenCells(image=np.full(n, "a.tif", object), protein=np.full(n, "p", object),
+                        plate=np.full(n, -1), key=np.full(n, "p", object), cell=np.arange(n), x=z, y=z,
+                        area=np.ones(n, np.int64), padded=np.zeros(n, bool), label=np.full(n, -1),
+                        probs=np.zeros((n, 12), np.float32), pred=np.zeros(n, np.int64), probs_fp32=None,
+                        crops_path=str(path), crop_shape=(2, 8, 8), images=[])
+    for index in ([0], [n - 1], [5, 3, 5, 36, 0], np.arange(n)[::-1], []):
+        got = cells.read_crops(index)
+        assert got.dtype == np.uint8 and got.shape == (len(index), 2, 8, 8)
+        np.testing.assert_array_equal(got, crops[np.asarray(index, np.int64)])
+    with pytest.raises(IndexError):
+        cells.read_crops([n])
+    path.write_bytes(crops[:10].tobytes())  # a file cut short
+    with pytest.raises(StepFailed, match="ends before cell 20"):
+        cells.read_crops([20])

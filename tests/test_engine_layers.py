@@ -607,3 +607,35 @@ def test_dummy_data_refills_only_random_fillers():
     b = net()
     assert tuple(a["c"].shape) == (2, 3) and torch.all(a["c"] == 1.5) and torch.equal(a["c"], b["c"])
     assert tuple(a["g"].shape) == (4,) and not torch.equal(a["g"], b["g"])
+
+
+def test_forward_keeping_some_blobs_gives_their_values_and_lets_the_others_go():
+    """``Net.forward(keep=...)`` (what the Predictor runs, issue 21: memory flat in the number of
+    micrographs): the kept blobs have the values of a full pass, only they are returned and kept in
+    ``net.blobs``, and every other activation is freed during the pass, not held to the next one."""
+    import weakref
+
+    net = Net(os.path.join(MODELS, "deploy.prototxt"), phase="TEST", seed=1)
+    x = torch.randn(3, 2, 64, 64) * 30
+    with torch.inference_mode():
+        full = {k: v.clone() for k, v in net.forward(data=x).items()}
+    alive = []
+    for step in net._steps:
+        def recording(bottoms, _run=step.run, _tops=step.tops):
+            tops = _run(bottoms)
+            alive.extend((name, weakref.ref(t)) for name, t in zip(_tops, tops))
+            return tops
+        step.run = recording
+    for keep in (("prob",), ("fc1", "prob"), ("conv2",)):
+        del alive[:]
+        with torch.inference_mode():
+            got = net.forward(keep=keep, data=x)
+        assert list(got) == list(keep) and list(net.blobs) == list(keep)
+        for name in keep:
+            assert torch.equal(got[name], full[name]), name
+        held = sorted({name for name, ref in alive if ref() is not None})
+        assert held == sorted(set(keep) | {"data"}), held  # conv1, pool1, fc2, ... were let go (the Input
+        # layer holds its own value until the next input)
+        del got
+    with pytest.raises(InputError, match="no blob named fc9"):
+        net.forward(keep=("fc9",), data=x)

@@ -123,7 +123,7 @@ class ScreenCells:
     area : int64 (N,) pixels; padded : bool (N,) crop reached past the image edge (zero-padded);
     label : int64 (N,), -1 where the row has none; probs : float32 (N, K); pred : int64 (N,);
     probs_fp32 : float32 (N, K) or None (``compare_fp32``);
-    crops_path : str, raw uint8 N x C x S x S crops on disk (:meth:`crops`);
+    crops_path : str, raw uint8 N x C x S x S crops on disk (:meth:`read_crops`);
     images : list of dicts, one per readable micrograph (where, image, plate, protein, key,
     label, source, n_cells, first (index of its first cell), qc (:mod:`deepyeast.analysis.qc`));
     ood_score : float32 (N,) out-of-distribution score (NaN where the bundle has no statistics);
@@ -163,11 +163,28 @@ class ScreenCells:
     def n_cells(self):
         return int(self.cell.shape[0])
 
-    def crops(self):
-        """uint8 N x C x S x S crops (a read-only memory map of ``crops_path``)."""
-        if self.n_cells == 0:
-            return np.zeros((0,) + tuple(self.crop_shape), np.uint8)
-        return np.memmap(self.crops_path, np.uint8, "r", shape=(self.n_cells,) + tuple(self.crop_shape))
+    def read_crops(self, index):
+        """uint8 len(index) x C x S x S: the crops of the cells ``index`` (ints in [0, N)), read from
+        ``crops_path`` by position.
+
+        Read, not memory-mapped: the report shows a few cells of every protein, spread over the
+        whole file, and the pages of a map it touched would stay in the process's resident set,
+        which would then grow with the screen (8 KiB per cell of 2 x 64 x 64).
+        """
+        index = np.asarray(index, np.int64).reshape(-1)
+        shape = tuple(self.crop_shape)
+        size = int(np.prod(shape))
+        out = np.empty((len(index),) + shape, np.uint8)
+        if len(index) and (index.min() < 0 or index.max() >= self.n_cells):
+            raise IndexError(f"cell index out of range 0..{self.n_cells - 1}")
+        if len(index):
+            with open(self.crops_path, "rb", buffering=0) as f:
+                for j, i in enumerate(index):
+                    buf = os.pread(f.fileno(), size, int(i) * size)
+                    if len(buf) != size:
+                        raise StepFailed(f"{self.crops_path}: ends before cell {int(i)}; run again")
+                    out[j] = np.frombuffer(buf, np.uint8).reshape(shape)
+        return out
 
 
 def protein_key(plate, protein):

@@ -139,7 +139,7 @@ def _truth_html(calls, i, classes):
             f'{"right" if ok else "wrong"}</span>')
 
 
-def _protein_block(out_dir, i, calls, cells, rows_of, crops, classes, gallery_cells):
+def _protein_block(out_dir, i, calls, cells, rows_of, classes, gallery_cells):
     f = calls.flags
     call = int(calls.pred[i])
     rows = rows_of[i]
@@ -147,8 +147,8 @@ def _protein_block(out_dir, i, calls, cells, rows_of, crops, classes, gallery_ce
     shown = _sample(order, gallery_cells)
     agree = cells.pred[shown] == call
     rel = os.path.join("gallery", f"p{i:05d}.png")
-    _write_png(os.path.join(out_dir, rel), render_strip(crops[shown], agree))
-    size = crops.shape[-1] * THUMB
+    _write_png(os.path.join(out_dir, rel), render_strip(cells.read_crops(shown), agree))
+    size = cells.crop_shape[-1] * THUMB
     head = (f"<b>{escape(_name(calls.protein[i], calls.plate[i]))}</b>: <b>{escape(classes[call])}</b> "
             f"{f['top1_share'][i]:.2f}; runner-up {escape(classes[f['top2'][i]])} {f['top2_share'][i]:.2f}; "
             f"P(call leads) {f['p_call'][i]:.3f}; {int(calls.n_cells[i])} cells in {int(calls.n_images[i])} "
@@ -358,7 +358,6 @@ def write_screen_report(out_dir, bundle, cells, calls, summary, gallery_cells=8,
     classes = list(bundle.classes)
     has = calls.n_cells > 0
     f = calls.flags
-    crops = cells.crops()
     index = {k: i for i, k in enumerate(calls.key)}
     rows_of = [[] for _ in calls.key]
     for r, k in enumerate(cells.key):
@@ -486,7 +485,7 @@ def write_screen_report(out_dir, bundle, cells, calls, summary, gallery_cells=8,
         parts.append(f'<h3 id="c{j}">{escape(name)} ({members.size} protein{"s" if members.size != 1 else ""})'
                      "</h3>")
         for i in members:
-            parts.append(_protein_block(out_dir, i, calls, cells, rows_of, crops, classes, gallery_cells))
+            parts.append(_protein_block(out_dir, i, calls, cells, rows_of, classes, gallery_cells))
     if (~has).any():
         parts.append('<h2 id="no-cells">Proteins without cells</h2><p>'
                      + ", ".join(escape(_name(calls.protein[i], calls.plate[i])) + _truth_html(calls, i, classes)

@@ -31,7 +31,11 @@ Reuse rules
   either complete or absent after a kill.
 
 Memory holds the per-cell table columns (about 100 bytes per cell plus 4 bytes per class),
-never the crops (8 KiB per cell), which stream from the chunk files to one file on disk.
+never the crops (8 KiB per cell), which stream from the chunk files to one file on disk (the
+report reads back the few it shows by position, not through a memory map).  The network runs with
+only its wanted blobs kept (:meth:`deepyeast.engine.net.Net.forward` ``keep``) at a few padded
+batch sizes (:data:`deepyeast.engine.inference.PAD_STEPS`), so a process's memory does not grow
+with the number of chunks it has run.
 """
 
 import dataclasses
