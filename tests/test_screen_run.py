@@ -235,3 +235,59 @@ def test_a_chunk_task_hands_the_net_only_padded_batch_sizes(bundle, screen, net_
         assert net_batches == [padded_batch(min(batch, n - s), batch) for s in range(0, n, batch)]
         counts.append(n)
     assert any(padded_batch(n % batch or batch, batch) != (n % batch or batch) for n in counts)  # padding ran
+
+
+_HEAP_PROBE = r"""
+import json, sys
+import numpy as np
+from deepyeast.engine import net
+
+def anon():
+    return next(int(l.split()[1]) // 1024 for l in open("/proc/self/status") if l.startswith("RssAnon"))
+
+net._retain_freed_memory()  # what building a Net does: freed blocks stay in the heap
+blocks = [np.ones(1 << 17, np.uint8) for _ in range(2400)]  # 300 MiB in 128 KiB blocks
+keep = blocks[::40]  # a few stay alive among them, as between a screen's passes
+del blocks
+before = anon()
+done = net.release_freed_memory()
+print(json.dumps([before, anon(), done]))
+"""
+
+
+def test_released_heap_pages_go_back_to_the_os():
+    """The heap the engine keeps for speed is given back by release_freed_memory (in a fresh process:
+    what this one's earlier tests left in its heap would decide the figures)."""
+    proc = subprocess.run([sys.executable, "-c", _HEAP_PROBE], cwd=REPO_ROOT, env=_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before, after, done = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert done is True
+    assert before - after > 200, (before, after)  # ~290 MiB free in the heap before, given back after
+
+
+def test_every_process_releases_its_heap_every_few_chunks(bundle, screen, monkeypatch):
+    """A chunk task (in this process or a Dask worker) gives the heap's free pages back after every
+    RELEASE_EVERY chunks it ran, so a long run's memory does not grow with the chunks (issue 21)."""
+    from deepyeast.analysis import screen_run
+    from deepyeast.analysis.classify_screen import read_screen_rows
+    from deepyeast.engine import net
+    from deepyeast.model import read_bundle
+
+    def reject(where, error):
+        raise error
+
+    real, calls = net.release_freed_memory, []
+
+    def counted():
+        calls.append(screen_run._CHUNKS_RUN[0])
+        return real()
+
+    monkeypatch.setattr(net, "release_freed_memory", counted)
+    monkeypatch.setattr(screen_run, "RELEASE_EVERY", 2)
+    monkeypatch.setattr(screen_run, "_CHUNKS_RUN", [0])
+    settings = screen_run.ChunkSettings(model=bundle, chunk=2)
+    rows = read_screen_rows(str(screen), read_bundle(bundle).classes, reject)
+    for item in screen_run.chunks_of(rows, 2)[:5]:
+        screen_run.chunk_task(item, settings)
+    assert calls == [2, 4]

@@ -127,6 +127,25 @@ def _retain_freed_memory():
     mallopt(m_trim_threshold, 1 << 30)
 
 
+def release_freed_memory():
+    """Give the free pages of the heap back to the OS (glibc's ``malloc_trim(0)``); True when done.
+
+    The other side of :func:`_retain_freed_memory` for a long-running process: the heap it keeps
+    fragments when passes of different sizes alternate with other work (a screen's segmentation
+    between network batches), and its free part then grows with the work done.  Released now and
+    then (:data:`deepyeast.analysis.screen_run.RELEASE_EVERY` chunks), the process's memory stays
+    flat; the next pass faults its activations in once.  False where the C library has no
+    ``malloc_trim``.
+    """
+    try:
+        import ctypes
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim(0)
+    return True
+
+
 class _Context:
     """What layers need from their net: phase, device, root folder and random streams."""
 
