@@ -3,7 +3,8 @@
 Usage (from the repository root)::
 
     python bench/bench_engine.py [--quick] [--rounds 3] [--iterations 3] [--caffe-iterations 3]
-                                 [--trained RUN | --train-iterations 240] [--no-caffe] [--no-write]
+                                 [--trained RUN | --train-iterations 240] [--no-caffe] [--against REF]
+                                 [--no-write]
 
 ``--quick`` (a few minutes: no real Caffe, no bf16 call check) is the one command to rerun on an
 idle machine.  Measures in one run, on this machine, with the same thread count for everything of
@@ -29,6 +30,9 @@ affect all figures alike):
   as Caffe's ``caffe time -phase TEST``), and the deploy path of ``analysis/predict.py``
   (:func:`deepyeast.engine.fold.deploy_net`: BatchNorm folded, ``torch.inference_mode``,
   channels-last) in fp32 and bf16 at several batch sizes;
+* with ``--against REF`` (a git commit of this repository): the same ``deepyeast time`` runs of the
+  engine as it was at REF (its tree exported by ``git archive``), in the same rounds, so that "no
+  worse than before" is measured on this machine in one run rather than against figures of another day;
 * how many class calls bf16 changes against fp32 on a trained net: the test and
   validation cells of ``--trained RUN`` (a pipeline run folder, e.g. ``runs/demo`` after
   ``make demo``), or of a net this script trains briefly itself on a small synthetic
@@ -45,7 +49,6 @@ training >= 75% of the measured limit of its precision, bf16 inference >= 1,000 
 import argparse
 import os
 import re
-import resource
 import subprocess
 import sys
 import tempfile
@@ -108,20 +111,62 @@ def _parse(text):
     return out
 
 
-def ours_time(model, iterations, phase="TRAIN", forward_only=False, precision="fp32", threads=None):
-    """Run ``python -m deepyeast time`` in a fresh process; returns (averages dict, peak RSS in MB)."""
-    cmd = [sys.executable, "-m", "deepyeast", "time", "-model", model, "-iterations", str(iterations),
+def ours_time(model, iterations, phase="TRAIN", forward_only=False, precision="fp32", threads=None, repo=REPO):
+    """Run ``python -m deepyeast time`` in a fresh process (the package of ``repo``: this tree, or one
+    :func:`export_ref` made); returns (averages dict, the process's peak resident memory in MB)."""
+    cmd = [sys.executable, "-c", _PEAK_REPORTING_MAIN, "time", "-model", model, "-iterations", str(iterations),
            "-phase", phase, "-precision", precision]
     if forward_only:
         cmd.append("-forward_only")
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
-    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest child so far
+    res = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
     if res.returncode != 0:
         raise RuntimeError(f"deepyeast time failed:\n{res.stderr[-3000:]}")
-    return _parse(res.stderr), peak / 1024.0
+    return _parse(res.stderr), peak_of(res.stderr)
+
+
+_PEAK_REPORTING_MAIN = (
+    "import atexit, runpy, sys\n"
+    "def peak():\n"
+    "    try:\n"
+    "        with open('/proc/self/status') as f:\n"
+    "            kb = [line.split()[1] for line in f if line.startswith('VmHWM:')]\n"
+    "    except OSError:\n"
+    "        kb = []\n"
+    "    if not kb:\n"
+    "        import resource\n"
+    "        kb = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss]\n"
+    "    sys.stderr.write(f'peak resident memory: {kb[0]} kB\\n')\n"
+    "atexit.register(peak)\n"
+    "sys.argv[0] = 'deepyeast'\n"
+    "runpy.run_module('deepyeast', run_name='__main__', alter_sys=True)\n")
+"""``python -m deepyeast`` that writes its own peak resident memory to stderr as it exits: the high-water mark
+of its image (``VmHWM``), not ``ru_maxrss``, which Linux carries over ``exec`` from the forked copy of this
+bench process (its GEMM buffers: gigabytes) -- what a child's ``getrusage``/``wait4`` figure then reports."""
+
+
+def peak_of(stderr):
+    """Megabytes of the ``peak resident memory: N kB`` line of :data:`_PEAK_REPORTING_MAIN` (0 when absent)."""
+    m = re.search(r"peak resident memory: (\d+) kB", stderr)
+    return int(m.group(1)) / 1024.0 if m else 0.0
+
+
+def export_ref(ref, folder):
+    """The tree of git commit ``ref`` of this repository, exported (``git archive``) under ``folder``:
+    (path, full commit id, commit date).  Reused when already there."""
+    sha, date = subprocess.run(["git", "-C", REPO, "log", "-1", "--format=%H %cs", ref], capture_output=True,
+                               text=True, check=True).stdout.split()
+    path = os.path.join(folder, f"ref_{sha[:12]}")
+    if not os.path.isdir(os.path.join(path, "deepyeast")):
+        tmp = path + ".part"
+        os.makedirs(tmp, exist_ok=True)
+        archive = subprocess.run(["git", "-C", REPO, "archive", sha, "deepyeast", "models"], capture_output=True,
+                                 check=True).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        os.replace(tmp, path)
+    return path, sha, date
 
 
 def caffe_time(model, iterations, phase="TRAIN"):
@@ -267,6 +312,8 @@ def main(argv=None):
                                       "test and validation cells measure the bf16 call changes")
     ap.add_argument("--train-iterations", type=int, default=240,
                     help="without --trained: train this many iterations here for the bf16 check (0: skip it)")
+    ap.add_argument("--against", metavar="REF", help="also time the engine as it was at git commit REF (training "
+                                                     "fp32 and bf16, TEST-phase inference) in the same rounds")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "deepyeast_bench_engine"))
     ap.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
     args = ap.parse_args(argv)
@@ -297,14 +344,26 @@ def main(argv=None):
     weights = random_deploy_weights()
     batches = [int(b) for b in args.batches.split(",") if b]
 
+    ref = export_ref(args.against, args.workdir) if args.against else None
+    ref_ms = {}  # (what, precision) -> best ms of the engine at --against
+
+    def time_ref(key, **kw):
+        avg, _ = ours_time(model, repo=ref[0], threads=threads, **kw)
+        value = avg["forward_ms" if kw.get("forward_only") else "forward_backward_ms"]
+        ref_ms[key] = min(ref_ms.get(key, float("inf")), value)
+
     # interleaved rounds: each round measures the GEMMs, training and inference once; the best round counts
-    gemm, train_ms, deploy, peak_mb = {}, {}, {}, 0.0
+    gemm, train_ms, deploy, peak_mb, test_ms = {}, {}, {}, 0.0, float("inf")
     for r in range(rounds):
         _peak.merge_best(gemm, _peak.gemm_rates(sizes, reps=3))
         for p in _peak.PRECISIONS:
+            if ref and r % 2:  # the older engine first in every other round
+                time_ref(("training", p), iterations=iterations, precision=p)
             avg, mb = ours_time(model, iterations, precision=p, threads=threads)
             train_ms[p] = min(train_ms.get(p, float("inf")), avg["forward_backward_ms"])
             peak_mb = max(peak_mb, mb)
+            if ref and not r % 2:
+                time_ref(("training", p), iterations=iterations, precision=p)
             for b in batches:
                 cells, _ = deploy_rate(weights, p, True, b, args.infer_batches)
                 deploy[(p, b)] = max(deploy.get((p, b), 0.0), cells)
@@ -312,8 +371,14 @@ def main(argv=None):
         print(f"round {r + 1}/{rounds}: best GEMM fp32 {max(v for k, v in gemm.items() if k[0] == 'fp32'):.0f}, "
               f"bf16 {max(v for k, v in gemm.items() if k[0] == 'bf16'):.0f} GFLOP/s; training ms {train_ms}; "
               f"deploy cells/s { {f'{p} {b}': round(v) for (p, b), v in deploy.items()} }", flush=True)
-    test_phase, mb = ours_time(model, iterations * 2, phase="TEST", forward_only=True, threads=threads)
-    peak_mb = max(peak_mb, mb)
+        if ref:  # TEST-phase inference of both engines in every round (it is compared)
+            avg, mb = ours_time(model, iterations * 2, phase="TEST", forward_only=True, threads=threads)
+            test_ms, peak_mb = min(test_ms, avg["forward_ms"]), max(peak_mb, mb)
+            time_ref(("inference TEST phase", "fp32"), iterations=iterations * 2, phase="TEST", forward_only=True)
+    if not ref:
+        avg, mb = ours_time(model, iterations * 2, phase="TEST", forward_only=True, threads=threads)
+        test_ms, peak_mb = avg["forward_ms"], max(peak_mb, mb)
+    test_phase = {"forward_ms": test_ms}
     caffe_train = caffe_test = None
     if args.no_caffe:
         notes.append("real Caffe not measured (--quick / --no-caffe)")
@@ -395,6 +460,7 @@ def main(argv=None):
                          pct_isa(rate, p), f"{cells:.0f}", vs(cells, caffe_cells) if caffe_cells else "n/a"))
 
     cmd = "python bench/bench_engine.py" + (" --quick" if args.quick else "") + (
+        f" --against {args.against}" if args.against else "") + (
         f" --threads {args.threads}" if args.threads else "") + (
         f" --rounds {args.rounds}" if args.rounds else "") + (
         f" --iterations {args.iterations}" if args.iterations else "")
@@ -420,7 +486,20 @@ def main(argv=None):
           "| vs real Caffe |",
           "|---|---:|---:|---:|---:|---:|---:|---:|"]
     md += [f"| {' | '.join(r)} |" for r in rows]
-    md += ["", f"Peak memory of our `deepyeast time` processes (ru_maxrss): {peak_mb / 1024:.2f} GB (target <= 4 GB)."]
+    if ref:
+        now = {("training", p): train_ms[p] for p in _peak.PRECISIONS}
+        now[("inference TEST phase", "fp32")] = test_ms
+        md += ["", f"Against the engine at {ref[1][:12]} ({ref[2]}; `--against {args.against}`), the same "
+               "`deepyeast time` runs in the same rounds, each figure its best round:", "",
+               "| measure | this tree ms | at the reference ms | reference / this tree |", "|---|---:|---:|---:|"]
+        for (what, p), ms in ref_ms.items():
+            md.append(f"| {what} {p} | {now[(what, p)]:.0f} | {ms:.0f} | {ms / now[(what, p)]:.2f} |")
+        worse = [f"{what} {p}" for (what, p), ms in ref_ms.items() if now[(what, p)] > ms * 1.05]
+        md.append("")
+        md.append("This tree is no worse than the reference (within 5%) in every measure." if not worse else
+                  "This tree is slower than the reference by more than 5% in: " + ", ".join(worse) + ".")
+    md += ["", f"Peak memory of our `deepyeast time` processes (their own high-water mark, VmHWM): "
+           f"{peak_mb / 1024:.2f} GB (target <= 4 GB)."]
     goal = []
     for p, target in (("bf16", 50), ("fp32", 75)):
         got = _peak.percent(workloads[f"training {p}"][1], limit[p][0])

@@ -108,3 +108,28 @@ def test_the_baselines_undo_issue_24s_changes_and_the_ab_times_every_variant(tmp
     table = "\n".join(md)
     assert "| both (the engine before issue 24) | 125 | 1.250 | n/a (nothing is cast in fp32) |  |" in table
     assert "| engine now | 100 | 1.000 | 300 | 1.000 |" in table and "load average 0.5 to 1.0" in table
+
+
+def test_traceable_engine_steps_aside_only_while_compiling_and_puts_the_engine_back():
+    """The torch.compile comparison's patch: eager passes inside it still keep their bf16 weight copies (the
+    patch acts only under tracing), and on leaving it the engine's own functions are back."""
+    from deepyeast.engine.layers import common, vision
+
+    engine = (vision._pointwise_applies, vision.compute_blobs, common.compute_blobs)
+    net = Net(parse_prototxt(NET, caffe_pb2.NetParameter), phase="TEST", seed=3, autocast="bf16")
+    with bp.traceable_engine():
+        assert vision._pointwise_applies is not engine[0] and common.compute_blobs is not engine[2]
+        with torch.no_grad():
+            net(x=torch.randn(4, 3, 12, 12))
+        assert net.layer("c1")._kept_casts[0][2].dtype == torch.bfloat16
+    assert (vision._pointwise_applies, vision.compute_blobs, common.compute_blobs) == engine
+
+
+def test_largest_differences_and_the_compile_crops():
+    assert bp.largest_differences([1.0, 2.5, -3.0], [1.0, 2.0, -2.0]) == pytest.approx((1.0, 0.5))
+    examples = (torch.arange(2 * 2 * 4 * 4) % 256).reshape(2, 2, 4, 4).to(torch.uint8).numpy()
+    crops = bp.compile_crops(examples, 7)
+    assert crops.shape == (7, 2, 4, 4) and crops.dtype.name == "float32"
+    near = [min(abs(c.astype(int) - e.astype(int)).max() for e in examples) for c in crops]
+    assert 0 < max(near) <= 8 and crops.min() >= 0 and crops.max() <= 255
+    assert bp.compile_crops(None, 3).shape == (3, 2, 64, 64)

@@ -112,7 +112,7 @@ def _touching_blobs(seed, shape=(150, 190)):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_fast_kernels_equal_scipy_and_skimage_pixel_for_pixel(seed):
-    """split_touching's kernels (issue 24): OpenCV's distance transform and the per-component h-maxima
+    """split_touching's kernels (issue 24): OpenCV's distance transform and the h-maxima by repeated geodesic dilation
     give exactly scipy's distance_transform_edt and skimage's h_maxima, components at the edge included."""
     from scipy import ndimage as ndi
     from skimage.morphology import h_maxima

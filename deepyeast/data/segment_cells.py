@@ -216,38 +216,46 @@ def distance_to_background(fg):
 
 
 def h_maxima(image, h):
-    """``skimage.morphology.h_maxima(image, h)`` (uint8 ``H x W``) for an image >= 0 whose background is 0.
+    """``skimage.morphology.h_maxima(image, h)`` (uint8 ``H x W``) for a float image >= 0 whose background is 0.
 
-    The grey reconstruction behind it sorts every pixel; here it runs on each connected
-    component of ``image > 0`` (8-connected) alone, in its bounding box, with everything else
-    of the box (and a one-pixel rim) set to what the whole-image reconstruction gives the
-    background: ``min(max(image - h), 0)``.  A path from outside a component to a pixel in it
-    crosses a 0 pixel, so it brings exactly that value, and the result is the same, pixel for
-    pixel, as the whole-image call (tests/test_segment.py).  A distance map of cells is mostly
-    background, so this is several times faster.  Images with no 0 pixel or a negative one
-    go to skimage whole.
+    skimage's arithmetic (``image - h`` less its float allowance, reconstructed by dilation
+    under ``image``, the residue ``>= h``) with the reconstruction done another way: the
+    geodesic dilation (a 3 x 3 maximum filter, then the minimum with ``image``) repeated until
+    nothing changes -- the reconstruction's definition, whose values are maxima and minima of
+    the image's own values, so the same numbers, pixel for pixel, as skimage's sorting-based
+    reconstruction (tests/test_segment.py).  It starts from what the reconstruction is known to
+    be at least everywhere: every pixel is joined to the highest seed by a path through pixels
+    >= 0, so the result is >= ``min(max(seed), 0)``; from there a distance map of cells
+    settles in a few tens of steps (about as many as a cell's radius) instead of the width of
+    the background, several times faster than skimage's sort of every pixel (bench/bench_screen.py).
+    Images with no 0 pixel, a negative one, or another dtype go to skimage whole.
     """
-    from scipy import ndimage as ndi
-    from skimage.morphology import h_maxima as sk_h_maxima, reconstruction
+    from skimage.morphology import h_maxima as sk_h_maxima
     image = np.asarray(image)
-    if image.ndim != 2 or not np.issubdtype(image.dtype, np.floating) or float(image.min(initial=0)) != 0.0 \
+    if image.ndim != 2 or image.dtype not in (np.float32, np.float64) or float(image.min(initial=0)) != 0.0 \
             or image.all():
         return sk_h_maxima(image, h)
-    out = np.zeros(image.shape, np.uint8)
     if h > np.ptp(image):
-        return out
-    resolution = 2 * np.finfo(image.dtype).resolution  # skimage's allowance for float rounding
-    outside = min(float(np.max(image - h - resolution * np.abs(image))), 0.0)
-    comp, _ = ndi.label(image > 0, structure=np.ones((3, 3), bool))
-    for k, box in enumerate(ndi.find_objects(comp), 1):
-        if box is None:
-            continue
-        inside = np.pad(comp[box] == k, 1)
-        mask = np.where(inside, np.pad(image[box], 1), image.dtype.type(0))
-        seed = np.where(inside, mask - h - resolution * np.abs(mask), image.dtype.type(outside)).astype(image.dtype)
-        peaks = (mask - reconstruction(seed, mask, method="dilation")) >= h
-        out[box] |= (peaks & inside)[1:-1, 1:-1]
-    return out
+        return np.zeros(image.shape, np.uint8)
+    shifted = image - h - 2 * np.finfo(image.dtype).resolution * np.abs(image)  # skimage's allowance for rounding
+    floor = image.dtype.type(min(float(shifted.max()), 0.0))
+    reconstructed = _reconstruct_by_dilation(np.maximum(shifted, floor), image)
+    return ((image - reconstructed) >= h).astype(np.uint8)
+
+
+def _reconstruct_by_dilation(seed, mask, block=8):
+    """Grey reconstruction by dilation of ``seed`` under ``mask`` (float32/64 ``H x W``, 8-connected): the
+    geodesic dilation ``min(max3x3(r), mask)`` repeated from ``r = min(seed, mask)`` until it stops changing
+    (checked every ``block`` steps: the steps only raise values, so no change over a block is the end)."""
+    cv2 = quiet_cv2()
+    square = np.ones((3, 3), np.uint8)
+    rec = np.minimum(seed, mask)
+    while True:
+        before = rec
+        for _ in range(block):
+            rec = np.minimum(cv2.dilate(rec, square, borderType=cv2.BORDER_REPLICATE), mask)
+        if np.array_equal(rec, before):
+            return rec
 
 
 def filter_cells(labels, min_area=150, max_area=3000, border_margin=1):
