@@ -266,9 +266,9 @@ def test_released_heap_pages_go_back_to_the_os():
     assert before - after > 200, (before, after)  # ~290 MiB free in the heap before, given back after
 
 
-def test_every_process_releases_its_heap_every_few_chunks(bundle, screen, monkeypatch):
-    """A chunk task (in this process or a Dask worker) gives the heap's free pages back after every
-    RELEASE_EVERY chunks it ran, so a long run's memory does not grow with the chunks (issue 21)."""
+def test_every_chunk_task_releases_its_processs_free_heap(bundle, screen, monkeypatch):
+    """A chunk task (in this process or a Dask worker) gives the heap's free pages back when it ends,
+    so a long run's memory does not grow with the chunks (issue 21)."""
     from deepyeast.analysis import screen_run
     from deepyeast.analysis.classify_screen import read_screen_rows
     from deepyeast.engine import net
@@ -277,17 +277,16 @@ def test_every_process_releases_its_heap_every_few_chunks(bundle, screen, monkey
     def reject(where, error):
         raise error
 
-    real, calls = net.release_freed_memory, []
+    real, calls, done = net.release_freed_memory, [], []
 
     def counted():
-        calls.append(screen_run._CHUNKS_RUN[0])
+        calls.append(len(done))  # chunks finished before this release
         return real()
 
     monkeypatch.setattr(net, "release_freed_memory", counted)
-    monkeypatch.setattr(screen_run, "RELEASE_EVERY", 2)
-    monkeypatch.setattr(screen_run, "_CHUNKS_RUN", [0])
     settings = screen_run.ChunkSettings(model=bundle, chunk=2)
     rows = read_screen_rows(str(screen), read_bundle(bundle).classes, reject)
     for item in screen_run.chunks_of(rows, 2)[:5]:
         screen_run.chunk_task(item, settings)
-    assert calls == [2, 4]
+        done.append(item[0])
+    assert calls == [0, 1, 2, 3, 4]  # once per chunk, inside the task

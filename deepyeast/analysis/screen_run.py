@@ -34,9 +34,9 @@ Memory holds the per-cell table columns (about 100 bytes per cell plus 4 bytes p
 never the crops (8 KiB per cell), which stream from the chunk files to one file on disk (the
 report reads back the few it shows by position, not through a memory map).  The network runs with
 only its wanted blobs kept (:meth:`deepyeast.engine.net.Net.forward` ``keep``) at a few padded
-batch sizes (:data:`deepyeast.engine.inference.PAD_STEPS`), and a process releases its heap's free
-pages every :data:`RELEASE_EVERY` chunks, so its memory does not grow with the number of chunks it
-has run.
+batch sizes (:data:`deepyeast.engine.inference.PAD_STEPS`), and a chunk task gives its process's
+free heap pages back when it ends (:func:`deepyeast.engine.net.release_freed_memory`), so a
+process's memory does not grow with the number of chunks it has run.
 """
 
 import dataclasses
@@ -65,13 +65,6 @@ RUN_JSON = "run.json"
 CHUNK_FORMAT = 2
 """2: the last batch of a chunk runs padded (:func:`deepyeast.engine.inference.padded_batch`), which may move
 the probabilities by float32 rounding: a work folder of format 1 is refused naming the format (--restart)."""
-RELEASE_EVERY = 1
-"""A process gives its heap's free pages back to the OS after every RELEASE_EVERY chunks it ran
-(:func:`deepyeast.engine.net.release_freed_memory`), so its memory does not grow with the number of
-chunks (the heap is kept between network passes for speed, and fragments over many chunks).  Cost
-measured on a chunk's 107 crops (2-core AMD EPYC, 2026-12-06, 1 thread): 0.946 against 0.937 s in
-bf16, 1.815 against 1.797 s in fp32 (best of 6), about 1%."""
-_CHUNKS_RUN = [0]
 PER_ROW = ("rows", "stamps", "ok", "reason", "source", "qc")
 PER_CELL = ("row", "cell", "x", "y", "area", "padded", "probs", "crops", "ood_score")
 
@@ -220,10 +213,11 @@ def _chunk(item, settings):
               "ood_score": np.asarray(ood, np.float32), "pid": np.int64(os.getpid())}
     if reference is not None:
         result["probs_fp32"] = reference(crops).astype(np.float32)
-    _CHUNKS_RUN[0] += 1
-    if _CHUNKS_RUN[0] % RELEASE_EVERY == 0:
-        from deepyeast.engine.net import release_freed_memory
-        release_freed_memory()
+    # the heap is kept between network passes for speed and fragments over many chunks: give its free
+    # pages back once per chunk (measured on a chunk's 107 crops, 2-core AMD EPYC, 2026-12-06, 1 thread:
+    # 0.946 against 0.937 s in bf16, 1.815 against 1.797 s in fp32, best of 6: about 1%)
+    from deepyeast.engine.net import release_freed_memory
+    release_freed_memory()
     return result
 
 

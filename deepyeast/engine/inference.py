@@ -120,12 +120,12 @@ def _check_crops(crops, input_shape, source):
     return crops
 
 
-def _crop_module(net, mean, input_scale, input_blob, output_blob, keep=None):
+def _crop_module(net, mean, input_scale, input_blob, keep):
     """torch Module: float32 crops N x C x H x W (on the net's device) -> blobs, preprocessing inside.
 
-    ``forward(x)`` gives the ``output_blob`` as N x K (what a TorchScript trace records);
-    ``blobs(x)`` the blobs named in ``keep`` (default: ``output_blob``; dict name -> tensor), the
-    others let go as soon as no later layer reads them (:meth:`deepyeast.engine.net.Net.forward`).  The Input layer is fed
+    ``forward(x)`` gives ``keep[0]`` as N x K (what a TorchScript trace records); ``blobs(x)`` the
+    blobs named in ``keep`` (dict name -> tensor), the others let go as soon as no later layer
+    reads them (:meth:`deepyeast.engine.net.Net.forward`).  The Input layer is fed
     directly: ``Net.forward(data=...)`` would move the value to the net's device, which a
     trace records as a constant device that a GPU consumer then trips on.
     """
@@ -140,14 +140,14 @@ def _crop_module(net, mean, input_scale, input_blob, output_blob, keep=None):
             layer = next(lp for lp in net.net_param.layer if lp.type == "Input" and input_blob in lp.top)
             self.input_layer = net.layer(layer.name)
             self.input_index = list(layer.top).index(input_blob)
-            self.keep = tuple(keep) if keep else (output_blob,)
+            self.keep = tuple(keep)
 
         def blobs(self, x):
             self.input_layer.values[self.input_index] = (x - self.mean) * self.scale
             return self.net.forward(keep=self.keep)
 
         def forward(self, x):
-            return self.blobs(x)[output_blob].reshape(x.shape[0], -1)
+            return self.blobs(x)[self.keep[0]].reshape(x.shape[0], -1)
 
     return CropNet()
 
@@ -186,7 +186,7 @@ class Predictor:
         if missing:
             raise InputError(f"{model.deploy}: no blob named {', '.join(missing)} "
                              f"(blobs: {', '.join(self.net.blob_shapes)})")
-        self.module = _crop_module(self.net, mean, model.input_scale, self.input_blob, self.keep[0], self.keep).eval()
+        self.module = _crop_module(self.net, mean, model.input_scale, self.input_blob, self.keep).eval()
 
     @property
     def device(self):
@@ -251,12 +251,12 @@ batch 100, 2-core AMD EPYC, 2026-12-06): calls with 1..40 crops took the residen
 from 590 to 1,716 MiB; ``malloc_trim`` after every call kept it at ~510 MiB (the memory was
 free, not live), so did running every call at one size (782 MiB at 40).  classify_screen's
 chunks each end in a partial batch of a new size, so its memory grew with the number of
-micrographs.  The other half of the fix: the net runs with ``keep`` (:meth:`deepyeast.engine.
-net.Net.forward`), so a pass holds about two layers' activations instead of all of them and
-none between passes; the heap (kept, not returned: :func:`deepyeast.engine.net.
-_retain_freed_memory`) stays small enough that the segmentation's arrays between passes do
-not push it up (classify_screen, 1,000 micrographs, fp32, AMD EPYC: resident set after the
-first chunks 438 -> 663 MiB and peak 785 MiB, against 798 -> 1,482 and 1,403 without).
+micrographs.  Padding alone did not make it flat; the rest of the fix: the net runs with
+``keep`` (:meth:`deepyeast.engine.net.Net.forward`), so a pass holds about two layers'
+activations instead of all of them and none between passes, and a screen's chunk task gives
+the heap's free pages back after every chunk (:func:`deepyeast.engine.net.release_freed_memory`;
+the heap is otherwise kept, :func:`deepyeast.engine.net._retain_freed_memory`).  Peak memory at
+500 and 5,000 micrographs: bench/RESULTS.md, "A whole screen".
 """
 
 

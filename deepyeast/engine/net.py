@@ -133,8 +133,8 @@ def release_freed_memory():
     The other side of :func:`_retain_freed_memory` for a long-running process: the heap it keeps
     fragments when passes of different sizes alternate with other work (a screen's segmentation
     between network batches), and its free part then grows with the work done.  Released now and
-    then (:data:`deepyeast.analysis.screen_run.RELEASE_EVERY` chunks), the process's memory stays
-    flat; the next pass faults its activations in once.  False where the C library has no
+    then (after every chunk of a screen: :func:`deepyeast.analysis.screen_run.chunk_task`), the
+    process's memory stays flat; the next pass faults its activations in once.  False where the C library has no
     ``malloc_trim``.
     """
     try:
