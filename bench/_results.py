@@ -1,12 +1,15 @@
-"""Keep bench/RESULTS.md: each benchmark script owns one section, replaced on rerun."""
+"""Keep bench/RESULTS.md (each benchmark script owns one section, replaced on rerun) and say what was measured:
+the machine, the checkout's commit, an older commit's tree to measure against."""
 
 import datetime
 import os
 import platform
 import re
+import subprocess
 
 from deepyeast.utils.io import atomic_write_text
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
 HEADER = "# Benchmark results\n\nEach section is rewritten by the script named in it; figures are measured, never typed in.\n"
 
@@ -46,3 +49,31 @@ def update_section(title, markdown, path=RESULTS, machine=None):
     else:
         text = text.rstrip("\n") + "\n\n" + body
     atomic_write_text(path, text.rstrip("\n") + "\n")
+
+
+def commit():
+    """The checkout's commit (short hash, ``+`` when it has uncommitted changes), or ``unknown``."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+" if dirty else "")
+
+
+def export_ref(ref, folder):
+    """The tree of git commit ``ref`` of this repository, exported (``git archive``) under ``folder``:
+    (path, full commit id, commit date).  Reused when already there."""
+    sha, date = subprocess.run(["git", "-C", REPO, "log", "-1", "--format=%H %cs", ref], capture_output=True,
+                               text=True, check=True).stdout.split()
+    path = os.path.join(folder, f"ref_{sha[:12]}")
+    parts = ("deepyeast", "models", "analysis")  # the package, the nets, the step scripts
+    if not all(os.path.isdir(os.path.join(path, d)) for d in parts):
+        tmp = path + ".part"
+        os.makedirs(tmp, exist_ok=True)
+        archive = subprocess.run(["git", "-C", REPO, "archive", sha, *parts], capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        os.replace(tmp, path)
+    return path, sha, date

@@ -56,7 +56,9 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from _results import export_ref  # noqa: E402,F401  (bench/_results.py: one export of an older tree)
 from deepyeast.caffe import caffe_pb2, root as caffe_root  # noqa: E402
 from deepyeast.caffe.blobs import compute_mean, write_mean_binaryproto
 from deepyeast.caffe.lmdb import write_datum_lmdb
@@ -151,22 +153,6 @@ def peak_of(stderr):
     """Megabytes of the ``peak resident memory: N kB`` line of :data:`_PEAK_REPORTING_MAIN` (0 when absent)."""
     m = re.search(r"peak resident memory: (\d+) kB", stderr)
     return int(m.group(1)) / 1024.0 if m else 0.0
-
-
-def export_ref(ref, folder):
-    """The tree of git commit ``ref`` of this repository, exported (``git archive``) under ``folder``:
-    (path, full commit id, commit date).  Reused when already there."""
-    sha, date = subprocess.run(["git", "-C", REPO, "log", "-1", "--format=%H %cs", ref], capture_output=True,
-                               text=True, check=True).stdout.split()
-    path = os.path.join(folder, f"ref_{sha[:12]}")
-    if not os.path.isdir(os.path.join(path, "deepyeast")):
-        tmp = path + ".part"
-        os.makedirs(tmp, exist_ok=True)
-        archive = subprocess.run(["git", "-C", REPO, "archive", sha, "deepyeast", "models"], capture_output=True,
-                                 check=True).stdout
-        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
-        os.replace(tmp, path)
-    return path, sha, date
 
 
 def caffe_time(model, iterations, phase="TRAIN"):

@@ -14,7 +14,17 @@ cells). Measured, each in a fresh process (peak memory = the child's maximum res
 
 Written to bench/RESULTS.md ("A whole screen").
 
+With --speed, only the speed of the default scheduler (a LocalCluster) instead, written to "A whole
+screen: speed and workers": --rounds rounds, each figure its best round, of
+
+* bf16 with --jobs 1 and --jobs 2 (linear in the workers?), fp32 with --jobs 2;
+* with --against REF, bf16 --jobs 2 of the tree of git commit REF (the baseline, same rounds);
+
+each run's wall time, the chunks' phase (summary.json ``run.seconds``), cells per second, and where
+the tasks' time went (``run.task_seconds``), against the goal of a million cells an hour (280/s).
+
   python bench/bench_screen_run.py --model runs/oodemo/model --n 240 --small 60
+  python bench/bench_screen_run.py --model runs/demo/model --speed --n 1000 --against cb787e7
 """
 
 import argparse
@@ -35,7 +45,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _results import update_section  # noqa: E402
+from _results import commit, export_ref, update_section  # noqa: E402
+from deepyeast.analysis.screen_run import STEPS  # noqa: E402
 
 
 def make_screen(folder, n, seed=11):
@@ -80,8 +91,9 @@ LOADS = []
 """(run, 1-minute load average at its start, at its end): the machine's other work, written beside the figures."""
 
 
-def run(cmd, out, kill_at=None, name=""):
-    """Run ``cmd`` under /usr/bin/time; returns (seconds, peak RSS MiB, largest work folder MiB, killed)."""
+def run(cmd, out, kill_at=None, name="", tree=REPO):
+    """Run ``cmd`` under /usr/bin/time with the package of ``tree`` (default this checkout) on the path;
+    returns (seconds, peak RSS MiB, largest work folder MiB, killed)."""
     load0 = os.getloadavg()[0]
     work = out + ".work"
     peak_disk = [0]
@@ -96,7 +108,7 @@ def run(cmd, out, kill_at=None, name=""):
     rss_file = out + ".rss"
     t0 = time.time()
     proc = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", rss_file] + cmd, cwd=REPO,
-                            env=dict(os.environ, PYTHONPATH=REPO, DEEPYEAST_PROGRESS="off"),
+                            env=dict(os.environ, PYTHONPATH=tree, DEEPYEAST_PROGRESS="off"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     killed = False
     if kill_at is not None:
@@ -121,16 +133,77 @@ def run(cmd, out, kill_at=None, name=""):
     return seconds, rss, peak_disk[0] / 2**20, killed
 
 
-def commit():
-    """The checkout's commit (short hash, ``+`` when it has uncommitted changes), or ``unknown``."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+" if dirty else "")
+GOAL_CELLS_PER_S = 280
+"""Issue 24: a million cells an hour on one 2-core machine, micrograph to call."""
+
+
+def speed(args, tmp, table, cmd):
+    """The --speed part: rows of (label, wall s, chunks s or None, cells, task seconds or None), markdown."""
+    settings = [("this tree", "bf16", 1), ("this tree", "bf16", 2), ("this tree", "fp32", 2)]
+    ref = export_ref(args.against, os.path.join(tmp, "ref")) if args.against else None
+    if ref:
+        settings.append((f"{ref[1][:7]} ({ref[2]})", "bf16", 2))
+    best = {}
+    for r in range(args.rounds):
+        order = settings if r % 2 == 0 else settings[::-1]  # every other round the other way round
+        for key in order:
+            tree, precision, jobs = key
+            root = ref[0] if ref and tree != "this tree" else REPO
+            out = os.path.join(tmp, f"speed-{precision}-{jobs}-{len(best)}-{r}")
+            seconds, _, _, _ = run(cmd(table, out, "--scheduler", "local", "--jobs", str(jobs), "--precision",
+                                       precision, script=os.path.join(root, "analysis", "classify_screen.py")),
+                                   out, name=f"{precision} --jobs {jobs}" + ("" if root == REPO else " ref"),
+                                   tree=root)
+            s = json.load(open(os.path.join(out, "summary.json")))
+            record = (seconds, s["run"].get("seconds"), s["n_cells"], s["run"].get("task_seconds"))
+            print(key, record, flush=True)
+            if key not in best or seconds < best[key][0]:
+                best[key] = record
+            shutil.rmtree(out)
+    return settings, best
+
+
+def speed_markdown(args, settings, best):
+    lines = [f"`python bench/bench_screen_run.py --model {args.model} --speed --n {args.n} --rounds {args.rounds}"
+             + (f" --against {args.against}`" if args.against else "`")
+             + f": the same synthetic screen ({args.n} micrographs of 256 x 256 px, chunks of {args.chunk}) through "
+             "`classify_screen.py --scheduler local` (a Dask LocalCluster, the default; one torch thread per "
+             "worker); each figure is its best round, the runs of a round in alternating order.",
+             "",
+             "| tree | precision | workers | wall s | cells/s (wall) | chunks' phase s | cells/s (chunks) |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for key in settings:
+        wall, chunks, n, _ = best[key]
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {wall:.1f} | {n / wall:.0f} | "
+                     + (f"{chunks:.1f} | {n / chunks:.0f} |" if chunks else "not recorded | |"))
+    n = best[settings[0]][2]
+    lines += ["", f"{n:,} cells. Where the tasks' time went (summary.json `run.task_seconds`, summed over the "
+              "workers; ms per cell):", "",
+              "| tree | precision | workers | " + " | ".join(k.replace("_", " ") for k in STEPS) + " |",
+              "|---|---|---:|" + "---:|" * len(STEPS)]
+    for key in settings:
+        steps = best[key][3]
+        if steps:
+            lines.append(f"| {key[0]} | {key[1]} | {key[2]} | "
+                         + " | ".join(f"{1000 * steps[k] / n:.2f}" for k in STEPS) + " |")
+    one, two = best[settings[0]], best[settings[1]]
+    lines += ["", f"Two workers against one (bf16, chunks' phase): {one[1] / two[1]:.2f}x "
+              f"(wall {one[0] / two[0]:.2f}x); the network's time per cell in a task: "
+              f"{1000 * one[3]['network'] / n:.2f} ms alone, {1000 * two[3]['network'] / n:.2f} ms with two "
+              "workers busy (the machine's cores share caches and memory bandwidth)."]
+    rate = n / two[1]
+    lines.append(f"Goal (issue 24): >= {GOAL_CELLS_PER_S} cells/s micrograph to call on one 2-core machine: "
+                 f"bf16 on 2 workers {rate:.0f} cells/s in the chunks' phase, {n / two[0]:.0f} end to end: "
+                 + ("met." if n / two[0] >= GOAL_CELLS_PER_S else "NOT met."))
+    if args.against:
+        ref = best[settings[-1]]
+        lines.append(f"Against {settings[-1][0]} (bf16, 2 workers): its wall time over this tree's "
+                     f"{ref[0] / two[0]:.2f} (above 1: this tree is faster).")
+    lines += ["", f"Commit {commit()}. Load average (1 minute) at the start / end of each run, 2 cores: "
+              + ", ".join(f"{n_} {a:.1f} / {b:.1f}" for n_, a, b in LOADS)
+              + " (a run's own processes count in it: about 1 with one worker, 2-3 with two; more means other "
+              "work shared the machine)."]
+    return "\n".join(lines) + "\n"
 
 
 def main():
@@ -140,6 +213,9 @@ def main():
     p.add_argument("--small", type=int, default=500, help="micrographs of the small screen (memory)")
     p.add_argument("--chunk", type=int, default=16)
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--speed", action="store_true", help="only the speed part (see the module doc)")
+    p.add_argument("--rounds", type=int, default=2, help="rounds of the speed part (default 2)")
+    p.add_argument("--against", metavar="REF", help="with --speed: also time the tree of git commit REF")
     args = p.parse_args()
     script = os.path.join(REPO, "analysis", "classify_screen.py")
     with tempfile.TemporaryDirectory(prefix="bench-screen-") as tmp:
@@ -150,9 +226,16 @@ def main():
         shutil.copy(small, os.path.join(tmp, "screen", "small.csv"))
         small = os.path.join(tmp, "screen", "small.csv")
 
-        def cmd(images, out, *extra):
-            return [sys.executable, script, "--model", args.model, "--images", images, "--out", out,
+        def cmd(images, out, *extra, script=script):
+            return [sys.executable, script, "--model", os.path.abspath(args.model), "--images", images, "--out", out,
                     "--chunk", str(args.chunk), "--resamples", "100", *extra]
+
+        if args.speed:
+            text = speed_markdown(args, *speed(args, tmp, table, cmd))
+            print(text)
+            if not args.no_write:
+                update_section("A whole screen: speed and workers", text)
+            return
 
         res = {}
         out = os.path.join(tmp, "none")

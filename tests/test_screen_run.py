@@ -23,7 +23,7 @@ from _dask_cluster import dask_cluster
 from _data_helpers import REPO_ROOT, tiny_fields
 from deepyeast.analysis.classify_screen import CallRules, ClassifySettings, classify_screen
 from deepyeast.utils.run_context import RunContext
-from deepyeast.analysis.screen_run import chunk_path, work_folder
+from deepyeast.analysis.screen_run import STEPS, chunk_path, work_folder
 from deepyeast.engine.inference import InferenceSettings
 
 SCRIPT = os.path.join(REPO_ROOT, "analysis", "classify_screen.py")
@@ -66,6 +66,19 @@ def reference(bundle, screen, tmp_path_factory):
     assert s["reused_micrographs"] == 0 and s["run"]["chunks"] == N_MICROGRAPHS // 2
     assert s["n_images"] == N_MICROGRAPHS and s["n_cells"] > 50
     return out, s
+
+
+def test_the_summary_says_where_the_time_went(reference):
+    """summary.json's run record: the chunks' wall time and each step's time summed over the chunks this run
+    computed (every step timed; the network, segmentation and crops took time, nothing negative)."""
+    run = reference[1]["run"]
+    assert run["computed_micrographs"] == N_MICROGRAPHS
+    assert list(run["task_seconds"]) == list(STEPS)
+    steps = run["task_seconds"]
+    assert all(v >= 0 for v in steps.values()) and steps["fp32_comparison"] == 0  # no --compare-fp32
+    assert min(steps["network"], steps["read_and_segment"], steps["crops"]) > 0
+    # one process, one task at a time: the steps fit inside the chunks' phase, which fits inside the run
+    assert sum(steps.values()) <= run["seconds"] and run["tables_seconds"] > 0
 
 
 def _command(bundle, screen, out, *extra):
@@ -119,6 +132,7 @@ def test_kill_9_at_a_random_point_then_the_same_command_finishes_with_the_same_t
     assert "chunk-000000.npz: unreadable chunk file" in r.stderr
     s = json.loads((out / "summary.json").read_text())
     assert s["reused_micrographs"] == 2 * (len(done) - 1)
+    assert s["run"]["computed_micrographs"] == N_MICROGRAPHS - s["reused_micrographs"]
     ref_out, _ = reference
     assert _tables(out) == _tables(ref_out)
     assert _leftovers(tmp_path) == []

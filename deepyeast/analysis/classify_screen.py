@@ -55,6 +55,7 @@ import json
 import logging
 import os
 import shutil
+import time
 
 import numpy as np
 
@@ -688,8 +689,11 @@ def classify_screen(model_dir, images_csv, out_dir, settings=ClassifySettings(),
       (+ label,true_class,correct);
     * ``images.csv``: image,plate,well,protein,mask,n_cells and the QC measures per micrograph read;
     * ``summary.json``: counts, the flags' definitions, accuracies (labels given), the
-      bf16-vs-fp32 changes (``compare_fp32``), the model, the settings, the command and
-      ``reused_micrographs`` (taken over from an interrupted run);
+      bf16-vs-fp32 changes (``compare_fp32``), the model, the settings, the command,
+      ``reused_micrographs`` (taken over from an interrupted run) and ``run``: where the chunks ran
+      and where the time went (``seconds`` of the chunks' phase, ``task_seconds`` per step of the
+      chunks computed by this run: :data:`deepyeast.analysis.screen_run.STEPS`, ``tables_seconds``
+      from the last chunk to the report);
     * ``report.html`` with ``figures/`` and ``gallery/`` (one strip of cells per protein);
     * ``rejects.txt`` when rows were skipped (``skip_bad``).
 
@@ -729,8 +733,8 @@ def classify_screen(model_dir, images_csv, out_dir, settings=ClassifySettings(),
         remove_stale_partials(out_dir)
         work = screen_run.work_folder(out_dir)
         fp = screen_run.prepare_work(work, screen_run.fingerprint_parts(bundle, images_csv, run_settings), s.restart)
-        chunks, reused, pids = screen_run.run_chunks(rows, work, fp, run_settings, scheduler, jobs, skip_bad,
-                                                     context.progress)
+        run = screen_run.run_chunks(rows, work, fp, run_settings, scheduler, jobs, skip_bad, context.progress)
+        chunks, tables_start = run.chunks, time.perf_counter()
         with atomic_path(out_dir, folder=True) as tmp:
             os.makedirs(tmp)
             crops_path = os.path.join(tmp, ".crops.u8")
@@ -747,10 +751,10 @@ def classify_screen(model_dir, images_csv, out_dir, settings=ClassifySettings(),
             acc = accuracies(cells, calls, len(classes), rules.min_cells, n_resamples, seed)
             summary = _summary(bundle, images_csv, cells, calls, acc, rejects, s.describe(seed, run_settings.chunk),
                                command)
-            summary["reused_micrographs"] = int(reused)
+            summary["reused_micrographs"] = int(run.reused)
             summary["qc"] = qc_summary(cells)
-            summary["run"] = {"scheduler": scheduler, "jobs": int(jobs), "chunks": len(chunks),
-                              "task_pids": pids}
+            summary["run"] = {"scheduler": scheduler, "jobs": int(jobs), **run.describe(),
+                              "tables_seconds": round(time.perf_counter() - tables_start, 3)}
             write_cells_table(os.path.join(tmp, "cells.csv"), cells, classes)
             write_proteins_table(os.path.join(tmp, "proteins.csv"), calls, classes)
             write_images_table(os.path.join(tmp, "images.csv"), cells)

@@ -31,6 +31,8 @@ older bundles) classifies as before and reports the check as not available.
 
 import numpy as np
 
+from deepyeast.utils.io import InputError
+
 OOD_FILE = "ood.npz"
 OOD_BLOB = "fc1"
 LOGIT_BLOB = "fc3"
@@ -74,6 +76,18 @@ class OodScorer:
         self.input_mean = None if input_mean is None else np.asarray(input_mean, np.float64)
         self.input_precision = None if input_precision is None else np.asarray(input_precision, np.float64)
         self.input_threshold = float(input_threshold)
+        self._whitened = None
+
+    def _whitening(self):
+        """``(L, means @ L)`` with ``precision = L L^T`` (Cholesky), made once: then
+        ``(f - mu)^T precision (f - mu) = |f L - mu L|^2``, one matrix product for all cells and means."""
+        if self._whitened is None:
+            try:
+                chol = np.linalg.cholesky((self.precision + self.precision.T) / 2)
+            except np.linalg.LinAlgError:
+                raise ValueError("the OOD precision matrix is not positive definite") from None
+            self._whitened = (chol, self.means @ chol)
+        return self._whitened
 
     @classmethod
     def from_bundle(cls, bundle):
@@ -85,17 +99,22 @@ class OodScorer:
         if not meta or not os.path.exists(path):
             return None
         with np.load(path, allow_pickle=False) as z:
-            return cls(z["means"], z["precision"], float(meta["threshold"]), meta.get("blob", OOD_BLOB),
-                       float(meta.get("temperature", 1.0)), z["input_mean"], z["input_precision"],
-                       float(meta["input_threshold"]))
+            scorer = cls(z["means"], z["precision"], float(meta["threshold"]), meta.get("blob", OOD_BLOB),
+                         float(meta.get("temperature", 1.0)), z["input_mean"], z["input_precision"],
+                         float(meta["input_threshold"]))
+        try:
+            scorer._whitening()
+        except ValueError as e:
+            raise InputError(f"{path}: {e}") from None
+        return scorer
 
     def feature_score(self, features):
         """float64 N smallest squared Mahalanobis distances of float N x D features to the class means."""
-        f = np.asarray(features, np.float64)
-        best = np.full(len(f), np.inf)
-        for mu in self.means:
-            d = f - mu
-            best = np.minimum(best, np.einsum("nd,de,ne->n", d, self.precision, d))
+        chol, means = self._whitening()
+        z = np.asarray(features, np.float64) @ chol  # BLAS; the former einsum per mean was ~40% of the network's time
+        best = np.full(len(z), np.inf)
+        for m in means:
+            best = np.minimum(best, np.square(z - m).sum(axis=1))
         return best
 
     def input_score(self, crops):

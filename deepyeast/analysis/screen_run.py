@@ -46,6 +46,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 import zipfile
 import zlib
 
@@ -67,6 +68,10 @@ CHUNK_FORMAT = 2
 the probabilities by float32 rounding: a work folder of format 1 is refused naming the format (--restart)."""
 PER_ROW = ("rows", "stamps", "ok", "reason", "source", "qc")
 PER_CELL = ("row", "cell", "x", "y", "area", "padded", "probs", "crops", "ood_score")
+STEPS = ("read_and_segment", "crops", "qc", "network", "ood", "fp32_comparison")
+"""The steps of a chunk task, timed (wall seconds in the process that ran it) into ``step_seconds``:
+reading a micrograph and finding its cells (segmentation or the given mask), measuring and cutting the
+crops, the QC measures, the network, the out-of-distribution score, the fp32 rerun of ``compare_fp32``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,17 +186,29 @@ def _chunk(item, settings):
     qc = np.full((n, len(QC_COLUMNS)), np.nan)
     stamps = [row_stamp(r) for r in recs]
     cols = {k: [] for k in ("row", "cell", "x", "y", "area", "padded", "crops")}
+    seconds = dict.fromkeys(STEPS, 0.0)
+    clock = [time.perf_counter()]
+
+    def lap(step):
+        now = time.perf_counter()
+        seconds[step] += now - clock[0]
+        clock[0] = now
+
     for j, rec in enumerate(recs):
         try:
             micro, mask, info = row_cells(rec, settings.finding)
+            lap("read_and_segment")
             _, cells, crops = cells_and_crops(micro, mask, size=settings.finding.size, border=settings.finding.border)
+            lap("crops")
         except InputError as e:
             reason[j] = str(e)
             continue
         ok[j] = 1
         source[j] = info["source"]
         m = len(crops)
-        qc[j] = [micrograph_qc(micro, mask, m)[c] for c in QC_COLUMNS]
+        measures = micrograph_qc(micro, mask, m)
+        qc[j] = [measures[c] for c in QC_COLUMNS]
+        lap("qc")
         cols["row"].append(np.full(m, j, np.int64))
         for name in ("cell", "x", "y", "area", "padded"):
             cols[name].append(np.asarray(cells[name]))
@@ -202,9 +219,12 @@ def _chunk(item, settings):
         return np.concatenate(cols[name]).astype(dtype) if cols[name] else np.zeros((0,) + shape, dtype)
 
     crops = cat("crops", np.uint8, (c, s, s))
+    lap("crops")
     out = predictor.outputs(crops)
     probs = out[predictor.keep[0]].astype(np.float32)
+    lap("network")
     ood = scorer.score(out[scorer.blob], crops) if scorer is not None else np.full(len(crops), np.nan, np.float32)
+    lap("ood")
     result = {"index": np.int64(index), "rows": np.asarray([r["position"] for r in recs], np.int64),
               "stamps": np.asarray(stamps, str), "ok": ok, "reason": np.asarray(reason, str),
               "source": np.asarray(source, str), "qc": qc, "row": cat("row", np.int64), "cell": cat("cell", np.int64),
@@ -213,6 +233,8 @@ def _chunk(item, settings):
               "ood_score": np.asarray(ood, np.float32), "pid": np.int64(os.getpid())}
     if reference is not None:
         result["probs_fp32"] = reference(crops).astype(np.float32)
+        lap("fp32_comparison")
+    result["step_seconds"] = np.asarray([seconds[k] for k in STEPS], np.float64)
     # the heap is kept between network passes for speed and fragments over many chunks: give its free
     # pages back once per chunk (measured on a chunk's 107 crops, 2-core AMD EPYC, 2026-12-06, 1 thread:
     # 0.946 against 0.937 s in bf16, 1.815 against 1.797 s in fp32, best of 6: about 1%)
@@ -316,6 +338,31 @@ def chunks_of(rows, size):
     return [(i // size, rows[i:i + size]) for i in range(0, len(rows), size)]
 
 
+@dataclasses.dataclass
+class ChunkRun:
+    """What :func:`run_chunks` did.
+
+    chunks : list of (index, row dicts), every chunk of the run; reused : int, micrographs taken over
+    from valid chunk files; computed : int, micrographs computed by this call; pids : sorted list of
+    the processes that ran tasks; seconds : float, wall time of the call; step_seconds : dict
+    :data:`STEPS` -> seconds summed over the chunks this call computed (each task's own wall time, in
+    the process that ran it: with several workers they add up to more than ``seconds``).
+    """
+
+    chunks: list
+    reused: int = 0
+    computed: int = 0
+    pids: list = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+    step_seconds: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(STEPS, 0.0))
+
+    def describe(self):
+        """The JSON-able record of summary.json's ``run`` (besides the scheduler and jobs)."""
+        return {"chunks": len(self.chunks), "task_pids": list(self.pids), "computed_micrographs": self.computed,
+                "seconds": round(self.seconds, 3),
+                "task_seconds": {k: round(v, 3) for k, v in self.step_seconds.items()}}
+
+
 def run_chunks(rows, work, fp, settings, scheduler="none", jobs=1, skip_bad=False, progress=True):
     """Make sure every chunk of ``rows`` has a valid file in ``work``.
 
@@ -323,20 +370,22 @@ def run_chunks(rows, work, fp, settings, scheduler="none", jobs=1, skip_bad=Fals
     tasks on ``scheduler`` (:class:`deepyeast.analysis.cluster.TaskRunner`), at most four per
     worker at a time; each is written as it finishes.  Without ``skip_bad`` the first bad row of a
     finished chunk stops the run (``InputError`` naming table row and file); the chunks written
-    so far are kept for the next run.  Returns ``(chunks, reused micrographs, worker pids)``.
+    so far are kept for the next run.  Returns a :class:`ChunkRun`.
     """
     from deepyeast.analysis.cluster import TaskRunner
     from deepyeast.utils.progress import progress as progress_bar
 
+    start = time.perf_counter()
     chunks = chunks_of(rows, settings.chunk)
-    todo, reused = [], 0
+    run = ChunkRun(chunks)
+    todo = []
     for index, recs in chunks:
         data = read_chunk(chunk_path(work, index), fp, [r["position"] for r in recs], [row_stamp(r) for r in recs],
                           settings.compare_fp32 and settings.inference.precision != "fp32")
         if data is None:
             todo.append((index, recs))
         else:
-            reused += len(recs)
+            run.reused += len(recs)
     pids = set()
     if todo:
         bar = progress_bar(total=sum(len(r) for _, r in todo), desc="classify", unit="image",
@@ -345,6 +394,9 @@ def run_chunks(rows, work, fp, settings, scheduler="none", jobs=1, skip_bad=Fals
             for _, result in runner.as_completed(chunk_task, todo, settings, window=runner.default_window()):
                 write_chunk(work, result, fp)
                 pids.add(int(result["pid"]))
+                run.computed += len(result["rows"])
+                for k, v in zip(STEPS, result["step_seconds"]):
+                    run.step_seconds[k] += float(v)
                 bad = np.flatnonzero(result["ok"] == 0)
                 if len(bad) and not skip_bad:
                     rec = rows[int(result["rows"][bad[0]])]
@@ -352,4 +404,6 @@ def run_chunks(rows, work, fp, settings, scheduler="none", jobs=1, skip_bad=Fals
                     raise InputError(reason if reason.startswith(rec["where"]) else f"{rec['where']}: {reason}")
                 bar.update(len(result["rows"]))
         bar.close()
-    return chunks, reused, sorted(pids)
+    run.pids = sorted(pids)
+    run.seconds = time.perf_counter() - start
+    return run
