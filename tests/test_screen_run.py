@@ -304,3 +304,33 @@ def test_every_chunk_task_releases_its_processs_free_heap(bundle, screen, monkey
         screen_run.chunk_task(item, settings)
         done.append(item[0])
     assert calls == [0, 1, 2, 3, 4]  # once per chunk, inside the task
+
+
+def test_a_chunk_task_runs_torch_and_opencv_on_one_thread_and_restores_them(bundle, screen, monkeypatch):
+    """A LocalCluster has one worker per core: inside a chunk task the network (torch) and the segmentation
+    (OpenCV) each use one thread, not one per core in every worker; the caller's settings come back after."""
+    import cv2
+
+    from deepyeast.analysis import screen_run
+    from deepyeast.analysis.classify_screen import read_screen_rows
+    from deepyeast.model import read_bundle
+
+    def reject(where, error):
+        raise error
+
+    real, seen = screen_run.row_cells, []
+
+    def spy(*args, **kw):
+        seen.append((torch.get_num_threads(), cv2.getNumThreads()))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(screen_run, "row_cells", spy)
+    rows = read_screen_rows(str(screen), read_bundle(bundle).classes, reject)
+    torch_before, cv_before = torch.get_num_threads(), cv2.getNumThreads()
+    cv2.setNumThreads(3)
+    try:
+        screen_run.chunk_task(screen_run.chunks_of(rows, 2)[0], screen_run.ChunkSettings(model=bundle, chunk=2))
+        assert seen == [(1, 1), (1, 1)]
+        assert (torch.get_num_threads(), cv2.getNumThreads()) == (torch_before, 3)
+    finally:
+        cv2.setNumThreads(cv_before)

@@ -53,6 +53,7 @@ import zlib
 import numpy as np
 
 from deepyeast.analysis.qc import QC_COLUMNS, micrograph_qc
+from deepyeast.data.crop_png import quiet_cv2
 from deepyeast.data.segment_cells import CellFinding, cells_and_crops, row_cells
 from deepyeast.engine.inference import InferenceSettings
 from deepyeast.utils.io import InputError, file_digest
@@ -170,10 +171,16 @@ def chunk_task(item, settings):
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the same arithmetic in every process: results do not depend on the scheduler
+    # OpenCV (segmentation) one thread too: a LocalCluster has a worker per core, and each worker's OpenCV
+    # would otherwise start a thread per core (16 workers x 16 threads on a 16-core machine)
+    cv2 = quiet_cv2()
+    cv_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
     try:
         return _chunk(item, settings)
     finally:
         torch.set_num_threads(threads)
+        cv2.setNumThreads(cv_threads)
 
 
 def _chunk(item, settings):
