@@ -280,30 +280,65 @@ def test_released_heap_pages_go_back_to_the_os():
     assert before - after > 200, (before, after)  # ~290 MiB free in the heap before, given back after
 
 
-def test_every_chunk_task_releases_its_processs_free_heap(bundle, screen, monkeypatch):
-    """A chunk task (in this process or a Dask worker) gives the heap's free pages back when it ends,
-    so a long run's memory does not grow with the chunks (issue 21)."""
+def test_every_chunk_task_ends_by_asking_its_processs_heap_guard(bundle, screen, monkeypatch):
+    """A chunk task (in this process or a Dask worker) ends by asking the process's HeapRelease, which gives
+    the heap's free pages back when the process has grown, so a long run's memory does not grow with the
+    chunks (issue 21) and a pass does not fault its activations in after every chunk (issue 24)."""
     from deepyeast.analysis import screen_run
     from deepyeast.analysis.classify_screen import read_screen_rows
-    from deepyeast.engine import net
     from deepyeast.model import read_bundle
 
     def reject(where, error):
         raise error
 
-    real, calls, done = net.release_freed_memory, [], []
+    real, calls, done = screen_run._HEAP.after_work, [], []
 
     def counted():
-        calls.append(len(done))  # chunks finished before this release
+        calls.append(len(done))  # chunks finished before this call
         return real()
 
-    monkeypatch.setattr(net, "release_freed_memory", counted)
+    monkeypatch.setattr(screen_run._HEAP, "after_work", counted)
     settings = screen_run.ChunkSettings(model=bundle, chunk=2)
     rows = read_screen_rows(str(screen), read_bundle(bundle).classes, reject)
     for item in screen_run.chunks_of(rows, 2)[:5]:
         screen_run.chunk_task(item, settings)
         done.append(item[0])
     assert calls == [0, 1, 2, 3, 4]  # once per chunk, inside the task
+
+
+_GUARD_PROBE = r"""
+import json
+import numpy as np
+from deepyeast.engine import net
+
+net._retain_freed_memory()  # what building a Net does: freed blocks stay in the heap
+guard = net.HeapRelease(margin_mib=100)
+said = [guard.after_work()]  # the first unit's level: the reference
+x = np.ones(50 << 20, np.uint8)
+del x  # 50 MiB freed and kept: grown less than the margin
+said.append(guard.after_work())
+blocks = [np.ones(1 << 17, np.uint8) for _ in range(2400)]  # 300 MiB in 128 KiB blocks
+keep = blocks[::40]  # a few stay alive among them
+del blocks
+before = net.resident_anon_mib()
+said.append(guard.after_work())  # grown past the margin: released
+after = net.resident_anon_mib()
+said.append(guard.after_work())  # the level after a release: the new reference
+said.append(guard.after_work())
+print(json.dumps([said, before, after, guard.releases]))
+"""
+
+
+def test_the_heap_guard_releases_only_when_the_process_has_grown_past_its_margin():
+    """HeapRelease (in a fresh process: this one's heap would decide the figures): a unit whose freed memory
+    stays within the margin releases nothing; past the margin the free pages go back to the OS (RssAnon drops
+    by most of the 300 MiB freed) and the next level is the new reference."""
+    proc = subprocess.run([sys.executable, "-c", _GUARD_PROBE], cwd=REPO_ROOT, env=_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    said, before, after, releases = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert said == [False, False, True, False, False] and releases == 1
+    assert before - after > 200, (before, after)
 
 
 def test_a_chunk_task_runs_torch_and_opencv_on_one_thread_and_restores_them(bundle, screen, monkeypatch):

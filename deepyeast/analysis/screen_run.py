@@ -35,7 +35,7 @@ never the crops (8 KiB per cell), which stream from the chunk files to one file 
 report reads back the few it shows by position, not through a memory map).  The network runs with
 only its wanted blobs kept (:meth:`deepyeast.engine.net.Net.forward` ``keep``) at a few padded
 batch sizes (:data:`deepyeast.engine.inference.PAD_STEPS`), and a chunk task gives its process's
-free heap pages back when it ends (:func:`deepyeast.engine.net.release_freed_memory`), so a
+free heap pages back when the process has grown (:class:`deepyeast.engine.net.HeapRelease`), so a
 process's memory does not grow with the number of chunks it has run.
 """
 
@@ -56,6 +56,7 @@ from deepyeast.analysis.qc import QC_COLUMNS, micrograph_qc
 from deepyeast.data.crop_png import quiet_cv2
 from deepyeast.data.segment_cells import CellFinding, cells_and_crops, row_cells
 from deepyeast.engine.inference import InferenceSettings
+from deepyeast.engine.net import HeapRelease
 from deepyeast.utils.io import InputError, file_digest
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,8 @@ def row_stamp(rec):
 # --------------------------------------------------------------------------- the task
 
 _PREDICTORS = {}
+_HEAP = HeapRelease()
+"""This process's guard of its heap (one per process: the client's, each Dask worker's)."""
 
 
 def _predictors(settings, ood_blob):
@@ -242,11 +245,9 @@ def _chunk(item, settings):
         result["probs_fp32"] = reference(crops).astype(np.float32)
         lap("fp32_comparison")
     result["step_seconds"] = np.asarray([seconds[k] for k in STEPS], np.float64)
-    # the heap is kept between network passes for speed and fragments over many chunks: give its free
-    # pages back once per chunk (measured on a chunk's 107 crops, 2-core AMD EPYC, 2026-12-06, 1 thread:
-    # 0.946 against 0.937 s in bf16, 1.815 against 1.797 s in fp32, best of 6: about 1%)
-    from deepyeast.engine.net import release_freed_memory
-    release_freed_memory()
+    # the heap is kept between network passes for speed and fragments over many chunks: its free pages go
+    # back when this process has grown (not after every chunk: the next pass would fault its activations in)
+    _HEAP.after_work()
     return result
 
 

@@ -254,7 +254,7 @@ chunks each end in a partial batch of a new size, so its memory grew with the nu
 micrographs.  Padding alone did not make it flat; the rest of the fix: the net runs with
 ``keep`` (:meth:`deepyeast.engine.net.Net.forward`), so a pass holds about two layers'
 activations instead of all of them and none between passes, and a screen's chunk task gives
-the heap's free pages back after every chunk (:func:`deepyeast.engine.net.release_freed_memory`;
+the heap's free pages back when its process has grown (:class:`deepyeast.engine.net.HeapRelease`;
 the heap is otherwise kept, :func:`deepyeast.engine.net._retain_freed_memory`).  Peak memory at
 500 and 5,000 micrographs: bench/RESULTS.md, "A whole screen".
 """
