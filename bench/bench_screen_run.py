@@ -3,11 +3,12 @@
 
 A synthetic screen of --n micrographs: the saved fields of a tiny synthetic screen, each written
 N/fields times turned by 0/90/180/270 degrees and flipped (distinct files, the generator's
-cells). Measured, each in a fresh process (peak memory = the child's maximum resident set):
+cells). Measured, each in a fresh process (peak memory = /usr/bin/time's maximum resident set, which covers
+the processes the command started and waited for: with a LocalCluster the largest of the client and its workers):
 
 1. --scheduler none, the whole screen: micrographs/s, cells/s, peak memory, the work folder's
    largest size on disk (sampled) and the output's size;
-2. --scheduler local --jobs 2 (a LocalCluster of 2 workers; peak memory of the client only);
+2. --scheduler local --jobs 2 (a LocalCluster of 2 workers; peak memory of the largest process);
 3. a run killed (SIGKILL) when about half of the chunks are written, then the same command:
    the second run's time against the uninterrupted run's (time saved), its reused_micrographs;
 4. peak memory at --small micrographs against --n (memory flat in the number of micrographs).
@@ -259,12 +260,13 @@ def main():
     lines = [
         f"`python bench/bench_screen_run.py --model {args.model} --n {args.n} --small {args.small}` "
         f"(chunks of {args.chunk} micrographs, 256 x 256 px fields of the synthetic generator, {n_cells:,} cells; "
-        "each run a fresh process, peak memory = its maximum resident set).",
+        "each run a fresh process, peak memory = /usr/bin/time's maximum resident set: the largest of the "
+        "process and those it started and waited for, with a LocalCluster the client or a worker).",
         "",
         "| run | micrographs | wall s | micrographs/s | cells/s | peak memory MiB | work folder MiB (max) |",
         "|---|---|---|---|---|---|---|",
         f"| --scheduler none | {args.n} | {t:.0f} | {args.n / t:.2f} | {n_cells / t:.0f} | {rss:.0f} | {disk:.0f} |",
-        f"| --scheduler local --jobs 2 (client's memory) | {args.n} | {res['local'][0]:.0f} | "
+        f"| --scheduler local --jobs 2 (the largest process) | {args.n} | {res['local'][0]:.0f} | "
         f"{args.n / res['local'][0]:.2f} | {n_cells / res['local'][0]:.0f} | {res['local'][1]:.0f} | "
         f"{res['local'][2]:.0f} |",
         f"| killed at about half, then the same command | {args.n} | {res['killed'][0]:.0f} + "
