@@ -50,6 +50,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from bench._results import update_section  # noqa: E402
+from deepyeast.utils.memory import status_mib  # noqa: E402
 
 SECTION = "Random-forest grid at paper size (bench/bench_rf_grid.py)"
 
@@ -80,12 +81,9 @@ def load_inputs(features, lists, cache=None):
 # --------------------------------------------------------------------------- one forest, own process
 
 def _status_mib(field):
-    """A memory field of /proc/self/status (VmRSS, VmHWM) in MiB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    """A memory field of /proc/self/status (VmRSS, VmHWM) in MiB, NaN where unreadable."""
+    value = status_mib(field)
+    return float("nan") if value is None else value
 
 
 def one_forest(cache, mtry, nodesize, ntree, seed=1):

@@ -255,9 +255,10 @@ _HEAP_PROBE = r"""
 import json, sys
 import numpy as np
 from deepyeast.engine import net
+from deepyeast.utils.memory import status_mib
 
 def anon():
-    return next(int(l.split()[1]) // 1024 for l in open("/proc/self/status") if l.startswith("RssAnon"))
+    return status_mib("RssAnon")
 
 net._retain_freed_memory()  # what building a Net does: freed blocks stay in the heap
 blocks = [np.ones(1 << 17, np.uint8) for _ in range(2400)]  # 300 MiB in 128 KiB blocks
@@ -310,6 +311,7 @@ _GUARD_PROBE = r"""
 import json
 import numpy as np
 from deepyeast.engine import net
+from deepyeast.utils.memory import status_mib
 
 net._retain_freed_memory()  # what building a Net does: freed blocks stay in the heap
 guard = net.HeapRelease(margin_mib=100)
@@ -320,9 +322,9 @@ said.append(guard.after_work())
 blocks = [np.ones(1 << 17, np.uint8) for _ in range(2400)]  # 300 MiB in 128 KiB blocks
 keep = blocks[::40]  # a few stay alive among them
 del blocks
-before = net.resident_anon_mib()
+before = status_mib("RssAnon")
 said.append(guard.after_work())  # grown past the margin: released
-after = net.resident_anon_mib()
+after = status_mib("RssAnon")
 said.append(guard.after_work())  # the level after a release: the new reference
 said.append(guard.after_work())
 print(json.dumps([said, before, after, guard.releases]))

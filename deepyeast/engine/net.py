@@ -28,6 +28,7 @@ from deepyeast.caffe import caffe_pb2
 from deepyeast.caffe.blobs import blob_to_array, read_caffemodel, write_caffemodel
 from deepyeast.caffe.prototxt import read_prototxt
 from deepyeast.utils.io import InputError
+from deepyeast.utils.memory import status_mib
 from deepyeast.engine.layers import LAYER_TYPES
 from deepyeast.engine.layers.common import InnerProductLayer
 from deepyeast.engine.layers.data import InputLayer
@@ -146,18 +147,6 @@ def release_freed_memory():
     return True
 
 
-def resident_anon_mib():
-    """This process's resident anonymous memory (``RssAnon`` of /proc/self/status) in MiB, or None where unreadable."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1]) / 1024.0
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 RELEASE_MARGIN_MIB = 256
 """How far (MiB) a process's resident anonymous memory may grow above its level after a unit of work before
 :class:`HeapRelease` gives the heap's free pages back."""
@@ -185,7 +174,7 @@ class HeapRelease:
 
     def after_work(self):
         """Call when a unit of work has ended; True when the heap was released now."""
-        now = resident_anon_mib()
+        now = status_mib("RssAnon")
         if now is None:
             self.releases += 1
             return release_freed_memory()
