@@ -5,6 +5,7 @@ import datetime
 import os
 import platform
 import re
+import shutil
 import subprocess
 
 from deepyeast.utils.io import atomic_write_text
@@ -63,17 +64,19 @@ def commit():
     return head + ("+" if dirty else "")
 
 
-def export_ref(ref, folder):
+def export_ref(ref, folder, parts=("deepyeast", "models", "analysis")):
     """The tree of git commit ``ref`` of this repository, exported (``git archive``) under ``folder``:
-    (path, full commit id, commit date).  Reused when already there."""
+    (path, full commit id, commit date).  ``parts``: the folders exported (default the package, the nets and
+    the step scripts); empty: the whole tree (what ``make`` needs).  Reused when already there."""
     sha, date = subprocess.run(["git", "-C", REPO, "log", "-1", "--format=%H %cs", ref], capture_output=True,
                                text=True, check=True).stdout.split()
-    path = os.path.join(folder, f"ref_{sha[:12]}")
-    parts = ("deepyeast", "models", "analysis")  # the package, the nets, the step scripts
-    if not all(os.path.isdir(os.path.join(path, d)) for d in parts):
+    path = os.path.join(folder, f"ref_{sha[:12]}" if parts else f"tree_{sha[:12]}")
+    if not os.path.isdir(path) or not all(os.path.isdir(os.path.join(path, d)) for d in parts):
         tmp = path + ".part"
         os.makedirs(tmp, exist_ok=True)
         archive = subprocess.run(["git", "-C", REPO, "archive", sha, *parts], capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        if os.path.isdir(path):  # an export of fewer parts by an older bench: this function's own, made again from git
+            shutil.rmtree(path)
         os.replace(tmp, path)
     return path, sha, date

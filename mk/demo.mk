@@ -14,13 +14,15 @@ DEMO_CP_TRAIN_CELLS ?= 6000
 # the comparison of two screens (issue 20): a synthetic pair of this many proteins, classified with the
 # demo's network and compared (RUN/compare/report.html, linked from the report); 0 leaves it out
 DEMO_COMPARE_PROTEINS ?= 80
+# the demo's run folder (bench/bench_demo.py times a demo in a fresh one, leaving runs/demo alone)
+DEMO_RUN ?= runs/demo
 REPRO_GRID ?= paper
 # t-SNE: the demo's faster settings (a documented deviation), the paper's (scikit-learn's defaults) in reproduce
 REPRO_TSNE ?= paper
 
 .PHONY: demo reproduce
 demo: deps
-	@$(MAKE) --no-print-directory pipeline RUN=runs/demo SCREEN=synthetic SIZE=demo \
+	@$(MAKE) --no-print-directory pipeline RUN=$(DEMO_RUN) SCREEN=synthetic SIZE=demo \
 		SOLVER=$(CPU_SOLVER) SCHEDULE="$(DEMO_SCHEDULE)" GRID=small PRECISION=bf16 BN_ITERS=$(DEMO_BN_ITERS) \
 		CP_TRAIN_CELLS=$(DEMO_CP_TRAIN_CELLS) COMPARE_PROTEINS=$(DEMO_COMPARE_PROTEINS)
 

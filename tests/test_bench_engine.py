@@ -18,6 +18,15 @@ def test_a_commit_is_exported_with_its_engine_and_models_and_reused(tmp_path):
     os.remove(os.path.join(path, "deepyeast", "engine", "net.py"))
     assert be.export_ref(sha, str(tmp_path))[0] == path  # already there: reused, not exported again
     assert not os.path.exists(os.path.join(path, "deepyeast", "engine", "net.py"))
+    # an export of fewer parts (an older bench's) is made again, not failed over (os.replace onto a full folder)
+    subprocess.run(["rm", "-rf", os.path.join(path, "analysis")], check=True)
+    assert be.export_ref(sha, str(tmp_path))[0] == path
+    assert os.path.exists(os.path.join(path, "analysis", "classify_screen.py"))
+    assert os.path.exists(os.path.join(path, "deepyeast", "engine", "net.py"))
+    # the whole tree, for make (bench/bench_demo.py --against)
+    whole = be.export_ref(sha, str(tmp_path), parts=())[0]
+    assert whole != path and os.path.exists(os.path.join(whole, "Makefile"))
+    assert os.path.exists(os.path.join(whole, "mk", "demo.mk"))
 
 
 def test_a_timed_process_reports_its_own_peak_memory_not_the_bench_process_it_was_forked_from():
