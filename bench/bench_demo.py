@@ -140,7 +140,8 @@ def run_demo(tree, run_dir, log_path, extra=()):
 
 
 def _minutes(seconds):
-    return f"{int(seconds // 60)} min {seconds % 60:02.0f} s"
+    s = int(round(seconds))
+    return f"{s // 60} min {s % 60:02d} s"
 
 
 def demo_markdown(runs, cores, command):

@@ -56,6 +56,7 @@ def test_demo_markdown_says_whether_the_goal_is_met_and_compares_trees():
     slow = bd.demo_markdown([("this tree", _run(721.0, [("training", 700.0, 2.0)]))], 2, "c")
     assert "(goal <= 12 min after installation, issue 24: NOT met)" in slow
     assert "the demo's result" not in slow  # no metrics.json, no table of them
+    assert "training 11 min 00 s of it" in bd.demo_markdown([("t", _run(700.0, [("training", 659.6, 2.0)]))], 2, "c")
 
 
 def _tree(tmp_path, demo_recipe):
