@@ -45,6 +45,8 @@
 #              TSNE_CELLS random test cells are extracted for it, 4 MiB per cell)
 #   TSNE_CELLS cells of the t-SNE maps (default 1000, the paper's)
 #   TRAINED_ON one line on the training data for the model bundle's readme
+#   OOD_CELLS  training cells (an even sample of the training list) whose fc1 features give the model bundle's
+#              out-of-distribution class statistics (make_bundle.py --ood-cells; empty: its default)
 #   COMPARE_PROTEINS  with a synthetic screen: N > 0 adds the comparison of two screens (a synthetic pair of
 #              N proteins, some relocalised, classified with the run's network; RUN/compare/, in the report)
 
@@ -66,6 +68,7 @@ SCHEDULER ?=
 CP_FEATURES ?=
 TSNE ?= fast
 TSNE_CELLS ?= 1000
+OOD_CELLS ?=
 comma := ,
 TRAINED_ON ?= $(if $(filter synthetic,$(SCREEN)),the synthetic screen (size $(SIZE)$(comma) seed $(SEED)),the published \
 	DeepYeast archive (HOwt_train.txt))
@@ -305,7 +308,7 @@ $(RUN)/model/bundle.json: $(WEIGHTS) $(MEAN) $(RUN)/metrics.json $(TRAIN)/solver
 	$(call step,model bundle,$(PY) analysis/make_bundle.py --model $(DEPLOY) --weights $(WEIGHTS) --mean $(MEAN) \
 		--classes $(MAIN)/HOwt_doc.txt --solver $(TRAIN)/solver.prototxt --metrics $(RUN)/metrics.json \
 		--examples $(call LIST,test) --ood-train $(call LIST,train) --ood-val $(call LIST,val) \
-		--trained-on "$(TRAINED_ON)" --out $(@D))
+		$(if $(OOD_CELLS),--ood-cells $(OOD_CELLS)) --trained-on "$(TRAINED_ON)" --out $(@D))
 
 # ---------------------------------------------------------------- comparing two screens (COMPARE_PROTEINS)
 # A synthetic pair of micrograph screens (same proteins, some relocalised in the condition; micrograph

@@ -92,7 +92,7 @@ def test_demo_pipeline_tiny_and_rerun_skips(tmp_path, tmp_path_factory):
     # COMPARE_PROTEINS: the demo's comparison of two screens (a generated pair classified with the run's
     # network, then compared), on a few proteins
     args = ("pipeline", f"RUN={run}", "SCREEN=synthetic", "SIZE=tiny", f"SCHEDULE={TINY_SCHEDULE}",
-            "GRID=small", "PRECISION=bf16", "COMPARE_PROTEINS=12")
+            "GRID=small", "PRECISION=bf16", "COMPARE_PROTEINS=12", "OOD_CELLS=120")
     proc = _make(*args)
     assert proc.returncode == 0, proc.stdout[-4000:]
     metrics = check_report(os.path.join(REPO_ROOT, run))
@@ -140,6 +140,9 @@ def test_demo_pipeline_tiny_and_rerun_skips(tmp_path, tmp_path_factory):
     assert "Results, item by item, ours beside theirs" in open(os.path.join(REPO_ROOT, run, "report.html")).read()
     assert [x["input"] for x in metrics["not_provided"]] == (["quality"] if quality["missing"] else [])
     _check_bundle_and_classify(os.path.join(REPO_ROOT, run), tmp_path, tmp_path_factory)
+    # OOD_CELLS: the bundle's OOD class statistics from an even sample of the 300 training cells
+    bundle_meta = json.load(open(os.path.join(REPO_ROOT, run, "model", "bundle.json")))
+    assert bundle_meta["ood"]["training_cells"] == 120
 
     # every step is a file target: nothing is left to do on a re-run
     again = _make("-q", *args)
