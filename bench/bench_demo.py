@@ -19,8 +19,8 @@ have this tree's ``[project.scripts]``, checked first) runs right after, on the 
 (the demo is seeded, so the same code gives the same numbers).
 
 Writes the "make demo, timed" section of bench/RESULTS.md (unless --no-write).  Each run takes
-about as long as the demo (13-20 minutes on 2 cores); the run folders are removed afterwards unless
---keep.
+about as long as the demo (20-23 minutes on the 2-core AMD EPYC, 19 on the Intel Xeon, 2026-12-06); the run
+folders are removed afterwards unless --keep.
 """
 
 import argparse
