@@ -188,3 +188,85 @@ def test_external_feature_table_replaces_ours_row_for_row(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 2 and not (tmp_path / "x.csv").exists()
     assert f"chong.csv: no row for cell {listed[0]} of" in r.stderr and f"(1 of {len(listed)} cells" in r.stderr
+
+
+def _spiral(size=41):
+    """A one-pixel corridor winding inwards (a path of ~size^2 / 2 steps), walls zero."""
+    img = np.zeros((size, size))
+    y, x, dy, dx = 1, 1, 0, 1
+    lo, hi = 1, size - 2
+    while lo <= hi:
+        for _ in range(4 * (hi - lo + 1)):
+            img[y, x] = 1.0
+            ny, nx = y + dy, x + dx
+            if not (lo <= ny <= hi and lo <= nx <= hi) or img[ny, nx]:
+                dy, dx = dx, -dy
+                ny, nx = y + dy, x + dx
+                if not (lo <= ny <= hi and lo <= nx <= hi) or img[ny, nx]:
+                    break
+            y, x = ny, nx
+        lo, hi = lo + 2, hi - 2
+        y, x = lo, lo
+    return img
+
+
+def test_reconstruction_equals_scikit_image_bit_for_bit():
+    from skimage.morphology import erosion, reconstruction
+
+    from deepyeast.data.segment_cells import CROSS, SQUARE, reconstruct_by_dilation
+
+    rng = np.random.default_rng(11)
+    cases = [rng.random((37, 53)), np.round(rng.random((64, 64)) * 4) / 4]  # noise; plateaus of 5 levels
+    for footprint in (CROSS, SQUARE):
+        for mask in cases:
+            ero = erosion(mask, footprint.astype(bool))
+            np.testing.assert_array_equal(reconstruct_by_dilation(ero, mask, footprint),
+                                          reconstruction(ero, mask, footprint=footprint.astype(bool)))
+    spiral = _spiral()
+    seed = np.zeros_like(spiral)
+    seed[1, 1] = 1.0  # one lit end: the reconstruction walks the whole corridor
+    got = reconstruct_by_dilation(seed, spiral, CROSS)
+    np.testing.assert_array_equal(got, reconstruction(seed, spiral, footprint=CROSS.astype(bool)))
+    assert got.sum() > 500  # the corridor was walked (hundreds of steps), not stopped at a check
+    with pytest.raises(ValueError, match="same 2-D shape"):
+        reconstruct_by_dilation(seed, spiral[:-1])
+
+
+def test_granularity_equals_cp_measure():
+    from cp_measure.core.measuregranularity import get_granularity
+
+    rng = np.random.default_rng(8)
+    imgs = np.stack([cell_crop(rng, k % 4) for k in range(9)])
+    masks = np.stack([cf.cell_mask(im[0])[0] for im in imgs])
+    labels, pixels = cf._mosaic(imgs, masks)
+    for ch in (0, 1):
+        binned, pix = cf._bin2x2(labels, pixels[ch])
+        ours = cf._granularity(binned, pix, len(imgs))
+        theirs = get_granularity(binned, pix, subsample_size=1.0, image_sample_size=1.0,
+                                 element_size=cf.GRANULARITY_ELEMENT, granular_spectrum_length=cf.GRANULARITY_SPECTRUM)
+        assert sorted(ours) == sorted(theirs) == [f"Granularity_{k}" for k in range(1, cf.GRANULARITY_SPECTRUM + 1)]
+        for k in ours:
+            np.testing.assert_array_equal(ours[k], theirs[k])
+        assert np.abs(np.column_stack(list(ours.values()))).sum() > 0  # a spectrum, not zeros
+
+
+def test_gabor_equals_centrosome():
+    import scipy.ndimage as ndi
+    from centrosome.filter import gabor
+
+    rng = np.random.default_rng(12)
+    imgs = np.stack([cell_crop(rng, k % 4) for k in range(6)])
+    masks = np.stack([cf.cell_mask(im[0])[0] for im in imgs])
+    labels, pixels = cf._mosaic(imgs, masks)
+    n = len(imgs)
+    ours = cf._gabor(labels, {0: pixels[0], 1: pixels[1]}, n)
+    index = np.arange(1, n + 1)
+    for ch in (0, 1):
+        for scale in cf.TEXTURE_SCALES:
+            best = np.zeros(n)
+            for a in range(cf.GABOR_ANGLES):
+                g = gabor(pixels[ch], labels, scale, np.pi * a / cf.GABOR_ANGLES)
+                re, im = np.asarray(ndi.sum(g.real, labels, index)), np.asarray(ndi.sum(g.imag, labels, index))
+                best = np.maximum(best, np.sqrt(re ** 2 + im ** 2))
+            np.testing.assert_array_equal(ours[ch][scale], best)
+            assert (best > 0).all()

@@ -239,21 +239,36 @@ def h_maxima(image, h):
         return np.zeros(image.shape, np.uint8)
     shifted = image - h - 2 * np.finfo(image.dtype).resolution * np.abs(image)  # skimage's allowance for rounding
     floor = image.dtype.type(min(float(shifted.max()), 0.0))
-    reconstructed = _reconstruct_by_dilation(np.maximum(shifted, floor), image)
+    reconstructed = reconstruct_by_dilation(np.maximum(shifted, floor), image)
     return ((image - reconstructed) >= h).astype(np.uint8)
 
 
-def _reconstruct_by_dilation(seed, mask, block=8):
-    """Grey reconstruction by dilation of ``seed`` under ``mask`` (float32/64 ``H x W``, 8-connected): the
-    geodesic dilation ``min(max3x3(r), mask)`` repeated from ``r = min(seed, mask)`` until it stops changing
-    (checked every ``block`` steps: the steps only raise values, so no change over a block is the end)."""
+SQUARE = np.ones((3, 3), np.uint8)
+"""The 3 x 3 square: 8-connected neighbours."""
+CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], np.uint8)
+"""The 3 x 3 cross (``skimage.morphology.disk(1)``): 4-connected neighbours."""
+
+
+def reconstruct_by_dilation(seed, mask, footprint=SQUARE, block=8):
+    """Grey reconstruction by dilation of ``seed`` under ``mask`` (float32/64 ``H x W``) with ``footprint``
+    (uint8 3 x 3: :data:`SQUARE`, 8-connected, or :data:`CROSS`, 4-connected): the geodesic dilation
+    ``min(dilate(r), mask)`` repeated from ``r = min(seed, mask)`` until it stops changing (checked every
+    ``block`` steps: the steps only raise values, so no change over a block is the end).
+
+    The reconstruction is unique and its values are values of ``seed`` or ``mask``, so this is
+    ``skimage.morphology.reconstruction(seed, mask, footprint=footprint)`` bit for bit
+    (tests/test_cp_features.py), at a seventh of its time on a yeast crop mosaic: OpenCV's dilation of
+    300 x 300 pixels takes ~0.1 ms, where scikit-image sorts every pixel.
+    """
     cv2 = quiet_cv2()
-    square = np.ones((3, 3), np.uint8)
+    seed, mask = np.asarray(seed), np.asarray(mask)
+    if seed.shape != mask.shape or seed.ndim != 2:
+        raise ValueError(f"seed and mask must be the same 2-D shape, got {seed.shape} and {mask.shape}")
     rec = np.minimum(seed, mask)
     while True:
         before = rec
         for _ in range(block):
-            rec = np.minimum(cv2.dilate(rec, square, borderType=cv2.BORDER_REPLICATE), mask)
+            rec = np.minimum(cv2.dilate(rec, footprint, borderType=cv2.BORDER_REPLICATE), mask)
         if np.array_equal(rec, before):
             return rec
 
