@@ -56,6 +56,7 @@ from deepyeast.utils.plotting import plt, save_figure
 from deepyeast.utils.manifest import (Result, clear_result, count_metric, figure, headline, missing_part, table,
                                      write_result)
 from deepyeast.utils.io import InputError, atomic_write_json, write_csv
+from deepyeast.utils.parallel import process_pool, worker_count
 from deepyeast.utils.progress import progress
 from deepyeast.utils.run_context import RunContext
 
@@ -280,15 +281,12 @@ def run_transfer(features, out_dir, class_names=constants.TRANSFER_CLASS_NAMES, 
     # one process per feature set, each forest single-threaded: the forests are small (4 to
     # 2,000 cells), so per-tree overhead, not arithmetic, dominates and threads would mostly wait
     # on each other.  Results do not depend on the worker count (every forest has random_state).
-    workers = min(os.cpu_count() if jobs in (None, -1) else max(1, int(jobs)), len(sets))
     args = [(name, x, y, split, n_classes, settings, seed, 1) for name, x in sets.items()]
     clear_result(out_dir)
-    if workers <= 1:
-        curves = [transfer_curve(*a) for a in progress(args, desc="transfer", unit="feature set")]
-    else:
-        import concurrent.futures
-        import multiprocessing
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+    with process_pool(worker_count(jobs, len(sets))) as pool:
+        if pool is None:
+            curves = [transfer_curve(*a) for a in progress(args, desc="transfer", unit="feature set")]
+        else:
             curves = list(progress(pool.map(_transfer_curve_args, args), total=len(args), desc="transfer",
                                    unit="feature set"))
     for (name, x), curve in zip(sets.items(), curves):

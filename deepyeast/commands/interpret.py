@@ -94,6 +94,8 @@ def options(p):
     p.add_argument("--neuron-summary", choices=("max", "mean"), default="max",
                    help="conv neuron output per cell: spatial max (default) or mean")
     launcher.add(p, "seed")
+    launcher.add(p, "jobs", help="processes for the t-SNE maps, one layer each at a time (default: every CPU, "
+                                 "%(default)s here); the results do not depend on it")
 
 
 def run(args):

@@ -37,6 +37,7 @@ from deepyeast.analysis.interpret.gabor import compare_filters, gabor_bank, gabo
 from deepyeast.analysis.interpret.tsne import plot_tsne_grid, tsne_embedding
 from deepyeast.utils.manifest import Result, clear_result, figure, missing_part, table, write_result
 from deepyeast.utils.io import InputError, atomic_write_json, write_csv
+from deepyeast.utils.parallel import process_pool, worker_count
 from deepyeast.utils.progress import progress
 from deepyeast.utils.run_context import RunContext
 
@@ -136,94 +137,101 @@ def run_interpretation(inputs, out_dir, settings=InterpretSettings(), context=Ru
                        tsne_features=None if tsne_features is None else os.fspath(tsne_features))
     embeddings, mi_by_blob, r_by_blob, chance_by_blob = {}, {}, {}, {}
     clear_result(out_dir)
-    for blob in progress(blobs, desc="interpret", unit="layer"):
-        # per-channel mean and max of every cell: the pooled file, or one chunked pass over the whole maps
-        whole = os.path.exists(os.path.join(feature_dir, feature_file(blob)))
-        g = geometry.get(blob)
-        spatial = (g.height * g.width > 1) if g else not whole or load_blob(feature_dir, blob).shape[2] > 1
-        means, maxima = blob_mean_max(feature_dir, blob, g)
-        outputs = maxima if summary == "max" else means
-        mi = mutual_information_per_neuron(outputs, y, n_bins)
-        mi_by_blob[blob] = mi
-        rows = [dict(neuron=m, mutual_information=mi[m], mi_fraction=mi[m] / h_class if h_class else 0.0)
-                for m in range(len(mi))]
-        if cp is not None:
-            best, r = strongest_correlations(outputs, cp[1])
-            r_by_blob[blob] = r
-            for m, row in enumerate(rows):
-                row.update(best_cellprofiler_feature=cp[0][best[m]], pearson_r=r[m])
-        write_csv(os.path.join(out_dir, f"neurons_{blob}.csv"), rows)
-        chance = mutual_information_per_neuron(outputs, rng.permutation(y), n_bins)
-        chance_by_blob[blob] = float(np.median(chance))
-        layer = dict(n_neurons=len(mi), mi_median=float(np.median(mi)), mi_max=float(mi.max()),
-                     mi_shuffled_median=chance_by_blob[blob],
-                     top_neurons=[int(i) for i in np.argsort(-mi)[:n_neurons]])
-        if cp is not None:
-            layer["abs_r_median"] = float(np.median(np.abs(r_by_blob[blob])))
-        if gabor_cols:  # Figure S4: the strongest correlation to a Gabor texture feature
-            _, r_gabor = strongest_correlations(outputs, cp[1][:, gabor_cols])
-            layer["abs_r_gabor_median"] = float(np.median(np.abs(r_gabor)))
-        summary_out["layers"][blob] = layer
-        log(f"[interpret] {blob}: {len(mi)} neurons, median MI {layer['mi_median']:.3f} nats")
-        if tsne_features is not None:  # every neuron's output of the sampled cells, flattened
-            tsne_x = layer_features(load_blob(tsne_features, blob, g), "full")
-        elif tsne_reduce == "pool":  # layer_features' pooling, from the summaries already taken
-            tsne_x = np.concatenate([means, maxima], 1)[tsne_rows] if spatial else means[tsne_rows]
-        else:
-            tsne_x = layer_features(load_blob(feature_dir, blob, g), tsne_reduce, tsne_rows)
-        layer["tsne_input_dims"] = int(tsne_x.shape[1])
-        embeddings[blob] = tsne_embedding(tsne_x, seed, mode=tsne)
-    tsne_table = [dict(path=paths[i], label=int(y[i]), **{f"{b}_{a}": embeddings[b][j, a_i]
-                       for b in blobs for a_i, a in enumerate("xy")}) for j, i in enumerate(tsne_rows)]
-    write_csv(os.path.join(out_dir, "tsne.csv"), tsne_table)
-    plot_tsne_grid(embeddings, y[tsne_rows], class_names, os.path.join(out_dir, "tsne"))
-    cp_mi = None
-    if cp is not None:  # Figure 3D's CellProfiler box: the same binning as the neurons'
-        finite = np.where(np.isfinite(cp[1]), cp[1], np.nan)
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing feature: its median is NaN, then 0
-            median = np.nan_to_num(np.nanmedian(finite, axis=0))
-        finite = np.where(np.isnan(finite), median[None, :], finite)  # a missing value: its feature's median
-        cp_mi = mutual_information_per_neuron(finite, y, n_bins)
-        cp_chance = float(np.median(mutual_information_per_neuron(finite, rng.permutation(y), n_bins)))
-        write_csv(os.path.join(out_dir, "cellprofiler_mi.csv"),
-                  [dict(feature=n, mutual_information=cp_mi[j], mi_fraction=cp_mi[j] / h_class if h_class else 0.0)
-                   for j, n in enumerate(cp[0])])
-        summary_out["cellprofiler"] = dict(n_features=len(cp[0]), mi_median=float(np.median(cp_mi)),
-                                           mi_max=float(cp_mi.max()), mi_shuffled_median=cp_chance,
-                                           features=describe_features(cp[0]))
-    plot_neuron_summary(mi_by_blob, r_by_blob, h_class, os.path.join(out_dir, "neurons"), chance_by_blob,
-                        cp_mi=cp_mi, cp_chance=summary_out.get("cellprofiler", {}).get("mi_shuffled_median"))
-    if weights is not None:
-        summary_out["gabor"] = gabor_comparison(weights, summary_out["layers"], out_dir, seed,
-                                                [cp[0][j] for j in gabor_cols])
-    if archive_root is not None or lmdb_path is not None:
-        layers = [b for b in patch_layers if b in blobs]
-        chosen_units = []  # (blob, channel, top units): from the whole maps, else the stored top cells
-        for blob in layers:
+    # t-SNE maps (one single-threaded embedding per layer) in worker processes while this one does the rest;
+    # the whole-map inputs of TSNE=paper (up to ~1 GB per layer) stay here
+    workers = worker_count(context.jobs, len(blobs)) if tsne_features is None and tsne_reduce == "pool" else 1
+    with process_pool(workers) as pool:
+        for blob in progress(blobs, desc="interpret", unit="layer"):
+            # per-channel mean and max of every cell: the pooled file, or one chunked pass over the whole maps
             whole = os.path.exists(os.path.join(feature_dir, feature_file(blob)))
-            act = load_blob(feature_dir, blob, geometry.get(blob)) if whole else None
-            top = None if whole else read_top(feature_dir, blob, geometry.get(blob))
-            n_channels = act.shape[1] if whole else top["value"].shape[0]
-            chosen = (neurons or {}).get(blob) or summary_out["layers"][blob]["top_neurons"]
-            if blob == "fc3" and not (neurons or {}).get(blob):
-                chosen = list(range(n_channels))  # every class score of the trained net
-            for channel in chosen:
-                if not 0 <= channel < n_channels:
-                    raise InputError(f"neuron {channel} of {blob}: blob has {n_channels} neurons")
-                units = (top_activating_units(act, channel, n_patches) if whole
-                         else stored_top_units(top, channel, n_patches, len(paths)))
-                chosen_units.append((blob, channel, units))
-        # the crops of the cells shown only, not of every cell
-        shown = sorted({u[0] for _, _, units in chosen_units for u in units})
-        images = dict(zip(shown, load_cell_images([paths[i] for i in shown], archive_root, lmdb_path))) \
-            if shown else {}
-        panels = [(blob, channel, patches_of_units(units, geometry[blob], images))
-                  for blob, channel, units in chosen_units]
-        summary_out["patches"] = [dict(blob=b, neuron=c, cells=[paths[p["cell"]] for p in ps],
-                                       positions=[[p["row"], p["col"]] for p in ps],
-                                       values=[p["value"] for p in ps]) for b, c, ps in panels]
-        plot_patches(panels, os.path.join(out_dir, "patches"))
+            g = geometry.get(blob)
+            spatial = (g.height * g.width > 1) if g else not whole or load_blob(feature_dir, blob).shape[2] > 1
+            means, maxima = blob_mean_max(feature_dir, blob, g)
+            outputs = maxima if summary == "max" else means
+            mi = mutual_information_per_neuron(outputs, y, n_bins)
+            mi_by_blob[blob] = mi
+            rows = [dict(neuron=m, mutual_information=mi[m], mi_fraction=mi[m] / h_class if h_class else 0.0)
+                    for m in range(len(mi))]
+            if cp is not None:
+                best, r = strongest_correlations(outputs, cp[1])
+                r_by_blob[blob] = r
+                for m, row in enumerate(rows):
+                    row.update(best_cellprofiler_feature=cp[0][best[m]], pearson_r=r[m])
+            write_csv(os.path.join(out_dir, f"neurons_{blob}.csv"), rows)
+            chance = mutual_information_per_neuron(outputs, rng.permutation(y), n_bins)
+            chance_by_blob[blob] = float(np.median(chance))
+            layer = dict(n_neurons=len(mi), mi_median=float(np.median(mi)), mi_max=float(mi.max()),
+                         mi_shuffled_median=chance_by_blob[blob],
+                         top_neurons=[int(i) for i in np.argsort(-mi)[:n_neurons]])
+            if cp is not None:
+                layer["abs_r_median"] = float(np.median(np.abs(r_by_blob[blob])))
+            if gabor_cols:  # Figure S4: the strongest correlation to a Gabor texture feature
+                _, r_gabor = strongest_correlations(outputs, cp[1][:, gabor_cols])
+                layer["abs_r_gabor_median"] = float(np.median(np.abs(r_gabor)))
+            summary_out["layers"][blob] = layer
+            log(f"[interpret] {blob}: {len(mi)} neurons, median MI {layer['mi_median']:.3f} nats")
+            if tsne_features is not None:  # every neuron's output of the sampled cells, flattened
+                tsne_x = layer_features(load_blob(tsne_features, blob, g), "full")
+            elif tsne_reduce == "pool":  # layer_features' pooling, from the summaries already taken
+                tsne_x = np.concatenate([means, maxima], 1)[tsne_rows] if spatial else means[tsne_rows]
+            else:
+                tsne_x = layer_features(load_blob(feature_dir, blob, g), tsne_reduce, tsne_rows)
+            layer["tsne_input_dims"] = int(tsne_x.shape[1])
+            embeddings[blob] = (tsne_embedding(tsne_x, seed, mode=tsne) if pool is None
+                                else pool.submit(tsne_embedding, tsne_x, seed, mode=tsne))
+        cp_mi = None
+        if cp is not None:  # Figure 3D's CellProfiler box: the same binning as the neurons'
+            finite = np.where(np.isfinite(cp[1]), cp[1], np.nan)
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing feature: its median is NaN, then 0
+                median = np.nan_to_num(np.nanmedian(finite, axis=0))
+            finite = np.where(np.isnan(finite), median[None, :], finite)  # a missing value: its feature's median
+            cp_mi = mutual_information_per_neuron(finite, y, n_bins)
+            cp_chance = float(np.median(mutual_information_per_neuron(finite, rng.permutation(y), n_bins)))
+            write_csv(os.path.join(out_dir, "cellprofiler_mi.csv"),
+                      [dict(feature=n, mutual_information=cp_mi[j], mi_fraction=cp_mi[j] / h_class if h_class else 0.0)
+                       for j, n in enumerate(cp[0])])
+            summary_out["cellprofiler"] = dict(n_features=len(cp[0]), mi_median=float(np.median(cp_mi)),
+                                               mi_max=float(cp_mi.max()), mi_shuffled_median=cp_chance,
+                                               features=describe_features(cp[0]))
+        plot_neuron_summary(mi_by_blob, r_by_blob, h_class, os.path.join(out_dir, "neurons"), chance_by_blob,
+                            cp_mi=cp_mi, cp_chance=summary_out.get("cellprofiler", {}).get("mi_shuffled_median"))
+        if weights is not None:
+            summary_out["gabor"] = gabor_comparison(weights, summary_out["layers"], out_dir, seed,
+                                                    [cp[0][j] for j in gabor_cols])
+        if archive_root is not None or lmdb_path is not None:
+            layers = [b for b in patch_layers if b in blobs]
+            chosen_units = []  # (blob, channel, top units): from the whole maps, else the stored top cells
+            for blob in layers:
+                whole = os.path.exists(os.path.join(feature_dir, feature_file(blob)))
+                act = load_blob(feature_dir, blob, geometry.get(blob)) if whole else None
+                top = None if whole else read_top(feature_dir, blob, geometry.get(blob))
+                n_channels = act.shape[1] if whole else top["value"].shape[0]
+                chosen = (neurons or {}).get(blob) or summary_out["layers"][blob]["top_neurons"]
+                if blob == "fc3" and not (neurons or {}).get(blob):
+                    chosen = list(range(n_channels))  # every class score of the trained net
+                for channel in chosen:
+                    if not 0 <= channel < n_channels:
+                        raise InputError(f"neuron {channel} of {blob}: blob has {n_channels} neurons")
+                    units = (top_activating_units(act, channel, n_patches) if whole
+                             else stored_top_units(top, channel, n_patches, len(paths)))
+                    chosen_units.append((blob, channel, units))
+            # the crops of the cells shown only, not of every cell
+            shown = sorted({u[0] for _, _, units in chosen_units for u in units})
+            images = dict(zip(shown, load_cell_images([paths[i] for i in shown], archive_root, lmdb_path))) \
+                if shown else {}
+            panels = [(blob, channel, patches_of_units(units, geometry[blob], images))
+                      for blob, channel, units in chosen_units]
+            summary_out["patches"] = [dict(blob=b, neuron=c, cells=[paths[p["cell"]] for p in ps],
+                                           positions=[[p["row"], p["col"]] for p in ps],
+                                           values=[p["value"] for p in ps]) for b, c, ps in panels]
+            plot_patches(panels, os.path.join(out_dir, "patches"))
+        # the t-SNE maps ran in the workers meanwhile (or here, in order, without workers)
+        embeddings = {b: e.result() if pool is not None else e for b, e in embeddings.items()}
+        tsne_table = [dict(path=paths[i], label=int(y[i]), **{f"{b}_{a}": embeddings[b][j, a_i]
+                           for b in blobs for a_i, a in enumerate("xy")}) for j, i in enumerate(tsne_rows)]
+        write_csv(os.path.join(out_dir, "tsne.csv"), tsne_table)
+        plot_tsne_grid(embeddings, y[tsne_rows], class_names, os.path.join(out_dir, "tsne"))
     atomic_write_json(os.path.join(out_dir, "interpret.json"), summary_out, indent=2)
     write_interpret_result(out_dir, summary_out, command=command)  # last: marks a finished step
     return summary_out
