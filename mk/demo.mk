@@ -8,8 +8,8 @@
 DEMO_SCHEDULE ?=
 REPRO_GPU ?= 0
 DEMO_BN_ITERS ?= 30
-# CellProfiler features (the forest's and the quality filter's input, ~15 ms per cell on 2 cores)
-# for a seeded random 6,000 of the 18,000 training cells: all of them would add ~3 minutes.
+# CellProfiler features (the forest's and the quality filter's input, ~7 ms per cell on 2 cores)
+# for a seeded random 6,000 of the 18,000 training cells: all of them would add ~1.5 minutes.
 DEMO_CP_TRAIN_CELLS ?= 6000
 # the comparison of two screens (issue 20): a synthetic pair of this many proteins, classified with the
 # demo's network and compared (RUN/compare/report.html, linked from the report); 0 leaves it out
@@ -26,7 +26,7 @@ REPRO_TSNE ?= paper
 .PHONY: demo reproduce
 demo: deps
 	@$(MAKE) --no-print-directory pipeline RUN=$(DEMO_RUN) SCREEN=synthetic SIZE=demo \
-		SOLVER=$(CPU_SOLVER) SCHEDULE="$(DEMO_SCHEDULE)" GRID=small PRECISION=bf16 BN_ITERS=$(DEMO_BN_ITERS) \
+		SOLVER=$(CPU_SOLVER) SCHEDULE="$(DEMO_SCHEDULE)" GRID=small PRECISION=bf16 PREDICT_PRECISION=bf16 BN_ITERS=$(DEMO_BN_ITERS) \
 		CP_TRAIN_CELLS=$(DEMO_CP_TRAIN_CELLS) COMPARE_PROTEINS=$(DEMO_COMPARE_PROTEINS) \
 		OOD_CELLS=$(DEMO_OOD_CELLS)
 

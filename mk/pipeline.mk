@@ -20,6 +20,8 @@
 #   CP_TRAIN_CELLS  CellProfiler features (so the forest and the quality filter) for a seeded
 #              random sample of N training cells (0: all of them)
 #   PRECISION  training arithmetic: fp32 (Caffe parity) | bf16 (autocast, faster on CPU)
+#   PREDICT_PRECISION  arithmetic of the network's predictions and features (analysis/predict.py
+#              --precision): fp32 (default; Caffe's) | bf16 (our engine only; ~2x faster on CPUs with bf16)
 #   BN_ITERS   batches for recomputing BatchNorm statistics after training (0: keep)
 #   SNAPSHOT_RULE  final | val_loss (the snapshot the analyses use)
 #   KEEP_SNAPSHOTS  1 keeps every training snapshot; by default only the chosen one and the newest
@@ -61,6 +63,7 @@ GRID ?= small
 SNAPSHOT_RULE ?= final
 KEEP_SNAPSHOTS ?=
 PRECISION ?= fp32
+PREDICT_PRECISION ?= fp32
 BN_ITERS ?= 0
 CP_TRAIN_CELLS ?= 0
 JOBS ?= $(shell nproc)
@@ -88,6 +91,11 @@ SPLITS := train val test
 LIST = $(MAIN)/HOwt_$(1).txt
 TLIST = $(TRANSFER)/HOwt_transfer_$(1).txt
 
+# A step that fails after its target was written (or touched) leaves no target behind: make deletes a
+# target its failed recipe changed (as it does on Ctrl-C), so a rerun redoes the step instead of
+# taking a half-finished output as done.  Only files a failed recipe changed go; nothing else.
+.DELETE_ON_ERROR:
+
 # log each step's command to RUN/commands.txt (the report shows them) and run it
 step = @mkdir -p $(RUN) && echo "==> [$$(date +%H:%M:%S)] $(1)" && echo '$(2)' >> $(RUN)/commands.txt && $(2)
 
@@ -97,7 +105,7 @@ PAR_OPTS := --jobs $(JOBS) --seed $(SEED)
 # ... and of the steps whose tasks run on Dask (forests, CV folds, chunks of cells)
 CLUSTER_OPTS := $(PAR_OPTS) $(if $(SCHEDULER),--scheduler $(SCHEDULER))
 # the trained net, for predictions and features
-NET_OPTS = --engine $(ENGINE) --model $(DEPLOY) --weights $(WEIGHTS) --mean $(MEAN)
+NET_OPTS = --engine $(ENGINE) --model $(DEPLOY) --weights $(WEIGHTS) --mean $(MEAN) --precision $(PREDICT_PRECISION)
 
 .PHONY: pipeline
 pipeline: $(RUN)/report.html $(RUN)/model/bundle.json
@@ -270,7 +278,7 @@ $(RUN)/interpret/result.json: $(RUN)/cells_test.csv $(CP)/test.csv $(if $(TSNE_F
 	$(call step,t-SNE and neurons,$(PY) analysis/interpret.py --features $(FEAT)/test \
 		--labels $(RUN)/cells_test.csv --cellprofiler $(CP)/test.csv --archive $(MAIN) --tsne $(TSNE) \
 		$(if $(TSNE_FULL),--tsne-features $(TSNE_FULL)) --n-tsne $(TSNE_CELLS) --weights $(WEIGHTS) \
-		--out $(@D) $(STEP_OPTS))
+		--out $(@D) $(PAR_OPTS))
 
 # the paper's Results item by item, ours beside theirs (per-class counts and claims, confusions and galleries,
 # forest / filter / snapshot settings, Figure S2, the nucleus + cytoplasm proteins, Figure 3C)

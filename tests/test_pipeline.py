@@ -92,7 +92,7 @@ def test_demo_pipeline_tiny_and_rerun_skips(tmp_path, tmp_path_factory):
     # COMPARE_PROTEINS: the demo's comparison of two screens (a generated pair classified with the run's
     # network, then compared), on a few proteins
     args = ("pipeline", f"RUN={run}", "SCREEN=synthetic", "SIZE=tiny", f"SCHEDULE={TINY_SCHEDULE}",
-            "GRID=small", "PRECISION=bf16", "COMPARE_PROTEINS=12", "OOD_CELLS=120")
+            "GRID=small", "PRECISION=bf16", "PREDICT_PRECISION=bf16", "COMPARE_PROTEINS=12", "OOD_CELLS=120")
     proc = _make(*args)
     assert proc.returncode == 0, proc.stdout[-4000:]
     metrics = check_report(os.path.join(REPO_ROOT, run))
@@ -118,6 +118,9 @@ def test_demo_pipeline_tiny_and_rerun_skips(tmp_path, tmp_path_factory):
     quality = metrics["results"]["quality"]
     commands = open(os.path.join(REPO_ROOT, run, "commands.txt")).read()
     assert "--noncells" in commands and "--net-val" in commands and "--val-out" in commands
+    # PREDICT_PRECISION (the demo's bf16 predictions and features) reaches every network step of the analyses
+    predicts = [c for c in commands.splitlines() if "analysis/predict.py" in c]
+    assert len(predicts) >= 6 and all("--precision bf16" in c for c in predicts), predicts
     if quality["missing"]:
         assert [m["what"] for m in quality["missing"]] == ["non-cell filter"]
         assert "needs at least" in quality["missing"][0]["reason"]

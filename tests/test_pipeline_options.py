@@ -44,6 +44,7 @@ def test_without_archive_extras_the_filter_and_mixed_check_are_not_run(tmp_path)
     assert all("--tsne paper" in line for line in _lines(out, "analysis/interpret.py") + _lines(out, "analysis/transfer.py"))
     # the paper's t-SNE input: the whole maps (every neuron's output) of 1,000 random test cells
     (whole,) = [c for c in _lines(out, "analysis/predict.py") if "--features-reduce full" in c]
+    assert all("--precision fp32" in c for c in _lines(out, "analysis/predict.py"))  # Caffe's arithmetic
     assert "--sample 1000" in whole and "HOwt_test.txt" in whole and "--features-out" in whole
     tsne_dir = whole.split("--features-out ", 1)[1].split()[0]
     (interpret,) = _lines(out, "analysis/interpret.py")
@@ -80,3 +81,20 @@ def test_noncells_mixed_and_external_features_reach_their_steps(tmp_path):
     (interpret,) = _lines(out, "analysis/interpret.py")  # the faster setting: pooled maps, no whole-map step
     assert "--tsne fast" in interpret and "--tsne-features" not in interpret
     assert not [c for c in _lines(out, "analysis/predict.py") if "--features-reduce full" in c]
+
+
+def test_a_step_that_fails_after_writing_its_target_leaves_no_target(tmp_path):
+    """`.DELETE_ON_ERROR`: the archive step copies the archive (here only a screen.json) into the run and
+    then fails on the missing split lists; its target, changed by the failed recipe, must not remain for a
+    rerun to take as done.  Real make, real Makefile."""
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    (archive / "screen.json").write_text("{}\n")
+    run = tmp_path / "run"
+    proc = subprocess.run(["make", "--no-print-directory", "reproduce", f"REPRO_RUN={os.path.relpath(run, REPO_ROOT)}",
+                           f"ARCHIVE_SRC={archive}", "REPRO_GPU="], cwd=REPO_ROOT, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    assert "HOwt_doc.txt" in proc.stdout  # it failed where the lists are copied, after the archive copy
+    assert (run / "data").is_dir() and not (run / "data" / "screen.json").exists(), proc.stdout[-2000:]
+    assert (archive / "screen.json").read_text() == "{}\n"  # the user's archive is untouched

@@ -56,11 +56,12 @@ def run(args):
     from deepyeast.utils.manifest import clear_result
 
     out_dir = os.path.dirname(os.path.abspath(args.out))
+    features = describe_feature_csv(args.train)  # before any output is written: a failure here leaves none
     clear_result(out_dir)
     files = ForestFiles(args.train, args.val, args.test, args.labels_from, args.out, val_out=args.val_out,
                         summary=args.summary)
     s = run_baseline(files, grid=args.grid, split_name=args.split_name, context=args.context)
-    write_forest_result(out_dir, s, describe_feature_csv(args.train), command=args.command)
+    write_forest_result(out_dir, s, features, command=args.command)
     a = s["test_accuracy"]
     print(f"random forest: test accuracy {a['value']:.4f} ({a['correct']}/{a['total']} cells) -> {args.out}")
 
