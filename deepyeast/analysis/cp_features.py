@@ -228,9 +228,10 @@ def _granularity(labels, pixels, n_objects):
     mirrored as scikit-image does), subtracted and clipped at 0; then :data:`GRANULARITY_SPECTRUM`
     times: erode by the 3 x 3 cross, reconstruct under the background-free image
     (:func:`deepyeast.data.segment_cells.reconstruct_by_dilation`), and report the fall of each
-    object's mean from the step before, in percent of its mean in ``pixels``.  Returns ``{"Granularity_k": float64 n_objects}``,
-    the values cp-measure's ``get_granularity(..., subsample_size=1, image_sample_size=1)`` gives
-    (tests/test_cp_features.py compares them), at a seventh of its time.
+    object's mean from the step before, in percent of its mean in ``pixels``.  Returns
+    ``{"Granularity_k": float64 n_objects}``, the values cp-measure's ``get_granularity(...,
+    subsample_size=1, image_sample_size=1)`` gives (tests/test_cp_features.py compares them), at a
+    seventh of its time.
     """
     import scipy.ndimage as ndi
     import skimage.morphology
