@@ -96,6 +96,15 @@ def headline(metrics):
     return out
 
 
+def reinstall(repo, venv):
+    """Install the checkout ``repo`` into the environment ``venv`` again (editable, no dependencies: what
+    ``make deps`` ends with, scripts/install_python_deps.sh with ``PIP_INSTALL=none``).  A reference tree's
+    ``make deps`` points the environment's ``deepyeast`` at that tree (so that its demo runs its own code),
+    and the tree is removed after the bench: without this the environment would import nothing."""
+    subprocess.run(["sh", os.path.join(repo, "scripts", "install_python_deps.sh"), os.path.join(venv, "bin", "python")],
+                   env=dict(os.environ, PIP_INSTALL="none"), check=True, stdout=subprocess.DEVNULL)
+
+
 def run_demo(tree, run_dir, log_path, extra=()):
     """``make demo DEMO_RUN=run_dir`` in ``tree``: a dict of the wall and CPU seconds, the stages, the load
     averages (start, end, highest sampled) and the run's headline metrics.  Exits with make's output on failure."""
@@ -235,6 +244,8 @@ def main(argv=None):
                 keep = True
                 failed = f"The demo of {short} ({date}) did not finish here, so it is not compared: " \
                          f"{str(e).splitlines()[0]}"
+            finally:
+                reinstall(REPO, venv)
     except BaseException:
         keep = keep or started  # the logs of what failed (none before a run)
         raise

@@ -82,3 +82,25 @@ def test_a_failed_demo_is_one_error_with_the_end_of_its_output(tmp_path):
     with pytest.raises(SystemExit) as e:
         bd.run_demo(tree, str(tmp_path / "run"), str(tmp_path / "demo.log"))
     assert "make demo in" in str(e.value) and "the step broke" in str(e.value)
+
+
+def test_the_environment_imports_this_checkout_again_after_a_reference_trees_install(tmp_path):
+    """--against runs the reference tree's `make deps`, which points the environment's editable `deepyeast`
+    at that tree; the bench removes the tree afterwards, so it must install this checkout again."""
+    import os
+    import subprocess
+    import sys
+
+    venv = os.path.dirname(os.path.dirname(sys.executable))
+    python = os.path.join(venv, "bin", "python")
+    where = [python, "-c", "import deepyeast, os; print(os.path.dirname(os.path.realpath(deepyeast.__file__)))"]
+    ref, _, _ = bd.export_ref("HEAD", str(tmp_path), parts=())
+    try:
+        subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "-e", ref],
+                       check=True, stdout=subprocess.DEVNULL)
+        assert subprocess.run(where, cwd=tmp_path, capture_output=True, text=True).stdout.strip() == \
+            os.path.realpath(os.path.join(ref, "deepyeast"))  # the reference tree's install took over
+    finally:
+        bd.reinstall(bd.REPO, venv)
+    assert subprocess.run(where, cwd=tmp_path, capture_output=True, text=True).stdout.strip() == \
+        os.path.realpath(os.path.join(bd.REPO, "deepyeast"))
