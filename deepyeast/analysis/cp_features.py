@@ -5,7 +5,7 @@ We compute the same families with ``cp-measure`` (a Python port of
 CellProfiler's measurement modules) plus CellProfiler's Gabor texture (via
 ``centrosome``, CellProfiler's own image library, which cp-measure lacks);
 Granularity is our own implementation of the same algorithm
-(:func:`_granularity`), giving cp-measure's values bit for bit at a seventh of the time:
+(:func:`_granularity`), giving cp-measure's values bit for bit, faster (``bench/bench_rf.py --against``):
 
 =========================  =====================================  ==========
 family                     measured on                            features
@@ -230,8 +230,7 @@ def _granularity(labels, pixels, n_objects):
     (:func:`deepyeast.data.segment_cells.reconstruct_by_dilation`), and report the fall of each
     object's mean from the step before, in percent of its mean in ``pixels``.  Returns
     ``{"Granularity_k": float64 n_objects}``, the values cp-measure's ``get_granularity(...,
-    subsample_size=1, image_sample_size=1)`` gives (tests/test_cp_features.py compares them), at a
-    seventh of its time.
+    subsample_size=1, image_sample_size=1)`` gives (tests/test_cp_features.py compares them).
     """
     import scipy.ndimage as ndi
     import skimage.morphology

@@ -257,8 +257,8 @@ def reconstruct_by_dilation(seed, mask, footprint=SQUARE, block=8):
 
     The reconstruction is unique and its values are values of ``seed`` or ``mask``, so this is
     ``skimage.morphology.reconstruction(seed, mask, footprint=footprint)`` bit for bit
-    (tests/test_cp_features.py), at a seventh of its time on a yeast crop mosaic: OpenCV's dilation of
-    300 x 300 pixels takes ~0.1 ms, where scikit-image sorts every pixel.
+    (tests/test_cp_features.py); each step is one OpenCV dilation of the image, where scikit-image
+    sorts every pixel (the CellProfiler features' Granularity: ``bench/bench_rf.py --against``).
     """
     cv2 = quiet_cv2()
     seed, mask = np.asarray(seed), np.asarray(mask)
