@@ -6,12 +6,14 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_SPLITS = os.path.join(REPO_ROOT, "..", "shared", "deepyeast-splits")
 
 
-def tiny_screen(tmp_path_factory, seed=0, jobs=2):
+def tiny_screen(tmp_path_factory, seed=0, jobs=1):
     """Path of a tiny synthetic screen, generated once per test session, seed and worker count (so a test
     comparing worker counts compares a screen really made with each).
 
-    ``jobs=1`` from a module that has run OpenCV/scipy threads already: a forked
-    worker pool can hang on locks those threads held (the same screen whatever the workers).
+    ``jobs=1`` (the default) in the test process: tests run in random order, so any of them may follow one
+    that ran OpenCV's or scipy's threads, and a worker pool forked then can hang on locks those threads
+    held (a clean-clone CI run hung so on 2026-12-07; the same screen whatever the workers; the pipeline
+    tests run the generator's worker pool from a fresh process).
     """
     from deepyeast.data.make_synthetic import make_screen
     base = tmp_path_factory.getbasetemp() / f"tiny_screen_{seed}_w{jobs}"

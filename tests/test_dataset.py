@@ -25,7 +25,7 @@ QUIET = RunContext(progress=False)
 
 @pytest.fixture(scope="module")
 def screen(tmp_path_factory):
-    return tiny_screen(tmp_path_factory)
+    return tiny_screen(tmp_path_factory, jobs=1)  # no fork from this test process (see tiny_screen)
 
 
 @pytest.fixture(scope="module")

@@ -273,13 +273,14 @@ def test_run_interpretation_end_to_end(tmp_path):
     assert manifest["tables"][0]["rows"][-1][0] == "CellProfiler features"
     assert "CellProfiler features (last box)" in manifest["figures"][-1]["caption"]
     assert "pooled to every channel's spatial mean and maximum" in manifest["summary"]  # what t-SNE ran on
-    # the t-SNE maps in 2 worker processes: the same files, byte for byte
+    # the t-SNE maps in 2 worker processes: the same files, byte for byte.  The script, as the pipeline runs
+    # it: a pool forked from this test process (which may have run OpenMP or OpenCV threads) could hang
     out2 = tmp_path / "out2"
-    run_interpretation(
-        InterpretInputs(str(feat), lab, constants.TRANSFER_CLASS_NAMES, cp_csv=tmp_path / "cp.csv",
-                        archive_root=tmp_path / "archive"),
-        str(out2), InterpretSettings(n_tsne=40, neurons={"conv8": [5]}, n_patches=3),
-        RunContext(log=lambda *_: None, jobs=2))
+    subprocess.run([sys.executable, os.path.join(REPO, "analysis", "interpret.py"), "--features", str(feat),
+                    "--lists", str(tmp_path / "archive"), "--classes", "transfer", "--cellprofiler",
+                    str(tmp_path / "cp.csv"), "--archive", str(tmp_path / "archive"), "--n-tsne", "40",
+                    "--neurons", "conv8:5", "--n-patches", "3", "--jobs", "2", "--out", str(out2)],
+                   check=True, capture_output=True)
     for name in ("tsne.csv", "interpret.json", "neurons_fc1.csv", "cellprofiler_mi.csv"):
         assert (out2 / name).read_bytes() == (out / name).read_bytes(), name
 

@@ -203,7 +203,8 @@ def test_synthetic_screen_mixed_proteins_are_held_out(tmp_path):
     """The generator keeps its proteins with two compartments out of every split list, writes them
     with both compartments to main/mixed_proteins.csv, and their crops are found next to it."""
     from deepyeast.data import make_synthetic as synthetic
-    synthetic.make_screen(tmp_path / "screen", size="tiny", seed=0, jobs=2, progress=False)
+    # jobs=1: a worker pool forked from this test process (which has run OpenCV's threads) can hang
+    synthetic.make_screen(tmp_path / "screen", size="tiny", seed=0, jobs=1, progress=False)
     root = tmp_path / "screen" / "main"
     mixed = read_mixed_table(root / "mixed_proteins.csv", CLASS_NAMES)
     assert len(mixed) == synthetic.SIZES["tiny"]["mixed"]
