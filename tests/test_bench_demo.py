@@ -94,13 +94,15 @@ def test_the_environment_imports_this_checkout_again_after_a_reference_trees_ins
     venv = os.path.dirname(os.path.dirname(sys.executable))
     python = os.path.join(venv, "bin", "python")
     where = [python, "-c", "import deepyeast, os; print(os.path.dirname(os.path.realpath(deepyeast.__file__)))"]
+    # what the environment itself imports: `make test` exports PYTHONPATH (this checkout), which would win
+    bare = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     ref, _, _ = bd.export_ref("HEAD", str(tmp_path), parts=())
     try:
         subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "-e", ref],
                        check=True, stdout=subprocess.DEVNULL)
-        assert subprocess.run(where, cwd=tmp_path, capture_output=True, text=True).stdout.strip() == \
+        assert subprocess.run(where, cwd=tmp_path, env=bare, capture_output=True, text=True).stdout.strip() == \
             os.path.realpath(os.path.join(ref, "deepyeast"))  # the reference tree's install took over
     finally:
         bd.reinstall(bd.REPO, venv)
-    assert subprocess.run(where, cwd=tmp_path, capture_output=True, text=True).stdout.strip() == \
+    assert subprocess.run(where, cwd=tmp_path, env=bare, capture_output=True, text=True).stdout.strip() == \
         os.path.realpath(os.path.join(bd.REPO, "deepyeast"))
