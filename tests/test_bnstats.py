@@ -1,15 +1,17 @@
 """Precise BatchNorm statistics (deepyeast bnstats): equal-weight averages with the final weights."""
 
 import numpy as np
+import pytest
 import torch
 
 from _solver_nets import BATCH, SMALL_CONV_NET, make_lmdb
 from deepyeast.caffe import caffe_pb2
 from deepyeast.commands import main
 from deepyeast.engine import Net
-from deepyeast.engine.bnstats import recompute_bn_statistics
+from deepyeast.engine.bnstats import recompute_bn_caffemodel, recompute_bn_statistics
 from deepyeast.caffe.blobs import read_caffemodel
 from deepyeast.caffe.prototxt import parse_prototxt
+from deepyeast.utils.io import InputError
 
 
 def _net_text(tmp_path):
@@ -63,3 +65,42 @@ def test_bnstats_command_changes_only_batchnorm_blobs(tmp_path):
         same = all(np.array_equal(a, b) for a, b in zip(before[name], after[name]))
         assert same == (name != "conv1_bn"), name
     assert after["conv1_bn"][2][0] == 4.0
+
+
+def test_bnstats_in_bf16_collects_close_statistics_and_fp32_stays_the_default(tmp_path):
+    """-precision bf16 runs the forward passes under bf16 autocast (as the Solver trains with it): the
+    statistics stay float32 and within bf16's rounding of the fp32 ones, but are not the fp32 ones;
+    the default is fp32, byte for byte the same as naming it."""
+    text = _net_text(tmp_path)
+    model = tmp_path / "net.prototxt"
+    model.write_text(text)
+    net = Net(str(model), phase="TRAIN", seed=1)
+    net.save_caffemodel(str(tmp_path / "w.caffemodel"))
+    out = {}
+    for prec in (None, "fp32", "bf16"):
+        path = tmp_path / f"{prec}.caffemodel"
+        args = ["bnstats", "-model", str(model), "-weights", str(tmp_path / "w.caffemodel"), "-out", str(path),
+                "-iterations", "4"] + (["-precision", prec] if prec else [])
+        assert main(args) == 0
+        out[prec] = read_caffemodel(str(path))
+    assert (tmp_path / "None.caffemodel").read_bytes() == (tmp_path / "fp32.caffemodel").read_bytes()
+    fp32, bf16 = out["fp32"]["conv1_bn"], out["bf16"]["conv1_bn"]
+    assert all(b.dtype == np.float32 for b in bf16)
+    assert bf16[2][0] == fp32[2][0] == 4.0
+    np.testing.assert_allclose(bf16[0], fp32[0], rtol=3e-2, atol=3e-3)  # bf16 keeps 8 significant bits
+    np.testing.assert_allclose(bf16[1], fp32[1], rtol=6e-2, atol=3e-3)
+    assert not np.array_equal(bf16[0], fp32[0])
+    for name in out["fp32"]:
+        if name != "conv1_bn":
+            assert all(np.array_equal(a, b) for a, b in zip(out["fp32"][name], out["bf16"][name])), name
+
+
+def test_bnstats_refuses_an_unknown_precision_before_writing(tmp_path):
+    text = _net_text(tmp_path)
+    model = tmp_path / "net.prototxt"
+    model.write_text(text)
+    Net(str(model), phase="TRAIN", seed=1).save_caffemodel(str(tmp_path / "w.caffemodel"))
+    with pytest.raises(InputError, match="precision must be one of"):
+        recompute_bn_caffemodel(str(model), str(tmp_path / "w.caffemodel"), str(tmp_path / "o.caffemodel"),
+                                iterations=1, precision="fp16")
+    assert not (tmp_path / "o.caffemodel").exists()

@@ -18,6 +18,7 @@ result like any other snapshot.
 
 import torch
 
+from deepyeast.constants import TRAINING_PRECISIONS
 from deepyeast.engine.layers.normalization import BatchNormLayer
 from deepyeast.engine.net import Net
 from deepyeast.utils.io import InputError
@@ -57,11 +58,17 @@ def recompute_bn_statistics(net, iterations):
     return len(layers)
 
 
-def recompute_bn_caffemodel(model, weights, out, iterations=100, device="cpu", seed=0):
+def recompute_bn_caffemodel(model, weights, out, iterations=100, device="cpu", seed=0, precision="fp32"):
     """Load ``weights`` into the TRAIN net of ``model`` (a train_val prototxt whose
     TRAIN Data layer reads the training LMDB), recompute the BatchNorm
-    statistics over ``iterations`` batches, and write ``out`` (.caffemodel)."""
-    net = Net(model, phase="TRAIN", device=device, seed=seed)
+    statistics over ``iterations`` batches, and write ``out`` (.caffemodel).
+
+    ``precision``: the forward passes' arithmetic, one of
+    :data:`deepyeast.constants.TRAINING_PRECISIONS` (``bf16``: autocast, as the Solver trains with it;
+    the statistics are stored in float32 either way)."""
+    if precision not in TRAINING_PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(TRAINING_PRECISIONS)}, got {precision!r}")
+    net = Net(model, phase="TRAIN", device=device, seed=seed, autocast=None if precision == "fp32" else precision)
     net.load_caffemodel(weights)
     n = recompute_bn_statistics(net, iterations)
     net.save_caffemodel(out)

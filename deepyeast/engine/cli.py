@@ -116,6 +116,8 @@ def build_parser():
     _add(bn, "out", required=True, help=".caffemodel to write")
     _add(bn, "iterations", type=_at_least(1), default=50, help="TRAIN batches averaged (default 50)")
     _add(bn, "gpu", default="", help="GPU id (default CPU)")
+    _add(bn, "precision", **dict(common_prec, help="arithmetic of the forward passes: fp32 (default, Caffe's), tf32 "
+                                                   "on GPU, or bf16 autocast (the net's as trained with -precision bf16)"))
     return parser
 
 
@@ -137,8 +139,9 @@ def bnstats(args):
     """``bnstats``: precise BatchNorm statistics for a trained .caffemodel."""
     from deepyeast.engine.bnstats import recompute_bn_caffemodel
     n = recompute_bn_caffemodel(args.model, args.weights, args.out, iterations=args.iterations,
-                                device=_device(args.gpu))
-    log.info("Recomputed the statistics of %d BatchNorm layers over %d batches: %s", n, args.iterations, args.out)
+                                device=_device(args.gpu), precision=args.precision)
+    log.info("Recomputed the statistics of %d BatchNorm layers over %d batches (%s): %s", n, args.iterations,
+             args.precision, args.out)
 
 
 def _device(gpu):
