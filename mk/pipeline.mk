@@ -21,6 +21,7 @@
 #              random sample of N training cells (0: all of them)
 #   PRECISION  training arithmetic: fp32 (Caffe parity) | bf16 (autocast, faster on CPU)
 #   PREDICT_PRECISION  arithmetic of the network's predictions and features (analysis/predict.py
+#              --precision) and of the model bundle's out-of-distribution statistics (make_bundle.py
 #              --precision): fp32 (default; Caffe's) | bf16 (our engine only; ~2x faster on CPUs with bf16)
 #   BN_ITERS   batches for recomputing BatchNorm statistics after training (0: keep)
 #   SNAPSHOT_RULE  final | val_loss (the snapshot the analyses use)
@@ -316,7 +317,8 @@ $(RUN)/model/bundle.json: $(WEIGHTS) $(MEAN) $(RUN)/metrics.json $(TRAIN)/solver
 	$(call step,model bundle,$(PY) analysis/make_bundle.py --model $(DEPLOY) --weights $(WEIGHTS) --mean $(MEAN) \
 		--classes $(MAIN)/HOwt_doc.txt --solver $(TRAIN)/solver.prototxt --metrics $(RUN)/metrics.json \
 		--examples $(call LIST,test) --ood-train $(call LIST,train) --ood-val $(call LIST,val) \
-		$(if $(OOD_CELLS),--ood-cells $(OOD_CELLS)) --trained-on "$(TRAINED_ON)" --out $(@D))
+		$(if $(OOD_CELLS),--ood-cells $(OOD_CELLS)) --precision $(PREDICT_PRECISION) --trained-on "$(TRAINED_ON)" \
+		--out $(@D))
 
 # ---------------------------------------------------------------- comparing two screens (COMPARE_PROTEINS)
 # A synthetic pair of micrograph screens (same proteins, some relocalised in the condition; micrograph

@@ -93,6 +93,7 @@ def test_a_bundle_stores_the_statistics_and_says_when_it_has_none(ood_bundle, tm
     np.testing.assert_array_equal(scorer.means, arrays["means"])
     readme = open(os.path.join(path, "readme.md"), encoding="utf-8").read()
     assert "## Out-of-distribution check and calibration" in readme and "expected calibration error" in readme
+    assert b.metadata["ood"]["network_precision"] == "fp32" and "(the network computing in fp32)" in readme
     assert OodScorer.from_bundle(read_bundle(plain)) is None
     assert "Not available" in open(os.path.join(plain, "readme.md"), encoding="utf-8").read()
     damaged = shutil.copytree(path, tmp_path / "damaged")
@@ -101,6 +102,26 @@ def test_a_bundle_stores_the_statistics_and_says_when_it_has_none(ood_bundle, tm
         f.write(b"\x00" * 8)
     with pytest.raises(InputError, match="ood.npz: sha256"):
         read_bundle(str(damaged))
+
+
+def test_statistics_fitted_in_bf16_say_so_and_flag_the_cells_fp32_ones_flag(ood_bundle, tmp_path_factory):
+    """make_bundle.py --precision bf16 (the demo's): the features computed in bf16 give statistics close to
+    fp32's, the bundle records the arithmetic, and the validation cells' flags agree but for a cell or two."""
+    path, plain, (arrays, meta) = ood_bundle
+    main = tiny_screen(tmp_path_factory, jobs=1) / "main"
+    crops, labels = list_crops(str(main / "HOwt_train.txt"), CLASS_NAMES)
+    val, val_labels = list_crops(str(main / "HOwt_val.txt"), CLASS_NAMES)
+    plain_bundle = read_bundle(plain)
+    bf16 = fit_bundle_statistics(plain_bundle.predictor(precision="bf16", extra_blobs=("fc1",)), crops, labels, val,
+                                 val_labels, len(CLASS_NAMES))
+    assert bf16[1]["network_precision"] == "bf16"
+    assert bf16[1]["threshold"] == pytest.approx(meta["threshold"], rel=0.05)
+    assert bf16[1]["input_threshold"] == meta["input_threshold"]  # the crops' statistics: no network in them
+    assert bf16[1]["temperature"] == pytest.approx(meta["temperature"], rel=0.05)
+    feats = plain_bundle.predictor(extra_blobs=("fc1",)).outputs(val)["fc1"]
+    flags = [OodScorer(a["means"], a["precision"], m["threshold"]).score(feats) > 1
+             for a, m in ((arrays, meta), bf16)]
+    assert flags[0].sum() >= 1 and np.sum(flags[0] != flags[1]) <= 2
 
 
 @pytest.fixture(scope="module")

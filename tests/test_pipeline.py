@@ -146,6 +146,9 @@ def test_demo_pipeline_tiny_and_rerun_skips(tmp_path, tmp_path_factory):
     # OOD_CELLS: the bundle's OOD class statistics from an even sample of the 300 training cells
     bundle_meta = json.load(open(os.path.join(REPO_ROOT, run, "model", "bundle.json")))
     assert bundle_meta["ood"]["training_cells"] == 120
+    # ... in the arithmetic of the run's predictions (PREDICT_PRECISION)
+    assert bundle_meta["ood"]["network_precision"] == "bf16"
+    assert [c for c in commands.splitlines() if "--ood-train" in c and "--precision bf16" in c]
 
     # every step is a file target: nothing is left to do on a re-run
     again = _make("-q", *args)

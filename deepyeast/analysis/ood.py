@@ -199,7 +199,8 @@ def fit_bundle_statistics(predictor, train_crops, train_labels, val_crops, val_l
     ``predictor``: a :class:`deepyeast.engine.inference.Predictor` keeping the probabilities first and ``fc1``;
     crops uint8 N x C x H x W with int labels.  Class statistics come from the training cells,
     the threshold (the ``quantile`` of the validation cells' scores) and the temperature from the
-    validation cells.  ``arrays``: means, precision, classes; ``meta``: the JSON description.
+    validation cells.  ``arrays``: means, precision, classes; ``meta``: the JSON description
+    (``network_precision``: the predictor's arithmetic, fp32 or bf16).
     """
     train = predictor.outputs(train_crops)
     val = predictor.outputs(val_crops)
@@ -229,6 +230,7 @@ def fit_bundle_statistics(predictor, train_crops, train_labels, val_crops, val_l
         "ece_after": expected_calibration_error(scale_probabilities(probs, t), val_labels),
         "ece_bins": ECE_BINS,
         "validation_accuracy": float(np.mean(probs.argmax(axis=1) == np.asarray(val_labels))),
+        "network_precision": predictor.settings.precision,
     }
     return {"means": means, "precision": precision, "classes": present, "input_mean": in_mean[0],
             "input_precision": in_precision}, meta

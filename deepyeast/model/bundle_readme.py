@@ -111,7 +111,8 @@ def render_readme(meta):
     if ood:
         body += [
             f"`ood.npz` holds the class means and the tied inverse covariance of the `{ood['blob']}` features of "
-            f"{ood['training_cells']} training cells, and the mean and inverse covariance of their input statistics. "
+            f"{ood['training_cells']} training cells (the network computing in "
+            f"{ood.get('network_precision', 'fp32')}), and the mean and inverse covariance of their input statistics. "
             f"Feature score: the {ood['score']} (threshold {_fmt(ood['threshold'])}); input score: the "
             f"{ood.get('input_score', '')} (threshold {_fmt(ood.get('input_threshold'))}); each threshold is the "
             f"{_fmt(100 * ood['quantile'])}th percentile of {ood['validation_cells']} validation cells. "
