@@ -281,17 +281,24 @@ def test_fused_and_unfused_batchnorm_scale_relu_agree():
     layer { name: "sc" type: "Scale" bottom: "c" top: "c" scale_param { bias_term: true
       filler { type: "uniform" min: 0.5 max: 1.5 } bias_filler { type: "uniform" min: -1 max: 1 } } }
     layer { name: "r" type: "ReLU" bottom: "c" top: "c" loss_weight: 1 }"""
-    x = torch.randn(6, 4, 5, 5)
-    results = []
+    x = torch.randn(6, 4, 5, 5, generator=torch.Generator().manual_seed(0))
+    results, grads = [], []
     for fuse in (True, False):
         net = Net(net_from(text), phase="TRAIN", seed=4, fuse=fuse)
         assert any(s.fused for s in net._steps) == fuse
         net(x=x)
         (net.loss * 0 + (net.blobs["c"] ** 2).sum()).backward()
-        results.append([net.blobs["c"].detach()] + [p.tensor.detach().clone() for p in net.learnable_params]
-                       + [p.tensor.grad for p in net.learnable_params if p.tensor.grad is not None])
+        results.append([net.blobs["c"].detach()] + [p.tensor.detach().clone() for p in net.learnable_params])
+        grads.append([p.tensor.grad for p in net.learnable_params if p.tensor.grad is not None])
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    # a gradient sums ~160 products: its rounding scales with the largest gradient (~50 here), not with
+    # itself. The convolution's bias gradient is 0 in exact arithmetic (BatchNorm removes the batch mean),
+    # so it holds rounding alone, ~1e-5 either way: an absolute 1e-5 failed for 2% of random inputs.
+    scale = max(float(g.abs().max()) for g in grads[1])
+    assert scale > 1
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6 * scale)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
