@@ -68,7 +68,7 @@ def recompute_bn_caffemodel(model, weights, out, iterations=100, device="cpu", s
     the statistics are stored in float32 either way)."""
     if precision not in TRAINING_PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(TRAINING_PRECISIONS)}, got {precision!r}")
-    net = Net(model, phase="TRAIN", device=device, seed=seed, autocast=None if precision == "fp32" else precision)
+    net = Net(model, phase="TRAIN", device=device, seed=seed, autocast=precision)  # Net maps fp32 to no autocast
     net.load_caffemodel(weights)
     n = recompute_bn_statistics(net, iterations)
     net.save_caffemodel(out)
