@@ -148,19 +148,22 @@ def best_seconds(fn, reps=3, warmup_s=0.3):
     return best
 
 
-def gemm_rates(sizes=(1024, 2048, 4096), reps=3, warmup_s=0.3):
+def gemm_rates(sizes=(1024, 2048, 4096), reps=3, warmup_s=0.3, precisions=PRECISIONS):
     """GFLOP/s of dense products per precision, path and shape, after warm-up: {(precision, path, shape): GFLOP/s}.
 
     Paths: ``torch.mm`` (n x n times n x n; MKL for fp32, oneDNN for bf16 on x86),
     ``F.linear`` (the same product as ``x @ w.T``: oneDNN's matmul), and a 1 x 1
     convolution in channels-last (one GEMM of (16 x n/32 x 32) rows through oneDNN's
-    convolution: the path of the net's layers, AMX where present).
+    convolution: the path of the net's layers, AMX where present).  ``precisions``: which of
+    :data:`PRECISIONS` to time.
     """
     import torch
     import torch.nn.functional as F
     out = {}
     with torch.inference_mode():
         for p, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            if p not in precisions:
+                continue
             for n in sizes:
                 a = torch.randn(n, n).to(dtype)
                 b = torch.randn(n, n).to(dtype)
@@ -181,3 +184,45 @@ def merge_best(acc, new):
     for k, v in new.items():
         acc[k] = max(acc.get(k, v), v)
     return acc
+
+
+# ---------------------------------------------------------------------------- what a goal asks of the machine
+
+def forward_flop_per_cell(prototxt):
+    """FLOPs of one cell's forward pass through the net of ``prototxt`` (Convolution and InnerProduct,
+    :meth:`deepyeast.engine.Net.flop_counts`, divided by the net's batch)."""
+    from deepyeast.engine import Net
+    net = Net(prototxt, phase="TEST")
+    counts = net.flop_counts()
+    first = next(iter(counts))
+    batch = next(layer for step in net._steps for layer in step.layers if layer.name == first).top_shapes[0][0]
+    return sum(f for f, _, _ in counts.values()) / float(batch)
+
+
+def ceiling(limit_gflops, gflop_per_unit):
+    """Units per second at 100% of a measured limit: ``limit_gflops`` (GFLOP/s) over the work of one
+    unit (GFLOP), e.g. cells/s of a network that did nothing but its products at the GEMM rate."""
+    if not limit_gflops or limit_gflops <= 0 or gflop_per_unit <= 0:
+        raise ValueError(f"a ceiling needs a positive limit and work per unit, got {limit_gflops}, {gflop_per_unit}")
+    return limit_gflops / gflop_per_unit
+
+
+def reach(goal, ceiling_value, higher_is_better=True):
+    """Whether a goal is within a machine's ceiling: "within" or "beyond" (a rate goal is beyond a
+    machine whose ceiling is below it; a time goal, ``higher_is_better=False``, one whose ceiling --
+    the least time -- is above it)."""
+    ok = ceiling_value >= goal if higher_is_better else ceiling_value <= goal
+    return "within" if ok else "beyond"
+
+
+def measured_limit(precision, threads, sizes=(1024, 2048), reps=3):
+    """(GFLOP/s, source text) of ``precision`` on ``threads`` threads: the best of :func:`gemm_rates`
+    at ``sizes`` (the engine bench's full set adds 4096), torch's thread count restored after."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        rates = gemm_rates(sizes, reps=reps, precisions=(precision,))
+    finally:
+        torch.set_num_threads(before)
+    return limits(rates, {})[precision]

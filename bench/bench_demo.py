@@ -39,6 +39,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import _peak  # noqa: E402
 from _results import commit, export_ref, update_section  # noqa: E402
 
 GOAL_MINUTES = 12
@@ -105,6 +106,22 @@ def reinstall(repo, venv):
                    env=dict(os.environ, PIP_INSTALL="none"), check=True, stdout=subprocess.DEVNULL)
 
 
+def training_gflop(run_dir):
+    """GFLOP of the demo's training iterations: ``max_iter`` of RUN/train/solver.prototxt times one
+    iteration of its net (forward + weight and input gradients, :meth:`deepyeast.engine.Net.flop_counts`);
+    None when the run has no solver.  Validation passes are not counted."""
+    from deepyeast.caffe import caffe_pb2
+    from deepyeast.caffe.prototxt import read_prototxt
+    from deepyeast.engine import Net
+
+    path = os.path.join(run_dir, "train", "solver.prototxt")
+    if not os.path.exists(path):
+        return None
+    solver = read_prototxt(path, caffe_pb2.SolverParameter)
+    per_iteration = sum(sum(v) for v in Net(solver.net, phase="TRAIN").flop_counts().values())
+    return int(solver.max_iter), per_iteration / 1e9
+
+
 def run_demo(tree, run_dir, log_path, extra=()):
     """``make demo DEMO_RUN=run_dir`` in ``tree``: a dict of the wall and CPU seconds, the stages, the load
     averages (start, end, highest sampled) and the run's headline metrics.  Exits with make's output on failure."""
@@ -145,7 +162,7 @@ def run_demo(tree, run_dir, log_path, extra=()):
     metrics = json.load(open(metrics_path)) if os.path.exists(metrics_path) else {}
     return dict(wall=wall, cpu=(cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime),
                 stages=stages(records, wall, busy_cpu_seconds()), loads=(loads[0], end_load, max(loads + [end_load])),
-                metrics=headline(metrics))
+                metrics=headline(metrics), training=training_gflop(run_dir))
 
 
 def _minutes(seconds):
@@ -153,7 +170,23 @@ def _minutes(seconds):
     return f"{s // 60} min {s % 60:02d} s"
 
 
-def demo_markdown(runs, cores, command):
+def ceiling_line(run, limit):
+    """The 12-minute goal against this CPU's ceiling: the run's training iterations at 100% of the
+    measured bf16 limit (``limit``: (GFLOP/s, source)) plus its other stages as measured."""
+    iterations, per_iteration = run["training"]
+    least = iterations * per_iteration / limit[0]
+    train = sum(s for n, s, _ in run["stages"] if n.startswith("training"))
+    rest = run["wall"] - train
+    goal = GOAL_MINUTES * 60
+    where = _peak.reach(goal, least + rest, higher_is_better=False)
+    return (f"This CPU's ceiling for the goal: {iterations:,} training iterations of {per_iteration:.1f} GFLOP at its "
+            f"measured bf16 limit ({limit[0]:.0f} GFLOP/s, {limit[1]}) take at least {_minutes(least)} (the run's "
+            f"training took {_minutes(train)}, {100 * least / train:.0f}% of it at that rate); with the other stages "
+            f"as measured ({_minutes(rest)}) the demo is {where} this CPU's reach"
+            + (f" (they would have to fall under {_minutes(max(goal - least, 0))})." if where == "beyond" else "."))
+
+
+def demo_markdown(runs, cores, command, limit=None):
     """The section's text.  ``runs``: ``[(label, run_demo's dict)]``, this tree first."""
     labels = [label for label, _ in runs]
     names = []
@@ -186,6 +219,8 @@ def demo_markdown(runs, cores, command):
     lines.append(f"{label}: the demo took {_minutes(r['wall'])} (goal <= {GOAL_MINUTES} min after installation, "
                  f"issue 24: {met}); training {_minutes(train)} of it ({100 * train / r['wall']:.0f}%); "
                  f"{r['cpu'] / r['wall']:.2f} of {cores} cores busy on average.")
+    if limit and r.get("training"):
+        lines.append(ceiling_line(r, limit))
     for other, o in runs[1:]:
         lines.append(f"Against {other}: its wall time over this tree's {o['wall'] / r['wall']:.2f} "
                      "(above 1: this tree is faster).")
@@ -231,8 +266,10 @@ def main(argv=None):
                                  f"environment's ({console_scripts(REPO)}), whose launchers its make would run; "
                                  "compare with a commit that has this tree's [project.scripts]")
         started = True
+        limit = _peak.measured_limit("bf16", threads=os.cpu_count())  # on the idle machine, before the demo
+        print(f"bf16 limit on {os.cpu_count()} threads: {limit[0]:.0f} GFLOP/s ({limit[1]})", flush=True)
         runs = [(f"this tree ({commit()})", run_demo(REPO, os.path.join(work, "demo"), os.path.join(work, "demo.log")))]
-        print(demo_markdown(runs, os.cpu_count(), command), flush=True)  # in the log, whatever comes next
+        print(demo_markdown(runs, os.cpu_count(), command, limit), flush=True)  # in the log, whatever comes next
         if args.against:
             venv = os.path.join(REPO, ".venv")
             try:
@@ -254,7 +291,7 @@ def main(argv=None):
             shutil.rmtree(work, ignore_errors=True)
         else:
             print(f"run folders and logs kept in {work}", file=sys.stderr)
-    text = demo_markdown(runs, os.cpu_count(), command) + (f"\n{failed}\n" if failed else "")
+    text = demo_markdown(runs, os.cpu_count(), command, limit) + (f"\n{failed}\n" if failed else "")
     print(text)
     if not args.no_write:
         update_section("make demo, timed (bench/bench_demo.py)", text)

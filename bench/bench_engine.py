@@ -58,6 +58,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import _peak  # noqa: E402
 from _results import export_ref  # noqa: E402,F401  (bench/_results.py: one export of an older tree)
 from deepyeast.caffe import caffe_pb2, root as caffe_root  # noqa: E402
 from deepyeast.caffe.blobs import compute_mean, write_mean_binaryproto
@@ -169,8 +170,7 @@ def net_flops():
     """(forward FLOPs per cell, training FLOPs per iteration at batch 100) of the DeepYeast net."""
     from deepyeast.engine import Net
     counts = Net(DEPLOY, phase="TEST").flop_counts()  # the deploy net's batch is 100
-    forward = sum(f for f, _, _ in counts.values())
-    return forward / 100.0, float(sum(sum(v) for v in counts.values()))
+    return _peak.forward_flop_per_cell(DEPLOY), float(sum(sum(v) for v in counts.values()))
 
 
 def _timed(fn, min_reps=3, min_seconds=1.0):
@@ -312,8 +312,6 @@ def main(argv=None):
             args.train_iterations = 0
 
     import torch
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import _peak
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
@@ -496,6 +494,11 @@ def main(argv=None):
                 + (f"; {threads} core(s) x 500 = {500 * threads}: {'met' if bf16_cells >= 500 * threads else 'NOT met'}"
                    if threads != 2 else f": {'met' if bf16_cells >= 1000 else 'NOT met'}") + ")")
     md += ["", "Goals (issue 24): " + "; ".join(goal) + "."]
+    top = _peak.ceiling(limit["bf16"][0], fwd_cell / 1e9)
+    md.append(f"This CPU's ceiling for the inference goal: the measured bf16 limit {limit['bf16'][0]:.0f} GFLOP/s on "
+              f"{threads} core(s) over {fwd_cell / 1e9:.3f} GFLOP per cell = {top:.0f} cells/s, so "
+              f"{500 * threads:,} cells/s is {_peak.reach(500 * threads, top)} this CPU's reach in bf16; the deploy "
+              f"path reaches {100 * bf16_cells / top:.0f}% of it.")
     if caffe_cells:
         got = bf16_cells / caffe_cells
         md.append(f"Inference against real Caffe (>= 4x its cells/s, same run): bf16 deploy path "

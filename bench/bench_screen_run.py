@@ -22,7 +22,10 @@ screen: speed and workers": --rounds rounds, each figure its best round, of
 * with --against REF, bf16 --jobs 2 of the tree of git commit REF (the baseline, same rounds);
 
 each run's wall time, the chunks' phase (summary.json ``run.seconds``), cells per second, and where
-the tasks' time went (``run.task_seconds``), against the goal of a million cells an hour (280/s).
+the tasks' time went (``run.task_seconds``), against the goal of a million cells an hour (280/s);
+and the ceiling of this CPU for that goal: the bf16 GEMM limit measured on 2 threads before the
+rounds (bench/_peak.py) over the model's forward GFLOP per cell -- the cells/s of a network that did
+nothing but its products at that rate, an upper bound for the whole screen in bf16.
 
   python bench/bench_screen_run.py --model runs/oodemo/model --n 240 --small 60
   python bench/bench_screen_run.py --model runs/demo/model --speed --n 1000 --against cb787e7
@@ -46,6 +49,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import _peak  # noqa: E402
 from _results import commit, export_ref, update_section  # noqa: E402
 from deepyeast.analysis.screen_run import STEPS  # noqa: E402
 
@@ -141,6 +145,9 @@ GOAL_CELLS_PER_S = 280
 def speed(args, tmp, table, cmd):
     """The --speed part: rows of (label, wall s, chunks s or None, cells, task seconds or None), markdown."""
     settings = [("this tree", "bf16", 1), ("this tree", "bf16", 2), ("this tree", "fp32", 2)]
+    limit = _peak.measured_limit("bf16", threads=2)
+    per_cell = _peak.forward_flop_per_cell(os.path.join(args.model, "deploy.prototxt")) / 1e9
+    print("bf16 limit on 2 threads", limit, "GFLOP per cell", per_cell, flush=True)
     ref = export_ref(args.against, os.path.join(tmp, "ref")) if args.against else None
     if ref:
         settings.append((f"{ref[1][:7]} ({ref[2]})", "bf16", 2))
@@ -161,10 +168,20 @@ def speed(args, tmp, table, cmd):
             if key not in best or seconds < best[key][0]:
                 best[key] = record
             shutil.rmtree(out)
-    return settings, best
+    return settings, best, (limit, per_cell)
 
 
-def speed_markdown(args, settings, best):
+def ceiling_line(rate, limit, per_cell):
+    """The goal against this CPU's ceiling in bf16: ``rate`` (cells/s end to end), ``limit``
+    ((GFLOP/s, source) of bf16 on 2 threads), ``per_cell`` (forward GFLOP per cell)."""
+    top = _peak.ceiling(limit[0], per_cell)
+    where = _peak.reach(GOAL_CELLS_PER_S, top)
+    return (f"This CPU's ceiling in bf16: {limit[0]:.0f} GFLOP/s measured on 2 threads ({limit[1]}) over "
+            f"{per_cell:.3f} GFLOP per cell = {top:.0f} cells/s for the network alone, nothing else done: the goal "
+            f"is {where} this CPU's reach in bf16; this tree reaches {100 * rate / top:.0f}% of that ceiling end to end.")
+
+
+def speed_markdown(args, settings, best, ceiling=None):
     lines = [f"`python bench/bench_screen_run.py --model {args.model} --speed --n {args.n} --rounds {args.rounds}"
              + (f" --against {args.against}`" if args.against else "`")
              + f": the same synthetic screen ({args.n} micrographs of 256 x 256 px, chunks of {args.chunk}) through "
@@ -196,6 +213,8 @@ def speed_markdown(args, settings, best):
     lines.append(f"Goal (issue 24): >= {GOAL_CELLS_PER_S} cells/s micrograph to call on one 2-core machine: "
                  f"bf16 on 2 workers {rate:.0f} cells/s in the chunks' phase, {n / two[0]:.0f} end to end: "
                  + ("met." if n / two[0] >= GOAL_CELLS_PER_S else "NOT met."))
+    if ceiling:
+        lines.append(ceiling_line(n / two[0], *ceiling))
     if args.against:
         ref = best[settings[-1]]
         lines.append(f"Against {settings[-1][0]} (bf16, 2 workers): its wall time over this tree's "

@@ -1,5 +1,7 @@
 """bench/bench_demo.py: the stages and the figures it writes follow from make's output as it arrived."""
 
+import os
+
 import pytest
 
 from bench import bench_demo as bd
@@ -106,3 +108,30 @@ def test_the_environment_imports_this_checkout_again_after_a_reference_trees_ins
         bd.reinstall(bd.REPO, venv)
     assert subprocess.run(where, cwd=tmp_path, env=bare, capture_output=True, text=True).stdout.strip() == \
         os.path.realpath(os.path.join(bd.REPO, "deepyeast"))
+
+
+def test_the_goal_is_set_against_the_cpus_ceiling_for_the_training():
+    run = _run(1015.0, [("synthetic screen (demo)", 12.0, 1.9), ("training (ours engine)", 643.0, 2.0),
+                        ("model bundle", 360.0, 1.8)])
+    run["training"] = (450, 550.66)
+    # the AMD EPYC: 450 x 550.66 GFLOP at 452 GFLOP/s >= 548 s; 372 s of the rest -> beyond 12 min
+    md = bd.demo_markdown([("this tree", run)], 2, "c", (452.0, "GEMM F.linear 1024^3"))
+    assert ("This CPU's ceiling for the goal: 450 training iterations of 550.7 GFLOP at its measured bf16 limit "
+            "(452 GFLOP/s, GEMM F.linear 1024^3) take at least 9 min 08 s (the run's training took 10 min 43 s, "
+            "85% of it at that rate); with the other stages as measured (6 min 12 s) the demo is beyond this CPU's "
+            "reach (they would have to fall under 2 min 52 s).") in md
+    # an AMX CPU's bf16 rate (issue 24: 1,700 GFLOP/s): 146 s of training at the limit, within reach
+    md = bd.demo_markdown([("this tree", run)], 2, "c", (1700.0, "GEMM torch.mm 2048^3"))
+    assert "take at least 2 min 26 s" in md and "the demo is within this CPU's reach." in md
+    assert "ceiling" not in bd.demo_markdown([("this tree", run)], 2, "c")
+
+
+def test_the_training_arithmetic_is_read_from_the_runs_solver_and_net(tmp_path):
+    from bench import bench_engine as be
+
+    assert bd.training_gflop(str(tmp_path)) is None  # no run there
+    net = be.bench_net(be.synthetic_bundle(str(tmp_path / "data"), 20, 20), batch=100)
+    os.makedirs(tmp_path / "run" / "train")
+    (tmp_path / "run" / "train" / "solver.prototxt").write_text(f'net: "{net}"\nmax_iter: 450\nbase_lr: 0.01\n')
+    iterations, gflop = bd.training_gflop(str(tmp_path / "run"))
+    assert iterations == 450 and abs(gflop - 550.663) < 0.01  # the net's 550.7 GFLOP at batch 100 (RESULTS.md)

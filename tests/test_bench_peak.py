@@ -73,3 +73,18 @@ def test_gemm_rates_measure_every_path_and_precision():
     assert {(p, path) for p, path, _ in rates} == {(p, path) for p in ("fp32", "bf16")
                                                    for path in ("torch.mm", "F.linear", "oneDNN conv 1x1 NHWC")}
     assert all(v > 0 for v in rates.values())
+
+
+def test_ceilings_and_reach():
+    assert _peak.ceiling(452.0, 1.839) == pytest.approx(245.8, abs=0.1)
+    assert _peak.reach(280, 245.8) == "beyond" and _peak.reach(280, 924.0) == "within"
+    assert _peak.reach(720, 548.0, higher_is_better=False) == "within"  # a time goal: the least time
+    assert _peak.reach(720, 900.0, higher_is_better=False) == "beyond"
+    with pytest.raises(ValueError, match="positive"):
+        _peak.ceiling(None, 1.839)
+
+
+def test_the_deploy_nets_forward_arithmetic_per_cell():
+    # DeepYeast: 8 convolutions and 3 inner products, 1.839 GFLOP per 64 x 64 cell (bench/RESULTS.md)
+    flop = _peak.forward_flop_per_cell(os.path.join(REPO, "models", "deepyeast", "deploy.prototxt"))
+    assert flop / 1e9 == pytest.approx(1.839, abs=5e-4)

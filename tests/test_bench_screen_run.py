@@ -29,3 +29,20 @@ def test_speed_figures_follow_from_the_records():
     assert "its wall time over this tree's 1.50 (above 1: this tree is faster)" in md
     best[settings[1]] = (30.0, 25.0, 10000, _steps(84.0, 16.0))
     assert "333 end to end: met." in bsr.speed_markdown(args, settings, best)
+
+
+def test_the_goal_is_set_against_the_cpus_ceiling_in_bf16():
+    args = argparse.Namespace(model="runs/demo/model", n=100, rounds=1, against=None, chunk=16)
+    settings = [("this tree", "bf16", 1), ("this tree", "bf16", 2), ("this tree", "fp32", 2)]
+    best = {settings[0]: (110.0, 100.0, 10000, _steps(80.0, 15.0)),
+            settings[1]: (80.0, 50.0, 10000, _steps(84.0, 16.0)),
+            settings[2]: (100.0, 90.0, 10000, _steps(160.0, 16.0))}
+    # the AMD EPYC's measured bf16 limit: 452 GFLOP/s over 1.839 GFLOP per cell = 246 cells/s < 280
+    md = bsr.speed_markdown(args, settings, best, ((452.0, "GEMM F.linear 1024^3"), 1.839))
+    assert ("452 GFLOP/s measured on 2 threads (GEMM F.linear 1024^3) over 1.839 GFLOP per cell = 246 cells/s "
+            "for the network alone, nothing else done: the goal is beyond this CPU's reach in bf16; this tree "
+            "reaches 51% of that ceiling end to end.") in md
+    # an AMX CPU's (the 1,700 GFLOP/s): 924 cells/s
+    md = bsr.speed_markdown(args, settings, best, ((1700.0, "GEMM torch.mm 2048^3"), 1.839))
+    assert "= 924 cells/s" in md and "the goal is within this CPU's reach" in md
+    assert "ceiling" not in bsr.speed_markdown(args, settings, best)
