@@ -193,7 +193,7 @@ def misclassified_gallery(table, archive, out_base, pairs, per_pair=GALLERY_CELL
     marker, green the protein).  Returns the PNG path, or None when no pair has a cell.
     """
     from deepyeast.data.crop_png import read_crop
-    from deepyeast.utils.plotting import crop_rgb, plt, save_figure
+    from deepyeast.utils.plotting import crop_strip, plt, save_figure
 
     names = list(table.class_names)
     blocks = []
@@ -212,16 +212,12 @@ def misclassified_gallery(table, archive, out_base, pairs, per_pair=GALLERY_CELL
     grid = fig.add_gridspec(n_rows, cols * (width + 2))
     for b, (pr, idx) in enumerate(blocks):
         r, c0 = b // cols, (b % cols) * (width + 2) + 2
-        for j, i in enumerate(idx):
-            ax = fig.add_subplot(grid[r, c0 + j])
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.imshow(crop_rgb(read_crop(os.path.join(archive, table.path[i])), marker_gain=0.8),
-                      interpolation="nearest")
-            ax.set_title(f"{table.probs[i, names.index(pr['called'])]:.2f}", fontsize=6, pad=1)
-            if j == 0:
-                ax.set_ylabel(f"{pr['true']}\n→ {pr['called']}\n({pr['cells']}/{pr['of']})", fontsize=7,
-                              rotation=0, ha="right", va="center")
+        ax = fig.add_subplot(grid[r, c0:c0 + len(idx)])
+        called = names.index(pr["called"])
+        crop_strip(ax, [read_crop(os.path.join(archive, table.path[i])) for i in idx],
+                   [f"{table.probs[i, called]:.2f}" for i in idx])
+        ax.set_ylabel(f"{pr['true']}\n→ {pr['called']}\n({pr['cells']}/{pr['of']})", fontsize=7,
+                      rotation=0, ha="right", va="center")
     fig.suptitle(title or "Misclassified test cells", fontsize=9)
     fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.45 / (1.0 * n_rows + 0.5), bottom=0.01, wspace=0.1,
                         hspace=0.35)
@@ -381,7 +377,7 @@ def plot_tsne_neighbours(xy, labels, paths, chosen, class_names, archive, blob, 
     """Figure 3C: the t-SNE map of ``blob`` with the chosen points numbered, and per point its nearest cells."""
     from deepyeast.analysis.interpret.tsne import class_colors
     from deepyeast.data.crop_png import read_crop
-    from deepyeast.utils.plotting import crop_rgb, plt, save_figure
+    from deepyeast.utils.plotting import crop_strip, plt, save_figure
 
     n_rows = len(chosen)
     ncol = max(len(c["cells"]) for c in chosen)
@@ -399,19 +395,12 @@ def plot_tsne_neighbours(xy, labels, paths, chosen, class_names, archive, blob, 
     ax.set_yticks([])
     ax.set_title(f"t-SNE of {blob}", fontsize=9)
     for r, c in enumerate(chosen):
-        for j in range(ncol):
-            a = fig.add_subplot(grid[r, 5 + j])
-            a.set_xticks([])
-            a.set_yticks([])
-            if j < len(c["cells"]):
-                i = c["cells"][j]
-                a.imshow(crop_rgb(read_crop(os.path.join(archive, paths[i])), marker_gain=0.8),
-                         interpolation="nearest")
-                a.set_title(class_names[labels[i]], fontsize=5, pad=1)
-            else:
-                a.axis("off")
-            if j == 0:
-                a.set_ylabel(f"{r + 1}: {class_names[c['class']]}", rotation=0, ha="right", va="center", fontsize=7)
+        if not c["cells"]:
+            continue
+        a = fig.add_subplot(grid[r, 5:5 + len(c["cells"])])
+        crop_strip(a, [read_crop(os.path.join(archive, paths[i])) for i in c["cells"]],
+                   [class_names[labels[i]] for i in c["cells"]], title_size=5)
+        a.set_ylabel(f"{r + 1}: {class_names[c['class']]}", rotation=0, ha="right", va="center", fontsize=7)
     fig.suptitle("Figure 3C: the cells nearest chosen points of the t-SNE map (point = a compartment's median "
                  "position)", fontsize=9)
     fig.subplots_adjust(left=0.02, right=0.99, top=0.93, bottom=0.02, wspace=0.15, hspace=0.35)

@@ -3,7 +3,7 @@
 Every plotting module does ``from deepyeast.utils.plotting import plt, save_figure``.
 :func:`save_figure` writes ``BASE.png`` (and by default ``BASE.pdf``) atomically and closes
 the figure; :func:`crop_rgb` turns a 2-channel crop into the red/green picture every figure
-shows.
+shows; :func:`crop_strip` draws a row of them as one picture.
 """
 
 import os
@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 
 from deepyeast.utils.io import atomic_path  # noqa: E402
 
-__all__ = ["plt", "save_figure", "crop_rgb", "NETWORK_COLOR", "FOREST_COLOR"]
+__all__ = ["plt", "save_figure", "crop_rgb", "crop_strip", "NETWORK_COLOR", "FOREST_COLOR"]
 
 NETWORK_COLOR = "#1f5fa8"
 FOREST_COLOR = "#d9731a"
@@ -56,3 +56,36 @@ def crop_rgb(crop, stretch=True, marker_gain=1.0):
         rgb[:, :, c] = image[c] / top if top > 0 else 0.0
     rgb[:, :, 0] *= marker_gain
     return np.clip(rgb, 0.0, 1.0)
+
+
+def crop_strip(ax, crops, titles=(), gap=4, title_size=6, marker_gain=0.8, stretch=True):
+    """Draw ``crops`` side by side in ``ax`` as one picture, each titled, on white, without ticks or frame.
+
+    One image in one axes instead of an axes per crop: a figure of a few hundred crops draws and
+    saves several times faster, and looks the same but for the frame around each crop.
+
+    ``crops``: uint8 C x H x W arrays of one size (see :func:`crop_rgb`); ``titles``: a text above
+    each of the first crops (fewer titles than crops leave the rest untitled); ``gap``: white pixels
+    between crops.  Returns the x position (data units) of each crop's centre.
+    """
+    rgbs = [crop_rgb(c, stretch=stretch, marker_gain=marker_gain) for c in crops]
+    if not rgbs:
+        ax.axis("off")
+        return []
+    h, w = rgbs[0].shape[:2]
+    if any(r.shape[:2] != (h, w) for r in rgbs):
+        raise ValueError(f"crop_strip: crops of different sizes {sorted({r.shape[:2] for r in rgbs})}")
+    strip = np.ones((h, len(rgbs) * (w + gap) - gap, 3), dtype=np.float32)
+    centres = []
+    for k, rgb in enumerate(rgbs):
+        x0 = k * (w + gap)
+        strip[:, x0:x0 + w] = rgb
+        centres.append(x0 + (w - 1) / 2.0)
+    ax.imshow(strip, interpolation="nearest")
+    for x, text in zip(centres, titles):
+        ax.text(x, -1.0, text, fontsize=title_size, ha="center", va="bottom")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    return centres

@@ -17,7 +17,7 @@ from deepyeast.analysis.features import match_paths
 from deepyeast.constants import CLASS_NAMES, N_CLASSES
 from deepyeast.data.crop_png import read_crop
 from deepyeast.utils.io import InputError
-from deepyeast.utils.plotting import crop_rgb, plt, save_figure
+from deepyeast.utils.plotting import crop_strip, plt, save_figure
 
 PATCH_LAYERS = ("conv1", "conv2", "conv4", "conv8", "fc3")
 """Layers 1, 2, 4, 8 and 11 of the net, shown in Figure 3A."""
@@ -126,20 +126,17 @@ def plot_patches(panels, stem):
 
     fc3 neurons are named by the trained net's classes (``deepyeast.constants.CLASS_NAMES``)."""
     n_cols = max(len(p) for _, _, p in panels)
-    fig, axes = plt.subplots(len(panels), n_cols, figsize=(1.0 * n_cols + 1.4, 1.0 * len(panels) + 0.5),
-                             squeeze=False)
+    fig = plt.figure(figsize=(1.0 * n_cols + 1.4, 1.0 * len(panels) + 0.5))
+    grid = fig.add_gridspec(len(panels), n_cols)
     for r, (blob, channel, patches) in enumerate(panels):
-        for c in range(n_cols):
-            ax = axes[r, c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c < len(patches):
-                ax.imshow(crop_rgb(patches[c]["patch"]), interpolation="nearest")
-            else:
-                ax.axis("off")
-        name = CLASS_NAMES[channel] if blob == "fc3" and channel < N_CLASSES else f"#{channel}"
+        ax = fig.add_subplot(grid[r, :max(len(patches), 1)])
         side = patches[0]["patch"].shape[-1] if patches else 0
-        axes[r, 0].set_ylabel(f"{blob} {name}\n{side}x{side} px", fontsize=7, rotation=0, ha="right", va="center")
+        crop_strip(ax, [p["patch"] for p in patches], gap=max(1, side // 16), marker_gain=1.0)
+        ax.axis("on")  # the row's label stays, on an empty row too
+        ax.set_xticks([])
+        ax.set_yticks([])
+        name = CLASS_NAMES[channel] if blob == "fc3" and channel < N_CLASSES else f"#{channel}"
+        ax.set_ylabel(f"{blob} {name}\n{side}x{side} px", fontsize=7, rotation=0, ha="right", va="center")
     fig.suptitle("Input patches that most activate chosen neurons (red: marker, green: protein)", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
     save_figure(fig, stem)
