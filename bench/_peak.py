@@ -188,15 +188,15 @@ def merge_best(acc, new):
 
 # ---------------------------------------------------------------------------- what a goal asks of the machine
 
-def forward_flop_per_cell(prototxt):
-    """FLOPs of one cell's forward pass through the net of ``prototxt`` (Convolution and InnerProduct,
-    :meth:`deepyeast.engine.Net.flop_counts`, divided by the net's batch)."""
+def net_arithmetic(prototxt, phase="TEST"):
+    """(FLOPs of one cell's forward pass, FLOPs of one training iteration at the net's batch) of the net
+    of ``prototxt``: its Convolution and InnerProduct products (:meth:`deepyeast.engine.Net.flop_counts`;
+    an iteration is the forward pass plus the weight and input gradients Caffe computes)."""
     from deepyeast.engine import Net
-    net = Net(prototxt, phase="TEST")
+    net = Net(prototxt, phase=phase)
     counts = net.flop_counts()
-    first = next(iter(counts))
-    batch = next(layer for step in net._steps for layer in step.layers if layer.name == first).top_shapes[0][0]
-    return sum(f for f, _, _ in counts.values()) / float(batch)
+    batch = net.layer(next(iter(counts))).top_shapes[0][0]
+    return sum(f for f, _, _ in counts.values()) / float(batch), float(sum(sum(v) for v in counts.values()))
 
 
 def ceiling(limit_gflops, gflop_per_unit):

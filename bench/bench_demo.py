@@ -108,18 +108,16 @@ def reinstall(repo, venv):
 
 def training_gflop(run_dir):
     """GFLOP of the demo's training iterations: ``max_iter`` of RUN/train/solver.prototxt times one
-    iteration of its net (forward + weight and input gradients, :meth:`deepyeast.engine.Net.flop_counts`);
-    None when the run has no solver.  Validation passes are not counted."""
+    iteration of its net (:func:`_peak.net_arithmetic`); None when the run has no solver.  Validation
+    passes are not counted."""
     from deepyeast.caffe import caffe_pb2
     from deepyeast.caffe.prototxt import read_prototxt
-    from deepyeast.engine import Net
 
     path = os.path.join(run_dir, "train", "solver.prototxt")
     if not os.path.exists(path):
         return None
     solver = read_prototxt(path, caffe_pb2.SolverParameter)
-    per_iteration = sum(sum(v) for v in Net(solver.net, phase="TRAIN").flop_counts().values())
-    return int(solver.max_iter), per_iteration / 1e9
+    return int(solver.max_iter), _peak.net_arithmetic(solver.net, phase="TRAIN")[1] / 1e9
 
 
 def run_demo(tree, run_dir, log_path, extra=()):

@@ -146,7 +146,7 @@ def speed(args, tmp, table, cmd):
     """The --speed part: rows of (label, wall s, chunks s or None, cells, task seconds or None), markdown."""
     settings = [("this tree", "bf16", 1), ("this tree", "bf16", 2), ("this tree", "fp32", 2)]
     limit = _peak.measured_limit("bf16", threads=2)
-    per_cell = _peak.forward_flop_per_cell(os.path.join(args.model, "deploy.prototxt")) / 1e9
+    per_cell = _peak.net_arithmetic(os.path.join(args.model, "deploy.prototxt"))[0] / 1e9
     print("bf16 limit on 2 threads", limit, "GFLOP per cell", per_cell, flush=True)
     ref = export_ref(args.against, os.path.join(tmp, "ref")) if args.against else None
     if ref:

@@ -86,5 +86,5 @@ def test_ceilings_and_reach():
 
 def test_the_deploy_nets_forward_arithmetic_per_cell():
     # DeepYeast: 8 convolutions and 3 inner products, 1.839 GFLOP per 64 x 64 cell (bench/RESULTS.md)
-    flop = _peak.forward_flop_per_cell(os.path.join(REPO, "models", "deepyeast", "deploy.prototxt"))
+    flop, _ = _peak.net_arithmetic(os.path.join(REPO, "models", "deepyeast", "deploy.prototxt"))
     assert flop / 1e9 == pytest.approx(1.839, abs=5e-4)

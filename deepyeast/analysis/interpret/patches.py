@@ -132,9 +132,6 @@ def plot_patches(panels, stem):
         ax = fig.add_subplot(grid[r, :max(len(patches), 1)])
         side = patches[0]["patch"].shape[-1] if patches else 0
         crop_strip(ax, [p["patch"] for p in patches], gap=max(1, side // 16), marker_gain=1.0)
-        ax.axis("on")  # the row's label stays, on an empty row too
-        ax.set_xticks([])
-        ax.set_yticks([])
         name = CLASS_NAMES[channel] if blob == "fc3" and channel < N_CLASSES else f"#{channel}"
         ax.set_ylabel(f"{blob} {name}\n{side}x{side} px", fontsize=7, rotation=0, ha="right", va="center")
     fig.suptitle("Input patches that most activate chosen neurons (red: marker, green: protein)", fontsize=9)
